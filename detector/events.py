@@ -1,0 +1,214 @@
+"""Trace events: the contract in ``shared/schema/trace-event.md``, decoded and validated.
+
+Decoding never raises. Each message yields accepted events and rejections; a rejection
+carries a reason code from :data:`REASONS` and a sanitised copy of the input for the
+dead-letter destination (contract fields only: prompt or response text never leaves here).
+
+Validation is done by msgspec in C while parsing, so one pass both parses and checks every
+field's type and range; fields outside the contract (including any prompt or response text)
+are never materialised.
+
+>>> ok, bad = decode(b'{"ts": 1700000000, "operation": "chat", "refusal": true, "prompt": "hi"}')
+>>> ok[0].operation, ok[0].refusal, ok[0].ts
+('chat', True, 1700000000.0)
+>>> ok, bad = decode(b'[{"ts": 1, "operation": "chat"}, {"ts": 1, "operation": "chat", "retries": -1}]')
+>>> len(ok), bad[0].reason, bad[0].field
+(1, 'out_of_range', 'retries')
+>>> decode(b'not json')[1][0].reason
+'not_json'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from datetime import datetime
+from typing import Annotated, Any, Final, NamedTuple
+
+import msgspec
+import orjson
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MODEL_OPERATIONS",
+    "OPERATIONS",
+    "REASONS",
+    "Rejection",
+    "TraceEvent",
+    "decode",
+]
+
+MAX_MESSAGE_BYTES: Final = 1 << 20
+
+#: Operations the contract names; any other value is accepted and counted as ``other``.
+OPERATIONS: Final = frozenset(
+    {"chat", "text_completion", "generate_content", "execute_tool", "invoke_agent",
+     "memory_write", "human_override"}
+)
+#: Operations that are a model call (the denominator of most rate signals).
+MODEL_OPERATIONS: Final = frozenset({"chat", "text_completion", "generate_content"})
+
+#: Every reason a message or event can be rejected for; a bounded set (it labels a metric).
+REASONS: Final = (
+    "too_large", "not_json", "not_object", "missing_field", "wrong_type", "out_of_range",
+    "bad_timestamp",
+)
+
+Str32 = Annotated[str, Meta(max_length=32)]
+Str64 = Annotated[str, Meta(max_length=64)]
+Str128 = Annotated[str, Meta(max_length=128)]
+Count = Annotated[int, Meta(ge=0)]
+
+
+class TraceEvent(Struct, gc=False, omit_defaults=True):
+    """One trace event. Absent optional fields are ``UNSET`` (``null`` is a type error,
+    as in the JSON Schema). ``ts`` is seconds since the epoch after :func:`decode`."""
+
+    ts: datetime | Annotated[float, Meta(ge=0)]
+    operation: Annotated[str, Meta(min_length=1, max_length=64)]
+    trace_id: Annotated[str, Meta(pattern="^[0-9a-fA-F]{32}$")] | UnsetType = UNSET
+    span_id: Annotated[str, Meta(pattern="^[0-9a-fA-F]{16}$")] | UnsetType = UNSET
+    tenant: Str128 | UnsetType = UNSET
+    region: Str64 | UnsetType = UNSET
+    app: Str128 | UnsetType = UNSET
+    environment: Str32 = "production"
+    model: Str128 | UnsetType = UNSET
+    model_version: Str128 | UnsetType = UNSET
+    prompt_version: Str128 | UnsetType = UNSET
+    policy_version: Str128 | UnsetType = UNSET
+    input_tokens: Count | UnsetType = UNSET
+    output_tokens: Count | UnsetType = UNSET
+    latency_ms: Annotated[float, Meta(ge=0)] | UnsetType = UNSET
+    finish_reason: Str64 | UnsetType = UNSET
+    refusal: bool | UnsetType = UNSET
+    instruction_violation: bool | UnsetType = UNSET
+    output_format_valid: bool | UnsetType = UNSET
+    safety_hits: Annotated[list[Str64], Meta(max_length=32)] | UnsetType = UNSET
+    retries: Count | UnsetType = UNSET
+    error_type: Str128 | UnsetType = UNSET
+    tool_name: Str128 | UnsetType = UNSET
+    tool_authorized: bool | UnsetType = UNSET
+    tool_side_effect: Annotated[str, Meta(pattern="^(none|read|write|external)$")] | UnsetType = (
+        UNSET
+    )
+    tool_approved: bool | UnsetType = UNSET
+    schema_valid: bool | UnsetType = UNSET
+    tool_result_fabricated: bool | UnsetType = UNSET
+    tool_status: Str32 | UnsetType = UNSET
+    memory_bytes: Count | UnsetType = UNSET
+    # The contract's override_reason is free text; it is validated but never kept.
+    override_reason: Annotated[str, Meta(max_length=256)] | UnsetType = UNSET
+
+
+class Rejection(NamedTuple):
+    """Why one message or event was rejected, and what the dead-letter destination gets."""
+
+    reason: str
+    field: str | None
+    detail: str
+    payload: dict[str, Any]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(
+            {"reason": self.reason, "field": self.field, "detail": self.detail,
+             "payload": self.payload},
+            option=orjson.OPT_SORT_KEYS,
+        )
+
+
+_one: Final = msgspec.json.Decoder(TraceEvent)
+_many: Final = msgspec.json.Decoder(list[TraceEvent])
+_raw: Final = msgspec.json.Decoder()
+_CONTRACT_FIELDS: Final = frozenset(TraceEvent.__struct_fields__) - {"override_reason"}
+_AT = re.compile(r" - at `\$(?:\[\d+\])?\.?([A-Za-z_]\w*)?")
+
+
+def _fingerprint(data: bytes) -> dict[str, Any]:
+    # Unparseable bytes may hold anything, prompt text included: keep only a fingerprint.
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _sanitise(obj: object) -> dict[str, Any]:
+    """The part of an input object the dead-letter destination may keep."""
+    if not isinstance(obj, dict):
+        return {"json_type": type(obj).__name__}
+    kept = {k: v for k, v in obj.items() if k in _CONTRACT_FIELDS}
+    dropped = sorted(k for k in obj if k not in _CONTRACT_FIELDS)
+    if dropped:
+        kept["_dropped_fields"] = dropped[:32]
+    return kept
+
+
+def _classify(message: str) -> tuple[str, str | None]:
+    m = _AT.search(message)
+    field = m.group(1) if m else None
+    if message.startswith("Object missing required field"):
+        return "missing_field", message.split("`")[1]
+    if field == "ts" and ("RFC3339" in message or "out of range" in message):
+        return "bad_timestamp", field
+    if any(s in message for s in (">=", "<=", "length", "regex", "out of range")):
+        return "out_of_range", field
+    return "wrong_type", field
+
+
+def _finish(ev: TraceEvent) -> Rejection | None:
+    """Normalise ``ts`` to epoch seconds; RFC 3339 requires an offset."""
+    ts = ev.ts
+    if isinstance(ts, datetime):
+        if ts.tzinfo is None:
+            return Rejection("bad_timestamp", "ts", "RFC 3339 time without an offset", {})
+        ev.ts = ts.timestamp()
+    elif ts != ts or ts == float("inf"):
+        return Rejection("bad_timestamp", "ts", "not a finite number", {})
+    ev.override_reason = UNSET
+    return None
+
+
+def _one_item(item: object) -> TraceEvent | Rejection:
+    if not isinstance(item, dict):
+        return Rejection("not_object", None, f"expected an object, got {type(item).__name__}",
+                         _sanitise(item))
+    try:
+        ev = msgspec.convert(item, TraceEvent, strict=True)
+    except msgspec.ValidationError as e:
+        reason, field = _classify(str(e))
+        return Rejection(reason, field, str(e), _sanitise(item))
+    bad = _finish(ev)
+    return bad._replace(payload=_sanitise(item)) if bad else ev
+
+
+def decode(
+    data: bytes, max_bytes: int = MAX_MESSAGE_BYTES
+) -> tuple[list[TraceEvent], list[Rejection]]:
+    """Decode one message (an event or a JSON array of events); never raises."""
+    if len(data) > max_bytes:
+        return [], [Rejection("too_large", None, f"{len(data)} bytes > limit {max_bytes}",
+                              _fingerprint(data))]
+    head = data.lstrip()[:1]
+    try:
+        evs = _many.decode(data) if head == b"[" else [_one.decode(data)]
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+        return _slow_path(data)
+    ok: list[TraceEvent] = []
+    for ev in evs:
+        if _finish(ev) is not None:
+            # Rare: a naive or non-finite ts; redo the whole message item by item.
+            return _slow_path(data)
+        ok.append(ev)
+    return ok, []
+
+
+def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:
+    """Item-by-item decode, so one bad event in a batch is rejected alone."""
+    try:
+        obj = _raw.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+        return [], [Rejection("not_json", None, str(e)[:200], _fingerprint(data))]
+    items = obj if isinstance(obj, list) else [obj]
+    ok: list[TraceEvent] = []
+    bad: list[Rejection] = []
+    for item in items:
+        r = _one_item(item)
+        (ok if isinstance(r, TraceEvent) else bad).append(r)  # type: ignore[arg-type]
+    return ok, bad
