@@ -11,7 +11,8 @@ are never materialised.
 >>> ok, bad = decode(b'{"ts": 1700000000, "operation": "chat", "refusal": true, "prompt": "hi"}')
 >>> ok[0].operation, ok[0].refusal, ok[0].ts
 ('chat', True, 1700000000.0)
->>> ok, bad = decode(b'[{"ts": 1, "operation": "chat"}, {"ts": 1, "operation": "chat", "retries": -1}]')
+>>> ok, bad = decode(b'[{"ts": 1, "operation": "chat"},'
+...                  b' {"ts": 1, "operation": "chat", "retries": -1}]')
 >>> len(ok), bad[0].reason, bad[0].field
 (1, 'out_of_range', 'retries')
 >>> decode(b'not json')[1][0].reason

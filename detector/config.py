@@ -1,0 +1,273 @@
+"""The one config schema: a TOML file validated on load, errors naming the key and the problem.
+
+msgspec converts the parsed TOML into typed, frozen structs; unknown keys are errors (a typo in
+a threshold must not silently fall back to a default).
+
+>>> cfg = load_config(None)
+>>> cfg.windows.size_seconds, cfg.signal("refusal_rate").direction
+(60.0, 'both')
+>>> try:
+...     parse_config({"windows": {"size_seconds": -1}})
+... except ConfigError as e:
+...     print(e)
+windows.size_seconds: Expected `float` > 0.0
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta, Struct, field
+
+__all__ = ["Config", "ConfigError", "SeverityRule", "SignalConfig", "load_config", "parse_config"]
+
+Positive = Annotated[float, Meta(gt=0)]
+NonNeg = Annotated[float, Meta(ge=0)]
+PosInt = Annotated[int, Meta(ge=1)]
+Severity = Literal["sev1", "sev2", "sev3", "sev4"]
+Direction = Literal["up", "down", "both"]
+COHORT_FIELDS = ("tenant", "region", "app", "environment", "model")
+
+
+class ConfigError(ValueError):
+    """A config problem; the message starts with the dotted key."""
+
+
+class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class Cohorts(_Base):
+    # Coarse to fine; each level must extend the one before (a parent's fields ⊂ child's).
+    levels: list[list[Literal["tenant", "region", "app", "environment", "model"]]] = field(
+        default_factory=lambda: [["app", "environment"], ["tenant", "app", "environment"]]
+    )
+    own_baseline_after_windows: PosInt = 30
+    group_min_children: PosInt = 3
+
+
+class Windows(_Base):
+    size_seconds: Positive = 60.0
+    allowed_lateness_seconds: NonNeg = 30.0
+
+
+class Baselines(_Base):
+    warmup_windows: PosInt = 20
+    fast_half_life_windows: Positive = 30.0
+    slow_half_life_windows: Positive = 720.0
+    season_period_seconds: Positive = 86400.0
+    season_bins: Annotated[int, Meta(ge=1, le=168)] = 24
+    max_dispersion: Annotated[float, Meta(ge=1)] = 25.0
+
+
+class SignalConfig(_Base):
+    enabled: bool = True
+    threshold: Positive = 5.0
+    direction: Direction = "up"
+    # An up-alert on a rate needs at least this many events in the numerator.
+    min_count: NonNeg = 3.0
+    runbook_url: str | None = None
+    actions: dict[Severity, list[str]] = field(default_factory=dict)
+
+
+class Alerting(_Base):
+    resolve_after_clean_windows: PosInt = 5
+    # Hysteresis against flapping: while firing, a score above clear_ratio × threshold
+    # still counts as anomalous.
+    clear_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.6
+    evidence_trace_ids: Annotated[int, Meta(ge=0, le=20)] = 20
+    version_share: Annotated[float, Meta(gt=0, le=1)] = 0.05
+
+
+class SeverityRule(_Base):
+    severity: Severity
+    signals: list[str] = field(default_factory=lambda: ["*"])
+    environments: list[str] = field(default_factory=lambda: ["*"])
+    min_persistence: PosInt = 1
+    min_score: NonNeg = 0.0
+
+
+class Override(_Base):
+    """Lower (or raise) thresholds where the cohort matches, e.g. a sensitive app."""
+
+    match: dict[str, str]
+    signals: list[str] = field(default_factory=lambda: ["*"])
+    threshold_factor: Positive = 1.0
+
+
+class HardRules(_Base):
+    unauthorized_tool_call: bool = True
+    unapproved_side_effect: bool = True
+    leak_labels: list[str] = field(default_factory=lambda: ["secret_leak"])
+    # Calls to these tools fire unapproved_side_effect unless a human approved them.
+    sensitive_tools: list[str] = field(default_factory=list)
+
+
+class AlertmanagerConfig(_Base):
+    urls: list[str] = field(default_factory=list)
+    cohort_labels: list[str] = field(default_factory=lambda: ["tenant", "app", "environment"])
+    resend_interval_seconds: Positive = 60.0
+    resolved_resend_seconds: NonNeg = 300.0
+    timeout_seconds: Positive = 5.0
+    max_queue: PosInt = 10000
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure_skip_verify: bool = False
+    basic_auth_user: str | None = None
+    basic_auth_password: str | None = None
+    bearer_token: str | None = None
+
+
+class Sinks(_Base):
+    jsonl: str | None = None
+    log: bool = True
+    kafka: bool = True
+    alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
+
+
+class KafkaConfig(_Base):
+    brokers: str = "127.0.0.1:9092"
+    traces_topic: str = "ai-traces"
+    alerts_topic: str = "ai-alerts"
+    dead_letter_topic: str = "ai-traces-dlq"
+    partitions: PosInt = 4
+    replication_factor: PosInt = 1
+    group: str = "ai-detector"
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    batch_max_messages: PosInt = 1000
+    idle_partition_timeout_seconds: Positive = 30.0
+
+
+class MetricsConfig(_Base):
+    host: str = "0.0.0.0"
+    port: Annotated[int, Meta(ge=0, le=65535)] = 9464
+    cohort_top_k: Annotated[int, Meta(ge=0, le=1000)] = 20
+
+
+class Input(_Base):
+    max_message_bytes: PosInt = 1 << 20
+    safety_labels: list[str] = field(
+        default_factory=lambda: ["pii", "toxicity", "prompt_injection", "jailbreak"]
+    )
+
+
+class Config(_Base):
+    input: Input = field(default_factory=Input)
+    cohorts: Cohorts = field(default_factory=Cohorts)
+    windows: Windows = field(default_factory=Windows)
+    baselines: Baselines = field(default_factory=Baselines)
+    alerting: Alerting = field(default_factory=Alerting)
+    rules: HardRules = field(default_factory=HardRules)
+    signals: dict[str, SignalConfig] = field(default_factory=dict)
+    severity: list[SeverityRule] = field(default_factory=list)
+    overrides: list[Override] = field(default_factory=list)
+    sinks: Sinks = field(default_factory=Sinks)
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    def signal(self, name: str) -> SignalConfig:
+        """The settings of one signal (defaults where the file names none)."""
+        return self.signals.get(name) or _DEFAULT_SIGNAL
+
+
+_DEFAULT_SIGNAL = SignalConfig()
+# msgspec names the place as `$.signals.refusal_rate.threshold` or `$.severity[2]`.
+_PATH = re.compile(r" - at `\$\.?(.*)`$")
+
+
+def _semantic_checks(cfg: Config) -> None:
+    from detector.signals import known_signals  # late: signals imports config types
+
+    levels = cfg.cohorts.levels
+    if not levels or any(not lvl for lvl in levels):
+        raise ConfigError("cohorts.levels: needs at least one non-empty level")
+    for i in range(1, len(levels)):
+        if not set(levels[i - 1]) < set(levels[i]):
+            raise ConfigError(
+                f"cohorts.levels[{i}]: must contain every field of level {i - 1} and more"
+            )
+    known = known_signals(cfg.input.safety_labels, cfg.rules.leak_labels)
+    for name in cfg.signals:
+        if name not in known:
+            raise ConfigError(f"signals.{name}: unknown signal (known: {', '.join(sorted(known))})")
+    for i, rule in enumerate(cfg.severity):
+        for s in rule.signals:
+            if s != "*" and not s.endswith("*") and s not in known:
+                raise ConfigError(f"severity[{i}].signals: unknown signal {s!r}")
+    for i, ov in enumerate(cfg.overrides):
+        for k in ov.match:
+            if k not in COHORT_FIELDS:
+                raise ConfigError(f"overrides[{i}].match.{k}: not a cohort field")
+    if not cfg.severity:
+        raise ConfigError("severity: at least one rule is needed (the last one is the fallback)")
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate an already parsed TOML document."""
+    try:
+        cfg = msgspec.convert(data, Config, strict=True)
+    except msgspec.ValidationError as e:
+        msg = str(e)
+        m = _PATH.search(msg)
+        where = m.group(1) if m else "(top level)"
+        problem = msg[: m.start()] if m else msg
+        if problem.startswith("Object contains unknown field"):
+            key = problem.split("`")[1]
+            where = f"{where}.{key}" if m else key
+            problem = "unknown key"
+        raise ConfigError(f"{where}: {problem}") from None
+    _semantic_checks(cfg)
+    return cfg
+
+
+def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
+    """``DETECTOR_KAFKA_BROKERS=…`` overrides ``[kafka] brokers``; likewise any key of
+    ``[kafka]`` or ``[metrics]``, so a deployment can keep one file across environments."""
+    for section, struct in (("kafka", KafkaConfig), ("metrics", MetricsConfig)):
+        defaults = struct()
+        for name in struct.__struct_fields__:
+            env = os.environ.get(f"DETECTOR_{section.upper()}_{name.upper()}")
+            if env is None:
+                continue
+            value: Any = env
+            if isinstance(getattr(defaults, name), int):
+                try:
+                    value = int(env)
+                except ValueError:
+                    raise ConfigError(
+                        f"{section}.{name}: DETECTOR_{section.upper()}_{name.upper()}="
+                        f"{env!r} is not a whole number"
+                    ) from None
+            data.setdefault(section, {})[name] = value
+    return data
+
+
+def load_config(path: str | Path | None, *, env: bool = True) -> Config:
+    """Load and validate a config file; ``None`` loads the packaged default."""
+    if path is None:
+        text = resources.files("detector").joinpath("data/detector.toml").read_text("utf-8")
+        where = "default config"
+    else:
+        try:
+            text = Path(path).read_text("utf-8")
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read ({e.strerror})") from None
+        where = str(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{where}: not valid TOML ({e})") from None
+    return parse_config(_env_overrides(data) if env else data)

@@ -1,0 +1,335 @@
+"""Stage 1: per-cohort window partials, their merge, and the event-time watermark.
+
+Per event the work is a handful of counter increments on the event's finest cohort; the roll-up
+to coarser cohorts happens once per (cohort, window) when a window closes. Partials merge by
+adding counters and keeping bottom-k / top-k evidence, so merging is associative and
+commutative and the order of arrival within the allowed lateness does not change a result.
+
+>>> from detector.config import load_config
+>>> from detector.events import decode
+>>> agg = Aggregator(load_config(None))
+>>> for t in (0, 10, 20):
+...     agg.add(decode(b'{"ts": %d, "operation": "chat", "app": "a", "refusal": true}' % t)[0][0])
+>>> [p.counts[REFUSAL] for p in agg.drain(watermark=120)]
+[3.0, 3.0]
+>>> agg.add(decode(b'{"ts": 5, "operation": "chat", "app": "a"}')[0][0])  # window closed: late
+>>> agg.late
+1
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Iterable
+from operator import attrgetter
+from typing import Final
+
+import msgspec
+from msgspec import UNSET, Struct
+
+from detector.config import Config
+from detector.events import MODEL_OPERATIONS, TraceEvent
+from detector.signals import (
+    ERRORS,
+    EVENTS,
+    FABRICATED,
+    FMT_FAIL,
+    FMT_N,
+    IN_N,
+    IN_Q,
+    IN_S,
+    INSTR,
+    LAT_N,
+    LAT_Q,
+    LAT_S,
+    MEMWRITE,
+    MODEL,
+    OUT_N,
+    OUT_Q,
+    OUT_S,
+    OVERRIDE,
+    REFUSAL,
+    RETRIES,
+    SCHEMA_INV,
+    TOOL,
+    Layout,
+)
+
+__all__ = ["Aggregator", "Partial", "decode_partial", "encode", "merge", "route_key"]
+
+UNKNOWN: Final = "unknown"
+VERSION_FIELDS: Final = ("model_version", "prompt_version", "policy_version")
+MAX_VERSION_COMBOS: Final = 16
+OTHER_VERSIONS: Final = "\x1f".join((UNKNOWN, UNKNOWN, UNKNOWN))
+_ERROR_STATUS: Final = frozenset({"error"})
+
+
+class Partial(Struct, array_like=True):
+    """Totals of one cohort in one window, from one or more sources."""
+
+    window: int                      # window index: floor(ts / size)
+    level: int                       # index into config.cohorts.levels
+    cohort: tuple[str, ...]          # values of that level's fields
+    counts: list[float]
+    samples: dict[int, list[str]]    # counter -> smallest trace ids of flagged events
+    top: dict[int, list[tuple[float, str]]]  # quantity counter -> largest (value, trace id)
+    versions: dict[str, int]         # "model\x1fprompt\x1fpolicy" -> events
+    max_ts: float
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(Partial)
+
+
+def encode(p: Partial) -> bytes:
+    return _enc.encode(p)
+
+
+def decode_partial(data: bytes) -> Partial:
+    return _dec.decode(data)
+
+
+def route_key(cohort: tuple[str, ...], level_fields: list[str], root_fields: list[str]) -> str:
+    """Stage-2 partition key: the root-level cohort, so a parent and its children meet."""
+    pos = {f: i for i, f in enumerate(level_fields)}
+    return "\x1f".join(cohort[pos[f]] for f in root_fields)
+
+
+def _bottom(lst: list[str], tid: str, k: int) -> None:
+    if len(lst) < k:
+        if tid not in lst:
+            insort(lst, tid)
+    elif tid < lst[-1] and tid not in lst:
+        insort(lst, tid)
+        lst.pop()
+
+
+def _top(lst: list[tuple[float, str]], item: tuple[float, str], k: int) -> None:
+    # Kept ascending; the smallest kept item is lst[0].
+    if len(lst) < k:
+        if item not in lst:
+            insort(lst, item)
+    elif item > lst[0] and item not in lst:
+        insort(lst, item)
+        del lst[0]
+
+
+def merge_into(a: Partial, b: Partial, k: int) -> None:
+    """Add ``b`` into ``a`` (same window and cohort)."""
+    ac = a.counts
+    for i, v in enumerate(b.counts):
+        ac[i] += v
+    for c, ids in b.samples.items():
+        dst = a.samples.setdefault(c, [])
+        for t in ids:
+            _bottom(dst, t, k)
+    for c, items in b.top.items():
+        dst2 = a.top.setdefault(c, [])
+        for it in items:
+            _top(dst2, (it[0], it[1]), k)
+    for v, n in b.versions.items():
+        a.versions[v] = a.versions.get(v, 0) + n
+    _cap_versions(a.versions)
+    if b.max_ts > a.max_ts:
+        a.max_ts = b.max_ts
+
+
+def _cap_versions(versions: dict[str, int]) -> None:
+    if len(versions) <= MAX_VERSION_COMBOS:
+        return
+    # Keep the most common combinations; ties broken by name so the result is order-free.
+    keep = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_VERSION_COMBOS - 1]
+    other = OTHER_VERSIONS
+    rest = sum(versions.values()) - sum(n for _, n in keep)
+    versions.clear()
+    versions.update(keep)
+    versions[other] = versions.get(other, 0) + rest
+
+
+def merge(a: Partial, b: Partial, k: int = 20) -> Partial:
+    """A new partial holding both (pure)."""
+    out = _empty(a.window, a.level, a.cohort, len(a.counts))
+    merge_into(out, a, k)
+    merge_into(out, b, k)
+    return out
+
+
+def _empty(window: int, level: int, cohort: tuple[str, ...], size: int) -> Partial:
+    return Partial(window, level, cohort, [0.0] * size, {}, {}, {}, float("-inf"))
+
+
+class Aggregator:
+    """Stage 1 for one source: accumulates events into finest-cohort partials and hands out
+    partials at every level once the watermark closes their window."""
+
+    def __init__(self, config: Config) -> None:
+        self.size = config.windows.size_seconds
+        self.lateness = config.windows.allowed_lateness_seconds
+        self.k = config.alerting.evidence_trace_ids
+        self.levels = config.cohorts.levels
+        self.finest = self.levels[-1]
+        self.layout = Layout(tuple(config.input.safety_labels))
+        self._key = attrgetter(*self.finest) if len(self.finest) > 1 else (
+            lambda ev, _g=attrgetter(self.finest[0]): (_g(ev),))
+        self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
+        self.max_ts = float("-inf")
+        self.closed_before = -(1 << 62)   # windows below this index are closed
+        self.late = 0
+        # Projections from the finest cohort tuple to each level's tuple.
+        self._proj = [tuple(self.finest.index(f) for f in lvl) for lvl in self.levels]
+
+    @property
+    def watermark(self) -> float:
+        return self.max_ts - self.lateness
+
+    def _new(self, w: int, key: tuple[object, ...]) -> Partial:
+        cohort = tuple(UNKNOWN if v is UNSET else v for v in key)
+        return _empty(w, len(self.levels) - 1, cohort, self.layout.size)  # type: ignore[arg-type]
+
+    def add(self, ev: TraceEvent) -> None:
+        """Count one event into its window; an event for a closed window is counted as late."""
+        ts: float = ev.ts  # type: ignore[assignment]  # decode() made it epoch seconds
+        w = int(ts // self.size)
+        if w < self.closed_before:
+            self.late += 1
+            return
+        if ts > self.max_ts:
+            self.max_ts = ts
+        key = (w, self._key(ev))
+        p = self._open.get(key)
+        if p is None:
+            p = self._open[key] = self._new(w, key[1])
+        if ts > p.max_ts:
+            p.max_ts = ts
+        c = p.counts
+        c[EVENTS] += 1
+        tid = ev.trace_id
+        k = self.k
+        s = p.samples
+        op = ev.operation
+        if op in MODEL_OPERATIONS:
+            c[MODEL] += 1
+            if ev.refusal is True:
+                c[REFUSAL] += 1
+                if tid is not UNSET:
+                    _bottom(s.setdefault(REFUSAL, []), tid, k)
+            if ev.instruction_violation is True:
+                c[INSTR] += 1
+                if tid is not UNSET:
+                    _bottom(s.setdefault(INSTR, []), tid, k)
+            fv = ev.output_format_valid
+            if fv is not UNSET:
+                c[FMT_N] += 1
+                if fv is False:
+                    c[FMT_FAIL] += 1
+                    if tid is not UNSET:
+                        _bottom(s.setdefault(FMT_FAIL, []), tid, k)
+            v = ev.input_tokens
+            if v is not UNSET:
+                c[IN_N] += 1
+                c[IN_S] += v
+                c[IN_Q] += v * v
+            v = ev.output_tokens
+            if v is not UNSET:
+                c[OUT_N] += 1
+                c[OUT_S] += v
+                c[OUT_Q] += v * v
+                if tid is not UNSET:
+                    _top(p.top.setdefault(OUT_N, []), (float(v), tid), k)
+            v = ev.latency_ms
+            if v is not UNSET:
+                c[LAT_N] += 1
+                c[LAT_S] += v
+                c[LAT_Q] += v * v
+                if tid is not UNSET:
+                    _top(p.top.setdefault(LAT_N, []), (float(v), tid), k)
+        elif op == "execute_tool":
+            c[TOOL] += 1
+            if ev.schema_valid is False:
+                c[SCHEMA_INV] += 1
+                if tid is not UNSET:
+                    _bottom(s.setdefault(SCHEMA_INV, []), tid, k)
+            if ev.tool_result_fabricated is True:
+                c[FABRICATED] += 1
+                if tid is not UNSET:
+                    _bottom(s.setdefault(FABRICATED, []), tid, k)
+        elif op == "memory_write":
+            c[MEMWRITE] += 1
+            if tid is not UNSET:
+                _bottom(s.setdefault(MEMWRITE, []), tid, k)
+        elif op == "human_override":
+            c[OVERRIDE] += 1
+            if tid is not UNSET:
+                _bottom(s.setdefault(OVERRIDE, []), tid, k)
+        r = ev.retries
+        if r is not UNSET and r:
+            c[RETRIES] += r
+            if tid is not UNSET:
+                _bottom(s.setdefault(RETRIES, []), tid, k)
+        if (ev.error_type is not UNSET or ev.finish_reason == "error"
+                or ev.tool_status in _ERROR_STATUS):
+            c[ERRORS] += 1
+            if tid is not UNSET:
+                _bottom(s.setdefault(ERRORS, []), tid, k)
+        hits = ev.safety_hits
+        if hits is not UNSET and hits:
+            idx = self.layout.safety_index
+            other = idx["other"]
+            for label in set(hits):
+                i = idx.get(label, other)
+                c[i] += 1
+                if tid is not UNSET:
+                    _bottom(s.setdefault(i, []), tid, k)
+        if tid is not UNSET:
+            _bottom(s.setdefault(EVENTS, []), tid, k)
+        vkey = f"{_s(ev.model_version)}\x1f{_s(ev.prompt_version)}\x1f{_s(ev.policy_version)}"
+        vs = p.versions
+        if vkey in vs:
+            vs[vkey] += 1
+        elif len(vs) < MAX_VERSION_COMBOS - 1:
+            vs[vkey] = 1
+        else:
+            vs[OTHER_VERSIONS] = vs.get(OTHER_VERSIONS, 0) + 1
+
+    def drain(self, watermark: float | None = None) -> list[Partial]:
+        """Close every window that ends at or before the watermark; return its partials at
+        every cohort level, finest last, in a deterministic order."""
+        wm = self.watermark if watermark is None else watermark
+        upto = int(wm // self.size)  # windows < upto end at or before wm
+        if upto <= self.closed_before:
+            return []
+        self.closed_before = upto
+        closing = sorted((key for key in self._open if key[0] < upto), key=_order)
+        return self._roll_up([self._open.pop(key) for key in closing])
+
+    def drain_all(self) -> list[Partial]:
+        """End of input: close every open window."""
+        if not self._open:
+            return []
+        return self.drain(watermark=(max(w for w, _ in self._open) + 1) * self.size)
+
+    def _roll_up(self, finest: Iterable[Partial]) -> list[Partial]:
+        out: list[Partial] = []
+        coarse: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
+        fin = len(self.levels) - 1
+        for p in finest:
+            for lvl in range(fin):
+                key = (p.window, lvl, tuple(p.cohort[i] for i in self._proj[lvl]))
+                q = coarse.get(key)
+                if q is None:
+                    coarse[key] = q = _empty(p.window, lvl, key[2], len(p.counts))
+                merge_into(q, p, self.k)
+            out.append(p)
+        return sorted(coarse.values(), key=_pkey) + out
+
+
+def _s(v: object) -> str:
+    return UNKNOWN if v is UNSET else v  # type: ignore[return-value]
+
+
+def _order(key: tuple[int, tuple[object, ...]]) -> tuple[int, tuple[str, ...]]:
+    return key[0], tuple(UNKNOWN if v is UNSET else v for v in key[1])  # type: ignore[misc]
+
+
+def _pkey(p: Partial) -> tuple[int, int, tuple[str, ...]]:
+    return p.window, p.level, p.cohort
