@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import datetime
-from typing import Annotated, Any, Final, NamedTuple
+from typing import Annotated, Any, Final, Literal, NamedTuple
 
 import msgspec
 import orjson
@@ -68,8 +68,9 @@ class TraceEvent(Struct, gc=False, omit_defaults=True):
 
     ts: datetime | Annotated[float, Meta(ge=0)]
     operation: Annotated[str, Meta(min_length=1, max_length=64)]
-    trace_id: Annotated[str, Meta(pattern="^[0-9a-fA-F]{32}$")] | UnsetType = UNSET
-    span_id: Annotated[str, Meta(pattern="^[0-9a-fA-F]{16}$")] | UnsetType = UNSET
+    # Length is checked here in C; hex digits in _finish (a msgspec regex costs ~0.7 µs).
+    trace_id: Annotated[str, Meta(min_length=32, max_length=32)] | UnsetType = UNSET
+    span_id: Annotated[str, Meta(min_length=16, max_length=16)] | UnsetType = UNSET
     tenant: Str128 | UnsetType = UNSET
     region: Str64 | UnsetType = UNSET
     app: Str128 | UnsetType = UNSET
@@ -90,9 +91,7 @@ class TraceEvent(Struct, gc=False, omit_defaults=True):
     error_type: Str128 | UnsetType = UNSET
     tool_name: Str128 | UnsetType = UNSET
     tool_authorized: bool | UnsetType = UNSET
-    tool_side_effect: Annotated[str, Meta(pattern="^(none|read|write|external)$")] | UnsetType = (
-        UNSET
-    )
+    tool_side_effect: Literal["none", "read", "write", "external"] | UnsetType = UNSET
     tool_approved: bool | UnsetType = UNSET
     schema_valid: bool | UnsetType = UNSET
     tool_result_fabricated: bool | UnsetType = UNSET
@@ -121,6 +120,7 @@ class Rejection(NamedTuple):
 _one: Final = msgspec.json.Decoder(TraceEvent)
 _many: Final = msgspec.json.Decoder(list[TraceEvent])
 _raw: Final = msgspec.json.Decoder()
+_INF: Final = float("inf")
 _CONTRACT_FIELDS: Final = frozenset(TraceEvent.__struct_fields__) - {"override_reason"}
 _AT = re.compile(r" - at `\$(?:\[\d+\])?\.?([A-Za-z_]\w*)?")
 
@@ -148,21 +148,37 @@ def _classify(message: str) -> tuple[str, str | None]:
         return "missing_field", message.split("`")[1]
     if field == "ts" and ("RFC3339" in message or "out of range" in message):
         return "bad_timestamp", field
-    if any(s in message for s in (">=", "<=", "length", "regex", "out of range")):
+    if any(s in message for s in (">=", "<=", "length", "Invalid enum", "out of range")):
         return "out_of_range", field
     return "wrong_type", field
 
 
+def _hex(value: object, nbytes: int) -> bool:
+    # bytes.fromhex rejects anything but hex digit pairs (and whitespace, which the length
+    # check then catches): no sign, no 0x, no underscores, unlike int(x, 16).
+    try:
+        return len(bytes.fromhex(value)) == nbytes  # type: ignore[arg-type]
+    except ValueError:
+        return False
+
+
 def _finish(ev: TraceEvent) -> Rejection | None:
-    """Normalise ``ts`` to epoch seconds; RFC 3339 requires an offset."""
+    """Checks msgspec cannot do cheaply, and ``ts`` normalised to epoch seconds."""
     ts = ev.ts
-    if isinstance(ts, datetime):
-        if ts.tzinfo is None:
+    if ts.__class__ is datetime:
+        if ts.tzinfo is None:  # type: ignore[union-attr]
             return Rejection("bad_timestamp", "ts", "RFC 3339 time without an offset", {})
-        ev.ts = ts.timestamp()
-    elif ts != ts or ts == float("inf"):
+        ev.ts = ts.timestamp()  # type: ignore[union-attr]
+    elif ts != ts or ts == _INF:
         return Rejection("bad_timestamp", "ts", "not a finite number", {})
-    ev.override_reason = UNSET
+    tid = ev.trace_id
+    if tid is not UNSET and not _hex(tid, 16):
+        return Rejection("out_of_range", "trace_id", "trace_id must be 32 hex digits", {})
+    sid = ev.span_id
+    if sid is not UNSET and not _hex(sid, 8):
+        return Rejection("out_of_range", "span_id", "span_id must be 16 hex digits", {})
+    if ev.override_reason is not UNSET:
+        ev.override_reason = UNSET   # free text: validated, never kept
     return None
 
 
@@ -191,13 +207,11 @@ def decode(
         evs = _many.decode(data) if head == b"[" else [_one.decode(data)]
     except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
         return _slow_path(data)
-    ok: list[TraceEvent] = []
     for ev in evs:
         if _finish(ev) is not None:
-            # Rare: a naive or non-finite ts; redo the whole message item by item.
+            # Rare: a check only _finish makes failed; redo the message item by item.
             return _slow_path(data)
-        ok.append(ev)
-    return ok, []
+    return evs, []
 
 
 def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:

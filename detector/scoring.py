@@ -10,6 +10,7 @@ that were not anomalous for that signal.
 
 from __future__ import annotations
 
+from math import expm1
 from typing import NamedTuple
 
 from baselines import fading_factor
@@ -47,6 +48,12 @@ class CohortModel:
         self.persist: dict[str, int] = {}           # consecutive anomalous windows
         self.versions: list[dict[str, float]] = [{}, {}, {}]  # known values, decayed weights
         self.windows = 0
+
+    def expects_traffic(self, t: float) -> bool:
+        """Whether an empty window is news: below ~2 expected events, silence is no evidence
+        (P(0 | 2) = 0.14), so rare cohorts are not walked every window."""
+        b = self.baselines.get("volume")
+        return b is not None and b.n >= 5 and b.expected(t) >= 2.0  # type: ignore[call-arg]
 
     def learn_versions(self, versions: dict[str, int]) -> None:
         """Remember which version values this cohort normally sees."""
@@ -139,7 +146,7 @@ class Scorer:
                 n = c[sig.num] if sig.kind == "quantity" else c[sig.den]
                 if n <= 0:
                     continue
-                k = c[sig.num]
+                k = c[sig.num]   # for a quantity: the number of values (min_count applies)
             b = self._baseline(sig, own, parent)
             if b is None:
                 continue
@@ -149,8 +156,10 @@ class Scorer:
                 zf, zs = b.score_one(k, n)  # type: ignore[union-attr]
                 observed = k / n
             elif sig.kind == "quantity":
+                # Per-event values are counted as log1p (tokens and latency are heavy-tailed);
+                # observed and expected are reported back as geometric means.
                 zf, zs = b.score_one(n, c[sig.den], c[sig.sq])  # type: ignore[union-attr]
-                observed = c[sig.den] / n
+                observed = expm1(c[sig.den] / n)
             else:
                 zf, zs = b.score_one(k, t0)  # type: ignore[union-attr]
                 observed = k
@@ -158,7 +167,7 @@ class Scorer:
             if d == "up":
                 slow = zs > zf
                 z = max(zf, zs)
-                hit = z >= t and (sig.kind != "rate" or k >= cfg.min_count)
+                hit = z >= t and k >= cfg.min_count
             elif d == "down":
                 slow = zs < zf
                 z = min(zf, zs)
@@ -166,9 +175,13 @@ class Scorer:
             else:
                 slow = abs(zs) > abs(zf)
                 z = zs if slow else zf
-                hit = (z >= t and (sig.kind != "rate" or k >= cfg.min_count)) or z <= -t
-            expected = (b.expected(t0, slow=slow) if sig.kind == "volume"  # type: ignore[call-arg]
-                        else b.expected(slow=slow))  # type: ignore[call-arg]
+                hit = (z >= t and k >= cfg.min_count) or z <= -t
+            if sig.kind == "volume":
+                expected = b.expected(t0, slow=slow)  # type: ignore[call-arg]
+            elif sig.kind == "quantity":
+                expected = expm1(b.expected(slow=slow))  # type: ignore[call-arg]
+            else:
+                expected = b.expected(slow=slow)  # type: ignore[call-arg]
             out.append(Decision(name, z, observed, expected, thr[name], hit, int(c[EVENTS])))
         return out
 

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Iterable
+from math import log1p
 from operator import attrgetter
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 from msgspec import UNSET, Struct
@@ -61,7 +62,6 @@ UNKNOWN: Final = "unknown"
 VERSION_FIELDS: Final = ("model_version", "prompt_version", "policy_version")
 MAX_VERSION_COMBOS: Final = 16
 OTHER_VERSIONS: Final = "\x1f".join((UNKNOWN, UNKNOWN, UNKNOWN))
-_ERROR_STATUS: Final = frozenset({"error"})
 
 
 class Partial(Struct, array_like=True):
@@ -72,9 +72,10 @@ class Partial(Struct, array_like=True):
     cohort: tuple[str, ...]          # values of that level's fields
     counts: list[float]
     samples: dict[int, list[str]]    # counter -> smallest trace ids of flagged events
-    top: dict[int, list[tuple[float, str]]]  # quantity counter -> largest (value, trace id)
+    top: dict[int, list[tuple[float, str]]]  # quantity counter -> largest (log value, trace id)
     versions: dict[str, int]         # "model\x1fprompt\x1fpolicy" -> events
     max_ts: float
+    route: str = ""                  # stage-2 partition key: the root-level cohort
 
 
 _enc = msgspec.msgpack.Encoder()
@@ -89,10 +90,10 @@ def decode_partial(data: bytes) -> Partial:
     return _dec.decode(data)
 
 
-def route_key(cohort: tuple[str, ...], level_fields: list[str], root_fields: list[str]) -> str:
-    """Stage-2 partition key: the root-level cohort, so a parent and its children meet."""
-    pos = {f: i for i, f in enumerate(level_fields)}
-    return "\x1f".join(cohort[pos[f]] for f in root_fields)
+def route_key(root_values: tuple[str, ...]) -> str:
+    """Stage-2 partition key: the root-level cohort, so a parent and all its children meet on
+    one stage-2 instance (parent fallback and grouping need both)."""
+    return "\x1f".join(root_values)
 
 
 def _bottom(lst: list[str], tid: str, k: int) -> None:
@@ -148,14 +149,15 @@ def _cap_versions(versions: dict[str, int]) -> None:
 
 def merge(a: Partial, b: Partial, k: int = 20) -> Partial:
     """A new partial holding both (pure)."""
-    out = _empty(a.window, a.level, a.cohort, len(a.counts))
+    out = _empty(a.window, a.level, a.cohort, len(a.counts), a.route)
     merge_into(out, a, k)
     merge_into(out, b, k)
     return out
 
 
-def _empty(window: int, level: int, cohort: tuple[str, ...], size: int) -> Partial:
-    return Partial(window, level, cohort, [0.0] * size, {}, {}, {}, float("-inf"))
+def _empty(window: int, level: int, cohort: tuple[str, ...], size: int, route: str = ""
+           ) -> Partial:
+    return Partial(window, level, cohort, [0.0] * size, {}, {}, {}, float("-inf"), route)
 
 
 class Aggregator:
@@ -183,11 +185,14 @@ class Aggregator:
         return self.max_ts - self.lateness
 
     def _new(self, w: int, key: tuple[object, ...]) -> Partial:
-        cohort = tuple(UNKNOWN if v is UNSET else v for v in key)
-        return _empty(w, len(self.levels) - 1, cohort, self.layout.size)  # type: ignore[arg-type]
+        cohort: tuple[str, ...] = tuple(UNKNOWN if v is UNSET else v for v in key)  # type: ignore[misc]
+        route = route_key(tuple(cohort[i] for i in self._proj[0]))
+        return _empty(w, len(self.levels) - 1, cohort, self.layout.size, route)
 
     def add(self, ev: TraceEvent) -> None:
-        """Count one event into its window; an event for a closed window is counted as late."""
+        """Count one event into its window; an event for a closed window is counted as late.
+
+        The hot path: plain counter updates, evidence kept only when it would change."""
         ts: float = ev.ts  # type: ignore[assignment]  # decode() made it epoch seconds
         w = int(ts // self.size)
         if w < self.closed_before:
@@ -204,6 +209,7 @@ class Aggregator:
         c = p.counts
         c[EVENTS] += 1
         tid = ev.trace_id
+        has_tid = tid is not UNSET
         k = self.k
         s = p.samples
         op = ev.operation
@@ -211,79 +217,91 @@ class Aggregator:
             c[MODEL] += 1
             if ev.refusal is True:
                 c[REFUSAL] += 1
-                if tid is not UNSET:
+                if has_tid:
                     _bottom(s.setdefault(REFUSAL, []), tid, k)
             if ev.instruction_violation is True:
                 c[INSTR] += 1
-                if tid is not UNSET:
+                if has_tid:
                     _bottom(s.setdefault(INSTR, []), tid, k)
             fv = ev.output_format_valid
             if fv is not UNSET:
                 c[FMT_N] += 1
                 if fv is False:
                     c[FMT_FAIL] += 1
-                    if tid is not UNSET:
+                    if has_tid:
                         _bottom(s.setdefault(FMT_FAIL, []), tid, k)
             v = ev.input_tokens
             if v is not UNSET:
                 c[IN_N] += 1
-                c[IN_S] += v
-                c[IN_Q] += v * v
+                x = log1p(v)
+                c[IN_S] += x
+                c[IN_Q] += x * x
             v = ev.output_tokens
             if v is not UNSET:
                 c[OUT_N] += 1
-                c[OUT_S] += v
-                c[OUT_Q] += v * v
-                if tid is not UNSET:
-                    _top(p.top.setdefault(OUT_N, []), (float(v), tid), k)
+                x = log1p(v)
+                c[OUT_S] += x
+                c[OUT_Q] += x * x
+                if has_tid:
+                    lst = p.top.get(OUT_N)
+                    if lst is None or len(lst) < k or x > lst[0][0]:
+                        _top(p.top.setdefault(OUT_N, []), (x, tid), k)
             v = ev.latency_ms
             if v is not UNSET:
                 c[LAT_N] += 1
-                c[LAT_S] += v
-                c[LAT_Q] += v * v
-                if tid is not UNSET:
-                    _top(p.top.setdefault(LAT_N, []), (float(v), tid), k)
+                x = log1p(v)
+                c[LAT_S] += x
+                c[LAT_Q] += x * x
+                if has_tid:
+                    lst = p.top.get(LAT_N)
+                    if lst is None or len(lst) < k or x > lst[0][0]:
+                        _top(p.top.setdefault(LAT_N, []), (x, tid), k)
         elif op == "execute_tool":
             c[TOOL] += 1
             if ev.schema_valid is False:
                 c[SCHEMA_INV] += 1
-                if tid is not UNSET:
+                if has_tid:
                     _bottom(s.setdefault(SCHEMA_INV, []), tid, k)
             if ev.tool_result_fabricated is True:
                 c[FABRICATED] += 1
-                if tid is not UNSET:
+                if has_tid:
                     _bottom(s.setdefault(FABRICATED, []), tid, k)
         elif op == "memory_write":
             c[MEMWRITE] += 1
-            if tid is not UNSET:
+            if has_tid:
                 _bottom(s.setdefault(MEMWRITE, []), tid, k)
         elif op == "human_override":
             c[OVERRIDE] += 1
-            if tid is not UNSET:
+            if has_tid:
                 _bottom(s.setdefault(OVERRIDE, []), tid, k)
         r = ev.retries
-        if r is not UNSET and r:
+        if r:   # UNSET is falsy
             c[RETRIES] += r
-            if tid is not UNSET:
+            if has_tid:
                 _bottom(s.setdefault(RETRIES, []), tid, k)
         if (ev.error_type is not UNSET or ev.finish_reason == "error"
-                or ev.tool_status in _ERROR_STATUS):
+                or ev.tool_status == "error"):
             c[ERRORS] += 1
-            if tid is not UNSET:
+            if has_tid:
                 _bottom(s.setdefault(ERRORS, []), tid, k)
         hits = ev.safety_hits
-        if hits is not UNSET and hits:
+        if hits:
             idx = self.layout.safety_index
             other = idx["other"]
             for label in set(hits):
                 i = idx.get(label, other)
                 c[i] += 1
-                if tid is not UNSET:
+                if has_tid:
                     _bottom(s.setdefault(i, []), tid, k)
-        if tid is not UNSET:
-            _bottom(s.setdefault(EVENTS, []), tid, k)
-        vkey = f"{_s(ev.model_version)}\x1f{_s(ev.prompt_version)}\x1f{_s(ev.policy_version)}"
-        vs = p.versions
+        if has_tid:
+            lst2 = s.get(EVENTS)
+            if lst2 is None:
+                s[EVENTS] = [tid]
+            elif len(lst2) < k or tid < lst2[-1]:
+                _bottom(lst2, tid, k)
+        # Tuple keys while open (cheap to hash); made strings when the window closes.
+        vkey = (ev.model_version, ev.prompt_version, ev.policy_version)
+        vs: dict[Any, int] = p.versions  # type: ignore[assignment]
         if vkey in vs:
             vs[vkey] += 1
         elif len(vs) < MAX_VERSION_COMBOS - 1:
@@ -300,7 +318,14 @@ class Aggregator:
             return []
         self.closed_before = upto
         closing = sorted((key for key in self._open if key[0] < upto), key=_order)
-        return self._roll_up([self._open.pop(key) for key in closing])
+        finest = [self._open.pop(key) for key in closing]
+        for p in finest:
+            p.versions = {
+                (k if isinstance(k, str) else "\x1f".join(_s(v) for v in k)): n
+                for k, n in p.versions.items()
+            }
+            _cap_versions(p.versions)
+        return self._roll_up(finest)
 
     def drain_all(self) -> list[Partial]:
         """End of input: close every open window."""
@@ -317,7 +342,7 @@ class Aggregator:
                 key = (p.window, lvl, tuple(p.cohort[i] for i in self._proj[lvl]))
                 q = coarse.get(key)
                 if q is None:
-                    coarse[key] = q = _empty(p.window, lvl, key[2], len(p.counts))
+                    coarse[key] = q = _empty(p.window, lvl, key[2], len(p.counts), p.route)
                 merge_into(q, p, self.k)
             out.append(p)
         return sorted(coarse.values(), key=_pkey) + out

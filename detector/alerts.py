@@ -1,0 +1,214 @@
+"""Alerts: the contract in ``shared/schema/alert.md``, stable ids, and the lifecycle.
+
+An alert is emitted when it starts firing, again when its severity changes, and once when it
+resolves (after ``resolve_after_clean_windows`` clean windows; while firing, hysteresis in
+scoring keeps a dip just under the threshold from resolving it, which suppresses flapping).
+The id fingerprints (signal, cohort, start window), so replaying the same events yields the
+same ids.
+
+>>> c = {"app": "a", "environment": "production"}
+>>> alert_id("refusal_rate", c, 0.0) == alert_id("refusal_rate", dict(reversed(c.items())), 0.0)
+True
+>>> alert_id("refusal_rate", c, 0.0) == alert_id("refusal_rate", c, 60.0)
+False
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Any
+
+from detector.config import Config
+from detector.scoring import Decision
+from detector.severity import RANK, classify
+
+__all__ = ["Lifecycle", "alert_id", "iso"]
+
+Key = tuple[str, int, tuple[str, ...]]   # (signal, level, cohort values)
+
+
+def iso(t: float) -> str:
+    """RFC 3339 in UTC with milliseconds."""
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def alert_id(signal: str, cohort: dict[str, str], start: float) -> str:
+    text = "|".join([signal, *(f"{k}={cohort[k]}" for k in sorted(cohort)), iso(start)])
+    return "a-" + hashlib.sha256(text.encode()).hexdigest()[:20]
+
+
+def _r(x: float | None) -> float | None:
+    return None if x is None else round(float(x), 6)
+
+
+class _Incident:
+    __slots__ = ("clean", "cohort", "evidence", "expected", "grouped", "id", "last_end",
+                 "observed", "persistence", "rule", "score", "severity", "signal",
+                 "starts_at", "suspected", "threshold", "window")
+
+    def __init__(self, signal: str, cohort: dict[str, str], starts_at: float, rule: bool) -> None:
+        self.id = alert_id(signal, cohort, starts_at)
+        self.signal = signal
+        self.cohort = cohort
+        self.starts_at = starts_at
+        self.rule = rule
+        self.severity = "sev4"
+        self.clean = 0
+        self.evidence: list[str] = []
+        self.last_end = starts_at
+        self.observed = 0.0
+        self.expected: float | None = None
+        self.score = 0.0
+        self.threshold = 0.0
+        self.window: dict[str, Any] = {}
+        self.persistence = 1
+        self.grouped = 0
+        self.suspected: dict[str, Any] | None = None
+
+
+class Lifecycle:
+    """Active alerts, keyed by (signal, level, cohort); emits alert dicts on transitions."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rules = config.severity
+        self.resolve_after = config.alerting.resolve_after_clean_windows
+        self.k = config.alerting.evidence_trace_ids
+        self.levels = config.cohorts.levels
+        self.active: dict[Key, _Incident] = {}
+
+    def firing(self, level: int, cohort: tuple[str, ...]) -> set[str]:
+        return {k[0] for k in self.active if k[1] == level and k[2] == cohort}
+
+    def _cohort(self, level: int, cohort: tuple[str, ...]) -> dict[str, str]:
+        return dict(zip(self.levels[level], cohort, strict=True))
+
+    def _severity(self, signal: str, cohort: dict[str, str], persistence: int,
+                  score: float) -> str | None:
+        env = cohort.get("environment", "production")
+        return classify(self.rules, signal, env, persistence, score)
+
+    def _add_evidence(self, inc: _Incident, ids: list[str]) -> None:
+        for t in ids:
+            if len(inc.evidence) >= self.k:
+                break
+            if t not in inc.evidence:
+                inc.evidence.append(t)
+
+    def on_anomaly(self, level: int, cohort: tuple[str, ...], d: Decision, persistence: int,
+                   window: tuple[float, float], evidence: list[str],
+                   suspected: dict[str, Any] | None, grouped: int) -> dict[str, Any] | None:
+        """An anomalous window of a (cohort, signal) that represents its incident."""
+        key = (d.signal, level, cohort)
+        inc = self.active.get(key)
+        cdict = self._cohort(level, cohort) if inc is None else inc.cohort
+        sev = self._severity(d.signal, cdict, persistence, d.score)
+        if inc is None and sev is None:
+            return None
+        start, end = window
+        new = inc is None
+        if inc is None:
+            first = start - (persistence - 1) * (end - start)
+            inc = self.active[key] = _Incident(d.signal, cdict, first, rule=False)
+            inc.suspected = suspected
+        inc.clean = 0
+        inc.last_end = end
+        inc.observed, inc.expected, inc.score, inc.threshold = (
+            d.observed, d.expected, d.score, d.threshold)
+        inc.window = {"start": iso(start), "end": iso(end), "events": d.events}
+        inc.persistence = persistence
+        inc.grouped = max(inc.grouped, grouped)
+        self._add_evidence(inc, evidence)
+        if sev is not None and (new or RANK[sev] < RANK[inc.severity]):
+            inc.severity = sev
+            return self._render(inc, "firing")
+        return None
+
+    def on_hit(self, signal: str, level: int, cohort: tuple[str, ...], ts: float,
+               trace_id: str | None, suspected: dict[str, Any] | None) -> dict[str, Any] | None:
+        """A hard-rule hit: fires at the offending event; later hits extend the incident."""
+        key = (signal, level, cohort)
+        inc = self.active.get(key)
+        ids = [trace_id] if trace_id else []
+        if inc is not None:
+            inc.clean = 0
+            inc.last_end = max(inc.last_end, ts)
+            inc.observed += 1
+            inc.score = inc.observed
+            inc.window["events"] = int(inc.observed)
+            self._add_evidence(inc, ids)
+            return None
+        cdict = self._cohort(level, cohort)
+        sev = self._severity(signal, cdict, 1, 0.0)
+        if sev is None:
+            return None
+        inc = self.active[key] = _Incident(signal, cdict, ts, rule=True)
+        inc.severity = sev
+        # Rule-only: no baseline; the score is the count of offending events, the rule value 1.
+        inc.observed = inc.score = inc.threshold = 1.0
+        inc.window = {"start": iso(ts), "end": iso(ts), "events": 1}
+        inc.suspected = suspected
+        self._add_evidence(inc, ids)
+        return self._render(inc, "firing")
+
+    def close_window(self, touched: set[Key]) -> list[dict[str, Any]]:
+        """After a window: every active alert not touched in it had a clean window."""
+        out = []
+        for key in sorted(self.active):
+            if key in touched:
+                continue
+            inc = self.active[key]
+            inc.clean += 1
+            if inc.clean >= self.resolve_after:
+                del self.active[key]
+                out.append(self._render(inc, "resolved"))
+        return out
+
+    def touch_hits(self, window_start: float, window_end: float) -> set[Key]:
+        """Hard-rule incidents with a hit inside this window count as not clean."""
+        return {k for k, inc in self.active.items()
+                if inc.rule and window_start <= inc.last_end < window_end}
+
+    def _render(self, inc: _Incident, status: str) -> dict[str, Any]:
+        sc = self.config.signal(inc.signal)
+        sus = inc.suspected
+        cohort_txt = " ".join(f"{k}={v}" for k, v in inc.cohort.items())
+        if inc.rule:
+            what = f"{inc.signal}: {int(inc.observed)} offending event(s)"
+        else:
+            arrow = "above" if inc.expected is None or inc.observed >= inc.expected else "below"
+            what = (f"{inc.signal} {arrow} baseline: {inc.observed:.4g} vs "
+                    f"{(inc.expected or 0):.4g} expected, score {inc.score:+.1f} "
+                    f"for {inc.persistence} window(s)")
+        summary = f"[{inc.severity}] {what} in {cohort_txt}"
+        if inc.grouped:
+            summary += f" ({inc.grouped} child cohorts)"
+        if sus:
+            summary += f"; suspected change {sus['field']} {sus['baseline']} -> {sus['now']}"
+        if status == "resolved":
+            summary = "RESOLVED " + summary
+        alert: dict[str, Any] = {
+            "id": inc.id,
+            "status": status,
+            "severity": inc.severity,
+            "signal": inc.signal,
+            "cohort": dict(inc.cohort),
+            "starts_at": iso(inc.starts_at),
+            "ends_at": iso(inc.last_end) if status == "resolved" else None,
+            "observed": _r(inc.observed),
+            "expected": _r(inc.expected),
+            "score": _r(inc.score),
+            "threshold": _r(inc.threshold),
+            "window": dict(inc.window),
+            "suspected_change": dict(sus) if sus else None,
+            "evidence": {"trace_ids": list(inc.evidence)},
+            "summary": summary,
+            "runbook_url": sc.runbook_url,
+            "actions": list(sc.actions.get(inc.severity, [])),  # type: ignore[call-overload]
+            "persistence": inc.persistence,
+        }
+        if inc.grouped:
+            alert["grouped_cohorts"] = inc.grouped
+        return alert

@@ -1,0 +1,279 @@
+"""The detection core as two stages, and the single-process pipeline that glues them.
+
+``Stage1`` runs wherever events land: decode, hard rules, per-cohort window partials.
+``Stage2`` runs per route key (the root-level cohort): merges partials, closes windows on a
+watermark, scores, groups children under a parent, and drives the alert lifecycle.
+``Pipeline`` is both in one process, which is what ``detector replay`` runs; the Faust app
+runs the same two stages with a topic between them, so both give the same alerts.
+
+No Kafka or Faust import here: drivers feed bytes in and take alert dicts out.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any, NamedTuple
+
+from detector.alerts import Key, Lifecycle
+from detector.config import Config
+from detector.events import Rejection, decode
+from detector.rules import HardRules, RuleHit
+from detector.scoring import CohortModel, Decision, Scorer
+from detector.signals import EVENTS
+from detector.windows import UNKNOWN, Aggregator, Partial, _empty, merge_into, route_key
+
+__all__ = ["Pipeline", "Stage1", "Stage1Out", "Stage2"]
+
+VERSION_FIELDS = ("model_version", "prompt_version", "policy_version")
+_SUSPECT_ORDER = (1, 2, 0)     # on a tie: prompt, then policy, then model version
+MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not walked window by window
+
+
+class Stage1Out(NamedTuple):
+    hits: list[RuleHit]
+    rejects: list[Rejection]
+    decoded: int
+    late: int
+
+
+class Stage1:
+    """Decode, hard rules and window partials for one source of events."""
+
+    def __init__(self, config: Config) -> None:
+        self.agg = Aggregator(config)
+        self.rules = HardRules(config)
+        self.max_bytes = config.input.max_message_bytes
+
+    @property
+    def watermark(self) -> float:
+        return self.agg.watermark
+
+    def feed(self, data: bytes) -> Stage1Out:
+        evs, rejects = decode(data, self.max_bytes)
+        hits: list[RuleHit] = []
+        late0 = self.agg.late
+        check = self.rules.check
+        add = self.agg.add
+        for ev in evs:
+            h = check(ev)
+            if h:
+                hits.extend(h)
+            add(ev)
+        return Stage1Out(hits, rejects, len(evs), self.agg.late - late0)
+
+    def drain(self) -> list[Partial]:
+        return self.agg.drain()
+
+    def drain_all(self) -> list[Partial]:
+        return self.agg.drain_all()
+
+
+class Stage2:
+    """Per-route-key detection: windows, scores, grouping and the alert lifecycle."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.size = config.windows.size_seconds
+        self.levels = config.cohorts.levels
+        self.group_min = config.cohorts.group_min_children
+        self.k = config.alerting.evidence_trace_ids
+        self.share = config.alerting.version_share
+        self.scorer = Scorer(config)
+        self.life = Lifecycle(config)
+        self.models: dict[tuple[int, tuple[str, ...]], CohortModel] = {}
+        self.pending: dict[int, dict[tuple[int, tuple[str, ...]], Partial]] = {}
+        self.next_window: int | None = None
+        self.late_partials = 0
+        self.windows_closed = 0
+        # For a cohort at level i > 0, the positions of its parent's fields.
+        self._up = [()] + [
+            tuple(self.levels[i].index(f) for f in self.levels[i - 1])
+            for i in range(1, len(self.levels))
+        ]
+
+    # -- input ------------------------------------------------------------------------------
+    def add_partial(self, p: Partial) -> None:
+        if self.next_window is not None and p.window < self.next_window:
+            self.late_partials += 1
+            return
+        slot = self.pending.setdefault(p.window, {})
+        key = (p.level, p.cohort)
+        q = slot.get(key)
+        if q is None:
+            slot[key] = p
+        else:
+            merge_into(q, p, self.k)
+
+    def add_hit(self, h: RuleHit) -> list[dict[str, Any]]:
+        fin = len(self.levels) - 1
+        model = self.models.get((fin, h.cohort))
+        sus = self._suspect(model, {h.versions: 1})
+        a = self.life.on_hit(h.signal, fin, h.cohort, h.ts, h.trace_id, sus)
+        return [a] if a else []
+
+    def advance(self, watermark: float) -> list[dict[str, Any]]:
+        """Close every window that ends at or before ``watermark``; return alert emissions."""
+        upto = int(watermark // self.size)
+        if self.next_window is None:
+            if not self.pending:
+                return []
+            self.next_window = min(self.pending)
+        if upto - self.next_window > MAX_GAP_WINDOWS:
+            self.next_window = min(min(self.pending, default=upto), upto - MAX_GAP_WINDOWS)
+        out: list[dict[str, Any]] = []
+        while self.next_window < upto:
+            out += self._close(self.next_window)
+            self.next_window += 1
+        return out
+
+    # -- one window -------------------------------------------------------------------------
+    def _parent(self, level: int, cohort: tuple[str, ...]) -> tuple[int, tuple[str, ...]] | None:
+        if level == 0:
+            return None
+        return level - 1, tuple(cohort[i] for i in self._up[level])
+
+    def _close(self, w: int) -> list[dict[str, Any]]:
+        parts = self.pending.pop(w, {})
+        t0 = w * self.size
+        t1 = t0 + self.size
+        # Silence is data for volume: a cohort that normally has traffic gets an empty window.
+        for key, m in self.models.items():
+            if key not in parts and m.expects_traffic(t0):
+                parts[key] = _empty(w, key[0], key[1], self.scorer.layout.size)
+        decisions: dict[tuple[int, tuple[str, ...]], list[Decision]] = {}
+        for key in sorted(parts):
+            own = self.models.get(key)
+            if own is None:
+                own = self.models[key] = CohortModel(key[0])
+            pk = self._parent(*key)
+            parent = self.models.get(pk) if pk else None
+            decisions[key] = self.scorer.score(parts[key], own, parent,
+                                               self.life.firing(*key))
+        for key, ds in decisions.items():
+            self.scorer.learn(parts[key], self.models[key], ds)
+        reps = self._representatives(decisions)
+        out: list[dict[str, Any]] = []
+        touched: set[Key] = self.life.touch_hits(t0, t1)
+        for (key, signal), (d, persistence, grouped) in sorted(reps.items()):
+            p = parts[key]
+            sus = self._suspect(self.models[key], p.versions)
+            a = self.life.on_anomaly(key[0], key[1], d, persistence, (t0, t1),
+                                     self._evidence(p, d), sus, grouped)
+            touched.add((signal, key[0], key[1]))
+            if a:
+                out.append(a)
+        out += self.life.close_window(touched)
+        self.windows_closed += 1
+        return out
+
+    def _representatives(
+        self, decisions: dict[tuple[int, tuple[str, ...]], list[Decision]]
+    ) -> dict[tuple[tuple[int, tuple[str, ...]], str], tuple[Decision, int, int]]:
+        """Which anomalous (cohort, signal) pairs speak for an incident: many children of
+        one parent → the parent; a few children → the children, not the parent too."""
+        reps: dict[tuple[tuple[int, tuple[str, ...]], str], tuple[Decision, int, int]] = {}
+        for key, ds in decisions.items():
+            for d in ds:
+                if d.anomalous:
+                    reps[(key, d.signal)] = (d, self.models[key].persist.get(d.signal, 1), 0)
+        for level in range(len(self.levels) - 1, 0, -1):
+            kids: dict[tuple[tuple[int, tuple[str, ...]], str], list[tuple[Any, ...]]] = (
+                defaultdict(list))
+            for (key, signal) in [r for r in reps if r[0][0] == level]:
+                kids[(self._parent(*key), signal)].append((key, signal))  # type: ignore[index]
+            for (pkey, signal), members in sorted(kids.items()):
+                if len(members) >= self.group_min:
+                    worst = max((reps.pop(m) for m in members), key=lambda r: abs(r[0].score))
+                    grouped = len(members)
+                    mine = reps.get((pkey, signal))
+                    if mine is None:
+                        own = next((d for d in decisions.get(pkey, []) if d.signal == signal),
+                                   None)
+                        d = (own or worst[0])._replace(score=worst[0].score, anomalous=True)
+                        mine = (d, worst[1], 0)
+                    reps[(pkey, signal)] = (mine[0], max(mine[1], worst[1]), grouped)
+                else:
+                    reps.pop((pkey, signal), None)
+        return reps
+
+    def _evidence(self, p: Partial, d: Decision) -> list[str]:
+        sig = next(s for s in self.scorer.signals if s.name == d.signal)
+        if sig.kind == "quantity":
+            return [t for _, t in sorted(p.top.get(sig.num, []), reverse=True)]
+        if sig.kind == "rate" and d.score > 0:
+            return list(p.samples.get(sig.num, []))
+        return list(p.samples.get(EVENTS, []))
+
+    def _suspect(self, model: CohortModel | None, versions: dict[str, int]
+                 ) -> dict[str, str | None] | None:
+        """A version value new since the baseline, with enough of the traffic: the first
+        rollback candidate."""
+        if model is None or not versions:
+            return None
+        total = sum(versions.values())
+        best: tuple[float, int, str] | None = None
+        for rank, i in enumerate(_SUSPECT_ORDER):
+            known = model.versions[i]
+            if not known:
+                continue
+            share: dict[str, int] = {}
+            for combo, n in versions.items():
+                v = combo.split("\x1f")[i]
+                if v != UNKNOWN and v not in known:
+                    share[v] = share.get(v, 0) + n
+            for v, n in share.items():
+                cand = (n / total, -rank, v)
+                if n / total >= self.share and (best is None or cand > best):
+                    best = cand
+        if best is None:
+            return None
+        i = _SUSPECT_ORDER[-best[1]]
+        known = model.versions[i]
+        baseline = max(sorted(known), key=lambda v: known[v])
+        return {"field": VERSION_FIELDS[i], "baseline": baseline, "now": best[2]}
+
+    def route_of(self, level: int, cohort: tuple[str, ...]) -> str:
+        """The route key (root-level cohort) of any cohort."""
+        while level > 0:
+            level, cohort = self._parent(level, cohort)  # type: ignore[misc]
+        return route_key(cohort)
+
+
+class Pipeline:
+    """Stage 1 and stage 2 in one process: bytes in, alert dicts out."""
+
+    def __init__(self, config: Config) -> None:
+        self.stage1 = Stage1(config)
+        self.stage2 = Stage2(config)
+        self.rejects: list[Rejection] = []
+        self.decoded = 0
+        self.late = 0
+        self.messages = 0
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        out = self.stage1.feed(data)
+        self.messages += 1
+        self.decoded += out.decoded
+        self.late += out.late
+        if out.rejects:
+            self.rejects.extend(out.rejects)
+        alerts: list[dict[str, Any]] = []
+        for h in out.hits:
+            alerts += self.stage2.add_hit(h)
+        partials = self.stage1.drain()
+        if partials:
+            for p in partials:
+                self.stage2.add_partial(p)
+            alerts += self.stage2.advance(self.stage1.agg.closed_before * self.stage1.agg.size)
+        return alerts
+
+    def finish(self) -> list[dict[str, Any]]:
+        """End of input: close every window that has data."""
+        for p in self.stage1.drain_all():
+            self.stage2.add_partial(p)
+        return self.stage2.advance(self.stage1.agg.closed_before * self.stage1.agg.size)
+
+    def take_rejects(self) -> list[Rejection]:
+        out, self.rejects = self.rejects, []
+        return out
+

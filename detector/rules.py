@@ -1,0 +1,91 @@
+"""Hard rules: events that are incidents on their own, checked per event in stage 1.
+
+An unauthorized tool call, a write or external action whose approval was refused (or a call to
+a sensitive tool nobody approved), or a leak-label safety hit fires at once, at the offending
+event, without waiting for a window or a baseline.
+
+>>> from detector.config import load_config
+>>> from detector.events import decode
+>>> rules = HardRules(load_config(None))
+>>> ev = decode(b'{"ts": 5, "operation": "execute_tool", "app": "a", "tool_authorized": false,'
+...             b' "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}')[0][0]
+>>> [(h.signal, h.cohort, h.ts) for h in rules.check(ev)]
+[('unauthorized_tool_call', ('unknown', 'a', 'production'), 5.0)]
+"""
+
+from __future__ import annotations
+
+from operator import attrgetter
+
+import msgspec
+from msgspec import UNSET, Struct
+
+from detector.config import Config
+from detector.events import TraceEvent
+from detector.windows import UNKNOWN, route_key
+
+__all__ = ["HardRules", "RuleHit", "decode_hit", "encode_hit"]
+
+_WRITE = frozenset({"write", "external"})
+
+
+class RuleHit(Struct, array_like=True, frozen=True):
+    """One offending event, at the finest cohort level."""
+
+    signal: str
+    cohort: tuple[str, ...]
+    ts: float
+    trace_id: str | None
+    versions: str   # "model\x1fprompt\x1fpolicy" of the event
+    route: str      # stage-2 partition key (see detector.windows.route_key)
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(RuleHit)
+
+
+def encode_hit(h: RuleHit) -> bytes:
+    return _enc.encode(h)
+
+
+def decode_hit(data: bytes) -> RuleHit:
+    return _dec.decode(data)
+
+
+class HardRules:
+    def __init__(self, config: Config) -> None:
+        r = config.rules
+        self.unauthorized = r.unauthorized_tool_call
+        self.unapproved = r.unapproved_side_effect
+        self.leaks = frozenset(r.leak_labels)
+        self.sensitive = frozenset(r.sensitive_tools)
+        fields = config.cohorts.levels[-1]
+        self._key = attrgetter(*fields)
+        self._single = len(fields) == 1
+        self._root = tuple(fields.index(f) for f in config.cohorts.levels[0])
+
+    def check(self, ev: TraceEvent) -> list[RuleHit]:
+        """Every hard rule this event breaks (usually none: the common path is 4 tests)."""
+        signals: list[str] = []
+        if self.unauthorized and ev.tool_authorized is False:
+            signals.append("unauthorized_tool_call")
+        if self.unapproved and ev.tool_approved is not True and (
+            (ev.tool_approved is False and ev.tool_side_effect in _WRITE)
+            or (ev.tool_name in self.sensitive)
+        ):
+            signals.append("unapproved_side_effect")
+        hits = ev.safety_hits
+        if hits is not UNSET and hits and self.leaks:
+            signals.extend(sorted(self.leaks.intersection(hits)))
+        if not signals:
+            return []
+        key = (self._key(ev),) if self._single else self._key(ev)
+        cohort = tuple(UNKNOWN if v is UNSET else v for v in key)
+        versions = "\x1f".join(
+            UNKNOWN if v is UNSET else v  # type: ignore[misc]
+            for v in (ev.model_version, ev.prompt_version, ev.policy_version)
+        )
+        tid = None if ev.trace_id is UNSET else ev.trace_id
+        route = route_key(tuple(cohort[i] for i in self._root))  # type: ignore[misc]
+        return [RuleHit(s, cohort, ev.ts, tid, versions, route)  # type: ignore[arg-type]
+                for s in signals]

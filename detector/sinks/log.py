@@ -1,0 +1,30 @@
+"""Alerts as structured log lines: the fields a person needs, never prompt or response text
+(alerts carry none: only ids, cohort values, numbers and trace ids)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+
+__all__ = ["LogSink"]
+
+_FIELDS = ("id", "status", "severity", "signal", "cohort", "starts_at", "ends_at", "observed",
+           "expected", "score", "suspected_change", "summary")
+
+
+class LogSink:
+    def __init__(self, logger: logging.Logger | None = None) -> None:
+        self.log = logger or logging.getLogger("detector.alerts")
+
+    def emit(self, alert: dict[str, Any]) -> None:
+        rec = {k: alert.get(k) for k in _FIELDS}
+        level = logging.WARNING if alert["severity"] in ("sev1", "sev2") else logging.INFO
+        self.log.log(level, orjson.dumps({"event": "alert", **rec}).decode())
+
+    def flush(self, timeout: float = 0.0) -> bool:
+        return True
+
+    def close(self) -> None:
+        return None

@@ -1,0 +1,77 @@
+"""Stage-2 state as bytes, per route key, for changelog-backed tables.
+
+A worker that takes over a partition loads the route keys' state instead of warming up again.
+The encoding is msgpack of plain data; baselines inside it go through ``baselines.codec``,
+whose unpickler admits only baseline classes.
+
+>>> from detector.config import load_config
+>>> from detector.pipeline import Stage2
+>>> s = Stage2(load_config(None))
+>>> s2 = Stage2(load_config(None)); load_route(s2, dump_route(s, "a\\x1fproduction"))
+>>> s2.models == {}
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from baselines import codec
+from detector.alerts import _Incident
+from detector.pipeline import Stage2
+from detector.scoring import CohortModel
+from detector.windows import decode_partial, encode
+
+__all__ = ["dump_route", "load_route", "routes"]
+
+_INCIDENT_FIELDS = _Incident.__slots__
+
+
+def routes(s: Stage2) -> set[str]:
+    """Every route key this instance holds state for."""
+    out = {s.route_of(*key) for key in s.models}
+    out |= {p.route for slot in s.pending.values() for p in slot.values()}
+    out |= {s.route_of(k[1], k[2]) for k in s.life.active}
+    return out
+
+
+def dump_route(s: Stage2, route: str) -> bytes:
+    models = [
+        [lvl, list(cohort), m.windows, m.persist, m.versions,
+         {name: codec.dumps(b) for name, b in sorted(m.baselines.items())}]
+        for (lvl, cohort), m in sorted(s.models.items()) if s.route_of(lvl, cohort) == route
+    ]
+    pending = [encode(p) for w in sorted(s.pending) for _, p in sorted(s.pending[w].items())
+               if p.route == route]
+    alerts = [
+        [list(key[2]), key[0], key[1], {f: getattr(inc, f) for f in _INCIDENT_FIELDS}]
+        for key, inc in sorted(s.life.active.items()) if s.route_of(key[1], key[2]) == route
+    ]
+    return msgspec.msgpack.encode({"v": 1, "next_window": s.next_window, "models": models,
+                                   "pending": pending, "alerts": alerts})
+
+
+def load_route(s: Stage2, data: bytes) -> None:
+    """Merge one route key's state into ``s`` (replacing what it held for those cohorts)."""
+    doc: dict[str, Any] = msgspec.msgpack.decode(data)
+    if doc.get("v") != 1:
+        raise ValueError(f"unknown stage-2 state version {doc.get('v')!r}")
+    nw = doc["next_window"]
+    if nw is not None and (s.next_window is None or nw > s.next_window):
+        s.next_window = nw
+    for lvl, cohort, windows, persist, versions, bls in doc["models"]:
+        m = CohortModel(lvl)
+        m.windows = windows
+        m.persist = dict(persist)
+        m.versions = [dict(v) for v in versions]
+        m.baselines = {name: codec.loads(b) for name, b in bls.items()}
+        s.models[(lvl, tuple(cohort))] = m
+    for raw in doc["pending"]:
+        s.add_partial(decode_partial(raw))
+    for cohort, signal, lvl, fields in doc["alerts"]:
+        inc = _Incident.__new__(_Incident)
+        for f in _INCIDENT_FIELDS:
+            setattr(inc, f, fields[f])
+        s.life.active[(signal, lvl, tuple(cohort))] = inc
