@@ -1,0 +1,519 @@
+"""Synthetic trace traffic with labelled incidents, for tuning and scoring the detector.
+
+``simulate`` writes ``traces.jsonl`` (JSON Lines of trace events, a few lines as batches and
+a few malformed on purpose) and ``labels.json`` (what was injected where and when). The world
+(apps, tenants, scenarios) and the incident planner live in :mod:`detector.scenarios`.
+
+Output is byte-identical for the same (seed, hours, rate, scenarios, start): every draw comes
+from ``random.Random`` instances seeded from ``seed``, and events leave a time-ordered heap
+as soon as no later trace can precede them, so memory stays small at any length.
+
+>>> import json, pathlib, tempfile
+>>> with tempfile.TemporaryDirectory() as d:
+...     s = simulate(pathlib.Path(d), hours=0.1, rate=5.0, scenarios=[])
+...     labels = json.loads((pathlib.Path(d) / "labels.json").read_text())
+>>> s["incidents"], labels["incidents"], labels["events"] == s["events"] > 1000
+(0, [], True)
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import heapq
+import math
+import random
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final
+
+import orjson
+
+from detector.scenarios import (
+    SCENARIOS,
+    WARMUP_S,
+    Cohort,
+    Incident,
+    Scenario,
+    World,
+    daily_factor,
+    plan,
+)
+
+__all__ = ["SCENARIOS", "Scenario", "add_arguments", "run", "simulate"]
+
+DEFAULT_START: Final = datetime(2026, 1, 5, tzinfo=UTC)
+BATCH_SHARE: Final = 0.03  # lines that are a JSON array of 2-20 events
+MALFORMED_SHARE: Final = 0.001
+EPOCH_TS_SHARE: Final = 0.2
+TEXT_SHARE: Final = 0.01  # events carrying prompt/completion text the detector must drop
+RAMP_STEP_S: Final = 30.0
+_SORT: Final = orjson.OPT_SORT_KEYS
+_ERRORS: Final = ("timeout", "rate_limited", "upstream_error", "context_length_exceeded")
+_OVERRIDES: Final = ("incorrect_answer", "policy_concern", "customer_escalation",
+                     "wrong_action", "tone")
+_FORBIDDEN: Final = (("delete_customer_records", "write"), ("export_user_table", "external"),
+                     ("modify_permissions", "write"))
+_LOREM: Final = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit",
+                 "sed", "do", "eiusmod", "tempor", "incididunt", "ut", "labore", "magna")
+_NUM: Final = ("p_refusal", "p_textcomp", "tools_mean", "p_memory", "p_pii", "p_tox", "p_inj",
+               "p_jb", "p_iv", "p_fmt_fail", "p_retry", "p_error", "p_schema_invalid",
+               "p_fabricated", "p_tool_error", "p_override", "p_invoke", "in_med", "out_med",
+               "lat_med")
+
+
+def rfc3339(ts_ms: int) -> str:
+    """Milliseconds since the epoch as RFC 3339 with ``Z``.
+
+    >>> rfc3339(1767571200123)
+    '2026-01-05T00:00:00.123Z'
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms // 1000)) + \
+        f".{ts_ms % 1000:03d}Z"
+
+
+class _Profile:
+    """Effective behaviour of one cohort right now (app normal + active incident effects)."""
+
+    __slots__ = ("alt", "approvals", "home", "inc", "json_output", "lat_mult", "mark",
+                 "p_safety", "pois_l", "safety_always", "tools", "volume", *_NUM)
+
+    def __init__(self, world: World, c: Cohort, versions: dict[str, str],
+                 inc: Incident | None, intensity: float, burst: bool) -> None:
+        app = world.apps[c[1]]
+        for name in _NUM:
+            setattr(self, name, getattr(app, name))
+        self.volume, self.lat_mult, self.mark = (2.0 if burst else 1.0), (1.1 if burst else 1.0), ""
+        self.inc = inc
+        vers = dict(versions)
+        if inc is not None:
+            if inc.change is not None:
+                vers[inc.change[0]] = inc.change[2]
+            for attr, factor, floor in inc.scenario.effect:
+                base = getattr(self, attr)
+                target = max(base * factor, floor)
+                setattr(self, attr, base + (target - base) * intensity)
+                self.mark = attr
+        self.json_output, self.approvals = app.json_output, app.approvals
+        self.safety_always, self.tools = app.always_safety, app.tools
+        self.pois_l = math.exp(-self.tools_mean)
+        self.p_safety = self.p_pii + self.p_tox + self.p_inj + self.p_jb
+        tenant = c[0] or ""
+        home, alt = world.regions[tenant]
+        common = {"tenant": tenant, "app": app.name, "environment": c[2], "model": app.model,
+                  **vers}
+        self.home, self.alt = {**common, "region": home}, {**common, "region": alt}
+
+
+class _Writer:
+    """Formats timestamps, batches a few lines, injects counted malformed lines."""
+
+    def __init__(self, fh: Any, rng: random.Random) -> None:
+        self.fh, self.rng, self.rnd = fh, rng, rng.random
+        self.buf: list[bytes] = []
+        self.batch: list[dict[str, Any]] = []
+        self.batch_size = 0
+        self.events = self.lines = self.malformed = 0
+        self._sec, self._prefix = -1, ""
+
+    def put(self, ts_ms: int, ev: dict[str, Any]) -> None:
+        rnd = self.rnd
+        if rnd() < EPOCH_TS_SHARE:
+            ev["ts"] = ts_ms / 1000
+        else:
+            sec = ts_ms // 1000
+            if sec != self._sec:  # events arrive in time order: one strftime per second
+                self._sec = sec
+                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            ev["ts"] = f"{self._prefix}.{ts_ms % 1000:03d}Z"
+        if rnd() < TEXT_SHARE:
+            ev["prompt"] = " ".join(self.rng.choices(_LOREM, k=self.rng.randint(5, 40)))
+            ev["completion"] = " ".join(self.rng.choices(_LOREM, k=self.rng.randint(3, 30)))
+        self.events += 1
+        if self.batch_size:
+            self.batch.append(ev)
+            if len(self.batch) == self.batch_size:
+                self._flush_batch()
+            return
+        r = rnd()
+        if r < BATCH_SHARE:
+            self.batch, self.batch_size = [ev], self.rng.randint(2, 20)
+            return
+        if r < BATCH_SHARE + MALFORMED_SHARE:
+            self._malformed(dict(ev))
+        self.buf.append(orjson.dumps(ev, option=_SORT) + b"\n")
+        self.lines += 1
+        if len(self.buf) >= 8192:
+            self.fh.write(b"".join(self.buf))
+            self.buf.clear()
+
+    def _flush_batch(self) -> None:
+        data = self.batch if len(self.batch) > 1 else self.batch[0]
+        self.buf.append(orjson.dumps(data, option=_SORT) + b"\n")
+        self.lines += 1
+        self.batch, self.batch_size = [], 0
+
+    def _malformed(self, ev: dict[str, Any]) -> None:
+        """A line that the decoder must reject as a whole (an extra line, not an event)."""
+        kind = self.rng.choice(("truncated", "missing_ts", "wrong_type", "negative", "naive_ts"))
+        if kind == "missing_ts":
+            del ev["ts"]
+        elif kind == "wrong_type":
+            ev["latency_ms"] = "slow"
+        elif kind == "negative":
+            ev["output_tokens"] = -self.rng.randint(1, 500)
+        elif kind == "naive_ts":  # an RFC 3339-looking time without its offset
+            ts = ev["ts"]
+            ev["ts"] = ts[:-1] if isinstance(ts, str) else \
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ts)))
+        data = orjson.dumps(ev, option=_SORT)
+        if kind == "truncated":
+            data = data[: self.rng.randint(10, len(data) - 2)]
+        self.buf.append(data + b"\n")
+        self.lines += 1
+        self.malformed += 1
+
+    def close(self) -> None:
+        if self.batch:
+            self._flush_batch()
+        self.fh.write(b"".join(self.buf))
+        self.buf.clear()
+
+
+class _Generator:
+    """Poisson arrivals of traces over cohorts; each trace becomes 1..n events."""
+
+    def __init__(self, world: World, k: float, incidents: list[Incident],
+                 bursts: list[tuple[float, float, str]], writer: _Writer, seed: int) -> None:
+        self.world, self.k, self.writer = world, k, writer
+        rng = random.Random(f"{seed}:traffic")
+        self.rng, self.rnd, self.gauss, self.bits = rng, rng.random, rng.gauss, rng.getrandbits
+        self.heap: list[tuple[int, int, dict[str, Any]]] = []
+        self.seq = 0
+        self.load = 1.0
+        self.incidents = [i for i in incidents if i.scenario.kind != "hard_rule"]
+        self.bursts = bursts
+        self.index = {c: n for n, c in enumerate(world.cohorts)}
+        self._cache: dict[tuple[Any, ...], _Profile] = {}
+        self.profiles: list[_Profile] = []
+        self.cum: list[float] = []
+
+    def refresh(self, now: float) -> None:
+        """Recompute every cohort's profile and traffic weight for time ``now``."""
+        versions = {a: dict(p.versions) for a, p in self.world.apps.items()}
+        for inc in self.incidents:  # benign deploys persist; the others are rolled back
+            if inc.scenario.kind == "benign" and inc.start <= now and inc.change:
+                versions[inc.cohort[1]][inc.change[0]] = inc.change[2]
+        active = [i for i in self.incidents if i.start <= now < i.end]
+        burst_apps = {app for b0, b1, app in self.bursts if b0 <= now < b1}
+        self.profiles, self.cum, total = [], [], 0.0
+        for c, share in zip(self.world.cohorts, self.world.share, strict=True):
+            inc = next((i for i in active if i.covers(c)), None)
+            intensity = 1.0
+            if inc is not None and inc.ramp_end is not None:
+                intensity = min(1.0, (now - inc.start) / (inc.ramp_end - inc.start))
+            burst = c[1] in burst_apps and c[2] == "production"
+            key = (c, tuple(versions[c[1]].values()), inc and inc.id, intensity, burst)
+            prof = self._cache.get(key)
+            if prof is None:
+                prof = self._cache[key] = _Profile(self.world, c, versions[c[1]], inc,
+                                                   intensity, burst)
+            self.profiles.append(prof)
+            total += share * prof.volume
+            self.cum.append(total)
+
+    def push(self, ts_ms: int, ev: dict[str, Any]) -> None:
+        self.seq += 1
+        heapq.heappush(self.heap, (ts_ms, self.seq, ev))
+
+    def flush(self, before_ms: float) -> None:
+        heap, put = self.heap, self.writer.put
+        while heap and heap[0][0] < before_ms:
+            ts_ms, _, ev = heapq.heappop(heap)
+            put(ts_ms, ev)
+
+    def run(self, start: float, end: float, changes: list[float],
+            forced: list[tuple[float, Incident]]) -> None:
+        rnd, cum, expo = self.rnd, self.cum, self.rng.expovariate
+        ci = fi = 0
+        sec = math.floor(start)
+        t = float(sec)
+        rate = 0.0
+        while sec < end:
+            if ci < len(changes) and changes[ci] <= sec:
+                while ci < len(changes) and changes[ci] <= sec:
+                    ci += 1
+                self.refresh(sec)
+                cum = self.cum
+            f = daily_factor(sec)
+            self.load = 0.95 + 0.1 * f  # latency rises mildly with load
+            rate = self.k * f * cum[-1]
+            nxt = sec + 1
+            while True:
+                t += expo(rate)
+                if t >= nxt:
+                    break
+                while fi < len(forced) and forced[fi][0] <= t:
+                    ft, inc = forced[fi]
+                    fi += 1
+                    self.trace(ft, self.profiles[self.index[inc.cohort]], inc)  # type: ignore[index]
+                self.flush(t * 1000.0)
+                idx = bisect.bisect_right(cum, rnd() * cum[-1])
+                self.trace(t, self.profiles[min(idx, len(cum) - 1)], None)
+            sec, t = nxt, float(nxt)
+        self.flush(end * 1000.0)  # events past the end of the run are dropped
+        self.heap.clear()
+
+    def trace(self, t: float, p: _Profile, force: Incident | None) -> None:
+        rnd, gauss, bits, exp, push = self.rnd, self.gauss, self.bits, math.exp, self.push
+        tid = f"{bits(128):032x}"
+        base = p.home if rnd() >= 0.05 else p.alt
+        kind = force.scenario.name if force is not None else ""
+        textcomp = kind == "" and rnd() < p.p_textcomp
+        ev = base.copy()
+        ev["operation"] = "text_completion" if textcomp else "chat"
+        ev["trace_id"], ev["span_id"] = tid, f"{bits(64):016x}"
+        lat = p.lat_med * p.lat_mult * self.load * exp(0.5 * gauss())
+        ev["input_tokens"] = int(p.in_med * exp(0.6 * gauss()) * (0.3 if textcomp else 1.0))
+        refusal = error = False
+        if rnd() < p.p_error:
+            error, out, finish = True, 0, "error"
+            ev["error_type"] = _ERRORS[int(rnd() * 4)]
+        elif rnd() < p.p_refusal:
+            refusal, out = True, int(20 + 60 * rnd())
+            finish = "content_filter" if rnd() < 0.3 else "stop"
+        else:
+            out = int(p.out_med * exp(0.6 * gauss()))
+            finish = "length" if rnd() < 0.02 else "stop"
+        hit = ""
+        r = rnd()
+        if r < p.p_safety:
+            hit = ("pii" if r < p.p_pii else "toxicity" if r < p.p_pii + p.p_tox else
+                   "prompt_injection" if r < p.p_pii + p.p_tox + p.p_inj else "jailbreak")
+        if kind == "secret_leak":
+            hit = "secret_leak"
+        if hit:
+            ev["safety_hits"] = [hit]
+        elif p.safety_always:
+            ev["safety_hits"] = []
+        ev["instruction_violation"] = violation = rnd() < p.p_iv
+        fmt_bad = False
+        if p.json_output and not error:
+            fmt_bad = rnd() < p.p_fmt_fail
+            ev["output_format_valid"] = not fmt_bad
+        retries = 0 if rnd() >= p.p_retry else (1 if rnd() < 0.75 else 2)
+        ev["retries"] = retries
+        # Tool calls do not depend on refusal or error, so each incident moves one signal.
+        n = 0
+        if not textcomp:
+            lim, prod = p.pois_l, rnd()
+            while prod > lim:
+                n += 1
+                prod *= rnd()
+        if kind in ("unauthorized_tool", "unapproved_action"):
+            n = max(n, 1)
+        if n and finish == "stop":
+            finish = "tool_calls"
+        ev["output_tokens"], ev["latency_ms"], ev["finish_reason"] = out, round(lat, 1), finish
+        ev["refusal"] = refusal
+        cur = t * 1000.0 + lat
+        first_ms = int(cur)
+        push(first_ms, ev)
+        if kind == "secret_leak":
+            self._offended(force, first_ms, tid)  # type: ignore[arg-type]
+        bad_at = int(rnd() * n) if kind in ("unauthorized_tool", "unapproved_action") else -1
+        schema_bad = fabricated = False
+        tools = p.tools
+        for i in range(n):
+            name, side = tools[int(rnd() * len(tools))]
+            if i == bad_at and kind == "unauthorized_tool":
+                name, side = _FORBIDDEN[int(rnd() * len(_FORBIDDEN))]
+            elif i == bad_at:
+                name, side = ("issue_refund", "write") if rnd() < 0.5 else ("transfer_funds",
+                                                                           "external")
+            tl = (150.0 if side in ("read", "none") else 400.0) * exp(0.5 * gauss())
+            cur += tl
+            tev = base.copy()
+            tev["operation"], tev["trace_id"] = "execute_tool", tid
+            tev["span_id"], tev["latency_ms"] = f"{bits(64):016x}", round(tl, 1)
+            tev["tool_name"], tev["tool_side_effect"] = name, side
+            tev["tool_authorized"] = not (i == bad_at and kind == "unauthorized_tool")
+            if p.approvals and side in ("write", "external"):
+                tev["tool_approved"] = not (i == bad_at and kind == "unapproved_action")
+            valid = rnd() >= p.p_schema_invalid
+            fab = rnd() < p.p_fabricated
+            tev["schema_valid"], tev["tool_result_fabricated"] = valid, fab
+            schema_bad, fabricated = schema_bad or not valid, fabricated or fab
+            tev["tool_status"] = "ok" if rnd() >= p.p_tool_error else "error"
+            push(int(cur), tev)
+            if i == bad_at:
+                self._offended(force, int(cur), tid)  # type: ignore[arg-type]
+        memory = not textcomp and rnd() < p.p_memory
+        if memory:
+            cur += 20.0 * exp(0.3 * gauss())
+            mev = base.copy()
+            mev["operation"], mev["trace_id"], mev["span_id"] = "memory_write", tid, \
+                f"{bits(64):016x}"
+            mev["memory_bytes"] = int(1500 * exp(0.7 * gauss()))
+            mev["latency_ms"] = round(5.0 + 20.0 * rnd(), 1)
+            push(int(cur), mev)
+        if not textcomp and rnd() < p.p_invoke:
+            aev = base.copy()
+            aev["operation"], aev["trace_id"], aev["span_id"] = "invoke_agent", tid, \
+                f"{bits(64):016x}"
+            aev["latency_ms"] = round(cur + 5.0 - t * 1000.0, 1)
+            push(int(cur + 5.0), aev)
+        override = not textcomp and rnd() < p.p_override
+        if override:  # a person reverts the answer a little later
+            oev = base.copy()
+            oev["operation"], oev["trace_id"], oev["span_id"] = "human_override", tid, \
+                f"{bits(64):016x}"
+            oev["override_reason"] = _OVERRIDES[int(rnd() * len(_OVERRIDES))]
+            push(int(cur + 5000.0 + 115000.0 * rnd()), oev)
+        if p.inc is not None and len(p.inc.trace_ids) < 20:
+            shown = {"p_refusal": refusal, "p_pii": hit == "pii", "p_inj": hit ==
+                     "prompt_injection", "p_iv": violation, "p_fmt_fail": fmt_bad,
+                     "p_retry": retries > 0, "p_error": error, "p_schema_invalid": schema_bad,
+                     "p_fabricated": fabricated, "tools_mean": n >= 4, "p_memory": memory,
+                     "p_override": override}.get(p.mark, True)
+            if p.mark == "p_refusal" and p.p_refusal < 0.01:
+                shown = not refusal  # a refusal collapse: any answered request shows it
+            if shown:
+                p.inc.trace_ids.append(tid)
+
+    @staticmethod
+    def _offended(inc: Incident, ts_ms: int, tid: str) -> None:
+        inc.first_ms = ts_ms if inc.first_ms is None else min(inc.first_ms, ts_ms)
+        inc.last_ms = ts_ms if inc.last_ms is None else max(inc.last_ms, ts_ms)
+        if len(inc.trace_ids) < 20:
+            inc.trace_ids.append(tid)
+
+
+def _bursts(rng: random.Random, world: World, incidents: list[Incident], start: float,
+            end: float) -> list[tuple[float, float, str]]:
+    """A few benign x2 volume bursts of 1-3 minutes on whole apps, away from incidents."""
+    apps = sorted({c[1] for c in world.cohorts})
+    out: list[tuple[float, float, str]] = []
+    for _ in range(1 + int((end - start) / 10800)):
+        for _try in range(20):
+            app = rng.choice(apps)
+            b0 = start + 60.0 * rng.randrange(max(1, int((end - start) / 60) - 3))
+            b1 = b0 + 60.0 * rng.randint(1, 3)
+            if not any(i.cohort[1] == app and i.start - 600 < b1 and i.end + 600 > b0
+                       for i in incidents):
+                out.append((b0, b1, app))
+                break
+    return sorted(out)
+
+
+def _label(inc: Incident) -> dict[str, Any]:
+    sc = inc.scenario
+    start_ms, end_ms = round(inc.start * 1000), round(inc.end * 1000)
+    if sc.kind == "hard_rule" and inc.first_ms is not None and inc.last_ms is not None:
+        start_ms, end_ms = inc.first_ms, inc.last_ms
+    tenant, app, env = inc.cohort
+    cohort = {"app": app, "environment": env} | ({"tenant": tenant} if tenant else {})
+    change = inc.change
+    return {
+        "id": inc.id, "scenario": sc.name, "kind": sc.kind, "signals": list(sc.signals),
+        "cohort": cohort, "start": rfc3339(start_ms), "end": rfc3339(end_ms),
+        "expected_severity": sc.expected,
+        "suspected_change": ({"field": change[0], "baseline": change[1], "now": change[2]}
+                             if change and sc.kind != "hard_rule" else None),
+        "trace_ids": inc.trace_ids[:20],
+    }
+
+
+def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
+             scenarios: list[str] | None = None, rate: float = 40.0,
+             start: datetime = DEFAULT_START) -> dict[str, Any]:
+    """Write ``traces.jsonl`` and ``labels.json`` into ``out_dir``; return a summary.
+
+    ``scenarios`` None means all of :data:`SCENARIOS`, ``[]`` clean traffic. Raises
+    ValueError for bad arguments or when the scenarios do not fit into ``hours``.
+    """
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+    if not (hours > 0 and rate > 0):
+        raise ValueError("hours and rate must be positive")
+    names = sorted(set(SCENARIOS if scenarios is None else scenarios))
+    t0 = float(math.floor(start.timestamp()))
+    t1 = t0 + round(hours * 3600.0)
+    world = World.build()
+    k = world.trace_rate(rate, t0, t1)
+    incidents = plan(names, world, k, seed, t0, t1)
+    bursts = _bursts(random.Random(f"{seed}:bursts"), world, incidents, t0, t1)
+    changes = sorted({x for i in incidents if i.scenario.kind != "hard_rule"
+                      for x in (i.start, i.end)} | {x for b in bursts for x in b[:2]} |
+                     {i.start + s * RAMP_STEP_S for i in incidents if i.ramp_end
+                      for s in range(int((i.ramp_end - i.start) / RAMP_STEP_S) + 1)})
+    forced = sorted(((ft, i) for i in incidents for ft in i.offend_at), key=lambda x: x[0])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    traces, labels_path = out_dir / "traces.jsonl", out_dir / "labels.json"
+    with traces.open("wb") as fh:
+        writer = _Writer(fh, random.Random(f"{seed}:writer"))
+        gen = _Generator(world, k, incidents, bursts, writer, seed)
+        gen.refresh(t0)
+        gen.run(t0, t1, [c for c in changes if c > t0], forced)
+        writer.close()
+    labels = {
+        "seed": seed, "hours": hours, "rate": rate, "start": rfc3339(round(t0 * 1000)),
+        "end": rfc3339(round(t1 * 1000)), "events": writer.events,
+        "malformed_lines": writer.malformed, "window_hint_seconds": 60,
+        "warmup_seconds": WARMUP_S,
+        "incidents": [_label(i) for i in incidents],
+        "bursts": [{"app": a, "environment": "production", "factor": 2.0,
+                    "start": rfc3339(round(b0 * 1000)), "end": rfc3339(round(b1 * 1000))}
+                   for b0, b1, a in bursts],
+    }
+    labels_path.write_bytes(orjson.dumps(labels, option=_SORT | orjson.OPT_INDENT_2) + b"\n")
+    return {"events": writer.events, "lines": writer.lines, "malformed_lines": writer.malformed,
+            "incidents": len(incidents), "traces": str(traces), "labels": str(labels_path),
+            "start": labels["start"], "end": labels["end"]}
+
+
+def _parse_start(text: str) -> datetime:
+    ts = datetime.fromisoformat(text)
+    if ts.tzinfo is None:
+        raise argparse.ArgumentTypeError("start needs an offset, e.g. 2026-01-05T00:00:00Z")
+    return ts
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, required=True, help="output directory")
+    parser.add_argument("--hours", type=float, default=4.0, help="event time to cover")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "none"],
+                        help="incident scenario to inject (repeatable; default all; "
+                             "'none' for clean traffic)")
+    parser.add_argument("--rate", type=float, default=40.0, help="mean events per second")
+    parser.add_argument("--start", type=_parse_start, default=DEFAULT_START,
+                        help="RFC 3339 start of event time (default 2026-01-05T00:00:00Z)")
+
+
+def run(args: argparse.Namespace) -> int:
+    names: list[str] | None = args.scenario
+    if names is not None and "none" in names:
+        if len(set(names)) > 1:
+            print("simulate: 'none' cannot be combined with other scenarios", file=sys.stderr)
+            return 2
+        names = []
+    began = time.perf_counter()
+    try:
+        s = simulate(args.out, hours=args.hours, seed=args.seed, scenarios=names,
+                     rate=args.rate, start=args.start)
+    except (ValueError, OSError) as e:
+        print(f"simulate: {e}", file=sys.stderr)
+        return 2
+    print(f"simulate: {s['events']} events, {s['malformed_lines']} malformed lines, "
+          f"{s['incidents']} incidents, {s['start']} .. {s['end']} -> {s['traces']}, "
+          f"{s['labels']} ({time.perf_counter() - began:.1f} s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    _p = argparse.ArgumentParser(prog="python -m detector.simulate", description=__doc__)
+    add_arguments(_p)
+    sys.exit(run(_p.parse_args()))
