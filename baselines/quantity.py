@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from math import sqrt
 
-from river import stats
+from baselines.ewmean import WarmEWMean
 
 __all__ = ["QuantityBaseline"]
 
@@ -31,9 +31,9 @@ class QuantityBaseline:
     __slots__ = ("_between_fast", "_between_slow", "_fast", "_slow", "_within", "n")
 
     def __init__(self, fast: float, slow: float) -> None:
-        self._fast = stats.EWMean(fast)      # of window means
-        self._slow = stats.EWMean(slow)
-        self._within = stats.EWMean(fast)    # of within-window per-event variance
+        self._fast = WarmEWMean(fast)      # of window means
+        self._slow = WarmEWMean(slow)
+        self._within = WarmEWMean(fast)    # of within-window per-event variance
         self._between_fast = 0.0             # excess variance of window means between windows
         self._between_slow = 0.0
         self.n = 0

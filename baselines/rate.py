@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from math import sqrt
 
-from river import stats
-
+from baselines.dispersion import Dispersion
+from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
 
 __all__ = ["RateBaseline"]
@@ -32,19 +32,18 @@ _PRIOR_N = 1.0   # ...per pseudo-unit of denominator
 
 
 class RateBaseline:
-    __slots__ = ("_disp_fast", "_disp_slow", "_fast", "_max_disp", "_slow", "n")
+    __slots__ = ("_disp", "_fast", "_slow", "n")
 
     def __init__(self, fast: float, slow: float, max_dispersion: float = 25.0) -> None:
-        self._fast = (stats.EWMean(fast), stats.EWMean(fast))   # numerator, denominator
-        self._slow = (stats.EWMean(slow), stats.EWMean(slow))
-        # Mean squared raw score on normal windows; 1.0 is pure Poisson noise.
-        self._disp_fast = 1.0
-        self._disp_slow = 1.0
-        self._max_disp = max_dispersion
+        self._fast = (WarmEWMean(fast), WarmEWMean(fast))   # numerator, denominator
+        self._slow = (WarmEWMean(slow), WarmEWMean(slow))
+        # From the fast horizon, for both: learnt from the slow horizon's own scores, a ramp
+        # would inflate it and hide itself.
+        self._disp = Dispersion(fast, max_dispersion)
         self.n = 0
 
     @staticmethod
-    def _rate(pair: tuple[stats.EWMean, stats.EWMean]) -> float:
+    def _rate(pair: tuple[WarmEWMean, WarmEWMean]) -> float:
         num, den = pair
         w = 1.0 / num.fading_factor   # effective number of windows in the sums
         return (num.get() * w + _PRIOR_K) / (den.get() * w + _PRIOR_N)
@@ -59,17 +58,14 @@ class RateBaseline:
     def score_one(self, k: float, n: float) -> tuple[float, float]:
         """Scores of ``k`` events in ``n`` units against the fast and the slow horizon."""
         zf, zs = self.raw_scores(k, n)
-        return zf / sqrt(self._disp_fast), zs / sqrt(self._disp_slow)
+        d = sqrt(self._disp.get())
+        return zf / d, zs / d
 
     def learn_one(self, k: float, n: float) -> None:
         if n <= 0:
             return
         if self.n:
-            zf, zs = self.raw_scores(k, n)
-            a = self._fast[0].fading_factor
-            self._disp_fast = min(self._max_disp, max(1.0, (1 - a) * self._disp_fast + a * zf * zf))
-            b = self._slow[0].fading_factor
-            self._disp_slow = min(self._max_disp, max(1.0, (1 - b) * self._disp_slow + b * zs * zs))
+            self._disp.update(poisson_score(k, n * self._rate(self._fast)))
         for num, den in (self._fast, self._slow):
             num.update(k)
             den.update(n)

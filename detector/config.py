@@ -83,6 +83,8 @@ class Alerting(_Base):
     clear_ratio: Annotated[float, Meta(gt=0, le=1)] = 0.6
     evidence_trace_ids: Annotated[int, Meta(ge=0, le=20)] = 20
     version_share: Annotated[float, Meta(gt=0, le=1)] = 0.05
+    # A known version first seen this recently is still a rollback candidate (slow drifts).
+    suspect_lookback_windows: PosInt = 120
 
 
 class SeverityRule(_Base):
@@ -215,20 +217,31 @@ def _semantic_checks(cfg: Config) -> None:
         raise ConfigError("severity: at least one rule is needed (the last one is the fallback)")
 
 
-def parse_config(data: dict[str, Any]) -> Config:
-    """Validate an already parsed TOML document."""
+def _convert(data: object, typ: type, prefix: str) -> Any:
+    """msgspec.convert with the error turned into "dotted.key: problem"."""
     try:
-        cfg = msgspec.convert(data, Config, strict=True)
+        return msgspec.convert(data, typ, strict=True)
     except msgspec.ValidationError as e:
         msg = str(e)
         m = _PATH.search(msg)
-        where = m.group(1) if m else "(top level)"
+        where = m.group(1) if m else ""
         problem = msg[: m.start()] if m else msg
         if problem.startswith("Object contains unknown field"):
             key = problem.split("`")[1]
-            where = f"{where}.{key}" if m else key
+            where = f"{where}.{key}" if where else key
             problem = "unknown key"
-        raise ConfigError(f"{where}: {problem}") from None
+        full = ".".join(x for x in (prefix, where) if x).replace(".[", "[")
+        raise ConfigError(f"{full or '(top level)'}: {problem}") from None
+
+
+def parse_config(data: dict[str, Any]) -> Config:
+    """Validate an already parsed TOML document."""
+    signals = data.get("signals")
+    if isinstance(signals, dict):
+        # msgspec names a bad dict entry "signals[...]"; check each so the error names it.
+        for name, entry in signals.items():
+            _convert(entry, SignalConfig, f"signals.{name}")
+    cfg: Config = _convert(data, Config, "")
     _semantic_checks(cfg)
     return cfg
 

@@ -18,7 +18,7 @@ from detector.alerts import Key, Lifecycle
 from detector.config import Config
 from detector.events import Rejection, decode
 from detector.rules import HardRules, RuleHit
-from detector.scoring import CohortModel, Decision, Scorer
+from detector.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
 from detector.signals import EVENTS
 from detector.windows import UNKNOWN, Aggregator, Partial, _empty, merge_into, route_key
 
@@ -78,6 +78,7 @@ class Stage2:
         self.group_min = config.cohorts.group_min_children
         self.k = config.alerting.evidence_trace_ids
         self.share = config.alerting.version_share
+        self.lookback = config.alerting.suspect_lookback_windows
         self.scorer = Scorer(config)
         self.life = Lifecycle(config)
         self.models: dict[tuple[int, tuple[str, ...]], CohortModel] = {}
@@ -107,7 +108,7 @@ class Stage2:
     def add_hit(self, h: RuleHit) -> list[dict[str, Any]]:
         fin = len(self.levels) - 1
         model = self.models.get((fin, h.cohort))
-        sus = self._suspect(model, {h.versions: 1})
+        sus = self._suspect(model, {h.versions: 1}, int(h.ts // self.size))
         a = self.life.on_hit(h.signal, fin, h.cohort, h.ts, h.trace_id, sus)
         return [a] if a else []
 
@@ -156,7 +157,7 @@ class Stage2:
         touched: set[Key] = self.life.touch_hits(t0, t1)
         for (key, signal), (d, persistence, grouped) in sorted(reps.items()):
             p = parts[key]
-            sus = self._suspect(self.models[key], p.versions)
+            sus = self._suspect(self.models[key], p.versions, w)
             a = self.life.on_anomaly(key[0], key[1], d, persistence, (t0, t1),
                                      self._evidence(p, d), sus, grouped)
             touched.add((signal, key[0], key[1]))
@@ -204,14 +205,15 @@ class Stage2:
             return list(p.samples.get(sig.num, []))
         return list(p.samples.get(EVENTS, []))
 
-    def _suspect(self, model: CohortModel | None, versions: dict[str, int]
+    def _suspect(self, model: CohortModel | None, versions: dict[str, int], window: int
                  ) -> dict[str, str | None] | None:
-        """A version value new since the baseline, with enough of the traffic: the first
-        rollback candidate."""
+        """The first rollback candidate: among version values with enough of this window's
+        traffic, one the baseline does not know, else one first seen within the look-back
+        (a slow drift is noticed well after its deploy); the most recently introduced wins."""
         if model is None or not versions:
             return None
         total = sum(versions.values())
-        best: tuple[float, int, str] | None = None
+        best: tuple[float, float, int, str] | None = None
         for rank, i in enumerate(_SUSPECT_ORDER):
             known = model.versions[i]
             if not known:
@@ -219,18 +221,26 @@ class Stage2:
             share: dict[str, int] = {}
             for combo, n in versions.items():
                 v = combo.split("\x1f")[i]
-                if v != UNKNOWN and v not in known:
+                if v != UNKNOWN:
                     share[v] = share.get(v, 0) + n
             for v, n in share.items():
-                cand = (n / total, -rank, v)
+                entry = known.get(v)
+                if entry is None or entry[0] < KNOWN_WEIGHT:
+                    introduced = float(window)
+                elif entry[1] >= window - self.lookback:
+                    introduced = entry[1]
+                else:
+                    continue
+                cand = (introduced, n / total, -rank, v)
                 if n / total >= self.share and (best is None or cand > best):
                     best = cand
         if best is None:
             return None
-        i = _SUSPECT_ORDER[-best[1]]
-        known = model.versions[i]
-        baseline = max(sorted(known), key=lambda v: known[v])
-        return {"field": VERSION_FIELDS[i], "baseline": baseline, "now": best[2]}
+        i = _SUSPECT_ORDER[-best[2]]
+        older = {v: e[0] for v, e in model.versions[i].items()
+                 if v != best[3] and e[0] >= KNOWN_WEIGHT and e[1] < best[0]}
+        baseline = max(sorted(older), key=lambda v: older[v]) if older else None
+        return {"field": VERSION_FIELDS[i], "baseline": baseline, "now": best[3]}
 
     def route_of(self, level: int, cohort: tuple[str, ...]) -> str:
         """The route key (root-level cohort) of any cohort."""

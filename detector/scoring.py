@@ -19,12 +19,13 @@ from baselines.rate import RateBaseline
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.signals import EVENTS, Layout, Signal, matches
-from detector.windows import Partial
+from detector.windows import SCALE, Partial
 
 __all__ = ["CohortModel", "Decision", "Scorer"]
 
 Baseline = RateBaseline | QuantityBaseline | VolumeBaseline
 VERSION_KEEP = 8
+SCALE2 = SCALE * SCALE
 
 
 class Decision(NamedTuple):
@@ -37,16 +38,24 @@ class Decision(NamedTuple):
     events: int
 
 
+#: A version value is "known" (part of the baseline) once it has carried about three
+#: normal windows' worth of the cohort's traffic; newer values are rollback candidates.
+KNOWN_WEIGHT = 3.0
+
+
 class CohortModel:
     """Everything stage 2 remembers about one cohort (small and bounded)."""
 
-    __slots__ = ("baselines", "level", "persist", "versions", "windows")
+    __slots__ = ("baselines", "level", "persist", "recent", "versions", "windows")
 
     def __init__(self, level: int) -> None:
         self.level = level
         self.baselines: dict[str, Baseline] = {}
         self.persist: dict[str, int] = {}           # consecutive anomalous windows
-        self.versions: list[dict[str, float]] = [{}, {}, {}]  # known values, decayed weights
+        # The previous one or two consecutive windows' totals per signal (multi-window scores).
+        self.recent: dict[str, list[tuple[int, float, float, float]]] = {}
+        # Per version field: value -> [decayed weight, window first learned].
+        self.versions: list[dict[str, list[float]]] = [{}, {}, {}]
         self.windows = 0
 
     def expects_traffic(self, t: float) -> bool:
@@ -55,17 +64,21 @@ class CohortModel:
         b = self.baselines.get("volume")
         return b is not None and b.n >= 5 and b.expected(t) >= 2.0  # type: ignore[call-arg]
 
-    def learn_versions(self, versions: dict[str, int]) -> None:
-        """Remember which version values this cohort normally sees."""
+    def learn_versions(self, versions: dict[str, int], window: int) -> None:
+        """Remember which version values this cohort normally sees, and since when."""
         total = sum(versions.values()) or 1
         for i, known in enumerate(self.versions):
-            for k in known:
-                known[k] *= 0.98
+            for entry in known.values():
+                entry[0] *= 0.98
             for combo, n in versions.items():
                 v = combo.split("\x1f")[i]
-                known[v] = known.get(v, 0.0) + n / total
+                entry = known.get(v)
+                if entry is None:
+                    known[v] = [n / total, window]
+                else:
+                    entry[0] += n / total
             if len(known) > VERSION_KEEP:
-                keep = sorted(known.items(), key=lambda kv: (-kv[1], kv[0]))[:VERSION_KEEP]
+                keep = sorted(known.items(), key=lambda kv: (-kv[1][0], kv[0]))[:VERSION_KEEP]
                 known.clear()
                 known.update(keep)
 
@@ -131,6 +144,16 @@ class Scorer:
         return pb if pb is not None and pb.n >= self.warmup else None
 
     # -- scoring ----------------------------------------------------------------------------
+    @staticmethod
+    def _candidates(b: Baseline, kind: str, x: float, y: float, q: float, k: float
+                    ) -> list[tuple[float, bool, float]]:
+        """(score, from the slow horizon?, count) for both horizons."""
+        if kind == "rate":
+            zf, zs = b.score_one(x, y)  # type: ignore[call-arg]
+        else:
+            zf, zs = b.score_one(x, y, q)  # type: ignore[call-arg]
+        return [(zf, False, k), (zs, True, k)]
+
     def score(self, p: Partial, own: CohortModel, parent: CohortModel | None,
               firing: frozenset[str] | set[str]) -> list[Decision]:
         """Decisions for every signal with data in this window (pure: learns nothing)."""
@@ -152,30 +175,42 @@ class Scorer:
                 continue
             cfg = self.config.signal(name)
             t = thr[name] * (self.clear_ratio if name in firing else 1.0)
-            if sig.kind == "rate":
-                zf, zs = b.score_one(k, n)  # type: ignore[union-attr]
-                observed = k / n
-            elif sig.kind == "quantity":
-                # Per-event values are counted as log1p (tokens and latency are heavy-tailed);
-                # observed and expected are reported back as geometric means.
-                zf, zs = b.score_one(n, c[sig.den], c[sig.sq])  # type: ignore[union-attr]
-                observed = expm1(c[sig.den] / n)
-            else:
+            if sig.kind == "volume":
                 zf, zs = b.score_one(k, t0)  # type: ignore[union-attr]
+                cands = [(zf, False, k), (zs, True, k)]
                 observed = k
+            else:
+                x, y, q = ((k, n, 0.0) if sig.kind == "rate"
+                           else (n, c[sig.den] / SCALE, c[sig.sq] / SCALE2))
+                cands = self._candidates(b, sig.kind, x, y, q, k)
+                # Multi-window evidence: the last three consecutive windows together, so a
+                # tenfold rise on a small cohort is not missed for want of counts in one.
+                prev = own.recent.get(name)
+                if prev and prev[-1][0] == p.window - 1:
+                    for w, px, py, pq in prev:
+                        if w >= p.window - 2:
+                            x, y, q = x + px, y + py, q + pq
+                    agg = self._candidates(b, sig.kind, x, y, q, x)  # x: the summed count
+                    # ...but only while this window on its own leans the same way, so one
+                    # bad window is not stretched into three windows of "persistence".
+                    half = t / 2
+                    agg = [a for a in agg
+                           if (a[0] > 0 and max(cands)[0] >= half)
+                           or (a[0] < 0 and min(cands)[0] <= -half)]
+                    cands += agg
+                # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
+                # reported back as geometric means.
+                observed = k / n if sig.kind == "rate" else expm1(c[sig.den] / SCALE / n)
             d = cfg.direction
             if d == "up":
-                slow = zs > zf
-                z = max(zf, zs)
-                hit = z >= t and k >= cfg.min_count
+                z, slow, kk = max(cands)
+                hit = z >= t and kk >= cfg.min_count
             elif d == "down":
-                slow = zs < zf
-                z = min(zf, zs)
+                z, slow, kk = min(cands)
                 hit = z <= -t
             else:
-                slow = abs(zs) > abs(zf)
-                z = zs if slow else zf
-                hit = (z >= t and k >= cfg.min_count) or z <= -t
+                z, slow, kk = max(cands, key=lambda e: abs(e[0]))
+                hit = (z >= t and kk >= cfg.min_count) or z <= -t
             if sig.kind == "volume":
                 expected = b.expected(t0, slow=slow)  # type: ignore[call-arg]
             elif sig.kind == "quantity":
@@ -191,23 +226,33 @@ class Scorer:
         c = p.counts
         for sig in self.signals:
             name = sig.name
+            kind = sig.kind
+            n = c[EVENTS] if kind == "volume" else c[sig.num if kind == "quantity" else sig.den]
+            if kind != "volume":
+                if n <= 0:
+                    own.recent.pop(name, None)
+                else:
+                    entry = ((p.window, c[sig.num], n, 0.0) if kind == "rate"
+                             else (p.window, n, c[sig.den] / SCALE, c[sig.sq] / SCALE2))
+                    prev = own.recent.get(name)
+                    own.recent[name] = ([prev[-1], entry] if prev and prev[-1][0] == p.window - 1
+                                        else [entry])
             if name in bad:
                 own.persist[name] = own.persist.get(name, 0) + 1
                 continue
             own.persist.pop(name, None)
-            kind = sig.kind
-            if kind != "volume" and c[sig.num if kind == "quantity" else sig.den] <= 0:
+            if kind != "volume" and n <= 0:
                 continue   # no data: nothing to learn, and no state to keep
             b = own.baselines.get(name)
             if b is None:
                 b = own.baselines[name] = self._new(sig)
             if kind == "rate":
-                b.learn_one(c[sig.num], c[sig.den])  # type: ignore[call-arg]
+                b.learn_one(c[sig.num], n)  # type: ignore[call-arg]
             elif kind == "quantity":
-                b.learn_one(c[sig.num], c[sig.den], c[sig.sq])  # type: ignore[call-arg]
+                b.learn_one(n, c[sig.den] / SCALE, c[sig.sq] / SCALE2)  # type: ignore[call-arg]
             else:
-                b.learn_one(c[EVENTS], p.window * self.size)  # type: ignore[call-arg]
+                b.learn_one(n, p.window * self.size)  # type: ignore[call-arg]
         if not bad:
-            own.learn_versions(p.versions)
+            own.learn_versions(p.versions, p.window)
         own.windows += 1
 

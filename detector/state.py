@@ -39,7 +39,7 @@ def routes(s: Stage2) -> set[str]:
 
 def dump_route(s: Stage2, route: str) -> bytes:
     models = [
-        [lvl, list(cohort), m.windows, m.persist, m.versions,
+        [lvl, list(cohort), m.windows, m.persist, m.versions, m.recent,
          {name: codec.dumps(b) for name, b in sorted(m.baselines.items())}]
         for (lvl, cohort), m in sorted(s.models.items()) if s.route_of(lvl, cohort) == route
     ]
@@ -61,11 +61,12 @@ def load_route(s: Stage2, data: bytes) -> None:
     nw = doc["next_window"]
     if nw is not None and (s.next_window is None or nw > s.next_window):
         s.next_window = nw
-    for lvl, cohort, windows, persist, versions, bls in doc["models"]:
+    for lvl, cohort, windows, persist, versions, recent, bls in doc["models"]:
         m = CohortModel(lvl)
         m.windows = windows
         m.persist = dict(persist)
-        m.versions = [dict(v) for v in versions]
+        m.recent = {k: [tuple(e) for e in v] for k, v in recent.items()}
+        m.versions = [{k: list(e) for k, e in v.items()} for v in versions]
         m.baselines = {name: codec.loads(b) for name, b in bls.items()}
         s.models[(lvl, tuple(cohort))] = m
     for raw in doc["pending"]:

@@ -11,7 +11,7 @@ commutative and the order of arrival within the allowed lateness does not change
 >>> for t in (0, 10, 20):
 ...     agg.add(decode(b'{"ts": %d, "operation": "chat", "app": "a", "refusal": true}' % t)[0][0])
 >>> [p.counts[REFUSAL] for p in agg.drain(watermark=120)]
-[3.0, 3.0]
+[3, 3]
 >>> agg.add(decode(b'{"ts": 5, "operation": "chat", "app": "a"}')[0][0])  # window closed: late
 >>> agg.late
 1
@@ -59,6 +59,9 @@ from detector.signals import (
 __all__ = ["Aggregator", "Partial", "decode_partial", "encode", "merge", "route_key"]
 
 UNKNOWN: Final = "unknown"
+#: Quantities are summed as fixed-point log1p(value) × SCALE: integers add exactly, so the
+#: result does not depend on the order events arrive in (floats would).
+SCALE: Final = 1024
 VERSION_FIELDS: Final = ("model_version", "prompt_version", "policy_version")
 MAX_VERSION_COMBOS: Final = 16
 OTHER_VERSIONS: Final = "\x1f".join((UNKNOWN, UNKNOWN, UNKNOWN))
@@ -70,9 +73,9 @@ class Partial(Struct, array_like=True):
     window: int                      # window index: floor(ts / size)
     level: int                       # index into config.cohorts.levels
     cohort: tuple[str, ...]          # values of that level's fields
-    counts: list[float]
+    counts: list[int]                # exact integers: merging is order-free
     samples: dict[int, list[str]]    # counter -> smallest trace ids of flagged events
-    top: dict[int, list[tuple[float, str]]]  # quantity counter -> largest (log value, trace id)
+    top: dict[int, list[tuple[int, str]]]  # quantity counter -> largest (value, trace id)
     versions: dict[str, int]         # "model\x1fprompt\x1fpolicy" -> events
     max_ts: float
     route: str = ""                  # stage-2 partition key: the root-level cohort
@@ -105,7 +108,7 @@ def _bottom(lst: list[str], tid: str, k: int) -> None:
         lst.pop()
 
 
-def _top(lst: list[tuple[float, str]], item: tuple[float, str], k: int) -> None:
+def _top(lst: list[tuple[int, str]], item: tuple[int, str], k: int) -> None:
     # Kept ascending; the smallest kept item is lst[0].
     if len(lst) < k:
         if item not in lst:
@@ -157,7 +160,7 @@ def merge(a: Partial, b: Partial, k: int = 20) -> Partial:
 
 def _empty(window: int, level: int, cohort: tuple[str, ...], size: int, route: str = ""
            ) -> Partial:
-    return Partial(window, level, cohort, [0.0] * size, {}, {}, {}, float("-inf"), route)
+    return Partial(window, level, cohort, [0] * size, {}, {}, {}, float("-inf"), route)
 
 
 class Aggregator:
@@ -171,6 +174,7 @@ class Aggregator:
         self.levels = config.cohorts.levels
         self.finest = self.levels[-1]
         self.layout = Layout(tuple(config.input.safety_labels))
+        self.leak_labels = frozenset(config.rules.leak_labels)
         self._key = attrgetter(*self.finest) if len(self.finest) > 1 else (
             lambda ev, _g=attrgetter(self.finest[0]): (_g(ev),))
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
@@ -233,13 +237,13 @@ class Aggregator:
             v = ev.input_tokens
             if v is not UNSET:
                 c[IN_N] += 1
-                x = log1p(v)
+                x = int(log1p(v) * SCALE + 0.5)
                 c[IN_S] += x
                 c[IN_Q] += x * x
             v = ev.output_tokens
             if v is not UNSET:
                 c[OUT_N] += 1
-                x = log1p(v)
+                x = int(log1p(v) * SCALE + 0.5)
                 c[OUT_S] += x
                 c[OUT_Q] += x * x
                 if has_tid:
@@ -249,7 +253,7 @@ class Aggregator:
             v = ev.latency_ms
             if v is not UNSET:
                 c[LAT_N] += 1
-                x = log1p(v)
+                x = int(log1p(v) * SCALE + 0.5)
                 c[LAT_S] += x
                 c[LAT_Q] += x * x
                 if has_tid:
@@ -289,6 +293,8 @@ class Aggregator:
             idx = self.layout.safety_index
             other = idx["other"]
             for label in set(hits):
+                if label in self.leak_labels:
+                    continue   # a hard rule of its own; not also "other"
                 i = idx.get(label, other)
                 c[i] += 1
                 if has_tid:

@@ -1,0 +1,39 @@
+"""Over-dispersion: how much noisier a signal is than pure counting noise.
+
+The variance of the fast horizon's raw scores on normal windows (1.0 is pure Poisson noise),
+floored at 1 and capped. It is the variance around the scores' own mean, not their mean
+square: during a slow ramp the scores lean the same way for hours, and a mean square would
+call that lean "noise" and let the ramp hide itself.
+
+>>> d = Dispersion(0.05, cap=25.0)
+>>> for z in [1.5] * 200:       # a steady lean, no scatter
+...     d.update(z)
+>>> d.get()
+1.0
+>>> for z in [3.0, -3.0] * 200:  # real scatter: about nine times Poisson
+...     d.update(z)
+>>> round(d.get())
+9
+"""
+
+from __future__ import annotations
+
+__all__ = ["Dispersion"]
+
+
+class Dispersion:
+    __slots__ = ("_cap", "_m1", "_m2", "_rate")
+
+    def __init__(self, rate: float, cap: float) -> None:
+        self._rate = rate
+        self._cap = cap
+        self._m1 = 0.0
+        self._m2 = 1.0
+
+    def update(self, z: float) -> None:
+        a = self._rate
+        self._m1 += a * (z - self._m1)
+        self._m2 += a * (z * z - self._m2)
+
+    def get(self) -> float:
+        return min(self._cap, max(1.0, self._m2 - self._m1 * self._m1))

@@ -1,0 +1,116 @@
+from __future__ import annotations
+
+import math
+import pickle
+import random
+from statistics import NormalDist
+
+import pytest
+
+from baselines import codec, fading_factor
+from baselines.ewmean import WarmEWMean
+from baselines.poisson import poisson_score
+from baselines.quantity import QuantityBaseline
+from baselines.rate import RateBaseline
+from baselines.volume import VolumeBaseline
+
+
+def _exact_upper(k: int, mu: float) -> float:
+    """z of the exact Poisson tail P(X >= k)."""
+    below = sum(math.exp(-mu) * mu**i / math.factorial(i) for i in range(k))
+    return NormalDist().inv_cdf(1 - max(1e-15, 1 - below))
+
+
+@pytest.mark.parametrize(("k", "mu"), [(3, 0.5), (5, 1.0), (10, 3.0), (30, 12.0), (80, 50.0)])
+def test_poisson_score_tracks_the_exact_tail(k: int, mu: float) -> None:
+    assert poisson_score(k, mu) == pytest.approx(_exact_upper(k, mu), abs=0.15)
+
+
+def test_counts_matter_not_just_the_rate() -> None:
+    small, large = poisson_score(3, 0.5), poisson_score(300, 50.0)   # both 6x the expectation
+    assert small < 3 < 10 < large
+    assert poisson_score(0, 0.5) > -1 and poisson_score(0, 50) < -5  # absence needs volume
+
+
+def test_warm_ewmean_is_not_stuck_on_its_first_value() -> None:
+    m = WarmEWMean(0.01)
+    m.update(0.0)
+    for _ in range(99):
+        m.update(1.0)
+    assert m.get() == pytest.approx(0.99)     # river's EWMean alone: 0.63
+
+
+def test_rate_baseline_learns_rate_and_overdispersion() -> None:
+    rng = random.Random(2)
+    calm, noisy = RateBaseline(0.05, 0.005), RateBaseline(0.05, 0.005)
+    for _ in range(400):
+        calm.learn_one(sum(rng.random() < 0.05 for _ in range(400)), 400)
+        p = rng.choice([0.02, 0.08])              # the true rate jumps around by nature
+        noisy.learn_one(sum(rng.random() < p for _ in range(400)), 400)
+    assert calm.expected() == pytest.approx(0.05, rel=0.15)
+    # 60 of 400 is alarming for the calm signal, ordinary for the noisy one.
+    assert calm.score_one(60, 400)[0] > 5 > 3 > noisy.score_one(60, 400)[0]
+
+
+def test_two_horizons_a_ramp_drags_the_fast_one_only() -> None:
+    rng = random.Random(5)
+    b = RateBaseline(fading_factor(30), fading_factor(720))
+    first = None
+    for i in range(600):                          # 5 % for 5 h, then creeps to 20 % over 5 h
+        p = 0.05 if i < 300 else 0.05 + 0.15 * (i - 300) / 300
+        k = sum(rng.random() < p for _ in range(400))
+        fast, slow = b.score_one(k, 400)
+        if max(fast, slow) >= 5:                  # the detector never learns these windows
+            first = first or (i, fast, slow)
+            continue
+        b.learn_one(k, 400)
+    assert first is not None
+    i, fast, slow = first
+    # The slow reference caught it while the fast one, dragged along, still saw little.
+    assert slow >= 5 > fast and i < 480
+
+
+def test_quantity_counts_values() -> None:
+    rng = random.Random(3)
+    b = QuantityBaseline(0.05, 0.005)
+    for _ in range(200):
+        xs = [rng.gauss(6.0, 0.5) for _ in range(50)]
+        b.learn_one(len(xs), sum(xs), sum(x * x for x in xs))
+    assert b.score_one(50, 50 * 6.6, 50 * (6.6**2 + 0.25))[0] > 5   # shift of 1.2 sd, n = 50
+    assert b.score_one(2, 2 * 6.6, 2 * (6.6**2 + 0.25))[0] < 3      # the same from 2 values
+
+
+def test_volume_learns_the_daily_cycle_and_still_sees_a_drop() -> None:
+    b = VolumeBaseline(fading_factor(30), fading_factor(720), bins=24, period=86400.0)
+    rng = random.Random(4)
+
+    def level(t: float) -> float:
+        return 1000 * (1 + 0.5 * math.sin(2 * math.pi * t / 86400))
+
+    t, worst = 0.0, 0.0
+    for day in range(4):                          # four days of 60 s windows, online
+        for _ in range(1440):
+            k = round(rng.gauss(level(t), math.sqrt(level(t))))
+            if day == 3:
+                worst = max(worst, *map(abs, b.score_one(k, t)))
+            b.learn_one(k, t)
+            t += 60
+    # The cycle itself is not news: over a whole day it stays well under the volume
+    # threshold (6 in the default config; a max over 2,880 scores of pure noise is ~3.5)...
+    assert worst < 4.5
+    assert b.expected(t + 6 * 3600) > 1.3 * b.expected(t)   # ...because it was learned
+    assert min(b.score_one(level(t) * 0.3, t)) < -10
+
+
+def test_codec_round_trips_and_refuses_foreign_classes() -> None:
+    for b in (RateBaseline(0.1, 0.01), QuantityBaseline(0.1, 0.01),
+              VolumeBaseline(0.1, 0.01, 24, 86400.0)):
+        for i in range(50):
+            (b.learn_one(3, 50) if isinstance(b, RateBaseline) else
+             b.learn_one(5, 5 * 2.0, 5 * 4.1) if isinstance(b, QuantityBaseline) else
+             b.learn_one(100 + i, i * 60.0))
+        c = codec.loads(codec.dumps(b))
+        assert pickle.dumps(c) == pickle.dumps(b)
+        assert len(codec.dumps(b)) < 2048
+    with pytest.raises(pickle.UnpicklingError):
+        codec.loads(pickle.dumps(random.Random(1)))

@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from detector.config import ConfigError, load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repo_config_is_the_packaged_default() -> None:
+    assert (ROOT / "config" / "detector.toml").read_bytes() == (
+        ROOT / "detector" / "data" / "detector.toml").read_bytes()
+    assert load_config(ROOT / "config" / "detector.toml", env=False) == load_config(None, env=False)
+
+
+def test_every_signal_and_severity_documented_in_default(config) -> None:
+    text = (ROOT / "config" / "detector.toml").read_text()
+    for key in ("levels", "allowed_lateness_seconds", "warmup_windows", "slow_half_life_windows",
+                "resolve_after_clean_windows", "sensitive_tools", "[[severity]]", "[[overrides]]",
+                "[sinks.alertmanager]", "[kafka]", "[metrics]"):
+        assert key in text, key
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"windows": {"size_seconds": 0}}, "windows.size_seconds: Expected `float` > 0.0"),
+        ({"windows": {"size": 60}}, "windows.size: unknown key"),
+        ({"signals": {"refusal_rate": {"threshold": "high"}}},
+         "signals.refusal_rate.threshold: Expected `float`, got `str`"),
+        ({"signals": {"refusal_rate": {"direction": "sideways"}}},
+         "signals.refusal_rate.direction: Invalid enum value 'sideways'"),
+        ({"signals": {"refusl_rate": {}}}, "signals.refusl_rate: unknown signal"),
+        ({"severity": [{"severity": "sev5"}]}, "severity[0].severity: Invalid enum value 'sev5'"),
+        ({"severity": [{"severity": "sev2", "signals": ["nope"]}]},
+         "severity[0].signals: unknown signal 'nope'"),
+        ({"severity": []}, "severity: at least one rule"),
+        ({"cohorts": {"levels": [["tenant", "app"], ["app"]]}}, "cohorts.levels[1]: must contain"),
+        ({"cohorts": {"levels": [["tenant", "colour"]]}}, "cohorts.levels[0][1]: Invalid enum"),
+        ({"overrides": [{"match": {"colour": "red"}}]}, "overrides[0].match.colour: not a cohort"),
+        ({"kafka": {"partitions": 0}}, "kafka.partitions: Expected `int` >= 1"),
+    ],
+)
+def test_bad_config_names_key_and_problem(doc: dict, message: str) -> None:
+    base = {"severity": [{"severity": "sev4"}]}
+    with pytest.raises(ConfigError) as e:
+        parse_config(base | doc)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_environment_overrides_kafka(monkeypatch) -> None:
+    monkeypatch.setenv("DETECTOR_KAFKA_BROKERS", "127.0.0.1:19092")
+    monkeypatch.setenv("DETECTOR_KAFKA_PARTITIONS", "8")
+    cfg = load_config(None)
+    assert cfg.kafka.brokers == "127.0.0.1:19092" and cfg.kafka.partitions == 8
+    monkeypatch.setenv("DETECTOR_KAFKA_PARTITIONS", "many")
+    with pytest.raises(ConfigError, match=r"kafka\.partitions: DETECTOR_KAFKA_PARTITIONS"):
+        load_config(None)
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[windows\nsize_seconds = 1")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(bad)
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text((ROOT / "config" / "detector.toml").read_text().replace(
+        "allowed_lateness_seconds = 30", "allowed_lateness_seconds = -5"))
+    run = [sys.executable, "-m", "detector.cli", "check-config"]
+    ok = subprocess.run([*run, str(ROOT / "config" / "detector.toml")], capture_output=True,
+                        text=True, check=False)
+    assert ok.returncode == 0 and "ok" in ok.stdout
+    err = subprocess.run([*run, str(bad)], capture_output=True, text=True, check=False)
+    assert err.returncode == 2
+    assert "windows.allowed_lateness_seconds: Expected `float` >= 0.0" in err.stderr
+    assert "Traceback" not in err.stderr

@@ -1,0 +1,111 @@
+from __future__ import annotations
+
+import json
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jsonschema import Draft202012Validator
+
+from detector.events import REASONS, TraceEvent, decode
+from tests.conftest import CONTRACTS
+
+GOOD = {"ts": "2026-05-10T03:59:35.114Z", "operation": "execute_tool",
+        "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736", "span_id": "00f067aa0ba902b7",
+        "tenant": "acme", "app": "support-agent", "environment": "production",
+        "tool_name": "send_email", "tool_authorized": False, "tool_side_effect": "external",
+        "latency_ms": 412.5, "safety_hits": ["pii"], "retries": 0}
+
+
+def test_contract_example_decodes_with_epoch_ts() -> None:
+    ok, bad = decode(orjson.dumps(GOOD))
+    assert bad == []
+    assert ok[0].ts == 1778385575.114
+    assert ok[0].tool_authorized is False and ok[0].safety_hits == ["pii"]
+
+
+def test_epoch_and_rfc3339_with_offset_agree() -> None:
+    a = decode(b'{"ts": "2026-05-10T05:59:35+02:00", "operation": "chat"}')[0][0]
+    b = decode(b'{"ts": 1778385575, "operation": "chat"}')[0][0]
+    assert a.ts == b.ts
+
+
+def test_environment_defaults_to_production_and_other_operations_are_kept() -> None:
+    ev = decode(b'{"ts": 1, "operation": "rerank"}')[0][0]
+    assert ev.environment == "production" and ev.operation == "rerank"
+
+
+def test_text_fields_are_dropped_everywhere() -> None:
+    secret = "MY SYSTEM PROMPT IS SECRET"
+    good = dict(GOOD, prompt=secret, completion=secret, override_reason=secret)
+    bad = dict(good, retries=-1)
+    ok, rej = decode(orjson.dumps([good, bad]))
+    assert len(ok) == 1 and len(rej) == 1
+    assert secret not in repr(ok[0]) and secret.encode() not in rej[0].to_json()
+    assert rej[0].payload["_dropped_fields"] == ["completion", "override_reason", "prompt"]
+
+
+def test_batch_rejects_only_the_bad_event() -> None:
+    batch = [GOOD, {"ts": 1}, 5, dict(GOOD, trace_id="zz" * 16), dict(GOOD, latency_ms=-1)]
+    ok, bad = decode(orjson.dumps(batch))
+    assert len(ok) == 1
+    assert [(r.reason, r.field) for r in bad] == [
+        ("missing_field", "operation"), ("not_object", None), ("out_of_range", "trace_id"),
+        ("out_of_range", "latency_ms")]
+
+
+def test_each_reason() -> None:
+    cases = {
+        b"x" * 2000: "too_large",
+        b"{not json": "not_json",
+        b'"a string"': "not_object",
+        b'{"operation": "chat"}': "missing_field",
+        b'{"ts": 1, "operation": "chat", "refusal": "yes"}': "wrong_type",
+        b'{"ts": 1, "operation": "chat", "refusal": null}': "wrong_type",
+        b'{"ts": 1, "operation": "chat", "input_tokens": 1.5}': "wrong_type",
+        b'{"ts": 1, "operation": "chat", "tenant": "' + b"t" * 129 + b'"}': "out_of_range",
+        b'{"ts": 1, "operation": "chat", "tool_side_effect": "delete"}': "out_of_range",
+        b'{"ts": 1, "operation": "chat", "span_id": "0x0f067aa0ba902b7"}': "out_of_range",
+        b'{"ts": "2026-05-10T03:59:35", "operation": "chat"}': "bad_timestamp",
+        b'{"ts": "yesterday", "operation": "chat"}': "bad_timestamp",
+        b'{"ts": -1, "operation": "chat"}': "out_of_range",
+    }
+    for data, reason in cases.items():
+        ok, bad = decode(data, max_bytes=1000)
+        assert ok == [] and [r.reason for r in bad] == [reason], data
+    assert {r for r in cases.values()} == set(REASONS)
+
+
+def test_unparseable_input_keeps_only_a_fingerprint() -> None:
+    rej = decode(b"\xff password=hunter2 \x00")[1][0]
+    assert rej.reason == "not_json" and set(rej.payload) == {"bytes", "sha256"}
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_decode_never_raises_on_bytes(data: bytes) -> None:
+    ok, bad = decode(data)
+    assert all(isinstance(e, TraceEvent) for e in ok)
+    assert all(r.reason in REASONS for r in bad)
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda ch: st.lists(ch, max_size=3) | st.dictionaries(st.text(max_size=5), ch, max_size=3),
+    max_leaves=10)
+_fields = st.sampled_from(["ts", "operation", "trace_id", "retries", "refusal", "safety_hits",
+                           "latency_ms", "tool_side_effect", "environment", "app"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_fields, _json, max_size=6))
+def test_decode_agrees_with_the_json_schema(obj: dict) -> None:
+    """What decode accepts, the contract's JSON Schema accepts (and the reverse, where the
+    schema can express the rule: timestamps and hex ids are checked by decode alone)."""
+    schema = json.loads((CONTRACTS / "trace-event.schema.json").read_text())
+    valid = Draft202012Validator(schema).is_valid(obj)
+    ok, _ = decode(json.dumps(obj).encode())
+    if ok:
+        assert valid, obj
+    elif valid:
+        assert isinstance(obj.get("ts"), str) or "trace_id" in obj, obj

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import random
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector.events import decode
+from detector.signals import EVENTS, REFUSAL
+from detector.windows import Aggregator, Partial, decode_partial, encode, merge
+
+HEX = "0123456789abcdef"
+_tid = st.text(HEX, min_size=32, max_size=32)
+
+
+@st.composite
+def partials(draw: st.DrawFn) -> Partial:
+    counts = draw(st.lists(st.integers(0, 10**12), min_size=30, max_size=30))
+    samples = draw(st.dictionaries(st.sampled_from([EVENTS, REFUSAL]),
+                                   st.lists(_tid, max_size=6).map(sorted), max_size=2))
+    top = draw(st.dictionaries(st.just(18), st.lists(st.tuples(
+        st.integers(0, 10_000), _tid), max_size=5).map(sorted), max_size=1))
+    versions = draw(st.dictionaries(st.sampled_from(
+        ["m\x1fv1\x1fp", "m\x1fv2\x1fp", "n\x1fv1\x1fp"]), st.integers(1, 9), max_size=3))
+    return Partial(7, 1, ("acme", "agent", "production"), counts,
+                   {k: _dedupe(v)[:4] for k, v in samples.items()},
+                   {k: _dedupe(v)[-4:] for k, v in top.items()}, versions,
+                   draw(st.floats(0, 1e9, allow_nan=False)), "agent\x1fproduction")
+
+
+def _dedupe(xs: list) -> list:
+    return sorted(set(xs))
+
+
+@settings(max_examples=200, deadline=None)
+@given(partials(), partials(), partials())
+def test_merge_is_associative_and_commutative(a: Partial, b: Partial, c: Partial) -> None:
+    k = 4
+    assert merge(a, b, k) == merge(b, a, k)
+    assert merge(merge(a, b, k), c, k) == merge(a, merge(b, c, k), k)
+
+
+@settings(max_examples=100, deadline=None)
+@given(partials())
+def test_partial_encoding_round_trips(p: Partial) -> None:
+    assert decode_partial(encode(p)) == p
+
+
+def _events(n: int, seed: int) -> list[bytes]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        ev = {"ts": 1000.0 + i * 0.5, "operation": rng.choice(["chat", "execute_tool"]),
+              "trace_id": f"{rng.getrandbits(128):032x}", "tenant": rng.choice("ab"),
+              "app": "x", "refusal": rng.random() < 0.2, "output_tokens": rng.randint(1, 500),
+              "latency_ms": rng.random() * 900, "prompt_version": rng.choice(["v1", "v2"])}
+        out.append(orjson.dumps(ev))
+    return out
+
+
+def _run(config, msgs: list[bytes]) -> list[Partial]:
+    agg = Aggregator(config)
+    out = []
+    for m in msgs:
+        for ev in decode(m)[0]:
+            agg.add(ev)
+        out += agg.drain()
+    return out + agg.drain_all()
+
+
+@settings(max_examples=15, deadline=None)
+@given(st.integers(0, 10_000), st.integers(0, 10_000))
+def test_arrival_order_within_lateness_does_not_change_results(config, seed: int, shuf: int
+                                                               ) -> None:
+    msgs = _events(400, seed)          # 200 s of events, windows of 60 s, lateness 30 s
+    # Shuffle only within blocks of 20 s: every event arrives at most 20 s late.
+    rng = random.Random(shuf)
+    shuffled = []
+    for i in range(0, len(msgs), 40):
+        block = msgs[i:i + 40]
+        rng.shuffle(block)
+        shuffled += block
+    assert _run(config, shuffled) == _run(config, msgs)
+
+
+def test_rolls_up_to_every_level_and_counts_late_events(config) -> None:
+    msgs = _events(400, 3)
+    agg = Aggregator(config)
+    for m in msgs:
+        agg.add(decode(m)[0][0])
+    parts = agg.drain(watermark=1140.0)
+    by_level: dict[int, float] = {}
+    for p in parts:
+        by_level[p.level] = by_level.get(p.level, 0) + p.counts[EVENTS]
+    assert by_level[0] == by_level[1] == sum(1 for m in msgs if orjson.loads(m)["ts"] < 1140)
+    assert {p.route for p in parts} == {"x\x1fproduction"}
+    agg.add(decode(b'{"ts": 1010, "operation": "chat", "app": "x"}')[0][0])
+    assert agg.late == 1
