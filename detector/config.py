@@ -248,7 +248,8 @@ def parse_config(data: dict[str, Any]) -> Config:
 
 def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
     """``DETECTOR_KAFKA_BROKERS=…`` overrides ``[kafka] brokers``; likewise any key of
-    ``[kafka]`` or ``[metrics]``, so a deployment can keep one file across environments."""
+    ``[kafka]`` or ``[metrics]``, and ``DETECTOR_ALERTMANAGER_URLS`` (comma-separated) the
+    Alertmanager URLs, so a deployment can keep one file across environments."""
     for section, struct in (("kafka", KafkaConfig), ("metrics", MetricsConfig)):
         defaults = struct()
         for name in struct.__struct_fields__:
@@ -265,6 +266,10 @@ def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
                         f"{env!r} is not a whole number"
                     ) from None
             data.setdefault(section, {})[name] = value
+    urls = os.environ.get("DETECTOR_ALERTMANAGER_URLS")
+    if urls is not None:   # comma-separated, as the compose file and k8s manifests set it
+        am = data.setdefault("sinks", {}).setdefault("alertmanager", {})
+        am["urls"] = [u.strip() for u in urls.split(",") if u.strip()]
     return data
 
 

@@ -57,6 +57,9 @@ def test_environment_overrides_kafka(monkeypatch) -> None:
     monkeypatch.setenv("DETECTOR_KAFKA_PARTITIONS", "8")
     cfg = load_config(None)
     assert cfg.kafka.brokers == "127.0.0.1:19092" and cfg.kafka.partitions == 8
+    monkeypatch.setenv("DETECTOR_ALERTMANAGER_URLS", "http://127.0.0.1:9093, http://127.0.0.1:9094")
+    assert load_config(None).sinks.alertmanager.urls == ["http://127.0.0.1:9093",
+                                                          "http://127.0.0.1:9094"]
     monkeypatch.setenv("DETECTOR_KAFKA_PARTITIONS", "many")
     with pytest.raises(ConfigError, match=r"kafka\.partitions: DETECTOR_KAFKA_PARTITIONS"):
         load_config(None)
