@@ -127,7 +127,14 @@ class Scenario:
 
 def _d(name: str, signal: str, attr: str, factor: float, floor: float = 0.0,
        expected: str = "sev2", **kw: Any) -> Scenario:
-    """A drift scenario that moves one profile attribute."""
+    """A drift scenario that moves one profile attribute.
+
+    Detection power is a matter of counts: a tenfold rise of a 1 % rate is ~1 event a window
+    on 10 relevant events a minute and ~10 on 100. Incidents are placed on cohorts with at
+    least 100 relevant events a minute (unless a scenario says otherwise), where the issue's
+    "within three windows" is statistically reachable at a threshold that stays quiet on
+    clean traffic; the README gives the detection limits for smaller cohorts."""
+    kw.setdefault("min_per_min", 100.0)
     return Scenario(name, "drift", (signal,), expected, ((attr, factor, floor),), **kw)
 
 
@@ -141,26 +148,26 @@ SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (
              change_fields=_NO_CHANGE),
     Scenario("secret_leak", "hard_rule", ("secret_leak",), "sev1", scope="tenant",
              min_per_min=0.0, change_fields=_NO_CHANGE),
-    _d("pii_leak", "safety_pii", "p_pii", 20, 0.06, expected="sev1", min_per_min=50,
+    _d("pii_leak", "safety_pii", "p_pii", 20, 0.06, expected="sev1",
        change_fields=("policy_version", "prompt_version")),
     _d("refusal_spike", "refusal_rate", "p_refusal", 5),
     # Absence is slow evidence: P(0 | mu) < 3e-7 needs mu ~ 15 expected refusals, so a
     # collapse is visible within three windows only where ~5 refusals a minute are normal.
+    # A guardrail removed by a policy or prompt deploy: app-wide, as such deploys are.
     _d("refusal_collapse", "refusal_rate", "p_refusal", 0.03, apps=("support-agent",),
-       min_per_min=200, change_fields=("policy_version", "prompt_version")),
+       scope="app", min_per_min=200, change_fields=("policy_version", "prompt_version")),
     _d("tool_loop", "tool_calls_per_chat", "tools_mean", 4, apps=AGENT_APPS, relevant="chat"),
     _d("schema_failures", "schema_invalid_rate", "p_schema_invalid", 10, 0.15, apps=TOOL_APPS,
        relevant="tool"),
     _d("fabricated_results", "fabricated_tool_result_rate", "p_fabricated", 20, 0.06,
-       apps=TOOL_APPS, relevant="tool", min_per_min=50),
-    _d("prompt_injection", "safety_prompt_injection", "p_inj", 25, 0.05, min_per_min=50,
+       apps=TOOL_APPS, relevant="tool"),
+    _d("prompt_injection", "safety_prompt_injection", "p_inj", 25, 0.05,
        change_fields=("policy_version",)),
     _d("instruction_violations", "instruction_violation_rate", "p_iv", 10, 0.1),
     _d("format_failures", "output_format_failure_rate", "p_fmt_fail", 10, 0.2,
-       apps=("sales-copilot", "payments-agent"), min_per_min=50, change_fields=("prompt_version",
+       apps=("sales-copilot", "payments-agent"), change_fields=("prompt_version",
                                                                  "model_version")),
-    _d("human_overrides", "human_override_rate", "p_override", 12, 0.06, relevant="chat",
-       min_per_min=50),
+    _d("human_overrides", "human_override_rate", "p_override", 12, 0.06, relevant="chat"),
     _d("memory_flood", "memory_write_rate", "p_memory", 8, 0.4, apps=AGENT_APPS,
        relevant="chat"),
     _d("retry_storm", "retry_rate", "p_retry", 8, 0.4, change_fields=("model_version",)),
