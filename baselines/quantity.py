@@ -28,7 +28,8 @@ __all__ = ["QuantityBaseline"]
 
 
 class QuantityBaseline:
-    __slots__ = ("_between_fast", "_between_slow", "_fast", "_slow", "_within", "n")
+    __slots__ = ("_between_fast", "_between_slow", "_fast", "_mf", "_ms", "_slow", "_w",
+                 "_within", "n")
 
     def __init__(self, fast: float, slow: float) -> None:
         self._fast = WarmEWMean(fast)      # of window means
@@ -37,32 +38,34 @@ class QuantityBaseline:
         self._between_fast = 0.0             # excess variance of window means between windows
         self._between_slow = 0.0
         self.n = 0
+        self._mf = self._ms = self._w = 0.0   # cached means, refreshed per learned window
 
     def expected(self, slow: bool = False) -> float:
-        return (self._slow if slow else self._fast).get()
+        return self._ms if slow else self._mf
 
     def score_one(self, n: float, s: float, q: float) -> tuple[float, float]:
         """Scores of a window with ``n`` values summing to ``s`` (squares to ``q``)."""
         if n <= 0 or not self.n:
             return 0.0, 0.0
         m = s / n
-        noise = self._within.get() / n + 1e-9
-        return ((m - self._fast.get()) / sqrt(noise + self._between_fast),
-                (m - self._slow.get()) / sqrt(noise + self._between_slow))
+        noise = self._w / n + 1e-9
+        return ((m - self._mf) / sqrt(noise + self._between_fast),
+                (m - self._ms) / sqrt(noise + self._between_slow))
 
     def learn_one(self, n: float, s: float, q: float) -> None:
         if n <= 0:
             return
         m = s / n
         if self.n:
-            noise = self._within.get() / n
+            noise = self._w / n
             a = self._fast.fading_factor
             b = self._slow.fading_factor
-            ex_f = max(0.0, (m - self._fast.get()) ** 2 - noise)
-            ex_s = max(0.0, (m - self._slow.get()) ** 2 - noise)
+            ex_f = max(0.0, (m - self._mf) ** 2 - noise)
+            ex_s = max(0.0, (m - self._ms) ** 2 - noise)
             self._between_fast = (1 - a) * self._between_fast + a * ex_f
             self._between_slow = (1 - b) * self._between_slow + b * ex_s
         self._fast.update(m)
         self._slow.update(m)
         self._within.update(max(0.0, q / n - m * m))
         self.n += 1
+        self._mf, self._ms, self._w = self._fast.get(), self._slow.get(), self._within.get()

@@ -32,7 +32,7 @@ _PRIOR_N = 1.0   # ...per pseudo-unit of denominator
 
 
 class RateBaseline:
-    __slots__ = ("_disp", "_fast", "_slow", "n")
+    __slots__ = ("_disp", "_fast", "_pf", "_ps", "_sd", "_slow", "n")
 
     def __init__(self, fast: float, slow: float, max_dispersion: float = 25.0) -> None:
         self._fast = (WarmEWMean(fast), WarmEWMean(fast))   # numerator, denominator
@@ -41,6 +41,13 @@ class RateBaseline:
         # would inflate it and hide itself.
         self._disp = Dispersion(fast, max_dispersion)
         self.n = 0
+        self._refresh()
+
+    def _refresh(self) -> None:
+        # Derived values, recomputed once per learned window rather than on every score.
+        self._pf = self._rate(self._fast)
+        self._ps = self._rate(self._slow)
+        self._sd = sqrt(self._disp.get())
 
     @staticmethod
     def _rate(pair: tuple[WarmEWMean, WarmEWMean]) -> float:
@@ -49,24 +56,20 @@ class RateBaseline:
         return (num.get() * w + _PRIOR_K) / (den.get() * w + _PRIOR_N)
 
     def expected(self, slow: bool = False) -> float:
-        return self._rate(self._slow if slow else self._fast)
-
-    def raw_scores(self, k: float, n: float) -> tuple[float, float]:
-        return (poisson_score(k, n * self._rate(self._fast)),
-                poisson_score(k, n * self._rate(self._slow)))
+        return self._ps if slow else self._pf
 
     def score_one(self, k: float, n: float) -> tuple[float, float]:
         """Scores of ``k`` events in ``n`` units against the fast and the slow horizon."""
-        zf, zs = self.raw_scores(k, n)
-        d = sqrt(self._disp.get())
-        return zf / d, zs / d
+        d = self._sd
+        return poisson_score(k, n * self._pf) / d, poisson_score(k, n * self._ps) / d
 
     def learn_one(self, k: float, n: float) -> None:
         if n <= 0:
             return
         if self.n:
-            self._disp.update(poisson_score(k, n * self._rate(self._fast)))
+            self._disp.update(poisson_score(k, n * self._pf))
         for num, den in (self._fast, self._slow):
             num.update(k)
             den.update(n)
         self.n += 1
+        self._refresh()

@@ -26,7 +26,7 @@ def partials(draw: st.DrawFn) -> Partial:
     return Partial(7, 1, ("acme", "agent", "production"), counts,
                    {k: _dedupe(v)[:4] for k, v in samples.items()},
                    {k: _dedupe(v)[-4:] for k, v in top.items()}, versions,
-                   draw(st.floats(0, 1e9, allow_nan=False)), "agent\x1fproduction")
+                   "agent\x1fproduction")
 
 
 def _dedupe(xs: list) -> list:

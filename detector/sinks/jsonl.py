@@ -15,9 +15,8 @@ def dumps_alert(alert: dict[str, Any]) -> bytes:
 
 
 class JsonlSink:
-    def __init__(self, out: IO[bytes], *, close_out: bool = False) -> None:
-        self.out = out
-        self.close_out = close_out
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out   # the caller owns (and closes) the stream
         self.sent = 0
 
     def emit(self, alert: dict[str, Any]) -> None:
@@ -30,5 +29,3 @@ class JsonlSink:
 
     def close(self) -> None:
         self.out.flush()
-        if self.close_out:
-            self.out.close()
