@@ -1,0 +1,85 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.traffic import stream
+
+DETECTOR = [sys.executable, "-m", "detector.cli"]
+
+
+def _incident(m: int, c: dict) -> dict:
+    return {"refusal": 0.3, "unauthorized": 1} if 40 <= m < 44 else {}
+
+
+@pytest.fixture
+def traces(tmp_path: Path) -> Path:
+    p = tmp_path / "t.jsonl"
+    lines = list(stream(50, effect=_incident))
+    lines.insert(100, b"{broken")
+    lines.insert(200, orjson.dumps({"ts": 1, "operation": "chat", "prompt": "do not keep me",
+                                    "retries": "x"}))
+    p.write_bytes(b"\n".join(lines) + b"\n")
+    return p
+
+
+def test_replay_writes_alerts_dead_letters_and_a_summary(traces: Path, tmp_path: Path) -> None:
+    out, dlq = tmp_path / "a.jsonl", tmp_path / "d.jsonl"
+    r = subprocess.run([*DETECTOR, "replay", str(traces), "--alerts-out", str(out),
+                        "--dead-letter", str(dlq)], capture_output=True, text=True, check=True)
+    alerts = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    assert {a["signal"] for a in alerts} >= {"refusal_rate", "unauthorized_tool_call"}
+    dead = [orjson.loads(x) for x in dlq.read_bytes().splitlines()]
+    assert [(d["reason"], d["field"]) for d in dead] == [("not_json", None),
+                                                         ("wrong_type", "retries")]
+    assert b"do not keep me" not in dlq.read_bytes()
+    assert "rejected" in r.stderr and "not_json" in r.stderr and "sev1" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_replay_is_byte_identical_and_reads_stdin(traces: Path, tmp_path: Path) -> None:
+    a = subprocess.run([*DETECTOR, "replay", str(traces), "--quiet"], capture_output=True,
+                       check=True).stdout
+    b = subprocess.run([*DETECTOR, "replay", "-", "--quiet"], input=traces.read_bytes(),
+                       capture_output=True, check=True).stdout
+    assert a and a == b
+
+
+def test_replay_config_changes_what_pages(traces: Path, tmp_path: Path) -> None:
+    """An analyst raises a threshold and sees what would no longer have paged."""
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "strict.toml"
+    cfg.write_text((root / "config" / "detector.toml").read_text().replace(
+        '[signals.refusal_rate]\n# A collapse of refusals is as alarming as a spike: guardrails '
+        'may have been bypassed.\ndirection = "both"\nthreshold = 5.0',
+        '[signals.refusal_rate]\ndirection = "both"\nthreshold = 50.0'))
+    base = subprocess.run([*DETECTOR, "replay", str(traces), "--quiet"], capture_output=True,
+                          check=True).stdout
+    strict = subprocess.run([*DETECTOR, "replay", str(traces), "--quiet", "--config", str(cfg)],
+                            capture_output=True, check=True).stdout
+    signals = lambda out: {orjson.loads(x)["signal"] for x in out.splitlines()}  # noqa: E731
+    assert "refusal_rate" in signals(base) and "refusal_rate" not in signals(strict)
+    assert "unauthorized_tool_call" in signals(strict)
+
+
+def test_bad_config_and_missing_file_are_clear(traces: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[windows]\nsize_seconds = 'a minute'\n")
+    r = subprocess.run([*DETECTOR, "replay", str(traces), "--config", str(bad)],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "windows.size_seconds: Expected `float`" in r.stderr
+    r = subprocess.run([*DETECTOR, "replay", str(tmp_path / "nope.jsonl")],
+                       capture_output=True, text=True, check=False)
+    assert r.returncode == 2 and "No such file" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("command", ["replay", "simulate", "evaluate", "check-config", "run",
+                                     "demo"])
+def test_every_subcommand_has_help(command: str) -> None:
+    r = subprocess.run([*DETECTOR, command, "--help"], capture_output=True, text=True,
+                       check=True)
+    assert r.stdout.startswith("usage: detector") and "--" in r.stdout
