@@ -104,6 +104,9 @@ class Scorer:
         )
         self.config = config
         self._thresholds: dict[tuple[int, tuple[str, ...]], dict[str, float]] = {}
+        # Per signal, what scoring needs, looked up once rather than per cohort and window.
+        self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count)
+                       for s in self.signals]
 
     # -- thresholds -------------------------------------------------------------------------
     def thresholds(self, level: int, cohort: tuple[str, ...]) -> dict[str, float]:
@@ -161,7 +164,7 @@ class Scorer:
         t0 = p.window * self.size
         thr = self.thresholds(p.level, p.cohort)
         out: list[Decision] = []
-        for sig in self.signals:
+        for sig, d, min_count in self._specs:
             name = sig.name
             if sig.kind == "volume":
                 n = k = c[EVENTS]
@@ -170,10 +173,11 @@ class Scorer:
                 if n <= 0:
                     continue
                 k = c[sig.num]   # for a quantity: the number of values (min_count applies)
+                if k == 0 and d == "up":
+                    continue     # nothing happened: no score can be positive (the common case)
             b = self._baseline(sig, own, parent)
             if b is None:
                 continue
-            cfg = self.config.signal(name)
             t = thr[name] * (self.clear_ratio if name in firing else 1.0)
             if sig.kind == "volume":
                 zf, zs = b.score_one(k, t0)  # type: ignore[union-attr]
@@ -201,16 +205,15 @@ class Scorer:
                 # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
                 # reported back as geometric means.
                 observed = k / n if sig.kind == "rate" else expm1(c[sig.den] / SCALE / n)
-            d = cfg.direction
             if d == "up":
                 z, slow, kk = max(cands)
-                hit = z >= t and kk >= cfg.min_count
+                hit = z >= t and kk >= min_count
             elif d == "down":
                 z, slow, kk = min(cands)
                 hit = z <= -t
             else:
                 z, slow, kk = max(cands, key=lambda e: abs(e[0]))
-                hit = (z >= t and kk >= cfg.min_count) or z <= -t
+                hit = (z >= t and kk >= min_count) or z <= -t
             if sig.kind == "volume":
                 expected = b.expected(t0, slow=slow)  # type: ignore[call-arg]
             elif sig.kind == "quantity":
