@@ -15,8 +15,9 @@ def dumps_alert(alert: dict[str, Any]) -> bytes:
 
 
 class JsonlSink:
-    def __init__(self, out: IO[bytes]) -> None:
-        self.out = out   # the caller owns (and closes) the stream
+    def __init__(self, out: IO[bytes], *, close_out: bool = False) -> None:
+        self.out = out
+        self.close_out = close_out   # whether close() closes the stream (else the caller does)
         self.sent = 0
 
     def emit(self, alert: dict[str, Any]) -> None:
@@ -29,3 +30,5 @@ class JsonlSink:
 
     def close(self) -> None:
         self.out.flush()
+        if self.close_out:
+            self.out.close()
