@@ -1,0 +1,434 @@
+"""The Faust app (`detector run`): the only module that imports faust.
+
+Topology (one worker process runs both halves; scale out by adding workers and partitions):
+
+* stage 1 — :class:`detector.kafka_io.Stage1Runner`, an aiokafka batch consumer on the trace
+  topic (raw bytes, ``getmany``) in group ``<group>-stage1``: decode, hard rules, window
+  partials. Every flush it sends one :class:`~detector.kafka_io.Envelope` per stage-2
+  partition (partials and hits whose route key lives there + its source watermarks), rejects
+  to the dead-letter topic, then commits. Faust's per-message path (~100 µs) is 25x the
+  detection work, so the trace topic never goes through it.
+* stage 2 — a Faust agent on ``<group>-stage2`` (partitioned by route key, few messages):
+  merges partials into one :class:`~detector.pipeline.Stage2` per route key, closes windows
+  at the minimum watermark over source partitions (idle ones excluded after
+  ``idle_partition_timeout_seconds``), runs the alert lifecycle, and writes every changed
+  route key's state to the changelog-backed table ``stage2`` (``use_partitioner``: the
+  changelog partition of a key is the stage-2 partition of its route key).
+
+Tansu's ListOffsets(latest) under-reports the log end, which made Faust's table recovery stop
+short of the last changelog records (measured: lost updates after SIGKILL failover);
+:func:`_patch_highwaters` corrects it with fetch high watermarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import heapq
+import logging
+import logging.config
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import faust.transport.drivers.aiokafka as faust_aiokafka
+import msgspec
+import orjson
+from mode import Service
+from prometheus_client import CollectorRegistry
+
+from detector.config import Config, ConfigError, load_config
+from detector.kafka_io import (
+    Stage1Runner,
+    client_kwargs,
+    decode_envelope,
+    ensure_topics,
+    fetch_highwaters,
+    partition_for,
+    probe_metadata,
+)
+from detector.metrics import Metrics, attach_faust_sensor, serve
+from detector.pipeline import Stage2
+from detector.rules import RuleHit, decode_hit, encode_hit
+from detector.sinks.kafka import KafkaSink
+from detector.state import dump_route, load_route, routes
+
+__all__ = ["JsonFormatter", "Worker", "add_arguments", "build", "logging_config", "run",
+           "wait_for_broker"]
+
+log = logging.getLogger("detector.app")
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; a message that is itself a JSON object is merged in."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        msg = record.getMessage()
+        out: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(), "logger": record.name}
+        if msg.startswith("{") and msg.endswith("}"):
+            try:
+                out.update(orjson.loads(msg))
+            except orjson.JSONDecodeError:
+                out["msg"] = msg
+        else:
+            out["msg"] = msg.strip()
+        if record.exc_info and record.levelno >= logging.ERROR:
+            out["exc"] = self.formatException(record.exc_info)[-2000:]
+        return orjson.dumps(out, default=str).decode()
+
+
+def logging_config(level: str = "info") -> dict[str, Any]:
+    """dictConfig for JSON lines on stderr (also handed to Faust's worker)."""
+    return {"version": 1, "disable_existing_loggers": False,
+            "formatters": {"json": {"()": JsonFormatter}},
+            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
+                                    "stream": "ext://sys.stderr"}},
+            "root": {"level": level.upper(), "handlers": ["stderr"]},
+            "loggers": {"aiokafka": {"level": "WARNING"}}}
+
+
+def _jlog(level: int, event: str, **fields: Any) -> None:
+    log.log(level, orjson.dumps({"event": event, **fields}, default=str).decode())
+
+
+# -- Tansu: fetch high watermarks for Faust's changelog recovery ------------------------------
+_PROBE: dict[str, Any] = {}
+_orig_highwaters = faust_aiokafka.AIOKafkaConsumerThread._highwaters
+
+
+async def _highwaters(self: Any, partitions: Any) -> Any:
+    listed = await _orig_highwaters(self, partitions)
+    if self.consumer.in_transaction or not _PROBE:
+        return listed
+    return await fetch_highwaters(_PROBE["bootstrap"], listed, **_PROBE["kw"])
+
+
+def _patch_highwaters(cfg: Config) -> None:
+    _PROBE.update(bootstrap=cfg.kafka.brokers, kw=client_kwargs(cfg.kafka))
+    faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters
+
+
+def _credentials(cfg: Config) -> Any:
+    k = cfg.kafka
+    kw = client_kwargs(k)
+    if k.security_protocol == "SSL":
+        return faust.SSLCredentials(kw["ssl_context"])
+    if k.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(username=k.sasl_username, password=k.sasl_password,
+                                     mechanism=k.sasl_mechanism or "PLAIN",
+                                     ssl_context=kw.get("ssl_context"))
+    return None
+
+
+# -- stage 2 ------------------------------------------------------------------------------------
+def _pack(state: bytes, hits: list[RuleHit], offset: int) -> bytes:
+    """Table value: the route key's stage-2 state, its hits not yet released, and the offset
+    of the last stage-2 message applied (a successor skips what the state already holds)."""
+    return msgspec.msgpack.encode([state, [encode_hit(h) for h in hits], offset])
+
+
+def _unpack(value: bytes) -> tuple[bytes, list[RuleHit], int]:
+    state, hits, offset = msgspec.msgpack.decode(value)
+    return state, [decode_hit(h) for h in hits], offset
+
+
+class Stage2Partition:
+    """This worker's share of one stage-2 partition: a Stage2 per route key, and the
+    watermark of every source partition as the envelopes report it."""
+
+    def __init__(self, q: int, cfg: Config, idle_timeout: float) -> None:
+        self.q = q
+        self.cfg = cfg
+        self.idle_timeout = idle_timeout
+        self.sources: dict[int, tuple[float, bool, float]] = {}
+        self.n_src = 0
+        self.born = time.monotonic()
+        self.stage2 = Stage2(cfg)
+        self.applied = float("-inf")
+        self.offset = -1   # last stage-2 message applied to this state
+        self.held: list[tuple[float, int, RuleHit]] = []   # heap of hits not yet released
+        self._seq = 0
+
+    def hold(self, h: RuleHit) -> None:
+        self._seq += 1
+        heapq.heappush(self.held, (h.ts, self._seq, h))
+
+    def release(self, now: float) -> list[RuleHit]:
+        """Hits whose event time every busy source partition has reached, in event time:
+        partitions consumed at different speeds must not reorder an incident's hits (its
+        id is its first hit). Live, that is one flush interval; in a backlog, it orders."""
+        bound = self._bound(now, 2)
+        out = []
+        while self.held and bound is not None and self.held[0][0] <= bound:
+            out.append(heapq.heappop(self.held)[2])
+        return out
+
+    def held_for(self, route: str) -> list[RuleHit]:
+        return [h for _, _, h in self.held if h.route == route]
+
+    def report(self, sources: dict[int, tuple[float, bool, float]], n_src: int) -> None:
+        self.n_src = max(self.n_src, n_src)
+        for p, (wm, idle, ts) in sources.items():
+            old = self.sources.get(p)
+            # Watermarks never go back: a new owner of a partition starts from nothing.
+            self.sources[p] = (max(wm, old[0]), idle, max(ts, old[2])) if old else (wm, idle, ts)
+
+    def watermark(self, now: float) -> float | None:
+        """Min over busy source partitions; None while some have not reported yet (until the
+        idle timeout); the max when all are idle (everything consumed and flushed)."""
+        return self._bound(now, 0)
+
+    def _bound(self, now: float, i: int) -> float | None:
+        if len(self.sources) < self.n_src and now - self.born < self.idle_timeout:
+            return None
+        busy = [v[i] for v in self.sources.values() if not v[1]]
+        if busy:
+            return min(busy)
+        return max((v[i] for v in self.sources.values()), default=None)
+
+
+class Worker:
+    """Everything `detector run` starts in one process: the Faust app (stage 2 + table), the
+    stage-1 runner as a service, the sinks and the metrics."""
+
+    def __init__(self, cfg: Config, *, registry: CollectorRegistry | None = None,
+                 extra_sinks: list[Any] | None = None) -> None:
+        self.cfg = cfg
+        k = cfg.kafka
+        self.q = k.partitions
+        self.registry = registry or CollectorRegistry()
+        self.metrics = Metrics(self.registry, cohort_top_k=cfg.metrics.cohort_top_k)
+        self.stage2_topic_name = f"{k.group}-stage2"
+        session = cfg.kafka.session_timeout_seconds
+        self.runner = Stage1Runner(
+            cfg, stage2_topic=self.stage2_topic_name, stage2_partitions=self.q,
+            metrics=self.metrics, flush_interval=cfg.kafka.flush_interval_seconds,
+            session_timeout=session)
+        self.kafka_sink = KafkaSink(None, k.alerts_topic, metrics=self.metrics)
+        self.sinks: list[Any] = [*build_sinks(cfg, self.metrics), *(extra_sinks or [])]
+        if cfg.sinks.kafka:
+            self.sinks.append(self.kafka_sink)
+        self.parts: dict[int, Stage2Partition] = {}
+        self.severity: dict[str, str] = {}
+        self.redelivered = 0
+        _patch_highwaters(cfg)
+        self.app = faust.App(
+            k.group, broker=[f"kafka://{b.strip()}" for b in k.brokers.split(",")],
+            broker_credentials=_credentials(cfg), value_serializer="raw",
+            key_serializer="raw", web_enabled=False, store="memory://",
+            topic_partitions=self.q, topic_replication_factor=k.replication_factor,
+            consumer_auto_offset_reset="earliest",
+            # Tansu makes a group join wait half the session timeout (Faust's default 60 s).
+            broker_session_timeout=session, broker_rebalance_timeout=session,
+            broker_heartbeat_interval=max(session / 5, 0.5),
+            # A route key's state is ~260 KB (baselines) plus pending partials in a backlog.
+            producer_max_request_size=32 << 20, consumer_max_fetch_size=64 << 20)
+        self.topic = self.app.topic(self.stage2_topic_name, key_type=bytes, value_type=bytes,
+                                    partitions=self.q, internal=True)
+        self.table = self.app.Table("stage2", default=None, key_type=bytes, value_type=bytes,
+                                    partitions=self.q, use_partitioner=True)
+        self.app.agent(self.topic, name="stage2")(self._agent)
+        self.app.on_partitions_revoked.connect(self._on_revoked)
+        attach_faust_sensor(self.app, self.registry)
+
+    async def _on_revoked(self, sender: Any, revoked: Any, **kw: Any) -> None:
+        # Eager rebalance: drop the cache; the table (kept in step on every change) is the truth.
+        for tp in revoked:
+            if tp.topic == self.stage2_topic_name:
+                self.parts.pop(tp.partition, None)
+
+    def _part(self, q: int) -> Stage2Partition:
+        part = self.parts.get(q)
+        if part is None:
+            part = self.parts[q] = Stage2Partition(
+                q, self.cfg, self.cfg.kafka.idle_partition_timeout_seconds)
+            n = 0
+            for key, value in list(self.table.items()):
+                if value and partition_for(key, self.q) == q:
+                    state, hits, offset = _unpack(value)
+                    load_route(part.stage2, state)
+                    for h in hits:
+                        part.hold(h)
+                    part.offset = max(part.offset, offset)
+                    n += 1
+            _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
+                  next_window=part.stage2.next_window, applied_offset=part.offset)
+        return part
+
+    async def _agent(self, stream: Any) -> None:
+        async for events in stream.take_events(256, within=0.1):
+            alerts: list[dict[str, Any]] = []
+            touched: set[tuple[int, str]] = set()
+            for ev in events:
+                q = ev.message.partition
+                part = self._part(q)
+                if ev.message.offset <= part.offset:
+                    # At-least-once redelivery after a failover: already in the table state.
+                    self.redelivered += 1
+                    continue
+                part.offset = ev.message.offset
+                env = decode_envelope(ev.value)
+                part.report(env.sources, env.n_src)
+                s2 = part.stage2
+                for h in env.hits:
+                    part.hold(h)
+                    touched.add((q, h.route))
+                for p in env.partials:
+                    s2.add_partial(p)
+                    touched.add((q, p.route))
+            now = time.monotonic()
+            for q, part in self.parts.items():
+                for h in part.release(now):
+                    alerts += part.stage2.add_hit(h)
+                    touched.add((q, h.route))
+                wm = part.watermark(now)
+                if wm is None or wm <= part.applied:
+                    continue
+                part.applied = wm
+                s2 = part.stage2
+                before = s2.windows_closed
+                alerts += s2.advance(wm)
+                if s2.windows_closed != before:
+                    # Closing windows changes every route key's models: write them all.
+                    self.metrics.windows_closed.inc(s2.windows_closed - before)
+                    touched.update((q, r) for r in routes(s2))
+            self.emit(alerts)
+            # State in the table on every change, so a successor resumes without warm-up.
+            for q, key in touched:
+                part = self.parts.get(q)
+                if part is not None:
+                    self.table[key.encode()] = _pack(dump_route(part.stage2, key),
+                                                     part.held_for(key), part.offset)
+
+    def emit(self, alerts: list[dict[str, Any]]) -> None:
+        for a in alerts:
+            prev = self.severity.get(a["id"])
+            if a["status"] == "firing":
+                self.severity[a["id"]] = a["severity"]
+            else:
+                self.severity.pop(a["id"], None)
+            self.metrics.alert_transition(a, prev)
+            for s in self.sinks:
+                try:
+                    s.emit(a)
+                except Exception as e:  # one broken sink must not stop the stream
+                    _jlog(logging.ERROR, "sink_error", sink=type(s).__name__, error=repr(e))
+
+    def service(self) -> Service:
+        return _Stage1Service(self)
+
+    def faust_worker(self, loglevel: str = "info") -> faust.Worker:
+        return faust.Worker(self.app, self.service(), loglevel=loglevel, quiet=True,
+                            logging_config=logging_config(loglevel))
+
+
+class _Stage1Service(Service):
+    """Runs the stage-1 runner with the worker; stops it (final flush + commit) on shutdown."""
+
+    def __init__(self, worker: Worker, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.worker = worker
+        self.runner = worker.runner
+        self.stopping = asyncio.Event()
+
+    async def on_start(self) -> None:
+        await self.runner.start()
+        self.worker.kafka_sink.producer = self.runner.producer
+        self.add_future(self.runner.run(self.stopping))
+
+    async def on_stop(self) -> None:
+        self.stopping.set()
+        await self.worker.kafka_sink.drain(5.0)
+        await self.runner.stop()
+
+
+def build_sinks(cfg: Config, metrics: Metrics) -> list[Any]:
+    out: list[Any] = []
+    if cfg.sinks.log:
+        from detector.sinks.log import LogSink
+        out.append(LogSink())
+    if cfg.sinks.jsonl:
+        from detector.sinks.jsonl import JsonlSink
+        out.append(JsonlSink(open(cfg.sinks.jsonl, "ab"), close_out=True))  # noqa: SIM115
+    if cfg.sinks.alertmanager.urls:
+        from detector.sinks.alertmanager import AlertmanagerSink
+        from detector.sinks.alertmanager_settings import AlertmanagerSettings
+        out.append(AlertmanagerSink(AlertmanagerSettings.from_config(cfg), metrics=metrics))
+    return out
+
+
+# -- start-up -----------------------------------------------------------------------------------
+async def wait_for_broker(cfg: Config, *, max_wait: float | None = None) -> bool:
+    """Until the cluster answers metadata: a clear log line per attempt, backoff 1 s → 30 s.
+    Then create the topics the detector owns. False if ``max_wait`` ran out."""
+    k = cfg.kafka
+    kw = client_kwargs(k)
+    start = time.monotonic()
+    delay = 1.0
+    attempt = 0
+    while not await probe_metadata(k.brokers, **kw):
+        attempt += 1
+        waited = time.monotonic() - start
+        if max_wait is not None and waited + delay > max_wait:
+            _jlog(logging.ERROR, "broker_unreachable_giving_up", brokers=k.brokers,
+                  attempts=attempt, waited_s=round(waited, 1))
+            return False
+        _jlog(logging.WARNING, "broker_unreachable", brokers=k.brokers, attempt=attempt,
+              retry_in_s=delay, message=f"cannot reach Kafka at {k.brokers}; retrying")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 30.0)
+    created = await ensure_topics(
+        k.brokers, {k.traces_topic: k.partitions, k.alerts_topic: k.partitions,
+                    k.dead_letter_topic: k.partitions, f"{k.group}-stage2": k.partitions},
+        replication=k.replication_factor, **kw)
+    _jlog(logging.INFO, "broker_ready", brokers=k.brokers, topics_created=created)
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="detector TOML config (default: the packaged one)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--max-wait", type=float, default=None,
+                        help="give up if the broker is unreachable this long (default: never)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`detector run`: one worker until SIGINT/SIGTERM."""
+    logging.config.dictConfig(logging_config(args.log_level))
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as e:
+        _jlog(logging.ERROR, "config_error", error=str(e))
+        return 2
+    try:
+        ok = asyncio.run(wait_for_broker(cfg, max_wait=args.max_wait))
+    except KeyboardInterrupt:
+        return 130
+    if not ok:
+        return 3
+    asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run() above closed its loop
+    w = Worker(cfg)
+    if cfg.metrics.port:
+        _, port = serve(w.registry, cfg.metrics.host, cfg.metrics.port)
+        _jlog(logging.INFO, "metrics_serving", url=f"http://{cfg.metrics.host}:{port}/metrics")
+    try:
+        w.faust_worker(args.log_level).execute_from_commandline()
+    except SystemExit as e:
+        return int(e.code or 0)
+    return 0
+
+
+def build(cfg: Config, **kw: Any) -> Worker:
+    """A configured worker, not started (tests, demo)."""
+    return Worker(cfg, **kw)
+
+
+if __name__ == "__main__":
+    _p = argparse.ArgumentParser(prog="python -m detector.app", description="detector worker")
+    add_arguments(_p)
+    sys.exit(run(_p.parse_args()))

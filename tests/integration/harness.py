@@ -1,0 +1,162 @@
+"""Helpers for the integration tests, the demo and the benchmarks: a config file for a broker,
+worker processes (``python -m detector.app``), producing files and reading alerts back.
+
+Every wait is bounded and fails with a message that says what did not happen."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
+from typing import Any, TypeVar
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write_config(path: Path, **kafka: Any) -> Path:
+    """The packaged default config with [kafka] keys replaced (and [metrics] port 0)."""
+    text = resources.files("detector").joinpath("data/detector.toml").read_text("utf-8")
+    head, sep, tail = text.partition("\n[kafka]\n")
+    body, sep2, rest = tail.partition("\n[")
+    for key, value in kafka.items():
+        line = f"{key} = {orjson.dumps(value).decode()}"
+        body, n = re.subn(rf"(?m)^#?\s*{key} = .*$", line, body, count=1)
+        if not n:
+            body += f"\n{line}"
+    rest = re.sub(r"(?m)^port = \d+", "port = 0", rest)
+    path.write_text(head + sep + body + sep2 + rest, "utf-8")
+    return path
+
+
+class WorkerProc:
+    """One `detector run` worker process with its log in a file."""
+
+    def __init__(self, config: Path, log: Path, env: dict[str, str] | None = None) -> None:
+        self.log_path = log
+        self._fh = log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "detector.app", "--config", str(config)],
+            cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+            start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log(self) -> str:
+        return self.log_path.read_text("utf-8", "replace")
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log().splitlines():
+            if f'"event":"{name}"' in line:
+                with contextlib.suppress(orjson.JSONDecodeError):
+                    out.append(orjson.loads(line))
+        return out
+
+    def kill(self) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self._fh.close()
+        return self.proc.returncode
+
+
+def wait_until(pred: Callable[[], T], timeout: float, what: str, every: float = 0.5) -> T:
+    """Poll ``pred`` until truthy; AssertionError naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got = pred()
+        if got:
+            return got
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(every)
+
+
+class AlertReader:
+    """Reads the alerts topic from the beginning in the background (its own event loop
+    thread would be overkill: each poll() runs a short getmany)."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.alerts: list[dict[str, Any]] = []
+        self.keys: list[bytes] = []
+        self._loop = asyncio.new_event_loop()
+        self._c: AIOKafkaConsumer | None = None
+
+    def _ensure(self) -> AIOKafkaConsumer:
+        if self._c is None:
+            async def make() -> AIOKafkaConsumer:  # aiokafka binds to the running loop
+                c = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
+                                     group_id=None, auto_offset_reset="earliest",
+                                     metadata_max_age_ms=2000)
+                await c.start()
+                return c
+            self._c = self._loop.run_until_complete(make())
+        return self._c
+
+    def poll(self, seconds: float = 0.5) -> list[dict[str, Any]]:
+        c = self._ensure()
+        got = self._loop.run_until_complete(c.getmany(timeout_ms=int(seconds * 1000)))
+        for recs in got.values():
+            for r in recs:
+                self.keys.append(r.key or b"")
+                self.alerts.append(orjson.loads(r.value))
+        return self.alerts
+
+    def close(self) -> None:
+        if self._c is not None:
+            self._loop.run_until_complete(self._c.stop())
+        self._loop.close()
+
+
+def produce_lines(bootstrap: str, topic: str, lines: list[bytes], partitions: int) -> int:
+    from detector.kafka_io import produce
+    return asyncio.run(produce(bootstrap, topic, lines, partitions=partitions))
+
+
+def file_lines(path: Path) -> list[bytes]:
+    return [ln for ln in path.read_bytes().split(b"\n") if ln.strip()]
+
+
+def replay(cfg_path: Path | None, lines: list[bytes]) -> list[dict[str, Any]]:
+    """Pipeline replay of the same messages, without ``finish()`` (a stream never ends)."""
+    from detector.config import load_config
+    from detector.pipeline import Pipeline
+    p = Pipeline(load_config(cfg_path, env=False))
+    out: list[dict[str, Any]] = []
+    for ln in lines:
+        out += p.feed(ln)
+    return out
+
+
+def identity(a: dict[str, Any]) -> tuple[Any, ...]:
+    return (a["id"], a["status"], a["severity"], a["signal"],
+            tuple(sorted(a["cohort"].items())))

@@ -1,0 +1,59 @@
+"""Broker faults: unreachable at start (clear message, retries, then runs).
+
+Not covered yet: a broker restarted mid-stream. With Tansu's memory storage a restart loses
+every topic, offset and changelog; the worker stays up but does not recreate its stage-2
+topic, so it does not resume (see the helper's report)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+from harness import AlertReader, WorkerProc, produce_lines, wait_until, write_config
+
+from detector.broker import Tansu, free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _unauthorized(ts: float, tenant: str) -> bytes:
+    return orjson.dumps({"ts": ts, "operation": "execute_tool", "tenant": tenant,
+                         "app": "support-agent", "tool_name": "send_email",
+                         "tool_authorized": False, "trace_id": "ab" * 16})
+
+
+def _traffic(t0: float, n: int) -> list[bytes]:
+    return [orjson.dumps({"ts": t0 + i * 0.5, "operation": "chat", "app": "support-agent",
+                          "tenant": "t1"}) for i in range(n)]
+
+
+def test_unreachable_at_start_then_runs(names: dict[str, str], tmp_path: Path) -> None:
+    port = free_port()
+    cfg = write_config(tmp_path / "cfg.toml", brokers=f"127.0.0.1:{port}", partitions=2,
+                       idle_partition_timeout_seconds=2, **names)
+    w = WorkerProc(cfg, tmp_path / "worker.log")
+    b = Tansu(port)
+    reader = None
+    try:
+        wait_until(lambda: len(w.events("broker_unreachable")) >= 2 or not w.alive(), 30,
+                   "two 'broker_unreachable' retries in the worker log")
+        assert w.alive()
+        first = w.events("broker_unreachable")[0]
+        assert f"127.0.0.1:{port}" in first["message"] and first["retry_in_s"] > 0
+        assert "Traceback" not in w.log()
+        b.start()
+        wait_until(lambda: w.events("stage1_assigned") or not w.alive(), 90,
+                   "the worker to join once the broker is up")
+        produce_lines(b.bootstrap, names["traces_topic"],
+                      [*_traffic(1_767_571_200.0, 20), _unauthorized(1_767_571_210.0, "t1")],
+                      partitions=2)
+        reader = AlertReader(b.bootstrap, names["alerts_topic"])
+        got = wait_until(lambda: reader.poll(), 60, "the hard-rule alert")
+        assert got[0]["signal"] == "unauthorized_tool_call" and got[0]["severity"] == "sev1"
+    finally:
+        if reader is not None:
+            reader.close()
+        w.stop()
+        b.stop()
+
