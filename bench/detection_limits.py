@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from baselines.poisson import poisson_score  # noqa: E402
+from baselines.poisson import poisson_score
 
 
 def _median(mu: float) -> int:
@@ -51,7 +51,7 @@ def main() -> int:
         cells = []
         for p in (0.005, 0.01, 0.05, 0.2):
             m = smallest_rise(n, p, thr)
-            cells.append(f"{'x%.1f' % m if m else '-':>9}")
+            cells.append(f"{f'x{m:.1f}' if m else '-':>9}")
         print(f"{n:>14} " + " ".join(cells))
     print("collapse to zero seen within 3 windows when n*p >= "
           f"{next(x / 10 for x in range(1, 1000) if poisson_score(0, 3 * x / 10) <= -thr):.1f}"

@@ -151,6 +151,10 @@ class KafkaConfig(_Base):
     ssl_keyfile: str | None = None
     batch_max_messages: PosInt = 1000
     idle_partition_timeout_seconds: Positive = 30.0
+    # Consumer-group session: a dead worker's partitions move after this long.
+    session_timeout_seconds: Positive = 10.0
+    # Stage 1 hands its partials to stage 2 (and commits) this often.
+    flush_interval_seconds: Positive = 0.5
 
 
 class MetricsConfig(_Base):
@@ -257,13 +261,15 @@ def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
             if env is None:
                 continue
             value: Any = env
-            if isinstance(getattr(defaults, name), int):
+            default = getattr(defaults, name)
+            if isinstance(default, int | float) and not isinstance(default, bool):
+                kind = type(default)
                 try:
-                    value = int(env)
+                    value = kind(env)
                 except ValueError:
                     raise ConfigError(
                         f"{section}.{name}: DETECTOR_{section.upper()}_{name.upper()}="
-                        f"{env!r} is not a whole number"
+                        f"{env!r} is not a {'whole ' if kind is int else ''}number"
                     ) from None
             data.setdefault(section, {})[name] = value
     urls = os.environ.get("DETECTOR_ALERTMANAGER_URLS")

@@ -109,11 +109,12 @@ class Rejection(NamedTuple):
     field: str | None
     detail: str
     payload: dict[str, Any]
+    message: int = 0   # index of the message in a decode_many call (for its source offset)
 
     def to_json(self) -> bytes:
         return orjson.dumps(
             {"reason": self.reason, "field": self.field, "detail": self.detail,
-             "payload": self.payload},
+             "payload": self.payload},  # not the batch index: it is the caller's
             option=orjson.OPT_SORT_KEYS,
         )
 
@@ -216,28 +217,31 @@ def decode_many(
 
     >>> ok, bad = decode_many([b'{"ts": 1, "operation": "chat"}', b'[{"ts": 2, "operation": "x"}]',
     ...                        b'{"ts": 3}', b'{"ts": 4, "operation": "chat"}'])
-    >>> [e.ts for e in ok], [r.reason for r in bad]
-    ([1.0, 2.0, 4.0], ['missing_field'])
+    >>> [e.ts for e in ok], [(r.reason, r.message) for r in bad]
+    ([1.0, 2.0, 4.0], [('missing_field', 2)])
     """
     ok: list[TraceEvent] = []
     bad: list[Rejection] = []
     run: list[bytes] = []
-    for m in messages:
+    start = 0
+    for i, m in enumerate(messages):
         if m[:1] == b"{" and m[-1:] == b"}" and len(m) <= max_bytes:
+            if not run:
+                start = i
             run.append(m)
             continue
         if run:
-            _decode_run(run, max_bytes, ok, bad)
+            _decode_run(run, start, max_bytes, ok, bad)
             run = []
         evs, rej = decode(m, max_bytes)
         ok += evs
-        bad += rej
+        bad += [r._replace(message=i) for r in rej]
     if run:
-        _decode_run(run, max_bytes, ok, bad)
+        _decode_run(run, start, max_bytes, ok, bad)
     return ok, bad
 
 
-def _decode_run(run: list[bytes], max_bytes: int, ok: list[TraceEvent],
+def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEvent],
                 bad: list[Rejection]) -> None:
     try:
         evs = _many.decode(b"[" + b",".join(run) + b"]")
@@ -252,10 +256,10 @@ def _decode_run(run: list[bytes], max_bytes: int, ok: list[TraceEvent],
         else:
             ok += evs
             return
-    for m in run:
+    for i, m in enumerate(run, start):
         e, r = decode(m, max_bytes)
         ok += e
-        bad += r
+        bad += [x._replace(message=i) for x in r]
 
 
 def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:

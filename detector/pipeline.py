@@ -72,6 +72,10 @@ class Stage1:
     def drain_all(self) -> list[Partial]:
         return self.agg.drain_all()
 
+    def flush(self) -> list[Partial]:
+        """Partials of open windows, which stay open (see Aggregator.flush_open)."""
+        return self.agg.flush_open()
+
 
 class Stage2:
     """Per-route-key detection: windows, scores, grouping and the alert lifecycle."""

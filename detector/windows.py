@@ -334,8 +334,16 @@ class Aggregator:
         if upto <= self.closed_before:
             return []
         self.closed_before = upto
-        closing = sorted((key for key in self._open if key[0] < upto), key=_order)
-        finest = [self._open.pop(key) for key in closing]
+        return self._hand_out(sorted((key for key in self._open if key[0] < upto), key=_order))
+
+    def flush_open(self) -> list[Partial]:
+        """Hand out the partials of every open window *without* closing it (the window takes
+        more events; stage 2 merges the increments). A streaming stage 1 does this before
+        each commit, so it never holds counts a dying worker would lose."""
+        return self._hand_out(sorted(self._open, key=_order))
+
+    def _hand_out(self, keys: list[tuple[int, tuple[object, ...]]]) -> list[Partial]:
+        finest = [self._open.pop(key) for key in keys]
         for p in finest:
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not

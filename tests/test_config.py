@@ -55,8 +55,10 @@ def test_bad_config_names_key_and_problem(doc: dict, message: str) -> None:
 def test_environment_overrides_kafka(monkeypatch) -> None:
     monkeypatch.setenv("DETECTOR_KAFKA_BROKERS", "127.0.0.1:19092")
     monkeypatch.setenv("DETECTOR_KAFKA_PARTITIONS", "8")
+    monkeypatch.setenv("DETECTOR_KAFKA_IDLE_PARTITION_TIMEOUT_SECONDS", "2.5")
     cfg = load_config(None)
     assert cfg.kafka.brokers == "127.0.0.1:19092" and cfg.kafka.partitions == 8
+    assert cfg.kafka.idle_partition_timeout_seconds == 2.5
     monkeypatch.setenv("DETECTOR_ALERTMANAGER_URLS", "http://127.0.0.1:9093, http://127.0.0.1:9094")
     assert load_config(None).sinks.alertmanager.urls == ["http://127.0.0.1:9093",
                                                           "http://127.0.0.1:9094"]
