@@ -1,11 +1,16 @@
-"""Broker faults: unreachable at start (clear message, retries, then runs).
+"""Broker faults: unreachable at start (clear message, retries, then runs); gone mid-stream
+and back (the worker survives and resumes).
 
-Not covered yet: a broker restarted mid-stream. With Tansu's memory storage a restart loses
-every topic, offset and changelog; the worker stays up but does not recreate its stage-2
-topic, so it does not resume (see the helper's report)."""
+"Gone mid-stream" freezes the real broker process (SIGSTOP): every request times out and no
+connection answers, as when a broker host stalls or is cut off, and SIGCONT brings it back
+with its state. A restart of this broker cannot stand in: with Tansu's memory storage (the
+only local one) a restart loses every topic, offset and changelog."""
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
 import orjson
@@ -57,3 +62,38 @@ def test_unreachable_at_start_then_runs(names: dict[str, str], tmp_path: Path) -
         w.stop()
         b.stop()
 
+
+
+def test_broker_gone_mid_stream_and_back(names: dict[str, str], tmp_path: Path) -> None:
+    b = Tansu(free_port()).start()
+    cfg = write_config(tmp_path / "cfg.toml", brokers=b.bootstrap, partitions=2,
+                       idle_partition_timeout_seconds=2, **names)
+    w = WorkerProc(cfg, tmp_path / "worker.log")
+    reader = None
+    try:
+        wait_until(lambda: w.events("stage1_assigned") or not w.alive(), 90,
+                   "the worker to join")
+        t0 = 1_767_571_200.0
+        reader = AlertReader(b.bootstrap, names["alerts_topic"])
+        produce_lines(b.bootstrap, names["traces_topic"],
+                      [*_traffic(t0, 20), _unauthorized(t0 + 10, "t1")], partitions=2)
+        first = wait_until(lambda: reader.poll(), 60, "the alert before the outage")
+        assert first[0]["cohort"]["tenant"] == "t1"
+        os.kill(b.proc.pid, signal.SIGSTOP)   # type: ignore[union-attr]
+        try:
+            time.sleep(20)                     # longer than the session timeout (10 s)
+            assert w.alive(), "the worker died while the broker was gone"
+        finally:
+            os.kill(b.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+        # Back: new traffic, a new incident in another cohort, and the alert comes out.
+        produce_lines(b.bootstrap, names["traces_topic"],
+                      [*_traffic(t0 + 60, 20), _unauthorized(t0 + 70, "t2")], partitions=2)
+        after = wait_until(lambda: [a for a in reader.poll() if a["cohort"]["tenant"] == "t2"],
+                           120, "the alert after the broker came back")
+        assert after[0]["signal"] == "unauthorized_tool_call"
+        assert w.alive() and "Traceback" not in w.log()
+    finally:
+        if reader is not None:
+            reader.close()
+        w.stop()
+        b.stop()
