@@ -357,7 +357,8 @@ def build_sinks(cfg: Config, metrics: Metrics) -> list[Any]:
     if cfg.sinks.alertmanager.urls:
         from detector.sinks.alertmanager import AlertmanagerSink
         from detector.sinks.alertmanager_settings import AlertmanagerSettings
-        out.append(AlertmanagerSink(AlertmanagerSettings.from_config(cfg), metrics=metrics))
+        settings = AlertmanagerSettings.from_config(cfg.sinks.alertmanager)
+        out.append(AlertmanagerSink(settings, metrics=metrics))
     return out
 
 
