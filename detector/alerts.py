@@ -23,7 +23,7 @@ from detector.config import Config
 from detector.scoring import Decision
 from detector.severity import RANK, classify
 
-__all__ = ["Lifecycle", "alert_id", "iso"]
+__all__ = ["Incident", "Lifecycle", "alert_id", "iso"]
 
 Key = tuple[str, int, tuple[str, ...]]   # (signal, level, cohort values)
 
@@ -43,7 +43,9 @@ def _r(x: float | None) -> float | None:
     return None if x is None else round(float(x), 6)
 
 
-class _Incident:
+class Incident:
+    """One active alert's state (what the changelog keeps of it)."""
+
     __slots__ = ("clean", "cohort", "evidence", "expected", "grouped", "id", "last_end",
                  "observed", "persistence", "rule", "score", "severity", "signal",
                  "starts_at", "suspected", "threshold", "window")
@@ -77,7 +79,7 @@ class Lifecycle:
         self.resolve_after = config.alerting.resolve_after_clean_windows
         self.k = config.alerting.evidence_trace_ids
         self.levels = config.cohorts.levels
-        self.active: dict[Key, _Incident] = {}
+        self.active: dict[Key, Incident] = {}
 
     def firing(self, level: int, cohort: tuple[str, ...]) -> set[str]:
         return {k[0] for k in self.active if k[1] == level and k[2] == cohort}
@@ -90,7 +92,7 @@ class Lifecycle:
         env = cohort.get("environment", "production")
         return classify(self.rules, signal, env, persistence, score)
 
-    def _add_evidence(self, inc: _Incident, ids: list[str]) -> None:
+    def _add_evidence(self, inc: Incident, ids: list[str]) -> None:
         for t in ids:
             if len(inc.evidence) >= self.k:
                 break
@@ -111,7 +113,7 @@ class Lifecycle:
         new = inc is None
         if inc is None:
             first = start - (persistence - 1) * (end - start)
-            inc = self.active[key] = _Incident(d.signal, cdict, first, rule=False)
+            inc = self.active[key] = Incident(d.signal, cdict, first, rule=False)
             inc.suspected = suspected
         inc.clean = 0
         inc.last_end = end
@@ -144,7 +146,7 @@ class Lifecycle:
         sev = self._severity(signal, cdict, 1, 0.0)
         if sev is None:
             return None
-        inc = self.active[key] = _Incident(signal, cdict, ts, rule=True)
+        inc = self.active[key] = Incident(signal, cdict, ts, rule=True)
         inc.severity = sev
         # Rule-only: no baseline; the score is the count of offending events, the rule value 1.
         inc.observed = inc.score = inc.threshold = 1.0
@@ -171,7 +173,7 @@ class Lifecycle:
         return {k for k, inc in self.active.items()
                 if inc.rule and window_start <= inc.last_end < window_end}
 
-    def _render(self, inc: _Incident, status: str) -> dict[str, Any]:
+    def _render(self, inc: Incident, status: str) -> dict[str, Any]:
         sc = self.config.signal(inc.signal)
         sus = inc.suspected
         cohort_txt = " ".join(f"{k}={v}" for k, v in inc.cohort.items())

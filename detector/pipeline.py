@@ -20,7 +20,7 @@ from detector.events import Rejection, decode_many
 from detector.rules import HardRules, RuleHit
 from detector.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
 from detector.signals import EVENTS
-from detector.windows import UNKNOWN, Aggregator, Partial, _empty, merge_into, route_key
+from detector.windows import UNKNOWN, Aggregator, Partial, empty_partial, merge_into, route_key
 
 __all__ = ["Pipeline", "Stage1", "Stage1Out", "Stage2"]
 
@@ -149,7 +149,7 @@ class Stage2:
         # Silence is data for volume: a cohort that normally has traffic gets an empty window.
         for key, m in self.models.items():
             if key not in parts and m.expects_traffic(t0):
-                parts[key] = _empty(w, key[0], key[1], self.scorer.layout.size)
+                parts[key] = empty_partial(w, key[0], key[1], self.scorer.layout.size)
         decisions: dict[tuple[int, tuple[str, ...]], list[Decision]] = {}
         for key in sorted(parts):
             own = self.models.get(key)

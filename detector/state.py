@@ -19,14 +19,14 @@ from typing import Any
 import msgspec
 
 from baselines import codec
-from detector.alerts import _Incident
+from detector.alerts import Incident
 from detector.pipeline import Stage2
 from detector.scoring import CohortModel
 from detector.windows import decode_partial, encode
 
 __all__ = ["dump_route", "load_route", "routes"]
 
-_INCIDENT_FIELDS = _Incident.__slots__
+_INCIDENT_FIELDS = Incident.__slots__
 
 
 def routes(s: Stage2) -> set[str]:
@@ -72,7 +72,7 @@ def load_route(s: Stage2, data: bytes) -> None:
     for raw in doc["pending"]:
         s.add_partial(decode_partial(raw))
     for cohort, signal, lvl, fields in doc["alerts"]:
-        inc = _Incident.__new__(_Incident)
+        inc = Incident.__new__(Incident)
         for f in _INCIDENT_FIELDS:
             setattr(inc, f, fields[f])
         s.life.active[(signal, lvl, tuple(cohort))] = inc

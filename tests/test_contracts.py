@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,12 +15,7 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "schema"
 @pytest.mark.parametrize("name", ["alert.schema.json", "trace-event.schema.json"])
 def test_vendored_contract_matches_shared(name: str) -> None:
     if not SHARED.is_dir():
-        pytest.fail(f"{SHARED} missing: CI lays shared/ beside the clone") if _ci() else None
-        return
+        # A clone elsewhere has no shared/ beside it; CI always lays one there.
+        assert os.environ.get("CI") != "true", f"{SHARED} missing in CI"
+        pytest.skip(f"no {SHARED} beside this clone to compare with")
     assert (CONTRACTS / name).read_bytes() == (SHARED / name).read_bytes()
-
-
-def _ci() -> bool:
-    import os
-
-    return os.environ.get("CI") == "true"

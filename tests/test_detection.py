@@ -155,15 +155,15 @@ def test_hysteresis_keeps_a_firing_alert_through_a_dip(config) -> None:
     """Between the clear level (0.6 × threshold) and the threshold a firing alert stays up."""
     from detector.scoring import CohortModel, Scorer
     from detector.signals import MODEL, REFUSAL
-    from detector.windows import _empty
+    from detector.windows import empty_partial
 
     sc = Scorer(config)
     own = CohortModel(0)
     for w in range(40):
-        p = _empty(w, 0, ("agent", "production"), sc.layout.size)
+        p = empty_partial(w, 0, ("agent", "production"), sc.layout.size)
         p.counts[MODEL], p.counts[REFUSAL] = 1000, 50
         sc.learn(p, own, [])
-    dip = _empty(40, 0, ("agent", "production"), sc.layout.size)
+    dip = empty_partial(40, 0, ("agent", "production"), sc.layout.size)
     dip.counts[MODEL], dip.counts[REFUSAL] = 1000, 80       # scores ~3.9
     calm = {d.signal: d for d in sc.score(dip, own, None, set())}["refusal_rate"]
     hot = {d.signal: d for d in sc.score(dip, own, None, {"refusal_rate"})}["refusal_rate"]

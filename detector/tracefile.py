@@ -1,0 +1,107 @@
+"""Writing simulated traffic as a trace file, the way producers really write it: RFC 3339 and
+epoch timestamps, a few JSON-array batches, a few events carrying prompt text the detector
+must drop, and a few counted malformed lines the detector must dead-letter.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any, Final
+
+import orjson
+
+__all__ = ["TraceWriter", "rfc3339"]
+
+BATCH_SHARE: Final = 0.03  # lines that are a JSON array of 2-20 events
+MALFORMED_SHARE: Final = 0.001
+EPOCH_TS_SHARE: Final = 0.2
+TEXT_SHARE: Final = 0.01  # events carrying prompt/completion text the detector must drop
+_LOREM: Final = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit",
+                 "sed", "do", "eiusmod", "tempor", "incididunt", "ut", "labore", "magna")
+_SORT: Final = orjson.OPT_SORT_KEYS
+
+
+def rfc3339(ts_ms: int) -> str:
+    """Milliseconds since the epoch as RFC 3339 with ``Z``.
+
+    >>> rfc3339(1767571200123)
+    '2026-01-05T00:00:00.123Z'
+    """
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms // 1000)) + \
+        f".{ts_ms % 1000:03d}Z"
+
+
+class TraceWriter:
+    """Formats timestamps, batches a few lines, injects counted malformed lines."""
+
+    def __init__(self, fh: Any, rng: random.Random) -> None:
+        self.fh, self.rng, self.rnd = fh, rng, rng.random
+        self.buf: list[bytes] = []
+        self.batch: list[dict[str, Any]] = []
+        self.batch_size = 0
+        self.events = self.lines = self.malformed = 0
+        self._sec, self._prefix = -1, ""
+
+    def put(self, ts_ms: int, ev: dict[str, Any]) -> None:
+        rnd = self.rnd
+        if rnd() < EPOCH_TS_SHARE:
+            ev["ts"] = ts_ms / 1000
+        else:
+            sec = ts_ms // 1000
+            if sec != self._sec:  # events arrive in time order: one strftime per second
+                self._sec = sec
+                self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            ev["ts"] = f"{self._prefix}.{ts_ms % 1000:03d}Z"
+        if rnd() < TEXT_SHARE:
+            ev["prompt"] = " ".join(self.rng.choices(_LOREM, k=self.rng.randint(5, 40)))
+            ev["completion"] = " ".join(self.rng.choices(_LOREM, k=self.rng.randint(3, 30)))
+        self.events += 1
+        if self.batch_size:
+            self.batch.append(ev)
+            if len(self.batch) == self.batch_size:
+                self._flush_batch()
+            return
+        r = rnd()
+        if r < BATCH_SHARE:
+            self.batch, self.batch_size = [ev], self.rng.randint(2, 20)
+            return
+        if r < BATCH_SHARE + MALFORMED_SHARE:
+            self._malformed(dict(ev))
+        self.buf.append(orjson.dumps(ev, option=_SORT) + b"\n")
+        self.lines += 1
+        if len(self.buf) >= 8192:
+            self.fh.write(b"".join(self.buf))
+            self.buf.clear()
+
+    def _flush_batch(self) -> None:
+        data = self.batch if len(self.batch) > 1 else self.batch[0]
+        self.buf.append(orjson.dumps(data, option=_SORT) + b"\n")
+        self.lines += 1
+        self.batch, self.batch_size = [], 0
+
+    def _malformed(self, ev: dict[str, Any]) -> None:
+        """A line that the decoder must reject as a whole (an extra line, not an event)."""
+        kind = self.rng.choice(("truncated", "missing_ts", "wrong_type", "negative", "naive_ts"))
+        if kind == "missing_ts":
+            del ev["ts"]
+        elif kind == "wrong_type":
+            ev["latency_ms"] = "slow"
+        elif kind == "negative":
+            ev["output_tokens"] = -self.rng.randint(1, 500)
+        elif kind == "naive_ts":  # an RFC 3339-looking time without its offset
+            ts = ev["ts"]
+            ev["ts"] = ts[:-1] if isinstance(ts, str) else \
+                time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ts)))
+        data = orjson.dumps(ev, option=_SORT)
+        if kind == "truncated":
+            data = data[: self.rng.randint(10, len(data) - 2)]
+        self.buf.append(data + b"\n")
+        self.lines += 1
+        self.malformed += 1
+
+    def close(self) -> None:
+        if self.batch:
+            self._flush_batch()
+        self.fh.write(b"".join(self.buf))
+        self.buf.clear()
