@@ -296,6 +296,9 @@ class Worker:
                     # Closing windows changes every route key's models: write them all.
                     self.metrics.windows_closed.inc(s2.windows_closed - before)
                     touched.update((q, r) for r in routes(s2))
+                    counts = [p.stage2.cohort_counts() for p in self.parts.values()]
+                    self.metrics.cohorts.labels(state="warming").set(sum(c[0] for c in counts))
+                    self.metrics.cohorts.labels(state="warm").set(sum(c[1] for c in counts))
             self.emit(alerts)
             # State in the table on every change, so a successor resumes without warm-up.
             for q, key in touched:

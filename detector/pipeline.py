@@ -251,6 +251,13 @@ class Stage2:
         baseline = max(sorted(older), key=lambda v: older[v]) if older else None
         return {"field": VERSION_FIELDS[i], "baseline": baseline, "now": best[3]}
 
+    def cohort_counts(self) -> tuple[int, int]:
+        """(warming, warm) cohorts: warm once its volume baseline is past warm-up."""
+        need = self.scorer.warmup
+        warm = sum(1 for m in self.models.values()
+                   if (b := m.baselines.get("volume")) is not None and b.n >= need)
+        return len(self.models) - warm, warm
+
     def route_of(self, level: int, cohort: tuple[str, ...]) -> str:
         """The route key (root-level cohort) of any cohort."""
         while level > 0:

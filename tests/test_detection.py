@@ -201,3 +201,11 @@ def test_state_survives_a_restart(config) -> None:
     rest = [a for m in msgs[half:] for a in fresh.feed(m)] + fresh.finish()
     assert first + rest == whole
     assert any(a["status"] == "firing" for a in rest)
+
+
+def test_cohorts_warm_up(config) -> None:
+    two = ({"tenant": "a", "app": "agent"}, {"tenant": "b", "app": "agent"})
+    pipe, _ = run(config, stream(10, cohorts=two))
+    assert pipe.stage2.cohort_counts() == (3, 0)     # two tenants and their app, all warming
+    pipe, _ = run(config, stream(30, cohorts=two))
+    assert pipe.stage2.cohort_counts() == (0, 3)

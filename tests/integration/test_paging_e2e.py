@@ -100,6 +100,10 @@ def test_unauthorized_call_pages_resolves_and_silence_is_noticed(names: dict[str
                 return float(r[0]["value"][1]) if r else 0.0
 
             wait_until(lambda: decoded() > 0, 30, "detector metrics scraped by Prometheus")
+            cohorts = svc.http_json(prom.url + "/api/v1/query?query=detector_cohorts")
+            by_state = {r["metric"]["state"]: float(r["value"][1])
+                        for r in cohorts["data"]["result"]}
+            assert by_state.get("warming", 0) + by_state.get("warm", 0) >= 2   # t1 and its app
             wait_until(lambda: [a for a in svc.http_json(prom.url + "/api/v1/alerts")["data"]
                                 ["alerts"] if a["labels"]["alertname"] == "DetectorNoInput"
                                 and a["state"] == "firing"], 60,
