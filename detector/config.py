@@ -165,6 +165,8 @@ class MetricsConfig(_Base):
 
 class Input(_Base):
     max_message_bytes: PosInt = 1 << 20
+    # Live streams only: events stamped further ahead of the wall clock are dead-lettered.
+    max_future_seconds: Positive = 300.0
     safety_labels: list[str] = field(
         default_factory=lambda: ["pii", "toxicity", "prompt_injection", "jailbreak"]
     )

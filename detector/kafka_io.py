@@ -201,7 +201,7 @@ class _Source:
     __slots__ = ("hits", "last_data", "next_offset", "stage1")
 
     def __init__(self, config: Config, now: float) -> None:
-        self.stage1 = Stage1(config)
+        self.stage1 = Stage1(config, clock=time.time)   # a live stream has a "now"
         self.next_offset: int | None = None
         self.last_data = now
         self.hits: list[RuleHit] = []

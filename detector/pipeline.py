@@ -12,11 +12,14 @@ No Kafka or Faust import here: drivers feed bytes in and take alert dicts out.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any, NamedTuple
+
+import msgspec
 
 from detector.alerts import Key, Lifecycle
 from detector.config import Config
-from detector.events import Rejection, decode_many
+from detector.events import Rejection, TraceEvent, decode_many
 from detector.rules import HardRules, RuleHit
 from detector.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
 from detector.signals import EVENTS
@@ -37,12 +40,18 @@ class Stage1Out(NamedTuple):
 
 
 class Stage1:
-    """Decode, hard rules and window partials for one source of events."""
+    """Decode, hard rules and window partials for one source of events.
 
-    def __init__(self, config: Config) -> None:
+    ``clock`` (epoch seconds), where there is a "now" to trust — a live stream, not a
+    recording — rejects events stamped more than ``input.max_future_seconds`` ahead of it: one
+    such event would push the watermark ahead and make all real traffic late."""
+
+    def __init__(self, config: Config, clock: Callable[[], float] | None = None) -> None:
         self.agg = Aggregator(config)
         self.rules = HardRules(config)
         self.max_bytes = config.input.max_message_bytes
+        self.clock = clock
+        self.max_future = config.input.max_future_seconds
 
     @property
     def watermark(self) -> float:
@@ -55,6 +64,8 @@ class Stage1:
         """Several messages at once (a consumer's fetch, a block of lines): one decode call
         for runs of single-event messages instead of one per message."""
         evs, rejects = decode_many(messages, self.max_bytes)
+        if self.clock is not None:
+            evs, rejects = self._not_future(evs, rejects)
         hits: list[RuleHit] = []
         late0 = self.agg.late
         check = self.rules.check
@@ -65,6 +76,17 @@ class Stage1:
                 hits.extend(h)
             add(ev)
         return Stage1Out(hits, rejects, len(evs), self.agg.late - late0)
+
+    def _not_future(self, evs: list[TraceEvent], rejects: list[Rejection]
+                    ) -> tuple[list[TraceEvent], list[Rejection]]:
+        limit = self.clock() + self.max_future  # type: ignore[misc]
+        if not any(ev.ts > limit for ev in evs):  # type: ignore[operator]
+            return evs, rejects
+        ok = [ev for ev in evs if ev.ts <= limit]  # type: ignore[operator]
+        bad = [Rejection("bad_timestamp", "ts", f"more than {self.max_future:.0f} s ahead",
+                         msgspec.to_builtins(ev))
+               for ev in evs if ev.ts > limit]  # type: ignore[operator]
+        return ok, rejects + bad
 
     def drain(self) -> list[Partial]:
         return self.agg.drain()
@@ -128,10 +150,16 @@ class Stage2:
             if not self.pending:
                 return []
             self.next_window = min(self.pending)
-        if upto - self.next_window > MAX_GAP_WINDOWS:
-            self.next_window = min(min(self.pending, default=upto), upto - MAX_GAP_WINDOWS)
         out: list[dict[str, Any]] = []
         while self.next_window < upto:
+            if upto - self.next_window > MAX_GAP_WINDOWS:
+                # A long silence (or a far-future timestamp): close the windows that have
+                # data, not every empty one in between.
+                ahead = [w for w in self.pending if w >= self.next_window]
+                if not ahead:
+                    self.next_window = upto
+                    break
+                self.next_window = min(ahead)
             out += self._close(self.next_window)
             self.next_window += 1
         return out

@@ -209,3 +209,20 @@ def test_cohorts_warm_up(config) -> None:
     assert pipe.stage2.cohort_counts() == (3, 0)     # two tenants and their app, all warming
     pipe, _ = run(config, stream(30, cohorts=two))
     assert pipe.stage2.cohort_counts() == (0, 3)
+
+
+def test_a_far_future_timestamp_cannot_hang_or_blind_the_detector(config) -> None:
+    """Replay (no clock): a year-2100 event closes what it closes without walking every empty
+    window in between. Live (a clock): it is dead-lettered and traffic goes on being counted."""
+    from detector.pipeline import Stage1
+
+    future = orjson.dumps({"ts": 4_102_444_800, "operation": "chat", "tenant": "acme",
+                           "app": "agent"})
+    msgs = list(stream(30))
+    pipe, _ = run(config, [*msgs[:3000], future, *msgs[3000:]])   # returns promptly
+    assert pipe.late > 0                      # recorded data: the jump is honoured
+    live = Stage1(config, clock=lambda: T0 + 1800)
+    out = live.feed_many([*msgs[:3000], future, *msgs[3000:]])
+    assert [(r.reason, r.field) for r in out.rejects] == [("bad_timestamp", "ts")]
+    assert out.late == 0 and out.decoded == len(msgs)
+    assert orjson.loads(out.rejects[0].to_json())["payload"]["tenant"] == "acme"
