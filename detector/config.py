@@ -50,6 +50,8 @@ class Cohorts(_Base):
     )
     own_baseline_after_windows: PosInt = 30
     group_min_children: PosInt = 3
+    # Distinct finest-level cohorts one stage 1 tracks; later new ones count under "other".
+    max_cohorts: PosInt = 10_000
 
 
 class Windows(_Base):

@@ -37,6 +37,7 @@ class ReplaySummary:
     alerts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (severity, signal)
     incidents: int = 0
     cohorts: int = 0
+    folded: int = 0
     seconds: float = 0.0
 
     def table(self) -> str:
@@ -49,6 +50,7 @@ class ReplaySummary:
         rows += [f"  {r:<17}{n:>12,}" for r, n in sorted(self.rejects.items())]
         rows += [
             f"cohorts            {self.cohorts:>12,}",
+            f"  events of cohorts over cohorts.max_cohorts (counted as other) {self.folded:,}",
             f"alert incidents    {self.incidents:>12,}",
             f"alert emissions    {sum(self.alerts.values()):>12,}",
         ]
@@ -114,6 +116,7 @@ def replay(
     s.late = pipe.late
     s.incidents = len(ids)
     s.cohorts = len(pipe.stage2.models)
+    s.folded = pipe.stage1.agg.folded
     s.seconds = clock() - start
     return s
 

@@ -61,6 +61,7 @@ __all__ = ["Aggregator", "Partial", "decode_partial", "empty_partial", "encode",
            "route_key"]
 
 UNKNOWN: Final = "unknown"
+OTHER: Final = "other"
 #: Quantities are summed as fixed-point log1p(value) × SCALE: integers add exactly, so the
 #: result does not depend on the order events arrive in (floats would).
 SCALE: Final = 1024
@@ -183,6 +184,12 @@ class Aggregator:
         self.max_ts = float("-inf")
         self.closed_before = -(1 << 62)   # windows below this index are closed
         self.late = 0
+        # Bounded memory whatever producers send: past max_cohorts distinct finest cohorts,
+        # new ones are counted under an all-"other" cohort (and in self.folded).
+        self.max_cohorts = config.cohorts.max_cohorts
+        self._known: set[tuple[object, ...]] = set()
+        self._overflow: tuple[object, ...] = tuple(OTHER for _ in self.finest)
+        self.folded = 0
         # Projections from the finest cohort tuple to each level's tuple.
         self._proj = [tuple(self.finest.index(f) for f in lvl) for lvl in self.levels]
 
@@ -209,7 +216,15 @@ class Aggregator:
         key = (w, self._key(ev))
         p = self._open.get(key)
         if p is None:
-            p = self._open[key] = self._new(w, key[1])
+            if key[1] not in self._known:
+                if len(self._known) < self.max_cohorts:
+                    self._known.add(key[1])
+                else:   # cohort budget spent: count it, but under "other"
+                    self.folded += 1
+                    key = (w, self._overflow)
+                    p = self._open.get(key)
+            if p is None:
+                p = self._open[key] = self._new(w, key[1])
         c = p.counts
         c[EVENTS] += 1
         tid = ev.trace_id

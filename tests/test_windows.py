@@ -97,3 +97,20 @@ def test_rolls_up_to_every_level_and_counts_late_events(config) -> None:
     assert {p.route for p in parts} == {"x\x1fproduction"}
     agg.add(decode(b'{"ts": 1010, "operation": "chat", "app": "x"}')[0][0])
     assert agg.late == 1
+
+
+def test_cohort_count_is_bounded_whatever_producers_send(config) -> None:
+    import msgspec
+
+    small = msgspec.structs.replace(config, cohorts=msgspec.structs.replace(config.cohorts,
+                                                                         max_cohorts=5))
+    agg = Aggregator(small)
+    for i in range(50):                       # 50 made-up tenants, 2 events each
+        for j in range(2):
+            agg.add(decode(orjson.dumps({"ts": 1000.0 + i + j / 10, "operation": "chat",
+                                         "tenant": f"x{i}", "app": "a"}))[0][0])
+    finest = [p for p in agg.drain_all() if p.level == 1]
+    assert len({p.cohort for p in finest}) == 6               # five real ones, then "other"
+    assert sum(p.counts[EVENTS] for p in finest) == 100       # nothing lost
+    assert agg.folded == 90
+    assert ("other", "other", "other") in {p.cohort for p in finest}
