@@ -69,12 +69,11 @@ class Stage1:
         hits: list[RuleHit] = []
         late0 = self.agg.late
         check = self.rules.check
-        add = self.agg.add
         for ev in evs:
             h = check(ev)
             if h:
                 hits.extend(h)
-            add(ev)
+        self.agg.add_many(evs)
         return Stage1Out(hits, rejects, len(evs), self.agg.late - late0)
 
     def _not_future(self, evs: list[TraceEvent], rejects: list[Rejection]

@@ -203,146 +203,161 @@ class Aggregator:
         return empty_partial(w, len(self.levels) - 1, cohort, self.layout.size, route)
 
     def add(self, ev: TraceEvent) -> None:
-        """Count one event into its window; an event for a closed window is counted as late.
+        """Count one event into its window (see :meth:`add_many`)."""
+        self.add_many((ev,))
 
-        The hot path: plain counter updates, evidence kept only when it would change."""
-        ts: float = ev.ts  # type: ignore[assignment]  # decode() made it epoch seconds
-        w = int(ts // self.size)
-        if w < self.closed_before:
-            self.late += 1
-            return
-        if ts > self.max_ts:
-            self.max_ts = ts
-        key = (w, self._key(ev))
-        p = self._open.get(key)
-        if p is None:
-            if key[1] not in self._known:
-                if len(self._known) < self.max_cohorts:
-                    self._known.add(key[1])
-                else:   # cohort budget spent: count it, but under "other"
-                    self.folded += 1
-                    key = (w, self._overflow)
-                    p = self._open.get(key)
-            if p is None:
-                p = self._open[key] = self._new(w, key[1])
-        c = p.counts
-        c[EVENTS] += 1
-        tid = ev.trace_id
-        has_tid = tid is not UNSET
+    def add_many(self, evs: Iterable[TraceEvent]) -> None:
+        """Count events into their windows; an event for a closed window is counted as late.
+
+        The hot path: plain counter updates, evidence kept only when it would change, and the
+        aggregator's own fields read once per batch rather than once per event."""
+        size = self.size
+        closed_before = self.closed_before
+        max_ts = self.max_ts
+        open_ = self._open
+        keyf = self._key
         k = self.k
-        s = p.samples
-        top = p.top
-        op = ev.operation
-        if op in MODEL_OPERATIONS:
-            c[MODEL] += 1
-            if ev.refusal is True:
-                c[REFUSAL] += 1
-                if has_tid:
-                    _bottom(s.setdefault(REFUSAL, []), tid, k)
-            if ev.instruction_violation is True:
-                c[INSTR] += 1
-                if has_tid:
-                    _bottom(s.setdefault(INSTR, []), tid, k)
-            fv = ev.output_format_valid
-            if fv is not UNSET:
-                c[FMT_N] += 1
-                if fv is False:
-                    c[FMT_FAIL] += 1
+        idx = self.layout.safety_index
+        other = idx["other"]
+        leaks = self.leak_labels
+        late = 0
+        for ev in evs:
+            ts: float = ev.ts  # type: ignore[assignment]  # decode() made it epoch seconds
+            w = int(ts // size)
+            if w < closed_before:
+                late += 1
+                continue
+            if ts > max_ts:
+                max_ts = ts
+            key = (w, keyf(ev))
+            p = open_.get(key)
+            if p is None:
+                if key[1] not in self._known:
+                    if len(self._known) < self.max_cohorts:
+                        self._known.add(key[1])
+                    else:   # cohort budget spent: count it, but under "other"
+                        self.folded += 1
+                        key = (w, self._overflow)
+                        p = open_.get(key)
+                if p is None:
+                    p = open_[key] = self._new(w, key[1])
+            c = p.counts
+            c[EVENTS] += 1
+            tid = ev.trace_id
+            has_tid = tid is not UNSET
+            s = p.samples
+            top = p.top
+            op = ev.operation
+            if op in MODEL_OPERATIONS:
+                c[MODEL] += 1
+                if ev.refusal is True:
+                    c[REFUSAL] += 1
                     if has_tid:
-                        _bottom(s.setdefault(FMT_FAIL, []), tid, k)
-            v = ev.input_tokens
-            if v is not UNSET:
-                c[IN_N] += 1
-                x = int(log1p(v) * SCALE + 0.5)
-                c[IN_S] += x
-                c[IN_Q] += x * x
-            # Output tokens and latency repeat one pattern, inlined on purpose: this runs for
-            # every model call, and a helper call would cost ~0.1 µs each time.
-            v = ev.output_tokens
-            if v is not UNSET:
-                c[OUT_N] += 1
-                x = int(log1p(v) * SCALE + 0.5)
-                c[OUT_S] += x
-                c[OUT_Q] += x * x
+                        _bottom(s.setdefault(REFUSAL, []), tid, k)
+                if ev.instruction_violation is True:
+                    c[INSTR] += 1
+                    if has_tid:
+                        _bottom(s.setdefault(INSTR, []), tid, k)
+                fv = ev.output_format_valid
+                if fv is not UNSET:
+                    c[FMT_N] += 1
+                    if fv is False:
+                        c[FMT_FAIL] += 1
+                        if has_tid:
+                            _bottom(s.setdefault(FMT_FAIL, []), tid, k)
+                v = ev.input_tokens
+                if v is not UNSET:
+                    c[IN_N] += 1
+                    x = int(log1p(v) * SCALE + 0.5)
+                    c[IN_S] += x
+                    c[IN_Q] += x * x
+                # Output tokens and latency repeat one pattern, inlined on purpose: this runs for
+                # every model call, and a helper call would cost ~0.1 µs each time.
+                v = ev.output_tokens
+                if v is not UNSET:
+                    c[OUT_N] += 1
+                    x = int(log1p(v) * SCALE + 0.5)
+                    c[OUT_S] += x
+                    c[OUT_Q] += x * x
+                    if has_tid:
+                        h = top.get(OUT_N)
+                        if h is None:
+                            top[OUT_N] = [(x, tid)]
+                        elif len(h) < TOP_K:
+                            heappush(h, (x, tid))
+                        elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
+                            heapreplace(h, (x, tid))
+                v = ev.latency_ms
+                if v is not UNSET:
+                    c[LAT_N] += 1
+                    x = int(log1p(v) * SCALE + 0.5)
+                    c[LAT_S] += x
+                    c[LAT_Q] += x * x
+                    if has_tid:
+                        h = top.get(LAT_N)
+                        if h is None:
+                            top[LAT_N] = [(x, tid)]
+                        elif len(h) < TOP_K:
+                            heappush(h, (x, tid))
+                        elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
+                            heapreplace(h, (x, tid))
+            elif op == "execute_tool":
+                c[TOOL] += 1
+                if ev.schema_valid is False:
+                    c[SCHEMA_INV] += 1
+                    if has_tid:
+                        _bottom(s.setdefault(SCHEMA_INV, []), tid, k)
+                if ev.tool_result_fabricated is True:
+                    c[FABRICATED] += 1
+                    if has_tid:
+                        _bottom(s.setdefault(FABRICATED, []), tid, k)
+            elif op == "memory_write":
+                c[MEMWRITE] += 1
                 if has_tid:
-                    h = top.get(OUT_N)
-                    if h is None:
-                        top[OUT_N] = [(x, tid)]
-                    elif len(h) < TOP_K:
-                        heappush(h, (x, tid))
-                    elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
-                        heapreplace(h, (x, tid))
-            v = ev.latency_ms
-            if v is not UNSET:
-                c[LAT_N] += 1
-                x = int(log1p(v) * SCALE + 0.5)
-                c[LAT_S] += x
-                c[LAT_Q] += x * x
+                    _bottom(s.setdefault(MEMWRITE, []), tid, k)
+            elif op == "human_override":
+                c[OVERRIDE] += 1
                 if has_tid:
-                    h = top.get(LAT_N)
-                    if h is None:
-                        top[LAT_N] = [(x, tid)]
-                    elif len(h) < TOP_K:
-                        heappush(h, (x, tid))
-                    elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
-                        heapreplace(h, (x, tid))
-        elif op == "execute_tool":
-            c[TOOL] += 1
-            if ev.schema_valid is False:
-                c[SCHEMA_INV] += 1
+                    _bottom(s.setdefault(OVERRIDE, []), tid, k)
+            r = ev.retries
+            if r:   # UNSET is falsy
+                c[RETRIES] += r
                 if has_tid:
-                    _bottom(s.setdefault(SCHEMA_INV, []), tid, k)
-            if ev.tool_result_fabricated is True:
-                c[FABRICATED] += 1
+                    _bottom(s.setdefault(RETRIES, []), tid, k)
+            if (ev.error_type is not UNSET or ev.finish_reason == "error"
+                    or ev.tool_status == "error"):
+                c[ERRORS] += 1
                 if has_tid:
-                    _bottom(s.setdefault(FABRICATED, []), tid, k)
-        elif op == "memory_write":
-            c[MEMWRITE] += 1
-            if has_tid:
-                _bottom(s.setdefault(MEMWRITE, []), tid, k)
-        elif op == "human_override":
-            c[OVERRIDE] += 1
-            if has_tid:
-                _bottom(s.setdefault(OVERRIDE, []), tid, k)
-        r = ev.retries
-        if r:   # UNSET is falsy
-            c[RETRIES] += r
-            if has_tid:
-                _bottom(s.setdefault(RETRIES, []), tid, k)
-        if (ev.error_type is not UNSET or ev.finish_reason == "error"
-                or ev.tool_status == "error"):
-            c[ERRORS] += 1
-            if has_tid:
-                _bottom(s.setdefault(ERRORS, []), tid, k)
-        hits = ev.safety_hits
-        if hits:
-            idx = self.layout.safety_index
-            other = idx["other"]
-            for label in set(hits):
-                if label in self.leak_labels:
-                    continue   # a hard rule of its own; not also "other"
-                i = idx.get(label, other)
-                c[i] += 1
-                if has_tid:
-                    _bottom(s.setdefault(i, []), tid, k)
-        # Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
-        # trace ids that start with "0" (ids are random, so it is a uniform, order-free
-        # sample) — cheap enough for every event.
-        if has_tid and tid[0] == "0":  # type: ignore[index]
-            lst2 = s.get(EVENTS)
-            if lst2 is None:
-                s[EVENTS] = [tid]
-            elif len(lst2) < k or tid < lst2[-1]:
-                _bottom(lst2, tid, k)
-        # Tuple keys while open (cheap to hash); made strings when the window closes.
-        vkey = (ev.model_version, ev.prompt_version, ev.policy_version)
-        vs: dict[Any, int] = p.versions  # type: ignore[assignment]
-        if vkey in vs:
-            vs[vkey] += 1
-        elif len(vs) < MAX_VERSION_COMBOS - 1:
-            vs[vkey] = 1
-        else:
-            vs[OTHER_VERSIONS] = vs.get(OTHER_VERSIONS, 0) + 1
+                    _bottom(s.setdefault(ERRORS, []), tid, k)
+            hits = ev.safety_hits
+            if hits:
+                for label in set(hits):
+                    if label in leaks:
+                        continue   # a hard rule of its own; not also "other"
+                    i = idx.get(label, other)
+                    c[i] += 1
+                    if has_tid:
+                        _bottom(s.setdefault(i, []), tid, k)
+            # Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
+            # trace ids that start with "0" (ids are random, so it is a uniform, order-free
+            # sample) — cheap enough for every event.
+            if has_tid and tid[0] == "0":  # type: ignore[index]
+                lst2 = s.get(EVENTS)
+                if lst2 is None:
+                    s[EVENTS] = [tid]
+                elif len(lst2) < k or tid < lst2[-1]:
+                    _bottom(lst2, tid, k)
+            # Tuple keys while open (cheap to hash); made strings when the window closes.
+            vkey = (ev.model_version, ev.prompt_version, ev.policy_version)
+            vs: dict[Any, int] = p.versions  # type: ignore[assignment]
+            if vkey in vs:
+                vs[vkey] += 1
+            elif len(vs) < MAX_VERSION_COMBOS - 1:
+                vs[vkey] = 1
+            else:
+                vs[OTHER_VERSIONS] = vs.get(OTHER_VERSIONS, 0) + 1
+        self.max_ts = max_ts
+        self.late += late
 
     def drain(self, watermark: float | None = None) -> list[Partial]:
         """Close every window that ends at or before the watermark; return its partials at
