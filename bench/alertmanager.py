@@ -4,7 +4,9 @@ Measures
   1. throughput: alerts/s from the first emit() until flush() reports every alert delivered
      (and the Alertmanager API lists them all);
   2. delay: from emit() to the alert showing in Alertmanager's GET /api/v2/alerts, one alert
-     at a time, median and p99 over >= 200 distinct alerts.
+     at a time, median and p99 over >= 200 distinct alerts;
+  3. the whole path: from an offending event produced to Kafka, through `detector run`, to
+     Alertmanager's API, over ``--incidents`` incidents (bench/paging.py).
 
 Starts Debian's prometheus-alertmanager on a free loopback port (tests/services.py) unless
 --url names a running one. Every loop is bounded in count and in time.
@@ -27,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
 from services import alertmanager, http_json  # noqa: E402
 
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=500, help="sink max_batch")
     ap.add_argument("--latency-alerts", type=int, default=300, help=">= 200 distinct alerts")
     ap.add_argument("--url", help="a running Alertmanager (default: start one on loopback)")
+    ap.add_argument("--incidents", type=int, default=200,
+                    help="offending events sent through Kafka and the worker (0: skip)")
     args = ap.parse_args(argv)
     if args.latency_alerts < 200:
         ap.error("--latency-alerts must be >= 200")
@@ -130,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emit -> visible in GET /api/v2/alerts over {len(delays)} alerts: "
               f"median {statistics.median(delays) * 1e3:.2f} ms, p99 {p99 * 1e3:.2f} ms, "
               f"max {delays[-1] * 1e3:.2f} ms")
+    if args.incidents:
+        # The whole path, as an SRE sees it: offending event -> Kafka -> worker -> sink ->
+        # Alertmanager's API (bench/paging.py, also runnable on its own).
+        import paging
+
+        paging.report(paging.measure(args.incidents))
     return 0
 
 

@@ -66,13 +66,8 @@ class Stage1:
         evs, rejects = decode_many(messages, self.max_bytes)
         if self.clock is not None:
             evs, rejects = self._not_future(evs, rejects)
-        hits: list[RuleHit] = []
         late0 = self.agg.late
-        check = self.rules.check
-        for ev in evs:
-            h = check(ev)
-            if h:
-                hits.extend(h)
+        hits = self.rules.check_many(evs)
         self.agg.add_many(evs)
         return Stage1Out(hits, rejects, len(evs), self.agg.late - late0)
 

@@ -64,6 +64,17 @@ class HardRules:
         self._single = len(fields) == 1
         self._root = tuple(fields.index(f) for f in config.cohorts.levels[0])
 
+    def check_many(self, evs: list[TraceEvent]) -> list[RuleHit]:
+        """:meth:`check` over a batch, behind a cheap filter that lets most events pass
+        with a few attribute tests (a superset of what can break a rule)."""
+        out: list[RuleHit] = []
+        leaks, sensitive = self.leaks, self.sensitive
+        for ev in evs:
+            if (ev.tool_authorized is False or ev.tool_approved is False
+                    or (sensitive and ev.tool_name in sensitive) or (leaks and ev.safety_hits)):
+                out += self.check(ev)
+        return out
+
     def check(self, ev: TraceEvent) -> list[RuleHit]:
         """Every hard rule this event breaks (usually none: the common path is 4 tests)."""
         signals: list[str] = []
