@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detector.cli import tune_gc
 from detector.config import load_config
-from detector.pipeline import Pipeline
+from detector.pipeline import Pipeline, Stage2
 from detector.replay import BLOCK_LINES
-from detector.state import dump_route, routes
+from detector.state import dump_route, load_route, routes
 
 
 def _orjson_pass(lines: list[bytes]) -> float:
@@ -54,41 +54,25 @@ def _core_pass(lines: list[bytes]) -> tuple[float, Pipeline, int]:
     return time.perf_counter() - t0, pipe, n_alerts
 
 
-def _state_sizes(pipe: Pipeline) -> tuple[int, float, float]:
-    s2 = pipe.stage2
+def _state_sizes(s2: Stage2) -> tuple[int, float, float]:
+    """(pairs, serialized bytes per pair, resident bytes per pair) of stage-2 state.
+
+    Resident: the state's own dump loaded into a fresh Stage2 under tracemalloc, so only
+    allocations that make up the state are counted."""
     pairs = sum(len(m.baselines) for m in s2.models.values())
-    serialized = sum(len(dump_route(s2, r)) for r in routes(s2))
-    return pairs, serialized / max(1, pairs), 0.0
-
-
-def _resident_per_pair(lines: list[bytes]) -> tuple[int, float]:
-    """Resident bytes of stage-2 state per (cohort, signal), by tracemalloc on a fresh run."""
-    pipe = Pipeline(load_config(None, env=False))
-    for line in lines:
-        pipe.feed(line)
-    pipe.finish()
-    pipe.stage2.pending.clear()
-    pipe.stage1 = None  # type: ignore[assignment]
+    blobs = [dump_route(s2, r) for r in routes(s2)]
+    serialized = sum(map(len, blobs))
+    fresh = Stage2(load_config(None, env=False))
     gc.collect()
     tracemalloc.start()
-    before = tracemalloc.take_snapshot()
-    # Re-create the same state under tracing by loading it back from its own dump.
-    from detector.pipeline import Stage2
-    from detector.state import load_route
-
-    blobs = [dump_route(pipe.stage2, r) for r in routes(pipe.stage2)]
-    fresh = Stage2(load_config(None, env=False))
     snap0 = tracemalloc.take_snapshot()
     for b in blobs:
         load_route(fresh, b)
-    del blobs
     gc.collect()
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
-    del before
-    size = sum(s.size_diff for s in after.compare_to(snap0, "filename"))
-    pairs = sum(len(m.baselines) for m in fresh.models.values())
-    return pairs, size / max(1, pairs)
+    resident = sum(st.size_diff for st in after.compare_to(snap0, "filename"))
+    return pairs, serialized / max(1, pairs), resident / max(1, pairs)
 
 
 def main() -> int:
@@ -126,11 +110,8 @@ def main() -> int:
         del run
     t_core, pipe, n_alerts = best  # type: ignore[misc]
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    pairs, ser_per_pair, _ = _state_sizes(pipe)
+    pairs, ser_per_pair, res_per_pair = _state_sizes(pipe.stage2)
     decoded = pipe.decoded
-    del best, pipe
-    gc.collect()
-    _, res_per_pair = _resident_per_pair(lines)
 
     json_rate = events / t_json
     core_rate = decoded / t_core
