@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from detector.events import REASONS, TraceEvent, decode
+from detector.events import REASONS, TraceEvent, decode, decode_many
 from tests.conftest import CONTRACTS
 
 GOOD = {"ts": "2026-05-10T03:59:35.114Z", "operation": "execute_tool",
@@ -52,6 +52,28 @@ def test_batch_rejects_only_the_bad_event() -> None:
     assert [(r.reason, r.field) for r in bad] == [
         ("missing_field", "operation"), ("not_object", None), ("out_of_range", "trace_id"),
         ("out_of_range", "latency_ms")]
+
+
+def test_ids_must_be_hex_exactly_in_every_decode_path() -> None:
+    """32 characters that are not all hex digits: whitespace, non-ASCII digits, a sign."""
+    tid = GOOD["trace_id"]
+    bad_ids = [tid[:8] + " " + tid[9:], tid[:31] + "\t", tid[:31] + "g", "٣" + tid[1:],
+               "+" + tid[1:], "0x" + tid[2:]]
+    for bad_id in bad_ids:
+        bad_ev = orjson.dumps(dict(GOOD, trace_id=bad_id))
+        good_ev = orjson.dumps(GOOD)
+        for ok, rej in (decode(bad_ev), decode(b"[" + good_ev + b"," + bad_ev + b"]"),
+                        decode_many([good_ev, bad_ev, good_ev])):
+            assert [(r.reason, r.field) for r in rej] == [("out_of_range", "trace_id")], bad_id
+            assert all(e.trace_id == tid for e in ok)
+    ok, rej = decode_many([orjson.dumps(dict(GOOD, span_id="00F067AA0BA902B7"))] * 3)
+    assert len(ok) == 3 and rej == []
+
+
+def test_rfc3339_without_an_offset_is_rejected_in_every_decode_path() -> None:
+    msg = b'{"ts": "2026-05-10T03:59:35", "operation": "chat"}'
+    for ok, rej in (decode(msg), decode(b"[" + msg + b"]"), decode_many([msg, msg])):
+        assert ok == [] and {(r.reason, r.field) for r in rej} == {("bad_timestamp", "ts")}
 
 
 def test_each_reason() -> None:
