@@ -27,10 +27,10 @@ from aiokafka.structs import TopicPartition
 
 from detector.config import Config, KafkaConfig
 from detector.metrics import Metrics
+from detector.partials import Partial
 from detector.pipeline import Stage1
 from detector.rules import RuleHit
 from detector.signals import EVENTS
-from detector.windows import Partial
 
 __all__ = [
     "client_kwargs",

@@ -20,10 +20,11 @@ import msgspec
 from detector.alerts import Key, Lifecycle
 from detector.config import Config
 from detector.events import Rejection, TraceEvent, decode_many
+from detector.partials import UNKNOWN, Partial, empty_partial, merge_into, route_key
 from detector.rules import HardRules, RuleHit
 from detector.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
 from detector.signals import EVENTS
-from detector.windows import UNKNOWN, Aggregator, Partial, empty_partial, merge_into, route_key
+from detector.windows import Aggregator
 
 __all__ = ["Pipeline", "Stage1", "Stage1Out", "Stage2"]
 

@@ -22,7 +22,7 @@ from msgspec import UNSET, Struct
 
 from detector.config import Config
 from detector.events import TraceEvent
-from detector.windows import UNKNOWN, route_key
+from detector.partials import UNKNOWN, route_key
 
 __all__ = ["HardRules", "RuleHit", "decode_hit", "encode_hit"]
 
@@ -37,7 +37,7 @@ class RuleHit(Struct, array_like=True, frozen=True):
     ts: float
     trace_id: str | None
     versions: str   # "model\x1fprompt\x1fpolicy" of the event
-    route: str      # stage-2 partition key (see detector.windows.route_key)
+    route: str      # stage-2 partition key (see detector.partials.route_key)
 
 
 _enc = msgspec.msgpack.Encoder()

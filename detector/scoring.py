@@ -18,8 +18,8 @@ from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
 from baselines.volume import VolumeBaseline
 from detector.config import Config
+from detector.partials import SCALE, Partial
 from detector.signals import EVENTS, Layout, Signal, matches
-from detector.windows import SCALE, Partial
 
 __all__ = ["CohortModel", "Decision", "Scorer"]
 

@@ -21,9 +21,9 @@ import msgspec
 
 from baselines import codec
 from detector.alerts import Incident
+from detector.partials import decode_partial, encode
 from detector.pipeline import Stage2
 from detector.scoring import CohortModel
-from detector.windows import decode_partial, encode
 
 __all__ = ["dump_route", "load_route", "routes"]
 

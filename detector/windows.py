@@ -1,12 +1,12 @@
-"""Stage 1: per-cohort window partials, their merge, and the event-time watermark.
+"""Stage 1: events into per-cohort window partials, closed on an event-time watermark.
 
-Per event the work is a handful of counter increments on the event's finest cohort; the roll-up
-to coarser cohorts happens once per (cohort, window) when a window closes. Partials merge by
-adding counters and keeping bottom-k / top-k evidence, so merging is associative and
-commutative and the order of arrival within the allowed lateness does not change a result.
+Per event the work is a handful of counter increments on the event's finest cohort; the
+roll-up to coarser cohorts happens once per (cohort, window) when a window closes. Partials
+and their merge are in :mod:`detector.partials`.
 
 >>> from detector.config import load_config
 >>> from detector.events import decode
+>>> from detector.signals import REFUSAL
 >>> agg = Aggregator(load_config(None))
 >>> for t in (0, 10, 20):
 ...     agg.add(decode(b'{"ts": %d, "operation": "chat", "app": "a", "refusal": true}' % t)[0][0])
@@ -19,18 +19,30 @@ commutative and the order of arrival within the allowed lateness does not change
 
 from __future__ import annotations
 
-from bisect import insort
 from collections.abc import Iterable
 from heapq import heappush, heapreplace
 from math import log1p
 from operator import attrgetter
-from typing import Any, Final
+from typing import Any
 
-import msgspec
-from msgspec import UNSET, Struct
+from msgspec import UNSET
 
 from detector.config import Config
 from detector.events import MODEL_OPERATIONS, TraceEvent
+from detector.partials import (
+    MAX_VERSION_COMBOS,
+    OTHER,
+    OTHER_VERSIONS,
+    SCALE,
+    TOP_K,
+    UNKNOWN,
+    Partial,
+    bottom,
+    cap_versions,
+    empty_partial,
+    merge_into,
+    route_key,
+)
 from detector.signals import (
     ERRORS,
     EVENTS,
@@ -57,114 +69,7 @@ from detector.signals import (
     Layout,
 )
 
-__all__ = ["Aggregator", "Partial", "decode_partial", "empty_partial", "encode", "merge",
-           "route_key"]
-
-UNKNOWN: Final = "unknown"
-OTHER: Final = "other"
-#: Quantities are summed as fixed-point log1p(value) × SCALE: integers add exactly, so the
-#: result does not depend on the order events arrive in (floats would).
-SCALE: Final = 1024
-#: Largest values kept per quantity and window as evidence (the slowest calls, the longest
-#: outputs); an alert gathers them over its windows up to the contract's 20.
-TOP_K: Final = 5
-VERSION_FIELDS: Final = ("model_version", "prompt_version", "policy_version")
-MAX_VERSION_COMBOS: Final = 16
-OTHER_VERSIONS: Final = "\x1f".join((UNKNOWN, UNKNOWN, UNKNOWN))
-
-
-class Partial(Struct, array_like=True):
-    """Totals of one cohort in one window, from one or more sources."""
-
-    window: int                      # window index: floor(ts / size)
-    level: int                       # index into config.cohorts.levels
-    cohort: tuple[str, ...]          # values of that level's fields
-    counts: list[int]                # exact integers: merging is order-free
-    samples: dict[int, list[str]]    # counter -> smallest trace ids of flagged events
-    top: dict[int, list[tuple[int, str]]]  # quantity counter -> largest (value, trace id)
-    versions: dict[str, int]         # "model\x1fprompt\x1fpolicy" -> events
-    route: str = ""                  # stage-2 partition key: the root-level cohort
-
-
-_enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(Partial)
-
-
-def encode(p: Partial) -> bytes:
-    return _enc.encode(p)
-
-
-def decode_partial(data: bytes) -> Partial:
-    return _dec.decode(data)
-
-
-def route_key(root_values: tuple[str, ...]) -> str:
-    """Stage-2 partition key: the root-level cohort, so a parent and all its children meet on
-    one stage-2 instance (parent fallback and grouping need both)."""
-    return "\x1f".join(root_values)
-
-
-def _bottom(lst: list[str], tid: str, k: int) -> None:
-    if len(lst) < k:
-        if tid not in lst:
-            insort(lst, tid)
-    elif tid < lst[-1] and tid not in lst:
-        insort(lst, tid)
-        lst.pop()
-
-
-def _top(lst: list[tuple[int, str]], item: tuple[int, str], k: int) -> None:
-    # Kept ascending; the smallest kept item is lst[0].
-    if len(lst) < k:
-        if item not in lst:
-            insort(lst, item)
-    elif item > lst[0] and item not in lst:
-        insort(lst, item)
-        del lst[0]
-
-
-def merge_into(a: Partial, b: Partial, k: int) -> None:
-    """Add ``b`` into ``a`` (same window and cohort)."""
-    ac = a.counts
-    for i, v in enumerate(b.counts):
-        ac[i] += v
-    for c, ids in b.samples.items():
-        dst = a.samples.setdefault(c, [])
-        for t in ids:
-            _bottom(dst, t, k)
-    for c, items in b.top.items():
-        dst2 = a.top.setdefault(c, [])
-        for it in items:
-            _top(dst2, (it[0], it[1]), TOP_K)
-    for v, n in b.versions.items():
-        a.versions[v] = a.versions.get(v, 0) + n
-    _cap_versions(a.versions)
-
-
-def _cap_versions(versions: dict[str, int]) -> None:
-    if len(versions) <= MAX_VERSION_COMBOS:
-        return
-    # Keep the most common combinations; ties broken by name so the result is order-free.
-    keep = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_VERSION_COMBOS - 1]
-    other = OTHER_VERSIONS
-    rest = sum(versions.values()) - sum(n for _, n in keep)
-    versions.clear()
-    versions.update(keep)
-    versions[other] = versions.get(other, 0) + rest
-
-
-def merge(a: Partial, b: Partial, k: int = 20) -> Partial:
-    """A new partial holding both (pure)."""
-    out = empty_partial(a.window, a.level, a.cohort, len(a.counts), a.route)
-    merge_into(out, a, k)
-    merge_into(out, b, k)
-    return out
-
-
-def empty_partial(window: int, level: int, cohort: tuple[str, ...], size: int, route: str = ""
-           ) -> Partial:
-    return Partial(window, level, cohort, [0] * size, {}, {}, {}, route)
-
+__all__ = ["Aggregator"]
 
 class Aggregator:
     """Stage 1 for one source: accumulates events into finest-cohort partials and hands out
@@ -177,7 +82,6 @@ class Aggregator:
         self.levels = config.cohorts.levels
         self.finest = self.levels[-1]
         self.layout = Layout(tuple(config.input.safety_labels))
-        self.leak_labels = frozenset(config.rules.leak_labels)
         self._key = attrgetter(*self.finest) if len(self.finest) > 1 else (
             lambda ev, _g=attrgetter(self.finest[0]): (_g(ev),))
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
@@ -192,6 +96,7 @@ class Aggregator:
         self.folded = 0
         # Projections from the finest cohort tuple to each level's tuple.
         self._proj = [tuple(self.finest.index(f) for f in lvl) for lvl in self.levels]
+        self.leak_labels = frozenset(config.rules.leak_labels)
 
     @property
     def watermark(self) -> float:
@@ -253,18 +158,18 @@ class Aggregator:
                 if ev.refusal is True:
                     c[REFUSAL] += 1
                     if has_tid:
-                        _bottom(s.setdefault(REFUSAL, []), tid, k)
+                        bottom(s.setdefault(REFUSAL, []), tid, k)
                 if ev.instruction_violation is True:
                     c[INSTR] += 1
                     if has_tid:
-                        _bottom(s.setdefault(INSTR, []), tid, k)
+                        bottom(s.setdefault(INSTR, []), tid, k)
                 fv = ev.output_format_valid
                 if fv is not UNSET:
                     c[FMT_N] += 1
                     if fv is False:
                         c[FMT_FAIL] += 1
                         if has_tid:
-                            _bottom(s.setdefault(FMT_FAIL, []), tid, k)
+                            bottom(s.setdefault(FMT_FAIL, []), tid, k)
                 v = ev.input_tokens
                 if v is not UNSET:
                     c[IN_N] += 1
@@ -306,29 +211,29 @@ class Aggregator:
                 if ev.schema_valid is False:
                     c[SCHEMA_INV] += 1
                     if has_tid:
-                        _bottom(s.setdefault(SCHEMA_INV, []), tid, k)
+                        bottom(s.setdefault(SCHEMA_INV, []), tid, k)
                 if ev.tool_result_fabricated is True:
                     c[FABRICATED] += 1
                     if has_tid:
-                        _bottom(s.setdefault(FABRICATED, []), tid, k)
+                        bottom(s.setdefault(FABRICATED, []), tid, k)
             elif op == "memory_write":
                 c[MEMWRITE] += 1
                 if has_tid:
-                    _bottom(s.setdefault(MEMWRITE, []), tid, k)
+                    bottom(s.setdefault(MEMWRITE, []), tid, k)
             elif op == "human_override":
                 c[OVERRIDE] += 1
                 if has_tid:
-                    _bottom(s.setdefault(OVERRIDE, []), tid, k)
+                    bottom(s.setdefault(OVERRIDE, []), tid, k)
             r = ev.retries
             if r:   # UNSET is falsy
                 c[RETRIES] += r
                 if has_tid:
-                    _bottom(s.setdefault(RETRIES, []), tid, k)
+                    bottom(s.setdefault(RETRIES, []), tid, k)
             if (ev.error_type is not UNSET or ev.finish_reason == "error"
                     or ev.tool_status == "error"):
                 c[ERRORS] += 1
                 if has_tid:
-                    _bottom(s.setdefault(ERRORS, []), tid, k)
+                    bottom(s.setdefault(ERRORS, []), tid, k)
             hits = ev.safety_hits
             if hits:
                 for label in set(hits):
@@ -337,7 +242,7 @@ class Aggregator:
                     i = idx.get(label, other)
                     c[i] += 1
                     if has_tid:
-                        _bottom(s.setdefault(i, []), tid, k)
+                        bottom(s.setdefault(i, []), tid, k)
             # Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
             # trace ids that start with "0" (ids are random, so it is a uniform, order-free
             # sample) — cheap enough for every event.
@@ -346,7 +251,7 @@ class Aggregator:
                 if lst2 is None:
                     s[EVENTS] = [tid]
                 elif len(lst2) < k or tid < lst2[-1]:
-                    _bottom(lst2, tid, k)
+                    bottom(lst2, tid, k)
             # Tuple keys while open (cheap to hash); made strings when the window closes.
             vkey = (ev.model_version, ev.prompt_version, ev.policy_version)
             vs: dict[Any, int] = p.versions  # type: ignore[assignment]
@@ -384,7 +289,7 @@ class Aggregator:
                 (k if isinstance(k, str) else "\x1f".join(_s(v) for v in k)): n
                 for k, n in p.versions.items()
             }
-            _cap_versions(p.versions)
+            cap_versions(p.versions)
         return self._roll_up(finest)
 
     def drain_all(self) -> list[Partial]:

@@ -153,9 +153,9 @@ def test_a_new_tenant_is_scored_against_its_parent(config) -> None:
 
 def test_hysteresis_keeps_a_firing_alert_through_a_dip(config) -> None:
     """Between the clear level (0.6 × threshold) and the threshold a firing alert stays up."""
+    from detector.partials import empty_partial
     from detector.scoring import CohortModel, Scorer
     from detector.signals import MODEL, REFUSAL
-    from detector.windows import empty_partial
 
     sc = Scorer(config)
     own = CohortModel(0)

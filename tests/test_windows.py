@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.events import decode
+from detector.partials import Partial, decode_partial, encode, merge
 from detector.signals import EVENTS, REFUSAL
-from detector.windows import Aggregator, Partial, decode_partial, encode, merge
+from detector.windows import Aggregator
 
 HEX = "0123456789abcdef"
 _tid = st.text(HEX, min_size=32, max_size=32)

@@ -1,0 +1,142 @@
+"""Window partials: the totals of one cohort in one window, and how two of them merge.
+
+Partials merge by adding counters and keeping bottom-k / top-k evidence, so merging is
+associative and commutative, and the order of arrival within the allowed lateness does not
+change a result. They cross the wire between stage 1 and stage 2 as msgpack.
+
+>>> a = empty_partial(0, 0, ("t1",), 3); a.counts[0] = 2; a.samples[0] = ["0b", "0d"]
+>>> b = empty_partial(0, 0, ("t1",), 3); b.counts[0] = 1; b.samples[0] = ["0a", "0c"]
+>>> m = merge(a, b, k=3)
+>>> m.counts, m.samples, decode_partial(encode(m)) == m
+([3, 0, 0], {0: ['0a', '0b', '0c']}, True)
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from typing import Final
+
+import msgspec
+from msgspec import Struct
+
+__all__ = [
+    "MAX_VERSION_COMBOS",
+    "OTHER",
+    "OTHER_VERSIONS",
+    "SCALE",
+    "TOP_K",
+    "UNKNOWN",
+    "Partial",
+    "bottom",
+    "cap_versions",
+    "decode_partial",
+    "empty_partial",
+    "encode",
+    "merge",
+    "merge_into",
+    "route_key",
+]
+
+UNKNOWN: Final = "unknown"
+OTHER: Final = "other"
+#: Quantities are summed as fixed-point log1p(value) × SCALE: integers add exactly, so the
+#: result does not depend on the order events arrive in (floats would).
+SCALE: Final = 1024
+#: Largest values kept per quantity and window as evidence (the slowest calls, the longest
+#: outputs); an alert gathers them over its windows up to the contract's 20.
+TOP_K: Final = 5
+MAX_VERSION_COMBOS: Final = 16
+OTHER_VERSIONS: Final = "\x1f".join((UNKNOWN, UNKNOWN, UNKNOWN))
+
+
+class Partial(Struct, array_like=True):
+    """Totals of one cohort in one window, from one or more sources."""
+
+    window: int                      # window index: floor(ts / size)
+    level: int                       # index into config.cohorts.levels
+    cohort: tuple[str, ...]          # values of that level's fields
+    counts: list[int]                # exact integers: merging is order-free
+    samples: dict[int, list[str]]    # counter -> smallest trace ids of flagged events
+    top: dict[int, list[tuple[int, str]]]  # quantity counter -> largest (value, trace id)
+    versions: dict[str, int]         # "model\x1fprompt\x1fpolicy" -> events
+    route: str = ""                  # stage-2 partition key: the root-level cohort
+
+
+_enc = msgspec.msgpack.Encoder()
+_dec = msgspec.msgpack.Decoder(Partial)
+
+
+def encode(p: Partial) -> bytes:
+    return _enc.encode(p)
+
+
+def decode_partial(data: bytes) -> Partial:
+    return _dec.decode(data)
+
+
+def route_key(root_values: tuple[str, ...]) -> str:
+    """Stage-2 partition key: the root-level cohort, so a parent and all its children meet on
+    one stage-2 instance (parent fallback and grouping need both)."""
+    return "\x1f".join(root_values)
+
+
+def bottom(lst: list[str], tid: str, k: int) -> None:
+    if len(lst) < k:
+        if tid not in lst:
+            insort(lst, tid)
+    elif tid < lst[-1] and tid not in lst:
+        insort(lst, tid)
+        lst.pop()
+
+
+def _top(lst: list[tuple[int, str]], item: tuple[int, str], k: int) -> None:
+    # Kept ascending; the smallest kept item is lst[0].
+    if len(lst) < k:
+        if item not in lst:
+            insort(lst, item)
+    elif item > lst[0] and item not in lst:
+        insort(lst, item)
+        del lst[0]
+
+
+def merge_into(a: Partial, b: Partial, k: int) -> None:
+    """Add ``b`` into ``a`` (same window and cohort)."""
+    ac = a.counts
+    for i, v in enumerate(b.counts):
+        ac[i] += v
+    for c, ids in b.samples.items():
+        dst = a.samples.setdefault(c, [])
+        for t in ids:
+            bottom(dst, t, k)
+    for c, items in b.top.items():
+        dst2 = a.top.setdefault(c, [])
+        for it in items:
+            _top(dst2, (it[0], it[1]), TOP_K)
+    for v, n in b.versions.items():
+        a.versions[v] = a.versions.get(v, 0) + n
+    cap_versions(a.versions)
+
+
+def cap_versions(versions: dict[str, int]) -> None:
+    if len(versions) <= MAX_VERSION_COMBOS:
+        return
+    # Keep the most common combinations; ties broken by name so the result is order-free.
+    keep = sorted(versions.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_VERSION_COMBOS - 1]
+    other = OTHER_VERSIONS
+    rest = sum(versions.values()) - sum(n for _, n in keep)
+    versions.clear()
+    versions.update(keep)
+    versions[other] = versions.get(other, 0) + rest
+
+
+def merge(a: Partial, b: Partial, k: int = 20) -> Partial:
+    """A new partial holding both (pure)."""
+    out = empty_partial(a.window, a.level, a.cohort, len(a.counts), a.route)
+    merge_into(out, a, k)
+    merge_into(out, b, k)
+    return out
+
+
+def empty_partial(window: int, level: int, cohort: tuple[str, ...], size: int, route: str = ""
+           ) -> Partial:
+    return Partial(window, level, cohort, [0] * size, {}, {}, {}, route)
