@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from heapq import heappush, heapreplace
 from math import log1p
 from operator import attrgetter
-from typing import Any
+from typing import Final
 
 from msgspec import UNSET
 
@@ -32,13 +32,11 @@ from detector.events import MODEL_OPERATIONS, TraceEvent
 from detector.partials import (
     MAX_VERSION_COMBOS,
     OTHER,
-    OTHER_VERSIONS,
     SCALE,
     TOP_K,
     UNKNOWN,
     Partial,
     bottom,
-    cap_versions,
     empty_partial,
     merge_into,
     route_key,
@@ -71,6 +69,10 @@ from detector.signals import (
 
 __all__ = ["Aggregator"]
 
+VERSION_FIELDS: Final = ("model_version", "prompt_version", "policy_version")
+_OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # joins to OTHER_VERSIONS
+
+
 class Aggregator:
     """Stage 1 for one source: accumulates events into finest-cohort partials and hands out
     partials at every level once the watermark closes their window."""
@@ -82,9 +84,13 @@ class Aggregator:
         self.levels = config.cohorts.levels
         self.finest = self.levels[-1]
         self.layout = Layout(tuple(config.input.safety_labels))
-        self._key = attrgetter(*self.finest) if len(self.finest) > 1 else (
-            lambda ev, _g=attrgetter(self.finest[0]): (_g(ev),))
+        # An open partial per (window, finest cohort, version combination): the combination
+        # is counted by the partial's own event counter, so no per-event work of its own.
+        # The combinations of one cohort are merged into one partial when handed out.
+        self._key = attrgetter(*self.finest, *VERSION_FIELDS)
+        self._nf = len(self.finest)
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
+        self._combos: dict[tuple[int, tuple[object, ...]], int] = {}   # open partials per cohort
         self.max_ts = float("-inf")
         self.closed_before = -(1 << 62)   # windows below this index are closed
         self.late = 0
@@ -137,103 +143,94 @@ class Aggregator:
             key = (w, keyf(ev))
             p = open_.get(key)
             if p is None:
-                if key[1] not in self._known:
-                    if len(self._known) < self.max_cohorts:
-                        self._known.add(key[1])
-                    else:   # cohort budget spent: count it, but under "other"
-                        self.folded += 1
-                        key = (w, self._overflow)
-                        p = open_.get(key)
-                if p is None:
-                    p = open_[key] = self._new(w, key[1])
+                p = self._partial_for(key)
             c = p.counts
             c[EVENTS] += 1
             tid = ev.trace_id
-            has_tid = tid is not UNSET
-            s = p.samples
-            top = p.top
             op = ev.operation
             if op in MODEL_OPERATIONS:
                 c[MODEL] += 1
                 if ev.refusal is True:
                     c[REFUSAL] += 1
-                    if has_tid:
-                        bottom(s.setdefault(REFUSAL, []), tid, k)
+                    if tid:   # UNSET is falsy
+                        bottom(p.samples.setdefault(REFUSAL, []), tid, k)
                 if ev.instruction_violation is True:
                     c[INSTR] += 1
-                    if has_tid:
-                        bottom(s.setdefault(INSTR, []), tid, k)
+                    if tid:
+                        bottom(p.samples.setdefault(INSTR, []), tid, k)
                 fv = ev.output_format_valid
                 if fv is not UNSET:
                     c[FMT_N] += 1
                     if fv is False:
                         c[FMT_FAIL] += 1
-                        if has_tid:
-                            bottom(s.setdefault(FMT_FAIL, []), tid, k)
+                        if tid:
+                            bottom(p.samples.setdefault(FMT_FAIL, []), tid, k)
+                # Quantities as fixed-point log1p (see partials.SCALE). The three repeat one
+                # pattern, inlined on purpose: this runs for every model call.
                 v = ev.input_tokens
                 if v is not UNSET:
-                    c[IN_N] += 1
                     x = int(log1p(v) * SCALE + 0.5)
+                    c[IN_N] += 1
                     c[IN_S] += x
                     c[IN_Q] += x * x
-                # Output tokens and latency repeat one pattern, inlined on purpose: this runs for
-                # every model call, and a helper call would cost ~0.1 µs each time.
                 v = ev.output_tokens
                 if v is not UNSET:
-                    c[OUT_N] += 1
                     x = int(log1p(v) * SCALE + 0.5)
+                    c[OUT_N] += 1
                     c[OUT_S] += x
                     c[OUT_Q] += x * x
-                    if has_tid:
+                    if tid:
+                        top = p.top
                         h = top.get(OUT_N)
                         if h is None:
-                            top[OUT_N] = [(x, tid)]
+                            top[OUT_N] = [(x, tid)]  # type: ignore[list-item]
                         elif len(h) < TOP_K:
-                            heappush(h, (x, tid))
+                            heappush(h, (x, tid))  # type: ignore[arg-type]
                         elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
-                            heapreplace(h, (x, tid))
+                            heapreplace(h, (x, tid))  # type: ignore[arg-type]
                 v = ev.latency_ms
                 if v is not UNSET:
-                    c[LAT_N] += 1
                     x = int(log1p(v) * SCALE + 0.5)
+                    c[LAT_N] += 1
                     c[LAT_S] += x
                     c[LAT_Q] += x * x
-                    if has_tid:
+                    if tid:
+                        top = p.top
                         h = top.get(LAT_N)
                         if h is None:
-                            top[LAT_N] = [(x, tid)]
+                            top[LAT_N] = [(x, tid)]  # type: ignore[list-item]
                         elif len(h) < TOP_K:
-                            heappush(h, (x, tid))
+                            heappush(h, (x, tid))  # type: ignore[arg-type]
                         elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
-                            heapreplace(h, (x, tid))
+                            heapreplace(h, (x, tid))  # type: ignore[arg-type]
             elif op == "execute_tool":
                 c[TOOL] += 1
                 if ev.schema_valid is False:
                     c[SCHEMA_INV] += 1
-                    if has_tid:
-                        bottom(s.setdefault(SCHEMA_INV, []), tid, k)
+                    if tid:
+                        bottom(p.samples.setdefault(SCHEMA_INV, []), tid, k)
                 if ev.tool_result_fabricated is True:
                     c[FABRICATED] += 1
-                    if has_tid:
-                        bottom(s.setdefault(FABRICATED, []), tid, k)
+                    if tid:
+                        bottom(p.samples.setdefault(FABRICATED, []), tid, k)
             elif op == "memory_write":
                 c[MEMWRITE] += 1
-                if has_tid:
-                    bottom(s.setdefault(MEMWRITE, []), tid, k)
+                if tid:
+                    bottom(p.samples.setdefault(MEMWRITE, []), tid, k)
             elif op == "human_override":
                 c[OVERRIDE] += 1
-                if has_tid:
-                    bottom(s.setdefault(OVERRIDE, []), tid, k)
+                if tid:
+                    bottom(p.samples.setdefault(OVERRIDE, []), tid, k)
             r = ev.retries
             if r:   # UNSET is falsy
                 c[RETRIES] += r
-                if has_tid:
-                    bottom(s.setdefault(RETRIES, []), tid, k)
+                if tid:
+                    bottom(p.samples.setdefault(RETRIES, []), tid, k)
             if (ev.error_type is not UNSET or ev.finish_reason == "error"
                     or ev.tool_status == "error"):
                 c[ERRORS] += 1
-                if has_tid:
-                    bottom(s.setdefault(ERRORS, []), tid, k)
+                if tid:
+                    bottom(p.samples.setdefault(ERRORS, []), tid, k)
             hits = ev.safety_hits
             if hits:
                 for label in set(hits):
@@ -241,28 +238,43 @@ class Aggregator:
                         continue   # a hard rule of its own; not also "other"
                     i = idx.get(label, other)
                     c[i] += 1
-                    if has_tid:
-                        bottom(s.setdefault(i, []), tid, k)
+                    if tid:
+                        bottom(p.samples.setdefault(i, []), tid, k)
             # Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
             # trace ids that start with "0" (ids are random, so it is a uniform, order-free
             # sample) — cheap enough for every event.
-            if has_tid and tid[0] == "0":  # type: ignore[index]
-                lst2 = s.get(EVENTS)
-                if lst2 is None:
-                    s[EVENTS] = [tid]
-                elif len(lst2) < k or tid < lst2[-1]:
-                    bottom(lst2, tid, k)
-            # Tuple keys while open (cheap to hash); made strings when the window closes.
-            vkey = (ev.model_version, ev.prompt_version, ev.policy_version)
-            vs: dict[Any, int] = p.versions  # type: ignore[assignment]
-            if vkey in vs:
-                vs[vkey] += 1
-            elif len(vs) < MAX_VERSION_COMBOS - 1:
-                vs[vkey] = 1
-            else:
-                vs[OTHER_VERSIONS] = vs.get(OTHER_VERSIONS, 0) + 1
+            if tid and tid[0] == "0":  # type: ignore[index]
+                s = p.samples
+                lst = s.get(EVENTS)
+                if lst is None:
+                    s[EVENTS] = [tid]  # type: ignore[list-item]
+                elif len(lst) < k or tid < lst[-1]:  # type: ignore[operator]
+                    bottom(lst, tid, k)  # type: ignore[arg-type]
         self.max_ts = max_ts
         self.late += late
+
+    def _partial_for(self, key: tuple[int, tuple[object, ...]]) -> Partial:
+        """The partial that counts an event with ``key`` when no open partial has that key:
+        a new one, or, past the cohort budget, the window's all-"other" cohort (bounded
+        memory whatever producers send), or past MAX_VERSION_COMBOS combinations in one
+        cohort and window, its "other versions" partial."""
+        w, full = key
+        cohort, combo = full[:self._nf], full[self._nf:]
+        if cohort not in self._known:
+            if len(self._known) < self.max_cohorts:
+                self._known.add(cohort)
+            else:
+                self.folded += 1
+                cohort = self._overflow
+        n = self._combos.get((w, cohort), 0)
+        if n >= MAX_VERSION_COMBOS - 1:
+            combo = _OTHER_COMBO
+        key = (w, cohort + combo)
+        p = self._open.get(key)
+        if p is None:
+            p = self._open[key] = self._new(w, cohort)
+            self._combos[(w, cohort)] = n + 1
+        return p
 
     def drain(self, watermark: float | None = None) -> list[Partial]:
         """Close every window that ends at or before the watermark; return its partials at
@@ -281,16 +293,28 @@ class Aggregator:
         return self._hand_out(sorted(self._open, key=_order))
 
     def _hand_out(self, keys: list[tuple[int, tuple[object, ...]]]) -> list[Partial]:
-        finest = [self._open.pop(key) for key in keys]
-        for p in finest:
+        """Pop the partials with these keys, one per (window, cohort): the partials of its
+        version combinations merged, each combination's events as its version count."""
+        nf, k = self._nf, self.k
+        finest: dict[tuple[int, tuple[object, ...]], Partial] = {}
+        for key in keys:
+            p = self._open.pop(key)
+            w, full = key
+            cohort = full[:nf]
+            n = self._combos[(w, cohort)] - 1
+            if n:
+                self._combos[(w, cohort)] = n
+            else:
+                del self._combos[(w, cohort)]
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
-            p.versions = {
-                (k if isinstance(k, str) else "\x1f".join(_s(v) for v in k)): n
-                for k, n in p.versions.items()
-            }
-            cap_versions(p.versions)
-        return self._roll_up(finest)
+            p.versions = {"\x1f".join(map(_s, full[nf:])): p.counts[EVENTS]}
+            q = finest.get((w, cohort))
+            if q is None:
+                finest[(w, cohort)] = p
+            else:
+                merge_into(q, p, k)
+        return self._roll_up(sorted(finest.values(), key=_pkey))
 
     def drain_all(self) -> list[Partial]:
         """End of input: close every open window."""

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from detector.events import decode
 from detector.partials import Partial, decode_partial, encode, merge
-from detector.signals import EVENTS, REFUSAL
+from detector.signals import EVENTS, MODEL, REFUSAL
 from detector.windows import Aggregator
 
 HEX = "0123456789abcdef"
@@ -115,3 +115,25 @@ def test_cohort_count_is_bounded_whatever_producers_send(config) -> None:
     assert sum(p.counts[EVENTS] for p in finest) == 100       # nothing lost
     assert agg.folded == 90
     assert ("other", "other", "other") in {p.cohort for p in finest}
+
+
+def test_version_combinations_are_counted_and_bounded_per_cohort_and_window(config) -> None:
+    from detector.partials import MAX_VERSION_COMBOS, OTHER_VERSIONS
+
+    agg = Aggregator(config)
+    rounds = []
+    for flush in range(2):                    # the bound holds again after each hand-out
+        for i in range(40):                   # 40 model builds, 3 events each, one window
+            for j in range(3):
+                agg.add(decode(orjson.dumps({
+                    "ts": 1000.0 + flush * 5 + i / 10 + j / 100, "operation": "chat",
+                    "app": "a", "model_version": f"m{i}", "prompt_version": "v1"}))[0][0])
+        assert len(agg._open) <= MAX_VERSION_COMBOS   # memory: bounded per cohort and window
+        rounds.append([p for p in agg.flush_open() if p.level == 1])
+    for finest in rounds:
+        assert len(finest) == 1                       # one partial per cohort and window
+        versions = finest[0].versions
+        assert len(versions) == MAX_VERSION_COMBOS and sum(versions.values()) == 120
+        assert versions["m0\x1fv1\x1funknown"] == 3
+        assert versions[OTHER_VERSIONS] == 120 - 3 * (MAX_VERSION_COMBOS - 1)
+        assert finest[0].counts[EVENTS] == finest[0].counts[MODEL] == 120
