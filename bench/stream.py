@@ -4,9 +4,14 @@
 
 For 1 event per message and for 100-event JSON-array batches it measures, in one run:
 raw aiokafka ``getmany`` + ``orjson.loads`` of the same messages (the floor), then one and two
-`detector run` workers (stage 1 done = every trace partition's committed offset of group
-``<group>-stage1`` reached the fetch high watermark; stage 1 commits only after its partials
-reached stage 2), and each worker's peak RSS (VmHWM). Prints figures and ratios.
+`detector run` workers, and each worker's peak RSS (VmHWM). Prints figures and ratios.
+
+A worker's run is timed from the moment its first consumer has partitions until the last
+window's alerts are out: the traffic ends with a refusal spike in its last window and one
+later event per partition that moves event time past that window's end plus the allowed
+lateness; the run is done when the alerts topic holds every alert that the same messages give
+through the in-process pipeline (no end-of-input flush: a stream never ends), the spike's
+among them. The time stage 1 committed its last offset is printed too.
 """
 
 from __future__ import annotations
@@ -26,31 +31,64 @@ from aiokafka.structs import TopicPartition
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
-from harness import WorkerProc, write_config  # noqa: E402
+from harness import AlertReader, WorkerProc, write_config  # noqa: E402
 
 from detector.broker import Tansu  # noqa: E402
+from detector.config import load_config  # noqa: E402
 from detector.kafka_io import fetch_highwaters, produce  # noqa: E402
+from detector.pipeline import Pipeline  # noqa: E402
+from detector.replay import BLOCK_LINES  # noqa: E402
 
 P = 4
 
 
-def events(n: int, t0: float = 1_767_571_200.0, rate: float = 200.0) -> list[bytes]:
+RATE = 200.0
+WINDOW = 60.0   # the packaged config's window
+
+
+def end_ts(n: int) -> float:
+    """Traffic of n events ends on a window boundary, so its last window is a full one."""
+    return 1_767_571_200.0 + WINDOW * (n // RATE // WINDOW + 1)
+
+
+def events(n: int, rate: float = RATE) -> list[bytes]:
+    """Model calls from 48 cohorts; in the last window, tenant t00 refuses 60 % of requests."""
+    t0 = end_ts(n) - n / rate
     rnd = random.Random(1)
     apps = ["support-agent", "coding-assistant", "sales-copilot", "payments-agent"]
+    spike_from = n - int(WINDOW * rate)
     out = []
     for i in range(n):
+        refusal = rnd.random() < (0.6 if i >= spike_from and i % 12 == 0 else 0.02)
         out.append(orjson.dumps({
             "ts": t0 + i / rate, "operation": "chat", "trace_id": f"{rnd.getrandbits(128):032x}",
             "tenant": f"t{i % 12:02d}", "app": apps[i % 4], "environment": "production",
             "model": "m-large", "model_version": "2026-05-01", "prompt_version": "v42",
             "policy_version": "p7", "input_tokens": rnd.randint(10, 2000),
             "output_tokens": rnd.randint(10, 800), "latency_ms": round(rnd.random() * 900, 1),
-            "finish_reason": "stop", "refusal": rnd.random() < 0.02,
-            "output_format_valid": True}))
+            "finish_reason": "stop", "refusal": refusal, "output_format_valid": True}))
     return out
 
 
-async def raw(bootstrap: str, topic: str, n_events: int, batch: bool) -> float:
+def closers(n: int) -> list[bytes]:
+    """One event per partition (produce() is round-robin) past the last window's end plus
+    the allowed lateness (30 s), so the last window of traffic closes as a live stream's
+    would, and not so far that the next, empty window closes too."""
+    ts = end_ts(n) + 45
+    return [orjson.dumps({"ts": ts, "operation": "chat", "tenant": "t00",
+                          "app": "support-agent"}) for _ in range(P)]
+
+
+def expected_alerts(msgs: list[bytes]) -> set[tuple[str, str]]:
+    """(alert id, status) of every alert the in-process pipeline gives for ``msgs``."""
+    pipe = Pipeline(load_config(None, env=False))
+    out: set[tuple[str, str]] = set()
+    for i in range(0, len(msgs), BLOCK_LINES):
+        out.update((a["id"], a["status"]) for a in pipe.feed_many(msgs[i:i + BLOCK_LINES]))
+    return out
+
+
+async def raw(bootstrap: str, topic: str, n_events: int) -> float:
     c = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=None,
                          auto_offset_reset="earliest", max_partition_fetch_bytes=8 << 20,
                          fetch_max_bytes=32 << 20)
@@ -65,7 +103,7 @@ async def raw(bootstrap: str, topic: str, n_events: int, batch: bool) -> float:
             for recs in r.values():
                 for rec in recs:
                     v = orjson.loads(rec.value)
-                    got += len(v) if batch else 1
+                    got += len(v) if isinstance(v, list) else 1
     finally:
         await c.stop()
     return got / (time.perf_counter() - (t0 or time.perf_counter()))
@@ -93,8 +131,10 @@ def hwm_kb(pid: int) -> int:
     return 0
 
 
-def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str) -> tuple[
-        float, list[int]]:
+def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
+                    expected: set[tuple[str, str]]) -> tuple[float, float, list[int]]:
+    """(seconds until the last window's alerts were out, seconds until stage 1 committed
+    everything, peak RSS per worker in KiB)."""
     group = f"bench-{tag}-{n_workers}"
     cfg = write_config(tmp / f"{group}.toml", brokers=b.bootstrap, partitions=P,
                        traces_topic=topic, alerts_topic=f"alerts-{group}",
@@ -102,17 +142,24 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str) -
                        idle_partition_timeout_seconds=5)
     env = {"DETECTOR_KAFKA_SESSION_TIMEOUT_SECONDS": "6"}
     ws = [WorkerProc(cfg, tmp / f"{group}-{i}.log", env) for i in range(n_workers)]
+    reader = AlertReader(b.bootstrap, f"alerts-{group}")
     try:
-        t0 = None
+        t0 = t_committed = None
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
             if t0 is None and any(w.events("stage1_assigned") for w in ws):
                 t0 = time.perf_counter()  # clock starts when the first consumer has partitions
-            if t0 and asyncio.run(committed_all(b.bootstrap, f"{group}-stage1", topic)):
-                return time.perf_counter() - t0, [hwm_kb(w.pid) for w in ws]
+            if t0 and t_committed is None and asyncio.run(
+                    committed_all(b.bootstrap, f"{group}-stage1", topic)):
+                t_committed = time.perf_counter() - t0
+            if t0 and expected <= {(a["id"], a["status"]) for a in reader.poll(0.2)}:
+                return (time.perf_counter() - t0, t_committed or time.perf_counter() - t0,
+                        [hwm_kb(w.pid) for w in ws])
             time.sleep(0.25)
-        raise SystemExit(f"{group}: stage 1 did not finish in time; see {ws[0].log_path}")
+        raise SystemExit(f"{group}: the last window's alerts did not come out in time; "
+                         f"see {ws[0].log_path}")
     finally:
+        reader.close()
         for w in ws:
             w.stop()
 
@@ -123,8 +170,15 @@ def main() -> int:
     args = ap.parse_args()
     n = args.events
     evs = events(n)
-    shapes = {"single": evs,
-              "batch100": [b"[" + b",".join(evs[i:i + 100]) + b"]" for i in range(0, n, 100)]}
+    shapes = {"single": evs + closers(n),
+              "batch100": [b"[" + b",".join(evs[i:i + 100]) + b"]" for i in range(0, n, 100)]
+              + closers(n)}
+    expected = expected_alerts(shapes["single"])
+    spike = [i for i, s in expected if s == "firing"]
+    print(f"the in-process pipeline gives {len(expected)} alert emissions "
+          f"({len(spike)} firing) for these events", flush=True)
+    if not spike:
+        raise SystemExit("no alert from the last window's spike: nothing to wait for")
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     with Tansu(log_dir=tmp) as b:
         for tag, msgs in shapes.items():
@@ -134,16 +188,17 @@ def main() -> int:
             asyncio.run(produce(b.bootstrap, topic, msgs, partitions=P))
             print(f"[{tag}] produced {n:,} events in {len(msgs):,} messages: "
                   f"{n / (time.perf_counter() - t):,.0f} events/s", flush=True)
-            r = asyncio.run(raw(b.bootstrap, topic, n, tag != "single"))
+            r = asyncio.run(raw(b.bootstrap, topic, n + P))
             print(f"[{tag}] raw getmany + orjson.loads: {r:,.0f} events/s", flush=True)
             one = None
             for k in (1, 2):
-                dt, mem = through_workers(b, tmp, topic, k, tag)
+                dt, committed, mem = through_workers(b, tmp, topic, k, tag, expected)
                 eps = n / dt
                 one = one or eps
-                print(f"[{tag}] {k} worker(s): {eps:,.0f} events/s (stage 1 committed all "
-                      f"{dt:.1f} s after partitions were assigned); raw/worker {r / eps:.1f}x; "
-                      f"vs 1 worker {eps / one:.2f}x; peak RSS "
+                print(f"[{tag}] {k} worker(s): {eps:,.0f} events/s (last window's alerts out "
+                      f"{dt:.1f} s after partitions were assigned; stage 1 committed all at "
+                      f"{committed:.1f} s); worker/raw {eps / r:.0%}; vs 1 worker "
+                      f"{eps / one:.2f}x; peak RSS "
                       f"{', '.join(f'{m / 1024:.0f} MiB' for m in mem)}", flush=True)
     return 0
 

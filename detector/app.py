@@ -29,7 +29,6 @@ import logging
 import logging.config
 import sys
 import time
-from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -49,46 +48,17 @@ from detector.kafka_io import (
     partition_for,
     probe_metadata,
 )
+from detector.logs import logging_config
 from detector.metrics import Metrics, attach_faust_sensor, serve
 from detector.pipeline import Stage2
 from detector.rules import RuleHit, decode_hit, encode_hit
 from detector.sinks.kafka import KafkaSink
 from detector.state import dump_route, load_route, routes
 
-__all__ = ["JsonFormatter", "Worker", "add_arguments", "build", "logging_config", "run",
+__all__ = ["Worker", "add_arguments", "build", "run",
            "wait_for_broker"]
 
 log = logging.getLogger("detector.app")
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per line; a message that is itself a JSON object is merged in."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        msg = record.getMessage()
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(), "logger": record.name}
-        if msg.startswith("{") and msg.endswith("}"):
-            try:
-                out.update(orjson.loads(msg))
-            except orjson.JSONDecodeError:
-                out["msg"] = msg
-        else:
-            out["msg"] = msg.strip()
-        if record.exc_info and record.levelno >= logging.ERROR:
-            out["exc"] = self.formatException(record.exc_info)[-2000:]
-        return orjson.dumps(out, default=str).decode()
-
-
-def logging_config(level: str = "info") -> dict[str, Any]:
-    """dictConfig for JSON lines on stderr (also handed to Faust's worker)."""
-    return {"version": 1, "disable_existing_loggers": False,
-            "formatters": {"json": {"()": JsonFormatter}},
-            "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "json",
-                                    "stream": "ext://sys.stderr"}},
-            "root": {"level": level.upper(), "handlers": ["stderr"]},
-            "loggers": {"aiokafka": {"level": "WARNING"}}}
 
 
 def _jlog(level: int, event: str, **fields: Any) -> None:

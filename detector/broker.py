@@ -54,8 +54,12 @@ def free_port() -> int:
 class Tansu:
     """One Tansu broker process on 127.0.0.1. Use as a context manager or start()/stop()."""
 
-    def __init__(self, port: int | None = None, *, log_dir: Path | None = None) -> None:
+    def __init__(self, port: int | None = None, *, log_dir: Path | None = None,
+                 advertised_port: int | None = None) -> None:
         self.port = port or free_port()
+        # Clients reach the broker at the address it advertises in metadata; a test puts a
+        # link it can cut there (see tests/integration/netcut.py).
+        self.advertised_port = advertised_port or self.port
         self.bin = broker_binary()
         self._own_dir = log_dir is None
         self.log_dir = log_dir or Path(tempfile.mkdtemp(prefix="tansu-"))
@@ -69,7 +73,8 @@ class Tansu:
     def start(self, timeout: float = 20.0) -> Tansu:
         """Start the broker and wait until it answers metadata; BrokerError otherwise."""
         url = f"tcp://127.0.0.1:{self.port}"
-        cmd = [self.bin, "broker", "--listener-url", url, "--advertised-listener-url", url,
+        cmd = [self.bin, "broker", "--listener-url", url,
+               "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
                "--storage-engine", "memory://tansu/"]
         deadline = time.monotonic() + timeout
         while True:

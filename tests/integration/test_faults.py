@@ -1,10 +1,12 @@
 """Broker faults: unreachable at start (clear message, retries, then runs); gone mid-stream
 and back (the worker survives and resumes).
 
-"Gone mid-stream" freezes the real broker process (SIGSTOP): every request times out and no
-connection answers, as when a broker host stalls or is cut off, and SIGCONT brings it back
-with its state. A restart of this broker cannot stand in: with Tansu's memory storage (the
-only local one) a restart loses every topic, offset and changelog."""
+"Gone mid-stream" twice over: the real broker process frozen (SIGSTOP: every request times out
+and no connection answers, as when a broker host stalls) and brought back with SIGCONT; and
+every connection to it reset and refused (a cut link, see netcut.py: what clients see when a
+broker restarts or a partition drops them) and then restored. A restart of this broker cannot
+stand in: with Tansu's memory storage (the only local one) a restart loses every topic, offset
+and changelog."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 import orjson
 import pytest
 from harness import AlertReader, WorkerProc, produce_lines, wait_until, write_config
+from netcut import Link
 
 from detector.broker import Tansu, free_port
 
@@ -97,3 +100,46 @@ def test_broker_gone_mid_stream_and_back(names: dict[str, str], tmp_path: Path) 
             reader.close()
         w.stop()
         b.stop()
+
+
+def test_broker_connections_reset_and_refused_then_back(names: dict[str, str],
+                                                        tmp_path: Path) -> None:
+    link = Link(free_port(), target=free_port()).start()  # up first: the broker advertises it
+    b = Tansu(link.target, advertised_port=link.port).start()
+    via_link = f"127.0.0.1:{link.port}"
+    cfg = write_config(tmp_path / "cfg.toml", brokers=via_link, partitions=2,
+                       idle_partition_timeout_seconds=2, **names)
+    w = WorkerProc(cfg, tmp_path / "worker.log")
+    reader = None
+    try:
+        wait_until(lambda: w.events("stage1_assigned") or not w.alive(), 90,
+                   "the worker to join")
+        t0 = 1_767_571_200.0
+        reader = AlertReader(via_link, names["alerts_topic"])
+        produce_lines(via_link, names["traces_topic"],
+                      [*_traffic(t0, 20), _unauthorized(t0 + 10, "t1")], partitions=2)
+        first = wait_until(lambda: reader.poll(), 60, "the alert before the outage")
+        assert first[0]["cohort"]["tenant"] == "t1"
+        before = link.connections
+        link.cut()
+        try:
+            time.sleep(20)                     # longer than the session timeout (10 s)
+            assert w.alive(), "the worker died while its connections were refused"
+        finally:
+            link.restore()
+        produce_lines(via_link, names["traces_topic"],
+                      [*_traffic(t0 + 60, 20), _unauthorized(t0 + 70, "t2")], partitions=2)
+        after = wait_until(lambda: [a for a in reader.poll() if a["cohort"]["tenant"] == "t2"],
+                           120, "the alert after the connections came back")
+        assert after[0]["signal"] == "unauthorized_tool_call"
+        assert link.connections > before + 1   # the worker really did reconnect
+        assert w.alive() and "Traceback" not in w.log()
+        # The client's retry warnings are held back, not logged dozens of times a second.
+        assert 1 <= w.log().count("Unable connect") <= 6
+        assert "repeats_held_back" in w.log()
+    finally:
+        if reader is not None:
+            reader.close()
+        w.stop()
+        b.stop()
+        link.close()
