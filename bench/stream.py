@@ -1,6 +1,6 @@
 """Throughput through the streaming edge on an embedded Tansu broker (not a test).
 
-    python bench/stream.py --events 1000000
+    python bench/stream.py [--events 1000000] [--repeat 3]
 
 For 1 event per message and for 100-event JSON-array batches it measures, in one run:
 raw aiokafka ``getmany`` + ``orjson.loads`` of the same messages (the floor), then one and two
@@ -11,14 +11,17 @@ window's alerts are out: the traffic ends with a refusal spike in its last windo
 later event per partition that moves event time past that window's end plus the allowed
 lateness; the run is done when the alerts topic holds every alert that the same messages give
 through the in-process pipeline (no end-of-input flush: a stream never ends), the spike's
-among them. The time stage 1 committed its last offset is printed too.
+among them. The time stage 1 committed its last offset is printed too. Every measurement is
+the median of ``--repeat`` runs: on this shared machine one 10 s run can be 30 % off.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -40,6 +43,7 @@ from detector.pipeline import Pipeline  # noqa: E402
 from detector.replay import BLOCK_LINES  # noqa: E402
 
 P = 4
+_runs = itertools.count()
 
 
 RATE = 200.0
@@ -134,8 +138,9 @@ def hwm_kb(pid: int) -> int:
 def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
                     expected: set[tuple[str, str]]) -> tuple[float, float, list[int]]:
     """(seconds until the last window's alerts were out, seconds until stage 1 committed
-    everything, peak RSS per worker in KiB)."""
-    group = f"bench-{tag}-{n_workers}"
+    everything, peak RSS per worker in KiB). Each call is a new consumer group, reading the
+    topic from the start."""
+    group = f"bench-{tag}-{n_workers}-{next(_runs)}"
     cfg = write_config(tmp / f"{group}.toml", brokers=b.bootstrap, partitions=P,
                        traces_topic=topic, alerts_topic=f"alerts-{group}",
                        dead_letter_topic=f"dlq-{group}", group=group,
@@ -167,6 +172,7 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement (median)")
     args = ap.parse_args()
     n = args.events
     evs = events(n)
@@ -188,14 +194,19 @@ def main() -> int:
             asyncio.run(produce(b.bootstrap, topic, msgs, partitions=P))
             print(f"[{tag}] produced {n:,} events in {len(msgs):,} messages: "
                   f"{n / (time.perf_counter() - t):,.0f} events/s", flush=True)
-            r = asyncio.run(raw(b.bootstrap, topic, n + P))
-            print(f"[{tag}] raw getmany + orjson.loads: {r:,.0f} events/s", flush=True)
+            raws = [asyncio.run(raw(b.bootstrap, topic, n + P)) for _ in range(args.repeat)]
+            r = statistics.median(raws)
+            print(f"[{tag}] raw getmany + orjson.loads: {r:,.0f} events/s (median of "
+                  f"{', '.join(f'{x:,.0f}' for x in raws)})", flush=True)
             one = None
             for k in (1, 2):
-                dt, committed, mem = through_workers(b, tmp, topic, k, tag, expected)
+                runs = [through_workers(b, tmp, topic, k, tag, expected)
+                        for _ in range(args.repeat)]
+                dt, committed, mem = sorted(runs)[len(runs) // 2]   # the median run
                 eps = n / dt
                 one = one or eps
-                print(f"[{tag}] {k} worker(s): {eps:,.0f} events/s (last window's alerts out "
+                print(f"[{tag}] {k} worker(s): {eps:,.0f} events/s, median of "
+                      f"{', '.join(f'{n / x[0]:,.0f}' for x in runs)} (last window's alerts out "
                       f"{dt:.1f} s after partitions were assigned; stage 1 committed all at "
                       f"{committed:.1f} s); worker/raw {eps / r:.0%}; vs 1 worker "
                       f"{eps / one:.2f}x; peak RSS "
