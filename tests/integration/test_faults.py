@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -67,9 +68,11 @@ def test_unreachable_at_start_then_runs(names: dict[str, str], tmp_path: Path) -
 
 
 
-def test_broker_gone_mid_stream_and_back(names: dict[str, str], tmp_path: Path) -> None:
-    b = Tansu(free_port()).start()
-    cfg = write_config(tmp_path / "cfg.toml", brokers=b.bootstrap, partitions=2,
+def _outage_and_back(names: dict[str, str], tmp_path: Path, bootstrap: str,
+                     gone: Callable[[], None], back: Callable[[], None]) -> WorkerProc:
+    """A worker alerts, the broker is gone for 20 s (``gone``, then ``back``), and the worker,
+    still alive, alerts on traffic sent after. Returns the (stopped) worker for its log."""
+    cfg = write_config(tmp_path / "cfg.toml", brokers=bootstrap, partitions=2,
                        idle_partition_timeout_seconds=2, **names)
     w = WorkerProc(cfg, tmp_path / "worker.log")
     reader = None
@@ -77,28 +80,38 @@ def test_broker_gone_mid_stream_and_back(names: dict[str, str], tmp_path: Path) 
         wait_until(lambda: w.events("stage1_assigned") or not w.alive(), 90,
                    "the worker to join")
         t0 = 1_767_571_200.0
-        reader = AlertReader(b.bootstrap, names["alerts_topic"])
-        produce_lines(b.bootstrap, names["traces_topic"],
+        reader = AlertReader(bootstrap, names["alerts_topic"])
+        produce_lines(bootstrap, names["traces_topic"],
                       [*_traffic(t0, 20), _unauthorized(t0 + 10, "t1")], partitions=2)
         first = wait_until(lambda: reader.poll(), 60, "the alert before the outage")
         assert first[0]["cohort"]["tenant"] == "t1"
-        os.kill(b.proc.pid, signal.SIGSTOP)   # type: ignore[union-attr]
+        gone()
         try:
             time.sleep(20)                     # longer than the session timeout (10 s)
             assert w.alive(), "the worker died while the broker was gone"
         finally:
-            os.kill(b.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+            back()
         # Back: new traffic, a new incident in another cohort, and the alert comes out.
-        produce_lines(b.bootstrap, names["traces_topic"],
+        produce_lines(bootstrap, names["traces_topic"],
                       [*_traffic(t0 + 60, 20), _unauthorized(t0 + 70, "t2")], partitions=2)
         after = wait_until(lambda: [a for a in reader.poll() if a["cohort"]["tenant"] == "t2"],
                            120, "the alert after the broker came back")
         assert after[0]["signal"] == "unauthorized_tool_call"
         assert w.alive() and "Traceback" not in w.log()
+        return w
     finally:
         if reader is not None:
             reader.close()
         w.stop()
+
+
+def test_broker_frozen_mid_stream_and_back(names: dict[str, str], tmp_path: Path) -> None:
+    b = Tansu(free_port()).start()
+    try:
+        _outage_and_back(names, tmp_path, b.bootstrap,
+                         lambda: os.kill(b.proc.pid, signal.SIGSTOP),   # type: ignore[union-attr]
+                         lambda: os.kill(b.proc.pid, signal.SIGCONT))   # type: ignore[union-attr]
+    finally:
         b.stop()
 
 
@@ -106,40 +119,18 @@ def test_broker_connections_reset_and_refused_then_back(names: dict[str, str],
                                                         tmp_path: Path) -> None:
     link = Link(free_port(), target=free_port()).start()  # up first: the broker advertises it
     b = Tansu(link.target, advertised_port=link.port).start()
-    via_link = f"127.0.0.1:{link.port}"
-    cfg = write_config(tmp_path / "cfg.toml", brokers=via_link, partitions=2,
-                       idle_partition_timeout_seconds=2, **names)
-    w = WorkerProc(cfg, tmp_path / "worker.log")
-    reader = None
-    try:
-        wait_until(lambda: w.events("stage1_assigned") or not w.alive(), 90,
-                   "the worker to join")
-        t0 = 1_767_571_200.0
-        reader = AlertReader(via_link, names["alerts_topic"])
-        produce_lines(via_link, names["traces_topic"],
-                      [*_traffic(t0, 20), _unauthorized(t0 + 10, "t1")], partitions=2)
-        first = wait_until(lambda: reader.poll(), 60, "the alert before the outage")
-        assert first[0]["cohort"]["tenant"] == "t1"
-        before = link.connections
+    before: list[int] = []
+
+    def cut() -> None:
+        before.append(link.connections)
         link.cut()
-        try:
-            time.sleep(20)                     # longer than the session timeout (10 s)
-            assert w.alive(), "the worker died while its connections were refused"
-        finally:
-            link.restore()
-        produce_lines(via_link, names["traces_topic"],
-                      [*_traffic(t0 + 60, 20), _unauthorized(t0 + 70, "t2")], partitions=2)
-        after = wait_until(lambda: [a for a in reader.poll() if a["cohort"]["tenant"] == "t2"],
-                           120, "the alert after the connections came back")
-        assert after[0]["signal"] == "unauthorized_tool_call"
-        assert link.connections > before + 1   # the worker really did reconnect
-        assert w.alive() and "Traceback" not in w.log()
+
+    try:
+        w = _outage_and_back(names, tmp_path, f"127.0.0.1:{link.port}", cut, link.restore)
+        assert link.connections > before[0] + 1   # the worker really did reconnect
         # The client's retry warnings are held back, not logged dozens of times a second.
         assert 1 <= w.log().count("Unable connect") <= 6
         assert "repeats_held_back" in w.log()
     finally:
-        if reader is not None:
-            reader.close()
-        w.stop()
         b.stop()
         link.close()
