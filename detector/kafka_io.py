@@ -353,13 +353,21 @@ class Stage1Runner(ConsumerRebalanceListener):
             m.processing_seconds.observe(time.perf_counter() - t0)
         return urgent
 
+    async def _position(self, p: int) -> int | None:
+        """Where the consumer reads next in a partition it has read nothing from since it was
+        assigned (the committed offset). Without it, a quiet partition whose log is not empty
+        looks behind forever, never goes idle, and holds every window open."""
+        try:
+            return await asyncio.wait_for(
+                self.consumer.position(TopicPartition(self.topic, p)), 0.2)
+        except (TimeoutError, KafkaError):
+            return None   # not known yet: asked again at the next flush
+
     def _caught_up(self, p: int, src: _Source) -> bool:
         hw = self.consumer.highwater(TopicPartition(self.topic, p))
-        if hw is None:
-            return False
         pos = src.next_offset
-        if pos is None:  # nothing consumed since assignment: caught up iff the log is empty
-            pos = 0
+        if hw is None or pos is None:
+            return False
         lag = max(hw - pos, 0)
         self.lag[p] = lag
         if self.metrics is not None:
@@ -371,6 +379,9 @@ class Stage1Runner(ConsumerRebalanceListener):
         hits: list[RuleHit] = []
         wms: dict[int, tuple[float, bool, float]] = {}
         max_ts = float("-inf")
+        for p, src in list(self.sources.items()):   # an assignment may land during an await
+            if src.next_offset is None:
+                src.next_offset = await self._position(p)
         for p, src in self.sources.items():
             if src.stage1.agg.max_ts != float("-inf"):  # no event yet: no watermark to drain by
                 partials += src.stage1.drain()

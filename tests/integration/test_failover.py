@@ -8,6 +8,7 @@ import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 import pytest
 from harness import (
     AlertReader,
@@ -104,3 +105,51 @@ def test_sigkill_failover_keeps_baselines(broker: Tansu, names: dict[str, str],
         for w in (a, b):
             with contextlib.suppress(Exception):
                 w.stop()
+
+
+def _chats(t0: float, minutes: int, refusing: range = range(0)) -> list[bytes]:
+    """100 chats a minute for tenant t1; 60 % refusals in the minutes listed in ``refusing``
+    (2 % otherwise)."""
+    out = []
+    for i in range(minutes * 100):
+        m = i // 100
+        refused = (i % 100) < (60 if m in refusing else 2)
+        out.append(orjson.dumps({"ts": t0 + i * 0.6, "operation": "chat", "tenant": "t1",
+                                 "app": "support-agent", "refusal": refused}))
+    return out
+
+
+def test_a_fresh_worker_is_not_held_back_by_a_quiet_partition(
+        broker: Tansu, names: dict[str, str], tmp_path: Path) -> None:
+    """A worker restarts; afterwards one trace partition gets traffic and the other none. The
+    quiet partition was read to its end before the restart, so the new worker must find it
+    caught up (from its committed offset), let it go idle and close windows on the busy one:
+    the refusal spike that follows is alerted on."""
+    cfg = write_config(tmp_path / "cfg.toml", brokers=broker.bootstrap, partitions=2,
+                       idle_partition_timeout_seconds=2, **names)
+    t0 = 1_767_571_200.0
+    warm = _chats(t0, 25)                      # past the 20 warm-up windows, on both partitions
+    a = WorkerProc(cfg, tmp_path / "a.log", ENV)
+    try:
+        wait_until(lambda: _assigned(a) == {0, 1}, 90, "the first worker to join")
+        produce_lines(broker.bootstrap, names["traces_topic"], warm, partitions=2)
+        wait_until(lambda: _consumed(a) >= len(warm), 60, "the warm-up to be consumed")
+        wait_until(lambda: '"stage2_partition_loaded"' in a.log(), 30, "stage 2 to start")
+    finally:
+        a.stop()                               # SIGTERM: final flush and commit
+    b = WorkerProc(cfg, tmp_path / "b.log", ENV)
+    reader = AlertReader(broker.bootstrap, names["alerts_topic"])
+    try:
+        wait_until(lambda: _assigned(b) == {0, 1}, 90, "the new worker to join")
+        # Partition 0 only (round-robin over one partition); minutes 27-29 refuse 60 %.
+        produce_lines(broker.bootstrap, names["traces_topic"],
+                      _chats(t0 + 25 * 60, 8, refusing=range(2, 5)), partitions=1)
+        got = wait_until(lambda: [x for x in reader.poll() if x["signal"] == "refusal_rate"],
+                         60, "the refusal alert from the new worker")
+        assert got[0]["cohort"]["tenant"] == "t1"
+        lag = b.events("stage1_progress")[-1]["consumer_lag"]
+        assert lag == {"0": 0, "1": 0}, lag   # the quiet partition is not "behind"
+        assert "Traceback" not in b.log()
+    finally:
+        reader.close()
+        b.stop()
