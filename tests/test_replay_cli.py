@@ -83,3 +83,17 @@ def test_every_subcommand_has_help(command: str) -> None:
     r = subprocess.run([*DETECTOR, command, "--help"], capture_output=True, text=True,
                        check=True)
     assert r.stdout.startswith("usage: detector") and "--" in r.stdout
+
+
+def test_kafka_client_chatter_stays_out_of_the_console(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from detector.cli import main
+    monkeypatch.setattr(logging.root, "level", logging.INFO)   # as after basicConfig(INFO)
+    monkeypatch.setattr(logging.getLogger("aiokafka"), "level", logging.NOTSET)
+    logging.getLogger("aiokafka").setLevel(logging.NOTSET)   # also clears cached answers
+    cfg = Path(__file__).parents[1] / "config" / "detector.toml"
+    assert main(["check-config", str(cfg)]) == 0
+    assert logging.getLogger("detector").isEnabledFor(logging.INFO)
+    assert not logging.getLogger("aiokafka.consumer").isEnabledFor(logging.INFO)
+    assert logging.getLogger("aiokafka.consumer").isEnabledFor(logging.WARNING)
