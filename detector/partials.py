@@ -14,10 +14,11 @@ change a result. They cross the wire between stage 1 and stage 2 as msgpack.
 from __future__ import annotations
 
 from bisect import insort
+from collections.abc import Iterable
 from typing import Final
 
 import msgspec
-from msgspec import Struct
+from msgspec import UNSET, Struct
 
 __all__ = [
     "MAX_VERSION_COMBOS",
@@ -26,6 +27,7 @@ __all__ = [
     "SCALE",
     "TOP_K",
     "UNKNOWN",
+    "VERSION_FIELDS",
     "Partial",
     "bottom",
     "cap_versions",
@@ -35,6 +37,7 @@ __all__ = [
     "merge",
     "merge_into",
     "route_key",
+    "version_name",
 ]
 
 UNKNOWN: Final = "unknown"
@@ -46,7 +49,19 @@ SCALE: Final = 1024
 #: outputs); an alert gathers them over its windows up to the contract's 20.
 TOP_K: Final = 5
 MAX_VERSION_COMBOS: Final = 16
-OTHER_VERSIONS: Final = "\x1f".join((UNKNOWN, UNKNOWN, UNKNOWN))
+#: An event's version combination, named in Partial.versions by :func:`version_name`.
+VERSION_FIELDS: Final = ("model_version", "prompt_version", "policy_version")
+SEP: Final = "\x1f"   # between the values of a version combination or a route key
+OTHER_VERSIONS: Final = SEP.join((UNKNOWN, UNKNOWN, UNKNOWN))
+
+
+def version_name(values: Iterable[object]) -> str:
+    """A version combination as a key of ``Partial.versions``; absent fields as "unknown".
+
+    >>> version_name(("m1", UNSET, "p2")).split(SEP)
+    ['m1', 'unknown', 'p2']
+    """
+    return SEP.join(UNKNOWN if v is UNSET else v for v in values)  # type: ignore[misc]
 
 
 class Partial(Struct, array_like=True):
@@ -77,7 +92,7 @@ def decode_partial(data: bytes) -> Partial:
 def route_key(root_values: tuple[str, ...]) -> str:
     """Stage-2 partition key: the root-level cohort, so a parent and all its children meet on
     one stage-2 instance (parent fallback and grouping need both)."""
-    return "\x1f".join(root_values)
+    return SEP.join(root_values)
 
 
 def bottom(lst: list[str], tid: str, k: int) -> None:

@@ -20,7 +20,7 @@ import msgspec
 from detector.alerts import Key, Lifecycle
 from detector.config import Config
 from detector.events import Rejection, TraceEvent, decode_many
-from detector.partials import UNKNOWN, Partial, empty_partial, merge_into, route_key
+from detector.partials import UNKNOWN, VERSION_FIELDS, Partial, empty_partial, merge_into, route_key
 from detector.rules import HardRules, RuleHit
 from detector.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
 from detector.signals import EVENTS
@@ -28,7 +28,6 @@ from detector.windows import Aggregator
 
 __all__ = ["Pipeline", "Stage1", "Stage1Out", "Stage2"]
 
-VERSION_FIELDS = ("model_version", "prompt_version", "policy_version")
 _SUSPECT_ORDER = (1, 2, 0)     # on a tie: prompt, then policy, then model version
 MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not walked window by window
 

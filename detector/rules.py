@@ -22,7 +22,7 @@ from msgspec import UNSET, Struct
 
 from detector.config import Config
 from detector.events import TraceEvent
-from detector.partials import UNKNOWN, route_key
+from detector.partials import UNKNOWN, VERSION_FIELDS, route_key, version_name
 
 __all__ = ["HardRules", "RuleHit", "decode_hit", "encode_hit"]
 
@@ -40,6 +40,7 @@ class RuleHit(Struct, array_like=True, frozen=True):
     route: str      # stage-2 partition key (see detector.partials.route_key)
 
 
+_versions = attrgetter(*VERSION_FIELDS)
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(RuleHit)
 
@@ -92,10 +93,7 @@ class HardRules:
             return []
         key = (self._key(ev),) if self._single else self._key(ev)
         cohort = tuple(UNKNOWN if v is UNSET else v for v in key)
-        versions = "\x1f".join(
-            UNKNOWN if v is UNSET else v  # type: ignore[misc]
-            for v in (ev.model_version, ev.prompt_version, ev.policy_version)
-        )
+        versions = version_name(_versions(ev))
         tid = None if ev.trace_id is UNSET else ev.trace_id
         route = route_key(tuple(cohort[i] for i in self._root))  # type: ignore[misc]
         return [RuleHit(s, cohort, ev.ts, tid, versions, route)  # type: ignore[arg-type]

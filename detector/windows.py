@@ -35,11 +35,13 @@ from detector.partials import (
     SCALE,
     TOP_K,
     UNKNOWN,
+    VERSION_FIELDS,
     Partial,
     bottom,
     empty_partial,
     merge_into,
     route_key,
+    version_name,
 )
 from detector.signals import (
     ERRORS,
@@ -69,7 +71,6 @@ from detector.signals import (
 
 __all__ = ["Aggregator"]
 
-VERSION_FIELDS: Final = ("model_version", "prompt_version", "policy_version")
 _OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # joins to OTHER_VERSIONS
 
 
@@ -308,7 +309,7 @@ class Aggregator:
                 del self._combos[(w, cohort)]
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
-            p.versions = {"\x1f".join(map(_s, full[nf:])): p.counts[EVENTS]}
+            p.versions = {version_name(full[nf:]): p.counts[EVENTS]}
             q = finest.get((w, cohort))
             if q is None:
                 finest[(w, cohort)] = p
@@ -335,10 +336,6 @@ class Aggregator:
                 merge_into(q, p, self.k)
             out.append(p)
         return sorted(coarse.values(), key=_pkey) + out
-
-
-def _s(v: object) -> str:
-    return UNKNOWN if v is UNSET else v  # type: ignore[return-value]
 
 
 def _order(key: tuple[int, tuple[object, ...]]) -> tuple[int, tuple[str, ...]]:
