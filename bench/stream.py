@@ -173,13 +173,18 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement (median)")
+    ap.add_argument("--shape", choices=("single", "batch100"), action="append",
+                    help="measure only this message shape (repeatable; default: both)")
+    ap.add_argument("--workers", type=int, choices=(1, 2), action="append",
+                    help="measure only with this many workers (repeatable; default: 1 and 2)")
     args = ap.parse_args()
     n = args.events
     evs = events(n)
     shapes = {"single": evs + closers(n),
               "batch100": [b"[" + b",".join(evs[i:i + 100]) + b"]" for i in range(0, n, 100)]
               + closers(n)}
-    expected = expected_alerts(shapes["single"])
+    shapes = {k: v for k, v in shapes.items() if not args.shape or k in args.shape}
+    expected = expected_alerts(evs + closers(n))
     spike = [i for i, s in expected if s == "firing"]
     print(f"the in-process pipeline gives {len(expected)} alert emissions "
           f"({len(spike)} firing) for these events", flush=True)
@@ -199,7 +204,7 @@ def main() -> int:
             print(f"[{tag}] raw getmany + orjson.loads: {r:,.0f} events/s (median of "
                   f"{', '.join(f'{x:,.0f}' for x in raws)})", flush=True)
             one = None
-            for k in (1, 2):
+            for k in args.workers or (1, 2):
                 runs = [through_workers(b, tmp, topic, k, tag, expected)
                         for _ in range(args.repeat)]
                 dt, committed, mem = sorted(runs)[len(runs) // 2]   # the median run
