@@ -8,6 +8,11 @@ in both agree, so an app-wide alert may match a tenant's incident and vice versa
 detected within [start - 1 window, end + 3 windows]. Alerts matching no incident, or only a
 benign one, are false alerts; sev1-sev3 ones on a benign change are also violations.
 
+Time to detect is reported twice: ``ttd_seconds`` from the incident's start, and
+``ttd_windows`` (the "within 3 windows" criterion) from its ``drift_point`` when the label has
+one: the centre of the signal's transition, where river's ``ConceptDriftStream`` puts a
+gradual drift. For a step it is the start; a ramp or a lagging signal moves it later.
+
 >>> labels = {"start": "2026-01-05T00:00:00Z", "end": "2026-01-05T02:00:00Z",
 ...           "window_hint_seconds": 60, "incidents": [
 ...     {"id": "inc-01", "scenario": "refusal_spike", "kind": "drift",
@@ -183,6 +188,10 @@ def _row(inc: dict[str, Any], hits: list[_Alert], window: float) -> dict[str, An
     worst = min((a.severity for a in hits), key=_RANK.__getitem__, default=None)
     benign = inc["kind"] == "benign"
     ttd = (first.detected - inc["_start"]).total_seconds() if first else None
+    # Windows count from the drift point (the centre of the signal's transition; the start
+    # for a step): a ramp has no onset to be detected within three windows of.
+    point = _time(inc["drift_point"]) if inc.get("drift_point") else inc["_start"]
+    late = (first.detected - point).total_seconds() if first else None
     expected = inc.get("expected_severity")
     want = inc.get("suspected_change")
     change_ok = None
@@ -196,7 +205,8 @@ def _row(inc: dict[str, Any], hits: list[_Alert], window: float) -> dict[str, An
         "detected": bool(hits) and not benign,
         "alert_ids": [a.id for a in hits],
         "ttd_seconds": ttd,
-        "ttd_windows": max(0, math.ceil(ttd / window)) if ttd is not None else None,
+        "drift_point": _iso(point),
+        "ttd_windows": max(0, math.ceil(late / window)) if late is not None else None,
         "expected_severity": expected,
         "max_severity": worst,
         "severity_ok": (worst == expected) if hits and expected and not benign else None,

@@ -47,6 +47,8 @@ __all__ = ["SCENARIOS", "Scenario", "add_arguments", "run", "simulate"]
 
 DEFAULT_START: Final = datetime(2026, 1, 5, tzinfo=UTC)
 RAMP_STEP_S: Final = 30.0
+#: A person reverts an answer this many seconds after it (uniform between the two).
+OVERRIDE_LAG_S: Final = (5.0, 120.0)
 _SORT: Final = orjson.OPT_SORT_KEYS
 _ERRORS: Final = ("timeout", "rate_limited", "upstream_error", "context_length_exceeded")
 _OVERRIDES: Final = ("incorrect_answer", "policy_concern", "customer_escalation",
@@ -285,7 +287,8 @@ class _Generator:
             oev["operation"], oev["trace_id"], oev["span_id"] = "human_override", tid, \
                 f"{bits(64):016x}"
             oev["override_reason"] = _OVERRIDES[int(rnd() * len(_OVERRIDES))]
-            push(int(cur + 5000.0 + 115000.0 * rnd()), oev)
+            lo, hi = OVERRIDE_LAG_S
+            push(int(cur + 1000.0 * lo + 1000.0 * (hi - lo) * rnd()), oev)
         if p.inc is not None and len(p.inc.trace_ids) < 20:
             shown = {"p_refusal": refusal, "p_pii": hit == "pii", "p_inj": hit ==
                      "prompt_injection", "p_iv": violation, "p_fmt_fail": fmt_bad,
@@ -322,6 +325,18 @@ def _bursts(rng: random.Random, world: World, incidents: list[Incident], start: 
     return sorted(out)
 
 
+def _drift_point(inc: Incident) -> float:
+    """When the labelled signal has moved half-way to its incident level: the centre of its
+    transition, where river's ``ConceptDriftStream`` puts a gradual drift. The start for a
+    step; the middle of a ramp; for overrides, which come OVERRIDE_LAG_S after the answers
+    they revert, the start plus the mean lag."""
+    if inc.ramp_end is not None:
+        return (inc.start + inc.ramp_end) / 2
+    if any(attr == "p_override" for attr, _, _ in inc.scenario.effect):
+        return inc.start + sum(OVERRIDE_LAG_S) / 2
+    return inc.start
+
+
 def _label(inc: Incident) -> dict[str, Any]:
     sc = inc.scenario
     start_ms, end_ms = round(inc.start * 1000), round(inc.end * 1000)
@@ -334,6 +349,8 @@ def _label(inc: Incident) -> dict[str, Any]:
         "id": inc.id, "scenario": sc.name, "kind": sc.kind, "signals": list(sc.signals),
         "cohort": cohort, "start": rfc3339(start_ms), "end": rfc3339(end_ms),
         "expected_severity": sc.expected,
+        **({"drift_point": rfc3339(round(_drift_point(inc) * 1000))}
+           if sc.kind == "drift" else {}),
         "suspected_change": ({"field": change[0], "baseline": change[1], "now": change[2]}
                              if change and sc.kind != "hard_rule" else None),
         "trace_ids": inc.trace_ids[:20],

@@ -124,6 +124,40 @@ def test_ttd_in_windows_rounds_up_and_counts_within_three() -> None:
     assert r["summary"]["drift_within_3_windows"] == 1
 
 
+def test_windows_count_from_the_drift_point_and_seconds_from_the_start() -> None:
+    labels = _labels()
+    labels["incidents"][0]["drift_point"] = _at(70)   # a ramp from 60, half-way at 70
+    r = evaluate(labels, [_alert("a", "refusal_rate", T01, _at(66))])
+    row = _row(r, "inc-01")
+    assert row["ttd_seconds"] == 360.0 and row["ttd_windows"] == 0   # before the midpoint
+    assert row["drift_point"] == "2026-01-05T01:10:00.000Z"
+    assert r["summary"]["drift_within_3_windows"] == 1
+    r = evaluate(labels, [_alert("a", "refusal_rate", T01, _at(73.5))])
+    assert _row(r, "inc-01")["ttd_windows"] == 4
+    assert r["summary"]["drift_within_3_windows"] == 0
+    # Without a drift point, the start: the same alert is 14 windows late.
+    r = evaluate(_labels(), [_alert("a", "refusal_rate", T01, _at(73.5))])
+    assert _row(r, "inc-01")["ttd_windows"] == 14
+
+
+def test_simulated_labels_put_the_drift_point_at_the_centre_of_the_transition(
+        tmp_path: Path) -> None:
+    simulate(tmp_path, hours=4.0, seed=1, rate=20.0,
+             scenarios=["slow_ramp", "human_overrides", "refusal_spike"])
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    got = {i["scenario"]: i for i in labels["incidents"]}
+    ramp, over, step = got["slow_ramp"], got["human_overrides"], got["refusal_spike"]
+    assert step["drift_point"] == step["start"]
+    assert _secs(over["drift_point"]) - _secs(over["start"]) == 62.5   # mean of 5-120 s
+    # A ramp of 60-90 minutes, then 5-10 at full strength: its midpoint is 30-45 min in.
+    assert 30 * 60 <= _secs(ramp["drift_point"]) - _secs(ramp["start"]) <= 45 * 60
+    assert _secs(ramp["drift_point"]) < _secs(ramp["end"])
+
+
+def _secs(ts: str) -> float:
+    return datetime.fromisoformat(ts).timestamp()
+
+
 def test_severity_accuracy_uses_the_most_severe_matching_alert() -> None:
     alerts = [
         _alert("app", "refusal_rate", APP, _at(63), "sev4"),
