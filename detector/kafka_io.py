@@ -43,6 +43,8 @@ __all__ = [
 
 #: Events worked on between two yields to the event loop (~20-60 ms of work).
 CHUNK_EVENTS: Final = 8192
+#: On a backlog stage 1 flushes every flush_interval x this (alerts wait on it anyway).
+BACKLOG_FLUSH_FACTOR: Final = 4
 
 log = logging.getLogger("detector.kafka")
 
@@ -310,7 +312,10 @@ class Stage1Runner(ConsumerRebalanceListener):
                             # sat idle in select() for ~20 % of a backlog without it).
                             await asyncio.sleep(0)
                             urgent |= self._feed({tp: chunk}, now)
-                    if urgent or now - self._flushed_at >= self.flush_interval:
+                    # Behind on a backlog, flush less often: each flush costs stage 2 a merge
+                    # and a state write per route key, whatever the events it carries.
+                    due = self.flush_interval * (BACKLOG_FLUSH_FACTOR if self._behind() else 1)
+                    if urgent or now - self._flushed_at >= due:
                         await self._flush(now)
                 backoff = 0.5
             except (KafkaError, OSError) as e:
@@ -382,6 +387,14 @@ class Stage1Runner(ConsumerRebalanceListener):
                 self.consumer.position(TopicPartition(self.topic, p)), 0.2)
         except (TimeoutError, KafkaError):
             return None   # not known yet: asked again at the next flush
+
+    def _behind(self) -> bool:
+        """Whether a fetch left records to read in any partition (as of the last fetch)."""
+        for p, src in self.sources.items():
+            hw = self.consumer.highwater(TopicPartition(self.topic, p))
+            if hw is not None and src.next_offset is not None and hw > src.next_offset:
+                return True
+        return False
 
     def _caught_up(self, p: int, src: _Source) -> bool:
         hw = self.consumer.highwater(TopicPartition(self.topic, p))
