@@ -28,6 +28,7 @@ import heapq
 import logging
 import logging.config
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -186,8 +187,11 @@ class Worker:
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         _patch_highwaters(cfg)
+        # Faust makes a data directory even for memory tables; not in the caller's cwd.
+        self._datadir = tempfile.TemporaryDirectory(prefix="detector-faust-")
         self.app = faust.App(
-            k.group, broker=[f"kafka://{b.strip()}" for b in k.brokers.split(",")],
+            k.group, datadir=self._datadir.name,
+            broker=[f"kafka://{b.strip()}" for b in k.brokers.split(",")],
             broker_credentials=_credentials(cfg), value_serializer="raw",
             key_serializer="raw", web_enabled=False, store="memory://",
             topic_partitions=self.q, topic_replication_factor=k.replication_factor,

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 from harness import (
+    ROOT,
     AlertReader,
     WorkerProc,
     file_lines,
@@ -84,3 +85,5 @@ def test_stream_equals_replay(broker: Tansu, names: dict[str, str], tmp_path: Pa
     finally:
         reader.close()
         assert w.stop() is not None
+    # Faust's data directory went to a temporary one, not into the worker's cwd.
+    assert not (ROOT / f"{names['group']}-data").exists()
