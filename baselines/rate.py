@@ -15,6 +15,10 @@ pure counting noise, and a signal that is noisier by nature needs stronger evide
 True
 >>> abs(b.score_one(6, 100)[0]) < 1  # 6 of 100: normal noise
 True
+>>> for _ in range(30):
+...     b.learn_one(9, 100, slow=False)  # 9 %: a creep the slow horizon is kept out of
+>>> max(b.score_one(9, 100)) < 5 <= b.drift_score(9, 100)
+True
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ __all__ = ["RateBaseline"]
 
 _PRIOR_K = 0.5   # pseudo-events...
 _PRIOR_N = 1.0   # ...per pseudo-unit of denominator
+#: Events the two-horizon test must expect in the fast horizon's sums to say anything.
+DRIFT_MIN_EXPECTED = 10.0
 
 
 class RateBaseline:
@@ -63,12 +69,31 @@ class RateBaseline:
         d = self._sd
         return poisson_score(k, n * self._pf) / d, poisson_score(k, n * self._ps) / d
 
-    def learn_one(self, k: float, n: float) -> None:
+    def drift_score(self, k: float, n: float) -> float:
+        """How far the fast horizon, with this window added, has moved from the slow one: its
+        decayed sums scored as counts against the slow rate. A slow ramp that no single
+        window shows moves these sums window by window; the slow horizon barely moves.
+
+        The decayed sums of Poisson counts vary less than counts of the same mean (by
+        1 / (1 + d) for decay d), so both sides are scaled by 1 + d first."""
+        num, den = self._fast
+        a = num.fading_factor
+        d = 1.0 - a
+        c = 1.0 + d
+        big_k = d * num.get() / a + k
+        mu = (d * den.get() / a + n) * self._ps * c
+        if mu < DRIFT_MIN_EXPECTED:
+            return 0.0   # a rare event: one occurrence would dominate the sums
+        return poisson_score(big_k * c, mu) / self._sd
+
+    def learn_one(self, k: float, n: float, slow: bool = True) -> None:
+        """Learn a window; ``slow=False`` keeps it out of the slow horizon (the caller saw
+        the fast horizon drifting away from it: a ramp must not become the norm)."""
         if n <= 0:
             return
         if self.n:
             self._disp.update(poisson_score(k, n * self._pf))
-        for num, den in (self._fast, self._slow):
+        for num, den in (self._fast, self._slow) if slow else (self._fast,):
             num.update(k)
             den.update(n)
         self.n += 1

@@ -25,7 +25,13 @@ __all__ = ["CohortModel", "Decision", "Scorer"]
 
 Baseline = RateBaseline | QuantityBaseline | VolumeBaseline
 VERSION_KEEP = 8
+#: A rate's slow horizon does not learn while the fast one is this far from it.
+SLOW_FREEZE = 2.0
 SCALE2 = SCALE * SCALE
+
+
+def _magnitude(c: tuple[float, bool, float]) -> float:
+    return abs(c[0])
 
 
 class Decision(NamedTuple):
@@ -202,6 +208,15 @@ class Scorer:
                            if (a[0] > 0 and max(cands)[0] >= half)
                            or (a[0] < 0 and min(cands)[0] <= -half)]
                     cands += agg
+                # Two horizons apart: a slow ramp, in the fast horizon's decayed sums against
+                # the slow rate; only while this window on its own leans that way (so the
+                # alert resolves when the ramp is over) and only on the cohort's own baseline.
+                if sig.flags and b is own.baselines.get(name):
+                    lean = max(cands[:2], key=_magnitude)[0]   # this window alone
+                    if abs(lean) >= t / 2:
+                        zd = b.drift_score(k, n)  # type: ignore[union-attr]
+                        if zd * lean > 0:
+                            cands.append((zd, True, k))
                 # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
                 # reported back as geometric means.
                 observed = k / n if sig.kind == "rate" else expm1(c[sig.den] / SCALE / n)
@@ -250,7 +265,11 @@ class Scorer:
             if b is None:
                 b = own.baselines[name] = self._new(sig)
             if kind == "rate":
-                b.learn_one(c[sig.num], n)  # type: ignore[call-arg]
+                k = c[sig.num]
+                # The slow horizon stays out of it while the fast one drifts away from it.
+                drifting = (sig.flags and b.n >= self.warmup
+                            and abs(b.drift_score(k, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
+                b.learn_one(k, n, slow=not drifting)  # type: ignore[call-arg]
             elif kind == "quantity":
                 b.learn_one(n, c[sig.den] / SCALE, c[sig.sq] / SCALE2)  # type: ignore[call-arg]
             else:

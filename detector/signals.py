@@ -49,6 +49,10 @@ class Signal(NamedTuple):
     den: int
     sq: int = -1
     description: str = ""
+    #: A rate whose numerator counts flagged units, at most one each (refusals per model
+    #: call): Poisson counts. Not so for sums (retries) and counts per unit (tool calls per
+    #: chat), which come in clusters.
+    flags: bool = False
 
 
 _RATES: Final = (
@@ -63,6 +67,7 @@ _RATES: Final = (
     ("retry_rate", RETRIES, EVENTS, "caller retries per event"),
     ("error_rate", ERRORS, EVENTS, "failed operations per event"),
 )
+_CLUSTERED: Final = frozenset({"tool_calls_per_chat", "memory_write_rate", "retry_rate"})
 _QUANTITIES: Final = (
     ("input_tokens", IN_N, IN_S, IN_Q, "mean input tokens per model call"),
     ("output_tokens", OUT_N, OUT_S, OUT_Q, "mean output tokens per model call"),
@@ -83,9 +88,11 @@ class Layout:
         self.safety_index: dict[str, int] = {
             x: len(BASE_COUNTERS) + i for i, x in enumerate(labels)
         }
-        sigs = [Signal(n, "rate", a, b, description=d) for n, a, b, d in _RATES]
+        sigs = [Signal(n, "rate", a, b, description=d, flags=n not in _CLUSTERED)
+                for n, a, b, d in _RATES]
         sigs += [
-            Signal(f"safety_{x}", "rate", i, EVENTS, description=f"{x} safety hits per event")
+            Signal(f"safety_{x}", "rate", i, EVENTS, description=f"{x} safety hits per event",
+                   flags=True)
             for x, i in self.safety_index.items()
         ]
         sigs += [Signal(n, "quantity", a, b, c, d) for n, a, b, c, d in _QUANTITIES]

@@ -71,6 +71,25 @@ def test_two_horizons_a_ramp_drags_the_fast_one_only() -> None:
     assert slow >= 5 > fast and i < 480
 
 
+def test_drift_score_sees_the_fast_horizon_leave_the_slow_one() -> None:
+    rng = random.Random(7)
+    b = RateBaseline(fading_factor(30), fading_factor(720))
+    for _ in range(200):                            # 2 % of 110 calls a window
+        b.learn_one(sum(rng.random() < 0.02 for _ in range(110)), 110)
+    calm = b.drift_score(2, 110)
+    slow_before = b.expected(slow=True)
+    for _ in range(20):                             # 6 %: no one window of ~7 is alarming...
+        b.learn_one(7, 110, slow=False)             # ...and the slow horizon stays out of it
+    assert abs(calm) < 1.5
+    assert b.expected(slow=True) == slow_before
+    assert max(b.score_one(7, 110)) < 5 <= b.drift_score(7, 110)
+    # A rare event: one occurrence would dominate the sums, so no evidence either way.
+    rare = RateBaseline(fading_factor(30), fading_factor(720))
+    for _ in range(200):
+        rare.learn_one(0, 50)
+    assert rare.drift_score(3, 50) == 0.0
+
+
 def test_quantity_counts_values() -> None:
     rng = random.Random(3)
     b = QuantityBaseline(0.05, 0.005)
