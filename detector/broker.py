@@ -99,7 +99,9 @@ class Tansu:
         while time.monotonic() < deadline:
             if self.proc is None or self.proc.poll() is not None:
                 return False
-            if answers_metadata(self.bootstrap, timeout=2.0):
+            # A plain connect first: the Kafka client logs an error for every refused
+            # connection, and the port is closed for the first moments of every start.
+            if _listening(self.bootstrap) and answers_metadata(self.bootstrap, timeout=2.0):
                 return True
             time.sleep(0.1)
         return False
@@ -153,6 +155,15 @@ class Tansu:
     def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+def _listening(bootstrap: str) -> bool:
+    host, _, port = bootstrap.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1.0):
+            return True
+    except OSError:
+        return False
 
 
 def answers_metadata(bootstrap: str, timeout: float = 2.0) -> bool:
