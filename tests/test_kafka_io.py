@@ -1,0 +1,46 @@
+"""Stage 1's pacing on a backlog, without a broker: chunk sizes and "behind"."""
+
+from __future__ import annotations
+
+from aiokafka.structs import TopicPartition
+
+from detector.config import load_config
+from detector.kafka_io import CHUNK_EVENTS, Stage1Runner, _Source
+
+
+def _runner() -> Stage1Runner:
+    return Stage1Runner(load_config(None, env=False), stage2_topic="s2", stage2_partitions=1)
+
+
+def test_a_fetch_is_worked_through_in_chunks_of_about_the_same_events() -> None:
+    r = _runner()
+    recs = list(range(20_000))
+    chunks = list(r._chunks(recs))                  # single-event messages
+    assert [len(c) for c in chunks] == [CHUNK_EVENTS, CHUNK_EVENTS, 20_000 - 2 * CHUNK_EVENTS]
+    r._per_message = 100.0                          # 100-event batches: ~8k events a chunk
+    chunks = list(r._chunks(recs))
+    assert {len(c) for c in chunks[:-1]} == {CHUNK_EVENTS // 100}
+    assert [x for c in chunks for x in c] == recs   # in order, nothing lost or repeated
+
+
+class _Fetched:
+    """What the consumer knows from its last fetch: each partition's high watermark."""
+
+    def __init__(self, hw: dict[int, int]) -> None:
+        self.hw = hw
+
+    def highwater(self, tp: TopicPartition) -> int | None:
+        return self.hw.get(tp.partition)
+
+
+def test_behind_means_a_partition_has_records_past_what_was_read() -> None:
+    r = _runner()
+    cfg = load_config(None, env=False)
+    r.sources = {0: _Source(cfg, 0.0), 1: _Source(cfg, 0.0)}
+    r.sources[0].next_offset, r.sources[1].next_offset = 10, 5
+    r.consumer = _Fetched({0: 10, 1: 5})            # type: ignore[assignment]
+    assert not r._behind()
+    r.consumer = _Fetched({0: 10, 1: 9})            # type: ignore[assignment]
+    assert r._behind()
+    r.consumer = _Fetched({0: 10})                  # type: ignore[assignment]
+    assert not r._behind()                          # no fetch yet for partition 1: unknown
