@@ -388,20 +388,20 @@ class Stage1Runner(ConsumerRebalanceListener):
         except (TimeoutError, KafkaError):
             return None   # not known yet: asked again at the next flush
 
-    def _behind(self) -> bool:
-        """Whether a fetch left records to read in any partition (as of the last fetch)."""
-        for p, src in self.sources.items():
-            hw = self.consumer.highwater(TopicPartition(self.topic, p))
-            if hw is not None and src.next_offset is not None and hw > src.next_offset:
-                return True
-        return False
-
-    def _caught_up(self, p: int, src: _Source) -> bool:
+    def _lag(self, p: int, src: _Source) -> int | None:
+        """Records left to read in partition ``p`` as of the last fetch; None if unknown."""
         hw = self.consumer.highwater(TopicPartition(self.topic, p))
         pos = src.next_offset
-        if hw is None or pos is None:
+        return None if hw is None or pos is None else max(hw - pos, 0)
+
+    def _behind(self) -> bool:
+        """Whether a fetch left records to read in any partition (as of the last fetch)."""
+        return any(self._lag(p, src) for p, src in self.sources.items())
+
+    def _caught_up(self, p: int, src: _Source) -> bool:
+        lag = self._lag(p, src)
+        if lag is None:
             return False
-        lag = max(hw - pos, 0)
         self.lag[p] = lag
         if self.metrics is not None:
             self.metrics.consumer_lag.labels(partition=str(p)).set(lag)
