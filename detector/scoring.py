@@ -227,7 +227,7 @@ class Scorer:
                 z, slow, kk = min(cands)
                 hit = z <= -t
             else:
-                z, slow, kk = max(cands, key=lambda e: abs(e[0]))
+                z, slow, kk = max(cands, key=_magnitude)
                 hit = (z >= t and kk >= min_count) or z <= -t
             if sig.kind == "volume":
                 expected = b.expected(t0, slow=slow)  # type: ignore[call-arg]
