@@ -19,6 +19,7 @@ and their merge are in :mod:`detector.partials`.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from heapq import heappush, heapreplace
 from math import log1p
@@ -72,6 +73,10 @@ from detector.signals import (
 __all__ = ["Aggregator"]
 
 _OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # joins to OTHER_VERSIONS
+_FMAX: Final = sys.float_info.max
+#: An event's retries count at most this much: the contract sets no ceiling, and one huge value
+#: must not overflow the float arithmetic of stage 2's rates.
+MAX_RETRIES: Final = 1 << 20
 
 
 class Aggregator:
@@ -167,16 +172,17 @@ class Aggregator:
                         if tid:
                             bottom(p.samples.setdefault(FMT_FAIL, []), tid, k)
                 # Quantities as fixed-point log1p (see partials.SCALE). The three repeat one
-                # pattern, inlined on purpose: this runs for every model call.
+                # pattern, inlined on purpose: this runs for every model call. The contract
+                # puts no ceiling on integers: one past the float range is counted at it.
                 v = ev.input_tokens
                 if v is not UNSET:
-                    x = int(log1p(v) * SCALE + 0.5)
+                    x = int(log1p(v if v < _FMAX else _FMAX) * SCALE + 0.5)
                     c[IN_N] += 1
                     c[IN_S] += x
                     c[IN_Q] += x * x
                 v = ev.output_tokens
                 if v is not UNSET:
-                    x = int(log1p(v) * SCALE + 0.5)
+                    x = int(log1p(v if v < _FMAX else _FMAX) * SCALE + 0.5)
                     c[OUT_N] += 1
                     c[OUT_S] += x
                     c[OUT_Q] += x * x
@@ -224,7 +230,7 @@ class Aggregator:
                     bottom(p.samples.setdefault(OVERRIDE, []), tid, k)
             r = ev.retries
             if r:   # UNSET is falsy
-                c[RETRIES] += r
+                c[RETRIES] += r if r < MAX_RETRIES else MAX_RETRIES
                 if tid:
                     bottom(p.samples.setdefault(RETRIES, []), tid, k)
             if (ev.error_type is not UNSET or ev.finish_reason == "error"

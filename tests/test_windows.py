@@ -137,3 +137,28 @@ def test_version_combinations_are_counted_and_bounded_per_cohort_and_window(conf
         assert versions["m0\x1fv1\x1funknown"] == 3
         assert versions[OTHER_VERSIONS] == 120 - 3 * (MAX_VERSION_COMBOS - 1)
         assert finest[0].counts[EVENTS] == finest[0].counts[MODEL] == 120
+
+
+def test_integers_past_the_float_range_are_counted_at_its_ceiling(config) -> None:
+    """The contract sets no maximum on token counts or retries: 10**400 is a valid event,
+    and it must not stop the events around it from being counted."""
+    from math import log1p
+    from sys import float_info
+
+    from detector.partials import SCALE
+    from detector.signals import IN_N, IN_S, OUT_N, RETRIES
+    from detector.windows import MAX_RETRIES
+
+    huge = b"1" + b"0" * 400
+    agg = Aggregator(config)
+    evs = decode(b'[{"ts": 1000, "operation": "chat", "app": "a", "output_tokens": 5},'
+                 b' {"ts": 1001, "operation": "chat", "app": "a", "input_tokens": %s,'
+                 b' "retries": %s},'
+                 b' {"ts": 1002, "operation": "chat", "app": "a", "output_tokens": 7}]'
+                 % (huge, huge))[0]
+    assert len(evs) == 3
+    agg.add_many(evs)
+    (p,) = [p for p in agg.drain_all() if p.level == 1]
+    assert p.counts[EVENTS] == 3 and p.counts[OUT_N] == 2 and p.counts[IN_N] == 1
+    assert p.counts[IN_S] == int(log1p(float_info.max) * SCALE + 0.5)
+    assert p.counts[RETRIES] == MAX_RETRIES
