@@ -8,7 +8,7 @@ DEMO_SECONDS ?= 180
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/detector: pyproject.toml
+$(BIN)/detector: pyproject.toml setup.py detector/_tally.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"
@@ -31,4 +31,4 @@ bench: $(BIN)/detector
 	$(BIN)/python bench/stream.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info detector/*.so

@@ -1,8 +1,8 @@
 """Stage 1: events into per-cohort window partials, closed on an event-time watermark.
 
-Per event the work is a handful of counter increments on the event's finest cohort; the
-roll-up to coarser cohorts happens once per (cohort, window) when a window closes. Partials
-and their merge are in :mod:`detector.partials`.
+Per event the work is a handful of counter increments on the event's finest cohort
+(:mod:`detector.counting`); the roll-up to coarser cohorts happens once per (cohort, window)
+when a window closes. Partials and their merge are in :mod:`detector.partials`.
 
 >>> from detector.config import load_config
 >>> from detector.events import decode
@@ -19,67 +19,37 @@ and their merge are in :mod:`detector.partials`.
 
 from __future__ import annotations
 
-import sys
+import math
 from collections.abc import Iterable
-from heapq import heappush, heapreplace
-from math import log1p
 from operator import attrgetter
 from typing import Final
 
 from msgspec import UNSET
 
 from detector.config import Config
-from detector.events import MODEL_OPERATIONS, TraceEvent
+from detector.counting import Counting
 from detector.partials import (
     MAX_VERSION_COMBOS,
     OTHER,
-    SCALE,
-    TOP_K,
     UNKNOWN,
     VERSION_FIELDS,
     Partial,
-    bottom,
     empty_partial,
     merge_into,
     route_key,
     version_name,
 )
 from detector.signals import (
-    ERRORS,
     EVENTS,
-    FABRICATED,
-    FMT_FAIL,
-    FMT_N,
-    IN_N,
-    IN_Q,
-    IN_S,
-    INSTR,
-    LAT_N,
-    LAT_Q,
-    LAT_S,
-    MEMWRITE,
-    MODEL,
-    OUT_N,
-    OUT_Q,
-    OUT_S,
-    OVERRIDE,
-    REFUSAL,
-    RETRIES,
-    SCHEMA_INV,
-    TOOL,
     Layout,
 )
 
 __all__ = ["Aggregator"]
 
 _OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # joins to OTHER_VERSIONS
-_FMAX: Final = sys.float_info.max
-#: An event's retries count at most this much: the contract sets no ceiling, and one huge value
-#: must not overflow the float arithmetic of stage 2's rates.
-MAX_RETRIES: Final = 1 << 20
 
 
-class Aggregator:
+class Aggregator(Counting):
     """Stage 1 for one source: accumulates events into finest-cohort partials and hands out
     partials at every level once the watermark closes their window."""
 
@@ -109,6 +79,7 @@ class Aggregator:
         # Projections from the finest cohort tuple to each level's tuple.
         self._proj = [tuple(self.finest.index(f) for f in lvl) for lvl in self.levels]
         self.leak_labels = frozenset(config.rules.leak_labels)
+        self._ctx = self._c_context()
 
     @property
     def watermark(self) -> float:
@@ -118,147 +89,6 @@ class Aggregator:
         cohort: tuple[str, ...] = tuple(UNKNOWN if v is UNSET else v for v in key)  # type: ignore[misc]
         route = route_key(tuple(cohort[i] for i in self._proj[0]))
         return empty_partial(w, len(self.levels) - 1, cohort, self.layout.size, route)
-
-    def add(self, ev: TraceEvent) -> None:
-        """Count one event into its window (see :meth:`add_many`)."""
-        self.add_many((ev,))
-
-    def add_many(self, evs: Iterable[TraceEvent]) -> None:
-        """Count events into their windows; an event for a closed window is counted as late.
-
-        The hot path: plain counter updates, evidence kept only when it would change, and the
-        aggregator's own fields read once per batch rather than once per event."""
-        size = self.size
-        closed_before = self.closed_before
-        max_ts = self.max_ts
-        open_ = self._open
-        keyf = self._key
-        k = self.k
-        idx = self.layout.safety_index
-        other = idx["other"]
-        leaks = self.leak_labels
-        late = 0
-        for ev in evs:
-            ts: float = ev.ts  # type: ignore[assignment]  # decode() made it epoch seconds
-            w = int(ts // size)
-            if w < closed_before:
-                late += 1
-                continue
-            if ts > max_ts:
-                max_ts = ts
-            key = (w, keyf(ev))
-            p = open_.get(key)
-            if p is None:
-                p = self._partial_for(key)
-            c = p.counts
-            c[EVENTS] += 1
-            tid = ev.trace_id
-            op = ev.operation
-            if op in MODEL_OPERATIONS:
-                c[MODEL] += 1
-                if ev.refusal is True:
-                    c[REFUSAL] += 1
-                    if tid:   # UNSET is falsy
-                        bottom(p.samples.setdefault(REFUSAL, []), tid, k)
-                if ev.instruction_violation is True:
-                    c[INSTR] += 1
-                    if tid:
-                        bottom(p.samples.setdefault(INSTR, []), tid, k)
-                fv = ev.output_format_valid
-                if fv is not UNSET:
-                    c[FMT_N] += 1
-                    if fv is False:
-                        c[FMT_FAIL] += 1
-                        if tid:
-                            bottom(p.samples.setdefault(FMT_FAIL, []), tid, k)
-                # Quantities as fixed-point log1p (see partials.SCALE). The three repeat one
-                # pattern, inlined on purpose: this runs for every model call. The contract
-                # puts no ceiling on integers: one past the float range is counted at it.
-                v = ev.input_tokens
-                if v is not UNSET:
-                    x = int(log1p(v if v < _FMAX else _FMAX) * SCALE + 0.5)
-                    c[IN_N] += 1
-                    c[IN_S] += x
-                    c[IN_Q] += x * x
-                v = ev.output_tokens
-                if v is not UNSET:
-                    x = int(log1p(v if v < _FMAX else _FMAX) * SCALE + 0.5)
-                    c[OUT_N] += 1
-                    c[OUT_S] += x
-                    c[OUT_Q] += x * x
-                    if tid:
-                        top = p.top
-                        h = top.get(OUT_N)
-                        if h is None:
-                            top[OUT_N] = [(x, tid)]  # type: ignore[list-item]
-                        elif len(h) < TOP_K:
-                            heappush(h, (x, tid))  # type: ignore[arg-type]
-                        elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
-                            heapreplace(h, (x, tid))  # type: ignore[arg-type]
-                v = ev.latency_ms
-                if v is not UNSET:
-                    x = int(log1p(v) * SCALE + 0.5)
-                    c[LAT_N] += 1
-                    c[LAT_S] += x
-                    c[LAT_Q] += x * x
-                    if tid:
-                        top = p.top
-                        h = top.get(LAT_N)
-                        if h is None:
-                            top[LAT_N] = [(x, tid)]  # type: ignore[list-item]
-                        elif len(h) < TOP_K:
-                            heappush(h, (x, tid))  # type: ignore[arg-type]
-                        elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
-                            heapreplace(h, (x, tid))  # type: ignore[arg-type]
-            elif op == "execute_tool":
-                c[TOOL] += 1
-                if ev.schema_valid is False:
-                    c[SCHEMA_INV] += 1
-                    if tid:
-                        bottom(p.samples.setdefault(SCHEMA_INV, []), tid, k)
-                if ev.tool_result_fabricated is True:
-                    c[FABRICATED] += 1
-                    if tid:
-                        bottom(p.samples.setdefault(FABRICATED, []), tid, k)
-            elif op == "memory_write":
-                c[MEMWRITE] += 1
-                if tid:
-                    bottom(p.samples.setdefault(MEMWRITE, []), tid, k)
-            elif op == "human_override":
-                c[OVERRIDE] += 1
-                if tid:
-                    bottom(p.samples.setdefault(OVERRIDE, []), tid, k)
-            r = ev.retries
-            if r:   # UNSET is falsy
-                c[RETRIES] += r if r < MAX_RETRIES else MAX_RETRIES
-                if tid:
-                    bottom(p.samples.setdefault(RETRIES, []), tid, k)
-            if (ev.error_type is not UNSET or ev.finish_reason == "error"
-                    or ev.tool_status == "error"):
-                c[ERRORS] += 1
-                if tid:
-                    bottom(p.samples.setdefault(ERRORS, []), tid, k)
-            hits = ev.safety_hits
-            if hits:
-                for label in set(hits):
-                    if label in leaks:
-                        continue   # a hard rule of its own; not also "other"
-                    i = idx.get(label, other)
-                    c[i] += 1
-                    if tid:
-                        bottom(p.samples.setdefault(i, []), tid, k)
-            # Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
-            # trace ids that start with "0" (ids are random, so it is a uniform, order-free
-            # sample) — cheap enough for every event.
-            if tid and tid[0] == "0":  # type: ignore[index]
-                s = p.samples
-                lst = s.get(EVENTS)
-                if lst is None:
-                    s[EVENTS] = [tid]  # type: ignore[list-item]
-                elif len(lst) < k or tid < lst[-1]:  # type: ignore[operator]
-                    bottom(lst, tid, k)  # type: ignore[arg-type]
-        self.max_ts = max_ts
-        self.late += late
 
     def _partial_for(self, key: tuple[int, tuple[object, ...]]) -> Partial:
         """The partial that counts an event with ``key`` when no open partial has that key:
@@ -287,6 +117,8 @@ class Aggregator:
         """Close every window that ends at or before the watermark; return its partials at
         every cohort level, finest last, in a deterministic order."""
         wm = self.watermark if watermark is None else watermark
+        if wm == -math.inf:
+            return []   # no event yet
         upto = int(wm // self.size)  # windows < upto end at or before wm
         if upto <= self.closed_before:
             return []

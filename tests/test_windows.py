@@ -145,9 +145,9 @@ def test_integers_past_the_float_range_are_counted_at_its_ceiling(config) -> Non
     from math import log1p
     from sys import float_info
 
+    from detector.counting import MAX_RETRIES
     from detector.partials import SCALE
     from detector.signals import IN_N, IN_S, OUT_N, RETRIES
-    from detector.windows import MAX_RETRIES
 
     huge = b"1" + b"0" * 400
     agg = Aggregator(config)

@@ -1,0 +1,653 @@
+/* Stage 1's per-event counting in C: the same result as Counting._add_py in
+ * detector/counting.py, which is the reference and the fallback (the two are compared by
+ * tests/test_tally.py).
+ *
+ * Why C: on a backlog of 100-event messages, the counting loop was 42 % of a worker's time,
+ * and in Python it costs ~2 us an event whatever the loop looks like: it is one attribute
+ * read, dict lookup or boxed-int update after another. Here an event's fields are read at
+ * their slot offsets in the msgspec struct and counters are updated in place.
+ *
+ * Only the common work is done here. Whatever changes evidence (bottom-k trace ids, top-k
+ * quantities, safety labels) or makes a partial is handed back to the Aggregator's own
+ * methods, and an event of an unexpected shape (built by hand rather than decoded) makes
+ * add_many stop before touching anything, so that the Python path counts that event.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <float.h>
+#include <math.h>
+
+/* Fields of TraceEvent this file reads, in this order (see the configure() call in counting.py). */
+enum { F_TS, F_TRACE_ID, F_OPERATION, F_REFUSAL, F_INSTR, F_FORMAT_VALID, F_IN_TOK,
+       F_OUT_TOK, F_LATENCY, F_SCHEMA_VALID, F_FABRICATED, F_RETRIES, F_ERROR_TYPE,
+       F_FINISH_REASON, F_TOOL_STATUS, F_SAFETY_HITS, N_FIELDS };
+
+/* Counters, in this order (see the configure() call in counting.py). */
+enum { C_EVENTS, C_MODEL, C_TOOL, C_REFUSAL, C_INSTR, C_FMT_N, C_FMT_FAIL, C_SCHEMA_INV,
+       C_FABRICATED, C_OVERRIDE, C_MEMWRITE, C_RETRIES, C_ERRORS, C_IN_N, C_IN_S, C_IN_Q,
+       C_OUT_N, C_OUT_S, C_OUT_Q, C_LAT_N, C_LAT_S, C_LAT_Q, N_COUNTERS };
+
+/* Operation codes, the values of the dict given to configure(). */
+enum { OP_OTHER, OP_MODEL, OP_TOOL, OP_MEMWRITE, OP_OVERRIDE };
+
+static struct {
+    PyTypeObject *event_type;
+    PyTypeObject *partial_type;
+    Py_ssize_t off_counts, off_top;
+    PyObject *unset;
+    Py_ssize_t off[N_FIELDS];
+    Py_ssize_t counter[N_COUNTERS];
+    PyObject *counter_obj[N_COUNTERS];   /* the indexes as Python ints: sample and top keys */
+    PyObject *opcodes;                   /* operation -> OP_* */
+    Py_ssize_t top_k;
+    long long max_retries;
+    int ready;
+} S;
+
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+static Py_ssize_t
+member_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *d = PyDict_GetItemWithError(type->tp_dict, name);
+    if (d == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_AttributeError, "%s has no field %R", type->tp_name, name);
+        return -1;
+    }
+    if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "%s.%U is not a slot", type->tp_name, name);
+        return -1;
+    }
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX && m->type != T_OBJECT) {
+        PyErr_Format(PyExc_TypeError, "%s.%U does not hold an object", type->tp_name, name);
+        return -1;
+    }
+    return m->offset;
+}
+
+/* configure(event_type, partial_type, unset, field_names, counter_indexes, opcodes, top_k,
+ *           max_retries) */
+static PyObject *
+configure(PyObject *self, PyObject *args)
+{
+    PyObject *type, *ptype, *unset, *names, *counters, *opcodes;
+    Py_ssize_t top_k;
+    long long max_retries;
+    if (!PyArg_ParseTuple(args, "O!O!OO!O!O!nL", &PyType_Type, &type, &PyType_Type, &ptype,
+                          &unset, &PyTuple_Type, &names, &PyTuple_Type, &counters,
+                          &PyDict_Type, &opcodes, &top_k, &max_retries))
+        return NULL;
+    PyObject *n_counts = PyUnicode_FromString("counts"), *n_top = PyUnicode_FromString("top");
+    if (n_counts == NULL || n_top == NULL) {
+        Py_XDECREF(n_counts);
+        Py_XDECREF(n_top);
+        return NULL;
+    }
+    S.off_counts = member_offset((PyTypeObject *)ptype, n_counts);
+    S.off_top = member_offset((PyTypeObject *)ptype, n_top);
+    Py_DECREF(n_counts);
+    Py_DECREF(n_top);
+    if (S.off_counts < 0 || S.off_top < 0)
+        return NULL;
+    if (PyTuple_GET_SIZE(names) != N_FIELDS || PyTuple_GET_SIZE(counters) != N_COUNTERS) {
+        PyErr_SetString(PyExc_ValueError, "configure: wrong number of fields or counters");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < N_FIELDS; i++) {
+        Py_ssize_t off = member_offset((PyTypeObject *)type, PyTuple_GET_ITEM(names, i));
+        if (off < 0)
+            return NULL;
+        S.off[i] = off;
+    }
+    for (Py_ssize_t i = 0; i < N_COUNTERS; i++) {
+        PyObject *c = PyTuple_GET_ITEM(counters, i);
+        Py_ssize_t v = PyLong_AsSsize_t(c);
+        if (v < 0) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_ValueError, "configure: negative counter index");
+            return NULL;
+        }
+        S.counter[i] = v;
+        Py_INCREF(c);
+        Py_XSETREF(S.counter_obj[i], c);
+    }
+    Py_INCREF(type);
+    Py_XSETREF(S.event_type, (PyTypeObject *)type);
+    Py_INCREF(ptype);
+    Py_XSETREF(S.partial_type, (PyTypeObject *)ptype);
+    Py_INCREF(unset);
+    Py_XSETREF(S.unset, unset);
+    Py_INCREF(opcodes);
+    Py_XSETREF(S.opcodes, opcodes);
+    S.top_k = top_k;
+    S.max_retries = max_retries;
+    S.ready = 1;
+    Py_RETURN_NONE;
+}
+
+/* offsets(names) -> tuple of the slot offsets of these TraceEvent fields (cohort keys). */
+static PyObject *
+offsets(PyObject *self, PyObject *names)
+{
+    if (!S.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    if (!PyTuple_Check(names)) {
+        PyErr_SetString(PyExc_TypeError, "offsets: a tuple of field names");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(names);
+    PyObject *out = PyTuple_New(n);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t off = member_offset(S.event_type, PyTuple_GET_ITEM(names, i));
+        PyObject *o = off < 0 ? NULL : PyLong_FromSsize_t(off);
+        if (o == NULL) {
+            Py_DECREF(out);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(out, i, o);
+    }
+    return out;
+}
+
+/* Python's float floor division (Objects/floatobject.c, _float_div_mod), so that a window
+ * index is the same as ``int(ts // size)`` to the last bit. */
+static double
+floor_div(double vx, double wx)
+{
+    double mod = fmod(vx, wx);
+    double div = (vx - mod) / wx;
+    if (mod) {
+        if ((wx < 0) != (mod < 0))
+            div -= 1.0;
+    }
+    if (div) {
+        double fl = floor(div);
+        if (div - fl > 0.5)
+            fl += 1.0;
+        return fl;
+    }
+    return copysign(0.0, vx / wx);
+}
+
+/* ``int(log1p(min(v, FLOAT_MAX)) * 1024 + 0.5)``: see partials.SCALE. */
+static long long
+fixed_log1p(double d)
+{
+    if (!(d < DBL_MAX))   /* also NaN, as ``v if v < _FMAX else _FMAX`` does */
+        d = DBL_MAX;
+    return (long long)(log1p(d) * 1024.0 + 0.5);
+}
+
+/* A non-negative int or float field as a double; -1 if it is not one (the event goes to the
+ * Python path). Ints past the float range are DBL_MAX, as in the Python path. */
+static double
+as_quantity(PyObject *v, int ints_only)
+{
+    if (PyLong_CheckExact(v)) {
+        if (_PyLong_Sign(v) < 0)
+            return -1.0;
+        double d = PyLong_AsDouble(v);
+        if (d == -1.0 && PyErr_Occurred()) {
+            PyErr_Clear();   /* OverflowError: past the float range */
+            return DBL_MAX;
+        }
+        return d;
+    }
+    if (!ints_only && PyFloat_CheckExact(v)) {
+        double d = PyFloat_AS_DOUBLE(v);
+        return (d >= 0.0 && d <= DBL_MAX) ? d : -1.0;
+    }
+    return -1.0;
+}
+
+/* counts[i] += d, exactly as Python would (a counter past 2**63 becomes a big int). */
+static int
+add(PyObject *counts, Py_ssize_t i, long long d)
+{
+    PyObject *old = PyList_GET_ITEM(counts, i);
+    int overflow = 0;
+    long long v = PyLong_CheckExact(old) ? PyLong_AsLongLongAndOverflow(old, &overflow) : 0;
+    PyObject *nv;
+    long long sum;
+    if (PyLong_CheckExact(old) && !overflow && !(v == -1 && PyErr_Occurred())
+            && !__builtin_add_overflow(v, d, &sum)) {
+        nv = PyLong_FromLongLong(sum);
+    } else {
+        PyErr_Clear();
+        PyObject *od = PyLong_FromLongLong(d);
+        if (od == NULL)
+            return -1;
+        nv = PyNumber_Add(old, od);
+        Py_DECREF(od);
+    }
+    if (nv == NULL)
+        return -1;
+    PyList_SET_ITEM(counts, i, nv);
+    Py_DECREF(old);
+    return 0;
+}
+
+/* Counter increments are summed here per partial and added to its counts list once per
+ * call, not once per event: a Python int update allocates, a C one does not. A small
+ * open-addressing table keyed by the partial's address; it is flushed when it fills up, after
+ * FLUSH_EVENTS events (so no sum can overflow) and before add_many returns. */
+#define ACC_SLOTS 256          /* a power of two */
+#define ACC_MAX_USED 192
+#define FLUSH_EVENTS 65536
+
+typedef struct {
+    PyObject *p;               /* a strong reference while in use; NULL if free */
+    PyObject *counts;          /* a strong reference */
+    long long d[N_COUNTERS];
+} Acc;
+
+typedef struct {
+    Acc *slots;
+    int used;
+} Table;
+
+static int
+table_flush(Table *t)
+{
+    int err = 0;
+    for (int i = 0; i < ACC_SLOTS && t->used; i++) {
+        Acc *a = &t->slots[i];
+        if (a->p == NULL)
+            continue;
+        for (int c = 0; c < N_COUNTERS; c++)
+            if (a->d[c] && !err && add(a->counts, S.counter[c], a->d[c]) < 0)
+                err = -1;
+        Py_CLEAR(a->p);
+        Py_CLEAR(a->counts);
+        memset(a->d, 0, sizeof a->d);
+        t->used--;
+    }
+    return err;
+}
+
+/* The sums of partial ``p`` (whose counts list is ``counts``); NULL on error. */
+static long long *
+table_get(Table *t, PyObject *p, PyObject *counts)
+{
+    uint64_t h = (uint64_t)((uintptr_t)p >> 4) * 0x9E3779B97F4A7C15ull;
+    for (;;) {
+        size_t i = (size_t)(h >> 56);   /* the top 8 bits: ACC_SLOTS = 256 */
+        for (int probe = 0; probe < ACC_SLOTS; probe++, i = (i + 1) & (ACC_SLOTS - 1)) {
+            Acc *a = &t->slots[i];
+            if (a->p == p)
+                return a->d;
+            if (a->p == NULL) {
+                if (t->used >= ACC_MAX_USED)
+                    break;
+                Py_INCREF(p);
+                Py_INCREF(counts);
+                a->p = p;
+                a->counts = counts;
+                t->used++;
+                return a->d;
+            }
+        }
+        if (table_flush(t) < 0)
+            return NULL;
+    }
+}
+
+static int
+is_str_or_unset(PyObject *v)
+{
+    return v == S.unset || PyUnicode_CheckExact(v);
+}
+
+/* Whether the C path can count this event exactly as the Python path would. */
+static int
+expected_shape(PyObject *ev)
+{
+    if (Py_TYPE(ev) != S.event_type)
+        return 0;
+    for (int f = 0; f < N_FIELDS; f++)
+        if (SLOT(ev, S.off[f]) == NULL)
+            return 0;
+    PyObject *ts = SLOT(ev, S.off[F_TS]);
+    if (!PyFloat_CheckExact(ts) || !isfinite(PyFloat_AS_DOUBLE(ts)))
+        return 0;
+    if (!PyUnicode_CheckExact(SLOT(ev, S.off[F_OPERATION])))
+        return 0;
+    if (!is_str_or_unset(SLOT(ev, S.off[F_TRACE_ID]))
+            || !is_str_or_unset(SLOT(ev, S.off[F_FINISH_REASON]))
+            || !is_str_or_unset(SLOT(ev, S.off[F_TOOL_STATUS])))
+        return 0;
+    PyObject *v;
+    if ((v = SLOT(ev, S.off[F_IN_TOK])) != S.unset && as_quantity(v, 1) < 0)
+        return 0;
+    if ((v = SLOT(ev, S.off[F_OUT_TOK])) != S.unset && as_quantity(v, 1) < 0)
+        return 0;
+    if ((v = SLOT(ev, S.off[F_LATENCY])) != S.unset && as_quantity(v, 0) < 0)
+        return 0;
+    v = SLOT(ev, S.off[F_RETRIES]);
+    if (v != S.unset && (!PyLong_CheckExact(v) || _PyLong_Sign(v) < 0))
+        return 0;
+    v = SLOT(ev, S.off[F_SAFETY_HITS]);
+    if (v != S.unset && !PyList_CheckExact(v))
+        return 0;
+    return 1;
+}
+
+static int
+str_is(PyObject *v, const char *s)
+{
+    return v != S.unset && PyUnicode_CompareWithASCIIString(v, s) == 0;
+}
+
+/* The partial's slot (counts or top) when it is a Partial, else by name. A new reference. */
+static PyObject *
+partial_field(PyObject *p, Py_ssize_t off, const char *name)
+{
+    if (Py_TYPE(p) == S.partial_type) {
+        PyObject *v = SLOT(p, off);
+        if (v != NULL) {
+            Py_INCREF(v);
+            return v;
+        }
+    }
+    return PyObject_GetAttrString(p, name);
+}
+
+/* Whether (x, tid) could enter the top-k of quantity counter ``c`` of partial ``p``: most
+ * values are below the smallest of a full top-k, and need no call into Python. */
+static int
+may_top(PyObject *p, int c, long long x)
+{
+    PyObject *tops = partial_field(p, S.off_top, "top");
+    if (tops == NULL)
+        return -1;
+    int out = 1;
+    PyObject *h = PyDict_GetItemWithError(tops, S.counter_obj[c]);
+    if (h == NULL && PyErr_Occurred())
+        out = -1;
+    else if (h != NULL && PyList_CheckExact(h) && PyList_GET_SIZE(h) >= S.top_k) {
+        PyObject *h0 = PyList_GET_ITEM(h, 0);
+        if (PyTuple_CheckExact(h0) && PyTuple_GET_SIZE(h0) == 2) {
+            long long least = PyLong_AsLongLong(PyTuple_GET_ITEM(h0, 0));
+            if (least == -1 && PyErr_Occurred())
+                PyErr_Clear();   /* not an int64: let Python compare */
+            else if (x < least)
+                out = 0;
+        }
+    }
+    Py_DECREF(tops);
+    return out;
+}
+
+/* The event's open partial, keyed (w, (cohort fields..., version fields...)) as in
+ * Counting._add_py; made by ``partial_for`` when there is none. A new reference. */
+static PyObject *
+partial_of(PyObject *ev, PyObject *w_obj, const Py_ssize_t *koff, Py_ssize_t nkey,
+           PyObject *open_, PyObject *partial_for)
+{
+    PyObject *fields = PyTuple_New(nkey);
+    if (fields == NULL)
+        return NULL;
+    for (Py_ssize_t j = 0; j < nkey; j++) {
+        PyObject *v = SLOT(ev, koff[j]);
+        if (v == NULL) {
+            Py_DECREF(fields);
+            PyErr_SetString(PyExc_AttributeError, "a cohort field is not set");
+            return NULL;
+        }
+        Py_INCREF(v);
+        PyTuple_SET_ITEM(fields, j, v);
+    }
+    PyObject *key = PyTuple_Pack(2, w_obj, fields);
+    Py_DECREF(fields);
+    if (key == NULL)
+        return NULL;
+    PyObject *p = PyDict_GetItemWithError(open_, key);
+    if (p != NULL)
+        Py_INCREF(p);
+    else if (!PyErr_Occurred())
+        p = PyObject_CallOneArg(partial_for, key);
+    Py_DECREF(key);
+    return p;
+}
+
+static int
+call(PyObject *f, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
+{
+    PyObject *r = PyObject_CallFunctionObjArgs(f, a, b, c, d, NULL);
+    Py_XDECREF(r);
+    return r == NULL ? -1 : 0;
+}
+
+/* add_many(evs, start, ctx, closed_before, max_ts) -> (stop, max_ts, late)
+ *
+ * ctx = (open, partial_for, sample, sample_events, top, safety, size, key_offsets, k):
+ * Aggregator._open and the Aggregator methods for the rare work. Counts evs[start:] until
+ * the end or an event of an unexpected shape, whose index is returned as ``stop``. */
+static PyObject *
+add_many(PyObject *self, PyObject *args)
+{
+    PyObject *evs, *ctx;
+    Py_ssize_t start;
+    long long closed_before;
+    double max_ts;
+    if (!PyArg_ParseTuple(args, "O!nO!Ld", &PyList_Type, &evs, &start, &PyTuple_Type, &ctx,
+                          &closed_before, &max_ts))
+        return NULL;
+    if (!S.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    PyObject *open_, *partial_for, *sample, *sample_events, *top, *safety, *key_offsets;
+    double size;
+    Py_ssize_t k;
+    if (!PyArg_ParseTuple(ctx, "O!OOOOOdO!n", &PyDict_Type, &open_, &partial_for, &sample,
+                          &sample_events, &top, &safety, &size, &PyTuple_Type, &key_offsets,
+                          &k))
+        return NULL;
+    Py_ssize_t nkey = PyTuple_GET_SIZE(key_offsets);
+    Py_ssize_t koff[16];
+    if (nkey > 16) {
+        PyErr_SetString(PyExc_ValueError, "add_many: at most 16 cohort and version fields");
+        return NULL;
+    }
+    for (Py_ssize_t j = 0; j < nkey; j++)
+        koff[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(key_offsets, j));
+    if (PyErr_Occurred())
+        return NULL;
+    Table t = {PyMem_Calloc(ACC_SLOTS, sizeof(Acc)), 0};
+    if (t.slots == NULL)
+        return PyErr_NoMemory();
+
+    Py_ssize_t late = 0, i = start, since_flush = 0;
+    long long last_w = 0;
+    PyObject *w_obj = NULL, *p = NULL;
+    Py_INCREF(evs);
+    for (; i < PyList_GET_SIZE(evs); i++) {
+        PyObject *ev = PyList_GET_ITEM(evs, i);
+        if (!expected_shape(ev))
+            break;
+        double ts = PyFloat_AS_DOUBLE(SLOT(ev, S.off[F_TS]));
+        double fw = floor_div(ts, size);
+        if (!(fabs(fw) < 4.0e18))
+            break;   /* not an int64 window index: the Python path's big ints */
+        long long w = (long long)fw;
+        if (w < closed_before) {
+            late++;
+            continue;
+        }
+        if (ts > max_ts)
+            max_ts = ts;
+        if (w_obj == NULL || w != last_w) {
+            Py_XDECREF(w_obj);
+            if ((w_obj = PyLong_FromLongLong(w)) == NULL)
+                goto fail;
+            last_w = w;
+        }
+        if ((p = partial_of(ev, w_obj, koff, nkey, open_, partial_for)) == NULL)
+            goto fail;
+        PyObject *counts = partial_field(p, S.off_counts, "counts");
+        if (counts == NULL)
+            goto fail;
+        if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) < N_COUNTERS) {
+            Py_DECREF(counts);
+            PyErr_SetString(PyExc_TypeError, "a partial's counts is not a list of counters");
+            goto fail;
+        }
+        if (++since_flush > FLUSH_EVENTS) {
+            since_flush = 0;
+            if (table_flush(&t) < 0) {
+                Py_DECREF(counts);
+                goto fail;
+            }
+        }
+        long long *d = table_get(&t, p, counts);
+#define ADD(c, v) (d[c] += (v))
+        Py_DECREF(counts);
+        if (d == NULL)
+            goto fail;
+
+        PyObject *tid = SLOT(ev, S.off[F_TRACE_ID]);
+        int has_tid = tid != S.unset && PyUnicode_GET_LENGTH(tid) > 0;
+#define SAMPLE(c) do { \
+            if (has_tid && call(sample, p, S.counter_obj[c], tid, NULL) < 0) goto fail; \
+        } while (0)
+/* One more of counter c, and the event's id as its evidence; FLAG: if field f is ``is``. */
+#define COUNT(c) do { ADD(c, 1); SAMPLE(c); } while (0)
+#define FLAG(f, is, c) do { if (SLOT(ev, S.off[f]) == (is)) COUNT(c); } while (0)
+        ADD(C_EVENTS, 1);
+        long code = OP_OTHER;
+        PyObject *oc = PyDict_GetItemWithError(S.opcodes, SLOT(ev, S.off[F_OPERATION]));
+        if (oc != NULL)
+            code = PyLong_AsLong(oc);
+        else if (PyErr_Occurred())
+            goto fail;
+        if (code == OP_MODEL) {
+            ADD(C_MODEL, 1);
+            FLAG(F_REFUSAL, Py_True, C_REFUSAL);
+            FLAG(F_INSTR, Py_True, C_INSTR);
+            PyObject *fv = SLOT(ev, S.off[F_FORMAT_VALID]);
+            if (fv != S.unset) {
+                ADD(C_FMT_N, 1);
+                FLAG(F_FORMAT_VALID, Py_False, C_FMT_FAIL);
+            }
+            static const int qf[3] = {F_IN_TOK, F_OUT_TOK, F_LATENCY};
+            static const int qc[3] = {C_IN_N, C_OUT_N, C_LAT_N};
+            for (int q = 0; q < 3; q++) {
+                PyObject *v = SLOT(ev, S.off[qf[q]]);
+                if (v == S.unset)
+                    continue;
+                long long x = fixed_log1p(as_quantity(v, q < 2));
+                ADD(qc[q], 1);
+                ADD(qc[q] + 1, x);
+                ADD(qc[q] + 2, x * x);
+                if (q == 0 || !has_tid)
+                    continue;   /* evidence: the largest outputs and the slowest calls */
+                int may = may_top(p, qc[q], x);
+                if (may < 0)
+                    goto fail;
+                if (may) {
+                    PyObject *ox = PyLong_FromLongLong(x);
+                    if (ox == NULL)
+                        goto fail;
+                    int err = call(top, p, S.counter_obj[qc[q]], ox, tid);
+                    Py_DECREF(ox);
+                    if (err < 0)
+                        goto fail;
+                }
+            }
+        } else if (code == OP_TOOL) {
+            ADD(C_TOOL, 1);
+            FLAG(F_SCHEMA_VALID, Py_False, C_SCHEMA_INV);
+            FLAG(F_FABRICATED, Py_True, C_FABRICATED);
+        } else if (code == OP_MEMWRITE) {
+            COUNT(C_MEMWRITE);
+        } else if (code == OP_OVERRIDE) {
+            COUNT(C_OVERRIDE);
+        }
+        PyObject *rv = SLOT(ev, S.off[F_RETRIES]);
+        if (rv != S.unset && _PyLong_Sign(rv) > 0) {
+            int overflow = 0;
+            long long n = PyLong_AsLongLongAndOverflow(rv, &overflow);
+            if (overflow || n > S.max_retries)
+                n = S.max_retries;
+            ADD(C_RETRIES, n);
+            SAMPLE(C_RETRIES);
+        }
+        if (SLOT(ev, S.off[F_ERROR_TYPE]) != S.unset
+                || str_is(SLOT(ev, S.off[F_FINISH_REASON]), "error")
+                || str_is(SLOT(ev, S.off[F_TOOL_STATUS]), "error")) {
+            COUNT(C_ERRORS);
+        }
+        PyObject *hits = SLOT(ev, S.off[F_SAFETY_HITS]);
+        if (hits != S.unset && PyList_GET_SIZE(hits) > 0
+                && call(safety, p, hits, has_tid ? tid : Py_None, NULL) < 0)
+            goto fail;
+        /* The 1-in-16 sample of all events: ids that start with "0" (see counting.py). */
+        if (has_tid && PyUnicode_READ_CHAR(tid, 0) == '0'
+                && call(sample_events, p, tid, NULL, NULL) < 0)
+            goto fail;
+#undef FLAG
+#undef COUNT
+#undef SAMPLE
+#undef ADD
+        Py_CLEAR(p);
+    }
+    Py_XDECREF(w_obj);
+    Py_DECREF(evs);
+    int err = table_flush(&t);
+    PyMem_Free(t.slots);
+    if (err < 0)
+        return NULL;
+    return Py_BuildValue("ndn", i, max_ts, late);
+
+fail:
+    Py_XDECREF(w_obj);
+    Py_XDECREF(p);
+    Py_DECREF(evs);
+    {
+        /* Keep the counts of the events already counted, and the first error. */
+        PyObject *et, *ev_, *tb;
+        PyErr_Fetch(&et, &ev_, &tb);
+        table_flush(&t);
+        PyErr_Restore(et, ev_, tb);
+    }
+    PyMem_Free(t.slots);
+    return NULL;
+}
+
+static PyObject *
+py_fixed_log1p(PyObject *self, PyObject *v)
+{
+    double d = as_quantity(v, 0);
+    if (d < 0) {
+        PyErr_SetString(PyExc_ValueError, "a non-negative int or finite float");
+        return NULL;
+    }
+    return PyLong_FromLongLong(fixed_log1p(d));
+}
+
+static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "Field offsets, counter indexes and constants."},
+    {"offsets", offsets, METH_O, "Slot offsets of TraceEvent fields."},
+    {"add_many", add_many, METH_VARARGS, "Count events from ``start`` (see the file's top)."},
+    {"fixed_log1p", py_fixed_log1p, METH_O, "A quantity as fixed-point log1p (for tests)."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "detector._tally",
+    "Stage 1's per-event counting in C; see detector/counting.py.", -1, methods,
+};
+
+PyMODINIT_FUNC
+PyInit__tally(void)
+{
+    return PyModule_Create(&module);
+}

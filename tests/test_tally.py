@@ -1,0 +1,147 @@
+"""The C counting (detector/_tally.c) against the Python counting it accelerates
+(``Aggregator._add_py``, the reference): the same partials, late counts and watermark for
+any events, including the ones the C path hands back to Python."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import msgspec
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detector import counting
+from detector.config import Config
+from detector.events import TraceEvent, decode_many
+from detector.partials import SCALE, Partial
+from detector.windows import Aggregator
+
+HEX = "0123456789abcdef"
+OPS = ["chat", "text_completion", "execute_tool", "memory_write", "human_override",
+       "invoke_agent", "something_else"]
+HUGE = 10**400
+
+
+def test_the_accelerator_is_built_here() -> None:
+    # CI and `make test` compile it (a C compiler is part of the set-up): the comparisons
+    # below must not silently compare Python with itself.
+    assert counting._tally is not None, "detector._tally did not build; see setup.py"
+
+
+@st.composite
+def event(draw: st.DrawFn, t0: float) -> dict:
+    ev: dict = {"ts": t0 + draw(st.floats(0, 400, allow_nan=False)),
+                "operation": draw(st.sampled_from(OPS)),
+                "tenant": draw(st.sampled_from(["t1", "t2", "t3"])),
+                "app": draw(st.sampled_from(["a", "b"]))}
+    opt = {
+        "trace_id": st.sampled_from("0123f").flatmap(
+            lambda c: st.text(HEX, min_size=31, max_size=31).map(lambda s: c + s)),
+        "environment": st.sampled_from(["production", "canary"]),
+        "model_version": st.sampled_from(["m1", "m2"]),
+        "prompt_version": st.sampled_from(["v1", "v2", "v3"]),
+        "refusal": st.booleans(), "instruction_violation": st.booleans(),
+        "output_format_valid": st.booleans(), "schema_valid": st.booleans(),
+        "tool_result_fabricated": st.booleans(),
+        "input_tokens": st.one_of(st.integers(0, 5000), st.just(HUGE)),
+        "output_tokens": st.integers(0, 2**70),
+        "latency_ms": st.floats(0, 1e6, allow_nan=False),
+        "retries": st.one_of(st.integers(0, 3), st.just(HUGE)),
+        "error_type": st.just("timeout"),
+        "finish_reason": st.sampled_from(["stop", "error", "length"]),
+        "tool_status": st.sampled_from(["ok", "error"]),
+        "safety_hits": st.lists(st.sampled_from(["pii", "secret_leak", "weird", "jailbreak"]),
+                                max_size=3),
+    }
+    for name, strat in opt.items():
+        if draw(st.booleans()):
+            ev[name] = draw(strat)
+    return ev
+
+
+def _drive(config: Config, batches: list[list[TraceEvent]], python: bool
+           ) -> tuple[list[Partial], int, float, int]:
+    agg = Aggregator(config)
+    add = agg._add_py if python else agg.add_many
+    out: list[Partial] = []
+    for evs in batches:
+        add(evs)
+        out += agg.drain()    # closes windows between batches: later events can be late
+    return out + agg.drain_all(), agg.late, agg.max_ts, agg.folded
+
+
+def _same(config: Config, batches: list[list[bytes]]) -> list[Partial]:
+    # Each path gets events decoded afresh: the counting must not depend on the other's.
+    c = _drive(config, [decode_many(b)[0] for b in batches], python=False)
+    py = _drive(config, [decode_many(b)[0] for b in batches], python=True)
+    assert c == py
+    return c[0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(event(1_000_000.0), max_size=60), min_size=1, max_size=5))
+def test_c_counts_what_python_counts(config: Config, batches: list[list[dict]]) -> None:
+    # json, not orjson: orjson does not write integers past 64 bits.
+    parts = _same(config, [[json.dumps(e).encode() for e in b] for b in batches])
+    n = sum(map(len, batches))
+    assert sum(p.counts[0] for p in parts if p.level == 0) <= n
+
+
+def test_c_and_python_agree_on_ties_and_past_the_cohort_and_version_budgets(config: Config) -> None:
+    small = msgspec.structs.replace(config, cohorts=msgspec.structs.replace(
+        config.cohorts, max_cohorts=4))
+    rng = random.Random(5)
+    batches = [[orjson.dumps({
+        "ts": 5000.0 + b * 20 + i / 50, "operation": "chat", "tenant": f"t{rng.randrange(9)}",
+        "app": "a", "model_version": f"m{rng.randrange(30)}",
+        "output_tokens": rng.choice([5, 6, 7]), "latency_ms": rng.choice([10.0, 20.0]),  # ties
+        "trace_id": f"{rng.getrandbits(128):032x}", "refusal": rng.random() < 0.3})
+        for i in range(500)] for b in range(6)]
+    parts = _same(small, batches)
+    assert ("other", "other", "other") in {p.cohort for p in parts}
+
+
+def test_events_of_an_unexpected_shape_are_counted_by_python_in_order(config: Config) -> None:
+    """Events built by hand (an int timestamp, a float token count, a bool retries) are not
+    what decode() makes: the C path stops at each and the Python path counts it."""
+    odd = [TraceEvent(ts=1_000_030, operation="chat", app="a", input_tokens=7.5),
+           TraceEvent(ts=1_000_031.0, operation="chat", app="a", retries=True),
+           TraceEvent(ts=1_000_032.0, operation="chat", app="a", output_tokens=-0.0)]
+    normal = decode_many([orjson.dumps({"ts": 1_000_000.0 + i, "operation": "chat",
+                                        "app": "a", "input_tokens": i}) for i in range(60)])[0]
+    mixed = normal[:30] + odd + normal[30:]
+    c = Aggregator(config)
+    c.add_many(list(mixed))
+    py = Aggregator(config)
+    py._add_py(list(mixed))
+    assert c.drain_all() == py.drain_all()
+    assert c.max_ts == py.max_ts == 1_000_059.0
+
+
+def test_fixed_point_log1p_is_pythons_to_the_last_unit() -> None:
+    rng = random.Random(3)
+    values = [*range(0, 20_000), *(rng.randrange(2**60) for _ in range(20_000)),
+              *(rng.random() * 10 ** rng.randrange(-8, 300) for _ in range(20_000)),
+              math.ulp(0.0), 2**53 + 1, HUGE]
+    fixed = counting._tally.fixed_log1p
+    for v in values:
+        assert fixed(v) == int(math.log1p(min(v, counting._FMAX)) * SCALE + 0.5), v
+
+
+def test_a_timestamp_near_the_float_maximum_is_counted_alike(config: Config) -> None:
+    """Valid by the contract; its window index is past 64 bits, and so is the closed-window
+    mark once it has been drained."""
+    far = [orjson.dumps({"ts": 1e300, "operation": "chat", "app": "a"})]
+    near = [orjson.dumps({"ts": 1_000_000.0 + i, "operation": "chat", "app": "a"})
+            for i in range(10)]
+    batches = [near, far, near]
+    parts = _same(config, batches)
+    assert sum(p.counts[0] for p in parts if p.level == 1 and p.window < 10**9) == 10
+    agg = Aggregator(config)
+    for b in batches:
+        agg.add_many(decode_many(b)[0])
+        agg.drain()
+    assert agg.late == 10   # the second ten: their window closed when the far one came
