@@ -249,6 +249,7 @@ class Stage1Runner(ConsumerRebalanceListener):
         self._last_sent: dict[int, tuple[float, bool, float]] = {}
         self._sent_at = 0.0
         self._flushed_at = 0.0
+        self._was_behind = False
         self._log_at = 0.0
         self.stats = {"events": 0, "messages": 0, "rejected": 0, "late": 0, "flushes": 0}
         self.lag: dict[int, int] = {}
@@ -312,10 +313,7 @@ class Stage1Runner(ConsumerRebalanceListener):
                             # sat idle in select() for ~20 % of a backlog without it).
                             await asyncio.sleep(0)
                             urgent |= self._feed({tp: chunk}, now)
-                    # Behind on a backlog, flush less often: each flush costs stage 2 a merge
-                    # and a state write per route key, whatever the events it carries.
-                    due = self.flush_interval * (BACKLOG_FLUSH_FACTOR if self._behind() else 1)
-                    if urgent or now - self._flushed_at >= due:
+                    if self._flush_due(now, urgent):
                         await self._flush(now)
                 backoff = 0.5
             except (KafkaError, OSError) as e:
@@ -328,6 +326,16 @@ class Stage1Runner(ConsumerRebalanceListener):
                                             "retry_in_s": backoff}).decode())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _flush_due(self, now: float, urgent: bool) -> bool:
+        """Flush partials and commit now? At once after a hard-rule hit, and when a backlog
+        has just been read to its end (the alerts it held back are due). Else every interval,
+        and every BACKLOG_FLUSH_FACTOR intervals while behind: each flush costs stage 2 a merge
+        and a state write per route key, whatever the events it carries."""
+        behind = self._behind()
+        caught_up, self._was_behind = self._was_behind and not behind, behind
+        due = self.flush_interval * (BACKLOG_FLUSH_FACTOR if behind else 1)
+        return urgent or caught_up or now - self._flushed_at >= due
 
     def _chunks(self, recs: list[Any]) -> Iterator[list[Any]]:
         """``recs`` in pieces of about CHUNK_EVENTS events, sized from the events per message

@@ -44,3 +44,19 @@ def test_behind_means_a_partition_has_records_past_what_was_read() -> None:
     assert r._behind()
     r.consumer = _Fetched({0: 10})                  # type: ignore[assignment]
     assert not r._behind()                          # no fetch yet for partition 1: unknown
+
+
+def test_a_flush_is_due_at_once_when_a_backlog_has_been_read_to_its_end() -> None:
+    r = _runner()
+    cfg = load_config(None, env=False)
+    r.sources = {0: _Source(cfg, 0.0)}
+    r.sources[0].next_offset = 10
+    r._flushed_at = 100.0
+    r.consumer = _Fetched({0: 500})                 # type: ignore[assignment]
+    assert not r._flush_due(101.0, urgent=False)    # behind: every 4 intervals (2 s)
+    assert r._flush_due(101.0, urgent=True)         # a hard-rule hit goes out at once
+    assert r._flush_due(102.0, urgent=False)
+    r.consumer = _Fetched({0: 10})                  # type: ignore[assignment]
+    assert r._flush_due(100.1, urgent=False)        # just caught up: at once
+    assert not r._flush_due(100.2, urgent=False)    # then every interval (0.5 s)
+    assert r._flush_due(100.5, urgent=False)
