@@ -34,7 +34,8 @@ enum { OP_OTHER, OP_MODEL, OP_TOOL, OP_MEMWRITE, OP_OVERRIDE };
 static struct {
     PyTypeObject *event_type;
     PyTypeObject *partial_type;
-    Py_ssize_t off_counts, off_top;
+    Py_ssize_t off_counts, off_samples, off_top;
+    PyObject *heappush, *heapreplace;    /* heapq's, in C */
     PyObject *unset;
     Py_ssize_t off[N_FIELDS];
     Py_ssize_t counter[N_COUNTERS];
@@ -80,17 +81,24 @@ configure(PyObject *self, PyObject *args)
                           &unset, &PyTuple_Type, &names, &PyTuple_Type, &counters,
                           &PyDict_Type, &opcodes, &top_k, &max_retries))
         return NULL;
-    PyObject *n_counts = PyUnicode_FromString("counts"), *n_top = PyUnicode_FromString("top");
-    if (n_counts == NULL || n_top == NULL) {
-        Py_XDECREF(n_counts);
-        Py_XDECREF(n_top);
-        return NULL;
+    const char *pf[3] = {"counts", "samples", "top"};
+    Py_ssize_t *po[3] = {&S.off_counts, &S.off_samples, &S.off_top};
+    for (int i = 0; i < 3; i++) {
+        PyObject *name = PyUnicode_FromString(pf[i]);
+        if (name == NULL)
+            return NULL;
+        *po[i] = member_offset((PyTypeObject *)ptype, name);
+        Py_DECREF(name);
+        if (*po[i] < 0)
+            return NULL;
     }
-    S.off_counts = member_offset((PyTypeObject *)ptype, n_counts);
-    S.off_top = member_offset((PyTypeObject *)ptype, n_top);
-    Py_DECREF(n_counts);
-    Py_DECREF(n_top);
-    if (S.off_counts < 0 || S.off_top < 0)
+    PyObject *heapq = PyImport_ImportModule("_heapq");
+    if (heapq == NULL)
+        return NULL;
+    Py_XSETREF(S.heappush, PyObject_GetAttrString(heapq, "heappush"));
+    Py_XSETREF(S.heapreplace, PyObject_GetAttrString(heapq, "heapreplace"));
+    Py_DECREF(heapq);
+    if (S.heappush == NULL || S.heapreplace == NULL)
         return NULL;
     if (PyTuple_GET_SIZE(names) != N_FIELDS || PyTuple_GET_SIZE(counters) != N_COUNTERS) {
         PyErr_SetString(PyExc_ValueError, "configure: wrong number of fields or counters");
@@ -359,30 +367,120 @@ partial_field(PyObject *p, Py_ssize_t off, const char *name)
     return PyObject_GetAttrString(p, name);
 }
 
-/* Whether (x, tid) could enter the top-k of quantity counter ``c`` of partial ``p``: most
- * values are below the smallest of a full top-k, and need no call into Python. */
+/* Keep (x, tid) among the top_k largest of quantity counter c (a min-heap per counter in
+ * p.top): Counting._top. Most values are below the smallest of a full heap and cost only a
+ * dict lookup. */
 static int
-may_top(PyObject *p, int c, long long x)
+top_insert(PyObject *p, int c, long long x, PyObject *tid)
 {
     PyObject *tops = partial_field(p, S.off_top, "top");
     if (tops == NULL)
         return -1;
-    int out = 1;
+    int err = 0;
+    PyObject *item = NULL, *r = NULL;
     PyObject *h = PyDict_GetItemWithError(tops, S.counter_obj[c]);
     if (h == NULL && PyErr_Occurred())
-        out = -1;
-    else if (h != NULL && PyList_CheckExact(h) && PyList_GET_SIZE(h) >= S.top_k) {
+        goto done;
+    if (h != NULL && PyList_CheckExact(h) && PyList_GET_SIZE(h) >= S.top_k) {
         PyObject *h0 = PyList_GET_ITEM(h, 0);
         if (PyTuple_CheckExact(h0) && PyTuple_GET_SIZE(h0) == 2) {
             long long least = PyLong_AsLongLong(PyTuple_GET_ITEM(h0, 0));
             if (least == -1 && PyErr_Occurred())
-                PyErr_Clear();   /* not an int64: let Python compare */
+                PyErr_Clear();   /* not an int64: the comparison below decides */
             else if (x < least)
-                out = 0;
+                goto done;
         }
     }
+    if ((item = Py_BuildValue("(LO)", x, tid)) == NULL)
+        goto done;
+    if (h == NULL) {
+        PyObject *lst = PyList_New(1);
+        if (lst == NULL)
+            goto done;
+        Py_INCREF(item);
+        PyList_SET_ITEM(lst, 0, item);
+        err = PyDict_SetItem(tops, S.counter_obj[c], lst);
+        Py_DECREF(lst);
+        goto done;
+    }
+    if (PyList_GET_SIZE(h) < S.top_k) {
+        r = PyObject_CallFunctionObjArgs(S.heappush, h, item, NULL);
+    } else {
+        /* x >= h[0][0] and (x, tid) > h[0]: ties broken by id, so the result is order-free */
+        int gt = PyObject_RichCompareBool(item, PyList_GET_ITEM(h, 0), Py_GT);
+        if (gt < 0)
+            goto done;
+        if (gt)
+            r = PyObject_CallFunctionObjArgs(S.heapreplace, h, item, NULL);
+        else
+            r = Py_NewRef(Py_None);
+    }
+    if (r == NULL)
+        err = -1;
+done:
+    if (PyErr_Occurred())
+        err = -1;
+    Py_XDECREF(r);
+    Py_XDECREF(item);
     Py_DECREF(tops);
-    return out;
+    return err;
+}
+
+/* partials.bottom: ``tid`` into the sorted list ``lst`` of the k smallest ids, once. */
+static int
+bottom_insert(PyObject *lst, PyObject *tid, Py_ssize_t k)
+{
+    Py_ssize_t n = PyList_GET_SIZE(lst);
+    if (n >= k) {
+        int lt = PyObject_RichCompareBool(tid, PyList_GET_ITEM(lst, n - 1), Py_LT);
+        if (lt <= 0)
+            return lt;   /* not among the k smallest (or an error) */
+    }
+    Py_ssize_t lo = 0, hi = n;
+    while (lo < hi) {   /* bisect.insort's position: after any equal id */
+        Py_ssize_t mid = (lo + hi) / 2;
+        int lt = PyObject_RichCompareBool(tid, PyList_GET_ITEM(lst, mid), Py_LT);
+        if (lt < 0)
+            return -1;
+        if (lt)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    if (lo > 0) {   /* sorted, so an equal id is just before */
+        int eq = PyObject_RichCompareBool(PyList_GET_ITEM(lst, lo - 1), tid, Py_EQ);
+        if (eq != 0)
+            return eq < 0 ? -1 : 0;
+    }
+    if (PyList_Insert(lst, lo, tid) < 0)
+        return -1;
+    if (n >= k)
+        return PyList_SetSlice(lst, n, n + 1, NULL);   /* drop the largest */
+    return 0;
+}
+
+/* ``bottom(p.samples.setdefault(c, []), tid, k)``: Counting._sample. */
+static int
+sample_insert(PyObject *p, int c, PyObject *tid, Py_ssize_t k)
+{
+    PyObject *samples = partial_field(p, S.off_samples, "samples");
+    if (samples == NULL)
+        return -1;
+    int err = -1;
+    PyObject *lst = PyDict_GetItemWithError(samples, S.counter_obj[c]);
+    if (lst != NULL) {
+        err = PyList_CheckExact(lst) ? bottom_insert(lst, tid, k) : -1;
+        if (err < 0 && !PyErr_Occurred())
+            PyErr_SetString(PyExc_TypeError, "a partial's samples are not lists");
+    } else if (!PyErr_Occurred() && (lst = PyList_New(0)) != NULL) {
+        if (k > 0 && PyList_Append(lst, tid) < 0)
+            err = -1;
+        else
+            err = PyDict_SetItem(samples, S.counter_obj[c], lst);
+        Py_DECREF(lst);
+    }
+    Py_DECREF(samples);
+    return err;
 }
 
 /* The event's open partial, keyed (w, (cohort fields..., version fields...)) as in
@@ -427,8 +525,8 @@ call(PyObject *f, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
 
 /* add_many(evs, start, ctx, closed_before, max_ts) -> (stop, max_ts, late)
  *
- * ctx = (open, partial_for, sample, sample_events, top, safety, size, key_offsets, k):
- * Aggregator._open and the Aggregator methods for the rare work. Counts evs[start:] until
+ * ctx = (open, partial_for, safety, size, key_offsets, k): Aggregator._open, and the
+ * Aggregator methods that make a partial and count safety labels. Counts evs[start:] until
  * the end or an event of an unexpected shape, whose index is returned as ``stop``. */
 static PyObject *
 add_many(PyObject *self, PyObject *args)
@@ -444,12 +542,11 @@ add_many(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return NULL;
     }
-    PyObject *open_, *partial_for, *sample, *sample_events, *top, *safety, *key_offsets;
+    PyObject *open_, *partial_for, *safety, *key_offsets;
     double size;
     Py_ssize_t k;
-    if (!PyArg_ParseTuple(ctx, "O!OOOOOdO!n", &PyDict_Type, &open_, &partial_for, &sample,
-                          &sample_events, &top, &safety, &size, &PyTuple_Type, &key_offsets,
-                          &k))
+    if (!PyArg_ParseTuple(ctx, "O!OOdO!n", &PyDict_Type, &open_, &partial_for, &safety, &size,
+                          &PyTuple_Type, &key_offsets, &k))
         return NULL;
     Py_ssize_t nkey = PyTuple_GET_SIZE(key_offsets);
     Py_ssize_t koff[16];
@@ -516,7 +613,7 @@ add_many(PyObject *self, PyObject *args)
         PyObject *tid = SLOT(ev, S.off[F_TRACE_ID]);
         int has_tid = tid != S.unset && PyUnicode_GET_LENGTH(tid) > 0;
 #define SAMPLE(c) do { \
-            if (has_tid && call(sample, p, S.counter_obj[c], tid, NULL) < 0) goto fail; \
+            if (has_tid && sample_insert(p, c, tid, k) < 0) goto fail; \
         } while (0)
 /* One more of counter c, and the event's id as its evidence; FLAG: if field f is ``is``. */
 #define COUNT(c) do { ADD(c, 1); SAMPLE(c); } while (0)
@@ -549,18 +646,8 @@ add_many(PyObject *self, PyObject *args)
                 ADD(qc[q] + 2, x * x);
                 if (q == 0 || !has_tid)
                     continue;   /* evidence: the largest outputs and the slowest calls */
-                int may = may_top(p, qc[q], x);
-                if (may < 0)
+                if (top_insert(p, qc[q], x, tid) < 0)
                     goto fail;
-                if (may) {
-                    PyObject *ox = PyLong_FromLongLong(x);
-                    if (ox == NULL)
-                        goto fail;
-                    int err = call(top, p, S.counter_obj[qc[q]], ox, tid);
-                    Py_DECREF(ox);
-                    if (err < 0)
-                        goto fail;
-                }
             }
         } else if (code == OP_TOOL) {
             ADD(C_TOOL, 1);
@@ -591,7 +678,7 @@ add_many(PyObject *self, PyObject *args)
             goto fail;
         /* The 1-in-16 sample of all events: ids that start with "0" (see counting.py). */
         if (has_tid && PyUnicode_READ_CHAR(tid, 0) == '0'
-                && call(sample_events, p, tid, NULL, NULL) < 0)
+                && sample_insert(p, C_EVENTS, tid, k) < 0)
             goto fail;
 #undef FLAG
 #undef COUNT

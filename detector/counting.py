@@ -97,8 +97,7 @@ class Counting:
         """What the C counting needs, gathered once (see ``add_many`` in _tally.c)."""
         if _tally is None:
             return ()
-        return (self._open, self._partial_for, self._sample, self._sample_events, self._top,
-                self._safety, float(self.size),
+        return (self._open, self._partial_for, self._safety, float(self.size),
                 _tally.offsets((*self.finest, *VERSION_FIELDS)), self.k)
 
     def add(self, ev: TraceEvent) -> None:
