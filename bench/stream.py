@@ -113,15 +113,20 @@ async def raw(bootstrap: str, topic: str, n_events: int) -> float:
     return got / (time.perf_counter() - (t0 or time.perf_counter()))
 
 
-async def committed_all(bootstrap: str, group: str, topic: str) -> bool:
+async def topic_ends(bootstrap: str, topic: str) -> dict[TopicPartition, int | None]:
+    """Each partition's log end (the topic does not change during a run: found once)."""
     tps = [TopicPartition(topic, p) for p in range(P)]
-    ends = await fetch_highwaters(bootstrap, dict.fromkeys(tps, 1))
+    return await fetch_highwaters(bootstrap, dict.fromkeys(tps, 1))
+
+
+async def committed_all(bootstrap: str, group: str, ends: dict[TopicPartition, int | None]
+                        ) -> bool:
     # OffsetFetch through a consumer that never joins (Tansu drops the admin variant).
     c = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
     await c.start()
     try:
-        for tp in tps:
-            if ends[tp] is None or ((await c.committed(tp)) or 0) < ends[tp]:
+        for tp, end in ends.items():
+            if end is None or ((await c.committed(tp)) or 0) < end:
                 return False   # an unknown end is not "all committed"
         return True
     finally:
@@ -146,6 +151,7 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
                        dead_letter_topic=f"dlq-{group}", group=group,
                        idle_partition_timeout_seconds=5)
     env = {"DETECTOR_KAFKA_SESSION_TIMEOUT_SECONDS": "6"}
+    ends = asyncio.run(topic_ends(b.bootstrap, topic))
     ws = [WorkerProc(cfg, tmp / f"{group}-{i}.log", env) for i in range(n_workers)]
     reader = AlertReader(b.bootstrap, f"alerts-{group}")
     try:
@@ -161,10 +167,11 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
                 continue
             # The watcher must not take CPU the workers need (2 cores here): a long poll of the
             # alerts topic returns as soon as an alert is there, and the commit check, which
-            # starts a consumer (~10 ms of CPU), runs once a second.
+            # starts a consumer (~10 ms of CPU) and reads the committed offsets against ends
+            # found before the run, runs once a second.
             if t_committed is None and time.monotonic() - checked >= 1.0:
                 checked = time.monotonic()
-                if asyncio.run(committed_all(b.bootstrap, f"{group}-stage1", topic)):
+                if asyncio.run(committed_all(b.bootstrap, f"{group}-stage1", ends)):
                     t_committed = time.perf_counter() - t0
             if expected <= {(a["id"], a["status"]) for a in reader.poll(0.5)}:
                 return (time.perf_counter() - t0, t_committed or time.perf_counter() - t0,
