@@ -1,6 +1,7 @@
 """Writing simulated traffic as a trace file, the way producers really write it: RFC 3339 and
 epoch timestamps, a few JSON-array batches, a few events carrying prompt text the detector
-must drop, and a few counted malformed lines the detector must dead-letter.
+must drop, and a few counted malformed lines the detector must dead-letter. Fields come in
+the contract's order, as a producer built from the contract writes them (other fields after).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any, Final
 
 import orjson
 
+from detector.events import TraceEvent
+
 __all__ = ["TraceWriter", "rfc3339"]
 
 BATCH_SHARE: Final = 0.03  # lines that are a JSON array of 2-20 events
@@ -19,7 +22,11 @@ EPOCH_TS_SHARE: Final = 0.2
 TEXT_SHARE: Final = 0.01  # events carrying prompt/completion text the detector must drop
 _LOREM: Final = ("lorem", "ipsum", "dolor", "sit", "amet", "consectetur", "adipiscing", "elit",
                  "sed", "do", "eiusmod", "tempor", "incididunt", "ut", "labore", "magna")
-_SORT: Final = orjson.OPT_SORT_KEYS
+_RANK: Final = {f: i for i, f in enumerate(TraceEvent.__struct_fields__)}
+
+
+def _ordered(ev: dict[str, Any]) -> dict[str, Any]:
+    return dict(sorted(ev.items(), key=lambda kv: _RANK.get(kv[0], len(_RANK))))
 
 
 def rfc3339(ts_ms: int) -> str:
@@ -68,15 +75,16 @@ class TraceWriter:
             return
         if r < BATCH_SHARE + MALFORMED_SHARE:
             self._malformed(dict(ev))
-        self.buf.append(orjson.dumps(ev, option=_SORT) + b"\n")
+        self.buf.append(orjson.dumps(_ordered(ev)) + b"\n")
         self.lines += 1
         if len(self.buf) >= 8192:
             self.fh.write(b"".join(self.buf))
             self.buf.clear()
 
     def _flush_batch(self) -> None:
-        data = self.batch if len(self.batch) > 1 else self.batch[0]
-        self.buf.append(orjson.dumps(data, option=_SORT) + b"\n")
+        data = ([_ordered(e) for e in self.batch] if len(self.batch) > 1
+                else _ordered(self.batch[0]))
+        self.buf.append(orjson.dumps(data) + b"\n")
         self.lines += 1
         self.batch, self.batch_size = [], 0
 
@@ -93,7 +101,7 @@ class TraceWriter:
             ts = ev["ts"]
             ev["ts"] = ts[:-1] if isinstance(ts, str) else \
                 time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(int(ts)))
-        data = orjson.dumps(ev, option=_SORT)
+        data = orjson.dumps(_ordered(ev))
         if kind == "truncated":
             data = data[: self.rng.randint(10, len(data) - 2)]
         self.buf.append(data + b"\n")

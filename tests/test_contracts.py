@@ -19,3 +19,14 @@ def test_vendored_contract_matches_shared(name: str) -> None:
         assert os.environ.get("CI") != "true", f"{SHARED} missing in CI"
         pytest.skip(f"no {SHARED} beside this clone to compare with")
     assert (CONTRACTS / name).read_bytes() == (SHARED / name).read_bytes()
+
+
+def test_trace_event_fields_are_the_contracts_in_its_order() -> None:
+    """The decoder matches keys fastest in declared order, which is the contract's (see
+    TraceEvent), and the simulator writes that order."""
+    import json
+
+    from detector.events import TraceEvent
+
+    schema = json.loads((CONTRACTS / "trace-event.schema.json").read_text())
+    assert list(TraceEvent.__struct_fields__) == list(schema["properties"])
