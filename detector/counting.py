@@ -4,7 +4,7 @@ partial. The windows themselves (which partial, when it closes) are :mod:`detect
 The counting is done in C by :mod:`detector._tally` when it was built (``setup.py``), and
 otherwise by :meth:`Counting._add_py`, which is also the reference the C code is tested
 against (``tests/test_tally.py``): the same partials to the last counter and trace id.
-Both hand the rare work that changes evidence to the small methods at the end of the class.
+The C path calls back into Python only to make a partial and to count safety labels.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ class Counting:
         self.max_ts = max_ts
         self.late += late
 
-    # -- evidence: rare per event, shared by the Python and the C counting ------------------
+    # -- evidence: rare per event (the C path keeps ids and values itself, but for safety) --
     def _sample(self, p: Partial, counter: int, tid: str) -> None:
         bottom(p.samples.setdefault(counter, []), tid, self.k)
 
