@@ -12,9 +12,7 @@
  * methods, and an event of an unexpected shape (built by hand rather than decoded) makes
  * add_many stop before touching anything, so that the Python path counts that event.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <structmember.h>
+#include "_slots.h"
 #include <float.h>
 #include <math.h>
 
@@ -46,28 +44,6 @@ static struct {
     int ready;
 } S;
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
-
-static Py_ssize_t
-member_offset(PyTypeObject *type, PyObject *name)
-{
-    PyObject *d = PyDict_GetItemWithError(type->tp_dict, name);
-    if (d == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_AttributeError, "%s has no field %R", type->tp_name, name);
-        return -1;
-    }
-    if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
-        PyErr_Format(PyExc_TypeError, "%s.%U is not a slot", type->tp_name, name);
-        return -1;
-    }
-    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-    if (m->type != T_OBJECT_EX && m->type != T_OBJECT) {
-        PyErr_Format(PyExc_TypeError, "%s.%U does not hold an object", type->tp_name, name);
-        return -1;
-    }
-    return m->offset;
-}
 
 /* configure(event_type, partial_type, unset, field_names, counter_indexes, opcodes, top_k,
  *           max_retries) */
@@ -81,17 +57,10 @@ configure(PyObject *self, PyObject *args)
                           &unset, &PyTuple_Type, &names, &PyTuple_Type, &counters,
                           &PyDict_Type, &opcodes, &top_k, &max_retries))
         return NULL;
-    const char *pf[3] = {"counts", "samples", "top"};
-    Py_ssize_t *po[3] = {&S.off_counts, &S.off_samples, &S.off_top};
-    for (int i = 0; i < 3; i++) {
-        PyObject *name = PyUnicode_FromString(pf[i]);
-        if (name == NULL)
-            return NULL;
-        *po[i] = member_offset((PyTypeObject *)ptype, name);
-        Py_DECREF(name);
-        if (*po[i] < 0)
-            return NULL;
-    }
+    if ((S.off_counts = slot_offset_s((PyTypeObject *)ptype, "counts")) < 0
+            || (S.off_samples = slot_offset_s((PyTypeObject *)ptype, "samples")) < 0
+            || (S.off_top = slot_offset_s((PyTypeObject *)ptype, "top")) < 0)
+        return NULL;
     PyObject *heapq = PyImport_ImportModule("_heapq");
     if (heapq == NULL)
         return NULL;
@@ -105,7 +74,7 @@ configure(PyObject *self, PyObject *args)
         return NULL;
     }
     for (Py_ssize_t i = 0; i < N_FIELDS; i++) {
-        Py_ssize_t off = member_offset((PyTypeObject *)type, PyTuple_GET_ITEM(names, i));
+        Py_ssize_t off = slot_offset((PyTypeObject *)type, PyTuple_GET_ITEM(names, i));
         if (off < 0)
             return NULL;
         S.off[i] = off;
@@ -153,7 +122,7 @@ offsets(PyObject *self, PyObject *names)
     if (out == NULL)
         return NULL;
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t off = member_offset(S.event_type, PyTuple_GET_ITEM(names, i));
+        Py_ssize_t off = slot_offset(S.event_type, PyTuple_GET_ITEM(names, i));
         PyObject *o = off < 0 ? NULL : PyLong_FromSsize_t(off);
         if (o == NULL) {
             Py_DECREF(out);
