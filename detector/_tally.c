@@ -5,10 +5,10 @@
  * Why C: on a backlog of 100-event messages, the counting loop was 42 % of a worker's time,
  * and in Python it costs ~2 us an event whatever the loop looks like: it is one attribute
  * read, dict lookup or boxed-int update after another. Here an event's fields are read at
- * their slot offsets in the msgspec struct and counters are updated in place.
+ * their slot offsets in the msgspec struct, counter increments are summed per partial and
+ * added once per call, and the evidence (bottom-k trace ids, top-k values) is kept here too.
  *
- * Only the common work is done here. Whatever changes evidence (bottom-k trace ids, top-k
- * quantities, safety labels) or makes a partial is handed back to the Aggregator's own
+ * Making a partial and counting safety labels are handed back to the Aggregator's own
  * methods, and an event of an unexpected shape (built by hand rather than decoded) makes
  * add_many stop before touching anything, so that the Python path counts that event.
  */
