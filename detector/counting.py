@@ -227,25 +227,17 @@ class Counting:
             hits = ev.safety_hits
             if hits:
                 self._safety(p, hits, tid)
+            # Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
+            # trace ids that start with "0" (ids are random, so it is a uniform, order-free
+            # sample).
             if tid and tid[0] == "0":  # type: ignore[index]
-                self._sample_events(p, tid)  # type: ignore[arg-type]
+                sample(p, EVENTS, tid)
         self.max_ts = max_ts
         self.late += late
 
     # -- evidence: rare per event (the C path keeps ids and values itself, but for safety) --
     def _sample(self, p: Partial, counter: int, tid: str) -> None:
         bottom(p.samples.setdefault(counter, []), tid, self.k)
-
-    def _sample_events(self, p: Partial, tid: str) -> None:
-        """Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
-        trace ids that start with "0" (ids are random, so it is a uniform, order-free
-        sample)."""
-        s = p.samples
-        lst = s.get(EVENTS)
-        if lst is None:
-            s[EVENTS] = [tid]
-        elif len(lst) < self.k or tid < lst[-1]:
-            bottom(lst, tid, self.k)
 
     def _top(self, p: Partial, counter: int, x: int, tid: str) -> None:
         """Keep (x, tid) among the TOP_K largest of this quantity (a min-heap)."""
@@ -268,4 +260,4 @@ class Counting:
             i = idx.get(label, other)
             c[i] += 1
             if tid:
-                bottom(p.samples.setdefault(i, []), tid, self.k)
+                self._sample(p, i, tid)
