@@ -44,7 +44,6 @@ static struct {
     int ready;
 } S;
 
-
 /* configure(event_type, partial_type, unset, field_names, counter_indexes, opcodes, top_k,
  *           max_retries) */
 static PyObject *
@@ -153,12 +152,10 @@ floor_div(double vx, double wx)
     return copysign(0.0, vx / wx);
 }
 
-/* ``int(log1p(min(v, FLOAT_MAX)) * 1024 + 0.5)``: see partials.SCALE. */
+/* ``int(log1p(v) * 1024 + 0.5)`` for a value from as_quantity: see partials.SCALE. */
 static long long
 fixed_log1p(double d)
 {
-    if (!(d < DBL_MAX))   /* also NaN, as ``v if v < _FMAX else _FMAX`` does */
-        d = DBL_MAX;
     return (long long)(log1p(d) * 1024.0 + 0.5);
 }
 
@@ -282,9 +279,10 @@ is_str_or_unset(PyObject *v)
     return v == S.unset || PyUnicode_CheckExact(v);
 }
 
-/* Whether the C path can count this event exactly as the Python path would. */
+/* Whether the C path can count this event exactly as the Python path would; if so, its
+ * input tokens, output tokens and latency in q (-1 where unset). */
 static int
-expected_shape(PyObject *ev)
+expected_shape(PyObject *ev, double q[3])
 {
     if (Py_TYPE(ev) != S.event_type)
         return 0;
@@ -300,14 +298,14 @@ expected_shape(PyObject *ev)
             || !is_str_or_unset(SLOT(ev, S.off[F_FINISH_REASON]))
             || !is_str_or_unset(SLOT(ev, S.off[F_TOOL_STATUS])))
         return 0;
-    PyObject *v;
-    if ((v = SLOT(ev, S.off[F_IN_TOK])) != S.unset && as_quantity(v, 1) < 0)
-        return 0;
-    if ((v = SLOT(ev, S.off[F_OUT_TOK])) != S.unset && as_quantity(v, 1) < 0)
-        return 0;
-    if ((v = SLOT(ev, S.off[F_LATENCY])) != S.unset && as_quantity(v, 0) < 0)
-        return 0;
-    v = SLOT(ev, S.off[F_RETRIES]);
+    static const int qf[3] = {F_IN_TOK, F_OUT_TOK, F_LATENCY};
+    for (int i = 0; i < 3; i++) {
+        PyObject *v = SLOT(ev, S.off[qf[i]]);
+        q[i] = -1.0;
+        if (v != S.unset && (q[i] = as_quantity(v, i < 2)) < 0)
+            return 0;   /* not a count or a non-negative float: the Python path's */
+    }
+    PyObject *v = SLOT(ev, S.off[F_RETRIES]);
     if (v != S.unset && (!PyLong_CheckExact(v) || _PyLong_Sign(v) < 0))
         return 0;
     v = SLOT(ev, S.off[F_SAFETY_HITS]);
@@ -322,7 +320,8 @@ str_is(PyObject *v, const char *s)
     return v != S.unset && PyUnicode_CompareWithASCIIString(v, s) == 0;
 }
 
-/* The partial's slot (counts or top) when it is a Partial, else by name. A new reference. */
+/* A slot of partial p (counts, samples, top) when it is a Partial, else the attribute by
+ * name. A new reference. */
 static PyObject *
 partial_field(PyObject *p, Py_ssize_t off, const char *name)
 {
@@ -537,7 +536,8 @@ add_many(PyObject *self, PyObject *args)
     Py_INCREF(evs);
     for (; i < PyList_GET_SIZE(evs); i++) {
         PyObject *ev = PyList_GET_ITEM(evs, i);
-        if (!expected_shape(ev))
+        double q[3];
+        if (!expected_shape(ev, q))
             break;
         double ts = PyFloat_AS_DOUBLE(SLOT(ev, S.off[F_TS]));
         double fw = floor_div(ts, size);
@@ -603,19 +603,17 @@ add_many(PyObject *self, PyObject *args)
                 ADD(C_FMT_N, 1);
                 FLAG(F_FORMAT_VALID, Py_False, C_FMT_FAIL);
             }
-            static const int qf[3] = {F_IN_TOK, F_OUT_TOK, F_LATENCY};
             static const int qc[3] = {C_IN_N, C_OUT_N, C_LAT_N};
-            for (int q = 0; q < 3; q++) {
-                PyObject *v = SLOT(ev, S.off[qf[q]]);
-                if (v == S.unset)
-                    continue;
-                long long x = fixed_log1p(as_quantity(v, q < 2));
-                ADD(qc[q], 1);
-                ADD(qc[q] + 1, x);
-                ADD(qc[q] + 2, x * x);
-                if (q == 0 || !has_tid)
+            for (int j = 0; j < 3; j++) {
+                if (q[j] < 0)
+                    continue;   /* unset */
+                long long x = fixed_log1p(q[j]);
+                ADD(qc[j], 1);
+                ADD(qc[j] + 1, x);
+                ADD(qc[j] + 2, x * x);
+                if (j == 0 || !has_tid)
                     continue;   /* evidence: the largest outputs and the slowest calls */
-                if (top_insert(p, qc[q], x, tid) < 0)
+                if (top_insert(p, qc[j], x, tid) < 0)
                     goto fail;
             }
         } else if (code == OP_TOOL) {
