@@ -21,9 +21,7 @@ are never materialised.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import re
 import sys
 from collections import deque
@@ -204,14 +202,6 @@ def _one_item(item: object) -> TraceEvent | Rejection:
     return bad._replace(payload=_sanitise(item)) if bad else ev
 
 
-# The C version of _finish_all, unless it was not built or DETECTOR_NO_EXTENSIONS is set.
-_finish_c: Any = None
-if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
-    with contextlib.suppress(ImportError):
-        from detector import _finish as _finish_c
-if _finish_c is not None:
-    _finish_c.configure(TraceEvent, UNSET, datetime)
-
 _ts, _tid, _sid, _reason = (attrgetter(f) for f in ("ts", "trace_id", "span_id",
                                                      "override_reason"))
 _ONLY_UNSET: Final = frozenset((UNSET,))
@@ -219,20 +209,7 @@ _ONLY_UNSET: Final = frozenset((UNSET,))
 
 def _finish_all(evs: list[TraceEvent]) -> bool:
     """:func:`_finish` for a whole batch, ``False`` if an id is not hex (the caller then redoes
-    the batch event by event). In C (detector/_finish.c) when it was built."""
-    if _finish_c is not None:
-        done = _finish_c.finish_all(evs)
-        if done is not None:
-            ok, stamped = done
-            for ev in stamped:   # RFC 3339 stamps to epoch seconds
-                ev.ts = ev.ts.timestamp()
-            return ok  # type: ignore[no-any-return]
-    return _finish_all_py(evs)
-
-
-def _finish_all_py(evs: list[TraceEvent]) -> bool:
-    """:func:`_finish_all` in Python: the reference for the C version, and the fallback.
-    Each step is one C-level pass over the batch."""
+    the batch event by event). The hot path: each step is one C-level pass over the batch."""
     stamped = list(compress(evs, map(isinstance, map(_ts, evs), repeat(datetime))))
     if stamped:   # RFC 3339 stamps to epoch seconds
         deque(map(setattr, stamped, repeat("ts"), map(datetime.timestamp, map(_ts, stamped))), 0)

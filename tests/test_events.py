@@ -131,34 +131,3 @@ def test_decode_agrees_with_the_json_schema(obj: dict) -> None:
         assert valid, obj
     elif valid:
         assert isinstance(obj.get("ts"), str) or "trace_id" in obj, obj
-
-
-_ids = st.text("0123456789abcdefABCDEF", min_size=32, max_size=32)
-
-
-@st.composite
-def _finishing(draw: st.DrawFn) -> dict:
-    ev: dict = {"operation": "chat",
-                "ts": draw(st.one_of(st.floats(0, 2e9), st.just("2026-05-10T05:59:35.5+02:00")))}
-    if draw(st.booleans()):   # hex, or one character that is not (length is msgspec's check)
-        ev["trace_id"] = draw(st.one_of(_ids, _ids.map(lambda s: "g" + s[1:]),
-                                        _ids.map(lambda s: s[:5] + " " + s[6:]),
-                                        _ids.map(lambda s: "é" + s[1:])))
-    if draw(st.booleans()):
-        ev["span_id"] = draw(st.text("0123456789abcdef", min_size=16, max_size=16))
-    if draw(st.booleans()):
-        ev["override_reason"] = "the user said so"
-    return ev
-
-
-@settings(max_examples=150, deadline=None)
-@given(st.lists(_finishing(), max_size=30))
-def test_the_c_checks_after_decoding_are_the_python_ones(batch: list[dict]) -> None:
-    from detector import events
-
-    assert events._finish_c is not None, "detector._finish did not build; see setup.py"
-    data = orjson.dumps(batch)
-    c, py = events._many.decode(data), events._many.decode(data)
-    assert events._finish_all(c) == events._finish_all_py(py)
-    assert c == py   # timestamps made epoch seconds, free text dropped, alike
-    assert all(e.override_reason is events.UNSET for e in c)
