@@ -157,6 +157,9 @@ class KafkaConfig(_Base):
     session_timeout_seconds: Positive = 10.0
     # Stage 1 hands its partials to stage 2 (and commits) this often.
     flush_interval_seconds: Positive = 0.5
+    # Longest a consumer's fetch waits for new records (stage 1 and stage 2). Kafka answers a
+    # waiting fetch when records arrive; Tansu only at its next look, a share of this wait.
+    fetch_max_wait_seconds: Annotated[float, Meta(gt=0, le=10)] = 0.1
 
 
 class MetricsConfig(_Base):

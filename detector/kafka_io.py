@@ -36,6 +36,7 @@ __all__ = [
     "client_kwargs",
     "ensure_topics",
     "fetch_highwaters",
+    "fetch_wait_ms",
     "partition_for",
     "probe_metadata",
     "produce",
@@ -62,6 +63,11 @@ def client_kwargs(k: KafkaConfig | None) -> dict[str, Any]:
         kw["sasl_plain_username"] = k.sasl_username
         kw["sasl_plain_password"] = k.sasl_password
     return kw
+
+
+def fetch_wait_ms(k: KafkaConfig) -> int:
+    """``kafka.fetch_max_wait_seconds`` as aiokafka's ``fetch_max_wait_ms``."""
+    return max(1, round(k.fetch_max_wait_seconds * 1000))
 
 
 def partition_for(key: bytes, partitions: int) -> int:
@@ -255,15 +261,20 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.lag: dict[int, int] = {}
         self._per_message = 1.0   # events per message, last seen
 
-    async def start(self) -> None:
+    def new_consumer(self) -> AIOKafkaConsumer:
+        """The trace-topic consumer, not started (aiokafka binds it to the running loop)."""
         k = self.config.kafka
-        self.consumer = AIOKafkaConsumer(
+        return AIOKafkaConsumer(
             bootstrap_servers=k.brokers, group_id=f"{k.group}-stage1",
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(self.session_timeout * 1000),
             heartbeat_interval_ms=int(max(self.session_timeout / 4, 0.5) * 1000),
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
-            metadata_max_age_ms=5000, **self.kw)
+            fetch_max_wait_ms=fetch_wait_ms(k), metadata_max_age_ms=5000, **self.kw)
+
+    async def start(self) -> None:
+        k = self.config.kafka
+        self.consumer = self.new_consumer()
         self.producer = AIOKafkaProducer(bootstrap_servers=k.brokers, linger_ms=5,
                                          max_request_size=8 << 20, **self.kw)
         await self.producer.start()

@@ -116,7 +116,10 @@ class AlertReader:
             async def make() -> AIOKafkaConsumer:  # aiokafka binds to the running loop
                 c = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap,
                                      group_id=None, auto_offset_reset="earliest",
-                                     metadata_max_age_ms=2000)
+                                     metadata_max_age_ms=2000,
+                                     # Tansu answers a waiting fetch only at its next look,
+                                     # a share of this wait: keep what we time short.
+                                     fetch_max_wait_ms=50)
                 await c.start()
                 return c
             self._c = self._loop.run_until_complete(make())
