@@ -45,6 +45,7 @@ from detector.kafka_io import (
     Stage1Runner,
     client_kwargs,
     decode_envelope,
+    delay_follower_sync,
     ensure_topics,
     fetch_highwaters,
     fetch_wait_ms,
@@ -204,6 +205,7 @@ class Worker:
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         _patch_faust(cfg)
+        delay_follower_sync()
         # Faust makes a data directory even for memory tables; not in the caller's cwd.
         self._datadir = tempfile.TemporaryDirectory(prefix="detector-faust-")
         self.app = faust.App(
