@@ -84,7 +84,7 @@ def measure(incidents: int) -> list[float]:
 
 def report(d: list[float]) -> None:
     d_ms = sorted(x * 1000 for x in d)
-    q = statistics.quantiles(d_ms, n=100)
+    q = statistics.quantiles(d_ms, n=100, method="inclusive")   # never past the max
     print(f"event -> Alertmanager API, {len(d_ms)} incidents through Kafka and the worker:")
     print(f"  median {statistics.median(d_ms):.0f} ms   p95 {q[94]:.0f} ms   "
           f"p99 {q[98]:.0f} ms   max {d_ms[-1]:.0f} ms   (target p99 < 2000 ms)")
