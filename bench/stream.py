@@ -11,8 +11,12 @@ window's alerts are out: the traffic ends with a refusal spike in its last windo
 later event per partition that moves event time past that window's end plus the allowed
 lateness; the run is done when the alerts topic holds every alert that the same messages give
 through the in-process pipeline (no end-of-input flush: a stream never ends), the spike's
-among them. The time stage 1 committed its last offset is printed too. Every measurement is
-the median of ``--repeat`` runs: on this shared machine one 10 s run can be 30 % off.
+among them. The time stage 1 committed its last offset is printed too, and the CPU seconds the
+workers and the broker used in the run (two workers and the broker share 2 cores here).
+
+It runs ``--repeat`` rounds of raw, one worker, two workers, back to back; figures are medians
+over the rounds, and ratios are medians of the ratios within a round: this shared machine's
+speed drifts from minute to minute, and one 10 s run can be 30 % off.
 """
 
 from __future__ import annotations
@@ -20,12 +24,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import os
 import random
 import statistics
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
+from typing import NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -133,6 +140,12 @@ async def committed_all(bootstrap: str, group: str, ends: dict[TopicPartition, i
         await c.stop()
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the process has used so far."""
+    f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def hwm_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -140,11 +153,25 @@ def hwm_kb(pid: int) -> int:
     return 0
 
 
+class Run(NamedTuple):
+    seconds: float          # from the first assignment until the last window's alerts were out
+    committed: float        # ... until stage 1 had committed everything (checked each second)
+    rss_kb: list[int]       # peak RSS per worker
+    worker_cpu: float       # CPU seconds the workers used in that time, all together
+    broker_cpu: float       # ... and the broker
+    spread: float           # seconds between the first and the last worker's partitions
+
+
+def assigned_spread(ws: list[WorkerProc]) -> float:
+    """Seconds between the first and the last worker's stage-1 assignment (log times)."""
+    ts = [datetime.fromisoformat(e["ts"]).timestamp()
+          for w in ws for e in w.events("stage1_assigned")[:1]]
+    return max(ts) - min(ts) if len(ts) == len(ws) else float("nan")
+
+
 def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
-                    expected: set[tuple[str, str]]) -> tuple[float, float, list[int]]:
-    """(seconds until the last window's alerts were out, seconds until stage 1 committed
-    everything, peak RSS per worker in KiB). Each call is a new consumer group, reading the
-    topic from the start."""
+                    expected: set[tuple[str, str]]) -> Run:
+    """One timed run. Each call is a new consumer group, reading the topic from the start."""
     group = f"bench-{tag}-{n_workers}-{next(_runs)}"
     cfg = write_config(tmp / f"{group}.toml", brokers=b.bootstrap, partitions=P,
                        traces_topic=topic, alerts_topic=f"alerts-{group}",
@@ -152,6 +179,8 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
                        idle_partition_timeout_seconds=5)
     env = {"DETECTOR_KAFKA_SESSION_TIMEOUT_SECONDS": "6"}
     ends = asyncio.run(topic_ends(b.bootstrap, topic))
+    assert b.proc is not None
+    broker_pid = b.proc.pid
     ws = [WorkerProc(cfg, tmp / f"{group}-{i}.log", env) for i in range(n_workers)]
     reader = AlertReader(b.bootstrap, f"alerts-{group}")
     try:
@@ -162,6 +191,7 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
             if t0 is None:
                 if any(w.events("stage1_assigned") for w in ws):
                     t0 = time.perf_counter()  # the clock starts when a consumer has partitions
+                    cpu0 = [cpu_s(w.pid) for w in ws], cpu_s(broker_pid)
                 else:
                     time.sleep(0.05)
                 continue
@@ -174,8 +204,10 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
                 if asyncio.run(committed_all(b.bootstrap, f"{group}-stage1", ends)):
                     t_committed = time.perf_counter() - t0
             if expected <= {(a["id"], a["status"]) for a in reader.poll(0.5)}:
-                return (time.perf_counter() - t0, t_committed or time.perf_counter() - t0,
-                        [hwm_kb(w.pid) for w in ws])
+                dt = time.perf_counter() - t0
+                return Run(dt, t_committed or dt, [hwm_kb(w.pid) for w in ws],
+                           sum(cpu_s(w.pid) - c for w, c in zip(ws, cpu0[0], strict=True)),
+                           cpu_s(broker_pid) - cpu0[1], assigned_spread(ws))
         raise SystemExit(f"{group}: the last window's alerts did not come out in time; "
                          f"see {ws[0].log_path}")
     finally:
@@ -184,10 +216,42 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
             w.stop()
 
 
+def messages(shape: str, evs: list[bytes]) -> list[bytes]:
+    """The events as messages of one shape, plus the closers."""
+    if shape == "single":
+        return evs + closers(len(evs))
+    return ([b"[" + b",".join(evs[i:i + 100]) + b"]" for i in range(0, len(evs), 100)]
+            + closers(len(evs)))
+
+
+def report(tag: str, n: int, raws: list[float], runs: dict[int, list[Run]]) -> None:
+    r = statistics.median(raws)
+    print(f"[{tag}] raw getmany + orjson.loads: {r:,.0f} events/s (median of "
+          f"{', '.join(f'{x:,.0f}' for x in raws)})", flush=True)
+    for k, rs in runs.items():
+        med = sorted(rs)[len(rs) // 2]   # the median run
+        eps = n / med.seconds
+        # Ratios within a round (runs next to each other in time): this machine's speed drifts
+        # from minute to minute, so a ratio of medians taken minutes apart is noisier.
+        vs_raw = statistics.median(n / x.seconds / y for x, y in zip(rs, raws, strict=True))
+        line = (f"[{tag}] {k} worker(s): {eps:,.0f} events/s, median of "
+                f"{', '.join(f'{n / x.seconds:,.0f}' for x in rs)} (last window's alerts out "
+                f"{med.seconds:.1f} s after partitions were assigned; stage 1 committed all at "
+                f"{med.committed:.1f} s); worker/raw {vs_raw:.0%} (median of the rounds)")
+        if k != 1 and 1 in runs:
+            vs_one = statistics.median(y.seconds / x.seconds
+                                       for x, y in zip(rs, runs[1], strict=True))
+            line += f"; vs 1 worker {vs_one:.2f}x (median of the rounds)"
+        print(f"{line}; peak RSS {', '.join(f'{m / 1024:.0f} MiB' for m in med.rss_kb)}; "
+              f"CPU in that run: workers {med.worker_cpu:.1f} s, broker {med.broker_cpu:.1f} s "
+              f"({(med.worker_cpu + med.broker_cpu) / med.seconds:.2f} of {os.cpu_count()} "
+              f"cores)", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--events", type=int, default=1_000_000)
-    ap.add_argument("--repeat", type=int, default=3, help="runs of each measurement (median)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of measurements (median)")
     ap.add_argument("--shape", choices=("single", "batch100"), action="append",
                     help="measure only this message shape (repeatable; default: both)")
     ap.add_argument("--workers", type=int, choices=(1, 2), action="append",
@@ -195,10 +259,6 @@ def main() -> int:
     args = ap.parse_args()
     n = args.events
     evs = events(n)
-    shapes = {"single": evs + closers(n),
-              "batch100": [b"[" + b",".join(evs[i:i + 100]) + b"]" for i in range(0, n, 100)]
-              + closers(n)}
-    shapes = {k: v for k, v in shapes.items() if not args.shape or k in args.shape}
     expected = expected_alerts(evs + closers(n))
     spike = [i for i, s in expected if s == "firing"]
     print(f"the in-process pipeline gives {len(expected)} alert emissions "
@@ -207,30 +267,28 @@ def main() -> int:
         raise SystemExit("no alert from the last window's spike: nothing to wait for")
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     with Tansu(log_dir=tmp) as b:
-        for tag, msgs in shapes.items():
+        for tag in args.shape or ("single", "batch100"):
             topic = f"traces-{tag}"
             b.create_topics([topic], P)
+            msgs = messages(tag, evs)   # built one shape at a time: 1 M events is ~0.5 GB
             t = time.perf_counter()
             asyncio.run(produce(b.bootstrap, topic, msgs, partitions=P))
             print(f"[{tag}] produced {n:,} events in {len(msgs):,} messages: "
                   f"{n / (time.perf_counter() - t):,.0f} events/s", flush=True)
-            raws = [asyncio.run(raw(b.bootstrap, topic, n + P)) for _ in range(args.repeat)]
-            r = statistics.median(raws)
-            print(f"[{tag}] raw getmany + orjson.loads: {r:,.0f} events/s (median of "
-                  f"{', '.join(f'{x:,.0f}' for x in raws)})", flush=True)
-            one = None
-            for k in args.workers or (1, 2):
-                runs = [through_workers(b, tmp, topic, k, tag, expected)
-                        for _ in range(args.repeat)]
-                dt, committed, mem = sorted(runs)[len(runs) // 2]   # the median run
-                eps = n / dt
-                one = one or eps
-                print(f"[{tag}] {k} worker(s): {eps:,.0f} events/s, median of "
-                      f"{', '.join(f'{n / x[0]:,.0f}' for x in runs)} (last window's alerts out "
-                      f"{dt:.1f} s after partitions were assigned; stage 1 committed all at "
-                      f"{committed:.1f} s); worker/raw {eps / r:.0%}; vs 1 worker "
-                      f"{eps / one:.2f}x; peak RSS "
-                      f"{', '.join(f'{m / 1024:.0f} MiB' for m in mem)}", flush=True)
+            del msgs
+            # Rounds of raw, 1 worker, 2 workers: what is compared runs minutes, not tens of
+            # minutes, apart.
+            raws: list[float] = []
+            runs: dict[int, list[Run]] = {k: [] for k in args.workers or (1, 2)}
+            for i in range(args.repeat):
+                raws.append(asyncio.run(raw(b.bootstrap, topic, n + P)))
+                for k, rs in runs.items():
+                    rs.append(through_workers(b, tmp, topic, k, tag, expected))
+                print(f"[{tag}] round {i + 1}: raw {raws[-1]:,.0f} events/s, " + ", ".join(
+                    f"{k} worker(s) {n / rs[-1].seconds:,.0f}"
+                    + (f" (assigned {rs[-1].spread:.2f} s apart)" if k > 1 else "")
+                    for k, rs in runs.items()), flush=True)
+            report(tag, n, raws, runs)
     return 0
 
 
