@@ -28,7 +28,7 @@ from detector.config import load_config  # noqa: E402
 from detector.events import decode_many  # noqa: E402
 from detector.windows import Aggregator  # noqa: E402
 
-CHUNK = 82   # messages a stage-1 chunk holds at 100 events each (kafka_io.CHUNK_EVENTS)
+CHUNK = 82   # messages a stage-1 chunk holds at 100 events each (stage1_runner.CHUNK_EVENTS)
 
 
 def turns(fs: list[Callable[[], object]], n: int, repeat: int) -> list[float]:

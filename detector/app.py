@@ -2,14 +2,15 @@
 
 Topology (one worker process runs both halves; scale out by adding workers and partitions):
 
-* stage 1 — :class:`detector.kafka_io.Stage1Runner`, an aiokafka batch consumer on the trace
-  topic (raw bytes, ``getmany``) in group ``<group>-stage1``: decode, hard rules, window
-  partials. Every flush it sends one :class:`~detector.kafka_io.Envelope` per stage-2
+* stage 1 — :class:`detector.stage1_runner.Stage1Runner`, an aiokafka batch consumer on the
+  trace topic (raw bytes, ``getmany``) in group ``<group>-stage1``: decode, hard rules, window
+  partials. Every flush it sends one :class:`~detector.stage1_runner.Envelope` per stage-2
   partition (partials and hits whose route key lives there + its source watermarks), rejects
   to the dead-letter topic, then commits. Faust's per-message path (~100 µs) is 25x the
   detection work, so the trace topic never goes through it.
 * stage 2 — a Faust agent on ``<group>-stage2`` (partitioned by route key, few messages):
-  merges partials into one :class:`~detector.pipeline.Stage2` per route key, closes windows
+  merges partials into one :class:`~detector.pipeline.Stage2` per route key (kept in a
+  :class:`~detector.stage2_partition.Stage2Partition` per stage-2 partition), closes windows
   at the minimum watermark over source partitions (idle ones excluded after
   ``idle_partition_timeout_seconds``), runs the alert lifecycle, and writes every changed
   route key's state to the changelog-backed table ``stage2`` (``use_partitioner``: the
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import heapq
 import logging
 import logging.config
 import sys
@@ -35,16 +35,13 @@ from typing import Any
 
 import faust
 import faust.transport.drivers.aiokafka as faust_aiokafka
-import msgspec
 import orjson
 from mode import Service
 from prometheus_client import CollectorRegistry
 
 from detector.config import Config, ConfigError, load_config
 from detector.kafka_io import (
-    Stage1Runner,
     client_kwargs,
-    decode_envelope,
     delay_follower_sync,
     ensure_topics,
     fetch_highwaters,
@@ -54,9 +51,9 @@ from detector.kafka_io import (
 )
 from detector.logs import logging_config
 from detector.metrics import Metrics, attach_faust_sensor, serve
-from detector.pipeline import Stage2
-from detector.rules import RuleHit, decode_hit, encode_hit
 from detector.sinks.kafka import KafkaSink
+from detector.stage1_runner import Stage1Runner, decode_envelope
+from detector.stage2_partition import Stage2Partition, pack, unpack
 from detector.state import dump_route, load_route, routes
 
 __all__ = ["Worker", "add_arguments", "build", "run",
@@ -113,73 +110,7 @@ def _credentials(cfg: Config) -> Any:
     return None
 
 
-# -- stage 2 ------------------------------------------------------------------------------------
-def _pack(state: bytes, hits: list[RuleHit], offset: int) -> bytes:
-    """Table value: the route key's stage-2 state, its hits not yet released, and the offset
-    of the last stage-2 message applied (a successor skips what the state already holds)."""
-    return msgspec.msgpack.encode([state, [encode_hit(h) for h in hits], offset])
-
-
-def _unpack(value: bytes) -> tuple[bytes, list[RuleHit], int]:
-    state, hits, offset = msgspec.msgpack.decode(value)
-    return state, [decode_hit(h) for h in hits], offset
-
-
-class Stage2Partition:
-    """This worker's share of one stage-2 partition: a Stage2 per route key, and the
-    watermark of every source partition as the envelopes report it."""
-
-    def __init__(self, q: int, cfg: Config, idle_timeout: float) -> None:
-        self.q = q
-        self.cfg = cfg
-        self.idle_timeout = idle_timeout
-        self.sources: dict[int, tuple[float, bool, float]] = {}
-        self.n_src = 0
-        self.born = time.monotonic()
-        self.stage2 = Stage2(cfg)
-        self.applied = float("-inf")
-        self.offset = -1   # last stage-2 message applied to this state
-        self.held: list[tuple[float, int, RuleHit]] = []   # heap of hits not yet released
-        self._seq = 0
-
-    def hold(self, h: RuleHit) -> None:
-        self._seq += 1
-        heapq.heappush(self.held, (h.ts, self._seq, h))
-
-    def release(self, now: float) -> list[RuleHit]:
-        """Hits whose event time every busy source partition has reached, in event time:
-        partitions consumed at different speeds must not reorder an incident's hits (its
-        id is its first hit). Live, that is one flush interval; in a backlog, it orders."""
-        bound = self._bound(now, 2)
-        out = []
-        while self.held and bound is not None and self.held[0][0] <= bound:
-            out.append(heapq.heappop(self.held)[2])
-        return out
-
-    def held_for(self, route: str) -> list[RuleHit]:
-        return [h for _, _, h in self.held if h.route == route]
-
-    def report(self, sources: dict[int, tuple[float, bool, float]], n_src: int) -> None:
-        self.n_src = max(self.n_src, n_src)
-        for p, (wm, idle, ts) in sources.items():
-            old = self.sources.get(p)
-            # Watermarks never go back: a new owner of a partition starts from nothing.
-            self.sources[p] = (max(wm, old[0]), idle, max(ts, old[2])) if old else (wm, idle, ts)
-
-    def watermark(self, now: float) -> float | None:
-        """Min over busy source partitions; None while some have not reported yet (until the
-        idle timeout); the max when all are idle (everything consumed and flushed)."""
-        return self._bound(now, 0)
-
-    def _bound(self, now: float, i: int) -> float | None:
-        if len(self.sources) < self.n_src and now - self.born < self.idle_timeout:
-            return None
-        busy = [v[i] for v in self.sources.values() if not v[1]]
-        if busy:
-            return min(busy)
-        return max((v[i] for v in self.sources.values()), default=None)
-
-
+# -- the worker ---------------------------------------------------------------------------------
 class Worker:
     """Everything `detector run` starts in one process: the Faust app (stage 2 + table), the
     stage-1 runner as a service, the sinks and the metrics."""
@@ -242,7 +173,7 @@ class Worker:
             n = 0
             for key, value in list(self.table.items()):
                 if value and partition_for(key, self.q) == q:
-                    state, hits, offset = _unpack(value)
+                    state, hits, offset = unpack(value)
                     load_route(part.stage2, state)
                     for h in hits:
                         part.hold(h)
@@ -297,7 +228,7 @@ class Worker:
             for q, key in touched:
                 part = self.parts.get(q)
                 if part is not None:
-                    self.table[key.encode()] = _pack(dump_route(part.stage2, key),
+                    self.table[key.encode()] = pack(dump_route(part.stage2, key),
                                                      part.held_for(key), part.offset)
 
     def emit(self, alerts: list[dict[str, Any]]) -> None:

@@ -9,7 +9,7 @@ import msgspec
 from aiokafka.structs import TopicPartition
 
 from detector.config import load_config
-from detector.kafka_io import CHUNK_EVENTS, Stage1Runner, _Source
+from detector.stage1_runner import CHUNK_EVENTS, Stage1Runner, _Source
 
 
 def _runner() -> Stage1Runner:

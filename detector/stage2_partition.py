@@ -1,0 +1,83 @@
+"""Stage 2's state for one stage-2 partition on this worker, without Faust: a
+:class:`~detector.pipeline.Stage2` per route key, the source partitions' watermarks as the
+envelopes report them, the hard-rule hits held until every busy source has passed them, and
+the table value format (:func:`pack` / :func:`unpack`)."""
+
+from __future__ import annotations
+
+import heapq
+import time
+
+import msgspec
+
+from detector.config import Config
+from detector.pipeline import Stage2
+from detector.rules import RuleHit, decode_hit, encode_hit
+
+__all__ = ["Stage2Partition", "pack", "unpack"]
+
+
+def pack(state: bytes, hits: list[RuleHit], offset: int) -> bytes:
+    """Table value: the route key's stage-2 state, its hits not yet released, and the offset
+    of the last stage-2 message applied (a successor skips what the state already holds)."""
+    return msgspec.msgpack.encode([state, [encode_hit(h) for h in hits], offset])
+
+
+def unpack(value: bytes) -> tuple[bytes, list[RuleHit], int]:
+    state, hits, offset = msgspec.msgpack.decode(value)
+    return state, [decode_hit(h) for h in hits], offset
+
+
+class Stage2Partition:
+    """This worker's share of one stage-2 partition: a Stage2 per route key, and the
+    watermark of every source partition as the envelopes report it."""
+
+    def __init__(self, q: int, cfg: Config, idle_timeout: float) -> None:
+        self.q = q
+        self.cfg = cfg
+        self.idle_timeout = idle_timeout
+        self.sources: dict[int, tuple[float, bool, float]] = {}
+        self.n_src = 0
+        self.born = time.monotonic()
+        self.stage2 = Stage2(cfg)
+        self.applied = float("-inf")
+        self.offset = -1   # last stage-2 message applied to this state
+        self.held: list[tuple[float, int, RuleHit]] = []   # heap of hits not yet released
+        self._seq = 0
+
+    def hold(self, h: RuleHit) -> None:
+        self._seq += 1
+        heapq.heappush(self.held, (h.ts, self._seq, h))
+
+    def release(self, now: float) -> list[RuleHit]:
+        """Hits whose event time every busy source partition has reached, in event time:
+        partitions consumed at different speeds must not reorder an incident's hits (its
+        id is its first hit). Live, that is one flush interval; in a backlog, it orders."""
+        bound = self._bound(now, 2)
+        out = []
+        while self.held and bound is not None and self.held[0][0] <= bound:
+            out.append(heapq.heappop(self.held)[2])
+        return out
+
+    def held_for(self, route: str) -> list[RuleHit]:
+        return [h for _, _, h in self.held if h.route == route]
+
+    def report(self, sources: dict[int, tuple[float, bool, float]], n_src: int) -> None:
+        self.n_src = max(self.n_src, n_src)
+        for p, (wm, idle, ts) in sources.items():
+            old = self.sources.get(p)
+            # Watermarks never go back: a new owner of a partition starts from nothing.
+            self.sources[p] = (max(wm, old[0]), idle, max(ts, old[2])) if old else (wm, idle, ts)
+
+    def watermark(self, now: float) -> float | None:
+        """Min over busy source partitions; None while some have not reported yet (until the
+        idle timeout); the max when all are idle (everything consumed and flushed)."""
+        return self._bound(now, 0)
+
+    def _bound(self, now: float, i: int) -> float | None:
+        if len(self.sources) < self.n_src and now - self.born < self.idle_timeout:
+            return None
+        busy = [v[i] for v in self.sources.values() if not v[1]]
+        if busy:
+            return min(busy)
+        return max((v[i] for v in self.sources.values()), default=None)
