@@ -39,6 +39,7 @@ import orjson
 from mode import Service
 from prometheus_client import CollectorRegistry
 
+from detector.cli import tune_gc
 from detector.config import Config, ConfigError, load_config
 from detector.kafka_io import (
     client_kwargs,
@@ -327,6 +328,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`detector run`: one worker until SIGINT/SIGTERM."""
+    tune_gc()   # also when started as `python -m detector.app` (demo, tests, benchmarks)
     logging.config.dictConfig(logging_config(args.log_level))
     try:
         cfg = load_config(args.config)
