@@ -18,10 +18,12 @@ def _runner() -> Stage1Runner:
 
 def test_a_fetch_is_worked_through_in_chunks_of_about_the_same_events() -> None:
     r = _runner()
-    recs = list(range(20_000))
+    n = 2 * CHUNK_EVENTS + 123
+    recs = list(range(n))
     chunks = list(r._chunks(recs))                  # single-event messages
-    assert [len(c) for c in chunks] == [CHUNK_EVENTS, CHUNK_EVENTS, 20_000 - 2 * CHUNK_EVENTS]
-    r._per_message = 100.0                          # 100-event batches: ~8k events a chunk
+    assert [len(c) for c in chunks] == [CHUNK_EVENTS, CHUNK_EVENTS, 123]
+    recs = list(range(20 * CHUNK_EVENTS))
+    r._per_message = 100.0                          # 100-event batches: ~CHUNK_EVENTS a chunk
     chunks = list(r._chunks(recs))
     assert {len(c) for c in chunks[:-1]} == {CHUNK_EVENTS // 100}
     assert [x for c in chunks for x in c] == recs   # in order, nothing lost or repeated
