@@ -191,7 +191,8 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
             if t0 is None:
                 if any(w.events("stage1_assigned") for w in ws):
                     t0 = time.perf_counter()  # the clock starts when a consumer has partitions
-                    cpu0 = [cpu_s(w.pid) for w in ws], cpu_s(broker_pid)
+                    workers_cpu0 = [cpu_s(w.pid) for w in ws]
+                    broker_cpu0 = cpu_s(broker_pid)
                 else:
                     time.sleep(0.05)
                 continue
@@ -206,8 +207,8 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
             if expected <= {(a["id"], a["status"]) for a in reader.poll(0.5)}:
                 dt = time.perf_counter() - t0
                 return Run(dt, t_committed or dt, [hwm_kb(w.pid) for w in ws],
-                           sum(cpu_s(w.pid) - c for w, c in zip(ws, cpu0[0], strict=True)),
-                           cpu_s(broker_pid) - cpu0[1], assigned_spread(ws))
+                           sum(cpu_s(w.pid) - c for w, c in zip(ws, workers_cpu0, strict=True)),
+                           cpu_s(broker_pid) - broker_cpu0, assigned_spread(ws))
         raise SystemExit(f"{group}: the last window's alerts did not come out in time; "
                          f"see {ws[0].log_path}")
     finally:
@@ -218,10 +219,10 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
 
 def messages(shape: str, evs: list[bytes]) -> list[bytes]:
     """The events as messages of one shape, plus the closers."""
+    tail = closers(len(evs))
     if shape == "single":
-        return evs + closers(len(evs))
-    return ([b"[" + b",".join(evs[i:i + 100]) + b"]" for i in range(0, len(evs), 100)]
-            + closers(len(evs)))
+        return evs + tail
+    return [b"[" + b",".join(evs[i:i + 100]) + b"]" for i in range(0, len(evs), 100)] + tail
 
 
 def report(tag: str, n: int, raws: list[float], runs: dict[int, list[Run]]) -> None:

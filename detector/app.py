@@ -67,16 +67,16 @@ def _jlog(level: int, event: str, **fields: Any) -> None:
     log.log(level, orjson.dumps({"event": event, **fields}, default=str).decode())
 
 
-# -- Tansu: fetch high watermarks for Faust's changelog recovery ------------------------------
-_PROBE: dict[str, Any] = {}
+# -- Tansu: fetch high watermarks for Faust's changelog recovery, and its fetch wait ----------
+_SETTINGS: dict[str, Any] = {}   # what the Faust patches read; set by _patch_faust
 _orig_highwaters = faust_aiokafka.AIOKafkaConsumerThread._highwaters
 
 
 async def _highwaters(self: Any, partitions: Any) -> Any:
     listed = await _orig_highwaters(self, partitions)
-    if self.consumer.in_transaction or not _PROBE:
+    if self.consumer.in_transaction or not _SETTINGS:
         return listed
-    return await fetch_highwaters(_PROBE["bootstrap"], listed, **_PROBE["kw"])
+    return await fetch_highwaters(_SETTINGS["bootstrap"], listed, **_SETTINGS["kw"])
 
 
 _orig_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
@@ -87,14 +87,14 @@ def _worker_consumer(self: Any, transport: Any) -> Any:
     # look, not when records arrive: measured, a stage-2 hop took a median 428 ms at 1500 ms
     # and 14 ms at 100 ms (bench/stream.py's tail, and every alert's latency).
     c = _orig_worker_consumer(self, transport)
-    c._fetch_max_wait_ms = _PROBE.get("fetch_max_wait_ms", c._fetch_max_wait_ms)
+    c._fetch_max_wait_ms = _SETTINGS.get("fetch_max_wait_ms", c._fetch_max_wait_ms)
     return c
 
 
 def _patch_faust(cfg: Config) -> None:
     """Point Faust's consumer at the fetch high-watermark fix and the configured fetch wait."""
-    _PROBE.update(bootstrap=cfg.kafka.brokers, kw=client_kwargs(cfg.kafka),
-                  fetch_max_wait_ms=fetch_wait_ms(cfg.kafka))
+    _SETTINGS.update(bootstrap=cfg.kafka.brokers, kw=client_kwargs(cfg.kafka),
+                     fetch_max_wait_ms=fetch_wait_ms(cfg.kafka))
     faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer
 
