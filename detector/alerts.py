@@ -135,8 +135,9 @@ class Lifecycle:
         inc = self.active.get(key)
         ids = [trace_id] if trace_id else []
         if inc is not None:
-            inc.clean = 0
-            inc.last_end = max(inc.last_end, ts)
+            if ts > inc.last_end:   # the clean windows counted so far came before this hit
+                inc.clean = 0
+                inc.last_end = ts
             inc.observed += 1
             inc.score = inc.observed
             inc.window["events"] = int(inc.observed)
@@ -168,10 +169,12 @@ class Lifecycle:
                 out.append(self._render(inc, "resolved"))
         return out
 
-    def touch_hits(self, window_start: float, window_end: float) -> set[Key]:
-        """Hard-rule incidents with a hit inside this window count as not clean."""
+    def touch_hits(self, window_start: float) -> set[Key]:
+        """Hard-rule incidents for which the window starting at ``window_start`` is not
+        clean: it holds their last hit, or comes before it. In event time, so it does not
+        matter whether a hit reached stage 2 before or after the earlier windows closed."""
         return {k for k, inc in self.active.items()
-                if inc.rule and window_start <= inc.last_end < window_end}
+                if inc.rule and window_start <= inc.last_end}
 
     def _render(self, inc: Incident, status: str) -> dict[str, Any]:
         sc = self.config.signal(inc.signal)

@@ -207,16 +207,18 @@ class Worker:
                     touched.add((q, p.route))
             now = time.monotonic()
             for q, part in self.parts.items():
-                for h in part.release(now):
-                    alerts += part.stage2.add_hit(h)
-                    touched.add((q, h.route))
+                hits = part.release(now)
+                touched.update((q, h.route) for h in hits)
                 wm = part.watermark(now)
-                if wm is None or wm <= part.applied:
+                if wm is not None and wm > part.applied:
+                    part.applied = wm
+                elif hits:
+                    wm = None   # hits only: no window to close
+                else:
                     continue
-                part.applied = wm
                 s2 = part.stage2
                 before = s2.windows_closed
-                alerts += s2.advance(wm)
+                alerts += s2.apply(hits, wm)
                 if s2.windows_closed != before:
                     # Closing windows changes every route key's models: write them all.
                     self.metrics.windows_closed.inc(s2.windows_closed - before)

@@ -102,6 +102,7 @@ class Stage2:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.size = config.windows.size_seconds
+        self.lateness = config.windows.allowed_lateness_seconds
         self.levels = config.cohorts.levels
         self.group_min = config.cohorts.group_min_children
         self.k = config.alerting.evidence_trace_ids
@@ -133,7 +134,22 @@ class Stage2:
         else:
             merge_into(q, p, self.k)
 
-    def add_hit(self, h: RuleHit) -> list[dict[str, Any]]:
+    def apply(self, hits: list[RuleHit], watermark: float | None) -> list[dict[str, Any]]:
+        """Hard-rule hits (in event time) and the closing of windows up to ``watermark``
+        (None: none), in the order one in-order source would see them: a hit at ``ts`` after
+        the windows that end by ``ts`` minus the allowed lateness (that source's watermark when
+        the event came), before the later ones. A stream that hands stage 2 a backlog in large
+        steps then pages what a replay of the same events pages."""
+        out: list[dict[str, Any]] = []
+        for h in hits:
+            if watermark is not None:
+                out += self.advance(min(h.ts - self.lateness, watermark))
+            out += self._hit(h)
+        if watermark is not None:
+            out += self.advance(watermark)
+        return out
+
+    def _hit(self, h: RuleHit) -> list[dict[str, Any]]:
         fin = len(self.levels) - 1
         model = self.models.get((fin, h.cohort))
         sus = self._suspect(model, {h.versions: 1}, int(h.ts // self.size))
@@ -188,7 +204,7 @@ class Stage2:
             self.scorer.learn(parts[key], self.models[key], ds)
         reps = self._representatives(decisions)
         out: list[dict[str, Any]] = []
-        touched: set[Key] = self.life.touch_hits(t0, t1)
+        touched: set[Key] = self.life.touch_hits(t0)
         for (key, signal), (d, persistence, grouped) in sorted(reps.items()):
             p = parts[key]
             sus = self._suspect(self.models[key], p.versions, w)
@@ -312,18 +328,18 @@ class Pipeline:
         self.late += out.late
         if out.rejects:
             self.rejects.extend(out.rejects)
-        alerts: list[dict[str, Any]] = []
-        for h in out.hits:
-            alerts += self.stage2.add_hit(h)
         agg = self.stage1.agg
+        watermark = None
         # Cheap test first: a window can only close when the watermark passes its end.
         if agg.watermark >= (agg.closed_before + 1) * agg.size:
             partials = agg.drain()
             if partials:
                 for p in partials:
                     self.stage2.add_partial(p)
-                alerts += self.stage2.advance(agg.closed_before * agg.size)
-        return alerts
+                watermark = agg.closed_before * agg.size
+        if not out.hits:   # the common case
+            return [] if watermark is None else self.stage2.advance(watermark)
+        return self.stage2.apply(sorted(out.hits, key=_TS), watermark)
 
     def finish(self) -> list[dict[str, Any]]:
         """End of input: close every window that has data."""

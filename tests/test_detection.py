@@ -119,6 +119,59 @@ def test_hard_rule_fires_at_the_offending_event(config) -> None:
         pytest.fail("no offending event")
 
 
+def test_stage2_in_big_steps_pages_what_replay_pages(config) -> None:
+    """A stream hands stage 2 a backlog in big steps, from sources read at different speeds:
+    every hit and partial of the step first, its windows closed after. It must page what a
+    replay of the same events pages, alert for alert: here the first incident's later hits
+    must not land after the windows before them, or it resolves at once and splits in two."""
+    from detector.pipeline import Stage1, Stage2
+
+    def fx(m: int, c: dict) -> dict:
+        return {"unauthorized": int(m in (30, 32, 34, 45)), "refusal": 0.3 if m >= 50 else 0.05}
+
+    msgs = list(stream(60, effect=fx))
+    pipe = Pipeline(config)
+    replayed = [a for m in msgs for a in pipe.feed(m)]
+    sources, s2, hits = [Stage1(config), Stage1(config)], Stage2(config), []
+    for i, s1 in enumerate(sources):          # two partitions, round-robin
+        hits += s1.feed_many(msgs[i::2]).hits
+        for p in s1.drain():
+            s2.add_partial(p)
+    wm = min(s.agg.closed_before for s in sources) * config.windows.size_seconds
+    streamed = s2.apply(sorted(hits, key=lambda h: h.ts), wm)
+
+    def canon(alerts: list[dict[str, Any]]) -> list[bytes]:
+        return sorted(orjson.dumps(a, option=orjson.OPT_SORT_KEYS) for a in alerts)
+
+    assert canon(streamed) == canon(replayed)
+    rule = [(a["status"], minute(a["starts_at"])) for a in replayed
+            if a["signal"] == "unauthorized_tool_call"]
+    assert rule == [("firing", 30.5), ("resolved", 30.5), ("firing", 45.5), ("resolved", 45.5)]
+    assert firing(replayed, "refusal_rate")      # windows closed too, not only hits
+
+
+def test_a_hard_rule_alert_resolves_clean_windows_after_its_last_hit(config) -> None:
+    """Clean windows are counted in event time: a window that closes after a hit but lies
+    before it is not clean, and a hit older than the last one does not restart the count."""
+    from detector.alerts import Lifecycle
+
+    life = Lifecycle(config)
+    fin = len(config.cohorts.levels) - 1
+    cohort = ("acme", "agent", "production")
+    life.on_hit("unauthorized_tool_call", fin, cohort, 600.0, "a" * 32, None)
+
+    def close(w: int) -> list[dict[str, Any]]:
+        return life.close_window(life.touch_hits(w * 60.0))
+
+    assert [a for w in range(10) for a in close(w)] == []   # windows before the hit
+    assert close(10) == []                                  # the hit's own window
+    assert [a for w in range(11, 14) for a in close(w)] == []
+    life.on_hit("unauthorized_tool_call", fin, cohort, 300.0, "b" * 32, None)  # late, older
+    assert close(14) == []
+    out = close(15)                            # the fifth clean window after the hit's
+    assert [(a["status"], a["window"]["events"]) for a in out] == [("resolved", 2)]
+
+
 def test_many_children_one_parent_alert(config) -> None:
     tenants = tuple({"tenant": f"t{i}", "app": "agent"} for i in range(5))
 

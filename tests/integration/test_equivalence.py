@@ -6,6 +6,7 @@ import asyncio
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 from harness import (
@@ -45,6 +46,10 @@ def _dlq(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, dict[str, byte
     return asyncio.run(read())
 
 
+def _canon(alert: dict[str, object]) -> bytes:
+    return orjson.dumps(alert, option=orjson.OPT_SORT_KEYS)
+
+
 def test_stream_equals_replay(broker: Tansu, names: dict[str, str], tmp_path: Path) -> None:
     simulate(tmp_path / "sim", hours=2.0, rate=20.0, seed=3, scenarios=SCENARIOS)
     lines = file_lines(tmp_path / "sim" / "traces.jsonl")
@@ -68,7 +73,8 @@ def test_stream_equals_replay(broker: Tansu, names: dict[str, str], tmp_path: Pa
                    f"{len(expected)} alerts on {names['alerts_topic']}")
         reader.poll(2.0)  # anything beyond the expected count would be a difference too
         got = reader.alerts
-        assert sorted(map(identity, got)) == sorted(map(identity, expected))
+        assert sorted(map(identity, got)) == sorted(map(identity, expected))  # short diff
+        assert sorted(map(_canon, got)) == sorted(map(_canon, expected))      # every field
         assert [k.decode() for k in reader.keys] == [a["id"] for a in got]  # key = alert id
         assert "Traceback" not in w.log()
 
