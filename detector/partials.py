@@ -31,6 +31,7 @@ __all__ = [
     "Partial",
     "bottom",
     "cap_versions",
+    "combine",
     "decode_partial",
     "empty_partial",
     "encode",
@@ -121,6 +122,28 @@ def merge_into(a: Partial, b: Partial, k: int) -> None:
     for v, n in b.versions.items():
         a.versions[v] = a.versions.get(v, 0) + n
     cap_versions(a.versions)
+
+
+def combine(partials: Iterable[Partial], k: int) -> list[Partial]:
+    """One partial per (window, level, cohort): the sources a stage-1 worker reads hand out
+    one each, and merging them before they cross the wire sends stage 2 a quarter of the
+    bytes and merges from four partitions. Merges into the first of each key (consumed).
+
+    >>> a = empty_partial(0, 1, ("t1",), 2); a.counts[0] = 2
+    >>> b = empty_partial(0, 1, ("t1",), 2); b.counts[0] = 3
+    >>> c = empty_partial(1, 1, ("t1",), 2); c.counts[0] = 1
+    >>> [(p.window, p.counts) for p in combine([a, b, c], k=3)]
+    [(0, [5, 0]), (1, [1, 0])]
+    """
+    out: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
+    for p in partials:
+        key = (p.window, p.level, p.cohort)
+        q = out.get(key)
+        if q is None:
+            out[key] = p
+        else:
+            merge_into(q, p, k)
+    return list(out.values())
 
 
 def cap_versions(versions: dict[str, int]) -> None:

@@ -20,7 +20,7 @@ from aiokafka.structs import TopicPartition
 from detector.config import Config
 from detector.kafka_io import client_kwargs, fetch_wait_ms, partition_for
 from detector.metrics import Metrics
-from detector.partials import Partial
+from detector.partials import Partial, combine
 from detector.pipeline import Stage1
 from detector.rules import RuleHit
 from detector.signals import EVENTS
@@ -299,6 +299,8 @@ class Stage1Runner(ConsumerRebalanceListener):
             idle = self._caught_up(p, src) and now - src.last_data >= self.idle_timeout
             wms[p] = (src.watermark, idle, src.stage1.agg.max_ts)
             max_ts = max(max_ts, src.stage1.agg.max_ts)
+        if len(self.sources) > 1:
+            partials = combine(partials, self.config.alerting.evidence_trace_ids)
         hits.sort(key=lambda h: h.ts)  # a batch spans partitions: hand hits on in event time
         if partials or hits or wms != self._last_sent or now - self._sent_at >= self.heartbeat:
             by_q: list[tuple[list[Partial], list[RuleHit]]] = [([], []) for _ in range(self.q)]

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
+import orjson
 from aiokafka.structs import TopicPartition
 
 from detector.config import load_config
-from detector.stage1_runner import CHUNK_EVENTS, Stage1Runner, _Source
+from detector.signals import EVENTS
+from detector.stage1_runner import CHUNK_EVENTS, Stage1Runner, _Source, decode_envelope
 
 
 def _runner() -> Stage1Runner:
@@ -87,3 +89,51 @@ def test_both_stages_fetch_with_the_configured_wait() -> None:
 
     assert [c._fetch_max_wait_ms for c in asyncio.run(consumers())] == [40, 40]
     assert load_config(None, env=False).kafka.fetch_max_wait_seconds == 0.1   # the default
+
+
+class _Record(NamedTuple):
+    value: bytes
+    offset: int
+
+
+class _Broker:
+    """Stands in for the runner's producer and consumer: keeps what a flush sends and commits,
+    and says every partition was read to its end."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int | None, bytes]] = []
+        self.committed: dict[TopicPartition, int] = {}
+
+    async def send(self, topic: str, value: bytes, key: bytes | None = None,
+                   partition: int | None = None, headers: Any = None) -> asyncio.Future[None]:
+        self.sent.append((topic, partition, value))
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return done
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        self.committed.update(offsets)
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return 2
+
+
+def test_a_flush_sends_one_partial_per_cohort_and_window_over_all_its_sources() -> None:
+    """Each source partition counts its own partials; stage 1 merges them before they go out,
+    so stage 2 gets one per (window, cohort) from a worker, not one per partition."""
+    r = _runner()
+    cfg = load_config(None, env=False)
+    broker = _Broker()
+    r.producer = r.consumer = broker                # type: ignore[assignment]
+    r.sources = {0: _Source(cfg, 0.0), 1: _Source(cfg, 0.0)}
+    msgs = [orjson.dumps({"ts": 30.0 + i, "operation": "chat", "tenant": "t1", "app": "a",
+                          "trace_id": f"{i:032x}"}) for i in range(4)]
+    r._feed({TopicPartition(r.topic, 0): [_Record(msgs[0], 0), _Record(msgs[2], 1)],
+             TopicPartition(r.topic, 1): [_Record(msgs[1], 0), _Record(msgs[3], 1)]}, 0.0)
+    asyncio.run(r._flush(1.0))
+    [(topic, q, value)] = broker.sent
+    env = decode_envelope(value)
+    assert (topic, q, sorted(env.sources)) == ("s2", 0, [0, 1])
+    assert sorted((p.level, p.cohort, p.counts[EVENTS]) for p in env.partials) == [
+        (0, ("a", "production"), 4), (1, ("t1", "a", "production"), 4)]
+    assert broker.committed == {TopicPartition(r.topic, 0): 2, TopicPartition(r.topic, 1): 2}
