@@ -126,8 +126,9 @@ def merge_into(a: Partial, b: Partial, k: int) -> None:
 
 def combine(partials: Iterable[Partial], k: int) -> list[Partial]:
     """One partial per (window, level, cohort): the sources a stage-1 worker reads hand out
-    one each, and merging them before they cross the wire sends stage 2 a quarter of the
-    bytes and merges from four partitions. Merges into the first of each key (consumed).
+    one each; merged before they cross the wire, stage 2 gets about a third of the bytes
+    from a worker of four partitions (bench/stage2_input.py) and merges nothing of theirs.
+    Merges into the first of each key (the others are consumed).
 
     >>> a = empty_partial(0, 1, ("t1",), 2); a.counts[0] = 2
     >>> b = empty_partial(0, 1, ("t1",), 2); b.counts[0] = 3
