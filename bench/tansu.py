@@ -28,7 +28,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT)]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
+
+from harness import join_two  # noqa: E402
 
 from detector import kafka_io  # noqa: E402
 from detector.broker import Tansu  # noqa: E402
@@ -77,23 +79,6 @@ async def idle_cpu(b: Tansu, wait_ms: int, seconds: float = 8.0) -> float:
         await c.stop()
 
 
-async def join(b: Tansu, group: str, syncs: list[tuple[bool, float]]) -> None:
-    cs = [AIOKafkaConsumer(bootstrap_servers=b.bootstrap, group_id=group,
-                           session_timeout_ms=6000, heartbeat_interval_ms=1500)
-          for _ in range(2)]
-    for c in cs:
-        await c.start()
-        c.subscribe(["join"])
-    try:
-        for _ in range(150):     # Tansu holds a join 3 s (half the session timeout)
-            if all(c.assignment() for c in cs):
-                return
-            await asyncio.sleep(0.1)
-    finally:
-        for c in cs:
-            await c.stop()
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--hops", type=int, default=12)
@@ -125,7 +110,7 @@ def main() -> int:
                 kafka_io.delay_follower_sync()
             syncs.clear()
             for i in range(args.joins):
-                asyncio.run(join(b, f"join-{label[:4]}-{i}", syncs))
+                asyncio.run(join_two(b.bootstrap, f"join-{label[:4]}-{i}", "join"))
             parked = sum(1 for leader, took in syncs if not leader and took > 0.5)
             print(f"{label}: {parked} of {args.joins} joins left the follower parked",
                   flush=True)

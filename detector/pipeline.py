@@ -337,8 +337,6 @@ class Pipeline:
                 for p in partials:
                     self.stage2.add_partial(p)
                 watermark = agg.closed_before * agg.size
-        if not out.hits:   # the common case
-            return [] if watermark is None else self.stage2.advance(watermark)
         return self.stage2.apply(sorted(out.hits, key=_TS), watermark)
 
     def finish(self) -> list[dict[str, Any]]:

@@ -140,6 +140,26 @@ class AlertReader:
         self._loop.close()
 
 
+async def join_two(bootstrap: str, group: str, topic: str) -> list[list[int]]:
+    """Two consumers join ``group`` on ``topic`` at once; each one's partitions, once both
+    have some (or after 15 s)."""
+    cs = [AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                           session_timeout_ms=6000, heartbeat_interval_ms=1500)
+          for _ in range(2)]
+    for c in cs:
+        await c.start()
+        c.subscribe([topic])
+    try:
+        for _ in range(150):     # Tansu holds a join 3 s (half the session timeout)
+            if all(c.assignment() for c in cs):
+                break
+            await asyncio.sleep(0.1)
+        return sorted(sorted(tp.partition for tp in c.assignment()) for c in cs)
+    finally:
+        for c in cs:
+            await c.stop()
+
+
 def produce_lines(bootstrap: str, topic: str, lines: list[bytes], partitions: int) -> int:
     from detector.kafka_io import produce
     return asyncio.run(produce(bootstrap, topic, lines, partitions=partitions))

@@ -7,8 +7,8 @@ import time
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance
+from harness import join_two
 
 from detector.broker import Tansu, answers_metadata
 from detector.kafka_io import delay_follower_sync, fetch_highwaters, produce
@@ -67,28 +67,12 @@ def test_a_group_follower_is_not_parked_by_its_early_sync(broker: Tansu) -> None
         await asyncio.sleep(0.02)
         return await lead(self, response)
 
-    async def join(group: str) -> list[list[int]]:
-        cs = [AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, group_id=group,
-                               session_timeout_ms=6000, heartbeat_interval_ms=1500)
-              for _ in range(2)]
-        for c in cs:
-            await c.start()
-            c.subscribe(["sync-probe"])
-        try:
-            for _ in range(150):     # Tansu holds a join 3 s (half the session timeout)
-                if all(c.assignment() for c in cs):
-                    break
-                await asyncio.sleep(0.1)
-            return sorted(sorted(tp.partition for tp in c.assignment()) for c in cs)
-        finally:
-            for c in cs:
-                await c.stop()
-
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CoordinatorGroupRebalance, "_send_sync_group_request", timed_send)
         mp.setattr(CoordinatorGroupRebalance, "_on_join_leader", slow_lead)
         for i in range(3):
-            assert asyncio.run(join(f"sync-probe-{i}")) == [[0, 2], [1, 3]]
+            assert asyncio.run(join_two(broker.bootstrap, f"sync-probe-{i}",
+                                        "sync-probe")) == [[0, 2], [1, 3]]
     assert sorted(role for role, _ in syncs) == ["follower"] * 3 + ["leader"] * 3
     # Answered at once, or parked (~1 s): nothing in between.
     assert [role for role, took in syncs if took > 0.5] == []
