@@ -1,10 +1,11 @@
 """Throughput through the streaming edge on an embedded Tansu broker (not a test).
 
-    python bench/stream.py [--events 1000000] [--repeat 3]
+    python bench/stream.py [--events 1000000] [--repeat 3] [--compression lz4]
 
 For 1 event per message and for 100-event JSON-array batches it measures, in one run:
 raw aiokafka ``getmany`` + ``orjson.loads`` of the same messages (the floor), then one and two
 `detector run` workers, and each worker's peak RSS (VmHWM). Prints figures and ratios.
+``--compression`` has the producer compress the traces (the broker then moves fewer bytes).
 
 A worker's run is timed from the moment its first consumer has partitions until the last
 window's alerts are out: the traffic ends with a refusal spike in its last window and one
@@ -13,6 +14,10 @@ lateness; the run is done when the alerts topic holds every alert that the same 
 through the in-process pipeline (no end-of-input flush: a stream never ends), the spike's
 among them. The time stage 1 committed its last offset is printed too, and the CPU seconds the
 workers and the broker used in the run (two workers and the broker share 2 cores here).
+
+Each round also times a CPU-bound Python loop in one process and in two at once: what this
+machine gives two busy processes against one at that moment, the ceiling of the two-worker
+ratio here before the broker takes its share of the same 2 cores.
 
 It runs ``--repeat`` rounds of raw, one worker, two workers, back to back; figures are medians
 over the rounds, and ratios are medians of the ratios within a round: this shared machine's
@@ -24,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import multiprocessing
 import os
 import random
 import statistics
@@ -97,6 +103,28 @@ def expected_alerts(msgs: list[bytes]) -> set[tuple[str, str]]:
     for i in range(0, len(msgs), BLOCK_LINES):
         out.update((a["id"], a["status"]) for a in pipe.feed_many(msgs[i:i + BLOCK_LINES]))
     return out
+
+
+def _spin(n: int) -> None:
+    d: dict[int, int] = {}
+    for i in range(n):
+        d[i & 1023] = d.get(i & 1023, 0) + i
+
+
+def two_cores(n: int = 6_000_000) -> float:
+    """What this machine gives two CPU-bound Python processes against one, now (~1 s each):
+    the ceiling of two workers' speed-up here, before the broker takes its share."""
+    ctx = multiprocessing.get_context("fork")
+    took = []
+    for k in (1, 2):
+        ps = [ctx.Process(target=_spin, args=(n,)) for _ in range(k)]
+        t = time.perf_counter()
+        for p in ps:
+            p.start()
+        for p in ps:
+            p.join()
+        took.append(time.perf_counter() - t)
+    return 2 * took[0] / took[1]
 
 
 async def raw(bootstrap: str, topic: str, n_events: int) -> float:
@@ -225,7 +253,10 @@ def messages(shape: str, evs: list[bytes]) -> list[bytes]:
     return [b"[" + b",".join(evs[i:i + 100]) + b"]" for i in range(0, len(evs), 100)] + tail
 
 
-def report(tag: str, n: int, raws: list[float], runs: dict[int, list[Run]]) -> None:
+def report(tag: str, n: int, raws: list[float], runs: dict[int, list[Run]],
+           cores: list[float]) -> None:
+    print(f"[{tag}] this machine: two CPU-bound processes do {statistics.median(cores):.2f}x "
+          f"the work of one (median of {', '.join(f'{c:.2f}' for c in cores)})", flush=True)
     r = statistics.median(raws)
     print(f"[{tag}] raw getmany + orjson.loads: {r:,.0f} events/s (median of "
           f"{', '.join(f'{x:,.0f}' for x in raws)})", flush=True)
@@ -257,6 +288,8 @@ def main() -> int:
                     help="measure only this message shape (repeatable; default: both)")
     ap.add_argument("--workers", type=int, choices=(1, 2), action="append",
                     help="measure only with this many workers (repeatable; default: 1 and 2)")
+    ap.add_argument("--compression", choices=("gzip", "snappy", "lz4", "zstd"),
+                    help="the producer compresses the traces with this codec (default: none)")
     args = ap.parse_args()
     n = args.events
     evs = events(n)
@@ -273,23 +306,28 @@ def main() -> int:
             b.create_topics([topic], P)
             msgs = messages(tag, evs)   # built one shape at a time: 1 M events is ~0.5 GB
             t = time.perf_counter()
-            asyncio.run(produce(b.bootstrap, topic, msgs, partitions=P))
-            print(f"[{tag}] produced {n:,} events in {len(msgs):,} messages: "
+            asyncio.run(produce(b.bootstrap, topic, msgs, partitions=P,
+                                compression_type=args.compression))
+            print(f"[{tag}] produced {n:,} events in {len(msgs):,} messages "
+                  f"({sum(map(len, msgs)) / 1e6:,.0f} MB, compression {args.compression}): "
                   f"{n / (time.perf_counter() - t):,.0f} events/s", flush=True)
             del msgs
             # Rounds of raw, 1 worker, 2 workers: what is compared runs minutes, not tens of
             # minutes, apart.
             raws: list[float] = []
+            cores: list[float] = []
             runs: dict[int, list[Run]] = {k: [] for k in args.workers or (1, 2)}
             for i in range(args.repeat):
+                cores.append(two_cores())
                 raws.append(asyncio.run(raw(b.bootstrap, topic, n + P)))
                 for k, rs in runs.items():
                     rs.append(through_workers(b, tmp, topic, k, tag, expected))
-                print(f"[{tag}] round {i + 1}: raw {raws[-1]:,.0f} events/s, " + ", ".join(
+                print(f"[{tag}] round {i + 1}: two cores {cores[-1]:.2f}x one, "
+                      f"raw {raws[-1]:,.0f} events/s, " + ", ".join(
                     f"{k} worker(s) {n / rs[-1].seconds:,.0f}"
                     + (f" (assigned {rs[-1].spread:.2f} s apart)" if k > 1 else "")
                     for k, rs in runs.items()), flush=True)
-            report(tag, n, raws, runs)
+            report(tag, n, raws, runs, cores)
     return 0
 
 
