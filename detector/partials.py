@@ -14,11 +14,13 @@ change a result. They cross the wire between stage 1 and stage 2 as msgpack.
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Iterable
-from typing import Final
+from collections.abc import Hashable, Iterable
+from typing import Final, TypeVar
 
 import msgspec
 from msgspec import UNSET, Struct
+
+K = TypeVar("K", bound=Hashable)
 
 __all__ = [
     "MAX_VERSION_COMBOS",
@@ -37,6 +39,7 @@ __all__ = [
     "encode",
     "merge",
     "merge_into",
+    "merge_keyed",
     "route_key",
     "version_name",
 ]
@@ -124,6 +127,15 @@ def merge_into(a: Partial, b: Partial, k: int) -> None:
     cap_versions(a.versions)
 
 
+def merge_keyed(acc: dict[K, Partial], key: K, p: Partial, k: int) -> None:
+    """Keep ``p`` under ``key`` in ``acc``, or merge it into the partial already there."""
+    q = acc.get(key)
+    if q is None:
+        acc[key] = p
+    else:
+        merge_into(q, p, k)
+
+
 def combine(partials: Iterable[Partial], k: int) -> list[Partial]:
     """One partial per (window, level, cohort): the sources a stage-1 worker reads hand out
     one each; merged before they cross the wire, stage 2 gets about a third of the bytes
@@ -138,12 +150,7 @@ def combine(partials: Iterable[Partial], k: int) -> list[Partial]:
     """
     out: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
     for p in partials:
-        key = (p.window, p.level, p.cohort)
-        q = out.get(key)
-        if q is None:
-            out[key] = p
-        else:
-            merge_into(q, p, k)
+        merge_keyed(out, (p.window, p.level, p.cohort), p, k)
     return list(out.values())
 
 

@@ -21,7 +21,14 @@ import msgspec
 from detector.alerts import Key, Lifecycle
 from detector.config import Config
 from detector.events import Rejection, TraceEvent, decode_many
-from detector.partials import UNKNOWN, VERSION_FIELDS, Partial, empty_partial, merge_into, route_key
+from detector.partials import (
+    UNKNOWN,
+    VERSION_FIELDS,
+    Partial,
+    empty_partial,
+    merge_keyed,
+    route_key,
+)
 from detector.rules import HardRules, RuleHit
 from detector.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
 from detector.signals import EVENTS
@@ -126,13 +133,7 @@ class Stage2:
         if self.next_window is not None and p.window < self.next_window:
             self.late_partials += 1
             return
-        slot = self.pending.setdefault(p.window, {})
-        key = (p.level, p.cohort)
-        q = slot.get(key)
-        if q is None:
-            slot[key] = p
-        else:
-            merge_into(q, p, self.k)
+        merge_keyed(self.pending.setdefault(p.window, {}), (p.level, p.cohort), p, self.k)
 
     def apply(self, hits: list[RuleHit], watermark: float | None) -> list[dict[str, Any]]:
         """Hard-rule hits (in event time) and the closing of windows up to ``watermark``

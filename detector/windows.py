@@ -36,6 +36,7 @@ from detector.partials import (
     Partial,
     empty_partial,
     merge_into,
+    merge_keyed,
     route_key,
     version_name,
 )
@@ -148,11 +149,7 @@ class Aggregator(Counting):
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
             p.versions = {version_name(full[nf:]): p.counts[EVENTS]}
-            q = finest.get((w, cohort))
-            if q is None:
-                finest[(w, cohort)] = p
-            else:
-                merge_into(q, p, k)
+            merge_keyed(finest, (w, cohort), p, k)
         return self._roll_up(sorted(finest.values(), key=_pkey))
 
     def drain_all(self) -> list[Partial]:
