@@ -40,5 +40,15 @@ class WarmEWMean:
             self._ew.update(m.get())  # type: ignore[union-attr]
             self._mean = None
 
+    def weight(self) -> float:
+        """How many values the mean stands for: those seen, up to the horizon's 1/α."""
+        return self._mean.n if self._ew is None else 1.0 / self.fading_factor  # type: ignore[union-attr]
+
+    def reset_to(self, x: float) -> None:
+        """Forget the history: the mean is ``x`` from now on, as if long established."""
+        self._ew = stats.EWMean(self.fading_factor)
+        self._ew.update(x)
+        self._mean = None
+
     def get(self) -> float:
         return self._ew.get() if self._ew is not None else self._mean.get()  # type: ignore[union-attr]

@@ -52,8 +52,19 @@ class QuantityBaseline:
         return ((m - self._mf) / sqrt(noise + self._between_fast),
                 (m - self._ms) / sqrt(noise + self._between_slow))
 
-    def learn_one(self, n: float, s: float, q: float) -> None:
+    def rebase(self, n: float, s: float, q: float) -> None:
+        """Adopt a new normal: the mean (and spread) of ``n`` values summing to ``s``."""
         if n <= 0:
+            return
+        m = s / n
+        for h in (self._fast, self._slow):
+            h.reset_to(m)
+        self._within.reset_to(max(0.0, q / n - m * m))
+        self._between_slow = self._between_fast
+        self._mf, self._ms, self._w = self._fast.get(), self._slow.get(), self._within.get()
+
+    def learn_one(self, n: float, s: float, q: float, anomalous: bool = False) -> None:
+        if n <= 0 or anomalous:
             return
         m = s / n
         if self.n:

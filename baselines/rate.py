@@ -38,15 +38,20 @@ DRIFT_MIN_EXPECTED = 10.0
 
 
 class RateBaseline:
-    __slots__ = ("_disp", "_fast", "_pf", "_ps", "_sd", "_slow", "n")
+    __slots__ = ("_adopt", "_disp", "_fast", "_frozen", "_pf", "_ps", "_sd", "_slow", "n")
 
-    def __init__(self, fast: float, slow: float, max_dispersion: float = 25.0) -> None:
+    def __init__(self, fast: float, slow: float, max_dispersion: float = 25.0,
+                 adopt_after: int = 90) -> None:
         self._fast = (WarmEWMean(fast), WarmEWMean(fast))   # numerator, denominator
         self._slow = (WarmEWMean(slow), WarmEWMean(slow))
         # From the fast horizon, for both: learnt from the slow horizon's own scores, a ramp
         # would inflate it and hide itself.
         self._disp = Dispersion(fast, max_dispersion)
         self.n = 0
+        # Windows the slow horizon has been kept out of in a row; at ``adopt_after`` it takes
+        # the fast one's level: a freeze against ramps must not become a lock-out.
+        self._frozen = 0
+        self._adopt = adopt_after
         self._refresh()
 
     def _refresh(self) -> None:
@@ -58,7 +63,10 @@ class RateBaseline:
     @staticmethod
     def _rate(pair: tuple[WarmEWMean, WarmEWMean]) -> float:
         num, den = pair
-        w = 1.0 / num.fading_factor   # effective number of windows in the sums
+        # The windows the sums stand for: the horizon, or fewer while it fills, so that a
+        # rate known from little data is not taken for exact (a slow horizon that had seen
+        # 20 quiet windows would otherwise claim a thousand).
+        w = max(num.weight(), 1.0)
         return (num.get() * w + _PRIOR_K) / (den.get() * w + _PRIOR_N)
 
     def expected(self, slow: bool = False) -> float:
@@ -86,6 +94,42 @@ class RateBaseline:
             return 0.0   # a rare event: one occurrence would dominate the sums
         return poisson_score(big_k * c, mu) / self._sd
 
+    def reference(self, up: bool = True) -> float:
+        """The rate a sequential test for a rise (``up``) or a fall measures against: the
+        slow rate, or the fast horizon's where its sums show, beyond their counting noise,
+        that the rate has moved that way (a bound two standard deviations inside them). A
+        benign change the fast horizon has followed, on counts that can tell, is no
+        evidence; a rare event's few counts cannot tell, so it keeps the slow reference; and
+        the return to normal after a rise is not "a fall" against the risen fast horizon.
+
+        >>> b = RateBaseline(fast=0.1, slow=0.01)
+        >>> for _ in range(200):
+        ...     b.learn_one(10, 1000)
+        >>> round(b.reference(), 3)
+        0.01
+        >>> for _ in range(60):
+        ...     b.learn_one(40, 1000, slow=False)   # a rise the fast horizon has followed
+        >>> 0.025 < b.reference() < 0.04
+        True
+        """
+        num, den = self._fast
+        w = max(num.weight(), 1.0)
+        k, units = num.get() * w, den.get() * w
+        if up:
+            return max(self._ps, (k - 2.0 * sqrt(k)) / units if k > 4.0 else 0.0)
+        return min(self._ps, (k + 2.0 * sqrt(k) + 1.0) / units) if units > 0 else self._ps
+
+    def dispersion(self) -> float:
+        """The learned over-dispersion (1.0: pure counting noise)."""
+        return self._sd * self._sd
+
+    def rebase(self, k: float, n: float) -> None:
+        """Adopt a new normal: ``k`` events in ``n`` units a window, in both horizons."""
+        for num, den in (self._fast, self._slow):
+            num.reset_to(k)
+            den.reset_to(n)
+        self._refresh()
+
     def learn_one(self, k: float, n: float, slow: bool = True) -> None:
         """Learn a window; ``slow=False`` keeps it out of the slow horizon (the caller saw
         the fast horizon drifting away from it: a ramp must not become the norm)."""
@@ -96,5 +140,11 @@ class RateBaseline:
         for num, den in (self._fast, self._slow) if slow else (self._fast,):
             num.update(k)
             den.update(n)
+        self._frozen = 0 if slow else self._frozen + 1
+        if self._frozen >= self._adopt:
+            (fnum, fden), (snum, sden) = self._fast, self._slow
+            snum.reset_to(fnum.get())
+            sden.reset_to(fden.get())
+            self._frozen = 0
         self.n += 1
         self._refresh()

@@ -28,6 +28,10 @@ __all__ = ["VolumeBaseline"]
 #: Learning rate of a season bin per visit; a bin sees period/bins/window updates a day
 #: (60 with the defaults), so a day's shape settles within a few days.
 _SEASON_RATE = 0.02
+#: Learning is bounded to this many standard deviations of a window's count, once the
+#: baseline has this many windows.
+_CLIP_SD = 3.0
+_CLIP_AFTER = 20
 
 
 class VolumeBaseline:
@@ -70,9 +74,22 @@ class VolumeBaseline:
         d = sqrt(self._disp.get())
         return zf / d, zs / d
 
+    def rebase(self, k: float, t: float) -> None:
+        """Adopt a new normal: ``k`` events a window around ``t``, in both horizons."""
+        level = log(k + 0.5) - self._season[self._bin(t)]
+        self._fast.reset_to(level)
+        self._slow.reset_to(level)
+
     def learn_one(self, k: float, t: float) -> None:
         x = log(k + 0.5)
         i = self._bin(t)
+        if self.n >= _CLIP_AFTER:
+            # Bounded influence: a surge (or a gap) moves the level by at most a few
+            # standard deviations of counting noise a window, so the window after a
+            # threefold burst is not "a drop" against a level the burst dragged up.
+            e = self.expected(t)
+            lim = _CLIP_SD * sqrt(self._disp.get() / max(e, 1.0))
+            x = min(max(x, log(e + 0.5) - lim), log(e + 0.5) + lim)
         if self.n:
             self._disp.update(poisson_score(k, self.expected(t)))
             # The season is the offset from the slow level, which a day's cycle barely moves;

@@ -88,9 +88,9 @@ class Lifecycle:
         return dict(zip(self.levels[level], cohort, strict=True))
 
     def _severity(self, signal: str, cohort: dict[str, str], persistence: int,
-                  score: float) -> str | None:
+                  score: float, confirmed: bool = False) -> str | None:
         env = cohort.get("environment", "production")
-        return classify(self.rules, signal, env, persistence, score)
+        return classify(self.rules, signal, env, persistence, score, confirmed)
 
     def _add_evidence(self, inc: Incident, ids: list[str]) -> None:
         for t in ids:
@@ -106,7 +106,7 @@ class Lifecycle:
         key = (d.signal, level, cohort)
         inc = self.active.get(key)
         cdict = self._cohort(level, cohort) if inc is None else inc.cohort
-        sev = self._severity(d.signal, cdict, persistence, d.score)
+        sev = self._severity(d.signal, cdict, persistence, d.score, d.confirmed)
         if inc is None and sev is None:
             return None
         start, end = window
@@ -169,6 +169,16 @@ class Lifecycle:
                 out.append(self._render(inc, "resolved"))
         return out
 
+    def adopted(self, key: Key, window_end: float) -> dict[str, Any] | None:
+        """The baseline of this (signal, level, cohort) adopted the new level: its alert
+        resolves now, saying so, rather than after clean windows that may never come."""
+        inc = self.active.get(key)
+        if inc is None or inc.rule:
+            return None
+        del self.active[key]
+        inc.last_end = max(inc.last_end, window_end)
+        return self._render(inc, "resolved", adopted=True)
+
     def touch_hits(self, window_start: float) -> set[Key]:
         """Hard-rule incidents for which the window starting at ``window_start`` is not
         clean: it holds their last hit, or comes before it. In event time, so it does not
@@ -176,7 +186,7 @@ class Lifecycle:
         return {k for k, inc in self.active.items()
                 if inc.rule and window_start <= inc.last_end}
 
-    def _render(self, inc: Incident, status: str) -> dict[str, Any]:
+    def _render(self, inc: Incident, status: str, adopted: bool = False) -> dict[str, Any]:
         sc = self.config.signal(inc.signal)
         sus = inc.suspected
         cohort_txt = " ".join(f"{k}={v}" for k, v in inc.cohort.items())
@@ -194,6 +204,8 @@ class Lifecycle:
             summary += f"; suspected change {sus['field']} {sus['baseline']} -> {sus['now']}"
         if status == "resolved":
             summary = "RESOLVED " + summary
+            if adopted:
+                summary += "; the baseline adopted the new level"
         alert: dict[str, Any] = {
             "id": inc.id,
             "status": status,
@@ -216,4 +228,6 @@ class Lifecycle:
         }
         if inc.grouped:
             alert["grouped_cohorts"] = inc.grouped
+        if status == "resolved":
+            alert["resolution"] = "baseline_adopted" if adopted else "clean_windows"
         return alert

@@ -197,14 +197,22 @@ class Stage2:
             own = self.models.get(key)
             if own is None:
                 own = self.models[key] = CohortModel(key[0])
+            self.scorer.rebaseline(parts[key], own)
             pk = self._parent(*key)
             parent = self.models.get(pk) if pk else None
             decisions[key] = self.scorer.score(parts[key], own, parent,
                                                self.life.firing(*key))
+        adopted: list[Key] = []
         for key, ds in decisions.items():
-            self.scorer.learn(parts[key], self.models[key], ds)
+            for signal in self.scorer.learn(parts[key], self.models[key], ds):
+                adopted.append((signal, key[0], key[1]))
         reps = self._representatives(decisions)
         out: list[dict[str, Any]] = []
+        for a_key in adopted:
+            reps.pop(((a_key[1], a_key[2]), a_key[0]), None)
+            a = self.life.adopted(a_key, t1)
+            if a:
+                out.append(a)
         touched: set[Key] = self.life.touch_hits(t0)
         for (key, signal), (d, persistence, grouped) in sorted(reps.items()):
             p = parts[key]

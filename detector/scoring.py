@@ -10,12 +10,13 @@ that were not anomalous for that signal.
 
 from __future__ import annotations
 
-from math import expm1
+from math import expm1, sqrt
 from typing import NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
+from baselines.sequential import Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.partials import SCALE, Partial
@@ -42,7 +43,13 @@ class Decision(NamedTuple):
     threshold: float
     anomalous: bool
     events: int
+    #: The sequential evidence (CUSUM) in standard units: + for a rise, − for a fall.
+    evidence: float = 0.0
+    #: The evidence reached the threshold: a shift confirmed over several windows.
+    confirmed: bool = False
 
+
+_IDLE = Cusum()
 
 #: A version value is "known" (part of the baseline) once it has carried about three
 #: normal windows' worth of the cohort's traffic; newer values are rollback candidates.
@@ -52,12 +59,22 @@ KNOWN_WEIGHT = 3.0
 class CohortModel:
     """Everything stage 2 remembers about one cohort (small and bounded)."""
 
-    __slots__ = ("baselines", "level", "persist", "recent", "versions", "windows")
+    __slots__ = ("baselines", "episodes", "level", "persist", "rebased", "recent", "seq",
+                 "seq_next", "versions", "windows")
 
     def __init__(self, level: int) -> None:
         self.level = level
         self.baselines: dict[str, Baseline] = {}
         self.persist: dict[str, int] = {}           # consecutive anomalous windows
+        # Sequential evidence per signal, and what this window's scoring would make of it
+        # (scoring is pure; learning commits it).
+        self.seq: dict[str, Cusum] = {}
+        self.seq_next: dict[str, tuple[list[float], float]] = {}
+        # An anomalous episode per signal: [first window, last anomalous window, windows,
+        # sum x, sum y, sum q] of the windows it judged anomalous (what adoption takes on).
+        self.episodes: dict[str, list[float]] = {}
+        # Per signal, the window of the config's last forced re-baseline applied.
+        self.rebased: dict[str, int] = {}
         # The previous one or two consecutive windows' totals per signal (multi-window scores).
         self.recent: dict[str, list[tuple[int, float, float, float]]] = {}
         # Per version field: value -> [decayed weight, window first learned].
@@ -109,10 +126,16 @@ class Scorer:
             s for s in self.layout.signals if config.signal(s.name).enabled
         )
         self.config = config
+        self.adopt_after = b.adopt_after_windows
+        self.resolve_after = config.alerting.resolve_after_clean_windows
+        self._rebaselines = [(int(r.at_epoch() // self.size), r) for r in config.rebaseline]
+        self._nats: dict[float, float] = {}
         self._thresholds: dict[tuple[int, tuple[str, ...]], dict[str, float]] = {}
         # Per signal, what scoring needs, looked up once rather than per cohort and window.
-        self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count)
-                       for s in self.signals]
+        # The sequential test keeps the signal's own threshold (its false-alarm budget is
+        # per pair); cohort overrides scale the window score's.
+        self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count,
+                        config.signal(s.name).threshold) for s in self.signals]
 
     # -- thresholds -------------------------------------------------------------------------
     def thresholds(self, level: int, cohort: tuple[str, ...]) -> dict[str, float]:
@@ -136,7 +159,7 @@ class Scorer:
     # -- baselines --------------------------------------------------------------------------
     def _new(self, sig: Signal) -> Baseline:
         if sig.kind == "rate":
-            return RateBaseline(self.fast, self.slow, self.max_disp)
+            return RateBaseline(self.fast, self.slow, self.max_disp, self.adopt_after)
         if sig.kind == "quantity":
             return QuantityBaseline(self.fast, self.slow)
         return VolumeBaseline(self.fast, self.slow, self.bins, self.period, self.max_disp)
@@ -170,7 +193,7 @@ class Scorer:
         t0 = p.window * self.size
         thr = self.thresholds(p.level, p.cohort)
         out: list[Decision] = []
-        for sig, d, min_count in self._specs:
+        for sig, d, min_count, seq_t in self._specs:
             name = sig.name
             if sig.kind == "volume":
                 n = k = c[EVENTS]
@@ -179,8 +202,8 @@ class Scorer:
                 if n <= 0:
                     continue
                 k = c[sig.num]   # for a quantity: the number of values (min_count applies)
-                if k == 0 and d == "up":
-                    continue     # nothing happened: no score can be positive (the common case)
+                if k == 0 and d == "up" and (name not in own.seq or own.seq[name].idle()):
+                    continue     # nothing happened, no evidence to drain (the common case)
             b = self._baseline(sig, own, parent)
             if b is None:
                 continue
@@ -229,52 +252,190 @@ class Scorer:
             else:
                 z, slow, kk = max(cands, key=_magnitude)
                 hit = (z >= t and kk >= min_count) or z <= -t
+            ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, cands[0][0]) if (
+                sig.kind == "quantity" or sig.flags) else (0.0, False)
+            if confirmed and not hit:
+                z, slow, hit = ev, False, True
             if sig.kind == "volume":
                 expected = b.expected(t0, slow=slow)  # type: ignore[call-arg]
             elif sig.kind == "quantity":
                 expected = expm1(b.expected(slow=slow))  # type: ignore[call-arg]
             else:
                 expected = b.expected(slow=slow)  # type: ignore[call-arg]
-            out.append(Decision(name, z, observed, expected, thr[name], hit, int(c[EVENTS])))
+            out.append(Decision(name, z, observed, expected, thr[name], hit, int(c[EVENTS]),
+                                ev, confirmed))
         return out
 
-    def learn(self, p: Partial, own: CohortModel, decisions: list[Decision]) -> None:
-        """Teach the cohort's baselines with this window, except the anomalous signals."""
-        bad = {d.signal for d in decisions if d.anomalous}
+    def _sequential(self, sig: Signal, b: Baseline, own: CohortModel, d: str, t: float,
+                    k: float, n: float, z_fast: float) -> tuple[float, bool]:
+        """This window's sequential evidence (standard units, signed) and whether it confirms
+        a shift in the signal's direction: the statistic at the threshold ``t`` (in nats, no
+        hysteresis) *and* this window adding to it, so a statistic that drains slowly (a
+        rare event's) does not keep an alert alive through windows with nothing in them.
+        The new statistics wait in ``own.seq_next`` until the window is learned."""
+        h = self._nats.get(t)
+        if h is None:
+            h = self._nats[t] = nats_for(t)
+        cus = own.seq.get(sig.name) or _IDLE
+        if sig.kind == "rate":
+            # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
+            disp = b.dispersion()  # type: ignore[union-attr]
+            ups, _ = cus.peek_counts(k, n * b.reference(), disp, h / 3)  # type: ignore[union-attr]
+            _, down = cus.peek_counts(k, n * b.reference(up=False), disp, h / 3)  # type: ignore[union-attr]
+            up = max(ups)
+        else:
+            up, down = cus.peek_z(z_fast, h / 3)
+            ups = [up, 0.0, 0.0, 0.0]
+        rising = up > cus.up and up >= h and d != "down"
+        falling = down > cus.down and down >= h and d != "up"
+        # A confirmation restarts the statistic half-way (Page's restart after an alarm,
+        # kept warm): the alert stays alive while fresh evidence keeps coming, and the
+        # evidence piled up during an incident does not confirm its aftermath.
+        keep = h / 2
+        own.seq_next[sig.name] = ([min(u, keep) for u in ups] if rising else ups,
+                                  min(down, keep) if falling else down)
+        if d == "up":
+            down = 0.0
+        elif d == "down":
+            up = 0.0
+        if up >= down:
+            return to_standard(up), rising
+        return -to_standard(down), falling
+
+    def learn(self, p: Partial, own: CohortModel, decisions: list[Decision]) -> list[str]:
+        """Teach the cohort's baselines with this window. An anomalous window teaches with
+        bounded influence and stays out of the slow horizon, so nothing locks out; an
+        anomalous episode that lasts ``baselines.adopt_after_windows`` is adopted as the new
+        normal. Returns the signals whose baselines adopted a new level in this window."""
+        dec = {d.signal: d for d in decisions}
+        nxt = own.seq_next
+        if nxt:
+            for name, (ups, down) in nxt.items():
+                cus = own.seq.get(name)
+                if cus is None:
+                    cus = own.seq[name] = Cusum()
+                cus.set(ups, down)
+                if cus.idle():
+                    del own.seq[name]   # quiet signals keep no state
+            nxt.clear()
+        adopted: list[str] = []
         c = p.counts
+        w = p.window
         for sig in self.signals:
             name = sig.name
             kind = sig.kind
             n = c[EVENTS] if kind == "volume" else c[sig.num if kind == "quantity" else sig.den]
+            if kind == "rate":
+                x, y, q = c[sig.num], n, 0.0
+            elif kind == "quantity":
+                x, y, q = n, c[sig.den] / SCALE, c[sig.sq] / SCALE2
+            else:
+                x, y, q = n, 0.0, 0.0
             if kind != "volume":
                 if n <= 0:
                     own.recent.pop(name, None)
                 else:
-                    entry = ((p.window, c[sig.num], n, 0.0) if kind == "rate"
-                             else (p.window, n, c[sig.den] / SCALE, c[sig.sq] / SCALE2))
+                    entry = (w, x, y, q)
                     prev = own.recent.get(name)
-                    own.recent[name] = ([prev[-1], entry] if prev and prev[-1][0] == p.window - 1
+                    own.recent[name] = ([prev[-1], entry] if prev and prev[-1][0] == w - 1
                                         else [entry])
-            if name in bad:
+            d = dec.get(name)
+            bad = d is not None and d.anomalous
+            if bad:
                 own.persist[name] = own.persist.get(name, 0) + 1
-                continue
-            own.persist.pop(name, None)
+                if self._episode(own, sig, w, x, y, q):
+                    adopted.append(name)
+                    continue
+            else:
+                own.persist.pop(name, None)
+                ep = own.episodes.get(name)
+                if ep is not None and w - ep[1] >= self.resolve_after:
+                    del own.episodes[name]
             if kind != "volume" and n <= 0:
                 continue   # no data: nothing to learn, and no state to keep
             b = own.baselines.get(name)
             if b is None:
+                if bad:
+                    continue   # scored on the parent's baseline: nothing of its own to bound
                 b = own.baselines[name] = self._new(sig)
+            # Only what was judged anomalous: holding back windows whose evidence is merely
+            # building would keep a rare event's hits out of its own baseline and bias it low.
+            guarded = bad
+            if guarded and b.n < self.warmup:
+                continue       # too little of its own to bound an update by
             if kind == "rate":
-                k = c[sig.num]
+                if guarded:
+                    b.learn_one(self._bounded(b, x, n), n, slow=False)  # type: ignore[arg-type]
+                    continue
                 # The slow horizon stays out of it while the fast one drifts away from it.
                 drifting = (sig.flags and b.n >= self.warmup
-                            and abs(b.drift_score(k, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
-                b.learn_one(k, n, slow=not drifting)  # type: ignore[call-arg]
+                            and abs(b.drift_score(x, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
+                b.learn_one(x, n, slow=not drifting)  # type: ignore[call-arg]
             elif kind == "quantity":
-                b.learn_one(n, c[sig.den] / SCALE, c[sig.sq] / SCALE2)  # type: ignore[call-arg]
+                b.learn_one(n, y, q, anomalous=guarded)  # type: ignore[call-arg]
             else:
-                b.learn_one(n, p.window * self.size)  # type: ignore[call-arg]
-        if not bad:
-            own.learn_versions(p.versions, p.window)
+                b.learn_one(n, w * self.size)  # type: ignore[call-arg]
+        if not dec or not any(d.anomalous for d in decisions):
+            own.learn_versions(p.versions, w)
         own.windows += 1
+        return adopted
 
+    @staticmethod
+    def _bounded(b: RateBaseline, k: float, n: float) -> float:
+        """A count winsorised to two (over-dispersed) standard deviations of what the fast
+        horizon expects: a one-window spike barely moves the baseline; a level that persists
+        moves it window by window."""
+        mu = n * b.expected()
+        sd = sqrt(b.dispersion() * max(mu, 1.0))
+        return min(k, mu + 2.0 * sd) if k > mu else max(k, mu - 2.0 * sd)
+
+    def _episode(self, own: CohortModel, sig: Signal, w: int, x: float, y: float, q: float
+                 ) -> bool:
+        """Count an anomalous window into its episode (an episode lasts while fewer than
+        ``resolve_after_clean_windows`` clean windows separate its anomalous ones, as an
+        alert does); at ``adopt_after_windows`` the baseline takes the episode's level as
+        the new normal. True when it did."""
+        name = sig.name
+        ep = own.episodes.get(name)
+        if ep is None or w - ep[1] > self.resolve_after:
+            ep = own.episodes[name] = [float(w), float(w), 0.0, 0.0, 0.0, 0.0]
+        ep[1] = w
+        ep[2] += 1.0
+        ep[3] += x
+        ep[4] += y
+        ep[5] += q
+        if w - ep[0] + 1 < self.adopt_after:
+            return False
+        del own.episodes[name]
+        own.seq.pop(name, None)
+        own.persist.pop(name, None)
+        b = own.baselines.get(name)
+        if b is not None:
+            m, sx, sy, sq = ep[2], ep[3], ep[4], ep[5]
+            if sig.kind == "rate":
+                b.rebase(sx / m, sy / m)  # type: ignore[union-attr]
+            elif sig.kind == "quantity":
+                b.rebase(sx, sy, sq)  # type: ignore[union-attr]
+            else:
+                b.rebase(sx / m, w * self.size)  # type: ignore[union-attr]
+        return True
+
+    # -- forced re-baselines ----------------------------------------------------------------
+    def rebaseline(self, p: Partial, own: CohortModel) -> None:
+        """Apply the config's ``[[rebaseline]]`` entries that this window is the first for:
+        the matching signals of this cohort start a fresh baseline (warming up again, on
+        the parent's meanwhile), and nothing else of its state is touched."""
+        if not self._rebaselines:
+            return
+        values = dict(zip(self.levels[p.level], p.cohort, strict=True))
+        for at, r in self._rebaselines:
+            if p.window < at or any(values.get(f) != v for f, v in r.match.items()):
+                continue
+            for sig in self.signals:
+                if matches(sig.name, r.signals) and own.rebased.get(sig.name, -1) < at:
+                    own.rebased[sig.name] = at
+                    own.baselines.pop(sig.name, None)
+                    own.seq.pop(sig.name, None)
+                    own.episodes.pop(sig.name, None)
+                    own.persist.pop(sig.name, None)
+                    own.recent.pop(sig.name, None)

@@ -11,6 +11,8 @@ routing tree. No match means "record only": the window is anomalous but nobody i
 'sev1'
 >>> [classify(rules, "refusal_rate", "production", n, 7.0) for n in (2, 3)]
 ['sev4', 'sev2']
+>>> classify(rules, "refusal_rate", "production", 1, 5.2, confirmed=True)
+'sev2'
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ RANK = {"sev1": 1, "sev2": 2, "sev3": 3, "sev4": 4}
 
 
 def classify(rules: Sequence[SeverityRule], signal: str, environment: str, persistence: int,
-             score: float) -> str | None:
-    """The severity of the first rule that matches, or ``None``."""
+             score: float, confirmed: bool = False) -> str | None:
+    """The severity of the first rule that matches, or ``None``. A shift the sequential
+    evidence confirmed meets a rule's ``min_persistence`` (unless the rule says
+    ``confirmed = false``): it is sustained, however few windows crossed the threshold."""
     for r in rules:
-        if (persistence >= r.min_persistence and abs(score) >= r.min_score
+        if ((persistence >= r.min_persistence or (confirmed and r.confirmed))
+                and abs(score) >= r.min_score
                 and matches(signal, r.signals)
                 and ("*" in r.environments or environment in r.environments)):
             return r.severity
