@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import datetime
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -66,6 +67,8 @@ class Baselines(_Base):
     season_period_seconds: Positive = 86400.0
     season_bins: Annotated[int, Meta(ge=1, le=168)] = 24
     max_dispersion: Annotated[float, Meta(ge=1)] = 25.0
+    # An anomalous episode this long is adopted as the new normal (its alert resolves).
+    adopt_after_windows: PosInt = 90
 
 
 class SignalConfig(_Base):
@@ -95,6 +98,19 @@ class SeverityRule(_Base):
     environments: list[str] = field(default_factory=lambda: ["*"])
     min_persistence: PosInt = 1
     min_score: NonNeg = 0.0
+    # A shift confirmed by the sequential evidence meets min_persistence too.
+    confirmed: bool = True
+
+
+class Rebaseline(_Base):
+    """Force a fresh baseline for matching (cohort, signal) pairs from ``at`` on (once)."""
+
+    at: str
+    match: dict[str, str] = field(default_factory=dict)
+    signals: list[str] = field(default_factory=lambda: ["*"])
+
+    def at_epoch(self) -> float:
+        return _epoch(self.at)
 
 
 class Override(_Base):
@@ -187,6 +203,7 @@ class Config(_Base):
     signals: dict[str, SignalConfig] = field(default_factory=dict)
     severity: list[SeverityRule] = field(default_factory=list)
     overrides: list[Override] = field(default_factory=list)
+    rebaseline: list[Rebaseline] = field(default_factory=list)
     sinks: Sinks = field(default_factory=Sinks)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
@@ -194,6 +211,13 @@ class Config(_Base):
     def signal(self, name: str) -> SignalConfig:
         """The settings of one signal (defaults where the file names none)."""
         return self.signals.get(name) or _DEFAULT_SIGNAL
+
+
+def _epoch(text: str) -> float:
+    t = datetime.fromisoformat(text)
+    if t.tzinfo is None:
+        raise ValueError("no offset")
+    return t.timestamp()
 
 
 _DEFAULT_SIGNAL = SignalConfig()
@@ -220,10 +244,17 @@ def _semantic_checks(cfg: Config) -> None:
         for s in rule.signals:
             if s != "*" and not s.endswith("*") and s not in known:
                 raise ConfigError(f"severity[{i}].signals: unknown signal {s!r}")
-    for i, ov in enumerate(cfg.overrides):
-        for k in ov.match:
-            if k not in COHORT_FIELDS:
-                raise ConfigError(f"overrides[{i}].match.{k}: not a cohort field")
+    for what, entries in (("overrides", cfg.overrides), ("rebaseline", cfg.rebaseline)):
+        for i, entry in enumerate(entries):
+            for k in entry.match:
+                if k not in COHORT_FIELDS:
+                    raise ConfigError(f"{what}[{i}].match.{k}: not a cohort field")
+    for i, rb in enumerate(cfg.rebaseline):
+        try:
+            rb.at_epoch()
+        except ValueError:
+            raise ConfigError(f"rebaseline[{i}].at: not an RFC 3339 time with an offset "
+                              f"(e.g. 2026-12-07T06:00:00Z): {rb.at!r}") from None
     if not cfg.severity:
         raise ConfigError("severity: at least one rule is needed (the last one is the fallback)")
 

@@ -175,7 +175,8 @@ SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (
     _d("token_blowup", "output_tokens", "out_med", 3, change_fields=("model_version",
                                                                      "prompt_version")),
     _d("latency_regression", "latency_ms", "lat_med", 2.5, change_fields=("model_version",)),
-    _d("traffic_drop", "volume", "volume", 0.15, scope="app", relevant="all"),
+    # Volume is context, not misbehaviour: a cohort's traffic falling away is a sev3 to look at.
+    _d("traffic_drop", "volume", "volume", 0.15, expected="sev3", scope="app", relevant="all"),
     _d("slow_ramp", "refusal_rate", "p_refusal", 5, ramp=True),
     _d("canary_regression", "refusal_rate", "p_refusal", 5, expected="sev3",
        apps=("support-agent",), env="canary", scope="app", min_per_min=0.0),
