@@ -1,20 +1,113 @@
-"""Writing simulated traffic as a trace file, the way producers really write it: RFC 3339 and
-epoch timestamps, a few JSON-array batches, a few events carrying prompt text the detector
-must drop, and a few counted malformed lines the detector must dead-letter. Fields come in
-the contract's order, as a producer built from the contract writes them (other fields after).
+"""Trace files: reading them with a bound on line length (plain or gzip), and writing
+simulated traffic the way producers really write it: RFC 3339 and epoch timestamps, a few
+JSON-array batches, a few events carrying prompt text the detector must drop, and a few counted
+malformed lines the detector must dead-letter. Fields come in the contract's order, as a
+producer built from the contract writes them (other fields after).
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import random
 import time
-from typing import Any, Final
+import zlib
+from collections.abc import Iterator
+from typing import IO, Any, Final, NamedTuple
 
 import orjson
 
 from detector.events import TraceEvent
 
-__all__ = ["TraceWriter", "rfc3339"]
+__all__ = ["Oversized", "TraceFileError", "TraceWriter", "open_traces", "read_lines", "rfc3339"]
+
+_GZIP: Final = b"\x1f\x8b"
+#: Formats recognised by their magic bytes and refused by name (decompress them first).
+_REFUSED: Final = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"),
+                   (b"\x04\x22\x4d\x18", "lz4"), (b"PK\x03\x04", "zip"),
+                   (b"\xff\x06\x00\x00sNaPpY", "snappy"))
+_SNIFF: Final = 6
+_SKIP_CHUNK: Final = 1 << 16
+
+
+class TraceFileError(Exception):
+    """Input that is not a stream of trace lines we can read (a compressed format we refuse,
+    a corrupt or truncated gzip stream)."""
+
+
+class Oversized(NamedTuple):
+    """A line over the limit, skipped without being held: its length and SHA-256 (of the line
+    without its line ending), never its content."""
+
+    size: int
+    sha256: str
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream with the bytes already read from it put back in front (sniffing a pipe)."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.head:
+            data, self.head = self.head[:len(b)], self.head[len(b):]
+        else:
+            data = self.rest.read1(len(b))  # type: ignore[attr-defined]
+        b[:len(data)] = data
+        return len(data)
+
+
+def open_traces(src: IO[bytes], name: str = "") -> IO[bytes]:
+    """``src`` ready for :func:`read_lines`: gzip (by its magic bytes, or a ``.gz`` name) is
+    read transparently; another compressed format is refused, naming it."""
+    if src.seekable():
+        pos = src.tell()
+        head = src.read(_SNIFF)
+        src.seek(pos)
+    else:
+        head = src.read(_SNIFF)
+        src = io.BufferedReader(_Prefixed(head, src), _SKIP_CHUNK)  # type: ignore[arg-type]
+    if head.startswith(_GZIP) or name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+    for magic, fmt in _REFUSED:
+        if head.startswith(magic):
+            raise TraceFileError(f"the input is {fmt}-compressed, which replay does not read; "
+                                 f"decompress it first (plain JSON Lines or gzip)")
+    return src
+
+
+def read_lines(src: IO[bytes], max_bytes: int) -> Iterator[bytes | Oversized]:
+    """Lines of ``src`` (with their line ending); a line longer than ``max_bytes`` is read
+    past in chunks and given as :class:`Oversized`, so no more than ``max_bytes`` + 2 bytes of
+    a line are ever held.
+
+    >>> list(read_lines(io.BytesIO(b"ab\\n" + b"x" * 10 + b"\\n\\ncd"), 4))  # doctest: +ELLIPSIS
+    [b'ab\\n', Oversized(size=10, sha256='fc11d6f2...'), b'\\n', b'cd']
+    """
+    limit = max_bytes + 2   # a line at the limit, with "\r\n"; longer ones decode rejects
+    readline = src.readline
+    try:
+        while line := readline(limit):
+            if line[-1:] == b"\n" or len(line) < limit:
+                yield line
+                continue
+            digest, size = hashlib.sha256(line), len(line)
+            while chunk := readline(_SKIP_CHUNK):
+                if chunk[-1:] == b"\n":
+                    chunk = chunk.rstrip(b"\r\n")
+                    digest.update(chunk)
+                    size += len(chunk)
+                    break
+                digest.update(chunk)
+                size += len(chunk)
+            yield Oversized(size, digest.hexdigest())
+    except (OSError, EOFError, zlib.error) as e:   # gzip: corrupt, truncated, not gzip
+        raise TraceFileError(f"cannot read the input: {e}") from e
 
 BATCH_SHARE: Final = 0.03  # lines that are a JSON array of 2-20 events
 MALFORMED_SHARE: Final = 0.001
