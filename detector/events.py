@@ -27,6 +27,7 @@ import hashlib
 import re
 import sys
 from collections import deque
+from collections.abc import Iterable
 from datetime import datetime
 from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter
@@ -137,6 +138,7 @@ class Rejection(NamedTuple):
 _one: Final = msgspec.json.Decoder(TraceEvent)
 _many: Final = msgspec.json.Decoder(list[TraceEvent])
 _raw: Final = msgspec.json.Decoder()
+_split: Final = msgspec.json.Decoder(list[msgspec.Raw])   # a batch's items, unparsed
 _CONTRACT_FIELDS: Final = frozenset(TraceEvent.__struct_fields__) - {"override_reason"}
 _AT = re.compile(r" - at `\$(?:\[\d+\])?\.?([A-Za-z_]\w*)?")
 
@@ -383,20 +385,44 @@ def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEven
 
 
 def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:
-    """Item-by-item decode, so one bad event in a batch is rejected alone."""
+    """Item-by-item decode, so one bad event in a batch is rejected alone (also one that is
+    well-formed JSON but not decodable: invalid UTF-8, a number out of range)."""
     try:
         obj = _raw.decode(data)
     except RecursionError:
         return [], [_too_deep(data)]
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
-        return [], [Rejection("not_json", None, str(e)[:200], _fingerprint(data))]
-    items = obj if isinstance(obj, list) else [obj]
+        try:
+            parts = _split.decode(data) if data.lstrip()[:1] == b"[" else None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            parts = None
+        if parts is None:
+            return [], [_not_json(data, e)]
+        return _outcomes(map(_part, parts))
+    return _outcomes(map(_one_item, obj if isinstance(obj, list) else [obj]))
+
+
+def _part(raw: msgspec.Raw) -> TraceEvent | Rejection:
+    """One item of a batch that did not parse as a whole."""
+    try:
+        return _one_item(_raw.decode(raw))
+    except RecursionError:
+        return _too_deep(bytes(raw))
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        return _not_json(bytes(raw), e)
+
+
+def _outcomes(results: Iterable[TraceEvent | Rejection]) -> tuple[list[TraceEvent],
+                                                                   list[Rejection]]:
     ok: list[TraceEvent] = []
     bad: list[Rejection] = []
-    for item in items:
-        r = _one_item(item)
+    for r in results:
         (ok if isinstance(r, TraceEvent) else bad).append(r)  # type: ignore[arg-type]
     return ok, bad
+
+
+def _not_json(data: bytes, e: Exception) -> Rejection:
+    return Rejection("not_json", None, str(e)[:200], _fingerprint(data))
 
 
 def _too_deep(data: bytes | None) -> Rejection:

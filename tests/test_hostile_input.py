@@ -4,12 +4,21 @@ alone with a clear reason, and nothing a producer put in a field reaches a dead 
 from __future__ import annotations
 
 import hashlib
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from detector.config import Config
-from detector.events import TraceEvent, decode, decode_many
+from detector.events import REASONS, TraceEvent, decode, decode_many
 from detector.pipeline import Stage1
 
 GOOD = b'{"ts": 1700000000, "operation": "chat", "tenant": "t1", "app": "a"}'
@@ -102,3 +111,121 @@ def test_short_contract_values_stay_readable() -> None:
     bad = decode(msg)[1][0]
     assert bad.payload == {"ts": 1, "operation": "chat", "tenant": "acme", "retries": -1,
                            "_dropped_fields": ["prompt"]}
+
+
+# -- stage 1 as a whole, property-tested ----------------------------------------------------
+
+#: JSON values in raw form, each with whether it makes its whole message unsplittable
+#: (bad syntax, or nesting past the decoder's limit) rather than only its own item bad.
+_SYNTAX_POISON = [b"NaN", b"Infinity", b"-Infinity", b"[1,]", b"{" * 3000 + b"}" * 3000,
+                  b"[" * 20_000 + b"]" * 20_000]
+_ITEM_POISON = [b"1e400", b"-1e999", b"1" + b"0" * 400, b'"\xff\xfe"', b'"\xed\xa0\x80"',
+                b'"' + b"y" * 200_000 + b'"', b"[" * 40 + b"]" * 40, b'{"a": {"b": [1, {}]}}',
+                b"-1", b"18446744073709551616", b"1.7976931348623157e308", b'""', b"null"]
+_FIELDS = [*(f for f in TraceEvent.__struct_fields__ if f != "ts"), "x", "prompt", "p" * 100]
+_plain = st.one_of(st.none(), st.booleans(), st.integers(-(10**30), 10**30),
+                   st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=80),
+                   st.lists(st.text(max_size=8), max_size=40))
+
+
+def _json(v: object) -> bytes:
+    return json.dumps(v).encode()   # not orjson: it writes no integer past 64 bits
+
+
+@st.composite
+def _item(draw: st.DrawFn) -> tuple[bytes, bool]:
+    """One item of a message: (raw JSON, poisons the whole message)."""
+    kind = draw(st.sampled_from(["good", "hostile", "scalar", "missing"]))
+    if kind == "scalar":
+        return draw(st.sampled_from([b"5", b'"event"', b"true", b"null", b"1e400"])), False
+    base = {"ts": draw(st.sampled_from([1700000000, 1700000030.5, "2023-11-14T22:13:20Z"])),
+            "operation": draw(st.sampled_from(["chat", "execute_tool", "x" * 70])),
+            "tenant": draw(st.sampled_from(["t1", "t2"])), "app": "a"}
+    if kind == "missing":
+        base.pop(draw(st.sampled_from(["ts", "operation"])))
+    pairs = [(orjson.dumps(k), orjson.dumps(v)) for k, v in base.items()]
+    poison = False
+    if kind == "hostile":
+        for _ in range(draw(st.integers(1, 4))):
+            # "ts" may come again (a duplicate key), but never as a valid far-off time:
+            # huge timestamps are the windowing's concern, not decoding's.
+            key = draw(st.sampled_from([*_FIELDS, "ts"]))
+            if key == "ts":
+                raw = draw(st.sampled_from([b'"yesterday"', b"-5", b"[]", b"NaN"]))
+            else:
+                raw = draw(st.one_of(st.sampled_from(_SYNTAX_POISON + _ITEM_POISON),
+                                     _plain.map(_json)))
+            poison |= raw in _SYNTAX_POISON
+            pairs.insert(draw(st.integers(0, len(pairs))), (orjson.dumps(key), raw))
+    return b"{" + b",".join(k + b":" + v for k, v in pairs) + b"}", poison
+
+
+@st.composite
+def _message(draw: st.DrawFn) -> tuple[bytes, int]:
+    """A message and how many outcomes (events + rejections) it must give."""
+    if draw(st.integers(0, 4)) == 0:
+        data = draw(st.binary(max_size=200))
+        return data, _outcomes_of_bytes(data)
+    items = draw(st.lists(_item(), min_size=1, max_size=6))
+    if len(items) == 1 and draw(st.booleans()):
+        data, n = items[0][0], 1
+    else:
+        data = b"[" + b", ".join(i for i, _ in items) + b"]"
+        n = 1 if any(p for _, p in items) else len(items)
+    return data, 1 if len(data) > 1 << 20 else n
+
+
+def _outcomes_of_bytes(data: bytes) -> int:
+    """Arbitrary bytes: one outcome, or one per item if they happen to form a JSON array."""
+    if data.lstrip()[:1] != b"[":
+        return 1
+    try:
+        return len(msgspec.json.decode(data, type=list[msgspec.Raw]))
+    except msgspec.DecodeError:
+        return 1
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(st.lists(_message(), max_size=12))
+def test_stage1_never_raises_and_accounts_for_every_message(config: Config,
+                                                             messages: list) -> None:
+    out = Stage1(config).feed_many([m for m, _ in messages])
+    assert out.decoded + len(out.rejects) == sum(n for _, n in messages)
+    for r in out.rejects:
+        assert r.reason in REASONS and len(r.to_json()) < 4096
+    assert sorted(r.message for r in out.rejects) == [r.message for r in out.rejects]
+
+
+def test_replay_of_hostile_lines_exits_0_with_every_line_accounted_for(tmp_path: Path) -> None:
+    lines, outcomes = [], 0
+    for raw in _SYNTAX_POISON + _ITEM_POISON:
+        bad = GOOD[:-1] + b', "x": ' + raw + b"}"
+        lines += [bad, b"[" + GOOD + b", " + bad + b"]", b'{"ts": ' + raw + b"}"]
+        outcomes += 1 + (1 if raw in _SYNTAX_POISON else 2) + 1
+    rng = random.Random(7)
+    junk = [b"\x00" + rng.randbytes(200).replace(b"\n", b"") for _ in range(50)]
+    lines += [*junk, b"", b"   ", b"[]", b"[[[[", GOOD]
+    outcomes += len(junk) + 2   # "[]" holds no event; the blank lines are no message
+    src = tmp_path / "hostile.jsonl"
+    src.write_bytes(b"\n".join(lines) + b"\n")
+    r = subprocess.run([sys.executable, "-m", "detector.cli", "replay", str(src),
+                        "--dead-letter", str(tmp_path / "d.jsonl")],
+                       capture_output=True, text=True, check=False, timeout=120)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    n = {k: int(v.replace(",", "")) for k, v in
+         re.findall(r"^(events decoded|rejected|  blank) +([\d,]+)$", r.stderr, re.M)}
+    assert n["events decoded"] + n["rejected"] == outcomes and n["  blank"] == 2, r.stderr
+    assert len((tmp_path / "d.jsonl").read_bytes().splitlines()) == n["rejected"]
+
+
+@pytest.mark.parametrize("raw", [b"1e400", b'"\xff\xfe"'])
+def test_an_undecodable_item_of_a_batch_is_rejected_alone(raw: bytes) -> None:
+    """Well-formed JSON that does not decode (a number out of range, invalid UTF-8) in one
+    item: the batch's other items are kept."""
+    bad = GOOD[:-1] + b', "latency_ms": ' + raw + b"}"
+    batch = b"[" + GOOD + b", " + bad + b", " + GOOD + b"]"
+    ok, rej = decode(batch)
+    assert len(ok) == 2 and [r.reason for r in rej] == ["not_json"]
+    ok, rej = decode_many([GOOD, batch])
+    assert len(ok) == 3 and [(r.reason, r.message) for r in rej] == [("not_json", 1)]
