@@ -28,7 +28,7 @@ _REFUSED: Final = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"), (b"BZ
                    (b"\x04\x22\x4d\x18", "lz4"), (b"PK\x03\x04", "zip"),
                    (b"\xff\x06\x00\x00sNaPpY", "snappy"))
 _SNIFF: Final = 6
-_SKIP_CHUNK: Final = 1 << 16
+_CHUNK: Final = 1 << 18
 
 
 class TraceFileError(Exception):
@@ -71,7 +71,7 @@ def open_traces(src: IO[bytes], name: str = "") -> IO[bytes]:
         src.seek(pos)
     else:
         head = src.read(_SNIFF)
-        src = io.BufferedReader(_Prefixed(head, src), _SKIP_CHUNK)  # type: ignore[arg-type]
+        src = io.BufferedReader(_Prefixed(head, src), _CHUNK)  # type: ignore[arg-type]
     if head.startswith(_GZIP) or name.endswith(".gz"):
         return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
     for magic, fmt in _REFUSED:
@@ -82,32 +82,52 @@ def open_traces(src: IO[bytes], name: str = "") -> IO[bytes]:
 
 
 def read_lines(src: IO[bytes], max_bytes: int) -> Iterator[bytes | Oversized]:
-    """Lines of ``src`` (with their line ending); a line longer than ``max_bytes`` is read
-    past in chunks and given as :class:`Oversized`, so no more than ``max_bytes`` + 2 bytes of
-    a line are ever held.
+    """Lines of ``src`` without their ``\\n``. A line longer than ``max_bytes`` (+1 for a
+    ``\\r``) is given as :class:`Oversized`; one that does not end in the chunk being split is
+    read past without being held: at most ``max_bytes`` and two chunks are ever held.
 
-    >>> list(read_lines(io.BytesIO(b"ab\\n" + b"x" * 10 + b"\\n\\ncd"), 4))  # doctest: +ELLIPSIS
-    [b'ab\\n', Oversized(size=10, sha256='fc11d6f2...'), b'\\n', b'cd']
+    >>> list(read_lines(io.BytesIO(b"ab\\n" + b"x" * 10 + b"\\r\\n\\ncd"), 4))  # doctest: +ELLIPSIS
+    [b'ab', Oversized(size=10, sha256='fc11d6f2...'), b'', b'cd']
     """
-    limit = max_bytes + 2   # a line at the limit, with "\r\n"; longer ones decode rejects
-    readline = src.readline
+    limit = max_bytes + 1
+    read = getattr(src, "read1", src.read)   # what is there: a pipe is not waited on
+    tail = b""          # the start of a line that a later chunk ends
+    digest = None       # of an over-long line being read past
+    size = 0
     try:
-        while line := readline(limit):
-            if line[-1:] == b"\n" or len(line) < limit:
-                yield line
-                continue
-            digest, size = hashlib.sha256(line), len(line)
-            while chunk := readline(_SKIP_CHUNK):
-                if chunk[-1:] == b"\n":
-                    chunk = chunk.rstrip(b"\r\n")
+        while chunk := read(_CHUNK):
+            if digest is not None:
+                nl = chunk.find(b"\n")
+                if nl < 0:
                     digest.update(chunk)
                     size += len(chunk)
-                    break
-                digest.update(chunk)
-                size += len(chunk)
-            yield Oversized(size, digest.hexdigest())
+                    continue
+                end = chunk[:nl].removesuffix(b"\r")
+                digest.update(end)
+                yield Oversized(size + len(end), digest.hexdigest())
+                digest, chunk = None, chunk[nl + 1:]
+            lines = chunk.split(b"\n")
+            lines[0] = tail + lines[0]
+            tail = lines.pop()
+            if max(map(len, lines), default=0) <= limit:   # the common case, in C
+                yield from lines
+            else:
+                yield from (x if len(x) <= limit else _oversized(x) for x in lines)
+            if len(tail) > limit:
+                digest, size, tail = hashlib.sha256(tail), len(tail), b""
     except (OSError, EOFError, zlib.error) as e:   # gzip: corrupt, truncated, not gzip
         raise TraceFileError(f"cannot read the input: {e}") from e
+    if digest is not None:
+        yield Oversized(size, digest.hexdigest())
+    elif tail:
+        yield tail if len(tail) <= limit else _oversized(tail)
+
+
+def _oversized(line: bytes) -> Oversized:
+    # Less a "\r", as the decoder gets a line (replay strips the line ending).
+    line = line.removesuffix(b"\r")
+    return Oversized(len(line), hashlib.sha256(line).hexdigest())
+
 
 BATCH_SHARE: Final = 0.03  # lines that are a JSON array of 2-20 events
 MALFORMED_SHARE: Final = 0.001

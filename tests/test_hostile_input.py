@@ -4,6 +4,7 @@ alone with a clear reason, and nothing a producer put in a field reaches a dead 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import random
 import re
@@ -17,9 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from detector import tracefile
 from detector.config import Config
 from detector.events import REASONS, TraceEvent, decode, decode_many
 from detector.pipeline import Stage1
+from detector.tracefile import Oversized, read_lines
 
 GOOD = b'{"ts": 1700000000, "operation": "chat", "tenant": "t1", "app": "a"}'
 MARK = "PROMPTTEXTMARKER"
@@ -229,3 +232,21 @@ def test_an_undecodable_item_of_a_batch_is_rejected_alone(raw: bytes) -> None:
     assert len(ok) == 2 and [r.reason for r in rej] == ["not_json"]
     ok, rej = decode_many([GOOD, batch])
     assert len(ok) == 3 and [(r.reason, r.message) for r in rej] == [("not_json", 1)]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"").replace(b"\r", b"")),
+                max_size=30),
+       st.integers(0, 30), st.integers(1, 50), st.booleans())
+def test_read_lines_splits_any_chunking_like_split(lines: list[bytes], max_bytes: int,
+                                                   chunk: int, final_newline: bool) -> None:
+    """Whatever the chunk size, the lines are those of ``bytes.split``, the over-long ones
+    as their length and digest."""
+    data = b"\n".join(lines) + (b"\n" if final_newline and lines else b"")
+    want = [x if len(x) <= max_bytes + 1 else Oversized(len(x), hashlib.sha256(x).hexdigest())
+            for x in (data.split(b"\n")[:-1] if data.endswith(b"\n") else data.split(b"\n"))]
+    if data == b"":
+        want = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tracefile, "_CHUNK", chunk)
+        assert list(read_lines(io.BytesIO(data), max_bytes)) == want
