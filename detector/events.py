@@ -284,7 +284,7 @@ def _one_item(item: object) -> TraceEvent | Rejection:
         detail = _ENUM_VALUE.sub("Invalid enum value", str(e))
         return Rejection(reason, field, detail, _sanitise(item))
     except RecursionError:
-        return _too_deep(None)._replace(payload=_sanitise(item))
+        return _too_deep(_sanitise(item))
     bad = _finish(ev)
     return bad._replace(payload=_sanitise(item)) if bad else ev
 
@@ -390,7 +390,7 @@ def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:
     try:
         obj = _raw.decode(data)
     except RecursionError:
-        return [], [_too_deep(data)]
+        return [], [_too_deep(_fingerprint(data))]
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         try:
             parts = _split.decode(data) if data.lstrip()[:1] == b"[" else None
@@ -407,7 +407,7 @@ def _part(raw: msgspec.Raw) -> TraceEvent | Rejection:
     try:
         return _one_item(_raw.decode(raw))
     except RecursionError:
-        return _too_deep(bytes(raw))
+        return _too_deep(_fingerprint(bytes(raw)))
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         return _not_json(bytes(raw), e)
 
@@ -425,7 +425,6 @@ def _not_json(data: bytes, e: Exception) -> Rejection:
     return Rejection("not_json", None, str(e)[:200], _fingerprint(data))
 
 
-def _too_deep(data: bytes | None) -> Rejection:
+def _too_deep(payload: dict[str, Any]) -> Rejection:
     # msgspec's limit is the interpreter's recursion limit (1000) less the caller's stack.
-    return Rejection("too_deep", None, "JSON nested deeper than the decoder's limit",
-                     _fingerprint(data) if data is not None else {})
+    return Rejection("too_deep", None, "JSON nested deeper than the decoder's limit", payload)
