@@ -17,6 +17,8 @@ are never materialised.
 (1, 'out_of_range', 'retries')
 >>> decode(b'not json')[1][0].reason
 'not_json'
+>>> decode(b'{"ts": 1, "operation": "chat", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}")[1][0].reason
+'too_deep'
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import hashlib
 import re
 import sys
 from collections import deque
+from collections.abc import Iterable
 from datetime import datetime
 from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter
@@ -43,6 +46,7 @@ __all__ = [
     "TraceEvent",
     "decode",
     "decode_many",
+    "too_large",
 ]
 
 MAX_MESSAGE_BYTES: Final = 1 << 20
@@ -58,7 +62,7 @@ MODEL_OPERATIONS: Final = frozenset({"chat", "text_completion", "generate_conten
 #: Every reason a message or event can be rejected for; a bounded set (it labels a metric).
 REASONS: Final = (
     "too_large", "not_json", "not_object", "missing_field", "wrong_type", "out_of_range",
-    "bad_timestamp",
+    "bad_timestamp", "too_deep",
 )
 
 Str32 = Annotated[str, Meta(max_length=32)]
@@ -134,6 +138,7 @@ class Rejection(NamedTuple):
 _one: Final = msgspec.json.Decoder(TraceEvent)
 _many: Final = msgspec.json.Decoder(list[TraceEvent])
 _raw: Final = msgspec.json.Decoder()
+_split: Final = msgspec.json.Decoder(list[msgspec.Raw])   # a batch's items, unparsed
 _CONTRACT_FIELDS: Final = frozenset(TraceEvent.__struct_fields__) - {"override_reason"}
 _AT = re.compile(r" - at `\$(?:\[\d+\])?\.?([A-Za-z_]\w*)?")
 
@@ -143,15 +148,93 @@ def _fingerprint(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def too_large(size: int, sha256: str, max_bytes: int) -> Rejection:
+    """The rejection of a message over the size limit, from its length and digest alone (a
+    reader that skips an over-long line never holds it)."""
+    return Rejection("too_large", None, f"{size} bytes > limit {max_bytes}",
+                     {"bytes": size, "sha256": sha256})
+
+
+#: Strings in a dead letter longer than this (or than their field's contract allows) keep
+#: only a prefix, their length and a digest: a producer may have put prompt text anywhere.
+KEEP_CHARS: Final = 64
+PREFIX_CHARS: Final = 16
+_MAX_ITEMS: Final = 32    # list items and dropped field names kept
+_INT64: Final = range(-(1 << 63), 1 << 64)   # what orjson can write
+
+
+def _str_limit(t: msgspec.inspect.Type) -> int:
+    """The longest string a field's contract admits, capped at KEEP_CHARS (a field that
+    admits no string keeps only as much as the prefix would show)."""
+    types = t.types if isinstance(t, msgspec.inspect.UnionType) else (t,)
+    limit = PREFIX_CHARS
+    for u in types:
+        if isinstance(u, msgspec.inspect.ListType):
+            u = u.item_type
+        if isinstance(u, msgspec.inspect.StrType | msgspec.inspect.DateTimeType):
+            limit = max(limit, min(KEEP_CHARS, getattr(u, "max_length", None) or KEEP_CHARS))
+        elif isinstance(u, msgspec.inspect.LiteralType):
+            limit = max(limit, max(map(len, u.values)))
+    return limit
+
+
+_KEEP: Final = {f.name: _str_limit(f.type)
+                for f in msgspec.inspect.type_info(TraceEvent).fields}  # type: ignore[attr-defined]
+_HEX_IDS: Final = frozenset({"trace_id", "span_id"})
+
+
+def _digest(s: str, prefix: int = PREFIX_CHARS) -> dict[str, Any]:
+    """A long string as a bounded prefix, its length and a short digest.
+
+    >>> _digest("x" * 100)
+    {'prefix': 'xxxxxxxxxxxxxxxx', 'chars': 100, 'sha256': '09ecb6ebc8bcefc7'}
+    """
+    h = hashlib.sha256(s.encode()).hexdigest()[:16]
+    return {"prefix": s[:prefix], "chars": len(s), "sha256": h}
+
+
+def _bounded(v: object, limit: int, depth: int = 0) -> object:
+    """``v`` with every string over ``limit`` digested, lists cut to _MAX_ITEMS, nested
+    containers and integers orjson cannot write summarised: bounded in size and depth."""
+    if isinstance(v, str):
+        return v if len(v) <= limit else _digest(v)
+    if isinstance(v, bool) or v is None or isinstance(v, float):
+        return v
+    if isinstance(v, int):
+        return v if v in _INT64 else {"json_type": "int", "bits": v.bit_length()}
+    if isinstance(v, list) and depth == 0:
+        kept = [_bounded(x, limit, 1) for x in v[:_MAX_ITEMS]]
+        return [*kept, {"more_items": len(v) - _MAX_ITEMS}] if len(v) > _MAX_ITEMS else kept
+    # An object's keys may be prompt text too: only its type and size.
+    return {"json_type": type(v).__name__, "items": len(v)}  # type: ignore[arg-type]
+
+
 def _sanitise(obj: object) -> dict[str, Any]:
-    """The part of an input object the dead-letter destination may keep."""
+    """The part of an input object the dead-letter destination may keep: contract fields,
+    bounded (:func:`_bounded`), and the names of the others, bounded in count and length.
+
+    >>> p = _sanitise({"ts": 1, "tenant": "t" * 200, "trace_id": "not hex", "p" * 80: "hi"})
+    >>> p["tenant"]["chars"], p["trace_id"]["prefix"], p["_dropped_fields"][0]["chars"]
+    (200, 'not hex', 80)
+    """
     if not isinstance(obj, dict):
         return {"json_type": type(obj).__name__}
-    kept = {k: v for k, v in obj.items() if k in _CONTRACT_FIELDS}
-    dropped = sorted(k for k in obj if k not in _CONTRACT_FIELDS)
+    kept: dict[str, Any] = {}
+    for k, v in obj.items():
+        if k in _CONTRACT_FIELDS:
+            # A non-hex id is free text to us: keep less of it than the shorter id's length.
+            hidden = k in _HEX_IDS and isinstance(v, str) and not _is_hex(v)
+            kept[k] = _digest(v, PREFIX_CHARS // 2) if hidden else _bounded(v, _KEEP[k])
+    dropped = [k for k in obj if k not in _CONTRACT_FIELDS]
     if dropped:
-        kept["_dropped_fields"] = dropped[:32]
+        dropped.sort()
+        kept["_dropped_fields"] = [_bounded(k, KEEP_CHARS) for k in dropped[:_MAX_ITEMS]]
+        if len(dropped) > _MAX_ITEMS:
+            kept["_dropped_field_count"] = len(dropped)
     return kept
+
+
+_ENUM_VALUE = re.compile(r"Invalid enum value '.*'(?= - at)", re.S)
 
 
 def _classify(message: str) -> tuple[str, str | None]:
@@ -197,7 +280,11 @@ def _one_item(item: object) -> TraceEvent | Rejection:
         ev = msgspec.convert(item, TraceEvent, strict=True)
     except msgspec.ValidationError as e:
         reason, field = _classify(str(e))
-        return Rejection(reason, field, str(e), _sanitise(item))
+        # The one msgspec message that quotes the input: a long value could be prompt text.
+        detail = _ENUM_VALUE.sub("Invalid enum value", str(e))
+        return Rejection(reason, field, detail, _sanitise(item))
+    except RecursionError:
+        return _too_deep(_sanitise(item))
     bad = _finish(ev)
     return bad._replace(payload=_sanitise(item)) if bad else ev
 
@@ -227,12 +314,11 @@ def decode(
 ) -> tuple[list[TraceEvent], list[Rejection]]:
     """Decode one message (an event or a JSON array of events); never raises."""
     if len(data) > max_bytes:
-        return [], [Rejection("too_large", None, f"{len(data)} bytes > limit {max_bytes}",
-                              _fingerprint(data))]
+        return [], [too_large(len(data), hashlib.sha256(data).hexdigest(), max_bytes)]
     head = data.lstrip()[:1]
     try:
         evs = _many.decode(data) if head == b"[" else [_one.decode(data)]
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         return _slow_path(data)
     if not _finish_all(evs):
         # Rare: a check only _finish makes failed; redo the message item by item.
@@ -285,7 +371,7 @@ def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEven
                 bad: list[Rejection]) -> None:
     try:
         evs = _many.decode(b"[" + b",".join(run) + b"]")
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError):
+    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
         evs = None
     # One event per message, and every late check passing; else message by message, so each
     # bad message is rejected alone (and "{…},{…}" in one message cannot pass as two events).
@@ -299,15 +385,46 @@ def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEven
 
 
 def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:
-    """Item-by-item decode, so one bad event in a batch is rejected alone."""
+    """Item-by-item decode, so one bad event in a batch is rejected alone (also one that is
+    well-formed JSON but not decodable: invalid UTF-8, a number out of range)."""
     try:
         obj = _raw.decode(data)
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
-        return [], [Rejection("not_json", None, str(e)[:200], _fingerprint(data))]
-    items = obj if isinstance(obj, list) else [obj]
+    except RecursionError:
+        return [], [_too_deep(_fingerprint(data))]
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        try:
+            parts = _split.decode(data) if data.lstrip()[:1] == b"[" else None
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+            parts = None
+        if parts is None:
+            return [], [_not_json(data, e)]
+        return _outcomes(map(_part, parts))
+    return _outcomes(map(_one_item, obj if isinstance(obj, list) else [obj]))
+
+
+def _part(raw: msgspec.Raw) -> TraceEvent | Rejection:
+    """One item of a batch that did not parse as a whole."""
+    try:
+        return _one_item(_raw.decode(raw))
+    except RecursionError:
+        return _too_deep(_fingerprint(bytes(raw)))
+    except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        return _not_json(bytes(raw), e)
+
+
+def _outcomes(results: Iterable[TraceEvent | Rejection]) -> tuple[list[TraceEvent],
+                                                                   list[Rejection]]:
     ok: list[TraceEvent] = []
     bad: list[Rejection] = []
-    for item in items:
-        r = _one_item(item)
+    for r in results:
         (ok if isinstance(r, TraceEvent) else bad).append(r)  # type: ignore[arg-type]
     return ok, bad
+
+
+def _not_json(data: bytes, e: Exception) -> Rejection:
+    return Rejection("not_json", None, str(e)[:200], _fingerprint(data))
+
+
+def _too_deep(payload: dict[str, Any]) -> Rejection:
+    # msgspec's limit is the interpreter's recursion limit (1000) less the caller's stack.
+    return Rejection("too_deep", None, "JSON nested deeper than the decoder's limit", payload)

@@ -14,12 +14,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any
 
 from detector.config import Config, ConfigError, load_config
+from detector.events import Rejection, too_large
 from detector.pipeline import Pipeline
 from detector.sinks.jsonl import JsonlSink
+from detector.tracefile import Oversized, TraceFileError, open_traces, read_lines
 
 __all__ = ["ReplaySummary", "add_arguments", "replay", "run"]
 
@@ -31,6 +34,7 @@ BLOCK_LINES = 256
 @dataclass
 class ReplaySummary:
     lines: int = 0
+    blank: int = 0   # empty or whitespace-only lines: skipped, not rejections
     events: int = 0
     late: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
@@ -43,6 +47,7 @@ class ReplaySummary:
     def table(self) -> str:
         rows = [
             f"lines read         {self.lines:>12,}",
+            f"  blank            {self.blank:>12,}",
             f"events decoded     {self.events:>12,}",
             f"late events        {self.late:>12,}",
             f"rejected           {sum(self.rejects.values()):>12,}",
@@ -61,7 +66,7 @@ class ReplaySummary:
 
 
 def replay(
-    lines: Iterable[bytes],
+    lines: Iterable[bytes | Oversized],
     config: Config,
     emit: Callable[[dict[str, Any]], None],
     *,
@@ -70,8 +75,10 @@ def replay(
     clock: Callable[[], float] = time.monotonic,
     progress_every: float = 5.0,
 ) -> ReplaySummary:
-    """Run the core over ``lines``; hand every alert emission to ``emit``."""
+    """Run the core over ``lines`` (see :func:`detector.tracefile.read_lines`); hand every
+    alert emission to ``emit``."""
     pipe = Pipeline(config)
+    skipped: list[Rejection] = []   # over-long lines, each at its place in the block
     s = ReplaySummary()
     ids: set[str] = set()
     start = last = clock()
@@ -83,15 +90,26 @@ def replay(
             emit(a)
 
     def flush_rejects() -> None:
-        for r in pipe.take_rejects():
+        rejects = pipe.take_rejects()
+        if skipped:
+            rejects = sorted([*skipped, *rejects], key=attrgetter("message"))
+            skipped.clear()
+        for r in rejects:
             s.rejects[r.reason] += 1
             if dead_letter is not None:
                 dead_letter.write(r.to_json() + b"\n")
 
     block: list[bytes] = []
     for raw in lines:
-        line = raw.rstrip(b"\r\n")
+        if raw.__class__ is Oversized:
+            s.lines += 1
+            bad = too_large(raw.size, raw.sha256, config.input.max_message_bytes)  # type: ignore[union-attr]
+            skipped.append(bad._replace(message=len(block)))
+            continue
+        line = raw.rstrip(b"\r\n")  # type: ignore[union-attr]
         if not line.strip():
+            s.lines += 1
+            s.blank += 1
             continue
         block.append(line)
         if len(block) < BLOCK_LINES:
@@ -147,9 +165,15 @@ def run(args: argparse.Namespace) -> int:
             print(f"detector replay: {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
         sink = JsonlSink(out)
-        summary = replay(src, config, sink.emit, dead_letter=dlq,
-                         progress=None if args.quiet else sys.stderr)
-        sink.flush()
+        try:
+            lines = read_lines(open_traces(src, args.path), config.input.max_message_bytes)
+            summary = replay(lines, config, sink.emit, dead_letter=dlq,
+                             progress=None if args.quiet else sys.stderr)
+        except TraceFileError as e:
+            print(f"detector replay: {args.path}: {e}", file=sys.stderr)
+            return 2
+        finally:
+            sink.flush()
     if not args.quiet:
         print(summary.table(), file=sys.stderr)
     return 0

@@ -1,20 +1,133 @@
-"""Writing simulated traffic as a trace file, the way producers really write it: RFC 3339 and
-epoch timestamps, a few JSON-array batches, a few events carrying prompt text the detector
-must drop, and a few counted malformed lines the detector must dead-letter. Fields come in
-the contract's order, as a producer built from the contract writes them (other fields after).
+"""Trace files: reading them with a bound on line length (plain or gzip), and writing
+simulated traffic the way producers really write it: RFC 3339 and epoch timestamps, a few
+JSON-array batches, a few events carrying prompt text the detector must drop, and a few counted
+malformed lines the detector must dead-letter. Fields come in the contract's order, as a
+producer built from the contract writes them (other fields after).
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
 import random
 import time
-from typing import Any, Final
+import zlib
+from collections.abc import Iterator
+from typing import IO, Any, Final, NamedTuple
 
 import orjson
 
 from detector.events import TraceEvent
 
-__all__ = ["TraceWriter", "rfc3339"]
+__all__ = ["Oversized", "TraceFileError", "TraceWriter", "open_traces", "read_lines", "rfc3339"]
+
+_GZIP: Final = b"\x1f\x8b"
+#: Formats recognised by their magic bytes and refused by name (decompress them first).
+_REFUSED: Final = ((b"\x28\xb5\x2f\xfd", "zstd"), (b"\xfd7zXZ\x00", "xz"), (b"BZh", "bzip2"),
+                   (b"\x04\x22\x4d\x18", "lz4"), (b"PK\x03\x04", "zip"),
+                   (b"\xff\x06\x00\x00sNaPpY", "snappy"))
+_SNIFF: Final = 6
+_CHUNK: Final = 1 << 18
+
+
+class TraceFileError(Exception):
+    """Input that is not a stream of trace lines we can read (a compressed format we refuse,
+    a corrupt or truncated gzip stream)."""
+
+
+class Oversized(NamedTuple):
+    """A line over the limit, skipped without being held: its length and SHA-256 (of the line
+    without its line ending), never its content."""
+
+    size: int
+    sha256: str
+
+
+class _Prefixed(io.RawIOBase):
+    """A stream with the bytes already read from it put back in front (sniffing a pipe)."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self.head, self.rest = head, rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.head:
+            data, self.head = self.head[:len(b)], self.head[len(b):]
+        else:
+            data = self.rest.read1(len(b))  # type: ignore[attr-defined]
+        b[:len(data)] = data
+        return len(data)
+
+
+def open_traces(src: IO[bytes], name: str = "") -> IO[bytes]:
+    """``src`` ready for :func:`read_lines`: gzip (by its magic bytes, or a ``.gz`` name) is
+    read transparently; another compressed format is refused, naming it."""
+    if src.seekable():
+        pos = src.tell()
+        head = src.read(_SNIFF)
+        src.seek(pos)
+    else:
+        head = src.read(_SNIFF)
+        src = io.BufferedReader(_Prefixed(head, src), _CHUNK)  # type: ignore[arg-type]
+    if head.startswith(_GZIP) or name.endswith(".gz"):
+        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+    for magic, fmt in _REFUSED:
+        if head.startswith(magic):
+            raise TraceFileError(f"the input is {fmt}-compressed, which replay does not read; "
+                                 f"decompress it first (plain JSON Lines or gzip)")
+    return src
+
+
+def read_lines(src: IO[bytes], max_bytes: int) -> Iterator[bytes | Oversized]:
+    """Lines of ``src`` without their ``\\n``. A line longer than ``max_bytes`` (+1 for a
+    ``\\r``) is given as :class:`Oversized`; one that does not end in the chunk being split is
+    read past without being held: at most ``max_bytes`` and two chunks are ever held.
+
+    >>> list(read_lines(io.BytesIO(b"ab\\n" + b"x" * 10 + b"\\r\\n\\ncd"), 4))  # doctest: +ELLIPSIS
+    [b'ab', Oversized(size=10, sha256='fc11d6f2...'), b'', b'cd']
+    """
+    limit = max_bytes + 1
+    read = getattr(src, "read1", src.read)   # what is there: a pipe is not waited on
+    tail = b""          # the start of a line that a later chunk ends
+    digest = None       # of an over-long line being read past
+    size = 0
+    try:
+        while chunk := read(_CHUNK):
+            if digest is not None:
+                nl = chunk.find(b"\n")
+                if nl < 0:
+                    digest.update(chunk)
+                    size += len(chunk)
+                    continue
+                end = chunk[:nl].removesuffix(b"\r")
+                digest.update(end)
+                yield Oversized(size + len(end), digest.hexdigest())
+                digest, chunk = None, chunk[nl + 1:]
+            lines = chunk.split(b"\n")
+            lines[0] = tail + lines[0]
+            tail = lines.pop()
+            if max(map(len, lines), default=0) <= limit:   # the common case, in C
+                yield from lines
+            else:
+                yield from (x if len(x) <= limit else _oversized(x) for x in lines)
+            if len(tail) > limit:
+                digest, size, tail = hashlib.sha256(tail), len(tail), b""
+    except (OSError, EOFError, zlib.error) as e:   # gzip: corrupt, truncated, not gzip
+        raise TraceFileError(f"cannot read the input: {e}") from e
+    if digest is not None:
+        yield Oversized(size, digest.hexdigest())
+    elif tail:
+        yield tail if len(tail) <= limit else _oversized(tail)
+
+
+def _oversized(line: bytes) -> Oversized:
+    # Less a "\r", as the decoder gets a line (replay strips the line ending).
+    line = line.removesuffix(b"\r")
+    return Oversized(len(line), hashlib.sha256(line).hexdigest())
+
 
 BATCH_SHARE: Final = 0.03  # lines that are a JSON array of 2-20 events
 MALFORMED_SHARE: Final = 0.001

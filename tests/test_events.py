@@ -78,7 +78,7 @@ def test_rfc3339_without_an_offset_is_rejected_in_every_decode_path() -> None:
 
 def test_each_reason() -> None:
     cases = {
-        b"x" * 2000: "too_large",
+        b"x" * 20_000: "too_large",
         b"{not json": "not_json",
         b'"a string"': "not_object",
         b'{"operation": "chat"}': "missing_field",
@@ -91,9 +91,10 @@ def test_each_reason() -> None:
         b'{"ts": "2026-05-10T03:59:35", "operation": "chat"}': "bad_timestamp",
         b'{"ts": "yesterday", "operation": "chat"}': "bad_timestamp",
         b'{"ts": -1, "operation": "chat"}': "out_of_range",
+        b'{"ts": 1, "operation": "chat", "x": ' + b"[" * 3000 + b"]" * 3000 + b"}": "too_deep",
     }
     for data, reason in cases.items():
-        ok, bad = decode(data, max_bytes=1000)
+        ok, bad = decode(data, max_bytes=10_000)
         assert ok == [] and [r.reason for r in bad] == [reason], data
     assert {r for r in cases.values()} == set(REASONS)
 

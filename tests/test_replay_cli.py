@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import gzip
+import hashlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +100,74 @@ def test_kafka_client_chatter_stays_out_of_the_console(monkeypatch: pytest.Monke
     assert logging.getLogger("detector").isEnabledFor(logging.INFO)
     assert not logging.getLogger("aiokafka.consumer").isEnabledFor(logging.INFO)
     assert logging.getLogger("aiokafka.consumer").isEnabledFor(logging.WARNING)
+
+
+def _replay(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*DETECTOR, "replay", *args], capture_output=True, text=stdin is None,
+                          input=stdin, check=False)
+
+
+def test_blank_lines_are_counted_not_rejected(tmp_path: Path) -> None:
+    p = tmp_path / "t.jsonl"
+    p.write_bytes(b'{"ts": 1, "operation": "chat"}\n\n  \r\n{"ts": 2, "operation": "chat"}\n\t\n')
+    r = _replay(str(p))
+    assert r.returncode == 0
+    assert re.search(r"lines read +5\n +blank +3\n", r.stderr), r.stderr
+    assert re.search(r"rejected +0\n", r.stderr) and re.search(r"events decoded +2\n", r.stderr)
+
+
+def test_an_over_long_line_is_dead_lettered_without_being_held(tmp_path: Path) -> None:
+    """A 50 MB line between good ones: peak RSS stays far below the line's size (measured in
+    a parent process of its own), and the dead letter has its length and digest only."""
+    good = b'{"ts": 1700000000, "operation": "chat"}\n'
+    huge = b'{"ts": 1700000000, "operation": "chat", "x": "' + b"a" * (50 << 20) + b'"}'
+    small, big, dlq = tmp_path / "small.jsonl", tmp_path / "big.jsonl", tmp_path / "d.jsonl"
+    small.write_bytes(good * 1000)
+    big.write_bytes(good * 500 + huge + b"\r\n" + good * 500)
+    peak = "import resource, subprocess, sys; r = subprocess.run(sys.argv[1:]); print(" \
+           "r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)"
+
+    def peak_kib(path: Path) -> int:
+        out = subprocess.run([sys.executable, "-c", peak, *DETECTOR, "replay", str(path),
+                              "--dead-letter", str(dlq), "--quiet"],
+                             capture_output=True, text=True, check=True).stdout.split()
+        assert out[0] == "0"
+        return int(out[1])
+
+    base, with_huge = peak_kib(small), peak_kib(big)
+    assert with_huge - base < 16 << 10, (base, with_huge)   # KiB; the line is 50 MiB
+    dead = [orjson.loads(x) for x in dlq.read_bytes().splitlines()]
+    assert dead == [{"reason": "too_large", "field": None,
+                     "detail": f"{len(huge)} bytes > limit 1048576",
+                     "payload": {"bytes": len(huge),
+                                 "sha256": hashlib.sha256(huge).hexdigest()}}]
+    r = _replay(str(big))
+    assert re.search(r"events decoded +1,000\n", r.stderr) and "too_large" in r.stderr
+
+
+def test_gzip_input_is_read_transparently(traces: Path, tmp_path: Path) -> None:
+    plain = _replay(str(traces), "--quiet").stdout
+    packed = gzip.compress(traces.read_bytes())
+    (tmp_path / "t.gz").write_bytes(packed)
+    (tmp_path / "t.jsonl").write_bytes(packed)   # no telling name: found by its magic bytes
+    assert plain
+    assert _replay(str(tmp_path / "t.gz"), "--quiet").stdout == plain
+    assert _replay(str(tmp_path / "t.jsonl"), "--quiet").stdout == plain
+    assert _replay("-", "--quiet", stdin=packed).stdout == plain.encode()
+
+
+def test_other_compressed_or_broken_input_is_refused_clearly(traces: Path,
+                                                              tmp_path: Path) -> None:
+    zst = tmp_path / "t.jsonl.zst"
+    zst.write_bytes(b"\x28\xb5\x2f\xfd" + b"\x00" * 100)
+    r = _replay(str(zst))
+    assert r.returncode == 2 and "zstd-compressed" in r.stderr and "Traceback" not in r.stderr
+    cut = tmp_path / "cut.gz"
+    cut.write_bytes(gzip.compress(traces.read_bytes())[:5000])
+    r = _replay(str(cut))
+    assert r.returncode == 2 and "Compressed file ended" in r.stderr
+    assert "Traceback" not in r.stderr
+    notgz = tmp_path / "plain.gz"
+    notgz.write_bytes(traces.read_bytes())
+    r = _replay(str(notgz))
+    assert r.returncode == 2 and "Not a gzipped file" in r.stderr
