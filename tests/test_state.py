@@ -7,6 +7,7 @@ import os
 import pickle
 import zlib
 from array import array
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -162,49 +163,66 @@ def _nested(depth: int) -> Any:
     return x
 
 
-def _hostile() -> dict[str, tuple[bytes, str]]:
-    ok = _rate_value()
-    fast = ok["_fast"]["v"][0]            # a WarmEWMean
-    ew = fast["_ew"]                      # river's EWMean, by its numbers
-    os_system = b"\x80\x05cos\nsystem\n(S'touch /tmp/state_test_pwned'\ntR."
-    deep = zlib.compress(zlib.decompress(_with_baseline("HOLE")).replace(
-        msgspec.msgpack.encode("HOLE"), b"\x91" * 200_000 + b"\x01"))
-    return {
-        "truncated": (_with_baseline(ok)[:-7], "truncated"),
-        "truncated msgpack": (zlib.compress(zlib.decompress(_with_baseline(ok))[:-9]),
-                              "truncated|malformed"),
-        "models not a list": (_blob({"v": 2, "next_window": 1, "models": "x", "pending": [],
-                                     "alerts": []}), "Expected `array`"),
-        "number is a string": (_with_baseline({**ok, "n": "30"}), r"rate\.n: expected int"),
-        "pair holds a number": (_with_baseline({**ok, "_fast": {"@": "!tuple", "v": [1.0, 2.0]}}),
-                                r"_fast\[0\]: expected WarmEWMean"),
-        "infinite": (_with_baseline({**ok, "_pf": float("inf")}), "finite number"),
-        "nan in an EWMean": (_with_baseline(_replace(ok, {**ew, "mean": float("nan")})),
-                             "finite number"),
-        "fading factor out of range": (
-            _with_baseline(_replace(ok, {**ew, "fading_factor": 1e300})), r"not in \[0, 1\]"),
-        "huge int": (_with_baseline({**ok, "n": 2**64 - 1}), None),
-        "window not an int": (_blob({"v": 2, "next_window": 1e300, "models": [], "pending": [],
-                                     "alerts": []}), "Expected `int"),
-        "unknown tag": (_with_baseline({**ok, "_disp": {"@": "evil.Class"}}),
-                        "unknown tag 'evil.Class'"),
-        "untagged map": (_with_baseline({**ok, "_disp": {"x": 1}}), "without a tag"),
-        "not a baseline": (_with_baseline(1.5), "is not a baseline"),
-        "deep nesting": (_with_baseline({**ok, "_pf": _nested(50)}), "deeper than"),
-        "very deep nesting": (deep, "too deep"),
-        "unknown version": (_blob({"v": 3}), "unknown stage-2 state version 3"),
-        "v1 pickle running code": (_with_baseline(os_system, 1), "refusing to load os.system"),
-        "v1 truncated pickle": (_with_baseline(pickle.dumps(stats.Mean(), 5)[:-3], 1),
-                                "v1 baseline state"),
-        "v1 baseline not bytes": (_with_baseline(1.5, 1), "is not bytes"),
-        "alert garbled": (_blob({"v": 2, "next_window": 1, "models": [], "pending": [],
-                                 "alerts": [[["a"], "volume", 0, {"cohort": {}}]]}), "lacks"),
-        "alert field wrong kind": (
-            _blob({"v": 2, "next_window": 1, "models": [], "pending": [],
-                   "alerts": [[["a"], "volume", 0, {"cohort": {}, "starts_at": 1.0,
-                                                    "rule": False, "score": "high"}]]}),
-            "'score' is a str"),
-    }
+_OS_SYSTEM = b"\x80\x05cos\nsystem\n(S'touch /tmp/state_test_pwned'\ntR."
+
+
+def _ok() -> dict[str, Any]:
+    return _rate_value()
+
+
+def _ew(**change: Any) -> dict[str, Any]:
+    """The rate baseline with its fast numerator's river EWMean changed."""
+    ok = _ok()
+    return _replace(ok, {**ok["_fast"]["v"][0]["_ew"], **change})
+
+
+def _deep() -> bytes:
+    raw = zlib.decompress(_with_baseline("HOLE"))
+    return zlib.compress(raw.replace(msgspec.msgpack.encode("HOLE"), b"\x91" * 200_000 + b"\x01"))
+
+
+def _alert(fields: dict[str, Any]) -> bytes:
+    return _blob({"v": 2, "next_window": 1, "models": [], "pending": [],
+                  "alerts": [[["a"], "volume", 0, fields]]})
+
+
+#: case -> (state bytes, the error it must give; None: it loads). Built per case, so each
+#: case fails or passes on its own against another version of the code.
+HOSTILE: dict[str, Callable[[], tuple[bytes, str | None]]] = {
+    "truncated": lambda: (_with_baseline(_ok())[:-7], "truncated"),
+    "truncated msgpack": lambda: (
+        zlib.compress(zlib.decompress(_with_baseline(_ok()))[:-9]), "truncated|malformed"),
+    "models not a list": lambda: (_blob({"v": 2, "next_window": 1, "models": "x",
+                                         "pending": [], "alerts": []}), "Expected `array`"),
+    "number is a string": lambda: (_with_baseline({**_ok(), "n": "30"}),
+                                   r"rate\.n: expected int"),
+    "pair holds a number": lambda: (
+        _with_baseline({**_ok(), "_fast": {"@": "!tuple", "v": [1.0, 2.0]}}),
+        r"_fast\[0\]: expected WarmEWMean"),
+    "infinite": lambda: (_with_baseline({**_ok(), "_pf": float("inf")}), "finite number"),
+    "nan in an EWMean": lambda: (_with_baseline(_ew(mean=float("nan"))), "finite number"),
+    "fading factor out of range": lambda: (_with_baseline(_ew(fading_factor=1e300)),
+                                           r"not in \[0, 1\]"),
+    "huge int": lambda: (_with_baseline({**_ok(), "n": 2**64 - 1}), None),
+    "window not an int": lambda: (_blob({"v": 2, "next_window": 1e300, "models": [],
+                                         "pending": [], "alerts": []}), "Expected `int"),
+    "unknown tag": lambda: (_with_baseline({**_ok(), "_disp": {"@": "evil.Class"}}),
+                            "unknown tag 'evil.Class'"),
+    "untagged map": lambda: (_with_baseline({**_ok(), "_disp": {"x": 1}}), "without a tag"),
+    "not a baseline": lambda: (_with_baseline(1.5), "is not a baseline"),
+    "deep nesting": lambda: (_with_baseline({**_ok(), "_pf": _nested(50)}), "deeper than"),
+    "very deep nesting": lambda: (_deep(), "too deep"),
+    "unknown version": lambda: (_blob({"v": 3}), "unknown stage-2 state version 3"),
+    "v1 pickle running code": lambda: (_with_baseline(_OS_SYSTEM, 1),
+                                       "refusing to load os.system"),
+    "v1 truncated pickle": lambda: (_with_baseline(pickle.dumps(stats.Mean(), 5)[:-3], 1),
+                                    "v1 baseline state"),
+    "v1 baseline not bytes": lambda: (_with_baseline(1.5, 1), "is not bytes"),
+    "alert garbled": lambda: (_alert({"cohort": {}}), "lacks"),
+    "alert field wrong kind": lambda: (
+        _alert({"cohort": {}, "starts_at": 1.0, "rule": False, "score": "high"}),
+        "'score' is a str"),
+}
 
 
 def _replace(rate: dict[str, Any], ew: dict[str, Any]) -> dict[str, Any]:
@@ -212,9 +230,9 @@ def _replace(rate: dict[str, Any], ew: dict[str, Any]) -> dict[str, Any]:
     return {**rate, "_fast": {"@": "!tuple", "v": [fast, rate["_fast"]["v"][1]]}}
 
 
-@pytest.mark.parametrize("case", list(_hostile()))
+@pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_state_is_a_clear_value_error_and_changes_nothing(config, case: str) -> None:
-    blob, reason = _hostile()[case]
+    blob, reason = HOSTILE[case]()
     pipe = Pipeline(config)
     if reason is None:      # a big number of the right kind is state, not an attack
         state.load_route(pipe.stage2, blob)
