@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 import pickle
 import sys
 from array import array
@@ -81,13 +80,16 @@ class LegacyStateError(ValueError, pickle.UnpicklingError):
 
 
 class _Entry:
-    __slots__ = ("cls", "defaults", "slots", "template")
+    __slots__ = ("cls", "defaults", "numbers", "slots", "template")
 
     def __init__(self, factory: Callable[[], object]) -> None:
         self.template = factory()
         self.cls = type(self.template)
         self.slots = _slots(self.cls)
         self.defaults: dict[str, Any] = getattr(self.cls, "_STATE_DEFAULTS", {})
+        # Slots holding a number: most of the state, read without the general walk.
+        self.numbers = frozenset(n for n in self.slots
+                                 if type(getattr(self.template, n, None)) in (int, float))
 
 
 def _slots(cls: type) -> tuple[str, ...]:
@@ -102,7 +104,7 @@ _ENTRIES = {tag: _Entry(f) for tag, f in REGISTRY.items()}
 _TAG_OF = {e.cls: tag for tag, e in _ENTRIES.items()}
 #: The registered classes.
 CLASSES = tuple(_TAG_OF)
-_OBJECTS = (*CLASSES, stats.EWMean, stats.Mean)
+_OBJECT_TYPES = frozenset((*CLASSES, stats.EWMean, stats.Mean))
 
 
 # -- encoding --------------------------------------------------------------------------------
@@ -170,114 +172,163 @@ def dumps(obj: Any) -> bytes:
 
 
 # -- decoding --------------------------------------------------------------------------------
+class _Bad(ValueError):
+    """A bad value; each level on the way out adds where it was (cheap when nothing is bad)."""
+
+    def __init__(self, msg: str) -> None:
+        super().__init__(msg)
+        self.msg = msg
+        self.path: list[str] = []
+
+
 def decode(value: Any) -> Any:
     """Rebuild what :func:`encode` wrote; ``ValueError`` (saying where) for anything else."""
-    return _dec(value, 0, "")
+    try:
+        return _dec(value, 0)
+    except _Bad as e:
+        raise ValueError(f"baseline state{''.join(reversed(e.path))}: {e.msg}") from None
 
 
-def _number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+def _at(e: _Bad, where: str) -> _Bad:
+    e.path.append(where)
+    return e
 
 
-def _finite(x: Any, where: str) -> float:
-    if not _number(x) or not math.isfinite(x):
-        raise ValueError(f"baseline state{where}: expected a finite number, got {_show(x)}")
-    return x
+def _finite(x: Any) -> float:
+    t = type(x)
+    if (t is float and x - x == 0.0) or t is int:    # x - x is nan for inf and nan
+        return x
+    raise _Bad(f"expected a finite number, got {_show(x)}")
 
 
 def _show(x: Any) -> str:
     return type(x).__name__ if isinstance(x, dict | list | str | bytes) else repr(x)
 
 
-def _dec(x: Any, depth: int, where: str) -> Any:
-    if depth > MAX_DEPTH:
-        raise ValueError(f"baseline state{where}: nests deeper than {MAX_DEPTH}")
-    if x is None or isinstance(x, bool | str):
+def _dec(x: Any, depth: int) -> Any:
+    t = type(x)
+    if t is float or t is int:
+        return _finite(x)
+    if x is None or t is bool or t is str:
         return x
-    if _number(x):
-        return _finite(x, where)
-    if isinstance(x, list):
-        return [_dec(v, depth + 1, f"{where}[{i}]") for i, v in enumerate(x)]
-    if not isinstance(x, dict):
-        raise ValueError(f"baseline state{where}: unexpected {type(x).__name__}")
+    if depth >= MAX_DEPTH:
+        raise _Bad(f"nests deeper than {MAX_DEPTH}")
+    if t is list:
+        return _items(x, depth)
+    if t is not dict:
+        raise _Bad(f"unexpected {t.__name__}")
     tag = x.get(_TAG)
-    if not isinstance(tag, str):
-        raise ValueError(f"baseline state{where}: a map without a tag")
-    if tag == "!tuple":
-        return tuple(_dec(v, depth + 1, f"{where}[{i}]") for i, v in enumerate(_list(x, where)))
-    if tag == "!dict":
-        out = {}
-        for i, kv in enumerate(_list(x, where)):
-            if not isinstance(kv, list) or len(kv) != 2 or not isinstance(kv[0], str | int):
-                raise ValueError(f"baseline state{where}[{i}]: not a [str, value] pair")
-            out[kv[0]] = _dec(kv[1], depth + 1, f"{where}[{kv[0]!r}]")
-        return out
-    if tag == "!array":
-        raw = x.get("v")
-        if not isinstance(raw, bytes) or len(raw) % 8:
-            raise ValueError(f"baseline state{where}: an array is not whole doubles")
-        a = array("d", raw)
-        if sys.byteorder != "little":
-            a.byteswap()
-        for v in a:
-            _finite(v, where)
-        return a
-    if tag == _EWMEAN:
-        ff = _finite(x.get("fading_factor"), f"{where}.fading_factor")
-        if not 0.0 <= ff <= 1.0:
-            raise ValueError(f"baseline state{where}.fading_factor: {ff} is not in [0, 1]")
-        m = stats.EWMean(ff)
-        if x.get("mean") is not None:
-            m.update(_finite(x["mean"], f"{where}.mean"))   # river starts at its first value
-        return m
-    if tag == _MEAN:
-        n = _finite(x.get("n"), f"{where}.n")
-        mean = _finite(x.get("mean"), f"{where}.mean")
-        if n < 0:
-            raise ValueError(f"baseline state{where}.n: {n} is negative")
-        s = stats.Mean()
-        if n:
-            s.update(mean, n)    # n = w, mean = 0 + (w / n) * mean: exact
-        return s
+    if type(tag) is not str:
+        raise _Bad("a map without a tag")
+    if tag[0] == "!":
+        return _builtin(tag, x, depth)
     entry = _ENTRIES.get(tag)
     if entry is None:
-        raise ValueError(f"baseline state{where}: unknown tag {tag!r}")
+        raise _Bad(f"unknown tag {tag!r}")
     obj = object.__new__(entry.cls)
+    template = entry.template
+    numbers = entry.numbers
     for name in entry.slots:
-        w = f"{where}.{tag}.{name}"
         if name in x:
-            v = _dec(x[name], depth + 1, w)
-            _check_like(v, getattr(entry.template, name, None), w)
+            v = x[name]
+            tv = type(v)
+            if name in numbers and ((tv is float and v - v == 0.0) or tv is int):
+                setattr(obj, name, v)
+                continue
+            try:
+                v = _dec(x[name], depth + 1)
+                _check_like(v, getattr(template, name, None))
+            except _Bad as e:
+                raise _at(e, f".{tag}.{name}") from None
         elif name in entry.defaults:
             d = entry.defaults[name]
             v = d(obj) if callable(d) else copy.deepcopy(d)
         else:
-            v = copy.deepcopy(getattr(entry.template, name))
+            v = copy.deepcopy(getattr(template, name))
         setattr(obj, name, v)
     return obj
 
 
-def _list(x: dict[str, Any], where: str) -> list[Any]:
+def _items(xs: list[Any], depth: int) -> list[Any]:
+    out = []
+    for i, v in enumerate(xs):
+        try:
+            out.append(_dec(v, depth + 1))
+        except _Bad as e:
+            raise _at(e, f"[{i}]") from None
+    return out
+
+
+def _builtin(tag: str, x: dict[str, Any], depth: int) -> Any:
     v = x.get("v")
-    if not isinstance(v, list):
-        raise ValueError(f"baseline state{where}: {x[_TAG]} without a list")
-    return v
+    if tag == "!tuple" and type(v) is list:
+        return tuple(_items(v, depth))
+    if tag == "!dict" and type(v) is list:
+        out = {}
+        for i, kv in enumerate(v):
+            if type(kv) is not list or len(kv) != 2 or type(kv[0]) not in (str, int):
+                raise _at(_Bad("not a [str, value] pair"), f"[{i}]")
+            try:
+                out[kv[0]] = _dec(kv[1], depth + 1)
+            except _Bad as e:
+                raise _at(e, f"[{kv[0]!r}]") from None
+        return out
+    if tag == "!array":
+        if type(v) is not bytes or len(v) % 8:
+            raise _Bad("an array is not whole doubles")
+        a = array("d", v)
+        if sys.byteorder != "little":
+            a.byteswap()
+        for f in a:
+            _finite(f)
+        return a
+    if tag == _EWMEAN:
+        ff = _field(x, "fading_factor")
+        if not 0.0 <= ff <= 1.0:
+            raise _at(_Bad(f"{ff} is not in [0, 1]"), ".fading_factor")
+        m = stats.EWMean(ff)
+        if x.get("mean") is not None:
+            m.update(_field(x, "mean"))   # river's EWMean starts at its first value
+        return m
+    if tag == _MEAN:
+        n = _field(x, "n")
+        mean = _field(x, "mean")
+        if n < 0:
+            raise _at(_Bad(f"{n} is negative"), ".n")
+        s = stats.Mean()
+        if n:
+            s.update(mean, n)    # n = w, mean = 0 + (w / n) * mean: exact
+        return s
+    raise _Bad(f"unknown tag {tag!r}" if tag not in _BUILTINS else f"{tag} without a list")
 
 
-def _check_like(v: Any, t: Any, where: str) -> None:
+_BUILTINS = {"!tuple", "!dict", "!array", _EWMEAN, _MEAN}
+
+
+def _field(x: dict[str, Any], name: str) -> float:
+    try:
+        return _finite(x.get(name))
+    except _Bad as e:
+        raise _at(e, f".{name}") from None
+
+
+def _check_like(v: Any, t: Any) -> None:
     """``v`` must be of the kind the class's fresh instance holds in that slot."""
-    if t is None or isinstance(t, _OBJECTS):
-        ok = v is None or (isinstance(v, _OBJECTS) and (t is None or type(v) is type(t)))
-    elif _number(t):
-        ok = _number(v)
+    tt, tv = type(t), type(v)
+    if t is None or tt in _OBJECT_TYPES:
+        ok = v is None or (tv in _OBJECT_TYPES and (t is None or tv is tt))
+    elif tt is int or tt is float:
+        ok = tv is int or tv is float
     else:
-        ok = type(v) is type(t)
-        if ok and isinstance(t, tuple | list) and t and len({type(e) for e in t}) == 1:
+        ok = tv is tt
+        if ok and (tt is tuple or tt is list) and t and len({type(e) for e in t}) == 1:
             for i, e in enumerate(v):   # a homogeneous container stays so (a pair of means)
-                _check_like(e, t[0], f"{where}[{i}]")
+                try:
+                    _check_like(e, t[0])
+                except _Bad as bad:
+                    raise _at(bad, f"[{i}]") from None
     if not ok:
-        raise ValueError(f"baseline state{where}: expected {type(t).__name__}, "
-                         f"got {type(v).__name__}")
+        raise _Bad(f"expected {tt.__name__}, got {tv.__name__}")
 
 
 def loads(data: bytes) -> Any:
