@@ -15,9 +15,11 @@ of its registered classes or None where it holds an object, the same container t
 non-finite number or nesting deeper than :data:`MAX_DEPTH` is a ``ValueError`` that says where.
 
 Evolving a class: a slot the data lacks gets its value from ``cls._STATE_DEFAULTS`` (a
-mapping slot -> value, or a callable taking the half-restored object) if the class declares
-one, else a copy of the registry factory's fresh instance's value; a slot the class no longer
-has is dropped. A new class is one line in :data:`REGISTRY` (tag -> a factory of a fresh
+mapping slot -> value, or a callable taking the object restored so far, slots in sorted
+order) if the class declares one, else a copy of the registry factory's fresh instance's
+value: declare a default for a new slot whose value depends on constructor arguments (a
+fading factor), since the factory's arguments are not the config's. A slot the class no
+longer has is dropped. A new class is one line in :data:`REGISTRY` (tag -> a factory of a fresh
 instance; tags are forever, the factory's arguments only give defaults and kinds).
 
 >>> from baselines.rate import RateBaseline
@@ -243,8 +245,10 @@ def _dec(x: Any, depth: int) -> Any:
         elif name in entry.defaults:
             d = entry.defaults[name]
             v = d(obj) if callable(d) else copy.deepcopy(d)
-        else:
+        elif hasattr(template, name):
             v = copy.deepcopy(getattr(template, name))
+        else:
+            continue   # unset in a fresh instance too
         setattr(obj, name, v)
     return obj
 
