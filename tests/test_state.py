@@ -290,3 +290,14 @@ def test_river_statistics_round_trip_bit_for_bit() -> None:
         back.update(5.0)
         s.update(5.0)
         assert back.get() == s.get()
+
+
+def test_an_unregistered_class_is_refused_when_written() -> None:
+    """A baseline class nobody registered fails at the first dump (in tests), not on load."""
+    rate = _rate_value()
+    from baselines.rate import RateBaseline
+    b = RateBaseline(0.1, 0.01)
+    b._disp = stats.Var()   # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"river\.stats\.var\.Var is not in baselines\.codec"):
+        codec.encode(b)
+    assert codec.encode(codec.decode(rate)) == rate
