@@ -1,8 +1,11 @@
 """Stage-2 state as bytes, per route key, for changelog-backed tables (msgpack, zlib).
 
 A worker that takes over a partition loads the route keys' state instead of warming up again.
-The encoding is msgpack of plain data; baselines inside it go through ``baselines.codec``,
-whose unpickler admits only baseline classes.
+The document says its format version. v2 is plain msgpack throughout: baselines are written
+by ``baselines.codec`` as numbers under registry tags, so state outlives module moves and river
+upgrades. v1 (e45989b and before: baselines pickled inside) still loads and is upgraded in
+memory; the next dump writes v2. A route's state is decoded and checked whole before any of it
+is applied: bad bytes are a ``ValueError`` and leave ``s`` as it was.
 
 >>> from detector.config import load_config
 >>> from detector.pipeline import Stage2
@@ -21,15 +24,46 @@ import msgspec
 
 from baselines import codec
 from detector.alerts import Incident
-from detector.partials import decode_partial, encode
+from detector.partials import Partial, decode_partial, encode
 from detector.pipeline import Stage2
 from detector.scoring import CohortModel
 
-__all__ = ["dump_route", "load_route", "routes"]
+__all__ = ["FORMAT", "dump_route", "load_route", "routes"]
 
+FORMAT = 2
 _INCIDENT_FIELDS = Incident.__slots__
 #: A changelog value is input like any other: refuse to inflate one past this.
 MAX_STATE_BYTES = 64 << 20
+_Num = int | float
+
+
+class _Version(msgspec.Struct):
+    v: Any = None
+
+
+class _Model(msgspec.Struct, array_like=True):
+    level: int
+    cohort: list[str]
+    windows: int
+    persist: dict[str, int]
+    versions: list[dict[str, list[_Num]]]
+    recent: dict[str, list[tuple[int, _Num, _Num, _Num]]]
+    baselines: dict[str, Any]      # v2: codec values; v1: pickled bytes
+
+
+class _Alert(msgspec.Struct, array_like=True):
+    cohort: list[str]
+    signal: str
+    level: int
+    fields: dict[str, Any]
+
+
+class _Route(msgspec.Struct):
+    v: int
+    next_window: int | None
+    models: list[_Model]
+    pending: list[bytes]
+    alerts: list[_Alert]
 
 
 def routes(s: Stage2) -> set[str]:
@@ -43,7 +77,7 @@ def routes(s: Stage2) -> set[str]:
 def dump_route(s: Stage2, route: str) -> bytes:
     models = [
         [lvl, list(cohort), m.windows, m.persist, m.versions, m.recent,
-         {name: codec.dumps(b) for name, b in sorted(m.baselines.items())}]
+         {name: codec.encode(b) for name, b in sorted(m.baselines.items())}]
         for (lvl, cohort), m in sorted(s.models.items()) if s.route_of(lvl, cohort) == route
     ]
     pending = [encode(p) for w in sorted(s.pending) for _, p in sorted(s.pending[w].items())
@@ -52,37 +86,87 @@ def dump_route(s: Stage2, route: str) -> bytes:
         [list(key[2]), key[0], key[1], {f: getattr(inc, f) for f in _INCIDENT_FIELDS}]
         for key, inc in sorted(s.life.active.items()) if s.route_of(key[1], key[2]) == route
     ]
-    doc = msgspec.msgpack.encode({"v": 1, "next_window": s.next_window, "models": models,
+    doc = msgspec.msgpack.encode({"v": FORMAT, "next_window": s.next_window, "models": models,
                                   "pending": pending, "alerts": alerts})
-    # Baselines repeat their shape: level-1 zlib shrinks a busy route key ~10x (279 KB to
-    # 27 KB measured) for about a millisecond, and this is rewritten on every change.
+    # Baselines repeat their shape: level-1 zlib shrinks a busy route key ~10x for about a
+    # millisecond (bench/state.py), and this is rewritten on every change.
     return zlib.compress(doc, 1)
 
 
 def load_route(s: Stage2, data: bytes) -> None:
     """Merge one route key's state into ``s`` (replacing what it held for those cohorts)."""
     z = zlib.decompressobj()
-    raw = z.decompress(data, MAX_STATE_BYTES)
+    try:
+        raw = z.decompress(data, MAX_STATE_BYTES)
+    except zlib.error as e:
+        raise ValueError(f"stage-2 state is not zlib data: {e}") from None
     if z.unconsumed_tail or not z.eof:
         raise ValueError(f"stage-2 state is larger than {MAX_STATE_BYTES} bytes or truncated")
-    doc: dict[str, Any] = msgspec.msgpack.decode(raw)
-    if doc.get("v") != 1:
-        raise ValueError(f"unknown stage-2 state version {doc.get('v')!r}")
-    nw = doc["next_window"]
+    try:
+        v = msgspec.msgpack.decode(raw, type=_Version).v
+        if v not in (1, FORMAT):
+            raise ValueError(f"unknown stage-2 state version {v!r}")
+        doc = msgspec.msgpack.decode(raw, type=_Route)
+        models = {(m.level, tuple(m.cohort)): _model(m, v) for m in doc.models}
+        pending = [decode_partial(p) for p in doc.pending]
+        alerts = {(a.signal, a.level, tuple(a.cohort)): _incident(a) for a in doc.alerts}
+    except RecursionError:
+        raise ValueError("stage-2 state nests too deep") from None
+    except msgspec.DecodeError as e:
+        raise ValueError(f"stage-2 state: {e}") from None
+    _apply(s, doc.next_window, models, pending, alerts)
+
+
+def _model(m: _Model, version: int) -> CohortModel:
+    out = CohortModel(m.level)
+    out.windows = m.windows
+    out.persist = m.persist
+    out.recent = m.recent  # type: ignore[assignment]
+    out.versions = m.versions  # type: ignore[assignment]
+    where = f"model {m.level}/{'/'.join(m.cohort)}"
+    for name, b in m.baselines.items():
+        if version == 1:
+            if not isinstance(b, bytes):
+                raise ValueError(f"stage-2 state {where}: baseline {name!r} is not bytes")
+            obj = codec.loads_v1(b)
+        else:
+            obj = codec.decode(b)
+        if not isinstance(obj, codec.CLASSES):
+            raise ValueError(f"stage-2 state {where}: baseline {name!r} is not a baseline")
+        out.baselines[name] = obj
+    return out
+
+
+def _incident(a: _Alert) -> Incident:
+    f = a.fields
+    try:
+        inc = Incident(a.signal, f["cohort"], f["starts_at"], f["rule"])
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ValueError(f"stage-2 state: alert {a.signal!r} lacks or garbles {e}") from None
+    for name in _INCIDENT_FIELDS:   # a field added to Incident since keeps its fresh value
+        if name in f:
+            fresh = getattr(inc, name)
+            v = f[name]
+            if fresh is not None and v is not None and not _same_kind(v, fresh):
+                raise ValueError(f"stage-2 state: alert {a.signal!r} field {name!r} is a "
+                                 f"{type(v).__name__}, not a {type(fresh).__name__}")
+            setattr(inc, name, v)
+    return inc
+
+
+def _same_kind(v: object, fresh: object) -> bool:
+    num = (int, float)
+    if isinstance(fresh, num) and not isinstance(fresh, bool):
+        return isinstance(v, num) and not isinstance(v, bool)
+    return type(v) is type(fresh)
+
+
+def _apply(s: Stage2, nw: int | None, models: dict[tuple[int, tuple[str, ...]], CohortModel],
+           pending: list[Partial], alerts: dict[tuple[str, int, tuple[str, ...]], Incident]
+           ) -> None:
     if nw is not None and (s.next_window is None or nw > s.next_window):
         s.next_window = nw
-    for lvl, cohort, windows, persist, versions, recent, bls in doc["models"]:
-        m = CohortModel(lvl)
-        m.windows = windows
-        m.persist = dict(persist)
-        m.recent = {k: [tuple(e) for e in v] for k, v in recent.items()}
-        m.versions = [{k: list(e) for k, e in v.items()} for v in versions]
-        m.baselines = {name: codec.loads(b) for name, b in bls.items()}
-        s.models[(lvl, tuple(cohort))] = m
-    for raw in doc["pending"]:
-        s.add_partial(decode_partial(raw))
-    for cohort, signal, lvl, fields in doc["alerts"]:
-        inc = Incident.__new__(Incident)
-        for f in _INCIDENT_FIELDS:
-            setattr(inc, f, fields[f])
-        s.life.active[(signal, lvl, tuple(cohort))] = inc
+    s.models.update(models)
+    for p in pending:
+        s.add_partial(p)
+    s.life.active.update(alerts)

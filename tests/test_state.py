@@ -1,13 +1,57 @@
 from __future__ import annotations
 
+import builtins
+import gzip
+import json
+import os
+import pickle
 import zlib
+from array import array
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
 
 import msgspec
 import pytest
+from river import stats
 
+from baselines import codec
 from detector import state
 from detector.pipeline import Pipeline
 from tests.traffic import stream
+
+V1 = Path(__file__).parent / "fixtures" / "state_v1"   # written by e45989b (make_fixture.py)
+FOLLOW = ("firing", "canary")
+
+
+def _doc(blob: bytes) -> dict[str, Any]:
+    return msgspec.msgpack.decode(zlib.decompress(blob))
+
+
+def _blob(doc: dict[str, Any]) -> bytes:
+    return zlib.compress(msgspec.msgpack.encode(doc))
+
+
+def _follow(pipe: Pipeline) -> list[dict[str, Any]]:
+    lines = gzip.decompress((V1 / "follow.jsonl.gz").read_bytes()).splitlines()
+    alerts = [a for line in lines for a in pipe.feed(line)] + pipe.finish()
+    return json.loads(json.dumps(alerts))
+
+
+def _expected() -> list[dict[str, Any]]:
+    return json.loads((V1 / "expected_alerts.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def v2(config) -> dict[str, bytes]:
+    """The v1 fixture, loaded and written again (v2)."""
+    out = {}
+    for name in ("busy", *FOLLOW):
+        pipe = Pipeline(config)
+        state.load_route(pipe.stage2, (V1 / f"{name}.state").read_bytes())
+        (route,) = state.routes(pipe.stage2)
+        out[name] = state.dump_route(pipe.stage2, route)
+    return out
 
 
 def test_state_round_trips_compressed_and_refuses_bombs(config, monkeypatch) -> None:
@@ -25,5 +69,235 @@ def test_state_round_trips_compressed_and_refuses_bombs(config, monkeypatch) -> 
     monkeypatch.setattr(state, "MAX_STATE_BYTES", 10_000)
     with pytest.raises(ValueError, match="larger than"):
         state.load_route(fresh.stage2, bomb)
-    with pytest.raises(zlib.error):
+    with pytest.raises(ValueError, match="not zlib"):
         state.load_route(fresh.stage2, b"not state")
+
+
+def test_v1_state_of_the_last_release_loads_and_behaves_the_same(config) -> None:
+    """State bytes e45989b wrote (pickled baselines) load, and the restored stage 2 emits
+    exactly the alerts e45989b's own restored stage 2 emitted on the next 25 minutes."""
+    pipe = Pipeline(config)
+    for name in FOLLOW:
+        assert _doc((V1 / f"{name}.state").read_bytes())["v"] == 1
+        state.load_route(pipe.stage2, (V1 / f"{name}.state").read_bytes())
+    alerts = _follow(pipe)
+    assert alerts == _expected()
+    assert any(a["status"] == "firing" for a in alerts)   # scores from the loaded baselines
+    assert any(a["status"] == "resolved" for a in alerts)  # an alert that was firing at dump
+
+
+def test_v2_round_trips_byte_identical_and_behaves_the_same(config, v2) -> None:
+    for name, blob in v2.items():
+        assert _doc(blob)["v"] == 2, name
+        pipe = Pipeline(config)
+        state.load_route(pipe.stage2, blob)
+        (route,) = state.routes(pipe.stage2)
+        assert state.dump_route(pipe.stage2, route) == blob, name
+    pipe = Pipeline(config)
+    for name in FOLLOW:
+        state.load_route(pipe.stage2, v2[name])
+    assert _follow(pipe) == _expected()
+
+
+def _walk(x: Any) -> Any:
+    if isinstance(x, dict) and x.get("@") == "!array":
+        yield "doubles"
+    elif isinstance(x, dict):
+        for k, v in x.items():
+            yield k
+            yield from _walk(v)
+    elif isinstance(x, list):
+        for v in x:
+            yield from _walk(v)
+    else:
+        yield x
+
+
+def test_v2_is_plain_data_and_loads_without_imports_or_unpickling(config, v2, monkeypatch
+                                                                  ) -> None:
+    doc = _doc(v2["busy"])
+    raw = zlib.decompress(v2["busy"])
+    for needle in (b"river", b"baselines.", b"copyreg", b"builtins"):
+        assert needle not in raw, needle
+    # Plain values only (bytes only as arrays of doubles).
+    kinds = {type(x) for m in doc["models"] for x in _walk(m[6])}
+    assert kinds == {str, int, float, type(None)}
+    imported: list[str] = []
+    real = builtins.__import__
+
+    def spy(name: str, *a: Any, **k: Any) -> Any:
+        imported.append(name)
+        return real(name, *a, **k)
+
+    def no_pickle(*a: Any, **k: Any) -> Any:
+        raise AssertionError("unpickled")
+
+    monkeypatch.setattr(codec, "loads_v1", no_pickle)
+    monkeypatch.setattr(codec._Restricted, "find_class", no_pickle)
+    monkeypatch.setattr(builtins, "__import__", spy)
+    pipe = Pipeline(config)
+    state.load_route(pipe.stage2, v2["busy"])
+    monkeypatch.undo()
+    assert imported == []
+    assert len(pipe.stage2.models) == len(doc["models"]) > 10
+
+
+def _rate_value() -> dict[str, Any]:
+    from baselines.rate import RateBaseline
+    b = RateBaseline(0.1, 0.01)
+    for _ in range(30):
+        b.learn_one(3, 50)
+    return codec.encode(b)
+
+
+def _with_baseline(value: Any, version: int = 2) -> bytes:
+    return _blob({"v": version, "next_window": 5, "pending": [], "alerts": [],
+                  "models": [[0, ["a", "production"], 1, {}, [{}, {}, {}], {},
+                              {"refusal_rate": value}]]})
+
+
+def _nested(depth: int) -> Any:
+    x: Any = 1.0
+    for _ in range(depth):
+        x = [x]
+    return x
+
+
+_OS_SYSTEM = b"\x80\x05cos\nsystem\n(S'touch /tmp/state_test_pwned'\ntR."
+
+
+def _ok() -> dict[str, Any]:
+    return _rate_value()
+
+
+def _ew(**change: Any) -> dict[str, Any]:
+    """The rate baseline with its fast numerator's river EWMean changed."""
+    ok = _ok()
+    return _replace(ok, {**ok["_fast"]["v"][0]["_ew"], **change})
+
+
+def _deep() -> bytes:
+    raw = zlib.decompress(_with_baseline("HOLE"))
+    return zlib.compress(raw.replace(msgspec.msgpack.encode("HOLE"), b"\x91" * 200_000 + b"\x01"))
+
+
+def _alert(fields: dict[str, Any]) -> bytes:
+    return _blob({"v": 2, "next_window": 1, "models": [], "pending": [],
+                  "alerts": [[["a"], "volume", 0, fields]]})
+
+
+#: case -> (state bytes, the error it must give; None: it loads). Built per case, so each
+#: case fails or passes on its own against another version of the code.
+HOSTILE: dict[str, Callable[[], tuple[bytes, str | None]]] = {
+    "truncated": lambda: (_with_baseline(_ok())[:-7], "truncated"),
+    "truncated msgpack": lambda: (
+        zlib.compress(zlib.decompress(_with_baseline(_ok()))[:-9]), "truncated|malformed"),
+    "models not a list": lambda: (_blob({"v": 2, "next_window": 1, "models": "x",
+                                         "pending": [], "alerts": []}), "Expected `array`"),
+    "number is a string": lambda: (_with_baseline({**_ok(), "n": "30"}),
+                                   r"rate\.n: expected int"),
+    "pair holds a number": lambda: (
+        _with_baseline({**_ok(), "_fast": {"@": "!tuple", "v": [1.0, 2.0]}}),
+        r"_fast\[0\]: expected WarmEWMean"),
+    "infinite": lambda: (_with_baseline({**_ok(), "_pf": float("inf")}), "finite number"),
+    "nan in an EWMean": lambda: (_with_baseline(_ew(mean=float("nan"))), "finite number"),
+    "fading factor out of range": lambda: (_with_baseline(_ew(fading_factor=1e300)),
+                                           r"not in \[0, 1\]"),
+    "huge int": lambda: (_with_baseline({**_ok(), "n": 2**64 - 1}), None),
+    "window not an int": lambda: (_blob({"v": 2, "next_window": 1e300, "models": [],
+                                         "pending": [], "alerts": []}), "Expected `int"),
+    "unknown tag": lambda: (_with_baseline({**_ok(), "_disp": {"@": "evil.Class"}}),
+                            "unknown tag 'evil.Class'"),
+    "untagged map": lambda: (_with_baseline({**_ok(), "_disp": {"x": 1}}), "without a tag"),
+    "not a baseline": lambda: (_with_baseline(1.5), "is not a baseline"),
+    "deep nesting": lambda: (_with_baseline({**_ok(), "_pf": _nested(50)}), "deeper than"),
+    "very deep nesting": lambda: (_deep(), "too deep"),
+    "unknown version": lambda: (_blob({"v": 3}), "unknown stage-2 state version 3"),
+    "v1 pickle running code": lambda: (_with_baseline(_OS_SYSTEM, 1),
+                                       "refusing to load os.system"),
+    "v1 truncated pickle": lambda: (_with_baseline(pickle.dumps(stats.Mean(), 5)[:-3], 1),
+                                    "v1 baseline state"),
+    "v1 baseline not bytes": lambda: (_with_baseline(1.5, 1), "is not bytes"),
+    "alert garbled": lambda: (_alert({"cohort": {}}), "lacks"),
+    "alert field wrong kind": lambda: (
+        _alert({"cohort": {}, "starts_at": 1.0, "rule": False, "score": "high"}),
+        "'score' is a str"),
+}
+
+
+def _replace(rate: dict[str, Any], ew: dict[str, Any]) -> dict[str, Any]:
+    fast = dict(rate["_fast"]["v"][0], _ew=ew)
+    return {**rate, "_fast": {"@": "!tuple", "v": [fast, rate["_fast"]["v"][1]]}}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_state_is_a_clear_value_error_and_changes_nothing(config, case: str) -> None:
+    blob, reason = HOSTILE[case]()
+    pipe = Pipeline(config)
+    if reason is None:      # a big number of the right kind is state, not an attack
+        state.load_route(pipe.stage2, blob)
+        return
+    with pytest.raises(ValueError, match=reason):
+        state.load_route(pipe.stage2, blob)
+    assert pipe.stage2.models == {} and pipe.stage2.next_window is None
+    assert not os.path.exists("/tmp/state_test_pwned")
+
+
+class _Old:
+    __slots__ = ("a", "gone")
+
+    def __init__(self) -> None:
+        self.a = 1.5
+        self.gone = "x"
+
+
+class _New:
+    __slots__ = ("a", "derived", "fresh")
+    _STATE_DEFAULTS: ClassVar = {"derived": lambda obj: obj.a * 2}
+
+    def __init__(self) -> None:
+        self.a = 0.0
+        self.fresh = array("d", [7.0])
+        self.derived = 0.0
+
+
+def test_a_class_may_gain_and_lose_slots(monkeypatch) -> None:
+    """Fields added since the state was written get defaults, fields gone are dropped."""
+    monkeypatch.setitem(codec._TAG_OF, _Old, "evolving")
+    monkeypatch.setitem(codec._ENTRIES, "evolving", codec._Entry(_Old))
+    old = codec.encode(_Old())
+    assert old == {"@": "evolving", "a": 1.5, "gone": "x"}
+    monkeypatch.setitem(codec._ENTRIES, "evolving", codec._Entry(_New))
+    new = codec.decode(old)
+    assert (type(new), new.a, new.fresh, new.derived) == (_New, 1.5, array("d", [7.0]), 3.0)
+    assert not hasattr(new, "gone")
+    assert new.fresh is not codec._ENTRIES["evolving"].template.fresh   # a copy per object
+
+
+def test_river_statistics_round_trip_bit_for_bit() -> None:
+    fresh = stats.EWMean(0.3)
+    at_zero = stats.EWMean(0.3)
+    at_zero.update(0.0)
+    moved = stats.EWMean(0.3)
+    for x in (1.0, 1e-300, 3.7, -2.25):
+        moved.update(x)
+    mean = stats.Mean()
+    for x in (0.1, 0.2, 0.7):
+        mean.update(x)
+    for s in (fresh, at_zero, moved, stats.Mean(), mean):
+        back = codec.decode(msgspec.msgpack.decode(msgspec.msgpack.encode(codec.encode(s))))
+        assert pickle.dumps(back) == pickle.dumps(s)
+        back.update(5.0)
+        s.update(5.0)
+        assert back.get() == s.get()
+
+
+def test_an_unregistered_class_is_refused_when_written() -> None:
+    """A baseline class nobody registered fails at the first dump (in tests), not on load."""
+    rate = _rate_value()
+    from baselines.rate import RateBaseline
+    b = RateBaseline(0.1, 0.01)
+    b._disp = stats.Var()   # type: ignore[assignment]
+    with pytest.raises(TypeError, match=r"river\.stats\.var\.Var is not in baselines\.codec"):
+        codec.encode(b)
+    assert codec.encode(codec.decode(rate)) == rate
