@@ -27,6 +27,7 @@ their source offset, which maps each back to the message and its class.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 import urllib.request
@@ -38,6 +39,10 @@ from typing import Any, Final, NamedTuple
 
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.client import AIOKafkaClient
+from aiokafka.protocol.produce import ProduceRequest
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.structs import TopicPartition
 from harness import WorkerProc, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -212,6 +217,7 @@ class Tally:
         self.either: Counter[str] = Counter()
         self.rejected: Counter[tuple[str, str]] = Counter()   # (class, reason or "*")
         self.bytes = 0
+        self.corrupt: dict[int, tuple[int, int]] = {}   # partition -> (base offset, records)
 
     def count(self, msgs: Iterator[Message]) -> Iterator[bytes]:
         for m in msgs:
@@ -228,7 +234,11 @@ class Tally:
             yield m.value
 
     def kind_of(self, partition: int, offset: int) -> str:
-        return self.kinds[self.index[offset * PARTITIONS + partition]]
+        base, count = self.corrupt.get(partition, (offset + 1, 0))
+        if base <= offset < base + count:
+            return "corrupt_batch"
+        k = (offset - count if offset >= base else offset) * PARTITIONS + partition
+        return self.kinds[self.index[k]] if k < len(self.index) else "?"
 
 
 class Outcome(NamedTuple):
@@ -243,6 +253,7 @@ class Outcome(NamedTuple):
     dead_letters: dict[str, int]   # records on the dead-letter topic by their reason header
     dead_by_class: dict[str, dict[str, int]]   # class -> reason -> records
     crashes: list[str]             # worker exit, stage-1 errors, tracebacks
+    kafka_errors: list[str]        # stage 1's Kafka errors (retried: a stall, not a crash)
     marker_in: list[str]           # outputs where the prompt marker was found
     alerts: int                    # records on the alerts topic
     peak_rss_mib: float            # the worker's VmHWM
@@ -291,6 +302,36 @@ async def _read_topic(bootstrap: str, topic: str, want: int, timeout: float
     return out
 
 
+async def _produce_corrupt(bootstrap: str, topic: str, values: list[bytes]
+                           ) -> dict[int, tuple[int, int]]:
+    """One record batch per partition whose CRC does not match its records (Tansu stores it;
+    aiokafka then fails every fetch of that partition with CorruptRecordException). Returns
+    each partition's (base offset, records)."""
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    await client.bootstrap()
+    out: dict[int, tuple[int, int]] = {}
+    try:
+        await client.force_metadata_update()
+        for p in range(PARTITIONS):
+            b = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0,
+                                          producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                                          batch_size=1 << 20)
+            for i, v in enumerate(values):
+                b.append(i, timestamp=None, key=None, value=v, headers=[])
+            data = b.build()
+            data[-3] ^= 0xFF   # inside the last record: the CRC no longer matches
+            leader = client.cluster.leader_for_partition(TopicPartition(topic, p))
+            resp = await client.send(leader, ProduceRequest(None, 1, 10_000,
+                                                             [(topic, [(p, bytes(data))])]))
+            (_, parts), = resp.topics
+            (_, error, base, *_), = parts
+            assert error == 0, f"the broker refused a corrupt batch: error {error}"
+            out[p] = (base, len(values))
+    finally:
+        await client.close()
+    return out
+
+
 def _peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -299,11 +340,13 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def run_campaign(broker: Tansu, tmp: Path, n: int, *, seed: int = 1, tag: str = "hostile",
-                 skip: Collection[str] = (), timeout: float = 900.0, log: Any = print
-                 ) -> tuple[Tally, Outcome]:
+                 skip: Collection[str] = (), corrupt: bool = False, timeout: float = 900.0,
+                 log: Any = print) -> tuple[Tally, Outcome]:
     """Produce ``n`` campaign messages to a fresh topic, run one worker over them until every
     unit is accounted for (or nothing moves for 20 s, or ``timeout``), and collect what came
-    out. Loopback only: the broker, the worker's /metrics, the readers."""
+    out. ``corrupt``: half-way, one record batch with a bad CRC into each partition (its
+    records may be skipped or read: both count). Loopback only: the broker, the worker's
+    /metrics, the readers."""
     names = {"traces_topic": f"{tag}-traces", "alerts_topic": f"{tag}-alerts",
              "dead_letter_topic": f"{tag}-dlq", "group": f"{tag}-group"}
     cfg = write_config(tmp / f"{tag}.toml", brokers=broker.bootstrap, partitions=PARTITIONS,
@@ -319,7 +362,14 @@ def run_campaign(broker: Tansu, tmp: Path, n: int, *, seed: int = 1, tag: str = 
     t = time.perf_counter()
     gen = Generator(seed, time.time())
     msgs = tally.count(gen.campaign(n, skip))
-    asyncio.run(produce(broker.bootstrap, names["traces_topic"], msgs, partitions=PARTITIONS))
+    half = n // 2 // PARTITIONS * PARTITIONS if corrupt else n   # round-robin stays aligned
+    asyncio.run(produce(broker.bootstrap, names["traces_topic"], itertools.islice(msgs, half),
+                        partitions=PARTITIONS))
+    if corrupt:   # mid-stream: what follows them in their partition must still come through
+        tally.corrupt = asyncio.run(_produce_corrupt(broker.bootstrap, names["traces_topic"],
+                                                     [gen._dumps() for _ in range(5)]))
+        asyncio.run(produce(broker.bootstrap, names["traces_topic"], msgs,
+                            partitions=PARTITIONS))
     units = sum(tally.units.values())
     log(f"[{tag}] produced {n:,} messages ({units:,} units, {tally.bytes / 1e6:,.0f} MB) in "
         f"{time.perf_counter() - t:.1f} s")
@@ -335,7 +385,7 @@ def run_campaign(broker: Tansu, tmp: Path, n: int, *, seed: int = 1, tag: str = 
         while w.alive() and time.monotonic() < deadline:
             m = _try(_metrics, url) or m
             done = _total(m, "detector_events_decoded_total") + sum(_by_reason(m).values())
-            if done >= units:
+            if done >= units + sum(c for _, c in tally.corrupt.values()):
                 break
             if done != last:
                 last, still = done, time.monotonic()
@@ -366,6 +416,7 @@ def run_campaign(broker: Tansu, tmp: Path, n: int, *, seed: int = 1, tag: str = 
                 if '"stage1_error"' in ln or "Traceback" in ln or '"level":"CRITICAL"' in ln
                 or "crashed" in ln.lower()]
 
+    kafka_errors = [ln for ln in logtext.splitlines() if '"stage1_kafka_error"' in ln]
     dead: Counter[str] = Counter()
     by_class: dict[str, Counter[str]] = {}
     marker = MARKER.encode()
@@ -393,8 +444,8 @@ def run_campaign(broker: Tansu, tmp: Path, n: int, *, seed: int = 1, tag: str = 
         consumed=_total(m, "detector_events_consumed_total"),
         late=_total(m, "detector_events_late_total"), rejected=rejected,
         dead_letters=dict(dead), dead_by_class={k: dict(v) for k, v in by_class.items()},
-        crashes=crashes, marker_in=sorted(marker_in), alerts=len(alerts), peak_rss_mib=rss,
-        seconds=seconds)
+        crashes=crashes, kafka_errors=kafka_errors, marker_in=sorted(marker_in),
+        alerts=len(alerts), peak_rss_mib=rss, seconds=seconds)
 
 
 def _try(f: Any, *a: Any) -> Any:
@@ -411,11 +462,13 @@ def problems(tally: Tally, out: Outcome) -> list[str]:
     if out.marker_in:
         found.append(f"prompt marker found in: {', '.join(out.marker_in)}")
     rejected = sum(out.rejected.values())
-    if out.decoded + rejected != out.units:
+    extra = sum(c for _, c in tally.corrupt.values())   # corrupt batches: skipped or read
+    sent = f"sent {out.units:,}" + (f" (+ up to {extra} in corrupt batches)" if extra else "")
+    if not out.units <= out.decoded + rejected <= out.units + extra:
         found.append(f"units: {out.decoded:,} decoded + {rejected:,} dead-lettered = "
-                     f"{out.decoded + rejected:,}, sent {out.units:,}")
-    if out.consumed != out.units:
-        found.append(f"consumed {out.consumed:,} units, sent {out.units:,}")
+                     f"{out.decoded + rejected:,}, {sent}")
+    if not out.units <= out.consumed <= out.units + extra:
+        found.append(f"consumed {out.consumed:,} units, {sent}")
     dead = {r: out.dead_letters.get(r, 0) for r in {*out.rejected, *out.dead_letters}}
     if dead != {r: out.rejected.get(r, 0) for r in dead}:
         found.append(f"dead-letter topic by reason {_nonzero(dead)} != metrics "
@@ -445,6 +498,9 @@ def report(tally: Tally, out: Outcome, log: Any = print) -> None:
         f"(late {out.late:,}), dead-lettered {sum(out.rejected.values()):,} "
         f"{_nonzero(out.rejected)}; dead-letter topic {sum(out.dead_letters.values()):,} "
         f"{_nonzero(out.dead_letters)}; alerts {out.alerts:,}; in {out.seconds:.0f} s")
+    if out.kafka_errors:
+        log(f"stage 1 Kafka errors: {len(out.kafka_errors)}, the first: "
+            f"{out.kafka_errors[0][:300]}")
     log(f"crashes: {len(out.crashes)}; peak RSS {out.peak_rss_mib:.0f} MiB; prompt marker in: "
         f"{', '.join(out.marker_in) or 'nothing'}")
     for kind in tally.kinds:

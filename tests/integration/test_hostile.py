@@ -25,3 +25,15 @@ def test_hostile_campaign(broker: Tansu, tmp_path: Path) -> None:
     assert set(HOSTILE) <= set(tally.kinds)   # every class was sent
     assert not problems(tally, out), "\n".join(lines)
     assert out.alerts > 0, "no alert came out: the marker check saw no alerts"
+
+
+def test_corrupt_record_batches_hold_nothing_up(broker: Tansu, tmp_path: Path) -> None:
+    """Half-way through the campaign, one record batch with a bad CRC in every partition: the
+    events before and after it must all come out (its own records may be skipped or read)."""
+    lines: list[str] = []
+    tally, out = run_campaign(broker, tmp_path, 4_000, seed=9, tag="hostile-crc", corrupt=True,
+                              timeout=300, log=lines.append)
+    report(tally, out, log=lines.append)
+    print("\n".join(lines))
+    assert len(tally.corrupt) == 4
+    assert not problems(tally, out), "\n".join(lines)
