@@ -379,7 +379,7 @@ def run_campaign(broker: Tansu, tmp: Path, n: int, *, seed: int = 1, tag: str = 
     crashes: list[str] = []
     try:
         wait_until(lambda: not w.alive() or _try(_metrics, url), 60, "the worker's /metrics")
-        last, still = -1, time.monotonic()
+        last, still = (-1, 0), time.monotonic()
         deadline = time.monotonic() + timeout
         m: dict[Any, float] = {}
         while w.alive() and time.monotonic() < deadline:
@@ -387,8 +387,10 @@ def run_campaign(broker: Tansu, tmp: Path, n: int, *, seed: int = 1, tag: str = 
             done = _total(m, "detector_events_decoded_total") + sum(_by_reason(m).values())
             if done >= units + sum(c for _, c in tally.corrupt.values()):
                 break
-            if done != last:
-                last, still = done, time.monotonic()
+            # A stage-1 error drops what it was working on and moves on: progress too.
+            moved = (done, w.log().count('"stage1_error"'))
+            if moved != last:
+                last, still = moved, time.monotonic()
             elif time.monotonic() - still > 20:   # nothing moves: the rest is lost
                 log(f"[{tag}] stuck at {done:,} of {units:,} units for 20 s")
                 break
