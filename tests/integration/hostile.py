@@ -414,7 +414,7 @@ def run_campaign(broker: Tansu, tmp: Path, n: int, *, seed: int = 1, tag: str = 
         crashes.append(f"worker exited with {code} on SIGTERM")
     logtext = w.log()
     crashes += [f"log: {ln[:300]}" for ln in logtext.splitlines()
-                if '"stage1_error"' in ln or "Traceback" in ln or '"level":"CRITICAL"' in ln
+                if '"stage1_error"' in ln or "Traceback" in ln or '"level":"critical"' in ln.lower()
                 or "crashed" in ln.lower()]
 
     kafka_errors = [ln for ln in logtext.splitlines() if '"stage1_kafka_error"' in ln]
