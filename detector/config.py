@@ -10,11 +10,17 @@ a threshold must not silently fall back to a default).
 ...     parse_config({"windows": {"size_seconds": -1}})
 ... except ConfigError as e:
 ...     print(e)
-windows.size_seconds: Expected `float` > 0.0
+windows.size_seconds: Expected `float` >= 1.0
+>>> try:
+...     parse_config({"signals": {"refusal_rate": {"threshold": float("inf")}}})
+... except ConfigError as e:
+...     print(e)
+signals.refusal_rate.threshold: inf is not a finite number
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -56,8 +62,9 @@ class Cohorts(_Base):
 
 
 class Windows(_Base):
-    size_seconds: Positive = 60.0
-    allowed_lateness_seconds: NonNeg = 30.0
+    # 1 s to 1 day: a micro-window makes replay crawl and scores only counting noise.
+    size_seconds: Annotated[float, Meta(ge=1, le=86400)] = 60.0
+    allowed_lateness_seconds: NonNeg = 30.0  # ≤ MAX_LATENESS_WINDOWS windows (checked below)
 
 
 class Baselines(_Base):
@@ -221,6 +228,8 @@ def _epoch(text: str) -> float:
 
 
 _DEFAULT_SIGNAL = SignalConfig()
+# More lateness than this many windows holds that many windows open per cohort for nothing.
+MAX_LATENESS_WINDOWS = 10
 # msgspec names the place as `$.signals.refusal_rate.threshold` or `$.severity[2]`.
 _PATH = re.compile(r" - at `\$\.?(.*)`$")
 
@@ -228,6 +237,12 @@ _PATH = re.compile(r" - at `\$\.?(.*)`$")
 def _semantic_checks(cfg: Config) -> None:
     from detector.signals import known_signals  # late: signals imports config types
 
+    win = cfg.windows
+    if win.allowed_lateness_seconds > MAX_LATENESS_WINDOWS * win.size_seconds:
+        raise ConfigError(
+            f"windows.allowed_lateness_seconds: {win.allowed_lateness_seconds:g} is more than "
+            f"{MAX_LATENESS_WINDOWS} windows of {win.size_seconds:g} s"
+        )
     levels = cfg.cohorts.levels
     if not levels or any(not lvl for lvl in levels):
         raise ConfigError("cohorts.levels: needs at least one non-empty level")
@@ -276,8 +291,22 @@ def _convert(data: object, typ: type, prefix: str) -> Any:
         raise ConfigError(f"{full or '(top level)'}: {problem}") from None
 
 
+def _reject_non_finite(data: object, where: str = "") -> None:
+    """TOML allows inf and nan; no setting means anything with them (threshold = inf never
+    fires, and nan compares false to every bound)."""
+    if isinstance(data, float) and not math.isfinite(data):
+        raise ConfigError(f"{where or '(top level)'}: {data} is not a finite number")
+    if isinstance(data, dict):
+        for k, v in data.items():
+            _reject_non_finite(v, f"{where}.{k}" if where else str(k))
+    elif isinstance(data, list):
+        for i, v in enumerate(data):
+            _reject_non_finite(v, f"{where}[{i}]")
+
+
 def parse_config(data: dict[str, Any]) -> Config:
     """Validate an already parsed TOML document."""
+    _reject_non_finite(data)
     signals = data.get("signals")
     if isinstance(signals, dict):
         # msgspec names a bad dict entry "signals[...]"; check each so the error names it.
@@ -332,4 +361,7 @@ def load_config(path: str | Path | None, *, env: bool = True) -> Config:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{where}: not valid TOML ({e})") from None
+    if not data:
+        raise ConfigError(f"{where}: the file is empty (no settings; start from "
+                          "config/detector.toml)")
     return parse_config(_env_overrides(data) if env else data)

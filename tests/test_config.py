@@ -28,7 +28,21 @@ def test_every_signal_and_severity_documented_in_default(config) -> None:
 @pytest.mark.parametrize(
     ("doc", "message"),
     [
-        ({"windows": {"size_seconds": 0}}, "windows.size_seconds: Expected `float` > 0.0"),
+        ({"windows": {"size_seconds": 0}}, "windows.size_seconds: Expected `float` >= 1.0"),
+        ({"windows": {"size_seconds": 0.000001}}, "windows.size_seconds: Expected `float` >= 1.0"),
+        ({"windows": {"size_seconds": 86401}}, "windows.size_seconds: Expected `float` <= 86400"),
+        ({"windows": {"size_seconds": 60, "allowed_lateness_seconds": 601}},
+         "windows.allowed_lateness_seconds: 601 is more than 10 windows of 60 s"),
+        ({"windows": {"allowed_lateness_seconds": float("inf")}},
+         "windows.allowed_lateness_seconds: inf is not a finite number"),
+        ({"signals": {"refusal_rate": {"threshold": float("inf")}}},
+         "signals.refusal_rate.threshold: inf is not a finite number"),
+        ({"signals": {"refusal_rate": {"min_count": float("nan")}}},
+         "signals.refusal_rate.min_count: nan is not a finite number"),
+        ({"overrides": [{"match": {"app": "a"}, "threshold_factor": float("-inf")}]},
+         "overrides[0].threshold_factor: -inf is not a finite number"),
+        ({"kafka": {"session_timeout_seconds": float("inf")}},
+         "kafka.session_timeout_seconds: inf is not a finite number"),
         ({"windows": {"size": 60}}, "windows.size: unknown key"),
         ({"signals": {"refusal_rate": {"threshold": "high"}}},
          "signals.refusal_rate.threshold: Expected `float`, got `str`"),
@@ -74,6 +88,30 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     bad.write_text("[windows\nsize_seconds = 1")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(bad)
+
+
+def test_empty_file_says_it_is_empty(tmp_path: Path) -> None:
+    for text in ("", "# only a comment\n\n"):
+        empty = tmp_path / "empty.toml"
+        empty.write_text(text)
+        with pytest.raises(ConfigError, match=r"empty\.toml: the file is empty"):
+            load_config(empty, env=False)
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("\nthreshold = 5.0", "\nthreshold = inf", "threshold: inf is not a finite number"),
+    ("size_seconds = 60", "size_seconds = 0.000001", "windows.size_seconds: Expected `float` >= 1"),
+])
+def test_check_config_rejects_what_makes_replay_useless(tmp_path: Path, old: str, new: str,
+                                                        message: str) -> None:
+    text = (ROOT / "config" / "detector.toml").read_text()
+    assert old in text
+    bad = tmp_path / "bad.toml"
+    bad.write_text(text.replace(old, new, 1))
+    err = subprocess.run([sys.executable, "-m", "detector.cli", "check-config", str(bad)],
+                         capture_output=True, text=True, check=False, timeout=60)
+    assert err.returncode == 2 and message in err.stderr, err.stderr
+    assert "Traceback" not in err.stderr
 
 
 def test_check_config_command(tmp_path: Path) -> None:

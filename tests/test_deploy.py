@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import urllib.parse
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -386,3 +389,125 @@ def test_real_alertmanager_routes_sev1_to_pager_and_inhibits_lower_severities() 
         by_path = svc.wait_until(received, timeout=WAIT, what="notifications")
     assert by_path == {"/alertmanager/page": {("acme", "sev1")},
                        "/alertmanager/ml-team": {("globex", "sev3")}}
+
+
+# -- the image's wheel, built from the build context the Dockerfile sees ------------------------
+
+
+def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parents decides.
+
+    >>> _dockerignore_excludes(["**", "!detector/**", "**/*.so"], "detector/_tally.so")
+    True
+    >>> _dockerignore_excludes(["**", "!detector/**", "**/*.so"], "detector/events.py")
+    False
+    """
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    excluded = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        regex = _glob_regex(pattern.lstrip("!").strip("/"))
+        if any(regex.fullmatch(p) for p in prefixes):
+            excluded = not negate
+    return excluded
+
+
+def _glob_regex(glob: str) -> re.Pattern[str]:
+    out = ""
+    for piece in re.split(r"(\*\*/?|\*|\?)", glob):
+        if piece in ("**", "**/"):
+            out += "(?:.*/)?" if piece == "**/" else ".*"
+        elif piece == "*":
+            out += "[^/]*"
+        elif piece == "?":
+            out += "[^/]"
+        else:
+            out += re.escape(piece)
+    return re.compile(out)
+
+
+def _build_stage_context(dest: Path) -> None:
+    """Copy what the Dockerfile's build stage COPYs, as the dockerignore lets it into the
+    context, into ``dest`` (the build stage's WORKDIR)."""
+    text = (DEPLOY / "Dockerfile").read_text().replace("\\\n", " ")
+    stage = re.split(r"^FROM\s", text, flags=re.M)[1]   # the first (build) stage
+    ignore = [ln.strip() for ln in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines()
+              if ln.strip() and not ln.lstrip().startswith("#")]
+    copies = re.findall(r"^COPY\s+(?!--)(.+)$", stage, re.M)
+    assert copies, "the build stage copies nothing"
+    for line in copies:
+        *srcs, target = line.split()
+        into_dir = target.endswith("/") or len(srcs) > 1
+        for src in srcs:
+            base = ROOT / src
+            files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+            for f in files:
+                rel = f.relative_to(ROOT).as_posix()
+                if _dockerignore_excludes(ignore, rel):
+                    continue
+                if base.is_file():
+                    out = dest / target / f.name if into_dir else dest / target
+                else:
+                    out = dest / target / f.relative_to(base)
+                out.parent.mkdir(parents=True, exist_ok=True)
+                out.write_bytes(f.read_bytes())
+
+
+def test_image_wheel_has_the_c_counting(tmp_path: Path) -> None:
+    """The image must count in C: the wheel built from the Dockerfile's build context holds
+    detector/_tally*.so (it is optional for pip, so a missing file or compiler is silent)."""
+    text = (DEPLOY / "Dockerfile").read_text()
+    build, runtime = re.split(r"^FROM\s", text, flags=re.M)[1:3]
+    assert re.search(r"apt-get install .*\bgcc\b", build.replace("\\\n", " "))
+    assert "gcc" not in runtime and "build-essential" not in runtime
+    assert re.search(r"^RUN pip wheel .*\.\s*$", build, re.M)
+    src = tmp_path / "src"
+    _build_stage_context(src)
+    assert not list(src.rglob("*.so")), "a host-built extension leaked into the build context"
+    proc = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "--wheel-dir",
+         str(tmp_path / "wheels"), str(src)],
+        capture_output=True, text=True, timeout=300, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (wheel,) = (tmp_path / "wheels").glob("ai_misbehaviour_detector-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert any(re.fullmatch(r"detector/_tally[^/]*\.so", n) for n in names), names
+
+
+# -- the documented Kubernetes command ----------------------------------------------------------
+
+K8S_COMMAND = (
+    "kubectl kustomize --load-restrictor LoadRestrictionsNone deploy/k8s | kubectl apply -f -")
+
+
+def _documented_kubectl_commands() -> list[str]:
+    found = []
+    for readme in (ROOT / "README.md", DEPLOY / "README.md"):
+        found += [c.strip() for c in re.findall(r"`?(kubectl [^`\n]+)`?", readme.read_text())]
+    return found
+
+
+def test_readmes_give_a_kubectl_command_that_exists() -> None:
+    commands = _documented_kubectl_commands()
+    assert commands.count(K8S_COMMAND) == 2, commands
+    # `kubectl apply -k` has no --load-restrictor flag: only `kubectl kustomize` does.
+    assert not [c for c in commands if re.search(r"apply\b.*--load-restrictor", c)], commands
+
+
+def test_documented_kubectl_command_runs() -> None:
+    if shutil.which("kubectl") is None:
+        pytest.skip("kubectl not installed (the text is checked by the test above)")
+    for command in set(_documented_kubectl_commands()):
+        for part in command.split(" | "):
+            argv = part.split()
+            if argv[1] == "kustomize":   # runs offline: render the manifests
+                proc = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True,
+                                      timeout=60, check=False)
+                assert proc.returncode == 0, proc.stderr
+                kinds = set(re.findall(r"^kind: (\S+)", proc.stdout, re.M))
+                assert {"ConfigMap", "Deployment", "Service"} <= kinds, kinds
+            else:   # needs a cluster: check only that kubectl knows every flag
+                proc = subprocess.run([*argv, "--help"], capture_output=True, text=True,
+                                      timeout=60, check=False)
+                assert proc.returncode == 0, f"{part}: {proc.stderr}"
