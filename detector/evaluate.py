@@ -3,13 +3,13 @@
 An alert is the set of records sharing one ``id``. Its detection time is the ``window.end`` of
 its first ``firing`` record (``starts_at`` when that record has no window); its severity is
 the most severe over all its records. It matches an incident when its signal is one of the
-incident's signals (any signal for a benign change), its cohort is compatible (keys present
-in both agree, so an app-wide alert may match a tenant's incident and vice versa) and it was
-detected within [start - 1 window, end + 3 windows]. Alerts matching no incident, or only a
-benign one, are false alerts. Such an alert on a benign change is also a violation when it is
-more severe than the label's ``max_severity`` (sev4 when absent: no page) or fires longer
-than its ``max_firing_seconds``: from the end of its first firing window to its ``ends_at``
-(the end of the input when it never resolves).
+incident's signals (any signal for a benign change that names none), its cohort is compatible
+(keys present in both agree, so an app-wide alert may match a tenant's incident and vice
+versa) and it was detected within [start - 1 window, end + 3 windows]. Alerts matching no
+incident, or only a benign one, are false alerts. Such an alert on a benign change is also a
+violation when it is more severe than the label's ``max_severity`` (sev4 when absent: no
+page) or fires longer than its ``max_firing_seconds``: from the end of its first firing
+window to its ``ends_at`` (the end of the input when it never resolves).
 
 Time to detect is reported twice: ``ttd_seconds`` from the incident's start, and
 ``ttd_windows`` (the "within 3 windows" criterion) from its ``drift_point`` when the label has
@@ -116,7 +116,7 @@ def _compatible(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _matches(alert: _Alert, inc: dict[str, Any], window: float) -> bool:
-    if inc["kind"] != "benign" and alert.signal not in inc["signals"]:
+    if (inc["kind"] != "benign" or inc["signals"]) and alert.signal not in inc["signals"]:
         return False
     if not _compatible(alert.cohort, inc["cohort"]):
         return False

@@ -309,7 +309,7 @@ def test_benign_labels_bound_severity_and_firing_time() -> None:
     labels = _labels()
     labels["end"] = _at(300)
     shift = {"id": "inc-05", "scenario": "benign_shift", "kind": "benign",
-             "signals": ["latency_ms"], "cohort": {"app": "coding-assistant",
+             "signals": ["latency_ms", "output_tokens"], "cohort": {"app": "coding-assistant",
                                                    "environment": "production"},
              "start": _at(130), "end": _at(300), "expected_severity": None,
              "max_severity": "sev2", "max_firing_seconds": 7200.0,
@@ -336,6 +336,13 @@ def test_benign_labels_bound_severity_and_firing_time() -> None:
     assert r["summary"]["benign_violations"] == ["loud", "stuck"]
     assert r["summary"]["benign_changes_ok"] == 1
     assert "VIOLATED (fired 169 min)" in render(r)
+    # A benign label that names its signals answers for those only (another change may
+    # share the app).
+    other = _alert("other", "refusal_rate", cohort, _at(131), "sev2")
+    r = evaluate(labels, [*short, other])
+    assert "other" not in _row(r, "inc-05")["alert_ids"]
+    assert not _row(r, "inc-05")["benign_violation"]
+    assert "other" in r["summary"]["false_alert_ids"]
 
 
 def test_an_alert_a_real_incident_explains_is_no_benign_violation() -> None:
