@@ -3,10 +3,13 @@
 An alert is the set of records sharing one ``id``. Its detection time is the ``window.end`` of
 its first ``firing`` record (``starts_at`` when that record has no window); its severity is
 the most severe over all its records. It matches an incident when its signal is one of the
-incident's signals (any signal for a benign change), its cohort is compatible (keys present
-in both agree, so an app-wide alert may match a tenant's incident and vice versa) and it was
-detected within [start - 1 window, end + 3 windows]. Alerts matching no incident, or only a
-benign one, are false alerts; sev1-sev3 ones on a benign change are also violations.
+incident's signals (any signal for a benign change that names none), its cohort is compatible
+(keys present in both agree, so an app-wide alert may match a tenant's incident and vice
+versa) and it was detected within [start - 1 window, end + 3 windows]. Alerts matching no
+incident, or only a benign one, are false alerts. Such an alert on a benign change is also a
+violation when it is more severe than the label's ``max_severity`` (sev4 when absent: no
+page) or fires longer than its ``max_firing_seconds``: from the end of its first firing
+window to its ``ends_at`` (the end of the input when it never resolves).
 
 Time to detect is reported twice: ``ttd_seconds`` from the incident's start, and
 ``ttd_windows`` (the "within 3 windows" criterion) from its ``drift_point`` when the label has
@@ -70,6 +73,14 @@ class _Alert:
     detected: datetime
     severity: str
     suspected_change: dict[str, Any] | None
+    ended: datetime | None = None  # when it resolved; None while still firing
+
+
+def _ended(recs: list[dict[str, Any]]) -> datetime | None:
+    """The last resolution of an alert: its ``ends_at`` (or window end) if it resolved."""
+    ends = [r.get("ends_at") or (r.get("window") or {}).get("end") or r.get("starts_at")
+            for r in recs if r.get("status") == "resolved"]
+    return max(map(_time, ends)) if ends else None
 
 
 def _collect(records: list[dict[str, Any]]) -> list[_Alert]:
@@ -96,7 +107,7 @@ def _collect(records: list[dict[str, Any]]) -> list[_Alert]:
         change = next((r["suspected_change"] for r in recs if r.get("suspected_change")), None)
         alerts.append(_Alert(aid, str(first["signal"]), first["cohort"], _time(when),
                              min((r["severity"] for r in recs), key=_RANK.__getitem__),
-                             change))
+                             change, _ended(recs)))
     return alerts
 
 
@@ -105,7 +116,7 @@ def _compatible(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _matches(alert: _Alert, inc: dict[str, Any], window: float) -> bool:
-    if inc["kind"] != "benign" and alert.signal not in inc["signals"]:
+    if (inc["kind"] != "benign" or inc["signals"]) and alert.signal not in inc["signals"]:
         return False
     if not _compatible(alert.cohort, inc["cohort"]):
         return False
@@ -143,10 +154,12 @@ def evaluate(labels: dict[str, Any], alerts: list[dict[str, Any]]) -> dict[str, 
             if _matches(a, inc, window):
                 matched[inc["id"]].append(a)
                 (benign_ids if inc["kind"] == "benign" else true_ids).add(a.id)
-    rows = [_row(inc, matched[inc["id"]], window) for inc in incidents]
+    end = _time(labels["end"])
+    rows = [_row(inc, matched[inc["id"]], window, true_ids, end) for inc in incidents]
     false = [a for a in found if a.id not in true_ids]
-    violations = sorted(a.id for a in false if a.id in benign_ids and _RANK[a.severity] <= 2)
+    violations = sorted({aid for r in rows for aid in r.get("violating_alert_ids", ())})
     scored = [r for r in rows if r["kind"] != "benign"]
+    benign = [r for r in rows if r["kind"] == "benign"]
     drift = [r for r in scored if r["kind"] == "drift"]
     hard = [r for r in scored if r["kind"] == "hard_rule"]
     sev = [r for r in scored if r["severity_ok"] is not None]
@@ -178,12 +191,19 @@ def evaluate(labels: dict[str, Any], alerts: list[dict[str, Any]]) -> dict[str, 
                                          for s in SEVERITIES},
             "false_alert_ids": [a.id for a in false],
             "benign_violations": violations,
+            "benign_changes": len(benign),
+            "benign_changes_ok": sum(not r["benign_violation"] for r in benign),
         },
     }
 
 
-def _row(inc: dict[str, Any], hits: list[_Alert], window: float) -> dict[str, Any]:
-    """One incident's line of the report."""
+def _firing_s(a: _Alert, end: datetime) -> float:
+    return max(0.0, ((a.ended or end) - a.detected).total_seconds())
+
+
+def _row(inc: dict[str, Any], hits: list[_Alert], window: float, true_ids: set[str],
+         end: datetime) -> dict[str, Any]:
+    """One incident's line of the report (``end``: of the input, for alerts still firing)."""
     first = min(hits, key=lambda a: a.detected, default=None)
     worst = min((a.severity for a in hits), key=_RANK.__getitem__, default=None)
     benign = inc["kind"] == "benign"
@@ -198,6 +218,15 @@ def _row(inc: dict[str, Any], hits: list[_Alert], window: float) -> dict[str, An
     if want and hits and not benign:
         change_ok = any(a.suspected_change and a.suspected_change.get("field") == want["field"]
                         and a.suspected_change.get("now") == want["now"] for a in hits)
+    extra: dict[str, Any] = {}
+    if benign:  # alerts a real incident explains are not the benign change's
+        own = [a for a in hits if a.id not in true_ids]
+        cap, limit = inc.get("max_severity") or "sev4", inc.get("max_firing_seconds")
+        bad = [a.id for a in own if _RANK[a.severity] < _RANK[cap]
+               or (limit is not None and _firing_s(a, end) > limit)]
+        extra = {"allowed_severity": cap, "allowed_firing_seconds": limit,
+                 "longest_firing_seconds": max((_firing_s(a, end) for a in own), default=None),
+                 "violating_alert_ids": bad}
     return {
         "id": inc["id"], "scenario": inc.get("scenario"), "kind": inc["kind"],
         "cohort": inc["cohort"], "signals": inc["signals"],
@@ -213,7 +242,8 @@ def _row(inc: dict[str, Any], hits: list[_Alert], window: float) -> dict[str, An
         "suspected_change_ok": change_ok,
         "at_event": (abs(ttd) <= AT_EVENT_TOLERANCE_S if ttd is not None else False)
         if inc["kind"] == "hard_rule" else None,
-        "benign_violation": benign and any(_RANK[a.severity] <= 2 for a in hits),
+        "benign_violation": bool(extra.get("violating_alert_ids")),
+        **extra,
     }
 
 
@@ -233,6 +263,8 @@ def render(report: dict[str, Any]) -> str:
     for r in report["incidents"]:
         if r["kind"] == "benign":
             det = "VIOLATED" if r["benign_violation"] else "ok"
+            if r["longest_firing_seconds"] is not None:
+                det += f" (fired {r['longest_firing_seconds'] / 60:.0f} min)"
         else:
             det = "yes" if r["detected"] else "NO"
             if r["at_event"] is not None and r["detected"]:
@@ -261,6 +293,7 @@ def render(report: dict[str, Any]) -> str:
         + _pct(s["hard_rule_at_event"], s["hard_rule_incidents"]),
         f"false alerts: {s['false_alerts']} of {s['alerts']}"
         + (f" ({per_hour:.2f}/h)" if per_hour is not None else "") + f": {by_sev}",
+        f"benign changes without a violation: {s['benign_changes_ok']}/{s['benign_changes']}",
         f"benign-change violations: {len(s['benign_violations'])}"
         + (f" ({', '.join(s['benign_violations'])})" if s["benign_violations"] else ""),
     ]

@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-__all__ = ["APPS", "SCENARIOS", "WARMUP_S", "AppProfile", "Cohort", "Incident", "Scenario",
-           "World", "daily_factor", "overlaps", "plan"]
+__all__ = ["APPS", "DEFAULT_SCENARIOS", "SCENARIOS", "WARMUP_S", "AppProfile", "Cohort",
+           "Incident", "Scenario", "World", "cycle_factor", "daily_factor", "overlaps", "plan"]
 
 WARMUP_S: Final = 3600.0  # clean traffic before the first incident, for baselines to learn
 TAIL_S: Final = 300.0  # room after the last incident so it can be seen to end
@@ -30,6 +30,7 @@ REGIONS: Final = ("us-east-1", "eu-west-1", "ap-southeast-2", "us-west-2")
 
 Cohort = tuple[str | None, str, str]  # (tenant or None for the whole app, app, environment)
 Kind = Literal["drift", "hard_rule", "benign"]
+Effect = tuple[tuple[str, float, float], ...]  # (attribute, factor, floor)
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,7 @@ class Scenario:
     signals: tuple[str, ...]
     expected: str | None
     # attribute -> (factor, floor): during the incident value = max(base * factor, floor)
-    effect: tuple[tuple[str, float, float], ...] = ()
+    effect: Effect = ()
     apps: tuple[str, ...] = tuple(APPS)
     env: str = "production"
     scope: Literal["any", "tenant", "app"] = "any"
@@ -123,6 +124,16 @@ class Scenario:
     min_per_min: float = 20.0  # relevant events a minute the cohort needs to be eligible
     change_fields: tuple[str, ...] = ("prompt_version", "model_version", "policy_version")
     ramp: bool = False
+    #: "incident": the effect holds from start to end; "rest": from the start to the end of
+    #: the file (a change that stays); "file": the whole file, with a daily cycle.
+    span: Literal["incident", "rest", "file"] = "incident"
+    per_min: float | None = None  # the tenant cohort nearest this many relevant events a minute
+    minutes: float | None = None  # a fixed duration
+    background: Effect = ()  # the chosen cohort's normal, for the whole file
+    cycle: float = 0.0  # span "file": the effect times 1 +- this over the day (cycle_factor)
+    # Benign labels: the most severe alert allowed, and the longest it may fire.
+    max_severity: str | None = None
+    max_firing_s: float | None = None
 
 
 def _d(name: str, signal: str, attr: str, factor: float, floor: float = 0.0,
@@ -185,7 +196,34 @@ SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (
     _d("blip", "refusal_rate", "p_refusal", 8, expected="sev4", min_per_min=150,
        change_fields=_NO_CHANGE),
     Scenario("benign_deploy", "benign", (), None, scope="app", min_per_min=0.0),
+    # Issue 12: shapes real traffic has. The first four must be detected at small volume, the
+    # benign ones adopted or ignored; none is in the default set (see DEFAULT_SCENARIOS).
+    _d("rare_wave", "safety_prompt_injection", "p_inj", 0.0, 0.10, scope="tenant",
+       relevant="chat", per_min=7.0, minutes=20.0, background=(("p_inj", 0.0, 0.001),),
+       change_fields=_NO_CHANGE),
+    _d("lowvol_violations", "instruction_violation_rate", "p_iv", 0.0, 0.40, scope="tenant",
+       per_min=5.0, change_fields=("prompt_version",)),
+    _d("fabricated_midsize", "fabricated_tool_result_rate", "p_fabricated", 0.0, 0.08,
+       apps=TOOL_APPS, scope="tenant", relevant="tool", per_min=30.0,
+       change_fields=("model_version",)),
+    # A model upgrade that is slower and wordier, and stays: adopt it within two hours.
+    Scenario("benign_shift", "benign", ("latency_ms", "output_tokens"), None,
+             (("lat_med", 1.6, 0.0), ("out_med", 1.3, 0.0)), scope="app", min_per_min=0.0,
+             change_fields=("model_version",), span="rest", max_severity="sev2",
+             max_firing_s=7200.0),
+    Scenario("quantity_shift", "benign", ("input_tokens",), None, (("in_med", 2.0, 0.0),),
+             scope="app", min_per_min=0.0, change_fields=_NO_CHANGE, span="rest",
+             max_severity="sev2", max_firing_s=7200.0),
+    Scenario("quantity_cycle", "benign", ("latency_ms",), None, (("lat_med", 1.0, 0.0),),
+             scope="app", min_per_min=0.0, change_fields=_NO_CHANGE, span="file", cycle=0.4,
+             max_severity="sev4", max_firing_s=7200.0),
+    Scenario("volume_surge", "benign", ("volume",), None, (("volume", 3.0, 0.0),),
+             scope="tenant", relevant="all", min_per_min=300.0, change_fields=_NO_CHANGE,
+             minutes=20.0, max_severity="sev4"),
 )}
+#: What ``simulate`` injects when no scenario is named: the set before issue 12, so a seed
+#: keeps giving the same traffic.
+DEFAULT_SCENARIOS: Final = tuple(SCENARIOS)[:tuple(SCENARIOS).index("benign_deploy") + 1]
 
 
 @dataclass
@@ -221,6 +259,16 @@ def daily_factor(ts: float) -> float:
     return 0.75 + 0.25 * math.cos(2.0 * math.pi * (hour - 14.0) / 24.0)
 
 
+def cycle_factor(ts: float, amplitude: float) -> float:
+    """A time-of-day pattern of +-``amplitude``, highest at the 14:00 UTC traffic peak.
+
+    >>> cycle_factor(14 * 3600.0, 0.4), round(cycle_factor(2 * 3600.0, 0.4), 6)
+    (1.4, 0.6)
+    """
+    hour = (ts % 86400.0) / 3600.0
+    return 1.0 + amplitude * math.cos(2.0 * math.pi * (hour - 14.0) / 24.0)
+
+
 @dataclass(frozen=True)
 class World:
     """Tenants, their apps and cohorts; ``share`` is each cohort's fraction of traces."""
@@ -232,15 +280,21 @@ class World:
     share: tuple[float, ...]
 
     @classmethod
-    def build(cls) -> World:
+    def build(cls, tenants: int = 40) -> World:
+        """The world of ``tenants`` tenants (40 by default; more for many small cohorts: the
+        volume skew's taper stretches with the square of the count, so the last ones still
+        speak)."""
+        if tenants < len(_TOP_TENANT_APPS):
+            raise ValueError(f"tenants must be at least {len(_TOP_TENANT_APPS)}")
         rng = random.Random("simulated-world-v1")  # the same world for every seed
-        tenants = tuple(f"t{k:02d}" for k in range(1, 41))
-        weights = [k ** -0.8 * math.exp(-k / 8.0) for k in range(1, 41)]  # Zipf-like, tapered
+        names_t = tuple(f"t{k:02d}" for k in range(1, tenants + 1))
+        taper = 8.0 * (tenants / 40) ** 2
+        weights = [k ** -0.8 * math.exp(-k / taper) for k in range(1, tenants + 1)]
         names, app_w = list(APPS), [0.35, 0.25, 0.25, 0.15]
         regions: dict[str, tuple[str, str]] = {}
         cohorts: list[tuple[str, str, str]] = []
         share: list[float] = []
-        for k, (tenant, w) in enumerate(zip(tenants, weights, strict=True)):
+        for k, (tenant, w) in enumerate(zip(names_t, weights, strict=True)):
             if k < len(_TOP_TENANT_APPS):
                 used: tuple[str, ...] = _TOP_TENANT_APPS[k]
             else:
@@ -254,7 +308,7 @@ class World:
                     cohorts.append((tenant, app, env))
                     share.append(w * a / sum(app_split) * e)
         total = sum(share)
-        return cls(dict(APPS), tenants, regions, tuple(cohorts),
+        return cls(dict(APPS), names_t, regions, tuple(cohorts),
                    tuple(s / total for s in share))
 
     def trace_rate(self, rate: float, start: float, end: float) -> float:
@@ -306,6 +360,8 @@ def _pick_cohort(rng: random.Random, world: World, k: float, sc: Scenario, start
     app_c = [c for c in rates if c[0] is None and sc.scope != "tenant"]
     ok_t = [c for c in tenant_c if rates[c] >= sc.min_per_min]
     ok_a = [c for c in app_c if rates[c] >= sc.min_per_min]
+    if sc.per_min is not None and tenant_c:  # a stated size: the nearest tenant cohort
+        return min(tenant_c, key=lambda c: (abs(math.log(rates[c] / sc.per_min)), c))  # type: ignore[operator]
     if sc.min_per_min == 0.0:  # hard rules and benign changes: any cohort, weighted by volume
         pool = tenant_c or app_c
         return rng.choices(pool, [rates[c] for c in pool])[0] if pool else None
@@ -323,6 +379,8 @@ def _durations(sc: Scenario, u: float, c: float) -> tuple[float, float]:
     s = u * (1.0 - c)
     if sc.name == "blip":
         return 60.0, 0.0
+    if sc.minutes is not None:
+        return 60.0 * sc.minutes, 0.0
     if sc.kind == "hard_rule":
         return 60.0 * (2 + 4 * s), 0.0
     # Whole minutes, so incidents line up with 60 s windows.
@@ -389,8 +447,11 @@ def plan(names: list[str], world: World, k: float, seed: int, start: float,
     unknown = sorted(set(names) - set(SCENARIOS))
     if unknown:
         raise ValueError(f"unknown scenario(s): {', '.join(unknown)}")
+    whole = [_whole_file(SCENARIOS[n], world, seed, start, end) for n in names
+             if SCENARIOS[n].span == "file"]
+    names = [n for n in names if SCENARIOS[n].span != "file"]
     if not names:
-        return []
+        return _number(whole)
     rng = random.Random(f"{seed}:order")
     names = list(names)
     rng.shuffle(names)
@@ -410,9 +471,25 @@ def plan(names: list[str], world: World, k: float, seed: int, start: float,
             "scenarios")
     placed.sort(key=lambda p: (p.start, p.scenario.name))
     _assign_versions(placed, world, seed)
+    for p in placed:
+        if p.scenario.span == "rest":  # placed like any incident; it then stays
+            p.end = end
+    return _number(whole + placed)
+
+
+def _number(placed: list[Incident]) -> list[Incident]:
+    placed.sort(key=lambda p: (p.start, p.scenario.name))
     for n, p in enumerate(placed, 1):
         p.id = f"inc-{n:02d}"
     return placed
+
+
+def _whole_file(sc: Scenario, world: World, seed: int, start: float, end: float) -> Incident:
+    """A scenario that holds from the first event to the last, on one app (its own draw, so
+    the other incidents' plan does not change)."""
+    rng = random.Random(f"{seed}:{sc.name}")
+    apps = sorted({c[1] for c in world.cohorts if c[1] in sc.apps and c[2] == sc.env})
+    return Incident(sc, start, end, (None, rng.choice(apps), sc.env))
 
 
 def _min_hours(names: list[str]) -> float:

@@ -32,12 +32,15 @@ from typing import Any, Final
 import orjson
 
 from detector.scenarios import (
+    DEFAULT_SCENARIOS,
     SCENARIOS,
     WARMUP_S,
     Cohort,
+    Effect,
     Incident,
     Scenario,
     World,
+    cycle_factor,
     daily_factor,
     plan,
 )
@@ -47,6 +50,7 @@ __all__ = ["SCENARIOS", "Scenario", "add_arguments", "run", "simulate"]
 
 DEFAULT_START: Final = datetime(2026, 1, 5, tzinfo=UTC)
 RAMP_STEP_S: Final = 30.0
+CYCLE_STEP_S: Final = 300.0  # a daily cycle moves in steps this far apart
 #: A person reverts an answer this many seconds after it (uniform between the two).
 OVERRIDE_LAG_S: Final = (5.0, 120.0)
 _SORT: Final = orjson.OPT_SORT_KEYS
@@ -70,11 +74,14 @@ class _Profile:
                  "p_safety", "pois_l", "safety_always", "tools", "volume", *_NUM)
 
     def __init__(self, world: World, c: Cohort, versions: dict[str, str],
-                 inc: Incident | None, intensity: float, burst: bool) -> None:
+                 inc: Incident | None, intensity: float, burst: bool,
+                 normal: Effect = ()) -> None:
         app = world.apps[c[1]]
         for name in _NUM:
             setattr(self, name, getattr(app, name))
         self.volume, self.lat_mult, self.mark = (2.0 if burst else 1.0), (1.1 if burst else 1.0), ""
+        for attr, factor, floor in normal:  # changes that stay: this cohort's normal now
+            setattr(self, attr, max(getattr(self, attr) * factor, floor))
         self.inc = inc
         vers = dict(versions)
         if inc is not None:
@@ -109,7 +116,10 @@ class _Generator:
         self.heap: list[tuple[int, int, dict[str, Any]]] = []
         self.seq = 0
         self.load = 1.0
-        self.incidents = [i for i in incidents if i.scenario.kind != "hard_rule"]
+        self.incidents = [i for i in incidents if i.scenario.kind != "hard_rule"
+                          and i.scenario.span == "incident"]
+        self.lasting = [i for i in incidents if i.scenario.span != "incident"
+                        or i.scenario.background]
         self.bursts = bursts
         self.index = {c: n for n, c in enumerate(world.cohorts)}
         self._cache: dict[tuple[Any, ...], _Profile] = {}
@@ -119,7 +129,7 @@ class _Generator:
     def refresh(self, now: float) -> None:
         """Recompute every cohort's profile and traffic weight for time ``now``."""
         versions = {a: dict(p.versions) for a, p in self.world.apps.items()}
-        for inc in self.incidents:  # benign deploys persist; the others are rolled back
+        for inc in self.incidents + self.lasting:  # benign deploys stay; the rest roll back
             if inc.scenario.kind == "benign" and inc.start <= now and inc.change:
                 versions[inc.cohort[1]][inc.change[0]] = inc.change[2]
         active = [i for i in self.incidents if i.start <= now < i.end]
@@ -127,18 +137,33 @@ class _Generator:
         self.profiles, self.cum, total = [], [], 0.0
         for c, share in zip(self.world.cohorts, self.world.share, strict=True):
             inc = next((i for i in active if i.covers(c)), None)
+            normal = self._normal(c, now)
             intensity = 1.0
             if inc is not None and inc.ramp_end is not None:
                 intensity = min(1.0, (now - inc.start) / (inc.ramp_end - inc.start))
             burst = c[1] in burst_apps and c[2] == "production"
-            key = (c, tuple(versions[c[1]].values()), inc and inc.id, intensity, burst)
+            key = (c, tuple(versions[c[1]].values()), inc and inc.id, intensity, burst, normal)
             prof = self._cache.get(key)
             if prof is None:
                 prof = self._cache[key] = _Profile(self.world, c, versions[c[1]], inc,
-                                                   intensity, burst)
+                                                   intensity, burst, normal)
             self.profiles.append(prof)
             total += share * prof.volume
             self.cum.append(total)
+
+    def _normal(self, c: Cohort, now: float) -> Effect:
+        """Effects of lasting scenarios on ``c`` at ``now``: a background from the first
+        event, a change that stays from its start, a daily cycle all along."""
+        out: list[tuple[str, float, float]] = []
+        for i in self.lasting:
+            if not i.covers(c):
+                continue
+            out += i.scenario.background
+            if i.scenario.span == "incident" or now < i.start:
+                continue
+            cyc = round(cycle_factor(now, i.scenario.cycle), 4) if i.scenario.cycle else 1.0
+            out += [(a, f * cyc, fl) for a, f, fl in i.scenario.effect]
+        return tuple(out)
 
     def push(self, ts_ms: int, ev: dict[str, Any]) -> None:
         self.seq += 1
@@ -351,6 +376,8 @@ def _label(inc: Incident) -> dict[str, Any]:
         "expected_severity": sc.expected,
         **({"drift_point": rfc3339(round(_drift_point(inc) * 1000))}
            if sc.kind == "drift" else {}),
+        **({"max_severity": sc.max_severity} if sc.max_severity else {}),
+        **({"max_firing_seconds": sc.max_firing_s} if sc.max_firing_s else {}),
         "suspected_change": ({"field": change[0], "baseline": change[1], "now": change[2]}
                              if change and sc.kind != "hard_rule" else None),
         "trace_ids": inc.trace_ids[:20],
@@ -359,27 +386,29 @@ def _label(inc: Incident) -> dict[str, Any]:
 
 def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
              scenarios: list[str] | None = None, rate: float = 40.0,
-             start: datetime = DEFAULT_START) -> dict[str, Any]:
+             start: datetime = DEFAULT_START, tenants: int = 40) -> dict[str, Any]:
     """Write ``traces.jsonl`` and ``labels.json`` into ``out_dir``; return a summary.
 
-    ``scenarios`` None means all of :data:`SCENARIOS`, ``[]`` clean traffic. Raises
+    ``scenarios`` None means :data:`DEFAULT_SCENARIOS`, ``[]`` clean traffic. Raises
     ValueError for bad arguments or when the scenarios do not fit into ``hours``.
     """
     if start.tzinfo is None:
         raise ValueError("start must be timezone-aware")
     if not (hours > 0 and rate > 0):
         raise ValueError("hours and rate must be positive")
-    names = sorted(set(SCENARIOS if scenarios is None else scenarios))
+    names = sorted(set(DEFAULT_SCENARIOS if scenarios is None else scenarios))
     t0 = float(math.floor(start.timestamp()))
     t1 = t0 + round(hours * 3600.0)
-    world = World.build()
+    world = World.build(tenants)
     k = world.trace_rate(rate, t0, t1)
     incidents = plan(names, world, k, seed, t0, t1)
     bursts = _bursts(random.Random(f"{seed}:bursts"), world, incidents, t0, t1)
     changes = sorted({x for i in incidents if i.scenario.kind != "hard_rule"
                       for x in (i.start, i.end)} | {x for b in bursts for x in b[:2]} |
                      {i.start + s * RAMP_STEP_S for i in incidents if i.ramp_end
-                      for s in range(int((i.ramp_end - i.start) / RAMP_STEP_S) + 1)})
+                      for s in range(int((i.ramp_end - i.start) / RAMP_STEP_S) + 1)} |
+                     {i.start + s * CYCLE_STEP_S for i in incidents if i.scenario.cycle
+                      for s in range(int((i.end - i.start) / CYCLE_STEP_S) + 1)})
     forced = sorted(((ft, i) for i in incidents for ft in i.offend_at), key=lambda x: x[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     traces, labels_path = out_dir / "traces.jsonl", out_dir / "labels.json"
@@ -393,6 +422,7 @@ def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
         "seed": seed, "hours": hours, "rate": rate, "start": rfc3339(round(t0 * 1000)),
         "end": rfc3339(round(t1 * 1000)), "events": writer.events,
         "malformed_lines": writer.malformed, "window_hint_seconds": 60,
+        **({"tenants": tenants} if tenants != 40 else {}),
         "warmup_seconds": WARMUP_S,
         "incidents": [_label(i) for i in incidents],
         "bursts": [{"app": a, "environment": "production", "factor": 2.0,
@@ -417,8 +447,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hours", type=float, default=4.0, help="event time to cover")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--scenario", action="append", choices=[*SCENARIOS, "none"],
-                        help="incident scenario to inject (repeatable; default all; "
-                             "'none' for clean traffic)")
+                        help="incident scenario to inject (repeatable; default all but the "
+                             "issue-12 shapes; 'none' for clean traffic)")
+    parser.add_argument("--tenants", type=int, default=40,
+                        help="tenants in the world (more for many small cohorts)")
     parser.add_argument("--rate", type=float, default=40.0, help="mean events per second")
     parser.add_argument("--start", type=_parse_start, default=DEFAULT_START,
                         help="RFC 3339 start of event time (default 2026-01-05T00:00:00Z)")
@@ -434,7 +466,7 @@ def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     try:
         s = simulate(args.out, hours=args.hours, seed=args.seed, scenarios=names,
-                     rate=args.rate, start=args.start)
+                     rate=args.rate, start=args.start, tenants=args.tenants)
     except (ValueError, OSError) as e:
         print(f"simulate: {e}", file=sys.stderr)
         return 2

@@ -301,3 +301,55 @@ def test_oracle_alerts_on_simulated_labels_score_perfectly(tmp_path: Path) -> No
     assert s["recall"] == 1.0 and s["false_alerts"] == 0 and s["severity_accuracy"] == 1.0
     assert s["hard_rule_at_event"] == 1 and s["suspected_change_correct"] == 2
     assert s["drift_within_3_windows"] == 2
+
+
+def test_benign_labels_bound_severity_and_firing_time() -> None:
+    """A change that stays (issue 12's benign_shift): a short page at the change is allowed
+    by its label, firing for more than two hours of event time is not, nor a sev1."""
+    labels = _labels()
+    labels["end"] = _at(300)
+    shift = {"id": "inc-05", "scenario": "benign_shift", "kind": "benign",
+             "signals": ["latency_ms", "output_tokens"], "cohort": {"app": "coding-assistant",
+                                                   "environment": "production"},
+             "start": _at(130), "end": _at(300), "expected_severity": None,
+             "max_severity": "sev2", "max_firing_seconds": 7200.0,
+             "suspected_change": None, "trace_ids": []}
+    labels["incidents"].append(shift)
+    cohort = {"tenant": "t03", "app": "coding-assistant", "environment": "production"}
+    short = [_alert("short", "latency_ms", cohort, _at(131), "sev4"),
+             _alert("short", "latency_ms", cohort, _at(134), "sev2"),
+             {**_alert("short", "latency_ms", cohort, _at(170), "sev2", "resolved"),
+              "ends_at": _at(170)}]
+    r = evaluate(labels, short)
+    row = _row(r, "inc-05")
+    assert not row["benign_violation"] and r["summary"]["benign_violations"] == []
+    assert row["longest_firing_seconds"] == 39 * 60.0       # 131 -> 170
+    assert (row["allowed_severity"], row["allowed_firing_seconds"]) == ("sev2", 7200.0)
+    assert r["summary"]["benign_changes"] == 2 and r["summary"]["benign_changes_ok"] == 2
+    # Never resolved: it fires to the end of the input, 169 minutes.
+    stuck = _alert("stuck", "output_tokens", cohort, _at(131), "sev4")
+    loud = _alert("loud", "latency_ms", cohort, _at(200), "sev1")
+    r = evaluate(labels, [*short, stuck, loud])
+    row = _row(r, "inc-05")
+    assert row["benign_violation"] and row["violating_alert_ids"] == ["stuck", "loud"]
+    assert row["longest_firing_seconds"] == 169 * 60.0
+    assert r["summary"]["benign_violations"] == ["loud", "stuck"]
+    assert r["summary"]["benign_changes_ok"] == 1
+    assert "VIOLATED (fired 169 min)" in render(r)
+    # A benign label that names its signals answers for those only (another change may
+    # share the app).
+    other = _alert("other", "refusal_rate", cohort, _at(131), "sev2")
+    r = evaluate(labels, [*short, other])
+    assert "other" not in _row(r, "inc-05")["alert_ids"]
+    assert not _row(r, "inc-05")["benign_violation"]
+    assert "other" in r["summary"]["false_alert_ids"]
+
+
+def test_an_alert_a_real_incident_explains_is_no_benign_violation() -> None:
+    labels = _labels()
+    labels["incidents"][2]["cohort"] = APP     # the benign deploy overlaps inc-01's tenant
+    labels["incidents"][2]["start"], labels["incidents"][2]["end"] = _at(60), _at(70)
+    r = evaluate(labels, [_alert("real", "refusal_rate", T01, _at(62), "sev2")])
+    assert _row(r, "inc-01")["detected"]
+    assert not _row(r, "inc-03")["benign_violation"]
+    assert r["summary"]["benign_violations"] == []

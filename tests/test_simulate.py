@@ -15,6 +15,7 @@ import orjson
 import pytest
 
 from detector.events import MODEL_OPERATIONS, TraceEvent, decode
+from detector.scenarios import DEFAULT_SCENARIOS, World, cycle_factor
 from detector.simulate import SCENARIOS, add_arguments, run, simulate
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
@@ -172,7 +173,7 @@ def test_labels_list_every_scenario_after_warmup_within_range(full: Any) -> None
     _, labels, _, _ = full
     start, end = _t(labels["start"]), _t(labels["end"])
     incs = labels["incidents"]
-    assert sorted(i["scenario"] for i in incs) == sorted(SCENARIOS)
+    assert sorted(i["scenario"] for i in incs) == sorted(DEFAULT_SCENARIOS)
     for i in incs:
         s0, s1 = _t(i["start"]), _t(i["end"])
         assert start + 3600 <= s0 < s1 < end, i["id"]
@@ -364,3 +365,117 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def _iter_events(out: Path) -> Iterator[TraceEvent]:
     for line in _lines(out):
         yield from decode(line)[0]
+
+
+NEW = ("rare_wave", "lowvol_violations", "fabricated_midsize", "benign_shift", "quantity_shift",
+       "quantity_cycle", "volume_surge")
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
+                                                               list[TraceEvent]]:
+    """Issue 12's scenarios together, 6 h at a modest rate."""
+    out = tmp_path_factory.mktemp("shapes")
+    simulate(out, hours=6.0, seed=3, rate=10.0, scenarios=list(NEW))
+    return json.loads((out / "labels.json").read_text()), _decode_all(out)[0]
+
+
+def test_issue12_scenarios_are_opt_in_and_labelled(shapes: Any) -> None:
+    labels, _ = shapes
+    assert not set(NEW) & set(DEFAULT_SCENARIOS)
+    assert set(DEFAULT_SCENARIOS) | set(NEW) == set(SCENARIOS)
+    by = {i["scenario"]: i for i in labels["incidents"]}
+    assert sorted(by) == sorted(NEW)
+    for name in ("rare_wave", "lowvol_violations", "fabricated_midsize"):
+        assert by[name]["kind"] == "drift" and by[name]["expected_severity"] == "sev2"
+        assert "tenant" in by[name]["cohort"]
+    for name, cap, most in (("benign_shift", "sev2", 7200), ("quantity_shift", "sev2", 7200),
+                            ("quantity_cycle", "sev4", 7200), ("volume_surge", "sev4", None)):
+        assert by[name]["kind"] == "benign" and by[name]["max_severity"] == cap, name
+        assert by[name].get("max_firing_seconds") == most, name
+    for name in ("benign_shift", "quantity_shift", "quantity_cycle"):  # they stay
+        assert by[name]["end"] == labels["end"]
+    assert by["quantity_cycle"]["start"] == labels["start"]
+    assert _t(by["rare_wave"]["end"]) - _t(by["rare_wave"]["start"]) == 1200
+    assert _t(by["volume_surge"]["end"]) - _t(by["volume_surge"]["start"]) == 1200
+    assert by["benign_shift"]["suspected_change"]["field"] == "model_version"
+
+
+def _around(events: list[TraceEvent], inc: dict[str, Any]) -> tuple[list[TraceEvent],
+                                                                      list[TraceEvent]]:
+    """The labelled cohort's events during the incident and before it."""
+    es = _cohort_events(events, inc["cohort"])
+    s0, s1 = _t(inc["start"]), _t(inc["end"])
+    return _between(es, s0, s1), _between(es, 0, s0)
+
+
+def test_rare_rises_on_small_cohorts_have_the_stated_shape(shapes: Any) -> None:
+    labels, events = shapes
+    by = {i["scenario"]: i for i in labels["incidents"]}
+    chats = lambda es: [e for e in es if e.operation == "chat"]  # noqa: E731
+    during, before = _around(events, by["rare_wave"])
+    inj = _hit("prompt_injection")
+    assert 0.06 < inj(chats(during)) < 0.15 and inj(chats(before)) < 0.004
+    per_min = len(chats(during)) / 20
+    assert 3.5 < per_min < 14, per_min                     # ~7 chats a minute
+    during, before = _around(events, by["lowvol_violations"])
+    iv = METRICS["instruction_violations"]
+    assert 0.3 < iv(during) < 0.5 and iv(before) < 0.03
+    minutes = (_t(by["lowvol_violations"]["end"]) - _t(by["lowvol_violations"]["start"])) / 60
+    assert 2.5 < len(_model(during)) / minutes < 10         # ~5 model calls a minute
+    during, before = _around(events, by["fabricated_midsize"])
+    fab = METRICS["fabricated_results"]
+    assert 0.05 < fab(during) < 0.11 and fab(before) < 0.01
+
+
+def test_benign_shapes_move_only_what_they_say(shapes: Any) -> None:
+    labels, events = shapes
+    by = {i["scenario"]: i for i in labels["incidents"]}
+    lat, out = METRICS["latency_regression"], METRICS["token_blowup"]
+    tokens_in = lambda es: _median([float(e.input_tokens) for e in _model(es)  # noqa: E731
+                                    if e.operation == "chat" and e.input_tokens])
+    shift = by["benign_shift"]
+    after, before = _around(events, shift)
+    assert 1.4 < lat(after) / lat(before) < 1.85
+    assert 1.15 < out(after) / out(before) < 1.45
+    assert 0.85 < tokens_in(after) / tokens_in(before) < 1.15
+    settled = _between(_model(after), _t(shift["start"]) + 30, _t(shift["end"]))
+    assert {e.model_version for e in settled} == {shift["suspected_change"]["now"]}
+    qs = by["quantity_shift"]
+    after, before = _around(events, qs)
+    assert 1.8 < tokens_in(after) / tokens_in(before) < 2.2
+    assert 0.85 < lat(after) / lat(before) < 1.15
+    surge = by["volume_surge"]
+    during, _ = _around(events, surge)
+    s0 = _t(surge["start"])
+    same_before = _between(_cohort_events(events, surge["cohort"]), s0 - 1200, s0)
+    assert 2.5 < len(during) / len(same_before) < 3.6
+    refusal = METRICS["refusal"]
+    assert 0.6 < refusal(during) / refusal(same_before) < 1.6
+
+
+def test_quantity_cycle_follows_the_time_of_day(shapes: Any) -> None:
+    labels, events = shapes
+    cyc = next(i for i in labels["incidents"] if i["scenario"] == "quantity_cycle")
+    t0 = _t(labels["start"])
+    lat = METRICS["latency_regression"]
+    mine = _cohort_events(events, cyc["cohort"])
+    moved = {i["cohort"]["app"] for i in labels["incidents"]
+             if i["scenario"] in ("quantity_cycle", "benign_shift")}
+    others = [e for e in events if e.app not in moved]
+    # Against apps of steady latency, which share the load effect: the cycle's ratio of 05-06 h to
+    # 01:30-02:30 (its trough) is cycle_factor(5.5 h) / cycle_factor(2 h) = 1.26.
+    late, trough = (t0 + 5 * 3600, t0 + 6 * 3600), (t0 + 5400, t0 + 9000)
+    ratio = (lat(_between(mine, *late)) / lat(_between(mine, *trough))) / \
+        (lat(_between(others, *late)) / lat(_between(others, *trough)))
+    want = cycle_factor(5.5 * 3600, 0.4) / cycle_factor(2 * 3600, 0.4)
+    assert abs(ratio - want) < 0.12, (ratio, want)
+
+
+def test_a_bigger_world_keeps_the_default_and_adds_small_cohorts() -> None:
+    small, big = World.build(), World.build(120)
+    assert len(small.tenants) == 40 and len(big.tenants) == 120
+    assert len(big.cohorts) >= 250
+    assert big.cohorts[:10] == small.cohorts[:10]
+    with pytest.raises(ValueError, match="tenants"):
+        World.build(3)
