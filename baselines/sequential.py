@@ -36,7 +36,7 @@ True
 
 from __future__ import annotations
 
-from math import erfc, exp, log
+from math import erfc, exp, isfinite, log
 from statistics import NormalDist
 
 __all__ = ["Cusum", "nats_for", "to_standard"]
@@ -119,6 +119,25 @@ class Cusum:
     def update_z(self, z: float, cap: float) -> None:
         self.up, self.down = self.peek_z(z, cap)
         self._ups[0] = self.up
+
+    def state(self) -> list[float]:
+        """Plain numbers for the changelog: the upward statistics, then the downward one."""
+        return [*self._ups, self.down]
+
+    @classmethod
+    def from_state(cls, st: list[float]) -> Cusum:
+        """The inverse of :meth:`state`; a ValueError for anything else.
+
+        >>> c = Cusum(); c.update_counts(3, 0.1, 1.0, cap=5.0)
+        >>> Cusum.from_state(c.state()).up == c.up
+        True
+        """
+        if len(st) != len(RHO_UP) + 1 or not all(
+                isinstance(x, int | float) and isfinite(x) and x >= 0 for x in st):
+            raise ValueError(f"expected {len(RHO_UP) + 1} finite numbers >= 0")
+        c = cls()
+        c.set([float(x) for x in st[:-1]], float(st[-1]))
+        return c
 
     def set(self, ups: list[float], down: float) -> None:
         self._ups = ups

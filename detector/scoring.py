@@ -399,7 +399,7 @@ class Scorer:
         ep = own.episodes.get(name)
         if ep is None or w - ep[1] > self.resolve_after:
             ep = own.episodes[name] = [float(w), float(w), 0.0, 0.0, 0.0, 0.0]
-        ep[1] = w
+        ep[1] = float(w)
         ep[2] += 1.0
         ep[3] += x
         ep[4] += y

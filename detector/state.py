@@ -17,12 +17,14 @@ True
 
 from __future__ import annotations
 
+import math
 import zlib
 from typing import Any
 
 import msgspec
 
 from baselines import codec
+from baselines.sequential import Cusum
 from detector.alerts import Incident
 from detector.partials import Partial, decode_partial, encode
 from detector.pipeline import Stage2
@@ -49,6 +51,10 @@ class _Model(msgspec.Struct, array_like=True):
     versions: list[dict[str, list[_Num]]]
     recent: dict[str, list[tuple[int, _Num, _Num, _Num]]]
     baselines: dict[str, Any]      # v2: codec values; v1: pickled bytes
+    # Added in format 2 (absent from format 1, which had none of them):
+    seq: dict[str, list[float]] = {}            # per signal: the CUSUMs' statistics
+    episodes: dict[str, list[float]] = {}       # per signal: the anomalous episode
+    rebased: dict[str, int] = {}                # per signal: the last forced re-baseline
 
 
 class _Alert(msgspec.Struct, array_like=True):
@@ -77,7 +83,8 @@ def routes(s: Stage2) -> set[str]:
 def dump_route(s: Stage2, route: str) -> bytes:
     models = [
         [lvl, list(cohort), m.windows, m.persist, m.versions, m.recent,
-         {name: codec.encode(b) for name, b in sorted(m.baselines.items())}]
+         {name: codec.encode(b) for name, b in sorted(m.baselines.items())},
+         {name: c.state() for name, c in sorted(m.seq.items())}, m.episodes, m.rebased]
         for (lvl, cohort), m in sorted(s.models.items()) if s.route_of(lvl, cohort) == route
     ]
     pending = [encode(p) for w in sorted(s.pending) for _, p in sorted(s.pending[w].items())
@@ -124,6 +131,16 @@ def _model(m: _Model, version: int) -> CohortModel:
     out.recent = m.recent  # type: ignore[assignment]
     out.versions = m.versions  # type: ignore[assignment]
     where = f"model {m.level}/{'/'.join(m.cohort)}"
+    for name, st in m.seq.items():
+        try:
+            out.seq[name] = Cusum.from_state(st)
+        except ValueError as e:
+            raise ValueError(f"stage-2 state {where}: sequential {name!r}: {e}") from None
+    for name, ep in m.episodes.items():
+        if len(ep) != 6 or not all(math.isfinite(x) for x in ep):
+            raise ValueError(f"stage-2 state {where}: episode {name!r} is not 6 numbers")
+    out.episodes = m.episodes
+    out.rebased = m.rebased
     for name, b in m.baselines.items():
         if version == 1:
             if not isinstance(b, bytes):

@@ -301,3 +301,31 @@ def test_an_unregistered_class_is_refused_when_written() -> None:
     with pytest.raises(TypeError, match=r"river\.stats\.var\.Var is not in baselines\.codec"):
         codec.encode(b)
     assert codec.encode(codec.decode(rate)) == rate
+
+
+def test_sequential_evidence_and_episodes_survive_a_failover(config) -> None:
+    """The CUSUMs and the anomalous episode of a cohort in the middle of an incident are in
+    the state: a worker that takes over confirms and adopts as the one before would have."""
+    def refusals_up(minute: int, _cohort: dict[str, str]) -> dict[str, Any]:
+        return {"refusal": 0.2} if minute >= 60 else {}
+
+    lines = list(stream(75, per_minute=60, effect=refusals_up, seed=5))
+    pipe = Pipeline(config)
+    for line in lines:
+        pipe.feed(line)
+    models = [m for m in pipe.stage2.models.values() if m.seq or m.episodes]
+    assert models, "the incident left no sequential state to carry"
+    (route,) = state.routes(pipe.stage2)
+    blob = state.dump_route(pipe.stage2, route)
+    fresh = Pipeline(config)
+    state.load_route(fresh.stage2, blob)
+    for key, m in pipe.stage2.models.items():
+        got = fresh.stage2.models[key]
+        assert {n: c.state() for n, c in got.seq.items()} == {
+            n: c.state() for n, c in m.seq.items()}
+        assert got.episodes == m.episodes and got.rebased == m.rebased
+    assert state.dump_route(fresh.stage2, route) == blob
+    bad = _doc(blob)
+    bad["models"][0][7] = {"refusal_rate": [1.0, "x"]}
+    with pytest.raises(ValueError, match="sequential 'refusal_rate'"):
+        state.load_route(Pipeline(config).stage2, _blob(bad))
