@@ -326,6 +326,8 @@ def test_sequential_evidence_and_episodes_survive_a_failover(config) -> None:
         assert got.episodes == m.episodes and got.rebased == m.rebased
     assert state.dump_route(fresh.stage2, route) == blob
     bad = _doc(blob)
-    bad["models"][0][7] = {"refusal_rate": [1.0, "x"]}
-    with pytest.raises(ValueError, match="sequential 'refusal_rate'"):
-        state.load_route(Pipeline(config).stage2, _blob(bad))
+    for value, says in (([1.0, "x"], "Expected `float`"), ([1.0, 2.0], "sequential 'refusal_rate'"),
+                        ([1.0, 2.0, 3.0, -4.0, 0.0], "sequential 'refusal_rate'")):
+        bad["models"][0][7] = {"refusal_rate": value}
+        with pytest.raises(ValueError, match=says):
+            state.load_route(Pipeline(config).stage2, _blob(bad))
