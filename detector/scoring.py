@@ -136,6 +136,9 @@ class Scorer:
         # per pair); cohort overrides scale the window score's.
         self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count,
                         config.signal(s.name).threshold) for s in self.signals]
+        # Evidence past half the sequential threshold (in standard units): a shift may be
+        # starting, and the slow horizon waits to see before it learns the window.
+        self._building = {s.name: to_standard(nats_for(t) / 2) for s, _, _, t in self._specs}
 
     # -- thresholds -------------------------------------------------------------------------
     def thresholds(self, level: int, cohort: tuple[str, ...]) -> dict[str, float]:
@@ -280,11 +283,11 @@ class Scorer:
         if sig.kind == "rate":
             # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
             disp = b.dispersion()  # type: ignore[union-attr]
-            ups, _ = cus.peek_counts(k, n * b.reference(), disp, h / 3)  # type: ignore[union-attr]
-            _, down = cus.peek_counts(k, n * b.reference(up=False), disp, h / 3)  # type: ignore[union-attr]
+            ups, _ = cus.peek_counts(k, n * b.reference(), disp, h / 2)  # type: ignore[union-attr]
+            _, down = cus.peek_counts(k, n * b.reference(up=False), disp, h / 2)  # type: ignore[union-attr]
             up = max(ups)
         else:
-            up, down = cus.peek_z(z_fast, h / 3)
+            up, down = cus.peek_z(z_fast, h / 2)
             ups = [up, 0.0, 0.0, 0.0]
         rising = up > cus.up and up >= h and d != "down"
         falling = down > cus.down and down >= h and d != "up"
@@ -367,10 +370,13 @@ class Scorer:
                 if guarded:
                     b.learn_one(self._bounded(b, x, n), n, slow=False)  # type: ignore[arg-type]
                     continue
-                # The slow horizon stays out of it while the fast one drifts away from it.
+                # The slow horizon stays out of it while the fast one drifts away from it, or
+                # while sequential evidence builds (a rare event's reference would otherwise
+                # learn the first hits of the very wave it is measuring).
                 drifting = (sig.flags and b.n >= self.warmup
                             and abs(b.drift_score(x, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
-                b.learn_one(x, n, slow=not drifting)  # type: ignore[call-arg]
+                building = d is not None and abs(d.evidence) >= self._building[name]
+                b.learn_one(x, n, slow=not (drifting or building))  # type: ignore[call-arg]
             elif kind == "quantity":
                 b.learn_one(n, y, q, anomalous=guarded)  # type: ignore[call-arg]
             else:
