@@ -40,7 +40,8 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime
-from operator import attrgetter
+from itertools import accumulate
+from operator import attrgetter, sub
 from typing import Final
 
 import msgspec
@@ -87,75 +88,115 @@ def _bad(ev: TraceEvent, detail: str) -> Rejection:
 
 class EventClock:
     """Event time of one source: the newest believed timestamp (``time``), never moved more
-    than ``bound`` seconds by events nobody corroborates (see the module doc)."""
+    than ``bound`` seconds by events nobody corroborates (see the module doc).
 
-    __slots__ = ("bound", "held", "passed", "quorum", "time", "wall")
+    Corroboration counts messages, not events: a message is one producer's word at one time,
+    so a batch of a hundred events from one broken producer is one vote, not a hundred.
+    ``wall`` and ``max_future`` are for a live stream: a timestamp more than ``max_future``
+    seconds ahead of the wall clock is never believed; one within ``bound`` of it needs no
+    other events' word."""
 
-    def __init__(self, bound: float, quorum: int = QUORUM,
-                 wall: Callable[[], float] | None = None) -> None:
+    __slots__ = ("bound", "held", "held_votes", "max_future", "passed", "quorum", "seen",
+                 "time", "wall")
+
+    def __init__(self, bound: float, *, quorum: int = QUORUM,
+                 wall: Callable[[], float] | None = None,
+                 max_future: float = math.inf) -> None:
         self.bound = bound
         self.quorum = quorum
         self.wall = wall
-        self.time = -math.inf          # no event believed yet: the first ones need a quorum
-        self.held: list[TraceEvent] = []   # ahead of time + bound, in arrival order
-        self.passed = 0                # events believed since the oldest held one came
+        self.max_future = max_future
+        self.time = -math.inf   # nothing believed yet: the first events need a quorum too
+        self.held: list[tuple[int, TraceEvent]] = []   # (message, event) ahead, in order
+        self.held_votes = 0     # messages among the held events
+        self.passed = 0         # messages believed since the oldest held one came
+        self.seen = 0           # messages admitted so far (a message's number)
 
-    def admit(self, evs: list[TraceEvent]) -> tuple[list[TraceEvent], list[Rejection]]:
+    def admit(self, evs: list[TraceEvent], sizes: Callable[[], list[int]] | None = None
+              ) -> tuple[list[TraceEvent], list[Rejection]]:
         """The events to count now (in arrival order, held ones once a jump is corroborated)
-        and the ones dead-lettered for their timestamp."""
+        and the ones dead-lettered for their timestamp. ``sizes()`` gives the events per
+        message of ``evs`` (asked only when some timestamp is in doubt; without it every
+        event counts as a message of its own)."""
         if not evs:
             return evs, []
-        lo, hi = min(map(_TS, evs)), max(map(_TS, evs))   # in C
         now = -math.inf if self.wall is None else self.wall()
-        fresh = now - self.bound <= lo and hi <= now + self.bound   # all within the wall's
-        if not self.held and lo >= MIN_TS and hi < MAX_TS and (hi <= self.time + self.bound
-                                                               or fresh):
-            if hi > self.time:   # the common case: all plausible, none ahead
+        cap = math.inf if self.wall is None else now + self.max_future
+        ts = list(map(_TS, evs))
+        lo, hi = min(ts), max(ts)
+        if not self.held and lo >= MIN_TS and hi < MAX_TS and hi <= cap and (
+                # no step ahead of the newest before it by more than bound (in C) ...
+                max(map(sub, ts, accumulate(ts, max, initial=self.time))) <= self.bound
+                # ... or all within bound of the wall clock
+                or (now - self.bound <= lo and hi <= now + self.bound)):
+            if hi > self.time:   # the common case
                 self.time = hi
             return evs, []
+        return self._one_by_one(evs, now, cap, self._numbers(len(evs), sizes))
+
+    def _numbers(self, n: int, sizes: Callable[[], list[int]] | None) -> list[int]:
+        """Each event's message number."""
+        counts = sizes() if sizes is not None else []
+        if sum(counts) != n:
+            counts = [1] * n
+        first = self.seen
+        self.seen += len(counts)
+        return [first + i for i, c in enumerate(counts) for _ in range(c)]
+
+    def _one_by_one(self, evs: list[TraceEvent], now: float, cap: float, msg: list[int]
+                    ) -> tuple[list[TraceEvent], list[Rejection]]:
         ok: list[TraceEvent] = []
         bad: list[Rejection] = []
-        for ev in evs:
+        last_passed = -1
+        for m, ev in zip(msg, evs, strict=True):
             ts: float = ev.ts  # type: ignore[assignment]  # decode() made it epoch seconds
             why = implausible(ts)
+            if why is None and ts > cap:
+                why = f"more than {self.max_future:.0f} s ahead of the wall clock"
             if why is not None:
                 bad.append(_bad(ev, why))
             elif ts <= self.time + self.bound or abs(ts - now) <= self.bound:
                 ok.append(ev)
                 if ts > self.time:
                     self.time = ts
-                if self.held:
+                if self.held and m != last_passed:
+                    last_passed = m
                     self.passed += 1
-                    if self.passed >= self.quorum and self.passed >= len(self.held):
+                    if self.passed >= self.quorum and self.passed >= self.held_votes:
                         bad += self._expire("")
             else:
-                self.held.append(ev)
-                if len(self.held) >= self.quorum and len(self.held) > self.passed:
-                    ok += self._jump()
+                if not self.held or self.held[-1][0] != m:
+                    self.held_votes += 1
+                self.held.append((m, ev))
+                if self.held_votes >= self.quorum and self.held_votes > self.passed:
+                    ok += self._jump(self.quorum)
         return ok, bad
 
     def finish(self) -> tuple[list[TraceEvent], list[Rejection]]:
         """End of input: no more events will come to corroborate. If nothing was believed yet
-        (fewer than QUORUM events in all), the held ones are believed as far as they agree;
+        (fewer than QUORUM messages in all), the held ones are believed as far as they agree;
         otherwise they are dead-lettered (so are the last events after a silence)."""
-        ok = self._jump(len(self.held)) if self.held and self.time == -math.inf else []
+        ok = self._jump(self.held_votes) if self.held and self.time == -math.inf else []
         return ok, self._expire(" (end of input)")
 
-    def _jump(self, quorum: int = 0) -> list[TraceEvent]:
-        """Move event time to what the held events agree on: the QUORUM-th newest of them (so
-        up to QUORUM - 1 wild ones among them are not believed), and release the held events
-        it covers."""
-        self.time = max(self.time, sorted(map(_TS, self.held))[-min(quorum or self.quorum,
-                                                                      len(self.held))])
+    def _jump(self, quorum: int) -> list[TraceEvent]:
+        """Move event time to what the held messages agree on: the newest time that
+        ``quorum`` of them reach (so fewer than that, however wild, are not believed), and
+        release the held events it covers."""
+        newest: dict[int, float] = {}
+        for m, ev in self.held:
+            newest[m] = max(newest.get(m, -math.inf), ev.ts)  # type: ignore[type-var]
+        self.time = max(self.time, sorted(newest.values())[-quorum])
         out: list[TraceEvent] = []
         while True:
             limit = self.time + self.bound
-            now = [ev for ev in self.held if ev.ts <= limit]  # type: ignore[operator]
+            now = [ev for _, ev in self.held if ev.ts <= limit]  # type: ignore[operator]
             if not now:
                 break
-            self.held = [ev for ev in self.held if ev.ts > limit]  # type: ignore[operator]
+            self.held = [(m, ev) for m, ev in self.held if ev.ts > limit]  # type: ignore[operator]
             self.time = max(self.time, max(map(_TS, now)))
             out += now
+        self.held_votes = len({m for m, _ in self.held})
         self.passed = 0
         return out
 
@@ -163,7 +204,8 @@ class EventClock:
         at = (datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
               if self.time > -math.inf else "none yet")
         bad = [_bad(ev, f"{ev.ts - self.time:.0f} s ahead of event time {at}: more than "  # type: ignore[operator]
-                    f"{self.bound:g} s ahead, not corroborated{why}") for ev in self.held]
+                    f"{self.bound:g} s ahead, not corroborated{why}") for _, ev in self.held]
         self.held = []
+        self.held_votes = 0
         self.passed = 0
         return bad

@@ -17,12 +17,10 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
-import msgspec
-
 from detector.alerts import Key, Lifecycle
 from detector.clock import EventClock
 from detector.config import Config
-from detector.events import Rejection, TraceEvent, decode_many
+from detector.events import Rejection, TraceEvent, decode, decode_many
 from detector.partials import (
     UNKNOWN,
     VERSION_FIELDS,
@@ -56,17 +54,17 @@ class Stage1:
 
     Event time is believed as :class:`~detector.clock.EventClock` says (``event_clock``):
     one event stamped far ahead, or in the wrong unit, is dead-lettered instead of making all
-    real traffic late. ``clock`` (epoch seconds), where there is a "now" to trust — a live
-    stream, not a recording — also rejects events stamped more than
-    ``input.max_future_seconds`` ahead of it."""
+    real traffic late. ``clock`` (epoch seconds) is the wall clock where there is a "now" to
+    trust — a live stream, not a recording: events stamped more than
+    ``input.max_future_seconds`` ahead of it are rejected, events close to it believed."""
 
     def __init__(self, config: Config, clock: Callable[[], float] | None = None) -> None:
         self.agg = Aggregator(config)
-        self.event_clock = EventClock(config.windows.allowed_lateness_seconds, wall=clock)
+        self.event_clock = EventClock(
+            config.windows.allowed_lateness_seconds, wall=clock,
+            max_future=math.inf if clock is None else config.input.max_future_seconds)
         self.rules = HardRules(config)
         self.max_bytes = config.input.max_message_bytes
-        self.clock = clock
-        self.max_future = config.input.max_future_seconds
 
     @property
     def watermark(self) -> float:
@@ -79,10 +77,12 @@ class Stage1:
         """Several messages at once (a consumer's fetch, a block of lines): one decode call
         for runs of single-event messages instead of one per message."""
         evs, rejects = decode_many(messages, self.max_bytes)
-        if self.clock is not None:
-            evs, rejects = self._not_future(evs, rejects)
-        evs, doubted = self.event_clock.admit(evs)
+        evs, doubted = self.event_clock.admit(evs, lambda: self._sizes(messages))
         return self._count(evs, rejects + doubted if doubted else rejects)
+
+    def _sizes(self, messages: list[bytes]) -> list[int]:
+        """Events per message (decoded again: only asked for when a timestamp is in doubt)."""
+        return [len(decode(m, self.max_bytes)[0]) for m in messages]
 
     def finish(self) -> Stage1Out:
         """End of input: the events the clock still holds, counted or dead-lettered."""
@@ -93,18 +93,6 @@ class Stage1:
         hits = self.rules.check_many(evs)
         self.agg.add_many(evs)
         return Stage1Out(hits, rejects, len(evs), self.agg.late - late0)
-
-    def _not_future(self, evs: list[TraceEvent], rejects: list[Rejection]
-                    ) -> tuple[list[TraceEvent], list[Rejection]]:
-        limit = self.clock() + self.max_future  # type: ignore[misc]
-        if not evs or max(map(_TS, evs)) <= limit:   # the common case, in one C loop
-            return evs, rejects
-        ok = [ev for ev in evs if ev.ts <= limit]  # type: ignore[operator]
-        bad = [Rejection("bad_timestamp", "ts",
-                         f"more than {self.max_future:.0f} s ahead of the wall clock",
-                         msgspec.to_builtins(ev))
-               for ev in evs if ev.ts > limit]  # type: ignore[operator]
-        return ok, rejects + bad
 
     def drain(self) -> list[Partial]:
         return self.agg.drain()

@@ -59,6 +59,17 @@ def test_a_wild_event_early_in_a_recording_changes_no_alert(config: Config) -> N
     assert {r.reason for r in pipe.rejects} == {"bad_timestamp"}
 
 
+def test_one_message_of_many_events_ahead_is_one_producer_not_a_quorum(config: Config) -> None:
+    """A batch is one producer's word: a hundred events 4 minutes ahead in one message do not
+    corroborate each other (votes are messages); they are dead-lettered, nothing is late."""
+    msgs = list(stream(20))
+    batch = b"[" + b",".join(_event(T0 + 300 + 240 + i / 10) for i in range(100)) + b"]"
+    pipe, _ = _replay(config, [*msgs[:1500], batch, *msgs[1500:]])
+    assert pipe.late == 0 and pipe.decoded == len(msgs)
+    assert len(pipe.rejects) == 100
+    assert all("ahead of event time" in r.detail for r in pipe.rejects)
+
+
 def test_the_very_first_event_cannot_set_event_time_alone(config: Config) -> None:
     msgs = list(stream(20))
     pipe, _ = _replay(config, [_event(T0 + 365 * 86400), *msgs])
