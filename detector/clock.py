@@ -1,23 +1,23 @@
 """Event time for one source of events: which timestamps to believe, and how far they move it.
 
 A watermark that follows the newest timestamp lets one event decide what is late for
-everyone: one stamped a year ahead (or in milliseconds) made 198,977 of 200,000 events of a
-replay late. So :class:`EventClock` believes a timestamp only
+everyone: after one stamped a year ahead (or in milliseconds) every real event is late. So
+:class:`EventClock` believes a timestamp only
 
 - if it can be seconds since the epoch of a trace event at all (2000 to 2100, see
   :func:`implausible`: a number in milliseconds, microseconds or nanoseconds is named so),
 - and if it is at most ``bound`` seconds (the allowed lateness) ahead of event time: that far,
   one event cannot make a punctual event late. A timestamp further ahead is held until other
-  events corroborate the jump (at least :data:`QUORUM` held events that outnumber the events
-  that came in on the old time meanwhile: traffic resuming after a silence does that, one wild
-  event or a producer in the minority never does) and is dead-lettered otherwise.
+  messages corroborate the jump (at least :data:`QUORUM` messages held that outnumber the
+  messages that came in on the old time meanwhile: traffic resuming after a silence does that;
+  one wild event, one producer's batch, or a producer in the minority never does) and is
+  dead-lettered otherwise.
 
 A live stream also has a wall clock (``wall``): a timestamp within ``bound`` of it is
 corroborated by it, so a quiet partition's events (a hard rule's offending event after a
-silence) count at once. Recorded input has no "now" and relies on events alone; on normal
-traffic both believe every event, so replay and stream close the same windows. (The wall clock
-also bounds timestamps outright, ``input.max_future_seconds``, in
-:class:`detector.pipeline.Stage1`.)
+silence) count at once, and one more than ``input.max_future_seconds`` ahead of it is never
+believed. Recorded input has no "now" and relies on events alone; on normal traffic both
+believe every event, so replay and stream close the same windows.
 
 >>> from detector.events import decode
 >>> ev = lambda ts: decode(b'{"ts": %r, "operation": "chat"}' % ts)[0][0]
@@ -54,8 +54,8 @@ __all__ = ["MAX_TS", "MIN_TS", "QUORUM", "EventClock", "implausible"]
 #: mistake or a broken clock, not a recording from the future (1e9 s is 2001-09-09).
 MIN_TS: Final = 946_684_800.0     # 2000-01-01T00:00:00Z
 MAX_TS: Final = 4_102_444_800.0   # 2100-01-01T00:00:00Z
-#: Held timestamps that corroborate a jump of event time (when they are also the majority).
-#: Two could be one producer's two events in a row; three from a silence cost little delay.
+#: Held messages that corroborate a jump of event time (when they are also the majority).
+#: Two could be one producer's two messages in a row; three after a silence cost little delay.
 QUORUM: Final = 3
 
 _TS: Final = attrgetter("ts")
