@@ -11,16 +11,16 @@ No Kafka or Faust import here: drivers feed bytes in and take alert dicts out.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Final, NamedTuple
 
-import msgspec
-
 from detector.alerts import Key, Lifecycle
+from detector.clock import EventClock
 from detector.config import Config
-from detector.events import Rejection, TraceEvent, decode_many
+from detector.events import Rejection, TraceEvent, decode, decode_many
 from detector.partials import (
     UNKNOWN,
     VERSION_FIELDS,
@@ -52,16 +52,19 @@ class Stage1Out(NamedTuple):
 class Stage1:
     """Decode, hard rules and window partials for one source of events.
 
-    ``clock`` (epoch seconds), where there is a "now" to trust — a live stream, not a
-    recording — rejects events stamped more than ``input.max_future_seconds`` ahead of it: one
-    such event would push the watermark ahead and make all real traffic late."""
+    Event time is believed as :class:`~detector.clock.EventClock` says (``event_clock``):
+    one event stamped far ahead, or in the wrong unit, is dead-lettered instead of making all
+    real traffic late. ``clock`` (epoch seconds) is the wall clock where there is a "now" to
+    trust — a live stream, not a recording: events stamped more than
+    ``input.max_future_seconds`` ahead of it are rejected, events close to it believed."""
 
     def __init__(self, config: Config, clock: Callable[[], float] | None = None) -> None:
         self.agg = Aggregator(config)
+        self.event_clock = EventClock(
+            config.windows.allowed_lateness_seconds, wall=clock,
+            max_future=math.inf if clock is None else config.input.max_future_seconds)
         self.rules = HardRules(config)
         self.max_bytes = config.input.max_message_bytes
-        self.clock = clock
-        self.max_future = config.input.max_future_seconds
 
     @property
     def watermark(self) -> float:
@@ -74,23 +77,22 @@ class Stage1:
         """Several messages at once (a consumer's fetch, a block of lines): one decode call
         for runs of single-event messages instead of one per message."""
         evs, rejects = decode_many(messages, self.max_bytes)
-        if self.clock is not None:
-            evs, rejects = self._not_future(evs, rejects)
+        evs, doubted = self.event_clock.admit(evs, lambda: self._sizes(messages))
+        return self._count(evs, rejects + doubted if doubted else rejects)
+
+    def _sizes(self, messages: list[bytes]) -> list[int]:
+        """Events per message (decoded again: only asked for when a timestamp is in doubt)."""
+        return [len(decode(m, self.max_bytes)[0]) for m in messages]
+
+    def finish(self) -> Stage1Out:
+        """End of input: the events the clock still holds, counted or dead-lettered."""
+        return self._count(*self.event_clock.finish())
+
+    def _count(self, evs: list[TraceEvent], rejects: list[Rejection]) -> Stage1Out:
         late0 = self.agg.late
         hits = self.rules.check_many(evs)
         self.agg.add_many(evs)
         return Stage1Out(hits, rejects, len(evs), self.agg.late - late0)
-
-    def _not_future(self, evs: list[TraceEvent], rejects: list[Rejection]
-                    ) -> tuple[list[TraceEvent], list[Rejection]]:
-        limit = self.clock() + self.max_future  # type: ignore[misc]
-        if not evs or max(map(_TS, evs)) <= limit:   # the common case, in one C loop
-            return evs, rejects
-        ok = [ev for ev in evs if ev.ts <= limit]  # type: ignore[operator]
-        bad = [Rejection("bad_timestamp", "ts", f"more than {self.max_future:.0f} s ahead",
-                         msgspec.to_builtins(ev))
-               for ev in evs if ev.ts > limit]  # type: ignore[operator]
-        return ok, rejects + bad
 
     def drain(self) -> list[Partial]:
         return self.agg.drain()
@@ -159,6 +161,8 @@ class Stage2:
 
     def advance(self, watermark: float) -> list[dict[str, Any]]:
         """Close every window that ends at or before ``watermark``; return alert emissions."""
+        if not math.isfinite(watermark):
+            return []   # stage 1 lets no such time through; nothing to close by it
         upto = int(watermark // self.size)
         if self.next_window is None:
             if not self.pending:
@@ -349,10 +353,17 @@ class Pipeline:
         return self.stage2.apply(sorted(out.hits, key=_TS), watermark)
 
     def finish(self) -> list[dict[str, Any]]:
-        """End of input: close every window that has data."""
-        for p in self.stage1.drain_all():
+        """End of input: count what the event clock still held (or dead-letter it), then close
+        every window input ran to the end of (:meth:`Aggregator.drain_complete`). The window
+        it stopped in is not scored, as a stream never scores it before its end passes."""
+        out = self.stage1.finish()
+        self.decoded += out.decoded
+        self.late += out.late
+        self.rejects.extend(out.rejects)
+        agg = self.stage1.agg
+        for p in agg.drain_complete():
             self.stage2.add_partial(p)
-        return self.stage2.advance(self.stage1.agg.closed_before * self.stage1.agg.size)
+        return self.stage2.apply(sorted(out.hits, key=_TS), agg.closed_before * agg.size)
 
     def take_rejects(self) -> list[Rejection]:
         out, self.rejects = self.rejects, []

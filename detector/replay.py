@@ -128,8 +128,8 @@ def replay(
                 progress.flush()
     s.lines += len(block)
     handle(pipe.feed_many(block))
-    flush_rejects()
     handle(pipe.finish())
+    flush_rejects()   # finish() dead-letters what the event clock still held
     s.events = pipe.decoded
     s.late = pipe.late
     s.incidents = len(ids)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, NamedTuple
 
 import msgspec
@@ -126,8 +127,9 @@ def test_a_flush_sends_one_partial_per_cohort_and_window_over_all_its_sources() 
     broker = _Broker()
     r.producer = r.consumer = broker                # type: ignore[assignment]
     r.sources = {0: _Source(cfg, 0.0), 1: _Source(cfg, 0.0)}
-    msgs = [orjson.dumps({"ts": 30.0 + i, "operation": "chat", "tenant": "t1", "app": "a",
-                          "trace_id": f"{i:032x}"}) for i in range(4)]
+    now = time.time()   # a live source believes a few events at once if they are this fresh
+    msgs = [orjson.dumps({"ts": now - 1 + i / 1000, "operation": "chat", "tenant": "t1",
+                          "app": "a", "trace_id": f"{i:032x}"}) for i in range(4)]
     r._feed({TopicPartition(r.topic, 0): [_Record(msgs[0], 0), _Record(msgs[2], 1)],
              TopicPartition(r.topic, 1): [_Record(msgs[1], 0), _Record(msgs[3], 1)]}, 0.0)
     asyncio.run(r._flush(1.0))
