@@ -173,7 +173,8 @@ class Scorer:
         need = self.warmup if own.level == 0 else self.own_after
         if b is not None and b.n >= need:
             return b
-        if sig.kind == "volume" or parent is None:
+        if sig.kind == "volume" or parent is None or sig.name in own.rebased:
+            # (A forced re-baseline is this cohort's new normal: its parent does not know it.)
             return b if b is not None and b.n >= self.warmup else None
         pb = parent.baselines.get(sig.name)
         return pb if pb is not None and pb.n >= self.warmup else None
@@ -287,7 +288,8 @@ class Scorer:
             _, down = cus.peek_counts(k, n * b.reference(up=False), disp, h / 2)  # type: ignore[union-attr]
             up = max(ups)
         else:
-            up, down = cus.peek_z(z_fast, h / 2)
+            # A quantity's tails are heavier than its standard score admits: three windows.
+            up, down = cus.peek_z(z_fast, h / 3)
             ups = [up, 0.0, 0.0, 0.0]
         rising = up > cus.up and up >= h and d != "down"
         falling = down > cus.down and down >= h and d != "up"
@@ -429,8 +431,8 @@ class Scorer:
     # -- forced re-baselines ----------------------------------------------------------------
     def rebaseline(self, p: Partial, own: CohortModel) -> None:
         """Apply the config's ``[[rebaseline]]`` entries that this window is the first for:
-        the matching signals of this cohort start a fresh baseline (warming up again, on
-        the parent's meanwhile), and nothing else of its state is touched."""
+        the matching signals of this cohort start a fresh baseline (warming up again, not
+        scored meanwhile), and nothing else of its state is touched."""
         if not self._rebaselines:
             return
         values = dict(zip(self.levels[p.level], p.cohort, strict=True))
