@@ -29,7 +29,7 @@ from harness import (
     write_config,
 )
 
-from detector.broker import Tansu
+from detector.broker import Tansu, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -147,3 +147,33 @@ def test_demo_sigkilled_its_children_die(tmp_path: Path) -> None:
         # What no process can remove once it is SIGKILLed: the demo's config and two logs
         # (the simulated traffic is deleted as soon as it is read).
         assert sum(f.stat().st_size for f in files_under(tmp) if f.is_file()) < 1 << 20
+
+
+def test_run_stop_is_bounded_when_the_broker_does_not_answer(
+        names: dict[str, str], tmp_path: Path) -> None:
+    """The broker freezes (SIGSTOP), then the worker gets SIGTERM: its final commit cannot
+    finish, yet it exits within its bound, with status 1, a log line saying so and its temp
+    folder removed (it waited forever)."""
+    from detector.app import STOP_WITHIN_S
+
+    b = Tansu(free_port()).start()
+    tmp_w = tmp_path / "tmp-w"
+    tmp_w.mkdir()
+    cfg = write_config(tmp_path / "cfg.toml", brokers=b.bootstrap, partitions=2,
+                       idle_partition_timeout_seconds=2, **names)
+    w = WorkerProc(cfg, tmp_path / "w.log", {**ENV, "TMPDIR": str(tmp_w)})
+    try:
+        wait_until(lambda: w.events("stage1_assigned"), 90, "the worker to join")
+        produce_lines(b.bootstrap, names["traces_topic"], _chats(0, 2), partitions=2)
+        wait_until(lambda: '"stage2_partition_loaded"' in w.log(), 60, "stage 2 to start")
+        os.kill(b.proc.pid, signal.SIGSTOP)   # type: ignore[union-attr]
+        w.proc.send_signal(signal.SIGTERM)
+        rc = w.proc.wait(STOP_WITHIN_S + 30)
+    finally:
+        if b.proc is not None:
+            os.kill(b.proc.pid, signal.SIGCONT)
+        w.stop()
+        b.stop()
+    assert rc == 1
+    assert w.events("stop_timeout")
+    assert files_under(tmp_w) == []
