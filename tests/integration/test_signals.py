@@ -10,12 +10,14 @@ import contextlib
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from harness import (
+    ROOT,
     AlertReader,
     WorkerProc,
     descendants,
@@ -30,6 +32,7 @@ from harness import (
 )
 
 from detector.broker import Tansu, free_port
+from tests import services as svc
 
 pytestmark = pytest.mark.integration
 
@@ -177,3 +180,20 @@ def test_run_stop_is_bounded_when_the_broker_does_not_answer(
     assert rc == 1
     assert w.events("stop_timeout")
     assert files_under(tmp_w) == []
+
+
+def test_test_services_die_with_the_test_process(tmp_path: Path) -> None:
+    """A test process that is SIGKILLed (a CI job cancelled) takes its Alertmanager with it."""
+    svc.require_binary("prometheus-alertmanager")
+    code = ("import os, signal, sys; sys.path.insert(0, 'tests'); import services as svc\n"
+            "with svc.alertmanager() as am:\n"
+            "    print(am.proc.pid, flush=True); os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path)})
+    assert r.returncode == -signal.SIGKILL, r.stderr.decode()
+    pid = int(r.stdout.split()[0])
+    try:
+        wait_until(lambda: not living({pid}), 30, "Alertmanager to die with its parent")
+    finally:
+        for k in living({pid}):
+            os.kill(k, signal.SIGKILL)
