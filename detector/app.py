@@ -262,8 +262,8 @@ class Worker:
                                   quiet=True, logging_config=logging_config(loglevel))
 
 
-#: SIGTERM/SIGINT to exit at most (deploy/k8s gives 60 s before its SIGKILL). A clean stop
-#: takes ~2 s (bench/shutdown.py); a broker that does not answer held it forever.
+#: SIGTERM/SIGINT to exit at most: within deploy/k8s's 60 s grace before its SIGKILL, and
+#: well above a clean stop (bench/shutdown.py).
 STOP_WITHIN_S = 30.0
 
 

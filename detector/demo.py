@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
               f"worker log {work / 'worker.log'}", file=sys.stderr)
         s = simulate(work / "sim", hours=args.hours, seed=7, scenarios=SCENARIOS)
         lines = [ln for ln in (work / "sim" / "traces.jsonl").read_bytes().split(b"\n") if ln]
-        shutil.rmtree(work / "sim")   # ~128 MB for 2 h; in memory from here on
+        shutil.rmtree(work / "sim")   # in memory from here on: no second copy on disk
         with (work / "worker.log").open("ab") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "detector.app", "--config", str(cfg)],
