@@ -28,8 +28,10 @@ import argparse
 import asyncio
 import logging
 import logging.config
+import os
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -248,12 +250,47 @@ class Worker:
                 except Exception as e:  # one broken sink must not stop the stream
                     _jlog(logging.ERROR, "sink_error", sink=type(s).__name__, error=repr(e))
 
+    def close(self) -> None:
+        """What must go even when the stop cannot finish: the temp folder."""
+        self._datadir.cleanup()
+
     def service(self) -> Service:
         return _Stage1Service(self)
 
     def faust_worker(self, loglevel: str = "info") -> faust.Worker:
-        return faust.Worker(self.app, self.service(), loglevel=loglevel, quiet=True,
-                            logging_config=logging_config(loglevel))
+        return _BoundedStopWorker(self, self.app, self.service(), loglevel=loglevel,
+                                  quiet=True, logging_config=logging_config(loglevel))
+
+
+#: SIGTERM/SIGINT to exit at most: within deploy/k8s's 60 s grace before its SIGKILL, and
+#: well above a clean stop (bench/shutdown.py).
+STOP_WITHIN_S = 30.0
+
+
+class _BoundedStopWorker(faust.Worker):
+    """Faust's worker, but a stop on SIGTERM/SIGINT that is not done within
+    :data:`STOP_WITHIN_S` (a broker that does not answer the final commit, Faust's consumer
+    thread waiting on it) ends the process with status 1: what was not committed is
+    redelivered to the next worker (at least once)."""
+
+    def __init__(self, worker: Worker, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._detector = worker
+
+    def _schedule_shutdown(self, signal: Any) -> None:   # mode calls it on SIGTERM and SIGINT
+        if not self._signal_stop_time:
+            t = threading.Timer(STOP_WITHIN_S, self._stop_overdue, (int(signal),))
+            t.daemon = True
+            t.start()
+        super()._schedule_shutdown(signal)
+
+    def _stop_overdue(self, signum: int) -> None:
+        _jlog(logging.ERROR, "stop_timeout", signal=signum, waited_s=STOP_WITHIN_S,
+              message="stop not done in time (broker not answering?); exiting, uncommitted "
+                      "input is redelivered")
+        self._detector.close()
+        logging.shutdown()
+        os._exit(1)
 
 
 class _Stage1Service(Service):

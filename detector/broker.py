@@ -3,7 +3,9 @@
 Used by ``detector demo``, the integration tests and the benchmarks: memory storage, one
 process, a free loopback port. :class:`Tansu` starts it, waits until it answers a Kafka
 metadata request, creates topics, and stops it (SIGTERM, then SIGKILL) — and can restart it on
-the same port (memory storage: a restarted broker is empty).
+the same port (memory storage: a restarted broker is empty). The broker gets SIGTERM if the
+process that started it dies (:func:`detector.processes.die_with_parent`); a log folder it made
+itself is removed when it stops.
 
 Tansu quirks worth knowing (measured, see shared/DESIGN.md): a consumer-group join takes half
 the session timeout; ListOffsets(latest) answers the start of the last record batch + 1, so
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +27,8 @@ import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
+
+from detector.processes import die_with_parent
 
 __all__ = ["BrokerError", "Tansu", "broker_binary", "free_port", "running_broker"]
 
@@ -77,11 +82,13 @@ class Tansu:
                "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
                "--storage-engine", "memory://tansu/"]
         deadline = time.monotonic() + timeout
+        self.log_dir.mkdir(parents=True, exist_ok=True)   # a restart makes it anew
         while True:
             log = self.log_path.open("ab")
             try:
                 self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
-                                             stdin=subprocess.DEVNULL, start_new_session=True)
+                                             stdin=subprocess.DEVNULL, start_new_session=True,
+                                             preexec_fn=die_with_parent())
             finally:
                 log.close()
             if self._wait_ready(deadline):
@@ -91,9 +98,10 @@ class Tansu:
                     time.monotonic() < deadline):
                 time.sleep(0.3)
                 continue
+            tail = self.log()[-2000:]
             self.stop()
             raise BrokerError(f"Tansu did not answer on {self.bootstrap} within {timeout:.0f} s;"
-                              f" log tail:\n{self.log()[-2000:]}")
+                              f" log tail:\n{tail}")
 
     def _wait_ready(self, deadline: float) -> bool:
         while time.monotonic() < deadline:
@@ -107,16 +115,18 @@ class Tansu:
         return False
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, wait, then SIGKILL; returns once the process is gone."""
+        """SIGTERM, wait, then SIGKILL; returns once the process is gone and the log folder,
+        if this broker made it, is removed."""
         p, self.proc = self.proc, None
-        if p is None or p.poll() is not None:
-            return
-        p.send_signal(signal.SIGTERM)
-        try:
-            p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(timeout)
+        if p is not None and p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout)
+        if self._own_dir:
+            shutil.rmtree(self.log_dir, ignore_errors=True)
 
     def kill(self) -> None:
         """SIGKILL (an abrupt broker loss)."""
@@ -179,9 +189,5 @@ def answers_metadata(bootstrap: str, timeout: float = 2.0) -> bool:
 @contextlib.contextmanager
 def running_broker(port: int | None = None) -> Iterator[Tansu]:
     """``with running_broker() as b: ... b.bootstrap ...``"""
-    b = Tansu(port)
-    b.start()
-    try:
+    with Tansu(port) as b:
         yield b
-    finally:
-        b.stop()

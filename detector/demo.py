@@ -1,6 +1,7 @@
 """`detector demo`: an embedded Tansu broker, one real worker, simulated traffic with incidents
 streamed through Kafka in accelerated event time, alerts printed live, /metrics served by the
-worker. Stops everything on Ctrl-C or after ``--duration`` seconds.
+worker. Stops everything on Ctrl-C, SIGTERM or after ``--duration`` seconds, and removes its
+temp folder on every exit; its children get SIGTERM if it is killed outright.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -20,6 +23,7 @@ from typing import Any
 import orjson
 
 from detector.broker import BrokerError, Tansu, free_port
+from detector.processes import Terminated, die_with_parent, raise_on_sigterm
 
 __all__ = ["add_arguments", "run"]
 
@@ -104,6 +108,7 @@ async def _alerts(bootstrap: str, deadline: float) -> int:
 def run(args: argparse.Namespace) -> int:
     from detector.simulate import simulate
 
+    raise_on_sigterm()
     deadline = time.monotonic() + args.duration
     work = Path(tempfile.mkdtemp(prefix="detector-demo-"))
     broker = Tansu(log_dir=work)
@@ -116,10 +121,12 @@ def run(args: argparse.Namespace) -> int:
               f"worker log {work / 'worker.log'}", file=sys.stderr)
         s = simulate(work / "sim", hours=args.hours, seed=7, scenarios=SCENARIOS)
         lines = [ln for ln in (work / "sim" / "traces.jsonl").read_bytes().split(b"\n") if ln]
+        shutil.rmtree(work / "sim")   # in memory from here on: no second copy on disk
         with (work / "worker.log").open("ab") as log:
             worker = subprocess.Popen(
                 [sys.executable, "-m", "detector.app", "--config", str(cfg)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                preexec_fn=die_with_parent(),
                 env={**os.environ, "DETECTOR_KAFKA_SESSION_TIMEOUT_SECONDS": "6"})
         # Leave ~15 s for the worker to join; spread the event time over the rest.
         speedup = args.hours * 3600 / max(args.duration - 25.0, 10.0)
@@ -127,17 +134,33 @@ def run(args: argparse.Namespace) -> int:
               f"{speedup:.0f}x event time", file=sys.stderr)
 
         async def main() -> None:
-            await asyncio.sleep(min(12.0, args.duration / 4))
-            await asyncio.gather(_stream(broker.bootstrap, lines, speedup, deadline),
-                                 _alerts(broker.bootstrap, deadline))
+            # SIGTERM cancels the tasks here (as asyncio.run does on Ctrl-C), so the Kafka
+            # clients close in their finally blocks.
+            me, terminated = asyncio.current_task(), asyncio.Event()
+
+            def on_sigterm() -> None:
+                terminated.set()
+                me.cancel()  # type: ignore[union-attr]
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+            try:
+                await asyncio.sleep(min(12.0, args.duration / 4))
+                await asyncio.gather(_stream(broker.bootstrap, lines, speedup, deadline),
+                                     _alerts(broker.bootstrap, deadline))
+            except asyncio.CancelledError:
+                if terminated.is_set():
+                    raise Terminated(signal.SIGTERM) from None
+                raise
         asyncio.run(main())
         return 0
     except KeyboardInterrupt:
         return 130
+    except Terminated:
+        return 0   # `kill PID` is how a service manager stops the demo: a normal end
     except BrokerError as e:
         print(f"demo: {e}", file=sys.stderr)
         return 1
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)   # a second kill must not cut this short
         if worker is not None and worker.poll() is None:
             worker.terminate()
             with contextlib.suppress(subprocess.TimeoutExpired):
@@ -145,6 +168,7 @@ def run(args: argparse.Namespace) -> int:
             if worker.poll() is None:
                 worker.kill()
         broker.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

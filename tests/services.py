@@ -1,8 +1,9 @@
 """Start Debian's real ``prometheus`` and ``prometheus-alertmanager`` for tests.
 
 Each service runs on a free loopback port in its own temporary directory (config, storage,
-log) and is stopped (terminate, then kill) when its context manager exits. Nothing listens
-beyond 127.0.0.1 and Alertmanager runs single-node (``--cluster.listen-address=``).
+log) and is stopped (terminate, then kill) when its context manager exits, or gets SIGTERM
+when the test process dies. Nothing listens beyond 127.0.0.1 and Alertmanager runs
+single-node (``--cluster.listen-address=``).
 
 Binaries that are missing fail the test under ``CI=true`` (CI must install them with
 ``.ci/install-services.sh``) and skip it elsewhere, with the reason.
@@ -46,6 +47,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+
+from detector.processes import die_with_parent
 
 __all__ = [
     "COHORT",
@@ -196,7 +199,7 @@ def _start(
         with log_path.open("wb") as log:
             proc = subprocess.Popen(
                 argv_for(port), stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
-                stdin=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL, preexec_fn=die_with_parent(),
             )
         svc = Service(name=name, port=port, workdir=workdir, proc=proc, log_path=log_path)
         deadline = time.monotonic() + START_TIMEOUT_S

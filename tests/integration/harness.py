@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from detector.processes import die_with_parent
+
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -49,8 +51,10 @@ class WorkerProc:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "detector.app", "--config", str(config)],
             cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
-            start_new_session=True)
+            # TMPDIR: what a SIGKILLed worker cannot remove stays in the test's own folder.
+            env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(log.parent),
+                 **(env or {})},
+            start_new_session=True, preexec_fn=die_with_parent())
 
     @property
     def pid(self) -> int:
@@ -85,6 +89,46 @@ class WorkerProc:
                 self.proc.wait(10)
         self._fh.close()
         return self.proc.returncode
+
+
+def descendants(pid: int) -> set[int]:
+    """Every living process under ``pid`` (children, theirs, ...), from /proc."""
+    out: set[int] = set()
+    todo = [pid]
+    while todo:
+        p = todo.pop()
+        for f in Path(f"/proc/{p}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                kids = {int(x) for x in f.read_text().split()}
+                todo += kids - out
+                out |= kids
+    return out
+
+
+def living(pids: set[int]) -> set[int]:
+    """Those of ``pids`` still running (not gone, not a zombie)."""
+    out = set()
+    for p in pids:
+        with contextlib.suppress(OSError):
+            state = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            if state != "Z":
+                out.add(p)
+    return out
+
+
+def start_demo(tmp: Path, out: Path, *args: str, **env: str) -> subprocess.Popen[bytes]:
+    """`detector demo` (1.5 h of event time, ``args`` added) with TMPDIR ``tmp``, its output in
+    ``out``."""
+    with out.open("wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "detector.demo", "--hours", "1.5", *args],
+            cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp), **env})
+
+
+def files_under(root: Path) -> list[Path]:
+    """Everything left under ``root``, sorted."""
+    return sorted(root.rglob("*"))
 
 
 def wait_until(pred: Callable[[], T], timeout: float, what: str, every: float = 0.5) -> T:
