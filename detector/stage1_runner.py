@@ -18,7 +18,15 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from detector.config import Config
-from detector.kafka_io import client_kwargs, fetch_wait_ms, partition_for
+from detector.events import Rejection
+from detector.kafka_io import (
+    CorruptBatch,
+    CorruptBatches,
+    client_kwargs,
+    fetch_wait_ms,
+    partition_for,
+    skip_corrupt_batches,
+)
 from detector.metrics import Metrics
 from detector.partials import Partial, combine
 from detector.pipeline import Stage1
@@ -115,17 +123,20 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.stats = {"events": 0, "messages": 0, "rejected": 0, "late": 0, "flushes": 0}
         self.lag: dict[int, int] = {}
         self._per_message = 1.0   # events per message, last seen
+        self.corrupt = CorruptBatches()
 
     def new_consumer(self) -> AIOKafkaConsumer:
         """The trace-topic consumer, not started (aiokafka binds it to the running loop)."""
         k = self.config.kafka
+        skip_corrupt_batches()
         return AIOKafkaConsumer(
             bootstrap_servers=k.brokers, group_id=f"{k.group}-stage1",
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(self.session_timeout * 1000),
             heartbeat_interval_ms=int(max(self.session_timeout / 4, 0.5) * 1000),
             max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
-            fetch_max_wait_ms=fetch_wait_ms(k), metadata_max_age_ms=5000, **self.kw)
+            fetch_max_wait_ms=fetch_wait_ms(k), metadata_max_age_ms=5000,
+            check_crcs=self.corrupt, **self.kw)
 
     async def start(self) -> None:
         k = self.config.kafka
@@ -180,6 +191,7 @@ class Stage1Runner(ConsumerRebalanceListener):
                             # backlog without it).
                             await asyncio.sleep(0)
                             urgent |= self._feed({tp: chunk}, now)
+                    self._skipped(self.corrupt.take())   # found while getmany read the fetch
                     if self._flush_due(now, urgent):
                         await self._flush(now)
                 backoff = 0.5
@@ -193,6 +205,24 @@ class Stage1Runner(ConsumerRebalanceListener):
                                             "retry_in_s": backoff}).decode())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _skipped(self, corrupt: list[CorruptBatch]) -> None:
+        """Dead-letter where each corrupt batch was (not its bytes) and move the partition's
+        commit past it: a batch skipped at the end of the log must not look like lag."""
+        for c in corrupt:
+            log.warning(orjson.dumps({"event": "stage1_corrupt_batch", **c._asdict()}).decode())
+            detail = f"record batch skipped: {c.reason}"
+            where = {"topic": c.topic, "partition": c.partition,
+                     "first_offset": c.first_offset, "last_offset": c.last_offset}
+            self.pending.append((self.dlq, None, None,
+                                 Rejection("corrupt_batch", None, detail, where).to_json(), [
+                ("reason", b"corrupt_batch"),
+                ("source", f"{c.topic}/{c.partition}/{c.first_offset}-{c.last_offset}".encode())]))
+            src = self.sources.get(c.partition)
+            if src is not None and (src.next_offset or 0) <= c.last_offset:
+                src.next_offset = c.last_offset + 1
+            if self.metrics is not None:
+                self.metrics.corrupt_batches.inc()
 
     def _flush_due(self, now: float, urgent: bool) -> bool:
         """Flush partials and commit now? At once after a hard-rule hit, and when a backlog
