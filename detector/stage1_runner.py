@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -124,6 +124,8 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.lag: dict[int, int] = {}
         self._per_message = 1.0   # events per message, last seen
         self.corrupt = CorruptBatches()
+        # Bytes per message, last seen; until then as large as a message may be.
+        self._message_bytes = float(config.input.max_message_bytes)
 
     def new_consumer(self) -> AIOKafkaConsumer:
         """The trace-topic consumer, not started (aiokafka binds it to the running loop)."""
@@ -134,7 +136,10 @@ class Stage1Runner(ConsumerRebalanceListener):
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(self.session_timeout * 1000),
             heartbeat_interval_ms=int(max(self.session_timeout / 4, 0.5) * 1000),
-            max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
+            # aiokafka fetches for the partitions it holds no records of, so with up to four
+            # partitions a worker holds about fetch_max_bytes of fetched (compressed) bytes.
+            max_partition_fetch_bytes=max(k.fetch_max_bytes // 4, 1 << 20),
+            fetch_max_bytes=k.fetch_max_bytes,
             fetch_max_wait_ms=fetch_wait_ms(k), metadata_max_age_ms=5000,
             check_crcs=self.corrupt, **self.kw)
 
@@ -174,12 +179,12 @@ class Stage1Runner(ConsumerRebalanceListener):
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
-        max_records = self.config.kafka.batch_max_messages * 10
         backoff = 0.5
         while not stopping.is_set():
             try:
                 batch = await self.consumer.getmany(
-                    timeout_ms=int(self.flush_interval * 1000), max_records=max_records)
+                    timeout_ms=int(self.flush_interval * 1000), max_records=self._max_records())
+                self._measure(batch.values())
                 async with self.lock:
                     now = time.monotonic()
                     urgent = False
@@ -205,6 +210,25 @@ class Stage1Runner(ConsumerRebalanceListener):
                                             "retry_in_s": backoff}).decode())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _max_records(self) -> int:
+        """Messages to take from the fetched records at once. They are held decompressed, and
+        a fetch's limit counts compressed bytes (JSON traces shrink ~4x with lz4): take about
+        ``kafka.fetch_max_bytes`` of them, at the message size seen so far."""
+        k = self.config.kafka
+        return max(1, min(k.batch_max_messages * 10,
+                          int(k.fetch_max_bytes / self._message_bytes)))
+
+    def _measure(self, fetched: Iterable[list[Any]]) -> None:
+        """Bytes per message, from about 8 records of each partition: a sample, as reading
+        every record's size would add a step per message to the hot loop."""
+        n = size = 0
+        for recs in fetched:
+            for r in recs[::max(1, len(recs) // 8)]:
+                n += 1
+                size += r.serialized_value_size
+        if n:
+            self._message_bytes = max(size / n, 1.0)
 
     def _skipped(self, corrupt: list[CorruptBatch]) -> None:
         """Dead-letter where each corrupt batch was (not its bytes) and move the partition's
