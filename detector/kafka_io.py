@@ -110,6 +110,9 @@ class CorruptBatches:
         found, self.found = self.found, []
         return found
 
+    def note(self, batch: CorruptBatch) -> None:
+        self.found.append(batch)
+
 
 class _Skip:
     """Stands in for a corrupt batch: aiokafka moves past a control batch to its
@@ -136,10 +139,10 @@ class _CrcChecked:
     under the CRC that failed). Reads one batch ahead, lazily: aiokafka raises what a
     malformed buffer raises while the records are taken, not when the fetch arrives."""
 
-    def __init__(self, records: Any, tp: TopicPartition, found: list[CorruptBatch]) -> None:
+    def __init__(self, records: Any, tp: TopicPartition, sink: CorruptBatches) -> None:
         self._records = records
         self._tp = tp
-        self._found = found
+        self._sink = sink   # not its list: take() swaps that while a fetch is being read
         self._ahead: Any = _UNREAD
 
     def _peek(self) -> Any:
@@ -158,8 +161,8 @@ class _CrcChecked:
         after = self._peek()
         first = getattr(batch, "base_offset", batch.next_offset - 1)  # v0/v1: one offset
         end = max(getattr(after, "base_offset", batch.next_offset), first + 1)
-        self._found.append(CorruptBatch(self._tp.topic, self._tp.partition, first, end - 1,
-                                        "crc_mismatch"))
+        self._sink.note(CorruptBatch(self._tp.topic, self._tp.partition, first, end - 1,
+                                     "crc_mismatch"))
         return _Skip(end)
 
 
@@ -168,7 +171,7 @@ class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
                  key_deserializer: Any, value_deserializer: Any, check_crcs: Any,
                  isolation_level: Any) -> None:
         if isinstance(check_crcs, CorruptBatches):
-            records, check_crcs = _CrcChecked(records, tp, check_crcs.found), False
+            records, check_crcs = _CrcChecked(records, tp, check_crcs), False
         super().__init__(tp, records, aborted, fetch_offset, key_deserializer,
                          value_deserializer, check_crcs, isolation_level)
 

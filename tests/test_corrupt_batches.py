@@ -43,6 +43,20 @@ def test_corrupt_batches_are_skipped_and_noted() -> None:
     assert found.take() == []
 
 
+def test_what_is_skipped_after_a_take_is_in_the_next_take() -> None:
+    # Stage 1 takes the found batches after every getmany, and a getmany may stop part-way
+    # through a fetch (max_records): the rest of that fetch is read after the take.
+    skip_corrupt_batches()
+    found = CorruptBatches()
+    recs = fetcher.PartitionRecords(TP, MemoryRecords(_fetched((0, 5, False), (5, 4, True),
+                                                               (9, 3, False))),
+                                    [], 0, None, None, found, READ_UNCOMMITTED)
+    assert [next(recs).offset for _ in range(5)] == [0, 1, 2, 3, 4]
+    assert found.take() == []
+    assert [r.offset for r in recs] == [9, 10, 11]
+    assert found.take() == [CorruptBatch("traces", 3, 5, 8, "crc_mismatch")]
+
+
 def test_other_consumers_keep_aiokafkas_behaviour() -> None:
     buf = _fetched((0, 5, False), (5, 4, True))
     with pytest.raises(CorruptRecordException):
