@@ -183,6 +183,9 @@ class KafkaConfig(_Base):
     # Longest a consumer's fetch waits for new records (stage 1 and stage 2). Kafka answers a
     # waiting fetch when records arrive; Tansu only at its next look, a share of this wait.
     fetch_max_wait_seconds: Annotated[float, Meta(gt=0, le=10)] = 0.1
+    # Stage 1's fetch size (a quarter per partition), and about the bytes of decompressed
+    # records it takes from its fetches at once: a fetch's limit counts compressed bytes.
+    fetch_max_bytes: Annotated[int, Meta(ge=1 << 20, le=1 << 30)] = 8 << 20
 
 
 class MetricsConfig(_Base):

@@ -1,6 +1,7 @@
 """aiokafka helpers outside Faust: security settings, topic admin, fetch high watermarks,
 fetch wait and group-sync settings, the stage-2 partitioner, and a fast batch producer for
-tests, demo and benchmarks. Stage 1's consumer is :mod:`detector.stage1_runner`.
+tests, demo and benchmarks, and fetches that skip a corrupt record batch
+(:class:`CorruptBatches`). Stage 1's consumer is :mod:`detector.stage1_runner`.
 
 Why fetch high watermarks: Tansu answers ListOffsets(latest) with the start of the last
 record batch + 1, so ``end_offsets`` under-reports the log end. A fetch response carries the
@@ -12,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Iterable, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.client import AIOKafkaClient
+from aiokafka.consumer import fetcher
 from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.helpers import create_ssl_context
@@ -26,6 +28,8 @@ from aiokafka.structs import TopicPartition
 from detector.config import KafkaConfig
 
 __all__ = [
+    "CorruptBatch",
+    "CorruptBatches",
     "client_kwargs",
     "delay_follower_sync",
     "ensure_topics",
@@ -34,6 +38,7 @@ __all__ = [
     "partition_for",
     "probe_metadata",
     "produce",
+    "skip_corrupt_batches",
 ]
 
 def client_kwargs(k: KafkaConfig | None) -> dict[str, Any]:
@@ -75,6 +80,106 @@ def delay_follower_sync() -> None:
     computed the assignment in 3 to 7 joins of 10 (bench/tansu.py): a worker sat a second
     without partitions at start, scale-out and failover. 50 ms is what it costs on Kafka."""
     CoordinatorGroupRebalance._on_join_follower = _on_join_follower  # type: ignore[method-assign]
+
+
+class CorruptBatch(NamedTuple):
+    """A record batch a fetch skipped: where it was and why, never its bytes."""
+
+    topic: str
+    partition: int
+    first_offset: int
+    last_offset: int      # the last offset skipped
+    reason: str           # "crc_mismatch"
+
+
+class CorruptBatches:
+    """Give a consumer this as ``check_crcs`` (after :func:`skip_corrupt_batches`): its
+    fetches skip a record batch whose CRC does not match and note it in ``found``. aiokafka
+    itself raises CorruptRecordException at every fetch of such a batch, so the partition
+    never moves again (and records of other partitions drained in the same ``getmany`` are
+    lost). Truthy: to aiokafka this still means "check CRCs"."""
+
+    def __init__(self) -> None:
+        self.found: list[CorruptBatch] = []
+
+    def __bool__(self) -> bool:
+        return True
+
+    def take(self) -> list[CorruptBatch]:
+        """The batches skipped since the last call."""
+        found, self.found = self.found, []
+        return found
+
+    def note(self, batch: CorruptBatch) -> None:
+        self.found.append(batch)
+
+
+class _Skip:
+    """Stands in for a corrupt batch: aiokafka moves past a control batch to its
+    ``next_offset`` and yields none of its records."""
+
+    __slots__ = ("next_offset",)
+    is_control_batch = True
+    is_transactional = False
+    producer_id = None
+
+    def __init__(self, next_offset: int) -> None:
+        self.next_offset = next_offset
+
+    def validate_crc(self) -> bool:
+        return True
+
+
+_UNREAD: Final = object()
+
+
+class _CrcChecked:
+    """One fetched partition's record batches, a batch whose CRC fails swapped for a
+    :class:`_Skip` up to where the next batch starts (the failed batch's own last offset is
+    under the CRC that failed). Reads one batch ahead, lazily: aiokafka raises what a
+    malformed buffer raises while the records are taken, not when the fetch arrives."""
+
+    def __init__(self, records: Any, tp: TopicPartition, sink: CorruptBatches) -> None:
+        self._records = records
+        self._tp = tp
+        self._sink = sink   # not its list: take() swaps that while a fetch is being read
+        self._ahead: Any = _UNREAD
+
+    def _peek(self) -> Any:
+        if self._ahead is _UNREAD:
+            self._ahead = self._records.next_batch() if self._records.has_next() else None
+        return self._ahead
+
+    def has_next(self) -> bool:
+        return self._peek() is not None
+
+    def next_batch(self) -> Any:
+        batch = self._peek()
+        self._ahead = _UNREAD
+        if batch is None or batch.validate_crc():
+            return batch
+        after = self._peek()
+        first = getattr(batch, "base_offset", batch.next_offset - 1)  # v0/v1: one offset
+        end = max(getattr(after, "base_offset", batch.next_offset), first + 1)
+        self._sink.note(CorruptBatch(self._tp.topic, self._tp.partition, first, end - 1,
+                                     "crc_mismatch"))
+        return _Skip(end)
+
+
+class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
+    def __init__(self, tp: TopicPartition, records: Any, aborted: Any, fetch_offset: int,
+                 key_deserializer: Any, value_deserializer: Any, check_crcs: Any,
+                 isolation_level: Any) -> None:
+        if isinstance(check_crcs, CorruptBatches):
+            records, check_crcs = _CrcChecked(records, tp, check_crcs), False
+        super().__init__(tp, records, aborted, fetch_offset, key_deserializer,
+                         value_deserializer, check_crcs, isolation_level)
+
+
+def skip_corrupt_batches() -> None:
+    """Let consumers created with ``check_crcs=CorruptBatches()`` skip corrupt batches
+    (others keep aiokafka's behaviour). Idempotent."""
+    fetcher.PartitionRecords = _PartitionRecords  # type: ignore[misc]
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -144,6 +144,9 @@ class Metrics:
             "detector_events_late",
             "Events that arrived after their window closed (beyond allowed lateness).",
             registry=r)
+        self.corrupt_batches = Counter(
+            "detector_kafka_corrupt_batches",
+            "Corrupt Kafka record batches (CRC mismatch) skipped and dead-lettered.", registry=r)
         self.windows_closed = Counter(
             "detector_windows_closed", "Cohort windows closed by the watermark.", registry=r)
         self.alerts_emitted = Counter(

@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final
 
 import msgspec
@@ -18,7 +18,15 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from detector.config import Config
-from detector.kafka_io import client_kwargs, fetch_wait_ms, partition_for
+from detector.events import Rejection
+from detector.kafka_io import (
+    CorruptBatch,
+    CorruptBatches,
+    client_kwargs,
+    fetch_wait_ms,
+    partition_for,
+    skip_corrupt_batches,
+)
 from detector.metrics import Metrics
 from detector.partials import Partial, combine
 from detector.pipeline import Stage1
@@ -115,17 +123,25 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.stats = {"events": 0, "messages": 0, "rejected": 0, "late": 0, "flushes": 0}
         self.lag: dict[int, int] = {}
         self._per_message = 1.0   # events per message, last seen
+        self.corrupt = CorruptBatches()
+        # Bytes per message, last seen; until then as large as a message may be.
+        self._message_bytes = float(config.input.max_message_bytes)
 
     def new_consumer(self) -> AIOKafkaConsumer:
         """The trace-topic consumer, not started (aiokafka binds it to the running loop)."""
         k = self.config.kafka
+        skip_corrupt_batches()
         return AIOKafkaConsumer(
             bootstrap_servers=k.brokers, group_id=f"{k.group}-stage1",
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(self.session_timeout * 1000),
             heartbeat_interval_ms=int(max(self.session_timeout / 4, 0.5) * 1000),
-            max_partition_fetch_bytes=8 << 20, fetch_max_bytes=32 << 20,
-            fetch_max_wait_ms=fetch_wait_ms(k), metadata_max_age_ms=5000, **self.kw)
+            # aiokafka fetches for the partitions it holds no records of, so with up to four
+            # partitions a worker holds about fetch_max_bytes of fetched (compressed) bytes.
+            max_partition_fetch_bytes=max(k.fetch_max_bytes // 4, 1 << 20),
+            fetch_max_bytes=k.fetch_max_bytes,
+            fetch_max_wait_ms=fetch_wait_ms(k), metadata_max_age_ms=5000,
+            check_crcs=self.corrupt, **self.kw)
 
     async def start(self) -> None:
         k = self.config.kafka
@@ -163,12 +179,12 @@ class Stage1Runner(ConsumerRebalanceListener):
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
-        max_records = self.config.kafka.batch_max_messages * 10
         backoff = 0.5
         while not stopping.is_set():
             try:
                 batch = await self.consumer.getmany(
-                    timeout_ms=int(self.flush_interval * 1000), max_records=max_records)
+                    timeout_ms=int(self.flush_interval * 1000), max_records=self._max_records())
+                self._measure(batch.values())
                 async with self.lock:
                     now = time.monotonic()
                     urgent = False
@@ -180,6 +196,7 @@ class Stage1Runner(ConsumerRebalanceListener):
                             # backlog without it).
                             await asyncio.sleep(0)
                             urgent |= self._feed({tp: chunk}, now)
+                    self._skipped(self.corrupt.take())   # found while getmany read the fetch
                     if self._flush_due(now, urgent):
                         await self._flush(now)
                 backoff = 0.5
@@ -193,6 +210,43 @@ class Stage1Runner(ConsumerRebalanceListener):
                                             "retry_in_s": backoff}).decode())
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 10.0)
+
+    def _max_records(self) -> int:
+        """Messages to take from the fetched records at once. They are held decompressed, and
+        a fetch's limit counts compressed bytes (JSON traces shrink ~4x with lz4): take about
+        ``kafka.fetch_max_bytes`` of them, at the message size seen so far."""
+        k = self.config.kafka
+        return max(1, min(k.batch_max_messages * 10,
+                          int(k.fetch_max_bytes / self._message_bytes)))
+
+    def _measure(self, fetched: Iterable[list[Any]]) -> None:
+        """Bytes per message, from about 8 records of each partition: a sample, as reading
+        every record's size would add a step per message to the hot loop."""
+        n = size = 0
+        for recs in fetched:
+            for r in recs[::max(1, len(recs) // 8)]:
+                n += 1
+                size += r.serialized_value_size
+        if n:
+            self._message_bytes = max(size / n, 1.0)
+
+    def _skipped(self, corrupt: list[CorruptBatch]) -> None:
+        """Dead-letter where each corrupt batch was (not its bytes) and move the partition's
+        commit past it: a batch skipped at the end of the log must not look like lag."""
+        for c in corrupt:
+            log.warning(orjson.dumps({"event": "stage1_corrupt_batch", **c._asdict()}).decode())
+            detail = f"record batch skipped: {c.reason}"
+            where = {"topic": c.topic, "partition": c.partition,
+                     "first_offset": c.first_offset, "last_offset": c.last_offset}
+            self.pending.append((self.dlq, None, None,
+                                 Rejection("corrupt_batch", None, detail, where).to_json(), [
+                ("reason", b"corrupt_batch"),
+                ("source", f"{c.topic}/{c.partition}/{c.first_offset}-{c.last_offset}".encode())]))
+            src = self.sources.get(c.partition)
+            if src is not None and (src.next_offset or 0) <= c.last_offset:
+                src.next_offset = c.last_offset + 1
+            if self.metrics is not None:
+                self.metrics.corrupt_batches.inc()
 
     def _flush_due(self, now: float, urgent: bool) -> bool:
         """Flush partials and commit now? At once after a hard-rule hit, and when a backlog
