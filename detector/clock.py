@@ -46,7 +46,7 @@ from typing import Final
 
 import msgspec
 
-from detector.events import Rejection, TraceEvent
+from detector.events import Rejection, TraceEvent, sanitise
 
 __all__ = ["MAX_TS", "MIN_TS", "QUORUM", "EventClock", "implausible"]
 
@@ -82,8 +82,8 @@ def implausible(ts: float) -> str | None:
     return f"after 2100-01-01 ({ts:.9e})"   # and NaN, which no decoder lets through
 
 
-def _bad(ev: TraceEvent, detail: str) -> Rejection:
-    return Rejection("bad_timestamp", "ts", detail, msgspec.to_builtins(ev))
+def _bad(ev: TraceEvent, detail: str, message: int) -> Rejection:
+    return Rejection("bad_timestamp", "ts", detail, sanitise(msgspec.to_builtins(ev)), message)
 
 
 class EventClock:
@@ -96,8 +96,8 @@ class EventClock:
     seconds ahead of the wall clock is never believed; one within ``bound`` of it needs no
     other events' word."""
 
-    __slots__ = ("bound", "held", "held_votes", "max_future", "passed", "quorum", "seen",
-                 "time", "wall")
+    __slots__ = ("bound", "first", "held", "held_votes", "max_future", "passed", "quorum",
+                 "seen", "time", "wall")
 
     def __init__(self, bound: float, *, quorum: int = QUORUM,
                  wall: Callable[[], float] | None = None,
@@ -111,6 +111,7 @@ class EventClock:
         self.held_votes = 0     # messages among the held events
         self.passed = 0         # messages believed since the oldest held one came
         self.seen = 0           # messages admitted so far (a message's number)
+        self.first = 0          # the number of the current call's first message
 
     def admit(self, evs: list[TraceEvent], sizes: Callable[[], list[int]] | None = None
               ) -> tuple[list[TraceEvent], list[Rejection]]:
@@ -140,7 +141,7 @@ class EventClock:
         counts = sizes() if sizes is not None else []
         if sum(counts) != n:
             counts = [1] * n
-        first = self.seen
+        first = self.first = self.seen
         self.seen += len(counts)
         return [first + i for i, c in enumerate(counts) for _ in range(c)]
 
@@ -155,7 +156,7 @@ class EventClock:
             if why is None and ts > cap:
                 why = f"more than {self.max_future:.0f} s ahead of the wall clock"
             if why is not None:
-                bad.append(_bad(ev, why))
+                bad.append(_bad(ev, why, m - self.first))
             elif ts <= self.time + self.bound or abs(ts - now) <= self.bound:
                 ok.append(ev)
                 if ts > self.time:
@@ -204,8 +205,10 @@ class EventClock:
     def _expire(self, why: str) -> list[Rejection]:
         at = (datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
               if self.time > -math.inf else "none yet")
+        # The message index is the current call's (negative: a message of an earlier call).
         bad = [_bad(ev, f"{ev.ts - self.time:.0f} s ahead of event time {at}: more than "  # type: ignore[operator]
-                    f"{self.bound:g} s ahead, not corroborated{why}") for _, ev in self.held]
+                    f"{self.bound:g} s ahead, not corroborated{why}", m - self.first)
+               for m, ev in self.held]
         self.held = []
         self.held_votes = 0
         self.passed = 0

@@ -46,6 +46,7 @@ __all__ = [
     "TraceEvent",
     "decode",
     "decode_many",
+    "sanitise",
     "too_large",
 ]
 
@@ -209,11 +210,11 @@ def _bounded(v: object, limit: int, depth: int = 0) -> object:
     return {"json_type": type(v).__name__, "items": len(v)}  # type: ignore[arg-type]
 
 
-def _sanitise(obj: object) -> dict[str, Any]:
+def sanitise(obj: object) -> dict[str, Any]:
     """The part of an input object the dead-letter destination may keep: contract fields,
     bounded (:func:`_bounded`), and the names of the others, bounded in count and length.
 
-    >>> p = _sanitise({"ts": 1, "tenant": "t" * 200, "trace_id": "not hex", "p" * 80: "hi"})
+    >>> p = sanitise({"ts": 1, "tenant": "t" * 200, "trace_id": "not hex", "p" * 80: "hi"})
     >>> p["tenant"]["chars"], p["trace_id"]["prefix"], p["_dropped_fields"][0]["chars"]
     (200, 'not hex', 80)
     """
@@ -275,18 +276,18 @@ def _finish(ev: TraceEvent) -> Rejection | None:
 def _one_item(item: object) -> TraceEvent | Rejection:
     if not isinstance(item, dict):
         return Rejection("not_object", None, f"expected an object, got {type(item).__name__}",
-                         _sanitise(item))
+                         sanitise(item))
     try:
         ev = msgspec.convert(item, TraceEvent, strict=True)
     except msgspec.ValidationError as e:
         reason, field = _classify(str(e))
         # The one msgspec message that quotes the input: a long value could be prompt text.
         detail = _ENUM_VALUE.sub("Invalid enum value", str(e))
-        return Rejection(reason, field, detail, _sanitise(item))
+        return Rejection(reason, field, detail, sanitise(item))
     except RecursionError:
-        return _too_deep(_sanitise(item))
+        return _too_deep(sanitise(item))
     bad = _finish(ev)
-    return bad._replace(payload=_sanitise(item)) if bad else ev
+    return bad._replace(payload=sanitise(item)) if bad else ev
 
 
 _ts, _tid, _sid, _reason = (attrgetter(f) for f in ("ts", "trace_id", "span_id",

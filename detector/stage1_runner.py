@@ -285,10 +285,12 @@ class Stage1Runner(ConsumerRebalanceListener):
                 rejected += 1
                 if m is not None:
                     m.events_rejected.labels(reason=rej.reason).inc()
-                offset = recs[rej.message].offset
+                # A negative index is a message of an earlier fetch (an event the clock held).
+                where = (recs[rej.message].offset if rej.message >= 0
+                         else f"before-{recs[0].offset}")
                 self.pending.append((self.dlq, None, None, rej.to_json(), [
                     ("reason", rej.reason.encode()),
-                    ("source", f"{tp.topic}/{tp.partition}/{offset}".encode())]))
+                    ("source", f"{tp.topic}/{tp.partition}/{where}".encode())]))
             msgs += len(recs)
             src.next_offset = recs[-1].offset + 1
             src.last_data = now

@@ -162,3 +162,17 @@ def test_replay_dead_letters_what_the_clock_still_holds_at_the_end(tmp_path: Pat
                    check=True)
     [dead] = [orjson.loads(x) for x in dlq.read_bytes().splitlines()]
     assert dead["reason"] == "bad_timestamp" and "(end of input)" in dead["detail"]
+
+
+def test_a_timestamp_rejection_names_its_own_message(config) -> None:
+    """The dead letter's source is the message that carried the bad timestamp, not the first
+    of the fetch, and the payload is bounded like every dead letter's."""
+    from detector.pipeline import Stage1
+    good = b'{"ts": 1767571200, "operation": "chat", "tenant": "t"}'
+    long_tenant = "x" * 100 + "MARKER"
+    bad = (b'{"ts": 1767571200123, "operation": "chat", "tenant": "%s"}'
+           % long_tenant.encode())
+    out = Stage1(config).feed_many([good, good, bad, good, good])
+    (rej,) = out.rejects
+    assert rej.reason == "bad_timestamp" and rej.message == 2
+    assert "milliseconds" in rej.detail and b"MARKER" not in rej.to_json()
