@@ -3,6 +3,7 @@ own fetch-result reader and record parser, without a broker."""
 
 from __future__ import annotations
 
+import orjson
 import pytest
 from aiokafka.consumer import fetcher
 from aiokafka.errors import CorruptRecordException
@@ -63,3 +64,28 @@ def test_other_consumers_keep_aiokafkas_behaviour() -> None:
         _read(buf, True)
     assert _read(_fetched((0, 5, False), (5, 4, False)), CorruptBatches()) == (
         list(range(9)), 9)
+
+
+def test_stage1_dead_letters_where_a_skipped_batch_was_and_commits_past_it() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from detector.config import load_config
+    from detector.metrics import Metrics
+    from detector.stage1_runner import Stage1Runner, _Source
+
+    cfg = load_config(None, env=False)
+    registry = CollectorRegistry()
+    r = Stage1Runner(cfg, stage2_topic="s2", stage2_partitions=1, metrics=Metrics(registry))
+    r.sources = {3: _Source(cfg, 0.0)}
+    r.sources[3].next_offset = 5                  # read up to the batch, nothing after it
+    r._skipped([CorruptBatch("traces", 3, 5, 8, "crc_mismatch")])
+    [(topic, part, key, value, headers)] = r.pending
+    assert (topic, part, key) == (cfg.kafka.dead_letter_topic, None, None)
+    assert dict(headers) == {"reason": b"corrupt_batch", "source": b"traces/3/5-8"}
+    assert orjson.loads(value) == {
+        "reason": "corrupt_batch", "field": None, "detail": "record batch skipped: crc_mismatch",
+        "payload": {"topic": "traces", "partition": 3, "first_offset": 5, "last_offset": 8}}
+    assert r.sources[3].next_offset == 9          # the commit passes it: no lag, no re-skip
+    assert registry.get_sample_value("detector_kafka_corrupt_batches_total") == 1
+    r._skipped([CorruptBatch("traces", 3, 2, 4, "crc_mismatch")])
+    assert r.sources[3].next_offset == 9          # never backwards
