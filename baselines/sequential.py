@@ -45,6 +45,9 @@ __all__ = ["Cusum", "nats_for", "to_standard"]
 #: busy cohort up to ×100 on a rare event.
 RHO_UP = (3.0, 10.0, 30.0, 100.0)
 _LOG_UP = tuple(log(r) for r in RHO_UP)
+#: Below this many times the expected count no upward design gains (ρ = 3's break-even).
+RISE_MIN = min((r - 1.0) / log(r) for r in RHO_UP)
+_ZEROS = [0.0] * len(RHO_UP)
 #: A fall to a quarter (a collapse of refusals, a dried-up signal).
 RHO_DOWN = 0.25
 _LOG_DOWN = log(RHO_DOWN)
@@ -82,7 +85,7 @@ class Cusum:
     __slots__ = ("_ups", "down", "up")
 
     def __init__(self) -> None:
-        self._ups = [0.0, 0.0, 0.0, 0.0]   # per design ratio
+        self._ups = [0.0] * len(RHO_UP)   # per design ratio
         self.up = 0.0                      # the largest of them
         self.down = 0.0
 
@@ -90,19 +93,25 @@ class Cusum:
         return self.up == 0.0 and self.down == 0.0
 
     def reset(self) -> None:
-        self._ups = [0.0, 0.0, 0.0, 0.0]
+        self._ups = [0.0] * len(RHO_UP)
         self.up = self.down = 0.0
 
     def peek_counts(self, k: float, mu: float, disp: float, cap: float
                     ) -> tuple[list[float], float]:
         """The statistics this window would give (pure): ``k`` events where ``mu`` were
         expected, at over-dispersion ``disp``; one window adds at most ``cap`` nats."""
-        ups = []
-        for s, r, lr in zip(self._ups, RHO_UP, _LOG_UP, strict=True):
-            step = (k * lr - (r - 1.0) * mu) / disp
-            ups.append(max(0.0, s + min(step, cap)))
-        step = (k * _LOG_DOWN - (RHO_DOWN - 1.0) * mu) / disp
-        return ups, max(0.0, self.down + min(step, cap))
+        return self.peek_up(k, mu, disp, cap), self.peek_down(k, mu, disp, cap)
+
+    def peek_up(self, k: float, mu: float, disp: float, cap: float) -> list[float]:
+        """The upward statistics alone (see :meth:`peek_counts`)."""
+        if not self.up and k <= RISE_MIN * mu:
+            return _ZEROS   # no design gains from this window: still no evidence
+        return [max(0.0, s + min((k * lr - (r - 1.0) * mu) / disp, cap))
+                for s, r, lr in zip(self._ups, RHO_UP, _LOG_UP, strict=True)]
+
+    def peek_down(self, k: float, mu: float, disp: float, cap: float) -> float:
+        """The downward statistic alone (see :meth:`peek_counts`)."""
+        return max(0.0, self.down + min((k * _LOG_DOWN - (RHO_DOWN - 1.0) * mu) / disp, cap))
 
     def peek_z(self, z: float, cap: float) -> tuple[float, float]:
         """(up, down) after a window with standard score ``z`` (pure)."""

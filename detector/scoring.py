@@ -16,7 +16,7 @@ from typing import NamedTuple
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
-from baselines.sequential import Cusum, nats_for, to_standard
+from baselines.sequential import _ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.partials import SCALE, Partial
@@ -284,13 +284,17 @@ class Scorer:
         if sig.kind == "rate":
             # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
             disp = b.dispersion()  # type: ignore[union-attr]
-            ups, _ = cus.peek_counts(k, n * b.reference(), disp, h / 2)  # type: ignore[union-attr]
-            _, down = cus.peek_counts(k, n * b.reference(up=False), disp, h / 2)  # type: ignore[union-attr]
+            ups = (_ZEROS if d == "down" else
+                   cus.peek_up(k, n * b.reference(), disp, h / 2))  # type: ignore[union-attr]
+            down = (0.0 if d == "up" else
+                    cus.peek_down(k, n * b.reference(up=False), disp, h / 2))  # type: ignore[union-attr]
             up = max(ups)
+            if cus is _IDLE and up == down == 0.0:
+                return 0.0, False   # no evidence, and none to keep (the common case)
         else:
             # A quantity's tails are heavier than its standard score admits: three windows.
             up, down = cus.peek_z(z_fast, h / 3)
-            ups = [up, 0.0, 0.0, 0.0]
+            ups = [up, *_ZEROS[1:]]
         rising = up > cus.up and up >= h and d != "down"
         falling = down > cus.down and down >= h and d != "up"
         # A confirmation restarts the statistic half-way (Page's restart after an alarm,
