@@ -1,71 +1,138 @@
 """Baseline of a per-event quantity (tokens, latency), scored on a window's mean.
 
-The score divides the shift of the window mean by its standard error, which has two parts:
-the per-event spread over √n (few events, little evidence) and the window-to-window spread
-of the mean that normal traffic shows anyway.
+The score divides the shift of the window mean by its standard error, which has three parts:
+the per-event spread over √n (few events, little evidence), the window-to-window spread of the
+mean that normal traffic shows anyway, and a floor (a thousandth of the level, or half the
+smallest step the values have taken), so a constant stretch does not make any change look
+infinitely unlikely.
 
->>> b = QuantityBaseline(fast=0.1, slow=0.01)
+Both horizons start warm: until a horizon has seen 1/rate windows, its level and spread are
+the plain mean and variance of what it has seen. The slow horizon's spread grows by at most a
+bounded factor per window, so a slow ramp does not become its own yardstick.
+
+Windows judged anomalous still teach it (there is no lock-out), with bounded influence: the
+window mean is clipped to ``CLIP`` standard errors from each level. One spike barely moves it::
+
+>>> b = QuantityBaseline(fast=0.1, slow=0.01, adopt_windows=60)
 >>> import random
 >>> rng = random.Random(1)
->>> for _ in range(60):
-...     xs = [rng.gauss(300, 60) for _ in range(50)]
-...     b.learn_one(len(xs), sum(xs), sum(x * x for x in xs))
->>> round(b.expected() / 10) * 10
+>>> def window(mu, n=50):
+...     xs = [rng.gauss(mu, 60) for _ in range(n)]
+...     return len(xs), sum(xs), sum(x * x for x in xs)
+>>> for _ in range(200):
+...     b.learn_one(*window(300))
+>>> before = b.expected(); round(before / 10) * 10
 300
 >>> b.score_one(50, 50 * 900, 50 * 900 ** 2)[0] > 10    # output tripled
 True
 >>> abs(b.score_one(2, 2 * 340, 2 * 340 ** 2)[0]) < 2  # two slightly long outputs
 True
+>>> b.learn_one(50, 50 * 900, 50 * 900 ** 2, anomalous=True)
+>>> abs(b.expected() - before) < 5                      # a spike barely moves it
+True
+
+...while a level that persists is adopted, by the slow horizon too, within ``adopt_windows``:
+
+>>> z = [b.score_one(*w)[1] for w in [window(600)]]
+>>> for _ in range(90):
+...     w = window(600)
+...     b.learn_one(*w, anomalous=max(map(abs, b.score_one(*w))) >= 5)
+>>> z[0] > 10, [round(e / 10) * 10 for e in (b.expected(), b.expected(slow=True))]
+(True, [600, 600])
 """
 
 from __future__ import annotations
 
 from math import sqrt
 
-from baselines.ewmean import WarmEWMean
-
 __all__ = ["QuantityBaseline"]
+
+#: An anomalous window teaches the baseline as if it were this many standard errors away.
+CLIP = 3.0
+#: The floor of a level's spread, relative to the level.
+FLOOR_REL = 1e-3
+#: The slow spread grows by at most CLIP² × this many of its own weights per window, so a
+#: ramp of window means (each step within the fast spread) cannot teach it the ramp.
+SLOW_GROWTH = 1.0
 
 
 class QuantityBaseline:
-    __slots__ = ("_between_fast", "_between_slow", "_fast", "_mf", "_ms", "_slow", "_w",
-                 "_within", "n")
+    __slots__ = ("_a", "_adopt", "_b", "_lf", "_ls", "_prev", "_res", "_streak", "_vf", "_vn",
+                 "_vs", "_w", "n")
 
-    def __init__(self, fast: float, slow: float) -> None:
-        self._fast = WarmEWMean(fast)      # of window means
-        self._slow = WarmEWMean(slow)
-        self._within = WarmEWMean(fast)    # of within-window per-event variance
-        self._between_fast = 0.0             # excess variance of window means between windows
-        self._between_slow = 0.0
+    def __init__(self, fast: float, slow: float, adopt_windows: int = 120) -> None:
+        self._a = fast
+        self._b = slow
+        self._adopt = adopt_windows
+        self._lf = self._ls = 0.0      # levels (means of window means)
+        self._vf = self._vs = 0.0      # excess variance of window means between windows
+        self._vn = 0.0                 # the fast one's, remembered over the slow horizon
+        self._w = 0.0                  # per-event variance within a window
+        self._prev = 0.0               # the last window mean, and the smallest step seen
+        self._res = 0.0
+        self._streak = 0               # recent anomalous windows (leaky count)
         self.n = 0
-        self._mf = self._ms = self._w = 0.0   # cached means, refreshed per learned window
 
     def expected(self, slow: bool = False) -> float:
-        return self._ms if slow else self._mf
+        return self._ls if slow else self._lf
+
+    def _floor(self) -> float:
+        f = max(FLOOR_REL * abs(self._lf), self._res / 2)
+        return f * f if f > 0 else 1e-12
+
+    def _se2(self, n: float) -> tuple[float, float]:
+        """Squared standard errors of a mean of ``n`` values, fast and slow."""
+        base = self._w / n + self._floor()
+        # A calm stretch does not make the next burst of a bursty series look new: the fast
+        # spread never falls below the spread around the fast level over the slow horizon.
+        return base + max(self._vf, self._vn), base + max(self._vs, self._vn)
 
     def score_one(self, n: float, s: float, q: float) -> tuple[float, float]:
         """Scores of a window with ``n`` values summing to ``s`` (squares to ``q``)."""
         if n <= 0 or not self.n:
             return 0.0, 0.0
         m = s / n
-        noise = self._w / n + 1e-9
-        return ((m - self._mf) / sqrt(noise + self._between_fast),
-                (m - self._ms) / sqrt(noise + self._between_slow))
+        ef, es = self._se2(n)
+        return (m - self._lf) / sqrt(ef), (m - self._ls) / sqrt(es)
 
-    def learn_one(self, n: float, s: float, q: float) -> None:
+    def learn_one(self, n: float, s: float, q: float, anomalous: bool = False) -> None:
+        """Learn a window; an ``anomalous`` one with bounded influence (see the module)."""
         if n <= 0:
             return
         m = s / n
-        if self.n:
-            noise = self._w / n
-            a = self._fast.fading_factor
-            b = self._slow.fading_factor
-            ex_f = max(0.0, (m - self._mf) ** 2 - noise)
-            ex_s = max(0.0, (m - self._ms) ** 2 - noise)
-            self._between_fast = (1 - a) * self._between_fast + a * ex_f
-            self._between_slow = (1 - b) * self._between_slow + b * ex_s
-        self._fast.update(m)
-        self._slow.update(m)
-        self._within.update(max(0.0, q / n - m * m))
-        self.n += 1
-        self._mf, self._ms, self._w = self._fast.get(), self._slow.get(), self._within.get()
+        var = max(0.0, q / n - m * m)
+        k = self.n + 1
+        if self.n == 0:
+            self._lf = self._ls = self._prev = m
+            self._w = var
+            self.n = 1
+            return
+        step = abs(m - self._prev)
+        if step > 0 and (self._res == 0 or step < self._res):
+            self._res = step
+        self._prev = m
+        ef, es = self._se2(n)
+        rf, rs = m - self._lf, m - self._ls
+        if anomalous:
+            cf, cs = CLIP * sqrt(ef), CLIP * sqrt(es)
+            rf, rs = max(-cf, min(cf, rf)), max(-cs, min(cs, rs))
+            var = min(var, CLIP * CLIP * self._w) if self._w > 0 else var
+        noise = self._w / n
+        a, b = max(self._a, 1.0 / k), max(self._b, 1.0 / k)   # warm: plain means at first
+        self._vf += a * (max(0.0, rf * rf - noise) - self._vf)
+        self._vn += b * (max(0.0, rf * rf - noise) - self._vn)
+        grown = self._vs * (1 + SLOW_GROWTH * CLIP * CLIP * b) + self._vf * (b > self._b)
+        self._vs += b * (max(0.0, rs * rs - noise) - self._vs)
+        self._vs = min(self._vs, max(grown, self._vf))
+        self._lf += a * rf
+        self._ls += b * rs
+        self._w += a * (var - self._w)
+        self.n = k
+        # The fast level away from the slow one by more than CLIP of its noise, for most of
+        # adopt_windows: a level that persisted, the new normal for the slow horizon too.
+        if (self._lf - self._ls) ** 2 > CLIP * CLIP * (ef - max(self._vf, self._vn) + self._vn):
+            self._streak += 1
+            if self._streak >= self._adopt:
+                self._ls, self._vs, self._streak = self._lf, max(self._vs, self._vf), 0
+        elif self._streak:
+            self._streak -= 1

@@ -257,8 +257,10 @@ class Scorer:
                                         else [entry])
             if name in bad:
                 own.persist[name] = own.persist.get(name, 0) + 1
-                continue
-            own.persist.pop(name, None)
+                if kind != "quantity":   # a quantity learns it too, with bounded influence
+                    continue
+            else:
+                own.persist.pop(name, None)
             if kind != "volume" and n <= 0:
                 continue   # no data: nothing to learn, and no state to keep
             b = own.baselines.get(name)
@@ -271,7 +273,8 @@ class Scorer:
                             and abs(b.drift_score(k, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
                 b.learn_one(k, n, slow=not drifting)  # type: ignore[call-arg]
             elif kind == "quantity":
-                b.learn_one(n, c[sig.den] / SCALE, c[sig.sq] / SCALE2)  # type: ignore[call-arg]
+                b.learn_one(n, c[sig.den] / SCALE, c[sig.sq] / SCALE2,  # type: ignore[call-arg]
+                            anomalous=name in bad)
             else:
                 b.learn_one(n, p.window * self.size)  # type: ignore[call-arg]
         if not bad:
