@@ -34,7 +34,7 @@ True
 ...while a level that persists is adopted, by the slow horizon too, within ``adopt_windows``:
 
 >>> z = [b.score_one(*w)[1] for w in [window(600)]]
->>> for _ in range(90):
+>>> for _ in range(100):
 ...     w = window(600)
 ...     b.learn_one(*w, anomalous=max(map(abs, b.score_one(*w))) >= 5)
 >>> z[0] > 10, [round(e / 10) * 10 for e in (b.expected(), b.expected(slow=True))]
@@ -49,6 +49,9 @@ __all__ = ["QuantityBaseline"]
 
 #: An anomalous window teaches the baseline as if it were this many standard errors away.
 CLIP = 3.0
+#: ...and teaches the spreads as if it were at most this many: recurring bursts become
+#: part of the spread, while one burst cannot blind the baseline for long.
+SPREAD_CLIP = 10.0
 #: The floor of a level's spread, relative to the level.
 FLOOR_REL = 1e-3
 #: The slow spread grows by at most CLIP² × this many of its own weights per window, so a
@@ -113,14 +116,16 @@ class QuantityBaseline:
         self._prev = m
         ef, es = self._se2(n)
         rf, rs = m - self._lf, m - self._ls
+        df = rf * rf
         if anomalous:
+            df = min(df, SPREAD_CLIP * SPREAD_CLIP * ef)
             cf, cs = CLIP * sqrt(ef), CLIP * sqrt(es)
             rf, rs = max(-cf, min(cf, rf)), max(-cs, min(cs, rs))
             var = min(var, CLIP * CLIP * self._w) if self._w > 0 else var
         noise = self._w / n
         a, b = max(self._a, 1.0 / k), max(self._b, 1.0 / k)   # warm: plain means at first
-        self._vf += a * (max(0.0, rf * rf - noise) - self._vf)
-        self._vn += b * (max(0.0, rf * rf - noise) - self._vn)
+        self._vf += a * (max(0.0, df - noise) - self._vf)
+        self._vn += b * (max(0.0, df - noise) - self._vn)
         grown = self._vs * (1 + SLOW_GROWTH * CLIP * CLIP * b) + self._vf * (b > self._b)
         self._vs += b * (max(0.0, rs * rs - noise) - self._vs)
         self._vs = min(self._vs, max(grown, self._vf))
@@ -128,9 +133,9 @@ class QuantityBaseline:
         self._ls += b * rs
         self._w += a * (var - self._w)
         self.n = k
-        # The fast level away from the slow one by more than CLIP of its noise, for most of
-        # adopt_windows: a level that persisted, the new normal for the slow horizon too.
-        if (self._lf - self._ls) ** 2 > CLIP * CLIP * (ef - max(self._vf, self._vn) + self._vn):
+        # The fast level away from the slow one by more than CLIP of its recent spread, for
+        # most of adopt_windows: a level that persisted, the new normal for the slow horizon.
+        if (self._lf - self._ls) ** 2 > CLIP * CLIP * (ef - max(self._vf, self._vn) + self._vf):
             self._streak += 1
             if self._streak >= self._adopt:
                 self._ls, self._vs, self._streak = self._lf, max(self._vs, self._vf), 0
