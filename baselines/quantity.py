@@ -54,9 +54,6 @@ CLIP = 3.0
 SPREAD_CLIP = 10.0
 #: The floor of a level's spread, relative to the level.
 FLOOR_REL = 1e-3
-#: The slow spread grows by at most CLIP² × this many of its own weights per window, so a
-#: ramp of window means (each step within the fast spread) cannot teach it the ramp.
-SLOW_GROWTH = 1.0
 
 
 class QuantityBaseline:
@@ -126,16 +123,16 @@ class QuantityBaseline:
         a, b = max(self._a, 1.0 / k), max(self._b, 1.0 / k)   # warm: plain means at first
         self._vf += a * (max(0.0, df - noise) - self._vf)
         self._vn += b * (max(0.0, df - noise) - self._vn)
-        grown = self._vs * (1 + SLOW_GROWTH * CLIP * CLIP * b) + self._vf * (b > self._b)
-        self._vs += b * (max(0.0, rs * rs - noise) - self._vs)
-        self._vs = min(self._vs, max(grown, self._vf))
+        # The slow spread learns at most CLIP fast spreads: a ramp cannot become its own yardstick.
+        self._vs += b * (max(0.0, min(rs * rs, CLIP * CLIP * ef) - noise) - self._vs)
         self._lf += a * rf
         self._ls += b * rs
         self._w += a * (var - self._w)
         self.n = k
-        # The fast level away from the slow one by more than CLIP of its recent spread, for
+        # The fast level away from the slow one by more than CLIP of its usual spread, for
         # most of adopt_windows: a level that persisted, the new normal for the slow horizon.
-        if (self._lf - self._ls) ** 2 > CLIP * CLIP * (ef - max(self._vf, self._vn) + self._vf):
+        base = ef - max(self._vf, self._vn)
+        if (self._lf - self._ls) ** 2 > CLIP * CLIP * (base + min(self._vf, self._vn)):
             self._streak += 1
             if self._streak >= self._adopt:
                 self._ls, self._vs, self._streak = self._lf, max(self._vs, self._vf), 0
