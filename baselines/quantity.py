@@ -11,7 +11,8 @@ the plain mean and variance of what it has seen. The slow horizon's spread grows
 bounded factor per window, so a slow ramp does not become its own yardstick.
 
 Windows judged anomalous still teach it (there is no lock-out), with bounded influence: the
-window mean is clipped to ``CLIP`` standard errors from each level. One spike barely moves it::
+window mean is clipped to ``CLIP`` standard errors from each level (for the fast level, until
+``PERSIST`` anomalous windows in a row lean the same way). One spike barely moves it::
 
 >>> b = QuantityBaseline(fast=0.1, slow=0.01, adopt_windows=60)
 >>> import random
@@ -54,11 +55,14 @@ CLIP = 3.0
 SPREAD_CLIP = 10.0
 #: The floor of a level's spread, relative to the level.
 FLOOR_REL = 1e-3
+#: After this many consecutive anomalous windows on the same side, the fast level learns them
+#: unclipped: a shift that persists is followed, a spike of a window or two is not.
+PERSIST = 3
 
 
 class QuantityBaseline:
-    __slots__ = ("_a", "_adopt", "_b", "_lf", "_ls", "_prev", "_res", "_streak", "_vf", "_vn",
-                 "_vs", "_w", "n")
+    __slots__ = ("_a", "_adopt", "_b", "_lf", "_ls", "_prev", "_res", "_run", "_streak", "_vf",
+                 "_vn", "_vs", "_w", "n")
 
     def __init__(self, fast: float, slow: float, adopt_windows: int = 120) -> None:
         self._a = fast
@@ -70,7 +74,8 @@ class QuantityBaseline:
         self._w = 0.0                  # per-event variance within a window
         self._prev = 0.0               # the last window mean, and the smallest step seen
         self._res = 0.0
-        self._streak = 0               # recent anomalous windows (leaky count)
+        self._streak = 0               # recent windows with the fast level off the slow one
+        self._run = 0                  # consecutive anomalous windows, signed by their side
         self.n = 0
 
     def expected(self, slow: bool = False) -> float:
@@ -114,10 +119,16 @@ class QuantityBaseline:
         ef, es = self._se2(n)
         rf, rs = m - self._lf, m - self._ls
         df = rf * rf
-        if anomalous:
+        if not anomalous:
+            self._run = 0
+        else:
+            side = 1 if rf > 0 else -1
+            self._run = self._run + side if self._run * side > 0 else side
             df = min(df, SPREAD_CLIP * SPREAD_CLIP * ef)
             cf, cs = CLIP * sqrt(ef), CLIP * sqrt(es)
-            rf, rs = max(-cf, min(cf, rf)), max(-cs, min(cs, rs))
+            if abs(self._run) < PERSIST:
+                rf = max(-cf, min(cf, rf))
+            rs = max(-cs, min(cs, rs))
             var = min(var, CLIP * CLIP * self._w) if self._w > 0 else var
         noise = self._w / n
         a, b = max(self._a, 1.0 / k), max(self._b, 1.0 / k)   # warm: plain means at first
