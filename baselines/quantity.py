@@ -44,6 +44,7 @@ True
 
 from __future__ import annotations
 
+from array import array
 from math import sqrt
 
 __all__ = ["QuantityBaseline"]
@@ -58,13 +59,19 @@ FLOOR_REL = 1e-3
 #: After this many consecutive anomalous windows on the same side, the fast level learns them
 #: unclipped: a shift that persists is followed, a spike of a window or two is not.
 PERSIST = 3
+#: Learning rate of a time-of-day bin per visit (as for volume).
+SEASON_RATE = 0.02
+#: The time-of-day cycle is used once a whole period has been seen and it leaves at most this
+#: share of the spread around the slow level (a series without a daily cycle never uses it).
+SEASON_SHARE = 0.5
 
 
 class QuantityBaseline:
-    __slots__ = ("_a", "_adopt", "_b", "_lf", "_ls", "_prev", "_res", "_run", "_streak", "_vf",
-                 "_vn", "_vs", "_w", "n")
+    __slots__ = ("_a", "_adopt", "_b", "_bins", "_fit", "_lf", "_ls", "_period", "_prev", "_res",
+                 "_run", "_season", "_streak", "_t", "_vf", "_vn", "_vs", "_w", "n")
 
-    def __init__(self, fast: float, slow: float, adopt_windows: int = 120) -> None:
+    def __init__(self, fast: float, slow: float, adopt_windows: int = 120, bins: int = 24,
+                 period: float = 86400.0) -> None:
         self._a = fast
         self._b = slow
         self._adopt = adopt_windows
@@ -76,7 +83,25 @@ class QuantityBaseline:
         self._res = 0.0
         self._streak = 0               # recent windows with the fast level off the slow one
         self._run = 0                  # consecutive anomalous windows, signed by their side
+        # Time of day (only when the caller gives window times): offset per bin from the slow
+        # level, the first and last time seen, and the spread around the slow level without
+        # and with the offsets.
+        self._season = array("d", bytes(8 * bins))
+        self._bins, self._period = bins, period
+        self._t = [-1.0, -1.0]
+        self._fit = [0.0, 0.0]
         self.n = 0
+
+    def _bin(self, t: float) -> int:
+        return int((t % self._period) / self._period * self._bins)
+
+    def seasonal(self) -> bool:
+        """Whether the time-of-day cycle is in use (chosen from the data)."""
+        return (self._t[1] - self._t[0] >= self._period
+                and self._fit[1] <= SEASON_SHARE * self._fit[0])
+
+    def _offset(self, t: float | None) -> float:
+        return self._season[self._bin(t)] if t is not None and self.seasonal() else 0.0
 
     def expected(self, slow: bool = False) -> float:
         return self._ls if slow else self._lf
@@ -92,21 +117,27 @@ class QuantityBaseline:
         # spread never falls below the spread around the fast level over the slow horizon.
         return base + max(self._vf, self._vn), base + max(self._vs, self._vn)
 
-    def score_one(self, n: float, s: float, q: float) -> tuple[float, float]:
-        """Scores of a window with ``n`` values summing to ``s`` (squares to ``q``)."""
+    def score_one(self, n: float, s: float, q: float, t: float | None = None
+                  ) -> tuple[float, float]:
+        """Scores of a window with ``n`` values summing to ``s`` (squares to ``q``), starting
+        at ``t`` (epoch seconds; None: no time of day)."""
         if n <= 0 or not self.n:
             return 0.0, 0.0
-        m = s / n
+        m = s / n - self._offset(t)
         ef, es = self._se2(n)
         return (m - self._lf) / sqrt(ef), (m - self._ls) / sqrt(es)
 
-    def learn_one(self, n: float, s: float, q: float, anomalous: bool = False) -> None:
+    def learn_one(self, n: float, s: float, q: float, anomalous: bool = False,
+                  t: float | None = None) -> None:
         """Learn a window; an ``anomalous`` one with bounded influence (see the module)."""
         if n <= 0:
             return
         m = s / n
         var = max(0.0, q / n - m * m)
         k = self.n + 1
+        if t is not None:
+            self._learn_season(m, t, anomalous)
+            m -= self._offset(t)
         if self.n == 0:
             self._lf = self._ls = self._prev = m
             self._w = var
@@ -149,3 +180,17 @@ class QuantityBaseline:
                 self._ls, self._vs, self._streak = self._lf, max(self._vs, self._vf), 0
         elif self._streak:
             self._streak -= 1
+
+    def _learn_season(self, m: float, t: float, anomalous: bool) -> None:
+        if self._t[0] < 0:
+            self._t[0] = t
+        self._t[1] = t
+        if not self.n:
+            return
+        i = self._bin(t)
+        r = m - self._ls
+        b = max(self._b, 1.0 / self.n)   # over the slow horizon: a whole cycle, not its phase
+        self._fit[0] += b * (r * r - self._fit[0])
+        self._fit[1] += b * ((r - self._season[i]) ** 2 - self._fit[1])
+        if not anomalous:    # an anomalous window does not teach the cycle
+            self._season[i] += SEASON_RATE * (r - self._season[i])

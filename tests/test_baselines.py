@@ -212,6 +212,39 @@ def test_quantity_recurring_bursts_become_normal_spread() -> None:
 
 
 def test_quantity_state_stays_small() -> None:
-    b = QuantityBaseline(FAST, SLOW)
-    _drive(b, [float(i % 7) for i in range(2000)])
-    assert len(codec.dumps(b)) < 400 and not hasattr(b, "__dict__")
+    import tracemalloc
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    bs = [QuantityBaseline(FAST, SLOW) for _ in range(200)]
+    for b in bs:
+        for i in range(100):
+            b.learn_one(1.0, float(i % 7), float(i % 7) ** 2, anomalous=i % 9 == 0, t=i * 60.0)
+    resident = (tracemalloc.get_traced_memory()[0] - before) / len(bs)
+    tracemalloc.stop()
+    assert resident < 2048 and len(codec.dumps(bs[0])) < 1024
+    assert not hasattr(bs[0], "__dict__")
+
+
+def test_quantity_learns_a_daily_cycle_where_there_is_one() -> None:
+    """Given window times, a daily cycle of ±5 sd stops being news; a step still is. A series
+    without a cycle does not use the time of day (the choice is made from the data)."""
+    rng = random.Random(9)
+    cyc, flat = QuantityBaseline(FAST, SLOW), QuantityBaseline(FAST, SLOW)
+
+    def level(t: float) -> float:
+        return 20.0 + 5.0 * math.sin(2 * math.pi * t / 86400)
+
+    worst = 0.0
+    for w in range(4 * 1440):
+        t = w * 60.0
+        x, y = rng.gauss(level(t), 1.0), rng.gauss(20.0, 1.0)
+        z = max(cyc.score_one(*_one(x), t=t), key=abs)
+        if w >= 3 * 1440:
+            worst = max(worst, abs(z))
+        cyc.learn_one(*_one(x), anomalous=abs(z) >= 5, t=t)
+        flat.learn_one(*_one(y), t=t)
+    assert cyc.seasonal() and not flat.seasonal()
+    assert worst < 5
+    t = 4 * 1440 * 60.0
+    assert cyc.score_one(*_one(level(t) + 10.0), t=t)[0] > 5
