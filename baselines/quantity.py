@@ -1,82 +1,207 @@
 """Baseline of a per-event quantity (tokens, latency), scored on a window's mean.
 
-The score divides the shift of the window mean by its standard error, which has two parts:
-the per-event spread over √n (few events, little evidence) and the window-to-window spread
-of the mean that normal traffic shows anyway.
+The score divides the shift of the window mean by its standard error, which has three parts:
+the per-event spread over √n (few events, little evidence), the window-to-window spread of the
+mean that normal traffic shows anyway, and a floor (a thousandth of the level, or half the
+smallest step the values have taken), so a constant stretch does not make any change look
+infinitely unlikely.
 
->>> b = QuantityBaseline(fast=0.1, slow=0.01)
+Both horizons start warm: until a horizon has seen 1/rate windows, its level and spread are
+the plain mean and variance of what it has seen. The slow horizon's spread grows by at most a
+bounded factor per window, so a slow ramp does not become its own yardstick.
+
+Windows judged anomalous still teach it (there is no lock-out), with bounded influence: the
+window mean is clipped to ``CLIP`` standard errors from each level (for the fast level, until
+``PERSIST`` anomalous windows in a row lean the same way). One spike barely moves it::
+
+>>> b = QuantityBaseline(fast=0.1, slow=0.01, adopt_windows=60)
 >>> import random
 >>> rng = random.Random(1)
->>> for _ in range(60):
-...     xs = [rng.gauss(300, 60) for _ in range(50)]
-...     b.learn_one(len(xs), sum(xs), sum(x * x for x in xs))
->>> round(b.expected() / 10) * 10
+>>> def window(mu, n=50):
+...     xs = [rng.gauss(mu, 60) for _ in range(n)]
+...     return len(xs), sum(xs), sum(x * x for x in xs)
+>>> for _ in range(200):
+...     b.learn_one(*window(300))
+>>> before = b.expected(); round(before / 10) * 10
 300
 >>> b.score_one(50, 50 * 900, 50 * 900 ** 2)[0] > 10    # output tripled
 True
 >>> abs(b.score_one(2, 2 * 340, 2 * 340 ** 2)[0]) < 2  # two slightly long outputs
 True
+>>> b.learn_one(50, 50 * 900, 50 * 900 ** 2, anomalous=True)
+>>> abs(b.expected() - before) < 5                      # a spike barely moves it
+True
+
+...while a level that persists is adopted, by the slow horizon too, within ``adopt_windows``:
+
+>>> z = [b.score_one(*w)[1] for w in [window(600)]]
+>>> for _ in range(100):
+...     w = window(600)
+...     b.learn_one(*w, anomalous=max(map(abs, b.score_one(*w))) >= 5)
+>>> z[0] > 10, [round(e / 10) * 10 for e in (b.expected(), b.expected(slow=True))]
+(True, [600, 600])
 """
 
 from __future__ import annotations
 
+from array import array
 from math import sqrt
-
-from baselines.ewmean import WarmEWMean
 
 __all__ = ["QuantityBaseline"]
 
+#: An anomalous window teaches the baseline as if it were this many standard errors away.
+CLIP = 3.0
+#: ...and teaches the spreads as if it were at most this many: recurring bursts become
+#: part of the spread, while one burst cannot blind the baseline for long.
+SPREAD_CLIP = 10.0
+#: The floor of a level's spread, relative to the level.
+FLOOR_REL = 1e-3
+#: After this many consecutive anomalous windows on the same side, the fast level learns them
+#: unclipped: a shift that persists is followed, a spike of a window or two is not.
+PERSIST = 3
+#: Learning rate of a time-of-day bin per visit (as for volume).
+SEASON_RATE = 0.02
+#: The time-of-day cycle is used once a whole period has been seen and it leaves at most this
+#: share of the spread around the slow level (a series without a daily cycle never uses it).
+SEASON_SHARE = 0.5
+
 
 class QuantityBaseline:
-    __slots__ = ("_between_fast", "_between_slow", "_fast", "_mf", "_ms", "_slow", "_w",
-                 "_within", "n")
+    __slots__ = ("_a", "_adopt", "_b", "_bins", "_fit", "_lf", "_ls", "_period", "_prev", "_res",
+                 "_run", "_season", "_streak", "_t", "_vf", "_vn", "_vs", "_w", "n")
 
-    def __init__(self, fast: float, slow: float) -> None:
-        self._fast = WarmEWMean(fast)      # of window means
-        self._slow = WarmEWMean(slow)
-        self._within = WarmEWMean(fast)    # of within-window per-event variance
-        self._between_fast = 0.0             # excess variance of window means between windows
-        self._between_slow = 0.0
+    def __init__(self, fast: float, slow: float, adopt_windows: int = 120, bins: int = 24,
+                 period: float = 86400.0) -> None:
+        self._a = fast
+        self._b = slow
+        self._adopt = adopt_windows
+        self._lf = self._ls = 0.0      # levels (means of window means)
+        self._vf = self._vs = 0.0      # excess variance of window means between windows
+        self._vn = 0.0                 # the fast one's, remembered over the slow horizon
+        self._w = 0.0                  # per-event variance within a window
+        self._prev = 0.0               # the last window mean, and the smallest step seen
+        self._res = 0.0
+        self._streak = 0               # recent windows with the fast level off the slow one
+        self._run = 0                  # consecutive anomalous windows, signed by their side
+        # Time of day (only when the caller gives window times): offset per bin from the slow
+        # level, the first and last time seen, and the spread around the slow level without
+        # and with the offsets.
+        self._season = array("d", bytes(8 * bins))
+        self._bins, self._period = bins, period
+        self._t = [-1.0, -1.0]
+        self._fit = [0.0, 0.0]
         self.n = 0
-        self._mf = self._ms = self._w = 0.0   # cached means, refreshed per learned window
+
+    def _bin(self, t: float) -> int:
+        return int((t % self._period) / self._period * self._bins)
+
+    def seasonal(self) -> bool:
+        """Whether the time-of-day cycle is in use (chosen from the data)."""
+        return (self._t[1] - self._t[0] >= self._period
+                and self._fit[1] <= SEASON_SHARE * self._fit[0])
+
+    def _offset(self, t: float | None) -> float:
+        return self._season[self._bin(t)] if t is not None and self.seasonal() else 0.0
 
     def expected(self, slow: bool = False) -> float:
-        return self._ms if slow else self._mf
+        return self._ls if slow else self._lf
 
-    def score_one(self, n: float, s: float, q: float) -> tuple[float, float]:
-        """Scores of a window with ``n`` values summing to ``s`` (squares to ``q``)."""
+    def _floor(self) -> float:
+        f = max(FLOOR_REL * abs(self._lf), self._res / 2)
+        return f * f if f > 0 else 1e-12
+
+    def _se2(self, n: float) -> tuple[float, float]:
+        """Squared standard errors of a mean of ``n`` values, fast and slow."""
+        base = self._w / n + self._floor()
+        # A calm stretch does not make the next burst of a bursty series look new: the fast
+        # spread never falls below the spread around the fast level over the slow horizon.
+        return base + max(self._vf, self._vn), base + max(self._vs, self._vn)
+
+    def score_one(self, n: float, s: float, q: float, t: float | None = None
+                  ) -> tuple[float, float]:
+        """Scores of a window with ``n`` values summing to ``s`` (squares to ``q``), starting
+        at ``t`` (epoch seconds; None: no time of day)."""
         if n <= 0 or not self.n:
             return 0.0, 0.0
-        m = s / n
-        noise = self._w / n + 1e-9
-        return ((m - self._mf) / sqrt(noise + self._between_fast),
-                (m - self._ms) / sqrt(noise + self._between_slow))
+        m = s / n - self._offset(t)
+        ef, es = self._se2(n)
+        return (m - self._lf) / sqrt(ef), (m - self._ls) / sqrt(es)
 
     def rebase(self, n: float, s: float, q: float) -> None:
-        """Adopt a new normal: the mean (and spread) of ``n`` values summing to ``s``."""
+        """Adopt a new normal: the mean and per-event spread of ``n`` values summing to ``s``
+        (squares to ``q``), in both horizons at once."""
         if n <= 0:
             return
         m = s / n
-        for h in (self._fast, self._slow):
-            h.reset_to(m)
-        self._within.reset_to(max(0.0, q / n - m * m))
-        self._between_slow = self._between_fast
-        self._mf, self._ms, self._w = self._fast.get(), self._slow.get(), self._within.get()
+        self._lf = self._ls = self._prev = m
+        self._w = max(0.0, q / n - m * m)
+        self._vs = max(self._vs, self._vf)
+        self._streak = self._run = 0
 
-    def learn_one(self, n: float, s: float, q: float, anomalous: bool = False) -> None:
-        if n <= 0 or anomalous:
+    def learn_one(self, n: float, s: float, q: float, anomalous: bool = False,
+                  t: float | None = None) -> None:
+        """Learn a window; an ``anomalous`` one with bounded influence (see the module)."""
+        if n <= 0:
             return
         m = s / n
-        if self.n:
-            noise = self._w / n
-            a = self._fast.fading_factor
-            b = self._slow.fading_factor
-            ex_f = max(0.0, (m - self._mf) ** 2 - noise)
-            ex_s = max(0.0, (m - self._ms) ** 2 - noise)
-            self._between_fast = (1 - a) * self._between_fast + a * ex_f
-            self._between_slow = (1 - b) * self._between_slow + b * ex_s
-        self._fast.update(m)
-        self._slow.update(m)
-        self._within.update(max(0.0, q / n - m * m))
-        self.n += 1
-        self._mf, self._ms, self._w = self._fast.get(), self._slow.get(), self._within.get()
+        var = max(0.0, q / n - m * m)
+        k = self.n + 1
+        if t is not None:
+            self._learn_season(m, t, anomalous)
+            m -= self._offset(t)
+        if self.n == 0:
+            self._lf = self._ls = self._prev = m
+            self._w = var
+            self.n = 1
+            return
+        step = abs(m - self._prev)
+        if step > 0 and (self._res == 0 or step < self._res):
+            self._res = step
+        self._prev = m
+        ef, es = self._se2(n)
+        rf, rs = m - self._lf, m - self._ls
+        df = rf * rf
+        if not anomalous:
+            self._run = 0
+        else:
+            side = 1 if rf > 0 else -1
+            self._run = self._run + side if self._run * side > 0 else side
+            df = min(df, SPREAD_CLIP * SPREAD_CLIP * ef)
+            cf, cs = CLIP * sqrt(ef), CLIP * sqrt(es)
+            if abs(self._run) < PERSIST:
+                rf = max(-cf, min(cf, rf))
+            rs = max(-cs, min(cs, rs))
+            var = min(var, CLIP * CLIP * self._w) if self._w > 0 else var
+        noise = self._w / n
+        a, b = max(self._a, 1.0 / k), max(self._b, 1.0 / k)   # warm: plain means at first
+        self._vf += a * (max(0.0, df - noise) - self._vf)
+        self._vn += b * (max(0.0, df - noise) - self._vn)
+        # The slow spread learns at most CLIP fast spreads: a ramp cannot become its own yardstick.
+        self._vs += b * (max(0.0, min(rs * rs, CLIP * CLIP * ef) - noise) - self._vs)
+        self._lf += a * rf
+        self._ls += b * rs
+        self._w += a * (var - self._w)
+        self.n = k
+        # The fast level away from the slow one by more than CLIP of its usual spread, for
+        # most of adopt_windows: a level that persisted, the new normal for the slow horizon.
+        base = ef - max(self._vf, self._vn)
+        if (self._lf - self._ls) ** 2 > CLIP * CLIP * (base + min(self._vf, self._vn)):
+            self._streak += 1
+            if self._streak >= self._adopt:
+                self._ls, self._vs, self._streak = self._lf, max(self._vs, self._vf), 0
+        elif self._streak:
+            self._streak -= 1
+
+    def _learn_season(self, m: float, t: float, anomalous: bool) -> None:
+        if self._t[0] < 0:
+            self._t[0] = t
+        self._t[1] = t
+        if not self.n:
+            return
+        i = self._bin(t)
+        r = m - self._ls
+        b = max(self._b, 1.0 / self.n)   # over the slow horizon: a whole cycle, not its phase
+        self._fit[0] += b * (r * r - self._fit[0])
+        self._fit[1] += b * ((r - self._season[i]) ** 2 - self._fit[1])
+        if not anomalous:    # an anomalous window does not teach the cycle
+            self._season[i] += SEASON_RATE * (r - self._season[i])

@@ -124,6 +124,9 @@ class Stage2:
         self.next_window: int | None = None
         self.late_partials = 0
         self.windows_closed = 0
+        # Optional sink of every scored (window, level, cohort, decision), e.g. replay's
+        # --scores-out; None costs nothing on the hot path.
+        self.on_decision: Callable[[int, int, tuple[str, ...], Decision], None] | None = None
         # For a cohort at level i > 0, the positions of its parent's fields.
         self._up = [()] + [
             tuple(self.levels[i].index(f) for f in self.levels[i - 1])
@@ -210,6 +213,10 @@ class Stage2:
         for key, ds in decisions.items():
             for signal in self.scorer.learn(parts[key], self.models[key], ds):
                 adopted.append((signal, key[0], key[1]))
+        if self.on_decision is not None:
+            for key, ds in decisions.items():
+                for d in ds:
+                    self.on_decision(w, key[0], key[1], d)
         reps = self._representatives(decisions)
         out: list[dict[str, Any]] = []
         for a_key in adopted:

@@ -2,7 +2,9 @@
 
 Each input line is one Kafka message's value: a trace event or a JSON array batch. Alerts are
 written as JSON Lines; the same input and config give byte-identical output. Replay never
-pages anyone: the config's Alertmanager and Kafka sinks are not used here.
+pages anyone: the config's Alertmanager and Kafka sinks are not used here. With
+``--scores-out`` every scored (window, cohort, signal) is written too, alert or not: what a
+benchmark or a threshold study needs.
 """
 
 from __future__ import annotations
@@ -18,13 +20,15 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any
 
+from detector.alerts import iso
 from detector.config import Config, ConfigError, load_config
 from detector.events import Rejection, too_large
 from detector.pipeline import Pipeline
+from detector.scoring import Decision
 from detector.sinks.jsonl import JsonlSink
 from detector.tracefile import Oversized, TraceFileError, open_traces, read_lines
 
-__all__ = ["ReplaySummary", "add_arguments", "replay", "run"]
+__all__ = ["ReplaySummary", "add_arguments", "replay", "run", "score_record"]
 
 #: Lines handed to the core at once, like one consumer fetch: a fixed number, so the output
 #: is the same on every run (windows close at block boundaries).
@@ -65,6 +69,24 @@ class ReplaySummary:
         return "\n".join(rows)
 
 
+def score_record(config: Config, window: int, level: int, cohort: tuple[str, ...],
+                 d: Decision) -> dict[str, Any]:
+    """One scored (window, cohort, signal): the window and cohort, then every field of the
+    :class:`Decision` as it is (a field added to it appears here unchanged).
+
+    >>> from detector.config import load_config
+    >>> d = Decision("latency_ms", 6.5, 900.0, 300.0, 5.0, True, 12)
+    >>> r = score_record(load_config(None), 2, 0, ("chat", "prod"), d)
+    >>> r["window_start"], r["window_end"], r["cohort"], r["anomalous"]
+    ('1970-01-01T00:02:00.000Z', '1970-01-01T00:03:00.000Z', {'app': 'chat', \
+'environment': 'prod'}, True)
+    """
+    size = config.windows.size_seconds
+    return {"window_start": iso(window * size), "window_end": iso((window + 1) * size),
+            "level": level, "cohort": dict(zip(config.cohorts.levels[level], cohort, strict=True)),
+            **d._asdict()}
+
+
 def replay(
     lines: Iterable[bytes | Oversized],
     config: Config,
@@ -74,10 +96,15 @@ def replay(
     progress: IO[str] | None = None,
     clock: Callable[[], float] = time.monotonic,
     progress_every: float = 5.0,
+    scores: Callable[[dict[str, Any]], None] | None = None,
 ) -> ReplaySummary:
     """Run the core over ``lines`` (see :func:`detector.tracefile.read_lines`); hand every
-    alert emission to ``emit``."""
+    alert emission to ``emit`` and, if given, every scored (window, cohort, signal) to
+    ``scores`` as a :func:`score_record`."""
     pipe = Pipeline(config)
+    if scores is not None:
+        pipe.stage2.on_decision = lambda w, level, cohort, d: scores(
+            score_record(config, w, level, cohort, d))
     skipped: list[Rejection] = []   # over-long lines, each at its place in the block
     s = ReplaySummary()
     ids: set[str] = set()
@@ -144,6 +171,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="config file (default: the packaged config/detector.toml)")
     p.add_argument("--alerts-out", help="write alerts here as JSON Lines (default: stdout)")
     p.add_argument("--dead-letter", help="write rejected events here with their reasons")
+    p.add_argument("--scores-out", help="write every scored (window, cohort, signal) here as "
+                   "JSON Lines: window, cohort, observed, expected, score, threshold, decision")
     p.add_argument("--quiet", action="store_true", help="no progress line or summary table")
 
 
@@ -161,6 +190,8 @@ def run(args: argparse.Namespace) -> int:
                               if args.alerts_out else sys.stdout.buffer)
             dlq = (stack.enter_context(Path(args.dead_letter).open("wb"))
                    if args.dead_letter else None)
+            scored = (JsonlSink(stack.enter_context(Path(args.scores_out).open("wb")))
+                      if args.scores_out else None)
         except OSError as e:
             print(f"detector replay: {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
@@ -168,12 +199,15 @@ def run(args: argparse.Namespace) -> int:
         try:
             lines = read_lines(open_traces(src, args.path), config.input.max_message_bytes)
             summary = replay(lines, config, sink.emit, dead_letter=dlq,
-                             progress=None if args.quiet else sys.stderr)
+                             progress=None if args.quiet else sys.stderr,
+                             scores=scored.emit if scored else None)
         except TraceFileError as e:
             print(f"detector replay: {args.path}: {e}", file=sys.stderr)
             return 2
         finally:
             sink.flush()
+            if scored:
+                scored.flush()
     if not args.quiet:
         print(summary.table(), file=sys.stderr)
     return 0

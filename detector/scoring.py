@@ -164,7 +164,7 @@ class Scorer:
         if sig.kind == "rate":
             return RateBaseline(self.fast, self.slow, self.max_disp, self.adopt_after)
         if sig.kind == "quantity":
-            return QuantityBaseline(self.fast, self.slow)
+            return QuantityBaseline(self.fast, self.slow, self.adopt_after, self.bins, self.period)
         return VolumeBaseline(self.fast, self.slow, self.bins, self.period, self.max_disp)
 
     def _baseline(self, sig: Signal, own: CohortModel, parent: CohortModel | None
@@ -181,13 +181,14 @@ class Scorer:
 
     # -- scoring ----------------------------------------------------------------------------
     @staticmethod
-    def _candidates(b: Baseline, kind: str, x: float, y: float, q: float, k: float
-                    ) -> list[tuple[float, bool, float]]:
-        """(score, from the slow horizon?, count) for both horizons."""
+    def _candidates(b: Baseline, kind: str, x: float, y: float, q: float, k: float,
+                    t: float) -> list[tuple[float, bool, float]]:
+        """(score, from the slow horizon?, count) for both horizons; ``t`` the window's
+        start (a quantity's time of day)."""
         if kind == "rate":
             zf, zs = b.score_one(x, y)  # type: ignore[call-arg]
         else:
-            zf, zs = b.score_one(x, y, q)  # type: ignore[call-arg]
+            zf, zs = b.score_one(x, y, q, t)  # type: ignore[call-arg]
         return [(zf, False, k), (zs, True, k)]
 
     def score(self, p: Partial, own: CohortModel, parent: CohortModel | None,
@@ -219,7 +220,7 @@ class Scorer:
             else:
                 x, y, q = ((k, n, 0.0) if sig.kind == "rate"
                            else (n, c[sig.den] / SCALE, c[sig.sq] / SCALE2))
-                cands = self._candidates(b, sig.kind, x, y, q, k)
+                cands = self._candidates(b, sig.kind, x, y, q, k, t0)
                 # Multi-window evidence: the last three consecutive windows together, so a
                 # tenfold rise on a small cohort is not missed for want of counts in one.
                 prev = own.recent.get(name)
@@ -227,7 +228,7 @@ class Scorer:
                     for w, px, py, pq in prev:
                         if w >= p.window - 2:
                             x, y, q = x + px, y + py, q + pq
-                    agg = self._candidates(b, sig.kind, x, y, q, x)  # x: the summed count
+                    agg = self._candidates(b, sig.kind, x, y, q, x, t0)  # x: the summed count
                     # ...but only while this window on its own leans the same way, so one
                     # bad window is not stretched into three windows of "persistence".
                     half = t / 2
@@ -384,7 +385,7 @@ class Scorer:
                 building = d is not None and abs(d.evidence) >= self._building[name]
                 b.learn_one(x, n, slow=not (drifting or building))  # type: ignore[call-arg]
             elif kind == "quantity":
-                b.learn_one(n, y, q, anomalous=guarded)  # type: ignore[call-arg]
+                b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)  # type: ignore[call-arg]
             else:
                 b.learn_one(n, w * self.size)  # type: ignore[call-arg]
         if not dec or not any(d.anomalous for d in decisions):

@@ -134,3 +134,117 @@ def test_codec_round_trips_and_refuses_foreign_classes() -> None:
         assert len(codec.dumps(b)) < 2048
     with pytest.raises(pickle.UnpicklingError):
         codec.loads(pickle.dumps(random.Random(1)))
+
+
+# -- the quantity baseline on one value per window (issue 12: baselines that hold on real data) --
+
+FAST, SLOW = fading_factor(30), fading_factor(720)
+
+
+def _one(x: float) -> tuple[float, float, float]:
+    return 1.0, x, x * x
+
+
+def _drive(b: QuantityBaseline, xs: list[float], threshold: float = 5.0) -> list[float]:
+    """Score then learn each value as the scorer does: the larger score decides, and an
+    anomalous window is learned as such. Returns the scores."""
+    out = []
+    for x in xs:
+        z = max(b.score_one(*_one(x)), key=abs)
+        out.append(z)
+        b.learn_one(*_one(x), anomalous=abs(z) >= threshold)
+    return out
+
+
+def test_quantity_after_a_constant_stretch_a_small_change_is_news_not_infinity() -> None:
+    b = QuantityBaseline(FAST, SLOW)
+    for _ in range(300):
+        b.learn_one(*_one(45.0))
+    z = max(b.score_one(*_one(46.0)), key=abs)        # 2 % up after hours of exactly 45
+    assert 5 < z < 100                                 # was ~3e7: sqrt(1e-9) as the spread
+
+
+def test_quantity_slow_horizon_starts_warm() -> None:
+    rng = random.Random(5)
+    b = QuantityBaseline(FAST, SLOW)
+    for _ in range(100):
+        b.learn_one(*_one(rng.gauss(10.0, 1.0)))
+    ratios = [abs(zs / zf) for zf, zs in (b.score_one(*_one(10.0 + d)) for d in (-3, 3))]
+    assert all(0.6 < r < 1.6 for r in ratios)          # was ~7: the slow spread started at 0
+
+
+def test_quantity_spike_barely_moves_it_and_a_persisting_level_is_adopted() -> None:
+    rng = random.Random(6)
+    b = QuantityBaseline(FAST, SLOW, adopt_windows=120)
+    _drive(b, [rng.gauss(10.0, 1.0) for _ in range(1500)])
+    before = b.expected(), b.expected(slow=True)
+    assert _drive(b, [40.0])[0] > 20                   # one spike: flagged...
+    assert abs(b.expected() - before[0]) < 0.5         # ...and barely learned
+    z = _drive(b, [rng.gauss(20.0, 1.0) for _ in range(300)])
+    assert z[0] > 5                                    # a level shift is flagged at once...
+    assert max(map(abs, z[-60:])) < 5                  # ...and adopted, not paged for ever
+    assert abs(b.expected() - 20) < 1 and abs(b.expected(slow=True) - 20) < 1
+
+
+def test_quantity_slow_horizon_sees_a_ramp_it_does_not_learn() -> None:
+    """Each step is well within the noise; the slow horizon still flags the climb."""
+    rng = random.Random(7)
+    b = QuantityBaseline(FAST, SLOW)
+    _drive(b, [rng.gauss(50.0, 1.0) for _ in range(1500)])
+    ramp = [rng.gauss(50.0 + 0.05 * i, 1.0) for i in range(240)]   # +12 sd over 4 hours
+    zf, zs = [], []
+    for x in ramp:
+        f, s = b.score_one(*_one(x))
+        zf.append(f)
+        zs.append(s)
+        b.learn_one(*_one(x), anomalous=max(abs(f), abs(s)) >= 5)
+    assert max(map(abs, zf)) < 5 <= max(zs)    # the fast horizon follows it; the slow does not
+
+
+def test_quantity_recurring_bursts_become_normal_spread() -> None:
+    """A series with a burst every ~40 windows: the bursts stop looking new."""
+    rng = random.Random(8)
+    b = QuantityBaseline(FAST, SLOW)
+    xs = [rng.gauss(1.0, 0.05) + (2.0 if i % 40 == 0 else 0.0) for i in range(4000)]
+    z = _drive(b, xs)
+    bursts = sorted(abs(z[i]) for i in range(2000, 4000, 40))     # each is 40 sd of the calm
+    assert 3 < bursts[len(bursts) // 2] < 10                          # was ~40: never learned
+
+
+def test_quantity_state_stays_small() -> None:
+    import tracemalloc
+
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    bs = [QuantityBaseline(FAST, SLOW) for _ in range(200)]
+    for b in bs:
+        for i in range(100):
+            b.learn_one(1.0, float(i % 7), float(i % 7) ** 2, anomalous=i % 9 == 0, t=i * 60.0)
+    resident = (tracemalloc.get_traced_memory()[0] - before) / len(bs)
+    tracemalloc.stop()
+    assert resident < 2048 and len(codec.dumps(bs[0])) < 1024
+    assert not hasattr(bs[0], "__dict__")
+
+
+def test_quantity_learns_a_daily_cycle_where_there_is_one() -> None:
+    """Given window times, a daily cycle of ±5 sd stops being news; a step still is. A series
+    without a cycle does not use the time of day (the choice is made from the data)."""
+    rng = random.Random(9)
+    cyc, flat = QuantityBaseline(FAST, SLOW), QuantityBaseline(FAST, SLOW)
+
+    def level(t: float) -> float:
+        return 20.0 + 5.0 * math.sin(2 * math.pi * t / 86400)
+
+    worst = 0.0
+    for w in range(4 * 1440):
+        t = w * 60.0
+        x, y = rng.gauss(level(t), 1.0), rng.gauss(20.0, 1.0)
+        z = max(cyc.score_one(*_one(x), t=t), key=abs)
+        if w >= 3 * 1440:
+            worst = max(worst, abs(z))
+        cyc.learn_one(*_one(x), anomalous=abs(z) >= 5, t=t)
+        flat.learn_one(*_one(y), t=t)
+    assert cyc.seasonal() and not flat.seasonal()
+    assert worst < 5
+    t = 4 * 1440 * 60.0
+    assert cyc.score_one(*_one(level(t) + 10.0), t=t)[0] > 5

@@ -171,3 +171,33 @@ def test_other_compressed_or_broken_input_is_refused_clearly(traces: Path,
     notgz.write_bytes(traces.read_bytes())
     r = _replay(str(notgz))
     assert r.returncode == 2 and "Not a gzipped file" in r.stderr
+def test_scores_out_writes_every_scored_window_with_its_decision(traces: Path,
+                                                                 tmp_path: Path) -> None:
+    """--scores-out: one line per scored (window, cohort, signal), alert or not, carrying
+    every field of the scoring Decision; the anomalous ones are the windows that paged."""
+    from detector.scoring import Decision
+
+    out, scores = tmp_path / "a.jsonl", tmp_path / "s.jsonl"
+    subprocess.run([*DETECTOR, "replay", str(traces), "--alerts-out", str(out),
+                    "--scores-out", str(scores), "--quiet"], check=True)
+    rows = [orjson.loads(x) for x in scores.read_bytes().splitlines()]
+    assert len(rows) > 100
+    assert all(set(Decision._fields) <= r.keys() for r in rows)
+    assert {tuple(sorted(r["cohort"])) for r in rows} == {("app", "environment"),
+                                                          ("app", "environment", "tenant")}
+    assert {r["level"] for r in rows} == {0, 1}
+    refusal = [r for r in rows if r["signal"] == "refusal_rate" and r["level"] == 1]
+    starts = [r["window_start"] for r in refusal]
+    assert starts == sorted(starts) and len(set(starts)) == len(starts)
+    assert all(r["window_end"] > r["window_start"] and r["window_start"].endswith("Z")
+               for r in refusal)
+    flagged = {r["window_start"] for r in refusal if r["anomalous"]}
+    assert flagged and all(abs(r["score"]) >= r["threshold"] * 0.6 for r in refusal
+                           if r["anomalous"])
+    assert any(not r["anomalous"] for r in refusal)
+    alerts = [orjson.loads(x) for x in out.read_bytes().splitlines()]
+    paged = {a["window"]["start"] for a in alerts if a["signal"] == "refusal_rate"
+             and a["status"] == "firing"}
+    assert paged and paged <= {r["window_start"] for r in rows
+                               if r["signal"] == "refusal_rate" and r["anomalous"]}
+    assert b"do not keep me" not in scores.read_bytes()
