@@ -364,10 +364,31 @@ _ALLOWED = {
 }
 
 
+class _V1Quantity:
+    """QuantityBaseline as e45989b pickled it (a fast and a slow WarmEWMean of window means,
+    one of within-window variance, and two excess between-window variances)."""
+
+    __slots__ = ("_between_fast", "_between_slow", "_fast", "_mf", "_ms", "_slow", "_w",
+                 "_within", "n")
+
+    def upgrade(self) -> QuantityBaseline:
+        """The same levels, spreads and count in today's QuantityBaseline."""
+        new = QuantityBaseline(self._fast.fading_factor, self._slow.fading_factor)
+        new._lf = new._prev = float(self._fast.get())
+        new._ls = float(self._slow.get())
+        new._vf = float(self._between_fast)
+        new._vs = new._vn = float(self._between_slow)
+        new._w = float(self._within.get())
+        new.n = int(self.n)
+        return new
+
+
 class _Restricted(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in _ALLOWED:
             raise LegacyStateError(f"refusing to load {module}.{name}")
+        if (module, name) == ("baselines.quantity", "QuantityBaseline"):
+            return _V1Quantity   # its slots have changed since: upgraded after loading
         return super().find_class(module, name)
 
 
@@ -376,6 +397,8 @@ def loads_v1(data: bytes) -> Any:
     added since, the current river classes."""
     try:
         obj = _Restricted(io.BytesIO(data)).load()
+        if isinstance(obj, _V1Quantity):
+            obj = obj.upgrade()
         value = encode(obj)
     except LegacyStateError:
         raise

@@ -130,17 +130,28 @@ class RateBaseline:
             den.reset_to(n)
         self._refresh()
 
-    def learn_one(self, k: float, n: float, slow: bool = True) -> None:
+    def learn_one(self, k: float, n: float, slow: bool = True, anomalous: bool = False
+                  ) -> None:
         """Learn a window; ``slow=False`` keeps it out of the slow horizon (the caller saw
-        the fast horizon drifting away from it: a ramp must not become the norm)."""
+        the fast horizon drifting away from it: a ramp must not become the norm), and after
+        ``adopt_after`` such windows in a row the slow horizon takes the fast one's level. An
+        ``anomalous`` window teaches the fast horizon only, with bounded influence: its count
+        winsorised at two (over-dispersed) standard deviations of what the fast horizon
+        expects, so a one-window spike barely moves it and a level that persists moves it
+        window by window (adopting that level is the caller's: it sees the episode)."""
         if n <= 0:
             return
+        if anomalous:
+            mu = n * self._pf
+            sd = sqrt(self._disp.get() * max(mu, 1.0))
+            k = min(k, mu + 2.0 * sd) if k > mu else max(k, mu - 2.0 * sd)
         if self.n:
             self._disp.update(poisson_score(k, n * self._pf))
-        for num, den in (self._fast, self._slow) if slow else (self._fast,):
+        for num, den in (self._fast, self._slow) if slow and not anomalous else (self._fast,):
             num.update(k)
             den.update(n)
-        self._frozen = 0 if slow else self._frozen + 1
+        if not anomalous:
+            self._frozen = 0 if slow else self._frozen + 1
         if self._frozen >= self._adopt:
             (fnum, fden), (snum, sden) = self._fast, self._slow
             snum.reset_to(fnum.get())

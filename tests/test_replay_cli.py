@@ -109,7 +109,8 @@ def _replay(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProce
 
 def test_blank_lines_are_counted_not_rejected(tmp_path: Path) -> None:
     p = tmp_path / "t.jsonl"
-    p.write_bytes(b'{"ts": 1, "operation": "chat"}\n\n  \r\n{"ts": 2, "operation": "chat"}\n\t\n')
+    p.write_bytes(b'{"ts": 1767571200, "operation": "chat"}\n\n  \r\n'
+                  b'{"ts": 1767571201, "operation": "chat"}\n\t\n')
     r = _replay(str(p))
     assert r.returncode == 0
     assert re.search(r"lines read +5\n +blank +3\n", r.stderr), r.stderr

@@ -72,21 +72,42 @@ def _t(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
-def test_a_permanent_shift_is_adopted_and_its_alert_says_so(config) -> None:
-    """Output tokens ×1.6 for good: the alert that fires resolves when the baseline adopts the
-    new level (under two hours, with the adoption in its summary), and nothing fires again."""
-    lines = stream(420, per_minute=40, effect=_tokens(180, 1.6), seed=3)
-    alerts = [a for a in _alerts(config, lines) if a["signal"] == "output_tokens"]
-    assert any(a["status"] == "firing" for a in alerts)
+def _refusals(rise_from: int, rate: float):
+    def effect(minute: int, _cohort: dict[str, str]) -> dict[str, Any]:
+        return {"refusal": rate} if minute >= rise_from else {}
+    return effect
+
+
+@pytest.mark.parametrize(("signal", "effect"), [
+    ("output_tokens", _tokens(180, 1.6)),      # a new model that answers at more length
+    ("refusal_rate", _refusals(180, 0.15)),    # a stricter policy: triple the refusals
+])
+def test_a_permanent_shift_stops_firing_within_two_hours(config, signal, effect) -> None:
+    """A level that persists: every alert on it resolves within two hours of event time (no
+    lock-out), and the last hour is quiet: the level is the new normal."""
+    alerts = [a for a in _alerts(config, stream(420, per_minute=40, effect=effect, seed=3))
+              if a["signal"] == signal]
+    assert any(a["status"] == "firing" and a["severity"] == "sev2" for a in alerts)
     ends = {a["id"]: a for a in alerts if a["status"] == "resolved"}
     for a in alerts:
         assert a["id"] in ends, f"{a['id']} still firing at the end: locked out"
         end = ends[a["id"]]
         assert _t(end["ends_at"]) - _t(end["starts_at"]) <= 2 * 3600
-    adopted = [a for a in ends.values() if a["resolution"] == "baseline_adopted"]
-    assert adopted and "adopted the new level" in adopted[0]["summary"]
-    last_end = max(_t(a["ends_at"]) for a in ends.values())
-    assert last_end < T0 + 420 * 60 - 3600      # quiet for the last hour: the level is normal
+    assert max(_t(a["ends_at"]) for a in ends.values()) < T0 + 420 * 60 - 3600
+
+
+def test_an_anomalous_episode_is_adopted_and_the_alert_says_so(config) -> None:
+    """Refusals tripled for good: the counts are too clear for the fast horizon to follow
+    unaided (it learns them winsorised), so the episode is adopted after
+    adopt_after_windows and the alert resolves saying so, child and parent together."""
+    alerts = _alerts(config, stream(420, per_minute=40, effect=_refusals(180, 0.15), seed=3))
+    mine = [a for a in alerts if a["signal"] == "refusal_rate"]
+    (end,) = [a for a in mine if a["status"] == "resolved"]
+    assert end["resolution"] == "baseline_adopted"
+    assert "the baseline adopted the new level" in end["summary"]
+    took = (_t(end["ends_at"]) - _t(end["starts_at"])) / 60
+    assert config.baselines.adopt_after_windows - 5 <= took <= config.baselines.adopt_after_windows
+    assert len({a["id"] for a in mine}) == 1     # the parent adopted with its child
 
 
 def test_a_spike_barely_moves_the_baseline(config) -> None:
