@@ -11,7 +11,8 @@ default except for the mapping: only ``latency_ms`` enabled, direction "both", m
 No per-file tuning. From ``--scores-out`` it writes NAB's result files for two detectors:
 
 - ``aimdraw``: the row's |score| mapped monotonically into [0, 1) as x / (1 + x), x = |z| / 5;
-- ``aimddecide``: 1 where the project judged the window anomalous, else 0.
+- ``aimddecide``: 1 where the project judged the window anomalous, else 0;
+- ``aimdalert``: 1 where the project raised or escalated an alert (what it tells a person).
 
 Rows the project did not score (warm-up) get 0. With ``--nab`` (NAB's tree, see
 shared/nab/README.md) the files go to ``$NAB/results`` and NAB's scorer is run on both and on
@@ -37,10 +38,10 @@ from typing import Any, NamedTuple
 import orjson
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path("/work/shared/nab")
+SHARED = ROOT.parent / "shared" / "nab"   # shared/ of the steering repo, beside the clone
 EPOCH = 1_704_067_200          # 2024-01-01T00:00:00Z, on a window boundary
 SIGNAL = "latency_ms"
-DETECTORS = ("aimdraw", "aimddecide")
+DETECTORS = ("aimdraw", "aimddecide", "aimdalert")
 TIMEOUT_S = 900                # per file; the largest (22,695 rows) takes well under that
 FINAL = re.compile(r"Final score for '(\w+)' detector on '(\w+)' profile = (-?[\d.]+)")
 PROFILES = ("standard", "reward_low_FP_rate", "reward_low_FN_rate")
@@ -52,6 +53,7 @@ class FileResult(NamedTuple):
     values: list[str]          # as written in the data file
     raw: list[float]           # per row, [0, 1)
     decide: list[int]          # per row, 0 or 1
+    alert: list[int]           # per row, 1 where an alert starts or escalates
     clamped: int               # negative values sent as 0
     scored: int                # rows the project scored (past warm-up)
 
@@ -91,6 +93,7 @@ def run_file(data: Path, name: str, config: Path, work: Path) -> FileResult:
     ts, values = read_series(data / name)
     stem = name.replace("/", "__")
     events, scores = work / f"{stem}.jsonl", work / f"{stem}.scores.jsonl"
+    alerts = work / f"{stem}.alerts.jsonl"
     clamped = 0
     with events.open("wb") as f:
         for i, v in enumerate(values):
@@ -102,7 +105,7 @@ def run_file(data: Path, name: str, config: Path, work: Path) -> FileResult:
                                   "environment": "bench", "tenant": "nab",
                                   SIGNAL: x}) + b"\n")
     subprocess.run([sys.executable, "-m", "detector.cli", "replay", str(events), "--config",
-                    str(config), "--scores-out", str(scores), "--alerts-out", "/dev/null",
+                    str(config), "--scores-out", str(scores), "--alerts-out", str(alerts),
                     "--quiet"], check=True, timeout=TIMEOUT_S, cwd=ROOT)
     raw = [0.0] * len(values)
     decide = [0] * len(values)
@@ -116,14 +119,20 @@ def run_file(data: Path, name: str, config: Path, work: Path) -> FileResult:
         raw[i] = x / (1.0 + x)
         decide[i] = int(r["anomalous"])
         scored += 1
-    events.unlink()
-    scores.unlink()
-    return FileResult(name, ts, values, raw, decide, clamped, scored)
+    alert = [0] * len(values)
+    for line in alerts.read_bytes().splitlines():
+        a = orjson.loads(line)
+        if a["status"] == "firing" and "tenant" not in a["cohort"]:   # level 0, as above
+            i = (int(datetime.fromisoformat(a["window"]["start"]).timestamp()) - EPOCH) // 60
+            alert[i] = 1
+    for f in (events, scores, alerts):
+        f.unlink()
+    return FileResult(name, ts, values, raw, decide, alert, clamped, scored)
 
 
 def write_results(results: Path, r: FileResult) -> None:
     category, fname = r.name.split("/")
-    for det, col in zip(DETECTORS, (r.raw, r.decide), strict=True):
+    for det, col in zip(DETECTORS, (r.raw, r.decide, r.alert), strict=True):
         out = results / det / category / f"{det}_{fname}"
         out.parent.mkdir(parents=True, exist_ok=True)
         with out.open("w", newline="") as f:

@@ -136,9 +136,6 @@ class Scorer:
         # per pair); cohort overrides scale the window score's.
         self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count,
                         config.signal(s.name).threshold) for s in self.signals]
-        # Evidence past half the sequential threshold (in standard units): a shift may be
-        # starting, and the slow horizon waits to see before it learns the window.
-        self._building = {s.name: to_standard(nats_for(t) / 2) for s, _, _, t in self._specs}
 
     # -- thresholds -------------------------------------------------------------------------
     def thresholds(self, level: int, cohort: tuple[str, ...]) -> dict[str, float]:
@@ -382,13 +379,12 @@ class Scorer:
                 if guarded:
                     b.learn_one(x, n, anomalous=True)  # type: ignore[call-arg]
                     continue
-                # The slow horizon stays out of it while the fast one drifts away from it, or
-                # while sequential evidence builds (a rare event's reference would otherwise
-                # learn the first hits of the very wave it is measuring).
+                # The slow horizon stays out of it while the fast one drifts away from it. (Not
+                # while sequential evidence merely builds: a rare event's reference would learn
+                # none of its own hits, sink, and build evidence out of nothing.)
                 drifting = (sig.flags and b.n >= self.warmup
                             and abs(b.drift_score(x, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
-                building = d is not None and abs(d.evidence) >= self._building[name]
-                b.learn_one(x, n, slow=not (drifting or building))  # type: ignore[call-arg]
+                b.learn_one(x, n, slow=not drifting)  # type: ignore[call-arg]
             elif kind == "quantity":
                 b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)  # type: ignore[call-arg]
             else:

