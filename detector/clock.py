@@ -6,8 +6,11 @@ everyone: after one stamped a year ahead (or in milliseconds) every real event i
 
 - if it can be seconds since the epoch of a trace event at all (2000 to 2100, see
   :func:`implausible`: a number in milliseconds, microseconds or nanoseconds is named so),
-- and if it is at most ``bound`` seconds (the allowed lateness) ahead of event time: that far,
-  one event cannot make a punctual event late. A timestamp further ahead is held until other
+- and if it is at most ``bound`` seconds ahead of event time (stage 1 passes a window, or the
+  allowed lateness if longer: that far, one event can make late only events more than a
+  window behind, and a sparse source, an event a minute, needs nobody's word for each one;
+  ``tests/test_clock.py`` holds and refuses jumps of minutes to years). A timestamp further
+  ahead is held until other
   messages corroborate the jump (at least :data:`QUORUM` messages held that outnumber the
   messages that came in on the old time meanwhile: traffic resuming after a silence does that;
   one wild event, one producer's batch, or a producer in the minority never does) and is

@@ -61,8 +61,13 @@ class Stage1:
 
     def __init__(self, config: Config, clock: Callable[[], float] | None = None) -> None:
         self.agg = Aggregator(config)
+        # One timestamp may move event time by a window (or the lateness, if longer): a
+        # sparse source, one event a minute, is believed as it comes and its last events are
+        # not left uncorroborated at the end; a wild clock (minutes, years, milliseconds)
+        # is still held or refused.
+        w = config.windows
         self.event_clock = EventClock(
-            config.windows.allowed_lateness_seconds, wall=clock,
+            max(w.allowed_lateness_seconds, w.size_seconds), wall=clock,
             max_future=math.inf if clock is None else config.input.max_future_seconds)
         self.rules = HardRules(config)
         self.max_bytes = config.input.max_message_bytes
