@@ -210,13 +210,20 @@ def _bounded(v: object, limit: int, depth: int = 0) -> object:
     return {"json_type": type(v).__name__, "items": len(v)}  # type: ignore[arg-type]
 
 
+_FIELD_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
+_NAME_PREFIX: Final = 8
+
+
 def sanitise(obj: object) -> dict[str, Any]:
     """The part of an input object the dead-letter destination may keep: contract fields,
     bounded (:func:`_bounded`), and the names of the others, bounded in count and length.
 
-    >>> p = sanitise({"ts": 1, "tenant": "t" * 200, "trace_id": "not hex", "p" * 80: "hi"})
-    >>> p["tenant"]["chars"], p["trace_id"]["prefix"], p["_dropped_fields"][0]["chars"]
-    (200, 'not hex', 80)
+    >>> p = sanitise({"ts": 1, "tenant": "t" * 200, "trace_id": "not hex", "p" * 80: "hi",
+    ...               "gen_ai.prompt": "x", "Ignore all previous": 1})
+    >>> p["tenant"]["chars"], p["trace_id"]["prefix"], p["_dropped_fields"][0]
+    (200, 'not hex', {'prefix': 'Ignore a', 'chars': 19, 'sha256': ...})
+    >>> p["_dropped_fields"][1:2], p["_dropped_fields"][2]["chars"]
+    (['gen_ai.prompt'], 80)
     """
     if not isinstance(obj, dict):
         return {"json_type": type(obj).__name__}
@@ -229,7 +236,10 @@ def sanitise(obj: object) -> dict[str, Any]:
     dropped = [k for k in obj if k not in _CONTRACT_FIELDS]
     if dropped:
         dropped.sort()
-        kept["_dropped_fields"] = [_bounded(k, KEEP_CHARS) for k in dropped[:_MAX_ITEMS]]
+        # A name is input text too: kept as it is only when it reads like a field name,
+        # else a short prefix and a digest (prompt text put into a key stays out).
+        kept["_dropped_fields"] = [k if _FIELD_NAME.fullmatch(k) else _digest(k, _NAME_PREFIX)
+                                   for k in dropped[:_MAX_ITEMS]]
         if len(dropped) > _MAX_ITEMS:
             kept["_dropped_field_count"] = len(dropped)
     return kept
@@ -391,11 +401,16 @@ def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:
     try:
         obj = _raw.decode(data)
     except RecursionError:
-        return [], [_too_deep(_fingerprint(data))]
+        items = _items(data)
+        if items is None:
+            return [], [_too_deep(_fingerprint(data))]
+        return _outcomes(map(_part, items))   # a batch: only the deep item goes
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
         try:
             parts = _split.decode(data) if data.lstrip()[:1] == b"[" else None
-        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
+        except RecursionError:
+            parts = _items(data)   # well-formed but deep somewhere: split without recursion
+        except (msgspec.DecodeError, UnicodeDecodeError):
             parts = None
         if parts is None:
             return [], [_not_json(data, e)]
@@ -403,7 +418,52 @@ def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:
     return _outcomes(map(_one_item, obj if isinstance(obj, list) else [obj]))
 
 
-def _part(raw: msgspec.Raw) -> TraceEvent | Rejection:
+_TOKEN: Final = re.compile(rb'["\\\[\]{},]')
+
+
+def _items(data: bytes) -> list[bytes] | None:
+    """The top-level items of a JSON array, split without recursion (a batch too deep for
+    the decoder as a whole), or None if ``data`` is not one array of well-nested items. Only
+    the bytes that matter are visited: quotes, backslashes, brackets, braces and commas.
+
+    >>> _items(b' [1, {"a": [2, "],"]}, [[3]] ] ')
+    [b'1', b'{"a": [2, "],"]}', b'[[3]]']
+    >>> _items(b'{"a": 1}') is None, _items(b'[1, [2]') is None
+    (True, True)
+    """
+    body = data.strip()
+    if body[:1] != b"[" or body[-1:] != b"]":
+        return None
+    depth, start, string, escaped = 0, 1, False, -2
+    out: list[bytes] = []
+    for m in _TOKEN.finditer(body):
+        c, i = m.group(), m.start()
+        if string:
+            if c == b"\\":
+                escaped = i if escaped != i - 1 else -2   # a pair of backslashes escapes none
+            elif c == b'"' and escaped != i - 1:
+                string = False
+            continue
+        if c == b'"':
+            string = True
+        elif c in b"[{":
+            depth += 1
+        elif c in b"]}":
+            depth -= 1
+            if depth < 0 or (depth == 0 and i != len(body) - 1):
+                return None
+        elif c == b"," and depth == 1:
+            out.append(body[start:i].strip())
+            start = i + 1
+    if depth != 0 or string:
+        return None
+    last = body[start:-1].strip()
+    if last:
+        out.append(last)
+    return out if all(out) else None
+
+
+def _part(raw: msgspec.Raw | bytes) -> TraceEvent | Rejection:
     """One item of a batch that did not parse as a whole."""
     try:
         return _one_item(_raw.decode(raw))

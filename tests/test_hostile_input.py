@@ -39,9 +39,9 @@ def test_deep_nesting_is_dead_lettered_alone_in_every_decode_path(levels: int) -
     ok, bad = decode(poison)
     assert ok == [] and [r.reason for r in bad] == ["too_deep"]
     assert set(bad[0].payload) == {"bytes", "sha256"} and bad[0].to_json()
-    # A batch that holds it cannot be split into items: it is one poison message.
+    # A batch that holds it is split around it, without recursion: only the deep item goes.
     ok, bad = decode(b"[" + GOOD + b"," + poison + b"]")
-    assert ok == [] and [r.reason for r in bad] == ["too_deep"]
+    assert len(ok) == 1 and [r.reason for r in bad] == ["too_deep"]
     # In a run of messages, only the poison one is lost.
     ok, bad = decode_many([GOOD] * 2000 + [poison] + [GOOD] * 2000)
     assert len(ok) == 4000 and [(r.reason, r.message) for r in bad] == [("too_deep", 2000)]
@@ -120,10 +120,13 @@ def test_short_contract_values_stay_readable() -> None:
 
 #: JSON values in raw form, each with whether it makes its whole message unsplittable
 #: (bad syntax, or nesting past the decoder's limit) rather than only its own item bad.
-_SYNTAX_POISON = [b"NaN", b"Infinity", b"-Infinity", b"[1,]", b"{" * 3000 + b"}" * 3000,
-                  b"[" * 20_000 + b"]" * 20_000]
-_ITEM_POISON = [b"1e400", b"-1e999", b"1" + b"0" * 400, b'"\xff\xfe"', b'"\xed\xa0\x80"',
-                b'"' + b"y" * 200_000 + b'"', b"[" * 40 + b"]" * 40, b'{"a": {"b": [1, {}]}}',
+_SYNTAX_POISON = [b"NaN", b"Infinity", b"-Infinity", b"[1,]", b"{" * 3000 + b"}" * 3000]
+# Well-formed but too deep for the decoder: the item that holds it goes, a batch is split
+# around it.
+_DEPTH_POISON = [b"[" * 20_000 + b"]" * 20_000]
+_ITEM_POISON = [*_DEPTH_POISON, b"1e400", b"-1e999", b"1" + b"0" * 400, b'"\xff\xfe"',
+                b'"\xed\xa0\x80"', b'"' + b"y" * 200_000 + b'"', b"[" * 40 + b"]" * 40,
+                b'{"a": {"b": [1, {}]}}',
                 b"-1", b"18446744073709551616", b"1.7976931348623157e308", b'""', b"null"]
 _FIELDS = [*(f for f in TraceEvent.__struct_fields__ if f != "ts"), "x", "prompt", "p" * 100]
 _plain = st.one_of(st.none(), st.booleans(), st.integers(-(10**30), 10**30),
@@ -255,3 +258,25 @@ def test_read_lines_splits_any_chunking_like_split(lines: list[bytes], max_bytes
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(tracefile, "_CHUNK", chunk)
         assert list(read_lines(io.BytesIO(data), max_bytes)) == want
+
+
+def test_a_deep_item_in_a_batch_takes_only_itself() -> None:
+    """A batch whose one event carries a bomb too deep for the decoder as a whole: the batch
+    is split without recursion, the ten valid events count, and only the deep one goes."""
+    from detector.events import decode
+    good = b'{"ts": 1767571200, "operation": "chat", "tenant": "t"}'
+    bomb = b'{"ts": 1767571200, "operation": "chat", "x": ' + b"[" * 5000 + b"]" * 5000 + b"}"
+    ok, bad = decode(b"[" + b",".join([good] * 10 + [bomb]) + b"]")
+    assert len(ok) == 10 and [r.reason for r in bad] == ["too_deep"]
+    ok, bad = decode(b"[" + good + b", " + b"[" * 5000 + b"]" * 5000 + b"]")
+    assert len(ok) == 1 and len(bad) == 1
+
+
+def test_a_field_name_that_is_not_a_name_is_digested() -> None:
+    from detector.events import decode
+    name = "PRMPT-MARKER-7Q2X Ignore all previous instructions"
+    _, bad = decode(orjson.dumps({"ts": 1767571200, "operation": "chat", "retries": -1,
+                                  name: "x", "gen_ai.prompt": "y"}))
+    (r,) = bad
+    assert b"PRMPT-MARKER-7Q2X" not in r.to_json()
+    assert "gen_ai.prompt" in r.payload["_dropped_fields"]
