@@ -66,7 +66,7 @@ class RateBaseline:
         # The windows the sums stand for: the horizon, or fewer while it fills, so that a
         # rate known from little data is not taken for exact (a slow horizon that had seen
         # 20 quiet windows would otherwise claim a thousand).
-        w = max(num.weight(), 1.0)
+        w = num.weight()
         return (num.get() * w + _PRIOR_K) / (den.get() * w + _PRIOR_N)
 
     def expected(self, slow: bool = False) -> float:
@@ -113,7 +113,7 @@ class RateBaseline:
         True
         """
         num, den = self._fast
-        w = max(num.weight(), 1.0)
+        w = num.weight()
         k, units = num.get() * w, den.get() * w
         if up:
             return max(self._ps, (k - 2.0 * sqrt(k)) / units if k > 4.0 else 0.0)

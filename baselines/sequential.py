@@ -106,8 +106,11 @@ class Cusum:
         """The upward statistics alone (see :meth:`peek_counts`)."""
         if not self.up and k <= RISE_MIN * mu:
             return _ZEROS   # no design gains from this window: still no evidence
-        return [max(0.0, s + min((k * lr - (r - 1.0) * mu) / disp, cap))
-                for s, r, lr in zip(self._ups, RHO_UP, _LOG_UP, strict=True)]
+        out = []
+        for s, r, lr in zip(self._ups, RHO_UP, _LOG_UP, strict=True):
+            v = s + min((k * lr - (r - 1.0) * mu) / disp, cap)
+            out.append(v if v > 0.0 else 0.0)
+        return out
 
     def peek_down(self, k: float, mu: float, disp: float, cap: float) -> float:
         """The downward statistic alone (see :meth:`peek_counts`)."""
