@@ -275,6 +275,10 @@ def _by_reason(m: dict[Any, float]) -> dict[str, int]:
     for (n, labels), v in m.items():
         if n == "detector_events_rejected_total":
             out[dict(labels)["reason"]] = int(v)
+    # A corrupt record batch is dead-lettered once, as a batch: it has its own counter.
+    corrupt = _total(m, "detector_kafka_corrupt_batches_total")
+    if corrupt:
+        out["corrupt_batch"] = corrupt
     return out
 
 
