@@ -36,10 +36,11 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from math import erfc, exp, isfinite, log
 from statistics import NormalDist
 
-__all__ = ["Cusum", "nats_for", "to_standard"]
+__all__ = ["ZEROS", "Cusum", "nats_for", "to_standard"]
 
 #: Rises the count CUSUM is tuned for (its statistic is the largest of the four): ×3 on a
 #: busy cohort up to ×100 on a rare event.
@@ -47,7 +48,7 @@ RHO_UP = (3.0, 10.0, 30.0, 100.0)
 _LOG_UP = tuple(log(r) for r in RHO_UP)
 #: Below this many times the expected count no upward design gains (ρ = 3's break-even).
 RISE_MIN = min((r - 1.0) / log(r) for r in RHO_UP)
-_ZEROS = [0.0] * len(RHO_UP)
+ZEROS = (0.0,) * len(RHO_UP)   # shared: never kept as a statistic's own list
 #: A fall to a quarter (a collapse of refusals, a dried-up signal).
 RHO_DOWN = 0.25
 _LOG_DOWN = log(RHO_DOWN)
@@ -97,15 +98,15 @@ class Cusum:
         self.up = self.down = 0.0
 
     def peek_counts(self, k: float, mu: float, disp: float, cap: float
-                    ) -> tuple[list[float], float]:
+                    ) -> tuple[Sequence[float], float]:
         """The statistics this window would give (pure): ``k`` events where ``mu`` were
         expected, at over-dispersion ``disp``; one window adds at most ``cap`` nats."""
         return self.peek_up(k, mu, disp, cap), self.peek_down(k, mu, disp, cap)
 
-    def peek_up(self, k: float, mu: float, disp: float, cap: float) -> list[float]:
+    def peek_up(self, k: float, mu: float, disp: float, cap: float) -> Sequence[float]:
         """The upward statistics alone (see :meth:`peek_counts`)."""
         if not self.up and k <= RISE_MIN * mu:
-            return _ZEROS   # no design gains from this window: still no evidence
+            return ZEROS   # no design gains from this window: still no evidence
         out = []
         for s, r, lr in zip(self._ups, RHO_UP, _LOG_UP, strict=True):
             v = s + min((k * lr - (r - 1.0) * mu) / disp, cap)
@@ -125,7 +126,7 @@ class Cusum:
 
     def update_counts(self, k: float, mu: float, disp: float, cap: float) -> None:
         ups, self.down = self.peek_counts(k, mu, disp, cap)
-        self._ups = ups
+        self._ups = list(ups)
         self.up = max(ups)
 
     def update_z(self, z: float, cap: float) -> None:
@@ -151,7 +152,7 @@ class Cusum:
         c.set([float(x) for x in st[:-1]], float(st[-1]))
         return c
 
-    def set(self, ups: list[float], down: float) -> None:
-        self._ups = ups
+    def set(self, ups: Sequence[float], down: float) -> None:
+        self._ups = list(ups)
         self.up = max(ups)
         self.down = down

@@ -10,13 +10,14 @@ that were not anomalous for that signal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from math import expm1
 from typing import NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
-from baselines.sequential import _ZEROS, Cusum, nats_for, to_standard
+from baselines.sequential import ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.partials import SCALE, Partial
@@ -69,7 +70,7 @@ class CohortModel:
         # Sequential evidence per signal, and what this window's scoring would make of it
         # (scoring is pure; learning commits it).
         self.seq: dict[str, Cusum] = {}
-        self.seq_next: dict[str, tuple[list[float], float]] = {}
+        self.seq_next: dict[str, tuple[Sequence[float], float]] = {}
         # An anomalous episode per signal: [first window, last anomalous window, windows,
         # sum x, sum y, sum q] of the windows it judged anomalous (what adoption takes on).
         self.episodes: dict[str, list[float]] = {}
@@ -282,7 +283,7 @@ class Scorer:
         if sig.kind == "rate":
             # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
             disp = b.dispersion()  # type: ignore[union-attr]
-            ups = (_ZEROS if d == "down" else
+            ups = (ZEROS if d == "down" else
                    cus.peek_up(k, n * b.reference(), disp, h / 2))  # type: ignore[union-attr]
             down = (0.0 if d == "up" else
                     cus.peek_down(k, n * b.reference(up=False), disp, h / 2))  # type: ignore[union-attr]
@@ -292,7 +293,7 @@ class Scorer:
         else:
             # A quantity's tails are heavier than its standard score admits: three windows.
             up, down = cus.peek_z(z_fast, h / 3)
-            ups = [up, *_ZEROS[1:]]
+            ups = [up, *ZEROS[1:]]
         rising = up > cus.up and up >= h and d != "down"
         falling = down > cus.down and down >= h and d != "up"
         # A confirmation restarts the statistic half-way (Page's restart after an alarm,
