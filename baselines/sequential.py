@@ -17,8 +17,8 @@ CUSUM is in those terms: the average run length between false alarms on clean tr
 least ``e^h`` windows for a threshold of ``h`` nats, so the default threshold of 5 standard
 units (h = 15.1 nats) means a false alarm per (cohort, signal) less often than every ~3.5 M
 windows, about once in 6.7 years of 60 s windows (``tests/test_sequential.py`` checks it on
-simulated null traffic). One window adds at most a third of the threshold (bounded
-influence), so a confirmation always spans at least three windows, like persistence does.
+simulated null traffic). One window adds at most a bounded share of the threshold (the scorer
+gives a rate's half and a quantity's a third), so one window alone never confirms a shift.
 
 >>> c = Cusum()
 >>> for _ in range(6):                      # 1 hit a window where 0.007 are expected

@@ -4,8 +4,10 @@ Scoring is kept apart from deciding severity and from the alert lifecycle. For e
 this module gives a :class:`Decision`: the calibrated score (standard units, the same scale for
 every signal), whether it crosses the signal's threshold in its direction, and what was observed
 and expected. A fine cohort still warming up is scored against its parent's baseline; volume
-has no such fallback (a tenant's traffic is not its app's). Baselines learn only from windows
-that were not anomalous for that signal.
+has no such fallback (a tenant's traffic is not its app's). Beside the window's score, each
+flag rate and quantity keeps sequential evidence (:mod:`baselines.sequential`). Anomalous
+windows still teach the baselines, with bounded influence, and an anomalous episode that lasts
+``baselines.adopt_after_windows`` is adopted as the new normal.
 """
 
 from __future__ import annotations
@@ -390,7 +392,7 @@ class Scorer:
                 b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)  # type: ignore[call-arg]
             else:
                 b.learn_one(n, w * self.size)  # type: ignore[call-arg]
-        if not dec or not any(d.anomalous for d in decisions):
+        if not any(d.anomalous for d in decisions):
             own.learn_versions(p.versions, w)
         own.windows += 1
         return adopted
