@@ -131,7 +131,7 @@ class Scorer:
         self.config = config
         self.adopt_after = b.adopt_after_windows
         self.resolve_after = config.alerting.resolve_after_clean_windows
-        self._rebaselines = [(int(r.at_epoch() // self.size), r) for r in config.rebaseline]
+        self._rebaselines = [(int(r.at.timestamp() // self.size), r) for r in config.rebaseline]
         self._nats: dict[float, float] = {}
         self._thresholds: dict[tuple[int, tuple[str, ...]], dict[str, float]] = {}
         # Per signal, what scoring needs, looked up once rather than per cohort and window.

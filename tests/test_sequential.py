@@ -148,8 +148,10 @@ def _doc() -> dict[str, Any]:
 
 
 def test_rebaseline_config_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"rebaseline\[0\]\.at: not an RFC 3339 time"):
+    with pytest.raises(ConfigError, match=r"rebaseline\[0\]\.at: Invalid RFC3339"):
         parse_config({**_doc(), "rebaseline": [{"at": "yesterday"}]})
+    with pytest.raises(ConfigError, match=r"rebaseline\[0\]\.at: .*timezone"):
+        parse_config({**_doc(), "rebaseline": [{"at": "2026-01-01T00:00:00"}]})
     with pytest.raises(ConfigError, match=r"rebaseline\[0\]\.match\.colour: not a cohort"):
         parse_config({**_doc(), "rebaseline": [{"at": "2026-01-01T00:00:00Z",
                                                 "match": {"colour": "red"}}]})
