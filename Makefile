@@ -8,7 +8,7 @@ DEMO_SECONDS ?= 180
 
 .PHONY: demo test lint bench clean
 
-$(BIN)/detector: pyproject.toml setup.py detector/_tally.c
+$(BIN)/detector: pyproject.toml setup.py detector/core/_tally.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"

@@ -2,7 +2,7 @@
 
 Each baseline keeps tiny bounded state and follows river's split: ``score_one`` reads,
 ``learn_one`` updates and returns ``None``. Deciding what is anomalous is not their job
-(see ``detector.scoring``).
+(see ``detector.core.scoring``).
 """
 
 from __future__ import annotations

@@ -33,8 +33,8 @@ sys.path[:0] = [str(ROOT / "bench"), str(ROOT / "tests" / "integration")]
 import harness  # noqa: E402
 from stream import P, committed_all, cpu_s, events, hwm_kb, messages, topic_ends  # noqa: E402
 
-from detector.broker import Tansu  # noqa: E402
-from detector.kafka_io import produce  # noqa: E402
+from detector.lab.broker import Tansu  # noqa: E402
+from detector.stream.kafka_io import produce  # noqa: E402
 
 _runs = itertools.count()
 
@@ -62,7 +62,7 @@ def run_once(b: Tansu, tmp: Path, topic: str, v: Variant) -> Run:
         text = text.replace("\n[kafka]\n", f"\n[kafka]\nfetch_max_bytes = {v.fetch_bytes}\n")
     cfg.write_text(text)
     ends = asyncio.run(topic_ends(b.bootstrap, topic))
-    # WorkerProc runs `python -m detector.app` in harness.ROOT, first on the worker's path.
+    # WorkerProc runs `python -m detector.stream.app` in harness.ROOT, first on the worker's path.
     harness.ROOT, root = v.tree, harness.ROOT
     try:
         w = harness.WorkerProc(cfg, tmp / f"{group}.log",

@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
 from hostile import HOSTILE, VALID, problems, report, run_campaign  # noqa: E402
 
-from detector.broker import Tansu  # noqa: E402
+from detector.lab.broker import Tansu  # noqa: E402
 
 
 def main() -> int:

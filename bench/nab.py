@@ -72,7 +72,7 @@ def _toml(v: Any) -> str:
 def nab_config() -> str:
     """The packaged default config with only the mapping changed, as TOML text."""
     from detector.config import load_config
-    from detector.signals import Layout
+    from detector.core.signals import Layout
 
     data = tomllib.loads((ROOT / "config" / "detector.toml").read_text("utf-8"))
     cfg = load_config(None)

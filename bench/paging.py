@@ -2,7 +2,7 @@
 
 For each of ``--incidents`` incidents (one at a time, each in its own tenant): produce one
 unauthorized tool call to the trace topic of a real broker (Tansu, loopback), let the real
-worker (`python -m detector.app`) decode it, fire the hard rule and hand the alert to its
+worker (`python -m detector.stream.app`) decode it, fire the hard rule and hand the alert to its
 Alertmanager sink, and time until Debian's Alertmanager lists it in GET /api/v2/alerts.
 Prints median, p95, p99 and max. Every wait is bounded.
 
@@ -28,7 +28,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "tests" / "integratio
 from harness import WorkerProc, wait_until, write_config  # noqa: E402
 from services import alertmanager, http_json  # noqa: E402
 
-from detector.broker import Tansu, free_port  # noqa: E402
+from detector.lab.broker import Tansu, free_port  # noqa: E402
 
 PER_INCIDENT_TIMEOUT_S = 15.0
 

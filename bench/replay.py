@@ -25,11 +25,12 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.cli import tune_gc
 from detector.config import load_config
-from detector.pipeline import Pipeline, Stage2
-from detector.replay import BLOCK_LINES
-from detector.state import dump_route, load_route, routes
+from detector.core.pipeline import Pipeline
+from detector.core.snapshot import dump_route, load_route, routes
+from detector.core.stage2 import Stage2
+from detector.lab.replay import BLOCK_LINES
+from detector.runtime import tune_gc
 
 #: Lines per turn: the two passes alternate every CHUNK lines, so both see the same machine.
 CHUNK = 64 * BLOCK_LINES
@@ -101,7 +102,7 @@ def main() -> int:
     if args.file:
         path = Path(args.file)
     else:
-        from detector.simulate import simulate
+        from detector.lab.simulate import simulate
 
         tmp = Path(tempfile.mkdtemp(prefix="bench-replay-"))
         hours = 4.0

@@ -31,7 +31,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
 from harness import WorkerProc, produce_lines, wait_until, write_config  # noqa: E402
 
-from detector.broker import Tansu  # noqa: E402
+from detector.lab.broker import Tansu  # noqa: E402
 
 ENV = {"DETECTOR_KAFKA_SESSION_TIMEOUT_SECONDS": "6"}
 
@@ -63,7 +63,7 @@ def run_once(b: Tansu, work: Path, i: int) -> tuple[float, int | None]:
 def demo_once(work: Path) -> tuple[float, int | None]:
     env = {**os.environ, "TMPDIR": str(work), "PYTHONPATH": str(ROOT)}
     with (work / "demo.out").open("wb") as out:
-        p = subprocess.Popen([sys.executable, "-m", "detector.demo", "--duration", "300",
+        p = subprocess.Popen([sys.executable, "-m", "detector.lab.demo", "--duration", "300",
                               "--hours", "1.5"], cwd=ROOT, env=env, stdout=out,
                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         try:

@@ -4,7 +4,7 @@
 
 On bench/stream.py's traffic in 100-event batches, best of ``--repeat``, in µs an event:
 decoding with keys in the contract's order and with sorted keys (and ``orjson.loads`` of the
-same bytes, the baseline), and the counting (detector/_tally.c against
+same bytes, the baseline), and the counting (detector/core/_tally.c against
 ``Counting._add_py``). The runs of each group take turns.
 """
 
@@ -23,10 +23,10 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "integratio
 
 from stream import events  # noqa: E402
 
-from detector import counting  # noqa: E402
 from detector.config import load_config  # noqa: E402
-from detector.events import decode_many  # noqa: E402
-from detector.windows import Aggregator  # noqa: E402
+from detector.core import counting  # noqa: E402
+from detector.core.aggregator import Aggregator  # noqa: E402
+from detector.core.events import decode_many  # noqa: E402
 
 CHUNK = 82   # messages a stage-1 chunk holds at 100 events each (stage1_runner.CHUNK_EVENTS)
 
@@ -50,7 +50,7 @@ def main() -> int:
     args = ap.parse_args()
     n, r = args.events, args.repeat
     if counting._tally is None:
-        raise SystemExit("detector._tally is not built (or DETECTOR_NO_EXTENSIONS is set)")
+        raise SystemExit("detector.core._tally is not built (or DETECTOR_NO_EXTENSIONS is set)")
     evs = events(n)
     srt = [orjson.dumps(orjson.loads(e), option=orjson.OPT_SORT_KEYS) for e in evs]
     batches = {name: [b"[" + b",".join(e[i:i + 100]) + b"]" for i in range(0, n, 100)]

@@ -24,11 +24,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "integratio
 from stream import closers, events  # noqa: E402
 
 from detector.config import load_config  # noqa: E402
-from detector.kafka_io import partition_for  # noqa: E402
-from detector.partials import Partial, combine  # noqa: E402
-from detector.pipeline import Stage1  # noqa: E402
-from detector.stage1_runner import Envelope, decode_envelope, encode_envelope  # noqa: E402
-from detector.stage2_partition import Stage2Partition  # noqa: E402
+from detector.core.partials import Partial, combine  # noqa: E402
+from detector.core.stage1 import Stage1  # noqa: E402
+from detector.stream.kafka_io import partition_for  # noqa: E402
+from detector.stream.stage1_runner import Envelope, decode_envelope, encode_envelope  # noqa: E402
+from detector.stream.stage2_partition import Stage2Partition  # noqa: E402
 
 P = 4
 FLUSH_MESSAGES = 1250

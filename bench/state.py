@@ -4,7 +4,7 @@
 
 Loads one busy route key's state (by default the fixture e45989b wrote: support-agent /
 production after 2 h 20 min of simulated traffic) and prints, for v1 written by e45989b's own
-``detector/state.py`` and ``baselines/codec.py`` (from git) and v2 by today's: bytes per
+``detector/core/snapshot.py`` and ``baselines/codec.py`` (from git) and v2 by today's: bytes per
 (cohort, signal) baseline alone and in the compressed route document, and dump and load time
 per route key (best of ``--repeat``, the formats taking turns), with v2 / v1 ratios. Also the
 one-off load of v1 bytes by today's code (unpickle, then upgrade through v2's checks).
@@ -29,9 +29,9 @@ sys.path[:0] = [str(ROOT)]
 import msgspec  # noqa: E402
 
 from baselines import codec  # noqa: E402
-from detector import state  # noqa: E402
 from detector.config import load_config  # noqa: E402
-from detector.pipeline import Stage2  # noqa: E402
+from detector.core import snapshot as state  # noqa: E402
+from detector.core.stage2 import Stage2  # noqa: E402
 
 V1_COMMIT = "e45989b"
 
@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=200)
     args = ap.parse_args()
     old_codec = _old_module("baselines/codec.py", "old_codec")
-    old = _old_module("detector/state.py", "old_state")
+    old = _old_module("detector/core/snapshot.py", "old_state")
     old.codec = old_codec
     cfg = load_config(None, env=False)
     s = Stage2(cfg)

@@ -49,11 +49,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
 from harness import AlertReader, WorkerProc, write_config  # noqa: E402
 
-from detector.broker import Tansu  # noqa: E402
 from detector.config import load_config  # noqa: E402
-from detector.kafka_io import fetch_highwaters, produce  # noqa: E402
-from detector.pipeline import Pipeline  # noqa: E402
-from detector.replay import BLOCK_LINES  # noqa: E402
+from detector.core.pipeline import Pipeline  # noqa: E402
+from detector.lab.broker import Tansu  # noqa: E402
+from detector.lab.replay import BLOCK_LINES  # noqa: E402
+from detector.stream.kafka_io import fetch_highwaters, produce  # noqa: E402
 
 P = 4
 _runs = itertools.count()

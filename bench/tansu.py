@@ -7,7 +7,7 @@
    consumer of 4 partitions polling with that wait (8 s). Kafka answers a waiting fetch when
    records arrive; Tansu only at its next look (`kafka.fetch_max_wait_seconds`).
 2. Group joins: two consumers join a group at once, ``--joins`` times, without and with
-   :func:`detector.kafka_io.delay_follower_sync`; a join counts as parked when the follower's
+   :func:`detector.stream.kafka_io.delay_follower_sync`; a join counts as parked when the follower's
    SyncGroup took over 0.5 s (Tansu answers a parked one a second later).
 
 Every wait is bounded; loopback only.
@@ -32,8 +32,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests" / "integration")]
 
 from harness import join_two  # noqa: E402
 
-from detector import kafka_io  # noqa: E402
-from detector.broker import Tansu  # noqa: E402
+from detector.lab.broker import Tansu  # noqa: E402
+from detector.stream import kafka_io  # noqa: E402
 
 
 def cpu_s(pid: int) -> float:

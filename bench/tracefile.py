@@ -27,8 +27,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from detector.events import MAX_MESSAGE_BYTES
-from detector.tracefile import open_traces, read_lines
+from detector.core.events import MAX_MESSAGE_BYTES
+from detector.lab.tracefile import open_traces, read_lines
 
 
 def _timed(path: Path, lines_of: Callable[[object], Iterable[object]]) -> tuple[int, float]:
@@ -68,7 +68,7 @@ def main() -> None:
         if args.file:
             path = Path(args.file)
         else:
-            from detector.simulate import simulate
+            from detector.lab.simulate import simulate
 
             hours = 4.0
             simulate(tmp, hours=hours, seed=1, rate=args.events / (hours * 3600))

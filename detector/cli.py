@@ -8,21 +8,20 @@ pays for importing Faust.
 from __future__ import annotations
 
 import argparse
-import gc
 import importlib
 import logging
 import sys
 
-from detector.config import ConfigError, load_config
+from detector.runtime import load_or_report, tune_gc
 
-__all__ = ["main", "tune_gc"]
+__all__ = ["main"]
 
 COMMANDS = {
-    "run": ("detector.app", "run the streaming worker on Kafka"),
-    "replay": ("detector.replay", "run the detector over a recorded JSON Lines file"),
-    "simulate": ("detector.simulate", "write synthetic traffic with labelled incidents"),
-    "demo": ("detector.demo", "embedded broker + worker + simulated incidents, live"),
-    "evaluate": ("detector.evaluate", "score alerts against incident labels"),
+    "run": ("detector.stream.app", "run the streaming worker on Kafka"),
+    "replay": ("detector.lab.replay", "run the detector over a recorded JSON Lines file"),
+    "simulate": ("detector.lab.simulate", "write synthetic traffic with labelled incidents"),
+    "demo": ("detector.lab.demo", "embedded broker + worker + simulated incidents, live"),
+    "evaluate": ("detector.lab.evaluate", "score alerts against incident labels"),
     "check-config": ("detector.cli", "validate a config file"),
 }
 
@@ -32,10 +31,8 @@ def _check_add(p: argparse.ArgumentParser) -> None:
 
 
 def _check_run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
+    cfg = load_or_report(args.file, "check-config")
+    if cfg is None:
         return 2
     enabled = sum(1 for _ in _enabled(cfg))
     print(f"{args.file or 'default config'}: ok ({len(cfg.cohorts.levels)} cohort levels, "
@@ -44,7 +41,7 @@ def _check_run(args: argparse.Namespace) -> int:
 
 
 def _enabled(cfg: object) -> list[str]:
-    from detector.signals import Layout
+    from detector.core.signals import Layout
 
     return [s.name for s in Layout(tuple(cfg.input.safety_labels)).signals  # type: ignore[attr-defined]
             if cfg.signal(s.name).enabled]  # type: ignore[attr-defined]
@@ -65,13 +62,6 @@ def _parser(command: str | None) -> argparse.ArgumentParser:
         elif name == command:
             importlib.import_module(module).add_arguments(sp)
     return p
-
-
-def tune_gc() -> None:
-    """The hot path allocates many short-lived tuples (cohort keys, evidence); with the
-    default threshold of 700 allocations the young generation is scanned every few events.
-    A larger first threshold cuts replay time by ~15 % here; long-lived state is unaffected."""
-    gc.set_threshold(50_000, 50, 100)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -228,7 +228,7 @@ _PATH = re.compile(r" - at `\$\.?(.*)`$")
 
 
 def _semantic_checks(cfg: Config) -> None:
-    from detector.signals import known_signals  # late: signals imports config types
+    from detector.core.signals import known_signals  # late: signals imports config types
 
     win = cfg.windows
     if win.allowed_lateness_seconds > MAX_LATENESS_WINDOWS * win.size_seconds:

@@ -48,7 +48,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from detector.processes import die_with_parent
+from detector.lab.processes import die_with_parent
 
 __all__ = [
     "COHORT",

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from detector.metrics import Metrics
+from detector.obs.metrics import Metrics
 from detector.sinks.alertmanager import (
     AlertmanagerSettings,
     AlertmanagerSink,

@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.config import Config, load_config
-from detector.pipeline import Pipeline, Stage1
+from detector.core.pipeline import Pipeline
+from detector.core.stage1 import Stage1
 from tests.traffic import T0, stream
 
 
@@ -167,7 +168,7 @@ def test_replay_dead_letters_what_the_clock_still_holds_at_the_end(tmp_path: Pat
 def test_a_timestamp_rejection_names_its_own_message(config) -> None:
     """The dead letter's source is the message that carried the bad timestamp, not the first
     of the fetch, and the payload is bounded like every dead letter's."""
-    from detector.pipeline import Stage1
+    from detector.core.stage1 import Stage1
     good = b'{"ts": 1767571200, "operation": "chat", "tenant": "t"}'
     long_tenant = "x" * 100 + "MARKER"
     bad = (b'{"ts": 1767571200123, "operation": "chat", "tenant": "%s"}'

@@ -26,7 +26,7 @@ def test_trace_event_fields_are_the_contracts_in_its_order() -> None:
     TraceEvent), and the simulator writes that order."""
     import json
 
-    from detector.events import TraceEvent
+    from detector.core.events import TraceEvent
 
     schema = json.loads((CONTRACTS / "trace-event.schema.json").read_text())
     assert list(TraceEvent.__struct_fields__) == list(schema["properties"])

@@ -1,4 +1,4 @@
-"""Fetches that skip a corrupt record batch (detector.kafka_io.CorruptBatches), on aiokafka's
+"""Fetches that skip a corrupt record batch (detector.stream.kafka_io.CorruptBatches), on aiokafka's
 own fetch-result reader and record parser, without a broker."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from aiokafka.errors import CorruptRecordException
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 
-from detector.kafka_io import CorruptBatch, CorruptBatches, skip_corrupt_batches
+from detector.stream.kafka_io import CorruptBatch, CorruptBatches, skip_corrupt_batches
 from tests.record_batches import record_batch
 
 TP = TopicPartition("traces", 3)
@@ -70,8 +70,8 @@ def test_stage1_dead_letters_where_a_skipped_batch_was_and_commits_past_it() -> 
     from prometheus_client import CollectorRegistry
 
     from detector.config import load_config
-    from detector.metrics import Metrics
-    from detector.stage1_runner import Stage1Runner, _Source
+    from detector.obs.metrics import Metrics
+    from detector.stream.stage1_runner import Stage1Runner, _Source
 
     cfg = load_config(None, env=False)
     registry = CollectorRegistry()

@@ -1,6 +1,6 @@
 """deploy/: the real promtool/amtool checks, the YAML structure of compose and Kubernetes
 manifests, the rules and routing on the real Prometheus and Alertmanager, and that every
-metric the rules and the dashboard name is one detector/metrics.py exports."""
+metric the rules and the dashboard name is one detector/obs/metrics.py exports."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from detector.metrics import Metrics
+from detector.obs.metrics import Metrics
 
 try:  # tests/ is on sys.path under pytest's default import mode; else tests is a package
     import services as svc
@@ -399,7 +399,7 @@ def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
 
     >>> _dockerignore_excludes(["**", "!detector/**", "**/*.so"], "detector/_tally.so")
     True
-    >>> _dockerignore_excludes(["**", "!detector/**", "**/*.so"], "detector/events.py")
+    >>> _dockerignore_excludes(["**", "!detector/**", "**/*.so"], "detector/core/events.py")
     False
     """
     parts = path.split("/")

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from detector.config import Config
-from detector.pipeline import Pipeline
+from detector.core.pipeline import Pipeline
 from tests.traffic import T0, stream
 
 ACME = {"tenant": "acme", "app": "agent"}
@@ -125,7 +125,8 @@ def test_stage2_in_big_steps_pages_what_replay_pages(config) -> None:
     every hit and partial of the step first, its windows closed after. It must page what a
     replay of the same events pages, alert for alert: here the first incident's later hits
     must not land after the windows before them, or it resolves at once and splits in two."""
-    from detector.pipeline import Stage1, Stage2
+    from detector.core.stage1 import Stage1
+    from detector.core.stage2 import Stage2
 
     def fx(m: int, c: dict) -> dict:
         return {"unauthorized": int(m in (30, 32, 34, 45)), "refusal": 0.3 if m >= 50 else 0.05}
@@ -154,7 +155,7 @@ def test_stage2_in_big_steps_pages_what_replay_pages(config) -> None:
 def test_a_hard_rule_alert_resolves_clean_windows_after_its_last_hit(config) -> None:
     """Clean windows are counted in event time: a window that closes after a hit but lies
     before it is not clean, and a hit older than the last one does not restart the count."""
-    from detector.alerts import Lifecycle
+    from detector.core.lifecycle import Lifecycle
 
     life = Lifecycle(config)
     fin = len(config.cohorts.levels) - 1
@@ -207,9 +208,9 @@ def test_a_new_tenant_is_scored_against_its_parent(config) -> None:
 
 def test_hysteresis_keeps_a_firing_alert_through_a_dip(config) -> None:
     """Between the clear level (0.6 × threshold) and the threshold a firing alert stays up."""
-    from detector.partials import empty_partial
-    from detector.scoring import CohortModel, Scorer
-    from detector.signals import MODEL, REFUSAL
+    from detector.core.partials import empty_partial
+    from detector.core.scoring import CohortModel, Scorer
+    from detector.core.signals import MODEL, REFUSAL
 
     sc = Scorer(config)
     own = CohortModel(0)
@@ -237,7 +238,7 @@ def test_replay_is_deterministic_and_ids_stable(config) -> None:
 
 def test_state_survives_a_restart(config) -> None:
     """Dump stage 2 mid-stream, load it into a fresh instance: the same alerts follow."""
-    from detector.state import dump_route, load_route, routes
+    from detector.core.snapshot import dump_route, load_route, routes
 
     def fx(m: int, c: dict) -> dict:
         return {"refusal": 0.3} if m >= 40 else {}
@@ -268,7 +269,7 @@ def test_cohorts_warm_up(config) -> None:
 def test_a_far_future_timestamp_cannot_hang_or_blind_the_detector(config) -> None:
     """A year-2100 event is dead-lettered (not a plausible time: tests/test_clock.py has the
     rest), in replay and live alike, and traffic goes on being counted."""
-    from detector.pipeline import Stage1
+    from detector.core.stage1 import Stage1
 
     future = orjson.dumps({"ts": 4_102_444_800, "operation": "chat", "tenant": "acme",
                            "app": "agent"})

@@ -27,7 +27,7 @@ import orjson
 import pytest
 
 from detector.config import Config
-from detector.pipeline import Pipeline
+from detector.core.pipeline import Pipeline
 from tests.traffic import T0
 
 WINDOW: Final = 60

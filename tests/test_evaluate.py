@@ -1,4 +1,4 @@
-"""Tests for detector.evaluate: matching, tolerances, severity, false alerts, the CLI."""
+"""Tests for detector.lab.evaluate: matching, tolerances, severity, false alerts, the CLI."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from detector.evaluate import add_arguments, evaluate, render, run
-from detector.simulate import simulate
+from detector.lab.evaluate import add_arguments, evaluate, render, run
+from detector.lab.simulate import simulate
 
 T0 = datetime(2026, 1, 5, tzinfo=UTC)
 W = 60.0

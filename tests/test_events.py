@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
-from detector.events import REASONS, TraceEvent, decode, decode_many
+from detector.core.events import REASONS, TraceEvent, decode, decode_many
 from tests.conftest import CONTRACTS
 
 GOOD = {"ts": "2026-05-10T03:59:35.114Z", "operation": "execute_tool",

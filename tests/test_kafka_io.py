@@ -11,8 +11,8 @@ import orjson
 from aiokafka.structs import TopicPartition
 
 from detector.config import load_config
-from detector.signals import EVENTS
-from detector.stage1_runner import CHUNK_EVENTS, Stage1Runner, _Source, decode_envelope
+from detector.core.signals import EVENTS
+from detector.stream.stage1_runner import CHUNK_EVENTS, Stage1Runner, _Source, decode_envelope
 
 
 def _runner() -> Stage1Runner:
@@ -74,7 +74,7 @@ def test_a_flush_is_due_at_once_when_a_backlog_has_been_read_to_its_end() -> Non
 def test_both_stages_fetch_with_the_configured_wait() -> None:
     """Faust fixes its consumer's fetch wait at 1500 ms; on Tansu, which answers a waiting
     fetch only at its next look, that was a median 428 ms on every stage-2 hop."""
-    from detector.app import Worker  # the only module that imports faust
+    from detector.stream.app import Worker  # the only module that imports faust
 
     cfg = load_config(None, env=False)
     cfg = msgspec.structs.replace(

@@ -1,4 +1,4 @@
-"""detector.metrics: names, types and labels; bounded cohort series; registry isolation;
+"""detector.obs.metrics: names, types and labels; bounded cohort series; registry isolation;
 the /metrics endpoint as the real Prometheus scrapes it."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.events import REASONS
-from detector.metrics import COHORT_OTHER, Metrics, SpaceSaving, attach_faust_sensor, serve
+from detector.core.events import REASONS
+from detector.obs.metrics import COHORT_OTHER, Metrics, SpaceSaving, attach_faust_sensor, serve
 
 try:  # tests/ is on sys.path under pytest's default import mode; else tests is a package
     import services as svc

@@ -176,7 +176,7 @@ def test_scores_out_writes_every_scored_window_with_its_decision(traces: Path,
                                                                  tmp_path: Path) -> None:
     """--scores-out: one line per scored (window, cohort, signal), alert or not, carrying
     every field of the scoring Decision; the anomalous ones are the windows that paged."""
-    from detector.scoring import Decision
+    from detector.core.scoring import Decision
 
     out, scores = tmp_path / "a.jsonl", tmp_path / "s.jsonl"
     subprocess.run([*DETECTOR, "replay", str(traces), "--alerts-out", str(out),

@@ -10,7 +10,7 @@ import pytest
 
 from baselines.sequential import Cusum, nats_for, to_standard
 from detector.config import ConfigError, load_config, parse_config
-from detector.pipeline import Pipeline
+from detector.core.pipeline import Pipeline
 from tests.traffic import T0, stream
 
 
@@ -123,7 +123,7 @@ def test_a_spike_barely_moves_the_baseline(config) -> None:
 
 def test_a_forced_rebaseline_starts_afresh_once_and_keeps_the_rest(config) -> None:
     at = T0 + 300 * 60
-    from detector.alerts import iso
+    from detector.core.lifecycle import iso
     cfg = parse_config({**_doc(), "rebaseline": [
         {"at": iso(at), "match": {"tenant": "acme"}, "signals": ["output_tokens"]}]})
     lines = list(stream(360, per_minute=40, effect=_tokens(300, 1.6), seed=5))

@@ -1,4 +1,4 @@
-"""Tests for detector.simulate: determinism, contract conformance, labels, injected effects."""
+"""Tests for detector.lab.simulate: determinism, contract conformance, labels, injected effects."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 import orjson
 import pytest
 
-from detector.events import MODEL_OPERATIONS, TraceEvent, decode
-from detector.scenarios import DEFAULT_SCENARIOS, World, cycle_factor
-from detector.simulate import SCENARIOS, add_arguments, run, simulate
+from detector.core.events import MODEL_OPERATIONS, TraceEvent, decode
+from detector.lab.scenarios import DEFAULT_SCENARIOS, World, cycle_factor
+from detector.lab.simulate import SCENARIOS, add_arguments, run, simulate
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
 

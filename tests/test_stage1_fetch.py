@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from detector.config import ConfigError, load_config, parse_config
-from detector.kafka_io import CorruptBatches
-from detector.stage1_runner import Stage1Runner
+from detector.stream.kafka_io import CorruptBatches
+from detector.stream.stage1_runner import Stage1Runner
 
 
 class _Record(NamedTuple):

@@ -16,8 +16,8 @@ import pytest
 from river import stats
 
 from baselines import codec
-from detector import state
-from detector.pipeline import Pipeline
+from detector.core import snapshot as state
+from detector.core.pipeline import Pipeline
 from tests.traffic import stream
 
 V1 = Path(__file__).parent / "fixtures" / "state_v1"   # written by e45989b (make_fixture.py)

@@ -1,4 +1,4 @@
-"""The C counting (detector/_tally.c) against the Python counting it accelerates
+"""The C counting (detector/core/_tally.c) against the Python counting it accelerates
 (``Aggregator._add_py``, the reference): the same partials, late counts and watermark for
 any events, including the ones the C path hands back to Python."""
 
@@ -13,11 +13,11 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector import counting
 from detector.config import Config
-from detector.events import TraceEvent, decode_many
-from detector.partials import SCALE, Partial
-from detector.windows import Aggregator
+from detector.core import counting
+from detector.core.aggregator import Aggregator
+from detector.core.events import TraceEvent, decode_many
+from detector.core.partials import SCALE, Partial
 
 HEX = "0123456789abcdef"
 OPS = ["chat", "text_completion", "execute_tool", "memory_write", "human_override",
@@ -28,7 +28,7 @@ HUGE = 10**400
 def test_the_accelerator_is_built_here() -> None:
     # CI and `make test` compile it (a C compiler is part of the set-up): the comparisons
     # below must not silently compare Python with itself.
-    assert counting._tally is not None, "detector._tally did not build; see setup.py"
+    assert counting._tally is not None, "detector.core._tally did not build; see setup.py"
 
 
 @st.composite

@@ -6,10 +6,10 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.events import decode
-from detector.partials import Partial, decode_partial, encode, merge
-from detector.signals import EVENTS, MODEL, REFUSAL
-from detector.windows import Aggregator
+from detector.core.aggregator import Aggregator
+from detector.core.events import decode
+from detector.core.partials import Partial, decode_partial, encode, merge
+from detector.core.signals import EVENTS, MODEL, REFUSAL
 
 HEX = "0123456789abcdef"
 _tid = st.text(HEX, min_size=32, max_size=32)
@@ -118,7 +118,7 @@ def test_cohort_count_is_bounded_whatever_producers_send(config) -> None:
 
 
 def test_version_combinations_are_counted_and_bounded_per_cohort_and_window(config) -> None:
-    from detector.partials import MAX_VERSION_COMBOS, OTHER_VERSIONS
+    from detector.core.partials import MAX_VERSION_COMBOS, OTHER_VERSIONS
 
     agg = Aggregator(config)
     rounds = []
@@ -145,9 +145,9 @@ def test_integers_past_the_float_range_are_counted_at_its_ceiling(config) -> Non
     from math import log1p
     from sys import float_info
 
-    from detector.counting import MAX_RETRIES
-    from detector.partials import SCALE
-    from detector.signals import IN_N, IN_S, OUT_N, RETRIES
+    from detector.core.counting import MAX_RETRIES
+    from detector.core.partials import SCALE
+    from detector.core.signals import IN_N, IN_S, OUT_N, RETRIES
 
     huge = b"1" + b"0" * 400
     agg = Aggregator(config)

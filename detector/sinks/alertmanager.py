@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import orjson
 
-from detector.metrics import SEVERITIES, Metrics
+from detector.obs.metrics import SEVERITIES, Metrics
 from detector.sinks.alertmanager_settings import (
     AlertmanagerSettings,
     alertname,

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
-from detector.metrics import Metrics
+from detector.obs.metrics import Metrics
 from detector.sinks.jsonl import dumps_alert
 
 __all__ = ["KafkaSink"]

@@ -16,7 +16,7 @@ _FIELDS = ("id", "status", "severity", "signal", "cohort", "starts_at", "ends_at
 
 class LogSink:
     def __init__(self, logger: logging.Logger | None = None) -> None:
-        self.log = logger or logging.getLogger("detector.alerts")
+        self.log = logger or logging.getLogger("detector.core.lifecycle")
 
     def emit(self, alert: dict[str, Any]) -> None:
         rec = {k: alert.get(k) for k in _FIELDS}

@@ -13,7 +13,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))  # harness.py
 
-from detector.broker import Tansu
+from detector.lab.broker import Tansu
 
 _ids = itertools.count()
 

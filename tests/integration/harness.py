@@ -1,5 +1,5 @@
 """Helpers for the integration tests, the demo and the benchmarks: a config file for a broker,
-worker processes (``python -m detector.app``), producing files and reading alerts back.
+worker processes (``python -m detector.stream.app``), producing files and reading alerts back.
 
 Every wait is bounded and fails with a message that says what did not happen."""
 
@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-from detector.processes import die_with_parent
+from detector.lab.processes import die_with_parent
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parents[2]
@@ -49,7 +49,7 @@ class WorkerProc:
         self.log_path = log
         self._fh = log.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "detector.app", "--config", str(config)],
+            [sys.executable, "-m", "detector.stream.app", "--config", str(config)],
             cwd=ROOT, stdout=self._fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             # TMPDIR: what a SIGKILLed worker cannot remove stays in the test's own folder.
             env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(log.parent),
@@ -121,7 +121,7 @@ def start_demo(tmp: Path, out: Path, *args: str, **env: str) -> subprocess.Popen
     ``out``."""
     with out.open("wb") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "detector.demo", "--hours", "1.5", *args],
+            [sys.executable, "-m", "detector.lab.demo", "--hours", "1.5", *args],
             cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp), **env})
 
@@ -205,7 +205,7 @@ async def join_two(bootstrap: str, group: str, topic: str) -> list[list[int]]:
 
 
 def produce_lines(bootstrap: str, topic: str, lines: list[bytes], partitions: int) -> int:
-    from detector.kafka_io import produce
+    from detector.stream.kafka_io import produce
     return asyncio.run(produce(bootstrap, topic, lines, partitions=partitions))
 
 
@@ -216,7 +216,7 @@ def file_lines(path: Path) -> list[bytes]:
 def replay(cfg_path: Path | None, lines: list[bytes]) -> list[dict[str, Any]]:
     """Pipeline replay of the same messages, without ``finish()`` (a stream never ends)."""
     from detector.config import load_config
-    from detector.pipeline import Pipeline
+    from detector.core.pipeline import Pipeline
     p = Pipeline(load_config(cfg_path, env=False))
     out: list[dict[str, Any]] = []
     for ln in lines:

@@ -46,9 +46,9 @@ from aiokafka.structs import TopicPartition
 from harness import WorkerProc, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.broker import Tansu, free_port
-from detector.events import MAX_MESSAGE_BYTES, REASONS  # the packaged config's limit
-from detector.kafka_io import produce
+from detector.core.events import MAX_MESSAGE_BYTES, REASONS  # the packaged config's limit
+from detector.lab.broker import Tansu, free_port
+from detector.stream.kafka_io import produce
 
 #: In every piece of "prompt text" the campaign sends: it must come out nowhere.
 MARKER: Final = "PRMPT-MARKER-7Q2X"

@@ -10,8 +10,8 @@ import pytest
 from aiokafka.consumer.group_coordinator import CoordinatorGroupRebalance
 from harness import join_two
 
-from detector.broker import Tansu, answers_metadata
-from detector.kafka_io import delay_follower_sync, fetch_highwaters, produce
+from detector.lab.broker import Tansu, answers_metadata
+from detector.stream.kafka_io import delay_follower_sync, fetch_highwaters, produce
 
 pytestmark = pytest.mark.integration
 

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from harness import AlertReader, WorkerProc, wait_until, write_config
 
-from detector.broker import Tansu
+from detector.lab.broker import Tansu
 
 pytestmark = pytest.mark.integration
 

@@ -29,7 +29,7 @@ from aiokafka.structs import TopicPartition
 from harness import AlertReader, WorkerProc, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
-from detector.broker import Tansu, free_port
+from detector.lab.broker import Tansu, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import services as svc

@@ -21,8 +21,8 @@ from harness import (
     write_config,
 )
 
-from detector.broker import Tansu
-from detector.simulate import simulate
+from detector.lab.broker import Tansu
+from detector.lab.simulate import simulate
 
 pytestmark = pytest.mark.integration
 
@@ -80,7 +80,7 @@ def test_stream_equals_replay(broker: Tansu, names: dict[str, str], tmp_path: Pa
 
         # Rejected input went to the dead-letter topic with its reason in a header.
         from detector.config import load_config
-        from detector.pipeline import Pipeline
+        from detector.core.pipeline import Pipeline
         p = Pipeline(load_config(cfg, env=False))
         for ln in lines:
             p.feed(ln)

@@ -21,9 +21,9 @@ from harness import (
     write_config,
 )
 
-from detector.broker import Tansu
-from detector.events import decode
-from detector.simulate import simulate
+from detector.core.events import decode
+from detector.lab.broker import Tansu
+from detector.lab.simulate import simulate
 
 pytestmark = pytest.mark.integration
 

@@ -21,7 +21,7 @@ import pytest
 from harness import AlertReader, WorkerProc, produce_lines, wait_until, write_config
 from netcut import Link
 
-from detector.broker import Tansu, free_port
+from detector.lab.broker import Tansu, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from hostile import HOSTILE, problems, report, run_campaign
 
-from detector.broker import Tansu
+from detector.lab.broker import Tansu
 
 pytestmark = pytest.mark.integration
 

@@ -9,7 +9,7 @@ import orjson
 import pytest
 from harness import AlertReader, WorkerProc, produce_lines, wait_until, write_config
 
-from detector.broker import Tansu
+from detector.lab.broker import Tansu
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from harness import WorkerProc, produce_lines, wait_until, write_config
 
-from detector.broker import Tansu, free_port
+from detector.lab.broker import Tansu, free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import services as svc

@@ -31,7 +31,7 @@ from harness import (
     write_config,
 )
 
-from detector.broker import Tansu, free_port
+from detector.lab.broker import Tansu, free_port
 from tests import services as svc
 
 pytestmark = pytest.mark.integration
@@ -157,7 +157,7 @@ def test_run_stop_is_bounded_when_the_broker_does_not_answer(
     """The broker freezes (SIGSTOP), then the worker gets SIGTERM: its final commit cannot
     finish, yet it exits within its bound, with status 1, a log line saying so and its temp
     folder removed (it waited forever)."""
-    from detector.app import STOP_WITHIN_S
+    from detector.stream.app import STOP_WITHIN_S
 
     b = Tansu(free_port()).start()
     tmp_w = tmp_path / "tmp-w"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from harness import ROOT, files_under, start_demo
 
-from detector.broker import Tansu
+from detector.lab.broker import Tansu
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from detector.config import SeverityRule
-from detector.signals import matches
+from detector.core.signals import matches
 
 __all__ = ["RANK", "classify"]
 

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from detector.events import REASONS
+from detector.core.events import REASONS
 
 __all__ = [
     "COHORT_OTHER",

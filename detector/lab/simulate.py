@@ -2,7 +2,7 @@
 
 ``simulate`` writes ``traces.jsonl`` (JSON Lines of trace events, a few lines as batches and
 a few malformed on purpose) and ``labels.json`` (what was injected where and when). The world
-(apps, tenants, scenarios) and the incident planner live in :mod:`detector.scenarios`.
+(apps, tenants, scenarios) and the incident planner live in :mod:`detector.lab.scenarios`.
 
 Output is byte-identical for the same (seed, hours, rate, scenarios, start): every draw comes
 from ``random.Random`` instances seeded from ``seed``, and events leave a time-ordered heap
@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import orjson
 
-from detector.scenarios import (
+from detector.lab.scenarios import (
     DEFAULT_SCENARIOS,
     SCENARIOS,
     WARMUP_S,
@@ -44,7 +44,7 @@ from detector.scenarios import (
     daily_factor,
     plan,
 )
-from detector.tracefile import TraceWriter, rfc3339
+from detector.lab.tracefile import TraceWriter, rfc3339
 
 __all__ = ["SCENARIOS", "Scenario", "add_arguments", "run", "simulate"]
 
@@ -477,6 +477,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="python -m detector.simulate", description=__doc__)
+    _p = argparse.ArgumentParser(prog="python -m detector.lab.simulate", description=__doc__)
     add_arguments(_p)
     sys.exit(run(_p.parse_args()))

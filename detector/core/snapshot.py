@@ -8,7 +8,7 @@ memory; the next dump writes v2. A route's state is decoded and checked whole be
 is applied: bad bytes are a ``ValueError`` and leave ``s`` as it was.
 
 >>> from detector.config import load_config
->>> from detector.pipeline import Stage2
+>>> from detector.core.stage2 import Stage2
 >>> s = Stage2(load_config(None))
 >>> s2 = Stage2(load_config(None)); load_route(s2, dump_route(s, "a\\x1fproduction"))
 >>> s2.models == {}
@@ -25,10 +25,10 @@ import msgspec
 
 from baselines import codec
 from baselines.sequential import Cusum
-from detector.alerts import Incident
-from detector.partials import Partial, decode_partial, encode
-from detector.pipeline import Stage2
-from detector.scoring import CohortModel
+from detector.core.lifecycle import Incident
+from detector.core.partials import Partial, decode_partial, encode
+from detector.core.scoring import CohortModel
+from detector.core.stage2 import Stage2
 
 __all__ = ["FORMAT", "dump_route", "load_route", "routes"]
 

@@ -1,5 +1,5 @@
 /* Stage 1's per-event counting in C: the same result as Counting._add_py in
- * detector/counting.py, which is the reference and the fallback (the two are compared by
+ * detector/core/counting.py, which is the reference and the fallback (the two are compared by
  * tests/test_tally.py).
  *
  * Why C: on a backlog of 100-event messages, the counting loop was 42 % of a worker's time,
@@ -735,8 +735,8 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module = {
-    PyModuleDef_HEAD_INIT, "detector._tally",
-    "Stage 1's per-event counting in C; see detector/counting.py.", -1, methods,
+    PyModuleDef_HEAD_INIT, "detector.core._tally",
+    "Stage 1's per-event counting in C; see detector/core/counting.py.", -1, methods,
 };
 
 PyMODINIT_FUNC

@@ -22,8 +22,8 @@ from baselines.rate import RateBaseline
 from baselines.sequential import ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
-from detector.partials import SCALE, Partial
-from detector.signals import EVENTS, Layout, Signal, matches
+from detector.core.partials import SCALE, Partial
+from detector.core.signals import EVENTS, Layout, Signal, matches
 
 __all__ = ["CohortModel", "Decision", "Scorer"]
 

@@ -1,7 +1,7 @@
 """aiokafka helpers outside Faust: security settings, topic admin, fetch high watermarks,
 fetch wait and group-sync settings, the stage-2 partitioner, and a fast batch producer for
 tests, demo and benchmarks, and fetches that skip a corrupt record batch
-(:class:`CorruptBatches`). Stage 1's consumer is :mod:`detector.stage1_runner`.
+(:class:`CorruptBatches`). Stage 1's consumer is :mod:`detector.stream.stage1_runner`.
 
 Why fetch high watermarks: Tansu answers ListOffsets(latest) with the start of the last
 record batch + 1, so ``end_offsets`` under-reports the log end. A fetch response carries the

@@ -18,7 +18,7 @@ from typing import IO, Any, Final, NamedTuple
 
 import orjson
 
-from detector.events import TraceEvent
+from detector.core.events import TraceEvent
 
 __all__ = ["Oversized", "TraceFileError", "TraceWriter", "open_traces", "read_lines", "rfc3339"]
 

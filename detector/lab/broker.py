@@ -4,12 +4,12 @@ Used by ``detector demo``, the integration tests and the benchmarks: memory stor
 process, a free loopback port. :class:`Tansu` starts it, waits until it answers a Kafka
 metadata request, creates topics, and stops it (SIGTERM, then SIGKILL) — and can restart it on
 the same port (memory storage: a restarted broker is empty). The broker gets SIGTERM if the
-process that started it dies (:func:`detector.processes.die_with_parent`); a log folder it made
+process that started it dies (:func:`detector.lab.processes.die_with_parent`); a log folder it made
 itself is removed when it stops.
 
 Tansu quirks worth knowing (measured, see shared/DESIGN.md): a consumer-group join takes half
 the session timeout; ListOffsets(latest) answers the start of the last record batch + 1, so
-log ends must come from fetch high watermarks (:func:`detector.kafka_io.fetch_highwaters`);
+log ends must come from fetch high watermarks (:func:`detector.stream.kafka_io.fetch_highwaters`);
 a restart right after a stop can fail with "Address in use" while the old process exits.
 """
 
@@ -28,7 +28,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from types import TracebackType
 
-from detector.processes import die_with_parent
+from detector.lab.processes import die_with_parent
 
 __all__ = ["BrokerError", "Tansu", "broker_binary", "free_port", "running_broker"]
 
@@ -154,7 +154,7 @@ class Tansu:
                       timeout: float = 20.0) -> None:
         """Create topics (existing ones are left as they are) and wait until metadata lists
         them with their partitions."""
-        from detector.kafka_io import ensure_topics
+        from detector.stream.kafka_io import ensure_topics
 
         asyncio.run(asyncio.wait_for(
             ensure_topics(self.bootstrap, {t: partitions for t in topics}), timeout))
@@ -178,7 +178,7 @@ def _listening(bootstrap: str) -> bool:
 
 def answers_metadata(bootstrap: str, timeout: float = 2.0) -> bool:
     """True if a Kafka client can bootstrap (fetch cluster metadata) from ``bootstrap``."""
-    from detector.kafka_io import probe_metadata
+    from detector.stream.kafka_io import probe_metadata
 
     try:
         return asyncio.run(asyncio.wait_for(probe_metadata(bootstrap), timeout))

@@ -9,7 +9,7 @@ each passes and then one per ``every`` seconds, carrying how many it held back.
 ...                                "args": (i,), "levelno": logging.ERROR}) for i in range(4)]
 >>> [f.filter(r) for r in recs], getattr(recs[3], "repeats", None)
 ([True, False, False, True], 2)
->>> own = logging.makeLogRecord({"name": "detector.app", "msg": "{}"})
+>>> own = logging.makeLogRecord({"name": "detector.stream.app", "msg": "{}"})
 >>> all(f.filter(own) for _ in range(3))   # the detector's own events always pass
 True
 """

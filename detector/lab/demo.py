@@ -22,8 +22,8 @@ from typing import Any
 
 import orjson
 
-from detector.broker import BrokerError, Tansu, free_port
-from detector.processes import Terminated, die_with_parent, raise_on_sigterm
+from detector.lab.broker import BrokerError, Tansu, free_port
+from detector.lab.processes import Terminated, die_with_parent, raise_on_sigterm
 
 __all__ = ["add_arguments", "run"]
 
@@ -60,7 +60,7 @@ async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: 
     """Send lines in event-time order, ``speedup`` x faster than real time."""
     from aiokafka import AIOKafkaProducer
 
-    from detector.events import decode
+    from detector.core.events import decode
 
     p = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20)
     await p.start()
@@ -106,7 +106,7 @@ async def _alerts(bootstrap: str, deadline: float) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from detector.simulate import simulate
+    from detector.lab.simulate import simulate
 
     raise_on_sigterm()
     deadline = time.monotonic() + args.duration
@@ -124,7 +124,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(work / "sim")   # in memory from here on: no second copy on disk
         with (work / "worker.log").open("ab") as log:
             worker = subprocess.Popen(
-                [sys.executable, "-m", "detector.app", "--config", str(cfg)],
+                [sys.executable, "-m", "detector.stream.app", "--config", str(cfg)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 preexec_fn=die_with_parent(),
                 env={**os.environ, "DETECTOR_KAFKA_SESSION_TIMEOUT_SECONDS": "6"})
@@ -172,6 +172,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="python -m detector.demo", description=__doc__)
+    _p = argparse.ArgumentParser(prog="python -m detector.lab.demo", description=__doc__)
     add_arguments(_p)
     sys.exit(run(_p.parse_args()))

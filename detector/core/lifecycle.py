@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from detector.config import Config
-from detector.scoring import Decision
-from detector.severity import RANK, classify
+from detector.core.scoring import Decision
+from detector.core.severity import RANK, classify
 
 __all__ = ["Incident", "Lifecycle", "alert_id", "iso"]
 

@@ -2,15 +2,15 @@
 
 Topology (one worker process runs both halves; scale out by adding workers and partitions):
 
-* stage 1 — :class:`detector.stage1_runner.Stage1Runner`, an aiokafka batch consumer on the
+* stage 1 — :class:`detector.stream.stage1_runner.Stage1Runner`, an aiokafka batch consumer on the
   trace topic (raw bytes, ``getmany``) in group ``<group>-stage1``: decode, hard rules, window
-  partials. Every flush it sends one :class:`~detector.stage1_runner.Envelope` per stage-2
+  partials. Every flush it sends one :class:`~detector.stream.stage1_runner.Envelope` per stage-2
   partition (partials and hits whose route key lives there + its source watermarks), rejects
   to the dead-letter topic, then commits. Faust's per-message path (~100 µs) is 25x the
   detection work, so the trace topic never goes through it.
 * stage 2 — a Faust agent on ``<group>-stage2`` (partitioned by route key, few messages):
-  merges partials into one :class:`~detector.pipeline.Stage2` per route key (kept in a
-  :class:`~detector.stage2_partition.Stage2Partition` per stage-2 partition), closes windows
+  merges partials into one :class:`~detector.core.stage2.Stage2` per route key (kept in a
+  :class:`~detector.stream.stage2_partition.Stage2Partition` per stage-2 partition), closes windows
   at the minimum watermark over source partitions (idle ones excluded after
   ``idle_partition_timeout_seconds``), runs the alert lifecycle, and writes every changed
   route key's state to the changelog-backed table ``stage2`` (``use_partitioner``: the
@@ -41,9 +41,13 @@ import orjson
 from mode import Service
 from prometheus_client import CollectorRegistry
 
-from detector.cli import tune_gc
-from detector.config import Config, ConfigError, load_config
-from detector.kafka_io import (
+from detector.config import Config
+from detector.core.snapshot import dump_route, load_route, routes
+from detector.obs.logs import logging_config
+from detector.obs.metrics import Metrics, attach_faust_sensor, serve
+from detector.runtime import load_or_report, tune_gc
+from detector.sinks.kafka import KafkaSink
+from detector.stream.kafka_io import (
     client_kwargs,
     delay_follower_sync,
     ensure_topics,
@@ -52,17 +56,13 @@ from detector.kafka_io import (
     partition_for,
     probe_metadata,
 )
-from detector.logs import logging_config
-from detector.metrics import Metrics, attach_faust_sensor, serve
-from detector.sinks.kafka import KafkaSink
-from detector.stage1_runner import Stage1Runner, decode_envelope
-from detector.stage2_partition import Stage2Partition, pack, unpack
-from detector.state import dump_route, load_route, routes
+from detector.stream.stage1_runner import Stage1Runner, decode_envelope
+from detector.stream.stage2_partition import Stage2Partition, pack, unpack
 
 __all__ = ["Worker", "add_arguments", "build", "run",
            "wait_for_broker"]
 
-log = logging.getLogger("detector.app")
+log = logging.getLogger("detector.stream.app")
 
 
 def _jlog(level: int, event: str, **fields: Any) -> None:
@@ -367,12 +367,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`detector run`: one worker until SIGINT/SIGTERM."""
-    tune_gc()   # also when started as `python -m detector.app` (demo, tests, benchmarks)
+    tune_gc()   # also when started as `python -m detector.stream.app` (demo, tests, benchmarks)
     logging.config.dictConfig(logging_config(args.log_level))
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as e:
-        _jlog(logging.ERROR, "config_error", error=str(e))
+    cfg = load_or_report(args.config, "run")
+    if cfg is None:
         return 2
     try:
         ok = asyncio.run(wait_for_broker(cfg, max_wait=args.max_wait))
@@ -398,6 +396,7 @@ def build(cfg: Config, **kw: Any) -> Worker:
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="python -m detector.app", description="detector worker")
+    _p = argparse.ArgumentParser(prog="python -m detector.stream.app",
+                                 description="detector worker")
     add_arguments(_p)
     sys.exit(run(_p.parse_args()))

@@ -1,5 +1,5 @@
 """Stage 2's state for one stage-2 partition on this worker, without Faust: a
-:class:`~detector.pipeline.Stage2` per route key, the source partitions' watermarks as the
+:class:`~detector.core.stage2.Stage2` per route key, the source partitions' watermarks as the
 envelopes report them, the hard-rule hits held until every busy source has passed them, and
 the table value format (:func:`pack` / :func:`unpack`)."""
 
@@ -11,8 +11,8 @@ import time
 import msgspec
 
 from detector.config import Config
-from detector.pipeline import Stage2
-from detector.rules import RuleHit, decode_hit, encode_hit
+from detector.core.rules import RuleHit, decode_hit, encode_hit
+from detector.core.stage2 import Stage2
 
 __all__ = ["Stage2Partition", "pack", "unpack"]
 

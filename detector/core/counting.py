@@ -1,7 +1,7 @@
 """Stage 1's per-event counting: an event's counters, evidence and window, into its open
-partial. The windows themselves (which partial, when it closes) are :mod:`detector.windows`.
+partial. The windows themselves (which partial, when it closes) are :mod:`detector.core.aggregator`.
 
-The counting is done in C by :mod:`detector._tally` when it was built (``setup.py``), and
+The counting is done in C by :mod:`detector.core._tally` when it was built (``setup.py``), and
 otherwise by :meth:`Counting._add_py`, which is also the reference the C code is tested
 against (``tests/test_tally.py``): the same partials to the last counter and trace id.
 The C path calls back into Python only to make a partial and to count safety labels.
@@ -20,9 +20,9 @@ from typing import Any, Final
 
 from msgspec import UNSET
 
-from detector.events import MODEL_OPERATIONS, TraceEvent
-from detector.partials import SCALE, TOP_K, VERSION_FIELDS, Partial, bottom
-from detector.signals import (
+from detector.core.events import MODEL_OPERATIONS, TraceEvent
+from detector.core.partials import SCALE, TOP_K, VERSION_FIELDS, Partial, bottom
+from detector.core.signals import (
     ERRORS,
     EVENTS,
     FABRICATED,
@@ -57,11 +57,11 @@ MAX_RETRIES: Final = 1 << 20
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
 
 # The C accelerator, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS is set.
-# It is handed the fields and counters it works on, in the order detector/_tally.c names them.
+# It is handed the fields and counters it works on, in the order detector/core/_tally.c names them.
 _tally: Any = None
 if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
     with contextlib.suppress(ImportError):
-        from detector import _tally
+        from detector.core import _tally
 if _tally is not None:
     _tally.configure(
         TraceEvent, Partial, UNSET,
@@ -78,7 +78,7 @@ if _tally is not None:
 
 
 class Counting:
-    """Counting for :class:`detector.windows.Aggregator`, which owns the state used here."""
+    """Counting for :class:`detector.core.aggregator.Aggregator`, which owns the state used here."""
 
     size: float
     closed_before: int
@@ -107,7 +107,7 @@ class Counting:
     def add_many(self, evs: Iterable[TraceEvent]) -> None:
         """Count events into their windows; an event for a closed window is counted as late.
 
-        With the C accelerator (:mod:`detector._tally`) the common work is done there; an
+        With the C accelerator (:mod:`detector.core._tally`) the common work is done there; an
         event of a shape it does not expect is counted here, in order, then C goes on."""
         if _tally is None or not _I64_MIN <= self.closed_before <= _I64_MAX:
             self._add_py(evs)   # past int64: only after a timestamp near the float maximum
@@ -123,7 +123,7 @@ class Counting:
                 i += 1
 
     def _add_py(self, evs: Iterable[TraceEvent]) -> None:
-        """The counting in Python: the reference for detector/_tally.c, and the fallback.
+        """The counting in Python: the reference for detector/core/_tally.c, and the fallback.
 
         The hot path: plain counter updates, evidence kept only when it would change, and the
         aggregator's own fields read once per batch rather than once per event."""

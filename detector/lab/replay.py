@@ -20,13 +20,14 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any
 
-from detector.alerts import iso
-from detector.config import Config, ConfigError, load_config
-from detector.events import Rejection, too_large
-from detector.pipeline import Pipeline
-from detector.scoring import Decision
+from detector.config import Config
+from detector.core.events import Rejection, too_large
+from detector.core.lifecycle import iso
+from detector.core.pipeline import Pipeline
+from detector.core.scoring import Decision
+from detector.lab.tracefile import Oversized, TraceFileError, open_traces, read_lines
+from detector.runtime import load_or_report
 from detector.sinks.jsonl import JsonlSink
-from detector.tracefile import Oversized, TraceFileError, open_traces, read_lines
 
 __all__ = ["ReplaySummary", "add_arguments", "replay", "run", "score_record"]
 
@@ -98,7 +99,7 @@ def replay(
     progress_every: float = 5.0,
     scores: Callable[[dict[str, Any]], None] | None = None,
 ) -> ReplaySummary:
-    """Run the core over ``lines`` (see :func:`detector.tracefile.read_lines`); hand every
+    """Run the core over ``lines`` (see :func:`detector.lab.tracefile.read_lines`); hand every
     alert emission to ``emit`` and, if given, every scored (window, cohort, signal) to
     ``scores`` as a :func:`score_record`."""
     pipe = Pipeline(config)
@@ -177,10 +178,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as e:
-        print(f"detector replay: config error: {e}", file=sys.stderr)
+    config = load_or_report(args.config, "replay")
+    if config is None:
         return 2
     with ExitStack() as stack:
         try:

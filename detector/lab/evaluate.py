@@ -1,4 +1,4 @@
-"""Score the detector's alerts against the labels :mod:`detector.simulate` wrote.
+"""Score the detector's alerts against the labels :mod:`detector.lab.simulate` wrote.
 
 An alert is the set of records sharing one ``id``. Its detection time is the ``window.end`` of
 its first ``firing`` record (``starts_at`` when that record has no window); its severity is
@@ -339,6 +339,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    _p = argparse.ArgumentParser(prog="python -m detector.evaluate", description=__doc__)
+    _p = argparse.ArgumentParser(prog="python -m detector.lab.evaluate", description=__doc__)
     add_arguments(_p)
     sys.exit(run(_p.parse_args()))

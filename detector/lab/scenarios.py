@@ -1,7 +1,7 @@
 """The simulated world and its incident scenarios: apps, tenants, cohorts, and the planner
 that places labelled incidents on them.
 
-:mod:`detector.simulate` turns a :class:`World` and a plan into trace events. Everything here
+:mod:`detector.lab.simulate` turns a :class:`World` and a plan into trace events. Everything here
 is deterministic: the world is fixed (the same tenants and apps for every seed), and the plan
 draws only from the ``random.Random`` it is given.
 

@@ -5,7 +5,7 @@ a sensitive tool nobody approved), or a leak-label safety hit fires at once, at 
 event, without waiting for a window or a baseline.
 
 >>> from detector.config import load_config
->>> from detector.events import decode
+>>> from detector.core.events import decode
 >>> rules = HardRules(load_config(None))
 >>> ev = decode(b'{"ts": 5, "operation": "execute_tool", "app": "a", "tool_authorized": false,'
 ...             b' "trace_id": "4bf92f3577b34da6a3ce929d0e0e4736"}')[0][0]
@@ -21,8 +21,8 @@ import msgspec
 from msgspec import UNSET, Struct
 
 from detector.config import Config
-from detector.events import TraceEvent
-from detector.partials import UNKNOWN, VERSION_FIELDS, route_key, version_name
+from detector.core.events import TraceEvent
+from detector.core.partials import UNKNOWN, VERSION_FIELDS, route_key, version_name
 
 __all__ = ["HardRules", "RuleHit", "decode_hit", "encode_hit"]
 
@@ -37,7 +37,7 @@ class RuleHit(Struct, array_like=True, frozen=True):
     ts: float
     trace_id: str | None
     versions: str   # "model\x1fprompt\x1fpolicy" of the event
-    route: str      # stage-2 partition key (see detector.partials.route_key)
+    route: str      # stage-2 partition key (see detector.core.partials.route_key)
 
 
 _versions = attrgetter(*VERSION_FIELDS)

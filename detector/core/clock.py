@@ -22,7 +22,7 @@ silence) count at once, and one more than ``input.max_future_seconds`` ahead of 
 believed. Recorded input has no "now" and relies on events alone; on normal traffic both
 believe every event, so replay and stream close the same windows.
 
->>> from detector.events import decode
+>>> from detector.core.events import decode
 >>> ev = lambda ts: decode(b'{"ts": %r, "operation": "chat"}' % ts)[0][0]
 >>> c = EventClock(bound=30)
 >>> ok, bad = c.admit([ev(1767571200.0 + i) for i in range(3)] + [ev(1767571200.0 * 1000)])
@@ -49,7 +49,7 @@ from typing import Final
 
 import msgspec
 
-from detector.events import Rejection, TraceEvent, sanitise
+from detector.core.events import Rejection, TraceEvent, sanitise
 
 __all__ = ["MAX_TS", "MIN_TS", "QUORUM", "EventClock", "implausible"]
 

@@ -1,12 +1,9 @@
-"""The detection core as two stages, and the single-process pipeline that glues them.
+"""Stage 2 of the detection core, per route key (the root-level cohort).
 
-``Stage1`` runs wherever events land: decode, hard rules, per-cohort window partials.
-``Stage2`` runs per route key (the root-level cohort): merges partials, closes windows on a
-watermark, scores, groups children under a parent, and drives the alert lifecycle.
-``Pipeline`` is both in one process, which is what ``detector replay`` runs; the Faust app
-runs the same two stages with a topic between them, so both give the same alerts.
-
-No Kafka or Faust import here: drivers feed bytes in and take alert dicts out.
+It merges the partials stage 1 (:mod:`detector.core.stage1`) sends, closes windows on a
+watermark, scores them, groups children under a parent, names the suspected change and the
+evidence, and drives the alert lifecycle. No Kafka or Faust import here: drivers feed partials
+and hard-rule hits in and take alert dicts out.
 """
 
 from __future__ import annotations
@@ -15,13 +12,11 @@ import math
 from collections import defaultdict
 from collections.abc import Callable
 from operator import attrgetter
-from typing import Any, Final, NamedTuple
+from typing import Any, Final
 
-from detector.alerts import Key, Lifecycle
-from detector.clock import EventClock
 from detector.config import Config
-from detector.events import Rejection, TraceEvent, decode, decode_many
-from detector.partials import (
+from detector.core.lifecycle import Key, Lifecycle
+from detector.core.partials import (
     UNKNOWN,
     VERSION_FIELDS,
     Partial,
@@ -29,86 +24,17 @@ from detector.partials import (
     merge_keyed,
     route_key,
 )
-from detector.rules import HardRules, RuleHit
-from detector.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
-from detector.signals import EVENTS
-from detector.windows import Aggregator
+from detector.core.rules import RuleHit
+from detector.core.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
+from detector.core.signals import EVENTS
 
 _TS: Final = attrgetter("ts")
 _NONE: Final[frozenset[str]] = frozenset()
 
-__all__ = ["Pipeline", "Stage1", "Stage1Out", "Stage2"]
+__all__ = ["Stage2"]
 
 _SUSPECT_ORDER = (1, 2, 0)     # on a tie: prompt, then policy, then model version
 MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not walked window by window
-
-
-class Stage1Out(NamedTuple):
-    hits: list[RuleHit]
-    rejects: list[Rejection]
-    decoded: int
-    late: int
-
-
-class Stage1:
-    """Decode, hard rules and window partials for one source of events.
-
-    Event time is believed as :class:`~detector.clock.EventClock` says (``event_clock``):
-    one event stamped far ahead, or in the wrong unit, is dead-lettered instead of making all
-    real traffic late. ``clock`` (epoch seconds) is the wall clock where there is a "now" to
-    trust — a live stream, not a recording: events stamped more than
-    ``input.max_future_seconds`` ahead of it are rejected, events close to it believed."""
-
-    def __init__(self, config: Config, clock: Callable[[], float] | None = None) -> None:
-        self.agg = Aggregator(config)
-        # One timestamp may move event time by a window (or the lateness, if longer): a
-        # sparse source, one event a minute, is believed as it comes and its last events are
-        # not left uncorroborated at the end; a wild clock (minutes, years, milliseconds)
-        # is still held or refused.
-        w = config.windows
-        self.event_clock = EventClock(
-            max(w.allowed_lateness_seconds, w.size_seconds), wall=clock,
-            max_future=math.inf if clock is None else config.input.max_future_seconds)
-        self.rules = HardRules(config)
-        self.max_bytes = config.input.max_message_bytes
-
-    @property
-    def watermark(self) -> float:
-        return self.agg.watermark
-
-    def feed(self, data: bytes) -> Stage1Out:
-        return self.feed_many([data])
-
-    def feed_many(self, messages: list[bytes]) -> Stage1Out:
-        """Several messages at once (a consumer's fetch, a block of lines): one decode call
-        for runs of single-event messages instead of one per message."""
-        evs, rejects = decode_many(messages, self.max_bytes)
-        evs, doubted = self.event_clock.admit(evs, lambda: self._sizes(messages))
-        return self._count(evs, rejects + doubted if doubted else rejects)
-
-    def _sizes(self, messages: list[bytes]) -> list[int]:
-        """Events per message (decoded again: only asked for when a timestamp is in doubt)."""
-        return [len(decode(m, self.max_bytes)[0]) for m in messages]
-
-    def finish(self) -> Stage1Out:
-        """End of input: the events the clock still holds, counted or dead-lettered."""
-        return self._count(*self.event_clock.finish())
-
-    def _count(self, evs: list[TraceEvent], rejects: list[Rejection]) -> Stage1Out:
-        late0 = self.agg.late
-        hits = self.rules.check_many(evs)
-        self.agg.add_many(evs)
-        return Stage1Out(hits, rejects, len(evs), self.agg.late - late0)
-
-    def drain(self) -> list[Partial]:
-        return self.agg.drain()
-
-    def drain_all(self) -> list[Partial]:
-        return self.agg.drain_all()
-
-    def flush(self) -> list[Partial]:
-        """Partials of open windows, which stay open (see Aggregator.flush_open)."""
-        return self.agg.flush_open()
 
 
 class Stage2:
@@ -344,55 +270,3 @@ class Stage2:
         while level > 0:
             level, cohort = self._parent(level, cohort)  # type: ignore[misc]
         return route_key(cohort)
-
-
-class Pipeline:
-    """Stage 1 and stage 2 in one process: bytes in, alert dicts out."""
-
-    def __init__(self, config: Config) -> None:
-        self.stage1 = Stage1(config)
-        self.stage2 = Stage2(config)
-        self.rejects: list[Rejection] = []
-        self.decoded = 0
-        self.late = 0
-        self.messages = 0
-
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
-        return self.feed_many([data])
-
-    def feed_many(self, messages: list[bytes]) -> list[dict[str, Any]]:
-        """Feed messages in order; returns the alert emissions they caused."""
-        out = self.stage1.feed_many(messages)
-        self.messages += len(messages)
-        self.decoded += out.decoded
-        self.late += out.late
-        if out.rejects:
-            self.rejects.extend(out.rejects)
-        agg = self.stage1.agg
-        watermark = None
-        # Cheap test first: a window can only close when the watermark passes its end.
-        if agg.watermark >= (agg.closed_before + 1) * agg.size:
-            partials = agg.drain()
-            if partials:
-                for p in partials:
-                    self.stage2.add_partial(p)
-                watermark = agg.closed_before * agg.size
-        return self.stage2.apply(sorted(out.hits, key=_TS), watermark)
-
-    def finish(self) -> list[dict[str, Any]]:
-        """End of input: count what the event clock still held (or dead-letter it), then close
-        every window input ran to the end of (:meth:`Aggregator.drain_complete`). The window
-        it stopped in is not scored, as a stream never scores it before its end passes."""
-        out = self.stage1.finish()
-        self.decoded += out.decoded
-        self.late += out.late
-        self.rejects.extend(out.rejects)
-        agg = self.stage1.agg
-        for p in agg.drain_complete():
-            self.stage2.add_partial(p)
-        return self.stage2.apply(sorted(out.hits, key=_TS), agg.closed_before * agg.size)
-
-    def take_rejects(self) -> list[Rejection]:
-        out, self.rejects = self.rejects, []
-        return out
-

@@ -1,12 +1,12 @@
 """Stage 1: events into per-cohort window partials, closed on an event-time watermark.
 
 Per event the work is a handful of counter increments on the event's finest cohort
-(:mod:`detector.counting`); the roll-up to coarser cohorts happens once per (cohort, window)
-when a window closes. Partials and their merge are in :mod:`detector.partials`.
+(:mod:`detector.core.counting`); the roll-up to coarser cohorts happens once per (cohort, window)
+when a window closes. Partials and their merge are in :mod:`detector.core.partials`.
 
 >>> from detector.config import load_config
->>> from detector.events import decode
->>> from detector.signals import REFUSAL
+>>> from detector.core.events import decode
+>>> from detector.core.signals import REFUSAL
 >>> agg = Aggregator(load_config(None))
 >>> for t in (0, 10, 20):
 ...     agg.add(decode(b'{"ts": %d, "operation": "chat", "app": "a", "refusal": true}' % t)[0][0])
@@ -27,8 +27,8 @@ from typing import Final
 from msgspec import UNSET
 
 from detector.config import Config
-from detector.counting import Counting
-from detector.partials import (
+from detector.core.counting import Counting
+from detector.core.partials import (
     MAX_VERSION_COMBOS,
     OTHER,
     UNKNOWN,
@@ -40,7 +40,7 @@ from detector.partials import (
     route_key,
     version_name,
 )
-from detector.signals import (
+from detector.core.signals import (
     EVENTS,
     Layout,
 )
@@ -162,7 +162,7 @@ class Aggregator(Counting):
         scored, its missing traffic would read as a drop in volume.
 
         >>> from detector.config import load_config
-        >>> from detector.events import decode
+        >>> from detector.core.events import decode
         >>> agg = Aggregator(load_config(None))
         >>> for t in range(0, 90, 2):   # an event every 2 s, cut at 88 s: mid-window
         ...     agg.add(decode(b'{"ts": %d, "operation": "chat", "app": "a"}' % t)[0][0])

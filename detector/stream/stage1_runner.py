@@ -18,8 +18,13 @@ from aiokafka.errors import KafkaError
 from aiokafka.structs import TopicPartition
 
 from detector.config import Config
-from detector.events import Rejection
-from detector.kafka_io import (
+from detector.core.events import Rejection
+from detector.core.partials import Partial, combine
+from detector.core.rules import RuleHit
+from detector.core.signals import EVENTS
+from detector.core.stage1 import Stage1
+from detector.obs.metrics import Metrics
+from detector.stream.kafka_io import (
     CorruptBatch,
     CorruptBatches,
     client_kwargs,
@@ -27,11 +32,6 @@ from detector.kafka_io import (
     partition_for,
     skip_corrupt_batches,
 )
-from detector.metrics import Metrics
-from detector.partials import Partial, combine
-from detector.pipeline import Stage1
-from detector.rules import RuleHit
-from detector.signals import EVENTS
 
 __all__ = ["Envelope", "Stage1Runner", "decode_envelope", "encode_envelope"]
 
