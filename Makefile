@@ -19,10 +19,12 @@ demo: $(BIN)/detector
 
 lint: $(BIN)/detector
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: $(BIN)/detector
 	bash .ci/install-services.sh
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
 bench: $(BIN)/detector
