@@ -1,6 +1,6 @@
 """Peak RSS and speed of one worker reading compressed 100-event batches, per stage-1 fetch
 size (``kafka.fetch_max_bytes``) and, with ``--before DIR``, for the code of another source
-tree (e.g. ``git archive <commit> | tar -x -C DIR`` plus the built ``detector/_tally*.so``).
+tree (e.g. ``git archive <commit> | tar -x -C DIR`` plus the built ``detector/core/_tally*.so``).
 Not a test.
 
     python bench/fetch_memory.py [--events 1000000] [--compression lz4 --compression zstd]

@@ -397,7 +397,7 @@ def test_real_alertmanager_routes_sev1_to_pager_and_inhibits_lower_severities() 
 def _dockerignore_excludes(patterns: list[str], path: str) -> bool:
     """Docker's rule: the last pattern matching the path or one of its parents decides.
 
-    >>> _dockerignore_excludes(["**", "!detector/**", "**/*.so"], "detector/_tally.so")
+    >>> _dockerignore_excludes(["**", "!detector/**", "**/*.so"], "detector/core/_tally.so")
     True
     >>> _dockerignore_excludes(["**", "!detector/**", "**/*.so"], "detector/core/events.py")
     False
@@ -456,7 +456,7 @@ def _build_stage_context(dest: Path) -> None:
 
 def test_image_wheel_has_the_c_counting(tmp_path: Path) -> None:
     """The image must count in C: the wheel built from the Dockerfile's build context holds
-    detector/_tally*.so (it is optional for pip, so a missing file or compiler is silent)."""
+    detector/core/_tally*.so (it is optional for pip, so a missing file or compiler is silent)."""
     text = (DEPLOY / "Dockerfile").read_text()
     build, runtime = re.split(r"^FROM\s", text, flags=re.M)[1:3]
     assert re.search(r"apt-get install .*\bgcc\b", build.replace("\\\n", " "))
@@ -472,7 +472,7 @@ def test_image_wheel_has_the_c_counting(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     (wheel,) = (tmp_path / "wheels").glob("ai_misbehaviour_detector-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    assert any(re.fullmatch(r"detector/_tally[^/]*\.so", n) for n in names), names
+    assert any(re.fullmatch(r"detector/core/_tally[^/]*\.so", n) for n in names), names
 
 
 # -- the documented Kubernetes command ----------------------------------------------------------
