@@ -20,7 +20,8 @@ from typing import Any, Final, NamedTuple
 from detector.alerts import Key, Lifecycle
 from detector.clock import EventClock
 from detector.config import Config
-from detector.events import Rejection, TraceEvent, decode, decode_many
+from detector.events import Rejection, TraceEvent
+from detector.otlp import Decoder, decoder_for
 from detector.partials import (
     UNKNOWN,
     VERSION_FIELDS,
@@ -48,6 +49,7 @@ class Stage1Out(NamedTuple):
     rejects: list[Rejection]
     decoded: int
     late: int
+    skipped: int = 0   # spans that are not GenAI operations (OTLP input)
 
 
 class Stage1:
@@ -59,8 +61,11 @@ class Stage1:
     trust — a live stream, not a recording: events stamped more than
     ``input.max_future_seconds`` ahead of it are rejected, events close to it believed."""
 
-    def __init__(self, config: Config, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] | None = None,
+                 decoder: Decoder | None = None) -> None:
         self.agg = Aggregator(config)
+        # input.format's decoder unless the caller's source has its own (a trace topic's).
+        self.decode = decoder or decoder_for(config.input.format, config.input.otlp)
         # One timestamp may move event time by a window (or the lateness, if longer): a
         # sparse source, one event a minute, is believed as it comes and its last events are
         # not left uncorroborated at the end; a wild clock (minutes, years, milliseconds)
@@ -82,13 +87,14 @@ class Stage1:
     def feed_many(self, messages: list[bytes]) -> Stage1Out:
         """Several messages at once (a consumer's fetch, a block of lines): one decode call
         for runs of single-event messages instead of one per message."""
-        evs, rejects = decode_many(messages, self.max_bytes)
+        evs, rejects, skipped = self.decode(messages, self.max_bytes)
         evs, doubted = self.event_clock.admit(evs, lambda: self._sizes(messages))
-        return self._count(evs, rejects + doubted if doubted else rejects)
+        return self._count(evs, rejects + doubted if doubted else rejects)._replace(
+            skipped=skipped)
 
     def _sizes(self, messages: list[bytes]) -> list[int]:
         """Events per message (decoded again: only asked for when a timestamp is in doubt)."""
-        return [len(decode(m, self.max_bytes)[0]) for m in messages]
+        return [len(self.decode([m], self.max_bytes)[0]) for m in messages]
 
     def finish(self) -> Stage1Out:
         """End of input: the events the clock still holds, counted or dead-lettered."""
@@ -349,11 +355,12 @@ class Stage2:
 class Pipeline:
     """Stage 1 and stage 2 in one process: bytes in, alert dicts out."""
 
-    def __init__(self, config: Config) -> None:
-        self.stage1 = Stage1(config)
+    def __init__(self, config: Config, decoder: Decoder | None = None) -> None:
+        self.stage1 = Stage1(config, decoder=decoder)
         self.stage2 = Stage2(config)
         self.rejects: list[Rejection] = []
         self.decoded = 0
+        self.skipped = 0
         self.late = 0
         self.messages = 0
 
@@ -366,6 +373,7 @@ class Pipeline:
         self.messages += len(messages)
         self.decoded += out.decoded
         self.late += out.late
+        self.skipped += out.skipped
         if out.rejects:
             self.rejects.extend(out.rejects)
         agg = self.stage1.agg

@@ -1,0 +1,471 @@
+"""OpenTelemetry input: OTLP trace messages (``otlp_proto``, ``otlp_json``) as trace events.
+
+One Kafka message value holds one ``TracesData`` (byte-identical to an
+``ExportTraceServiceRequest``) with 1..N spans, as the Collector's Kafka exporter writes it.
+Each GenAI span (one with ``gen_ai.operation.name``, or, from instrumentations older than the
+v1.36 conventions, ``gen_ai.system``) becomes one :class:`~detector.events.TraceEvent`, mapped
+by ``[input.otlp]`` and validated as a native event is (same reasons, same sanitised dead
+letters); other spans are counted and skipped. The result has the native decoder's shape.
+
+Privacy by construction: only the attribute names the mapping lists are ever read as values.
+Message content (``gen_ai.input.messages``, ``gen_ai.prompt.*``, …) stays unread bytes: in upb's
+arena for protobuf, an undecoded :class:`msgspec.Raw` slice for JSON; and the mapping may not
+name it (:func:`check_mapping`).
+
+>>> from detector.config import load_config
+>>> dec = decoder_for("otlp_json", load_config(None).input.otlp)
+>>> msg = (b'{"resourceSpans": [{"resource": {"attributes": [{"key": "service.name",'
+...        b' "value": {"stringValue": "support"}}]}, "scopeSpans": [{"spans": [{"traceId":'
+...        b' "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b7",'
+...        b' "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000250000000",'
+...        b' "attributes": [{"key": "gen_ai.operation.name",'
+...        b' "value": {"stringValue": "execute_tool"}},'
+...        b' {"key": "gen_ai.tool.name", "value": {"stringValue": "send_email"}},'
+...        b' {"key": "ai.tool_authorized", "value": {"boolValue": false}}]},'
+...        b' {"name": "GET /health", "startTimeUnixNano": "1", "endTimeUnixNano": "2"}]}]}]}')
+>>> ok, bad, skipped = dec([msg], 1 << 20)
+>>> e = ok[0]
+>>> e.operation, e.app, e.tool_name, e.tool_authorized, e.latency_ms, e.trace_id[:8], skipped
+('execute_tool', 'support', 'send_email', False, 250.0, '4bf92f35', 1)
+>>> dec([b"\\x00garbage"], 1 << 20)[1][0].reason
+'bad_otlp'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable
+from itertools import chain
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from detector.config import ConfigError
+from detector.events import (
+    Rejection,
+    TraceEvent,
+    _finish_all,
+    _one_item,
+    decode_many,
+    too_large,
+)
+
+if TYPE_CHECKING:
+    from detector.config import Config, OtlpMapping
+
+__all__ = ["CONTENT_ATTRIBUTES", "Decoder", "OtlpDecoder", "check_mapping", "decoder_for",
+           "native_decoder"]
+
+#: A decoder: messages and the size limit in; events, rejections and non-GenAI spans skipped out.
+Decoder = Callable[[list[bytes], int], tuple[list[TraceEvent], list[Rejection], int]]
+
+#: Attribute name prefixes that carry message content (prompts, completions, tool arguments
+#: and results): never read, and never allowed in the mapping.
+CONTENT_ATTRIBUTES: Final = ("gen_ai.input.messages", "gen_ai.output.messages",
+                             "gen_ai.prompt", "gen_ai.completion", "gen_ai.system_instructions",
+                             "gen_ai.tool.call.arguments", "gen_ai.tool.call.result",
+                             "gen_ai.evaluation.explanation")
+_OPERATION: Final = "gen_ai.operation.name"
+_LEGACY: Final = ("gen_ai.system", "gen_ai.provider.name")   # GenAI spans without the above
+_EVAL_EVENT: Final = "gen_ai.evaluation.result"
+_EVAL_NAME, _EVAL_SCORE = "gen_ai.evaluation.name", "gen_ai.evaluation.score.value"
+_MAX_EVALS: Final = 16
+_ERROR: Final = 2   # Status.STATUS_CODE_ERROR
+_FIELDS: Final = ("tenant", "region", "app", "environment", "model", "model_version",
+                  "prompt_version", "policy_version", "input_tokens", "output_tokens",
+                  "finish_reason", "refusal", "instruction_violation", "output_format_valid",
+                  "safety_hits", "retries", "error_type", "tool_name", "tool_authorized",
+                  "tool_side_effect", "tool_approved", "schema_valid", "tool_result_fabricated",
+                  "tool_status", "memory_bytes")
+_MISSING: Final = object()
+_CACHE_ENTRIES: Final = 1 << 16
+
+
+def check_mapping(cfg: Config) -> None:
+    """A mapping that names a content attribute would copy prompt text into a field."""
+    m = cfg.input.otlp
+    for f in _FIELDS:
+        for i, name in enumerate(getattr(m, f)):
+            if name.startswith(CONTENT_ATTRIBUTES):
+                raise ConfigError(f"input.otlp.{f}[{i}]: {name!r} carries message content, "
+                                  "which is never read")
+
+
+def native_decoder(messages: list[bytes], max_bytes: int) -> tuple[list[TraceEvent],
+                                                                      list[Rejection], int]:
+    return (*decode_many(messages, max_bytes), 0)
+
+
+def decoder_for(fmt: str, mapping: OtlpMapping) -> Decoder:
+    """The decoder of an ``input.format``; ``otlp_proto`` refuses protobuf's pure-Python
+    backend (ten times slower) with a :class:`ConfigError` that says how to fix it."""
+    return native_decoder if fmt == "native" else OtlpDecoder(fmt, mapping)
+
+
+def _fingerprint(data: bytes) -> dict[str, Any]:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# -- OTLP JSON: only what the mapping needs is parsed; attribute values stay raw -------------
+class _JScalar(msgspec.Struct):
+    stringValue: str | None = None
+    boolValue: bool | None = None
+    intValue: int | str | None = None
+    doubleValue: float | str | None = None
+
+
+class _JArray(msgspec.Struct):
+    values: list[_JScalar] = []
+
+
+class _JAny(_JScalar):
+    arrayValue: _JArray | None = None
+
+
+class _JKV(msgspec.Struct):
+    key: str = ""
+    value: msgspec.Raw = msgspec.Raw(b"null")
+
+
+class _JEvent(msgspec.Struct):
+    name: str = ""
+    attributes: list[_JKV] = []
+
+
+class _JStatus(msgspec.Struct):
+    code: int | str = 0
+
+
+class _JSpan(msgspec.Struct):
+    traceId: str = ""
+    spanId: str = ""
+    name: str = ""
+    startTimeUnixNano: int | str = 0
+    endTimeUnixNano: int | str = 0
+    attributes: list[_JKV] = []
+    events: list[_JEvent] = []
+    status: _JStatus | None = None
+
+
+class _JScope(msgspec.Struct):
+    spans: list[_JSpan] = []
+
+
+class _JResource(msgspec.Struct):
+    attributes: list[_JKV] = []
+
+
+class _JResourceSpans(msgspec.Struct):
+    resource: _JResource | None = None
+    scopeSpans: list[_JScope] = []
+
+
+class _JTraces(msgspec.Struct):
+    resourceSpans: list[_JResourceSpans]   # required: a native event here is a mistake
+
+
+_jtraces: Final = msgspec.json.Decoder(_JTraces)
+_jany: Final = msgspec.json.Decoder(_JAny)
+
+
+def _jscalar(v: _JScalar) -> object:
+    if v.stringValue is not None:
+        return v.stringValue
+    if v.boolValue is not None:
+        return v.boolValue
+    if v.intValue is not None:   # int64 is a string in proto3 JSON
+        i = v.intValue
+        return int(i) if isinstance(i, str) and i.lstrip("-").isdigit() else i
+    if v.doubleValue is not None:
+        return v.doubleValue
+    return None
+
+
+def _jvalue(raw: msgspec.Raw) -> object:
+    try:
+        v = _jany.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return "\x00"   # not a value: fails the field's type check as a wrong type
+    if v.arrayValue is not None:
+        return [_jscalar(x) for x in v.arrayValue.values]
+    return _jscalar(v)
+
+
+def _pvalue(v: Any) -> object:
+    kind = v.WhichOneof("value")
+    if kind == "array_value":
+        return [_pscalar(x) for x in v.array_value.values]
+    return _pscalar(v, kind)
+
+
+def _pscalar(v: Any, kind: str | None = "") -> object:
+    kind = v.WhichOneof("value") if kind == "" else kind
+    if kind in ("string_value", "bool_value", "int_value", "double_value"):
+        return getattr(v, kind)
+    return None if kind is None else "\x00"   # bytes, nested: not a contract value
+
+
+def _proto_view() -> tuple[Any, Any]:
+    """``TracesData`` as opentelemetry-proto declares it, except that every ``attributes``
+    field is ``repeated bytes``: the same wire format (a length-delimited KeyValue), handed
+    to Python as one bytes object per attribute instead of a KeyValue and an AnyValue
+    wrapper. A known attribute's bytes are a cache key (:meth:`OtlpDecoder._attr`); upb does
+    all the parsing. Returns the view's TracesData and the official KeyValue."""
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+    from opentelemetry.proto.common.v1 import common_pb2
+    from opentelemetry.proto.resource.v1 import resource_pb2
+    from opentelemetry.proto.trace.v1 import trace_pb2
+
+    pool = descriptor_pool.DescriptorPool()
+    old, new = ".opentelemetry.proto.", ".detector.otlp_view."
+
+    def retype(m: Any) -> None:
+        for f in m.field:
+            if f.name == "attributes" and f.type_name == old + "common.v1.KeyValue":
+                f.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
+                f.ClearField("type_name")
+            elif f.type_name.startswith(old):
+                f.type_name = new + f.type_name[len(old):]
+        for n in m.nested_type:
+            retype(n)
+
+    for mod in (common_pb2, resource_pb2, trace_pb2):
+        fdp = descriptor_pb2.FileDescriptorProto()
+        mod.DESCRIPTOR.CopyToProto(fdp)
+        fdp.name = "detector_otlp_view/" + fdp.name
+        fdp.package = fdp.package.replace(old[1:-1], new[1:-1], 1)
+        fdp.dependency[:] = ["detector_otlp_view/" + d for d in fdp.dependency]
+        for m in fdp.message_type:
+            retype(m)
+        pool.Add(fdp)
+    traces = pool.FindMessageTypeByName(new[1:] + "trace.v1.TracesData")
+    return message_factory.GetMessageClass(traces), common_pb2.KeyValue
+
+
+_RANK, _FIELD, _VALUE = itemgetter(1), itemgetter(0), itemgetter(2)
+
+
+def _resolve(res: list[tuple[str, int, object]],
+             hits: list[tuple[tuple[str, int, object], ...]]) -> dict[str, object]:
+    """field -> value of its best-ranked attribute (C-level passes: the hot path). Usually
+    each field has one candidate; else sorted worst first, so the best is written last."""
+    trip = res + list(chain.from_iterable(hits))
+    best = dict(zip(map(_FIELD, trip), map(_VALUE, trip), strict=True))
+    if len(best) < len(trip):
+        trip.sort(key=_RANK, reverse=True)
+        best = dict(zip(map(_FIELD, trip), map(_VALUE, trip), strict=True))
+    return best
+
+
+def _nanos(v: int | str) -> int:
+    if isinstance(v, str):
+        return int(v) if v.isdigit() else 0
+    return v if v > 0 else 0
+
+
+class OtlpDecoder:
+    """``otlp_proto`` or ``otlp_json`` messages to trace events (see the module doc)."""
+
+    def __init__(self, fmt: str, mapping: OtlpMapping) -> None:
+        if fmt == "otlp_proto":
+            from google.protobuf.internal import api_implementation
+
+            if api_implementation.Type() == "python":
+                raise ConfigError(
+                    "input.format: otlp_proto needs protobuf's upb backend, and this process "
+                    "runs the pure-Python one; unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION, "
+                    "or install a binary wheel: pip install --force-reinstall --only-binary="
+                    ":all: 'protobuf>=5'")
+            self._parse: Callable[[bytes], Iterable[Any]] = self._proto
+            self._traces, self._kv = _proto_view()
+        elif fmt == "otlp_json":
+            self._parse = self._json
+        else:
+            raise ConfigError(f"input.format: {fmt!r} is not an OTLP format")
+        self.fmt = fmt
+        # attribute name -> (field, rank): the first name of a field ranks best; a span's
+        # attribute beats its resource's of the same name (rank + 1).
+        self.index: dict[str, list[tuple[str, int]]] = {}
+        for f in _FIELDS:
+            for i, name in enumerate(getattr(mapping, f)):
+                self.index.setdefault(name, []).append((f, 2 * i))
+        for name in (_OPERATION, *_LEGACY):
+            self.index.setdefault(name, []).append((name, 0))
+        # KeyValue bytes -> its ((field, rank, value), ...); bounded, and never content.
+        self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
+        self.refusals = frozenset(mapping.refusal_finish_reasons)
+        self.evaluators = frozenset(mapping.evaluators)
+
+    # -- messages --------------------------------------------------------------------------
+    def __call__(self, messages: list[bytes], max_bytes: int) -> tuple[list[TraceEvent],
+                                                                       list[Rejection], int]:
+        """Decode several messages; never raises."""
+        items: list[dict[str, Any]] = []
+        where: list[int] = []
+        bad: list[Rejection] = []
+        skipped = 0
+        for i, data in enumerate(messages):
+            if len(data) > max_bytes:
+                bad.append(too_large(len(data), hashlib.sha256(data).hexdigest(), max_bytes)
+                           ._replace(message=i))
+                continue
+            try:
+                spans = list(self._parse(data))
+            except Exception as e:   # any bytes: the parsers' errors differ by backend
+                bad.append(Rejection("bad_otlp", None,
+                                     f"not an OTLP {self.fmt} traces message "
+                                     f"({type(e).__name__})", _fingerprint(data), i))
+                continue
+            for item in spans:
+                if item is None:
+                    skipped += 1
+                else:
+                    items.append(item)
+                    where.append(i)
+        ok = self._validate(items, where, bad)
+        if len(bad) > 1:
+            bad.sort(key=lambda r: r.message)
+        return ok, bad, skipped
+
+    def _validate(self, items: list[dict[str, Any]], where: list[int],
+                  bad: list[Rejection]) -> list[TraceEvent]:
+        """The native checks in one C pass; item by item (for the reasons) if one fails."""
+        try:
+            evs = msgspec.convert(items, list[TraceEvent], strict=True)
+        except msgspec.ValidationError:
+            evs = None
+        if evs is not None and _finish_all(evs):   # JSON ids may not be hex
+            return evs
+        ok: list[TraceEvent] = []
+        for item, i in zip(items, where, strict=True):
+            r = _one_item(item)
+            if isinstance(r, TraceEvent):
+                ok.append(r)
+            else:
+                bad.append(r._replace(message=i))
+        return ok
+
+    def _proto(self, data: bytes) -> Iterable[dict[str, Any] | None]:
+        msg = self._traces()
+        msg.ParseFromString(data)
+        get, attr = self.cache.get, self._attr
+        for rs in msg.resource_spans:
+            res = self._hits([h if (h := get(b)) is not None else attr(b)
+                              for b in rs.resource.attributes], 1)
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    hits = [h if (h := get(b)) is not None else attr(b) for b in s.attributes]
+                    yield self._span(
+                        _resolve(res, hits),
+                        [(e.name, [self._kv.FromString(b) for b in e.attributes], _pvalue)
+                         for e in s.events if e.name == _EVAL_EVENT] if s.events else (),
+                        s.trace_id.hex(), s.span_id.hex(), s.name, s.start_time_unix_nano,
+                        s.end_time_unix_nano, s.status.code)
+
+    def _attr(self, b: bytes) -> tuple[tuple[str, int, object], ...]:
+        """What one attribute (a serialised KeyValue) maps to: ((field, rank, value), …),
+        parsed by upb and cached. Content attributes are never cached or read."""
+        kv = self._kv.FromString(b)
+        key = kv.key
+        hits = self.index.get(key)
+        out = tuple((f, rank, _pvalue(kv.value)) for f, rank in hits) if hits else ()
+        if not key.startswith(CONTENT_ATTRIBUTES):
+            if len(self.cache) >= _CACHE_ENTRIES:
+                self.cache.clear()
+            self.cache[b] = out
+        return out
+
+    def _json(self, data: bytes) -> Iterable[dict[str, Any] | None]:
+        msg = _jtraces.decode(data)
+        for rs in msg.resourceSpans:
+            res = self._hits(self._jattrs(rs.resource.attributes if rs.resource else ()), 1)
+            for ss in rs.scopeSpans:
+                for s in ss.spans:
+                    code = s.status.code if s.status else 0
+                    yield self._span(
+                        _resolve(res, self._jattrs(s.attributes)),
+                        [(e.name, e.attributes, _jvalue) for e in s.events
+                         if e.name == _EVAL_EVENT],
+                        s.traceId.lower(), s.spanId.lower(), s.name,
+                        _nanos(s.startTimeUnixNano), _nanos(s.endTimeUnixNano),
+                        _ERROR if code in (_ERROR, "STATUS_CODE_ERROR") else 0)
+
+    def _jattrs(self, attrs: Iterable[_JKV]) -> list[tuple[tuple[str, int, object], ...]]:
+        index = self.index
+        out = []
+        for kv in attrs:
+            hits = index.get(kv.key)   # an unmapped value stays an unparsed Raw slice
+            if hits:
+                v = _jvalue(kv.value)
+                out.append(tuple((f, rank, v) for f, rank in hits))
+        return out
+
+    @staticmethod
+    def _hits(hits: Iterable[tuple[tuple[str, int, object], ...]],
+              extra: int) -> list[tuple[str, int, object]]:
+        """A resource's mapped attributes, ranked after a span's of the same name."""
+        return [(f, rank + extra, v) for hit in hits for f, rank, v in hit]
+
+    # -- one span --------------------------------------------------------------------------
+    def _span(self, best: dict[str, object], evals: Iterable[Any], tid: str,
+              sid: str, name: str, start: int, end: int, status: int) -> dict[str, Any] | None:
+        operation = best.pop(_OPERATION, _MISSING)
+        legacy = [best.pop(k, _MISSING) for k in _LEGACY]
+        if operation is not _MISSING:
+            pass
+        elif legacy[0] is not _MISSING or legacy[1] is not _MISSING:
+            # Instrumentations before gen_ai.operation.name: the span name starts with it.
+            operation = (name.split(" ", 1)[0] or "chat") if name else "chat"
+        else:
+            return None   # not a GenAI operation
+        out: dict[str, Any] = {"operation": operation}
+        if end:
+            out["ts"] = end / 1_000_000_000   # int / int: correctly rounded
+        if tid.strip("0"):   # all zeros: no id (W3C)
+            out["trace_id"] = tid
+        if sid.strip("0"):
+            out["span_id"] = sid
+        out.update(best)
+        if start and end >= start:
+            out["latency_ms"] = (end - start) / 1_000_000
+        reasons = out.get("finish_reason", _MISSING)
+        if reasons is not _MISSING:
+            if isinstance(reasons, list):
+                out["finish_reason"] = reasons[0] if reasons else None
+                if reasons and "refusal" not in out:
+                    out["refusal"] = not self.refusals.isdisjoint(
+                        r for r in reasons if isinstance(r, str))
+            elif isinstance(reasons, str) and "refusal" not in out:
+                out["refusal"] = reasons in self.refusals
+            if out["finish_reason"] is None:
+                del out["finish_reason"]
+        hits = out.get("safety_hits")
+        if isinstance(hits, str):
+            out["safety_hits"] = [hits]
+        if status == _ERROR and "error_type" not in out:
+            out["error_type"] = "_OTHER"   # the conventions' value when the class is unknown
+        if evals:
+            scores = self._evals(evals)
+            if scores:
+                out["eval_scores"] = scores
+        return out
+
+    def _evals(self, events: Iterable[Any]) -> dict[str, float]:
+        """``gen_ai.evaluation.result`` events (name, attributes, value reader): evaluator name
+        -> score (finite numbers only; the explanation, free text, is never read)."""
+        scores: dict[str, float] = {}
+        for _, attrs, value in events:
+            name = score = None
+            for kv in attrs:
+                if kv.key == _EVAL_NAME:
+                    name = value(kv.value)
+                elif kv.key == _EVAL_SCORE:
+                    score = value(kv.value)
+            if (isinstance(name, str) and 0 < len(name) <= 64
+                    and (not self.evaluators or name in self.evaluators)
+                    and isinstance(score, int | float) and not isinstance(score, bool)
+                    and math.isfinite(score) and len(scores) < _MAX_EVALS):
+                scores[name] = float(score)
+        return scores
