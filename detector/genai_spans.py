@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import IO, Any, Final
 
 from msgspec import UNSET
 
-from detector.events import TraceEvent
+from detector.events import TraceEvent, decode
 
-__all__ = ["RESOURCE_ATTRIBUTES", "SPAN_ATTRIBUTES", "to_otlp_json", "to_otlp_proto", "to_spans"]
+__all__ = ["RESOURCE_ATTRIBUTES", "SPAN_ATTRIBUTES", "to_otlp_json", "to_otlp_proto", "to_spans",
+           "write_otlp"]
 
 #: Resource attribute of each cohort field (the first the default mapping tries there).
 RESOURCE_ATTRIBUTES: Final = {"tenant": "tenant.id", "app": "service.name",
@@ -101,3 +102,23 @@ def to_otlp_json(events: Iterable[TraceEvent]) -> bytes:
                     if k in s:
                         s[k] = base64.b64decode(s[k]).hex()
     return orjson.dumps(doc)
+
+
+def write_otlp(lines: Iterable[bytes], out: IO[bytes], fmt: str) -> tuple[int, int]:
+    """Native trace-event lines as OTLP files the Collector's file exporter writes: one
+    message per line that holds events (``otlp_json``: a JSON line; ``otlp_proto``: 4-byte
+    big-endian length, then the message). Lines without a valid event are left out (spans
+    cannot be malformed the same way). Returns (messages, spans) written."""
+    messages = spans = 0
+    for line in lines:
+        evs, _ = decode(line)
+        if not evs:
+            continue
+        if fmt == "otlp_json":
+            out.write(to_otlp_json(evs) + b"\n")
+        else:
+            data = to_otlp_proto(evs)
+            out.write(len(data).to_bytes(4, "big") + data)
+        messages += 1
+        spans += len(evs)
+    return messages, spans

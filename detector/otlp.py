@@ -55,8 +55,8 @@ from detector.events import (
 if TYPE_CHECKING:
     from detector.config import Config, OtlpMapping
 
-__all__ = ["CONTENT_ATTRIBUTES", "Decoder", "OtlpDecoder", "check_mapping", "decoder_for",
-           "native_decoder"]
+__all__ = ["CONTENT_ATTRIBUTES", "Decoder", "OtlpDecoder", "check_backend", "check_mapping",
+           "decoder_for", "native_decoder"]
 
 #: A decoder: messages and the size limit in; events, rejections and non-GenAI spans skipped out.
 Decoder = Callable[[list[bytes], int], tuple[list[TraceEvent], list[Rejection], int]]
@@ -84,13 +84,30 @@ _CACHE_ENTRIES: Final = 1 << 16
 
 
 def check_mapping(cfg: Config) -> None:
-    """A mapping that names a content attribute would copy prompt text into a field."""
+    """A mapping that names a content attribute would copy prompt text into a field; and
+    otlp_proto anywhere needs the upb backend (:func:`check_backend`)."""
+    if cfg.input.format == "otlp_proto":
+        check_backend()
+    for i, t in enumerate(cfg.kafka.extra_traces_topics):
+        if t.format == "otlp_proto":
+            check_backend(f"kafka.extra_traces_topics[{i}].format")
     m = cfg.input.otlp
     for f in _FIELDS:
         for i, name in enumerate(getattr(m, f)):
             if name.startswith(CONTENT_ATTRIBUTES):
                 raise ConfigError(f"input.otlp.{f}[{i}]: {name!r} carries message content, "
                                   "which is never read")
+
+
+def check_backend(key: str = "input.format") -> None:
+    """Refuse protobuf's pure-Python backend: ten times slower than upb at parsing."""
+    from google.protobuf.internal import api_implementation
+
+    if api_implementation.Type() == "python":
+        raise ConfigError(
+            f"{key}: otlp_proto needs protobuf's upb backend, and this process runs the "
+            "pure-Python one; unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION, or install a "
+            "binary wheel: pip install --force-reinstall --only-binary=:all: 'protobuf>=5'")
 
 
 def native_decoder(messages: list[bytes], max_bytes: int) -> tuple[list[TraceEvent],
@@ -270,14 +287,7 @@ class OtlpDecoder:
 
     def __init__(self, fmt: str, mapping: OtlpMapping) -> None:
         if fmt == "otlp_proto":
-            from google.protobuf.internal import api_implementation
-
-            if api_implementation.Type() == "python":
-                raise ConfigError(
-                    "input.format: otlp_proto needs protobuf's upb backend, and this process "
-                    "runs the pure-Python one; unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION, "
-                    "or install a binary wheel: pip install --force-reinstall --only-binary="
-                    ":all: 'protobuf>=5'")
+            check_backend()
             self._parse: Callable[[bytes], Iterable[Any]] = self._proto
             self._traces, self._kv = _proto_view()
         elif fmt == "otlp_json":
