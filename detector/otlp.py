@@ -80,6 +80,8 @@ _FIELDS: Final = ("tenant", "region", "app", "environment", "model", "model_vers
                   "tool_side_effect", "tool_approved", "schema_valid", "tool_result_fabricated",
                   "tool_status", "memory_bytes")
 _MISSING: Final = object()
+_LEGACY_FIELD: Final = "_gen_ai_system"
+_DERIVED: Final = 1000   # ranks after every attribute's
 _CACHE_ENTRIES: Final = 1 << 16
 
 
@@ -301,8 +303,9 @@ class OtlpDecoder:
         for f in _FIELDS:
             for i, name in enumerate(getattr(mapping, f)):
                 self.index.setdefault(name, []).append((f, 2 * i))
-        for name in (_OPERATION, *_LEGACY):
-            self.index.setdefault(name, []).append((name, 0))
+        self.index.setdefault(_OPERATION, []).append(("operation", 0))
+        for name in _LEGACY:
+            self.index.setdefault(name, []).append((_LEGACY_FIELD, 0))
         # KeyValue bytes -> its ((field, rank, value), ...); bounded, and never content.
         self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
         self.refusals = frozenset(mapping.refusal_finish_reasons)
@@ -366,7 +369,11 @@ class OtlpDecoder:
                               for b in rs.resource.attributes], 1)
             for ss in rs.scope_spans:
                 for s in ss.spans:
-                    hits = [h if (h := get(b)) is not None else attr(b) for b in s.attributes]
+                    attrs = s.attributes
+                    hits = list(map(get, attrs))   # C-level; misses (None) parsed once
+                    if None in hits:
+                        hits = [attr(b) if h is None else h for h, b in zip(hits, attrs,
+                                                                            strict=True)]
                     yield self._span(
                         _resolve(res, hits),
                         [(e.name, [self._kv.FromString(b) for b in e.attributes], _pvalue)
@@ -380,7 +387,7 @@ class OtlpDecoder:
         kv = self._kv.FromString(b)
         key = kv.key
         hits = self.index.get(key)
-        out = tuple((f, rank, _pvalue(kv.value)) for f, rank in hits) if hits else ()
+        out = self._derive(hits, _pvalue(kv.value)) if hits else ()
         if not key.startswith(CONTENT_ATTRIBUTES):
             if len(self.cache) >= _CACHE_ENTRIES:
                 self.cache.clear()
@@ -408,9 +415,28 @@ class OtlpDecoder:
         for kv in attrs:
             hits = index.get(kv.key)   # an unmapped value stays an unparsed Raw slice
             if hits:
-                v = _jvalue(kv.value)
-                out.append(tuple((f, rank, v) for f, rank in hits))
+                out.append(self._derive(hits, _jvalue(kv.value)))
         return out
+
+    def _derive(self, hits: list[tuple[str, int]], v: object) -> tuple[tuple[str, int, object],
+                                                                        ...]:
+        """(field, rank, value) for each field an attribute maps to, worked out once per
+        distinct attribute: the first finish reason, and a refusal from the finish reasons
+        ranked after any refusal attribute; one safety label as a list."""
+        out: list[tuple[str, int, object]] = []
+        for f, rank in hits:
+            if f == "finish_reason":
+                reasons = v if isinstance(v, list) else [v]
+                if not reasons:
+                    continue
+                out.append((f, rank, reasons[0]))
+                out.append(("refusal", _DERIVED + rank, not self.refusals.isdisjoint(
+                    r for r in reasons if isinstance(r, str))))
+            elif f == "safety_hits" and isinstance(v, str):
+                out.append((f, rank, [v]))
+            else:
+                out.append((f, rank, v))
+        return tuple(out)
 
     @staticmethod
     def _hits(hits: Iterable[tuple[tuple[str, int, object], ...]],
@@ -421,39 +447,21 @@ class OtlpDecoder:
     # -- one span --------------------------------------------------------------------------
     def _span(self, best: dict[str, object], evals: Iterable[Any], tid: str,
               sid: str, name: str, start: int, end: int, status: int) -> dict[str, Any] | None:
-        operation = best.pop(_OPERATION, _MISSING)
-        legacy = [best.pop(k, _MISSING) for k in _LEGACY]
-        if operation is not _MISSING:
-            pass
-        elif legacy[0] is not _MISSING or legacy[1] is not _MISSING:
+        out: dict[str, Any] = best
+        legacy = out.pop(_LEGACY_FIELD, _MISSING)
+        if "operation" not in out:
+            if legacy is _MISSING:
+                return None   # not a GenAI operation
             # Instrumentations before gen_ai.operation.name: the span name starts with it.
-            operation = (name.split(" ", 1)[0] or "chat") if name else "chat"
-        else:
-            return None   # not a GenAI operation
-        out: dict[str, Any] = {"operation": operation}
+            out["operation"] = (name.split(" ", 1)[0] or "chat") if name else "chat"
         if end:
             out["ts"] = end / 1_000_000_000   # int / int: correctly rounded
         if tid.strip("0"):   # all zeros: no id (W3C)
             out["trace_id"] = tid
         if sid.strip("0"):
             out["span_id"] = sid
-        out.update(best)
         if start and end >= start:
             out["latency_ms"] = (end - start) / 1_000_000
-        reasons = out.get("finish_reason", _MISSING)
-        if reasons is not _MISSING:
-            if isinstance(reasons, list):
-                out["finish_reason"] = reasons[0] if reasons else None
-                if reasons and "refusal" not in out:
-                    out["refusal"] = not self.refusals.isdisjoint(
-                        r for r in reasons if isinstance(r, str))
-            elif isinstance(reasons, str) and "refusal" not in out:
-                out["refusal"] = reasons in self.refusals
-            if out["finish_reason"] is None:
-                del out["finish_reason"]
-        hits = out.get("safety_hits")
-        if isinstance(hits, str):
-            out["safety_hits"] = [hits]
         if status == _ERROR and "error_type" not in out:
             out["error_type"] = "_OTHER"   # the conventions' value when the class is unknown
         if evals:
