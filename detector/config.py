@@ -373,7 +373,10 @@ def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
                 continue
             value: Any = env
             default = getattr(defaults, name)
-            if isinstance(default, int | float) and not isinstance(default, bool):
+            if name == "extra_traces_topics":   # "otlp_spans:otlp_proto,other:otlp_json"
+                value = [dict(zip(("topic", "format"), t.strip().rsplit(":", 1), strict=False))
+                         for t in env.split(",") if t.strip()]
+            elif isinstance(default, int | float) and not isinstance(default, bool):
                 kind = type(default)
                 try:
                     value = kind(env)

@@ -313,3 +313,25 @@ def test_the_span_encoder_round_trips_native_events() -> None:
     for fmt, enc in (("otlp_proto", to_otlp_proto), ("otlp_json", to_otlp_json)):
         ok, bad, _ = _decode(fmt, enc(evs))
         assert bad == [] and sorted(ok, key=lambda e: e.ts) == evs
+
+
+def test_the_compose_collector_writes_what_the_workers_read(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import yaml
+
+    from detector.config import TraceTopic
+
+    deploy = Path(__file__).resolve().parents[1] / "deploy"
+    col = yaml.safe_load((deploy / "otel-collector" / "collector.yaml").read_text())
+    compose = yaml.safe_load((deploy / "docker-compose.yml").read_text())
+    kafka = col["exporters"]["kafka"]
+    assert "kafka" in col["service"]["pipelines"]["traces"]["exporters"]
+    assert "contrib" in compose["services"]["otel-collector"]["image"]
+    for name in ("detector-1", "detector-2"):
+        env = compose["services"][name]["environment"]
+        topic, fmt = env["DETECTOR_KAFKA_EXTRA_TRACES_TOPICS"].split(":")
+        assert (kafka["traces"]["topic"], kafka["traces"]["encoding"]) == (topic, fmt)
+        assert kafka["brokers"] == [env["DETECTOR_KAFKA_BROKERS"]]
+    assert kafka["producer"]["max_message_bytes"] <= CFG.input.max_message_bytes
+    monkeypatch.setenv("DETECTOR_KAFKA_EXTRA_TRACES_TOPICS", f"{topic}:{fmt}")
+    assert load_config(None).kafka.extra_traces_topics == [TraceTopic(topic=topic, format=fmt)]
