@@ -81,7 +81,7 @@ _FIELDS: Final = ("tenant", "region", "app", "environment", "model", "model_vers
                   "tool_status", "memory_bytes")
 _MISSING: Final = object()
 _LEGACY_FIELD: Final = "_gen_ai_system"
-_DERIVED: Final = 1000   # ranks after every attribute's
+_FROM_REASONS: Final = "_refusal_from_finish_reasons"
 _CACHE_ENTRIES: Final = 1 << 16
 
 
@@ -263,19 +263,17 @@ def _proto_view() -> tuple[Any, Any]:
     return message_factory.GetMessageClass(traces), common_pb2.KeyValue
 
 
-_RANK, _FIELD, _VALUE = itemgetter(1), itemgetter(0), itemgetter(2)
+_RANK, _FIELD_VALUE = itemgetter(1), itemgetter(0, 2)
 
 
 def _resolve(res: list[tuple[str, int, object]],
              hits: list[tuple[tuple[str, int, object], ...]]) -> dict[str, object]:
-    """field -> value of its best-ranked attribute (C-level passes: the hot path). Usually
-    each field has one candidate; else sorted worst first, so the best is written last."""
+    """field -> value of its best-ranked attribute: sorted worst first, so the best is
+    written last (C-level passes: the hot path; real spans often carry two names of one
+    field, such as the request and the response model)."""
     trip = res + list(chain.from_iterable(hits))
-    best = dict(zip(map(_FIELD, trip), map(_VALUE, trip), strict=True))
-    if len(best) < len(trip):
-        trip.sort(key=_RANK, reverse=True)
-        best = dict(zip(map(_FIELD, trip), map(_VALUE, trip), strict=True))
-    return best
+    trip.sort(key=_RANK, reverse=True)
+    return dict(map(_FIELD_VALUE, trip))
 
 
 def _nanos(v: int | str) -> int:
@@ -331,12 +329,10 @@ class OtlpDecoder:
                                      f"not an OTLP {self.fmt} traces message "
                                      f"({type(e).__name__})", _fingerprint(data), i))
                 continue
-            for item in spans:
-                if item is None:
-                    skipped += 1
-                else:
-                    items.append(item)
-                    where.append(i)
+            kept = list(filter(None, spans))   # None: not a GenAI span
+            skipped += len(spans) - len(kept)
+            items += kept
+            where += [i] * len(kept)
         ok = self._validate(items, where, bad)
         if len(bad) > 1:
             bad.sort(key=lambda r: r.message)
@@ -422,7 +418,7 @@ class OtlpDecoder:
                                                                         ...]:
         """(field, rank, value) for each field an attribute maps to, worked out once per
         distinct attribute: the first finish reason, and a refusal from the finish reasons
-        ranked after any refusal attribute; one safety label as a list."""
+        (which a refusal attribute overrides: :meth:`_span`); one safety label as a list."""
         out: list[tuple[str, int, object]] = []
         for f, rank in hits:
             if f == "finish_reason":
@@ -430,7 +426,7 @@ class OtlpDecoder:
                 if not reasons:
                     continue
                 out.append((f, rank, reasons[0]))
-                out.append(("refusal", _DERIVED + rank, not self.refusals.isdisjoint(
+                out.append((_FROM_REASONS, rank, not self.refusals.isdisjoint(
                     r for r in reasons if isinstance(r, str))))
             elif f == "safety_hits" and isinstance(v, str):
                 out.append((f, rank, [v]))
@@ -462,6 +458,9 @@ class OtlpDecoder:
             out["span_id"] = sid
         if start and end >= start:
             out["latency_ms"] = (end - start) / 1_000_000
+        refused = out.pop(_FROM_REASONS, _MISSING)
+        if refused is not _MISSING and "refusal" not in out:
+            out["refusal"] = refused
         if status == _ERROR and "error_type" not in out:
             out["error_type"] = "_OTHER"   # the conventions' value when the class is unknown
         if evals:
