@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from harness import AlertReader, WorkerProc, wait_until, write_config
+from harness import AlertReader, WorkerProc, wait_assigned, wait_until, write_config
 
 from detector.broker import Tansu
 from tests.genai_sdk import PROMPT, agent_spans, per_trace, traces_data
@@ -60,9 +60,7 @@ def test_otlp_spans_from_the_collector_page_sev1(broker: Tansu, names: dict[str,
     w = WorkerProc(cfg, tmp_path / "worker.log")
     reader = AlertReader(broker.bootstrap, names["alerts_topic"])
     try:
-        wait_until(lambda: w.events("stage1_assigned") or not w.alive(), 90,
-                   "the worker's stage-1 consumer to join its group")
-        assert w.alive(), w.log()[-3000:]
+        wait_assigned(w)
         asyncio.run(_produce(broker.bootstrap, otlp_topic,
                              [(None, traces_data(whole)), *per_trace(split)]))
         wait_until(lambda: len({a["cohort"]["tenant"] for a in reader.poll()}) >= 2, 120,
