@@ -82,6 +82,7 @@ _FIELDS: Final = ("tenant", "region", "app", "environment", "model", "model_vers
 _MISSING: Final = object()
 _LEGACY_FIELD: Final = "_gen_ai_system"
 _FROM_REASONS: Final = "_refusal_from_finish_reasons"
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _CACHE_ENTRIES: Final = 1 << 16
 
 
@@ -452,9 +453,9 @@ class OtlpDecoder:
             out["operation"] = (name.split(" ", 1)[0] or "chat") if name else "chat"
         if end:
             out["ts"] = end / 1_000_000_000   # int / int: correctly rounded
-        if tid.strip("0"):   # all zeros: no id (W3C)
+        if tid and tid != _NO_TRACE:   # all zeros: no id (W3C)
             out["trace_id"] = tid
-        if sid.strip("0"):
+        if sid and sid != _NO_SPAN:
             out["span_id"] = sid
         if start and end >= start:
             out["latency_ms"] = (end - start) / 1_000_000
