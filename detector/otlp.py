@@ -51,6 +51,14 @@ from detector.events import (
     decode_many,
     too_large,
 )
+from detector.otlp_wire import (
+    JKV,
+    json_traces,
+    json_value,
+    nanos,
+    proto_value,
+    proto_view,
+)
 
 if TYPE_CHECKING:
     from detector.config import Config, OtlpMapping
@@ -128,142 +136,6 @@ def _fingerprint(data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-# -- OTLP JSON: only what the mapping needs is parsed; attribute values stay raw -------------
-class _JScalar(msgspec.Struct):
-    stringValue: str | None = None
-    boolValue: bool | None = None
-    intValue: int | str | None = None
-    doubleValue: float | str | None = None
-
-
-class _JArray(msgspec.Struct):
-    values: list[_JScalar] = []
-
-
-class _JAny(_JScalar):
-    arrayValue: _JArray | None = None
-
-
-class _JKV(msgspec.Struct):
-    key: str = ""
-    value: msgspec.Raw = msgspec.Raw(b"null")
-
-
-class _JEvent(msgspec.Struct):
-    name: str = ""
-    attributes: list[_JKV] = []
-
-
-class _JStatus(msgspec.Struct):
-    code: int | str = 0
-
-
-class _JSpan(msgspec.Struct):
-    traceId: str = ""
-    spanId: str = ""
-    name: str = ""
-    startTimeUnixNano: int | str = 0
-    endTimeUnixNano: int | str = 0
-    attributes: list[_JKV] = []
-    events: list[_JEvent] = []
-    status: _JStatus | None = None
-
-
-class _JScope(msgspec.Struct):
-    spans: list[_JSpan] = []
-
-
-class _JResource(msgspec.Struct):
-    attributes: list[_JKV] = []
-
-
-class _JResourceSpans(msgspec.Struct):
-    resource: _JResource | None = None
-    scopeSpans: list[_JScope] = []
-
-
-class _JTraces(msgspec.Struct):
-    resourceSpans: list[_JResourceSpans]   # required: a native event here is a mistake
-
-
-_jtraces: Final = msgspec.json.Decoder(_JTraces)
-_jany: Final = msgspec.json.Decoder(_JAny)
-
-
-def _jscalar(v: _JScalar) -> object:
-    if v.stringValue is not None:
-        return v.stringValue
-    if v.boolValue is not None:
-        return v.boolValue
-    if v.intValue is not None:   # int64 is a string in proto3 JSON
-        i = v.intValue
-        return int(i) if isinstance(i, str) and i.lstrip("-").isdigit() else i
-    if v.doubleValue is not None:
-        return v.doubleValue
-    return None
-
-
-def _jvalue(raw: msgspec.Raw) -> object:
-    try:
-        v = _jany.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        return "\x00"   # not a value: fails the field's type check as a wrong type
-    if v.arrayValue is not None:
-        return [_jscalar(x) for x in v.arrayValue.values]
-    return _jscalar(v)
-
-
-def _pvalue(v: Any) -> object:
-    kind = v.WhichOneof("value")
-    if kind == "array_value":
-        return [_pscalar(x) for x in v.array_value.values]
-    return _pscalar(v, kind)
-
-
-def _pscalar(v: Any, kind: str | None = "") -> object:
-    kind = v.WhichOneof("value") if kind == "" else kind
-    if kind in ("string_value", "bool_value", "int_value", "double_value"):
-        return getattr(v, kind)
-    return None if kind is None else "\x00"   # bytes, nested: not a contract value
-
-
-def _proto_view() -> tuple[Any, Any]:
-    """``TracesData`` as opentelemetry-proto declares it, except that every ``attributes``
-    field is ``repeated bytes``: the same wire format (a length-delimited KeyValue), handed
-    to Python as one bytes object per attribute instead of a KeyValue and an AnyValue
-    wrapper. A known attribute's bytes are a cache key (:meth:`OtlpDecoder._attr`); upb does
-    all the parsing. Returns the view's TracesData and the official KeyValue."""
-    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-    from opentelemetry.proto.common.v1 import common_pb2
-    from opentelemetry.proto.resource.v1 import resource_pb2
-    from opentelemetry.proto.trace.v1 import trace_pb2
-
-    pool = descriptor_pool.DescriptorPool()
-    old, new = ".opentelemetry.proto.", ".detector.otlp_view."
-
-    def retype(m: Any) -> None:
-        for f in m.field:
-            if f.name == "attributes" and f.type_name == old + "common.v1.KeyValue":
-                f.type = descriptor_pb2.FieldDescriptorProto.TYPE_BYTES
-                f.ClearField("type_name")
-            elif f.type_name.startswith(old):
-                f.type_name = new + f.type_name[len(old):]
-        for n in m.nested_type:
-            retype(n)
-
-    for mod in (common_pb2, resource_pb2, trace_pb2):
-        fdp = descriptor_pb2.FileDescriptorProto()
-        mod.DESCRIPTOR.CopyToProto(fdp)
-        fdp.name = "detector_otlp_view/" + fdp.name
-        fdp.package = fdp.package.replace(old[1:-1], new[1:-1], 1)
-        fdp.dependency[:] = ["detector_otlp_view/" + d for d in fdp.dependency]
-        for m in fdp.message_type:
-            retype(m)
-        pool.Add(fdp)
-    traces = pool.FindMessageTypeByName(new[1:] + "trace.v1.TracesData")
-    return message_factory.GetMessageClass(traces), common_pb2.KeyValue
-
-
 _RANK, _FIELD_VALUE = itemgetter(1), itemgetter(0, 2)
 
 
@@ -277,12 +149,6 @@ def _resolve(res: list[tuple[str, int, object]],
     return dict(map(_FIELD_VALUE, trip))
 
 
-def _nanos(v: int | str) -> int:
-    if isinstance(v, str):
-        return int(v) if v.isdigit() else 0
-    return v if v > 0 else 0
-
-
 class OtlpDecoder:
     """``otlp_proto`` or ``otlp_json`` messages to trace events (see the module doc)."""
 
@@ -290,7 +156,7 @@ class OtlpDecoder:
         if fmt == "otlp_proto":
             check_backend()
             self._parse: Callable[[bytes], Iterable[Any]] = self._proto
-            self._traces, self._kv = _proto_view()
+            self._traces, self._kv = proto_view()
         elif fmt == "otlp_json":
             self._parse = self._json
         else:
@@ -373,7 +239,7 @@ class OtlpDecoder:
                                                                             strict=True)]
                     yield self._span(
                         _resolve(res, hits),
-                        [(e.name, [self._kv.FromString(b) for b in e.attributes], _pvalue)
+                        [(e.name, [self._kv.FromString(b) for b in e.attributes], proto_value)
                          for e in s.events if e.name == _EVAL_EVENT] if s.events else (),
                         s.trace_id.hex(), s.span_id.hex(), s.name, s.start_time_unix_nano,
                         s.end_time_unix_nano, s.status.code)
@@ -384,7 +250,7 @@ class OtlpDecoder:
         kv = self._kv.FromString(b)
         key = kv.key
         hits = self.index.get(key)
-        out = self._derive(hits, _pvalue(kv.value)) if hits else ()
+        out = self._derive(hits, proto_value(kv.value)) if hits else ()
         if not key.startswith(CONTENT_ATTRIBUTES):
             if len(self.cache) >= _CACHE_ENTRIES:
                 self.cache.clear()
@@ -392,7 +258,7 @@ class OtlpDecoder:
         return out
 
     def _json(self, data: bytes) -> Iterable[dict[str, Any] | None]:
-        msg = _jtraces.decode(data)
+        msg = json_traces.decode(data)
         for rs in msg.resourceSpans:
             res = self._hits(self._jattrs(rs.resource.attributes if rs.resource else ()), 1)
             for ss in rs.scopeSpans:
@@ -400,19 +266,19 @@ class OtlpDecoder:
                     code = s.status.code if s.status else 0
                     yield self._span(
                         _resolve(res, self._jattrs(s.attributes)),
-                        [(e.name, e.attributes, _jvalue) for e in s.events
+                        [(e.name, e.attributes, json_value) for e in s.events
                          if e.name == _EVAL_EVENT],
                         s.traceId.lower(), s.spanId.lower(), s.name,
-                        _nanos(s.startTimeUnixNano), _nanos(s.endTimeUnixNano),
+                        nanos(s.startTimeUnixNano), nanos(s.endTimeUnixNano),
                         _ERROR if code in (_ERROR, "STATUS_CODE_ERROR") else 0)
 
-    def _jattrs(self, attrs: Iterable[_JKV]) -> list[tuple[tuple[str, int, object], ...]]:
+    def _jattrs(self, attrs: Iterable[JKV]) -> list[tuple[tuple[str, int, object], ...]]:
         index = self.index
         out = []
         for kv in attrs:
             hits = index.get(kv.key)   # an unmapped value stays an unparsed Raw slice
             if hits:
-                out.append(self._derive(hits, _jvalue(kv.value)))
+                out.append(self._derive(hits, json_value(kv.value)))
         return out
 
     def _derive(self, hits: list[tuple[str, int]], v: object) -> tuple[tuple[str, int, object],
