@@ -92,6 +92,8 @@ _LEGACY_FIELD: Final = "_gen_ai_system"
 _FROM_REASONS: Final = "_refusal_from_finish_reasons"
 _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _CACHE_ENTRIES: Final = 1 << 16
+_CACHE_KEYS: Final = 1 << 12
+_VALUES_PER_UNMAPPED: Final = 256
 
 
 def check_mapping(cfg: Config) -> None:
@@ -173,6 +175,7 @@ class OtlpDecoder:
             self.index.setdefault(name, []).append((_LEGACY_FIELD, 0))
         # KeyValue bytes -> its ((field, rank, value), ...); bounded, and never content.
         self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
+        self.unmapped: dict[str, int] = {}   # unmapped name -> its values cached
         self.refusals = frozenset(mapping.refusal_finish_reasons)
         self.evaluators = frozenset(mapping.evaluators)
 
@@ -246,15 +249,24 @@ class OtlpDecoder:
 
     def _attr(self, b: bytes) -> tuple[tuple[str, int, object], ...]:
         """What one attribute (a serialised KeyValue) maps to: ((field, rank, value), …),
-        parsed by upb and cached. Content attributes are never cached or read."""
+        parsed by upb and cached. Content attributes are never cached or read, nor unmapped
+        ones whose values keep changing (a response id would fill the cache and clear it)."""
         kv = self._kv.FromString(b)
         key = kv.key
         hits = self.index.get(key)
         out = self._derive(hits, proto_value(kv.value)) if hits else ()
-        if not key.startswith(CONTENT_ATTRIBUTES):
-            if len(self.cache) >= _CACHE_ENTRIES:
-                self.cache.clear()
-            self.cache[b] = out
+        if key.startswith(CONTENT_ATTRIBUTES):
+            return out
+        if not hits:
+            seen = self.unmapped
+            if len(seen) >= _CACHE_KEYS:   # names are input too: bounded
+                seen.clear()
+            n = seen[key] = seen.get(key, 0) + 1
+            if n > _VALUES_PER_UNMAPPED:
+                return out
+        if len(self.cache) >= _CACHE_ENTRIES:
+            self.cache.clear()
+        self.cache[b] = out
         return out
 
     def _json(self, data: bytes) -> Iterable[dict[str, Any] | None]:

@@ -335,3 +335,23 @@ def test_the_compose_collector_writes_what_the_workers_read(
     assert kafka["producer"]["max_message_bytes"] <= CFG.input.max_message_bytes
     monkeypatch.setenv("DETECTOR_KAFKA_EXTRA_TRACES_TOPICS", f"{topic}:{fmt}")
     assert load_config(None).kafka.extra_traces_topics == [TraceTopic(topic=topic, format=fmt)]
+
+
+def test_unique_unmapped_attributes_do_not_fill_the_cache() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exp = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exp))
+    for i in range(2000):   # a response id on every span, as instrumentations set it
+        s = tp.get_tracer("x").start_span("chat", start_time=T0, attributes={
+            "gen_ai.operation.name": "chat", "gen_ai.response.id": f"chatcmpl-{i}",
+            "server.address": "api.example.com"})
+        s.end(end_time=T0 + MS)
+    dec = OtlpDecoder("otlp_proto", CFG.input.otlp)
+    ok, _, _ = dec([traces_data(list(exp.get_finished_spans()))], 1 << 20)
+    assert len(ok) == 2000
+    assert len(dec.cache) < 300   # 256 response ids, then none; one server.address, one op
+    assert dec.unmapped["gen_ai.response.id"] == 2000
