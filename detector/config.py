@@ -156,9 +156,16 @@ class Sinks(_Base):
     alertmanager: AlertmanagerConfig = field(default_factory=AlertmanagerConfig)
 
 
+class TraceTopic(_Base):
+    topic: Annotated[str, Meta(min_length=1, max_length=249)]
+    format: InputFormat = "native"
+
+
 class KafkaConfig(_Base):
     brokers: str = "127.0.0.1:9092"
     traces_topic: str = "ai-traces"
+    # More trace topics, each with its format (e.g. the Collector's "otlp_spans", otlp_proto).
+    extra_traces_topics: list[TraceTopic] = field(default_factory=list)
     alerts_topic: str = "ai-alerts"
     dead_letter_topic: str = "ai-traces-dlq"
     partitions: PosInt = 4
@@ -191,8 +198,55 @@ class MetricsConfig(_Base):
     cohort_top_k: Annotated[int, Meta(ge=0, le=1000)] = 20
 
 
+InputFormat = Literal["native", "otlp_proto", "otlp_json"]
+AttrNames = Annotated[list[Annotated[str, Meta(min_length=1, max_length=256)]], Meta(max_length=8)]
+
+
+def _names(*names: str) -> Any:
+    return field(default_factory=lambda: list(names))
+
+
+class OtlpMapping(_Base):
+    """Where each contract field comes from in an OTLP span (detector/core/otlp.py): attribute
+    names tried in order, each on the span and then on its resource."""
+
+    tenant: AttrNames = _names("tenant.id", "service.namespace")
+    region: AttrNames = _names("cloud.region")
+    app: AttrNames = _names("gen_ai.agent.name", "service.name")
+    environment: AttrNames = _names("deployment.environment.name", "deployment.environment")
+    model: AttrNames = _names("gen_ai.response.model", "gen_ai.request.model")
+    model_version: AttrNames = _names("ai.model_version")
+    prompt_version: AttrNames = _names("ai.prompt_version")
+    policy_version: AttrNames = _names("ai.policy_version")
+    input_tokens: AttrNames = _names("gen_ai.usage.input_tokens", "gen_ai.usage.prompt_tokens")
+    output_tokens: AttrNames = _names("gen_ai.usage.output_tokens",
+                                      "gen_ai.usage.completion_tokens")
+    finish_reason: AttrNames = _names("gen_ai.response.finish_reasons")
+    refusal: AttrNames = _names("ai.refusal")
+    instruction_violation: AttrNames = _names("ai.instruction_violation")
+    output_format_valid: AttrNames = _names("ai.output_format_valid")
+    safety_hits: AttrNames = _names("ai.safety_hits")
+    retries: AttrNames = _names("ai.retries")
+    error_type: AttrNames = _names("error.type")
+    tool_name: AttrNames = _names("gen_ai.tool.name")
+    tool_authorized: AttrNames = _names("ai.tool_authorized")
+    tool_side_effect: AttrNames = _names("ai.tool_side_effect")
+    tool_approved: AttrNames = _names("ai.tool_approved")
+    schema_valid: AttrNames = _names("ai.schema_valid")
+    tool_result_fabricated: AttrNames = _names("ai.tool_result_fabricated")
+    tool_status: AttrNames = _names("ai.tool_status")
+    memory_bytes: AttrNames = _names("ai.memory_bytes")
+    # Finish reasons that mean the model declined (unless the refusal attribute says otherwise).
+    refusal_finish_reasons: list[str] = _names("content_filter", "refusal")
+    # gen_ai.evaluation.result events kept as eval_scores; empty keeps every evaluator name.
+    evaluators: list[Annotated[str, Meta(min_length=1, max_length=64)]] = _names()
+
+
 class Input(_Base):
     max_message_bytes: PosInt = 1 << 20
+    # The format of kafka.traces_topic's messages, and of replay's input by default.
+    format: InputFormat = "native"
+    otlp: OtlpMapping = field(default_factory=OtlpMapping)
     # Live streams only: events stamped further ahead of the wall clock are dead-lettered.
     max_future_seconds: Positive = 300.0
     safety_labels: list[str] = field(
@@ -257,6 +311,9 @@ def _semantic_checks(cfg: Config) -> None:
             for k in entry.match:
                 if k not in COHORT_FIELDS:
                     raise ConfigError(f"{what}[{i}].match.{k}: not a cohort field")
+    from detector.core.otlp import check_mapping  # late: otlp imports config types
+
+    check_mapping(cfg)
     if not cfg.severity:
         raise ConfigError("severity: at least one rule is needed (the last one is the fallback)")
 
@@ -316,7 +373,10 @@ def _env_overrides(data: dict[str, Any]) -> dict[str, Any]:
                 continue
             value: Any = env
             default = getattr(defaults, name)
-            if isinstance(default, int | float) and not isinstance(default, bool):
+            if name == "extra_traces_topics":   # "otlp_spans:otlp_proto,other:otlp_json"
+                value = [dict(zip(("topic", "format"), t.strip().rsplit(":", 1), strict=False))
+                         for t in env.split(",") if t.strip()]
+            elif isinstance(default, int | float) and not isinstance(default, bool):
                 kind = type(default)
                 try:
                     value = kind(env)

@@ -27,6 +27,7 @@ EXPECTED = [
     ("events_rejected", "detector_events_rejected", "counter", ("reason",)),
     ("events_late", "detector_events_late", "counter", ()),
     ("corrupt_batches", "detector_kafka_corrupt_batches", "counter", ()),
+    ("otlp_spans_skipped", "detector_otlp_spans_skipped", "counter", ()),
     ("windows_closed", "detector_windows_closed", "counter", ()),
     ("alerts_emitted", "detector_alerts_emitted", "counter", ("severity", "signal", "status")),
     ("alerts_active", "detector_alerts_active", "gauge", ("severity", "signal")),

@@ -63,7 +63,7 @@ MODEL_OPERATIONS: Final = frozenset({"chat", "text_completion", "generate_conten
 #: Every reason a message or event can be rejected for; a bounded set (it labels a metric).
 REASONS: Final = (
     "too_large", "not_json", "not_object", "missing_field", "wrong_type", "out_of_range",
-    "bad_timestamp", "too_deep",
+    "bad_timestamp", "too_deep", "bad_otlp",
 )
 
 Str32 = Annotated[str, Meta(max_length=32)]
@@ -117,6 +117,7 @@ class TraceEvent(Struct, gc=False, omit_defaults=True, kw_only=True):
     memory_bytes: Count | UnsetType = UNSET
     # The contract's override_reason is free text; it is validated but never kept.
     override_reason: Annotated[str, Meta(max_length=256)] | UnsetType = UNSET
+    eval_scores: dict[str, float] | None = None
 
 
 class Rejection(NamedTuple):

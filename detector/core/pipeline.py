@@ -11,6 +11,7 @@ from typing import Any, Final
 
 from detector.config import Config
 from detector.core.events import Rejection
+from detector.core.otlp import Decoder
 from detector.core.stage1 import Stage1
 from detector.core.stage2 import Stage2
 
@@ -22,11 +23,12 @@ _TS: Final = attrgetter("ts")
 class Pipeline:
     """Stage 1 and stage 2 in one process: bytes in, alert dicts out."""
 
-    def __init__(self, config: Config) -> None:
-        self.stage1 = Stage1(config)
+    def __init__(self, config: Config, decoder: Decoder | None = None) -> None:
+        self.stage1 = Stage1(config, decoder=decoder)
         self.stage2 = Stage2(config)
         self.rejects: list[Rejection] = []
         self.decoded = 0
+        self.skipped = 0
         self.late = 0
         self.messages = 0
 
@@ -39,6 +41,7 @@ class Pipeline:
         self.messages += len(messages)
         self.decoded += out.decoded
         self.late += out.late
+        self.skipped += out.skipped
         if out.rejects:
             self.rejects.extend(out.rejects)
         agg = self.stage1.agg

@@ -14,7 +14,8 @@ from typing import NamedTuple
 from detector.config import Config
 from detector.core.aggregator import Aggregator
 from detector.core.clock import EventClock
-from detector.core.events import Rejection, TraceEvent, decode, decode_many
+from detector.core.events import Rejection, TraceEvent
+from detector.core.otlp import Decoder, decoder_for
 from detector.core.partials import Partial
 from detector.core.rules import HardRules, RuleHit
 
@@ -26,6 +27,7 @@ class Stage1Out(NamedTuple):
     rejects: list[Rejection]
     decoded: int
     late: int
+    skipped: int = 0   # spans that are not GenAI operations (OTLP input)
 
 
 class Stage1:
@@ -37,8 +39,11 @@ class Stage1:
     trust — a live stream, not a recording: events stamped more than
     ``input.max_future_seconds`` ahead of it are rejected, events close to it believed."""
 
-    def __init__(self, config: Config, clock: Callable[[], float] | None = None) -> None:
+    def __init__(self, config: Config, clock: Callable[[], float] | None = None,
+                 decoder: Decoder | None = None) -> None:
         self.agg = Aggregator(config)
+        # input.format's decoder unless the caller's source has its own (a trace topic's).
+        self.decode = decoder or decoder_for(config.input.format, config.input.otlp)
         # One timestamp may move event time by a window (or the lateness, if longer): a
         # sparse source, one event a minute, is believed as it comes and its last events are
         # not left uncorroborated at the end; a wild clock (minutes, years, milliseconds)
@@ -60,13 +65,14 @@ class Stage1:
     def feed_many(self, messages: list[bytes]) -> Stage1Out:
         """Several messages at once (a consumer's fetch, a block of lines): one decode call
         for runs of single-event messages instead of one per message."""
-        evs, rejects = decode_many(messages, self.max_bytes)
+        evs, rejects, skipped = self.decode(messages, self.max_bytes)
         evs, doubted = self.event_clock.admit(evs, lambda: self._sizes(messages))
-        return self._count(evs, rejects + doubted if doubted else rejects)
+        return self._count(evs, rejects + doubted if doubted else rejects)._replace(
+            skipped=skipped)
 
     def _sizes(self, messages: list[bytes]) -> list[int]:
         """Events per message (decoded again: only asked for when a timestamp is in doubt)."""
-        return [len(decode(m, self.max_bytes)[0]) for m in messages]
+        return [len(self.decode([m], self.max_bytes)[0]) for m in messages]
 
     def finish(self) -> Stage1Out:
         """End of input: the events the clock still holds, counted or dead-lettered."""

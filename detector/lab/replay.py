@@ -1,7 +1,10 @@
 """`detector replay`: the in-process driver of the detection core over a recorded file.
 
-Each input line is one Kafka message's value: a trace event or a JSON array batch. Alerts are
-written as JSON Lines; the same input and config give byte-identical output. Replay never
+Each input line is one Kafka message's value: a trace event or a JSON array batch, or with
+``--format otlp_json`` one OTLP JSON TracesData (the Collector's file exporter writes these);
+``--format otlp_proto`` reads length-delimited OTLP protobuf messages (the file exporter's
+``format: proto``) or one bare message (:func:`detector.lab.tracefile.read_proto_messages`).
+Alerts are written as JSON Lines; the same input and config give byte-identical output. Replay never
 pages anyone: the config's Alertmanager and Kafka sinks are not used here. With
 ``--scores-out`` every scored (window, cohort, signal) is written too, alert or not: what a
 benchmark or a threshold study needs.
@@ -20,12 +23,19 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any
 
-from detector.config import Config
+from detector.config import Config, ConfigError
 from detector.core.events import Rejection, too_large
 from detector.core.lifecycle import iso
+from detector.core.otlp import Decoder, decoder_for
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import Decision
-from detector.lab.tracefile import Oversized, TraceFileError, open_traces, read_lines
+from detector.lab.tracefile import (
+    Oversized,
+    TraceFileError,
+    open_traces,
+    read_lines,
+    read_proto_messages,
+)
 from detector.runtime import load_or_report
 from detector.sinks.jsonl import JsonlSink
 
@@ -41,6 +51,7 @@ class ReplaySummary:
     lines: int = 0
     blank: int = 0   # empty or whitespace-only lines: skipped, not rejections
     events: int = 0
+    skipped_spans: int = 0   # OTLP spans that are not GenAI operations
     late: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
     alerts: Counter[tuple[str, str]] = field(default_factory=Counter)  # (severity, signal)
@@ -54,6 +65,7 @@ class ReplaySummary:
             f"lines read         {self.lines:>12,}",
             f"  blank            {self.blank:>12,}",
             f"events decoded     {self.events:>12,}",
+            *([f"  non-GenAI spans skipped {self.skipped_spans:,}"] if self.skipped_spans else []),
             f"late events        {self.late:>12,}",
             f"rejected           {sum(self.rejects.values()):>12,}",
         ]
@@ -98,11 +110,14 @@ def replay(
     clock: Callable[[], float] = time.monotonic,
     progress_every: float = 5.0,
     scores: Callable[[dict[str, Any]], None] | None = None,
+    decoder: Decoder | None = None,
+    binary: bool = False,
 ) -> ReplaySummary:
     """Run the core over ``lines`` (see :func:`detector.lab.tracefile.read_lines`); hand every
     alert emission to ``emit`` and, if given, every scored (window, cohort, signal) to
-    ``scores`` as a :func:`score_record`."""
-    pipe = Pipeline(config)
+    ``scores`` as a :func:`score_record`. ``decoder`` reads the messages (default: the
+    config's ``input.format``); ``binary``: they are whole messages, not text lines."""
+    pipe = Pipeline(config, decoder)
     if scores is not None:
         pipe.stage2.on_decision = lambda w, level, cohort, d: scores(
             score_record(config, w, level, cohort, d))
@@ -134,8 +149,8 @@ def replay(
             bad = too_large(raw.size, raw.sha256, config.input.max_message_bytes)  # type: ignore[union-attr]
             skipped.append(bad._replace(message=len(block)))
             continue
-        line = raw.rstrip(b"\r\n")  # type: ignore[union-attr]
-        if not line.strip():
+        line = raw if binary else raw.rstrip(b"\r\n")  # type: ignore[union-attr]
+        if not (line if binary else line.strip()):
             s.lines += 1
             s.blank += 1
             continue
@@ -159,6 +174,7 @@ def replay(
     handle(pipe.finish())
     flush_rejects()   # finish() dead-letters what the event clock still held
     s.events = pipe.decoded
+    s.skipped_spans = pipe.skipped
     s.late = pipe.late
     s.incidents = len(ids)
     s.cohorts = len(pipe.stage2.models)
@@ -174,12 +190,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dead-letter", help="write rejected events here with their reasons")
     p.add_argument("--scores-out", help="write every scored (window, cohort, signal) here as "
                    "JSON Lines: window, cohort, observed, expected, score, threshold, decision")
+    p.add_argument("--format", choices=["native", "otlp_proto", "otlp_json"],
+                   help="what the input holds (default: the config's input.format): native "
+                   "trace events, or OpenTelemetry spans as the Collector's file exporter "
+                   "writes them (otlp_json: JSON lines; otlp_proto: length-delimited)")
     p.add_argument("--quiet", action="store_true", help="no progress line or summary table")
 
 
 def run(args: argparse.Namespace) -> int:
     config = load_or_report(args.config, "replay")
     if config is None:
+        return 2
+    fmt = args.format or config.input.format
+    try:
+        decoder = decoder_for(fmt, config.input.otlp)
+    except ConfigError as e:
+        print(f"detector replay: {e}", file=sys.stderr)
         return 2
     with ExitStack() as stack:
         try:
@@ -196,10 +222,12 @@ def run(args: argparse.Namespace) -> int:
             return 2
         sink = JsonlSink(out)
         try:
-            lines = read_lines(open_traces(src, args.path), config.input.max_message_bytes)
+            read = read_proto_messages if fmt == "otlp_proto" else read_lines
+            lines = read(open_traces(src, args.path), config.input.max_message_bytes)
             summary = replay(lines, config, sink.emit, dead_letter=dlq,
                              progress=None if args.quiet else sys.stderr,
-                             scores=scored.emit if scored else None)
+                             scores=scored.emit if scored else None, decoder=decoder,
+                             binary=fmt == "otlp_proto")
         except TraceFileError as e:
             print(f"detector replay: {args.path}: {e}", file=sys.stderr)
             return 2

@@ -1,8 +1,10 @@
 """Synthetic trace traffic with labelled incidents, for tuning and scoring the detector.
 
 ``simulate`` writes ``traces.jsonl`` (JSON Lines of trace events, a few lines as batches and
-a few malformed on purpose) and ``labels.json`` (what was injected where and when). The world
-(apps, tenants, scenarios) and the incident planner live in :mod:`detector.lab.scenarios`.
+a few malformed on purpose) and ``labels.json`` (what was injected where and when); with
+``--format otlp_json|otlp_proto`` also the same events as OpenTelemetry GenAI spans
+(``traces.otlp.jsonl`` / ``traces.otlp.pb``, see :func:`detector.lab.genai_spans.write_otlp`).
+The world (apps, tenants, scenarios) and the incident planner live in :mod:`detector.lab.scenarios`.
 
 Output is byte-identical for the same (seed, hours, rate, scenarios, start): every draw comes
 from ``random.Random`` instances seeded from ``seed``, and events leave a time-ordered heap
@@ -435,6 +437,15 @@ def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
             "start": labels["start"], "end": labels["end"]}
 
 
+def _otlp_file(native: Path, fmt: str) -> str:
+    from detector.lab.genai_spans import write_otlp
+
+    out = native.with_name("traces.otlp.jsonl" if fmt == "otlp_json" else "traces.otlp.pb")
+    with native.open("rb") as src, out.open("wb") as dst:
+        write_otlp(src, dst, fmt)
+    return str(out)
+
+
 def _parse_start(text: str) -> datetime:
     ts = datetime.fromisoformat(text)
     if ts.tzinfo is None:
@@ -452,6 +463,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tenants", type=int, default=40,
                         help="tenants in the world (more for many small cohorts)")
     parser.add_argument("--rate", type=float, default=40.0, help="mean events per second")
+    parser.add_argument("--format", choices=["native", "otlp_proto", "otlp_json"],
+                        default="native", help="also write the events as OpenTelemetry GenAI "
+                        "spans through the OTLP encoder (traces.otlp.jsonl or traces.otlp.pb; "
+                        "malformed lines left out); replay them with the same --format")
     parser.add_argument("--start", type=_parse_start, default=DEFAULT_START,
                         help="RFC 3339 start of event time (default 2026-01-05T00:00:00Z)")
 
@@ -467,8 +482,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         s = simulate(args.out, hours=args.hours, seed=args.seed, scenarios=names,
                      rate=args.rate, start=args.start, tenants=args.tenants)
+        if args.format != "native":
+            s["traces"] = _otlp_file(Path(s["traces"]), args.format)
     except (ValueError, OSError) as e:
         print(f"simulate: {e}", file=sys.stderr)
+        return 2
+    except ImportError as e:   # the encoder's packages are the test extra's
+        print(f"simulate: --format {args.format} needs opentelemetry-sdk and "
+              f"opentelemetry-exporter-otlp-proto-common (pip install '.[test]'): {e}",
+              file=sys.stderr)
         return 2
     print(f"simulate: {s['events']} events, {s['malformed_lines']} malformed lines, "
           f"{s['incidents']} incidents, {s['start']} .. {s['end']} -> {s['traces']}, "

@@ -20,7 +20,8 @@ import orjson
 
 from detector.core.events import TraceEvent
 
-__all__ = ["Oversized", "TraceFileError", "TraceWriter", "open_traces", "read_lines", "rfc3339"]
+__all__ = ["Oversized", "TraceFileError", "TraceWriter", "open_traces", "read_lines",
+           "read_proto_messages", "rfc3339"]
 
 _GZIP: Final = b"\x1f\x8b"
 #: Formats recognised by their magic bytes and refused by name (decompress them first).
@@ -121,6 +122,63 @@ def read_lines(src: IO[bytes], max_bytes: int) -> Iterator[bytes | Oversized]:
         yield Oversized(size, digest.hexdigest())
     elif tail:
         yield tail if len(tail) <= limit else _oversized(tail)
+
+
+#: A serialised TracesData starts with this tag (field 1, length-delimited); as the first byte
+#: of a 4-byte big-endian length it would mean a message of 160 MiB or more.
+_TRACES_TAG: Final = b"\x0a"
+
+
+def read_proto_messages(src: IO[bytes], max_bytes: int) -> Iterator[bytes | Oversized]:
+    """OTLP protobuf messages of ``src``: the Collector's file exporter output with ``format:
+    proto`` (each message after its length as 4 bytes, big-endian), or one bare message (a
+    file that starts with TracesData's first tag). A message over ``max_bytes`` is given as
+    :class:`Oversized`, read past without being held.
+
+    >>> list(read_proto_messages(io.BytesIO(b"\\0\\0\\0\\x02\\x0a\\0" + b"\\0\\0\\0\\0"), 9))
+    [b'\\n\\x00', b'']
+    >>> list(read_proto_messages(io.BytesIO(b"\\x0a\\x00"), 9))
+    [b'\\n\\x00']
+    """
+    try:
+        head = src.read(1)
+        if head == _TRACES_TAG:
+            yield from _bounded_body(src, head, None, max_bytes)
+            return
+        while head:
+            prefix = head + src.read(4 - len(head))
+            if len(prefix) < 4:
+                raise TraceFileError(f"truncated length prefix ({len(prefix)} of 4 bytes) at "
+                                     "the end: not a length-delimited OTLP protobuf file")
+            yield from _bounded_body(src, b"", int.from_bytes(prefix, "big"), max_bytes)
+            head = src.read(1)
+    except (OSError, EOFError, zlib.error) as e:   # gzip: corrupt, truncated, not gzip
+        raise TraceFileError(f"cannot read the input: {e}") from e
+
+
+def _bounded_body(src: IO[bytes], head: bytes, size: int | None,
+                  max_bytes: int) -> Iterator[bytes | Oversized]:
+    """One message of ``size`` bytes (None: to the end), or its length and digest if it is
+    over ``max_bytes``."""
+    want = max_bytes + 1 - len(head) if size is None else min(size, max_bytes + 1)
+    data = head + src.read(want)
+    if size is not None and len(data) < min(size, max_bytes + 1):
+        raise TraceFileError(f"truncated message: {len(data)} of {size} bytes")
+    if len(data) <= max_bytes and (size is None or len(data) == size):
+        yield data
+        return
+    digest, n = hashlib.sha256(data), len(data)
+    left = None if size is None else size - n
+    while left is None or left > 0:
+        chunk = src.read(_CHUNK if left is None else min(_CHUNK, left))
+        if not chunk:
+            if left:
+                raise TraceFileError(f"truncated message: {n} of {size} bytes")
+            break
+        digest.update(chunk)
+        n += len(chunk)
+        left = None if left is None else left - len(chunk)
+    yield Oversized(n, digest.hexdigest())
 
 
 def _oversized(line: bytes) -> Oversized:

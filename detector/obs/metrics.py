@@ -144,6 +144,10 @@ class Metrics:
             "detector_events_late",
             "Events that arrived after their window closed (beyond allowed lateness).",
             registry=r)
+        self.otlp_spans_skipped = Counter(
+            "detector_otlp_spans_skipped",
+            "OpenTelemetry spans skipped as not GenAI operations (no gen_ai.operation.name).",
+            registry=r)
         self.corrupt_batches = Counter(
             "detector_kafka_corrupt_batches",
             "Corrupt Kafka record batches (CRC mismatch) skipped and dead-lettered.", registry=r)

@@ -351,7 +351,8 @@ async def wait_for_broker(cfg: Config, *, max_wait: float | None = None) -> bool
         delay = min(delay * 2, 30.0)
     created = await ensure_topics(
         k.brokers, {k.traces_topic: k.partitions, k.alerts_topic: k.partitions,
-                    k.dead_letter_topic: k.partitions, f"{k.group}-stage2": k.partitions},
+                    k.dead_letter_topic: k.partitions, f"{k.group}-stage2": k.partitions,
+                    **{t.topic: k.partitions for t in k.extra_traces_topics}},
         replication=k.replication_factor, **kw)
     _jlog(logging.INFO, "broker_ready", brokers=k.brokers, topics_created=created)
     return True

@@ -19,6 +19,7 @@ from aiokafka.structs import TopicPartition
 
 from detector.config import Config
 from detector.core.events import Rejection
+from detector.core.otlp import Decoder, decoder_for
 from detector.core.partials import Partial, combine
 from detector.core.rules import RuleHit
 from detector.core.signals import EVENTS
@@ -42,6 +43,9 @@ __all__ = ["Envelope", "Stage1Runner", "decode_envelope", "encode_envelope"]
 CHUNK_EVENTS: Final = 2048
 #: On a backlog stage 1 flushes every flush_interval x this (alerts wait on it anyway).
 BACKLOG_FLUSH_FACTOR: Final = 4
+#: Source ids of the i-th extra trace topic start at (i + 1) x this; the main topic's are its
+#: partition numbers (so one topic works as before).
+SOURCE_STRIDE: Final = 1 << 20
 
 log = logging.getLogger("detector.kafka")
 
@@ -74,8 +78,8 @@ class _Source:
 
     __slots__ = ("hits", "last_data", "next_offset", "stage1")
 
-    def __init__(self, config: Config, now: float) -> None:
-        self.stage1 = Stage1(config, clock=time.time)   # a live stream has a "now"
+    def __init__(self, config: Config, now: float, decoder: Decoder | None = None) -> None:
+        self.stage1 = Stage1(config, clock=time.time, decoder=decoder)   # a live stream: "now"
         self.next_offset: int | None = None
         self.last_data = now
         self.hits: list[RuleHit] = []
@@ -99,6 +103,11 @@ class Stage1Runner(ConsumerRebalanceListener):
         k = config.kafka
         self.config = config
         self.topic = k.traces_topic
+        # Trace topics in a fixed order (source ids follow it), each with its format's decoder.
+        formats = {k.traces_topic: config.input.format,
+                   **{t.topic: t.format for t in k.extra_traces_topics}}
+        self.decoders = {t: decoder_for(f, config.input.otlp) for t, f in formats.items()}
+        self.base = {t: i * SOURCE_STRIDE for i, t in enumerate(formats)}
         self.dlq = k.dead_letter_topic
         self.stage2_topic = stage2_topic
         self.q = stage2_partitions
@@ -120,7 +129,8 @@ class Stage1Runner(ConsumerRebalanceListener):
         self._flushed_at = 0.0
         self._was_behind = False
         self._log_at = 0.0
-        self.stats = {"events": 0, "messages": 0, "rejected": 0, "late": 0, "flushes": 0}
+        self.stats = {"events": 0, "messages": 0, "rejected": 0, "late": 0, "flushes": 0,
+                      "otlp_skipped": 0}
         self.lag: dict[int, int] = {}
         self._per_message = 1.0   # events per message, last seen
         self.corrupt = CorruptBatches()
@@ -150,7 +160,7 @@ class Stage1Runner(ConsumerRebalanceListener):
                                          max_request_size=8 << 20, **self.kw)
         await self.producer.start()
         await self.consumer.start()
-        self.consumer.subscribe([self.topic], listener=self)
+        self.consumer.subscribe(list(self.decoders), listener=self)
 
     async def stop(self) -> None:
         async with self.lock:
@@ -165,17 +175,30 @@ class Stage1Runner(ConsumerRebalanceListener):
             with contextlib.suppress(Exception):
                 await self._flush(time.monotonic(), final=True)
             for tp in revoked:
-                self.sources.pop(tp.partition, None)
-                self.lag.pop(tp.partition, None)
+                self.sources.pop(self._sid(tp), None)
+                self.lag.pop(self._sid(tp), None)
+
+    def _sid(self, tp: TopicPartition) -> int:
+        """The source id of a trace-topic partition (the Envelope's key for it)."""
+        return self.base[tp.topic] + tp.partition
+
+    def _tp(self, sid: int) -> TopicPartition:
+        topic = next(t for t, b in reversed(self.base.items()) if b <= sid)
+        return TopicPartition(topic, sid - self.base[topic])
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         now = time.monotonic()
         for tp in assigned:
-            self.sources.setdefault(tp.partition, _Source(self.config, now))
-        parts = self.consumer.partitions_for_topic(self.topic)
-        self.n_src = len(parts) if parts else len(assigned)
+            if self._sid(tp) not in self.sources:
+                self.sources[self._sid(tp)] = _Source(self.config, now, self.decoders[tp.topic])
+        n = 0
+        for topic in self.decoders:
+            parts = self.consumer.partitions_for_topic(topic)
+            n += len(parts) if parts else sum(tp.topic == topic for tp in assigned)
+        self.n_src = n
         log.info(orjson.dumps({"event": "stage1_assigned",
-                               "partitions": sorted(tp.partition for tp in assigned)}).decode())
+                               "partitions": sorted(f"{tp.topic}/{tp.partition}"
+                                                    for tp in assigned)}).decode())
 
     # -- the loop ---------------------------------------------------------------------------
     async def run(self, stopping: asyncio.Event) -> None:
@@ -242,7 +265,7 @@ class Stage1Runner(ConsumerRebalanceListener):
                                  Rejection("corrupt_batch", None, detail, where).to_json(), [
                 ("reason", b"corrupt_batch"),
                 ("source", f"{c.topic}/{c.partition}/{c.first_offset}-{c.last_offset}".encode())]))
-            src = self.sources.get(c.partition)
+            src = self.sources.get(c.partition + self.base.get(c.topic, 0))
             if src is not None and (src.next_offset or 0) <= c.last_offset:
                 src.next_offset = c.last_offset + 1
             if self.metrics is not None:
@@ -269,15 +292,16 @@ class Stage1Runner(ConsumerRebalanceListener):
         t0 = time.perf_counter()
         m = self.metrics
         urgent = False
-        events = rejected = late = msgs = 0
+        events = rejected = late = msgs = skipped = 0
         for tp, recs in batch.items():
-            src = self.sources.get(tp.partition)
+            src = self.sources.get(self._sid(tp))
             if src is None or not recs:
                 continue
             # One call per fetched batch: runs of single-event messages decode together.
             out = src.stage1.feed_many([r.value or b"" for r in recs])
             events += out.decoded
             late += out.late
+            skipped += out.skipped
             if out.hits:
                 src.hits.extend(out.hits)
                 urgent = True
@@ -300,6 +324,9 @@ class Stage1Runner(ConsumerRebalanceListener):
             self._per_message = max(1.0, (events + rejected) / msgs)
         self.stats["rejected"] += rejected
         self.stats["late"] += late
+        self.stats["otlp_skipped"] += skipped
+        if m is not None and skipped:
+            m.otlp_spans_skipped.inc(skipped)
         if m is not None and msgs:
             m.events_consumed.inc(events + rejected)
             m.events_decoded.inc(events)
@@ -315,13 +342,13 @@ class Stage1Runner(ConsumerRebalanceListener):
         looks behind forever, never goes idle, and holds every window open."""
         try:
             return await asyncio.wait_for(
-                self.consumer.position(TopicPartition(self.topic, p)), 0.2)
+                self.consumer.position(self._tp(p)), 0.2)
         except (TimeoutError, KafkaError):
             return None   # not known yet: asked again at the next flush
 
     def _lag(self, p: int, src: _Source) -> int | None:
         """Records left to read in partition ``p`` as of the last fetch; None if unknown."""
-        hw = self.consumer.highwater(TopicPartition(self.topic, p))
+        hw = self.consumer.highwater(self._tp(p))
         pos = src.next_offset
         return None if hw is None or pos is None else max(hw - pos, 0)
 
@@ -335,7 +362,9 @@ class Stage1Runner(ConsumerRebalanceListener):
             return False
         self.lag[p] = lag
         if self.metrics is not None:
-            self.metrics.consumer_lag.labels(partition=str(p)).set(lag)
+            tp = self._tp(p)   # the main topic's partitions by number, as before
+            label = str(p) if tp.topic == self.topic else f"{tp.topic}/{tp.partition}"
+            self.metrics.consumer_lag.labels(partition=label).set(lag)
         return lag == 0
 
     async def _flush(self, now: float, final: bool = False) -> None:
@@ -370,7 +399,7 @@ class Stage1Runner(ConsumerRebalanceListener):
             self._last_sent, self._sent_at = wms, now
             self._observe(partials, max_ts)
         await self._send_pending()
-        offsets = {TopicPartition(self.topic, p): s.next_offset
+        offsets = {self._tp(p): s.next_offset
                    for p, s in self.sources.items() if s.next_offset is not None}
         if offsets:
             await self.consumer.commit(offsets)

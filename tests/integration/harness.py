@@ -143,6 +143,13 @@ def wait_until(pred: Callable[[], T], timeout: float, what: str, every: float = 
         time.sleep(every)
 
 
+def wait_assigned(w: WorkerProc, timeout: float = 90) -> None:
+    """Until the worker's stage-1 consumer has partitions; fails with its log if it died."""
+    wait_until(lambda: w.events("stage1_assigned") or not w.alive(), timeout,
+               "the worker's stage-1 consumer to join its group")
+    assert w.alive(), w.log()[-3000:]
+
+
 class AlertReader:
     """Reads the alerts topic from the beginning in the background (its own event loop
     thread would be overkill: each poll() runs a short getmany)."""

@@ -1,0 +1,142 @@
+"""OpenTelemetry input against native events, on the same traffic, in one run (not a test).
+
+    python bench/otlp.py [--events 200000] [--repeat 3]
+
+The traffic is bench/stream.py's (48 cohorts, a refusal spike in the last window) in
+100-event messages: native JSON-array batches, and the same events as GenAI spans, 100 to a
+``TracesData`` written by the official OTLP encoder (``otlp_proto``, as the Collector's Kafka
+exporter writes them). Two measurements, each taking turns native / OTLP within a round:
+
+* stage 1 in process (decode, hard rules, window counting: :class:`detector.core.stage1.Stage1`
+  over the messages in 82-message chunks, as the worker feeds it), best of ``--repeat``;
+* the worker (`detector run` on an embedded Tansu broker, one worker) from its first
+  assignment until the alerts of the traffic's end are out, as bench/stream.py times it, with
+  its peak RSS; ratios are medians of the ratios within a round. The traffic ends with one
+  unauthorized tool call per partition (a cohort each), so the end pages at once whatever
+  the length (the refusal spike pages only after the baselines' warm-up, ~1 M events).
+
+Prints events/s (= spans/s for OTLP) and the OTLP/native ratio of each; the target is ≥ 50 %.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "integration")]
+
+import orjson  # noqa: E402
+import stream  # noqa: E402
+
+from detector.config import load_config  # noqa: E402
+from detector.core.events import decode_many  # noqa: E402
+from detector.core.otlp import decoder_for  # noqa: E402
+from detector.core.stage1 import Stage1  # noqa: E402
+from detector.lab.broker import Tansu  # noqa: E402
+from detector.lab.genai_spans import to_otlp_proto  # noqa: E402
+from detector.stream.kafka_io import produce  # noqa: E402
+
+CHUNK = 82   # messages of 100 events in one stage-1 chunk (stage1_runner.CHUNK_EVENTS)
+
+
+def ends(n: int) -> list[bytes]:
+    """One unauthorized tool call per partition (produce() goes round-robin), a cohort each."""
+    return [orjson.dumps({"ts": stream.end_ts(n) - 1, "operation": "execute_tool",
+                          "tenant": f"t{p:02d}", "app": "support-agent", "tool_name": "x",
+                          "tool_authorized": False}) for p in range(stream.P)]
+
+
+def otlp_messages(native: list[bytes]) -> list[bytes]:
+    """Each native message's events as one OTLP protobuf message."""
+    return [to_otlp_proto(decode_many([m])[0]) for m in native]
+
+
+def stage1_rate(fmt: str, msgs: list[bytes], n: int) -> float:
+    cfg = load_config(None, env=False)
+    s1 = Stage1(cfg, decoder=decoder_for(fmt, cfg.input.otlp))
+    t = time.perf_counter()
+    for i in range(0, len(msgs), CHUNK):
+        s1.feed_many(msgs[i:i + CHUNK])
+    return n / (time.perf_counter() - t)
+
+
+_write_config = stream.write_config
+
+
+def with_format(fmt: str) -> None:
+    """bench/stream.py's worker runs write their config through ``write_config``: have it
+    set ``input.format`` as well."""
+    def write(path: Path, **kafka: object) -> Path:
+        out = _write_config(path, **kafka)
+        out.write_text(out.read_text().replace('\nformat = "native"\n',
+                                               f'\nformat = "{fmt}"\n', 1))
+        return out
+
+    stream.write_config = write
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-worker", action="store_true", help="stage 1 in process only")
+    args = ap.parse_args()
+    n = args.events
+    evs = stream.events(n)
+    native = stream.messages("batch100", evs) + ends(n)
+    t = time.perf_counter()
+    otlp = otlp_messages(native)
+    print(f"{n:,} events: native {sum(map(len, native)) / 1e6:.1f} MB, otlp_proto "
+          f"{sum(map(len, otlp)) / 1e6:.1f} MB in {len(otlp):,} messages (encoded in "
+          f"{time.perf_counter() - t:.1f} s)", flush=True)
+    data = {"native": native, "otlp_proto": otlp}
+
+    s1: dict[str, list[float]] = {"native": [], "otlp_proto": []}
+    for _ in range(args.repeat):
+        for fmt, rates in s1.items():
+            rates.append(stage1_rate(fmt, data[fmt], n + 2 * stream.P))
+    ratio = max(s1["otlp_proto"]) / max(s1["native"])
+    print(f"stage 1 in process, best of {args.repeat}: native {max(s1['native']):,.0f} "
+          f"events/s, otlp_proto {max(s1['otlp_proto']):,.0f} spans/s: {ratio:.0%} "
+          f"(runs: native {', '.join(f'{x:,.0f}' for x in s1['native'])}; otlp "
+          f"{', '.join(f'{x:,.0f}' for x in s1['otlp_proto'])})", flush=True)
+    if args.no_worker:
+        return 0
+
+    expected = stream.expected_alerts(native)
+    if len({i for i, s in expected if s == "firing"}) < stream.P:
+        raise SystemExit("the traffic's end does not page: nothing to wait for")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
+    runs: dict[str, list[stream.Run]] = {"native": [], "otlp_proto": []}
+    with Tansu(log_dir=tmp) as b:
+        for fmt, msgs in data.items():
+            b.create_topics([f"traces-{fmt}"], stream.P)
+            asyncio.run(produce(b.bootstrap, f"traces-{fmt}", msgs, partitions=stream.P))
+        for i in range(args.repeat):
+            for fmt, rs in runs.items():
+                with_format(fmt)
+                rs.append(stream.through_workers(b, tmp, f"traces-{fmt}", 1, fmt, expected))
+            print(f"round {i + 1}: " + ", ".join(
+                f"{fmt} {n / rs[-1].seconds:,.0f} events/s, peak RSS "
+                f"{rs[-1].rss_kb[0] / 1024:.0f} MiB" for fmt, rs in runs.items()), flush=True)
+    ratios = [o.seconds and x.seconds / o.seconds
+              for x, o in zip(runs["native"], runs["otlp_proto"], strict=True)]
+    for fmt, rs in runs.items():
+        med = sorted(rs)[len(rs) // 2]
+        print(f"worker, {fmt}: {n / med.seconds:,.0f} {'spans' if fmt != 'native' else 'events'}"
+              f"/s (median of {', '.join(f'{n / x.seconds:,.0f}' for x in rs)}), peak RSS "
+              f"{max(x.rss_kb[0] for x in rs) / 1024:.0f} MiB, worker CPU "
+              f"{med.worker_cpu:.1f} s", flush=True)
+    print(f"worker otlp_proto / native: {statistics.median(ratios):.0%} (median of "
+          f"{', '.join(f'{r:.0%}' for r in ratios)}; target >= 50 %)", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,367 @@
+"""OpenTelemetry input: OTLP trace messages (``otlp_proto``, ``otlp_json``) as trace events.
+
+One Kafka message value holds one ``TracesData`` (byte-identical to an
+``ExportTraceServiceRequest``) with 1..N spans, as the Collector's Kafka exporter writes it.
+Each GenAI span (one with ``gen_ai.operation.name``, or, from instrumentations older than the
+v1.36 conventions, ``gen_ai.system``) becomes one :class:`~detector.core.events.TraceEvent`, mapped
+by ``[input.otlp]`` and validated as a native event is (same reasons, same sanitised dead
+letters); other spans are counted and skipped. The result has the native decoder's shape.
+
+Privacy by construction: only the attribute names the mapping lists are ever read as values.
+Message content (``gen_ai.input.messages``, ``gen_ai.prompt.*``, …) stays unread bytes: in upb's
+arena for protobuf, an undecoded :class:`msgspec.Raw` slice for JSON; and the mapping may not
+name it (:func:`check_mapping`).
+
+>>> from detector.config import load_config
+>>> dec = decoder_for("otlp_json", load_config(None).input.otlp)
+>>> msg = (b'{"resourceSpans": [{"resource": {"attributes": [{"key": "service.name",'
+...        b' "value": {"stringValue": "support"}}]}, "scopeSpans": [{"spans": [{"traceId":'
+...        b' "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b7",'
+...        b' "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000000250000000",'
+...        b' "attributes": [{"key": "gen_ai.operation.name",'
+...        b' "value": {"stringValue": "execute_tool"}},'
+...        b' {"key": "gen_ai.tool.name", "value": {"stringValue": "send_email"}},'
+...        b' {"key": "ai.tool_authorized", "value": {"boolValue": false}}]},'
+...        b' {"name": "GET /health", "startTimeUnixNano": "1", "endTimeUnixNano": "2"}]}]}]}')
+>>> ok, bad, skipped = dec([msg], 1 << 20)
+>>> e = ok[0]
+>>> e.operation, e.app, e.tool_name, e.tool_authorized, e.latency_ms, e.trace_id[:8], skipped
+('execute_tool', 'support', 'send_email', False, 250.0, '4bf92f35', 1)
+>>> dec([b"\\x00garbage"], 1 << 20)[1][0].reason
+'bad_otlp'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Callable, Iterable
+from itertools import chain
+from operator import itemgetter
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+
+from detector.config import ConfigError
+from detector.core.events import (
+    Rejection,
+    TraceEvent,
+    _finish_all,
+    _one_item,
+    decode_many,
+    too_large,
+)
+from detector.core.otlp_wire import (
+    JKV,
+    json_traces,
+    json_value,
+    nanos,
+    proto_value,
+    proto_view,
+)
+
+if TYPE_CHECKING:
+    from detector.config import Config, OtlpMapping
+
+__all__ = ["CONTENT_ATTRIBUTES", "Decoder", "OtlpDecoder", "check_backend", "check_mapping",
+           "decoder_for", "native_decoder"]
+
+#: A decoder: messages and the size limit in; events, rejections and non-GenAI spans skipped out.
+Decoder = Callable[[list[bytes], int], tuple[list[TraceEvent], list[Rejection], int]]
+
+#: Attribute name prefixes that carry message content (prompts, completions, tool arguments
+#: and results): never read, and never allowed in the mapping.
+CONTENT_ATTRIBUTES: Final = ("gen_ai.input.messages", "gen_ai.output.messages",
+                             "gen_ai.prompt", "gen_ai.completion", "gen_ai.system_instructions",
+                             "gen_ai.tool.call.arguments", "gen_ai.tool.call.result",
+                             "gen_ai.evaluation.explanation")
+_OPERATION: Final = "gen_ai.operation.name"
+_LEGACY: Final = ("gen_ai.system", "gen_ai.provider.name")   # GenAI spans without the above
+_EVAL_EVENT: Final = "gen_ai.evaluation.result"
+_EVAL_NAME, _EVAL_SCORE = "gen_ai.evaluation.name", "gen_ai.evaluation.score.value"
+_MAX_EVALS: Final = 16
+_ERROR: Final = 2   # Status.STATUS_CODE_ERROR
+_FIELDS: Final = ("tenant", "region", "app", "environment", "model", "model_version",
+                  "prompt_version", "policy_version", "input_tokens", "output_tokens",
+                  "finish_reason", "refusal", "instruction_violation", "output_format_valid",
+                  "safety_hits", "retries", "error_type", "tool_name", "tool_authorized",
+                  "tool_side_effect", "tool_approved", "schema_valid", "tool_result_fabricated",
+                  "tool_status", "memory_bytes")
+_MISSING: Final = object()
+_LEGACY_FIELD: Final = "_gen_ai_system"
+_FROM_REASONS: Final = "_refusal_from_finish_reasons"
+_NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
+_CACHE_ENTRIES: Final = 1 << 16
+_CACHE_KEYS: Final = 1 << 12
+_VALUES_PER_UNMAPPED: Final = 256
+
+
+def check_mapping(cfg: Config) -> None:
+    """A mapping that names a content attribute would copy prompt text into a field; and
+    otlp_proto anywhere needs the upb backend (:func:`check_backend`)."""
+    if cfg.input.format == "otlp_proto":
+        check_backend()
+    for i, t in enumerate(cfg.kafka.extra_traces_topics):
+        if t.format == "otlp_proto":
+            check_backend(f"kafka.extra_traces_topics[{i}].format")
+    m = cfg.input.otlp
+    for f in _FIELDS:
+        for i, name in enumerate(getattr(m, f)):
+            if name.startswith(CONTENT_ATTRIBUTES):
+                raise ConfigError(f"input.otlp.{f}[{i}]: {name!r} carries message content, "
+                                  "which is never read")
+
+
+def check_backend(key: str = "input.format") -> None:
+    """Refuse protobuf's pure-Python backend: ten times slower than upb at parsing."""
+    from google.protobuf.internal import api_implementation
+
+    if api_implementation.Type() == "python":
+        raise ConfigError(
+            f"{key}: otlp_proto needs protobuf's upb backend, and this process runs the "
+            "pure-Python one; unset PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION, or install a "
+            "binary wheel: pip install --force-reinstall --only-binary=:all: 'protobuf>=5'")
+
+
+def native_decoder(messages: list[bytes], max_bytes: int) -> tuple[list[TraceEvent],
+                                                                      list[Rejection], int]:
+    return (*decode_many(messages, max_bytes), 0)
+
+
+def decoder_for(fmt: str, mapping: OtlpMapping) -> Decoder:
+    """The decoder of an ``input.format``; ``otlp_proto`` refuses protobuf's pure-Python
+    backend (ten times slower) with a :class:`ConfigError` that says how to fix it."""
+    return native_decoder if fmt == "native" else OtlpDecoder(fmt, mapping)
+
+
+def _fingerprint(data: bytes) -> dict[str, Any]:
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+_RANK, _FIELD_VALUE = itemgetter(1), itemgetter(0, 2)
+
+
+def _resolve(res: list[tuple[str, int, object]],
+             hits: list[tuple[tuple[str, int, object], ...]]) -> dict[str, object]:
+    """field -> value of its best-ranked attribute: sorted worst first, so the best is
+    written last (C-level passes: the hot path; real spans often carry two names of one
+    field, such as the request and the response model)."""
+    trip = res + list(chain.from_iterable(hits))
+    trip.sort(key=_RANK, reverse=True)
+    return dict(map(_FIELD_VALUE, trip))
+
+
+class OtlpDecoder:
+    """``otlp_proto`` or ``otlp_json`` messages to trace events (see the module doc)."""
+
+    def __init__(self, fmt: str, mapping: OtlpMapping) -> None:
+        if fmt == "otlp_proto":
+            check_backend()
+            self._parse: Callable[[bytes], Iterable[Any]] = self._proto
+            self._traces, self._kv = proto_view()
+        elif fmt == "otlp_json":
+            self._parse = self._json
+        else:
+            raise ConfigError(f"input.format: {fmt!r} is not an OTLP format")
+        self.fmt = fmt
+        # attribute name -> (field, rank): the first name of a field ranks best; a span's
+        # attribute beats its resource's of the same name (rank + 1).
+        self.index: dict[str, list[tuple[str, int]]] = {}
+        for f in _FIELDS:
+            for i, name in enumerate(getattr(mapping, f)):
+                self.index.setdefault(name, []).append((f, 2 * i))
+        self.index.setdefault(_OPERATION, []).append(("operation", 0))
+        for name in _LEGACY:
+            self.index.setdefault(name, []).append((_LEGACY_FIELD, 0))
+        # KeyValue bytes -> its ((field, rank, value), ...); bounded, and never content.
+        self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
+        self.unmapped: dict[str, int] = {}   # unmapped name -> its values cached
+        self.refusals = frozenset(mapping.refusal_finish_reasons)
+        self.evaluators = frozenset(mapping.evaluators)
+
+    # -- messages --------------------------------------------------------------------------
+    def __call__(self, messages: list[bytes], max_bytes: int) -> tuple[list[TraceEvent],
+                                                                       list[Rejection], int]:
+        """Decode several messages; never raises."""
+        items: list[dict[str, Any]] = []
+        where: list[int] = []
+        bad: list[Rejection] = []
+        skipped = 0
+        for i, data in enumerate(messages):
+            if len(data) > max_bytes:
+                bad.append(too_large(len(data), hashlib.sha256(data).hexdigest(), max_bytes)
+                           ._replace(message=i))
+                continue
+            try:
+                spans = list(self._parse(data))
+            except Exception as e:   # any bytes: the parsers' errors differ by backend
+                bad.append(Rejection("bad_otlp", None,
+                                     f"not an OTLP {self.fmt} traces message "
+                                     f"({type(e).__name__})", _fingerprint(data), i))
+                continue
+            kept = list(filter(None, spans))   # None: not a GenAI span
+            skipped += len(spans) - len(kept)
+            items += kept
+            where += [i] * len(kept)
+        ok = self._validate(items, where, bad)
+        if len(bad) > 1:
+            bad.sort(key=lambda r: r.message)
+        return ok, bad, skipped
+
+    def _validate(self, items: list[dict[str, Any]], where: list[int],
+                  bad: list[Rejection]) -> list[TraceEvent]:
+        """The native checks in one C pass; item by item (for the reasons) if one fails."""
+        try:
+            evs = msgspec.convert(items, list[TraceEvent], strict=True)
+        except msgspec.ValidationError:
+            evs = None
+        if evs is not None and _finish_all(evs):   # JSON ids may not be hex
+            return evs
+        ok: list[TraceEvent] = []
+        for item, i in zip(items, where, strict=True):
+            r = _one_item(item)
+            if isinstance(r, TraceEvent):
+                ok.append(r)
+            else:
+                bad.append(r._replace(message=i))
+        return ok
+
+    def _proto(self, data: bytes) -> Iterable[dict[str, Any] | None]:
+        msg = self._traces()
+        msg.ParseFromString(data)
+        get, attr = self.cache.get, self._attr
+        for rs in msg.resource_spans:
+            res = self._hits([h if (h := get(b)) is not None else attr(b)
+                              for b in rs.resource.attributes], 1)
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    attrs = s.attributes
+                    hits = list(map(get, attrs))   # C-level; misses (None) parsed once
+                    if None in hits:
+                        hits = [attr(b) if h is None else h for h, b in zip(hits, attrs,
+                                                                            strict=True)]
+                    yield self._span(
+                        _resolve(res, hits),
+                        [(e.name, [self._kv.FromString(b) for b in e.attributes], proto_value)
+                         for e in s.events if e.name == _EVAL_EVENT] if s.events else (),
+                        s.trace_id.hex(), s.span_id.hex(), s.name, s.start_time_unix_nano,
+                        s.end_time_unix_nano, s.status.code)
+
+    def _attr(self, b: bytes) -> tuple[tuple[str, int, object], ...]:
+        """What one attribute (a serialised KeyValue) maps to: ((field, rank, value), …),
+        parsed by upb and cached. Content attributes are never cached or read, nor unmapped
+        ones whose values keep changing (a response id would fill the cache and clear it)."""
+        kv = self._kv.FromString(b)
+        key = kv.key
+        hits = self.index.get(key)
+        out = self._derive(hits, proto_value(kv.value)) if hits else ()
+        if key.startswith(CONTENT_ATTRIBUTES):
+            return out
+        if not hits:
+            seen = self.unmapped
+            if len(seen) >= _CACHE_KEYS:   # names are input too: bounded
+                seen.clear()
+            n = seen[key] = seen.get(key, 0) + 1
+            if n > _VALUES_PER_UNMAPPED:
+                return out
+        if len(self.cache) >= _CACHE_ENTRIES:
+            self.cache.clear()
+        self.cache[b] = out
+        return out
+
+    def _json(self, data: bytes) -> Iterable[dict[str, Any] | None]:
+        msg = json_traces.decode(data)
+        for rs in msg.resourceSpans:
+            res = self._hits(self._jattrs(rs.resource.attributes if rs.resource else ()), 1)
+            for ss in rs.scopeSpans:
+                for s in ss.spans:
+                    code = s.status.code if s.status else 0
+                    yield self._span(
+                        _resolve(res, self._jattrs(s.attributes)),
+                        [(e.name, e.attributes, json_value) for e in s.events
+                         if e.name == _EVAL_EVENT],
+                        s.traceId.lower(), s.spanId.lower(), s.name,
+                        nanos(s.startTimeUnixNano), nanos(s.endTimeUnixNano),
+                        _ERROR if code in (_ERROR, "STATUS_CODE_ERROR") else 0)
+
+    def _jattrs(self, attrs: Iterable[JKV]) -> list[tuple[tuple[str, int, object], ...]]:
+        index = self.index
+        out = []
+        for kv in attrs:
+            hits = index.get(kv.key)   # an unmapped value stays an unparsed Raw slice
+            if hits:
+                out.append(self._derive(hits, json_value(kv.value)))
+        return out
+
+    def _derive(self, hits: list[tuple[str, int]], v: object) -> tuple[tuple[str, int, object],
+                                                                        ...]:
+        """(field, rank, value) for each field an attribute maps to, worked out once per
+        distinct attribute: the first finish reason, and a refusal from the finish reasons
+        (which a refusal attribute overrides: :meth:`_span`); one safety label as a list."""
+        out: list[tuple[str, int, object]] = []
+        for f, rank in hits:
+            if f == "finish_reason":
+                reasons = v if isinstance(v, list) else [v]
+                if not reasons:
+                    continue
+                out.append((f, rank, reasons[0]))
+                out.append((_FROM_REASONS, rank, not self.refusals.isdisjoint(
+                    r for r in reasons if isinstance(r, str))))
+            elif f == "safety_hits" and isinstance(v, str):
+                out.append((f, rank, [v]))
+            else:
+                out.append((f, rank, v))
+        return tuple(out)
+
+    @staticmethod
+    def _hits(hits: Iterable[tuple[tuple[str, int, object], ...]],
+              extra: int) -> list[tuple[str, int, object]]:
+        """A resource's mapped attributes, ranked after a span's of the same name."""
+        return [(f, rank + extra, v) for hit in hits for f, rank, v in hit]
+
+    # -- one span --------------------------------------------------------------------------
+    def _span(self, best: dict[str, object], evals: Iterable[Any], tid: str,
+              sid: str, name: str, start: int, end: int, status: int) -> dict[str, Any] | None:
+        out: dict[str, Any] = best
+        legacy = out.pop(_LEGACY_FIELD, _MISSING)
+        if "operation" not in out:
+            if legacy is _MISSING:
+                return None   # not a GenAI operation
+            # Instrumentations before gen_ai.operation.name: the span name starts with it.
+            out["operation"] = (name.split(" ", 1)[0] or "chat") if name else "chat"
+        if end:
+            out["ts"] = end / 1_000_000_000   # int / int: correctly rounded
+        if tid and tid != _NO_TRACE:   # all zeros: no id (W3C)
+            out["trace_id"] = tid
+        if sid and sid != _NO_SPAN:
+            out["span_id"] = sid
+        if start and end >= start:
+            out["latency_ms"] = (end - start) / 1_000_000
+        refused = out.pop(_FROM_REASONS, _MISSING)
+        if refused is not _MISSING and "refusal" not in out:
+            out["refusal"] = refused
+        if status == _ERROR and "error_type" not in out:
+            out["error_type"] = "_OTHER"   # the conventions' value when the class is unknown
+        if evals:
+            scores = self._evals(evals)
+            if scores:
+                out["eval_scores"] = scores
+        return out
+
+    def _evals(self, events: Iterable[Any]) -> dict[str, float]:
+        """``gen_ai.evaluation.result`` events (name, attributes, value reader): evaluator name
+        -> score (finite numbers only; the explanation, free text, is never read)."""
+        scores: dict[str, float] = {}
+        for _, attrs, value in events:
+            name = score = None
+            for kv in attrs:
+                if kv.key == _EVAL_NAME:
+                    name = value(kv.value)
+                elif kv.key == _EVAL_SCORE:
+                    score = value(kv.value)
+            if (isinstance(name, str) and 0 < len(name) <= 64
+                    and (not self.evaluators or name in self.evaluators)
+                    and isinstance(score, int | float) and not isinstance(score, bool)
+                    and math.isfinite(score) and len(scores) < _MAX_EVALS):
+                scores[name] = float(score)
+        return scores
