@@ -370,6 +370,13 @@ class _V1Quantity:
 
     __slots__ = ("_between_fast", "_between_slow", "_fast", "_mf", "_ms", "_slow", "_w",
                  "_within", "n")
+    # Filled in by unpickling (river's and our EWMean objects, floats): never constructed here.
+    _fast: Any
+    _slow: Any
+    _within: Any
+    _between_fast: float
+    _between_slow: float
+    n: int
 
     def upgrade(self) -> QuantityBaseline:
         """The same levels, spreads and count in today's QuantityBaseline."""
