@@ -12,8 +12,8 @@ import orjson
 import pytest
 
 from detector.config import Config, Price, Spend
-from detector.pipeline import Pipeline
 from detector.signals import Layout, layout_of
+from tests.test_detection import run
 from tests.traffic import T0, trace_id
 
 COHORTS = ({"tenant": "acme", "app": "agent"}, {"tenant": "globex", "app": "agent"})
@@ -47,11 +47,7 @@ def _stream(minutes: int, fx: Callable[[int, dict[str, str]], dict[str, Any]] = 
 
 
 def _run(config: Config, msgs: Iterator[bytes]) -> list[dict[str, Any]]:
-    pipe = Pipeline(config)
-    alerts: list[dict[str, Any]] = []
-    for m in msgs:
-        alerts += pipe.feed(m)
-    return alerts + pipe.finish()
+    return run(config, msgs)[1]
 
 
 def test_unknown_evaluators_never_make_a_signal_or_a_counter(config: Config) -> None:

@@ -371,13 +371,19 @@ NEW = ("rare_wave", "lowvol_violations", "fabricated_midsize", "benign_shift", "
        "quantity_cycle", "volume_surge")
 
 
+def _simulated(tmp_path_factory: pytest.TempPathFactory, hours: float, seed: int,
+               scenarios: tuple[str, ...]) -> tuple[dict[str, Any], list[TraceEvent]]:
+    """Labels and events of ``scenarios`` together at a modest rate."""
+    out = tmp_path_factory.mktemp("sim")
+    simulate(out, hours=hours, seed=seed, rate=10.0, scenarios=list(scenarios))
+    return json.loads((out / "labels.json").read_text()), _decode_all(out)[0]
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
                                                                list[TraceEvent]]:
-    """Issue 12's scenarios together, 6 h at a modest rate."""
-    out = tmp_path_factory.mktemp("shapes")
-    simulate(out, hours=6.0, seed=3, rate=10.0, scenarios=list(NEW))
-    return json.loads((out / "labels.json").read_text()), _decode_all(out)[0]
+    """Issue 12's scenarios together, 6 h."""
+    return _simulated(tmp_path_factory, 6.0, 3, NEW)
 
 
 def test_issue12_scenarios_are_opt_in_and_labelled(shapes: Any) -> None:
@@ -487,10 +493,8 @@ ISSUE_14 = ("eval_drop", "spend_surge")
 @pytest.fixture(scope="module")
 def signals_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
                                                                     list[TraceEvent]]:
-    """Issue 14's scenarios together, 2.5 h at a modest rate."""
-    out = tmp_path_factory.mktemp("signals")
-    simulate(out, hours=2.5, seed=4, rate=10.0, scenarios=list(ISSUE_14))
-    return json.loads((out / "labels.json").read_text()), _decode_all(out)[0]
+    """Issue 14's scenarios together, 2.5 h."""
+    return _simulated(tmp_path_factory, 2.5, 4, ISSUE_14)
 
 
 def _mean_score(es: list[TraceEvent], name: str) -> float:
