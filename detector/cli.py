@@ -41,9 +41,9 @@ def _check_run(args: argparse.Namespace) -> int:
 
 
 def _enabled(cfg: object) -> list[str]:
-    from detector.core.signals import Layout
+    from detector.core.signals import layout_of
 
-    return [s.name for s in Layout(tuple(cfg.input.safety_labels)).signals  # type: ignore[attr-defined]
+    return [s.name for s in layout_of(cfg).signals  # type: ignore[arg-type]
             if cfg.signal(s.name).enabled]  # type: ignore[attr-defined]
 
 

@@ -32,13 +32,15 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-__all__ = ["Config", "ConfigError", "SeverityRule", "SignalConfig", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "Price", "SeverityRule", "SignalConfig", "load_config",
+           "parse_config"]
 
 Positive = Annotated[float, Meta(gt=0)]
 NonNeg = Annotated[float, Meta(ge=0)]
 PosInt = Annotated[int, Meta(ge=1)]
 Severity = Literal["sev1", "sev2", "sev3", "sev4"]
 Direction = Literal["up", "down", "both"]
+EvaluatorName = Annotated[str, Meta(max_length=48, pattern=r"^[a-z0-9]+(_[a-z0-9]+)*$")]
 COHORT_FIELDS = ("tenant", "region", "app", "environment", "model")
 
 
@@ -238,8 +240,6 @@ class OtlpMapping(_Base):
     memory_bytes: AttrNames = _names("ai.memory_bytes")
     # Finish reasons that mean the model declined (unless the refusal attribute says otherwise).
     refusal_finish_reasons: list[str] = _names("content_filter", "refusal")
-    # gen_ai.evaluation.result events kept as eval_scores; empty keeps every evaluator name.
-    evaluators: list[Annotated[str, Meta(min_length=1, max_length=64)]] = _names()
 
 
 class Input(_Base):
@@ -252,6 +252,20 @@ class Input(_Base):
     safety_labels: list[str] = field(
         default_factory=lambda: ["pii", "toxicity", "prompt_injection", "jailbreak"]
     )
+    # Evaluator names (as events.eval_key writes them) that get a signal eval_<name> each.
+    evaluators: Annotated[list[EvaluatorName], Meta(max_length=16)] = field(default_factory=list)
+
+
+class Price(_Base):
+    input_per_million: NonNeg = 0.0    # per million input tokens
+    output_per_million: NonNeg = 0.0   # per million output tokens
+
+
+class Spend(_Base):
+    """Token prices by the event's ``model``; a model priced 0 (both) has no cost signal."""
+
+    prices: dict[str, Price] = field(default_factory=dict)
+    default: Price = field(default_factory=Price)
 
 
 class Config(_Base):
@@ -265,16 +279,21 @@ class Config(_Base):
     severity: list[SeverityRule] = field(default_factory=list)
     overrides: list[Override] = field(default_factory=list)
     rebaseline: list[Rebaseline] = field(default_factory=list)
+    spend: Spend = field(default_factory=Spend)
     sinks: Sinks = field(default_factory=Sinks)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def signal(self, name: str) -> SignalConfig:
         """The settings of one signal (defaults where the file names none)."""
-        return self.signals.get(name) or _DEFAULT_SIGNAL
+        return self.signals.get(name) or (
+            _DEFAULT_EVAL if name.startswith(EVAL_PREFIX) else _DEFAULT_SIGNAL)
 
 
 _DEFAULT_SIGNAL = SignalConfig()
+#: An evaluation score falling is the news: eval_* signals look down unless set otherwise.
+EVAL_PREFIX = "eval_"
+_DEFAULT_EVAL = SignalConfig(direction="down")
 # More lateness than this many windows holds that many windows open per cohort for nothing.
 MAX_LATENESS_WINDOWS = 10
 # msgspec names the place as `$.signals.refusal_rate.threshold` or `$.severity[2]`.
@@ -298,7 +317,7 @@ def _semantic_checks(cfg: Config) -> None:
             raise ConfigError(
                 f"cohorts.levels[{i}]: must contain every field of level {i - 1} and more"
             )
-    known = known_signals(cfg.input.safety_labels, cfg.rules.leak_labels)
+    known = known_signals(cfg.input.safety_labels, cfg.rules.leak_labels, cfg.input.evaluators)
     for name in cfg.signals:
         if name not in known:
             raise ConfigError(f"signals.{name}: unknown signal (known: {', '.join(sorted(known))})")
@@ -356,6 +375,14 @@ def parse_config(data: dict[str, Any]) -> Config:
         # msgspec names a bad dict entry "signals[...]"; check each so the error names it.
         for name, entry in signals.items():
             _convert(entry, SignalConfig, f"signals.{name}")
+            if str(name).startswith(EVAL_PREFIX) and "direction" not in entry:
+                # Listed without a direction: still down, as unlisted ones are.
+                signals[name] = {**entry, "direction": _DEFAULT_EVAL.direction}
+    spend = data.get("spend")
+    prices = spend.get("prices") if isinstance(spend, dict) else None
+    if isinstance(prices, dict):   # likewise, named as TOML names it (model names hold dots)
+        for model, entry in prices.items():
+            _convert(entry, Price, f'spend.prices."{model}"')
     cfg: Config = _convert(data, Config, "")
     _semantic_checks(cfg)
     return cfg

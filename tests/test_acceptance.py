@@ -144,3 +144,35 @@ def test_shapes_run_has_no_other_pages(shapes_run: tuple[dict, list[dict]]) -> N
              if a["id"] in unexplained and a["severity"] != "sev4"}
     assert pages == set()
     assert len(unexplained) <= 6                  # at most ~1 unconfirmed blip an hour
+
+
+ISSUE_14: Final = ("eval_drop", "spend_surge")
+
+
+@pytest.fixture(scope="module")
+def signals_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Issue 14's signals, as a user runs them: the default config plus the simulated apps'
+    evaluators and model prices."""
+    from detector.lab.scenarios import signals_config
+
+    out = tmp_path_factory.mktemp("signals")
+    _run("simulate", "--out", str(out), "--hours", "3", "--seed", "2",
+         *(x for name in ISSUE_14 for x in ("--scenario", name)))
+    cfg = out / "detector.toml"
+    cfg.write_text(signals_config((Path(__file__).parents[1] / "config" / "detector.toml")
+                                  .read_text()))
+    alerts = out / "alerts.jsonl"
+    _run("replay", str(out / "traces.jsonl"), "--config", str(cfg), "--alerts-out",
+         str(alerts), "--quiet")
+    return json.loads(_run("evaluate", "--labels", str(out / "labels.json"), "--alerts",
+                           str(alerts), "--json").stdout)
+
+
+def test_an_eval_score_drop_pages_and_a_spend_surge_is_only_recorded(signals_run: dict) -> None:
+    by = {i["scenario"]: i for i in signals_run["incidents"]}
+    assert by["eval_drop"]["detected"] and by["eval_drop"]["max_severity"] == "sev2"
+    assert by["spend_surge"]["detected"] and by["spend_surge"]["max_severity"] == "sev4"
+    s = signals_run["summary"]
+    assert s["suspected_change_correct"] == s["suspected_change_checked"] == 2
+    fa = s["false_alerts_by_severity"]
+    assert fa["sev1"] == fa["sev2"] == fa["sev3"] == 0

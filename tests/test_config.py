@@ -57,6 +57,16 @@ def test_every_signal_and_severity_documented_in_default(config) -> None:
         ({"cohorts": {"levels": [["tenant", "colour"]]}}, "cohorts.levels[0][1]: Invalid enum"),
         ({"overrides": [{"match": {"colour": "red"}}]}, "overrides[0].match.colour: not a cohort"),
         ({"kafka": {"partitions": 0}}, "kafka.partitions: Expected `int` >= 1"),
+        ({"input": {"evaluators": ["Faithfulness"]}},
+         "input.evaluators[0]: Expected `str` matching regex"),
+        ({"input": {"evaluators": [f"e{i}" for i in range(17)]}},
+         "input.evaluators: Expected `array` of length <= 16"),
+        ({"spend": {"prices": {"gpt-4o": {"input_per_million": -1}}}},
+         'spend.prices."gpt-4o".input_per_million: Expected `float` >= 0.0'),
+        ({"spend": {"default": {"output_per_million": float("inf")}}},
+         "spend.default.output_per_million: inf is not a finite number"),
+        ({"spend": {"prices": {"m": {"input": 1}}}}, 'spend.prices."m".input: unknown key'),
+        ({"signals": {"eval_faithfulness": {}}}, "signals.eval_faithfulness: unknown signal"),
     ],
 )
 def test_bad_config_names_key_and_problem(doc: dict, message: str) -> None:
@@ -126,3 +136,28 @@ def test_check_config_command(tmp_path: Path) -> None:
     assert err.returncode == 2
     assert "windows.allowed_lateness_seconds: Expected `float` >= 0.0" in err.stderr
     assert "Traceback" not in err.stderr
+
+
+def test_evaluation_signals_look_down_and_cost_is_a_signal() -> None:
+    base = {"severity": [{"severity": "sev4", "signals": ["cost", "eval_*"]}],
+            "input": {"evaluators": ["faithfulness", "relevance"]},
+            "signals": {"eval_relevance": {"threshold": 4.0},
+                        "eval_faithfulness": {"direction": "both"}}}
+    cfg = parse_config(base)
+    assert cfg.signal("eval_relevance").direction == "down"      # listed without one
+    assert cfg.signal("eval_relevance").threshold == 4.0
+    assert cfg.signal("eval_faithfulness").direction == "both"   # as set
+    assert cfg.signal("eval_other").direction == "down"          # not listed
+    assert cfg.signal("cost").direction == "up"
+
+
+def test_default_config_records_spend_and_pages_on_a_sustained_eval_drop(config) -> None:
+    from detector.core.severity import classify
+
+    assert config.input.evaluators == [] and config.spend.prices == {}
+    # cost: sev4 however long and confirmed; an eval drop: sev2 in production once sustained
+    assert classify(config.severity, "cost", "production", 30, 20.0, confirmed=True) == "sev4"
+    assert classify(config.severity, "eval_faithfulness", "production", 3, -6.0) == "sev2"
+    assert classify(config.severity, "eval_faithfulness", "production", 1, -6.0,
+                    confirmed=True) == "sev2"
+    assert classify(config.severity, "eval_faithfulness", "production", 1, -6.0) == "sev4"

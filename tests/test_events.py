@@ -118,7 +118,8 @@ _json = st.recursive(
     lambda ch: st.lists(ch, max_size=3) | st.dictionaries(st.text(max_size=5), ch, max_size=3),
     max_leaves=10)
 _fields = st.sampled_from(["ts", "operation", "trace_id", "retries", "refusal", "safety_hits",
-                           "latency_ms", "tool_side_effect", "environment", "app"])
+                           "latency_ms", "tool_side_effect", "environment", "app",
+                           "eval_scores"])
 
 
 @settings(max_examples=300, deadline=None)
@@ -133,3 +134,43 @@ def test_decode_agrees_with_the_json_schema(obj: dict) -> None:
         assert valid, obj
     elif valid:
         assert isinstance(obj.get("ts"), str) or "trace_id" in obj, obj
+
+
+_scores = st.dictionaries(st.sampled_from(["faithfulness", "Answer Relevance", "", "<b>",
+                                           "x" * 65, "ok.v2"]),
+                          st.one_of(st.floats(-2000, 2000), st.integers(-5, 5), st.text(max_size=2),
+                                    st.none()), max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(_scores, _json))
+def test_eval_scores_decode_as_the_json_schema_says(scores: object) -> None:
+    """Evaluation scores: an object of at most 32 finite numbers within +-1000 under names
+    of 1-64 plain characters; anything else dead-letters the event, naming the field."""
+    obj = {"ts": 1, "operation": "chat", "eval_scores": scores}
+    schema = json.loads((CONTRACTS / "trace-event.schema.json").read_text())
+    valid = Draft202012Validator(schema).is_valid(obj)
+    ok, bad = decode(json.dumps(obj).encode())
+    assert bool(ok) == valid, obj
+    if bad and bad[0].reason != "not_json":   # json.dumps writes inf as Infinity
+        assert bad[0].field == "eval_scores" and bad[0].reason in ("wrong_type", "out_of_range")
+        if isinstance(scores, dict):   # names never reach a dead letter
+            assert bad[0].payload["eval_scores"] == {"json_type": "dict", "items": len(scores)}
+
+
+def test_eval_scores_are_kept_under_sanitised_names() -> None:
+    ok, bad = decode(b'[{"ts": 1, "operation": "chat", "eval_scores": {"Answer Relevance": 0.5,'
+                     b' "ragas.faithfulness": 1, "toxicity": -0.25}}, {"ts": 2, "operation": "x"}]')
+    assert bad == [] and ok[1].eval_scores is None
+    assert ok[0].eval_scores == {"answer_relevance": 0.5, "ragas_faithfulness": 1.0,
+                                 "toxicity": -0.25}
+
+
+def test_too_many_or_unbounded_eval_scores_dead_letter_the_event_alone() -> None:
+    many = {f"e{i}": 0.5 for i in range(33)}
+    ok, bad = decode(orjson.dumps([{"ts": 1, "operation": "chat", "eval_scores": many},
+                                   {"ts": 1, "operation": "chat", "eval_scores": {"e": 1e3}},
+                                   {"ts": 1, "operation": "chat", "eval_scores": {"e": 1001}}]))
+    assert len(ok) == 1 and ok[0].eval_scores == {"e": 1000.0}
+    assert [(r.reason, r.field) for r in bad] == [("out_of_range", "eval_scores")] * 2
+    assert bad[0].payload["eval_scores"] == {"json_type": "dict", "items": 33}

@@ -50,7 +50,7 @@ def test_an_agent_turn_maps_onto_trace_events(fmt: str) -> None:
         812, 96, "tool_calls", False)
     assert (chat.prompt_version, chat.model_version) == ("v42", "2024-08-06")
     assert chat.ts == T0 / 1e9 + 0.3 and chat.latency_ms == 298.0
-    assert chat.eval_scores == {"Relevance": 0.82}
+    assert chat.eval_scores == {"relevance": 0.82}   # named as input.evaluators names them
     assert len(chat.trace_id) == 32 and len(chat.span_id) == 16
     tool = by[("execute_tool", None)]
     assert (tool.tool_name, tool.tool_authorized, tool.tool_side_effect) == (
@@ -94,13 +94,12 @@ def test_tenant_falls_back_to_service_namespace_and_a_span_attribute_beats_the_r
 
 def test_the_mapping_is_configurable() -> None:
     raw = {"input": {"otlp": {"tenant": ["customer"], "tool_authorized": ["acl.allowed"],
-                              "refusal_finish_reasons": ["stop"], "evaluators": ["Other"]}}}
+                              "refusal_finish_reasons": ["stop"]}}}
     m = msgspec.convert(raw["input"]["otlp"], type(CFG.input.otlp))
     dec = OtlpDecoder("otlp_json", m)
     spans = agent_spans()
     ok, _, _ = dec([traces_json(spans)], 1 << 20)
     assert {e.tenant for e in ok} == {UNSET}   # tenant.id is no longer read
-    assert all(e.eval_scores is None for e in ok)   # Relevance is not a configured evaluator
     assert all(e.tool_authorized is UNSET for e in ok)
 
 
@@ -307,7 +306,7 @@ def test_the_span_encoder_round_trips_native_events() -> None:
     evs = [TraceEvent(ts=1767571204.751, operation="execute_tool", tenant="t", app="a",
                       trace_id="0af7651916cd43dd8448eb211c80319c", span_id="b7ad6b7169203331",
                       latency_ms=12.3, tool_name="x", tool_authorized=False, retries=2,
-                      safety_hits=["pii"], eval_scores={"Relevance": 0.5},
+                      safety_hits=["pii"], eval_scores={"relevance": 0.5},
                       error_type="timeout", finish_reason="stop", refusal=True),
            TraceEvent(ts=1767571205.0, operation="chat")]
     for fmt, enc in (("otlp_proto", to_otlp_proto), ("otlp_json", to_otlp_json)):

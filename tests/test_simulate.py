@@ -371,19 +371,25 @@ NEW = ("rare_wave", "lowvol_violations", "fabricated_midsize", "benign_shift", "
        "quantity_cycle", "volume_surge")
 
 
+def _simulated(tmp_path_factory: pytest.TempPathFactory, hours: float, seed: int,
+               scenarios: tuple[str, ...]) -> tuple[dict[str, Any], list[TraceEvent]]:
+    """Labels and events of ``scenarios`` together at a modest rate."""
+    out = tmp_path_factory.mktemp("sim")
+    simulate(out, hours=hours, seed=seed, rate=10.0, scenarios=list(scenarios))
+    return json.loads((out / "labels.json").read_text()), _decode_all(out)[0]
+
+
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
                                                                list[TraceEvent]]:
-    """Issue 12's scenarios together, 6 h at a modest rate."""
-    out = tmp_path_factory.mktemp("shapes")
-    simulate(out, hours=6.0, seed=3, rate=10.0, scenarios=list(NEW))
-    return json.loads((out / "labels.json").read_text()), _decode_all(out)[0]
+    """Issue 12's scenarios together, 6 h."""
+    return _simulated(tmp_path_factory, 6.0, 3, NEW)
 
 
 def test_issue12_scenarios_are_opt_in_and_labelled(shapes: Any) -> None:
     labels, _ = shapes
     assert not set(NEW) & set(DEFAULT_SCENARIOS)
-    assert set(DEFAULT_SCENARIOS) | set(NEW) == set(SCENARIOS)
+    assert set(DEFAULT_SCENARIOS) | set(NEW) | set(ISSUE_14) == set(SCENARIOS)
     by = {i["scenario"]: i for i in labels["incidents"]}
     assert sorted(by) == sorted(NEW)
     for name in ("rare_wave", "lowvol_violations", "fabricated_midsize"):
@@ -479,3 +485,55 @@ def test_a_bigger_world_keeps_the_default_and_adds_small_cohorts() -> None:
     assert big.cohorts[:10] == small.cohorts[:10]
     with pytest.raises(ValueError, match="tenants"):
         World.build(3)
+
+
+ISSUE_14 = ("eval_drop", "spend_surge")
+
+
+@pytest.fixture(scope="module")
+def signals_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
+                                                                    list[TraceEvent]]:
+    """Issue 14's scenarios together, 2.5 h."""
+    return _simulated(tmp_path_factory, 2.5, 4, ISSUE_14)
+
+
+def _mean_score(es: list[TraceEvent], name: str) -> float:
+    xs = [e.eval_scores[name] for e in es if e.eval_scores and name in e.eval_scores]
+    assert len(xs) > 50
+    return sum(xs) / len(xs)
+
+
+def test_eval_scores_come_from_the_apps_evaluators_on_answered_calls(signals_run: Any) -> None:
+    _, events = signals_run
+    scored = [e for e in events if e.eval_scores is not None]
+    assert {e.app for e in scored} == {"support-agent", "sales-copilot"}
+    assert all(e.operation in MODEL_OPERATIONS and e.finish_reason != "error" for e in scored)
+    assert {tuple(e.eval_scores) for e in scored if e.app == "sales-copilot"} == {("relevance",)}
+    assert all(0.0 <= v <= 1.0 for e in scored for v in e.eval_scores.values())
+    support = _model([e for e in events if e.app == "support-agent"])
+    assert 0.4 < len([e for e in support if e.eval_scores]) / len(support) < 0.55
+
+
+def test_eval_drop_lowers_faithfulness_in_its_cohort_only(signals_run: Any) -> None:
+    labels, events = signals_run
+    inc = next(i for i in labels["incidents"] if i["scenario"] == "eval_drop")
+    assert (inc["kind"], inc["signals"], inc["expected_severity"]) == (
+        "drift", ["eval_faithfulness"], "sev2")
+    during, before = _around(events, inc)
+    ratio = _mean_score(during, "faithfulness") / _mean_score(before, "faithfulness")
+    assert 0.8 < ratio < 0.9
+    assert abs(_mean_score(during, "relevance") - _mean_score(before, "relevance")) < 0.02
+
+
+def test_spend_surge_switches_the_cohort_to_the_pricier_model(signals_run: Any) -> None:
+    labels, events = signals_run
+    inc = next(i for i in labels["incidents"] if i["scenario"] == "spend_surge")
+    assert (inc["kind"], inc["signals"], inc["expected_severity"]) == ("drift", ["cost"], "sev4")
+    during, before = _around(events, inc)
+    calls = Counter(e.model for e in _model(during))
+    assert calls["m-xlarge"] > 0.95 * calls.total()   # but traces begun just before the switch
+    assert {e.model for e in before} == {"m-large"}
+    c = inc["cohort"]
+    others = [e for e in events if (e.app, e.environment) != (c["app"], c["environment"])
+              or e.tenant != c.get("tenant", e.tenant)]
+    assert "m-xlarge" not in {e.model for e in others}

@@ -10,10 +10,11 @@ import random
 
 import msgspec
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detector.config import Config
+from detector.config import Config, Price, Spend
 from detector.core import counting
 from detector.core.aggregator import Aggregator
 from detector.core.events import TraceEvent, decode_many
@@ -55,6 +56,11 @@ def event(draw: st.DrawFn, t0: float) -> dict:
         "tool_status": st.sampled_from(["ok", "error"]),
         "safety_hits": st.lists(st.sampled_from(["pii", "secret_leak", "weird", "jailbreak"]),
                                 max_size=3),
+        "model": st.sampled_from(["m1", "m2", "free"]),
+        "eval_scores": st.dictionaries(
+            st.sampled_from(["faithfulness", "Relevance", "other"]),
+            st.one_of(st.floats(-1000, 1000), st.sampled_from([0.0, 1.0, -1000.0, 1000.0])),
+            max_size=3),
     }
     for name, strat in opt.items():
         if draw(st.booleans()):
@@ -81,13 +87,69 @@ def _same(config: Config, batches: list[list[bytes]]) -> list[Partial]:
     return c[0]
 
 
+DEFAULT_PRICE = Price(input_per_million=0.5, output_per_million=1.5)
+
+
+def _priced(config: Config, default: Price | None = DEFAULT_PRICE) -> Config:
+    """Evaluators and prices configured: m1 priced, "free" listed at 0, others the default."""
+    spend = Spend(prices={"m1": Price(input_per_million=2.5, output_per_million=10.0),
+                          "free": Price()}, default=default or Price())
+    return msgspec.structs.replace(config, spend=spend, input=msgspec.structs.replace(
+        config.input, evaluators=["faithfulness", "relevance"]))
+
+
+@pytest.mark.parametrize("setup", ["default", "priced", "no_default_price"])
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.lists(event(1_000_000.0), max_size=60), min_size=1, max_size=5))
-def test_c_counts_what_python_counts(config: Config, batches: list[list[dict]]) -> None:
+def test_c_counts_what_python_counts(config: Config, setup: str, batches: list[list[dict]]
+                                     ) -> None:
+    cfg = {"default": config, "priced": _priced(config),
+           "no_default_price": _priced(config, None)}[setup]
     # json, not orjson: orjson does not write integers past 64 bits.
-    parts = _same(config, [[json.dumps(e).encode() for e in b] for b in batches])
+    parts = _same(cfg, [[json.dumps(e).encode() for e in b] for b in batches])
     n = sum(map(len, batches))
     assert sum(p.counts[0] for p in parts if p.level == 0) <= n
+
+
+def test_cost_and_eval_scores_are_counted_in_both_paths(config: Config) -> None:
+    """The new counters hold what they say, in C and in Python alike."""
+    cfg = _priced(config)
+    evs = [orjson.dumps(e) for e in (
+        {"ts": 1e6, "operation": "chat", "app": "a", "model": "m1", "input_tokens": 1000,
+         "output_tokens": 100, "eval_scores": {"Faithfulness": 0.5, "toxicity": 0.9}},
+        {"ts": 1e6 + 1, "operation": "chat", "app": "a", "model": "free", "input_tokens": 9},
+        {"ts": 1e6 + 2, "operation": "chat", "app": "a", "model": "new", "output_tokens": 10},
+        {"ts": 1e6 + 3, "operation": "invoke_agent", "app": "a", "input_tokens": 5,
+         "eval_scores": {"relevance": -0.25}})]
+    parts = _same(cfg, [evs])
+    p = next(p for p in parts if p.level == 0)
+    lay = Aggregator(cfg).layout
+    got = dict(zip(lay.names, p.counts, strict=True))
+    # m1: 1000 × 2.5 + 100 × 10 = 3500 millionths; "new" at the default: 10 × 1.5 = 15;
+    # "free" is listed at 0 (no cost), and an agent span is not a model call.
+    x1, x2 = (int(math.log1p(v) * SCALE + 0.5) for v in (3500.0, 15.0))
+    assert (got["cost_n"], got["cost_sum"], got["cost_sq"]) == (2, x1 + x2, x1 * x1 + x2 * x2)
+    assert (got["eval_faithfulness_n"], got["eval_faithfulness_sum"]) == (1, 512)
+    assert (got["eval_relevance_n"], got["eval_relevance_sum"], got["eval_relevance_sq"]) == (
+        1, -256, 65536)
+    assert len(lay.names) == len(p.counts)   # "toxicity" is not configured: no counter
+
+
+def test_hand_built_scores_are_counted_by_python(config: Config) -> None:
+    """Scores decode() would not make (ints, NaN, past the bound) go the Python way."""
+    cfg = _priced(config)
+    odd = [TraceEvent(ts=1_000_030.0, operation="chat", app="a",
+                      eval_scores={"faithfulness": 1, "relevance": float("nan")}),
+           TraceEvent(ts=1_000_031.0, operation="chat", app="a",
+                      eval_scores={"faithfulness": 5000.0})]
+    normal = decode_many([orjson.dumps({"ts": 1_000_000.0 + i, "operation": "chat", "app": "a",
+                                        "eval_scores": {"faithfulness": i / 60}})
+                          for i in range(60)])[0]
+    mixed = normal[:30] + odd + normal[30:]
+    c, py = Aggregator(cfg), Aggregator(cfg)
+    c.add_many(list(mixed))
+    py._add_py(list(mixed))
+    assert c.drain_all() == py.drain_all()
 
 
 def test_c_and_python_agree_on_ties_and_past_the_cohort_and_version_budgets(config: Config) -> None:

@@ -8,6 +8,8 @@
  * their slot offsets in the msgspec struct, counter increments are summed per partial and
  * added once per call, and the evidence (bottom-k trace ids, top-k values) is kept here too.
  *
+ * A priced model call's cost and the configured evaluators' scores are counted here too.
+ *
  * Making a partial and counting safety labels are handed back to the Aggregator's own
  * methods, and an event of an unexpected shape (built by hand rather than decoded) makes
  * add_many stop before touching anything, so that the Python path counts that event.
@@ -58,12 +60,14 @@ slot_offset_s(PyTypeObject *type, const char *name)
 /* Fields of TraceEvent this file reads, in this order (see the configure() call in counting.py). */
 enum { F_TS, F_TRACE_ID, F_OPERATION, F_REFUSAL, F_INSTR, F_FORMAT_VALID, F_IN_TOK,
        F_OUT_TOK, F_LATENCY, F_SCHEMA_VALID, F_FABRICATED, F_RETRIES, F_ERROR_TYPE,
-       F_FINISH_REASON, F_TOOL_STATUS, F_SAFETY_HITS, N_FIELDS };
+       F_FINISH_REASON, F_TOOL_STATUS, F_SAFETY_HITS, F_MODEL, F_EVAL_SCORES, N_FIELDS };
 
-/* Counters, in this order (see the configure() call in counting.py). */
+/* Counters, in this order (see the configure() call in counting.py); then the cost's three,
+ * whose place depends on the layout (add_many's ctx gives it). */
 enum { C_EVENTS, C_MODEL, C_TOOL, C_REFUSAL, C_INSTR, C_FMT_N, C_FMT_FAIL, C_SCHEMA_INV,
        C_FABRICATED, C_OVERRIDE, C_MEMWRITE, C_RETRIES, C_ERRORS, C_IN_N, C_IN_S, C_IN_Q,
-       C_OUT_N, C_OUT_S, C_OUT_Q, C_LAT_N, C_LAT_S, C_LAT_Q, N_COUNTERS };
+       C_OUT_N, C_OUT_S, C_OUT_Q, C_LAT_N, C_LAT_S, C_LAT_Q, N_BASE,
+       C_COST_N = N_BASE, C_COST_S, C_COST_Q, N_COUNTERS };
 
 /* Operation codes, the values of the dict given to configure(). */
 enum { OP_OTHER, OP_MODEL, OP_TOOL, OP_MEMWRITE, OP_OVERRIDE };
@@ -75,25 +79,28 @@ static struct {
     PyObject *heappush, *heapreplace;    /* heapq's, in C */
     PyObject *unset;
     Py_ssize_t off[N_FIELDS];
-    Py_ssize_t counter[N_COUNTERS];
-    PyObject *counter_obj[N_COUNTERS];   /* the indexes as Python ints: sample and top keys */
+    Py_ssize_t counter[N_BASE];
+    PyObject *counter_obj[N_BASE];       /* the indexes as Python ints: sample and top keys */
     PyObject *opcodes;                   /* operation -> OP_* */
     Py_ssize_t top_k;
     long long max_retries;
+    double eval_max, eval_scale;
     int ready;
 } S;
 
 /* configure(event_type, partial_type, unset, field_names, counter_indexes, opcodes, top_k,
- *           max_retries) */
+ *           max_retries, eval_max, eval_scale) */
 static PyObject *
 configure(PyObject *self, PyObject *args)
 {
     PyObject *type, *ptype, *unset, *names, *counters, *opcodes;
     Py_ssize_t top_k;
     long long max_retries;
-    if (!PyArg_ParseTuple(args, "O!O!OO!O!O!nL", &PyType_Type, &type, &PyType_Type, &ptype,
+    double eval_max, eval_scale;
+    if (!PyArg_ParseTuple(args, "O!O!OO!O!O!nLdd", &PyType_Type, &type, &PyType_Type, &ptype,
                           &unset, &PyTuple_Type, &names, &PyTuple_Type, &counters,
-                          &PyDict_Type, &opcodes, &top_k, &max_retries))
+                          &PyDict_Type, &opcodes, &top_k, &max_retries, &eval_max,
+                          &eval_scale))
         return NULL;
     if ((S.off_counts = slot_offset_s((PyTypeObject *)ptype, "counts")) < 0
             || (S.off_samples = slot_offset_s((PyTypeObject *)ptype, "samples")) < 0
@@ -107,7 +114,7 @@ configure(PyObject *self, PyObject *args)
     Py_DECREF(heapq);
     if (S.heappush == NULL || S.heapreplace == NULL)
         return NULL;
-    if (PyTuple_GET_SIZE(names) != N_FIELDS || PyTuple_GET_SIZE(counters) != N_COUNTERS) {
+    if (PyTuple_GET_SIZE(names) != N_FIELDS || PyTuple_GET_SIZE(counters) != N_BASE) {
         PyErr_SetString(PyExc_ValueError, "configure: wrong number of fields or counters");
         return NULL;
     }
@@ -117,7 +124,7 @@ configure(PyObject *self, PyObject *args)
             return NULL;
         S.off[i] = off;
     }
-    for (Py_ssize_t i = 0; i < N_COUNTERS; i++) {
+    for (Py_ssize_t i = 0; i < N_BASE; i++) {
         PyObject *c = PyTuple_GET_ITEM(counters, i);
         Py_ssize_t v = PyLong_AsSsize_t(c);
         if (v < 0) {
@@ -139,6 +146,8 @@ configure(PyObject *self, PyObject *args)
     Py_XSETREF(S.opcodes, opcodes);
     S.top_k = top_k;
     S.max_retries = max_retries;
+    S.eval_max = eval_max;
+    S.eval_scale = eval_scale;
     S.ready = 1;
     Py_RETURN_NONE;
 }
@@ -264,6 +273,7 @@ typedef struct {
 typedef struct {
     Acc *slots;
     int used;
+    Py_ssize_t cost_at;        /* the index of the cost's first counter */
 } Table;
 
 static int
@@ -275,7 +285,8 @@ table_flush(Table *t)
         if (a->p == NULL)
             continue;
         for (int c = 0; c < N_COUNTERS; c++)
-            if (a->d[c] && !err && add(a->counts, S.counter[c], a->d[c]) < 0)
+            if (a->d[c] && !err && add(a->counts, c < N_BASE ? S.counter[c]
+                                       : t->cost_at + (c - C_COST_N), a->d[c]) < 0)
                 err = -1;
         Py_CLEAR(a->p);
         Py_CLEAR(a->counts);
@@ -350,6 +361,18 @@ expected_shape(PyObject *ev, double q[3])
     v = SLOT(ev, S.off[F_SAFETY_HITS]);
     if (v != S.unset && !PyList_CheckExact(v))
         return 0;
+    if (!is_str_or_unset(SLOT(ev, S.off[F_MODEL])))
+        return 0;
+    v = SLOT(ev, S.off[F_EVAL_SCORES]);
+    if (v != Py_None) {   /* as decoded: a dict of floats, none of them NaN */
+        if (!PyDict_CheckExact(v))
+            return 0;
+        Py_ssize_t pos = 0;
+        PyObject *key, *val;
+        while (PyDict_Next(v, &pos, &key, &val))
+            if (!PyFloat_CheckExact(val) || isnan(PyFloat_AS_DOUBLE(val)))
+                return 0;
+    }
     return 1;
 }
 
@@ -374,18 +397,18 @@ partial_field(PyObject *p, Py_ssize_t off, const char *name)
     return PyObject_GetAttrString(p, name);
 }
 
-/* Keep (x, tid) among the top_k largest of quantity counter c (a min-heap per counter in
- * p.top): Counting._top. Most values are below the smallest of a full heap and cost only a
- * dict lookup. */
+/* Keep (x, tid) among the top_k largest of the quantity whose counter is ``key`` (a Python
+ * int; a min-heap per counter in p.top): Counting._top. Most values are below the smallest of
+ * a full heap and cost only a dict lookup. */
 static int
-top_insert(PyObject *p, int c, long long x, PyObject *tid)
+top_insert(PyObject *p, PyObject *key, long long x, PyObject *tid)
 {
     PyObject *tops = partial_field(p, S.off_top, "top");
     if (tops == NULL)
         return -1;
     int err = 0;
     PyObject *item = NULL, *r = NULL;
-    PyObject *h = PyDict_GetItemWithError(tops, S.counter_obj[c]);
+    PyObject *h = PyDict_GetItemWithError(tops, key);
     if (h == NULL && PyErr_Occurred())
         goto done;
     if (h != NULL && PyList_CheckExact(h) && PyList_GET_SIZE(h) >= S.top_k) {
@@ -406,7 +429,7 @@ top_insert(PyObject *p, int c, long long x, PyObject *tid)
             goto done;
         Py_INCREF(item);
         PyList_SET_ITEM(lst, 0, item);
-        err = PyDict_SetItem(tops, S.counter_obj[c], lst);
+        err = PyDict_SetItem(tops, key, lst);
         Py_DECREF(lst);
         goto done;
     }
@@ -530,11 +553,78 @@ call(PyObject *f, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
     return r == NULL ? -1 : 0;
 }
 
+/* A model call's cost from its tokens (q[0], q[1]; -1 where unset) at its model's price, as
+ * Counting._cost; -1 if it has none (no tokens, or no price). ``prices`` maps a model to
+ * (input, output) floats; ``dflt`` is that of models not listed, or None. */
+static double
+cost_of(PyObject *ev, const double q[3], PyObject *prices, PyObject *dflt)
+{
+    if (q[0] < 0 && q[1] < 0)
+        return -1.0;
+    PyObject *m = SLOT(ev, S.off[F_MODEL]), *price = dflt;
+    if (m != S.unset) {
+        PyObject *pr = PyDict_GetItemWithError(prices, m);
+        if (pr != NULL)
+            price = pr;
+        else if (PyErr_Occurred())
+            return -2.0;
+    }
+    if (!PyTuple_CheckExact(price) || PyTuple_GET_SIZE(price) != 2)
+        return -1.0;   /* None: not priced */
+    double pi = PyFloat_AsDouble(PyTuple_GET_ITEM(price, 0));
+    double po = PyFloat_AsDouble(PyTuple_GET_ITEM(price, 1));
+    if (PyErr_Occurred())
+        return -2.0;
+    if (pi == 0.0 && po == 0.0)
+        return -1.0;   /* not priced: unknown, not free */
+    /* Each product rounded on its own, as Python does (no fused multiply-add). */
+    volatile double pa = q[0] >= 0 ? q[0] * pi : 0.0;
+    volatile double pb = q[1] >= 0 ? q[1] * po : 0.0;
+    double v = pa + pb;
+    return v < DBL_MAX ? v : DBL_MAX;
+}
+
+/* The configured evaluators' scores of one event into partial p: Counting._evals. ``evals``
+ * is a tuple of (name, index of its first counter). */
+static int
+count_evals(PyObject *p, PyObject *scores, PyObject *evals, PyObject *tid, int has_tid)
+{
+    PyObject *counts = partial_field(p, S.off_counts, "counts");
+    if (counts == NULL)
+        return -1;
+    int err = 0;
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(evals) && !err; j++) {
+        PyObject *e = PyTuple_GET_ITEM(evals, j);
+        PyObject *name = PyTuple_GET_ITEM(e, 0), *iobj = PyTuple_GET_ITEM(e, 1);
+        PyObject *v = PyDict_GetItemWithError(scores, name);
+        if (v == NULL) {
+            err = PyErr_Occurred() ? -1 : 0;
+            continue;   /* not scored by this evaluator */
+        }
+        Py_ssize_t i = PyLong_AsSsize_t(iobj);
+        if (i < 0 || !PyList_CheckExact(counts) || PyList_GET_SIZE(counts) < i + 3) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_TypeError, "a partial's counts miss an evaluator's");
+            err = -1;
+            break;
+        }
+        double d = PyFloat_AS_DOUBLE(v);   /* expected_shape checked: a float, not NaN */
+        d = d > S.eval_max ? S.eval_max : d < -S.eval_max ? -S.eval_max : d;
+        long long x = (long long)floor(d * S.eval_scale + 0.5);
+        if (add(counts, i, 1) < 0 || add(counts, i + 1, x) < 0 || add(counts, i + 2, x * x) < 0
+                || (has_tid && top_insert(p, iobj, -x, tid) < 0))   /* the lowest scores */
+            err = -1;
+    }
+    Py_DECREF(counts);
+    return err;
+}
+
 /* add_many(evs, start, ctx, closed_before, max_ts) -> (stop, max_ts, late)
  *
- * ctx = (open, partial_for, safety, size, key_offsets, k): Aggregator._open, and the
- * Aggregator methods that make a partial and count safety labels. Counts evs[start:] until
- * the end or an event of an unexpected shape, whose index is returned as ``stop``. */
+ * ctx = (open, partial_for, safety, size, key_offsets, k, prices, default_price, cost_at,
+ * evals): Aggregator._open, the Aggregator methods that make a partial and count safety
+ * labels, and the layout's prices and counters (see Counting._c_context). Counts evs[start:]
+ * until the end or an event of an unexpected shape, whose index is returned as ``stop``. */
 static PyObject *
 add_many(PyObject *self, PyObject *args)
 {
@@ -549,12 +639,14 @@ add_many(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return NULL;
     }
-    PyObject *open_, *partial_for, *safety, *key_offsets;
+    PyObject *open_, *partial_for, *safety, *key_offsets, *prices, *dflt, *evals;
     double size;
-    Py_ssize_t k;
-    if (!PyArg_ParseTuple(ctx, "O!OOdO!n", &PyDict_Type, &open_, &partial_for, &safety, &size,
-                          &PyTuple_Type, &key_offsets, &k))
+    Py_ssize_t k, cost_at;
+    if (!PyArg_ParseTuple(ctx, "O!OOdO!nO!OnO!", &PyDict_Type, &open_, &partial_for, &safety,
+                          &size, &PyTuple_Type, &key_offsets, &k, &PyDict_Type, &prices, &dflt,
+                          &cost_at, &PyTuple_Type, &evals))
         return NULL;
+    int priced = PyDict_GET_SIZE(prices) > 0 || dflt != Py_None;
     Py_ssize_t nkey = PyTuple_GET_SIZE(key_offsets);
     Py_ssize_t koff[16];
     if (nkey > 16) {
@@ -565,9 +657,14 @@ add_many(PyObject *self, PyObject *args)
         koff[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(key_offsets, j));
     if (PyErr_Occurred())
         return NULL;
-    Table t = {PyMem_Calloc(ACC_SLOTS, sizeof(Acc)), 0};
-    if (t.slots == NULL)
+    PyObject *cost_key = PyLong_FromSsize_t(cost_at);   /* its top-k evidence's key */
+    if (cost_key == NULL)
+        return NULL;
+    Table t = {PyMem_Calloc(ACC_SLOTS, sizeof(Acc)), 0, cost_at};
+    if (t.slots == NULL) {
+        Py_DECREF(cost_key);
         return PyErr_NoMemory();
+    }
 
     Py_ssize_t late = 0, i = start, since_flush = 0;
     long long last_w = 0;
@@ -600,7 +697,8 @@ add_many(PyObject *self, PyObject *args)
         PyObject *counts = partial_field(p, S.off_counts, "counts");
         if (counts == NULL)
             goto fail;
-        if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) < N_COUNTERS) {
+        if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) < N_BASE
+                || PyList_GET_SIZE(counts) < cost_at + 3) {
             Py_DECREF(counts);
             PyErr_SetString(PyExc_TypeError, "a partial's counts is not a list of counters");
             goto fail;
@@ -652,7 +750,18 @@ add_many(PyObject *self, PyObject *args)
                 ADD(qc[j] + 2, x * x);
                 if (j == 0 || !has_tid)
                     continue;   /* evidence: the largest outputs and the slowest calls */
-                if (top_insert(p, qc[j], x, tid) < 0)
+                if (top_insert(p, S.counter_obj[qc[j]], x, tid) < 0)
+                    goto fail;
+            }
+            double cost = priced ? cost_of(ev, q, prices, dflt) : -1.0;
+            if (cost < -1.5)
+                goto fail;
+            if (cost >= 0) {
+                long long x = fixed_log1p(cost);
+                ADD(C_COST_N, 1);
+                ADD(C_COST_S, x);
+                ADD(C_COST_Q, x * x);
+                if (has_tid && top_insert(p, cost_key, x, tid) < 0)   /* the costliest calls */
                     goto fail;
             }
         } else if (code == OP_TOOL) {
@@ -682,6 +791,10 @@ add_many(PyObject *self, PyObject *args)
         if (hits != S.unset && PyList_GET_SIZE(hits) > 0
                 && call(safety, p, hits, has_tid ? tid : Py_None, NULL) < 0)
             goto fail;
+        PyObject *scores = SLOT(ev, S.off[F_EVAL_SCORES]);
+        if (scores != Py_None && PyTuple_GET_SIZE(evals) > 0 && PyDict_GET_SIZE(scores) > 0
+                && count_evals(p, scores, evals, tid, has_tid) < 0)
+            goto fail;
         /* The 1-in-16 sample of all events: ids that start with "0" (see counting.py). */
         if (has_tid && PyUnicode_READ_CHAR(tid, 0) == '0'
                 && sample_insert(p, C_EVENTS, tid, k) < 0)
@@ -694,6 +807,7 @@ add_many(PyObject *self, PyObject *args)
     }
     Py_XDECREF(w_obj);
     Py_DECREF(evs);
+    Py_DECREF(cost_key);
     int err = table_flush(&t);
     PyMem_Free(t.slots);
     if (err < 0)
@@ -704,6 +818,7 @@ fail:
     Py_XDECREF(w_obj);
     Py_XDECREF(p);
     Py_DECREF(evs);
+    Py_DECREF(cost_key);
     {
         /* Keep the counts of the events already counted, and the first error. */
         PyObject *et, *ev_, *tb;

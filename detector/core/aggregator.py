@@ -42,7 +42,7 @@ from detector.core.partials import (
 )
 from detector.core.signals import (
     EVENTS,
-    Layout,
+    layout_of,
 )
 
 __all__ = ["Aggregator"]
@@ -64,7 +64,7 @@ class Aggregator(Counting):
         self.k = config.alerting.evidence_trace_ids
         self.levels = config.cohorts.levels
         self.finest = self.levels[-1]
-        self.layout = Layout(tuple(config.input.safety_labels))
+        self.layout = layout_of(config)
         # An open partial per (window, finest cohort, version combination): the combination
         # is counted by the partial's own event counter, so no per-event work of its own.
         # The combinations of one cohort are merged into one partial when handed out.

@@ -5,6 +5,11 @@ The counting is done in C by :mod:`detector.core._tally` when it was built (``se
 otherwise by :meth:`Counting._add_py`, which is also the reference the C code is tested
 against (``tests/test_tally.py``): the same partials to the last counter and trace id.
 The C path calls back into Python only to make a partial and to count safety labels.
+
+Spend: a model call's cost is its input tokens × the input price plus its output tokens × the
+output price per million tokens (so in millionths of the price table's unit), counted like
+tokens, for models with a price. Evaluation scores are counted for the configured evaluators
+only (others are ignored), on any operation, as round(score × EVAL_SCALE).
 """
 
 from __future__ import annotations
@@ -14,16 +19,17 @@ import os
 import sys
 from collections.abc import Callable, Iterable
 from heapq import heappush, heapreplace
-from math import log1p
+from math import floor, log1p
 from operator import attrgetter
 from typing import Any, Final
 
 from msgspec import UNSET
 
-from detector.core.events import MODEL_OPERATIONS, TraceEvent
+from detector.core.events import EVAL_MAX, MODEL_OPERATIONS, TraceEvent
 from detector.core.partials import SCALE, TOP_K, VERSION_FIELDS, Partial, bottom
 from detector.core.signals import (
     ERRORS,
+    EVAL_SCALE,
     EVENTS,
     FABRICATED,
     FMT_FAIL,
@@ -68,13 +74,13 @@ if _tally is not None:
         ("ts", "trace_id", "operation", "refusal", "instruction_violation",
          "output_format_valid", "input_tokens", "output_tokens", "latency_ms", "schema_valid",
          "tool_result_fabricated", "retries", "error_type", "finish_reason", "tool_status",
-         "safety_hits"),
+         "safety_hits", "model", "eval_scores"),
         (EVENTS, MODEL, TOOL, REFUSAL, INSTR, FMT_N, FMT_FAIL, SCHEMA_INV, FABRICATED,
          OVERRIDE, MEMWRITE, RETRIES, ERRORS, IN_N, IN_S, IN_Q, OUT_N, OUT_S, OUT_Q, LAT_N,
          LAT_S, LAT_Q),
         {**dict.fromkeys(MODEL_OPERATIONS, 1), "execute_tool": 2, "memory_write": 3,
          "human_override": 4},
-        TOP_K, MAX_RETRIES)
+        TOP_K, MAX_RETRIES, EVAL_MAX, EVAL_SCALE)
 
 
 class Counting:
@@ -97,8 +103,11 @@ class Counting:
         """What the C counting needs, gathered once (see ``add_many`` in _tally.c)."""
         if _tally is None:
             return ()
+        lay = self.layout
         return (self._open, self._partial_for, self._safety, float(self.size),
-                _tally.offsets((*self.finest, *VERSION_FIELDS)), self.k)
+                _tally.offsets((*self.finest, *VERSION_FIELDS)), self.k, lay.prices,
+                lay.default_price, lay.cost_at,
+                tuple(zip(lay.evaluators, range(lay.eval_at, lay.size, 3), strict=True)))
 
     def add(self, ev: TraceEvent) -> None:
         """Count one event into its window (see :meth:`add_many`)."""
@@ -133,6 +142,10 @@ class Counting:
         open_ = self._open
         keyf = self._key
         sample, top_ = self._sample, self._top
+        lay = self.layout
+        prices, default_price, cost = lay.prices, lay.default_price, lay.cost_at
+        priced = bool(prices) or default_price is not None
+        evals = tuple(zip(lay.evaluators, range(lay.eval_at, lay.size, 3), strict=True))
         late = 0
         for ev in evs:
             ts: float = ev.ts  # type: ignore[assignment]  # decode() made it epoch seconds
@@ -196,6 +209,8 @@ class Counting:
                         h = p.top.get(LAT_N)
                         if h is None or len(h) < TOP_K or x >= h[0][0]:
                             top_(p, LAT_N, x, tid)
+                if priced:
+                    self._cost(p, ev, prices, default_price, cost, tid)
             elif op == "execute_tool":
                 c[TOOL] += 1
                 if ev.schema_valid is False:
@@ -227,6 +242,9 @@ class Counting:
             hits = ev.safety_hits
             if hits:
                 self._safety(p, hits, tid)
+            scores = ev.eval_scores
+            if scores and evals:
+                self._evals(p, scores, evals, tid)
             # Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
             # trace ids that start with "0" (ids are random, so it is a uniform, order-free
             # sample).
@@ -249,6 +267,44 @@ class Counting:
             heappush(h, (x, tid))
         elif x >= h[0][0] and (x, tid) > h[0]:   # ties by id: order-free
             heapreplace(h, (x, tid))
+
+    def _cost(self, p: Partial, ev: TraceEvent, prices: dict[str, tuple[float, float]],
+               default: tuple[float, float] | None, i: int, tid: str | None) -> None:
+        a, b = ev.input_tokens, ev.output_tokens
+        if a is UNSET and b is UNSET:
+            return
+        m = ev.model
+        price = default if m is UNSET else prices.get(m, default)  # type: ignore[arg-type]
+        if price is None or price == (0.0, 0.0):
+            return   # not priced: unknown, not free
+        # Products apart, as C computes them (no fused multiply-add).
+        pa = (a if a < _FMAX else _FMAX) * price[0] if a is not UNSET else 0.0
+        pb = (b if b < _FMAX else _FMAX) * price[1] if b is not UNSET else 0.0
+        v = pa + pb
+        x = int(log1p(v if v < _FMAX else _FMAX) * SCALE + 0.5)
+        c = p.counts
+        c[i] += 1
+        c[i + 1] += x
+        c[i + 2] += x * x
+        if tid:   # the costliest calls as evidence
+            h = p.top.get(i)
+            if h is None or len(h) < TOP_K or x >= h[0][0]:
+                self._top(p, i, x, tid)
+
+    def _evals(self, p: Partial, scores: dict[str, float], evals: tuple[tuple[str, int], ...],
+               tid: str | None) -> None:
+        c = p.counts
+        for name, i in evals:
+            v = scores.get(name)
+            if v is None or v != v:   # not scored by this evaluator (or NaN, built by hand)
+                continue
+            v = EVAL_MAX if v > EVAL_MAX else -EVAL_MAX if v < -EVAL_MAX else v
+            x = floor(v * EVAL_SCALE + 0.5)
+            c[i] += 1
+            c[i + 1] += x
+            c[i + 2] += x * x
+            if tid:   # the lowest scores as evidence: kept as the largest of -x
+                self._top(p, i, -x, tid)
 
     def _safety(self, p: Partial, hits: list[str], tid: str | None) -> None:
         c = p.counts

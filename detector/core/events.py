@@ -46,6 +46,7 @@ __all__ = [
     "TraceEvent",
     "decode",
     "decode_many",
+    "eval_key",
     "sanitise",
     "too_large",
 ]
@@ -71,6 +72,14 @@ Str64 = Annotated[str, Meta(max_length=64)]
 Str128 = Annotated[str, Meta(max_length=128)]
 Count = Annotated[int, Meta(ge=0)]
 _FLOAT_MAX: Final = sys.float_info.max   # excludes inf (1e400 parses as inf); NaN is not JSON
+#: Evaluation scores: at most this many per event, each finite within +-EVAL_MAX (stage 1
+#: sums them as fixed-point integers, which must stay within int64), names of evaluators as
+#: :func:`eval_key` sanitises them.
+MAX_EVALS: Final = 32
+EVAL_MAX: Final = 1000.0
+EvalName = Annotated[str, Meta(min_length=1, max_length=64,
+                               pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.:/-]*$")]
+EvalScore = Annotated[float, Meta(ge=-EVAL_MAX, le=EVAL_MAX)]
 
 
 class TraceEvent(Struct, gc=False, omit_defaults=True, kw_only=True):
@@ -117,7 +126,9 @@ class TraceEvent(Struct, gc=False, omit_defaults=True, kw_only=True):
     memory_bytes: Count | UnsetType = UNSET
     # The contract's override_reason is free text; it is validated but never kept.
     override_reason: Annotated[str, Meta(max_length=256)] | UnsetType = UNSET
-    eval_scores: dict[str, float] | None = None
+    # Evaluator name -> score (OpenTelemetry's gen_ai.evaluation.result); names sanitised by
+    # eval_key after decoding, so "Answer Relevance" counts for evaluator "answer_relevance".
+    eval_scores: Annotated[dict[EvalName, EvalScore], Meta(max_length=MAX_EVALS)] | None = None
 
 
 class Rejection(NamedTuple):
@@ -142,7 +153,7 @@ _many: Final = msgspec.json.Decoder(list[TraceEvent])
 _raw: Final = msgspec.json.Decoder()
 _split: Final = msgspec.json.Decoder(list[msgspec.Raw])   # a batch's items, unparsed
 _CONTRACT_FIELDS: Final = frozenset(TraceEvent.__struct_fields__) - {"override_reason"}
-_AT = re.compile(r" - at `\$(?:\[\d+\])?\.?([A-Za-z_]\w*)?")
+_AT = re.compile(r" - at `(?:key` in `)?\$(?:\[\d+\])?\.?([A-Za-z_]\w*)?")
 
 
 def _fingerprint(data: bytes) -> dict[str, Any]:
@@ -256,7 +267,8 @@ def _classify(message: str) -> tuple[str, str | None]:
         return "missing_field", message.split("`")[1]
     if field == "ts" and any(s in message for s in ("RFC3339", "out of range", "timezone")):
         return "bad_timestamp", field
-    if any(s in message for s in (">=", "<=", "length", "Invalid enum", "out of range")):
+    if any(s in message for s in (">=", "<=", "length", "Invalid enum", "out of range",
+                                  "matching regex")):
         return "out_of_range", field
     return "wrong_type", field
 
@@ -281,7 +293,37 @@ def _finish(ev: TraceEvent) -> Rejection | None:
         return Rejection("out_of_range", "span_id", "span_id must be 16 hex digits", {})
     if ev.override_reason is not UNSET:
         ev.override_reason = UNSET   # free text: validated, never kept
+    if ev.eval_scores:
+        ev.eval_scores = _eval_keys(ev.eval_scores)
     return None
+
+
+_NOT_ALNUM: Final = re.compile(r"[^a-z0-9]+")
+
+
+def eval_key(name: str) -> str:
+    """An evaluator's name as configured and counted: lower case, runs of anything but
+    letters and digits as one ``_``, none at either end.
+
+    >>> eval_key("Answer Relevance"), eval_key("ragas.faithfulness"), eval_key("tox-v2")
+    ('answer_relevance', 'ragas_faithfulness', 'tox_v2')
+    """
+    return _NOT_ALNUM.sub("_", name.lower()).strip("_")
+
+
+def _eval_keys(scores: dict[str, float]) -> dict[str, float]:
+    """Scores under sanitised names (two names that sanitise alike: the later one counts).
+
+    >>> ok, _ = decode(b'{"ts": 1, "operation": "chat", "eval_scores": {"Relevance": 0.5}}')
+    >>> ok[0].eval_scores
+    {'relevance': 0.5}
+    """
+    if all(map(_CLEAN.fullmatch, scores)):
+        return scores   # the usual case
+    return {eval_key(k): v for k, v in scores.items()}
+
+
+_CLEAN: Final = re.compile(r"[a-z0-9]+(?:_[a-z0-9]+)*")
 
 
 def _one_item(item: object) -> TraceEvent | Rejection:
@@ -301,8 +343,8 @@ def _one_item(item: object) -> TraceEvent | Rejection:
     return bad._replace(payload=sanitise(item)) if bad else ev
 
 
-_ts, _tid, _sid, _reason = (attrgetter(f) for f in ("ts", "trace_id", "span_id",
-                                                     "override_reason"))
+_ts, _tid, _sid, _reason, _evals = (attrgetter(f) for f in ("ts", "trace_id", "span_id",
+                                                             "override_reason", "eval_scores"))
 _ONLY_UNSET: Final = frozenset((UNSET,))
 
 
@@ -315,6 +357,10 @@ def _finish_all(evs: list[TraceEvent]) -> bool:
     if not _ONLY_UNSET.issuperset(map(_reason, evs)):   # rare: human overrides
         for ev in evs:
             ev.override_reason = UNSET   # free text: validated, never kept
+    if any(map(_evals, evs)):   # None and {} are falsy
+        for ev in evs:
+            if ev.eval_scores:
+                ev.eval_scores = _eval_keys(ev.eval_scores)
     # Ids have exact lengths already (checked in C), so all are hex exactly when their
     # concatenation is. UNSET is falsy.
     ids = "".join(filter(None, chain(map(_tid, evs), map(_sid, evs))))

@@ -49,6 +49,7 @@ from detector.core.events import (
     _finish_all,
     _one_item,
     decode_many,
+    eval_key,
     too_large,
 )
 from detector.core.otlp_wire import (
@@ -177,7 +178,6 @@ class OtlpDecoder:
         self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
         self.unmapped: dict[str, int] = {}   # unmapped name -> its values cached
         self.refusals = frozenset(mapping.refusal_finish_reasons)
-        self.evaluators = frozenset(mapping.evaluators)
 
     # -- messages --------------------------------------------------------------------------
     def __call__(self, messages: list[bytes], max_bytes: int) -> tuple[list[TraceEvent],
@@ -360,8 +360,8 @@ class OtlpDecoder:
                 elif kv.key == _EVAL_SCORE:
                     score = value(kv.value)
             if (isinstance(name, str) and 0 < len(name) <= 64
-                    and (not self.evaluators or name in self.evaluators)
                     and isinstance(score, int | float) and not isinstance(score, bool)
                     and math.isfinite(score) and len(scores) < _MAX_EVALS):
-                scores[name] = float(score)
+                # Named as input.evaluators names them; the counting ignores the unlisted.
+                scores[eval_key(name)] = float(score)
         return scores

@@ -111,6 +111,8 @@ def bottom(lst: list[str], tid: str, k: int) -> None:
 def merge_into(a: Partial, b: Partial, k: int) -> None:
     """Add ``b`` into ``a`` (same window and cohort)."""
     ac = a.counts
+    if len(ac) < len(b.counts):   # ``a`` from a state saved before the layout grew
+        ac.extend([0] * (len(b.counts) - len(ac)))
     for i, v in enumerate(b.counts):
         ac[i] += v
     # The k smallest ids and the TOP_K largest values of the union, in one C-level sort each

@@ -23,7 +23,7 @@ from baselines.sequential import ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.core.partials import SCALE, Partial
-from detector.core.signals import EVENTS, Layout, Signal, matches
+from detector.core.signals import EVENTS, Signal, layout_of, matches
 
 __all__ = ["CohortModel", "Decision", "Scorer"]
 
@@ -124,7 +124,7 @@ class Scorer:
         self.clear_ratio = config.alerting.clear_ratio
         self.size = config.windows.size_seconds
         self.levels = config.cohorts.levels
-        self.layout = Layout(tuple(config.input.safety_labels))
+        self.layout = layout_of(config)
         self.signals: tuple[Signal, ...] = tuple(
             s for s in self.layout.signals if config.signal(s.name).enabled
         )
@@ -195,6 +195,8 @@ class Scorer:
               firing: frozenset[str] | set[str]) -> list[Decision]:
         """Decisions for every signal with data in this window (pure: learns nothing)."""
         c = p.counts
+        if len(c) < self.layout.size:   # from a state saved before the layout grew
+            c.extend([0] * (self.layout.size - len(c)))
         t0 = p.window * self.size
         thr = self.thresholds(p.level, p.cohort)
         out: list[Decision] = []
@@ -246,8 +248,9 @@ class Scorer:
                         if zd * lean > 0:
                             cands.append((zd, True, k))
                 # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
-                # reported back as geometric means.
-                observed = k / n if sig.kind == "rate" else expm1(c[sig.den] / SCALE / n)
+                # reported back as geometric means; evaluation scores as plain means.
+                mean = c[sig.den] / SCALE / n
+                observed = k / n if sig.kind == "rate" else expm1(mean) if sig.log else mean
             if d == "up":
                 z, slow, kk = max(cands)
                 hit = z >= t and kk >= min_count
@@ -264,7 +267,8 @@ class Scorer:
             if sig.kind == "volume":
                 expected = b.expected(t0, slow=slow)  # type: ignore[call-arg]
             elif sig.kind == "quantity":
-                expected = expm1(b.expected(slow=slow))  # type: ignore[call-arg]
+                expected = b.expected(slow=slow)  # type: ignore[call-arg]
+                expected = expm1(expected) if sig.log else expected
             else:
                 expected = b.expected(slow=slow)  # type: ignore[call-arg]
             out.append(Decision(name, z, observed, expected, thr[name], hit, int(c[EVENTS]),

@@ -8,19 +8,33 @@ few of them:
 - ``quantity``: the mean of a per-event value (tokens, latency), with n, sum and sum of squares.
 - ``volume``: events per window, with a daily cycle.
 
->>> lay = Layout(("pii",))
+Quantities are counted as log1p (tokens, latency and cost are heavy-tailed), except
+evaluation scores, which are counted as they are (``log=False``): a score can be negative,
+and its mean is what users read.
+
+>>> lay = Layout(("pii",), ("faithfulness",))
 >>> sig = {s.name: s for s in lay.signals}
 >>> sig["refusal_rate"].kind, lay.names[sig["refusal_rate"].num], lay.names[sig["refusal_rate"].den]
 ('rate', 'refusals', 'model_calls')
 >>> "safety_pii" in sig and "safety_other" in sig
 True
+>>> [(n, sig[n].kind, sig[n].log, lay.names[sig[n].num]) for n in ("cost", "eval_faithfulness")]
+[('cost', 'quantity', True, 'cost_n'), ('eval_faithfulness', 'quantity', False, \
+'eval_faithfulness_n')]
 """
 
 from __future__ import annotations
 
-from typing import Final, Literal, NamedTuple
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
-__all__ = ["HARD_RULE_SIGNALS", "Layout", "Signal", "known_signals", "matches"]
+from detector.core.partials import SCALE
+
+if TYPE_CHECKING:
+    from detector.config import Config, Price
+
+__all__ = ["EVAL_SCALE", "HARD_RULE_SIGNALS", "Layout", "Signal", "known_signals", "layout_of",
+           "matches"]
 
 Kind = Literal["rate", "quantity", "volume"]
 
@@ -38,6 +52,9 @@ BASE_COUNTERS: Final = (
  LAT_N, LAT_S, LAT_Q) = range(len(BASE_COUNTERS))
 
 HARD_RULE_SIGNALS: Final = ("unauthorized_tool_call", "unapproved_side_effect")
+#: Evaluation scores are summed as round(score × EVAL_SCALE) (integers: order-free sums); the
+#: same scale as the log1p quantities', so scoring divides every quantity alike.
+EVAL_SCALE: Final = SCALE
 
 
 class Signal(NamedTuple):
@@ -53,6 +70,9 @@ class Signal(NamedTuple):
     #: call): Poisson counts. Not so for sums (retries) and counts per unit (tool calls per
     #: chat), which come in clusters.
     flags: bool = False
+    #: A quantity counted as fixed-point log1p (reported as a geometric mean); else as
+    #: round(value × EVAL_SCALE), reported as a mean.
+    log: bool = True
 
 
 _RATES: Final = (
@@ -76,18 +96,36 @@ _QUANTITIES: Final = (
 
 
 class Layout:
-    """The counter layout for a set of configured safety labels."""
+    """The counter layout for the configured safety labels and evaluators, and the prices
+    that turn a model call's tokens into its cost.
 
-    __slots__ = ("names", "safety_index", "signals", "size")
+    Counters: the fixed ones, one per safety label and ``other``, the cost's n, sum and sum
+    of squares, then those three per evaluator: an input value never adds a counter."""
 
-    def __init__(self, safety_labels: tuple[str, ...]) -> None:
+    __slots__ = ("cost_at", "default_price", "eval_at", "evaluators", "names", "prices",
+                 "safety_index", "signals", "size")
+
+    def __init__(self, safety_labels: tuple[str, ...], evaluators: tuple[str, ...] = (),
+                 prices: Mapping[str, Price] | None = None, default: Price | None = None
+                 ) -> None:
         labels = (*safety_labels, "other")
-        self.names: tuple[str, ...] = (*BASE_COUNTERS, *(f"safety_{x}" for x in labels))
+        self.names: tuple[str, ...] = (
+            *BASE_COUNTERS, *(f"safety_{x}" for x in labels), "cost_n", "cost_sum", "cost_sq",
+            *(f"eval_{e}_{c}" for e in evaluators for c in ("n", "sum", "sq")))
         self.size = len(self.names)
         #: label -> counter index; labels not configured count under ``other``.
         self.safety_index: dict[str, int] = {
             x: len(BASE_COUNTERS) + i for i, x in enumerate(labels)
         }
+        self.cost_at = len(BASE_COUNTERS) + len(labels)
+        self.eval_at = self.cost_at + 3
+        self.evaluators = evaluators
+        #: model -> (input, output) price per million tokens, i.e. micro-units per token; a
+        #: model not listed has the default price, and a price of (0, 0) means "no cost".
+        self.prices: dict[str, tuple[float, float]] = {
+            m: (p.input_per_million, p.output_per_million) for m, p in (prices or {}).items()}
+        d = (default.input_per_million, default.output_per_million) if default else (0.0, 0.0)
+        self.default_price: tuple[float, float] | None = d if d != (0.0, 0.0) else None
         sigs = [Signal(n, "rate", a, b, description=d, flags=n not in _CLUSTERED)
                 for n, a, b, d in _RATES]
         sigs += [
@@ -96,14 +134,28 @@ class Layout:
             for x, i in self.safety_index.items()
         ]
         sigs += [Signal(n, "quantity", a, b, c, d) for n, a, b, c, d in _QUANTITIES]
+        c = self.cost_at
+        sigs.append(Signal("cost", "quantity", c, c + 1, c + 2,
+                           "spend per model call (price table units per million tokens, "
+                           "× 1e-6)"))
+        sigs += [Signal(f"eval_{e}", "quantity", i, i + 1, i + 2, f"mean {e} evaluation score",
+                        log=False)
+                 for e, i in zip(evaluators, range(self.eval_at, self.size, 3), strict=True)]
         sigs.append(Signal("volume", "volume", EVENTS, EVENTS, description="events per window"))
         self.signals: tuple[Signal, ...] = tuple(sigs)
 
 
-def known_signals(safety_labels: list[str], leak_labels: list[str]) -> frozenset[str]:
+def known_signals(safety_labels: list[str], leak_labels: list[str],
+                  evaluators: list[str] = ()) -> frozenset[str]:  # type: ignore[assignment]
     """Every signal name a config may set: windowed signals and hard rules."""
-    windowed = {s.name for s in Layout(tuple(safety_labels)).signals}
+    windowed = {s.name for s in Layout(tuple(safety_labels), tuple(evaluators)).signals}
     return frozenset(windowed | set(HARD_RULE_SIGNALS) | set(leak_labels))
+
+
+def layout_of(config: Config) -> Layout:
+    """The layout of a config's safety labels, evaluators and prices."""
+    i, sp = config.input, config.spend
+    return Layout(tuple(i.safety_labels), tuple(i.evaluators), sp.prices, sp.default)
 
 
 def matches(signal: str, patterns: list[str]) -> bool:

@@ -20,8 +20,9 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-__all__ = ["APPS", "DEFAULT_SCENARIOS", "SCENARIOS", "WARMUP_S", "AppProfile", "Cohort",
-           "Incident", "Scenario", "World", "cycle_factor", "daily_factor", "overlaps", "plan"]
+__all__ = ["APPS", "DEFAULT_SCENARIOS", "SCENARIOS", "WARMUP_S", "AppProfile",
+           "Cohort", "Incident", "Scenario", "World", "cycle_factor", "daily_factor", "overlaps",
+           "plan", "signals_config"]
 
 WARMUP_S: Final = 3600.0  # clean traffic before the first incident, for baselines to learn
 TAIL_S: Final = 300.0  # room after the last incident so it can be seen to end
@@ -65,6 +66,10 @@ class AppProfile:
     p_tool_error: float = 0.01
     p_override: float = 0.005
     p_invoke: float = 0.03
+    # Online evaluation: (evaluator, mean score in [0, 1]) on this share of answered calls.
+    evaluators: tuple[tuple[str, float], ...] = ()
+    p_eval: float = 0.0
+    eval_mult: float = 1.0  # the first evaluator's scores, times this
 
     def events_per_trace(self) -> float:
         chat = 1.0 - self.p_textcomp
@@ -78,7 +83,8 @@ APPS: Final[dict[str, AppProfile]] = {a.name: a for a in (
                p_refusal=0.05, p_textcomp=0.02, tools_mean=1.5, p_memory=0.05,
                tools=(("search_kb", "read"), ("get_order", "read"), ("lookup_account", "read"),
                       ("create_ticket", "write"), ("send_email", "external")),
-               always_safety=True),
+               always_safety=True, evaluators=(("faithfulness", 0.86), ("relevance", 0.9)),
+               p_eval=0.5),
     AppProfile("coding-assistant", "m-code", tuple(zip(_VERS, ("2025-11-15", "v17", "p3"),
                strict=True)), (("production", 1.0),), 3000, 600, 2500,
                p_refusal=0.02, p_textcomp=0.3, tools_mean=1.5, p_memory=0.05,
@@ -88,7 +94,7 @@ APPS: Final[dict[str, AppProfile]] = {a.name: a for a in (
                strict=True)), (("production", 0.97), ("staging", 0.03)), 1200, 250, 900,
                p_refusal=0.025, p_textcomp=0.05, tools_mean=0.5, p_memory=0.0,
                tools=(("crm_lookup", "read"), ("draft_email", "none")), json_output=True,
-               p_invoke=0.0),
+               p_invoke=0.0, evaluators=(("relevance", 0.88),), p_eval=0.3),
     AppProfile("payments-agent", "m-large", tuple(zip(_VERS, ("2025-12-01", "v5", "p12"),
                strict=True)), (("production", 1.0),), 800, 150, 700,
                p_refusal=0.04, p_textcomp=0.0, tools_mean=1.5, p_memory=0.05,
@@ -134,6 +140,8 @@ class Scenario:
     # Benign labels: the most severe alert allowed, and the longest it may fire.
     max_severity: str | None = None
     max_firing_s: float | None = None
+    #: The model the cohort switches to during the incident (a pricier one: spend).
+    model_to: str | None = None
 
 
 def _d(name: str, signal: str, attr: str, factor: float, floor: float = 0.0,
@@ -220,7 +228,28 @@ SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (
     Scenario("volume_surge", "benign", ("volume",), None, (("volume", 3.0, 0.0),),
              scope="tenant", relevant="all", min_per_min=300.0, change_fields=_NO_CHANGE,
              minutes=20.0, max_severity="sev4"),
+    # Issue 14: what users page on elsewhere with static thresholds. Opt-in too, and they
+    # need a config with evaluators and prices (see signals_config).
+    # A hallucination regression: faithfulness scores fall by 15 % where they are measured.
+    _d("eval_drop", "eval_faithfulness", "eval_mult", 0.85, apps=("support-agent",),
+       min_per_min=60.0, change_fields=("model_version", "prompt_version")),
+    # A deploy moves a cohort to a five times pricier model: spend is recorded, not paged.
+    Scenario("spend_surge", "drift", ("cost",), "sev4", apps=("support-agent",),
+             min_per_min=20.0, change_fields=("model_version",), model_to="m-xlarge"),
 )}
+#: Issue 14's evaluators and token prices for the simulated apps and models.
+SIM_EVALUATORS: Final = ("faithfulness", "relevance")
+SIM_PRICES: Final = {"m-large": (3.0, 15.0), "m-xlarge": (15.0, 75.0), "m-medium": (0.5, 1.5),
+                     "m-code": (1.0, 4.0)}
+
+
+def signals_config(default_toml: str) -> str:
+    """The default config's text with the simulated world's evaluators and prices: what the
+    eval_drop and spend_surge scenarios need (the default config has neither)."""
+    names = ", ".join(f'"{e}"' for e in SIM_EVALUATORS)
+    out = default_toml.replace("\nevaluators = []", f"\nevaluators = [{names}]", 1)
+    return out + "".join(f'\n[spend.prices."{m}"]\ninput_per_million = {i}\n'
+                         f"output_per_million = {o}\n" for m, (i, o) in SIM_PRICES.items())
 #: What ``simulate`` injects when no scenario is named: the set before issue 12, so a seed
 #: keeps giving the same traffic.
 DEFAULT_SCENARIOS: Final = tuple(SCENARIOS)[:tuple(SCENARIOS).index("benign_deploy") + 1]

@@ -64,7 +64,7 @@ _FORBIDDEN: Final = (("delete_customer_records", "write"), ("export_user_table",
 _NUM: Final = ("p_refusal", "p_textcomp", "tools_mean", "p_memory", "p_pii", "p_tox", "p_inj",
                "p_jb", "p_iv", "p_fmt_fail", "p_retry", "p_error", "p_schema_invalid",
                "p_fabricated", "p_tool_error", "p_override", "p_invoke", "in_med", "out_med",
-               "lat_med")
+               "lat_med", "p_eval", "eval_mult")
 
 
 
@@ -72,7 +72,7 @@ _NUM: Final = ("p_refusal", "p_textcomp", "tools_mean", "p_memory", "p_pii", "p_
 class _Profile:
     """Effective behaviour of one cohort right now (app normal + active incident effects)."""
 
-    __slots__ = ("alt", "approvals", "home", "inc", "json_output", "lat_mult", "mark",
+    __slots__ = ("alt", "approvals", "evals", "home", "inc", "json_output", "lat_mult", "mark",
                  "p_safety", "pois_l", "safety_always", "tools", "volume", *_NUM)
 
     def __init__(self, world: World, c: Cohort, versions: dict[str, str],
@@ -89,13 +89,15 @@ class _Profile:
         if inc is not None:
             if inc.change is not None:
                 vers[inc.change[0]] = inc.change[2]
+            if inc.scenario.model_to:
+                vers["model"] = inc.scenario.model_to
             for attr, factor, floor in inc.scenario.effect:
                 base = getattr(self, attr)
                 target = max(base * factor, floor)
                 setattr(self, attr, base + (target - base) * intensity)
                 self.mark = attr
         self.json_output, self.approvals = app.json_output, app.approvals
-        self.safety_always, self.tools = app.always_safety, app.tools
+        self.safety_always, self.tools, self.evals = app.always_safety, app.tools, app.evaluators
         self.pois_l = math.exp(-self.tools_mean)
         self.p_safety = self.p_pii + self.p_tox + self.p_inj + self.p_jb
         tenant = c[0] or ""
@@ -115,6 +117,10 @@ class _Generator:
         self.world, self.k, self.writer = world, k, writer
         rng = random.Random(f"{seed}:traffic")
         self.rng, self.rnd, self.gauss, self.bits = rng, rng.random, rng.gauss, rng.getrandbits
+        # Evaluation scores draw from their own generator: the rest of the traffic is what
+        # it was before they existed.
+        erng = random.Random(f"{seed}:evals")
+        self.erand, self.egauss = erng.random, erng.gauss
         self.heap: list[tuple[int, int, dict[str, Any]]] = []
         self.seq = 0
         self.load = 1.0
@@ -261,6 +267,8 @@ class _Generator:
             finish = "tool_calls"
         ev["output_tokens"], ev["latency_ms"], ev["finish_reason"] = out, round(lat, 1), finish
         ev["refusal"] = refusal
+        if p.evals and not error and self.erand() < p.p_eval:
+            ev["eval_scores"] = self._scores(p)
         cur = t * 1000.0 + lat
         first_ms = int(cur)
         push(first_ms, ev)
@@ -326,6 +334,14 @@ class _Generator:
                 shown = not refusal  # a refusal collapse: any answered request shows it
             if shown:
                 p.inc.trace_ids.append(tid)
+
+    def _scores(self, p: _Profile) -> dict[str, float]:
+        """One answer's evaluation scores in [0, 1]; the first evaluator's scaled by the
+        profile's eval_mult (an eval-score drop)."""
+        g = self.egauss
+        return {name: round(min(1.0, max(0.0, mu * (p.eval_mult if i == 0 else 1.0)
+                                          + 0.08 * g())), 3)
+                for i, (name, mu) in enumerate(p.evals)}
 
     @staticmethod
     def _offended(inc: Incident, ts_ms: int, tid: str) -> None:

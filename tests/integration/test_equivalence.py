@@ -22,11 +22,12 @@ from harness import (
 )
 
 from detector.lab.broker import Tansu
+from detector.lab.scenarios import signals_config
 from detector.lab.simulate import simulate
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["unauthorized_tool", "refusal_spike", "traffic_drop"]
+SCENARIOS = ["unauthorized_tool", "refusal_spike", "traffic_drop", "eval_drop", "spend_surge"]
 
 
 def _dlq(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, dict[str, bytes]]]:
@@ -59,8 +60,10 @@ def test_stream_equals_replay(broker: Tansu, names: dict[str, str], tmp_path: Pa
     # 1 MB batches per partition; on a loaded machine 3 s between them was seen twice.
     cfg = write_config(tmp_path / "cfg.toml", brokers=broker.bootstrap, partitions=4,
                        idle_partition_timeout_seconds=20, **names)
+    cfg.write_text(signals_config(cfg.read_text()))   # evaluators and prices: issue 14's too
     expected = replay(cfg, lines)
-    assert any(a["signal"] == "unauthorized_tool_call" for a in expected)  # the file has teeth
+    signals = {a["signal"] for a in expected}
+    assert {"unauthorized_tool_call", "eval_faithfulness", "cost"} <= signals  # it has teeth
 
     w = WorkerProc(cfg, tmp_path / "worker.log")
     reader = AlertReader(broker.bootstrap, names["alerts_topic"])

@@ -1,0 +1,111 @@
+"""The signals users ask their current tools for (issue 14): evaluation scores per configured
+evaluator and spend per model call, end to end through the pipeline."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import msgspec
+import orjson
+import pytest
+
+from detector.config import Config, Price, Spend
+from detector.core.signals import Layout, layout_of
+from tests.test_detection import run
+from tests.traffic import T0, trace_id
+
+COHORTS = ({"tenant": "acme", "app": "agent"}, {"tenant": "globex", "app": "agent"})
+
+
+def _config(config: Config) -> Config:
+    spend = Spend(prices={"small": Price(input_per_million=0.5, output_per_million=1.5),
+                          "big": Price(input_per_million=5.0, output_per_million=15.0)})
+    return msgspec.structs.replace(config, spend=spend, input=msgspec.structs.replace(
+        config.input, evaluators=["faithfulness", "relevance"]))
+
+
+def _stream(minutes: int, fx: Callable[[int, dict[str, str]], dict[str, Any]] = lambda m, c: {},
+            per_minute: int = 100) -> Iterator[bytes]:
+    """Chats of model "small" with faithfulness ~0.85 and relevance ~0.9 scores, and a score
+    of an evaluator nobody configured; ``fx`` may set ``faithfulness`` and ``model``."""
+    rng = random.Random(7)
+    for m in range(minutes):
+        for cohort in COHORTS:
+            f = fx(m, cohort)
+            for i in range(per_minute):
+                yield orjson.dumps({
+                    "ts": T0 + m * 60 + (i + 0.5) * 60 / per_minute, "operation": "chat",
+                    "trace_id": trace_id(rng), **cohort, "model": f.get("model", "small"),
+                    "model_version": f.get("model", "small"),
+                    "input_tokens": int(rng.lognormvariate(7, 0.5)),
+                    "output_tokens": int(rng.lognormvariate(5, 0.5)),
+                    "eval_scores": {"Faithfulness": rng.gauss(f.get("faithfulness", 0.85), 0.08),
+                                    "relevance": rng.gauss(0.9, 0.05),
+                                    "toxicity": rng.random()}})
+
+
+def _run(config: Config, msgs: Iterator[bytes]) -> list[dict[str, Any]]:
+    return run(config, msgs)[1]
+
+
+def test_unknown_evaluators_never_make_a_signal_or_a_counter(config: Config) -> None:
+    lay = layout_of(_config(config))
+    names = {s.name for s in lay.signals}
+    assert {"eval_faithfulness", "eval_relevance", "cost"} <= names
+    assert not {n for n in names if "toxicity" in n and n != "safety_toxicity"}
+    assert lay.size == Layout(tuple(config.input.safety_labels), ("a", "b")).size
+
+
+def test_an_eval_score_drop_in_one_cohort_pages_it_alone(config: Config, alert_validator
+                                                         ) -> None:
+    def fx(m: int, c: dict[str, str]) -> dict[str, Any]:
+        return {"faithfulness": 0.7} if c["tenant"] == "acme" and 40 <= m < 50 else {}
+
+    alerts = _run(_config(config), _stream(60, fx))
+    for a in alerts:
+        alert_validator.validate(a)
+    evals = [a for a in alerts if a["signal"].startswith("eval_")]
+    # acme, and the app that holds it; never its neighbour
+    assert {(a["signal"], a["cohort"].get("tenant")) for a in evals} <= {
+        ("eval_faithfulness", "acme"), ("eval_faithfulness", None)}
+    first = next(a for a in evals if a["cohort"].get("tenant") == "acme")
+    assert first["score"] <= -first["threshold"]
+    # plain means of the scores, not geometric ones
+    assert first["observed"] == pytest.approx(0.7, abs=0.03)
+    assert first["expected"] == pytest.approx(0.85, abs=0.02)
+    assert "sev2" in {a["severity"] for a in evals}           # sustained in production
+    assert {a["status"] for a in evals} == {"firing", "resolved"}
+    assert first["evidence"]["trace_ids"]                     # the lowest scores
+
+
+def test_eval_scores_rising_do_not_alert(config: Config) -> None:
+    def fx(m: int, c: dict[str, str]) -> dict[str, Any]:
+        return {"faithfulness": 0.97} if 40 <= m < 50 else {}
+
+    alerts = _run(_config(config), _stream(60, fx))
+    assert not [a for a in alerts if a["signal"].startswith("eval_")]
+
+
+def test_a_switch_to_a_pricier_model_is_recorded_not_paged(config: Config) -> None:
+    def fx(m: int, c: dict[str, str]) -> dict[str, Any]:
+        return {"model": "big"} if c["tenant"] == "acme" and m >= 40 else {}
+
+    alerts = _run(_config(config), _stream(60, fx))
+    cost = [a for a in alerts if a["signal"] == "cost"]
+    assert cost and {a["cohort"].get("tenant") for a in cost} <= {"acme", None}
+    assert {a["severity"] for a in cost} == {"sev4"}            # however long it lasts
+    acme = next(a for a in cost if a["cohort"].get("tenant") == "acme")
+    assert acme["observed"] > 5 * acme["expected"]
+    assert acme["suspected_change"]["now"] == "big"
+    # the price table's unit per million tokens: millionths of it per call
+    assert 100 < acme["expected"] < 2000
+    assert not [a for a in alerts if a["signal"] != "cost"]
+
+
+def test_without_prices_or_evaluators_there_is_neither_signal(config: Config) -> None:
+    def fx(m: int, c: dict[str, str]) -> dict[str, Any]:
+        return {"model": "big", "faithfulness": 0.5} if m >= 40 else {}
+
+    assert _run(config, _stream(60, fx)) == []
