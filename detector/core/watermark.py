@@ -104,7 +104,8 @@ class Watermark:
         return int(t // self.size)
 
     def due(self) -> bool:
-        """Whether the watermark has passed the end of the first open window (cheap)."""
+        """Whether the watermark has passed the end of the first open window: a cheap test
+        before :meth:`close` (True before the first close, which closes the empty past)."""
         return self.time >= (self.closed_before + 1) * self.size
 
     def close(self, t: float | None = None) -> int | None:
