@@ -52,8 +52,7 @@ def flushes(n: int) -> list[Flush]:
         for p, s in enumerate(srcs):
             s.feed_many(per[p][k:k + FLUSH_MESSAGES])
             one.append(s.drain() + s.flush())
-        wms = {p: (float(s.agg.closed_before * s.agg.size), False, s.agg.max_ts)
-               for p, s in enumerate(srcs)}
+        wms = {p: s.wm.mark(idle=False) for p, s in enumerate(srcs)}
         out.append((one, wms))
     return out
 

@@ -97,7 +97,7 @@ def test_a_producer_minutes_ahead_does_not_move_a_live_partition(config: Config)
     rejects = [r for o in out for r in o.rejects]
     assert len(rejects) >= len(skewed) - 1   # the last may still be held
     assert all("ahead of event time" in r.detail for r in rejects)
-    assert live.watermark <= now[0] - config.windows.allowed_lateness_seconds
+    assert live.wm.time <= now[0] - config.windows.allowed_lateness_seconds
 
 
 @pytest.mark.parametrize(("ts", "detail"), [

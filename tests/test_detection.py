@@ -139,7 +139,7 @@ def test_stage2_in_big_steps_pages_what_replay_pages(config) -> None:
         hits += s1.feed_many(msgs[i::2]).hits
         for p in s1.drain():
             s2.add_partial(p)
-    wm = min(s.agg.closed_before for s in sources) * config.windows.size_seconds
+    wm = min(s.wm.closed for s in sources)
     streamed = s2.apply(sorted(hits, key=lambda h: h.ts), wm)
 
     def canon(alerts: list[dict[str, Any]]) -> list[bytes]:

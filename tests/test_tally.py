@@ -76,7 +76,7 @@ def _drive(config: Config, batches: list[list[TraceEvent]], python: bool
     for evs in batches:
         add(evs)
         out += agg.drain()    # closes windows between batches: later events can be late
-    return out + agg.drain_all(), agg.late, agg.max_ts, agg.folded
+    return out + agg.drain_all(), agg.late, agg.wm.max_ts, agg.folded
 
 
 def _same(config: Config, batches: list[list[bytes]]) -> list[Partial]:
@@ -180,7 +180,7 @@ def test_events_of_an_unexpected_shape_are_counted_by_python_in_order(config: Co
     py = Aggregator(config)
     py._add_py(list(mixed))
     assert c.drain_all() == py.drain_all()
-    assert c.max_ts == py.max_ts == 1_000_059.0
+    assert c.wm.max_ts == py.wm.max_ts == 1_000_059.0
 
 
 def test_fixed_point_log1p_is_pythons_to_the_last_unit() -> None:

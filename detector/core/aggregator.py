@@ -19,7 +19,6 @@ when a window closes. Partials and their merge are in :mod:`detector.core.partia
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from operator import attrgetter
 from typing import Final
@@ -44,23 +43,20 @@ from detector.core.signals import (
     EVENTS,
     layout_of,
 )
+from detector.core.watermark import Watermark
 
 __all__ = ["Aggregator"]
 
 _OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # joins to OTHER_VERSIONS
-#: At end of input the last window counts as complete when event time stopped at most this
-#: many mean gaps between its events short of its end: nothing more was due. (For Poisson
-#: traffic a complete window is taken for a cut one with probability e**-5, under 1 %.)
-END_GAPS: Final = 5
 
 
 class Aggregator(Counting):
     """Stage 1 for one source: accumulates events into finest-cohort partials and hands out
-    partials at every level once the watermark closes their window."""
+    partials at every level once its watermark (``wm``) closes their window."""
 
     def __init__(self, config: Config) -> None:
         self.size = config.windows.size_seconds
-        self.lateness = config.windows.allowed_lateness_seconds
+        self.wm = Watermark(self.size, config.windows.allowed_lateness_seconds)
         self.k = config.alerting.evidence_trace_ids
         self.levels = config.cohorts.levels
         self.finest = self.levels[-1]
@@ -72,8 +68,6 @@ class Aggregator(Counting):
         self._nf = len(self.finest)
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
         self._combos: dict[tuple[int, tuple[object, ...]], int] = {}   # open partials per cohort
-        self.max_ts = float("-inf")
-        self.closed_before = -(1 << 62)   # windows below this index are closed
         self.late = 0
         # Bounded memory whatever producers send: past max_cohorts distinct finest cohorts,
         # new ones are counted under an all-"other" cohort (and in self.folded).
@@ -85,10 +79,6 @@ class Aggregator(Counting):
         self._proj = [tuple(self.finest.index(f) for f in lvl) for lvl in self.levels]
         self.leak_labels = frozenset(config.rules.leak_labels)
         self._ctx = self._c_context()
-
-    @property
-    def watermark(self) -> float:
-        return self.max_ts - self.lateness
 
     def _new(self, w: int, key: tuple[object, ...]) -> Partial:
         cohort: tuple[str, ...] = tuple(UNKNOWN if v is UNSET else v for v in key)  # type: ignore[misc]
@@ -121,13 +111,9 @@ class Aggregator(Counting):
     def drain(self, watermark: float | None = None) -> list[Partial]:
         """Close every window that ends at or before the watermark; return its partials at
         every cohort level, finest last, in a deterministic order."""
-        wm = self.watermark if watermark is None else watermark
-        if wm == -math.inf:
-            return []   # no event yet
-        upto = int(wm // self.size)  # windows < upto end at or before wm
-        if upto <= self.closed_before:
+        upto = self.wm.close(watermark)   # windows < upto end at or before it
+        if upto is None:
             return []
-        self.closed_before = upto
         return self._hand_out(sorted((key for key in self._open if key[0] < upto), key=_order))
 
     def flush_open(self) -> list[Partial]:
@@ -158,8 +144,8 @@ class Aggregator(Counting):
 
     def drain_complete(self) -> list[Partial]:
         """End of input: close every window event time has passed, and the one it stopped in
-        only if input ran to its end (see END_GAPS). A window cut short is not handed out:
-        scored, its missing traffic would read as a drop in volume.
+        only if input ran to its end (see :meth:`Watermark.at_end`). A window cut short is not
+        handed out: scored, its missing traffic would read as a drop in volume.
 
         >>> from detector.config import load_config
         >>> from detector.core.events import decode
@@ -175,10 +161,8 @@ class Aggregator(Counting):
         if not self._open:
             return []
         last = max(w for w, _ in self._open)
-        start = last * self.size
         n = sum(p.counts[EVENTS] for (w, _), p in self._open.items() if w == last)
-        ran_to_end = start + self.size - self.max_ts <= END_GAPS * (self.max_ts - start) / n
-        return self.drain(watermark=(last + ran_to_end) * self.size)
+        return self.drain(watermark=self.wm.at_end(last, n))
 
     def drain_all(self) -> list[Partial]:
         """End of input: close every open window."""

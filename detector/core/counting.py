@@ -53,6 +53,7 @@ from detector.core.signals import (
     TOOL,
     Layout,
 )
+from detector.core.watermark import Watermark
 
 __all__ = ["MAX_RETRIES", "Counting"]
 
@@ -87,8 +88,7 @@ class Counting:
     """Counting for :class:`detector.core.aggregator.Aggregator`, which owns the state used here."""
 
     size: float
-    closed_before: int
-    max_ts: float
+    wm: Watermark
     late: int
     k: int
     finest: list[str]
@@ -118,14 +118,15 @@ class Counting:
 
         With the C accelerator (:mod:`detector.core._tally`) the common work is done there; an
         event of a shape it does not expect is counted here, in order, then C goes on."""
-        if _tally is None or not _I64_MIN <= self.closed_before <= _I64_MAX:
+        wm = self.wm
+        if _tally is None or not _I64_MIN <= wm.closed_before <= _I64_MAX:
             self._add_py(evs)   # past int64: only after a timestamp near the float maximum
             return
         evs = evs if isinstance(evs, list) else list(evs)
         i, n = 0, len(evs)
         while i < n:
-            i, self.max_ts, late = _tally.add_many(evs, i, self._ctx, self.closed_before,
-                                                   self.max_ts)
+            i, wm.max_ts, late = _tally.add_many(evs, i, self._ctx, wm.closed_before,
+                                                 wm.max_ts)
             self.late += late
             if i < n:
                 self._add_py(evs[i:i + 1])
@@ -137,8 +138,8 @@ class Counting:
         The hot path: plain counter updates, evidence kept only when it would change, and the
         aggregator's own fields read once per batch rather than once per event."""
         size = self.size
-        closed_before = self.closed_before
-        max_ts = self.max_ts
+        closed_before = self.wm.closed_before
+        max_ts = self.wm.max_ts
         open_ = self._open
         keyf = self._key
         sample, top_ = self._sample, self._top
@@ -250,7 +251,7 @@ class Counting:
             # sample).
             if tid and tid[0] == "0":  # type: ignore[index]
                 sample(p, EVENTS, tid)
-        self.max_ts = max_ts
+        self.wm.max_ts = max_ts
         self.late += late
 
     # -- evidence: rare per event (the C path keeps ids and values itself, but for safety) --

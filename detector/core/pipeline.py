@@ -44,15 +44,15 @@ class Pipeline:
         self.skipped += out.skipped
         if out.rejects:
             self.rejects.extend(out.rejects)
-        agg = self.stage1.agg
+        wm = self.stage1.wm
         watermark = None
         # Cheap test first: a window can only close when the watermark passes its end.
-        if agg.watermark >= (agg.closed_before + 1) * agg.size:
-            partials = agg.drain()
+        if wm.due():
+            partials = self.stage1.drain()
             if partials:
                 for p in partials:
                     self.stage2.add_partial(p)
-                watermark = agg.closed_before * agg.size
+                watermark = wm.closed
         return self.stage2.apply(sorted(out.hits, key=_TS), watermark)
 
     def finish(self) -> list[dict[str, Any]]:
@@ -63,10 +63,9 @@ class Pipeline:
         self.decoded += out.decoded
         self.late += out.late
         self.rejects.extend(out.rejects)
-        agg = self.stage1.agg
-        for p in agg.drain_complete():
+        for p in self.stage1.agg.drain_complete():
             self.stage2.add_partial(p)
-        return self.stage2.apply(sorted(out.hits, key=_TS), agg.closed_before * agg.size)
+        return self.stage2.apply(sorted(out.hits, key=_TS), self.stage1.wm.closed)
 
     def take_rejects(self) -> list[Rejection]:
         out, self.rejects = self.rejects, []

@@ -18,6 +18,7 @@ from detector.core.events import Rejection, TraceEvent
 from detector.core.otlp import Decoder, decoder_for
 from detector.core.partials import Partial
 from detector.core.rules import HardRules, RuleHit
+from detector.core.watermark import Watermark
 
 __all__ = ["Stage1", "Stage1Out"]
 
@@ -56,8 +57,9 @@ class Stage1:
         self.max_bytes = config.input.max_message_bytes
 
     @property
-    def watermark(self) -> float:
-        return self.agg.watermark
+    def wm(self) -> Watermark:
+        """This source's event-time watermark (moved by the counting)."""
+        return self.agg.wm
 
     def feed(self, data: bytes) -> Stage1Out:
         return self.feed_many([data])

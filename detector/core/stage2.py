@@ -27,6 +27,7 @@ from detector.core.partials import (
 from detector.core.rules import RuleHit
 from detector.core.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
 from detector.core.signals import EVENTS
+from detector.core.watermark import Watermark
 
 _TS: Final = attrgetter("ts")
 _NONE: Final[frozenset[str]] = frozenset()
@@ -43,7 +44,8 @@ class Stage2:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.size = config.windows.size_seconds
-        self.lateness = config.windows.allowed_lateness_seconds
+        # Windows close on the sources' watermark; this one says where a hit's source was.
+        self.wm = Watermark(self.size, config.windows.allowed_lateness_seconds)
         self.levels = config.cohorts.levels
         self.group_min = config.cohorts.group_min_children
         self.k = config.alerting.evidence_trace_ids
@@ -81,7 +83,7 @@ class Stage2:
         out: list[dict[str, Any]] = []
         for h in hits:
             if watermark is not None:
-                out += self.advance(min(h.ts - self.lateness, watermark))
+                out += self.advance(min(self.wm.at(h.ts), watermark))
             out += self._hit(h)
         if watermark is not None:
             out += self.advance(watermark)
@@ -98,7 +100,7 @@ class Stage2:
         """Close every window that ends at or before ``watermark``; return alert emissions."""
         if not math.isfinite(watermark):
             return []   # stage 1 lets no such time through; nothing to close by it
-        upto = int(watermark // self.size)
+        upto = self.wm.upto(watermark)
         if self.next_window is None:
             if not self.pending:
                 return []

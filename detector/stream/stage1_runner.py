@@ -24,6 +24,7 @@ from detector.core.partials import Partial, combine
 from detector.core.rules import RuleHit
 from detector.core.signals import EVENTS
 from detector.core.stage1 import Stage1
+from detector.core.watermark import SourceMark
 from detector.obs.metrics import Metrics
 from detector.stream.kafka_io import (
     CorruptBatch,
@@ -55,7 +56,7 @@ class Envelope(msgspec.Struct, array_like=True):
     whose route key lives there, and the watermark of every source partition it owns (in the
     same message, so a watermark never overtakes the partials it covers)."""
 
-    sources: dict[int, tuple[float, bool, float]]  # partition -> (watermark, idle, max event ts)
+    sources: dict[int, SourceMark]           # per source partition
     n_src: int                               # partitions of the trace topic
     partials: list[Partial]
     hits: list[RuleHit]
@@ -83,11 +84,6 @@ class _Source:
         self.next_offset: int | None = None
         self.last_data = now
         self.hits: list[RuleHit] = []
-
-    @property
-    def watermark(self) -> float:
-        agg = self.stage1.agg
-        return float(agg.closed_before * agg.size)
 
 
 class Stage1Runner(ConsumerRebalanceListener):
@@ -124,7 +120,7 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.pending: list[tuple[str, int | None, bytes | None, bytes, list[Any]]] = []
         self.lock = asyncio.Lock()
         self.n_src = 0
-        self._last_sent: dict[int, tuple[float, bool, float]] = {}
+        self._last_sent: dict[int, SourceMark] = {}
         self._sent_at = 0.0
         self._flushed_at = 0.0
         self._was_behind = False
@@ -370,20 +366,21 @@ class Stage1Runner(ConsumerRebalanceListener):
     async def _flush(self, now: float, final: bool = False) -> None:
         partials: list[Partial] = []
         hits: list[RuleHit] = []
-        wms: dict[int, tuple[float, bool, float]] = {}
+        wms: dict[int, SourceMark] = {}
         max_ts = float("-inf")
         for p, src in list(self.sources.items()):   # an assignment may land during an await
             if src.next_offset is None:
                 src.next_offset = await self._position(p)
         for p, src in self.sources.items():
-            if src.stage1.agg.max_ts != float("-inf"):  # no event yet: no watermark to drain by
+            wm = src.stage1.wm
+            if wm.max_ts != float("-inf"):  # no event yet: no watermark to drain by
                 partials += src.stage1.drain()
                 partials += src.stage1.flush()
             hits += src.hits
             src.hits = []
             idle = self._caught_up(p, src) and now - src.last_data >= self.idle_timeout
-            wms[p] = (src.watermark, idle, src.stage1.agg.max_ts)
-            max_ts = max(max_ts, src.stage1.agg.max_ts)
+            wms[p] = wm.mark(idle)
+            max_ts = max(max_ts, wm.max_ts)
         if len(self.sources) > 1:
             partials = combine(partials, self.config.alerting.evidence_trace_ids)
         hits.sort(key=lambda h: h.ts)  # a batch spans partitions: hand hits on in event time

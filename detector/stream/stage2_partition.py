@@ -13,6 +13,7 @@ import msgspec
 from detector.config import Config
 from detector.core.rules import RuleHit, decode_hit, encode_hit
 from detector.core.stage2 import Stage2
+from detector.core.watermark import SourceMark, Watermarks
 
 __all__ = ["Stage2Partition", "pack", "unpack"]
 
@@ -35,10 +36,7 @@ class Stage2Partition:
     def __init__(self, q: int, cfg: Config, idle_timeout: float) -> None:
         self.q = q
         self.cfg = cfg
-        self.idle_timeout = idle_timeout
-        self.sources: dict[int, tuple[float, bool, float]] = {}
-        self.n_src = 0
-        self.born = time.monotonic()
+        self.marks = Watermarks(idle_timeout, born=time.monotonic())
         self.stage2 = Stage2(cfg)
         self.applied = float("-inf")
         self.offset = -1   # last stage-2 message applied to this state
@@ -53,7 +51,7 @@ class Stage2Partition:
         """Hits whose event time every busy source partition has reached, in event time:
         partitions consumed at different speeds must not reorder an incident's hits (its
         id is its first hit). Live, that is one flush interval; in a backlog, it orders."""
-        bound = self._bound(now, 2)
+        bound = self.marks.event_time(now)
         out = []
         while self.held and bound is not None and self.held[0][0] <= bound:
             out.append(heapq.heappop(self.held)[2])
@@ -62,22 +60,9 @@ class Stage2Partition:
     def held_for(self, route: str) -> list[RuleHit]:
         return [h for _, _, h in self.held if h.route == route]
 
-    def report(self, sources: dict[int, tuple[float, bool, float]], n_src: int) -> None:
-        self.n_src = max(self.n_src, n_src)
-        for p, (wm, idle, ts) in sources.items():
-            old = self.sources.get(p)
-            # Watermarks never go back: a new owner of a partition starts from nothing.
-            self.sources[p] = (max(wm, old[0]), idle, max(ts, old[2])) if old else (wm, idle, ts)
+    def report(self, sources: dict[int, SourceMark], n_src: int) -> None:
+        self.marks.report(sources, n_src)
 
     def watermark(self, now: float) -> float | None:
-        """Min over busy source partitions; None while some have not reported yet (until the
-        idle timeout); the max when all are idle (everything consumed and flushed)."""
-        return self._bound(now, 0)
-
-    def _bound(self, now: float, i: int) -> float | None:
-        if len(self.sources) < self.n_src and now - self.born < self.idle_timeout:
-            return None
-        busy = [v[i] for v in self.sources.values() if not v[1]]
-        if busy:
-            return min(busy)
-        return max((v[i] for v in self.sources.values()), default=None)
+        """Where this partition's windows close (see :class:`Watermarks`)."""
+        return self.marks.watermark(now)
