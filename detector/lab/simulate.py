@@ -31,6 +31,7 @@ from typing import Any, Final
 
 import orjson
 
+from detector.core.timestamps import rfc3339
 from detector.lab.scenarios import (
     DEFAULT_SCENARIOS,
     SCENARIOS,
@@ -44,7 +45,7 @@ from detector.lab.scenarios import (
     daily_factor,
     plan,
 )
-from detector.lab.tracefile import TraceWriter, rfc3339
+from detector.lab.tracefile import TraceWriter
 
 __all__ = ["SCENARIOS", "Scenario", "add_arguments", "run", "simulate"]
 
@@ -372,9 +373,9 @@ def _label(inc: Incident) -> dict[str, Any]:
     change = inc.change
     return {
         "id": inc.id, "scenario": sc.name, "kind": sc.kind, "signals": list(sc.signals),
-        "cohort": cohort, "start": rfc3339(start_ms), "end": rfc3339(end_ms),
+        "cohort": cohort, "start": rfc3339(start_ms / 1000), "end": rfc3339(end_ms / 1000),
         "expected_severity": sc.expected,
-        **({"drift_point": rfc3339(round(_drift_point(inc) * 1000))}
+        **({"drift_point": rfc3339(round(_drift_point(inc) * 1000) / 1000)}
            if sc.kind == "drift" else {}),
         **({"max_severity": sc.max_severity} if sc.max_severity else {}),
         **({"max_firing_seconds": sc.max_firing_s} if sc.max_firing_s else {}),
@@ -419,14 +420,15 @@ def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
         gen.run(t0, t1, [c for c in changes if c > t0], forced)
         writer.close()
     labels = {
-        "seed": seed, "hours": hours, "rate": rate, "start": rfc3339(round(t0 * 1000)),
-        "end": rfc3339(round(t1 * 1000)), "events": writer.events,
+        "seed": seed, "hours": hours, "rate": rate, "start": rfc3339(round(t0 * 1000) / 1000),
+        "end": rfc3339(round(t1 * 1000) / 1000), "events": writer.events,
         "malformed_lines": writer.malformed, "window_hint_seconds": 60,
         **({"tenants": tenants} if tenants != 40 else {}),
         "warmup_seconds": WARMUP_S,
         "incidents": [_label(i) for i in incidents],
         "bursts": [{"app": a, "environment": "production", "factor": 2.0,
-                    "start": rfc3339(round(b0 * 1000)), "end": rfc3339(round(b1 * 1000))}
+                    "start": rfc3339(round(b0 * 1000) / 1000),
+                    "end": rfc3339(round(b1 * 1000) / 1000)}
                    for b0, b1, a in bursts],
     }
     labels_path.write_bytes(orjson.dumps(labels, option=_SORT | orjson.OPT_INDENT_2) + b"\n")
