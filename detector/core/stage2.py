@@ -3,7 +3,7 @@
 It merges the partials stage 1 (:mod:`detector.core.stage1`) sends, closes windows on a
 watermark, scores them, groups children under a parent, names the suspected change and the
 evidence, and drives the alert lifecycle. No Kafka or Faust import here: drivers feed partials
-and hard-rule hits in and take alert dicts out.
+and hard-rule hits in and take :class:`~detector.core.alert.Alert` emissions out.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from operator import attrgetter
 from typing import Any, Final
 
 from detector.config import Config
+from detector.core.alert import Alert
 from detector.core.lifecycle import Key, Lifecycle
 from detector.core.partials import (
     UNKNOWN,
@@ -72,13 +73,13 @@ class Stage2:
             return
         merge_keyed(self.pending.setdefault(p.window, {}), (p.level, p.cohort), p, self.k)
 
-    def apply(self, hits: list[RuleHit], watermark: float | None) -> list[dict[str, Any]]:
+    def apply(self, hits: list[RuleHit], watermark: float | None) -> list[Alert]:
         """Hard-rule hits (in event time) and the closing of windows up to ``watermark``
         (None: none), in the order one in-order source would see them: a hit at ``ts`` after
         the windows that end by ``ts`` minus the allowed lateness (that source's watermark when
         the event came), before the later ones. A stream that hands stage 2 a backlog in large
         steps then pages what a replay of the same events pages."""
-        out: list[dict[str, Any]] = []
+        out: list[Alert] = []
         for h in hits:
             if watermark is not None:
                 out += self.advance(min(h.ts - self.lateness, watermark))
@@ -87,14 +88,14 @@ class Stage2:
             out += self.advance(watermark)
         return out
 
-    def _hit(self, h: RuleHit) -> list[dict[str, Any]]:
+    def _hit(self, h: RuleHit) -> list[Alert]:
         fin = len(self.levels) - 1
         model = self.models.get((fin, h.cohort))
         sus = self._suspect(model, {h.versions: 1}, int(h.ts // self.size))
         a = self.life.on_hit(h.signal, fin, h.cohort, h.ts, h.trace_id, sus)
         return [a] if a else []
 
-    def advance(self, watermark: float) -> list[dict[str, Any]]:
+    def advance(self, watermark: float) -> list[Alert]:
         """Close every window that ends at or before ``watermark``; return alert emissions."""
         if not math.isfinite(watermark):
             return []   # stage 1 lets no such time through; nothing to close by it
@@ -103,7 +104,7 @@ class Stage2:
             if not self.pending:
                 return []
             self.next_window = min(self.pending)
-        out: list[dict[str, Any]] = []
+        out: list[Alert] = []
         while self.next_window < upto:
             if upto - self.next_window > MAX_GAP_WINDOWS:
                 # A long silence (or a far-future timestamp): close the windows that have
@@ -123,7 +124,7 @@ class Stage2:
             return None
         return level - 1, tuple(cohort[i] for i in self._up[level])
 
-    def _close(self, w: int) -> list[dict[str, Any]]:
+    def _close(self, w: int) -> list[Alert]:
         parts = self.pending.pop(w, {})
         t0 = w * self.size
         t1 = t0 + self.size
@@ -151,7 +152,7 @@ class Stage2:
                 for d in ds:
                     self.on_decision(w, key[0], key[1], d)
         reps = self._representatives(decisions)
-        out: list[dict[str, Any]] = []
+        out: list[Alert] = []
         for a_key in adopted:
             reps.pop(((a_key[1], a_key[2]), a_key[0]), None)
             a = self.life.adopted(a_key, t1)

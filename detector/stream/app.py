@@ -42,6 +42,7 @@ from mode import Service
 from prometheus_client import CollectorRegistry
 
 from detector.config import Config
+from detector.core.alert import Alert
 from detector.core.snapshot import dump_route, load_route, routes
 from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
@@ -188,7 +189,7 @@ class Worker:
 
     async def _agent(self, stream: Any) -> None:
         async for events in stream.take_events(256, within=0.1):
-            alerts: list[dict[str, Any]] = []
+            alerts: list[Alert] = []
             touched: set[tuple[int, str]] = set()
             for ev in events:
                 q = ev.message.partition
@@ -236,14 +237,14 @@ class Worker:
                     self.table[key.encode()] = pack(dump_route(part.stage2, key),
                                                      part.held_for(key), part.offset)
 
-    def emit(self, alerts: list[dict[str, Any]]) -> None:
+    def emit(self, alerts: list[Alert]) -> None:
         for a in alerts:
-            prev = self.severity.get(a["id"])
-            if a["status"] == "firing":
-                self.severity[a["id"]] = a["severity"]
+            prev = self.severity.get(a.id)
+            if a.status == "firing":
+                self.severity[a.id] = a.severity
             else:
-                self.severity.pop(a["id"], None)
-            self.metrics.alert_transition(a, prev)
+                self.severity.pop(a.id, None)
+            self.metrics.alert_transition(a.signal, a.severity, a.status, prev)
             for s in self.sinks:
                 try:
                     s.emit(a)
@@ -323,9 +324,7 @@ def build_sinks(cfg: Config, metrics: Metrics) -> list[Any]:
         out.append(JsonlSink(open(cfg.sinks.jsonl, "ab"), close_out=True))  # noqa: SIM115
     if cfg.sinks.alertmanager.urls:
         from detector.sinks.alertmanager import AlertmanagerSink
-        from detector.sinks.alertmanager_settings import AlertmanagerSettings
-        settings = AlertmanagerSettings.from_config(cfg.sinks.alertmanager)
-        out.append(AlertmanagerSink(settings, metrics=metrics))
+        out.append(AlertmanagerSink(cfg.sinks.alertmanager, metrics=metrics))
     return out
 
 
