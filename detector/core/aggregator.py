@@ -38,7 +38,7 @@ from detector.core.partials import (
     merge_into,
     merge_keyed,
     route_key,
-    version_name,
+    versions_of,
 )
 from detector.core.signals import (
     EVENTS,
@@ -47,7 +47,7 @@ from detector.core.signals import (
 
 __all__ = ["Aggregator"]
 
-_OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # joins to OTHER_VERSIONS
+_OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # its versions_of is OTHER_VERSIONS
 #: At end of input the last window counts as complete when event time stopped at most this
 #: many mean gaps between its events short of its end: nothing more was due. (For Poisson
 #: traffic a complete window is taken for a cut one with probability e**-5, under 1 %.)
@@ -152,7 +152,7 @@ class Aggregator(Counting):
                 del self._combos[(w, cohort)]
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
-            p.versions = {version_name(full[nf:]): p.counts[EVENTS]}
+            p.versions = {versions_of(full[nf:]): p.counts[EVENTS]}
             merge_keyed(finest, (w, cohort), p, k)
         return self._roll_up(sorted(finest.values(), key=_pkey))
 

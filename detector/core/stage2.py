@@ -21,6 +21,7 @@ from detector.core.partials import (
     UNKNOWN,
     VERSION_FIELDS,
     Partial,
+    Versions,
     empty_partial,
     merge_keyed,
     route_key,
@@ -222,7 +223,7 @@ class Stage2:
             return list(p.samples.get(sig.num, []))
         return list(p.samples.get(EVENTS, []))
 
-    def _suspect(self, model: CohortModel | None, versions: dict[str, int], window: int
+    def _suspect(self, model: CohortModel | None, versions: dict[Versions, int], window: int
                  ) -> dict[str, str | None] | None:
         """The first rollback candidate: among version values with enough of this window's
         traffic, one the baseline does not know, else one first seen within the look-back
@@ -237,7 +238,7 @@ class Stage2:
                 continue
             share: dict[str, int] = {}
             for combo, n in versions.items():
-                v = combo.split("\x1f")[i]
+                v = combo[i]
                 if v != UNKNOWN:
                     share[v] = share.get(v, 0) + n
             for v, n in share.items():
