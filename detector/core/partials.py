@@ -78,7 +78,7 @@ def versions_of(values: Iterable[object]) -> Versions:
     >>> versions_of(("m1", UNSET, "p2"))
     Versions(model_version='m1', prompt_version='unknown', policy_version='p2')
     """
-    return Versions(*(UNKNOWN if v is UNSET else v for v in values))  # type: ignore[misc]
+    return Versions(*(UNKNOWN if v is UNSET else v for v in values))  # type: ignore[arg-type]
 
 
 def legacy_versions(name: str) -> Versions:
@@ -175,8 +175,8 @@ def merge_keyed(acc: dict[K, Partial], key: K, p: Partial, k: int) -> None:
 
 def combine(partials: Iterable[Partial], k: int) -> list[Partial]:
     """One partial per (window, level, cohort): the sources a stage-1 worker reads hand out
-    one each; merged before they cross the wire, stage 2 gets about a third of the bytes
-    from a worker of four partitions (bench/stage2_input.py) and merges nothing of theirs.
+    one each; merged before they cross the wire, stage 2 gets fewer bytes and merges nothing
+    of theirs (bench/stage2_input.py).
     Merges into the first of each key (the others are consumed).
 
     >>> a = empty_partial(0, 1, ("t1",), 2); a.counts[0] = 2

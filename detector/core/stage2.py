@@ -1,4 +1,4 @@
-"""Stage 2 of the detection core, per route key (the root-level cohort).
+"""Stage 2 of the detection core, for the route keys (root-level cohorts) handed to it.
 
 It merges the partials stage 1 (:mod:`detector.core.stage1`) sends, closes windows on a
 watermark, scores them, groups children under a parent, names the suspected change and the
@@ -40,7 +40,8 @@ MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not wal
 
 
 class Stage2:
-    """Per-route-key detection: windows, scores, grouping and the alert lifecycle."""
+    """Detection for the route keys fed to it (a parent cohort and all its children always
+    share one): windows, scores, grouping and the alert lifecycle."""
 
     def __init__(self, config: Config) -> None:
         self.config = config

@@ -198,12 +198,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"detector replay: {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
         sink = JsonlSink(out)
+
+        def score(rec: dict[str, Any]) -> None:
+            if scored is not None:
+                scored.write(orjson.dumps(rec) + b"\n")
+
         try:
             lines = read_lines(open_traces(src, args.path), config.input.max_message_bytes)
             summary = replay(lines, config, sink.emit, dead_letter=dlq,
                              progress=None if args.quiet else sys.stderr,
-                             scores=(lambda r: scored.write(orjson.dumps(r) + b"\n"))
-                             if scored else None)
+                             scores=score if scored else None)
         except TraceFileError as e:
             print(f"detector replay: {args.path}: {e}", file=sys.stderr)
             return 2

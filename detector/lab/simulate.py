@@ -38,7 +38,7 @@ from detector.lab.scenarios import (
     WARMUP_S,
     Cohort,
     Effect,
-    Incident,
+    PlannedIncident,
     Scenario,
     World,
     cycle_factor,
@@ -75,7 +75,7 @@ class _Profile:
                  "p_safety", "pois_l", "safety_always", "tools", "volume", *_NUM)
 
     def __init__(self, world: World, c: Cohort, versions: dict[str, str],
-                 inc: Incident | None, intensity: float, burst: bool,
+                 inc: PlannedIncident | None, intensity: float, burst: bool,
                  normal: Effect = ()) -> None:
         app = world.apps[c[1]]
         for name in _NUM:
@@ -109,7 +109,7 @@ class _Profile:
 class _Generator:
     """Poisson arrivals of traces over cohorts; each trace becomes 1..n events."""
 
-    def __init__(self, world: World, k: float, incidents: list[Incident],
+    def __init__(self, world: World, k: float, incidents: list[PlannedIncident],
                  bursts: list[tuple[float, float, str]], writer: TraceWriter, seed: int) -> None:
         self.world, self.k, self.writer = world, k, writer
         rng = random.Random(f"{seed}:traffic")
@@ -177,7 +177,7 @@ class _Generator:
             put(ts_ms, ev)
 
     def run(self, start: float, end: float, changes: list[float],
-            forced: list[tuple[float, Incident]]) -> None:
+            forced: list[tuple[float, PlannedIncident]]) -> None:
         rnd, cum, expo = self.rnd, self.cum, self.rng.expovariate
         ci = fi = 0
         sec = math.floor(start)
@@ -208,7 +208,7 @@ class _Generator:
         self.flush(end * 1000.0)  # events past the end of the run are dropped
         self.heap.clear()
 
-    def trace(self, t: float, p: _Profile, force: Incident | None) -> None:
+    def trace(self, t: float, p: _Profile, force: PlannedIncident | None) -> None:
         rnd, gauss, bits, exp, push = self.rnd, self.gauss, self.bits, math.exp, self.push
         tid = f"{bits(128):032x}"
         base = p.home if rnd() >= 0.05 else p.alt
@@ -327,14 +327,14 @@ class _Generator:
                 p.inc.trace_ids.append(tid)
 
     @staticmethod
-    def _offended(inc: Incident, ts_ms: int, tid: str) -> None:
+    def _offended(inc: PlannedIncident, ts_ms: int, tid: str) -> None:
         inc.first_ms = ts_ms if inc.first_ms is None else min(inc.first_ms, ts_ms)
         inc.last_ms = ts_ms if inc.last_ms is None else max(inc.last_ms, ts_ms)
         if len(inc.trace_ids) < 20:
             inc.trace_ids.append(tid)
 
 
-def _bursts(rng: random.Random, world: World, incidents: list[Incident], start: float,
+def _bursts(rng: random.Random, world: World, incidents: list[PlannedIncident], start: float,
             end: float) -> list[tuple[float, float, str]]:
     """A few benign x2 volume bursts of 1-3 minutes on whole apps, away from incidents."""
     apps = sorted({c[1] for c in world.cohorts})
@@ -351,7 +351,7 @@ def _bursts(rng: random.Random, world: World, incidents: list[Incident], start: 
     return sorted(out)
 
 
-def _drift_point(inc: Incident) -> float:
+def _drift_point(inc: PlannedIncident) -> float:
     """When the labelled signal has moved half-way to its incident level: the centre of its
     transition, where river's ``ConceptDriftStream`` puts a gradual drift. The start for a
     step; the middle of a ramp; for overrides, which come OVERRIDE_LAG_S after the answers
@@ -363,7 +363,7 @@ def _drift_point(inc: Incident) -> float:
     return inc.start
 
 
-def _label(inc: Incident) -> dict[str, Any]:
+def _label(inc: PlannedIncident) -> dict[str, Any]:
     sc = inc.scenario
     start_ms, end_ms = round(inc.start * 1000), round(inc.end * 1000)
     if sc.kind == "hard_rule" and inc.first_ms is not None and inc.last_ms is not None:

@@ -35,10 +35,9 @@ from detector.stream.kafka_io import (
 
 __all__ = ["Envelope", "Stage1Runner", "decode_envelope", "encode_envelope"]
 
-#: Events worked on between two yields to the event loop (~5-15 ms of work). Each yield lets
-#: the loop read one more 256 KiB piece of the next fetch response from the socket; at 8192
-#: the worker waited on the broker between fetches (3 alternated runs each: 254 k against
-#: 289 k events/s on 100-event messages, one worker).
+#: Events worked on between two yields to the event loop. Each yield lets the loop read one
+#: more 256 KiB piece of the next fetch response from the socket; with four times as many the
+#: worker waited on the broker between fetches (bench/stream.py shows the throughput).
 CHUNK_EVENTS: Final = 2048
 #: On a backlog stage 1 flushes every flush_interval x this (alerts wait on it anyway).
 BACKLOG_FLUSH_FACTOR: Final = 4
@@ -113,7 +112,7 @@ class Stage1Runner(ConsumerRebalanceListener):
     group ``<group>-stage1``), one :class:`Stage1` per source partition, a flush every
     ``flush_interval`` seconds (at once when a hard rule fired): partials, hits and
     watermarks to the stage-2 topic, rejects to the dead-letter topic, then the commit.
-    Faust's per-message path costs ~100 µs; ``getmany`` costs ~2 µs a message."""
+    Faust's per-message path costs far more than the detection work; ``getmany`` does not."""
 
     def __init__(self, config: Config, *, stage2_topic: str, stage2_partitions: int,
                  metrics: Metrics | None = None, flush_interval: float = 0.5,
@@ -214,8 +213,8 @@ class Stage1Runner(ConsumerRebalanceListener):
                         for chunk in self._chunks(recs):
                             # Yield between chunks: the fetcher, which shares this loop, asks
                             # for the next records and reads the answer while this chunk is
-                            # worked on (the worker sat idle in select() for ~20 % of a
-                            # backlog without it).
+                            # worked on (without it the worker sat idle in select() for part
+                            # of a backlog).
                             await asyncio.sleep(0)
                             urgent |= self._feed({tp: chunk}, now)
                     self._skipped(self.corrupt.take())   # found while getmany read the fetch
