@@ -45,8 +45,8 @@ def am_sink(urls: list[str], *, clock: Any = None, metrics: Metrics | None = Non
     """A sink with short test timings; keywords are [sinks.alertmanager] keys or Tuning's."""
     tune = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "poll_s": 0.05}
     tune.update({k: over.pop(k) for k in list(over) if k in Tuning._fields})
-    config = AlertmanagerConfig(urls=list(urls), cohort_labels=list(LABEL_FIELDS),
-                                timeout_seconds=2.0, **over)
+    config = AlertmanagerConfig(**{"urls": list(urls), "cohort_labels": list(LABEL_FIELDS),
+                                   "timeout_seconds": 2.0, **over})
     extra = {"clock": clock} if clock is not None else {}
     return AlertmanagerSink(config, tuning=Tuning(**tune), metrics=metrics, **extra)
 
