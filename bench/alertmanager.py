@@ -26,35 +26,34 @@ import urllib.parse
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests"), str(ROOT / "bench")]
 
+import msgspec  # noqa: E402
 from services import alertmanager, http_json  # noqa: E402
 
-from detector.sinks.alertmanager import AlertmanagerSettings, AlertmanagerSink  # noqa: E402
+from detector.config import AlertmanagerConfig  # noqa: E402
+from detector.core.alert import Alert  # noqa: E402
+from detector.core.timestamps import rfc3339 as iso  # noqa: E402
+from detector.sinks.alertmanager import AlertmanagerSink, Tuning  # noqa: E402
 
 POLL_S = 0.0005  # between GETs while waiting for one alert to show
 PER_ALERT_TIMEOUT_S = 10.0
 TOTAL_TIMEOUT_S = 300.0
 
 
-def iso(dt: datetime) -> str:
-    return dt.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def make_alert(i: int, signal: str, severity: str = "sev2") -> dict[str, Any]:
+def make_alert(i: int, signal: str, severity: str = "sev2") -> Alert:
     now = datetime.now(UTC)
-    return {
+    return msgspec.convert({
         "id": f"bench-{signal}-{i}", "status": "firing", "severity": severity, "signal": signal,
         "cohort": {"tenant": f"t{i}", "app": "bench", "environment": "production"},
         "starts_at": iso(now - timedelta(minutes=1)), "ends_at": None,
         "observed": 0.4, "expected": 0.05, "score": 7.0, "threshold": 5.0,
         "window": {"start": iso(now - timedelta(minutes=1)), "end": iso(now), "events": 500},
         "suspected_change": None, "evidence": {"trace_ids": ["0af7651916cd43dd8448eb211c80319c"]},
-        "summary": "benchmark alert", "runbook_url": None, "actions": [],
-    }
+        "summary": "benchmark alert", "runbook_url": None, "actions": [], "persistence": 1,
+    }, Alert)
 
 
 @contextlib.contextmanager
@@ -74,9 +73,9 @@ def count_alerts(url: str, alertname: str) -> int:
 
 
 def throughput(url: str, n: int, batch: int) -> tuple[float, float]:
-    settings = AlertmanagerSettings(urls=(url,), cohort_label_fields=("tenant", "app"),
-                                    max_batch=batch, max_queue=max(n, 1), timeout_s=30)
-    with AlertmanagerSink(settings) as sink:
+    config = AlertmanagerConfig(urls=[url], cohort_labels=["tenant", "app"],
+                                max_queue=max(n, 1), timeout_seconds=30)
+    with AlertmanagerSink(config, tuning=Tuning(max_batch=batch)) as sink:
         t0 = time.perf_counter()
         for i in range(n):
             sink.emit(make_alert(i, "bench_throughput"))
@@ -91,10 +90,10 @@ def throughput(url: str, n: int, batch: int) -> tuple[float, float]:
 
 
 def latency(url: str, n: int) -> list[float]:
-    settings = AlertmanagerSettings(urls=(url,), cohort_label_fields=("tenant",), timeout_s=10)
+    config = AlertmanagerConfig(urls=[url], cohort_labels=["tenant"], timeout_seconds=10)
     delays: list[float] = []
     deadline = time.monotonic() + TOTAL_TIMEOUT_S
-    with AlertmanagerSink(settings) as sink:
+    with AlertmanagerSink(config) as sink:
         for i in range(n):
             signal = f"bench_latency_{i}"  # a distinct alertname per alert: a cheap API filter
             query = urllib.parse.quote(f'alertname="ModelBenchLatency{i}"')

@@ -32,8 +32,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Meta, Struct, field
 
-__all__ = ["Config", "ConfigError", "Price", "SeverityRule", "SignalConfig", "load_config",
-           "parse_config"]
+__all__ = ["AlertmanagerConfig", "Config", "ConfigError", "Price", "SeverityRule",
+           "SignalConfig", "check_alertmanager", "load_config", "parse_config"]
 
 Positive = Annotated[float, Meta(gt=0)]
 NonNeg = Annotated[float, Meta(ge=0)]
@@ -136,10 +136,12 @@ class HardRules(_Base):
 
 
 class AlertmanagerConfig(_Base):
+    """The Alertmanager sink's settings: the one schema, read by the sink as it is."""
+
     urls: list[str] = field(default_factory=list)
     cohort_labels: list[str] = field(default_factory=lambda: ["tenant", "app", "environment"])
     resend_interval_seconds: Positive = 60.0
-    resolved_resend_seconds: NonNeg = 300.0
+    resolved_resend_seconds: NonNeg = 300.0   # 0: send a resolve once, never again
     timeout_seconds: Positive = 5.0
     max_queue: PosInt = 10000
     ca_file: str | None = None
@@ -148,7 +150,18 @@ class AlertmanagerConfig(_Base):
     insecure_skip_verify: bool = False
     basic_auth_user: str | None = None
     basic_auth_password: str | None = None
+    basic_auth_password_file: str | None = None   # read at each send: mounted secrets rotate
     bearer_token: str | None = None
+    bearer_token_file: str | None = None
+    generator_url: str | None = None
+
+    def __repr__(self) -> str:   # secrets stay out of logs and tracebacks
+        shown = (f"{k}={'***' if k in _SECRETS and v else repr(v)}"
+                 for k in self.__struct_fields__ if (v := getattr(self, k)) is not None)
+        return f"AlertmanagerConfig({', '.join(shown)})"
+
+
+_SECRETS = frozenset({"basic_auth_password", "bearer_token"})
 
 
 class Sinks(_Base):
@@ -335,6 +348,36 @@ def _semantic_checks(cfg: Config) -> None:
     check_mapping(cfg)
     if not cfg.severity:
         raise ConfigError("severity: at least one rule is needed (the last one is the fallback)")
+    check_alertmanager(cfg.sinks.alertmanager, need_urls=False)
+
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_OWN_LABELS = frozenset({"alertname", "severity", "sev", "signal"})
+
+
+def check_alertmanager(am: AlertmanagerConfig, *, need_urls: bool = True) -> None:
+    """What the types cannot say about ``[sinks.alertmanager]``; the error names the key.
+
+    >>> check_alertmanager(AlertmanagerConfig(urls=["ftp://am"]))
+    Traceback (most recent call last):
+    ...
+    detector.config.ConfigError: sinks.alertmanager.urls: 'ftp://am' is not an http(s) URL
+    """
+    def bad(key: str, why: str) -> ConfigError:
+        return ConfigError(f"sinks.alertmanager.{key}: {why}")
+
+    if need_urls and not am.urls:
+        raise bad("urls", "at least one Alertmanager URL is required")
+    for url in am.urls:
+        if not re.match(r"^https?://[^/\s]+", url):
+            raise bad("urls", f"{url!r} is not an http(s) URL")
+    for name in am.cohort_labels:
+        if not _LABEL_NAME.match(name) or name in _OWN_LABELS:
+            raise bad("cohort_labels", f"{name!r} is not a free label name")
+    if am.basic_auth_user is not None and (am.bearer_token or am.bearer_token_file):
+        raise bad("basic_auth_user", "basic auth and a bearer token are mutually exclusive")
+    if am.key_file and not am.cert_file:
+        raise bad("key_file", "needs cert_file")
 
 
 def _convert(data: object, typ: type, prefix: str) -> Any:

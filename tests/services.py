@@ -46,8 +46,11 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import msgspec
 import pytest
 
+from detector.core.alert import Alert
+from detector.core.timestamps import rfc3339 as iso
 from detector.lab.processes import die_with_parent
 
 __all__ = [
@@ -348,13 +351,9 @@ COHORT: dict[str, str] = {"tenant": "acme", "app": "support-agent", "environment
                           "region": "eu-west-1"}
 
 
-def iso(dt: datetime) -> str:
-    """RFC 3339 in UTC with milliseconds, as the alert contract writes times."""
-    return dt.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def sample_alert(**over: Any) -> dict[str, Any]:
-    """A firing sev1 alert per shared/schema/alert.schema.json; keywords replace fields."""
+def sample_alert(**over: Any) -> Alert:
+    """A firing sev1 alert per shared/schema/alert.schema.json; keywords replace fields (times
+    as RFC 3339 text or datetimes)."""
     now = datetime.now(UTC)
     alert: dict[str, Any] = {
         "id": "a-1",
@@ -376,6 +375,7 @@ def sample_alert(**over: Any) -> dict[str, Any]:
         "summary": "support-agent called a tool outside its allow-list",
         "runbook_url": "https://runbooks.example/unauthorized-tool-call",
         "actions": ["disable tool", "roll back prompt"],
+        "persistence": 1,
     }
     alert.update(over)
-    return alert
+    return msgspec.convert(alert, Alert)

@@ -6,6 +6,7 @@ A tiny local HTTP server stands in only where the real thing cannot show the fau
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import socket
@@ -16,16 +17,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 from prometheus_client import CollectorRegistry
 
+from detector.config import AlertmanagerConfig, ConfigError, parse_config
+from detector.core.alert import encode_alert
 from detector.obs.metrics import Metrics
-from detector.sinks.alertmanager import (
-    AlertmanagerSettings,
-    AlertmanagerSink,
-    alertname,
-    to_postable,
-)
+from detector.sinks.alertmanager import AlertmanagerSink, Tuning, alertname, to_postable
 
 try:  # tests/ is on sys.path under pytest's default import mode; else tests is a package
     import services as svc
@@ -41,12 +40,15 @@ def ts(rfc3339: str) -> datetime:
     return datetime.fromisoformat(rfc3339)
 
 
-def settings(urls: list[str], **over: Any) -> AlertmanagerSettings:
-    base: dict[str, Any] = {"urls": tuple(urls), "cohort_label_fields": LABEL_FIELDS,
-                            "timeout_s": 2.0, "backoff_initial_s": 0.05, "backoff_max_s": 0.2,
-                            "poll_s": 0.05}
-    base.update(over)
-    return AlertmanagerSettings(**base)
+def am_sink(urls: list[str], *, clock: Any = None, metrics: Metrics | None = None,
+         **over: Any) -> AlertmanagerSink:
+    """A sink with short test timings; keywords are [sinks.alertmanager] keys or Tuning's."""
+    tune = {"backoff_initial_s": 0.05, "backoff_max_s": 0.2, "poll_s": 0.05}
+    tune.update({k: over.pop(k) for k in list(over) if k in Tuning._fields})
+    config = AlertmanagerConfig(**{"urls": list(urls), "cohort_labels": list(LABEL_FIELDS),
+                                   "timeout_seconds": 2.0, **over})
+    extra = {"clock": clock} if clock is not None else {}
+    return AlertmanagerSink(config, tuning=Tuning(**tune), metrics=metrics, **extra)
 
 
 class FakeClock:
@@ -88,8 +90,9 @@ def test_fixture_alert_follows_the_contract() -> None:
     schema = json.loads(SCHEMA.read_text())
     validator = jsonschema.Draft202012Validator(
         schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
-    validator.validate(svc.sample_alert())
-    validator.validate(svc.sample_alert(status="resolved", ends_at=svc.iso(datetime.now(UTC))))
+    validator.validate(json.loads(encode_alert(svc.sample_alert())))
+    validator.validate(json.loads(encode_alert(
+        svc.sample_alert(status="resolved", ends_at=svc.iso(datetime.now(UTC))))))
 
 
 @pytest.mark.parametrize(("signal", "name"), [
@@ -119,20 +122,35 @@ def test_labels_and_annotations(sev: str, label: str) -> None:
         assert part in ann["description"]
 
 
-def test_settings_reject_bad_values() -> None:
-    with pytest.raises(ValueError, match="urls"):
-        AlertmanagerSettings(urls=())
-    with pytest.raises(ValueError, match="urls"):
-        AlertmanagerSettings(urls=("ftp://x",))
-    with pytest.raises(ValueError, match="cohort_label_fields"):
-        AlertmanagerSettings(urls=("http://127.0.0.1:1",), cohort_label_fields=("bad-name",))
-    with pytest.raises(ValueError, match="nope"):
-        AlertmanagerSettings.from_mapping({"urls": ["http://127.0.0.1:1"], "nope": 1})
-    s = AlertmanagerSettings.from_mapping(
-        {"urls": ["http://127.0.0.1:1"], "cohort_label_fields": ["tenant"],
-         "bearer_token": "tok-XYZ"})
-    assert s.urls == ("http://127.0.0.1:1",) and s.cohort_label_fields == ("tenant",)
-    assert "tok-XYZ" not in repr(s)  # secrets stay out of logs
+@pytest.mark.parametrize(("table", "message"), [
+    ({"urls": ["ftp://x"]}, "sinks.alertmanager.urls: 'ftp://x' is not an http(s) URL"),
+    ({"cohort_labels": ["bad-name"]},
+     "sinks.alertmanager.cohort_labels: 'bad-name' is not a free label name"),
+    ({"cohort_labels": ["severity"]},
+     "sinks.alertmanager.cohort_labels: 'severity' is not a free label name"),
+    ({"basic_auth_user": "u", "bearer_token_file": "/t"},
+     "sinks.alertmanager.basic_auth_user: basic auth and a bearer token are mutually exclusive"),
+    ({"key_file": "/k.pem"}, "sinks.alertmanager.key_file: needs cert_file"),
+    ({"nope": 1}, "sinks.alertmanager.nope: unknown key"),
+    ({"timeout_seconds": 0}, "sinks.alertmanager.timeout_seconds: Expected `float` > 0.0"),
+    ({"generator_url": 3}, "sinks.alertmanager.generator_url: Expected `str | null`, got `int`"),
+])
+def test_a_bad_setting_is_an_error_naming_its_dotted_key(table: dict[str, Any],
+                                                          message: str) -> None:
+    with pytest.raises(ConfigError) as e:
+        parse_config({"severity": [{"severity": "sev4"}],
+                      "sinks": {"alertmanager": table}})
+    assert str(e.value) == message
+
+
+def test_the_sink_refuses_settings_it_cannot_send_with() -> None:
+    with pytest.raises(ConfigError, match=r"^sinks\.alertmanager\.urls: at least one"):
+        AlertmanagerSink(AlertmanagerConfig())
+    with pytest.raises(ConfigError, match=r"^sinks\.alertmanager\.urls: 'ftp://x'"):
+        AlertmanagerSink(AlertmanagerConfig(urls=["ftp://x"]))
+    secret = AlertmanagerConfig(urls=["http://127.0.0.1:1"], bearer_token="tok-XYZ",
+                                basic_auth_password="pw-XYZ")
+    assert "tok-XYZ" not in repr(secret) and "pw-XYZ" not in repr(secret)  # not in logs
 
 
 # -- queue, resend, retry (local server or dead URL; no timing assertions) -----------------
@@ -142,8 +160,8 @@ def test_overflow_drops_lower_severities_before_sev1() -> None:
     registry = CollectorRegistry()
     metrics = Metrics(registry)
     dead = f"http://127.0.0.1:{svc.free_port()}"  # nothing listens: everything stays queued
-    with AlertmanagerSink(settings([dead], max_queue=6, backoff_initial_s=30, backoff_max_s=30),
-                          metrics=metrics) as sink:
+    with am_sink([dead], max_queue=6, backoff_initial_s=30, backoff_max_s=30,
+                 metrics=metrics) as sink:
         def emit(alert_id: str, sev: str) -> None:  # a distinct cohort: its own label set
             cohort = dict(svc.COHORT, tenant=alert_id)
             sink.emit(svc.sample_alert(id=alert_id, severity=sev, cohort=cohort))
@@ -173,8 +191,8 @@ def test_overflow_drops_lower_severities_before_sev1() -> None:
 def test_retries_with_backoff_then_delivers() -> None:
     registry = CollectorRegistry()
     clock = FakeClock()
-    with svc.RecordingServer(fail_first=3) as server, AlertmanagerSink(
-            settings([server.url], backoff_initial_s=10.0, backoff_max_s=100.0),
+    with svc.RecordingServer(fail_first=3) as server, am_sink(
+            [server.url], backoff_initial_s=10.0, backoff_max_s=100.0,
             clock=clock, metrics=Metrics(registry)) as sink:
         sink.emit(svc.sample_alert())
 
@@ -198,9 +216,9 @@ def test_retries_with_backoff_then_delivers() -> None:
 
 def test_firing_is_resent_with_ends_at_ahead_and_resolved_resent_for_a_while() -> None:
     clock = FakeClock()
-    with svc.RecordingServer() as server, AlertmanagerSink(
-            settings([server.url], resend_interval_s=60, resolved_resend_s=300,
-                     ends_at_resends=4), clock=clock) as sink:
+    with svc.RecordingServer() as server, am_sink(
+            [server.url], resend_interval_seconds=60, resolved_resend_seconds=300,
+            ends_at_resends=4, clock=clock) as sink:
         sink.emit(svc.sample_alert())
         assert sink.flush(WAIT)
         for _ in range(2):
@@ -231,7 +249,7 @@ def test_ids_sharing_a_label_set_resolve_it_only_when_the_last_one_resolves() ->
     # alert, and resolving one of them must not end the other's page.
     eu, us = dict(svc.COHORT, region="eu-west-1"), dict(svc.COHORT, region="us-east-1")
     now = datetime.now(UTC)
-    with svc.RecordingServer() as server, AlertmanagerSink(settings([server.url])) as sink:
+    with svc.RecordingServer() as server, am_sink([server.url]) as sink:
         sink.emit(svc.sample_alert(id="eu", cohort=eu))
         sink.emit(svc.sample_alert(id="us", cohort=us))
         assert sink.flush(WAIT)
@@ -246,46 +264,71 @@ def test_ids_sharing_a_label_set_resolve_it_only_when_the_last_one_resolves() ->
 
 
 def test_malformed_alert_is_dropped_and_counted() -> None:
+    """A struct whose types a caller broke (the stream never makes one) is dropped and
+    counted, and the next alert still goes out."""
     registry = CollectorRegistry()
-    with svc.RecordingServer() as server, AlertmanagerSink(settings([server.url]),
-                                                           metrics=Metrics(registry)) as sink:
-        sink.emit({"id": "x", "status": "firing", "severity": "sev2"})  # no signal, no times
-        sink.emit(svc.sample_alert(starts_at="yesterday"))
+    with svc.RecordingServer() as server, am_sink([server.url],
+                                                  metrics=Metrics(registry)) as sink:
+        bad = msgspec.structs.replace(svc.sample_alert(), starts_at="yesterday")
+        sink.emit(bad)
         assert sink.flush(WAIT)
         assert server.requests == []
-    assert sample(registry, "detector_sink_dropped_total", sink="alertmanager",
-                  severity="sev2") == 1
+        sink.emit(svc.sample_alert(id="good", severity="sev2"))
+        assert sink.flush(WAIT)
+        assert [a["labels"]["sev"] for a in server.snapshot()[0]] == ["sev2"]
     assert sample(registry, "detector_sink_dropped_total", sink="alertmanager",
                   severity="sev1") == 1
 
 
-def test_settings_from_the_detector_config() -> None:
-    config = pytest.importorskip("detector.config")
-    from detector.sinks.alertmanager_settings import _CONFIG_KEYS
+def test_the_sink_reads_every_setting_from_the_detector_config(tmp_path: Path) -> None:
+    """The config's table is the sink's one schema: the new file, generator and timeout keys
+    reach the requests it sends."""
+    pw = tmp_path / "pw"
+    pw.write_text("from-file\n")
+    cfg = parse_config({"severity": [{"severity": "sev4"}], "sinks": {"alertmanager": {
+        "urls": ["http://127.0.0.1:1"], "basic_auth_user": "am",
+        "basic_auth_password_file": str(pw), "generator_url": "https://grafana.example/d/x",
+        "timeout_seconds": 7.5}}}).sinks.alertmanager
+    assert (cfg.basic_auth_password_file, cfg.generator_url, cfg.timeout_seconds) == (
+        str(pw), "https://grafana.example/d/x", 7.5)
+    with svc.RecordingServer() as server:
+        cfg = msgspec.structs.replace(cfg, urls=[server.url])
+        with AlertmanagerSink(cfg, tuning=Tuning(poll_s=0.05)) as sink:
+            assert sink.config is cfg
+            sink.emit(svc.sample_alert())
+            assert sink.flush(WAIT)
+            assert server.snapshot()[0][0]["generatorURL"] == "https://grafana.example/d/x"
+        token = tmp_path / "token"
+        token.write_text("tok-from-file\n")
+        bearer = msgspec.structs.replace(cfg, basic_auth_user=None,
+                                         basic_auth_password_file=None,
+                                         bearer_token_file=str(token))
+        with AlertmanagerSink(bearer, tuning=Tuning(poll_s=0.05)) as sink:
+            sink.emit(svc.sample_alert())
+            assert sink.flush(WAIT)
+    auth = [headers.get("Authorization") for _p, _b, headers in server.requests]
+    assert auth == ["Basic " + base64.b64encode(b"am:from-file").decode(),
+                    "Bearer tok-from-file"]
 
-    # Every key of [sinks.alertmanager] reaches the sink: a new key there fails here.
-    assert set(config.AlertmanagerConfig.__struct_fields__) == set(_CONFIG_KEYS)
-    cfg = config.AlertmanagerConfig(
-        urls=["http://127.0.0.1:9093", "http://127.0.0.2:9093"], cohort_labels=["tenant"],
-        resend_interval_seconds=30.0, resolved_resend_seconds=0.0, timeout_seconds=3.0,
-        max_queue=50, cert_file="/c.pem", key_file="/k.pem", basic_auth_user="u",
-        basic_auth_password="p")
-    s = AlertmanagerSettings.from_config(cfg)
-    assert s.urls == ("http://127.0.0.1:9093", "http://127.0.0.2:9093")
-    assert (s.cohort_label_fields, s.resend_interval_s, s.resolved_resend_s, s.timeout_s,
-            s.max_queue) == (("tenant",), 30.0, 0.0, 3.0, 50)
-    assert (s.client_cert_file, s.client_key_file, s.username, s.password) == (
-        "/c.pem", "/k.pem", "u", "p")
+
+def test_one_default_per_setting() -> None:
+    """The packaged config and the schema agree, and the sink keeps no defaults of its own
+    for a key of [sinks.alertmanager]."""
+    from detector.config import load_config
+
+    assert load_config(None, env=False).sinks.alertmanager == AlertmanagerConfig()
+    assert AlertmanagerConfig().timeout_seconds == 5.0
+    assert not set(Tuning._fields) & set(AlertmanagerConfig.__struct_fields__)
 
 
 def test_basic_auth_and_bearer_token_headers(tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("s3cret-token\n")
     with svc.RecordingServer() as server:
-        with AlertmanagerSink(settings([server.url], bearer_token_file=str(token))) as sink:
+        with am_sink([server.url], bearer_token_file=str(token)) as sink:
             sink.emit(svc.sample_alert())
             assert sink.flush(WAIT)
-        with AlertmanagerSink(settings([server.url], username="am", password="pw")) as sink:
+        with am_sink([server.url], basic_auth_user="am", basic_auth_password="pw") as sink:
             sink.emit(svc.sample_alert())
             assert sink.flush(WAIT)
         auth = [headers.get("Authorization") for _p, _b, headers in server.requests]
@@ -305,14 +348,14 @@ def test_tls_verifies_against_the_configured_ca(tmp_path: Path) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
     with svc.RecordingServer(ssl_context=ctx) as server:
-        with AlertmanagerSink(settings([server.url], backoff_initial_s=30)) as sink:
+        with am_sink([server.url], backoff_initial_s=30) as sink:
             sink.emit(svc.sample_alert())  # unknown CA: the handshake fails, nothing delivered
             assert not sink.flush(1.0)
         assert server.snapshot() == []
-        with AlertmanagerSink(settings([server.url], ca_file=str(cert))) as sink:
+        with am_sink([server.url], ca_file=str(cert)) as sink:
             sink.emit(svc.sample_alert())
             assert sink.flush(WAIT)
-        with AlertmanagerSink(settings([server.url], insecure_skip_verify=True)) as sink:
+        with am_sink([server.url], insecure_skip_verify=True) as sink:
             sink.emit(svc.sample_alert(id="a-2"))
             assert sink.flush(WAIT)
         assert [b[0]["annotations"]["alert_id"] for b in server.snapshot()] == ["a-1", "a-2"]
@@ -324,7 +367,7 @@ def test_tls_verifies_against_the_configured_ca(tmp_path: Path) -> None:
 @pytest.mark.integration
 def test_alert_appears_in_alertmanager_with_labels_and_annotations() -> None:
     alert = svc.sample_alert()
-    with svc.alertmanager() as am, AlertmanagerSink(settings([am.url])) as sink:
+    with svc.alertmanager() as am, am_sink([am.url]) as sink:
         sink.emit(alert)
         assert sink.flush(WAIT)
         got = svc.wait_until(lambda: find(am_alerts(am.url), sev="sev1"), timeout=WAIT,
@@ -334,12 +377,12 @@ def test_alert_appears_in_alertmanager_with_labels_and_annotations() -> None:
     assert a["labels"] == {"alertname": "ModelUnauthorizedToolCall", "severity": "critical",
                            "sev": "sev1", "signal": "unauthorized_tool_call", "tenant": "acme",
                            "app": "support-agent", "environment": "production"}
-    assert a["annotations"]["summary"] == alert["summary"]
-    assert a["annotations"]["runbook_url"] == alert["runbook_url"]
-    assert a["annotations"]["trace_ids"].split(",") == alert["evidence"]["trace_ids"]
+    assert a["annotations"]["summary"] == alert.summary
+    assert a["annotations"]["runbook_url"] == alert.runbook_url
+    assert a["annotations"]["trace_ids"].split(",") == alert.evidence.trace_ids
     assert "score 12.5" in a["annotations"]["description"]
     assert a["status"]["state"] == "active"
-    assert ts(a["startsAt"]) == ts(alert["starts_at"])  # Go drops trailing zeros: compare times
+    assert ts(a["startsAt"]) == alert.starts_at  # Go drops trailing zeros: compare times
     assert datetime.fromisoformat(a["endsAt"]) > datetime.now(UTC)
 
 
@@ -349,7 +392,7 @@ def test_severity_change_ends_the_old_label_set() -> None:
         return svc.wait_until(lambda: [a["labels"]["sev"] for a in am_alerts(am_url)] == [sev],
                               timeout=WAIT, what=f"only {sev} active")
 
-    with svc.alertmanager() as am, AlertmanagerSink(settings([am.url])) as sink:
+    with svc.alertmanager() as am, am_sink([am.url]) as sink:
         sink.emit(svc.sample_alert(severity="sev3"))
         assert sink.flush(WAIT)
         only(am.url, "sev3")
@@ -371,8 +414,8 @@ def test_dead_alertmanager_does_not_block_the_live_one() -> None:
         hung.bind(("127.0.0.1", 0))
         hung.listen(16)
         dead = f"http://127.0.0.1:{hung.getsockname()[1]}"
-        with svc.alertmanager() as am, AlertmanagerSink(
-                settings([dead, am.url], timeout_s=WAIT * 2), metrics=Metrics(registry)) as sink:
+        with svc.alertmanager() as am, am_sink([dead, am.url], timeout_seconds=WAIT * 2,
+                                                metrics=Metrics(registry)) as sink:
             for i in range(3):
                 sink.emit(svc.sample_alert(id=f"a-{i}", signal=f"signal_{i}"))
             got = svc.wait_until(lambda: len(a := am_alerts(am.url)) == 3 and a, timeout=WAIT,
@@ -403,12 +446,12 @@ def test_notification_reaches_webhook_and_resolve_ends_it() -> None:
     alert = svc.sample_alert()
     ends_at = svc.iso(datetime.now(UTC) - timedelta(seconds=5))
     with svc.RecordingServer() as hook, svc.alertmanager(WEBHOOK_AM.format(url=hook.url)) as am, \
-            AlertmanagerSink(settings([am.url])) as sink:
+            am_sink([am.url]) as sink:
         sink.emit(alert)
         assert sink.flush(WAIT)
         firing = svc.wait_until(lambda: [b for b in hook.snapshot() if b["status"] == "firing"],
                                 timeout=WAIT, what="firing notification")
-        sink.emit(dict(alert, status="resolved", ends_at=ends_at))
+        sink.emit(msgspec.structs.replace(alert, status="resolved", ends_at=ts(ends_at)))
         assert sink.flush(WAIT)
         svc.wait_until(lambda: not am_alerts(am.url), timeout=WAIT, what="no active alert")
         resolved = svc.wait_until(lambda: [b for b in hook.snapshot() if b["status"] == "resolved"],
@@ -416,7 +459,7 @@ def test_notification_reaches_webhook_and_resolve_ends_it() -> None:
     note = firing[0]["alerts"][0]
     assert note["labels"]["alertname"] == "ModelUnauthorizedToolCall"
     assert note["labels"]["sev"] == "sev1"
-    assert note["annotations"]["summary"] == alert["summary"]
+    assert note["annotations"]["summary"] == alert.summary
     done = resolved[0]["alerts"][0]
     assert done["status"] == "resolved"
-    assert ts(done["endsAt"]) == ts(ends_at) and ts(done["startsAt"]) == ts(alert["starts_at"])
+    assert ts(done["endsAt"]) == ts(ends_at) and ts(done["startsAt"]) == alert.starts_at

@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.config import Config, load_config
+from detector.core.alert import alert_record
 from detector.core.pipeline import Pipeline
 from detector.core.stage1 import Stage1
 from tests.traffic import T0, stream
@@ -35,8 +36,8 @@ def _replay(config: Config, msgs: list[bytes]) -> tuple[Pipeline, list[dict[str,
     pipe = Pipeline(config)
     alerts: list[dict[str, Any]] = []
     for i in range(0, len(msgs), 256):    # blocks, as `detector replay` feeds them
-        alerts += pipe.feed_many(msgs[i:i + 256])
-    return pipe, alerts + pipe.finish()
+        alerts += map(alert_record, pipe.feed_many(msgs[i:i + 256]))
+    return pipe, alerts + [alert_record(a) for a in pipe.finish()]
 
 
 def _incident(m: int, c: dict[str, str]) -> dict[str, Any]:

@@ -79,10 +79,10 @@ def test_stage1_dead_letters_where_a_skipped_batch_was_and_commits_past_it() -> 
     r.sources = {3: _Source(cfg, 0.0)}
     r.sources[3].next_offset = 5                  # read up to the batch, nothing after it
     r._skipped([CorruptBatch("traces", 3, 5, 8, "crc_mismatch")])
-    [(topic, part, key, value, headers)] = r.pending
-    assert (topic, part, key) == (cfg.kafka.dead_letter_topic, None, None)
-    assert dict(headers) == {"reason": b"corrupt_batch", "source": b"traces/3/5-8"}
-    assert orjson.loads(value) == {
+    [out] = r.pending
+    assert (out.topic, out.partition) == (cfg.kafka.dead_letter_topic, None)
+    assert dict(out.headers) == {"reason": b"corrupt_batch", "source": b"traces/3/5-8"}
+    assert orjson.loads(out.value) == {
         "reason": "corrupt_batch", "field": None, "detail": "record batch skipped: crc_mismatch",
         "payload": {"topic": "traces", "partition": 3, "first_offset": 5, "last_offset": 8}}
     assert r.sources[3].next_offset == 9          # the commit passes it: no lag, no re-skip

@@ -346,18 +346,18 @@ def _test_alertmanager_config(hook_url: str) -> str:
 
 @pytest.mark.integration
 def test_real_alertmanager_routes_sev1_to_pager_and_inhibits_lower_severities() -> None:
-    from detector.sinks.alertmanager import AlertmanagerSettings, AlertmanagerSink
+    from detector.config import AlertmanagerConfig
+    from detector.sinks.alertmanager import AlertmanagerSink, Tuning
 
     acme = {"tenant": "acme", "app": "support-agent", "environment": "production"}
     globex = {"tenant": "globex", "app": "support-agent", "environment": "production"}
     with svc.RecordingServer() as hook, svc.alertmanager(_test_alertmanager_config(hook.url)) as am:
-        settings = AlertmanagerSettings(urls=(am.url,), cohort_label_fields=tuple(acme),
-                                        poll_s=0.05)
+        config = AlertmanagerConfig(urls=[am.url], cohort_labels=list(acme))
         # Alertmanager notifies a new group at once when its alert started more than
         # group_wait ago, racing its inhibitor; so the sev1 goes first and is seen, and the
         # sev3s start now (group_wait applies), as when a cohort escalates in production.
-        now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        with AlertmanagerSink(settings) as sink:
+        now = datetime.now(UTC)
+        with AlertmanagerSink(config, tuning=Tuning(poll_s=0.05)) as sink:
             sink.emit(svc.sample_alert(id="p1", severity="sev1", cohort=acme))
             assert sink.flush(WAIT)
             svc.wait_until(lambda: svc.http_json(f"{am.url}/api/v2/alerts"), timeout=WAIT,

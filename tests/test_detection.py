@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from detector.config import Config
+from detector.core.alert import alert_record
 from detector.core.pipeline import Pipeline
 from tests.traffic import T0, stream
 
@@ -19,8 +20,8 @@ def run(config: Config, msgs: Iterable[bytes]) -> tuple[Pipeline, list[dict[str,
     pipe = Pipeline(config)
     alerts: list[dict[str, Any]] = []
     for m in msgs:
-        alerts += pipe.feed(m)
-    return pipe, alerts + pipe.finish()
+        alerts += map(alert_record, pipe.feed(m))
+    return pipe, alerts + [alert_record(a) for a in pipe.finish()]
 
 
 def firing(alerts: list[dict[str, Any]], signal: str) -> list[dict[str, Any]]:
@@ -105,7 +106,7 @@ def test_hard_rule_fires_at_the_offending_event(config) -> None:
     pipe = Pipeline(config)
     msgs = list(stream(10, per_minute=50, effect=lambda m, c: {"unauthorized": int(m == 5)}))
     for m in msgs:
-        out = pipe.feed(m)
+        out = [alert_record(a) for a in pipe.feed(m)]
         ev = orjson.loads(m)
         if ev.get("tool_authorized") is False:
             assert [(a["signal"], a["severity"]) for a in out] == [("unauthorized_tool_call",
@@ -133,14 +134,14 @@ def test_stage2_in_big_steps_pages_what_replay_pages(config) -> None:
 
     msgs = list(stream(60, effect=fx))
     pipe = Pipeline(config)
-    replayed = [a for m in msgs for a in pipe.feed(m)]
+    replayed = [alert_record(a) for m in msgs for a in pipe.feed(m)]
     sources, s2, hits = [Stage1(config), Stage1(config)], Stage2(config), []
     for i, s1 in enumerate(sources):          # two partitions, round-robin
         hits += s1.feed_many(msgs[i::2]).hits
         for p in s1.drain():
             s2.add_partial(p)
     wm = min(s.wm.closed for s in sources)
-    streamed = s2.apply(sorted(hits, key=lambda h: h.ts), wm)
+    streamed = [alert_record(a) for a in s2.apply(sorted(hits, key=lambda h: h.ts), wm)]
 
     def canon(alerts: list[dict[str, Any]]) -> list[bytes]:
         return sorted(orjson.dumps(a, option=orjson.OPT_SORT_KEYS) for a in alerts)
@@ -163,7 +164,7 @@ def test_a_hard_rule_alert_resolves_clean_windows_after_its_last_hit(config) -> 
     life.on_hit("unauthorized_tool_call", fin, cohort, 600.0, "a" * 32, None)
 
     def close(w: int) -> list[dict[str, Any]]:
-        return life.close_window(life.touch_hits(w * 60.0))
+        return [alert_record(a) for a in life.close_window(life.touch_hits(w * 60.0))]
 
     assert [a for w in range(10) for a in close(w)] == []   # windows before the hit
     assert close(10) == []                                  # the hit's own window
@@ -247,13 +248,14 @@ def test_state_survives_a_restart(config) -> None:
     _, whole = run(config, msgs)
     half = len(msgs) * 41 // 50              # just after the incident started
     pipe = Pipeline(config)
-    first = [a for m in msgs[:half] for a in pipe.feed(m)]
+    first = [alert_record(a) for m in msgs[:half] for a in pipe.feed(m)]
     blobs = [dump_route(pipe.stage2, r) for r in sorted(routes(pipe.stage2))]
     fresh = Pipeline(config)
     fresh.stage1 = pipe.stage1               # stage 1 is the source's own (replayed upstream)
     for blob in blobs:
         load_route(fresh.stage2, blob)
-    rest = [a for m in msgs[half:] for a in fresh.feed(m)] + fresh.finish()
+    rest = [alert_record(a) for a in [*(a for m in msgs[half:] for a in fresh.feed(m)),
+                                      *fresh.finish()]]
     assert first + rest == whole
     assert any(a["status"] == "firing" for a in rest)
 

@@ -27,6 +27,7 @@ import orjson
 import pytest
 
 from detector.config import Config
+from detector.core.alert import alert_record
 from detector.core.pipeline import Pipeline
 from tests.traffic import T0
 
@@ -95,9 +96,9 @@ def run(config: Config, batches: Iterator[list[bytes]]) -> list[dict[str, Any]]:
     pipe = Pipeline(config)
     alerts: list[dict[str, Any]] = []
     for msgs in batches:
-        alerts += pipe.feed_many(msgs)
+        alerts += map(alert_record, pipe.feed_many(msgs))
     assert pipe.rejects == []
-    return alerts + pipe.finish()
+    return alerts + [alert_record(a) for a in pipe.finish()]
 
 
 def _elapsed(alert: dict[str, Any], rise_from: int) -> int:

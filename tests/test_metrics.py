@@ -204,16 +204,16 @@ def test_alert_transitions_keep_active_consistent() -> None:
             "detector_alerts_emitted_total",
             {"severity": sev, "signal": "refusal_rate", "status": status}) or 0.0
 
-    a = {"id": "x", "signal": "refusal_rate", "status": "firing", "severity": "sev3"}
-    m.alert_transition(a, None)
-    m.alert_transition(dict(a, id="y"), None)
+    sig = "refusal_rate"
+    m.alert_transition(sig, "sev3", "firing", None)   # x
+    m.alert_transition(sig, "sev3", "firing", None)   # y
     assert active("sev3") == 2
-    m.alert_transition(dict(a, severity="sev2"), "sev3")  # x escalates
+    m.alert_transition(sig, "sev2", "firing", "sev3")  # x escalates
     assert (active("sev3"), active("sev2")) == (1, 1)
-    m.alert_transition(dict(a, severity="sev2", status="resolved"), "sev2")
-    m.alert_transition(dict(a, id="y", status="resolved"), "sev3")
+    m.alert_transition(sig, "sev2", "resolved", "sev2")
+    m.alert_transition(sig, "sev3", "resolved", "sev3")
     assert (active("sev3"), active("sev2")) == (0, 0)
-    m.alert_transition(dict(a, id="z", status="resolved"), None)  # never seen firing
+    m.alert_transition(sig, "sev3", "resolved", None)  # never seen firing
     assert active("sev3") == 0  # not negative
     assert emitted("sev3", "firing") == 2 and emitted("sev2", "firing") == 1
     assert emitted("sev2", "resolved") == 1 and emitted("sev3", "resolved") == 2
@@ -223,8 +223,7 @@ def test_signal_label_values_are_capped() -> None:
     registry = CollectorRegistry()
     m = Metrics(registry)
     for i in range(1_000):
-        m.alert_transition({"signal": f"safety_label_{i}", "status": "firing",
-                            "severity": "sev4"}, None)
+        m.alert_transition(f"safety_label_{i}", "sev4", "firing", None)
     signals = {s.labels["signal"] for f in registry.collect() if f.name == "detector_alerts_active"
                for s in f.samples}
     assert len(signals) <= 201 and "other" in signals

@@ -19,6 +19,7 @@ import pytest
 from msgspec import UNSET
 
 from detector.config import ConfigError, load_config, parse_config
+from detector.core.alert import Alert, alert_record
 from detector.core.events import REASONS, Rejection, TraceEvent
 from detector.core.otlp import OtlpDecoder, decoder_for
 from detector.core.pipeline import Pipeline
@@ -149,7 +150,7 @@ def test_prompt_text_reaches_no_event_alert_dead_letter_log_or_cache(
     pipe = Pipeline(CFG, dec)
     msgs = [traces_data(agent_spans(T0 + i * 20 * 10**9)) for i in range(12)]
     msgs.append(b"\x0a\x05" + MARK)   # a broken message made of prompt text
-    alerts = pipe.feed_many(msgs) + pipe.finish()
+    alerts = [alert_record(a) for a in pipe.feed_many(msgs) + pipe.finish()]
     assert any(a["signal"] == "unauthorized_tool_call" and a["severity"] == "sev1"
                for a in alerts)
     out = orjson.dumps(alerts) + b"".join(r.to_json() for r in pipe.rejects)
@@ -235,10 +236,10 @@ def test_a_single_message_proto_file_and_the_collectors_per_trace_split_replay_t
     assert list(read_proto_messages(io.BytesIO(framed), 1 << 20)) == split
 
     def alerts(msgs: list[bytes]) -> list[bytes]:
-        out: list[dict[str, object]] = []
+        out: list[Alert] = []
         replay(msgs, CFG, out.append, decoder=decoder_for("otlp_proto", CFG.input.otlp),
                binary=True)
-        return sorted(orjson.dumps(a, option=orjson.OPT_SORT_KEYS) for a in out)
+        return sorted(orjson.dumps(alert_record(a), option=orjson.OPT_SORT_KEYS) for a in out)
 
     assert alerts(whole) == alerts(split) != []
 
@@ -262,9 +263,9 @@ def test_native_and_otlp_traffic_give_the_same_alerts(tmp_path: Path) -> None:
     native = (tmp_path / "traces.jsonl").read_bytes().splitlines()
 
     def alerts(lines: list[bytes], fmt: str, binary: bool = False) -> list[dict[str, object]]:
-        out: list[dict[str, object]] = []
+        out: list[Alert] = []
         replay(lines, CFG, out.append, decoder=decoder_for(fmt, CFG.input.otlp), binary=binary)
-        return out
+        return [alert_record(a) for a in out]
 
     expected = alerts(native, "native")
     assert {a["signal"] for a in expected} >= {"unauthorized_tool_call", "secret_leak"}

@@ -10,6 +10,7 @@ import pytest
 
 from baselines.sequential import Cusum, nats_for, to_standard
 from detector.config import ConfigError, load_config, parse_config
+from detector.core.alert import alert_record
 from detector.core.pipeline import Pipeline
 from tests.traffic import T0, stream
 
@@ -63,8 +64,8 @@ def _alerts(config, lines) -> list[dict[str, Any]]:
     pipe = Pipeline(config)
     out: list[dict[str, Any]] = []
     for line in lines:
-        out += pipe.feed(line)
-    return out + pipe.finish()
+        out += map(alert_record, pipe.feed(line))
+    return out + [alert_record(a) for a in pipe.finish()]
 
 
 def _t(iso: str) -> float:
@@ -123,7 +124,7 @@ def test_a_spike_barely_moves_the_baseline(config) -> None:
 
 def test_a_forced_rebaseline_starts_afresh_once_and_keeps_the_rest(config) -> None:
     at = T0 + 300 * 60
-    from detector.core.lifecycle import iso
+    from detector.core.timestamps import rfc3339 as iso
     cfg = parse_config({**_doc(), "rebaseline": [
         {"at": iso(at), "match": {"tenant": "acme"}, "signals": ["output_tokens"]}]})
     lines = list(stream(360, per_minute=40, effect=_tokens(300, 1.6), seed=5))

@@ -17,6 +17,7 @@ from river import stats
 
 from baselines import codec
 from detector.core import snapshot as state
+from detector.core.alert import encode_alert
 from detector.core.pipeline import Pipeline
 from tests.traffic import stream
 
@@ -35,7 +36,7 @@ def _blob(doc: dict[str, Any]) -> bytes:
 def _follow(pipe: Pipeline) -> list[dict[str, Any]]:
     lines = gzip.decompress((V1 / "follow.jsonl.gz").read_bytes()).splitlines()
     alerts = [a for line in lines for a in pipe.feed(line)] + pipe.finish()
-    return json.loads(json.dumps(alerts))
+    return [json.loads(encode_alert(a)) for a in alerts]
 
 
 def _expected() -> list[dict[str, Any]]:

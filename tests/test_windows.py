@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from detector.core.aggregator import Aggregator
 from detector.core.events import decode
-from detector.core.partials import Partial, decode_partial, encode, merge
+from detector.core.partials import Partial, Versions, decode_partial, encode, merge
 from detector.core.signals import EVENTS, MODEL, REFUSAL
 
 HEX = "0123456789abcdef"
@@ -23,7 +23,8 @@ def partials(draw: st.DrawFn) -> Partial:
     top = draw(st.dictionaries(st.just(18), st.lists(st.tuples(
         st.integers(0, 10_000), _tid), max_size=5).map(sorted), max_size=1))
     versions = draw(st.dictionaries(st.sampled_from(
-        ["m\x1fv1\x1fp", "m\x1fv2\x1fp", "n\x1fv1\x1fp"]), st.integers(1, 9), max_size=3))
+        [Versions("m", "v1", "p"), Versions("m", "v2", "p"), Versions("n", "v1", "p")]),
+        st.integers(1, 9), max_size=3))
     return Partial(7, 1, ("acme", "agent", "production"), counts,
                    {k: _dedupe(v)[:4] for k, v in samples.items()},
                    {k: _dedupe(v)[-4:] for k, v in top.items()}, versions,
@@ -134,7 +135,7 @@ def test_version_combinations_are_counted_and_bounded_per_cohort_and_window(conf
         assert len(finest) == 1                       # one partial per cohort and window
         versions = finest[0].versions
         assert len(versions) == MAX_VERSION_COMBOS and sum(versions.values()) == 120
-        assert versions["m0\x1fv1\x1funknown"] == 3
+        assert versions[Versions("m0", "v1", "unknown")] == 3
         assert versions[OTHER_VERSIONS] == 120 - 3 * (MAX_VERSION_COMBOS - 1)
         assert finest[0].counts[EVENTS] == finest[0].counts[MODEL] == 120
 

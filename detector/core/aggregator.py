@@ -37,7 +37,7 @@ from detector.core.partials import (
     merge_into,
     merge_keyed,
     route_key,
-    version_name,
+    versions_of,
 )
 from detector.core.signals import (
     EVENTS,
@@ -47,7 +47,7 @@ from detector.core.watermark import Watermark
 
 __all__ = ["Aggregator"]
 
-_OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # joins to OTHER_VERSIONS
+_OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # its versions_of is OTHER_VERSIONS
 
 
 class Aggregator(Counting):
@@ -138,7 +138,7 @@ class Aggregator(Counting):
                 del self._combos[(w, cohort)]
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
-            p.versions = {version_name(full[nf:]): p.counts[EVENTS]}
+            p.versions = {versions_of(full[nf:]): p.counts[EVENTS]}
             merge_keyed(finest, (w, cohort), p, k)
         return self._roll_up(sorted(finest.values(), key=_pkey))
 

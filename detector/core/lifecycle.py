@@ -16,31 +16,26 @@ False
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
 from typing import Any
 
 from detector.config import Config
+from detector.core.alert import Alert, Evidence, SuspectedChange, Window
 from detector.core.scoring import Decision
 from detector.core.severity import RANK, classify
+from detector.core.timestamps import rfc3339, utc
 
-__all__ = ["Incident", "Lifecycle", "alert_id", "iso"]
+__all__ = ["Incident", "Lifecycle", "alert_id"]
 
 Key = tuple[str, int, tuple[str, ...]]   # (signal, level, cohort values)
 
 
-def iso(t: float) -> str:
-    """RFC 3339 in UTC with milliseconds."""
-    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
-
-
 def alert_id(signal: str, cohort: dict[str, str], start: float) -> str:
-    text = "|".join([signal, *(f"{k}={cohort[k]}" for k in sorted(cohort)), iso(start)])
+    text = "|".join([signal, *(f"{k}={cohort[k]}" for k in sorted(cohort)), rfc3339(start)])
     return "a-" + hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def _r(x: float | None) -> float | None:
-    return None if x is None else round(float(x), 6)
+def _r(x: float) -> float:
+    return round(float(x), 6)
 
 
 class Incident:
@@ -71,7 +66,8 @@ class Incident:
 
 
 class Lifecycle:
-    """Active alerts, keyed by (signal, level, cohort); emits alert dicts on transitions."""
+    """Active alerts, keyed by (signal, level, cohort); emits an :class:`Alert` on each
+    transition."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -98,7 +94,7 @@ class Lifecycle:
 
     def on_anomaly(self, level: int, cohort: tuple[str, ...], d: Decision, persistence: int,
                    window: tuple[float, float], evidence: list[str],
-                   suspected: dict[str, Any] | None, grouped: int) -> dict[str, Any] | None:
+                   suspected: dict[str, Any] | None, grouped: int) -> Alert | None:
         """An anomalous window of a (cohort, signal) that represents its incident."""
         key = (d.signal, level, cohort)
         inc = self.active.get(key)
@@ -116,7 +112,7 @@ class Lifecycle:
         inc.last_end = end
         inc.observed, inc.expected, inc.score, inc.threshold = (
             d.observed, d.expected, d.score, d.threshold)
-        inc.window = {"start": iso(start), "end": iso(end), "events": d.events}
+        inc.window = {"start": rfc3339(start), "end": rfc3339(end), "events": d.events}
         inc.persistence = persistence
         inc.grouped = max(inc.grouped, grouped)
         self._add_evidence(inc, evidence)
@@ -126,7 +122,7 @@ class Lifecycle:
         return None
 
     def on_hit(self, signal: str, level: int, cohort: tuple[str, ...], ts: float,
-               trace_id: str | None, suspected: dict[str, Any] | None) -> dict[str, Any] | None:
+               trace_id: str | None, suspected: dict[str, Any] | None) -> Alert | None:
         """A hard-rule hit: fires at the offending event; later hits extend the incident."""
         key = (signal, level, cohort)
         inc = self.active.get(key)
@@ -148,12 +144,12 @@ class Lifecycle:
         inc.severity = sev
         # Rule-only: no baseline; the score is the count of offending events, the rule value 1.
         inc.observed = inc.score = inc.threshold = 1.0
-        inc.window = {"start": iso(ts), "end": iso(ts), "events": 1}
+        inc.window = {"start": rfc3339(ts), "end": rfc3339(ts), "events": 1}
         inc.suspected = suspected
         self._add_evidence(inc, ids)
         return self._render(inc, "firing")
 
-    def close_window(self, touched: set[Key]) -> list[dict[str, Any]]:
+    def close_window(self, touched: set[Key]) -> list[Alert]:
         """After a window: every active alert not touched in it had a clean window."""
         out = []
         for key in sorted(self.active):
@@ -166,7 +162,7 @@ class Lifecycle:
                 out.append(self._render(inc, "resolved"))
         return out
 
-    def adopted(self, key: Key, window_end: float) -> dict[str, Any] | None:
+    def adopted(self, key: Key, window_end: float) -> Alert | None:
         """The baseline of this (signal, level, cohort) adopted the new level: its alert
         resolves now, saying so, rather than after clean windows that may never come."""
         inc = self.active.get(key)
@@ -183,7 +179,7 @@ class Lifecycle:
         return {k for k, inc in self.active.items()
                 if inc.rule and window_start <= inc.last_end}
 
-    def _render(self, inc: Incident, status: str, adopted: bool = False) -> dict[str, Any]:
+    def _render(self, inc: Incident, status: str, adopted: bool = False) -> Alert:
         sc = self.config.signal(inc.signal)
         sus = inc.suspected
         cohort_txt = " ".join(f"{k}={v}" for k, v in inc.cohort.items())
@@ -203,28 +199,29 @@ class Lifecycle:
             summary = "RESOLVED " + summary
             if adopted:
                 summary += "; the baseline adopted the new level"
-        alert: dict[str, Any] = {
-            "id": inc.id,
-            "status": status,
-            "severity": inc.severity,
-            "signal": inc.signal,
-            "cohort": dict(inc.cohort),
-            "starts_at": iso(inc.starts_at),
-            "ends_at": iso(inc.last_end) if status == "resolved" else None,
-            "observed": _r(inc.observed),
-            "expected": _r(inc.expected),
-            "score": _r(inc.score),
-            "threshold": _r(inc.threshold),
-            "window": dict(inc.window),
-            "suspected_change": dict(sus) if sus else None,
-            "evidence": {"trace_ids": list(inc.evidence)},
-            "summary": summary,
-            "runbook_url": sc.runbook_url,
-            "actions": list(sc.actions.get(inc.severity, [])),  # type: ignore[call-overload]
-            "persistence": inc.persistence,
-        }
-        if inc.grouped:
-            alert["grouped_cohorts"] = inc.grouped
-        if status == "resolved":
-            alert["resolution"] = "baseline_adopted" if adopted else "clean_windows"
-        return alert
+        resolved = status == "resolved"
+        w = inc.window
+        return Alert(
+            id=inc.id,
+            status="resolved" if resolved else "firing",
+            severity=inc.severity,  # type: ignore[arg-type]
+            signal=inc.signal,
+            cohort=dict(inc.cohort),
+            starts_at=utc(inc.starts_at),
+            ends_at=utc(inc.last_end) if resolved else None,
+            observed=_r(inc.observed),
+            expected=None if inc.expected is None else _r(inc.expected),
+            score=_r(inc.score),
+            threshold=_r(inc.threshold),
+            window=Window(start=w["start"], end=w["end"], events=w["events"]),
+            suspected_change=(SuspectedChange(field=sus["field"], baseline=sus["baseline"],
+                                              now=sus["now"]) if sus else None),
+            evidence=Evidence(trace_ids=list(inc.evidence)),
+            summary=summary,
+            runbook_url=sc.runbook_url,
+            actions=list(sc.actions.get(inc.severity, [])),  # type: ignore[call-overload]
+            persistence=inc.persistence,
+            grouped_cohorts=inc.grouped,
+            resolution=(("baseline_adopted" if adopted else "clean_windows") if resolved
+                        else None),
+        )

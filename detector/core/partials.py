@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Hashable, Iterable
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 import msgspec
 from msgspec import UNSET, Struct
@@ -30,18 +30,21 @@ __all__ = [
     "TOP_K",
     "UNKNOWN",
     "VERSION_FIELDS",
+    "LegacyPartial",
     "Partial",
+    "Versions",
     "bottom",
     "cap_versions",
     "combine",
     "decode_partial",
     "empty_partial",
     "encode",
+    "legacy_versions",
     "merge",
     "merge_into",
     "merge_keyed",
     "route_key",
-    "version_name",
+    "versions_of",
 ]
 
 UNKNOWN: Final = "unknown"
@@ -53,19 +56,37 @@ SCALE: Final = 1024
 #: outputs); an alert gathers them over its windows up to the contract's 20.
 TOP_K: Final = 5
 MAX_VERSION_COMBOS: Final = 16
-#: An event's version combination, named in Partial.versions by :func:`version_name`.
-VERSION_FIELDS: Final = ("model_version", "prompt_version", "policy_version")
-SEP: Final = "\x1f"   # between the values of a version combination or a route key
-OTHER_VERSIONS: Final = SEP.join((UNKNOWN, UNKNOWN, UNKNOWN))
+SEP: Final = "\x1f"   # between the values of a route key
 
 
-def version_name(values: Iterable[object]) -> str:
-    """A version combination as a key of ``Partial.versions``; absent fields as "unknown".
+class Versions(NamedTuple):
+    """An event's version combination: a key of ``Partial.versions`` and ``RuleHit.versions``
+    (msgpack: an array of three strings)."""
 
-    >>> version_name(("m1", UNSET, "p2")).split(SEP)
-    ['m1', 'unknown', 'p2']
+    model_version: str
+    prompt_version: str
+    policy_version: str
+
+
+VERSION_FIELDS: Final = Versions._fields
+OTHER_VERSIONS: Final = Versions(UNKNOWN, UNKNOWN, UNKNOWN)
+
+
+def versions_of(values: Iterable[object]) -> Versions:
+    """An event's version combination; absent fields as "unknown".
+
+    >>> versions_of(("m1", UNSET, "p2"))
+    Versions(model_version='m1', prompt_version='unknown', policy_version='p2')
     """
-    return SEP.join(UNKNOWN if v is UNSET else v for v in values)  # type: ignore[misc]
+    return Versions(*(UNKNOWN if v is UNSET else v for v in values))  # type: ignore[arg-type]
+
+
+def legacy_versions(name: str) -> Versions:
+    """A combination as e45989b..667b114 named it, "model\x1fprompt\x1fpolicy" (old state,
+    envelopes and held hits still carry it); a value holding the separator stays whole."""
+    m, _, rest = name.partition(SEP)
+    pr, _, po = rest.partition(SEP)
+    return Versions(m, pr, po)
 
 
 class Partial(Struct, array_like=True):
@@ -77,12 +98,24 @@ class Partial(Struct, array_like=True):
     counts: list[int]                # exact integers: merging is order-free
     samples: dict[int, list[str]]    # counter -> smallest trace ids of flagged events
     top: dict[int, list[tuple[int, str]]]  # quantity counter -> largest (value, trace id)
-    versions: dict[str, int]         # "model\x1fprompt\x1fpolicy" -> events
+    versions: dict[Versions, int]    # version combination -> events
     route: str = ""                  # stage-2 partition key: the root-level cohort
+
+
+class LegacyPartial(Partial):
+    """A partial as written before :class:`Versions` (combinations as joined strings)."""
+
+    versions: dict[str, int]  # type: ignore[assignment]
+
+    def upgrade(self) -> Partial:
+        versions = {legacy_versions(k): n for k, n in self.versions.items()}
+        return Partial(self.window, self.level, self.cohort, self.counts, self.samples,
+                       self.top, versions, self.route)
 
 
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(Partial)
+_legacy_dec = msgspec.msgpack.Decoder(LegacyPartial)
 
 
 def encode(p: Partial) -> bytes:
@@ -90,7 +123,11 @@ def encode(p: Partial) -> bytes:
 
 
 def decode_partial(data: bytes) -> Partial:
-    return _dec.decode(data)
+    """A partial from msgpack; one written before :class:`Versions` is upgraded."""
+    try:
+        return _dec.decode(data)
+    except msgspec.ValidationError:
+        return _legacy_dec.decode(data).upgrade()
 
 
 def route_key(root_values: tuple[str, ...]) -> str:
@@ -140,8 +177,8 @@ def merge_keyed(acc: dict[K, Partial], key: K, p: Partial, k: int) -> None:
 
 def combine(partials: Iterable[Partial], k: int) -> list[Partial]:
     """One partial per (window, level, cohort): the sources a stage-1 worker reads hand out
-    one each; merged before they cross the wire, stage 2 gets about a third of the bytes
-    from a worker of four partitions (bench/stage2_input.py) and merges nothing of theirs.
+    one each; merged before they cross the wire, stage 2 gets fewer bytes and merges nothing
+    of theirs (bench/stage2_input.py).
     Merges into the first of each key (the others are consumed).
 
     >>> a = empty_partial(0, 1, ("t1",), 2); a.counts[0] = 2
@@ -156,7 +193,7 @@ def combine(partials: Iterable[Partial], k: int) -> list[Partial]:
     return list(out.values())
 
 
-def cap_versions(versions: dict[str, int]) -> None:
+def cap_versions(versions: dict[Versions, int]) -> None:
     if len(versions) <= MAX_VERSION_COMBOS:
         return
     # Keep the most common combinations; ties broken by name so the result is order-free.

@@ -7,9 +7,10 @@ both give the same alerts.
 from __future__ import annotations
 
 from operator import attrgetter
-from typing import Any, Final
+from typing import Final
 
 from detector.config import Config
+from detector.core.alert import Alert
 from detector.core.events import Rejection
 from detector.core.otlp import Decoder
 from detector.core.stage1 import Stage1
@@ -21,7 +22,7 @@ _TS: Final = attrgetter("ts")
 
 
 class Pipeline:
-    """Stage 1 and stage 2 in one process: bytes in, alert dicts out."""
+    """Stage 1 and stage 2 in one process: bytes in, alerts out."""
 
     def __init__(self, config: Config, decoder: Decoder | None = None) -> None:
         self.stage1 = Stage1(config, decoder=decoder)
@@ -32,10 +33,10 @@ class Pipeline:
         self.late = 0
         self.messages = 0
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes) -> list[Alert]:
         return self.feed_many([data])
 
-    def feed_many(self, messages: list[bytes]) -> list[dict[str, Any]]:
+    def feed_many(self, messages: list[bytes]) -> list[Alert]:
         """Feed messages in order; returns the alert emissions they caused."""
         out = self.stage1.feed_many(messages)
         self.messages += len(messages)
@@ -55,7 +56,7 @@ class Pipeline:
                 watermark = wm.closed
         return self.stage2.apply(sorted(out.hits, key=_TS), watermark)
 
-    def finish(self) -> list[dict[str, Any]]:
+    def finish(self) -> list[Alert]:
         """End of input: count what the event clock still held (or dead-letter it), then close
         every window input ran to the end of (:meth:`Aggregator.drain_complete`). The window
         it stopped in is not scored, as a stream never scores it before its end passes."""

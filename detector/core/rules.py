@@ -22,9 +22,16 @@ from msgspec import UNSET, Struct
 
 from detector.config import Config
 from detector.core.events import TraceEvent
-from detector.core.partials import UNKNOWN, VERSION_FIELDS, route_key, version_name
+from detector.core.partials import (
+    UNKNOWN,
+    VERSION_FIELDS,
+    Versions,
+    legacy_versions,
+    route_key,
+    versions_of,
+)
 
-__all__ = ["HardRules", "RuleHit", "decode_hit", "encode_hit"]
+__all__ = ["HardRules", "LegacyHit", "RuleHit", "decode_hit", "encode_hit"]
 
 _WRITE = frozenset({"write", "external"})
 
@@ -36,13 +43,24 @@ class RuleHit(Struct, array_like=True, frozen=True):
     cohort: tuple[str, ...]
     ts: float
     trace_id: str | None
-    versions: str   # "model\x1fprompt\x1fpolicy" of the event
+    versions: Versions   # of the event
     route: str      # stage-2 partition key (see detector.core.partials.route_key)
+
+
+class LegacyHit(RuleHit, frozen=True):
+    """A hit as written before :class:`Versions` ("model\x1fprompt\x1fpolicy")."""
+
+    versions: str  # type: ignore[assignment]
+
+    def upgrade(self) -> RuleHit:
+        return RuleHit(self.signal, self.cohort, self.ts, self.trace_id,
+                       legacy_versions(self.versions), self.route)
 
 
 _versions = attrgetter(*VERSION_FIELDS)
 _enc = msgspec.msgpack.Encoder()
 _dec = msgspec.msgpack.Decoder(RuleHit)
+_legacy_dec = msgspec.msgpack.Decoder(LegacyHit)
 
 
 def encode_hit(h: RuleHit) -> bytes:
@@ -50,7 +68,11 @@ def encode_hit(h: RuleHit) -> bytes:
 
 
 def decode_hit(data: bytes) -> RuleHit:
-    return _dec.decode(data)
+    """A hit from msgpack; one written before :class:`Versions` is upgraded."""
+    try:
+        return _dec.decode(data)
+    except msgspec.ValidationError:
+        return _legacy_dec.decode(data).upgrade()
 
 
 class HardRules:
@@ -93,7 +115,7 @@ class HardRules:
             return []
         key = (self._key(ev),) if self._single else self._key(ev)
         cohort = tuple(UNKNOWN if v is UNSET else v for v in key)
-        versions = version_name(_versions(ev))
+        versions = versions_of(_versions(ev))
         tid = None if ev.trace_id is UNSET else ev.trace_id
         route = route_key(tuple(cohort[i] for i in self._root))  # type: ignore[misc]
         return [RuleHit(s, cohort, ev.ts, tid, versions, route)  # type: ignore[arg-type]

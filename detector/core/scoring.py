@@ -22,7 +22,7 @@ from baselines.rate import RateBaseline
 from baselines.sequential import ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
-from detector.core.partials import SCALE, Partial
+from detector.core.partials import SCALE, Partial, Versions
 from detector.core.signals import EVENTS, Signal, layout_of, matches
 
 __all__ = ["CohortModel", "Decision", "Scorer"]
@@ -90,14 +90,14 @@ class CohortModel:
         b = self.baselines.get("volume")
         return b is not None and b.n >= 5 and b.expected(t) >= 2.0  # type: ignore[call-arg]
 
-    def learn_versions(self, versions: dict[str, int], window: int) -> None:
+    def learn_versions(self, versions: dict[Versions, int], window: int) -> None:
         """Remember which version values this cohort normally sees, and since when."""
         total = sum(versions.values()) or 1
         for i, known in enumerate(self.versions):
             for entry in known.values():
                 entry[0] *= 0.98
             for combo, n in versions.items():
-                v = combo.split("\x1f")[i]
+                v = combo[i]
                 entry = known.get(v)
                 if entry is None:
                     known[v] = [n / total, window]

@@ -95,8 +95,8 @@ def dump_route(s: Stage2, route: str) -> bytes:
     ]
     doc = msgspec.msgpack.encode({"v": FORMAT, "next_window": s.next_window, "models": models,
                                   "pending": pending, "alerts": alerts})
-    # Baselines repeat their shape: level-1 zlib shrinks a busy route key ~10x for about a
-    # millisecond (bench/state.py), and this is rewritten on every change.
+    # Baselines repeat their shape: level-1 zlib shrinks a busy route key several-fold for
+    # little time (bench/state.py measures both), and this is rewritten on every change.
     return zlib.compress(doc, 1)
 
 

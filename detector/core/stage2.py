@@ -1,9 +1,9 @@
-"""Stage 2 of the detection core, per route key (the root-level cohort).
+"""Stage 2 of the detection core, for the route keys (root-level cohorts) handed to it.
 
 It merges the partials stage 1 (:mod:`detector.core.stage1`) sends, closes windows on a
 watermark, scores them, groups children under a parent, names the suspected change and the
 evidence, and drives the alert lifecycle. No Kafka or Faust import here: drivers feed partials
-and hard-rule hits in and take alert dicts out.
+and hard-rule hits in and take :class:`~detector.core.alert.Alert` emissions out.
 """
 
 from __future__ import annotations
@@ -15,11 +15,13 @@ from operator import attrgetter
 from typing import Any, Final
 
 from detector.config import Config
+from detector.core.alert import Alert
 from detector.core.lifecycle import Key, Lifecycle
 from detector.core.partials import (
     UNKNOWN,
     VERSION_FIELDS,
     Partial,
+    Versions,
     empty_partial,
     merge_keyed,
     route_key,
@@ -39,7 +41,8 @@ MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not wal
 
 
 class Stage2:
-    """Per-route-key detection: windows, scores, grouping and the alert lifecycle."""
+    """Detection for the route keys fed to it (a parent cohort and all its children always
+    share one): windows, scores, grouping and the alert lifecycle."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -74,13 +77,13 @@ class Stage2:
             return
         merge_keyed(self.pending.setdefault(p.window, {}), (p.level, p.cohort), p, self.k)
 
-    def apply(self, hits: list[RuleHit], watermark: float | None) -> list[dict[str, Any]]:
+    def apply(self, hits: list[RuleHit], watermark: float | None) -> list[Alert]:
         """Hard-rule hits (in event time) and the closing of windows up to ``watermark``
         (None: none), in the order one in-order source would see them: a hit at ``ts`` after
         the windows that end by ``ts`` minus the allowed lateness (that source's watermark when
         the event came), before the later ones. A stream that hands stage 2 a backlog in large
         steps then pages what a replay of the same events pages."""
-        out: list[dict[str, Any]] = []
+        out: list[Alert] = []
         for h in hits:
             if watermark is not None:
                 out += self.advance(min(self.wm.at(h.ts), watermark))
@@ -89,14 +92,14 @@ class Stage2:
             out += self.advance(watermark)
         return out
 
-    def _hit(self, h: RuleHit) -> list[dict[str, Any]]:
+    def _hit(self, h: RuleHit) -> list[Alert]:
         fin = len(self.levels) - 1
         model = self.models.get((fin, h.cohort))
         sus = self._suspect(model, {h.versions: 1}, int(h.ts // self.size))
         a = self.life.on_hit(h.signal, fin, h.cohort, h.ts, h.trace_id, sus)
         return [a] if a else []
 
-    def advance(self, watermark: float) -> list[dict[str, Any]]:
+    def advance(self, watermark: float) -> list[Alert]:
         """Close every window that ends at or before ``watermark``; return alert emissions."""
         if not math.isfinite(watermark):
             return []   # stage 1 lets no such time through; nothing to close by it
@@ -105,7 +108,7 @@ class Stage2:
             if not self.pending:
                 return []
             self.next_window = min(self.pending)
-        out: list[dict[str, Any]] = []
+        out: list[Alert] = []
         while self.next_window < upto:
             if upto - self.next_window > MAX_GAP_WINDOWS:
                 # A long silence (or a far-future timestamp): close the windows that have
@@ -125,7 +128,7 @@ class Stage2:
             return None
         return level - 1, tuple(cohort[i] for i in self._up[level])
 
-    def _close(self, w: int) -> list[dict[str, Any]]:
+    def _close(self, w: int) -> list[Alert]:
         parts = self.pending.pop(w, {})
         t0 = w * self.size
         t1 = t0 + self.size
@@ -153,7 +156,7 @@ class Stage2:
                 for d in ds:
                     self.on_decision(w, key[0], key[1], d)
         reps = self._representatives(decisions)
-        out: list[dict[str, Any]] = []
+        out: list[Alert] = []
         for a_key in adopted:
             reps.pop(((a_key[1], a_key[2]), a_key[0]), None)
             a = self.life.adopted(a_key, t1)
@@ -223,7 +226,7 @@ class Stage2:
             return list(p.samples.get(sig.num, []))
         return list(p.samples.get(EVENTS, []))
 
-    def _suspect(self, model: CohortModel | None, versions: dict[str, int], window: int
+    def _suspect(self, model: CohortModel | None, versions: dict[Versions, int], window: int
                  ) -> dict[str, str | None] | None:
         """The first rollback candidate: among version values with enough of this window's
         traffic, one the baseline does not know, else one first seen within the look-back
@@ -238,7 +241,7 @@ class Stage2:
                 continue
             share: dict[str, int] = {}
             for combo, n in versions.items():
-                v = combo.split("\x1f")[i]
+                v = combo[i]
                 if v != UNKNOWN:
                     share[v] = share.get(v, 0) + n
             for v, n in share.items():

@@ -43,6 +43,8 @@ from typing import Any, Final
 
 import orjson
 
+from detector.core.timestamps import rfc3339
+
 __all__ = ["add_arguments", "evaluate", "render", "run"]
 
 SEVERITIES: Final = ("sev1", "sev2", "sev3", "sev4")
@@ -59,10 +61,6 @@ def _time(value: object) -> datetime:
         raise ValueError(f"not a timestamp: {value!r}")
     ts = datetime.fromisoformat(value)
     return ts if ts.tzinfo is not None else ts.replace(tzinfo=UTC)
-
-
-def _iso(ts: datetime) -> str:
-    return ts.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 @dataclass
@@ -230,11 +228,11 @@ def _row(inc: dict[str, Any], hits: list[_Alert], window: float, true_ids: set[s
     return {
         "id": inc["id"], "scenario": inc.get("scenario"), "kind": inc["kind"],
         "cohort": inc["cohort"], "signals": inc["signals"],
-        "start": _iso(inc["_start"]), "end": _iso(inc["_end"]),
+        "start": rfc3339(inc["_start"]), "end": rfc3339(inc["_end"]),
         "detected": bool(hits) and not benign,
         "alert_ids": [a.id for a in hits],
         "ttd_seconds": ttd,
-        "drift_point": _iso(point),
+        "drift_point": rfc3339(point),
         "ttd_windows": max(0, math.ceil(late / window)) if late is not None else None,
         "expected_severity": expected,
         "max_severity": worst,

@@ -23,12 +23,15 @@ from operator import attrgetter
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
+
 from detector.config import Config, ConfigError
+from detector.core.alert import Alert
 from detector.core.events import Rejection, too_large
-from detector.core.lifecycle import iso
 from detector.core.otlp import Decoder, decoder_for
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import Decision
+from detector.core.timestamps import rfc3339
 from detector.lab.tracefile import (
     Oversized,
     TraceFileError,
@@ -95,7 +98,7 @@ def score_record(config: Config, window: int, level: int, cohort: tuple[str, ...
 'environment': 'prod'}, True)
     """
     size = config.windows.size_seconds
-    return {"window_start": iso(window * size), "window_end": iso((window + 1) * size),
+    return {"window_start": rfc3339(window * size), "window_end": rfc3339((window + 1) * size),
             "level": level, "cohort": dict(zip(config.cohorts.levels[level], cohort, strict=True)),
             **d._asdict()}
 
@@ -103,7 +106,7 @@ def score_record(config: Config, window: int, level: int, cohort: tuple[str, ...
 def replay(
     lines: Iterable[bytes | Oversized],
     config: Config,
-    emit: Callable[[dict[str, Any]], None],
+    emit: Callable[[Alert], None],
     *,
     dead_letter: IO[bytes] | None = None,
     progress: IO[str] | None = None,
@@ -126,10 +129,10 @@ def replay(
     ids: set[str] = set()
     start = last = clock()
 
-    def handle(alerts: list[dict[str, Any]]) -> None:
+    def handle(alerts: list[Alert]) -> None:
         for a in alerts:
-            s.alerts[(a["severity"], a["signal"])] += 1
-            ids.add(a["id"])
+            s.alerts[(a.severity, a.signal)] += 1
+            ids.add(a.id)
             emit(a)
 
     def flush_rejects() -> None:
@@ -215,26 +218,29 @@ def run(args: argparse.Namespace) -> int:
                               if args.alerts_out else sys.stdout.buffer)
             dlq = (stack.enter_context(Path(args.dead_letter).open("wb"))
                    if args.dead_letter else None)
-            scored = (JsonlSink(stack.enter_context(Path(args.scores_out).open("wb")))
+            scored = (stack.enter_context(Path(args.scores_out).open("wb"))
                       if args.scores_out else None)
         except OSError as e:
             print(f"detector replay: {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
         sink = JsonlSink(out)
+
+        def score(rec: dict[str, Any]) -> None:
+            if scored is not None:
+                scored.write(orjson.dumps(rec) + b"\n")
+
         try:
             read = read_proto_messages if fmt == "otlp_proto" else read_lines
             lines = read(open_traces(src, args.path), config.input.max_message_bytes)
             summary = replay(lines, config, sink.emit, dead_letter=dlq,
                              progress=None if args.quiet else sys.stderr,
-                             scores=scored.emit if scored else None, decoder=decoder,
+                             scores=score if scored else None, decoder=decoder,
                              binary=fmt == "otlp_proto")
         except TraceFileError as e:
             print(f"detector replay: {args.path}: {e}", file=sys.stderr)
             return 2
         finally:
             sink.flush()
-            if scored:
-                scored.flush()
     if not args.quiet:
         print(summary.table(), file=sys.stderr)
     return 0

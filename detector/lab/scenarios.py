@@ -20,8 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
-__all__ = ["APPS", "DEFAULT_SCENARIOS", "SCENARIOS", "WARMUP_S", "AppProfile",
-           "Cohort", "Incident", "Scenario", "World", "cycle_factor", "daily_factor", "overlaps",
+__all__ = ["APPS", "DEFAULT_SCENARIOS", "SCENARIOS", "WARMUP_S", "AppProfile", "Cohort",
+           "PlannedIncident", "Scenario", "World", "cycle_factor", "daily_factor", "overlaps",
            "plan", "signals_config"]
 
 WARMUP_S: Final = 3600.0  # clean traffic before the first incident, for baselines to learn
@@ -256,8 +256,9 @@ DEFAULT_SCENARIOS: Final = tuple(SCENARIOS)[:tuple(SCENARIOS).index("benign_depl
 
 
 @dataclass
-class Incident:
-    """One planned incident; the generator fills in what actually happened (offending events)."""
+class PlannedIncident:
+    """One planned incident (the simulator's ground truth; the detector's own incident state is
+    detector.core.lifecycle.Incident); the generator fills in what happened (offending events)."""
 
     scenario: Scenario
     start: float  # epoch seconds; for hard rules the planned time of the first offending event
@@ -423,10 +424,10 @@ def _durations(sc: Scenario, u: float, c: float) -> tuple[float, float]:
 
 def _try_plan(names: list[str], us: list[tuple[float, float]], world: World, k: float,
               seed: int, t0: float, t_end: float, c: float,
-              stretch: float) -> list[Incident] | None:
+              stretch: float) -> list[PlannedIncident] | None:
     rng = random.Random(f"{seed}:plan")
     queue = list(range(len(names)))
-    placed: list[Incident] = []
+    placed: list[PlannedIncident] = []
     lanes = [t0, t0 + 300.0]  # two lanes: at most two incidents active at once
     used = [False, False]
     while queue:
@@ -447,7 +448,7 @@ def _try_plan(names: list[str], us: list[tuple[float, float]], world: World, k: 
             cohort = _pick_cohort(rng, world, k, sc, start, end, busy)
             if cohort is None:
                 continue
-            inc = Incident(sc, start, end, cohort, ramp_end=start + ramp if ramp else None)
+            inc = PlannedIncident(sc, start, end, cohort, ramp_end=start + ramp if ramp else None)
             if sc.kind == "hard_rule":
                 n = rng.randint(3, 6)
                 later = sorted(start + rng.uniform(1.0, dur) for _ in range(n - 1))
@@ -467,7 +468,7 @@ def _try_plan(names: list[str], us: list[tuple[float, float]], world: World, k: 
 
 
 def plan(names: list[str], world: World, k: float, seed: int, start: float,
-         end: float) -> list[Incident]:
+         end: float) -> list[PlannedIncident]:
     """Place ``names`` after the warm-up, compressing spacing when time is short.
 
     ``k`` is the trace rate at daily factor 1 (see :meth:`World.trace_rate`).
@@ -506,19 +507,19 @@ def plan(names: list[str], world: World, k: float, seed: int, start: float,
     return _number(whole + placed)
 
 
-def _number(placed: list[Incident]) -> list[Incident]:
+def _number(placed: list[PlannedIncident]) -> list[PlannedIncident]:
     placed.sort(key=lambda p: (p.start, p.scenario.name))
     for n, p in enumerate(placed, 1):
         p.id = f"inc-{n:02d}"
     return placed
 
 
-def _whole_file(sc: Scenario, world: World, seed: int, start: float, end: float) -> Incident:
+def _whole_file(sc: Scenario, world: World, seed: int, start: float, end: float) -> PlannedIncident:
     """A scenario that holds from the first event to the last, on one app (its own draw, so
     the other incidents' plan does not change)."""
     rng = random.Random(f"{seed}:{sc.name}")
     apps = sorted({c[1] for c in world.cohorts if c[1] in sc.apps and c[2] == sc.env})
-    return Incident(sc, start, end, (None, rng.choice(apps), sc.env))
+    return PlannedIncident(sc, start, end, (None, rng.choice(apps), sc.env))
 
 
 def _min_hours(names: list[str]) -> float:
@@ -526,7 +527,7 @@ def _min_hours(names: list[str]) -> float:
     return math.ceil((WARMUP_S + lane + TAIL_S) / 1800) / 2
 
 
-def _assign_versions(placed: list[Incident], world: World, seed: int) -> None:
+def _assign_versions(placed: list[PlannedIncident], world: World, seed: int) -> None:
     """Give each incident (not blip or hard rules) its new version; benign deploys persist."""
     current = {a: dict(p.versions) for a, p in world.apps.items()}
     bumps: dict[tuple[str, str], int] = {}

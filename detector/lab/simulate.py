@@ -33,20 +33,21 @@ from typing import Any, Final
 
 import orjson
 
+from detector.core.timestamps import rfc3339
 from detector.lab.scenarios import (
     DEFAULT_SCENARIOS,
     SCENARIOS,
     WARMUP_S,
     Cohort,
     Effect,
-    Incident,
+    PlannedIncident,
     Scenario,
     World,
     cycle_factor,
     daily_factor,
     plan,
 )
-from detector.lab.tracefile import TraceWriter, rfc3339
+from detector.lab.tracefile import TraceWriter
 
 __all__ = ["SCENARIOS", "Scenario", "add_arguments", "run", "simulate"]
 
@@ -76,7 +77,7 @@ class _Profile:
                  "p_safety", "pois_l", "safety_always", "tools", "volume", *_NUM)
 
     def __init__(self, world: World, c: Cohort, versions: dict[str, str],
-                 inc: Incident | None, intensity: float, burst: bool,
+                 inc: PlannedIncident | None, intensity: float, burst: bool,
                  normal: Effect = ()) -> None:
         app = world.apps[c[1]]
         for name in _NUM:
@@ -112,7 +113,7 @@ class _Profile:
 class _Generator:
     """Poisson arrivals of traces over cohorts; each trace becomes 1..n events."""
 
-    def __init__(self, world: World, k: float, incidents: list[Incident],
+    def __init__(self, world: World, k: float, incidents: list[PlannedIncident],
                  bursts: list[tuple[float, float, str]], writer: TraceWriter, seed: int) -> None:
         self.world, self.k, self.writer = world, k, writer
         rng = random.Random(f"{seed}:traffic")
@@ -184,7 +185,7 @@ class _Generator:
             put(ts_ms, ev)
 
     def run(self, start: float, end: float, changes: list[float],
-            forced: list[tuple[float, Incident]]) -> None:
+            forced: list[tuple[float, PlannedIncident]]) -> None:
         rnd, cum, expo = self.rnd, self.cum, self.rng.expovariate
         ci = fi = 0
         sec = math.floor(start)
@@ -215,7 +216,7 @@ class _Generator:
         self.flush(end * 1000.0)  # events past the end of the run are dropped
         self.heap.clear()
 
-    def trace(self, t: float, p: _Profile, force: Incident | None) -> None:
+    def trace(self, t: float, p: _Profile, force: PlannedIncident | None) -> None:
         rnd, gauss, bits, exp, push = self.rnd, self.gauss, self.bits, math.exp, self.push
         tid = f"{bits(128):032x}"
         base = p.home if rnd() >= 0.05 else p.alt
@@ -344,14 +345,14 @@ class _Generator:
                 for i, (name, mu) in enumerate(p.evals)}
 
     @staticmethod
-    def _offended(inc: Incident, ts_ms: int, tid: str) -> None:
+    def _offended(inc: PlannedIncident, ts_ms: int, tid: str) -> None:
         inc.first_ms = ts_ms if inc.first_ms is None else min(inc.first_ms, ts_ms)
         inc.last_ms = ts_ms if inc.last_ms is None else max(inc.last_ms, ts_ms)
         if len(inc.trace_ids) < 20:
             inc.trace_ids.append(tid)
 
 
-def _bursts(rng: random.Random, world: World, incidents: list[Incident], start: float,
+def _bursts(rng: random.Random, world: World, incidents: list[PlannedIncident], start: float,
             end: float) -> list[tuple[float, float, str]]:
     """A few benign x2 volume bursts of 1-3 minutes on whole apps, away from incidents."""
     apps = sorted({c[1] for c in world.cohorts})
@@ -368,7 +369,7 @@ def _bursts(rng: random.Random, world: World, incidents: list[Incident], start: 
     return sorted(out)
 
 
-def _drift_point(inc: Incident) -> float:
+def _drift_point(inc: PlannedIncident) -> float:
     """When the labelled signal has moved half-way to its incident level: the centre of its
     transition, where river's ``ConceptDriftStream`` puts a gradual drift. The start for a
     step; the middle of a ramp; for overrides, which come OVERRIDE_LAG_S after the answers
@@ -380,7 +381,7 @@ def _drift_point(inc: Incident) -> float:
     return inc.start
 
 
-def _label(inc: Incident) -> dict[str, Any]:
+def _label(inc: PlannedIncident) -> dict[str, Any]:
     sc = inc.scenario
     start_ms, end_ms = round(inc.start * 1000), round(inc.end * 1000)
     if sc.kind == "hard_rule" and inc.first_ms is not None and inc.last_ms is not None:
@@ -390,9 +391,9 @@ def _label(inc: Incident) -> dict[str, Any]:
     change = inc.change
     return {
         "id": inc.id, "scenario": sc.name, "kind": sc.kind, "signals": list(sc.signals),
-        "cohort": cohort, "start": rfc3339(start_ms), "end": rfc3339(end_ms),
+        "cohort": cohort, "start": rfc3339(start_ms / 1000), "end": rfc3339(end_ms / 1000),
         "expected_severity": sc.expected,
-        **({"drift_point": rfc3339(round(_drift_point(inc) * 1000))}
+        **({"drift_point": rfc3339(round(_drift_point(inc) * 1000) / 1000)}
            if sc.kind == "drift" else {}),
         **({"max_severity": sc.max_severity} if sc.max_severity else {}),
         **({"max_firing_seconds": sc.max_firing_s} if sc.max_firing_s else {}),
@@ -437,14 +438,15 @@ def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
         gen.run(t0, t1, [c for c in changes if c > t0], forced)
         writer.close()
     labels = {
-        "seed": seed, "hours": hours, "rate": rate, "start": rfc3339(round(t0 * 1000)),
-        "end": rfc3339(round(t1 * 1000)), "events": writer.events,
+        "seed": seed, "hours": hours, "rate": rate, "start": rfc3339(round(t0 * 1000) / 1000),
+        "end": rfc3339(round(t1 * 1000) / 1000), "events": writer.events,
         "malformed_lines": writer.malformed, "window_hint_seconds": 60,
         **({"tenants": tenants} if tenants != 40 else {}),
         "warmup_seconds": WARMUP_S,
         "incidents": [_label(i) for i in incidents],
         "bursts": [{"app": a, "environment": "production", "factor": 2.0,
-                    "start": rfc3339(round(b0 * 1000)), "end": rfc3339(round(b1 * 1000))}
+                    "start": rfc3339(round(b0 * 1000) / 1000),
+                    "end": rfc3339(round(b1 * 1000) / 1000)}
                    for b0, b1, a in bursts],
     }
     labels_path.write_bytes(orjson.dumps(labels, option=_SORT | orjson.OPT_INDENT_2) + b"\n")

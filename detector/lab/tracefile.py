@@ -21,7 +21,7 @@ import orjson
 from detector.core.events import TraceEvent
 
 __all__ = ["Oversized", "TraceFileError", "TraceWriter", "open_traces", "read_lines",
-           "read_proto_messages", "rfc3339"]
+           "read_proto_messages"]
 
 _GZIP: Final = b"\x1f\x8b"
 #: Formats recognised by their magic bytes and refused by name (decompress them first).
@@ -200,16 +200,6 @@ def _ordered(ev: dict[str, Any]) -> dict[str, Any]:
     return dict(sorted(ev.items(), key=lambda kv: _RANK.get(kv[0], len(_RANK))))
 
 
-def rfc3339(ts_ms: int) -> str:
-    """Milliseconds since the epoch as RFC 3339 with ``Z``.
-
-    >>> rfc3339(1767571200123)
-    '2026-01-05T00:00:00.123Z'
-    """
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts_ms // 1000)) + \
-        f".{ts_ms % 1000:03d}Z"
-
-
 class TraceWriter:
     """Formats timestamps, batches a few lines, injects counted malformed lines."""
 
@@ -227,7 +217,9 @@ class TraceWriter:
             ev["ts"] = ts_ms / 1000
         else:
             sec = ts_ms // 1000
-            if sec != self._sec:  # events arrive in time order: one strftime per second
+            # The contract's RFC 3339 (detector.core.timestamps.rfc3339), built from a prefix
+            # made once a second: events arrive in time order, and this is the hot path.
+            if sec != self._sec:
                 self._sec = sec
                 self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
             ev["ts"] = f"{self._prefix}.{ts_ms % 1000:03d}Z"

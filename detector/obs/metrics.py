@@ -15,7 +15,7 @@ at most ``cohort_top_k`` named cohorts plus ``other`` (:meth:`Metrics.observe_co
 >>> registry = CollectorRegistry()
 >>> m = Metrics(registry, cohort_top_k=2)
 >>> m.events_consumed.inc(3)
->>> m.alert_transition({"status": "firing", "severity": "sev1", "signal": "pii"}, None)
+>>> m.alert_transition("pii", "sev1", "firing", None)
 >>> registry.get_sample_value("detector_alerts_active", {"severity": "sev1", "signal": "pii"})
 1.0
 """
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import heapq
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -270,18 +270,17 @@ class Metrics:
         self._signals.add(signal)
         return signal
 
-    def alert_transition(self, alert: Mapping[str, Any], previous_severity: str | None) -> None:
-        """Record one alert emission (``alert`` per shared/schema/alert.schema.json).
+    def alert_transition(self, signal: str, severity: str, status: str,
+                         previous_severity: str | None) -> None:
+        """Record one alert emission (of :class:`~detector.core.alert.Alert`'s fields).
 
         ``previous_severity`` is the severity this alert id was firing at before this emission,
         or None if it was not firing. Firing: counts the emission and moves the active count
         from the previous severity (if any) to the new one. Resolved: counts it and releases
         the active count of ``previous_severity`` (or the alert's own severity if None).
         """
-        severity = str(alert["severity"])
-        status = str(alert["status"])
         with self._lock:
-            signal = self._signal_label(str(alert["signal"]))
+            signal = self._signal_label(signal)
             self.alerts_emitted.labels(severity=severity, signal=signal, status=status).inc()
             if status == "firing":
                 if previous_severity == severity:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Protocol
+
+from detector.core.alert import Alert
 
 __all__ = ["Sink"]
 
 
 class Sink(Protocol):
-    def emit(self, alert: dict[str, Any]) -> None:
+    def emit(self, alert: Alert) -> None:
         """Hand over one alert emission; must not block the stream."""
 
     def flush(self, timeout: float) -> bool:

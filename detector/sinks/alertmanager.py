@@ -2,9 +2,11 @@
 
 ``POST {url}/api/v2/alerts`` to every configured URL (Alertmanager's HA model: each replica
 gets every alert and they deduplicate among themselves). Firing alerts are re-sent every
-``resend_interval_s`` with ``endsAt`` a few intervals ahead, so Alertmanager resolves them by
-itself if the detector dies; resolved alerts are sent with ``endsAt`` = the alert's ``ends_at``
-and re-sent for ``resolved_resend_s`` in case a replica missed one.
+``resend_interval_seconds`` with ``endsAt`` a few intervals ahead, so Alertmanager resolves them
+by itself if the detector dies; resolved alerts are sent with ``endsAt`` = the alert's
+``ends_at`` and re-sent for ``resolved_resend_seconds`` in case a replica missed one. The
+settings are ``[sinks.alertmanager]`` (:class:`~detector.config.AlertmanagerConfig`);
+:class:`Tuning` holds the sender's few knobs that are not configuration.
 
 One thread per URL, so a dead or slow Alertmanager never delays another. :meth:`emit` only
 updates a bounded store under a lock and never blocks on the network. When the store is full,
@@ -27,24 +29,33 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import orjson
 
+from detector.config import AlertmanagerConfig, check_alertmanager
+from detector.core.alert import Alert
+from detector.core.timestamps import rfc3339
 from detector.obs.metrics import SEVERITIES, Metrics
-from detector.sinks.alertmanager_settings import (
-    AlertmanagerSettings,
-    alertname,
-    parse_time,
-    rfc3339,
-    to_postable,
-)
+from detector.sinks.alertmanager_mapping import alertname, to_postable
 
-__all__ = ["AlertmanagerSettings", "AlertmanagerSink", "alertname", "to_postable"]
+__all__ = ["AlertmanagerSink", "Tuning", "alertname", "to_postable"]
 
 log = logging.getLogger(__name__)
 
 _RETRYABLE_4XX: Final = frozenset({408, 425, 429})
+
+
+class Tuning(NamedTuple):
+    """The sender's knobs that are not configuration (tests and benchmarks shorten them)."""
+
+    max_batch: int = 500
+    ends_at_resends: int = 4   # firing endsAt = now + this many resend intervals
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    poll_s: float = 1.0   # longest sleep between looks at the (injectable) clock
+    use_env_proxy: bool = False   # honour http(s)_proxy; off so loopback never goes via one
+    name: str = "alertmanager"   # the `sink` label of the sink metrics
 
 
 @dataclass(slots=True)
@@ -89,15 +100,23 @@ class AlertmanagerSink:
 
     def __init__(
         self,
-        settings: AlertmanagerSettings,
+        config: AlertmanagerConfig,
         *,
+        tuning: Tuning = Tuning(),  # noqa: B008 (immutable)
         clock: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
     ) -> None:
-        self.settings = s = settings
+        check_alertmanager(config)
+        for key in ("backoff_initial_s", "backoff_max_s", "poll_s"):
+            if not getattr(tuning, key) > 0:
+                raise ValueError(f"alertmanager tuning {key}: must be > 0")
+        if tuning.max_batch < 1 or tuning.ends_at_resends < 1:
+            raise ValueError("alertmanager tuning max_batch, ends_at_resends: must be >= 1")
+        self.config = s = config
+        self.tuning = tuning
         self._clock = clock
         self._metrics = metrics
-        self._opener = self._build_opener(s)
+        self._opener = self._build_opener(s, tuning.use_env_proxy)
         self._cond = threading.Condition()
         self._closed = False
         self._entries: dict[str, _Entry] = {}
@@ -112,9 +131,9 @@ class AlertmanagerSink:
         self._rng = random.Random()
         self._targets = [_Target(_endpoint(u), {sev: {} for sev in SEVERITIES}) for u in s.urls]
         if metrics is not None:  # make the series exist at zero
-            metrics.sink_sends.labels(sink=s.name)
-            metrics.sink_failures.labels(sink=s.name)
-            metrics.sink_queued.labels(sink=s.name).set(0)
+            metrics.sink_sends.labels(sink=tuning.name)
+            metrics.sink_failures.labels(sink=tuning.name)
+            metrics.sink_queued.labels(sink=tuning.name).set(0)
         for i, target in enumerate(self._targets):
             target.thread = threading.Thread(
                 target=self._run, args=(target,), name=f"alertmanager-{i}", daemon=True)
@@ -122,17 +141,18 @@ class AlertmanagerSink:
 
     # -- public API ---------------------------------------------------------------------
 
-    def emit(self, alert: dict[str, Any]) -> None:
+    def emit(self, alert: Alert) -> None:
         """Queue ``alert`` (firing or resolved) for every URL; returns at once."""
         try:
-            labels, annotations = to_postable(alert, self.settings.cohort_label_fields)
-            alert_id, sev = str(alert["id"]), str(alert["severity"])
-            resolved = alert["status"] == "resolved"
-            starts_at = parse_time(alert["starts_at"])
-            ends_at = parse_time(alert["ends_at"]) if alert.get("ends_at") else None
-        except (KeyError, TypeError, ValueError) as exc:
+            labels, annotations = to_postable(alert, self.config.cohort_labels)
+            alert_id, sev = alert.id, alert.severity
+            resolved = alert.status == "resolved"
+            starts_at = alert.starts_at.timestamp()
+            ends_at = alert.ends_at.timestamp() if alert.ends_at is not None else None
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            # Only a caller that broke the struct's types gets here: drop it, keep the rest.
             log.warning("alertmanager sink: dropping malformed alert: %r", exc)
-            self._count_drop(str(alert.get("severity")) if isinstance(alert, dict) else "")
+            self._count_drop(str(getattr(alert, "severity", "")))
             return
         with self._cond:
             if self._closed:
@@ -173,7 +193,7 @@ class AlertmanagerSink:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed:
                     return False
-                self._cond.wait(min(remaining, self.settings.poll_s))
+                self._cond.wait(min(remaining, self.tuning.poll_s))
             return True
 
     def close(self) -> None:
@@ -183,7 +203,7 @@ class AlertmanagerSink:
             self._cond.notify_all()
         for target in self._targets:
             if target.thread is not None:
-                target.thread.join(timeout=self.settings.timeout_s + 1.0)
+                target.thread.join(timeout=self.config.timeout_seconds + 1.0)
 
     def __enter__(self) -> AlertmanagerSink:
         return self
@@ -211,14 +231,14 @@ class AlertmanagerSink:
     def _put(self, entry: _Entry, now: float) -> None:
         self._remove(entry.key)
         if entry.resolved:
-            entry.expires_at = now + self.settings.resolved_resend_s
+            entry.expires_at = now + self.config.resolved_resend_seconds
             heapq.heappush(self._expiry, (entry.expires_at, entry.key))
         self._entries[entry.key] = entry
         self._buckets[(entry.sev, entry.resolved)][entry.key] = None
         for target in self._targets:
             target.due.pop(entry.key, None)
             target.ready[entry.sev][entry.key] = None
-        while len(self._entries) > self.settings.max_queue:
+        while len(self._entries) > self.config.max_queue:
             victim = next(next(iter(b)) for b in self._buckets.values() if b)
             self._count_drop(self._entries[victim].sev)
             # A dropped firing alert: Alertmanager's copy expires at the endsAt last sent.
@@ -246,17 +266,17 @@ class AlertmanagerSink:
 
     def _update_gauge(self) -> None:
         if self._metrics is not None:
-            self._metrics.sink_queued.labels(sink=self.settings.name).set(len(self._entries))
+            self._metrics.sink_queued.labels(sink=self.tuning.name).set(len(self._entries))
 
     def _count_drop(self, sev: str) -> None:
         if self._metrics is not None:
             label = sev if sev in SEVERITIES else "invalid"
-            self._metrics.sink_dropped.labels(sink=self.settings.name, severity=label).inc()
+            self._metrics.sink_dropped.labels(sink=self.tuning.name, severity=label).inc()
 
     # -- sender thread ------------------------------------------------------------------
 
     def _run(self, t: _Target) -> None:
-        s = self.settings
+        s = self.tuning
         while True:
             with self._cond:
                 while True:
@@ -307,7 +327,7 @@ class AlertmanagerSink:
         batch: list[tuple[str, str, _Entry]] = []
         for sev in SEVERITIES:  # sev1 first
             ready = t.ready[sev]
-            while ready and len(batch) < self.settings.max_batch:
+            while ready and len(batch) < self.tuning.max_batch:
                 key = next(iter(ready))
                 del ready[key]
                 batch.append((key, sev, self._entries[key]))
@@ -320,11 +340,11 @@ class AlertmanagerSink:
         if e.resolved:
             ends = max(starts, min(e.ends_at if e.ends_at is not None else now, now))
         else:
-            ends = now + self.settings.ends_at_resends * self.settings.resend_interval_s
+            ends = now + self.tuning.ends_at_resends * self.config.resend_interval_seconds
         payload = {"labels": e.labels, "annotations": e.annotations,
                    "startsAt": rfc3339(starts), "endsAt": rfc3339(ends)}
-        if self.settings.generator_url:
-            payload["generatorURL"] = self.settings.generator_url
+        if self.config.generator_url:
+            payload["generatorURL"] = self.config.generator_url
         return payload
 
     def _requeue(self, t: _Target, keys: list[str]) -> None:
@@ -342,7 +362,7 @@ class AlertmanagerSink:
         entry = self._entries.get(key)
         if entry is None or key in t.ready[entry.sev]:
             return  # gone, or re-emitted while in flight (already due again)
-        due = now + self.settings.resend_interval_s
+        due = now + self.config.resend_interval_seconds
         if entry.resolved and entry.expires_at is not None and due > entry.expires_at:
             return
         t.due[key] = due
@@ -351,43 +371,45 @@ class AlertmanagerSink:
     # -- HTTP ---------------------------------------------------------------------------
 
     @staticmethod
-    def _build_opener(s: AlertmanagerSettings) -> urllib.request.OpenerDirector:
+    def _build_opener(s: AlertmanagerConfig, use_env_proxy: bool
+                      ) -> urllib.request.OpenerDirector:
         ctx = ssl.create_default_context(cafile=s.ca_file)
-        if s.client_cert_file:
-            ctx.load_cert_chain(s.client_cert_file, s.client_key_file)
+        if s.cert_file:
+            ctx.load_cert_chain(s.cert_file, s.key_file)
         if s.insecure_skip_verify:
             ctx.check_hostname = False
             ctx.verify_mode = ssl.CERT_NONE
         handlers: list[urllib.request.BaseHandler] = [urllib.request.HTTPSHandler(context=ctx)]
-        if not s.use_env_proxy:
+        if not use_env_proxy:
             handlers.append(urllib.request.ProxyHandler({}))
         return urllib.request.build_opener(*handlers)
 
     def _auth_header(self) -> str | None:
-        s = self.settings
+        s = self.config
         if s.bearer_token_file:  # re-read: mounted tokens rotate
             with open(s.bearer_token_file, encoding="utf-8") as f:
                 return "Bearer " + f.read().strip()
         if s.bearer_token:
             return "Bearer " + s.bearer_token
-        if s.username is not None:
-            password = s.password or ""
-            if s.password_file:
-                with open(s.password_file, encoding="utf-8") as f:
+        if s.basic_auth_user is not None:
+            password = s.basic_auth_password or ""
+            if s.basic_auth_password_file:
+                with open(s.basic_auth_password_file, encoding="utf-8") as f:
                     password = f.read().strip()
-            return "Basic " + base64.b64encode(f"{s.username}:{password}".encode()).decode()
+            user = s.basic_auth_user
+            return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         return None
 
     def _post(self, t: _Target, alerts: list[dict[str, Any]]) -> tuple[bool, bool]:
         """POST one batch. Returns (delivered, worth retrying)."""
-        name = self.settings.name
+        name = self.tuning.name
         try:
             req = urllib.request.Request(t.url, data=orjson.dumps(alerts), method="POST")
             req.add_header("Content-Type", "application/json")
             auth = self._auth_header()
             if auth:
                 req.add_header("Authorization", auth)
-            with self._opener.open(req, timeout=self.settings.timeout_s) as resp:
+            with self._opener.open(req, timeout=self.config.timeout_seconds) as resp:
                 resp.read()
             ok, retry, why = True, False, ""
         except urllib.error.HTTPError as exc:

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from typing import IO, Any
+from typing import IO
 
-import orjson
+from detector.core.alert import Alert, encode_alert
 
-__all__ = ["JsonlSink", "dumps_alert"]
-
-
-def dumps_alert(alert: dict[str, Any]) -> bytes:
-    """The canonical bytes of an alert: same alert, same bytes (replay is byte-identical)."""
-    return orjson.dumps(alert) + b"\n"
+__all__ = ["JsonlSink"]
 
 
 class JsonlSink:
@@ -20,8 +15,8 @@ class JsonlSink:
         self.close_out = close_out   # whether close() closes the stream (else the caller does)
         self.sent = 0
 
-    def emit(self, alert: dict[str, Any]) -> None:
-        self.out.write(dumps_alert(alert))
+    def emit(self, alert: Alert) -> None:
+        self.out.write(encode_alert(alert) + b"\n")
         self.sent += 1
 
     def flush(self, timeout: float = 0.0) -> bool:

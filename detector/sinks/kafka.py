@@ -14,8 +14,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
+from detector.core.alert import Alert, encode_alert
 from detector.obs.metrics import Metrics
-from detector.sinks.jsonl import dumps_alert
 
 __all__ = ["KafkaSink"]
 
@@ -29,29 +29,29 @@ class KafkaSink:
         self.topic = topic
         self.metrics = metrics
         self.max_queue = max_queue
-        self.retry: deque[dict[str, Any]] = deque()
+        self.retry: deque[Alert] = deque()
         self.inflight: set[asyncio.Future[Any]] = set()
         self.sent = 0
         if metrics is not None:
             metrics.sink_sends.labels(sink=self.name)
             metrics.sink_failures.labels(sink=self.name)
 
-    def emit(self, alert: dict[str, Any]) -> None:
+    def emit(self, alert: Alert) -> None:
         """Queue one alert for sending (must run on the producer's event loop)."""
         while self.retry:
             self._send(self.retry.popleft())
         self._send(alert)
 
-    def _send(self, alert: dict[str, Any]) -> None:
-        value = dumps_alert(alert).rstrip(b"\n")
+    def _send(self, alert: Alert) -> None:
+        value = encode_alert(alert)
         if self.producer is None:
             raise RuntimeError("KafkaSink has no producer yet")
         task = asyncio.ensure_future(
-            self.producer.send_and_wait(self.topic, value, key=str(alert["id"]).encode()))
+            self.producer.send_and_wait(self.topic, value, key=alert.id.encode()))
         self.inflight.add(task)
         task.add_done_callback(lambda t, a=alert: self._done(t, a))
 
-    def _done(self, task: asyncio.Future[Any], alert: dict[str, Any]) -> None:
+    def _done(self, task: asyncio.Future[Any], alert: Alert) -> None:
         self.inflight.discard(task)
         if not task.cancelled() and task.exception() is None:
             self.sent += 1
@@ -65,7 +65,7 @@ class KafkaSink:
             dropped = self.retry.popleft()
             if self.metrics is not None:
                 self.metrics.sink_dropped.labels(sink=self.name,
-                                                 severity=dropped["severity"]).inc()
+                                                 severity=dropped.severity).inc()
 
     async def drain(self, timeout: float = 10.0) -> bool:
         """Wait until everything emitted so far was delivered (or failed)."""

@@ -4,23 +4,26 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Final
 
 import orjson
 
+from detector.core.alert import Alert, alert_record
+
 __all__ = ["LogSink"]
 
-_FIELDS = ("id", "status", "severity", "signal", "cohort", "starts_at", "ends_at", "observed",
-           "expected", "score", "suspected_change", "summary")
+_FIELDS: Final = ("id", "status", "severity", "signal", "cohort", "starts_at", "ends_at",
+                  "observed", "expected", "score", "suspected_change", "summary")
 
 
 class LogSink:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("detector.core.lifecycle")
 
-    def emit(self, alert: dict[str, Any]) -> None:
-        rec = {k: alert.get(k) for k in _FIELDS}
-        level = logging.WARNING if alert["severity"] in ("sev1", "sev2") else logging.INFO
+    def emit(self, alert: Alert) -> None:
+        full = alert_record(alert)
+        rec = {k: full[k] for k in _FIELDS}
+        level = logging.WARNING if alert.severity in ("sev1", "sev2") else logging.INFO
         self.log.log(level, orjson.dumps({"event": "alert", **rec}).decode())
 
     def flush(self, timeout: float = 0.0) -> bool:

@@ -6,11 +6,12 @@ Topology (one worker process runs both halves; scale out by adding workers and p
   trace topic (raw bytes, ``getmany``) in group ``<group>-stage1``: decode, hard rules, window
   partials. Every flush it sends one :class:`~detector.stream.stage1_runner.Envelope` per stage-2
   partition (partials and hits whose route key lives there + its source watermarks), rejects
-  to the dead-letter topic, then commits. Faust's per-message path (~100 µs) is 25x the
+  to the dead-letter topic, then commits. Faust's per-message path costs many times the
   detection work, so the trace topic never goes through it.
 * stage 2 — a Faust agent on ``<group>-stage2`` (partitioned by route key, few messages):
-  merges partials into one :class:`~detector.core.stage2.Stage2` per route key (kept in a
-  :class:`~detector.stream.stage2_partition.Stage2Partition` per stage-2 partition), closes windows
+  merges partials into the :class:`~detector.core.stage2.Stage2` of their stage-2 partition (a
+  :class:`~detector.stream.stage2_partition.Stage2Partition` holds it, with every route key
+  routed there), closes windows
   at the minimum watermark over source partitions (idle ones excluded after
   ``idle_partition_timeout_seconds``), runs the alert lifecycle, and writes every changed
   route key's state to the changelog-backed table ``stage2`` (``use_partitioner``: the
@@ -42,6 +43,7 @@ from mode import Service
 from prometheus_client import CollectorRegistry
 
 from detector.config import Config
+from detector.core.alert import Alert
 from detector.core.snapshot import dump_route, load_route, routes
 from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
@@ -86,8 +88,8 @@ _orig_worker_consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_con
 
 def _worker_consumer(self: Any, transport: Any) -> Any:
     # Faust fixes the fetch wait at 1500 ms. Tansu answers a waiting fetch only at its next
-    # look, not when records arrive: measured, a stage-2 hop took a median 428 ms at 1500 ms
-    # and 8 ms at 100 ms (bench/tansu.py; bench/stream.py's tail, and every alert's latency).
+    # look, not when records arrive, so a long wait adds most of itself to every stage-2 hop
+    # (bench/tansu.py measures it; it shows in bench/stream.py's tail and every alert's latency).
     c = _orig_worker_consumer(self, transport)
     c._fetch_max_wait_ms = _SETTINGS.get("fetch_max_wait_ms", c._fetch_max_wait_ms)
     return c
@@ -152,7 +154,7 @@ class Worker:
             # Tansu makes a group join wait half the session timeout (Faust's default 60 s).
             broker_session_timeout=session, broker_rebalance_timeout=session,
             broker_heartbeat_interval=max(session / 5, 0.5),
-            # A route key's state is ~260 KB (baselines) plus pending partials in a backlog.
+            # A route key's state is its baselines plus pending partials in a backlog: large.
             producer_max_request_size=32 << 20, consumer_max_fetch_size=64 << 20)
         self.topic = self.app.topic(self.stage2_topic_name, key_type=bytes, value_type=bytes,
                                     partitions=self.q, internal=True)
@@ -188,7 +190,7 @@ class Worker:
 
     async def _agent(self, stream: Any) -> None:
         async for events in stream.take_events(256, within=0.1):
-            alerts: list[dict[str, Any]] = []
+            alerts: list[Alert] = []
             touched: set[tuple[int, str]] = set()
             for ev in events:
                 q = ev.message.partition
@@ -236,14 +238,14 @@ class Worker:
                     self.table[key.encode()] = pack(dump_route(part.stage2, key),
                                                      part.held_for(key), part.offset)
 
-    def emit(self, alerts: list[dict[str, Any]]) -> None:
+    def emit(self, alerts: list[Alert]) -> None:
         for a in alerts:
-            prev = self.severity.get(a["id"])
-            if a["status"] == "firing":
-                self.severity[a["id"]] = a["severity"]
+            prev = self.severity.get(a.id)
+            if a.status == "firing":
+                self.severity[a.id] = a.severity
             else:
-                self.severity.pop(a["id"], None)
-            self.metrics.alert_transition(a, prev)
+                self.severity.pop(a.id, None)
+            self.metrics.alert_transition(a.signal, a.severity, a.status, prev)
             for s in self.sinks:
                 try:
                     s.emit(a)
@@ -323,9 +325,7 @@ def build_sinks(cfg: Config, metrics: Metrics) -> list[Any]:
         out.append(JsonlSink(open(cfg.sinks.jsonl, "ab"), close_out=True))  # noqa: SIM115
     if cfg.sinks.alertmanager.urls:
         from detector.sinks.alertmanager import AlertmanagerSink
-        from detector.sinks.alertmanager_settings import AlertmanagerSettings
-        settings = AlertmanagerSettings.from_config(cfg.sinks.alertmanager)
-        out.append(AlertmanagerSink(settings, metrics=metrics))
+        out.append(AlertmanagerSink(cfg.sinks.alertmanager, metrics=metrics))
     return out
 
 

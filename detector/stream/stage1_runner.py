@@ -9,7 +9,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 import msgspec
 import orjson
@@ -20,8 +20,8 @@ from aiokafka.structs import TopicPartition
 from detector.config import Config
 from detector.core.events import Rejection
 from detector.core.otlp import Decoder, decoder_for
-from detector.core.partials import Partial, combine
-from detector.core.rules import RuleHit
+from detector.core.partials import LegacyPartial, Partial, combine
+from detector.core.rules import LegacyHit, RuleHit
 from detector.core.signals import EVENTS
 from detector.core.stage1 import Stage1
 from detector.core.watermark import SourceMark
@@ -37,10 +37,9 @@ from detector.stream.kafka_io import (
 
 __all__ = ["Envelope", "Stage1Runner", "decode_envelope", "encode_envelope"]
 
-#: Events worked on between two yields to the event loop (~5-15 ms of work). Each yield lets
-#: the loop read one more 256 KiB piece of the next fetch response from the socket; at 8192
-#: the worker waited on the broker between fetches (3 alternated runs each: 254 k against
-#: 289 k events/s on 100-event messages, one worker).
+#: Events worked on between two yields to the event loop. Each yield lets the loop read one
+#: more 256 KiB piece of the next fetch response from the socket; with four times as many the
+#: worker waited on the broker between fetches (bench/stream.py shows the throughput).
 CHUNK_EVENTS: Final = 2048
 #: On a backlog stage 1 flushes every flush_interval x this (alerts wait on it anyway).
 BACKLOG_FLUSH_FACTOR: Final = 4
@@ -62,8 +61,25 @@ class Envelope(msgspec.Struct, array_like=True):
     hits: list[RuleHit]
 
 
+class Outgoing(NamedTuple):
+    """One record queued for the next flush's send (dead letters, envelopes)."""
+
+    topic: str
+    partition: int | None            # None: the producer's partitioner picks
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+class _LegacyEnvelope(Envelope):
+    """One a stage 1 from before named version combinations as joined strings sent."""
+
+    partials: list[LegacyPartial]  # type: ignore[assignment]
+    hits: list[LegacyHit]  # type: ignore[assignment]
+
+
 _env_enc = msgspec.msgpack.Encoder()
 _env_dec = msgspec.msgpack.Decoder(Envelope)
+_env_legacy_dec = msgspec.msgpack.Decoder(_LegacyEnvelope)
 
 
 def encode_envelope(e: Envelope) -> bytes:
@@ -71,7 +87,12 @@ def encode_envelope(e: Envelope) -> bytes:
 
 
 def decode_envelope(data: bytes) -> Envelope:
-    return _env_dec.decode(data)
+    try:
+        return _env_dec.decode(data)
+    except msgspec.ValidationError:   # in flight across an upgrade
+        e = _env_legacy_dec.decode(data)
+        return Envelope(e.sources, e.n_src, [p.upgrade() for p in e.partials],
+                        [h.upgrade() for h in e.hits])
 
 
 class _Source:
@@ -91,7 +112,7 @@ class Stage1Runner(ConsumerRebalanceListener):
     group ``<group>-stage1``), one :class:`Stage1` per source partition, a flush every
     ``flush_interval`` seconds (at once when a hard rule fired): partials, hits and
     watermarks to the stage-2 topic, rejects to the dead-letter topic, then the commit.
-    Faust's per-message path costs ~100 µs; ``getmany`` costs ~2 µs a message."""
+    Faust's per-message path costs far more than the detection work; ``getmany`` does not."""
 
     def __init__(self, config: Config, *, stage2_topic: str, stage2_partitions: int,
                  metrics: Metrics | None = None, flush_interval: float = 0.5,
@@ -117,7 +138,7 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.consumer: AIOKafkaConsumer = None  # type: ignore[assignment]
         self.producer: AIOKafkaProducer = None  # type: ignore[assignment]
         self.sources: dict[int, _Source] = {}
-        self.pending: list[tuple[str, int | None, bytes | None, bytes, list[Any]]] = []
+        self.pending: list[Outgoing] = []
         self.lock = asyncio.Lock()
         self.n_src = 0
         self._last_sent: dict[int, SourceMark] = {}
@@ -211,8 +232,8 @@ class Stage1Runner(ConsumerRebalanceListener):
                         for chunk in self._chunks(recs):
                             # Yield between chunks: the fetcher, which shares this loop, asks
                             # for the next records and reads the answer while this chunk is
-                            # worked on (the worker sat idle in select() for ~20 % of a
-                            # backlog without it).
+                            # worked on (without it the worker sat idle in select() for part
+                            # of a backlog).
                             await asyncio.sleep(0)
                             urgent |= self._feed({tp: chunk}, now)
                     self._skipped(self.corrupt.take())   # found while getmany read the fetch
@@ -257,10 +278,11 @@ class Stage1Runner(ConsumerRebalanceListener):
             detail = f"record batch skipped: {c.reason}"
             where = {"topic": c.topic, "partition": c.partition,
                      "first_offset": c.first_offset, "last_offset": c.last_offset}
-            self.pending.append((self.dlq, None, None,
-                                 Rejection("corrupt_batch", None, detail, where).to_json(), [
-                ("reason", b"corrupt_batch"),
-                ("source", f"{c.topic}/{c.partition}/{c.first_offset}-{c.last_offset}".encode())]))
+            self.pending.append(Outgoing(
+                self.dlq, None, Rejection("corrupt_batch", None, detail, where).to_json(), [
+                    ("reason", b"corrupt_batch"),
+                    ("source",
+                     f"{c.topic}/{c.partition}/{c.first_offset}-{c.last_offset}".encode())]))
             src = self.sources.get(c.partition + self.base.get(c.topic, 0))
             if src is not None and (src.next_offset or 0) <= c.last_offset:
                 src.next_offset = c.last_offset + 1
@@ -308,7 +330,7 @@ class Stage1Runner(ConsumerRebalanceListener):
                 # A negative index is a message of an earlier fetch (an event the clock held).
                 where = (recs[rej.message].offset if rej.message >= 0
                          else f"before-{recs[0].offset}")
-                self.pending.append((self.dlq, None, None, rej.to_json(), [
+                self.pending.append(Outgoing(self.dlq, None, rej.to_json(), [
                     ("reason", rej.reason.encode()),
                     ("source", f"{tp.topic}/{tp.partition}/{where}".encode())]))
             msgs += len(recs)
@@ -392,7 +414,7 @@ class Stage1Runner(ConsumerRebalanceListener):
                 by_q[partition_for(h.route.encode(), self.q)][1].append(h)
             for q, (ps, hs) in enumerate(by_q):
                 env = Envelope(wms, self.n_src or len(wms), ps, hs)
-                self.pending.append((self.stage2_topic, q, None, encode_envelope(env), []))
+                self.pending.append(Outgoing(self.stage2_topic, q, encode_envelope(env), []))
             self._last_sent, self._sent_at = wms, now
             self._observe(partials, max_ts)
         await self._send_pending()
@@ -413,9 +435,9 @@ class Stage1Runner(ConsumerRebalanceListener):
         """Send everything queued, in order; on failure keep the rest for the next flush (and
         do not commit: the caller's commit only runs after this returns)."""
         futs = []
-        for topic, part, key, value, headers in self.pending:
-            futs.append(await self.producer.send(topic, value, key=key, partition=part,
-                                                 headers=headers or None))
+        for out in self.pending:
+            futs.append(await self.producer.send(out.topic, out.value, partition=out.partition,
+                                                 headers=out.headers or None))
         await asyncio.gather(*futs)
         self.pending.clear()
 

@@ -1,7 +1,7 @@
-"""Stage 2's state for one stage-2 partition on this worker, without Faust: a
-:class:`~detector.core.stage2.Stage2` per route key, the source partitions' watermarks as the
-envelopes report them, the hard-rule hits held until every busy source has passed them, and
-the table value format (:func:`pack` / :func:`unpack`)."""
+"""Stage 2's state for one stage-2 partition on this worker, without Faust: one
+:class:`~detector.core.stage2.Stage2` for every route key routed there, the source
+partitions' watermarks as the envelopes report them, the hard-rule hits held until every busy
+source has passed them, and the table value format (:func:`pack` / :func:`unpack`)."""
 
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ def unpack(value: bytes) -> tuple[bytes, list[RuleHit], int]:
 
 
 class Stage2Partition:
-    """This worker's share of one stage-2 partition: a Stage2 per route key, and the
-    watermark of every source partition as the envelopes report it."""
+    """This worker's share of one stage-2 partition: one Stage2 for its route keys (their
+    state is written per route key), and the watermark of every source partition as the
+    envelopes report it."""
 
     def __init__(self, q: int, cfg: Config, idle_timeout: float) -> None:
         self.q = q

@@ -221,13 +221,15 @@ def file_lines(path: Path) -> list[bytes]:
 
 
 def replay(cfg_path: Path | None, lines: list[bytes]) -> list[dict[str, Any]]:
-    """Pipeline replay of the same messages, without ``finish()`` (a stream never ends)."""
+    """Pipeline replay of the same messages, without ``finish()`` (a stream never ends); the
+    alerts as the contract's JSON values, as a consumer of the alert topic reads them."""
     from detector.config import load_config
+    from detector.core.alert import alert_record
     from detector.core.pipeline import Pipeline
     p = Pipeline(load_config(cfg_path, env=False))
     out: list[dict[str, Any]] = []
     for ln in lines:
-        out += p.feed(ln)
+        out += map(alert_record, p.feed(ln))
     return out
 
 
