@@ -23,7 +23,7 @@ from detector.config import Config
 from detector.scoring import Decision
 from detector.severity import RANK, classify
 
-__all__ = ["Incident", "Lifecycle", "alert_id", "iso"]
+__all__ = ["Incident", "Lifecycle", "alert_id", "change_text", "iso"]
 
 Key = tuple[str, int, tuple[str, ...]]   # (signal, level, cohort values)
 
@@ -32,6 +32,17 @@ def iso(t: float) -> str:
     """RFC 3339 in UTC with milliseconds."""
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds").replace(
         "+00:00", "Z")
+
+
+def change_text(field: str, baseline: str | None, now: str) -> str:
+    """The suspected change as a person reads it.
+
+    >>> change_text("prompt_version", "v4", "v5")
+    'prompt_version v4 -> v5'
+    >>> change_text("prompt_version", None, "v5")
+    'prompt_version v5 (new)'
+    """
+    return f"{field} {now} (new)" if baseline is None else f"{field} {baseline} -> {now}"
 
 
 def alert_id(signal: str, cohort: dict[str, str], start: float) -> str:
@@ -198,7 +209,8 @@ class Lifecycle:
         if inc.grouped:
             summary += f" ({inc.grouped} child cohorts)"
         if sus:
-            summary += f"; suspected change {sus['field']} {sus['baseline']} -> {sus['now']}"
+            change = change_text(sus["field"], sus["baseline"], sus["now"])
+            summary += f"; suspected change {change}"
         if status == "resolved":
             summary = "RESOLVED " + summary
             if adopted:

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any, Final
 
+from detector.alerts import change_text
+
 __all__ = [
     "SEVERITY_LABEL",
     "AlertmanagerSettings",
@@ -161,8 +163,8 @@ def _description(alert: Mapping[str, Any]) -> str:
             text += f" ({window['events']} events)"
     change = alert.get("suspected_change")
     if change:
-        text += f"; suspected change: {change.get('field')} {change.get('baseline')} -> " \
-                f"{change.get('now')}"
+        text += "; suspected change: " + change_text(
+            str(change.get("field")), change.get("baseline"), str(change.get("now")))
     return text
 
 
