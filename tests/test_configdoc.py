@@ -85,3 +85,12 @@ d = 4   # and this
     assert found.meaning("t", "b") is None
     assert found.meaning("t", "c") == "its own"
     assert found.meaning("t", "d") == "Its own too. and this"
+
+
+def test_keys_that_harnesses_rewrite_stay_bare_lines() -> None:
+    """Integration tests and benches set the metrics port with `^port = 0$` after rewriting
+    `^port = \\d+`: its meaning goes on the line above, not after the value."""
+    import re
+
+    assert re.search(r"(?m)^port = \d+$", TOML)
+    assert re.search(r'(?m)^host = "0\.0\.0\.0"$', TOML)
