@@ -172,16 +172,17 @@ class InTimeOrder:
         return [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]
 
 
-def _means(signal: str) -> str:
+def _means(signal: str, safety_labels: tuple[str, ...]) -> str:
     if signal in RULE_MEANS:
         return RULE_MEANS[signal]
-    described = {s.name: s.description for s in Layout(("pii", "toxicity")).signals}
+    described = {s.name: s.description for s in Layout(safety_labels).signals}
     if signal in described:
         return described[signal] + " off its baseline"
     return f"a {signal.replace('_', ' ')} hit (a leak: fires at once)"
 
 
-def recap(alerts: list[Mapping[str, Any]], planted: list[Mapping[str, Any]]) -> list[str]:
+def recap(alerts: list[Mapping[str, Any]], planted: list[Mapping[str, Any]],
+          safety_labels: tuple[str, ...] = ()) -> list[str]:
     """What the demo showed: the incidents it planted and the alerts each drew, the alerts by
     severity, and what each kind of alert means.
 
@@ -225,7 +226,7 @@ def recap(alerts: list[Mapping[str, Any]], planted: list[Mapping[str, Any]]) -> 
                f"{firing} firing, {len(alerts) - firing} resolved")
     if alerts:
         out.append("  what they mean:")
-        out += [f"    {s:28}  {_means(s)}" for s in signals]
+        out += [f"    {s:28}  {_means(s, safety_labels)}" for s in signals]
         out += [f"    {s}  {SEVERITY_MEANS[s]}" for s, n in by_sev.items() if n]
     return out
 
@@ -367,7 +368,8 @@ def run(args: argparse.Namespace) -> int:
                     raise Terminated(signal.SIGTERM) from None
                 raise
         asyncio.run(main())
-        print("\n".join(["", *recap(seen, planted),
+        labels = tuple(cfg_values.input.safety_labels)
+        print("\n".join(["", *recap(seen, planted, labels),
                          f"  (alerts as JSON: the ai-alerts topic; /metrics was "
                          f"http://127.0.0.1:{port}/metrics)"]), flush=True)
         return 0

@@ -102,3 +102,9 @@ def test_the_demo_config_still_finds_what_it_replaces(tmp_path: Path) -> None:
     text = _config(tmp_path / "c.toml", "127.0.0.1:1234", 4321).read_text()
     assert 'brokers = "127.0.0.1:1234"' in text and "port = 4321" in text
     assert "log = false" in text and "idle_partition_timeout_seconds = 3\n" in text
+
+
+def test_the_recap_describes_a_safety_signal_of_the_configured_labels() -> None:
+    alert = _alert("a", signal="safety_prompt_injection")
+    text = "\n".join(recap([alert], [], ("pii", "prompt_injection")))
+    assert "prompt_injection safety hits per event off its baseline" in text
