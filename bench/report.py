@@ -128,7 +128,8 @@ What each bench of `bench/` printed on this project's machine (2 cores, shared),
 the commit (`+dirty`: with uncommitted changes) and the exact command. Ratios are against a
 baseline measured in the same run; absolute figures move with the machine's load. Nothing here
 is a timed test. `make bench` writes this file; `BENCH=stage1,replay make bench` runs some
-benches and keeps the other sections.
+benches and keeps the other sections. Figures recorded before this file existed, with their
+dates and commits: [benchmarks-history.md](benchmarks-history.md).
 """
 
 
