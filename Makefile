@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_SECONDS ?= 180
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench docs clean
 
 $(BIN)/detector: pyproject.toml setup.py detector/core/_tally.c
 	$(PYTHON) -m venv $(VENV)
@@ -27,10 +27,14 @@ test: $(BIN)/detector
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest
 
+# Runs every bench of bench/ and writes their output, dated, into docs/benchmarks.md
+# (NAB=DIR NAB_PYTHON=PY to include bench/nab.py; BENCH=name to run some only).
 bench: $(BIN)/detector
-	$(BIN)/python bench/replay.py
-	$(BIN)/python bench/alertmanager.py
-	$(BIN)/python bench/stream.py
+	$(BIN)/python bench/report.py
+
+# Regenerates docs/config.md from the config schema and the default file's comments.
+docs: $(BIN)/detector
+	$(BIN)/python -m detector.configdoc > docs/config.md.tmp && mv docs/config.md.tmp docs/config.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info detector/*.so

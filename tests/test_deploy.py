@@ -483,7 +483,7 @@ K8S_COMMAND = (
 
 def _documented_kubectl_commands() -> list[str]:
     found = []
-    for readme in (ROOT / "README.md", DEPLOY / "README.md"):
+    for readme in (ROOT / "docs" / "operations.md", DEPLOY / "README.md"):
         found += [c.strip() for c in re.findall(r"`?(kubectl [^`\n]+)`?", readme.read_text())]
     return found
 

@@ -24,9 +24,20 @@ from detector.core.scoring import Decision
 from detector.core.severity import RANK, classify
 from detector.core.timestamps import rfc3339, utc
 
-__all__ = ["Incident", "Lifecycle", "alert_id"]
+__all__ = ["Incident", "Lifecycle", "alert_id", "change_text"]
 
 Key = tuple[str, int, tuple[str, ...]]   # (signal, level, cohort values)
+
+
+def change_text(field: str, baseline: str | None, now: str) -> str:
+    """The suspected change as a person reads it.
+
+    >>> change_text("prompt_version", "v4", "v5")
+    'prompt_version v4 -> v5'
+    >>> change_text("prompt_version", None, "v5")
+    'prompt_version v5 (new)'
+    """
+    return f"{field} {now} (new)" if baseline is None else f"{field} {baseline} -> {now}"
 
 
 def alert_id(signal: str, cohort: dict[str, str], start: float) -> str:
@@ -194,7 +205,8 @@ class Lifecycle:
         if inc.grouped:
             summary += f" ({inc.grouped} child cohorts)"
         if sus:
-            summary += f"; suspected change {sus['field']} {sus['baseline']} -> {sus['now']}"
+            change = change_text(sus["field"], sus["baseline"], sus["now"])
+            summary += f"; suspected change {change}"
         if status == "resolved":
             summary = "RESOLVED " + summary
             if adopted:

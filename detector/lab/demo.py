@@ -9,23 +9,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import heapq
+import math
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from detector.config import Config, load_config
+from detector.core.severity import RANK
+from detector.core.signals import Layout
 from detector.lab.broker import BrokerError, Tansu, free_port
 from detector.lab.processes import Terminated, die_with_parent, raise_on_sigterm
 
-__all__ = ["add_arguments", "run"]
+__all__ = ["InTimeOrder", "add_arguments", "recap", "row_lines", "run", "warmup_line"]
 
 SCENARIOS = ["unauthorized_tool", "refusal_spike", "traffic_drop", "secret_leak"]
 
@@ -49,14 +57,189 @@ def _config(path: Path, bootstrap: str, metrics_port: int) -> Path:
     return path
 
 
-def _row(a: dict[str, Any]) -> str:
-    cohort = "/".join(a["cohort"].values())
-    when = a["starts_at"] if a["status"] == "firing" else (a["ends_at"] or "")
-    return (f"{when[:19]:19}  {a['severity']:5}  {a['status']:8}  {a['signal'][:24]:24}  "
-            f"{cohort[:36]:36}  {a['summary'][:70]}")
+SEVERITY_MEANS = {
+    "sev1": "page now: contain, roll back, notify, preserve the traces",
+    "sev2": "sustained misbehaviour in production: freeze the rollout, capture telemetry",
+    "sev3": "the same before users see it (canary, staging, eval), or traffic falling away: "
+            "gate the release and look",
+    "sev4": "one anomalous window, unconfirmed: record and watch",
+}
+RULE_MEANS = {
+    "unauthorized_tool_call": "an agent called a tool it is not authorized to use",
+    "unapproved_side_effect": "a write or external action nobody approved",
+}
+TIME_COL = 21   # "2026-12-07 10:23:00  " — where a row's second line starts
 
 
-async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: float) -> int:
+def _clock(iso: str | None) -> str:
+    return (iso or "")[:19].replace("T", " ")
+
+
+def row_time(alert: Mapping[str, Any], clean_windows: int = 5, size: float = 60.0) -> str:
+    """When, in event time, the detector knew what the row says: the offending event of a hard
+    rule, the end of the latest window of a windowed alert, and for a resolution the end of
+    the ``clean_windows``-th clean window after the one it ended in (at once on adoption).
+
+    >>> row_time({"status": "resolved", "ends_at": "2026-12-07T10:02:10Z"})
+    '2026-12-07T10:08:00Z'
+    """
+    if alert["status"] == "resolved":
+        end = str(alert["ends_at"] or alert["starts_at"])
+        if alert.get("resolution") == "baseline_adopted":
+            return end
+        t = (math.ceil(_ts(end) / size) + clean_windows) * size
+        return datetime.fromtimestamp(t, UTC).isoformat().replace("+00:00", "Z")
+    if alert.get("expected") is None or not alert.get("window"):
+        return str(alert["starts_at"])
+    return str(alert["window"]["end"])
+
+
+def _ts(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+def row_lines(alert: Mapping[str, Any], width: int = 100, clean_windows: int = 5,
+              size: float = 60.0) -> list[str]:
+    """An alert as the demo prints it: what, where and since when on one line, then the whole
+    summary wrapped at word boundaries (never cut).
+
+    >>> a = {"status": "firing", "severity": "sev2", "signal": "refusal_rate",
+    ...      "cohort": {"app": "support-agent", "environment": "production"},
+    ...      "starts_at": "2026-12-07T10:20:00Z", "expected": 0.01,
+    ...      "window": {"start": "2026-12-07T10:22:00Z", "end": "2026-12-07T10:23:00Z"},
+    ...      "summary": "[sev2] refusal_rate above baseline in app=support-agent"}
+    >>> print("\\n".join(row_lines(a, width=60)))
+    2026-12-07 10:23:00  sev2   firing    refusal_rate  support-agent/production  since 10:20
+                         [sev2] refusal_rate above baseline in
+                         app=support-agent
+    """
+    when = row_time(alert, clean_windows, size)
+    since = ""
+    if alert["status"] == "firing" and alert["starts_at"] != when:
+        since = f"  since {_clock(alert['starts_at'])[11:16]}"
+    elif alert["status"] == "resolved":
+        since = f"  ended {_clock(alert['ends_at'])[11:16]}"
+    cohort = "/".join(alert["cohort"].values())
+    head = (f"{_clock(when):19}  {alert['severity']:5}  {alert['status']:8}  "
+            f"{alert['signal']}  {cohort}{since}")
+    body = textwrap.wrap(str(alert["summary"]), width=width, initial_indent=" " * TIME_COL,
+                         subsequent_indent=" " * TIME_COL, break_long_words=False,
+                         break_on_hyphens=False)
+    return [head, *body]
+
+
+def warmup_line(event_time: str, windows: int, warmup: int) -> str:
+    """What the demo is waiting for while the baselines learn.
+
+    >>> warmup_line("2026-12-07T09:12:00Z", 12, 20)
+    '2026-12-07 09:12:00  learning baselines: 12/20 windows (hard rules already fire)'
+    >>> warmup_line("2026-12-07T09:20:00Z", 20, 20)
+    '2026-12-07 09:20:00  baselines learned (20 windows): every window is scored from here'
+    """
+    if windows < warmup:
+        return (f"{_clock(event_time)}  learning baselines: {windows}/{warmup} windows "
+                "(hard rules already fire)")
+    return f"{_clock(event_time)}  baselines learned ({warmup} windows): every window is scored " \
+           "from here"
+
+
+class InTimeOrder:
+    """Rows held until event time has moved ``hold`` seconds past them, then given out in time
+    order: alerts of a window come out after the window closes, hard-rule alerts at once.
+
+    >>> rows = InTimeOrder(hold=60)
+    >>> rows.add(100.0, "b"); rows.add(40.0, "a"); rows.add(150.0, "c")
+    >>> rows.ready(now=165.0), rows.rest()
+    (['a', 'b'], ['c'])
+    """
+
+    def __init__(self, hold: float) -> None:
+        self.hold = hold
+        self._heap: list[tuple[float, int, Any]] = []
+        self._n = 0
+
+    def add(self, t: float, item: Any) -> None:
+        heapq.heappush(self._heap, (t, self._n, item))
+        self._n += 1
+
+    def ready(self, now: float) -> list[Any]:
+        out = []
+        while self._heap and self._heap[0][0] <= now - self.hold:
+            out.append(heapq.heappop(self._heap)[2])
+        return out
+
+    def rest(self) -> list[Any]:
+        return [heapq.heappop(self._heap)[2] for _ in range(len(self._heap))]
+
+
+def _means(signal: str, safety_labels: tuple[str, ...]) -> str:
+    if signal in RULE_MEANS:
+        return RULE_MEANS[signal]
+    described = {s.name: s.description for s in Layout(safety_labels).signals}
+    if signal in described:
+        return described[signal] + " off its baseline"
+    return f"a {signal.replace('_', ' ')} hit (a leak: fires at once)"
+
+
+def recap(alerts: list[Mapping[str, Any]], planted: list[Mapping[str, Any]],
+          safety_labels: tuple[str, ...] = ()) -> list[str]:
+    """What the demo showed: the incidents it planted and the alerts each drew, the alerts by
+    severity, and what each kind of alert means.
+
+    >>> planted = [{"scenario": "secret_leak", "signals": ["secret_leak"],
+    ...             "cohort": {"app": "a", "environment": "production", "tenant": "t"},
+    ...             "start": "2026-12-07T10:00:00Z"}]
+    >>> alerts = [{"id": "x", "status": "firing", "severity": "sev1", "signal": "secret_leak",
+    ...            "cohort": {"tenant": "t", "app": "a", "environment": "production"},
+    ...            "starts_at": "2026-12-07T10:00:05Z", "expected": None}]
+    >>> print("\\n".join(recap(alerts, planted)))
+    What the demo showed
+      planted incidents, and the first alert each drew:
+        secret_leak           from 10:00:00  sev1 at 10:00:05 (secret_leak)
+      alerts: 1 incident(s) (sev1 1), 1 message(s): 1 firing, 0 resolved
+      what they mean:
+        secret_leak                   a secret leak hit (a leak: fires at once)
+        sev1  page now: contain, roll back, notify, preserve the traces
+    """
+    out = ["What the demo showed", "  planted incidents, and the first alert each drew:"]
+    for inc in planted:
+        cohort = inc["cohort"]
+        drawn = sorted((row_time(a), i) for i, a in enumerate(alerts)
+                       if a["status"] == "firing" and a["signal"] in inc["signals"]
+                       and row_time(a) >= inc["start"][:17]
+                       and all(cohort.get(k, v) == v for k, v in a["cohort"].items()))
+        first = "no alert before the demo ended"
+        if drawn:
+            a = alerts[drawn[0][1]]
+            first = f"{a['severity']} at {_clock(drawn[0][0])[11:]} ({a['signal']})"
+        out.append(f"    {inc['scenario']:20}  from {_clock(inc['start'])[11:]}  {first}")
+    worst: dict[str, str] = {}
+    signals: dict[str, None] = {}
+    for a in alerts:
+        if a["id"] not in worst or RANK[a["severity"]] < RANK[worst[a["id"]]]:
+            worst[a["id"]] = a["severity"]
+        signals[a["signal"]] = None
+    by_sev = {s: list(worst.values()).count(s) for s in SEVERITY_MEANS}
+    firing = sum(a["status"] == "firing" for a in alerts)
+    sevs = ", ".join(f"{s} {n}" for s, n in by_sev.items() if n)
+    out.append(f"  alerts: {len(worst)} incident(s) ({sevs or 'none'}), {len(alerts)} message(s): "
+               f"{firing} firing, {len(alerts) - firing} resolved")
+    if alerts:
+        out.append("  what they mean:")
+        out += [f"    {s:28}  {_means(s, safety_labels)}" for s in signals]
+        out += [f"    {s}  {SEVERITY_MEANS[s]}" for s, n in by_sev.items() if n]
+    return out
+
+
+class _Sent:
+    """Event time the producer has sent up to (shared by the producer and the printer)."""
+
+    first: float | None = None
+    last: float | None = None
+
+
+async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: float,
+                  sent_to: _Sent) -> int:
     """Send lines in event-time order, ``speedup`` x faster than real time."""
     from aiokafka import AIOKafkaProducer
 
@@ -66,16 +249,16 @@ async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: 
     await p.start()
     sent = 0
     try:
-        t_first: float | None = None
         wall0 = time.monotonic()
         for i, ln in enumerate(lines):
             evs, _ = decode(ln)
             if evs:
                 ts = float(evs[0].ts)  # type: ignore[arg-type]
-                t_first = ts if t_first is None else t_first
-                ahead = (ts - t_first) / speedup - (time.monotonic() - wall0)
+                sent_to.first = ts if sent_to.first is None else sent_to.first
+                ahead = (ts - sent_to.first) / speedup - (time.monotonic() - wall0)
                 if ahead > 0.05:
                     await asyncio.sleep(ahead)
+                sent_to.last = ts
             if time.monotonic() > deadline:
                 break
             await p.send("ai-traces", ln, partition=i % 4)
@@ -85,24 +268,49 @@ async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: 
     return sent
 
 
-async def _alerts(bootstrap: str, deadline: float) -> int:
+
+
+async def _alerts(bootstrap: str, deadline: float, cfg: Config, sent: _Sent
+                  ) -> list[dict[str, Any]]:
+    """Print the alerts in event-time order as they come, with the warm-up's progress."""
     from aiokafka import AIOKafkaConsumer
 
+    size, warmup = cfg.windows.size_seconds, cfg.baselines.warmup_windows
+    clean = cfg.alerting.resolve_after_clean_windows
+
+    def show(item: str | Mapping[str, Any]) -> None:
+        text = item if isinstance(item, str) else "\n".join(row_lines(item, 100, clean, size))
+        print(text, flush=True)
+    # A window's alerts come out once the watermark (lateness behind) has passed its end.
+    rows = InTimeOrder(hold=2 * size + cfg.windows.allowed_lateness_seconds)
     c = AIOKafkaConsumer("ai-alerts", bootstrap_servers=bootstrap, group_id=None,
                          auto_offset_reset="earliest", metadata_max_age_ms=2000)
     await c.start()
-    n = 0
+    seen: list[dict[str, Any]] = []
+    told = -1
     try:
-        print(f"{'time':19}  {'sev':5}  {'status':8}  {'signal':24}  {'cohort':36}  summary",
-              flush=True)
+        print(f"{'time (event time)':19}  {'sev':5}  {'status':8}  signal  cohort", flush=True)
         while time.monotonic() < deadline:
             for recs in (await c.getmany(timeout_ms=500)).values():
                 for r in recs:
-                    print(_row(orjson.loads(r.value)), flush=True)
-                    n += 1
+                    alert = orjson.loads(r.value)
+                    seen.append(alert)
+                    rows.add(_ts(row_time(alert, clean, size)), alert)
+            if sent.first is None or sent.last is None:
+                continue
+            windows = int((sent.last - sent.first) // size)
+            if windows > told and windows <= warmup and (windows % 5 == 0 or windows == warmup):
+                t = sent.first + windows * size
+                rows.add(t, warmup_line(datetime.fromtimestamp(t, UTC).isoformat(), windows,
+                                        warmup))
+                told = windows
+            for item in rows.ready(sent.last):
+                show(item)
+        for item in rows.rest():
+            show(item)
     finally:
         await c.stop()
-    return n
+    return seen
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,6 +328,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: broker {broker.bootstrap}; metrics http://127.0.0.1:{port}/metrics; "
               f"worker log {work / 'worker.log'}", file=sys.stderr)
         s = simulate(work / "sim", hours=args.hours, seed=7, scenarios=SCENARIOS)
+        planted = orjson.loads((work / "sim" / "labels.json").read_bytes())["incidents"]
         lines = [ln for ln in (work / "sim" / "traces.jsonl").read_bytes().split(b"\n") if ln]
         shutil.rmtree(work / "sim")   # in memory from here on: no second copy on disk
         with (work / "worker.log").open("ab") as log:
@@ -130,8 +339,14 @@ def run(args: argparse.Namespace) -> int:
                 env={**os.environ, "DETECTOR_KAFKA_SESSION_TIMEOUT_SECONDS": "6"})
         # Leave ~15 s for the worker to join; spread the event time over the rest.
         speedup = args.hours * 3600 / max(args.duration - 25.0, 10.0)
-        print(f"demo: {s['events']} events, {len(SCENARIOS)} incident scenarios, "
-              f"{speedup:.0f}x event time", file=sys.stderr)
+        print(f"demo: {s['events']} simulated events over {args.hours:g} h of event time, "
+              f"{speedup:.0f}x faster than real time, with {len(planted)} incidents planted "
+              f"({', '.join(SCENARIOS)})", file=sys.stderr)
+        print(f"demo: waiting {min(12.0, args.duration / 4):.0f} s for the worker to join the "
+              "broker", file=sys.stderr, flush=True)
+        cfg_values = load_config(cfg, env=False)
+        sent = _Sent()
+        seen: list[dict[str, Any]] = []
 
         async def main() -> None:
             # SIGTERM cancels the tasks here (as asyncio.run does on Ctrl-C), so the Kafka
@@ -144,13 +359,19 @@ def run(args: argparse.Namespace) -> int:
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
             try:
                 await asyncio.sleep(min(12.0, args.duration / 4))
-                await asyncio.gather(_stream(broker.bootstrap, lines, speedup, deadline),
-                                     _alerts(broker.bootstrap, deadline))
+                _, got = await asyncio.gather(
+                    _stream(broker.bootstrap, lines, speedup, deadline, sent),
+                    _alerts(broker.bootstrap, deadline, cfg_values, sent))
+                seen.extend(got)
             except asyncio.CancelledError:
                 if terminated.is_set():
                     raise Terminated(signal.SIGTERM) from None
                 raise
         asyncio.run(main())
+        labels = tuple(cfg_values.input.safety_labels)
+        print("\n".join(["", *recap(seen, planted, labels),
+                         f"  (alerts as JSON: the ai-alerts topic; /metrics was "
+                         f"http://127.0.0.1:{port}/metrics)"]), flush=True)
         return 0
     except KeyboardInterrupt:
         return 130

@@ -14,6 +14,7 @@ import re
 from typing import Final
 
 from detector.core.alert import Alert
+from detector.core.lifecycle import change_text
 
 __all__ = ["SEVERITY_LABEL", "alertname", "to_postable"]
 
@@ -41,7 +42,7 @@ def _description(alert: Alert) -> str:
     text += f"; window {w.start} to {w.end} ({w.events} events)"
     change = alert.suspected_change
     if change:
-        text += f"; suspected change: {change.field} {change.baseline} -> {change.now}"
+        text += "; suspected change: " + change_text(change.field, change.baseline, change.now)
     return text
 
 
