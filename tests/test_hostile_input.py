@@ -139,18 +139,19 @@ def _json(v: object) -> bytes:
 
 
 @st.composite
-def _item(draw: st.DrawFn) -> tuple[bytes, bool]:
-    """One item of a message: (raw JSON, poisons the whole message)."""
+def _item(draw: st.DrawFn) -> tuple[bytes, bool, bool]:
+    """One item of a message: (raw JSON, poisons the whole message, its first poison is
+    nesting past the decoder's limit)."""
     kind = draw(st.sampled_from(["good", "hostile", "scalar", "missing"]))
     if kind == "scalar":
-        return draw(st.sampled_from([b"5", b'"event"', b"true", b"null", b"1e400"])), False
+        return draw(st.sampled_from([b"5", b'"event"', b"true", b"null", b"1e400"])), False, False
     base = {"ts": draw(st.sampled_from([1700000000, 1700000030.5, "2023-11-14T22:13:20Z"])),
             "operation": draw(st.sampled_from(["chat", "execute_tool", "x" * 70])),
             "tenant": draw(st.sampled_from(["t1", "t2"])), "app": "a"}
     if kind == "missing":
         base.pop(draw(st.sampled_from(["ts", "operation"])))
     pairs = [(orjson.dumps(k), orjson.dumps(v)) for k, v in base.items()]
-    poison = False
+    poison = deep = False
     if kind == "hostile":
         for _ in range(draw(st.integers(1, 4))):
             # "ts" may come again (a duplicate key), but never as a valid far-off time:
@@ -161,9 +162,13 @@ def _item(draw: st.DrawFn) -> tuple[bytes, bool]:
             else:
                 raw = draw(st.one_of(st.sampled_from(_SYNTAX_POISON + _ITEM_POISON),
                                      _plain.map(_json)))
-            poison |= raw in _SYNTAX_POISON
             pairs.insert(draw(st.integers(0, len(pairs))), (orjson.dumps(key), raw))
-    return b"{" + b",".join(k + b":" + v for k, v in pairs) + b"}", poison
+        # The decoder stops at the first poison it reads: bad syntax makes the message one
+        # rejection, nesting past its limit (read first) splits the batch around this item.
+        first = next((v for _, v in pairs if v in _SYNTAX_POISON or v in _DEPTH_POISON), None)
+        poison = first in _SYNTAX_POISON
+        deep = first in _DEPTH_POISON
+    return b"{" + b",".join(k + b":" + v for k, v in pairs) + b"}", poison, deep
 
 
 @st.composite
@@ -176,8 +181,11 @@ def _message(draw: st.DrawFn) -> tuple[bytes, int]:
     if len(items) == 1 and draw(st.booleans()):
         data, n = items[0][0], 1
     else:
-        data = b"[" + b", ".join(i for i, _ in items) + b"]"
-        n = 1 if any(p for _, p in items) else len(items)
+        data = b"[" + b", ".join(i for i, _, _ in items) + b"]"
+        # The first poisoned item (in reading order) decides: bad syntax makes the whole
+        # message one rejection; too deep splits the batch, every item its own outcome.
+        first = next(((p, d) for _, p, d in items if p or d), (False, False))
+        n = 1 if first[0] else len(items)
     return data, 1 if len(data) > 1 << 20 else n
 
 
@@ -280,3 +288,16 @@ def test_a_field_name_that_is_not_a_name_is_digested() -> None:
     (r,) = bad
     assert b"PRMPT-MARKER-7Q2X" not in r.to_json()
     assert "gen_ai.prompt" in r.payload["_dropped_fields"]
+
+
+def test_a_batch_too_deep_is_split_around_the_deep_item_even_when_it_is_malformed(
+        config: Config) -> None:
+    """Found by the property test above: an item nested past the decoder's limit and malformed
+    after that point. The decoder cannot read past the depth, so the batch is split around
+    that item (too_deep) and the good event beside it is kept: two outcomes, each once."""
+    deep = b'{"operation": ' + b"[" * 20_000 + b"]" * 20_000 + b', "x": NaN}'
+    good = b'{"ts": 1700000000, "operation": "chat", "tenant": "t1", "app": "a"}'
+    stage1 = Stage1(config)
+    out, end = stage1.feed_many([b"[" + good + b", " + deep + b"]"]), stage1.finish()
+    assert out.decoded + end.decoded == 1
+    assert [r.reason for r in out.rejects + end.rejects] == ["too_deep"]
