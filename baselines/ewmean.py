@@ -44,6 +44,14 @@ class WarmEWMean:
         """How many values the mean stands for: those seen, up to the horizon's 1/α."""
         return self._mean.n if self._ew is None else 1.0 / self.fading_factor  # type: ignore[union-attr]
 
+    def total(self) -> float:
+        """The decayed sum: the mean times the values it stands for (``get() * weight()``)."""
+        ew = self._ew
+        if ew is not None:
+            return ew.get() * (1.0 / self.fading_factor)
+        m = self._mean
+        return m.get() * m.n  # type: ignore[union-attr]
+
     def reset_to(self, x: float) -> None:
         """Forget the history: the mean is ``x`` from now on, as if long established."""
         self._ew = stats.EWMean(self.fading_factor)

@@ -46,6 +46,7 @@ __all__ = ["ZEROS", "Cusum", "nats_for", "to_standard"]
 #: busy cohort up to ×100 on a rare event.
 RHO_UP = (3.0, 10.0, 30.0, 100.0)
 _LOG_UP = tuple(log(r) for r in RHO_UP)
+_RHO_UP_M1 = tuple(r - 1.0 for r in RHO_UP)
 #: Below this many times the expected count no upward design gains (ρ = 3's break-even).
 RISE_MIN = min((r - 1.0) / log(r) for r in RHO_UP)
 ZEROS = (0.0,) * len(RHO_UP)   # shared: never kept as a statistic's own list
@@ -108,8 +109,9 @@ class Cusum:
         if not self.up and k <= RISE_MIN * mu:
             return ZEROS   # no design gains from this window: still no evidence
         out = []
-        for s, r, lr in zip(self._ups, RHO_UP, _LOG_UP, strict=True):
-            v = s + min((k * lr - (r - 1.0) * mu) / disp, cap)
+        for s, rm1, lr in zip(self._ups, _RHO_UP_M1, _LOG_UP, strict=True):
+            v = (k * lr - rm1 * mu) / disp
+            v = s + (cap if cap < v else v)   # min(v, cap) without the call
             out.append(v if v > 0.0 else 0.0)
         return out
 
