@@ -93,11 +93,12 @@ class CohortModel:
     def learn_versions(self, versions: dict[str, int], window: int) -> None:
         """Remember which version values this cohort normally sees, and since when."""
         total = sum(versions.values()) or 1
+        split = [(combo.split("\x1f"), n) for combo, n in versions.items()]
         for i, known in enumerate(self.versions):
             for entry in known.values():
                 entry[0] *= 0.98
-            for combo, n in versions.items():
-                v = combo.split("\x1f")[i]
+            for values, n in split:
+                v = values[i]
                 entry = known.get(v)
                 if entry is None:
                     known[v] = [n / total, window]
@@ -318,7 +319,9 @@ class Scorer:
         bounded influence and stays out of the slow horizon, so nothing locks out; an
         anomalous episode that lasts ``baselines.adopt_after_windows`` is adopted as the new
         normal. Returns the signals whose baselines adopted a new level in this window."""
-        dec = {d.signal: d for d in decisions}
+        # Decisions come in signal order (see score), a subsequence of self.signals.
+        dec = iter(decisions)
+        d_next = next(dec, None)
         nxt = own.seq_next
         if nxt:
             for name, (ups, down) in nxt.items():
@@ -354,8 +357,18 @@ class Scorer:
                 else:
                     entry = (w, x, y, q)
                     prev = recent.get(name)
-                    recent[name] = [prev[-1], entry] if prev and prev[-1][0] == w - 1 else [entry]
-            d = dec.get(name)
+                    if not prev:
+                        recent[name] = [entry]
+                    elif prev[-1][0] == w - 1:   # kept in place: the last two windows
+                        if len(prev) > 1:
+                            del prev[0]
+                        prev.append(entry)
+                    else:
+                        prev[:] = (entry,)
+            if d_next is not None and d_next.signal == name:
+                d, d_next = d_next, next(dec, None)
+            else:
+                d = None
             bad = d is not None and d.anomalous
             if bad:
                 persist[name] = persist.get(name, 0) + 1
