@@ -19,7 +19,7 @@ from typing import NamedTuple
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
-from baselines.sequential import ZEROS, Cusum, nats_for, to_standard
+from baselines.sequential import RISE_MIN, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.partials import SCALE, Partial
@@ -225,17 +225,18 @@ class Scorer:
                 cands = [(zf, False, k), (zs, True, k)]
                 # Multi-window evidence: the last three consecutive windows together, so a
                 # tenfold rise on a small cohort is not missed for want of counts in one.
-                prev = recent.get(name)
+                # ...but only while this window on its own leans the same way, so one
+                # bad window is not stretched into three windows of "persistence" (and
+                # only then are they scored).
+                half = t / 2
+                up_lean, down_lean = max(zf, zs) >= half, min(zf, zs) <= -half
+                prev = recent.get(name) if up_lean or down_lean else None
                 if prev and prev[-1][0] == window - 1:
                     for w, px, py, pq in prev:
                         if w >= window - 2:
                             x, y, q = x + px, y + py, q + pq
                     af, as_ = (b.score_one(x, y) if kind == "rate"  # type: ignore[call-arg]
                                else b.score_one(x, y, q, t0))  # type: ignore[call-arg]
-                    # ...but only while this window on its own leans the same way, so one
-                    # bad window is not stretched into three windows of "persistence".
-                    half = t / 2
-                    up_lean, down_lean = max(zf, zs) >= half, min(zf, zs) <= -half
                     for a in ((af, False, x), (as_, True, x)):   # x: the summed count
                         if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
                             cands.append(a)
@@ -287,8 +288,10 @@ class Scorer:
         if sig.kind == "rate":
             # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
             disp = b.dispersion()  # type: ignore[union-attr]
-            ups = (ZEROS if d == "down" else
-                   cus.peek_up(k, n * b.reference(), disp, h / 2))  # type: ignore[union-attr]
+            # (No rise past RISE_MIN of the slow rate, which the reference is at least, on an
+            # idle statistic: peek_up's own "no evidence", without working out the reference.)
+            ups = (ZEROS if d == "down" or (not cus.up and k <= RISE_MIN * (n * b.expected(True)))
+                   else cus.peek_up(k, n * b.reference(), disp, h / 2))  # type: ignore[union-attr]
             down = (0.0 if d == "up" else
                     cus.peek_down(k, n * b.reference(up=False), disp, h / 2))  # type: ignore[union-attr]
             up = max(ups)
