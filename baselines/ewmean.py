@@ -30,8 +30,9 @@ class WarmEWMean:
         self._ew: stats.EWMean | None = None
 
     def update(self, x: float) -> None:
-        if self._ew is not None:
-            self._ew.update(x)
+        ew = self._ew
+        if ew is not None:
+            ew.update(x)
             return
         m = self._mean
         m.update(x)  # type: ignore[union-attr]

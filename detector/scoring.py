@@ -266,11 +266,11 @@ class Scorer:
             if confirmed and not hit:
                 z, slow, hit = ev, False, True
             if kind == "volume":
-                expected = b.expected(t0, slow=slow)  # type: ignore[call-arg]
+                expected = b.expected(t0, slow)  # type: ignore[call-arg]
             elif kind == "quantity":
-                expected = expm1(b.expected(slow=slow))  # type: ignore[call-arg]
+                expected = expm1(b.expected(slow))  # type: ignore[call-arg]
             else:
-                expected = b.expected(slow=slow)  # type: ignore[call-arg]
+                expected = b.expected(slow)  # type: ignore[call-arg]
             out.append(Decision(name, z, observed, expected, base_t, hit, events, ev, confirmed))
         return out
 
@@ -409,7 +409,7 @@ class Scorer:
                 # none of its own hits, sink, and build evidence out of nothing.)
                 drifting = (flags and b.n >= warmup
                             and abs(b.drift_score(x, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
-                b.learn_one(x, n, slow=not drifting)  # type: ignore[call-arg]
+                b.learn_one(x, n, not drifting)  # type: ignore[call-arg]
             elif kind == "quantity":
                 b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)  # type: ignore[call-arg]
             else:
