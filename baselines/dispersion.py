@@ -41,4 +41,7 @@ class Dispersion:
         self._m2 += a * (z * z - self._m2)
 
     def get(self) -> float:
-        return min(self._cap, max(1.0, self._m2 - self._m1 * self._m1))
+        v = self._m2 - self._m1 * self._m1
+        v = v if v > 1.0 else 1.0            # min(cap, max(1.0, v)) without the calls
+        cap = self._cap
+        return v if v < cap else cap

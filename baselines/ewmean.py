@@ -30,8 +30,9 @@ class WarmEWMean:
         self._ew: stats.EWMean | None = None
 
     def update(self, x: float) -> None:
-        if self._ew is not None:
-            self._ew.update(x)
+        ew = self._ew
+        if ew is not None:
+            ew.update(x)
             return
         m = self._mean
         m.update(x)  # type: ignore[union-attr]
@@ -43,6 +44,14 @@ class WarmEWMean:
     def weight(self) -> float:
         """How many values the mean stands for: those seen, up to the horizon's 1/α."""
         return self._mean.n if self._ew is None else 1.0 / self.fading_factor  # type: ignore[union-attr]
+
+    def total(self) -> float:
+        """The decayed sum: the mean times the values it stands for (``get() * weight()``)."""
+        ew = self._ew
+        if ew is not None:
+            return ew.get() * (1.0 / self.fading_factor)
+        m = self._mean
+        return m.get() * m.n  # type: ignore[union-attr]
 
     def reset_to(self, x: float) -> None:
         """Forget the history: the mean is ``x`` from now on, as if long established."""

@@ -66,8 +66,7 @@ class RateBaseline:
         # The windows the sums stand for: the horizon, or fewer while it fills, so that a
         # rate known from little data is not taken for exact (a slow horizon that had seen
         # 20 quiet windows would otherwise claim a thousand).
-        w = num.weight()
-        return (num.get() * w + _PRIOR_K) / (den.get() * w + _PRIOR_N)
+        return (num.total() + _PRIOR_K) / (den.total() + _PRIOR_N)
 
     def expected(self, slow: bool = False) -> float:
         return self._ps if slow else self._pf
@@ -113,8 +112,7 @@ class RateBaseline:
         True
         """
         num, den = self._fast
-        w = num.weight()
-        k, units = num.get() * w, den.get() * w
+        k, units = num.total(), den.total()
         if up:
             return max(self._ps, (k - 2.0 * sqrt(k)) / units if k > 4.0 else 0.0)
         return min(self._ps, (k + 2.0 * sqrt(k) + 1.0) / units) if units > 0 else self._ps
@@ -141,21 +139,32 @@ class RateBaseline:
         window by window (adopting that level is the caller's: it sees the episode)."""
         if n <= 0:
             return
+        disp = self._disp
         if anomalous:
             mu = n * self._pf
-            sd = sqrt(self._disp.get() * max(mu, 1.0))
+            sd = sqrt(disp.get() * max(mu, 1.0))
             k = min(k, mu + 2.0 * sd) if k > mu else max(k, mu - 2.0 * sd)
         if self.n:
-            self._disp.update(poisson_score(k, n * self._pf))
-        for num, den in (self._fast, self._slow) if slow and not anomalous else (self._fast,):
-            num.update(k)
-            den.update(n)
+            disp.update(poisson_score(k, n * self._pf))
+        fast = self._fast
+        fast[0].update(k)
+        fast[1].update(n)
+        # The slow rate is recomputed only when its sums move (the same value otherwise).
+        slow_moved = slow and not anomalous
+        if slow_moved:
+            snum, sden = self._slow
+            snum.update(k)
+            sden.update(n)
         if not anomalous:
             self._frozen = 0 if slow else self._frozen + 1
         if self._frozen >= self._adopt:
-            (fnum, fden), (snum, sden) = self._fast, self._slow
+            (fnum, fden), (snum, sden) = fast, self._slow
             snum.reset_to(fnum.get())
             sden.reset_to(fden.get())
             self._frozen = 0
+            slow_moved = True
         self.n += 1
-        self._refresh()
+        self._pf = self._rate(fast)
+        if slow_moved:
+            self._ps = self._rate(self._slow)
+        self._sd = sqrt(disp.get())

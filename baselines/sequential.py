@@ -46,6 +46,7 @@ __all__ = ["ZEROS", "Cusum", "nats_for", "to_standard"]
 #: busy cohort up to ×100 on a rare event.
 RHO_UP = (3.0, 10.0, 30.0, 100.0)
 _LOG_UP = tuple(log(r) for r in RHO_UP)
+_RHO_UP_M1 = tuple(r - 1.0 for r in RHO_UP)
 #: Below this many times the expected count no upward design gains (ρ = 3's break-even).
 RISE_MIN = min((r - 1.0) / log(r) for r in RHO_UP)
 ZEROS = (0.0,) * len(RHO_UP)   # shared: never kept as a statistic's own list
@@ -107,11 +108,20 @@ class Cusum:
         """The upward statistics alone (see :meth:`peek_counts`)."""
         if not self.up and k <= RISE_MIN * mu:
             return ZEROS   # no design gains from this window: still no evidence
-        out = []
-        for s, r, lr in zip(self._ups, RHO_UP, _LOG_UP, strict=True):
-            v = s + min((k * lr - (r - 1.0) * mu) / disp, cap)
-            out.append(v if v > 0.0 else 0.0)
-        return out
+        # Unrolled over the four designs, with min/max as comparisons: a hot path.
+        s0, s1, s2, s3 = self._ups
+        m0, m1, m2, m3 = _RHO_UP_M1
+        l0, l1, l2, l3 = _LOG_UP
+        v0 = (k * l0 - m0 * mu) / disp
+        v1 = (k * l1 - m1 * mu) / disp
+        v2 = (k * l2 - m2 * mu) / disp
+        v3 = (k * l3 - m3 * mu) / disp
+        v0 = s0 + (cap if cap < v0 else v0)
+        v1 = s1 + (cap if cap < v1 else v1)
+        v2 = s2 + (cap if cap < v2 else v2)
+        v3 = s3 + (cap if cap < v3 else v3)
+        return [v0 if v0 > 0.0 else 0.0, v1 if v1 > 0.0 else 0.0,
+                v2 if v2 > 0.0 else 0.0, v3 if v3 > 0.0 else 0.0]
 
     def peek_down(self, k: float, mu: float, disp: float, cap: float) -> float:
         """The downward statistic alone (see :meth:`peek_counts`)."""

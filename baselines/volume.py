@@ -83,15 +83,16 @@ class VolumeBaseline:
     def learn_one(self, k: float, t: float) -> None:
         x = log(k + 0.5)
         i = self._bin(t)
+        e = self.expected(t) if self.n else 0.0   # what the window is measured against
         if self.n >= _CLIP_AFTER:
             # Bounded influence: a surge (or a gap) moves the level by at most a few
             # standard deviations of counting noise a window, so the window after a
             # threefold burst is not "a drop" against a level the burst dragged up.
-            e = self.expected(t)
             lim = _CLIP_SD * sqrt(self._disp.get() / max(e, 1.0))
-            x = min(max(x, log(e + 0.5) - lim), log(e + 0.5) + lim)
+            le = log(e + 0.5)
+            x = min(max(x, le - lim), le + lim)
         if self.n:
-            self._disp.update(poisson_score(k, self.expected(t)))
+            self._disp.update(poisson_score(k, e))
             # The season is the offset from the slow level, which a day's cycle barely moves;
             # against the fast level (which follows the cycle) it would learn nothing.
             self._season[i] += _SEASON_RATE * (x - self._slow.get() - self._season[i])

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
-from baselines.sequential import ZEROS, Cusum, nats_for, to_standard
+from baselines.sequential import RISE_MIN, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.core.partials import SCALE, Partial, Versions
@@ -180,77 +180,80 @@ class Scorer:
         return pb if pb is not None and pb.n >= self.warmup else None
 
     # -- scoring ----------------------------------------------------------------------------
-    @staticmethod
-    def _candidates(b: Baseline, kind: str, x: float, y: float, q: float, k: float,
-                    t: float) -> list[tuple[float, bool, float]]:
-        """(score, from the slow horizon?, count) for both horizons; ``t`` the window's
-        start (a quantity's time of day)."""
-        if kind == "rate":
-            zf, zs = b.score_one(x, y)  # type: ignore[call-arg]
-        else:
-            zf, zs = b.score_one(x, y, q, t)  # type: ignore[call-arg]
-        return [(zf, False, k), (zs, True, k)]
-
     def score(self, p: Partial, own: CohortModel, parent: CohortModel | None,
               firing: frozenset[str] | set[str]) -> list[Decision]:
         """Decisions for every signal with data in this window (pure: learns nothing)."""
         c = p.counts
         if len(c) < self.layout.size:   # from a state saved before the layout grew
             c.extend([0] * (self.layout.size - len(c)))
-        t0 = p.window * self.size
+        window = p.window
+        t0 = window * self.size
         thr = self.thresholds(p.level, p.cohort)
+        seq, mine, recent = own.seq, own.baselines, own.recent
+        need = self.warmup if own.level == 0 else self.own_after
+        clear_ratio = self.clear_ratio
+        events = int(c[EVENTS])
         out: list[Decision] = []
         for sig, d, min_count, seq_t in self._specs:
-            name = sig.name
-            if sig.kind == "volume":
+            name, kind, num, den, sq, _, flags, log = sig
+            if kind == "volume":
                 n = k = c[EVENTS]
             else:
-                n = c[sig.num] if sig.kind == "quantity" else c[sig.den]
+                n = c[num] if kind == "quantity" else c[den]
                 if n <= 0:
                     continue
-                k = c[sig.num]   # for a quantity: the number of values (min_count applies)
-                if k == 0 and d == "up" and (name not in own.seq or own.seq[name].idle()):
+                k = c[num]   # for a quantity: the number of values (min_count applies)
+                if k == 0 and d == "up" and (name not in seq or seq[name].idle()):
                     continue     # nothing happened, no evidence to drain (the common case)
-            b = self._baseline(sig, own, parent)
-            if b is None:
-                continue
-            t = thr[name] * (self.clear_ratio if name in firing else 1.0)
-            if sig.kind == "volume":
+            b = mine.get(name)
+            if b is None or b.n < need:   # (the common case, its own baseline, inline)
+                b = self._baseline(sig, own, parent)
+                if b is None:
+                    continue
+            base_t = thr[name]
+            t = base_t * (clear_ratio if name in firing else 1.0)
+            if kind == "volume":
                 zf, zs = b.score_one(k, t0)  # type: ignore[union-attr]
                 cands = [(zf, False, k), (zs, True, k)]
                 observed = k
             else:
-                x, y, q = ((k, n, 0.0) if sig.kind == "rate"
-                           else (n, c[sig.den] / SCALE, c[sig.sq] / SCALE2))
-                cands = self._candidates(b, sig.kind, x, y, q, k, t0)
+                if kind == "rate":
+                    x, y, q = k, n, 0.0
+                    zf, zs = b.score_one(x, y)  # type: ignore[call-arg]
+                else:
+                    x, y, q = n, c[den] / SCALE, c[sq] / SCALE2
+                    zf, zs = b.score_one(x, y, q, t0)  # type: ignore[call-arg]
+                cands = [(zf, False, k), (zs, True, k)]
                 # Multi-window evidence: the last three consecutive windows together, so a
                 # tenfold rise on a small cohort is not missed for want of counts in one.
-                prev = own.recent.get(name)
-                if prev and prev[-1][0] == p.window - 1:
+                # ...but only while this window on its own leans the same way, so one
+                # bad window is not stretched into three windows of "persistence" (and
+                # only then are they scored).
+                half = t / 2
+                up_lean, down_lean = max(zf, zs) >= half, min(zf, zs) <= -half
+                prev = recent.get(name) if up_lean or down_lean else None
+                if prev and prev[-1][0] == window - 1:
                     for w, px, py, pq in prev:
-                        if w >= p.window - 2:
+                        if w >= window - 2:
                             x, y, q = x + px, y + py, q + pq
-                    agg = self._candidates(b, sig.kind, x, y, q, x, t0)  # x: the summed count
-                    # ...but only while this window on its own leans the same way, so one
-                    # bad window is not stretched into three windows of "persistence".
-                    half = t / 2
-                    agg = [a for a in agg
-                           if (a[0] > 0 and max(cands)[0] >= half)
-                           or (a[0] < 0 and min(cands)[0] <= -half)]
-                    cands += agg
+                    af, as_ = (b.score_one(x, y) if kind == "rate"  # type: ignore[call-arg]
+                               else b.score_one(x, y, q, t0))  # type: ignore[call-arg]
+                    for a in ((af, False, x), (as_, True, x)):   # x: the summed count
+                        if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
+                            cands.append(a)
                 # Two horizons apart: a slow ramp, in the fast horizon's decayed sums against
                 # the slow rate; only while this window on its own leans that way (so the
                 # alert resolves when the ramp is over) and only on the cohort's own baseline.
-                if sig.flags and b is own.baselines.get(name):
-                    lean = max(cands[:2], key=_magnitude)[0]   # this window alone
+                if flags and b is mine.get(name):
+                    lean = zs if abs(zs) > abs(zf) else zf   # this window alone
                     if abs(lean) >= t / 2:
                         zd = b.drift_score(k, n)  # type: ignore[union-attr]
                         if zd * lean > 0:
                             cands.append((zd, True, k))
                 # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
                 # reported back as geometric means; evaluation scores as plain means.
-                mean = c[sig.den] / SCALE / n
-                observed = k / n if sig.kind == "rate" else expm1(mean) if sig.log else mean
+                mean = c[den] / SCALE / n
+                observed = k / n if kind == "rate" else expm1(mean) if log else mean
             if d == "up":
                 z, slow, kk = max(cands)
                 hit = z >= t and kk >= min_count
@@ -260,19 +263,18 @@ class Scorer:
             else:
                 z, slow, kk = max(cands, key=_magnitude)
                 hit = (z >= t and kk >= min_count) or z <= -t
-            ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, cands[0][0]) if (
-                sig.kind == "quantity" or sig.flags) else (0.0, False)
+            ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, zf) if (
+                kind == "quantity" or flags) else (0.0, False)
             if confirmed and not hit:
                 z, slow, hit = ev, False, True
-            if sig.kind == "volume":
-                expected = b.expected(t0, slow=slow)  # type: ignore[call-arg]
-            elif sig.kind == "quantity":
-                expected = b.expected(slow=slow)  # type: ignore[call-arg]
-                expected = expm1(expected) if sig.log else expected
+            if kind == "volume":
+                expected = b.expected(t0, slow)  # type: ignore[call-arg]
+            elif kind == "quantity":
+                expected = b.expected(slow)  # type: ignore[call-arg]
+                expected = expm1(expected) if log else expected
             else:
-                expected = b.expected(slow=slow)  # type: ignore[call-arg]
-            out.append(Decision(name, z, observed, expected, thr[name], hit, int(c[EVENTS]),
-                                ev, confirmed))
+                expected = b.expected(slow)  # type: ignore[call-arg]
+            out.append(Decision(name, z, observed, expected, base_t, hit, events, ev, confirmed))
         return out
 
     def _sequential(self, sig: Signal, b: Baseline, own: CohortModel, d: str, t: float,
@@ -289,17 +291,19 @@ class Scorer:
         if sig.kind == "rate":
             # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
             disp = b.dispersion()  # type: ignore[union-attr]
-            ups = (ZEROS if d == "down" else
-                   cus.peek_up(k, n * b.reference(), disp, h / 2))  # type: ignore[union-attr]
+            # (No rise past RISE_MIN of the slow rate, which the reference is at least, on an
+            # idle statistic: peek_up's own "no evidence", without working out the reference.)
+            ups = (ZEROS if d == "down" or (not cus.up and k <= RISE_MIN * (n * b.expected(True)))
+                   else cus.peek_up(k, n * b.reference(), disp, h / 2))  # type: ignore[union-attr]
             down = (0.0 if d == "up" else
                     cus.peek_down(k, n * b.reference(up=False), disp, h / 2))  # type: ignore[union-attr]
             up = max(ups)
-            if cus is _IDLE and up == down == 0.0:
-                return 0.0, False   # no evidence, and none to keep (the common case)
         else:
             # A quantity's tails are heavier than its standard score admits: three windows.
             up, down = cus.peek_z(z_fast, h / 3)
             ups = [up, *ZEROS[1:]]
+        if cus is _IDLE and up == down == 0.0:
+            return 0.0, False   # no evidence, and none to keep (the common case)
         rising = up > cus.up and up >= h and d != "down"
         falling = down > cus.down and down >= h and d != "up"
         # A confirmation restarts the statistic half-way (Page's restart after an alarm,
@@ -321,12 +325,16 @@ class Scorer:
         bounded influence and stays out of the slow horizon, so nothing locks out; an
         anomalous episode that lasts ``baselines.adopt_after_windows`` is adopted as the new
         normal. Returns the signals whose baselines adopted a new level in this window."""
-        dec = {d.signal: d for d in decisions}
+        # Decisions come in signal order (see score), a subsequence of self.signals.
+        dec = iter(decisions)
+        d_next = next(dec, None)
         nxt = own.seq_next
         if nxt:
             for name, (ups, down) in nxt.items():
                 cus = own.seq.get(name)
                 if cus is None:
+                    if down == 0.0 and max(ups) == 0.0:
+                        continue   # idle, and would be dropped as such below
                     cus = own.seq[name] = Cusum()
                 cus.set(ups, down)
                 if cus.idle():
@@ -335,52 +343,65 @@ class Scorer:
         adopted: list[str] = []
         c = p.counts
         w = p.window
+        recent, persist, episodes, baselines = own.recent, own.persist, own.episodes, own.baselines
+        clear_ratio, warmup = self.clear_ratio, self.warmup
         for sig in self.signals:
-            name = sig.name
-            kind = sig.kind
-            n = c[EVENTS] if kind == "volume" else c[sig.num if kind == "quantity" else sig.den]
+            name, kind, num, den, sq, _, flags, _log = sig
             if kind == "rate":
-                x, y, q = c[sig.num], n, 0.0
+                n = c[den]
+                x, y, q = c[num], n, 0.0
             elif kind == "quantity":
-                x, y, q = n, c[sig.den] / SCALE, c[sig.sq] / SCALE2
+                n = c[num]
+                x, y, q = n, c[den] / SCALE, c[sq] / SCALE2
             else:
+                n = c[EVENTS]
                 x, y, q = n, 0.0, 0.0
             if kind != "volume":
                 if n <= 0:
-                    own.recent.pop(name, None)
+                    if recent:
+                        recent.pop(name, None)
                 else:
                     entry = (w, x, y, q)
-                    prev = own.recent.get(name)
-                    own.recent[name] = ([prev[-1], entry] if prev and prev[-1][0] == w - 1
-                                        else [entry])
-            d = dec.get(name)
+                    prev = recent.get(name)
+                    if not prev:
+                        recent[name] = [entry]
+                    elif prev[-1][0] == w - 1:   # kept in place: the last two windows
+                        if len(prev) > 1:
+                            del prev[0]
+                        prev.append(entry)
+                    else:
+                        prev[:] = (entry,)
+            if d_next is not None and d_next.signal == name:
+                d, d_next = d_next, next(dec, None)
+            else:
+                d = None
             bad = d is not None and d.anomalous
             if bad:
-                own.persist[name] = own.persist.get(name, 0) + 1
-            else:
-                own.persist.pop(name, None)
+                persist[name] = persist.get(name, 0) + 1
+            elif persist:
+                persist.pop(name, None)
             # The episode goes on through windows that lean as far as a firing alert's
             # hysteresis asks, whether or not this cohort's own alert fires (a parent whose
             # alert its child stands for must adopt with the child, not page after it).
-            if d is not None and (bad or abs(d.score) >= self.clear_ratio * d.threshold):
+            if d is not None and (bad or abs(d.score) >= clear_ratio * d.threshold):
                 if self._episode(own, sig, w, x, y, q):
                     adopted.append(name)
                     continue
-            else:
-                ep = own.episodes.get(name)
+            elif episodes:
+                ep = episodes.get(name)
                 if ep is not None and w - ep[1] >= self.resolve_after:
-                    del own.episodes[name]
+                    del episodes[name]
             if kind != "volume" and n <= 0:
                 continue   # no data: nothing to learn, and no state to keep
-            b = own.baselines.get(name)
+            b = baselines.get(name)
             if b is None:
                 if bad:
                     continue   # scored on the parent's baseline: nothing of its own to bound
-                b = own.baselines[name] = self._new(sig)
+                b = baselines[name] = self._new(sig)
             # Only what was judged anomalous: holding back windows whose evidence is merely
             # building would keep a rare event's hits out of its own baseline and bias it low.
             guarded = bad
-            if guarded and b.n < self.warmup:
+            if guarded and b.n < warmup:
                 continue       # too little of its own to bound an update by
             if kind == "rate":
                 if guarded:
@@ -389,9 +410,9 @@ class Scorer:
                 # The slow horizon stays out of it while the fast one drifts away from it. (Not
                 # while sequential evidence merely builds: a rare event's reference would learn
                 # none of its own hits, sink, and build evidence out of nothing.)
-                drifting = (sig.flags and b.n >= self.warmup
+                drifting = (flags and b.n >= warmup
                             and abs(b.drift_score(x, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
-                b.learn_one(x, n, slow=not drifting)  # type: ignore[call-arg]
+                b.learn_one(x, n, not drifting)  # type: ignore[call-arg]
             elif kind == "quantity":
                 b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)  # type: ignore[call-arg]
             else:
