@@ -94,6 +94,7 @@ _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _CACHE_ENTRIES: Final = 1 << 16
 _CACHE_KEYS: Final = 1 << 12
 _VALUES_PER_UNMAPPED: Final = 256
+_RESOURCES: Final = 1 << 10
 
 
 def check_mapping(cfg: Config) -> None:
@@ -176,6 +177,8 @@ class OtlpDecoder:
         # KeyValue bytes -> its ((field, rank, value), ...); bounded, and never content.
         self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
         self.pairs: dict[bytes, tuple[tuple[str, object], ...]] = {}   # the same, unranked
+        self.resources: dict[tuple[bytes, ...], tuple[list[tuple[str, int, object]],
+                                                      dict[str, object]]] = {}
         self.unmapped: dict[str, int] = {}   # unmapped name -> its values cached
         self.refusals = frozenset(mapping.refusal_finish_reasons)
         self.evaluators = frozenset(mapping.evaluators)
@@ -236,16 +239,15 @@ class OtlpDecoder:
                 bad.append(r._replace(message=i))
         return ok
 
-    def _proto(self, data: bytes, ranked: bool = False) -> Iterable[dict[str, Any] | None]:
+    def _proto(self, data: bytes, ranked: bool = False) -> list[dict[str, Any] | None]:
         """The hot path. A resource's attributes are resolved once for all its spans; a span's
         fields are one dict of its attributes' cached (field, value) pairs, merged with the
         resource's, unless a field is named twice (or ``ranked``: then :func:`_resolve`)."""
         msg = self._traces()
         msg.ParseFromString(data)
-        pairs_of, attr = self.pairs.get, self._attr
+        pairs_of, attr, span, out = self.pairs.get, self._attr, self._span, []
         for rs in msg.resource_spans:
-            res = self._hits(map(self._triples, rs.resource.attributes), 1)
-            base = _resolve(res, [])
+            res, base = self._resource(tuple(rs.resource.attributes))
             base_keys = base.keys()
             for ss in rs.scope_spans:
                 for s in ss.spans:
@@ -254,23 +256,41 @@ class OtlpDecoder:
                     if None in hits:
                         hits = [attr(b)[0] if h is None else h
                                 for h, b in zip(hits, attrs, strict=True)]
-                    pairs = list(chain.from_iterable(hits))
-                    out = dict(pairs)
-                    if ranked or len(out) != len(pairs) or not base_keys.isdisjoint(out):
-                        out = _resolve(res, list(map(self._triples, attrs)))
+                    best = dict(chain.from_iterable(hits))
+                    if (ranked or len(best) != sum(map(len, hits))
+                            or not base_keys.isdisjoint(best)):
+                        best = _resolve(res, list(map(self._triples, attrs)))
                     elif base:
-                        out.update(base)
-                    if "operation" not in out and _LEGACY_FIELD not in out:
-                        yield None   # not a GenAI operation: nothing else read
+                        best.update(base)
+                    if "operation" in best:
+                        name = ""   # read only for a span without it (below)
+                    elif _LEGACY_FIELD in best:
+                        name = s.name
+                    else:
+                        out.append(None)   # not a GenAI operation: nothing else read
                         continue
                     events = s.events
-                    st = s.status.code if s.HasField("status") else 0
-                    yield self._span(
-                        out,
+                    out.append(span(
+                        best,
                         [(e.name, [self._kv.FromString(b) for b in e.attributes], proto_value)
                          for e in events if e.name == _EVAL_EVENT] if events else (),
-                        s.trace_id.hex(), s.span_id.hex(), s.name, s.start_time_unix_nano,
-                        s.end_time_unix_nano, st)
+                        s.trace_id.hex(), s.span_id.hex(), name, s.start_time_unix_nano,
+                        s.end_time_unix_nano, s.status.code if s.HasField("status") else 0))
+        return out
+
+    def _resource(self, attrs: tuple[bytes, ...]) -> tuple[list[tuple[str, int, object]],
+                                                            dict[str, object]]:
+        """A resource's ranked attributes and its own best fields: the same for every message
+        of one service, so cached (bounded) unless it has an uncached attribute."""
+        got = self.resources.get(attrs)
+        if got is None:
+            res = self._hits(map(self._triples, attrs), 1)
+            got = res, _resolve(res, [])
+            if all(map(self.cache.__contains__, attrs)):   # never content
+                if len(self.resources) >= _RESOURCES:
+                    self.resources.clear()
+                self.resources[attrs] = got
+        return got
 
     def _triples(self, b: bytes) -> tuple[tuple[str, int, object], ...]:
         t = self.cache.get(b)
