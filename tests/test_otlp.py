@@ -355,3 +355,48 @@ def test_unique_unmapped_attributes_do_not_fill_the_cache() -> None:
     assert len(ok) == 2000
     assert len(dec.cache) < 300   # 256 response ids, then none; one server.address, one op
     assert dec.unmapped["gen_ai.response.id"] == 2000
+
+
+def test_the_fast_path_maps_spans_as_ranking_every_attribute_does() -> None:
+    # Spans whose fields come from one attribute each take the fast path; the agent turn also
+    # has a field named twice (request and response model) and one on both the span and the
+    # resource. Mutated copies add bad values, bad ids and broken messages.
+    dec = OtlpDecoder("otlp_proto", CFG.input.otlp)
+    good = [traces_data(agent_spans(T0 + k * 10**9, tenant=f"t{k % 3}", authorized=bool(k % 2)))
+            for k in range(4)]
+    rng = random.Random(16)
+    msgs = [*good]
+    for _ in range(300):   # bounded in count
+        b = bytearray(rng.choice(good))
+        for _ in range(rng.randint(1, 4)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        msgs.append(bytes(b))
+    compared = 0
+    for m in msgs:
+        try:
+            fast = dec._proto(m)
+        except Exception:   # a broken message: a rejection, whichever path
+            continue
+        assert fast == dec._proto(m, ranked=True)   # dicts: the same fields and values
+        compared += 1
+    assert compared > 50
+    assert all(MARK not in b for key in dec.resources for b in key)   # never content
+
+
+def test_a_span_with_two_bad_fields_is_rejected_for_the_first_in_ranked_order() -> None:
+    # msgspec names the first bad field it meets: the fast path's dict order differs from the
+    # ranked one (resource fields first), so a message with a bad span is mapped again ranked.
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exp = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource.create({"tenant.id": 5, "service.name": "svc"}))
+    tp.add_span_processor(SimpleSpanProcessor(exp))
+    for attrs in ({"ai.retries": -1}, {}):
+        s = tp.get_tracer("x").start_span("chat", start_time=T0, attributes={
+            "gen_ai.operation.name": "chat", **attrs})
+        s.end(end_time=T0 + MS)
+    ok, bad, _ = _decode("otlp_proto", traces_data(list(exp.get_finished_spans())))
+    assert ok == [] and [(r.reason, r.field) for r in bad] == [("wrong_type", "tenant")] * 2

@@ -95,6 +95,7 @@ _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _CACHE_ENTRIES: Final = 1 << 16
 _CACHE_KEYS: Final = 1 << 12
 _VALUES_PER_UNMAPPED: Final = 256
+_RESOURCES: Final = 1 << 10
 
 
 def check_mapping(cfg: Config) -> None:
@@ -176,6 +177,9 @@ class OtlpDecoder:
             self.index.setdefault(name, []).append((_LEGACY_FIELD, 0))
         # KeyValue bytes -> its ((field, rank, value), ...); bounded, and never content.
         self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
+        self.pairs: dict[bytes, tuple[tuple[str, object], ...]] = {}   # the same, unranked
+        self.resources: dict[tuple[bytes, ...], tuple[list[tuple[str, int, object]],
+                                                      dict[str, object]]] = {}
         self.unmapped: dict[str, int] = {}   # unmapped name -> its values cached
         self.refusals = frozenset(mapping.refusal_finish_reasons)
 
@@ -203,13 +207,13 @@ class OtlpDecoder:
             skipped += len(spans) - len(kept)
             items += kept
             where += [i] * len(kept)
-        ok = self._validate(items, where, bad)
+        ok = self._validate(items, where, bad, messages)
         if len(bad) > 1:
             bad.sort(key=lambda r: r.message)
         return ok, bad, skipped
 
-    def _validate(self, items: list[dict[str, Any]], where: list[int],
-                  bad: list[Rejection]) -> list[TraceEvent]:
+    def _validate(self, items: list[dict[str, Any]], where: list[int], bad: list[Rejection],
+                  messages: list[bytes]) -> list[TraceEvent]:
         """The native checks in one C pass; item by item (for the reasons) if one fails."""
         try:
             evs = msgspec.convert(items, list[TraceEvent], strict=True)
@@ -217,57 +221,107 @@ class OtlpDecoder:
             evs = None
         if evs is not None and _finish_all(evs):   # JSON ids may not be hex
             return evs
+        results = list(map(_one_item, items))
+        if self.fmt == "otlp_proto":
+            # The fast path orders a span's fields otherwise, and msgspec names the first bad
+            # one: a message with a bad span is mapped again as the ranked path does.
+            failed = {i for r, i in zip(results, where, strict=True)
+                      if not isinstance(r, TraceEvent)}
+            for i in sorted(failed, reverse=True):
+                at = where.index(i)
+                redo = [_one_item(x) for x in self._proto(messages[i], ranked=True) if x]
+                results[at:at + len(redo)] = redo
         ok: list[TraceEvent] = []
-        for item, i in zip(items, where, strict=True):
-            r = _one_item(item)
+        for r, i in zip(results, where, strict=True):
             if isinstance(r, TraceEvent):
                 ok.append(r)
             else:
                 bad.append(r._replace(message=i))
         return ok
 
-    def _proto(self, data: bytes) -> Iterable[dict[str, Any] | None]:
+    def _proto(self, data: bytes, ranked: bool = False) -> list[dict[str, Any] | None]:
+        """The hot path. A resource's attributes are resolved once for all its spans; a span's
+        fields are one dict of its attributes' cached (field, value) pairs, merged with the
+        resource's, unless a field is named twice (or ``ranked``: then :func:`_resolve`)."""
         msg = self._traces()
         msg.ParseFromString(data)
-        get, attr = self.cache.get, self._attr
+        pairs_of, attr, span, out = self.pairs.get, self._attr, self._span, []
         for rs in msg.resource_spans:
-            res = self._hits([h if (h := get(b)) is not None else attr(b)
-                              for b in rs.resource.attributes], 1)
+            res, base = self._resource(tuple(rs.resource.attributes))
+            base_keys = base.keys()
             for ss in rs.scope_spans:
                 for s in ss.spans:
                     attrs = s.attributes
-                    hits = list(map(get, attrs))   # C-level; misses (None) parsed once
+                    hits = list(map(pairs_of, attrs))   # C-level; misses parsed once
                     if None in hits:
-                        hits = [attr(b) if h is None else h for h, b in zip(hits, attrs,
-                                                                            strict=True)]
-                    yield self._span(
-                        _resolve(res, hits),
+                        hits = [attr(b)[0] if h is None else h
+                                for h, b in zip(hits, attrs, strict=True)]
+                    best = dict(chain.from_iterable(hits))
+                    if (ranked or len(best) != sum(map(len, hits))
+                            or not base_keys.isdisjoint(best)):
+                        best = _resolve(res, list(map(self._triples, attrs)))
+                    elif base:
+                        best.update(base)
+                    if "operation" in best:
+                        name = ""   # read only for a span without it (below)
+                    elif _LEGACY_FIELD in best:
+                        name = s.name
+                    else:
+                        out.append(None)   # not a GenAI operation: nothing else read
+                        continue
+                    events = s.events
+                    out.append(span(
+                        best,
                         [(e.name, [self._kv.FromString(b) for b in e.attributes], proto_value)
-                         for e in s.events if e.name == _EVAL_EVENT] if s.events else (),
-                        s.trace_id.hex(), s.span_id.hex(), s.name, s.start_time_unix_nano,
-                        s.end_time_unix_nano, s.status.code)
+                         for e in events if e.name == _EVAL_EVENT] if events else (),
+                        s.trace_id.hex(), s.span_id.hex(), name, s.start_time_unix_nano,
+                        s.end_time_unix_nano, s.status.code if s.HasField("status") else 0))
+        return out
 
-    def _attr(self, b: bytes) -> tuple[tuple[str, int, object], ...]:
-        """What one attribute (a serialised KeyValue) maps to: ((field, rank, value), …),
-        parsed by upb and cached. Content attributes are never cached or read, nor unmapped
-        ones whose values keep changing (a response id would fill the cache and clear it)."""
+    def _resource(self, attrs: tuple[bytes, ...]) -> tuple[list[tuple[str, int, object]],
+                                                            dict[str, object]]:
+        """A resource's ranked attributes and its own best fields: the same for every message
+        of one service, so cached (bounded) unless it has an uncached attribute."""
+        got = self.resources.get(attrs)
+        if got is None:
+            res = self._hits(map(self._triples, attrs), 1)
+            got = res, _resolve(res, [])
+            if all(map(self.cache.__contains__, attrs)):   # never content
+                if len(self.resources) >= _RESOURCES:
+                    self.resources.clear()
+                self.resources[attrs] = got
+        return got
+
+    def _triples(self, b: bytes) -> tuple[tuple[str, int, object], ...]:
+        t = self.cache.get(b)
+        return self._attr(b)[1] if t is None else t
+
+    def _attr(self, b: bytes) -> tuple[tuple[tuple[str, object], ...],
+                                       tuple[tuple[str, int, object], ...]]:
+        """What one attribute (a serialised KeyValue) maps to: its ((field, value), …) and
+        ((field, rank, value), …), parsed by upb and cached. Content attributes are never cached
+        or read, nor unmapped ones whose values keep changing (a response id would fill the
+        cache and clear it)."""
         kv = self._kv.FromString(b)
         key = kv.key
         hits = self.index.get(key)
         out = self._derive(hits, proto_value(kv.value)) if hits else ()
+        pairs = tuple((f, v) for f, _, v in out)
         if key.startswith(CONTENT_ATTRIBUTES):
-            return out
+            return pairs, out
         if not hits:
             seen = self.unmapped
             if len(seen) >= _CACHE_KEYS:   # names are input too: bounded
                 seen.clear()
             n = seen[key] = seen.get(key, 0) + 1
             if n > _VALUES_PER_UNMAPPED:
-                return out
+                return pairs, out
         if len(self.cache) >= _CACHE_ENTRIES:
             self.cache.clear()
+            self.pairs.clear()
         self.cache[b] = out
-        return out
+        self.pairs[b] = pairs
+        return pairs, out
 
     def _json(self, data: bytes) -> Iterable[dict[str, Any] | None]:
         msg = json_traces.decode(data)
