@@ -10,6 +10,15 @@ Both horizons start warm: until a horizon has seen 1/rate windows, its level and
 the plain mean and variance of what it has seen. The slow horizon's spread grows by at most a
 bounded factor per window, so a slow ramp does not become its own yardstick.
 
+The score keeps its meaning on heavy-tailed series: the baseline estimates the kurtosis of its
+normal windows' standard scores and reports the standard score with the same tail probability
+under a Student t of that kurtosis (window means of many events are near normal and keep their
+Gaussian z; a gauge of one value a window often is not). A Gaussian z of 6 is 6 while the tails
+look normal, and about 3.4 where they look like a t of 5 degrees of freedom::
+
+>>> round(_calibrate(6.0, float("inf")), 1), round(_calibrate(6.0, 5.0), 1)
+(6.0, 3.4)
+
 Windows judged anomalous still teach it (there is no lock-out), with bounded influence: the
 window mean is clipped to ``CLIP`` standard errors from each level (for the fast level, until
 ``PERSIST`` anomalous windows in a row lean the same way). One spike barely moves it::
@@ -45,7 +54,7 @@ True
 from __future__ import annotations
 
 from array import array
-from math import sqrt
+from math import copysign, log1p, sqrt
 
 __all__ = ["QuantityBaseline"]
 
@@ -64,11 +73,25 @@ SEASON_RATE = 0.02
 #: The time-of-day cycle is used once a whole period has been seen and it leaves at most this
 #: share of the spread around the slow level (a series without a daily cycle never uses it).
 SEASON_SHARE = 0.5
+#: Squared standard scores enter the tail estimate clipped here (|z| <= 6): one burst cannot
+#: make every later window look ordinary.
+TAIL_CLIP = 36.0
+#: Windows learned before the tail estimate starts (the first spreads are themselves noisy).
+#: The estimate is used once it has seen half a slow horizon of normal windows: a fourth
+#: moment needs many windows, and a few hours with a handful of sub-threshold incidents in
+#: them would otherwise pass for a heavy tail and blunt the next real one.
+TAIL_WARMUP = 10
+#: The heaviest tail assumed: a Student t with this many degrees of freedom (finite variance).
+NU_MIN = 3.0
+#: Excess kurtosis below this is estimation noise (the spreads are themselves estimates): no
+#: correction. Above it, only the excess beyond it counts, so the correction starts smoothly.
+EXCESS_SLACK = 0.5
 
 
 class QuantityBaseline:
-    __slots__ = ("_a", "_adopt", "_b", "_bins", "_fit", "_lf", "_ls", "_period", "_prev", "_res",
-                 "_run", "_season", "_streak", "_t", "_vf", "_vn", "_vs", "_w", "n")
+    __slots__ = ("_a", "_adopt", "_b", "_bins", "_fit", "_lf", "_ls", "_m2", "_m4", "_period",
+                 "_prev", "_res", "_run", "_season", "_streak", "_t", "_tn", "_vf", "_vn", "_vs",
+                 "_w", "n")
 
     def __init__(self, fast: float, slow: float, adopt_windows: int = 120, bins: int = 24,
                  period: float = 86400.0) -> None:
@@ -90,6 +113,10 @@ class QuantityBaseline:
         self._bins, self._period = bins, period
         self._t = [-1.0, -1.0]
         self._fit = [0.0, 0.0]
+        # Second and fourth moments of the fast standard score over the slow horizon: how
+        # heavy the window means' tails are (their kurtosis), for the score's calibration.
+        self._m2 = self._m4 = 0.0
+        self._tn = 0   # windows in that estimate
         self.n = 0
 
     def _bin(self, t: float) -> int:
@@ -125,7 +152,16 @@ class QuantityBaseline:
             return 0.0, 0.0
         m = s / n - self._offset(t)
         ef, es = self._se2(n)
-        return (m - self._lf) / sqrt(ef), (m - self._ls) / sqrt(es)
+        nu = self.tail_dof()
+        return _calibrate((m - self._lf) / sqrt(ef), nu), _calibrate((m - self._ls) / sqrt(es), nu)
+
+    def tail_dof(self) -> float:
+        """Degrees of freedom of the Student t whose kurtosis the normal windows' standard
+        scores have shown (``inf``: no heavier than normal, or not yet known)."""
+        if self._tn * self._b < 0.5 or self._m2 <= 0:
+            return float("inf")
+        excess = self._m4 / (self._m2 * self._m2) - 3.0 - EXCESS_SLACK
+        return max(NU_MIN, 4.0 + 6.0 / excess) if excess > 0 else float("inf")
 
     def rebase(self, n: float, s: float, q: float) -> None:
         """Adopt a new normal: the mean and per-event spread of ``n`` values summing to ``s``
@@ -161,6 +197,12 @@ class QuantityBaseline:
         ef, es = self._se2(n)
         rf, rs = m - self._lf, m - self._ls
         df = rf * rf
+        if k > TAIL_WARMUP and not anomalous:   # the tails of normal traffic
+            u = min(df / ef, TAIL_CLIP)
+            self._tn += 1
+            r = max(self._b, 1.0 / self._tn)
+            self._m2 += r * (u - self._m2)
+            self._m4 += r * (u * u - self._m4)
         if not anomalous:
             self._run = 0
         else:
@@ -205,3 +247,16 @@ class QuantityBaseline:
         self._fit[1] += b * ((r - self._season[i]) ** 2 - self._fit[1])
         if not anomalous:    # an anomalous window does not teach the cycle
             self._season[i] += SEASON_RATE * (r - self._season[i])
+
+
+def _calibrate(z: float, nu: float) -> float:
+    """The standard score with the same tail probability as ``z`` has under a unit-variance
+    Student t of ``nu`` degrees of freedom (Wallace's 1959 approximation, monotone).
+
+    >>> round(_calibrate(5.0, float("inf")), 2), round(_calibrate(5.0, 4.0), 1)
+    (5.0, 3.0)
+    """
+    if nu == float("inf") or z == 0.0:
+        return z
+    t2 = z * z * nu / (nu - 2.0)
+    return copysign((8.0 * nu + 1.0) / (8.0 * nu + 3.0) * sqrt(nu * log1p(t2 / nu)), z)
