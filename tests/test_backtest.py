@@ -22,19 +22,15 @@ from detector.lab.backtest import (
     spans,
 )
 from detector.lab.replay import replay
-from detector.lab.simulate import simulate
 from detector.lab.tracefile import Oversized
 
 DETECTOR = [sys.executable, "-m", "detector.cli"]
 SWEEP = [3.0, 4.0, 5.0, 6.0]
 
 
-@pytest.fixture(scope="module")
-def sim(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """1.5 h of traffic with a refusal spike (windowed, plotted) and a secret leak (hard rule)."""
-    out = tmp_path_factory.mktemp("sim")
-    simulate(out, hours=1.5, seed=2, scenarios=["refusal_spike", "secret_leak"], rate=20.0)
-    return out
+@pytest.fixture
+def sim(spike_sim: Path) -> Path:
+    return spike_sim
 
 
 def _alerts(path: Path, config: Any) -> list[dict[str, Any]]:
