@@ -1,8 +1,9 @@
 """Read one time range of a Kafka topic, for `replay --kafka` and `backtest --kafka`.
 
-The range is the offsets by time of every partition (``offsets_for_times``): from the first
-record stamped at or after ``since`` up to, not including, the first stamped at or after
-``until`` (the log end where none is). It reads with kafka-python, the design's synchronous
+The range is, in every partition, from the first record stamped at or after ``since`` up to,
+not including, the first stamped at or after ``until`` (the log end where none is): the
+offsets ``offsets_for_times`` names for those times. Reading starts at the broker's offset for
+``since``. It reads with kafka-python, the design's synchronous
 client, assigning partitions itself: no consumer group is joined and no offset is committed,
 so a backtest never moves a running worker's offsets. Partitions are merged by record
 timestamp (then partition, offset), so every run over the same range sees the same order.
@@ -118,12 +119,9 @@ def read_range(rng: KafkaRange, config: Config, max_bytes: int, *,
         if not parts:
             raise KafkaRangeError(f"topic {rng.topic!r} does not exist on {rng.brokers}")
         tps = [TopicPartition(rng.topic, p) for p in sorted(parts)]
-        starts = consumer.offsets_for_times({tp: rng.since_ms for tp in tps})  # type: ignore[attr-defined]
-        stops = consumer.offsets_for_times({tp: rng.until_ms for tp in tps})  # type: ignore[attr-defined]
-        todo = {tp: (starts[tp].offset, stops[tp].offset if stops[tp] else None)
-                for tp in tps if starts[tp] is not None
-                and (stops[tp] is None or stops[tp].offset > starts[tp].offset)}
-        per_part = _fetch(consumer, todo, timeout)
+        hints = consumer.offsets_for_times({tp: rng.since_ms for tp in tps})  # type: ignore[attr-defined]
+        todo = {tp: hints[tp].offset for tp in tps if hints[tp] is not None}
+        per_part = _fetch(consumer, todo, rng, timeout)
     except KafkaError as e:
         raise KafkaRangeError(f"{rng.topic} on {rng.brokers}: {e}") from None
     finally:
@@ -133,16 +131,18 @@ def read_range(rng: KafkaRange, config: Config, max_bytes: int, *,
         yield v if len(v) <= max_bytes else Oversized(len(v), hashlib.sha256(v).hexdigest())
 
 
-def _fetch(consumer: object, todo: dict[object, tuple[int, int | None]],
+def _fetch(consumer: object, todo: dict[object, int], rng: KafkaRange,
            timeout: float) -> list[list[_Record]]:
-    """Each partition's records from its start offset to its stop offset (or its log end:
-    the high watermark fetches report, since Tansu's ListOffsets(latest) is not one)."""
+    """Each partition's records from the first stamped at or after ``since`` (reading from the
+    broker's offset for that time: a broker that answers too early, as Tansu does with the
+    log start, costs a scan, not a wrong range) to the first stamped at or after ``until``, or
+    its log end: the high watermark fetches report (Tansu's ListOffsets(latest) is not one)."""
     c: object = consumer
     c.assign(list(todo))  # type: ignore[attr-defined]
-    for tp, (start, _) in todo.items():
+    for tp, start in todo.items():
         c.seek(tp, start)  # type: ignore[attr-defined]
     out: dict[object, list[_Record]] = {tp: [] for tp in todo}
-    open_ = set(todo)
+    open_, started = set(todo), set()
     deadline = time.monotonic() + timeout
     while open_:
         if time.monotonic() > deadline:
@@ -152,20 +152,19 @@ def _fetch(consumer: object, todo: dict[object, tuple[int, int | None]],
         if batch:
             deadline = time.monotonic() + timeout
         for tp, records in batch.items():
-            if tp not in open_:
-                continue
-            stop = todo[tp][1]
-            for r in records:
-                if stop is not None and r.offset >= stop:
+            for r in records if tp in open_ else ():
+                if r.timestamp >= rng.until_ms:
                     open_.discard(tp)
                     break
+                if tp not in started:
+                    if r.timestamp < rng.since_ms:
+                        continue
+                    started.add(tp)
                 if r.value is not None:   # a tombstone carries no event
                     out[tp].append(_Record(r.timestamp, r.partition, r.offset, r.value))
         for tp in list(open_):
-            stop = todo[tp][1]
-            pos = c.position(tp)  # type: ignore[attr-defined]
-            end = stop if stop is not None else c.highwater(tp)  # type: ignore[attr-defined]
-            if end is not None and pos >= end:
+            end = c.highwater(tp)  # type: ignore[attr-defined]
+            if end is not None and c.position(tp) >= end:  # type: ignore[attr-defined]
                 open_.discard(tp)
         c.pause(*[tp for tp in todo if tp not in open_])  # type: ignore[attr-defined]
     return [out[tp] for tp in todo]
