@@ -128,10 +128,10 @@ class _Spool:
         self.file = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close()
         w, pack = self.file.write, struct.Struct(">I").pack
         for m in messages:
-            if m.__class__ is Oversized:
-                w(pack(self._BIG) + struct.pack(">Q", m.size) + m.sha256.encode())  # type: ignore[union-attr]
+            if isinstance(m, Oversized):
+                w(pack(self._BIG) + struct.pack(">Q", m.size) + m.sha256.encode())
             else:
-                w(pack(len(m)) + m)  # type: ignore[arg-type]
+                w(pack(len(m)) + m)
 
     def read(self) -> Iterator[bytes | Oversized]:
         f = self.file
