@@ -104,7 +104,7 @@ def main() -> int:
     ap.add_argument("--file", help="a JSON Lines file to use instead of simulating")
     ap.add_argument("--case", choices=["dense", "sparse", "both"], default="both",
                     help="dense: --events over 4 h; sparse: simulate --rate 30, all cohorts, "
-                    "as long as --events needs")
+                    "as long as --events needs (4 h at least)")
     args = ap.parse_args()
     tune_gc()   # as `detector replay` runs (both passes below run under it)
 
@@ -115,7 +115,8 @@ def main() -> int:
     for case, rate in (("dense", args.events / (4.0 * 3600)), ("sparse", SPARSE_RATE)):
         if args.case in (case, "both"):
             tmp = Path(tempfile.mkdtemp(prefix=f"bench-replay-{case}-"))
-            simulate(tmp, hours=args.events / (rate * 3600), seed=1, rate=rate)
+            # every incident needs 4 h; the sparse case then has more events than --events
+            simulate(tmp, hours=max(4.0, args.events / (rate * 3600)), seed=1, rate=rate)
             print(f"== {case}: simulate --rate {rate:,.0f}")
             _measure(tmp / "traces.jsonl", args.repeat)
     return 0
