@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the real services the integration tests start: Debian's Prometheus (with promtool)
-# and Alertmanager (binary `prometheus-alertmanager`, with amtool). Idempotent: a second run
-# only refreshes the package lists and finds both installed.
+# and Alertmanager (binary `prometheus-alertmanager`, with amtool), and Debian's `chromium`,
+# the headless browser that opens the backtest report (tests/integration/test_report_browser.py).
+# Idempotent: a second run finds them all installed.
 set -euo pipefail
 
 export DEBIAN_FRONTEND=noninteractive
@@ -10,11 +11,12 @@ have_all() {
   command -v prometheus >/dev/null 2>&1 \
     && command -v promtool >/dev/null 2>&1 \
     && command -v prometheus-alertmanager >/dev/null 2>&1 \
-    && command -v amtool >/dev/null 2>&1
+    && command -v amtool >/dev/null 2>&1 \
+    && command -v chromium >/dev/null 2>&1
 }
 
 if have_all; then
-  echo "install-services: prometheus, promtool, prometheus-alertmanager, amtool already present"
+  echo "install-services: prometheus, promtool, prometheus-alertmanager, amtool, chromium already present"
   exit 0
 fi
 
@@ -23,7 +25,7 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
 $SUDO apt-get update -q
 # --no-install-recommends keeps the install small (no web console extras, no node exporters).
-$SUDO apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager
+$SUDO apt-get install -y -q --no-install-recommends prometheus prometheus-alertmanager chromium
 
 # The Debian packages start system services where an init system runs; tests start their own
 # instances on free loopback ports, so stop the packaged ones if they were started (best effort:
@@ -39,3 +41,4 @@ fi
 echo "install-services: ok"
 prometheus --version 2>&1 | head -1
 prometheus-alertmanager --version 2>&1 | head -1
+chromium --version 2>&1 | head -1

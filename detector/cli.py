@@ -1,4 +1,4 @@
-"""`detector run | replay | simulate | demo | evaluate | check-config`.
+"""`detector run | replay | simulate | demo | evaluate | backtest | check-config`.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their subcommand runs, so `replay` never
@@ -22,6 +22,8 @@ COMMANDS = {
     "simulate": ("detector.lab.simulate", "write synthetic traffic with labelled incidents"),
     "demo": ("detector.lab.demo", "embedded broker + worker + simulated incidents, live"),
     "evaluate": ("detector.lab.evaluate", "score alerts against incident labels"),
+    "backtest": ("detector.lab.backtest", "what a config (or two, or a sweep) would have paged: "
+                 "an HTML report with plots"),
     "check-config": ("detector.cli", "validate a config file"),
 }
 

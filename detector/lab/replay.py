@@ -16,7 +16,7 @@ import argparse
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Container, Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from operator import attrgetter
@@ -32,6 +32,7 @@ from detector.core.otlp import Decoder, decoder_for
 from detector.core.pipeline import Pipeline
 from detector.core.scoring import Decision
 from detector.core.timestamps import rfc3339
+from detector.lab import kafka_range
 from detector.lab.tracefile import (
     Oversized,
     TraceFileError,
@@ -42,7 +43,7 @@ from detector.lab.tracefile import (
 from detector.runtime import load_or_report
 from detector.sinks.jsonl import JsonlSink
 
-__all__ = ["ReplaySummary", "add_arguments", "replay", "run", "score_record"]
+__all__ = ["ReplaySummary", "add_arguments", "replay", "run", "score_record", "source_lines"]
 
 #: Lines handed to the core at once, like one consumer fetch: a fixed number, so the output
 #: is the same on every run (windows close at block boundaries).
@@ -115,15 +116,20 @@ def replay(
     scores: Callable[[dict[str, Any]], None] | None = None,
     decoder: Decoder | None = None,
     binary: bool = False,
+    score_pairs: Container[tuple[int, tuple[str, ...], str]] | None = None,
 ) -> ReplaySummary:
     """Run the core over ``lines`` (see :func:`detector.lab.tracefile.read_lines`); hand every
     alert emission to ``emit`` and, if given, every scored (window, cohort, signal) to
     ``scores`` as a :func:`score_record`. ``decoder`` reads the messages (default: the
-    config's ``input.format``); ``binary``: they are whole messages, not text lines."""
+    config's ``input.format``); ``binary``: they are whole messages, not text lines;
+    ``score_pairs``: only the (level, cohort, signal) named there go to ``scores``."""
     pipe = Pipeline(config, decoder)
     if scores is not None:
-        pipe.stage2.on_decision = lambda w, level, cohort, d: scores(
-            score_record(config, w, level, cohort, d))
+        def decided(w: int, level: int, cohort: tuple[str, ...], d: Decision) -> None:
+            if score_pairs is None or (level, cohort, d.signal) in score_pairs:
+                scores(score_record(config, w, level, cohort, d))
+
+        pipe.stage2.on_decision = decided
     skipped: list[Rejection] = []   # over-long lines, each at its place in the block
     s = ReplaySummary()
     ids: set[str] = set()
@@ -187,7 +193,8 @@ def replay(
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("path", help="JSON Lines file of trace events (or batches); '-' for stdin")
+    p.add_argument("path", nargs="?", help="JSON Lines file of trace events (or batches); "
+                   "'-' for stdin; none with --kafka")
     p.add_argument("--config", help="config file (default: the packaged config/detector.toml)")
     p.add_argument("--alerts-out", help="write alerts here as JSON Lines (default: stdout)")
     p.add_argument("--dead-letter", help="write rejected events here with their reasons")
@@ -198,6 +205,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "trace events, or OpenTelemetry spans as the Collector's file exporter "
                    "writes them (otlp_json: JSON lines; otlp_proto: length-delimited)")
     p.add_argument("--quiet", action="store_true", help="no progress line or summary table")
+    kafka_range.add_arguments(p)
+
+
+def source_lines(args: argparse.Namespace, config: Config, fmt: str,
+                 stack: ExitStack) -> tuple[Iterable[bytes | Oversized], bool]:
+    """The messages ``args`` name (``path``, ``-`` for stdin, or ``--kafka``'s time range), and
+    whether each is a whole message rather than a text line. ValueError for a bad range,
+    OSError for a file that cannot be opened."""
+    if args.kafka:
+        rng = kafka_range.from_args(args, config)
+        return kafka_range.read_range(rng, config, config.input.max_message_bytes), True
+    if args.path is None:
+        raise ValueError("give a file, '-' for stdin, or --kafka with --since/--until")
+    src: IO[bytes] = (sys.stdin.buffer if args.path == "-"   # closed by the caller's stack
+                      else stack.enter_context(Path(args.path).open("rb")))  # noqa: SIM115
+    read = read_proto_messages if fmt == "otlp_proto" else read_lines
+    return (read(open_traces(src, args.path), config.input.max_message_bytes),
+            fmt == "otlp_proto")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -212,8 +237,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     with ExitStack() as stack:
         try:
-            src: IO[bytes] = (sys.stdin.buffer if args.path == "-"
-                              else stack.enter_context(Path(args.path).open("rb")))
+            lines, binary = source_lines(args, config, fmt, stack)
             out: IO[bytes] = (stack.enter_context(Path(args.alerts_out).open("wb"))
                               if args.alerts_out else sys.stdout.buffer)
             dlq = (stack.enter_context(Path(args.dead_letter).open("wb"))
@@ -223,6 +247,12 @@ def run(args: argparse.Namespace) -> int:
         except OSError as e:
             print(f"detector replay: {e.filename}: {e.strerror}", file=sys.stderr)
             return 2
+        except TraceFileError as e:
+            print(f"detector replay: {args.path}: {e}", file=sys.stderr)
+            return 2
+        except ValueError as e:
+            print(f"detector replay: {e}", file=sys.stderr)
+            return 2
         sink = JsonlSink(out)
 
         def score(rec: dict[str, Any]) -> None:
@@ -230,14 +260,12 @@ def run(args: argparse.Namespace) -> int:
                 scored.write(orjson.dumps(rec) + b"\n")
 
         try:
-            read = read_proto_messages if fmt == "otlp_proto" else read_lines
-            lines = read(open_traces(src, args.path), config.input.max_message_bytes)
             summary = replay(lines, config, sink.emit, dead_letter=dlq,
                              progress=None if args.quiet else sys.stderr,
                              scores=score if scored else None, decoder=decoder,
-                             binary=fmt == "otlp_proto")
-        except TraceFileError as e:
-            print(f"detector replay: {args.path}: {e}", file=sys.stderr)
+                             binary=binary)
+        except (TraceFileError, kafka_range.KafkaRangeError) as e:
+            print(f"detector replay: {args.path or args.topic}: {e}", file=sys.stderr)
             return 2
         finally:
             sink.flush()
