@@ -48,8 +48,8 @@ class ConfigError(ValueError):
     """A config problem; the message starts with the dotted key."""
 
 
-# msgspec passes a base's frozen/kw_only to its subclasses; this tells type checkers so.
-@dataclass_transform(frozen_default=True, kw_only_default=True, field_specifiers=(field,))
+# msgspec gives a base's frozen=True to its subclasses (kw_only is per class): say so to mypy.
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
 class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
 
