@@ -20,11 +20,13 @@ demo: $(BIN)/detector
 lint: $(BIN)/detector
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 test: $(BIN)/detector
 	bash .ci/install-services.sh
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
 # Runs every bench of bench/ and writes their output, dated, into docs/benchmarks.md

@@ -26,6 +26,7 @@ class WarmEWMean:
 
     def __init__(self, fading_factor: float) -> None:
         self.fading_factor = fading_factor
+        # Exactly one of the two is set: the exact mean until the hand-over, then the EWMean.
         self._mean: stats.Mean | None = stats.Mean()
         self._ew: stats.EWMean | None = None
 
@@ -35,15 +36,17 @@ class WarmEWMean:
             ew.update(x)
             return
         m = self._mean
-        m.update(x)  # type: ignore[union-attr]
-        if m.n * self.fading_factor >= 1.0:  # type: ignore[union-attr]
-            self._ew = stats.EWMean(self.fading_factor)
-            self._ew.update(m.get())  # type: ignore[union-attr]
+        assert m is not None   # exactly one of the two is set
+        m.update(x)
+        if m.n * self.fading_factor >= 1.0:
+            ew = self._ew = stats.EWMean(self.fading_factor)
+            ew.update(m.get())
             self._mean = None
 
     def weight(self) -> float:
         """How many values the mean stands for: those seen, up to the horizon's 1/α."""
-        return self._mean.n if self._ew is None else 1.0 / self.fading_factor  # type: ignore[union-attr]
+        m = self._mean
+        return m.n if m is not None else 1.0 / self.fading_factor
 
     def total(self) -> float:
         """The decayed sum: the mean times the values it stands for (``get() * weight()``)."""
@@ -51,7 +54,8 @@ class WarmEWMean:
         if ew is not None:
             return ew.get() * (1.0 / self.fading_factor)
         m = self._mean
-        return m.get() * m.n  # type: ignore[union-attr]
+        assert m is not None
+        return m.get() * m.n
 
     def reset_to(self, x: float) -> None:
         """Forget the history: the mean is ``x`` from now on, as if long established."""
@@ -60,4 +64,8 @@ class WarmEWMean:
         self._mean = None
 
     def get(self) -> float:
-        return self._ew.get() if self._ew is not None else self._mean.get()  # type: ignore[union-attr]
+        ew, m = self._ew, self._mean
+        if ew is not None:
+            return ew.get()
+        assert m is not None
+        return m.get()

@@ -27,7 +27,7 @@ import tomllib
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, dataclass_transform
 
 import msgspec
 from msgspec import Meta, Struct, field
@@ -48,6 +48,8 @@ class ConfigError(ValueError):
     """A config problem; the message starts with the dotted key."""
 
 
+# msgspec gives a base's frozen=True to its subclasses (kw_only is per class): say so to mypy.
+@dataclass_transform(frozen_default=True, field_specifiers=(field,))
 class _Base(Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
     pass
 
@@ -338,9 +340,10 @@ def _semantic_checks(cfg: Config) -> None:
         for s in rule.signals:
             if s != "*" and not s.endswith("*") and s not in known:
                 raise ConfigError(f"severity[{i}].signals: unknown signal {s!r}")
-    for what, entries in (("overrides", cfg.overrides), ("rebaseline", cfg.rebaseline)):
-        for i, entry in enumerate(entries):
-            for k in entry.match:
+    for what, matches in (("overrides", [o.match for o in cfg.overrides]),
+                          ("rebaseline", [r.match for r in cfg.rebaseline])):
+        for i, match in enumerate(matches):
+            for k in match:
                 if k not in COHORT_FIELDS:
                     raise ConfigError(f"{what}[{i}].match.{k}: not a cohort field")
     from detector.core.otlp import check_mapping  # late: otlp imports config types

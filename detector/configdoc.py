@@ -91,7 +91,8 @@ class Comments:
         self.fields: dict[str, dict[str, str]] = {}
         self.notes: dict[str, str] = {}
         lines = text.splitlines()
-        table, pending = "", []
+        table = ""
+        pending: list[str] = []
         after_header = False
         for i, raw in enumerate(lines):
             line = raw.strip()

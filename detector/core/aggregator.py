@@ -59,7 +59,7 @@ class Aggregator(Counting):
         self.wm = Watermark(self.size, config.windows.allowed_lateness_seconds)
         self.k = config.alerting.evidence_trace_ids
         self.levels = config.cohorts.levels
-        self.finest = self.levels[-1]
+        self.finest = list(self.levels[-1])   # a list[str] of its own, as Counting declares
         self.layout = layout_of(config)
         # An open partial per (window, finest cohort, version combination): the combination
         # is counted by the partial's own event counter, so no per-event work of its own.
@@ -81,7 +81,7 @@ class Aggregator(Counting):
         self._ctx = self._c_context()
 
     def _new(self, w: int, key: tuple[object, ...]) -> Partial:
-        cohort: tuple[str, ...] = tuple(UNKNOWN if v is UNSET else v for v in key)  # type: ignore[misc]
+        cohort: tuple[str, ...] = tuple(UNKNOWN if v is UNSET else v for v in key)  # type: ignore[misc]  # key holds str or UNSET
         route = route_key(tuple(cohort[i] for i in self._proj[0]))
         return empty_partial(w, len(self.levels) - 1, cohort, self.layout.size, route)
 
@@ -186,7 +186,7 @@ class Aggregator(Counting):
 
 
 def _order(key: tuple[int, tuple[object, ...]]) -> tuple[int, tuple[str, ...]]:
-    return key[0], tuple(UNKNOWN if v is UNSET else v for v in key[1])  # type: ignore[misc]
+    return key[0], tuple(UNKNOWN if v is UNSET else v for v in key[1])  # type: ignore[misc]  # key holds str or UNSET
 
 
 def _pkey(p: Partial) -> tuple[int, int, tuple[str, ...]]:

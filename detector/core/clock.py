@@ -61,7 +61,8 @@ MAX_TS: Final = 4_102_444_800.0   # 2100-01-01T00:00:00Z
 #: Two could be one producer's two messages in a row; three after a silence cost little delay.
 QUORUM: Final = 3
 
-_TS: Final = attrgetter("ts")
+#: An event's time as decode() left it: epoch seconds (the field also admits a datetime).
+_TS: Final[Callable[[TraceEvent], float]] = attrgetter("ts")
 _UNITS: Final = ((1e3, "milliseconds"), (1e6, "microseconds"), (1e9, "nanoseconds"))
 
 
@@ -190,15 +191,15 @@ class EventClock:
         release the held events it covers."""
         newest: dict[int, float] = {}
         for m, ev in self.held:
-            newest[m] = max(newest.get(m, -math.inf), ev.ts)  # type: ignore[type-var]
+            newest[m] = max(newest.get(m, -math.inf), _TS(ev))
         self.time = max(self.time, sorted(newest.values())[-quorum])
         out: list[TraceEvent] = []
         while True:
             limit = self.time + self.bound
-            now = [ev for _, ev in self.held if ev.ts <= limit]  # type: ignore[operator]
+            now = [ev for _, ev in self.held if _TS(ev) <= limit]
             if not now:
                 break
-            self.held = [(m, ev) for m, ev in self.held if ev.ts > limit]  # type: ignore[operator]
+            self.held = [(m, ev) for m, ev in self.held if _TS(ev) > limit]
             self.time = max(self.time, max(map(_TS, now)))
             out += now
         self.held_votes = len({m for m, _ in self.held})
@@ -209,7 +210,7 @@ class EventClock:
         at = (datetime.fromtimestamp(self.time, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
               if self.time > -math.inf else "none yet")
         # The message index is the current call's (negative: a message of an earlier call).
-        bad = [_bad(ev, f"{ev.ts - self.time:.0f} s ahead of event time {at}: more than "  # type: ignore[operator]
+        bad = [_bad(ev, f"{_TS(ev) - self.time:.0f} s ahead of event time {at}: more than "
                     f"{self.bound:g} s ahead, not corroborated{why}", m - self.first)
                for m, ev in self.held]
         self.held = []

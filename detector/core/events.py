@@ -27,11 +27,11 @@ import hashlib
 import re
 import sys
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence, Sized
 from datetime import datetime
 from itertools import chain, compress, repeat
 from operator import attrgetter, itemgetter
-from typing import Annotated, Any, Final, Literal, NamedTuple
+from typing import Annotated, Any, Final, Literal, NamedTuple, cast
 
 import msgspec
 import orjson
@@ -187,12 +187,12 @@ def _str_limit(t: msgspec.inspect.Type) -> int:
         if isinstance(u, msgspec.inspect.StrType | msgspec.inspect.DateTimeType):
             limit = max(limit, min(KEEP_CHARS, getattr(u, "max_length", None) or KEEP_CHARS))
         elif isinstance(u, msgspec.inspect.LiteralType):
-            limit = max(limit, max(map(len, u.values)))
+            limit = max(limit, max(len(str(v)) for v in u.values))
     return limit
 
 
-_KEEP: Final = {f.name: _str_limit(f.type)
-                for f in msgspec.inspect.type_info(TraceEvent).fields}  # type: ignore[attr-defined]
+_KEEP: Final = {f.name: _str_limit(f.type) for f in
+                cast(msgspec.inspect.StructType, msgspec.inspect.type_info(TraceEvent)).fields}
 _HEX_IDS: Final = frozenset({"trace_id", "span_id"})
 
 
@@ -219,7 +219,7 @@ def _bounded(v: object, limit: int, depth: int = 0) -> object:
         kept = [_bounded(x, limit, 1) for x in v[:_MAX_ITEMS]]
         return [*kept, {"more_items": len(v) - _MAX_ITEMS}] if len(v) > _MAX_ITEMS else kept
     # An object's keys may be prompt text too: only its type and size.
-    return {"json_type": type(v).__name__, "items": len(v)}  # type: ignore[arg-type]
+    return {"json_type": type(v).__name__, "items": len(v) if isinstance(v, Sized) else None}
 
 
 _FIELD_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
@@ -286,7 +286,7 @@ def _finish(ev: TraceEvent) -> Rejection | None:
     """The hex check msgspec cannot do cheaply, and ``ts`` normalised to epoch seconds."""
     ts = ev.ts
     if ts.__class__ is datetime:
-        ev.ts = ts.timestamp()  # type: ignore[union-attr]
+        ev.ts = ts.timestamp()
     if ev.trace_id is not UNSET and not _is_hex(ev.trace_id):
         return Rejection("out_of_range", "trace_id", "trace_id must be 32 hex digits", {})
     if ev.span_id is not UNSET and not _is_hex(ev.span_id):
@@ -453,6 +453,7 @@ def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:
             return [], [_too_deep(_fingerprint(data))]
         return _outcomes(map(_part, items))   # a batch: only the deep item goes
     except (msgspec.DecodeError, UnicodeDecodeError) as e:
+        parts: Sequence[msgspec.Raw | bytes] | None
         try:
             parts = _split.decode(data) if data.lstrip()[:1] == b"[" else None
         except RecursionError:
@@ -525,7 +526,10 @@ def _outcomes(results: Iterable[TraceEvent | Rejection]) -> tuple[list[TraceEven
     ok: list[TraceEvent] = []
     bad: list[Rejection] = []
     for r in results:
-        (ok if isinstance(r, TraceEvent) else bad).append(r)  # type: ignore[arg-type]
+        if isinstance(r, TraceEvent):
+            ok.append(r)
+        else:
+            bad.append(r)
     return ok, bad
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from detector.config import Config
+from detector.config import Config, Severity
 from detector.core.alert import Alert, Evidence, SuspectedChange, Window
 from detector.core.scoring import Decision
 from detector.core.severity import RANK, classify
@@ -62,7 +62,7 @@ class Incident:
         self.cohort = cohort
         self.starts_at = starts_at
         self.rule = rule
-        self.severity = "sev4"
+        self.severity: Severity = "sev4"
         self.clean = 0
         self.evidence: list[str] = []
         self.last_end = starts_at
@@ -92,7 +92,7 @@ class Lifecycle:
         return dict(zip(self.levels[level], cohort, strict=True))
 
     def _severity(self, signal: str, cohort: dict[str, str], persistence: int,
-                  score: float, confirmed: bool = False) -> str | None:
+                  score: float, confirmed: bool = False) -> Severity | None:
         env = cohort.get("environment", "production")
         return classify(self.rules, signal, env, persistence, score, confirmed)
 
@@ -216,7 +216,7 @@ class Lifecycle:
         return Alert(
             id=inc.id,
             status="resolved" if resolved else "firing",
-            severity=inc.severity,  # type: ignore[arg-type]
+            severity=inc.severity,
             signal=inc.signal,
             cohort=dict(inc.cohort),
             starts_at=utc(inc.starts_at),
@@ -231,7 +231,7 @@ class Lifecycle:
             evidence=Evidence(trace_ids=list(inc.evidence)),
             summary=summary,
             runbook_url=sc.runbook_url,
-            actions=list(sc.actions.get(inc.severity, [])),  # type: ignore[call-overload]
+            actions=list(sc.actions.get(inc.severity, [])),
             persistence=inc.persistence,
             grouped_cohorts=inc.grouped,
             resolution=(("baseline_adopted" if adopted else "clean_windows") if resolved

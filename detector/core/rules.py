@@ -50,7 +50,7 @@ class RuleHit(Struct, array_like=True, frozen=True):
 class LegacyHit(RuleHit, frozen=True):
     """A hit as written before :class:`Versions` ("model\x1fprompt\x1fpolicy")."""
 
-    versions: str  # type: ignore[assignment]
+    versions: str  # type: ignore[assignment]  # the old wire form of the field
 
     def upgrade(self) -> RuleHit:
         return RuleHit(self.signal, self.cohort, self.ts, self.trace_id,
@@ -117,6 +117,6 @@ class HardRules:
         cohort = tuple(UNKNOWN if v is UNSET else v for v in key)
         versions = versions_of(_versions(ev))
         tid = None if ev.trace_id is UNSET else ev.trace_id
-        route = route_key(tuple(cohort[i] for i in self._root))  # type: ignore[misc]
-        return [RuleHit(s, cohort, ev.ts, tid, versions, route)  # type: ignore[arg-type]
+        route = route_key(tuple(cohort[i] for i in self._root))
+        return [RuleHit(s, cohort, ev.ts, tid, versions, route)  # type: ignore[arg-type]  # ts: decode() made it epoch seconds
                 for s in signals]

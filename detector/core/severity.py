@@ -19,17 +19,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from detector.config import SeverityRule
+from detector.config import Severity, SeverityRule
 from detector.core.signals import matches
 
 __all__ = ["RANK", "classify"]
 
 #: sev1 is the most severe.
-RANK = {"sev1": 1, "sev2": 2, "sev3": 3, "sev4": 4}
+RANK: dict[Severity, int] = {"sev1": 1, "sev2": 2, "sev3": 3, "sev4": 4}
 
 
 def classify(rules: Sequence[SeverityRule], signal: str, environment: str, persistence: int,
-             score: float, confirmed: bool = False) -> str | None:
+             score: float, confirmed: bool = False) -> Severity | None:
     """The severity of the first rule that matches, or ``None``. A shift the sequential
     evidence confirmed meets a rule's ``min_persistence`` (unless the rule says
     ``confirmed = false``): it is sustained, however few windows crossed the threshold."""

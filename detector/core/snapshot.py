@@ -128,8 +128,8 @@ def _model(m: _Model, version: int) -> CohortModel:
     out = CohortModel(m.level)
     out.windows = m.windows
     out.persist = m.persist
-    out.recent = m.recent  # type: ignore[assignment]
-    out.versions = m.versions  # type: ignore[assignment]
+    out.recent = m.recent
+    out.versions = m.versions
     where = f"model {m.level}/{'/'.join(m.cohort)}"
     for name, st in m.seq.items():
         try:
@@ -150,7 +150,7 @@ def _model(m: _Model, version: int) -> CohortModel:
             obj = codec.decode(b)
         if not isinstance(obj, codec.CLASSES):
             raise ValueError(f"stage-2 state {where}: baseline {name!r} is not a baseline")
-        out.baselines[name] = obj
+        out.baselines[name] = obj  # type: ignore[assignment]  # checked: a codec class
     return out
 
 

@@ -19,7 +19,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from detector.config import Config, load_config
+from detector.config import Config, Severity, load_config
 from detector.core.severity import RANK
 from detector.core.signals import Layout
 from detector.lab.broker import BrokerError, Tansu, free_port
@@ -57,7 +57,7 @@ def _config(path: Path, bootstrap: str, metrics_port: int) -> Path:
     return path
 
 
-SEVERITY_MEANS = {
+SEVERITY_MEANS: dict[Severity, str] = {
     "sev1": "page now: contain, roll back, notify, preserve the traces",
     "sev2": "sustained misbehaviour in production: freeze the rollout, capture telemetry",
     "sev3": "the same before users see it (canary, staging, eval), or traffic falling away: "
@@ -181,7 +181,7 @@ def _means(signal: str, safety_labels: tuple[str, ...]) -> str:
     return f"a {signal.replace('_', ' ')} hit (a leak: fires at once)"
 
 
-def recap(alerts: list[Mapping[str, Any]], planted: list[Mapping[str, Any]],
+def recap(alerts: Sequence[Mapping[str, Any]], planted: Sequence[Mapping[str, Any]],
           safety_labels: tuple[str, ...] = ()) -> list[str]:
     """What the demo showed: the incidents it planted and the alerts each drew, the alerts by
     severity, and what each kind of alert means.
@@ -213,7 +213,7 @@ def recap(alerts: list[Mapping[str, Any]], planted: list[Mapping[str, Any]],
             a = alerts[drawn[0][1]]
             first = f"{a['severity']} at {_clock(drawn[0][0])[11:]} ({a['signal']})"
         out.append(f"    {inc['scenario']:20}  from {_clock(inc['start'])[11:]}  {first}")
-    worst: dict[str, str] = {}
+    worst: dict[str, Severity] = {}
     signals: dict[str, None] = {}
     for a in alerts:
         if a["id"] not in worst or RANK[a["severity"]] < RANK[worst[a["id"]]]:
@@ -253,7 +253,7 @@ async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: 
         for i, ln in enumerate(lines):
             evs, _ = decode(ln)
             if evs:
-                ts = float(evs[0].ts)  # type: ignore[arg-type]
+                ts = float(evs[0].ts)  # type: ignore[arg-type]  # decode() made it epoch seconds
                 sent_to.first = ts if sent_to.first is None else sent_to.first
                 ahead = (ts - sent_to.first) / speedup - (time.monotonic() - wall0)
                 if ahead > 0.05:
@@ -352,10 +352,11 @@ def run(args: argparse.Namespace) -> int:
             # SIGTERM cancels the tasks here (as asyncio.run does on Ctrl-C), so the Kafka
             # clients close in their finally blocks.
             me, terminated = asyncio.current_task(), asyncio.Event()
+            assert me is not None   # main() runs as a task
 
             def on_sigterm() -> None:
                 terminated.set()
-                me.cancel()  # type: ignore[union-attr]
+                me.cancel()
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
             try:
                 await asyncio.sleep(min(12.0, args.duration / 4))

@@ -62,7 +62,7 @@ def to_spans(events: Iterable[TraceEvent]) -> list[Any]:
         if ev.finish_reason is not UNSET:
             attrs["gen_ai.response.finish_reasons"] = [ev.finish_reason]
         # Whole microseconds first: ts * 1e9 is past a float's exact integers.
-        end = round(ev.ts * 1e6) * 1000   # type: ignore[operator]
+        end = round(ev.ts * 1e6) * 1000   # type: ignore[operator]  # decode() gave epoch seconds
         # No latency: no start time (0), which the decoder reads as no latency.
         start = end - round(ev.latency_ms * 1e3) * 1000 if ev.latency_ms is not UNSET else 0
         evs = [Event("gen_ai.evaluation.result", {"gen_ai.evaluation.name": n,

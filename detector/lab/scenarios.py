@@ -390,8 +390,9 @@ def _pick_cohort(rng: random.Random, world: World, k: float, sc: Scenario, start
     app_c = [c for c in rates if c[0] is None and sc.scope != "tenant"]
     ok_t = [c for c in tenant_c if rates[c] >= sc.min_per_min]
     ok_a = [c for c in app_c if rates[c] >= sc.min_per_min]
-    if sc.per_min is not None and tenant_c:  # a stated size: the nearest tenant cohort
-        return min(tenant_c, key=lambda c: (abs(math.log(rates[c] / sc.per_min)), c))  # type: ignore[operator]
+    per_min = sc.per_min
+    if per_min is not None and tenant_c:  # a stated size: the nearest tenant cohort
+        return min(tenant_c, key=lambda c: (abs(math.log(rates[c] / per_min)), c))
     if sc.min_per_min == 0.0:  # hard rules and benign changes: any cohort, weighted by volume
         pool = tenant_c or app_c
         return rng.choices(pool, [rates[c] for c in pool])[0] if pool else None

@@ -62,19 +62,46 @@ _OVERRIDES: Final = ("incorrect_answer", "policy_concern", "customer_escalation"
                      "wrong_action", "tone")
 _FORBIDDEN: Final = (("delete_customer_records", "write"), ("export_user_table", "external"),
                      ("modify_permissions", "write"))
-_NUM: Final = ("p_refusal", "p_textcomp", "tools_mean", "p_memory", "p_pii", "p_tox", "p_inj",
-               "p_jb", "p_iv", "p_fmt_fail", "p_retry", "p_error", "p_schema_invalid",
-               "p_fabricated", "p_tool_error", "p_override", "p_invoke", "in_med", "out_med",
-               "lat_med", "p_eval", "eval_mult")
 
 
+class _Rates:
+    """The numbers of an app's normal behaviour (AppProfile's) that an Effect may move."""
+
+    __slots__ = ()
+    p_refusal: float
+    p_textcomp: float
+    tools_mean: float
+    p_memory: float
+    p_pii: float
+    p_tox: float
+    p_inj: float
+    p_jb: float
+    p_iv: float
+    p_fmt_fail: float
+    p_retry: float
+    p_error: float
+    p_schema_invalid: float
+    p_fabricated: float
+    p_tool_error: float
+    p_override: float
+    p_invoke: float
+    in_med: float
+    out_med: float
+    lat_med: float
+    p_eval: float
+    eval_mult: float
 
 
-class _Profile:
+_NUM: Final = tuple(_Rates.__annotations__)
+
+
+class _Profile(_Rates):
     """Effective behaviour of one cohort right now (app normal + active incident effects)."""
 
     __slots__ = ("alt", "approvals", "evals", "home", "inc", "json_output", "lat_mult", "mark",
                  "p_safety", "pois_l", "safety_always", "tools", "volume", *_NUM)
+    home: dict[str, Any]   # an event's common fields in the home region
+    alt: dict[str, Any]    # the same in the tenant's other region
 
     def __init__(self, world: World, c: Cohort, versions: dict[str, str],
                  inc: PlannedIncident | None, intensity: float, burst: bool,
@@ -130,7 +157,7 @@ class _Generator:
         self.lasting = [i for i in incidents if i.scenario.span != "incident"
                         or i.scenario.background]
         self.bursts = bursts
-        self.index = {c: n for n, c in enumerate(world.cohorts)}
+        self.index: dict[Cohort, int] = {c: n for n, c in enumerate(world.cohorts)}
         self._cache: dict[tuple[Any, ...], _Profile] = {}
         self.profiles: list[_Profile] = []
         self.cum: list[float] = []
@@ -138,9 +165,9 @@ class _Generator:
     def refresh(self, now: float) -> None:
         """Recompute every cohort's profile and traffic weight for time ``now``."""
         versions = {a: dict(p.versions) for a, p in self.world.apps.items()}
-        for inc in self.incidents + self.lasting:  # benign deploys stay; the rest roll back
-            if inc.scenario.kind == "benign" and inc.start <= now and inc.change:
-                versions[inc.cohort[1]][inc.change[0]] = inc.change[2]
+        for i in self.incidents + self.lasting:  # benign deploys stay; the rest roll back
+            if i.scenario.kind == "benign" and i.start <= now and i.change:
+                versions[i.cohort[1]][i.change[0]] = i.change[2]
         active = [i for i in self.incidents if i.start <= now < i.end]
         burst_apps = {app for b0, b1, app in self.bursts if b0 <= now < b1}
         self.profiles, self.cum, total = [], [], 0.0
@@ -208,7 +235,7 @@ class _Generator:
                 while fi < len(forced) and forced[fi][0] <= t:
                     ft, inc = forced[fi]
                     fi += 1
-                    self.trace(ft, self.profiles[self.index[inc.cohort]], inc)  # type: ignore[index]
+                    self.trace(ft, self.profiles[self.index[inc.cohort]], inc)
                 self.flush(t * 1000.0)
                 idx = bisect.bisect_right(cum, rnd() * cum[-1])
                 self.trace(t, self.profiles[min(idx, len(cum) - 1)], None)
@@ -273,8 +300,8 @@ class _Generator:
         cur = t * 1000.0 + lat
         first_ms = int(cur)
         push(first_ms, ev)
-        if kind == "secret_leak":
-            self._offended(force, first_ms, tid)  # type: ignore[arg-type]
+        if force is not None and kind == "secret_leak":
+            self._offended(force, first_ms, tid)
         bad_at = int(rnd() * n) if kind in ("unauthorized_tool", "unapproved_action") else -1
         schema_bad = fabricated = False
         tools = p.tools
@@ -300,8 +327,8 @@ class _Generator:
             schema_bad, fabricated = schema_bad or not valid, fabricated or fab
             tev["tool_status"] = "ok" if rnd() >= p.p_tool_error else "error"
             push(int(cur), tev)
-            if i == bad_at:
-                self._offended(force, int(cur), tid)  # type: ignore[arg-type]
+            if i == bad_at and force is not None:   # bad_at >= 0 only for a forced trace
+                self._offended(force, int(cur), tid)
         memory = not textcomp and rnd() < p.p_memory
         if memory:
             cur += 20.0 * exp(0.3 * gauss())

@@ -58,7 +58,7 @@ class _Prefixed(io.RawIOBase):
         if self.head:
             data, self.head = self.head[:len(b)], self.head[len(b):]
         else:
-            data = self.rest.read1(len(b))  # type: ignore[attr-defined]
+            data = self.rest.read1(len(b))  # type: ignore[attr-defined]  # a buffered stream
         b[:len(data)] = data
         return len(data)
 
@@ -72,9 +72,9 @@ def open_traces(src: IO[bytes], name: str = "") -> IO[bytes]:
         src.seek(pos)
     else:
         head = src.read(_SNIFF)
-        src = io.BufferedReader(_Prefixed(head, src), _CHUNK)  # type: ignore[arg-type]
+        src = io.BufferedReader(_Prefixed(head, src), _CHUNK)
     if head.startswith(_GZIP) or name.endswith(".gz"):
-        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]
+        return gzip.GzipFile(fileobj=src, mode="rb")  # type: ignore[return-value]  # reads as one
     for magic, fmt in _REFUSED:
         if head.startswith(magic):
             raise TraceFileError(f"the input is {fmt}-compressed, which replay does not read; "

@@ -99,8 +99,9 @@ def _patch_faust(cfg: Config) -> None:
     """Point Faust's consumer at the fetch high-watermark fix and the configured fetch wait."""
     _SETTINGS.update(bootstrap=cfg.kafka.brokers, kw=client_kwargs(cfg.kafka),
                      fetch_max_wait_ms=fetch_wait_ms(cfg.kafka))
-    faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters
-    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer
+    # Patched on purpose (method-assign): see _highwaters and _worker_consumer.
+    faust_aiokafka.AIOKafkaConsumerThread._highwaters = _highwaters  # type: ignore[method-assign]
+    faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _worker_consumer  # type: ignore[method-assign]
 
 
 def _credentials(cfg: Config) -> Any:
@@ -161,7 +162,8 @@ class Worker:
         self.table = self.app.Table("stage2", default=None, key_type=bytes, value_type=bytes,
                                     partitions=self.q, use_partitioner=True)
         self.app.agent(self.topic, name="stage2")(self._agent)
-        self.app.on_partitions_revoked.connect(self._on_revoked)
+        # Faust sends the revoked set positionally (its stub wants only *args and signal=).
+        self.app.on_partitions_revoked.connect(self._on_revoked)  # type: ignore[arg-type]
         attach_faust_sensor(self.app, self.registry)
 
     async def _on_revoked(self, sender: Any, revoked: Any, **kw: Any) -> None:
@@ -233,10 +235,10 @@ class Worker:
             self.emit(alerts)
             # State in the table on every change, so a successor resumes without warm-up.
             for q, key in touched:
-                part = self.parts.get(q)
-                if part is not None:
-                    self.table[key.encode()] = pack(dump_route(part.stage2, key),
-                                                     part.held_for(key), part.offset)
+                owner = self.parts.get(q)
+                if owner is not None:
+                    self.table[key.encode()] = pack(dump_route(owner.stage2, key),
+                                                     owner.held_for(key), owner.offset)
 
     def emit(self, alerts: list[Alert]) -> None:
         for a in alerts:

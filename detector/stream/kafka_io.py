@@ -79,7 +79,7 @@ def delay_follower_sync() -> None:
     their JoinGroup answer at once, and a follower's SyncGroup went out before the leader had
     computed the assignment in 3 to 7 joins of 10 (bench/tansu.py): a worker sat a second
     without partitions at start, scale-out and failover. 50 ms is what it costs on Kafka."""
-    CoordinatorGroupRebalance._on_join_follower = _on_join_follower  # type: ignore[method-assign]
+    CoordinatorGroupRebalance._on_join_follower = _on_join_follower
 
 
 class CorruptBatch(NamedTuple):
@@ -166,7 +166,7 @@ class _CrcChecked:
         return _Skip(end)
 
 
-class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
+class _PartitionRecords(fetcher.PartitionRecords):
     def __init__(self, tp: TopicPartition, records: Any, aborted: Any, fetch_offset: int,
                  key_deserializer: Any, value_deserializer: Any, check_crcs: Any,
                  isolation_level: Any) -> None:
@@ -179,7 +179,7 @@ class _PartitionRecords(fetcher.PartitionRecords):  # type: ignore[misc]
 def skip_corrupt_batches() -> None:
     """Let consumers created with ``check_crcs=CorruptBatches()`` skip corrupt batches
     (others keep aiokafka's behaviour). Idempotent."""
-    fetcher.PartitionRecords = _PartitionRecords  # type: ignore[misc]
+    fetcher.PartitionRecords = _PartitionRecords
 
 
 def partition_for(key: bytes, partitions: int) -> int:

@@ -73,8 +73,8 @@ class Outgoing(NamedTuple):
 class _LegacyEnvelope(Envelope):
     """One a stage 1 from before named version combinations as joined strings sent."""
 
-    partials: list[LegacyPartial]  # type: ignore[assignment]
-    hits: list[LegacyHit]  # type: ignore[assignment]
+    partials: list[LegacyPartial]  # type: ignore[assignment]  # the old wire form
+    hits: list[LegacyHit]  # type: ignore[assignment]  # the old wire form
 
 
 _env_enc = msgspec.msgpack.Encoder()
@@ -135,8 +135,8 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.kw = client_kwargs(k)
         self.session_timeout = session_timeout
         # aiokafka clients bind to the running loop: created in start().
-        self.consumer: AIOKafkaConsumer = None  # type: ignore[assignment]
-        self.producer: AIOKafkaProducer = None  # type: ignore[assignment]
+        self.consumer: AIOKafkaConsumer = None
+        self.producer: AIOKafkaProducer = None
         self.sources: dict[int, _Source] = {}
         self.pending: list[Outgoing] = []
         self.lock = asyncio.Lock()
