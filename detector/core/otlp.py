@@ -245,14 +245,16 @@ class OtlpDecoder:
         resource's, unless a field is named twice (or ``ranked``: then :func:`_resolve`)."""
         msg = self._traces()
         msg.ParseFromString(data)
-        pairs_of, attr, span, out = self.pairs.get, self._attr, self._span, []
+        pairs_of, attr, span = self.pairs.get, self._attr, self._span
+        out: list[dict[str, Any] | None] = []
         for rs in msg.resource_spans:
             res, base = self._resource(tuple(rs.resource.attributes))
             base_keys = base.keys()
             for ss in rs.scope_spans:
                 for s in ss.spans:
                     attrs = s.attributes
-                    hits = list(map(pairs_of, attrs))   # C-level; misses parsed once
+                    # C-level; misses (None) parsed once just below
+                    hits: list[Any] = list(map(pairs_of, attrs))
                     if None in hits:
                         hits = [attr(b)[0] if h is None else h
                                 for h, b in zip(hits, attrs, strict=True)]
