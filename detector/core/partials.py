@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Hashable, Iterable
-from typing import Final, NamedTuple, TypeVar
+from typing import Final, NamedTuple, TypeVar, cast
 
 import msgspec
 from msgspec import UNSET, Struct
@@ -158,11 +158,12 @@ def merge_into(a: Partial, b: Partial, k: int) -> None:
         dst = a.samples.get(c)
         a.samples[c] = sorted(set(ids).union(dst) if dst else set(ids))[:k]
     for c, items in b.top.items():
-        top = set(map(tuple, items))
+        # (value, trace id) pairs: lists when they come from msgpack, tuples to be hashed
+        top = cast(set[tuple[int, str]], set(map(tuple, items)))
         dst2 = a.top.get(c)
-        a.top[c] = sorted(top.union(dst2) if dst2 else top)[-TOP_K:]  # type: ignore[arg-type]
-    for v, n in b.versions.items():
-        a.versions[v] = a.versions.get(v, 0) + n
+        a.top[c] = sorted(top.union(dst2) if dst2 else top)[-TOP_K:]
+    for combo, n in b.versions.items():
+        a.versions[combo] = a.versions.get(combo, 0) + n
     cap_versions(a.versions)
 
 
