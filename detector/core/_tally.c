@@ -73,9 +73,13 @@ enum { E_NONE, E_IDS, E_SAMPLED, E_TOP, E_LOWEST };   /* the trace ids kept as e
 #define MAX_WHEN 4
 #define MAX_RULE_FIELDS 3
 #define MAX_FIXED 64           /* fixed counters; the cost's three follow them in an Acc */
+#define MAX_GATES 16
+#define MAX_CHECKS 32
+#define MAX_QTY 8
 
 typedef struct {
     int kind, gate, evidence, nwhen, nfields, ints_only;
+    int qi[2];                           /* its quantities' places in expected_shape's q */
     Py_ssize_t at;                       /* the first counter; -1 for a group */
     Py_ssize_t off[MAX_RULE_FIELDS];     /* the fields read */
     long long cap;
@@ -92,6 +96,25 @@ static struct {
     Py_ssize_t off[N_FIELDS];
     Rule rule[MAX_RULES];
     int nrules;
+    /* The rules of each gate (operation class), those of any operation among them: the
+     * counts of one flag (or none) apart, in a plain loop (most rules are those). */
+    struct Flag {
+        Py_ssize_t off;        /* the field tested (every event: the operation, always set) */
+        PyObject *obj;         /* counted if the field is (not, with ``isnt``) this object */
+        int isnt;
+        Py_ssize_t at;
+        int evidence;
+        PyObject *key;
+    } flag[MAX_GATES][MAX_RULES];
+    int n_flag[MAX_GATES];
+    unsigned char by_gate[MAX_GATES][MAX_RULES];
+    int n_by_gate[MAX_GATES];
+    /* What expected_shape checks, each field once: slots set, str (or unset), a count (or
+     * unset), a quantity (q), a list (or unset), a dict of floats (or None). */
+    Py_ssize_t must[MAX_CHECKS], strs[MAX_CHECKS], sums[MAX_CHECKS], lists[MAX_CHECKS],
+        dicts[MAX_CHECKS];
+    int nmust, nstrs, nsums, nlists, ndicts, nqty;
+    struct { Py_ssize_t off; int ints_only; } qty[MAX_QTY];
     Py_ssize_t n_fixed;                  /* counters before the groups' */
     PyObject *keep;                      /* the rules' tuple: owns their objects */
     PyObject *opcodes;                   /* operation -> its gate */
@@ -99,6 +122,82 @@ static struct {
     double eval_max, eval_scale;
     int ready;
 } S;
+
+/* ``off`` into the set arr[0:*n]; -1 with an exception if it is full. */
+static int
+add_check(Py_ssize_t *arr, int *n, Py_ssize_t off)
+{
+    for (int i = 0; i < *n; i++)
+        if (arr[i] == off)
+            return 0;
+    if (*n >= MAX_CHECKS) {
+        PyErr_SetString(PyExc_ValueError, "configure: too many fields");
+        return -1;
+    }
+    arr[(*n)++] = off;
+    return 0;
+}
+
+/* The place of quantity field ``off`` in expected_shape's q; -1 with an exception. */
+static int
+add_qty(Py_ssize_t off, int ints_only)
+{
+    for (int i = 0; i < S.nqty; i++)
+        if (S.qty[i].off == off && S.qty[i].ints_only == ints_only)
+            return i;
+    if (S.nqty >= MAX_QTY) {
+        PyErr_SetString(PyExc_ValueError, "configure: too many quantities");
+        return -1;
+    }
+    S.qty[S.nqty].off = off;
+    S.qty[S.nqty].ints_only = ints_only;
+    return S.nqty++;
+}
+
+/* What expected_shape checks for rule r, and its place in the gates' lists. */
+static int
+plan(Rule *r, int i)
+{
+    for (int j = 0; j < r->nfields; j++)
+        if (add_check(S.must, &S.nmust, r->off[j]) < 0)
+            return -1;
+    for (int j = 0; j < r->nwhen; j++)
+        if (add_check(S.must, &S.nmust, r->when[j].off) < 0
+                || (r->when[j].test == T_EQ && add_check(S.strs, &S.nstrs, r->when[j].off) < 0))
+            return -1;
+    int err = 0;
+    switch (r->kind) {
+    case R_SUM: err = add_check(S.sums, &S.nsums, r->off[0]); break;
+    case R_LABELS: err = add_check(S.lists, &S.nlists, r->off[0]); break;
+    case R_SCORES: err = add_check(S.dicts, &S.ndicts, r->off[0]); break;
+    case R_COST:
+        err = add_check(S.strs, &S.nstrs, r->off[2]);   /* the model */
+        /* fall through: its tokens */
+    case R_LOG1P:
+        for (int j = 0; j < (r->kind == R_COST ? 2 : 1) && !err; j++)
+            err = (r->qi[j] = add_qty(r->off[j], r->ints_only)) < 0;
+        break;
+    }
+    if (err)
+        return -1;
+    if (r->gate < 0 || r->gate >= MAX_GATES) {
+        PyErr_SetString(PyExc_ValueError, "configure: a gate past MAX_GATES");
+        return -1;
+    }
+    int flag = r->kind == R_COUNT && (r->nwhen == 0 || (r->nwhen == 1 && r->when[0].test != T_EQ));
+    for (int g = 0; g < MAX_GATES; g++) {
+        if (r->gate != 0 && r->gate != g)
+            continue;
+        if (flag)
+            S.flag[g][S.n_flag[g]++] = (struct Flag){
+                r->nwhen ? r->when[0].off : S.off[F_OPERATION],
+                r->nwhen && r->when[0].test == T_IS ? r->when[0].obj : S.unset,
+                !r->nwhen || r->when[0].test == T_SET, r->at, r->evidence, r->key};
+        else
+            S.by_gate[g][S.n_by_gate[g]++] = (unsigned char)i;
+    }
+    return 0;
+}
 
 /* The rules from counting.c_table(): (rule, gate, at, fields, when, evidence, cap, ints_only). */
 static int
@@ -110,6 +209,12 @@ read_rules(PyObject *type, PyObject *rules, PyObject *keys)
         return -1;
     }
     S.n_fixed = 0;
+    S.nmust = S.nstrs = S.nsums = S.nlists = S.ndicts = S.nqty = 0;
+    memset(S.n_by_gate, 0, sizeof S.n_by_gate);
+    memset(S.n_flag, 0, sizeof S.n_flag);
+    for (int f = 0; f < N_FIELDS; f++)
+        if (add_check(S.must, &S.nmust, S.off[f]) < 0)
+            return -1;
     for (Py_ssize_t i = 0; i < n; i++) {
         Rule *r = &S.rule[i];
         PyObject *fields, *when;
@@ -149,6 +254,8 @@ read_rules(PyObject *type, PyObject *rules, PyObject *keys)
             return -1;
         }
         Py_DECREF(r->key);
+        if (plan(r, (int)i) < 0)
+            return -1;
     }
     S.nrules = (int)n;
     return 0;
@@ -167,6 +274,8 @@ configure(PyObject *self, PyObject *args)
                           &PyDict_Type, &opcodes, &top_k, &eval_max, &eval_scale))
         return NULL;
     S.ready = 0;
+    Py_INCREF(unset);
+    Py_XSETREF(S.unset, unset);   /* before the rules, which test against it */
     if ((S.off_counts = slot_offset_s((PyTypeObject *)ptype, "counts")) < 0
             || (S.off_samples = slot_offset_s((PyTypeObject *)ptype, "samples")) < 0
             || (S.off_top = slot_offset_s((PyTypeObject *)ptype, "top")) < 0)
@@ -204,8 +313,6 @@ configure(PyObject *self, PyObject *args)
     Py_XSETREF(S.event_type, (PyTypeObject *)type);
     Py_INCREF(ptype);
     Py_XSETREF(S.partial_type, (PyTypeObject *)ptype);
-    Py_INCREF(unset);
-    Py_XSETREF(S.unset, unset);
     Py_INCREF(opcodes);
     Py_XSETREF(S.opcodes, opcodes);
     S.top_k = top_k;
@@ -330,11 +437,12 @@ add(PyObject *counts, Py_ssize_t i, long long d)
 typedef struct {
     PyObject *p;               /* a strong reference while in use; NULL if free */
     PyObject *counts;          /* a strong reference */
-    long long d[MAX_FIXED + 3];  /* the fixed counters, then the cost's n, sum, sum of squares */
+    long long *d;              /* the fixed counters, then the cost's n, sum, sum of squares */
 } Acc;
 
 typedef struct {
     Acc *slots;
+    long long *sums;           /* ACC_SLOTS rows of S.n_fixed + 3: each slot's d */
     int used;
     Py_ssize_t cost_at;        /* the index of the cost's first counter */
 } Table;
@@ -353,7 +461,7 @@ table_flush(Table *t)
                 err = -1;
         Py_CLEAR(a->p);
         Py_CLEAR(a->counts);
-        memset(a->d, 0, sizeof a->d);
+        memset(a->d, 0, (size_t)(S.n_fixed + 3) * sizeof *a->d);
         t->used--;
     }
     return err;
@@ -392,28 +500,38 @@ is_str_or_unset(PyObject *v)
     return v == S.unset || PyUnicode_CheckExact(v);
 }
 
-/* Whether ``when`` test j of rule r holds for event ev. */
-static int
-holds(PyObject *ev, const Rule *r, int j)
+/* Whether two exact str are equal (unicode_eq in CPython). */
+static inline int
+str_eq(PyObject *a, PyObject *b)
 {
-    PyObject *v = SLOT(ev, r->when[j].off);
-    switch (r->when[j].test) {
-    case T_IS: return v == r->when[j].obj;
-    case T_SET: return v != S.unset;
-    default: return v != S.unset && PyUnicode_Compare(v, r->when[j].obj) == 0;
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return a == b || (n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+                      && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b),
+                                (size_t)n * PyUnicode_KIND(a)) == 0);
+}
+
+/* Whether any ``when`` test of rule r holds for event ev (expected_shape checked the types). */
+static inline int
+holds(PyObject *ev, const Rule *r)
+{
+    for (int j = 0; j < r->nwhen; j++) {
+        PyObject *v = SLOT(ev, r->when[j].off);
+        if (r->when[j].test == T_IS ? v == r->when[j].obj
+                : v != S.unset && (r->when[j].test == T_SET || str_eq(v, r->when[j].obj)))
+            return 1;
     }
+    return 0;
 }
 
 /* Whether the C path can count this event exactly as the Python path would; if so, the
- * values of its rules' quantities in q (q[i][0]; a cost's tokens in q[i][0] and q[i][1]; -1
- * where unset). */
+ * values of its quantities in q (-1 where unset; a rule's are at its qi). */
 static int
-expected_shape(PyObject *ev, double q[][2])
+expected_shape(PyObject *ev, double *q)
 {
     if (Py_TYPE(ev) != S.event_type)
         return 0;
-    for (int f = 0; f < N_FIELDS; f++)
-        if (SLOT(ev, S.off[f]) == NULL)
+    for (int j = 0; j < S.nmust; j++)
+        if (SLOT(ev, S.must[j]) == NULL)
             return 0;
     PyObject *ts = SLOT(ev, S.off[F_TS]);
     if (!PyFloat_CheckExact(ts) || !isfinite(PyFloat_AS_DOUBLE(ts)))
@@ -421,48 +539,35 @@ expected_shape(PyObject *ev, double q[][2])
     if (!PyUnicode_CheckExact(SLOT(ev, S.off[F_OPERATION]))
             || !is_str_or_unset(SLOT(ev, S.off[F_TRACE_ID])))
         return 0;
-    for (int i = 0; i < S.nrules; i++) {
-        const Rule *r = &S.rule[i];
-        for (int j = 0; j < r->nfields; j++)
-            if (SLOT(ev, r->off[j]) == NULL)
+    for (int j = 0; j < S.nstrs; j++)
+        if (!is_str_or_unset(SLOT(ev, S.strs[j])))
+            return 0;
+    for (int j = 0; j < S.nsums; j++) {
+        PyObject *v = SLOT(ev, S.sums[j]);
+        if (v != S.unset && (!PyLong_CheckExact(v) || _PyLong_Sign(v) < 0))
+            return 0;
+    }
+    for (int j = 0; j < S.nqty; j++) {   /* a count or a non-negative float */
+        PyObject *v = SLOT(ev, S.qty[j].off);
+        q[j] = -1.0;
+        if (v != S.unset && (q[j] = as_quantity(v, S.qty[j].ints_only)) < 0)
+            return 0;
+    }
+    for (int j = 0; j < S.nlists; j++) {
+        PyObject *v = SLOT(ev, S.lists[j]);
+        if (v != S.unset && !PyList_CheckExact(v))
+            return 0;
+    }
+    for (int j = 0; j < S.ndicts; j++) {
+        PyObject *v = SLOT(ev, S.dicts[j]);
+        if (v != Py_None) {   /* as decoded: a dict of floats, none of them NaN */
+            if (!PyDict_CheckExact(v))
                 return 0;
-        for (int j = 0; j < r->nwhen; j++) {
-            PyObject *v = SLOT(ev, r->when[j].off);
-            if (v == NULL || (r->when[j].test == T_EQ && !is_str_or_unset(v)))
-                return 0;
-        }
-        PyObject *v = r->nfields ? SLOT(ev, r->off[0]) : NULL;
-        switch (r->kind) {
-        case R_SUM:
-            if (v != S.unset && (!PyLong_CheckExact(v) || _PyLong_Sign(v) < 0))
-                return 0;
-            break;
-        case R_LOG1P:
-        case R_COST:   /* a count or a non-negative float, else the Python path's */
-            for (int j = 0; j < (r->kind == R_COST ? 2 : 1); j++) {
-                v = SLOT(ev, r->off[j]);
-                q[i][j] = -1.0;
-                if (v != S.unset && (q[i][j] = as_quantity(v, r->ints_only)) < 0)
+            Py_ssize_t pos = 0;
+            PyObject *key, *val;
+            while (PyDict_Next(v, &pos, &key, &val))
+                if (!PyFloat_CheckExact(val) || isnan(PyFloat_AS_DOUBLE(val)))
                     return 0;
-            }
-            if (r->kind == R_COST && !is_str_or_unset(SLOT(ev, r->off[2])))
-                return 0;   /* the model */
-            break;
-        case R_LABELS:
-            if (v != S.unset && !PyList_CheckExact(v))
-                return 0;
-            break;
-        case R_SCORES:
-            if (v != Py_None) {   /* as decoded: a dict of floats, none of them NaN */
-                if (!PyDict_CheckExact(v))
-                    return 0;
-                Py_ssize_t pos = 0;
-                PyObject *key, *val;
-                while (PyDict_Next(v, &pos, &key, &val))
-                    if (!PyFloat_CheckExact(val) || isnan(PyFloat_AS_DOUBLE(val)))
-                        return 0;
-            }
-            break;
         }
     }
     return 1;
@@ -747,8 +852,15 @@ add_many(PyObject *self, PyObject *args)
     PyObject *cost_key = PyLong_FromSsize_t(cost_at);   /* its top-k evidence's key */
     if (cost_key == NULL)
         return NULL;
-    Table t = {PyMem_Calloc(ACC_SLOTS, sizeof(Acc)), 0, cost_at};
-    if (t.slots == NULL) {
+    /* Sized to the counters there are: a table past malloc's mmap threshold (128 KiB) would
+     * cost a system call and fresh pages on every call. */
+    Table t = {PyMem_Calloc(ACC_SLOTS, sizeof(Acc)),
+               PyMem_Calloc((size_t)ACC_SLOTS * (S.n_fixed + 3), sizeof(long long)), 0, cost_at};
+    for (int j = 0; t.slots != NULL && t.sums != NULL && j < ACC_SLOTS; j++)
+        t.slots[j].d = t.sums + (size_t)j * (S.n_fixed + 3);
+    if (t.slots == NULL || t.sums == NULL) {
+        PyMem_Free(t.slots);
+        PyMem_Free(t.sums);
         Py_DECREF(cost_key);
         return PyErr_NoMemory();
     }
@@ -759,7 +871,7 @@ add_many(PyObject *self, PyObject *args)
     Py_INCREF(evs);
     for (; i < PyList_GET_SIZE(evs); i++) {
         PyObject *ev = PyList_GET_ITEM(evs, i);
-        double q[MAX_RULES][2];
+        double q[MAX_QTY];
         if (!expected_shape(ev, q))
             break;
         double ts = PyFloat_AS_DOUBLE(SLOT(ev, S.off[F_TS]));
@@ -814,18 +926,24 @@ add_many(PyObject *self, PyObject *args)
             gate = PyLong_AsLong(oc);
         else if (PyErr_Occurred())
             goto fail;
-        for (int ri = 0; ri < S.nrules; ri++) {
-            const Rule *r = &S.rule[ri];
-            if (r->gate && r->gate != gate)
-                continue;
-            PyObject *v = r->nfields ? SLOT(ev, r->off[0]) : NULL;
+        if (gate < 0 || gate >= MAX_GATES)
+            gate = 0;   /* not an operation a rule is for */
+        const struct Flag *f = S.flag[gate];
+        for (int j = S.n_flag[gate]; j > 0; j--, f++) {   /* branch-free but for evidence */
+            int hit = (SLOT(ev, f->off) == f->obj) ^ f->isnt;
+            ADD(f->at, hit);
+            if ((hit & (f->evidence != E_NONE)) && has_tid   /* E_SAMPLED: ids from "0" */
+                    && (f->evidence == E_IDS || PyUnicode_READ_CHAR(tid, 0) == '0')
+                    && sample_insert(p, f->key, tid, k) < 0)
+                goto fail;
+        }
+        for (int ri = 0; ri < S.n_by_gate[gate]; ri++) {
+            const Rule *r = &S.rule[S.by_gate[gate][ri]];
+            PyObject *v;
             long long x;
             switch (r->kind) {
-            case R_COUNT: {
-                int yes = r->nwhen == 0;
-                for (int j = 0; j < r->nwhen && !yes; j++)
-                    yes = holds(ev, r, j);
-                if (!yes)
+            case R_COUNT:
+                if (r->nwhen && !holds(ev, r))
                     break;
                 ADD(r->at, 1);
                 if (r->evidence == E_IDS)
@@ -834,8 +952,8 @@ add_many(PyObject *self, PyObject *args)
                          && PyUnicode_READ_CHAR(tid, 0) == '0' && sample_insert(p, r->key, tid, k) < 0)
                     goto fail;
                 break;
-            }
             case R_SUM:
+                v = SLOT(ev, r->off[0]);
                 if (v != S.unset && _PyLong_Sign(v) > 0) {
                     int overflow = 0;
                     long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
@@ -845,9 +963,9 @@ add_many(PyObject *self, PyObject *args)
                 }
                 break;
             case R_LOG1P:
-                if (q[ri][0] < 0)
+                if (q[r->qi[0]] < 0)
                     break;   /* unset */
-                x = fixed_log1p(q[ri][0]);
+                x = fixed_log1p(q[r->qi[0]]);
                 ADD(r->at, 1);
                 ADD(r->at + 1, x);
                 ADD(r->at + 2, x * x);
@@ -855,7 +973,8 @@ add_many(PyObject *self, PyObject *args)
                     goto fail;
                 break;
             case R_COST: {
-                double cost = priced ? cost_of(ev, q[ri], r->off[2], prices, dflt) : -1.0;
+                double qc[2] = {q[r->qi[0]], q[r->qi[1]]};
+                double cost = priced ? cost_of(ev, qc, r->off[2], prices, dflt) : -1.0;
                 if (cost < -1.5)
                     goto fail;
                 if (cost < 0)
@@ -869,11 +988,13 @@ add_many(PyObject *self, PyObject *args)
                 break;
             }
             case R_LABELS:
+                v = SLOT(ev, r->off[0]);
                 if (v != S.unset && PyList_GET_SIZE(v) > 0
                         && call(safety, p, v, has_tid ? tid : Py_None, NULL) < 0)
                     goto fail;
                 break;
             case R_SCORES:
+                v = SLOT(ev, r->off[0]);
                 if (v != Py_None && PyTuple_GET_SIZE(evals) > 0 && PyDict_GET_SIZE(v) > 0
                         && count_evals(p, v, evals, tid, has_tid) < 0)
                     goto fail;
@@ -889,6 +1010,7 @@ add_many(PyObject *self, PyObject *args)
     Py_DECREF(cost_key);
     int err = table_flush(&t);
     PyMem_Free(t.slots);
+    PyMem_Free(t.sums);
     if (err < 0)
         return NULL;
     return Py_BuildValue("ndn", i, max_ts, late);
@@ -906,6 +1028,7 @@ fail:
         PyErr_Restore(et, ev_, tb);
     }
     PyMem_Free(t.slots);
+    PyMem_Free(t.sums);
     return NULL;
 }
 
