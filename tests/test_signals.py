@@ -109,3 +109,29 @@ def test_without_prices_or_evaluators_there_is_neither_signal(config: Config) ->
         return {"model": "big", "faithfulness": 0.5} if m >= 40 else {}
 
     assert _run(config, _stream(60, fx)) == []
+
+
+def test_the_declared_counters_keep_the_wire_order_of_the_partials() -> None:
+    """Partials cross the wire and sit in snapshots as a list of counters: the declaration
+    must lay them out as before it (724ae42), and name the same signals in the same order."""
+    lay = Layout(("pii",), ("faithfulness",))
+    assert lay.names == (
+        "events", "model_calls", "tool_calls", "refusals", "instruction_violations",
+        "format_checked", "format_failures", "schema_invalid", "fabricated_results",
+        "human_overrides", "memory_writes", "retries", "errors",
+        "in_tok_n", "in_tok_sum", "in_tok_sq", "out_tok_n", "out_tok_sum", "out_tok_sq",
+        "lat_n", "lat_sum", "lat_sq", "safety_pii", "safety_other", "cost_n", "cost_sum",
+        "cost_sq", "eval_faithfulness_n", "eval_faithfulness_sum", "eval_faithfulness_sq")
+    assert [(s.name, s.num, s.den, s.sq, s.flags, s.log) for s in lay.signals] == [
+        ("refusal_rate", 3, 1, -1, True, True), ("tool_calls_per_chat", 2, 1, -1, False, True),
+        ("schema_invalid_rate", 7, 2, -1, True, True),
+        ("fabricated_tool_result_rate", 8, 2, -1, True, True),
+        ("instruction_violation_rate", 4, 1, -1, True, True),
+        ("output_format_failure_rate", 6, 5, -1, True, True),
+        ("human_override_rate", 9, 1, -1, True, True),
+        ("memory_write_rate", 10, 1, -1, False, True), ("retry_rate", 11, 0, -1, False, True),
+        ("error_rate", 12, 0, -1, True, True), ("safety_pii", 22, 0, -1, True, True),
+        ("safety_other", 23, 0, -1, True, True), ("input_tokens", 13, 14, 15, False, True),
+        ("output_tokens", 16, 17, 18, False, True), ("latency_ms", 19, 20, 21, False, True),
+        ("cost", 24, 25, 26, False, True), ("eval_faithfulness", 27, 28, 29, False, False),
+        ("volume", 0, 0, -1, False, True)]

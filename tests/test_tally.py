@@ -17,8 +17,10 @@ from hypothesis import strategies as st
 from detector.config import Config, Price, Spend
 from detector.core import counting
 from detector.core.aggregator import Aggregator
+from detector.core.counting import COST_FIELDS
 from detector.core.events import TraceEvent, decode_many
 from detector.core.partials import SCALE, Partial
+from detector.core.signals import COUNTERS, SET, Counter
 
 HEX = "0123456789abcdef"
 OPS = ["chat", "text_completion", "execute_tool", "memory_write", "human_override",
@@ -38,34 +40,37 @@ def event(draw: st.DrawFn, t0: float) -> dict:
                 "operation": draw(st.sampled_from(OPS)),
                 "tenant": draw(st.sampled_from(["t1", "t2", "t3"])),
                 "app": draw(st.sampled_from(["a", "b"]))}
-    opt = {
-        "trace_id": st.sampled_from("0123f").flatmap(
-            lambda c: st.text(HEX, min_size=31, max_size=31).map(lambda s: c + s)),
-        "environment": st.sampled_from(["production", "canary"]),
-        "model_version": st.sampled_from(["m1", "m2"]),
-        "prompt_version": st.sampled_from(["v1", "v2", "v3"]),
-        "refusal": st.booleans(), "instruction_violation": st.booleans(),
-        "output_format_valid": st.booleans(), "schema_valid": st.booleans(),
-        "tool_result_fabricated": st.booleans(),
-        "input_tokens": st.one_of(st.integers(0, 5000), st.just(HUGE)),
-        "output_tokens": st.integers(0, 2**70),
-        "latency_ms": st.floats(0, 1e6, allow_nan=False),
-        "retries": st.one_of(st.integers(0, 3), st.just(HUGE)),
-        "error_type": st.just("timeout"),
-        "finish_reason": st.sampled_from(["stop", "error", "length"]),
-        "tool_status": st.sampled_from(["ok", "error"]),
-        "safety_hits": st.lists(st.sampled_from(["pii", "secret_leak", "weird", "jailbreak"]),
-                                max_size=3),
-        "model": st.sampled_from(["m1", "m2", "free"]),
-        "eval_scores": st.dictionaries(
-            st.sampled_from(["faithfulness", "Relevance", "other"]),
-            st.one_of(st.floats(-1000, 1000), st.sampled_from([0.0, 1.0, -1000.0, 1000.0])),
-            max_size=3),
-    }
-    for name, strat in opt.items():
+    for name, strat in OPTIONAL.items():
         if draw(st.booleans()):
             ev[name] = draw(strat)
     return ev
+
+
+#: The optional fields an event may carry, and their values.
+OPTIONAL: dict[str, st.SearchStrategy] = {
+    "trace_id": st.sampled_from("0123f").flatmap(
+        lambda c: st.text(HEX, min_size=31, max_size=31).map(lambda s: c + s)),
+    "environment": st.sampled_from(["production", "canary"]),
+    "model_version": st.sampled_from(["m1", "m2"]),
+    "prompt_version": st.sampled_from(["v1", "v2", "v3"]),
+    "refusal": st.booleans(), "instruction_violation": st.booleans(),
+    "output_format_valid": st.booleans(), "schema_valid": st.booleans(),
+    "tool_result_fabricated": st.booleans(),
+    "input_tokens": st.one_of(st.integers(0, 5000), st.just(HUGE)),
+    "output_tokens": st.integers(0, 2**70),
+    "latency_ms": st.floats(0, 1e6, allow_nan=False),
+    "retries": st.one_of(st.integers(0, 3), st.just(HUGE)),
+    "error_type": st.just("timeout"),
+    "finish_reason": st.sampled_from(["stop", "error", "length"]),
+    "tool_status": st.sampled_from(["ok", "error"]),
+    "safety_hits": st.lists(st.sampled_from(["pii", "secret_leak", "weird", "jailbreak"]),
+                            max_size=3),
+    "model": st.sampled_from(["m1", "m2", "free"]),
+    "eval_scores": st.dictionaries(
+        st.sampled_from(["faithfulness", "Relevance", "other"]),
+        st.one_of(st.floats(-1000, 1000), st.sampled_from([0.0, 1.0, -1000.0, 1000.0])),
+        max_size=3),
+}
 
 
 def _drive(config: Config, batches: list[list[TraceEvent]], python: bool
@@ -207,3 +212,48 @@ def test_a_timestamp_near_the_float_maximum_is_counted_alike(config: Config) -> 
         agg.add_many(decode_many(b)[0])
         agg.drain()
     assert agg.late == 10   # the second ten: their window closed when the far one came
+
+
+def _value(field: str) -> object:
+    """A value of ``field`` as an event would carry it, for a "set" test."""
+    (f,) = (f for f in msgspec.inspect.type_info(TraceEvent).fields if f.name == field)
+    types = {type(t) for t in getattr(f.type, "types", (f.type,))}
+    return True if msgspec.inspect.BoolType in types else "x"
+
+
+def _counted_by(c: Counter, i: int) -> dict:
+    """An event that counter ``c`` counts, by its declaration (with a trace id from "0", so
+    that every kind of evidence is kept)."""
+    ev: dict = {"ts": 1_000_000.0 + i, "operation": c.on[0] if c.on else "chat", "app": "a",
+                "trace_id": f"0{i:031x}"}
+    for f, t in c.when[:1]:
+        ev[f] = _value(f) if t is SET else t
+    ev.update({"sum": {c.field: 3}, "log1p": {c.field: 100},
+               "labels": {c.field: ["pii", "weird"]},
+               "cost": {"model": "m1", "input_tokens": 1000, "output_tokens": 10},
+               "scores": {c.field: {"faithfulness": 0.5, "relevance": -0.5}}}.get(c.rule, {}))
+    return ev
+
+
+def test_every_declared_counter_is_counted_and_keeps_its_evidence_in_both_paths(
+        config: Config) -> None:
+    """For each counter in signals.COUNTERS an event it counts: C and Python agree, every
+    counter of the layout is counted, and each keeps the evidence it declares."""
+    cfg = _priced(msgspec.structs.replace(config, input=msgspec.structs.replace(
+        config.input, safety_labels=["pii"])))
+    parts = _same(cfg, [[orjson.dumps(_counted_by(c, i)) for i, c in enumerate(COUNTERS)]])
+    p = next(p for p in parts if p.level == 0)
+    lay = Aggregator(cfg).layout
+    assert [n for n, v in zip(lay.names, p.counts, strict=True) if not v] == []
+    want = {"ids": "samples", "sampled": "samples", "top": "top", "lowest": "top"}
+    for c in COUNTERS:
+        kept = getattr(p, want[c.evidence]) if c.evidence else {}
+        at = lay.at[c.name]
+        assert not c.evidence or at in kept, c.name
+        assert c.evidence or (at not in p.samples and at not in p.top), c.name
+
+
+def test_the_property_test_draws_every_field_and_operation_the_counters_read() -> None:
+    read = {f for c in COUNTERS for f in (c.field, *(f for f, _ in c.when)) if f}
+    assert read | set(COST_FIELDS) <= set(OPTIONAL), read - set(OPTIONAL)
+    assert all(set(c.on) & set(OPS) for c in COUNTERS if c.on)

@@ -8,7 +8,9 @@
  * their slot offsets in the msgspec struct, counter increments are summed per partial and
  * added once per call, and the evidence (bottom-k trace ids, top-k values) is kept here too.
  *
- * A priced model call's cost and the configured evaluators' scores are counted here too.
+ * What is counted is not written here: configure() is handed the counters declared in
+ * detector/core/signals.py as a table of rules (counting.c_table), which add_many reads for
+ * every event. A new counter needs C only if it needs a new kind of rule (R_* below).
  *
  * Making a partial and counting safety labels are handed back to the Aggregator's own
  * methods, and an event of an unexpected shape (built by hand rather than decoded) makes
@@ -57,20 +59,33 @@ slot_offset_s(PyTypeObject *type, const char *name)
     return off;
 }
 
-/* Fields of TraceEvent this file reads, in this order (see the configure() call in counting.py). */
-enum { F_TS, F_TRACE_ID, F_OPERATION, F_REFUSAL, F_INSTR, F_FORMAT_VALID, F_IN_TOK,
-       F_OUT_TOK, F_LATENCY, F_SCHEMA_VALID, F_FABRICATED, F_RETRIES, F_ERROR_TYPE,
-       F_FINISH_REASON, F_TOOL_STATUS, F_SAFETY_HITS, F_MODEL, F_EVAL_SCORES, N_FIELDS };
+/* The structural fields of TraceEvent, in this order (see the configure() call in counting.py). */
+enum { F_TS, F_TRACE_ID, F_OPERATION, N_FIELDS };
 
-/* Counters, in this order (see the configure() call in counting.py); then the cost's three,
- * whose place depends on the layout (add_many's ctx gives it). */
-enum { C_EVENTS, C_MODEL, C_TOOL, C_REFUSAL, C_INSTR, C_FMT_N, C_FMT_FAIL, C_SCHEMA_INV,
-       C_FABRICATED, C_OVERRIDE, C_MEMWRITE, C_RETRIES, C_ERRORS, C_IN_N, C_IN_S, C_IN_Q,
-       C_OUT_N, C_OUT_S, C_OUT_Q, C_LAT_N, C_LAT_S, C_LAT_Q, N_BASE,
-       C_COST_N = N_BASE, C_COST_S, C_COST_Q, N_COUNTERS };
+/* The rules (counting.c_table): its codes. R_COUNT: +1 if any ``when`` test holds (or none is
+ * given); R_SUM: + an int field, at most ``cap``; R_LOG1P: n, sum and sum of squares of
+ * fixed-point log1p; the groups, placed by the layout (add_many's ctx): R_LABELS, safety
+ * labels handed to Python; R_COST, a model call's tokens at its price; R_SCORES, evaluators. */
+enum { R_COUNT, R_SUM, R_LOG1P, R_LABELS, R_COST, R_SCORES };
+enum { T_IS, T_SET, T_EQ };    /* a ``when`` test: the field is the object, set, or equal to it */
+enum { E_NONE, E_IDS, E_SAMPLED, E_TOP, E_LOWEST };   /* the trace ids kept as evidence */
+#define MAX_RULES 32
+#define MAX_WHEN 4
+#define MAX_RULE_FIELDS 3
+#define MAX_FIXED 64           /* fixed counters; the cost's three follow them in an Acc */
+#define MAX_GATES 16
+#define MAX_CHECKS 32
+#define MAX_QTY 8
 
-/* Operation codes, the values of the dict given to configure(). */
-enum { OP_OTHER, OP_MODEL, OP_TOOL, OP_MEMWRITE, OP_OVERRIDE };
+typedef struct {
+    int kind, gate, evidence, nwhen, nfields, ints_only;
+    int qi[2];                           /* its quantities' places in expected_shape's q */
+    Py_ssize_t at;                       /* the first counter; -1 for a group */
+    Py_ssize_t off[MAX_RULE_FIELDS];     /* the fields read */
+    long long cap;
+    PyObject *key;                       /* ``at`` as a Python int: sample and top keys */
+    struct { Py_ssize_t off; int test; PyObject *obj; } when[MAX_WHEN];
+} Rule;
 
 static struct {
     PyTypeObject *event_type;
@@ -79,29 +94,188 @@ static struct {
     PyObject *heappush, *heapreplace;    /* heapq's, in C */
     PyObject *unset;
     Py_ssize_t off[N_FIELDS];
-    Py_ssize_t counter[N_BASE];
-    PyObject *counter_obj[N_BASE];       /* the indexes as Python ints: sample and top keys */
-    PyObject *opcodes;                   /* operation -> OP_* */
+    Rule rule[MAX_RULES];
+    int nrules;
+    /* The rules of each gate (operation class), those of any operation among them: the
+     * counts of one flag (or none) apart, in a plain loop (most rules are those). */
+    struct Flag {
+        Py_ssize_t off;        /* the field tested (every event: the operation, always set) */
+        PyObject *obj;         /* counted if the field is (not, with ``isnt``) this object */
+        int isnt;
+        Py_ssize_t at;
+        int evidence;
+        PyObject *key;
+    } flag[MAX_GATES][MAX_RULES];
+    int n_flag[MAX_GATES];
+    unsigned char by_gate[MAX_GATES][MAX_RULES];
+    int n_by_gate[MAX_GATES];
+    /* What expected_shape checks, each field once: slots set, str (or unset), a count (or
+     * unset), a quantity (q), a list (or unset), a dict of floats (or None). */
+    Py_ssize_t must[MAX_CHECKS], strs[MAX_CHECKS], sums[MAX_CHECKS], lists[MAX_CHECKS],
+        dicts[MAX_CHECKS];
+    int nmust, nstrs, nsums, nlists, ndicts, nqty;
+    struct { Py_ssize_t off; int ints_only; } qty[MAX_QTY];
+    Py_ssize_t n_fixed;                  /* counters before the groups' */
+    PyObject *keep;                      /* the rules' tuple: owns their objects */
+    PyObject *opcodes;                   /* operation -> its gate */
     Py_ssize_t top_k;
-    long long max_retries;
     double eval_max, eval_scale;
     int ready;
 } S;
 
-/* configure(event_type, partial_type, unset, field_names, counter_indexes, opcodes, top_k,
- *           max_retries, eval_max, eval_scale) */
+/* ``off`` into the set arr[0:*n]; -1 with an exception if it is full. */
+static int
+add_check(Py_ssize_t *arr, int *n, Py_ssize_t off)
+{
+    for (int i = 0; i < *n; i++)
+        if (arr[i] == off)
+            return 0;
+    if (*n >= MAX_CHECKS) {
+        PyErr_SetString(PyExc_ValueError, "configure: too many fields");
+        return -1;
+    }
+    arr[(*n)++] = off;
+    return 0;
+}
+
+/* The place of quantity field ``off`` in expected_shape's q; -1 with an exception. */
+static int
+add_qty(Py_ssize_t off, int ints_only)
+{
+    for (int i = 0; i < S.nqty; i++)
+        if (S.qty[i].off == off && S.qty[i].ints_only == ints_only)
+            return i;
+    if (S.nqty >= MAX_QTY) {
+        PyErr_SetString(PyExc_ValueError, "configure: too many quantities");
+        return -1;
+    }
+    S.qty[S.nqty].off = off;
+    S.qty[S.nqty].ints_only = ints_only;
+    return S.nqty++;
+}
+
+/* What expected_shape checks for rule r, and its place in the gates' lists. */
+static int
+plan(Rule *r, int i)
+{
+    for (int j = 0; j < r->nfields; j++)
+        if (add_check(S.must, &S.nmust, r->off[j]) < 0)
+            return -1;
+    for (int j = 0; j < r->nwhen; j++)
+        if (add_check(S.must, &S.nmust, r->when[j].off) < 0
+                || (r->when[j].test == T_EQ && add_check(S.strs, &S.nstrs, r->when[j].off) < 0))
+            return -1;
+    int err = 0;
+    switch (r->kind) {
+    case R_SUM: err = add_check(S.sums, &S.nsums, r->off[0]); break;
+    case R_LABELS: err = add_check(S.lists, &S.nlists, r->off[0]); break;
+    case R_SCORES: err = add_check(S.dicts, &S.ndicts, r->off[0]); break;
+    case R_COST:
+        err = add_check(S.strs, &S.nstrs, r->off[2]);   /* the model */
+        /* fall through: its tokens */
+    case R_LOG1P:
+        for (int j = 0; j < (r->kind == R_COST ? 2 : 1) && !err; j++)
+            err = (r->qi[j] = add_qty(r->off[j], r->ints_only)) < 0;
+        break;
+    }
+    if (err)
+        return -1;
+    if (r->gate < 0 || r->gate >= MAX_GATES) {
+        PyErr_SetString(PyExc_ValueError, "configure: a gate past MAX_GATES");
+        return -1;
+    }
+    int flag = r->kind == R_COUNT && (r->nwhen == 0 || (r->nwhen == 1 && r->when[0].test != T_EQ));
+    for (int g = 0; g < MAX_GATES; g++) {
+        if (r->gate != 0 && r->gate != g)
+            continue;
+        if (flag)
+            S.flag[g][S.n_flag[g]++] = (struct Flag){
+                r->nwhen ? r->when[0].off : S.off[F_OPERATION],
+                r->nwhen && r->when[0].test == T_IS ? r->when[0].obj : S.unset,
+                !r->nwhen || r->when[0].test == T_SET, r->at, r->evidence, r->key};
+        else
+            S.by_gate[g][S.n_by_gate[g]++] = (unsigned char)i;
+    }
+    return 0;
+}
+
+/* The rules from counting.c_table(): (rule, gate, at, fields, when, evidence, cap, ints_only). */
+static int
+read_rules(PyObject *type, PyObject *rules, PyObject *keys)
+{
+    Py_ssize_t n = PyTuple_GET_SIZE(rules);
+    if (n > MAX_RULES) {
+        PyErr_SetString(PyExc_ValueError, "configure: too many rules");
+        return -1;
+    }
+    S.n_fixed = 0;
+    S.nmust = S.nstrs = S.nsums = S.nlists = S.ndicts = S.nqty = 0;
+    memset(S.n_by_gate, 0, sizeof S.n_by_gate);
+    memset(S.n_flag, 0, sizeof S.n_flag);
+    for (int f = 0; f < N_FIELDS; f++)
+        if (add_check(S.must, &S.nmust, S.off[f]) < 0)
+            return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Rule *r = &S.rule[i];
+        PyObject *fields, *when;
+        if (!PyArg_ParseTuple(PyTuple_GET_ITEM(rules, i), "iinO!O!iLp", &r->kind, &r->gate,
+                              &r->at, &PyTuple_Type, &fields, &PyTuple_Type, &when,
+                              &r->evidence, &r->cap, &r->ints_only))
+            return -1;
+        r->nfields = (int)PyTuple_GET_SIZE(fields);
+        r->nwhen = (int)PyTuple_GET_SIZE(when);
+        Py_ssize_t width = r->kind == R_LOG1P ? 3 : 1;
+        int group = r->kind >= R_LABELS;
+        if (r->kind < R_COUNT || r->kind > R_SCORES || r->nfields > MAX_RULE_FIELDS
+                || r->nwhen > MAX_WHEN || group != (r->at < 0) || r->at + width > MAX_FIXED
+                || r->nfields < (r->kind == R_COST ? 3 : r->kind == R_COUNT ? 0 : 1)) {
+            PyErr_Format(PyExc_ValueError, "configure: rule %zd is not one this code counts", i);
+            return -1;
+        }
+        for (int j = 0; j < r->nfields; j++)
+            if ((r->off[j] = slot_offset((PyTypeObject *)type, PyTuple_GET_ITEM(fields, j))) < 0)
+                return -1;
+        for (int j = 0; j < r->nwhen; j++) {
+            PyObject *w = PyTuple_GET_ITEM(when, j), *name;
+            if (!PyArg_ParseTuple(w, "OiO", &name, &r->when[j].test, &r->when[j].obj))
+                return -1;
+            if ((r->when[j].off = slot_offset((PyTypeObject *)type, name)) < 0)
+                return -1;
+            if (r->when[j].test == T_EQ && !PyUnicode_Check(r->when[j].obj)) {
+                PyErr_SetString(PyExc_TypeError, "configure: an equality test is on a str");
+                return -1;
+            }
+        }
+        if (!group && r->at + width > S.n_fixed)
+            S.n_fixed = r->at + width;
+        r->key = PyLong_FromSsize_t(r->at);   /* owned by ``keys``, kept in S.keep */
+        if (r->key == NULL || PyList_Append(keys, r->key) < 0) {
+            Py_XDECREF(r->key);
+            return -1;
+        }
+        Py_DECREF(r->key);
+        if (plan(r, (int)i) < 0)
+            return -1;
+    }
+    S.nrules = (int)n;
+    return 0;
+}
+
+/* configure(event_type, partial_type, unset, (ts, trace_id, operation), rules, opcodes,
+ *           top_k, eval_max, eval_scale) */
 static PyObject *
 configure(PyObject *self, PyObject *args)
 {
-    PyObject *type, *ptype, *unset, *names, *counters, *opcodes;
+    PyObject *type, *ptype, *unset, *names, *rules, *opcodes;
     Py_ssize_t top_k;
-    long long max_retries;
     double eval_max, eval_scale;
-    if (!PyArg_ParseTuple(args, "O!O!OO!O!O!nLdd", &PyType_Type, &type, &PyType_Type, &ptype,
-                          &unset, &PyTuple_Type, &names, &PyTuple_Type, &counters,
-                          &PyDict_Type, &opcodes, &top_k, &max_retries, &eval_max,
-                          &eval_scale))
+    if (!PyArg_ParseTuple(args, "O!O!OO!O!O!ndd", &PyType_Type, &type, &PyType_Type, &ptype,
+                          &unset, &PyTuple_Type, &names, &PyTuple_Type, &rules,
+                          &PyDict_Type, &opcodes, &top_k, &eval_max, &eval_scale))
         return NULL;
+    S.ready = 0;
+    Py_INCREF(unset);
+    Py_XSETREF(S.unset, unset);   /* before the rules, which test against it */
     if ((S.off_counts = slot_offset_s((PyTypeObject *)ptype, "counts")) < 0
             || (S.off_samples = slot_offset_s((PyTypeObject *)ptype, "samples")) < 0
             || (S.off_top = slot_offset_s((PyTypeObject *)ptype, "top")) < 0)
@@ -114,8 +288,8 @@ configure(PyObject *self, PyObject *args)
     Py_DECREF(heapq);
     if (S.heappush == NULL || S.heapreplace == NULL)
         return NULL;
-    if (PyTuple_GET_SIZE(names) != N_FIELDS || PyTuple_GET_SIZE(counters) != N_BASE) {
-        PyErr_SetString(PyExc_ValueError, "configure: wrong number of fields or counters");
+    if (PyTuple_GET_SIZE(names) != N_FIELDS) {
+        PyErr_SetString(PyExc_ValueError, "configure: wrong number of fields");
         return NULL;
     }
     for (Py_ssize_t i = 0; i < N_FIELDS; i++) {
@@ -124,28 +298,24 @@ configure(PyObject *self, PyObject *args)
             return NULL;
         S.off[i] = off;
     }
-    for (Py_ssize_t i = 0; i < N_BASE; i++) {
-        PyObject *c = PyTuple_GET_ITEM(counters, i);
-        Py_ssize_t v = PyLong_AsSsize_t(c);
-        if (v < 0) {
-            if (!PyErr_Occurred())
-                PyErr_SetString(PyExc_ValueError, "configure: negative counter index");
-            return NULL;
-        }
-        S.counter[i] = v;
-        Py_INCREF(c);
-        Py_XSETREF(S.counter_obj[i], c);
+    PyObject *keys = PyList_New(0);
+    if (keys == NULL)
+        return NULL;
+    if (read_rules(type, rules, keys) < 0) {
+        Py_DECREF(keys);
+        return NULL;
     }
+    Py_XSETREF(S.keep, PyTuple_Pack(2, rules, keys));
+    Py_DECREF(keys);
+    if (S.keep == NULL)
+        return NULL;
     Py_INCREF(type);
     Py_XSETREF(S.event_type, (PyTypeObject *)type);
     Py_INCREF(ptype);
     Py_XSETREF(S.partial_type, (PyTypeObject *)ptype);
-    Py_INCREF(unset);
-    Py_XSETREF(S.unset, unset);
     Py_INCREF(opcodes);
     Py_XSETREF(S.opcodes, opcodes);
     S.top_k = top_k;
-    S.max_retries = max_retries;
     S.eval_max = eval_max;
     S.eval_scale = eval_scale;
     S.ready = 1;
@@ -267,11 +437,12 @@ add(PyObject *counts, Py_ssize_t i, long long d)
 typedef struct {
     PyObject *p;               /* a strong reference while in use; NULL if free */
     PyObject *counts;          /* a strong reference */
-    long long d[N_COUNTERS];
+    long long *d;              /* the fixed counters, then the cost's n, sum, sum of squares */
 } Acc;
 
 typedef struct {
     Acc *slots;
+    long long *sums;           /* ACC_SLOTS rows of S.n_fixed + 3: each slot's d */
     int used;
     Py_ssize_t cost_at;        /* the index of the cost's first counter */
 } Table;
@@ -284,13 +455,13 @@ table_flush(Table *t)
         Acc *a = &t->slots[i];
         if (a->p == NULL)
             continue;
-        for (int c = 0; c < N_COUNTERS; c++)
-            if (a->d[c] && !err && add(a->counts, c < N_BASE ? S.counter[c]
-                                       : t->cost_at + (c - C_COST_N), a->d[c]) < 0)
+        for (Py_ssize_t c = 0; c < S.n_fixed + 3; c++)
+            if (a->d[c] && !err && add(a->counts, c < S.n_fixed ? c
+                                       : t->cost_at + (c - S.n_fixed), a->d[c]) < 0)
                 err = -1;
         Py_CLEAR(a->p);
         Py_CLEAR(a->counts);
-        memset(a->d, 0, sizeof a->d);
+        memset(a->d, 0, (size_t)(S.n_fixed + 3) * sizeof *a->d);
         t->used--;
     }
     return err;
@@ -329,57 +500,77 @@ is_str_or_unset(PyObject *v)
     return v == S.unset || PyUnicode_CheckExact(v);
 }
 
-/* Whether the C path can count this event exactly as the Python path would; if so, its
- * input tokens, output tokens and latency in q (-1 where unset). */
+/* Whether two exact str are equal (unicode_eq in CPython). */
+static inline int
+str_eq(PyObject *a, PyObject *b)
+{
+    Py_ssize_t n = PyUnicode_GET_LENGTH(a);
+    return a == b || (n == PyUnicode_GET_LENGTH(b) && PyUnicode_KIND(a) == PyUnicode_KIND(b)
+                      && memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b),
+                                (size_t)n * PyUnicode_KIND(a)) == 0);
+}
+
+/* Whether any ``when`` test of rule r holds for event ev (expected_shape checked the types). */
+static inline int
+holds(PyObject *ev, const Rule *r)
+{
+    for (int j = 0; j < r->nwhen; j++) {
+        PyObject *v = SLOT(ev, r->when[j].off);
+        if (r->when[j].test == T_IS ? v == r->when[j].obj
+                : v != S.unset && (r->when[j].test == T_SET || str_eq(v, r->when[j].obj)))
+            return 1;
+    }
+    return 0;
+}
+
+/* Whether the C path can count this event exactly as the Python path would; if so, the
+ * values of its quantities in q (-1 where unset; a rule's are at its qi). */
 static int
-expected_shape(PyObject *ev, double q[3])
+expected_shape(PyObject *ev, double *q)
 {
     if (Py_TYPE(ev) != S.event_type)
         return 0;
-    for (int f = 0; f < N_FIELDS; f++)
-        if (SLOT(ev, S.off[f]) == NULL)
+    for (int j = 0; j < S.nmust; j++)
+        if (SLOT(ev, S.must[j]) == NULL)
             return 0;
     PyObject *ts = SLOT(ev, S.off[F_TS]);
     if (!PyFloat_CheckExact(ts) || !isfinite(PyFloat_AS_DOUBLE(ts)))
         return 0;
-    if (!PyUnicode_CheckExact(SLOT(ev, S.off[F_OPERATION])))
+    if (!PyUnicode_CheckExact(SLOT(ev, S.off[F_OPERATION]))
+            || !is_str_or_unset(SLOT(ev, S.off[F_TRACE_ID])))
         return 0;
-    if (!is_str_or_unset(SLOT(ev, S.off[F_TRACE_ID]))
-            || !is_str_or_unset(SLOT(ev, S.off[F_FINISH_REASON]))
-            || !is_str_or_unset(SLOT(ev, S.off[F_TOOL_STATUS])))
-        return 0;
-    static const int qf[3] = {F_IN_TOK, F_OUT_TOK, F_LATENCY};
-    for (int i = 0; i < 3; i++) {
-        PyObject *v = SLOT(ev, S.off[qf[i]]);
-        q[i] = -1.0;
-        if (v != S.unset && (q[i] = as_quantity(v, i < 2)) < 0)
-            return 0;   /* not a count or a non-negative float: the Python path's */
-    }
-    PyObject *v = SLOT(ev, S.off[F_RETRIES]);
-    if (v != S.unset && (!PyLong_CheckExact(v) || _PyLong_Sign(v) < 0))
-        return 0;
-    v = SLOT(ev, S.off[F_SAFETY_HITS]);
-    if (v != S.unset && !PyList_CheckExact(v))
-        return 0;
-    if (!is_str_or_unset(SLOT(ev, S.off[F_MODEL])))
-        return 0;
-    v = SLOT(ev, S.off[F_EVAL_SCORES]);
-    if (v != Py_None) {   /* as decoded: a dict of floats, none of them NaN */
-        if (!PyDict_CheckExact(v))
+    for (int j = 0; j < S.nstrs; j++)
+        if (!is_str_or_unset(SLOT(ev, S.strs[j])))
             return 0;
-        Py_ssize_t pos = 0;
-        PyObject *key, *val;
-        while (PyDict_Next(v, &pos, &key, &val))
-            if (!PyFloat_CheckExact(val) || isnan(PyFloat_AS_DOUBLE(val)))
+    for (int j = 0; j < S.nsums; j++) {
+        PyObject *v = SLOT(ev, S.sums[j]);
+        if (v != S.unset && (!PyLong_CheckExact(v) || _PyLong_Sign(v) < 0))
+            return 0;
+    }
+    for (int j = 0; j < S.nqty; j++) {   /* a count or a non-negative float */
+        PyObject *v = SLOT(ev, S.qty[j].off);
+        q[j] = -1.0;
+        if (v != S.unset && (q[j] = as_quantity(v, S.qty[j].ints_only)) < 0)
+            return 0;
+    }
+    for (int j = 0; j < S.nlists; j++) {
+        PyObject *v = SLOT(ev, S.lists[j]);
+        if (v != S.unset && !PyList_CheckExact(v))
+            return 0;
+    }
+    for (int j = 0; j < S.ndicts; j++) {
+        PyObject *v = SLOT(ev, S.dicts[j]);
+        if (v != Py_None) {   /* as decoded: a dict of floats, none of them NaN */
+            if (!PyDict_CheckExact(v))
                 return 0;
+            Py_ssize_t pos = 0;
+            PyObject *key, *val;
+            while (PyDict_Next(v, &pos, &key, &val))
+                if (!PyFloat_CheckExact(val) || isnan(PyFloat_AS_DOUBLE(val)))
+                    return 0;
+        }
     }
     return 1;
-}
-
-static int
-str_is(PyObject *v, const char *s)
-{
-    return v != S.unset && PyUnicode_CompareWithASCIIString(v, s) == 0;
 }
 
 /* A slot of partial p (counts, samples, top) when it is a Partial, else the attribute by
@@ -489,15 +680,15 @@ bottom_insert(PyObject *lst, PyObject *tid, Py_ssize_t k)
     return 0;
 }
 
-/* ``bottom(p.samples.setdefault(c, []), tid, k)``: Counting._sample. */
+/* ``bottom(p.samples.setdefault(key, []), tid, k)``: Counting._sample. */
 static int
-sample_insert(PyObject *p, int c, PyObject *tid, Py_ssize_t k)
+sample_insert(PyObject *p, PyObject *key, PyObject *tid, Py_ssize_t k)
 {
     PyObject *samples = partial_field(p, S.off_samples, "samples");
     if (samples == NULL)
         return -1;
     int err = -1;
-    PyObject *lst = PyDict_GetItemWithError(samples, S.counter_obj[c]);
+    PyObject *lst = PyDict_GetItemWithError(samples, key);
     if (lst != NULL) {
         err = PyList_CheckExact(lst) ? bottom_insert(lst, tid, k) : -1;
         if (err < 0 && !PyErr_Occurred())
@@ -506,7 +697,7 @@ sample_insert(PyObject *p, int c, PyObject *tid, Py_ssize_t k)
         if (k > 0 && PyList_Append(lst, tid) < 0)
             err = -1;
         else
-            err = PyDict_SetItem(samples, S.counter_obj[c], lst);
+            err = PyDict_SetItem(samples, key, lst);
         Py_DECREF(lst);
     }
     Py_DECREF(samples);
@@ -553,15 +744,16 @@ call(PyObject *f, PyObject *a, PyObject *b, PyObject *c, PyObject *d)
     return r == NULL ? -1 : 0;
 }
 
-/* A model call's cost from its tokens (q[0], q[1]; -1 where unset) at its model's price, as
- * Counting._cost; -1 if it has none (no tokens, or no price). ``prices`` maps a model to
- * (input, output) floats; ``dflt`` is that of models not listed, or None. */
+/* A model call's cost from its tokens (q[0], q[1]; -1 where unset) at the price of its model
+ * (field ``model_off``), as Counting._cost; -1 if it has none (no tokens, or no price).
+ * ``prices`` maps a model to (input, output) floats; ``dflt`` is that of models not listed,
+ * or None. */
 static double
-cost_of(PyObject *ev, const double q[3], PyObject *prices, PyObject *dflt)
+cost_of(PyObject *ev, const double q[2], Py_ssize_t model_off, PyObject *prices, PyObject *dflt)
 {
     if (q[0] < 0 && q[1] < 0)
         return -1.0;
-    PyObject *m = SLOT(ev, S.off[F_MODEL]), *price = dflt;
+    PyObject *m = SLOT(ev, model_off), *price = dflt;
     if (m != S.unset) {
         PyObject *pr = PyDict_GetItemWithError(prices, m);
         if (pr != NULL)
@@ -660,8 +852,15 @@ add_many(PyObject *self, PyObject *args)
     PyObject *cost_key = PyLong_FromSsize_t(cost_at);   /* its top-k evidence's key */
     if (cost_key == NULL)
         return NULL;
-    Table t = {PyMem_Calloc(ACC_SLOTS, sizeof(Acc)), 0, cost_at};
-    if (t.slots == NULL) {
+    /* Sized to the counters there are: a table past malloc's mmap threshold (128 KiB) would
+     * cost a system call and fresh pages on every call. */
+    Table t = {PyMem_Calloc(ACC_SLOTS, sizeof(Acc)),
+               PyMem_Calloc((size_t)ACC_SLOTS * (S.n_fixed + 3), sizeof(long long)), 0, cost_at};
+    for (int j = 0; t.slots != NULL && t.sums != NULL && j < ACC_SLOTS; j++)
+        t.slots[j].d = t.sums + (size_t)j * (S.n_fixed + 3);
+    if (t.slots == NULL || t.sums == NULL) {
+        PyMem_Free(t.slots);
+        PyMem_Free(t.sums);
         Py_DECREF(cost_key);
         return PyErr_NoMemory();
     }
@@ -672,7 +871,7 @@ add_many(PyObject *self, PyObject *args)
     Py_INCREF(evs);
     for (; i < PyList_GET_SIZE(evs); i++) {
         PyObject *ev = PyList_GET_ITEM(evs, i);
-        double q[3];
+        double q[MAX_QTY];
         if (!expected_shape(ev, q))
             break;
         double ts = PyFloat_AS_DOUBLE(SLOT(ev, S.off[F_TS]));
@@ -697,7 +896,7 @@ add_many(PyObject *self, PyObject *args)
         PyObject *counts = partial_field(p, S.off_counts, "counts");
         if (counts == NULL)
             goto fail;
-        if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) < N_BASE
+        if (!PyList_CheckExact(counts) || PyList_GET_SIZE(counts) < S.n_fixed
                 || PyList_GET_SIZE(counts) < cost_at + 3) {
             Py_DECREF(counts);
             PyErr_SetString(PyExc_TypeError, "a partial's counts is not a list of counters");
@@ -718,89 +917,90 @@ add_many(PyObject *self, PyObject *args)
 
         PyObject *tid = SLOT(ev, S.off[F_TRACE_ID]);
         int has_tid = tid != S.unset && PyUnicode_GET_LENGTH(tid) > 0;
-#define SAMPLE(c) do { \
-            if (has_tid && sample_insert(p, c, tid, k) < 0) goto fail; \
+#define SAMPLE(key) do { \
+            if (has_tid && sample_insert(p, key, tid, k) < 0) goto fail; \
         } while (0)
-/* One more of counter c, and the event's id as its evidence; FLAG: if field f is ``is``. */
-#define COUNT(c) do { ADD(c, 1); SAMPLE(c); } while (0)
-#define FLAG(f, is, c) do { if (SLOT(ev, S.off[f]) == (is)) COUNT(c); } while (0)
-        ADD(C_EVENTS, 1);
-        long code = OP_OTHER;
+        long gate = 0;
         PyObject *oc = PyDict_GetItemWithError(S.opcodes, SLOT(ev, S.off[F_OPERATION]));
         if (oc != NULL)
-            code = PyLong_AsLong(oc);
+            gate = PyLong_AsLong(oc);
         else if (PyErr_Occurred())
             goto fail;
-        if (code == OP_MODEL) {
-            ADD(C_MODEL, 1);
-            FLAG(F_REFUSAL, Py_True, C_REFUSAL);
-            FLAG(F_INSTR, Py_True, C_INSTR);
-            PyObject *fv = SLOT(ev, S.off[F_FORMAT_VALID]);
-            if (fv != S.unset) {
-                ADD(C_FMT_N, 1);
-                FLAG(F_FORMAT_VALID, Py_False, C_FMT_FAIL);
-            }
-            static const int qc[3] = {C_IN_N, C_OUT_N, C_LAT_N};
-            for (int j = 0; j < 3; j++) {
-                if (q[j] < 0)
-                    continue;   /* unset */
-                long long x = fixed_log1p(q[j]);
-                ADD(qc[j], 1);
-                ADD(qc[j] + 1, x);
-                ADD(qc[j] + 2, x * x);
-                if (j == 0 || !has_tid)
-                    continue;   /* evidence: the largest outputs and the slowest calls */
-                if (top_insert(p, S.counter_obj[qc[j]], x, tid) < 0)
-                    goto fail;
-            }
-            double cost = priced ? cost_of(ev, q, prices, dflt) : -1.0;
-            if (cost < -1.5)
+        if (gate < 0 || gate >= MAX_GATES)
+            gate = 0;   /* not an operation a rule is for */
+        const struct Flag *f = S.flag[gate];
+        for (int j = S.n_flag[gate]; j > 0; j--, f++) {   /* branch-free but for evidence */
+            int hit = (SLOT(ev, f->off) == f->obj) ^ f->isnt;
+            ADD(f->at, hit);
+            if ((hit & (f->evidence != E_NONE)) && has_tid   /* E_SAMPLED: ids from "0" */
+                    && (f->evidence == E_IDS || PyUnicode_READ_CHAR(tid, 0) == '0')
+                    && sample_insert(p, f->key, tid, k) < 0)
                 goto fail;
-            if (cost >= 0) {
-                long long x = fixed_log1p(cost);
-                ADD(C_COST_N, 1);
-                ADD(C_COST_S, x);
-                ADD(C_COST_Q, x * x);
-                if (has_tid && top_insert(p, cost_key, x, tid) < 0)   /* the costliest calls */
+        }
+        for (int ri = 0; ri < S.n_by_gate[gate]; ri++) {
+            const Rule *r = &S.rule[S.by_gate[gate][ri]];
+            PyObject *v;
+            long long x;
+            switch (r->kind) {
+            case R_COUNT:
+                if (r->nwhen && !holds(ev, r))
+                    break;
+                ADD(r->at, 1);
+                if (r->evidence == E_IDS)
+                    SAMPLE(r->key);
+                else if (r->evidence == E_SAMPLED && has_tid   /* ids that start with "0" */
+                         && PyUnicode_READ_CHAR(tid, 0) == '0' && sample_insert(p, r->key, tid, k) < 0)
                     goto fail;
+                break;
+            case R_SUM:
+                v = SLOT(ev, r->off[0]);
+                if (v != S.unset && _PyLong_Sign(v) > 0) {
+                    int overflow = 0;
+                    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+                    ADD(r->at, overflow || n > r->cap ? r->cap : n);
+                    if (r->evidence == E_IDS)
+                        SAMPLE(r->key);
+                }
+                break;
+            case R_LOG1P:
+                if (q[r->qi[0]] < 0)
+                    break;   /* unset */
+                x = fixed_log1p(q[r->qi[0]]);
+                ADD(r->at, 1);
+                ADD(r->at + 1, x);
+                ADD(r->at + 2, x * x);
+                if (r->evidence == E_TOP && has_tid && top_insert(p, r->key, x, tid) < 0)
+                    goto fail;
+                break;
+            case R_COST: {
+                double qc[2] = {q[r->qi[0]], q[r->qi[1]]};
+                double cost = priced ? cost_of(ev, qc, r->off[2], prices, dflt) : -1.0;
+                if (cost < -1.5)
+                    goto fail;
+                if (cost < 0)
+                    break;
+                x = fixed_log1p(cost);
+                ADD(S.n_fixed, 1);
+                ADD(S.n_fixed + 1, x);
+                ADD(S.n_fixed + 2, x * x);
+                if (r->evidence == E_TOP && has_tid && top_insert(p, cost_key, x, tid) < 0)
+                    goto fail;
+                break;
             }
-        } else if (code == OP_TOOL) {
-            ADD(C_TOOL, 1);
-            FLAG(F_SCHEMA_VALID, Py_False, C_SCHEMA_INV);
-            FLAG(F_FABRICATED, Py_True, C_FABRICATED);
-        } else if (code == OP_MEMWRITE) {
-            COUNT(C_MEMWRITE);
-        } else if (code == OP_OVERRIDE) {
-            COUNT(C_OVERRIDE);
+            case R_LABELS:
+                v = SLOT(ev, r->off[0]);
+                if (v != S.unset && PyList_GET_SIZE(v) > 0
+                        && call(safety, p, v, has_tid ? tid : Py_None, NULL) < 0)
+                    goto fail;
+                break;
+            case R_SCORES:
+                v = SLOT(ev, r->off[0]);
+                if (v != Py_None && PyTuple_GET_SIZE(evals) > 0 && PyDict_GET_SIZE(v) > 0
+                        && count_evals(p, v, evals, tid, has_tid) < 0)
+                    goto fail;
+                break;
+            }
         }
-        PyObject *rv = SLOT(ev, S.off[F_RETRIES]);
-        if (rv != S.unset && _PyLong_Sign(rv) > 0) {
-            int overflow = 0;
-            long long n = PyLong_AsLongLongAndOverflow(rv, &overflow);
-            if (overflow || n > S.max_retries)
-                n = S.max_retries;
-            ADD(C_RETRIES, n);
-            SAMPLE(C_RETRIES);
-        }
-        if (SLOT(ev, S.off[F_ERROR_TYPE]) != S.unset
-                || str_is(SLOT(ev, S.off[F_FINISH_REASON]), "error")
-                || str_is(SLOT(ev, S.off[F_TOOL_STATUS]), "error")) {
-            COUNT(C_ERRORS);
-        }
-        PyObject *hits = SLOT(ev, S.off[F_SAFETY_HITS]);
-        if (hits != S.unset && PyList_GET_SIZE(hits) > 0
-                && call(safety, p, hits, has_tid ? tid : Py_None, NULL) < 0)
-            goto fail;
-        PyObject *scores = SLOT(ev, S.off[F_EVAL_SCORES]);
-        if (scores != Py_None && PyTuple_GET_SIZE(evals) > 0 && PyDict_GET_SIZE(scores) > 0
-                && count_evals(p, scores, evals, tid, has_tid) < 0)
-            goto fail;
-        /* The 1-in-16 sample of all events: ids that start with "0" (see counting.py). */
-        if (has_tid && PyUnicode_READ_CHAR(tid, 0) == '0'
-                && sample_insert(p, C_EVENTS, tid, k) < 0)
-            goto fail;
-#undef FLAG
-#undef COUNT
 #undef SAMPLE
 #undef ADD
         Py_CLEAR(p);
@@ -810,6 +1010,7 @@ add_many(PyObject *self, PyObject *args)
     Py_DECREF(cost_key);
     int err = table_flush(&t);
     PyMem_Free(t.slots);
+    PyMem_Free(t.sums);
     if (err < 0)
         return NULL;
     return Py_BuildValue("ndn", i, max_ts, late);
@@ -827,6 +1028,7 @@ fail:
         PyErr_Restore(et, ev_, tb);
     }
     PyMem_Free(t.slots);
+    PyMem_Free(t.sums);
     return NULL;
 }
 

@@ -1,10 +1,13 @@
 """Stage 1's per-event counting: an event's counters, evidence and window, into its open
 partial. The windows themselves (which partial, when it closes) are :mod:`detector.core.aggregator`.
 
-The counting is done in C by :mod:`detector.core._tally` when it was built (``setup.py``), and
-otherwise by :meth:`Counting._add_py`, which is also the reference the C code is tested
-against (``tests/test_tally.py``): the same partials to the last counter and trace id.
-The C path calls back into Python only to make a partial and to count safety labels.
+What is counted is declared once, as :data:`detector.core.signals.COUNTERS`. The counting is
+done in C by :mod:`detector.core._tally` when it was built (``setup.py``), which is handed
+that declaration as a table of rules (:func:`c_table`), and otherwise by
+:meth:`Counting._add_py`, compiled from the declaration (:func:`python_source`), which is
+also the reference the C code is tested against (``tests/test_tally.py``): the same partials
+to the last counter and trace id. The C path calls back into Python only to make a partial
+and to count safety labels.
 
 Spend: a model call's cost is its input tokens × the input price plus its output tokens × the
 output price per million tokens (so in millionths of the price table's unit), counted like
@@ -23,65 +26,181 @@ from math import floor, log1p
 from operator import attrgetter
 from typing import Any, Final
 
+import msgspec
 from msgspec import UNSET
 
-from detector.core.events import EVAL_MAX, MODEL_OPERATIONS, TraceEvent
+from detector.core.events import EVAL_MAX, TraceEvent
 from detector.core.partials import SCALE, TOP_K, VERSION_FIELDS, Partial, bottom
 from detector.core.signals import (
-    ERRORS,
+    COUNTERS,
     EVAL_SCALE,
-    EVENTS,
-    FABRICATED,
-    FMT_FAIL,
-    FMT_N,
-    IN_N,
-    IN_Q,
-    IN_S,
-    INSTR,
-    LAT_N,
-    LAT_Q,
-    LAT_S,
-    MEMWRITE,
-    MODEL,
-    OUT_N,
-    OUT_Q,
-    OUT_S,
-    OVERRIDE,
-    REFUSAL,
-    RETRIES,
-    SCHEMA_INV,
-    TOOL,
+    FIXED_AT,
+    GROUP_RULES,
+    MAX_RETRIES,
+    SET,
+    Counter,
     Layout,
+    check,
 )
 from detector.core.watermark import Watermark
 
-__all__ = ["MAX_RETRIES", "Counting"]
+__all__ = ["MAX_RETRIES", "Counting", "c_table", "python_source"]
 
 _FMAX: Final = sys.float_info.max
-#: An event's retries count at most this much: the contract sets no ceiling, and one huge value
-#: must not overflow the float arithmetic of stage 2's rates.
-MAX_RETRIES: Final = 1 << 20
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+#: The fields a cost is computed from (a model call's tokens at its model's price).
+COST_FIELDS: Final = ("input_tokens", "output_tokens", "model")
+
+
+def _gates(counters: tuple[Counter, ...]) -> dict[tuple[str, ...], int]:
+    """Each distinct set of operations counters count on -> its code (0: any operation)."""
+    return {on: i for i, on in enumerate(dict.fromkeys(
+        [(), *(c.on for c in counters)]))}
+
+
+def _ints_only(field: str) -> bool:
+    """Whether decode() makes this field an int only (a float is then the Python path's)."""
+    f = next(f for f in msgspec.inspect.type_info(TraceEvent).fields  # type: ignore[attr-defined]
+             if f.name == field)
+    types = getattr(f.type, "types", (f.type,))
+    return not any(isinstance(t, msgspec.inspect.FloatType) for t in types)
+
+
+# The codes _tally.c reads the table with (its R_*, T_* and E_* enums).
+_RULES: Final = ("count", "sum", "log1p", "labels", "cost", "scores")
+_EVIDENCE: Final = ("", "ids", "sampled", "top", "lowest")
+
+
+def c_table(counters: tuple[Counter, ...] = COUNTERS) -> tuple[tuple[object, ...], ...]:
+    """The counters as the C code's rules: (rule, gate, first counter (-1 for a group, whose
+    place is the layout's), fields read, when as (field, test, value), evidence, cap,
+    ints only), the codes those of :data:`_RULES`, ``_tally.c``'s T_IS/T_SET/T_EQ for tests
+    and :data:`_EVIDENCE`.
+
+    >>> c_table()[3]   # refusals: model calls whose ``refusal`` is True, their ids as evidence
+    (0, 1, 3, (), (('refusal', 0, True),), 1, 0, True)
+    """
+    gates = _gates(check(counters))
+    out = []
+    for c in counters:
+        fields = COST_FIELDS if c.rule == "cost" else (c.field,) if c.field else ()
+        when = tuple((f, 1 if t is SET else 0 if isinstance(t, bool) else 2, t)
+                     for f, t in c.when)
+        out.append((_RULES.index(c.rule), gates[c.on],
+                    -1 if c.rule in GROUP_RULES else FIXED_AT[c.name], fields, when,
+                    _EVIDENCE.index(c.evidence), c.cap,
+                    all(map(_ints_only, fields[:2])) if c.rule in ("log1p", "cost") else True))
+    return tuple(out)
+
+
+def _lines(c: Counter, i: int) -> list[str]:
+    """The Python counting of one counter (``i``: its first counter), as source lines.
+
+    >>> print("\\n".join(_lines(Counter("refusals", when=(("refusal", True),),
+    ...                                   evidence="ids"), 3)))
+    if ev.refusal is True:
+        c[3] += 1
+        if tid:
+            sample(p, 3, tid)
+    """
+    ev = {"ids": ["if tid:", f"    sample(p, {i}, tid)"],
+          "sampled": ["if tid and tid[0] == \"0\":", f"    sample(p, {i}, tid)"],
+          "top": ["if tid:", f"    h = p.top.get({i})",
+                  "    if h is None or len(h) < TOP_K or x >= h[0][0]:",
+                  f"        top_(p, {i}, x, tid)"],
+          "": []}
+    if c.rule == "count":
+        tests = [f"ev.{f} is not UNSET" if t is SET else f"ev.{f} is {t}"
+                 if isinstance(t, bool) else f"ev.{f} == {t!r}" for f, t in c.when]
+        body = [f"c[{i}] += 1", *ev[c.evidence]]
+        return [f"if {' or '.join(tests)}:", *("    " + x for x in body)] if tests else body
+    if c.rule == "sum":
+        return [f"v = ev.{c.field}", "if v:   # UNSET is falsy",
+                f"    c[{i}] += v if v < {c.cap} else {c.cap}",
+                *("    " + x for x in ev[c.evidence])]
+    if c.rule == "log1p":   # fixed-point log1p (see partials.SCALE); past the float range: at it
+        return [f"v = ev.{c.field}", "if v is not UNSET:",
+                "    x = int(log1p(v if v < _FMAX else _FMAX) * SCALE + 0.5)",
+                f"    c[{i}] += 1", f"    c[{i + 1}] += x", f"    c[{i + 2}] += x * x",
+                *("    " + x for x in ev[c.evidence])]
+    return {"labels": [f"hits = ev.{c.field}", "if hits:",
+                       "    self._safety(p, hits, tid)"],
+            "cost": ["if priced:", "    self._cost(p, ev, prices, default_price, cost, tid)"],
+            "scores": [f"scores = ev.{c.field}", "if scores and evals:",
+                       "    self._evals(p, scores, evals, tid)"]}[c.rule]
+
+
+_PY_COUNTING: Final = """\
+def count(self, evs):
+    size = self.size
+    wm = self.wm
+    closed_before = wm.closed_before
+    max_ts = wm.max_ts
+    open_ = self._open
+    keyf = self._key
+    sample, top_ = self._sample, self._top
+    lay = self.layout
+    prices, default_price, cost = lay.prices, lay.default_price, lay.cost_at
+    priced = bool(prices) or default_price is not None
+    evals = tuple(zip(lay.evaluators, range(lay.eval_at, lay.size, 3), strict=True))
+    late = 0
+    for ev in evs:
+        ts = ev.ts
+        w = int(ts // size)
+        if w < closed_before:
+            late += 1
+            continue
+        if ts > max_ts:
+            max_ts = ts
+        key = (w, keyf(ev))
+        p = open_.get(key)
+        if p is None:
+            p = self._partial_for(key)
+        c = p.counts
+        tid = ev.trace_id
+        op = ev.operation
+%s
+    wm.max_ts = max_ts
+    self.late += late
+"""
+
+
+def python_source(counters: tuple[Counter, ...] = COUNTERS) -> str:
+    """The Python counting of these counters, as source: per event the counters of any
+    operation, then those of its operation's gate, each as plain statements (the loop runs
+    for every event; a rule-by-rule interpreter would cost several times as much).
+
+    """
+    at, gates = FIXED_AT, _gates(check(counters))
+    body = [x for c in counters if not c.on for x in _lines(c, at[c.name])]
+    for on, g in gates.items():
+        if g:
+            body.append(f"{'if' if g == 1 else 'elif'} op in _G{g}:")
+            body += ["    " + x for c in counters if c.on == on for x in _lines(c, at[c.name])]
+    return _PY_COUNTING % "\n".join(" " * 8 + x for x in body)
+
+
+def _compile(counters: tuple[Counter, ...]) -> Callable[[Any, Iterable[TraceEvent]], None]:
+    ns: dict[str, Any] = {"UNSET": UNSET, "SCALE": SCALE, "TOP_K": TOP_K, "_FMAX": _FMAX,
+                          "log1p": log1p,
+                          **{f"_G{g}": frozenset(on) for on, g in _gates(counters).items()}}
+    exec(compile(python_source(counters), "<counting: python_source()>", "exec"), ns)
+    return ns["count"]  # type: ignore[no-any-return]
+
+
+_count_py: Final = _compile(COUNTERS)
 
 # The C accelerator, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS is set.
-# It is handed the fields and counters it works on, in the order detector/core/_tally.c names them.
+# It is handed the structural fields and the counters' rules (c_table) it counts by.
 _tally: Any = None
 if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
     with contextlib.suppress(ImportError):
         from detector.core import _tally
 if _tally is not None:
     _tally.configure(
-        TraceEvent, Partial, UNSET,
-        ("ts", "trace_id", "operation", "refusal", "instruction_violation",
-         "output_format_valid", "input_tokens", "output_tokens", "latency_ms", "schema_valid",
-         "tool_result_fabricated", "retries", "error_type", "finish_reason", "tool_status",
-         "safety_hits", "model", "eval_scores"),
-        (EVENTS, MODEL, TOOL, REFUSAL, INSTR, FMT_N, FMT_FAIL, SCHEMA_INV, FABRICATED,
-         OVERRIDE, MEMWRITE, RETRIES, ERRORS, IN_N, IN_S, IN_Q, OUT_N, OUT_S, OUT_Q, LAT_N,
-         LAT_S, LAT_Q),
-        {**dict.fromkeys(MODEL_OPERATIONS, 1), "execute_tool": 2, "memory_write": 3,
-         "human_override": 4},
-        TOP_K, MAX_RETRIES, EVAL_MAX, EVAL_SCALE)
+        TraceEvent, Partial, UNSET, ("ts", "trace_id", "operation"), c_table(),
+        {op: g for on, g in _gates(COUNTERS).items() for op in on},
+        TOP_K, EVAL_MAX, EVAL_SCALE)
 
 
 class Counting:
@@ -133,126 +252,9 @@ class Counting:
                 i += 1
 
     def _add_py(self, evs: Iterable[TraceEvent]) -> None:
-        """The counting in Python: the reference for detector/core/_tally.c, and the fallback.
-
-        The hot path: plain counter updates, evidence kept only when it would change, and the
-        aggregator's own fields read once per batch rather than once per event."""
-        size = self.size
-        closed_before = self.wm.closed_before
-        max_ts = self.wm.max_ts
-        open_ = self._open
-        keyf = self._key
-        sample, top_ = self._sample, self._top
-        lay = self.layout
-        prices, default_price, cost = lay.prices, lay.default_price, lay.cost_at
-        priced = bool(prices) or default_price is not None
-        evals = tuple(zip(lay.evaluators, range(lay.eval_at, lay.size, 3), strict=True))
-        late = 0
-        for ev in evs:
-            ts: float = ev.ts  # type: ignore[assignment]  # decode() made it epoch seconds
-            w = int(ts // size)
-            if w < closed_before:
-                late += 1
-                continue
-            if ts > max_ts:
-                max_ts = ts
-            key = (w, keyf(ev))
-            p = open_.get(key)
-            if p is None:
-                p = self._partial_for(key)
-            c = p.counts
-            c[EVENTS] += 1
-            tid = ev.trace_id
-            op = ev.operation
-            if op in MODEL_OPERATIONS:
-                c[MODEL] += 1
-                if ev.refusal is True:
-                    c[REFUSAL] += 1
-                    if tid:   # UNSET is falsy
-                        sample(p, REFUSAL, tid)
-                if ev.instruction_violation is True:
-                    c[INSTR] += 1
-                    if tid:
-                        sample(p, INSTR, tid)
-                fv = ev.output_format_valid
-                if fv is not UNSET:
-                    c[FMT_N] += 1
-                    if fv is False:
-                        c[FMT_FAIL] += 1
-                        if tid:
-                            sample(p, FMT_FAIL, tid)
-                # Quantities as fixed-point log1p (see partials.SCALE). The three repeat one
-                # pattern, inlined on purpose: this runs for every model call. The contract
-                # puts no ceiling on integers: one past the float range is counted at it.
-                v = ev.input_tokens
-                if v is not UNSET:
-                    x = int(log1p(v if v < _FMAX else _FMAX) * SCALE + 0.5)
-                    c[IN_N] += 1
-                    c[IN_S] += x
-                    c[IN_Q] += x * x
-                v = ev.output_tokens
-                if v is not UNSET:
-                    x = int(log1p(v if v < _FMAX else _FMAX) * SCALE + 0.5)
-                    c[OUT_N] += 1
-                    c[OUT_S] += x
-                    c[OUT_Q] += x * x
-                    if tid:   # the largest outputs as evidence; most values fall short
-                        h = p.top.get(OUT_N)
-                        if h is None or len(h) < TOP_K or x >= h[0][0]:
-                            top_(p, OUT_N, x, tid)
-                v = ev.latency_ms
-                if v is not UNSET:
-                    x = int(log1p(v) * SCALE + 0.5)
-                    c[LAT_N] += 1
-                    c[LAT_S] += x
-                    c[LAT_Q] += x * x
-                    if tid:
-                        h = p.top.get(LAT_N)
-                        if h is None or len(h) < TOP_K or x >= h[0][0]:
-                            top_(p, LAT_N, x, tid)
-                if priced:
-                    self._cost(p, ev, prices, default_price, cost, tid)
-            elif op == "execute_tool":
-                c[TOOL] += 1
-                if ev.schema_valid is False:
-                    c[SCHEMA_INV] += 1
-                    if tid:
-                        sample(p, SCHEMA_INV, tid)
-                if ev.tool_result_fabricated is True:
-                    c[FABRICATED] += 1
-                    if tid:
-                        sample(p, FABRICATED, tid)
-            elif op == "memory_write":
-                c[MEMWRITE] += 1
-                if tid:
-                    sample(p, MEMWRITE, tid)
-            elif op == "human_override":
-                c[OVERRIDE] += 1
-                if tid:
-                    sample(p, OVERRIDE, tid)
-            r = ev.retries
-            if r:   # UNSET is falsy
-                c[RETRIES] += r if r < MAX_RETRIES else MAX_RETRIES
-                if tid:
-                    sample(p, RETRIES, tid)
-            if (ev.error_type is not UNSET or ev.finish_reason == "error"
-                    or ev.tool_status == "error"):
-                c[ERRORS] += 1
-                if tid:
-                    sample(p, ERRORS, tid)
-            hits = ev.safety_hits
-            if hits:
-                self._safety(p, hits, tid)
-            scores = ev.eval_scores
-            if scores and evals:
-                self._evals(p, scores, evals, tid)
-            # Evidence for volume and "less of something" alerts: a bottom-k over the 1 in 16
-            # trace ids that start with "0" (ids are random, so it is a uniform, order-free
-            # sample).
-            if tid and tid[0] == "0":  # type: ignore[index]
-                sample(p, EVENTS, tid)
-        self.wm.max_ts = max_ts
-        self.late += late
+        """The counting in Python (:func:`python_source`, made from the declared counters):
+        the reference for detector/core/_tally.c, and the fallback."""
+        _count_py(self, evs)
 
     # -- evidence: rare per event (the C path keeps ids and values itself, but for safety) --
     def _sample(self, p: Partial, counter: int, tid: str) -> None:
