@@ -18,6 +18,7 @@ only (others are ignored), on any operation, as round(score × EVAL_SCALE).
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import sys
 from collections.abc import Callable, Iterable
@@ -185,7 +186,8 @@ def _compile(counters: tuple[Counter, ...]) -> Callable[[Any, Iterable[TraceEven
                           "log1p": log1p,
                           **{f"_G{g}": frozenset(on) for on, g in _gates(counters).items()}}
     exec(compile(python_source(counters), "<counting: python_source()>", "exec"), ns)
-    return ns["count"]  # type: ignore[no-any-return]
+    count: Callable[[Any, Iterable[TraceEvent]], None] = ns["count"]
+    return count
 
 
 _count_py: Final = _compile(COUNTERS)
@@ -195,7 +197,7 @@ _count_py: Final = _compile(COUNTERS)
 _tally: Any = None
 if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
     with contextlib.suppress(ImportError):
-        from detector.core import _tally
+        _tally = importlib.import_module("detector.core._tally")
 if _tally is not None:
     _tally.configure(
         TraceEvent, Partial, UNSET, ("ts", "trace_id", "operation"), c_table(),
@@ -277,7 +279,7 @@ class Counting:
         if a is UNSET and b is UNSET:
             return
         m = ev.model
-        price = default if m is UNSET else prices.get(m, default)  # type: ignore[arg-type]
+        price = default if m is UNSET else prices.get(m, default)
         if price is None or price == (0.0, 0.0):
             return   # not priced: unknown, not free
         # Products apart, as C computes them (no fused multiply-add).

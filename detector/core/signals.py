@@ -90,7 +90,8 @@ class Counter(NamedTuple):
 
 
 MODEL_CALL: Final = tuple(sorted(MODEL_OPERATIONS))
-_TOP, _IDS = "top", "ids"
+_TOP: Final[Evidence] = "top"
+_IDS: Final[Evidence] = "ids"
 
 #: Every counter, in the order partials hold them (the wire and snapshot format): the fixed
 #: ones, then the groups, whose size depends on the config.
