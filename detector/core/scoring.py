@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from math import expm1
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
@@ -87,15 +87,15 @@ class CohortModel:
     def expects_traffic(self, t: float) -> bool:
         """Whether an empty window is news: below ~2 expected events, silence is no evidence
         (P(0 | 2) = 0.14), so rare cohorts are not walked every window."""
-        b = self.baselines.get("volume")
-        return b is not None and b.n >= 5 and b.expected(t) >= 2.0  # type: ignore[call-arg]
+        b: Any = self.baselines.get("volume")   # a VolumeBaseline (by its name)
+        return b is not None and b.n >= 5 and b.expected(t) >= 2.0
 
     def learn_versions(self, versions: dict[Versions, int], window: int) -> None:
         """Remember which version values this cohort normally sees, and since when."""
         total = sum(versions.values()) or 1
         for i, known in enumerate(self.versions):
-            for entry in known.values():
-                entry[0] *= 0.98
+            for seen in known.values():
+                seen[0] *= 0.98
             for combo, n in versions.items():
                 v = combo[i]
                 entry = known.get(v)
@@ -146,7 +146,7 @@ class Scorer:
         key = (level, cohort)
         got = self._thresholds.get(key)
         if got is None:
-            values = dict(zip(self.levels[level], cohort, strict=True))
+            values: dict[str, str] = dict(zip(self.levels[level], cohort, strict=True))
             got = {}
             for s in self.signals:
                 t = self.config.signal(s.name).threshold
@@ -194,6 +194,11 @@ class Scorer:
         clear_ratio = self.clear_ratio
         events = int(c[EVENTS])
         out: list[Decision] = []
+        x: float
+        y: float
+        q: float
+        observed: float
+        cands: list[tuple[float, bool, float]]   # (score, slow horizon, its count)
         for sig, d, min_count, seq_t in self._specs:
             name, kind, num, den, sq, _, flags, log = sig
             if kind == "volume":
@@ -205,7 +210,9 @@ class Scorer:
                 k = c[num]   # for a quantity: the number of values (min_count applies)
                 if k == 0 and d == "up" and (name not in seq or seq[name].idle()):
                     continue     # nothing happened, no evidence to drain (the common case)
-            b = mine.get(name)
+            # A Baseline of the signal's kind: the calls below follow ``kind``, which mypy
+            # cannot, so ``b`` is typed Any here (and in learn and adopt).
+            b: Any = mine.get(name)
             if b is None or b.n < need:   # (the common case, its own baseline, inline)
                 b = self._baseline(sig, own, parent)
                 if b is None:
@@ -213,16 +220,16 @@ class Scorer:
             base_t = thr[name]
             t = base_t * (clear_ratio if name in firing else 1.0)
             if kind == "volume":
-                zf, zs = b.score_one(k, t0)  # type: ignore[union-attr]
+                zf, zs = b.score_one(k, t0)
                 cands = [(zf, False, k), (zs, True, k)]
                 observed = k
             else:
                 if kind == "rate":
                     x, y, q = k, n, 0.0
-                    zf, zs = b.score_one(x, y)  # type: ignore[call-arg]
+                    zf, zs = b.score_one(x, y)
                 else:
                     x, y, q = n, c[den] / SCALE, c[sq] / SCALE2
-                    zf, zs = b.score_one(x, y, q, t0)  # type: ignore[call-arg]
+                    zf, zs = b.score_one(x, y, q, t0)
                 cands = [(zf, False, k), (zs, True, k)]
                 # Multi-window evidence: the last three consecutive windows together, so a
                 # tenfold rise on a small cohort is not missed for want of counts in one.
@@ -236,8 +243,8 @@ class Scorer:
                     for w, px, py, pq in prev:
                         if w >= window - 2:
                             x, y, q = x + px, y + py, q + pq
-                    af, as_ = (b.score_one(x, y) if kind == "rate"  # type: ignore[call-arg]
-                               else b.score_one(x, y, q, t0))  # type: ignore[call-arg]
+                    af, as_ = (b.score_one(x, y) if kind == "rate"
+                               else b.score_one(x, y, q, t0))
                     for a in ((af, False, x), (as_, True, x)):   # x: the summed count
                         if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
                             cands.append(a)
@@ -247,7 +254,7 @@ class Scorer:
                 if flags and b is mine.get(name):
                     lean = zs if abs(zs) > abs(zf) else zf   # this window alone
                     if abs(lean) >= t / 2:
-                        zd = b.drift_score(k, n)  # type: ignore[union-attr]
+                        zd = b.drift_score(k, n)  # type: ignore[union-attr]  # a rate's (flags)
                         if zd * lean > 0:
                             cands.append((zd, True, k))
                 # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
@@ -268,12 +275,12 @@ class Scorer:
             if confirmed and not hit:
                 z, slow, hit = ev, False, True
             if kind == "volume":
-                expected = b.expected(t0, slow)  # type: ignore[call-arg]
+                expected = b.expected(t0, slow)
             elif kind == "quantity":
-                expected = b.expected(slow)  # type: ignore[call-arg]
+                expected = b.expected(slow)
                 expected = expm1(expected) if log else expected
             else:
-                expected = b.expected(slow)  # type: ignore[call-arg]
+                expected = b.expected(slow)
             out.append(Decision(name, z, observed, expected, base_t, hit, events, ev, confirmed))
         return out
 
@@ -345,6 +352,9 @@ class Scorer:
         w = p.window
         recent, persist, episodes, baselines = own.recent, own.persist, own.episodes, own.baselines
         clear_ratio, warmup = self.clear_ratio, self.warmup
+        x: float
+        y: float
+        q: float
         for sig in self.signals:
             name, kind, num, den, sq, _, flags, _log = sig
             if kind == "rate":
@@ -393,7 +403,7 @@ class Scorer:
                     del episodes[name]
             if kind != "volume" and n <= 0:
                 continue   # no data: nothing to learn, and no state to keep
-            b = baselines.get(name)
+            b: Any = baselines.get(name)
             if b is None:
                 if bad:
                     continue   # scored on the parent's baseline: nothing of its own to bound
@@ -405,18 +415,18 @@ class Scorer:
                 continue       # too little of its own to bound an update by
             if kind == "rate":
                 if guarded:
-                    b.learn_one(x, n, anomalous=True)  # type: ignore[call-arg]
+                    b.learn_one(x, n, anomalous=True)
                     continue
                 # The slow horizon stays out of it while the fast one drifts away from it. (Not
                 # while sequential evidence merely builds: a rare event's reference would learn
                 # none of its own hits, sink, and build evidence out of nothing.)
                 drifting = (flags and b.n >= warmup
-                            and abs(b.drift_score(x, n)) >= SLOW_FREEZE)  # type: ignore[union-attr]
-                b.learn_one(x, n, not drifting)  # type: ignore[call-arg]
+                            and abs(b.drift_score(x, n)) >= SLOW_FREEZE)
+                b.learn_one(x, n, not drifting)
             elif kind == "quantity":
-                b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)  # type: ignore[call-arg]
+                b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)
             else:
-                b.learn_one(n, w * self.size)  # type: ignore[call-arg]
+                b.learn_one(n, w * self.size)
         if not any(d.anomalous for d in decisions):
             own.learn_versions(p.versions, w)
         own.windows += 1
@@ -442,15 +452,15 @@ class Scorer:
         del own.episodes[name]
         own.seq.pop(name, None)
         own.persist.pop(name, None)
-        b = own.baselines.get(name)
+        b: Any = own.baselines.get(name)
         if b is not None:
             m, sx, sy, sq = ep[2], ep[3], ep[4], ep[5]
             if sig.kind == "rate":
-                b.rebase(sx / m, sy / m)  # type: ignore[union-attr]
+                b.rebase(sx / m, sy / m)
             elif sig.kind == "quantity":
-                b.rebase(sx, sy, sq)  # type: ignore[union-attr]
+                b.rebase(sx, sy, sq)
             else:
-                b.rebase(sx / m, w * self.size)  # type: ignore[union-attr]
+                b.rebase(sx / m, w * self.size)
         return True
 
     # -- forced re-baselines ----------------------------------------------------------------
@@ -460,7 +470,7 @@ class Scorer:
         scored meanwhile), and nothing else of its state is touched."""
         if not self._rebaselines:
             return
-        values = dict(zip(self.levels[p.level], p.cohort, strict=True))
+        values: dict[str, str] = dict(zip(self.levels[p.level], p.cohort, strict=True))
         for at, r in self._rebaselines:
             if p.window < at or any(values.get(f) != v for f, v in r.match.items()):
                 continue
