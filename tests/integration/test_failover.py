@@ -40,8 +40,9 @@ def _split(lines: list[bytes]) -> int:
 
 
 def _assigned(w: WorkerProc) -> set[int]:
+    """The trace partitions the worker's stage 1 owns (logged as "topic/partition")."""
     ev = w.events("stage1_assigned")
-    return set(ev[-1]["partitions"]) if ev else set()
+    return {int(p.rpartition("/")[2]) for p in ev[-1]["partitions"]} if ev else set()
 
 
 def _consumed(w: WorkerProc) -> int:
