@@ -22,6 +22,9 @@ __all__ = ["WarmEWMean"]
 
 
 class WarmEWMean:
+    # The hot paths below reach river's state one level down (its Rust EWMean, Mean's two
+    # numbers): the same arithmetic without a Python frame per call, on every signal of every
+    # window. tests/test_hot_paths.py holds them to river's public methods bit for bit.
     __slots__ = ("_ew", "_mean", "fading_factor")
 
     def __init__(self, fading_factor: float) -> None:
@@ -32,13 +35,15 @@ class WarmEWMean:
     def update(self, x: float) -> None:
         ew = self._ew
         if ew is not None:
-            ew.update(x)
+            ew._ewmean.update(x)   # EWMean.update(x)
             return
         m = self._mean
-        m.update(x)  # type: ignore[union-attr]
-        if m.n * self.fading_factor >= 1.0:  # type: ignore[union-attr]
+        n = m.n + 1.0  # type: ignore[union-attr]  # Mean.update(x): weight 1
+        m.n = n  # type: ignore[union-attr]
+        m._mean += (1.0 / n) * (x - m._mean)  # type: ignore[union-attr]
+        if n * self.fading_factor >= 1.0:
             self._ew = stats.EWMean(self.fading_factor)
-            self._ew.update(m.get())  # type: ignore[union-attr]
+            self._ew.update(m._mean)  # type: ignore[union-attr]
             self._mean = None
 
     def weight(self) -> float:
@@ -49,9 +54,9 @@ class WarmEWMean:
         """The decayed sum: the mean times the values it stands for (``get() * weight()``)."""
         ew = self._ew
         if ew is not None:
-            return ew.get() * (1.0 / self.fading_factor)
+            return ew._ewmean.get() * (1.0 / self.fading_factor)
         m = self._mean
-        return m.get() * m.n  # type: ignore[union-attr]
+        return m._mean * m.n  # type: ignore[union-attr]
 
     def reset_to(self, x: float) -> None:
         """Forget the history: the mean is ``x`` from now on, as if long established."""
@@ -60,4 +65,5 @@ class WarmEWMean:
         self._mean = None
 
     def get(self) -> float:
-        return self._ew.get() if self._ew is not None else self._mean.get()  # type: ignore[union-attr]
+        ew = self._ew
+        return ew._ewmean.get() if ew is not None else self._mean._mean  # type: ignore[union-attr]
