@@ -164,7 +164,9 @@ class RateBaseline:
             self._frozen = 0
             slow_moved = True
         self.n += 1
-        self._pf = self._rate(fast)
+        fnum, fden = fast   # (_rate, inline: every signal of every window comes here)
+        self._pf = (fnum.total() + _PRIOR_K) / (fden.total() + _PRIOR_N)
         if slow_moved:
-            self._ps = self._rate(self._slow)
+            snum, sden = self._slow
+            self._ps = (snum.total() + _PRIOR_K) / (sden.total() + _PRIOR_N)
         self._sd = sqrt(disp.get())

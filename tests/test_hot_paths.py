@@ -13,7 +13,7 @@ from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
 from baselines.rate import RateBaseline
-from baselines.sequential import RHO_UP, RISE_MIN, ZEROS, Cusum
+from baselines.sequential import RHO_UP, RISE_MIN, Z_QUIET, ZEROS, Cusum
 
 counts = st.integers(min_value=0, max_value=5000)
 positive = st.floats(min_value=1e-6, max_value=1e4, allow_nan=False)
@@ -132,3 +132,10 @@ def test_no_rise_below_rise_min_of_the_slow_rate(k: int, n: int) -> None:
         b.learn_one(i % 7, 300, slow=i % 3 != 0)
     if k <= RISE_MIN * (n * b.expected(True)):
         assert Cusum().peek_up(k, n * b.reference(), b.dispersion(), 7.5) is ZEROS
+
+
+@given(st.floats(min_value=-Z_QUIET, max_value=Z_QUIET), st.floats(min_value=1e-3, max_value=50))
+def test_quiet_z_adds_nothing_to_an_idle_quantity_statistic(z: float, cap: float) -> None:
+    """The scorer skips peek_z on an idle statistic for |z| <= Z_QUIET: it must give nothing."""
+    assert Cusum().peek_z(z, cap) == (0.0, 0.0)
+    assert Cusum().peek_z(Z_QUIET + 1e-9, cap)[0] > 0.0   # ...and the bound is tight

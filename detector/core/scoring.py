@@ -19,7 +19,7 @@ from typing import NamedTuple
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
-from baselines.sequential import RISE_MIN, ZEROS, Cusum, nats_for, to_standard
+from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.core.partials import SCALE, Partial, Versions
@@ -286,8 +286,10 @@ class Scorer:
         The new statistics wait in ``own.seq_next`` until the window is learned."""
         cus = own.seq.get(sig.name) or _IDLE
         rate = sig.kind == "rate"
-        if rate and d == "up" and cus is _IDLE and k <= RISE_MIN * (n * b.expected(True)):
-            return 0.0, False   # as below: no rise on an idle statistic (the common case)
+        if cus is _IDLE and (
+                (rate and d == "up" and k <= RISE_MIN * (n * b.expected(True)))
+                or (not rate and -Z_QUIET <= z_fast <= Z_QUIET)):
+            return 0.0, False   # what peeking gives an idle statistic here (the common case)
         h = self._nats.get(t)
         if h is None:
             h = self._nats[t] = nats_for(t)
