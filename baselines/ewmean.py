@@ -9,7 +9,7 @@ river's ``EWMean`` seeded with that mean (the same as weighting by max(α, 1/n))
 
 >>> m = WarmEWMean(0.1)
 >>> for x in [0.0] + [1.0] * 9:
-...     m.update(x)
+...     _ = m.update(x)
 >>> round(m.get(), 2)      # river's EWMean would say 0.61
 0.9
 """
@@ -32,11 +32,13 @@ class WarmEWMean:
         self._mean: stats.Mean | None = stats.Mean()
         self._ew: stats.EWMean | None = None
 
-    def update(self, x: float) -> None:
+    def update(self, x: float) -> float:
+        """Learn ``x``; returns ``total()`` after it (the rates want both: one call)."""
         ew = self._ew
         if ew is not None:
-            ew._ewmean.update(x)   # EWMean.update(x)
-            return
+            e = ew._ewmean
+            e.update(x)   # EWMean.update(x)
+            return e.get() * (1.0 / self.fading_factor)
         m = self._mean
         n = m.n + 1.0  # type: ignore[union-attr]  # Mean.update(x): weight 1
         m.n = n  # type: ignore[union-attr]
@@ -45,6 +47,8 @@ class WarmEWMean:
             self._ew = stats.EWMean(self.fading_factor)
             self._ew.update(m._mean)  # type: ignore[union-attr]
             self._mean = None
+            return self.total()
+        return m._mean * n  # type: ignore[union-attr]
 
     def weight(self) -> float:
         """How many values the mean stands for: those seen, up to the horizon's 1/α."""

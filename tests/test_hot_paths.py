@@ -83,9 +83,9 @@ def test_warm_ewmean_is_rivers_mean_then_ewmean(xs: list[float], ff: float) -> N
     what river's public update/get give, bit for bit, before and after the hand-over."""
     m, ref = WarmEWMean(ff), _RiverWarmEWMean(ff)
     for x in xs:
-        m.update(x)
+        total = m.update(x)
         ref.update(x)
-        assert (m.get(), m.total()) == (ref.get(), ref.total())
+        assert (m.get(), m.total(), total) == (ref.get(), ref.total(), ref.total())
 
 
 @settings(max_examples=60, deadline=None)
