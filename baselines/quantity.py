@@ -128,9 +128,6 @@ class QuantityBaseline:
         return (self._t[1] - self._t[0] >= self._period
                 and self._fit[1] <= SEASON_SHARE * self._fit[0])
 
-    def _offset(self, t: float | None) -> float:
-        return self._season[self._bin(t)] if t is not None and self.seasonal() else 0.0
-
     def expected(self, slow: bool = False) -> float:
         return self._ls if slow else self._lf
 
@@ -148,7 +145,9 @@ class QuantityBaseline:
         at ``t`` (epoch seconds; None: no time of day)."""
         if n <= 0 or not self.n:
             return 0.0, 0.0
-        m = s / n - self._offset(t)
+        m = s / n
+        if t is not None and self.seasonal():   # (_offset, inline)
+            m -= self._season[self._bin(t)]
         ef, es = self._se2(n)
         nu = self.tail_dof()
         zf, zs = (m - self._lf) / sqrt(ef), (m - self._ls) / sqrt(es)
@@ -185,7 +184,8 @@ class QuantityBaseline:
         k = self.n + 1
         if t is not None:
             self._learn_season(m, t, anomalous)
-            m -= self._offset(t)
+            if self.seasonal():   # (_offset, inline)
+                m -= self._season[self._bin(t)]
         if self.n == 0:
             self._lf = self._ls = self._prev = m
             self._w = var
