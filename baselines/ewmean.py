@@ -9,12 +9,14 @@ river's ``EWMean`` seeded with that mean (the same as weighting by max(α, 1/n))
 
 >>> m = WarmEWMean(0.1)
 >>> for x in [0.0] + [1.0] * 9:
-...     m.update(x)
+...     _ = m.update(x)
 >>> round(m.get(), 2)      # river's EWMean would say 0.61
 0.9
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from river import stats
 
@@ -22,40 +24,47 @@ __all__ = ["WarmEWMean"]
 
 
 class WarmEWMean:
+    # The hot paths below reach river's state one level down (its Rust EWMean, Mean's two
+    # numbers): the same arithmetic without a Python frame per call, on every signal of every
+    # window. tests/test_hot_paths.py holds them to river's public methods bit for bit.
     __slots__ = ("_ew", "_mean", "fading_factor")
 
     def __init__(self, fading_factor: float) -> None:
         self.fading_factor = fading_factor
         # Exactly one of the two is set: the exact mean until the hand-over, then the EWMean.
-        self._mean: stats.Mean | None = stats.Mean()
-        self._ew: stats.EWMean | None = None
+        # (river has no type information: both are Any to mypy, None checked by the code.)
+        self._mean: Any = stats.Mean()
+        self._ew: Any = None
 
-    def update(self, x: float) -> None:
+    def update(self, x: float) -> float:
+        """Learn ``x``; returns ``total()`` after it (the rates want both: one call)."""
         ew = self._ew
         if ew is not None:
-            ew.update(x)
-            return
+            e = ew._ewmean
+            e.update(x)   # EWMean.update(x)
+            return e.get() * (1.0 / self.fading_factor)
         m = self._mean
-        assert m is not None   # exactly one of the two is set
-        m.update(x)
-        if m.n * self.fading_factor >= 1.0:
-            ew = self._ew = stats.EWMean(self.fading_factor)
-            ew.update(m.get())
+        n = m.n + 1.0  # Mean.update(x): weight 1
+        m.n = n
+        m._mean += (1.0 / n) * (x - m._mean)
+        if n * self.fading_factor >= 1.0:
+            self._ew = stats.EWMean(self.fading_factor)
+            self._ew.update(m._mean)
             self._mean = None
+            return self.total()
+        return m._mean * n
 
     def weight(self) -> float:
         """How many values the mean stands for: those seen, up to the horizon's 1/α."""
-        m = self._mean
-        return m.n if m is not None else 1.0 / self.fading_factor
+        return self._mean.n if self._ew is None else 1.0 / self.fading_factor
 
     def total(self) -> float:
         """The decayed sum: the mean times the values it stands for (``get() * weight()``)."""
         ew = self._ew
         if ew is not None:
-            return ew.get() * (1.0 / self.fading_factor)
+            return ew._ewmean.get() * (1.0 / self.fading_factor)
         m = self._mean
-        assert m is not None
-        return m.get() * m.n
+        return m._mean * m.n
 
     def reset_to(self, x: float) -> None:
         """Forget the history: the mean is ``x`` from now on, as if long established."""
@@ -64,8 +73,5 @@ class WarmEWMean:
         self._mean = None
 
     def get(self) -> float:
-        ew, m = self._ew, self._mean
-        if ew is not None:
-            return ew.get()
-        assert m is not None
-        return m.get()
+        ew = self._ew
+        return ew._ewmean.get() if ew is not None else self._mean._mean

@@ -86,6 +86,7 @@ NU_MIN = 3.0
 #: Excess kurtosis below this is estimation noise (the spreads are themselves estimates): no
 #: correction. Above it, only the excess beyond it counts, so the correction starts smoothly.
 EXCESS_SLACK = 0.5
+_INF = float("inf")
 
 
 class QuantityBaseline:
@@ -127,19 +128,13 @@ class QuantityBaseline:
         return (self._t[1] - self._t[0] >= self._period
                 and self._fit[1] <= SEASON_SHARE * self._fit[0])
 
-    def _offset(self, t: float | None) -> float:
-        return self._season[self._bin(t)] if t is not None and self.seasonal() else 0.0
-
     def expected(self, slow: bool = False) -> float:
         return self._ls if slow else self._lf
 
-    def _floor(self) -> float:
-        f = max(FLOOR_REL * abs(self._lf), self._res / 2)
-        return f * f if f > 0 else 1e-12
-
     def _se2(self, n: float) -> tuple[float, float]:
         """Squared standard errors of a mean of ``n`` values, fast and slow."""
-        base = self._w / n + self._floor()
+        f = max(FLOOR_REL * abs(self._lf), self._res / 2)   # the floor of the spread
+        base = self._w / n + (f * f if f > 0 else 1e-12)
         # A calm stretch does not make the next burst of a bursty series look new: the fast
         # spread never falls below the spread around the fast level over the slow horizon.
         return base + max(self._vf, self._vn), base + max(self._vs, self._vn)
@@ -150,18 +145,23 @@ class QuantityBaseline:
         at ``t`` (epoch seconds; None: no time of day)."""
         if n <= 0 or not self.n:
             return 0.0, 0.0
-        m = s / n - self._offset(t)
+        m = s / n
+        if t is not None and self.seasonal():   # (_offset, inline)
+            m -= self._season[self._bin(t)]
         ef, es = self._se2(n)
         nu = self.tail_dof()
-        return _calibrate((m - self._lf) / sqrt(ef), nu), _calibrate((m - self._ls) / sqrt(es), nu)
+        zf, zs = (m - self._lf) / sqrt(ef), (m - self._ls) / sqrt(es)
+        if nu == _INF:
+            return zf, zs   # (what _calibrate gives: no correction)
+        return _calibrate(zf, nu), _calibrate(zs, nu)
 
     def tail_dof(self) -> float:
         """Degrees of freedom of the Student t whose kurtosis the normal windows' standard
         scores have shown (``inf``: no heavier than normal, or not yet known)."""
         if self._tn * self._b < 0.5 or self._m2 <= 0:
-            return float("inf")
+            return _INF
         excess = self._m4 / (self._m2 * self._m2) - 3.0 - EXCESS_SLACK
-        return max(NU_MIN, 4.0 + 6.0 / excess) if excess > 0 else float("inf")
+        return max(NU_MIN, 4.0 + 6.0 / excess) if excess > 0 else _INF
 
     def rebase(self, n: float, s: float, q: float) -> None:
         """Adopt a new normal: the mean and per-event spread of ``n`` values summing to ``s``
@@ -184,7 +184,8 @@ class QuantityBaseline:
         k = self.n + 1
         if t is not None:
             self._learn_season(m, t, anomalous)
-            m -= self._offset(t)
+            if self.seasonal():   # (_offset, inline)
+                m -= self._season[self._bin(t)]
         if self.n == 0:
             self._lf = self._ls = self._prev = m
             self._w = var
@@ -256,7 +257,7 @@ def _calibrate(z: float, nu: float) -> float:
     >>> round(_calibrate(5.0, float("inf")), 2), round(_calibrate(5.0, 4.0), 1)
     (5.0, 3.0)
     """
-    if nu == float("inf") or z == 0.0:
+    if nu == _INF or z == 0.0:
         return z
     t2 = z * z * nu / (nu - 2.0)
     return copysign((8.0 * nu + 1.0) / (8.0 * nu + 3.0) * sqrt(nu * log1p(t2 / nu)), z)

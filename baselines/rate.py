@@ -146,25 +146,24 @@ class RateBaseline:
             k = min(k, mu + 2.0 * sd) if k > mu else max(k, mu - 2.0 * sd)
         if self.n:
             disp.update(poisson_score(k, n * self._pf))
-        fast = self._fast
-        fast[0].update(k)
-        fast[1].update(n)
+        # The rates from the sums' totals, as their updates return them.
+        fnum, fden = self._fast
+        tk, tn = fnum.update(k), fden.update(n)
         # The slow rate is recomputed only when its sums move (the same value otherwise).
         slow_moved = slow and not anomalous
+        snum, sden = self._slow
         if slow_moved:
-            snum, sden = self._slow
-            snum.update(k)
-            sden.update(n)
+            sk, sn = snum.update(k), sden.update(n)
         if not anomalous:
             self._frozen = 0 if slow else self._frozen + 1
         if self._frozen >= self._adopt:
-            (fnum, fden), (snum, sden) = fast, self._slow
             snum.reset_to(fnum.get())
             sden.reset_to(fden.get())
             self._frozen = 0
             slow_moved = True
+            sk, sn = snum.total(), sden.total()
         self.n += 1
-        self._pf = self._rate(fast)
+        self._pf = (tk + _PRIOR_K) / (tn + _PRIOR_N)   # (_rate, inline)
         if slow_moved:
-            self._ps = self._rate(self._slow)
+            self._ps = (sk + _PRIOR_K) / (sn + _PRIOR_N)
         self._sd = sqrt(disp.get())

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from math import erfc, exp, isfinite, log
 from statistics import NormalDist
 
-__all__ = ["ZEROS", "Cusum", "nats_for", "to_standard"]
+__all__ = ["ZEROS", "Z_QUIET", "Cusum", "nats_for", "to_standard"]
 
 #: Rises the count CUSUM is tuned for (its statistic is the largest of the four): ×3 on a
 #: busy cohort up to ×100 on a rare event.
@@ -55,6 +55,8 @@ RHO_DOWN = 0.25
 _LOG_DOWN = log(RHO_DOWN)
 #: The quantity CUSUM's design shift, in standard units: only windows beyond 1.5 add.
 DELTA = 3.0
+#: A standard score within ±this adds nothing to an idle quantity statistic (δ z ≤ δ²/2).
+Z_QUIET = DELTA / 2.0
 _Z_CLIP = 6.0
 _N = NormalDist()
 _MAX_NATS = 700.0   # exp(-S) stays a normal float

@@ -35,11 +35,19 @@ sys.path.insert(0, str(Path(sys.argv[sys.argv.index("--tree") + 1]).resolve()
                        if "--tree" in sys.argv[:-1] else Path(__file__).resolve().parents[1]))
 
 from detector.config import load_config
-from detector.core.pipeline import Pipeline
-from detector.core.snapshot import dump_route, load_route, routes
-from detector.core.stage2 import Stage2
-from detector.lab.replay import BLOCK_LINES
-from detector.runtime import tune_gc
+
+if (Path(sys.path[0]) / "detector" / "core").is_dir():
+    from detector.core.pipeline import Pipeline
+    from detector.core.snapshot import dump_route, load_route, routes
+    from detector.core.stage2 import Stage2
+    from detector.lab.replay import BLOCK_LINES
+    from detector.runtime import tune_gc
+else:   # a checkout from before the layers (issue 16), e.g. e45989b
+    from detector.pipeline import Pipeline, Stage2  # type: ignore[no-redef]
+    from detector.replay import BLOCK_LINES  # type: ignore[no-redef]
+    from detector.state import dump_route, load_route, routes  # type: ignore[no-redef]
+
+    from detector.cli import tune_gc  # type: ignore[no-redef,attr-defined]
 
 #: The sparse case's events per second (issue 15: what most tenants look like).
 SPARSE_RATE = 30.0

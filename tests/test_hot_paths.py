@@ -7,12 +7,13 @@ from math import log, sqrt
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from river import stats
 
 from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
 from baselines.rate import RateBaseline
-from baselines.sequential import RHO_UP, RISE_MIN, ZEROS, Cusum
+from baselines.sequential import RHO_UP, RISE_MIN, Z_QUIET, ZEROS, Cusum
 
 counts = st.integers(min_value=0, max_value=5000)
 positive = st.floats(min_value=1e-6, max_value=1e4, allow_nan=False)
@@ -49,6 +50,42 @@ def test_warm_ewmean_total_is_mean_times_weight(xs: list[float], ff: float) -> N
     for x in xs:
         m.update(x)
         assert m.total() == m.get() * m.weight()
+
+
+class _RiverWarmEWMean:
+    """WarmEWMean as it was written, through river's public methods only."""
+
+    def __init__(self, ff: float) -> None:
+        self.ff, self.mean, self.ew = ff, stats.Mean(), None
+
+    def update(self, x: float) -> None:
+        if self.ew is not None:
+            self.ew.update(x)
+            return
+        self.mean.update(x)
+        if self.mean.n * self.ff >= 1.0:
+            self.ew = stats.EWMean(self.ff)
+            self.ew.update(self.mean.get())
+
+    def get(self) -> float:
+        return self.ew.get() if self.ew is not None else self.mean.get()
+
+    def total(self) -> float:
+        if self.ew is not None:
+            return self.ew.get() * (1.0 / self.ff)
+        return self.mean.get() * self.mean.n
+
+
+@given(st.lists(st.floats(min_value=-1e6, max_value=1e6), min_size=1, max_size=80),
+       st.sampled_from([0.5, 0.1, 0.05, 0.023]))
+def test_warm_ewmean_is_rivers_mean_then_ewmean(xs: list[float], ff: float) -> None:
+    """WarmEWMean reaches river's state directly (no Python frame per call): it must give
+    what river's public update/get give, bit for bit, before and after the hand-over."""
+    m, ref = WarmEWMean(ff), _RiverWarmEWMean(ff)
+    for x in xs:
+        total = m.update(x)
+        ref.update(x)
+        assert (m.get(), m.total(), total) == (ref.get(), ref.total(), ref.total())
 
 
 @settings(max_examples=60, deadline=None)
@@ -95,3 +132,10 @@ def test_no_rise_below_rise_min_of_the_slow_rate(k: int, n: int) -> None:
         b.learn_one(i % 7, 300, slow=i % 3 != 0)
     if k <= RISE_MIN * (n * b.expected(True)):
         assert Cusum().peek_up(k, n * b.reference(), b.dispersion(), 7.5) is ZEROS
+
+
+@given(st.floats(min_value=-Z_QUIET, max_value=Z_QUIET), st.floats(min_value=1e-3, max_value=50))
+def test_quiet_z_adds_nothing_to_an_idle_quantity_statistic(z: float, cap: float) -> None:
+    """The scorer skips peek_z on an idle statistic for |z| <= Z_QUIET: it must give nothing."""
+    assert Cusum().peek_z(z, cap) == (0.0, 0.0)
+    assert Cusum().peek_z(Z_QUIET + 1e-9, cap)[0] > 0.0   # ...and the bound is tight

@@ -19,7 +19,7 @@ from typing import Any, NamedTuple
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
-from baselines.sequential import RISE_MIN, ZEROS, Cusum, nats_for, to_standard
+from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.core.partials import SCALE, Partial, Versions
@@ -291,11 +291,17 @@ class Scorer:
         hysteresis) *and* this window adding to it, so a statistic that drains slowly (a
         rare event's) does not keep an alert alive through windows with nothing in them.
         The new statistics wait in ``own.seq_next`` until the window is learned."""
+        cus = own.seq.get(sig.name) or _IDLE
+        rate = sig.kind == "rate"
+        if cus is _IDLE and (
+                (rate and d == "up" and k <= RISE_MIN * (n * b.expected(True)))
+                or (not rate and -Z_QUIET <= z_fast <= Z_QUIET)):
+            return 0.0, False   # what peeking gives an idle statistic here (the common case)
         h = self._nats.get(t)
         if h is None:
             h = self._nats[t] = nats_for(t)
-        cus = own.seq.get(sig.name) or _IDLE
-        if sig.kind == "rate":
+        ups: Sequence[float] | None
+        if rate:
             # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
             disp = b.dispersion()  # type: ignore[union-attr]
             # (No rise past RISE_MIN of the slow rate, which the reference is at least, on an
@@ -308,9 +314,11 @@ class Scorer:
         else:
             # A quantity's tails are heavier than its standard score admits: three windows.
             up, down = cus.peek_z(z_fast, h / 3)
-            ups = [up, *ZEROS[1:]]
+            ups = None
         if cus is _IDLE and up == down == 0.0:
             return 0.0, False   # no evidence, and none to keep (the common case)
+        if ups is None:
+            ups = [up, *ZEROS[1:]]
         rising = up > cus.up and up >= h and d != "down"
         falling = down > cus.down and down >= h and d != "up"
         # A confirmation restarts the statistic half-way (Page's restart after an alarm,
@@ -351,7 +359,7 @@ class Scorer:
         c = p.counts
         w = p.window
         recent, persist, episodes, baselines = own.recent, own.persist, own.episodes, own.baselines
-        clear_ratio, warmup = self.clear_ratio, self.warmup
+        clear_ratio, warmup, resolve_after = self.clear_ratio, self.warmup, self.resolve_after
         x: float
         y: float
         q: float
@@ -367,9 +375,16 @@ class Scorer:
                 n = c[EVENTS]
                 x, y, q = n, 0.0, 0.0
             if kind != "volume":
-                if n <= 0:
+                if n <= 0:   # no data, so no decision: what the steps below do then
                     if recent:
                         recent.pop(name, None)
+                    if persist:
+                        persist.pop(name, None)
+                    if episodes:
+                        ep = episodes.get(name)
+                        if ep is not None and w - ep[1] >= resolve_after:
+                            del episodes[name]
+                    continue
                 else:
                     entry = (w, x, y, q)
                     prev = recent.get(name)
@@ -399,10 +414,8 @@ class Scorer:
                     continue
             elif episodes:
                 ep = episodes.get(name)
-                if ep is not None and w - ep[1] >= self.resolve_after:
+                if ep is not None and w - ep[1] >= resolve_after:
                     del episodes[name]
-            if kind != "volume" and n <= 0:
-                continue   # no data: nothing to learn, and no state to keep
             b: Any = baselines.get(name)
             if b is None:
                 if bad:
