@@ -67,7 +67,9 @@ BENCHES = [
 def commit() -> str:
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
                           capture_output=True, text=True, check=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+    # The report itself does not count: it is what this run is writing.
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                            f":!{OUT.relative_to(ROOT)}"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.strip()
     return head + ("+dirty" if dirty else "")
 
