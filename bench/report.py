@@ -154,17 +154,17 @@ def main() -> int:
     if unknown:
         ap.error(f"no such bench: {', '.join(sorted(unknown))}")
     old = sections(args.out.read_text("utf-8")) if args.out.exists() else {}
-    done: dict[str, str] = {}
+    # Every section there was stays until its bench has run again: the file is rewritten after
+    # each bench, whole, so a run cut short loses nothing that was there.
+    done: dict[str, str] = dict(old)
     for bench in BENCHES:
         if only and bench.name not in only:
-            if bench.name in old:
-                done[bench.name] = old[bench.name]
             continue
         print(f"bench/report.py: bench/{bench.name}.py ...", file=sys.stderr, flush=True)
-        done[bench.name] = run(bench, args.timeout)
-        if bench.name == "nab" and nab_args() is None and "nab" in old and "Not run" not in \
-                old["nab"]:
-            done["nab"] = old["nab"]   # keep a real run over a "how to include it"
+        fresh = run(bench, args.timeout)
+        if not (bench.name == "nab" and nab_args() is None and "nab" in old
+                and "Not run" not in old["nab"]):
+            done[bench.name] = fresh   # (a real NAB run is kept over a "how to include it")
         args.out.write_text(HEADER + "".join("\n" + done[b.name] for b in BENCHES
                                              if b.name in done), "utf-8")
     return 0
