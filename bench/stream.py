@@ -101,7 +101,7 @@ def expected_alerts(msgs: list[bytes]) -> set[tuple[str, str]]:
     pipe = Pipeline(load_config(None, env=False))
     out: set[tuple[str, str]] = set()
     for i in range(0, len(msgs), BLOCK_LINES):
-        out.update((a["id"], a["status"]) for a in pipe.feed_many(msgs[i:i + BLOCK_LINES]))
+        out.update((a.id, a.status) for a in pipe.feed_many(msgs[i:i + BLOCK_LINES]))
     return out
 
 
