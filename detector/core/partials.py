@@ -17,8 +17,9 @@ from bisect import insort
 from collections.abc import Hashable, Iterable
 from typing import Final, NamedTuple, TypeVar, cast
 
-import msgspec
 from msgspec import UNSET, Struct
+
+from detector.core.wire import Wire
 
 K = TypeVar("K", bound=Hashable)
 
@@ -113,21 +114,16 @@ class LegacyPartial(Partial):
                        self.top, versions, self.route)
 
 
-_enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(Partial)
-_legacy_dec = msgspec.msgpack.Decoder(LegacyPartial)
+_WIRE: Final = Wire(Partial, LegacyPartial)
 
 
 def encode(p: Partial) -> bytes:
-    return _enc.encode(p)
+    return _WIRE.encode(p)
 
 
 def decode_partial(data: bytes) -> Partial:
     """A partial from msgpack; one written before :class:`Versions` is upgraded."""
-    try:
-        return _dec.decode(data)
-    except msgspec.ValidationError:
-        return _legacy_dec.decode(data).upgrade()
+    return _WIRE.decode(data)
 
 
 def route_key(root_values: tuple[str, ...]) -> str:

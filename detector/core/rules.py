@@ -16,8 +16,8 @@ event, without waiting for a window or a baseline.
 from __future__ import annotations
 
 from operator import attrgetter
+from typing import Final
 
-import msgspec
 from msgspec import UNSET, Struct
 
 from detector.config import Config
@@ -30,6 +30,7 @@ from detector.core.partials import (
     route_key,
     versions_of,
 )
+from detector.core.wire import Wire
 
 __all__ = ["HardRules", "LegacyHit", "RuleHit", "decode_hit", "encode_hit"]
 
@@ -58,21 +59,16 @@ class LegacyHit(RuleHit, frozen=True):
 
 
 _versions = attrgetter(*VERSION_FIELDS)
-_enc = msgspec.msgpack.Encoder()
-_dec = msgspec.msgpack.Decoder(RuleHit)
-_legacy_dec = msgspec.msgpack.Decoder(LegacyHit)
+_WIRE: Final = Wire(RuleHit, LegacyHit)
 
 
 def encode_hit(h: RuleHit) -> bytes:
-    return _enc.encode(h)
+    return _WIRE.encode(h)
 
 
 def decode_hit(data: bytes) -> RuleHit:
     """A hit from msgpack; one written before :class:`Versions` is upgraded."""
-    try:
-        return _dec.decode(data)
-    except msgspec.ValidationError:
-        return _legacy_dec.decode(data).upgrade()
+    return _WIRE.decode(data)
 
 
 class HardRules:

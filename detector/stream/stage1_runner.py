@@ -25,6 +25,7 @@ from detector.core.rules import LegacyHit, RuleHit
 from detector.core.signals import EVENTS
 from detector.core.stage1 import Stage1
 from detector.core.watermark import SourceMark
+from detector.core.wire import Wire
 from detector.obs.metrics import Metrics
 from detector.stream.kafka_io import (
     CorruptBatch,
@@ -76,23 +77,20 @@ class _LegacyEnvelope(Envelope):
     partials: list[LegacyPartial]  # type: ignore[assignment]  # the old wire form
     hits: list[LegacyHit]  # type: ignore[assignment]  # the old wire form
 
+    def upgrade(self) -> Envelope:
+        return Envelope(self.sources, self.n_src, [p.upgrade() for p in self.partials],
+                        [h.upgrade() for h in self.hits])
 
-_env_enc = msgspec.msgpack.Encoder()
-_env_dec = msgspec.msgpack.Decoder(Envelope)
-_env_legacy_dec = msgspec.msgpack.Decoder(_LegacyEnvelope)
+
+_ENVELOPE: Final = Wire(Envelope, _LegacyEnvelope)   # an old one in flight across an upgrade
 
 
 def encode_envelope(e: Envelope) -> bytes:
-    return _env_enc.encode(e)
+    return _ENVELOPE.encode(e)
 
 
 def decode_envelope(data: bytes) -> Envelope:
-    try:
-        return _env_dec.decode(data)
-    except msgspec.ValidationError:   # in flight across an upgrade
-        e = _env_legacy_dec.decode(data)
-        return Envelope(e.sources, e.n_src, [p.upgrade() for p in e.partials],
-                        [h.upgrade() for h in e.hits])
+    return _ENVELOPE.decode(data)
 
 
 class _Source:
