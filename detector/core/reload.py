@@ -70,7 +70,9 @@ def _walk(a: Any, b: Any, path: Path, out: list[Path]) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(a.keys() | b.keys()):
             _walk(a.get(k, _MISSING), b.get(k, _MISSING), (*path, k), out)
-    elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+    elif (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)
+          and all(isinstance(x, dict) for x in a + b)):
+        # A list of tables (severity rules, overrides) by entry; any other list is one value.
         for i, (x, y) in enumerate(zip(a, b, strict=True)):
             _walk(x, y, (*path, i), out)
     else:
@@ -103,7 +105,8 @@ def reloadable(path: Path) -> bool:
 
 def changed_keys(old: Config, new: Config) -> tuple[str, ...]:
     """Every dotted key whose value differs (``signals.refusal_rate.threshold``,
-    ``severity[2].min_persistence``, or ``severity`` when the number of rules changed)."""
+    ``severity[2].min_persistence``, or ``severity`` when the number of rules changed; a
+    list of values such as ``cohorts.levels`` is one key)."""
     return tuple(_dotted(p) for p in _paths(old, new))
 
 
