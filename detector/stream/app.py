@@ -280,10 +280,10 @@ class Worker:
             for part in self.parts.values():
                 for a in part.stage2.life.firing():
                     am.emit(a)
-        old = [self.own_sinks.pop(kind) for kind in changed if kind in self.own_sinks]
-        self.own_sinks.update({kind: x for kind, x in built.items() if x is not None})
-        self.own_sinks = {kind: self.own_sinks[kind] for kind in SINK_KINDS
-                          if kind in self.own_sinks}
+        old = [self.own_sinks[kind] for kind in changed if kind in self.own_sinks]
+        now = {kind: built[kind] if kind in built else self.own_sinks.get(kind)
+               for kind in SINK_KINDS}
+        self.own_sinks = {kind: x for kind, x in now.items() if x is not None}
         self.cfg = cfg
         self.sinks = self._sink_list(cfg)
         if old:   # flushing and stopping a sender thread may wait: not on the event loop
