@@ -33,12 +33,15 @@ def _check_add(p: argparse.ArgumentParser) -> None:
 
 
 def _check_run(args: argparse.Namespace) -> int:
+    from detector.config import config_hash
+
     cfg = load_or_report(args.file, "check-config")
     if cfg is None:
         return 2
     enabled = sum(1 for _ in _enabled(cfg))
     print(f"{args.file or 'default config'}: ok ({len(cfg.cohorts.levels)} cohort levels, "
-          f"{enabled} windowed signals, {len(cfg.severity)} severity rules)")
+          f"{enabled} windowed signals, {len(cfg.severity)} severity rules, "
+          f"hash {config_hash(cfg)})")
     return 0
 
 

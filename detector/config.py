@@ -20,6 +20,7 @@ signals.refusal_rate.threshold: inf is not a finite number
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import re
@@ -33,7 +34,7 @@ import msgspec
 from msgspec import Meta, Struct, field
 
 __all__ = ["AlertmanagerConfig", "Config", "ConfigError", "Price", "SeverityRule",
-           "SignalConfig", "check_alertmanager", "load_config", "parse_config"]
+           "SignalConfig", "check_alertmanager", "config_hash", "load_config", "parse_config"]
 
 Positive = Annotated[float, Meta(gt=0)]
 NonNeg = Annotated[float, Meta(ge=0)]
@@ -485,3 +486,19 @@ def load_config(path: str | Path | None, *, env: bool = True) -> Config:
         raise ConfigError(f"{where}: the file is empty (no settings; start from "
                           "config/detector.toml)")
     return parse_config(_env_overrides(data) if env else data)
+
+
+def config_hash(cfg: Config) -> str:
+    """A short fingerprint of the settings in effect (after environment overrides), the same
+    for equal configs whatever the file's layout or comments. Secrets are left out of it: a
+    published hash of a config otherwise known must not let anyone test password guesses.
+
+    >>> config_hash(load_config(None, env=False)) == config_hash(load_config(None, env=False))
+    True
+    """
+    am = cfg.sinks.alertmanager
+    blank = msgspec.structs.replace(
+        cfg, sinks=msgspec.structs.replace(cfg.sinks, alertmanager=msgspec.structs.replace(
+            am, basic_auth_password=None, bearer_token=None)),
+        kafka=msgspec.structs.replace(cfg.kafka, sasl_password=None))
+    return hashlib.sha256(msgspec.json.encode(blank)).hexdigest()[:16]

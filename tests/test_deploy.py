@@ -135,7 +135,8 @@ def exported_names() -> set[str]:
     names: set[str] = set()
     for family in registry.collect():
         suffixes = {"counter": ("_total", "_created"), "gauge": ("",),
-                    "histogram": ("_bucket", "_sum", "_count", "_created")}[family.type]
+                    "histogram": ("_bucket", "_sum", "_count", "_created"),
+                    "info": ("_info",)}[family.type]
         names.update(family.name + s for s in suffixes)
     return names
 

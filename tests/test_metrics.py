@@ -42,7 +42,10 @@ EXPECTED = [
     ("sink_queued", "detector_sink_queued_alerts", "gauge", ("sink",)),
     ("processing_seconds", "detector_processing_seconds", "histogram", ()),
     ("cohort_events", "detector_cohort_events", "counter", ("cohort",)),
+    ("config_reloads", "detector_config_reloads", "counter", ("result",)),
 ]
+#: Info metrics (one sample, labels that say what is in effect).
+INFOS = {"config": "detector_config"}
 
 
 def families(registry: CollectorRegistry) -> dict[str, str]:
@@ -89,7 +92,21 @@ def _exposition(registry: CollectorRegistry) -> str:
 def test_every_metric_is_in_the_contract() -> None:
     registry = CollectorRegistry()
     Metrics(registry)
-    assert set(families(registry)) == {name for _a, name, _k, _l in EXPECTED}
+    assert set(families(registry)) == ({name for _a, name, _k, _l in EXPECTED}
+                                       | set(INFOS.values()))
+
+
+def test_config_info_holds_one_hash_and_reload_results_exist_at_zero() -> None:
+    registry = CollectorRegistry()
+    m = Metrics(registry)
+    for result in ("applied", "unchanged", "refused", "invalid"):
+        assert registry.get_sample_value("detector_config_reloads_total",
+                                         {"result": result}) == 0.0
+    m.config.info({"hash": "aaaa"})
+    m.config.info({"hash": "bbbb"})   # a reload replaces the sample: one series, not two
+    samples = [s for f in text_string_to_metric_families(_exposition(registry))
+               for s in f.samples if s.name == "detector_config_info"]
+    assert [(s.labels, s.value) for s in samples] == [({"hash": "bbbb"}, 1.0)]
 
 
 def test_rejection_reasons_exist_at_zero() -> None:

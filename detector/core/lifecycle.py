@@ -88,6 +88,18 @@ class Lifecycle:
         self.levels = config.cohorts.levels
         self.active: dict[Key, Incident] = {}
 
+    def reconfigure(self, config: Config) -> None:
+        """Classify and render from now on by ``config``'s severity rules, runbook URLs and
+        actions. Active incidents keep their ids and severities (a new rule can escalate
+        them at their next anomalous window, as any rule does)."""
+        self.config = config
+        self.rules = config.severity
+
+    def firing(self) -> list[Alert]:
+        """Every active alert as it would be sent now (firing), in key order: what a new
+        sink is told so it knows the incidents that began before it."""
+        return [self._render(self.active[k], "firing") for k in sorted(self.active)]
+
     def _cohort(self, level: int, cohort: tuple[str, ...]) -> dict[str, str]:
         return dict(zip(self.levels[level], cohort, strict=True))
 

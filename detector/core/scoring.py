@@ -128,17 +128,28 @@ class Scorer:
         self.signals: tuple[Signal, ...] = tuple(
             s for s in self.layout.signals if config.signal(s.name).enabled
         )
-        self.config = config
         self.adopt_after = b.adopt_after_windows
         self.resolve_after = config.alerting.resolve_after_clean_windows
         self._rebaselines = [(int(r.at.timestamp() // self.size), r) for r in config.rebaseline]
         self._nats: dict[float, float] = {}
         self._thresholds: dict[tuple[int, tuple[str, ...]], dict[str, float]] = {}
-        # Per signal, what scoring needs, looked up once rather than per cohort and window.
-        # The sequential test keeps the signal's own threshold (its false-alarm budget is
-        # per pair); cohort overrides scale the window score's.
+        self._specs: list[tuple[Signal, str, float, float]] = []
+        self._judging(config)
+
+    def _judging(self, config: Config) -> None:
+        """What judges a score: per signal, looked up once rather than per cohort and window.
+        The sequential test keeps the signal's own threshold (its false-alarm budget is per
+        pair); cohort overrides scale the window score's (cached per cohort)."""
+        self.config = config
+        self._thresholds = {}
         self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count,
                         config.signal(s.name).threshold) for s in self.signals]
+
+    def reconfigure(self, config: Config) -> None:
+        """Judge the next windows by ``config``'s thresholds, directions, min counts and
+        overrides; the baselines and the signals scored stay as they are (the caller checked
+        with :func:`detector.core.reload.plan_reload` that nothing else changed)."""
+        self._judging(config)
 
     # -- thresholds -------------------------------------------------------------------------
     def thresholds(self, level: int, cohort: tuple[str, ...]) -> dict[str, float]:

@@ -26,6 +26,7 @@ from detector.core.partials import (
     merge_keyed,
     route_key,
 )
+from detector.core.reload import plan_reload
 from detector.core.rules import RuleHit
 from detector.core.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
 from detector.core.signals import EVENTS
@@ -69,6 +70,19 @@ class Stage2:
             tuple(self.levels[i].index(f) for f in self.levels[i - 1])
             for i in range(1, len(self.levels))
         ]
+
+    def reconfigure(self, config: Config) -> None:
+        """Take a reloaded config from the next window on: thresholds, directions, severity
+        rules, overrides, actions and runbook URLs. Call it between :meth:`apply` calls (a
+        window boundary); baselines, pending partials and alert ids stay. A config that
+        differs in anything else is refused whole (ValueError naming the keys) before any of
+        it is applied."""
+        plan = plan_reload(self.config, config)
+        if not plan.ok:
+            raise ValueError(f"needs a restart: {', '.join(plan.refused)}")
+        self.config = config
+        self.scorer.reconfigure(config)
+        self.life.reconfigure(config)
 
     # -- input ------------------------------------------------------------------------------
     def add_partial(self, p: Partial) -> None:

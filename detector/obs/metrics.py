@@ -27,13 +27,21 @@ import threading
 from collections.abc import Iterable
 from typing import Any, Final
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    start_http_server,
+)
 
 from detector.core.events import REASONS
 
 __all__ = [
     "COHORT_OTHER",
     "MAX_SIGNALS",
+    "RELOAD_RESULTS",
     "SEVERITIES",
     "Metrics",
     "SpaceSaving",
@@ -47,6 +55,10 @@ SIGNAL_OTHER: Final = "other"
 #: Distinct ``signal`` label values kept before new ones fold into ``other`` (signals come from
 #: configuration, but a per-label signal such as ``safety_<label>`` could otherwise follow input).
 MAX_SIGNALS: Final = 200
+
+#: How a config reload ended: applied; unchanged (the same settings); refused (a key that
+#: needs a restart changed; nothing applied); invalid (the file did not validate).
+RELOAD_RESULTS: Final = ("applied", "unchanged", "refused", "invalid")
 
 #: Per-batch processing time: batches run from ~100 µs (a few events) to seconds (backlog).
 PROCESSING_BUCKETS: Final = (
@@ -196,8 +208,17 @@ class Metrics:
             "detector_cohort_events",
             "Events per cohort for the top cohorts by volume; the rest under cohort=\"other\".",
             ["cohort"], registry=r)
+        self.config_reloads = Counter(
+            "detector_config_reloads",
+            "Config reloads (SIGHUP or a changed file), by result: applied, unchanged, "
+            "refused (needs a restart), invalid.", ["result"], registry=r)
+        # One sample whose label is the config in effect (its hash): which config a worker
+        # runs, comparable with `detector check-config`.
+        self.config = Info("detector_config", "The config in effect.", registry=r)
 
         # Series that exist from the start, so rate() and absent() work before first use.
+        for result in RELOAD_RESULTS:
+            self.config_reloads.labels(result=result)
         for reason in REASONS:
             self.events_rejected.labels(reason=reason)
         for state in ("warming", "warm"):

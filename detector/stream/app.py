@@ -30,6 +30,7 @@ import asyncio
 import logging
 import logging.config
 import os
+import signal
 import sys
 import tempfile
 import threading
@@ -44,6 +45,7 @@ from prometheus_client import CollectorRegistry
 
 from detector.config import Config
 from detector.core.alert import Alert
+from detector.core.reload import plan_reload
 from detector.core.snapshot import dump_route, load_route, routes
 from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
@@ -58,10 +60,11 @@ from detector.stream.kafka_io import (
     partition_for,
     probe_metadata,
 )
+from detector.stream.reloader import ConfigReloader
 from detector.stream.stage1_runner import Stage1Runner, decode_envelope
 from detector.stream.stage2_partition import Stage2Partition, pack, unpack
 
-__all__ = ["Worker", "add_arguments", "build", "run",
+__all__ = ["SINK_KINDS", "Worker", "add_arguments", "build", "build_sink", "run",
            "wait_for_broker"]
 
 log = logging.getLogger("detector.stream.app")
@@ -122,7 +125,8 @@ class Worker:
     stage-1 runner as a service, the sinks and the metrics."""
 
     def __init__(self, cfg: Config, *, registry: CollectorRegistry | None = None,
-                 extra_sinks: list[Any] | None = None) -> None:
+                 extra_sinks: list[Any] | None = None, config_path: str | None = None,
+                 watch_config: float = 0.0) -> None:
         self.cfg = cfg
         k = cfg.kafka
         self.q = k.partitions
@@ -135,9 +139,13 @@ class Worker:
             metrics=self.metrics, flush_interval=cfg.kafka.flush_interval_seconds,
             session_timeout=session)
         self.kafka_sink = KafkaSink(None, k.alerts_topic, metrics=self.metrics)
-        self.sinks: list[Any] = [*build_sinks(cfg, self.metrics), *(extra_sinks or [])]
-        if cfg.sinks.kafka:
-            self.sinks.append(self.kafka_sink)
+        self.extra_sinks = list(extra_sinks or [])
+        self.own_sinks = {kind: sink for kind in SINK_KINDS
+                          if (sink := build_sink(kind, cfg, self.metrics)) is not None}
+        self.sinks: list[Any] = self._sink_list(cfg)
+        # SIGHUP (and --watch-config) re-read the config; see reconfigure.
+        self.reloader = ConfigReloader(config_path, cfg, self.reconfigure, self.metrics)
+        self.watch_config = watch_config
         self.parts: dict[int, Stage2Partition] = {}
         self.severity: dict[str, str] = {}
         self.redelivered = 0
@@ -240,6 +248,48 @@ class Worker:
                     self.table[key.encode()] = pack(dump_route(owner.stage2, key),
                                                      owner.held_for(key), owner.offset)
 
+    def _sink_list(self, cfg: Config) -> list[Any]:
+        out = [*self.own_sinks.values(), *self.extra_sinks]
+        return [*out, self.kafka_sink] if cfg.sinks.kafka else out
+
+    def reconfigure(self, cfg: Config) -> None:
+        """Take a reloaded config (what :class:`ConfigReloader` accepted): stage 2 judges the
+        next windows by it and alerts go to its sinks, with baselines and alert ids kept.
+        Called on the event loop, where the stage-2 agent is between batches (its batch body
+        never awaits), so every window closes whole under one config. Every new sink is built
+        before anything is swapped: a sink that cannot start leaves everything as it was."""
+        plan = plan_reload(self.cfg, cfg)
+        if not plan.ok:
+            raise ValueError(f"needs a restart: {', '.join(plan.refused)}")
+        changed = [kind for kind in SINK_KINDS
+                   if getattr(self.cfg.sinks, kind) != getattr(cfg.sinks, kind)]
+        built: dict[str, Any] = {}
+        try:
+            for kind in changed:
+                built[kind] = build_sink(kind, cfg, self.metrics)
+        except Exception:
+            _close_sinks([x for x in built.values() if x is not None])
+            raise
+        for part in self.parts.values():
+            part.cfg = cfg
+            part.stage2.reconfigure(cfg)
+        am = built.get("alertmanager")
+        if am is not None:
+            # A new Alertmanager sink learns the incidents already firing (it re-sends them
+            # until they resolve), so a changed URL or label set does not orphan them.
+            for part in self.parts.values():
+                for a in part.stage2.life.firing():
+                    am.emit(a)
+        old = [self.own_sinks[kind] for kind in changed if kind in self.own_sinks]
+        now = {kind: built[kind] if kind in built else self.own_sinks.get(kind)
+               for kind in SINK_KINDS}
+        self.own_sinks = {kind: x for kind, x in now.items() if x is not None}
+        self.cfg = cfg
+        self.sinks = self._sink_list(cfg)
+        if old:   # flushing and stopping a sender thread may wait: not on the event loop
+            threading.Thread(target=_close_sinks, args=(old,), name="sink-close",
+                             daemon=True).start()
+
     def emit(self, alerts: list[Alert]) -> None:
         for a in alerts:
             prev = self.severity.get(a.id)
@@ -310,25 +360,47 @@ class _Stage1Service(Service):
         await self.runner.start()
         self.worker.kafka_sink.producer = self.runner.producer
         self.add_future(self.runner.run(self.stopping))
+        reloader = self.worker.reloader
+        # The handler runs on the event loop, between the stage-2 agent's batches.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload, "sighup")
+        if self.worker.watch_config > 0:
+            self.add_future(reloader.watch(self.worker.watch_config, self.stopping))
+        _jlog(logging.INFO, "config_reload_ready", path=str(reloader.path or "default config"),
+              hash=reloader.hash, watch_s=self.worker.watch_config or None)
 
     async def on_stop(self) -> None:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.stopping.set()
         await self.worker.kafka_sink.drain(5.0)
         await self.runner.stop()
 
 
-def build_sinks(cfg: Config, metrics: Metrics) -> list[Any]:
-    out: list[Any] = []
-    if cfg.sinks.log:
+#: The sinks a config builds (each from its own key of [sinks]); Kafka's is the worker's own.
+SINK_KINDS = ("log", "jsonl", "alertmanager")
+
+
+def build_sink(kind: str, cfg: Config, metrics: Metrics) -> Any | None:
+    """The ``kind`` sink as ``cfg`` sets it, or None where it is off."""
+    if kind == "log" and cfg.sinks.log:
         from detector.sinks.log import LogSink
-        out.append(LogSink())
-    if cfg.sinks.jsonl:
+        return LogSink()
+    if kind == "jsonl" and cfg.sinks.jsonl:
         from detector.sinks.jsonl import JsonlSink
-        out.append(JsonlSink(open(cfg.sinks.jsonl, "ab"), close_out=True))  # noqa: SIM115
-    if cfg.sinks.alertmanager.urls:
+        return JsonlSink(open(cfg.sinks.jsonl, "ab"), close_out=True)
+    if kind == "alertmanager" and cfg.sinks.alertmanager.urls:
         from detector.sinks.alertmanager import AlertmanagerSink
-        out.append(AlertmanagerSink(cfg.sinks.alertmanager, metrics=metrics))
-    return out
+        return AlertmanagerSink(cfg.sinks.alertmanager, metrics=metrics)
+    return None
+
+
+def _close_sinks(sinks: list[Any], flush_s: float = 5.0) -> None:
+    """Deliver what replaced sinks still hold (bounded), then stop them."""
+    for s in sinks:
+        try:
+            s.flush(flush_s)
+            s.close()
+        except Exception as e:  # a broken sink must not take the reload with it
+            _jlog(logging.ERROR, "sink_error", sink=type(s).__name__, error=repr(e))
 
 
 # -- start-up -----------------------------------------------------------------------------------
@@ -366,6 +438,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["debug", "info", "warning", "error"])
     parser.add_argument("--max-wait", type=float, default=None,
                         help="give up if the broker is unreachable this long (default: never)")
+    parser.add_argument("--watch-config", type=float, nargs="?", const=2.0, default=0.0,
+                        metavar="SECONDS",
+                        help="reload the config when its file changes, looking every SECONDS "
+                             "(default 2 when given; SIGHUP reloads it in any case)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -382,7 +458,7 @@ def run(args: argparse.Namespace) -> int:
     if not ok:
         return 3
     asyncio.set_event_loop(asyncio.new_event_loop())  # asyncio.run() above closed its loop
-    w = Worker(cfg)
+    w = Worker(cfg, config_path=args.config, watch_config=args.watch_config)
     if cfg.metrics.port:
         _, port = serve(w.registry, cfg.metrics.host, cfg.metrics.port)
         _jlog(logging.INFO, "metrics_serving", url=f"http://{cfg.metrics.host}:{port}/metrics")
