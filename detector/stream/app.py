@@ -34,6 +34,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import faust
@@ -44,10 +45,12 @@ from prometheus_client import CollectorRegistry
 
 from detector.config import Config
 from detector.core.alert import Alert
+from detector.core.containment import Call, plan, record
 from detector.core.snapshot import dump_route, load_route, routes
 from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
 from detector.runtime import load_or_report, tune_gc
+from detector.sinks.containment import ContainmentCaller
 from detector.sinks.kafka import KafkaSink
 from detector.stream.kafka_io import (
     client_kwargs,
@@ -141,6 +144,12 @@ class Worker:
         self.parts: dict[int, Stage2Partition] = {}
         self.severity: dict[str, str] = {}
         self.redelivered = 0
+        # Containment outcomes from the caller's thread, recorded on the alert state by the
+        # stage-2 agent (deque appends and pops are thread-safe).
+        self.outcomes: deque[tuple[str, str, str, float]] = deque()
+        self.containment = (ContainmentCaller(cfg.containment, metrics=self.metrics,
+                                              on_result=self._outcome)
+                            if cfg.containment else None)
         _patch_faust(cfg)
         delay_follower_sync()
         # Faust makes a data directory even for memory tables; not in the caller's cwd.
@@ -190,10 +199,39 @@ class Worker:
                   next_window=part.stage2.next_window, applied_offset=part.offset)
         return part
 
+    def _outcome(self, alert_id: str, action: str, status: str, at: float) -> None:
+        self.outcomes.append((alert_id, action, status, at))
+
+    def _record_outcomes(self, touched: set[tuple[int, str]]) -> None:
+        """Containment outcomes onto the alerts' state (written to the table with the rest)."""
+        while self.outcomes:
+            alert_id, action, status, at = self.outcomes.popleft()
+            for q, part in self.parts.items():
+                key = record(part.stage2.life, alert_id, action, status, at)
+                if key is not None:
+                    touched.add((q, part.stage2.route_of(key[1], key[2])))
+                    break
+
+    def _contain(self, part: Stage2Partition, alerts: list[Alert], calls: list[Call]
+                 ) -> list[Alert]:
+        """Claim the containment actions of these alerts in the state (before the table
+        write that persists them), and the calls to make after it."""
+        if self.containment is None:
+            return alerts
+        out = []
+        now = time.time()
+        for a in alerts:
+            a, cs = plan(part.stage2.life, a, self.cfg.containment, now)
+            out.append(a)
+            calls += cs
+        return out
+
     async def _agent(self, stream: Any) -> None:
         async for events in stream.take_events(256, within=0.1):
             alerts: list[Alert] = []
             touched: set[tuple[int, str]] = set()
+            calls: list[Call] = []
+            self._record_outcomes(touched)
             for ev in events:
                 q = ev.message.partition
                 part = self._part(q)
@@ -224,7 +262,7 @@ class Worker:
                     continue
                 s2 = part.stage2
                 before = s2.windows_closed
-                alerts += s2.apply(hits, wm)
+                alerts += self._contain(part, s2.apply(hits, wm), calls)
                 if s2.windows_closed != before:
                     # Closing windows changes every route key's models: write them all.
                     self.metrics.windows_closed.inc(s2.windows_closed - before)
@@ -239,6 +277,10 @@ class Worker:
                 if owner is not None:
                     self.table[key.encode()] = pack(dump_route(owner.stage2, key),
                                                      owner.held_for(key), owner.offset)
+            # After the claims are in the table: a successor finds them and does not call.
+            if self.containment is not None:
+                for c in calls:
+                    self.containment.submit(c)
 
     def emit(self, alerts: list[Alert]) -> None:
         for a in alerts:
@@ -256,6 +298,8 @@ class Worker:
 
     def close(self) -> None:
         """What must go even when the stop cannot finish: the temp folder."""
+        if self.containment is not None:
+            self.containment.close()
         self._datadir.cleanup()
 
     def service(self) -> Service:
@@ -315,6 +359,11 @@ class _Stage1Service(Service):
         self.stopping.set()
         await self.worker.kafka_sink.drain(5.0)
         await self.runner.stop()
+        caller = self.worker.containment
+        if caller is not None:   # calls in flight finish; their retries are cut short
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, caller.flush, 5.0)
+            await loop.run_in_executor(None, caller.close)
 
 
 def build_sinks(cfg: Config, metrics: Metrics) -> list[Any]:
