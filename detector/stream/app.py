@@ -51,6 +51,7 @@ from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
 from detector.runtime import load_or_report, tune_gc
 from detector.sinks.containment import ContainmentCaller
+from detector.sinks.evidence import EvidenceSink, WindowTotals
 from detector.sinks.kafka import KafkaSink
 from detector.stream.kafka_io import (
     client_kwargs,
@@ -150,6 +151,11 @@ class Worker:
         self.containment = (ContainmentCaller(cfg.containment, metrics=self.metrics,
                                               on_result=self._outcome)
                             if cfg.containment else None)
+        ev = cfg.evidence
+        self.evidence = (EvidenceSink(cfg, metrics=self.metrics,
+                                      out=open(ev.jsonl, "ab") if ev.jsonl else None)  # noqa: SIM115
+                         if ev.kafka_topic or ev.jsonl else None)
+        self.totals: WindowTotals | None = None   # set with the first stage-2 partition
         _patch_faust(cfg)
         delay_follower_sync()
         # Faust makes a data directory even for memory tables; not in the caller's cwd.
@@ -186,6 +192,12 @@ class Worker:
         if part is None:
             part = self.parts[q] = Stage2Partition(
                 q, self.cfg, self.cfg.kafka.idle_partition_timeout_seconds)
+            if self.evidence is not None:
+                if self.totals is None:
+                    self.totals = WindowTotals(part.stage2.scorer.layout.names,
+                                               self.cfg.evidence.severities,
+                                               list(map(list, self.cfg.cohorts.levels)))
+                part.stage2.on_closed = self.totals
             n = 0
             for key, value in list(self.table.items()):
                 if value and partition_for(key, self.q) == q:
@@ -271,6 +283,7 @@ class Worker:
                     self.metrics.cohorts.labels(state="warming").set(sum(c[0] for c in counts))
                     self.metrics.cohorts.labels(state="warm").set(sum(c[1] for c in counts))
             self.emit(alerts)
+            self._preserve(alerts)
             # State in the table on every change, so a successor resumes without warm-up.
             for q, key in touched:
                 owner = self.parts.get(q)
@@ -281,6 +294,20 @@ class Worker:
             if self.containment is not None:
                 for c in calls:
                     self.containment.submit(c)
+
+    def _preserve(self, alerts: list[Alert]) -> None:
+        """Evidence records for the alerts that reached an [evidence] severity."""
+        if self.evidence is None:
+            return
+        now = time.time()
+        for a in alerts:
+            if self.evidence.wants(a):
+                try:
+                    self.evidence.emit(a, self.totals.take(a.id) if self.totals else None, now)
+                except Exception as e:  # a full disk must not stop the stream
+                    _jlog(logging.ERROR, "sink_error", sink="evidence", error=repr(e))
+        if self.totals is not None:
+            self.totals.clear()
 
     def emit(self, alerts: list[Alert]) -> None:
         for a in alerts:
@@ -353,6 +380,8 @@ class _Stage1Service(Service):
     async def on_start(self) -> None:
         await self.runner.start()
         self.worker.kafka_sink.producer = self.runner.producer
+        if self.worker.evidence is not None:
+            self.worker.evidence.producer = self.runner.producer
         self.add_future(self.runner.run(self.stopping))
 
     async def on_stop(self) -> None:
@@ -403,7 +432,9 @@ async def wait_for_broker(cfg: Config, *, max_wait: float | None = None) -> bool
     created = await ensure_topics(
         k.brokers, {k.traces_topic: k.partitions, k.alerts_topic: k.partitions,
                     k.dead_letter_topic: k.partitions, f"{k.group}-stage2": k.partitions,
-                    **{t.topic: k.partitions for t in k.extra_traces_topics}},
+                    **{t.topic: k.partitions for t in k.extra_traces_topics},
+                    **({cfg.evidence.kafka_topic: k.partitions} if cfg.evidence.kafka_topic
+                       else {})},
         replication=k.replication_factor, **kw)
     _jlog(logging.INFO, "broker_ready", brokers=k.brokers, topics_created=created)
     return True
