@@ -55,7 +55,7 @@ def test_records_for_sev1_and_sev2_firing_alerts_only(config: Config, spike_sim:
 
 def test_a_windowed_alert_keeps_its_windows_totals_and_versions(config: Config,
                                                                  spike_sim: Path) -> None:
-    alerts, records, _ = _run(config, spike_sim)
+    _, records, _ = _run(config, spike_sim)
     windowed = [r for r in records if r["alert"]["expected"] is not None]
     assert windowed, "a baseline alert reached sev2"
     for r in windowed:
