@@ -324,9 +324,8 @@ class Worker:
                     _jlog(logging.ERROR, "sink_error", sink=type(s).__name__, error=repr(e))
 
     def close(self) -> None:
-        """What must go even when the stop cannot finish: the temp folder."""
-        if self.containment is not None:
-            self.containment.close()
+        """What must go even when the stop cannot finish: the temp folder. (The containment
+        thread is a daemon: a stop that ran out of time does not wait for its calls.)"""
         self._datadir.cleanup()
 
     def service(self) -> Service:
