@@ -1,4 +1,4 @@
-"""`detector run | replay | simulate | demo | evaluate | backtest | check-config`.
+"""`detector run | replay | simulate | demo | evaluate | backtest | incident | check-config`.
 
 Each subcommand lives in its own module exposing ``add_arguments(parser)`` and
 ``run(args) -> int``; modules are imported only when their subcommand runs, so `replay` never
@@ -24,6 +24,8 @@ COMMANDS = {
     "evaluate": ("detector.lab.evaluate", "score alerts against incident labels"),
     "backtest": ("detector.lab.backtest", "what a config (or two, or a sweep) would have paged: "
                  "an HTML report with plots"),
+    "incident": ("detector.lab.incident", "a notification draft and a postmortem skeleton "
+                 "for one alert, from a file of alerts"),
     "check-config": ("detector.cli", "validate a config file"),
 }
 

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import tomllib
+from collections.abc import Collection
 from datetime import datetime
 from importlib import resources
 from pathlib import Path
@@ -33,8 +34,9 @@ from typing import Annotated, Any, Literal, dataclass_transform
 import msgspec
 from msgspec import Meta, Struct, field
 
-__all__ = ["AlertmanagerConfig", "Config", "ConfigError", "Price", "SeverityRule",
-           "SignalConfig", "check_alertmanager", "config_hash", "load_config", "parse_config"]
+__all__ = ["AlertmanagerConfig", "Config", "ConfigError", "ContainmentRule", "Price",
+           "SeverityRule", "SignalConfig", "check_alertmanager", "config_hash", "load_config",
+           "parse_config"]
 
 Positive = Annotated[float, Meta(gt=0)]
 NonNeg = Annotated[float, Meta(ge=0)]
@@ -167,6 +169,45 @@ class AlertmanagerConfig(_Base):
 _SECRETS = frozenset({"basic_auth_password", "bearer_token"})
 
 
+HttpMethod = Literal["POST", "PUT", "PATCH", "DELETE"]
+#: What a containment template may name: the alert's fields and its cohort's (empty if absent).
+TEMPLATE_FIELDS = ("id", "status", "severity", "signal", "starts_at", "action",
+                   "suspected_change", *COHORT_FIELDS)
+BodyValue = str | int | float | bool
+
+
+class ContainmentRule(_Base):
+    """One containment hook: the alerts it acts on and the HTTP call it makes (and undoes)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=48, pattern=r"^[a-z0-9]+(_[a-z0-9]+)*$")]
+    url: str
+    severities: list[Severity] = field(default_factory=lambda: ["sev1"])
+    signals: list[str] = field(default_factory=lambda: ["*"])
+    environments: list[str] = field(default_factory=lambda: ["*"])
+    match: dict[str, str] = field(default_factory=dict)
+    dry_run: bool = True
+    method: HttpMethod = "POST"
+    headers: dict[str, str] = field(default_factory=dict)
+    body: dict[str, BodyValue] = field(default_factory=dict)
+    undo_url: str | None = None
+    undo_method: HttpMethod = "POST"
+    undo_body: dict[str, BodyValue] = field(default_factory=dict)
+    secret_file: str | None = None
+    secret_env: str | None = None
+    signature_header: str = "X-Detector-Signature"
+    timeout_seconds: Annotated[float, Meta(gt=0, le=60)] = 5.0
+    max_attempts: Annotated[int, Meta(ge=1, le=10)] = 4
+    backoff_seconds: Annotated[float, Meta(gt=0, le=60)] = 1.0
+
+
+class Evidence(_Base):
+    """Where sev1/sev2 evidence records go (none by default)."""
+
+    kafka_topic: str | None = None
+    jsonl: str | None = None
+    severities: list[Severity] = field(default_factory=lambda: ["sev1", "sev2"])
+
+
 class Sinks(_Base):
     jsonl: str | None = None
     log: bool = True
@@ -295,6 +336,8 @@ class Config(_Base):
     severity: list[SeverityRule] = field(default_factory=list)
     overrides: list[Override] = field(default_factory=list)
     rebaseline: list[Rebaseline] = field(default_factory=list)
+    containment: list[ContainmentRule] = field(default_factory=list)
+    evidence: Evidence = field(default_factory=Evidence)
     spend: Spend = field(default_factory=Spend)
     sinks: Sinks = field(default_factory=Sinks)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
@@ -353,6 +396,7 @@ def _semantic_checks(cfg: Config) -> None:
     if not cfg.severity:
         raise ConfigError("severity: at least one rule is needed (the last one is the fallback)")
     check_alertmanager(cfg.sinks.alertmanager, need_urls=False)
+    check_containment(cfg.containment, known)
 
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -382,6 +426,69 @@ def check_alertmanager(am: AlertmanagerConfig, *, need_urls: bool = True) -> Non
         raise bad("basic_auth_user", "basic auth and a bearer token are mutually exclusive")
     if am.key_file and not am.cert_file:
         raise bad("key_file", "needs cert_file")
+
+
+def _templates(rule: ContainmentRule) -> list[tuple[str, str]]:
+    """Every templated string of a rule, with its key."""
+    out = [("url", rule.url)] + [(f"headers.{k}", v) for k, v in rule.headers.items()]
+    out += [(f"body.{k}", v) for k, v in rule.body.items() if isinstance(v, str)]
+    if rule.undo_url is not None:
+        out.append(("undo_url", rule.undo_url))
+    out += [(f"undo_body.{k}", v) for k, v in rule.undo_body.items() if isinstance(v, str)]
+    return out
+
+
+def check_containment(rules: list[ContainmentRule], known: Collection[str]) -> None:
+    """What the types cannot say about ``[[containment]]``; the error names the key.
+
+    >>> check_containment([ContainmentRule(name="x", url="http://f/${nope}")], set())
+    ... # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    detector.config.ConfigError: containment[0].url: unknown template field 'nope' (known: id, ...)
+    """
+    from string import Template
+
+    seen: set[str] = set()
+    for i, r in enumerate(rules):
+        def bad(key: str, why: str, i: int = i) -> ConfigError:
+            return ConfigError(f"containment[{i}].{key}: {why}")
+
+        if r.name in seen:
+            raise bad("name", f"{r.name!r} is used by an earlier rule (names must be unique)")
+        seen.add(r.name)
+        if "sev4" in r.severities:   # unconfirmed: record and watch, never act
+            raise bad("severities", "sev4 never triggers containment")
+        if not r.severities:
+            raise bad("severities", "at least one of sev1, sev2, sev3")
+        for s in r.signals:
+            if s != "*" and not s.endswith("*") and s not in known:
+                raise bad("signals", f"unknown signal {s!r}")
+        for k in r.match:
+            if k not in COHORT_FIELDS:
+                raise bad(f"match.{k}", "not a cohort field")
+        for key, url in (("url", r.url), ("undo_url", r.undo_url)):
+            if url is not None and not re.match(r"^https?://[^/\s$]+", url):
+                raise bad(key, f"{url!r} is not an http(s) URL with a fixed host")
+        for key, text in _templates(r):
+            t = Template(text)
+            if not t.is_valid():
+                raise bad(key, f"{text!r} is not a valid template ($name or ${{name}})")
+            for name in t.get_identifiers():
+                if name not in TEMPLATE_FIELDS:
+                    raise bad(key, f"unknown template field {name!r} (known: "
+                                   f"{', '.join(TEMPLATE_FIELDS)})")
+        for k, v in r.headers.items():
+            if not re.match(r"^[A-Za-z0-9-]+$", k) or "\n" in v or "\r" in v:
+                raise bad(f"headers.{k}", "not a valid header")
+        if not re.match(r"^[A-Za-z0-9-]+$", r.signature_header):
+            raise bad("signature_header", f"{r.signature_header!r} is not a header name")
+        if r.secret_file is not None and r.secret_env is not None:
+            raise bad("secret_file", "secret_file and secret_env are mutually exclusive")
+        if not r.dry_run and r.secret_file is None and r.secret_env is None:
+            # Whoever flips a kill switch on our say-so must be able to tell it was us.
+            raise bad("dry_run", "a rule that calls (dry_run = false) needs secret_file or "
+                                 "secret_env to sign its requests")
 
 
 def _convert(data: object, typ: type, prefix: str) -> Any:

@@ -62,7 +62,8 @@ def test_the_struct_declares_the_contract_fields_in_its_order() -> None:
     fields = {f.name: f for f in msgspec.structs.fields(Alert)}
     props = list(SCHEMA["properties"])
     assert list(fields)[:len(props)] == props
-    assert list(fields)[len(props):] == ["persistence", "grouped_cohorts", "resolution"]
+    assert list(fields)[len(props):] == ["persistence", "grouped_cohorts", "resolution",
+                                        "containment"]
     for name in SCHEMA["required"]:
         assert fields[name].required, name
     nested = {"window": ["start", "end", "events"],
@@ -83,7 +84,7 @@ def test_json_is_byte_for_byte_the_dict_encoding_it_replaces(config) -> None:
     rec.update(window=msgspec.to_builtins(a.window),
                suspected_change=msgspec.to_builtins(a.suspected_change),
                evidence=msgspec.to_builtins(a.evidence))
-    del rec["resolution"]
+    del rec["resolution"], rec["containment"]
     assert encode_alert(a) == orjson.dumps(rec)
     assert b'"observed":1e+17,"expected":null' in encode_alert(a)
     plain = msgspec.structs.replace(a, grouped_cohorts=0)
@@ -91,6 +92,21 @@ def test_json_is_byte_for_byte_the_dict_encoding_it_replaces(config) -> None:
     assert b'"resolution":"clean_windows"' in encode_alert(
         msgspec.structs.replace(plain, status="resolved", resolution="clean_windows",
                                 ends_at=datetime(2026, 1, 5, tzinfo=UTC)))
+    assert b"containment" not in encode_alert(plain)
+
+
+def test_containment_is_written_last_and_validates(config, alert_validator) -> None:
+    """A containment record on an alert: written after the detector's other additions, as
+    docs/contracts.md shows it, and still a valid alert under the shared contract."""
+    from detector.core.alert import ContainmentResult
+
+    a = msgspec.structs.replace(_lifecycle_alerts(config)[0], containment=[
+        ContainmentResult(action="disable_tools", status="ok", at="2026-01-05T00:00:00.000Z")])
+    data = encode_alert(a)
+    assert data.endswith(b',"containment":[{"action":"disable_tools","status":"ok",'
+                         b'"at":"2026-01-05T00:00:00.000Z"}]}')
+    alert_validator.validate(json.loads(data))
+    assert decode_alert(data) == a
 
 
 def test_times_are_datetimes_written_with_milliseconds(config) -> None:

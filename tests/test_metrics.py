@@ -40,6 +40,7 @@ EXPECTED = [
     ("sink_failures", "detector_sink_failures", "counter", ("sink",)),
     ("sink_dropped", "detector_sink_dropped", "counter", ("sink", "severity")),
     ("sink_queued", "detector_sink_queued_alerts", "gauge", ("sink",)),
+    ("containment_calls", "detector_containment_calls", "counter", ("action", "status")),
     ("processing_seconds", "detector_processing_seconds", "histogram", ()),
     ("cohort_events", "detector_cohort_events", "counter", ("cohort",)),
     ("config_reloads", "detector_config_reloads", "counter", ("result",)),

@@ -96,6 +96,10 @@ REFUSED = [
     ("kafka.group", "other", "kafka.group"),
     ("metrics.port", 9999, "metrics.port"),
     ("rebaseline", [{"at": "2026-01-01T00:00:00Z"}], "rebaseline"),
+    # The containment caller and the evidence writer are built at start-up with their
+    # secrets and producers: a changed rule or destination takes a restart.
+    ("evidence.severities", ["sev1"], "evidence.severities"),
+    ("containment", [{"name": "freeze_tools", "url": "http://127.0.0.1:1/flag"}], "containment"),
 ]
 
 

@@ -6,6 +6,7 @@ detector has always written it (so replay output stays byte-identical): ``groupe
 and ``resolution`` are omitted at their defaults, every other field is always written.
 Times are aware datetimes here, so a consumer such as the Alertmanager sink reads them as
 times, not by parsing strings; they are written by :func:`detector.core.timestamps.rfc3339`.
+``containment`` is omitted when empty too (replay never acts, so its output is unchanged).
 The window's ``start``/``end`` stay strings: the incident keeps them so in its stored state.
 
 >>> a = Alert(id="a-1", status="firing", severity="sev4", signal="volume",
@@ -30,8 +31,8 @@ import orjson
 
 from detector.core.timestamps import rfc3339, utc
 
-__all__ = ["Alert", "Evidence", "SuspectedChange", "Window", "alert_record", "decode_alert",
-           "encode_alert", "utc"]
+__all__ = ["Alert", "ContainmentResult", "Evidence", "SuspectedChange", "Window",
+           "alert_record", "decode_alert", "encode_alert", "utc"]
 
 Status = Literal["firing", "resolved"]
 Severity = Literal["sev1", "sev2", "sev3", "sev4"]
@@ -59,6 +60,15 @@ class Evidence(msgspec.Struct, frozen=True):
     trace_ids: list[str]   # up to 20
 
 
+class ContainmentResult(msgspec.Struct, frozen=True):
+    """Where one containment action of this alert stands (docs/contracts.md lists the
+    statuses): ``at`` is the wall-clock time it got there."""
+
+    action: str   # the [[containment]] rule's name
+    status: str
+    at: str       # RFC 3339
+
+
 class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     """One alert emission (firing, a severity change, or the resolution)."""
 
@@ -83,6 +93,7 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     persistence: int
     grouped_cohorts: int = 0   # child cohorts this alert stands for; omitted when none
     resolution: Resolution | None = None   # why it resolved; omitted while firing
+    containment: list[ContainmentResult] = []   # [[containment]] actions; omitted when none
 
 
 _decoder: Final = msgspec.json.Decoder(Alert)

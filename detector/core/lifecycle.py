@@ -19,7 +19,7 @@ import hashlib
 from typing import Any
 
 from detector.config import Config, Severity
-from detector.core.alert import Alert, Evidence, SuspectedChange, Window
+from detector.core.alert import Alert, ContainmentResult, Evidence, SuspectedChange, Window
 from detector.core.scoring import Decision
 from detector.core.severity import RANK, classify
 from detector.core.timestamps import rfc3339, utc
@@ -52,8 +52,8 @@ def _r(x: float) -> float:
 class Incident:
     """One active alert's state (what the changelog keeps of it)."""
 
-    __slots__ = ("clean", "cohort", "evidence", "expected", "grouped", "id", "last_end",
-                 "observed", "persistence", "rule", "score", "severity", "signal",
+    __slots__ = ("clean", "cohort", "containment", "evidence", "expected", "grouped", "id",
+                 "last_end", "observed", "persistence", "rule", "score", "severity", "signal",
                  "starts_at", "suspected", "threshold", "window")
 
     def __init__(self, signal: str, cohort: dict[str, str], starts_at: float, rule: bool) -> None:
@@ -74,6 +74,8 @@ class Incident:
         self.persistence = 1
         self.grouped = 0
         self.suspected: dict[str, Any] | None = None
+        # Containment claims: action -> [status, wall-clock seconds] (core/containment.py).
+        self.containment: dict[str, list[Any]] = {}
 
 
 class Lifecycle:
@@ -248,4 +250,6 @@ class Lifecycle:
             grouped_cohorts=inc.grouped,
             resolution=(("baseline_adopted" if adopted else "clean_windows") if resolved
                         else None),
+            containment=[ContainmentResult(action=a, status=str(st), at=rfc3339(at))
+                         for a, (st, at) in inc.containment.items()],
         )

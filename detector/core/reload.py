@@ -6,7 +6,8 @@ Reloadable are the settings that only decide what a window's scores *mean*, and 
 go: each signal's threshold, direction, min_count, runbook URL and actions; the severity
 rules; the threshold overrides; the sinks. Everything else is refused, named by its dotted
 key: it shapes state (cohort levels, windows, baselines, counters, enabled signals), stage 1's
-input or the worker's Kafka and metrics wiring, and applying it to running state would leave
+input, the worker's Kafka and metrics wiring or what it built at start-up (containment
+hooks, the evidence writer), and applying it to running state would leave
 baselines, partials or partitions that no longer fit. A key this module does not know is a
 restart too, so a key added to the schema later is never applied half-way by accident.
 

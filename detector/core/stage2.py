@@ -65,6 +65,10 @@ class Stage2:
         # Optional sink of every scored (window, level, cohort, decision), e.g. replay's
         # --scores-out; None costs nothing on the hot path.
         self.on_decision: Callable[[int, int, tuple[str, ...], Decision], None] | None = None
+        # Optional: each closed window's partials with the alerts it emitted (the stream's
+        # evidence records take the totals behind an alert from them).
+        self.on_closed: Callable[[int, dict[tuple[int, tuple[str, ...]], Partial],
+                                  list[Alert]], None] | None = None
         # For a cohort at level i > 0, the positions of its parent's fields.
         self._up = [()] + [
             tuple(self.levels[i].index(f) for f in self.levels[i - 1])
@@ -187,6 +191,8 @@ class Stage2:
                 out.append(a)
         out += self.life.close_window(touched)
         self.windows_closed += 1
+        if self.on_closed is not None:
+            self.on_closed(w, parts, out)
         return out
 
     def _firing(self) -> dict[tuple[int, tuple[str, ...]], set[str]]:

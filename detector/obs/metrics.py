@@ -201,6 +201,11 @@ class Metrics:
         self.sink_queued = Gauge(
             "detector_sink_queued_alerts",
             "Alerts held by a sink for delivery or re-sending.", ["sink"], registry=r)
+        self.containment_calls = Counter(
+            "detector_containment_calls",
+            "Containment actions by [[containment]] rule name and outcome (ok, failed, "
+            "dropped, dry_run; undo_ before each for the undo call).", ["action", "status"],
+            registry=r)
         self.processing_seconds = Histogram(
             "detector_processing_seconds", "Time to process one input batch.",
             buckets=PROCESSING_BUCKETS, registry=r)

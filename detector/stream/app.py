@@ -35,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from typing import Any
 
 import faust
@@ -45,11 +46,14 @@ from prometheus_client import CollectorRegistry
 
 from detector.config import Config
 from detector.core.alert import Alert
+from detector.core.containment import Call, plan, record
 from detector.core.reload import plan_reload
 from detector.core.snapshot import dump_route, load_route, routes
 from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
 from detector.runtime import load_or_report, tune_gc
+from detector.sinks.containment import ContainmentCaller
+from detector.sinks.evidence import EvidenceSink, WindowTotals
 from detector.sinks.kafka import KafkaSink
 from detector.stream.kafka_io import (
     client_kwargs,
@@ -149,6 +153,17 @@ class Worker:
         self.parts: dict[int, Stage2Partition] = {}
         self.severity: dict[str, str] = {}
         self.redelivered = 0
+        # Containment outcomes from the caller's thread, recorded on the alert state by the
+        # stage-2 agent (deque appends and pops are thread-safe).
+        self.outcomes: deque[tuple[str, str, str, float]] = deque()
+        self.containment = (ContainmentCaller(cfg.containment, metrics=self.metrics,
+                                              on_result=self._outcome)
+                            if cfg.containment else None)
+        ev = cfg.evidence
+        self.evidence = (EvidenceSink(cfg, metrics=self.metrics,
+                                      out=open(ev.jsonl, "ab") if ev.jsonl else None)  # noqa: SIM115
+                         if ev.kafka_topic or ev.jsonl else None)
+        self.totals: WindowTotals | None = None   # set with the first stage-2 partition
         _patch_faust(cfg)
         delay_follower_sync()
         # Faust makes a data directory even for memory tables; not in the caller's cwd.
@@ -185,6 +200,12 @@ class Worker:
         if part is None:
             part = self.parts[q] = Stage2Partition(
                 q, self.cfg, self.cfg.kafka.idle_partition_timeout_seconds)
+            if self.evidence is not None:
+                if self.totals is None:
+                    self.totals = WindowTotals(part.stage2.scorer.layout.names,
+                                               self.cfg.evidence.severities,
+                                               list(map(list, self.cfg.cohorts.levels)))
+                part.stage2.on_closed = self.totals
             n = 0
             for key, value in list(self.table.items()):
                 if value and partition_for(key, self.q) == q:
@@ -198,10 +219,39 @@ class Worker:
                   next_window=part.stage2.next_window, applied_offset=part.offset)
         return part
 
+    def _outcome(self, alert_id: str, action: str, status: str, at: float) -> None:
+        self.outcomes.append((alert_id, action, status, at))
+
+    def _record_outcomes(self, touched: set[tuple[int, str]]) -> None:
+        """Containment outcomes onto the alerts' state (written to the table with the rest)."""
+        while self.outcomes:
+            alert_id, action, status, at = self.outcomes.popleft()
+            for q, part in self.parts.items():
+                key = record(part.stage2.life, alert_id, action, status, at)
+                if key is not None:
+                    touched.add((q, part.stage2.route_of(key[1], key[2])))
+                    break
+
+    def _contain(self, part: Stage2Partition, alerts: list[Alert], calls: list[Call]
+                 ) -> list[Alert]:
+        """Claim the containment actions of these alerts in the state (before the table
+        write that persists them), and the calls to make after it."""
+        if self.containment is None:
+            return alerts
+        out = []
+        now = time.time()
+        for a in alerts:
+            a, cs = plan(part.stage2.life, a, self.cfg.containment, now)
+            out.append(a)
+            calls += cs
+        return out
+
     async def _agent(self, stream: Any) -> None:
         async for events in stream.take_events(256, within=0.1):
             alerts: list[Alert] = []
             touched: set[tuple[int, str]] = set()
+            calls: list[Call] = []
+            self._record_outcomes(touched)
             for ev in events:
                 q = ev.message.partition
                 part = self._part(q)
@@ -232,7 +282,7 @@ class Worker:
                     continue
                 s2 = part.stage2
                 before = s2.windows_closed
-                alerts += s2.apply(hits, wm)
+                alerts += self._contain(part, s2.apply(hits, wm), calls)
                 if s2.windows_closed != before:
                     # Closing windows changes every route key's models: write them all.
                     self.metrics.windows_closed.inc(s2.windows_closed - before)
@@ -241,12 +291,31 @@ class Worker:
                     self.metrics.cohorts.labels(state="warming").set(sum(c[0] for c in counts))
                     self.metrics.cohorts.labels(state="warm").set(sum(c[1] for c in counts))
             self.emit(alerts)
+            self._preserve(alerts)
             # State in the table on every change, so a successor resumes without warm-up.
             for q, key in touched:
                 owner = self.parts.get(q)
                 if owner is not None:
                     self.table[key.encode()] = pack(dump_route(owner.stage2, key),
                                                      owner.held_for(key), owner.offset)
+            # After the claims are in the table: a successor finds them and does not call.
+            if self.containment is not None:
+                for c in calls:
+                    self.containment.submit(c)
+
+    def _preserve(self, alerts: list[Alert]) -> None:
+        """Evidence records for the alerts that reached an [evidence] severity."""
+        if self.evidence is None:
+            return
+        now = time.time()
+        for a in alerts:
+            if self.evidence.wants(a):
+                try:
+                    self.evidence.emit(a, self.totals.take(a.id) if self.totals else None, now)
+                except Exception as e:  # a full disk must not stop the stream
+                    _jlog(logging.ERROR, "sink_error", sink="evidence", error=repr(e))
+        if self.totals is not None:
+            self.totals.clear()
 
     def _sink_list(self, cfg: Config) -> list[Any]:
         out = [*self.own_sinks.values(), *self.extra_sinks]
@@ -305,7 +374,8 @@ class Worker:
                     _jlog(logging.ERROR, "sink_error", sink=type(s).__name__, error=repr(e))
 
     def close(self) -> None:
-        """What must go even when the stop cannot finish: the temp folder."""
+        """What must go even when the stop cannot finish: the temp folder. (The containment
+        thread is a daemon: a stop that ran out of time does not wait for its calls.)"""
         self._datadir.cleanup()
 
     def service(self) -> Service:
@@ -359,6 +429,8 @@ class _Stage1Service(Service):
     async def on_start(self) -> None:
         await self.runner.start()
         self.worker.kafka_sink.producer = self.runner.producer
+        if self.worker.evidence is not None:
+            self.worker.evidence.producer = self.runner.producer
         self.add_future(self.runner.run(self.stopping))
         reloader = self.worker.reloader
         # The handler runs on the event loop, between the stage-2 agent's batches.
@@ -373,6 +445,11 @@ class _Stage1Service(Service):
         self.stopping.set()
         await self.worker.kafka_sink.drain(5.0)
         await self.runner.stop()
+        caller = self.worker.containment
+        if caller is not None:   # calls in flight finish; their retries are cut short
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, caller.flush, 5.0)
+            await loop.run_in_executor(None, caller.close)
 
 
 #: The sinks a config builds (each from its own key of [sinks]); Kafka's is the worker's own.
@@ -426,7 +503,9 @@ async def wait_for_broker(cfg: Config, *, max_wait: float | None = None) -> bool
     created = await ensure_topics(
         k.brokers, {k.traces_topic: k.partitions, k.alerts_topic: k.partitions,
                     k.dead_letter_topic: k.partitions, f"{k.group}-stage2": k.partitions,
-                    **{t.topic: k.partitions for t in k.extra_traces_topics}},
+                    **{t.topic: k.partitions for t in k.extra_traces_topics},
+                    **({cfg.evidence.kafka_topic: k.partitions} if cfg.evidence.kafka_topic
+                       else {})},
         replication=k.replication_factor, **kw)
     _jlog(logging.INFO, "broker_ready", brokers=k.brokers, topics_created=created)
     return True

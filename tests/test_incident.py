@@ -1,0 +1,38 @@
+"""`detector incident`: the Markdown drafts for one alert, against a golden file.
+
+The fixture holds two alerts' emissions (a refusal spike that escalates, is contained and
+resolves; an unrelated hard-rule alert in between). After a deliberate change to the drafts,
+regenerate the golden file with
+``detector incident a-54b4e09024827981ecb1 --alerts tests/fixtures/incident/alerts.jsonl
+> tests/fixtures/incident/expected.md`` and read the diff."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from detector.cli import main
+
+FIXTURES = Path(__file__).parent / "fixtures" / "incident"
+ALERT = "a-54b4e09024827981ecb1"
+
+
+def test_drafts_match_the_golden_file(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["incident", ALERT, "--alerts", str(FIXTURES / "alerts.jsonl")]) == 0
+    out = capsys.readouterr().out
+    assert out == (FIXTURES / "expected.md").read_text("utf-8")
+    # Both drafts, and only this alert's emissions.
+    assert "## First notification (draft)" in out and "## Postmortem (skeleton)" in out
+    assert "dddddddd" not in out and "unauthorized_tool_call" not in out
+
+
+def test_an_unknown_id_or_a_bad_file_is_a_clear_error(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["incident", "a-nope", "--alerts", str(FIXTURES / "alerts.jsonl")]) == 1
+    assert "no alert a-nope" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id":"a-1","status":"firing"}\n')
+    assert main(["incident", "a-1", "--alerts", str(bad)]) == 2
+    assert "bad.jsonl:1: not an alert" in capsys.readouterr().err
+    assert main(["incident", "a-1", "--alerts", str(tmp_path / "absent.jsonl")]) == 2
