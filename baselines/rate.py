@@ -115,7 +115,12 @@ class RateBaseline:
         True
         """
         num, den = self._fast
-        k, units = num.total(), den.total()
+        ew, ew2 = num._ew, den._ew
+        if ew is not None and ew2 is not None:   # (WarmEWMean.total inline, as _update_pair)
+            k = ew._ewmean.get() * (1.0 / num.fading_factor)
+            units = ew2._ewmean.get() * (1.0 / den.fading_factor)
+        else:
+            k, units = num.total(), den.total()
         if up:
             return max(self._ps, (k - 2.0 * sqrt(k)) / units if k > 4.0 else 0.0)
         return min(self._ps, (k + 2.0 * sqrt(k) + 1.0) / units) if units > 0 else self._ps

@@ -135,10 +135,11 @@ def main() -> int:
 
     for case, rate in (("dense", args.events / (4.0 * 3600)), ("sparse", SPARSE_RATE)):
         if args.case in (case, "both"):
-            tmp = Path(tempfile.mkdtemp(prefix=f"bench-stage2-{case}-"))
-            simulate(tmp, hours=max(4.0, args.events / (rate * 3600)), seed=1, rate=rate)
-            print(f"== {case}: simulate --rate {rate:,.0f}")
-            measure(tmp / "traces.jsonl", args)
+            with tempfile.TemporaryDirectory(prefix=f"bench-stage2-{case}-") as d:
+                tmp = Path(d)
+                simulate(tmp, hours=max(4.0, args.events / (rate * 3600)), seed=1, rate=rate)
+                print(f"== {case}: simulate --rate {rate:,.0f}")
+                measure(tmp / "traces.jsonl", args)
     return 0
 
 

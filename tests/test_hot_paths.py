@@ -188,3 +188,19 @@ def test_drift_score_reads_the_fast_denominator_as_get_does(windows: list[tuple[
         want = 0.0 if mu < 10.0 else poisson_score((d * num.get() / a + k) * c, mu) / b._sd
         assert b.drift_score(k, n) == want
         b.learn_one(min(k, n), n)
+
+
+@given(st.lists(st.tuples(counts, st.integers(min_value=1, max_value=5000), st.booleans()),
+                min_size=1, max_size=60))
+def test_reference_reads_the_fast_sums_as_total_does(windows: list[tuple[int, int, bool]]
+                                                      ) -> None:
+    """reference() reads the fast sums inline: the same as written with total()."""
+    b = RateBaseline(0.1, 0.01)
+    for k, n, slow in windows:
+        b.learn_one(min(k, n), n, slow=slow)
+        num, den = b._fast
+        tk, units = num.total(), den.total()
+        ps = b.expected(True)
+        up = max(ps, (tk - 2.0 * sqrt(tk)) / units if tk > 4.0 else 0.0)
+        down = min(ps, (tk + 2.0 * sqrt(tk) + 1.0) / units) if units > 0 else ps
+        assert (b.reference(), b.reference(up=False)) == (up, down)
