@@ -55,7 +55,7 @@ class Decision(NamedTuple):
 
 _IDLE = Cusum()
 _ANOMALOUS: Final = itemgetter(5)   # Decision.anomalous
-_NEW: Final[Callable[..., Decision]] = tuple.__new__  # type: ignore[assignment]
+_NEW: Final[Callable[..., Decision]] = tuple.__new__
 
 #: A version value is "known" (part of the baseline) once it has carried about three
 #: normal windows' worth of the cohort's traffic; newer values are rollback candidates.
