@@ -30,7 +30,8 @@ test: $(BIN)/detector
 	$(BIN)/python -m pytest
 
 # Runs every bench of bench/ and writes their output, dated, into docs/benchmarks.md
-# (NAB=DIR NAB_PYTHON=PY to include bench/nab.py; BENCH=name to run some only).
+# (NAB=DIR NAB_PYTHON=PY to include bench/nab.py; BENCH=name to run some only; BENCH_BASE=DIR
+# to time DIR's stage 2 beside this tree's in bench/stage2.py).
 bench: $(BIN)/detector
 	$(BIN)/python bench/report.py
 

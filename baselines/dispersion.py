@@ -40,6 +40,17 @@ class Dispersion:
         self._m1 += a * (z - self._m1)
         self._m2 += a * (z * z - self._m2)
 
+    def update_get(self, z: float) -> float:
+        """``update(z)``, then ``get()``, in one call (a rate learns this way every window)."""
+        z = -_CLIP if z < -_CLIP else _CLIP if z > _CLIP else z
+        a = self._rate
+        m1 = self._m1 = self._m1 + a * (z - self._m1)
+        m2 = self._m2 = self._m2 + a * (z * z - self._m2)
+        v = m2 - m1 * m1
+        v = v if v > 1.0 else 1.0
+        cap = self._cap
+        return v if v < cap else cap
+
     def get(self) -> float:
         v = self._m2 - self._m1 * self._m1
         v = v if v > 1.0 else 1.0            # min(cap, max(1.0, v)) without the calls

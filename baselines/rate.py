@@ -87,10 +87,13 @@ class RateBaseline:
         a = num.fading_factor
         d = 1.0 - a
         c = 1.0 + d
-        big_k = d * num.get() / a + k
-        mu = (d * den.get() / a + n) * self._ps * c
+        # (WarmEWMean.get inline: one Python frame fewer per call on this hot path.)
+        ew = den._ew
+        mu = (d * (ew._ewmean.get() if ew is not None else den._mean._mean) / a + n
+              ) * self._ps * c
         if mu < DRIFT_MIN_EXPECTED:
             return 0.0   # a rare event: one occurrence would dominate the sums
+        big_k = d * num.get() / a + k
         return poisson_score(big_k * c, mu) / self._sd
 
     def reference(self, up: bool = True) -> float:
@@ -112,7 +115,12 @@ class RateBaseline:
         True
         """
         num, den = self._fast
-        k, units = num.total(), den.total()
+        ew, ew2 = num._ew, den._ew
+        if ew is not None and ew2 is not None:   # (WarmEWMean.total inline, as _update_pair)
+            k = ew._ewmean.get() * (1.0 / num.fading_factor)
+            units = ew2._ewmean.get() * (1.0 / den.fading_factor)
+        else:
+            k, units = num.total(), den.total()
         if up:
             return max(self._ps, (k - 2.0 * sqrt(k)) / units if k > 4.0 else 0.0)
         return min(self._ps, (k + 2.0 * sqrt(k) + 1.0) / units) if units > 0 else self._ps
@@ -144,21 +152,20 @@ class RateBaseline:
             mu = n * self._pf
             sd = sqrt(disp.get() * max(mu, 1.0))
             k = min(k, mu + 2.0 * sd) if k > mu else max(k, mu - 2.0 * sd)
-        if self.n:
-            disp.update(poisson_score(k, n * self._pf))
+        # (Dispersion.update, then its get for the new scale, in one call.)
+        v = disp.update_get(poisson_score(k, n * self._pf)) if self.n else disp.get()
         # The rates from the sums' totals, as their updates return them.
-        fnum, fden = self._fast
-        tk, tn = fnum.update(k), fden.update(n)
+        tk, tn = _update_pair(self._fast, k, n)
         # The slow rate is recomputed only when its sums move (the same value otherwise).
         slow_moved = slow and not anomalous
-        snum, sden = self._slow
         if slow_moved:
-            sk, sn = snum.update(k), sden.update(n)
+            sk, sn = _update_pair(self._slow, k, n)
         if not anomalous:
             self._frozen = 0 if slow else self._frozen + 1
         if self._frozen >= self._adopt:
-            snum.reset_to(fnum.get())
-            sden.reset_to(fden.get())
+            snum, sden = self._slow
+            snum.reset_to(self._fast[0].get())
+            sden.reset_to(self._fast[1].get())
             self._frozen = 0
             slow_moved = True
             sk, sn = snum.total(), sden.total()
@@ -166,4 +173,28 @@ class RateBaseline:
         self._pf = (tk + _PRIOR_K) / (tn + _PRIOR_N)   # (_rate, inline)
         if slow_moved:
             self._ps = (sk + _PRIOR_K) / (sn + _PRIOR_N)
-        self._sd = sqrt(disp.get())
+        self._sd = sqrt(v)
+
+
+def _update_pair(pair: tuple[WarmEWMean, WarmEWMean], k: float, n: float) -> tuple[float, float]:
+    """``(num.update(k), den.update(n))`` of a horizon's two sums, in one frame: they are
+    learned and reset together, so they hand over to the EWMean together (each is still
+    checked). The same arithmetic as :meth:`WarmEWMean.update` (tests/test_hot_paths.py)."""
+    num, den = pair
+    ew, ew2 = num._ew, den._ew
+    if ew is not None and ew2 is not None:
+        e, e2 = ew._ewmean, ew2._ewmean
+        e.update(k)     # EWMean.update(x)
+        e2.update(n)
+        inv = 1.0 / num.fading_factor
+        return e.get() * inv, e2.get() * (1.0 / den.fading_factor)
+    m, m2 = num._mean, den._mean
+    if ew is None and ew2 is None:
+        c, c2 = m.n + 1.0, m2.n + 1.0
+        if c * num.fading_factor < 1.0 and c2 * den.fading_factor < 1.0:   # no hand-over yet
+            m.n, m2.n = c, c2   # Mean.update(x): weight 1
+            m._mean += (1.0 / c) * (k - m._mean)
+            m2._mean += (1.0 / c2) * (n - m2._mean)
+            return m._mean * c, m2._mean * c2
+    return num.update(k), den.update(n)
+

@@ -83,7 +83,8 @@ class VolumeBaseline:
     def learn_one(self, k: float, t: float) -> None:
         x = log(k + 0.5)
         i = self._bin(t)
-        e = self.expected(t) if self.n else 0.0   # what the window is measured against
+        # What the window is measured against: expected(t), with the bin worked out once.
+        e = max(0.1, exp(self._fast.get() + self._season[i]) - 0.5) if self.n else 0.0
         if self.n >= _CLIP_AFTER:
             # Bounded influence: a surge (or a gap) moves the level by at most a few
             # standard deviations of counting noise a window, so the window after a

@@ -4,7 +4,8 @@ exact command, so no figure in the docs stands without them.
     python bench/report.py [--only NAME ...] [--timeout 1800] [--out docs/benchmarks.md]
 ``--only`` (or BENCH=name,name) runs some benches and keeps the other sections as they were.
 bench/nab.py needs NAB's tree: NAB=DIR NAB_PYTHON=PY include it (NAB_DATA=DIR if NAB's data
-is not in shared/nab beside the clone); without them its section says how.
+is not in shared/nab beside the clone); without them its section says how. BENCH_BASE=DIR
+times DIR's stage 2 beside this tree's in bench/stage2.py (before and after, one run).
 Each bench runs in its own process, bounded by ``--timeout``; its stdout and stderr are kept
 verbatim. Not a test: nothing here asserts a speed.
 """
@@ -37,6 +38,8 @@ class Bench(NamedTuple):
 BENCHES = [
     Bench("replay", [], "the detection core (decode → alerts) against `orjson.loads` alone on "
           "the same lines; state bytes per (cohort, signal)"),
+    Bench("stage2", [], "stage 2 alone: (cohort, signal) window updates per second on one core, "
+          "dense and sparse (`BENCH_BASE=DIR`: against DIR's code too, in turns)"),
     Bench("stage1", [], "stage 1 in process, µs an event: decoding by key order, counting in C "
           "and in Python"),
     Bench("stage2_input", [], "what stage 1's flush hands stage 2, per partition or merged per "
@@ -106,6 +109,8 @@ def run(bench: Bench, timeout: float) -> str:
                            "NAB_PYTHON=/path/to/python make bench` (and `NAB_DATA=DIR` when "
                            "NAB's data is not in shared/nab beside the clone).\n")
         args = found
+    if bench.name == "stage2" and os.environ.get("BENCH_BASE"):
+        args = [*args, "--base", os.environ["BENCH_BASE"]]   # the before, in the same run
     cmd = ["python", f"bench/{bench.name}.py", *args]
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rev = commit()

@@ -139,3 +139,68 @@ def test_quiet_z_adds_nothing_to_an_idle_quantity_statistic(z: float, cap: float
     """The scorer skips peek_z on an idle statistic for |z| <= Z_QUIET: it must give nothing."""
     assert Cusum().peek_z(z, cap) == (0.0, 0.0)
     assert Cusum().peek_z(Z_QUIET + 1e-9, cap)[0] > 0.0   # ...and the bound is tight
+
+
+@given(st.lists(st.tuples(counts, st.integers(min_value=0, max_value=5000)), min_size=1,
+                max_size=80),
+       st.sampled_from([0.5, 0.1, 0.023, 0.00096]), st.integers(min_value=0, max_value=3))
+def test_update_pair_is_two_warm_ewmean_updates(windows: list[tuple[int, int]], ff: float,
+                                                 ahead: int) -> None:
+    """A rate's horizon learns its two sums in one frame (_update_pair, river's state reached
+    directly): the same totals and state as WarmEWMean.update on each, bit for bit, before,
+    across and after the hand-over, and when the two sums are out of step (``ahead``)."""
+    from baselines.rate import _update_pair
+    num, den, ref_num, ref_den = (WarmEWMean(ff) for _ in range(4))
+    for m in (den, ref_den):
+        for _ in range(ahead):
+            m.update(1.0)
+    for k, n in windows:
+        got = _update_pair((num, den), k, n)
+        want = (ref_num.update(k), ref_den.update(n))
+        assert got == want
+        assert (num.get(), num.total(), den.get(), den.total()) == (
+            ref_num.get(), ref_num.total(), ref_den.get(), ref_den.total())
+
+
+@given(st.lists(st.floats(min_value=-20, max_value=20), min_size=1, max_size=50),
+       st.floats(min_value=1.0, max_value=50.0))
+def test_dispersion_update_get_is_update_then_get(zs: list[float], cap: float) -> None:
+    d, ref = Dispersion(0.05, cap), Dispersion(0.05, cap)
+    for z in zs:
+        ref.update(z)
+        assert d.update_get(z) == ref.get()
+        assert (d._m1, d._m2) == (ref._m1, ref._m2)
+
+
+@given(st.lists(st.tuples(counts, st.integers(min_value=1, max_value=5000)), min_size=1,
+                max_size=60))
+def test_drift_score_reads_the_fast_denominator_as_get_does(windows: list[tuple[int, int]]
+                                                             ) -> None:
+    """drift_score reads the fast denominator's mean inline: it must be get()'s, so the
+    score is the one written with get() (before and after the hand-over)."""
+    b = RateBaseline(0.1, 0.01)
+    for k, n in windows:
+        num, den = b._fast
+        a = num.fading_factor
+        d = 1.0 - a
+        c = 1.0 + d
+        mu = (d * den.get() / a + n) * b.expected(True) * c
+        want = 0.0 if mu < 10.0 else poisson_score((d * num.get() / a + k) * c, mu) / b._sd
+        assert b.drift_score(k, n) == want
+        b.learn_one(min(k, n), n)
+
+
+@given(st.lists(st.tuples(counts, st.integers(min_value=1, max_value=5000), st.booleans()),
+                min_size=1, max_size=60))
+def test_reference_reads_the_fast_sums_as_total_does(windows: list[tuple[int, int, bool]]
+                                                      ) -> None:
+    """reference() reads the fast sums inline: the same as written with total()."""
+    b = RateBaseline(0.1, 0.01)
+    for k, n, slow in windows:
+        b.learn_one(min(k, n), n, slow=slow)
+        num, den = b._fast
+        tk, units = num.total(), den.total()
+        ps = b.expected(True)
+        up = max(ps, (tk - 2.0 * sqrt(tk)) / units if tk > 4.0 else 0.0)
+        down = min(ps, (tk + 2.0 * sqrt(tk) + 1.0) / units) if units > 0 else ps
+        assert (b.reference(), b.reference(up=False)) == (up, down)

@@ -12,9 +12,10 @@ windows still teach the baselines, with bounded influence, and an anomalous epis
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from math import expm1
-from typing import Any, NamedTuple
+from operator import itemgetter
+from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
@@ -53,6 +54,8 @@ class Decision(NamedTuple):
 
 
 _IDLE = Cusum()
+_ANOMALOUS: Final = itemgetter(5)   # Decision.anomalous
+_NEW: Final[Callable[..., Decision]] = tuple.__new__
 
 #: A version value is "known" (part of the baseline) once it has carried about three
 #: normal windows' worth of the cohort's traffic; newer values are rollback candidates.
@@ -292,7 +295,9 @@ class Scorer:
                 expected = expm1(expected) if log else expected
             else:
                 expected = b.expected(slow)
-            out.append(Decision(name, z, observed, expected, base_t, hit, events, ev, confirmed))
+            # (Decision(...) without NamedTuple's Python-level __new__: one per scored pair.)
+            out.append(_NEW(Decision, (name, z, observed, expected, base_t, hit, events, ev,
+                                       confirmed)))
         return out
 
     def _sequential(self, sig: Signal, b: Baseline, own: CohortModel, d: str, t: float,
@@ -451,7 +456,7 @@ class Scorer:
                 b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)
             else:
                 b.learn_one(n, w * self.size)
-        if not any(d.anomalous for d in decisions):
+        if not any(map(_ANOMALOUS, decisions)):
             own.learn_versions(p.versions, w)
         own.windows += 1
         return adopted
