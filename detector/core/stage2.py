@@ -61,6 +61,10 @@ class Stage2:
         self.next_window: int | None = None
         self.late_partials = 0
         self.windows_closed = 0
+        # Stage-2 load, for its spread over workers (bench/stream.py): cohort windows scored
+        # and (cohort, signal) pairs scored. Per process; not part of the saved state.
+        self.cohort_windows = 0
+        self.pairs_scored = 0
         # Optional sink of every scored (window, level, cohort, decision), e.g. replay's
         # --scores-out; None costs nothing on the hot path.
         self.on_decision: Callable[[int, int, tuple[str, ...], Decision], None] | None = None
@@ -145,8 +149,10 @@ class Stage2:
             self.scorer.rebaseline(parts[key], own)
             pk = self._parent(*key)
             parent = self.models.get(pk) if pk else None
-            decisions[key] = self.scorer.score(parts[key], own, parent,
-                                               firing.get(key, _NONE))
+            decisions[key] = ds = self.scorer.score(parts[key], own, parent,
+                                                    firing.get(key, _NONE))
+            self.pairs_scored += len(ds)
+        self.cohort_windows += len(parts)
         adopted: list[Key] = []
         for key, ds in decisions.items():
             for signal in self.scorer.learn(parts[key], self.models[key], ds):
