@@ -132,16 +132,18 @@ class Stage2:
             return None
         return level - 1, tuple(cohort[i] for i in self._up[level])
 
-    def _close(self, w: int) -> list[Alert]:
+    def _score_learn(self, w: int, firing: dict[tuple[int, tuple[str, ...]], set[str]]
+                     ) -> tuple[dict[tuple[int, tuple[str, ...]], list[Decision]], list[Key],
+                                dict[tuple[int, tuple[str, ...]], Partial]]:
+        """Window ``w``'s cohorts scored (with the signals firing on each) and learnt: their
+        decisions in cohort order, the adoptions in that order, and the partials."""
         parts = self.pending.pop(w, {})
         t0 = w * self.size
-        t1 = t0 + self.size
         # Silence is data for volume: a cohort that normally has traffic gets an empty window.
         for key, m in self.models.items():
             if key not in parts and m.expects_traffic(t0):
                 parts[key] = empty_partial(w, key[0], key[1], self.scorer.layout.size)
         decisions: dict[tuple[int, tuple[str, ...]], list[Decision]] = {}
-        firing = self._firing()
         for key in sorted(parts):
             own = self.models.get(key)
             if own is None:
@@ -161,6 +163,19 @@ class Stage2:
             for key, ds in decisions.items():
                 for d in ds:
                     self.on_decision(w, key[0], key[1], d)
+        return decisions, adopted, parts
+
+    def _close(self, w: int) -> list[Alert]:
+        decisions, adopted, parts = self._score_learn(w, self._firing())
+        return self._decide(w, decisions, adopted, parts)
+
+    def _decide(self, w: int, decisions: dict[tuple[int, tuple[str, ...]], list[Decision]],
+                adopted: list[Key], parts: dict[tuple[int, tuple[str, ...]], Partial]
+                ) -> list[Alert]:
+        """Grouping and the alert lifecycle for window ``w``'s decisions (only the anomalous
+        ones matter, besides a parent's own)."""
+        t0 = w * self.size
+        t1 = t0 + self.size
         reps = self._representatives(decisions)
         out: list[Alert] = []
         for a_key in adopted:
@@ -170,16 +185,25 @@ class Stage2:
                 out.append(a)
         touched: set[Key] = self.life.touch_hits(t0)
         for (key, signal), (d, persistence, grouped) in sorted(reps.items()):
-            p = parts[key]
-            sus = self._suspect(self.models[key], p.versions, w)
+            evidence, sus = self._context(key, d, w, parts)
             a = self.life.on_anomaly(key[0], key[1], d, persistence, (t0, t1),
-                                     self._evidence(p, d), sus, grouped)
+                                     evidence, sus, grouped)
             touched.add((signal, key[0], key[1]))
             if a:
                 out.append(a)
         out += self.life.close_window(touched)
         self.windows_closed += 1
         return out
+
+    def _context(self, key: tuple[int, tuple[str, ...]], d: Decision, w: int,
+                 parts: dict[tuple[int, tuple[str, ...]], Partial]
+                 ) -> tuple[list[str], dict[str, str | None] | None]:
+        """An alert's evidence trace ids and suspected change, from its cohort's partial."""
+        p = parts[key]
+        return self._evidence(p, d), self._suspect(self.models[key], p.versions, w)
+
+    def _persist(self, key: tuple[int, tuple[str, ...]], signal: str) -> int:
+        return self.models[key].persist.get(signal, 1)
 
     def _firing(self) -> dict[tuple[int, tuple[str, ...]], set[str]]:
         """Per cohort, the signals with an alert firing on it or on a cohort below it: a
@@ -203,7 +227,7 @@ class Stage2:
         for key, ds in decisions.items():
             for d in ds:
                 if d.anomalous:
-                    reps[(key, d.signal)] = (d, self.models[key].persist.get(d.signal, 1), 0)
+                    reps[(key, d.signal)] = (d, self._persist(key, d.signal), 0)
         for level in range(len(self.levels) - 1, 0, -1):
             kids: dict[tuple[tuple[int, tuple[str, ...]], str], list[tuple[Any, ...]]] = (
                 defaultdict(list))
