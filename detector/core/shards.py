@@ -103,10 +103,10 @@ class ShardedStage2(Stage2):
         coarse: tuple[dict[Cohort, list[Decision]], list[Key], dict[Cohort, Partial]] | None = None
         reports: list[Report] = []
         for i, sh in enumerate(self.shards):
-            decisions, adopted, parts = sh._score_learn(w, firing)
+            mine = sh._score_learn(w, firing)
             if coarse is None:   # every shard holds the same coarser cohorts: take the first's
-                coarse = decisions, adopted, parts
-            wire = _ENC.encode(self._report(sh, i, w, decisions, adopted, parts))
+                coarse = mine
+            wire = _ENC.encode(self._report(sh, i, w, *mine))
             self.report_bytes += len(wire)
             reports.append(_REPORT.decode(wire))
         assert coarse is not None
