@@ -1,0 +1,163 @@
+"""Per-core costs for the capacity model in docs/scaling.md (not a test).
+
+    python bench/capacity.py [--tenants 400] [--rate 100] [--hours 1] [--repeat 3]
+
+On clean simulated traffic (``detector simulate --scenario none``: every app, environment and
+tenant, all signals), in one process, CPU seconds (``time.process_time``) of:
+
+* stage 1 per event (decode, hard rules, counting into partials);
+* stage 2 per scored (cohort, signal) pair-window (merge, scoring, learning, grouping,
+  lifecycle), all windows of the run, warm-up included;
+* the changelog: bytes of every route key's state as the worker writes it (zlib'd msgpack)
+  per (cohort, signal) baseline, and the CPU of writing it (the worker rewrites every route key
+  of a partition when a window closes there);
+* a restore: loading the state back (what a worker that takes over a partition does after
+  reading the changelog), per 1,000 cohorts;
+* stage 2 split over 2 shards by the finest cohort (:mod:`detector.core.shards`): pairs per
+  shard and their spread (max/mean) on this traffic and on the same traffic as one app in one
+  environment, and the CPU of the split against one Stage2 (the replicated coarser cohorts).
+
+Figures are medians over ``--repeat`` rounds (CPU seconds: the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from detector.config import load_config  # noqa: E402
+from detector.core.shards import ShardedStage2  # noqa: E402
+from detector.core.snapshot import dump_route, load_route, routes  # noqa: E402
+from detector.core.stage1 import Stage1  # noqa: E402
+from detector.core.stage2 import Stage2  # noqa: E402
+from detector.lab.simulate import simulate  # noqa: E402
+
+BLOCK = 4096
+
+
+def traffic(tenants: int, rate: float, hours: float) -> list[bytes]:
+    with tempfile.TemporaryDirectory() as d:
+        simulate(Path(d), hours=hours, seed=3, rate=rate, tenants=tenants, scenarios=[])
+        return (Path(d) / "traces.jsonl").read_bytes().splitlines()
+
+
+def one_app(lines: list[bytes]) -> list[bytes]:
+    """The same events, all from one app in production (one root cohort)."""
+    out = []
+    for line in lines:
+        try:
+            e = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            out.append(line)   # the simulator's malformed lines stay malformed
+            continue
+        if isinstance(e, dict):
+            e["app"], e["environment"] = "support-agent", "production"
+        out.append(orjson.dumps(e))
+    return out
+
+
+class Run:
+    """Stage 1 then stage 2 over the lines, each timed apart."""
+
+    def __init__(self, lines: list[bytes], make: Callable[[], Stage2]) -> None:
+        cfg = load_config(None, env=False)
+        s1, s2 = Stage1(cfg), make()
+        self.s1_cpu = self.s2_cpu = 0.0
+        self.events = 0
+        for i in range(0, len(lines), BLOCK):
+            t = time.process_time()
+            out = s1.feed_many(lines[i:i + BLOCK])
+            wm = s1.wm
+            parts = s1.drain() if wm.due() else []
+            t2 = time.process_time()
+            self.s1_cpu += t2 - t
+            self.events += out.decoded
+            for p in parts:
+                s2.add_partial(p)
+            s2.apply(sorted(out.hits, key=lambda h: h.ts), wm.closed if parts else None)
+            self.s2_cpu += time.process_time() - t2
+        self.stage2 = s2
+
+
+def state_figures(s2: Stage2) -> tuple[int, int, int, float, float]:
+    """(cohorts, pairs, changelog bytes, CPU s to write it all, CPU s to load it all)."""
+    cohorts = len(s2.models)
+    pairs = sum(len(m.baselines) for m in s2.models.values())
+    t = time.process_time()
+    docs = [dump_route(s2, r) for r in sorted(routes(s2))]
+    dump = time.process_time() - t
+    fresh = Stage2(s2.config)
+    t = time.process_time()
+    for d in docs:
+        load_route(fresh, d)
+    load = time.process_time() - t
+    assert len(fresh.models) == cohorts
+    return cohorts, pairs, sum(map(len, docs)), dump, load
+
+
+def spread(xs: list[int]) -> float:
+    return max(xs) / (sum(xs) / len(xs))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--tenants", type=int, default=400)
+    ap.add_argument("--rate", type=float, default=100.0, help="events/s of the simulation")
+    ap.add_argument("--hours", type=float, default=1.0)
+    ap.add_argument("--repeat", type=int, default=3)
+    args = ap.parse_args()
+    lines = traffic(args.tenants, args.rate, args.hours)
+    single = one_app(lines)
+    print(f"simulate --scenario none --tenants {args.tenants} --rate {args.rate:g} --hours "
+          f"{args.hours:g}: {len(lines):,} lines", flush=True)
+    s1_us, s2_us, b_pair, dump_us, load_ms, ratio = [], [], [], [], [], []
+    sp: dict[str, list[float]] = {"apps": [], "one-app": []}
+    for i in range(args.repeat):
+        one = Run(lines, lambda: Stage2(load_config(None, env=False)))
+        s2 = one.stage2
+        cohorts, pairs, nbytes, dump, load = state_figures(s2)
+        s1_us.append(one.s1_cpu / one.events * 1e6)
+        s2_us.append(one.s2_cpu / s2.pairs_scored * 1e6)
+        b_pair.append(nbytes / pairs)
+        dump_us.append(dump / pairs * 1e6)
+        load_ms.append(load / cohorts * 1000 * 1000)
+        for name, src in (("apps", lines), ("one-app", single)):
+            sh = Run(src, lambda: ShardedStage2(load_config(None, env=False), 2)).stage2
+            assert isinstance(sh, ShardedStage2)
+            sp[name].append(spread([x.pairs_scored for x in sh.shards]))
+            if name == "apps":
+                sharded = Run(lines, lambda: ShardedStage2(load_config(None, env=False), 2))
+                ratio.append(sharded.s2_cpu / one.s2_cpu)
+        print(f"round {i + 1}: {one.events:,} events, {len(s2.models):,} cohorts "
+              f"({cohorts:,}), {s2.pairs_scored:,} pair-windows scored, {pairs:,} pairs held; "
+              f"stage 1 {s1_us[-1]:.2f} us/event, stage 2 {s2_us[-1]:.1f} us/pair-window, "
+              f"changelog {b_pair[-1]:.0f} B/pair (all {nbytes / 1e6:.2f} MB), write "
+              f"{dump_us[-1]:.1f} us/pair, restore {load_ms[-1]:.0f} ms/1,000 cohorts; "
+              f"2 shards: pairs spread {sp['apps'][-1]:.2f} (one app {sp['one-app'][-1]:.2f}), "
+              f"stage-2 CPU {ratio[-1]:.2f}x one Stage2", flush=True)
+
+    def med(xs: list[float]) -> str:
+        return f"{statistics.median(xs):.3g} (rounds {', '.join(f'{x:.3g}' for x in xs)})"
+
+    print(f"stage 1, CPU us per event: {med(s1_us)}")
+    print(f"stage 2, CPU us per scored pair-window: {med(s2_us)}")
+    print(f"changelog, bytes per (cohort, signal) pair: {med(b_pair)}")
+    print(f"changelog write, CPU us per pair: {med(dump_us)}")
+    print(f"restore, CPU ms per 1,000 cohorts: {med(load_ms)}")
+    print(f"2 shards by finest cohort, pairs spread (max/mean): {med(sp['apps'])}; one app in "
+          f"one environment: {med(sp['one-app'])}; stage-2 CPU against one Stage2: {med(ratio)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
