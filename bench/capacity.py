@@ -17,6 +17,10 @@ tenant, all signals), in one process, CPU seconds (``time.process_time``) of:
   shard and their spread (max/mean) on this traffic and on the same traffic as one app in one
   environment, and the CPU of the split against one Stage2 (the replicated coarser cohorts).
 
+The check: the same costs measured on ``bench/stream.py``'s traffic (its events, 200,000 of
+them here), as worker CPU per million events, to set beside what ``bench/stream.py`` measured
+through the broker; the difference is the Kafka edge (fetching, flushing, the Faust agent).
+
 Figures are medians over ``--repeat`` rounds (CPU seconds: the machine is shared).
 """
 
@@ -105,6 +109,35 @@ def state_figures(s2: Stage2) -> tuple[int, int, int, float, float]:
     return cohorts, pairs, sum(map(len, docs)), dump, load
 
 
+def check(n: int) -> tuple[float, float, float]:
+    """bench/stream.py's events in process: CPU s per million events of stage 1, stage 2 and
+    the changelog writes (every route key at each window close, as the worker does live)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import stream  # the bench's traffic generator
+
+    evs = stream.events(n) + stream.closers(n)
+    cfg = load_config(None, env=False)
+    s1, s2 = Stage1(cfg), Stage2(cfg)
+    c1 = c2 = cw = 0.0
+    for i in range(0, len(evs), BLOCK):
+        t = time.process_time()
+        out = s1.feed_many(evs[i:i + BLOCK])
+        parts = s1.drain() if s1.wm.due() else []
+        t2 = time.process_time()
+        c1 += t2 - t
+        before = s2.windows_closed
+        for p in parts:
+            s2.add_partial(p)
+        s2.apply(sorted(out.hits, key=lambda h: h.ts), s1.wm.closed if parts else None)
+        t3 = time.process_time()
+        c2 += t3 - t2
+        if s2.windows_closed != before:
+            for r in routes(s2):
+                dump_route(s2, r)
+        cw += time.process_time() - t3
+    return c1 / n * 1e6, c2 / n * 1e6, cw / n * 1e6
+
+
 def spread(xs: list[int]) -> float:
     return max(xs) / (sum(xs) / len(xs))
 
@@ -122,6 +155,7 @@ def main() -> int:
           f"{args.hours:g}: {len(lines):,} lines", flush=True)
     s1_us, s2_us, b_pair, dump_us, load_ms, ratio = [], [], [], [], [], []
     sp: dict[str, list[float]] = {"apps": [], "one-app": []}
+    chk: list[tuple[float, float, float]] = []
     for i in range(args.repeat):
         one = Run(lines, lambda: Stage2(load_config(None, env=False)))
         s2 = one.stage2
@@ -138,6 +172,10 @@ def main() -> int:
             if name == "apps":
                 sharded = Run(lines, lambda: ShardedStage2(load_config(None, env=False), 2))
                 ratio.append(sharded.s2_cpu / one.s2_cpu)
+        chk.append(check(200_000))
+        print(f"round {i + 1}: bench/stream.py's traffic in process: stage 1 {chk[-1][0]:.2f}, "
+              f"stage 2 {chk[-1][1]:.2f}, changelog writes {chk[-1][2]:.2f} CPU s per million "
+              f"events", flush=True)
         print(f"round {i + 1}: {one.events:,} events, {len(s2.models):,} cohorts "
               f"({cohorts:,}), {s2.pairs_scored:,} pair-windows scored, {pairs:,} pairs held; "
               f"stage 1 {s1_us[-1]:.2f} us/event, stage 2 {s2_us[-1]:.1f} us/pair-window, "
@@ -154,6 +192,9 @@ def main() -> int:
     print(f"changelog, bytes per (cohort, signal) pair: {med(b_pair)}")
     print(f"changelog write, CPU us per pair: {med(dump_us)}")
     print(f"restore, CPU ms per 1,000 cohorts: {med(load_ms)}")
+    print("bench/stream.py's traffic in process, CPU s per million events: stage 1 "
+          f"{med([c[0] for c in chk])}, stage 2 {med([c[1] for c in chk])}, changelog writes "
+          f"{med([c[2] for c in chk])}")
     print(f"2 shards by finest cohort, pairs spread (max/mean): {med(sp['apps'])}; one app in "
           f"one environment: {med(sp['one-app'])}; stage-2 CPU against one Stage2: {med(ratio)}")
     return 0
