@@ -11,7 +11,9 @@ tenant, all signals), in one process, CPU seconds (``time.process_time``) of:
 * the changelog: bytes of every route key's state as the worker writes it (zlib'd msgpack)
   per (cohort, signal) baseline, and the CPU of writing it (the worker rewrites every route key
   of a partition when a window closes there);
-* the stage-2 topic: bytes of a (window, cohort) partial as stage 1 sends it (msgpack);
+* the stage-2 topic: bytes of a (window, cohort) partial as stage 1 sends it (msgpack), and
+  stage 2's CPU to decode and merge one (the stream merges one per flush per worker that saw
+  the cohort, not one per window);
 * a restore: loading the state back (what a worker that takes over a partition does after
   reading the changelog), per 1,000 cohorts;
 * stage 2 split over 2 shards by the finest cohort (:mod:`detector.core.shards`): pairs per
@@ -41,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from detector.config import load_config  # noqa: E402
-from detector.core.partials import encode  # noqa: E402
+from detector.core.partials import decode_partial, encode, merge_keyed  # noqa: E402
 from detector.core.shards import ShardedStage2  # noqa: E402
 from detector.core.snapshot import dump_route, load_route, routes  # noqa: E402
 from detector.core.stage1 import Stage1  # noqa: E402
@@ -81,6 +83,7 @@ class Run:
         self.s1_cpu = self.s2_cpu = 0.0
         self.events = 0
         self.partials = self.partial_bytes = 0
+        self.wire: list[bytes] = []
         for i in range(0, len(lines), BLOCK):
             t = time.process_time()
             out = s1.feed_many(lines[i:i + BLOCK])
@@ -90,12 +93,26 @@ class Run:
             self.s1_cpu += t2 - t
             self.events += out.decoded
             self.partials += len(parts)
-            self.partial_bytes += sum(len(encode(p)) for p in parts)
+            wire = [encode(p) for p in parts]
+            self.partial_bytes += sum(map(len, wire))
+            self.wire += wire[:20_000 - len(self.wire)]
             for p in parts:
                 s2.add_partial(p)
             s2.apply(sorted(out.hits, key=lambda h: h.ts), wm.closed if parts else None)
             self.s2_cpu += time.process_time() - t2
         self.stage2 = s2
+
+
+def merge_us(wire: list[bytes]) -> float:
+    """CPU us to decode one partial and merge it into a window's (twice over: the second
+    merge finds its key, as a later flush's partial of the same cohort does)."""
+    acc: dict[tuple[int, int, tuple[str, ...]], object] = {}
+    t = time.process_time()
+    for _ in range(2):
+        for b in wire:
+            p = decode_partial(b)
+            merge_keyed(acc, (p.window, p.level, p.cohort), p, 20)  # type: ignore[arg-type]
+    return (time.process_time() - t) / (2 * len(wire)) * 1e6
 
 
 def state_figures(s2: Stage2) -> tuple[int, int, int, float, float]:
@@ -159,6 +176,7 @@ def main() -> int:
     print(f"simulate --scenario none --tenants {args.tenants} --rate {args.rate:g} --hours "
           f"{args.hours:g}: {len(lines):,} lines", flush=True)
     pb: list[float] = []
+    mu: list[float] = []
     s1_us, s2_us, b_pair, dump_us, load_ms, ratio = [], [], [], [], [], []
     sp: dict[str, list[float]] = {"apps": [], "one-app": []}
     chk: list[tuple[float, float, float]] = []
@@ -167,6 +185,7 @@ def main() -> int:
         s2 = one.stage2
         cohorts, pairs, nbytes, dump, load = state_figures(s2)
         pb.append(one.partial_bytes / one.partials)
+        mu.append(merge_us(one.wire))
         s1_us.append(one.s1_cpu / one.events * 1e6)
         s2_us.append(one.s2_cpu / s2.pairs_scored * 1e6)
         b_pair.append(nbytes / pairs)
@@ -185,7 +204,8 @@ def main() -> int:
               f"events", flush=True)
         print(f"round {i + 1}: {one.events:,} events, {len(s2.models):,} cohorts "
               f"({cohorts:,}), {s2.pairs_scored:,} pair-windows scored, {pairs:,} pairs held; "
-              f"stage 1 {s1_us[-1]:.2f} us/event, partial {pb[-1]:.0f} B, "
+              f"stage 1 {s1_us[-1]:.2f} us/event, partial {pb[-1]:.0f} B merged in "
+              f"{mu[-1]:.1f} us, "
               f"stage 2 {s2_us[-1]:.1f} us/pair-window, "
               f"changelog {b_pair[-1]:.0f} B/pair (all {nbytes / 1e6:.2f} MB), write "
               f"{dump_us[-1]:.1f} us/pair, restore {load_ms[-1]:.0f} ms/1,000 cohorts; "
@@ -197,7 +217,8 @@ def main() -> int:
 
     print(f"stage 1, CPU us per event: {med(s1_us)}")
     print(f"stage 2, CPU us per scored pair-window: {med(s2_us)}")
-    print(f"stage-2 topic, bytes per (window, cohort) partial: {med(pb)}")
+    print(f"stage-2 topic, bytes per (window, cohort) partial: {med(pb)}; decoded and merged "
+          f"in {med(mu)} CPU us")
     print(f"changelog, bytes per (cohort, signal) pair: {med(b_pair)}")
     print(f"changelog write, CPU us per pair: {med(dump_us)}")
     print(f"restore, CPU ms per 1,000 cohorts: {med(load_ms)}")
