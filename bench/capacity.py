@@ -24,6 +24,9 @@ The check: the same costs measured on ``bench/stream.py``'s traffic (its events,
 them here), as worker CPU per million events, to set beside what ``bench/stream.py`` measured
 through the broker; the difference is the Kafka edge (fetching, flushing, the Faust agent).
 
+``--spread-only`` prints just the 2-shard spreads (counts, the same every run), on the
+simulated traffic and on ``bench/stream.py``'s own (1 M events, 4 apps and one app).
+
 Figures are medians over ``--repeat`` rounds (CPU seconds: the machine is shared).
 """
 
@@ -160,6 +163,22 @@ def check(n: int) -> tuple[float, float, float]:
     return c1 / n * 1e6, c2 / n * 1e6, cw / n * 1e6
 
 
+def stream_spreads() -> None:
+    """The 2-shard spread on bench/stream.py's traffic, 4 apps and one app."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    import stream
+
+    n = 1_000_000
+    for kind in ("apps", "one-app"):
+        evs = stream.events(n, traffic=kind) + stream.closers(n)
+        sh = Run(evs, lambda: ShardedStage2(load_config(None, env=False), 2)).stage2
+        assert isinstance(sh, ShardedStage2)
+        xs = [x.pairs_scored for x in sh.shards]
+        print(f"bench/stream.py's traffic ({kind}), 2 shards by finest cohort: pairs "
+              f"{', '.join(f'{x:,}' for x in xs)}, spread (max/mean) {spread(xs):.2f}",
+              flush=True)
+
+
 def spread(xs: list[int]) -> float:
     return max(xs) / (sum(xs) / len(xs))
 
@@ -170,6 +189,8 @@ def main() -> int:
     ap.add_argument("--rate", type=float, default=100.0, help="events/s of the simulation")
     ap.add_argument("--hours", type=float, default=1.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--spread-only", action="store_true",
+                    help="only the 2-shard spreads (simulated and bench/stream.py traffic)")
     args = ap.parse_args()
     lines = traffic(args.tenants, args.rate, args.hours)
     single = one_app(lines)
@@ -177,6 +198,15 @@ def main() -> int:
           f"{args.hours:g}: {len(lines):,} lines", flush=True)
     pb: list[float] = []
     mu: list[float] = []
+    if args.spread_only:
+        for name, src in (("simulated", lines), ("simulated as one app", single)):
+            sh = Run(src, lambda: ShardedStage2(load_config(None, env=False), 2)).stage2
+            assert isinstance(sh, ShardedStage2)
+            xs = [x.pairs_scored for x in sh.shards]
+            print(f"{name}, 2 shards by finest cohort: pairs {', '.join(f'{x:,}' for x in xs)}"
+                  f", spread (max/mean) {spread(xs):.2f}", flush=True)
+        stream_spreads()
+        return 0
     s1_us, s2_us, b_pair, dump_us, load_ms, ratio = [], [], [], [], [], []
     sp: dict[str, list[float]] = {"apps": [], "one-app": []}
     chk: list[tuple[float, float, float]] = []
