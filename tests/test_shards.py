@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import msgspec
+import orjson
 import pytest
 
 from detector.config import load_config
@@ -46,3 +47,40 @@ def test_sharded_stage2_gives_the_same_alerts(traffic: list[bytes], shards: int)
     assert len(owners) > 1
     assert got == want
     assert all(sh.pairs_scored for sh in s2.shards)
+
+
+def test_one_app_groups_children_of_different_shards(traffic: list[bytes]) -> None:
+    """Every tenant under one app in one environment: one root cohort, so every parent alert
+    groups children that the shards own apart, and the split still gives the same alerts."""
+    one = []
+    for line in traffic:
+        try:
+            e = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            one.append(line)
+            continue
+        if isinstance(e, dict):
+            e["app"], e["environment"] = "support-agent", "production"
+        one.append(orjson.dumps(e))
+    want, _ = _alerts(one, 1)
+    got, pipe = _alerts(one, 2)
+    grouped = [a for a in map(msgspec.json.decode, want) if a.get("grouped_cohorts")]
+    assert grouped
+    assert got == want
+    s2 = pipe.stage2
+    assert isinstance(s2, ShardedStage2)
+    pairs = [sh.pairs_scored for sh in s2.shards]
+    assert min(pairs) > 0.5 * max(pairs)   # one root cohort, and still both shards score
+
+
+def test_a_quiet_window_reports_nothing(traffic: list[bytes]) -> None:
+    """What crosses between shards grows with anomalies, not with cohorts: clean windows
+    send an empty report (a few bytes)."""
+    pipe = Pipeline(load_config(None, env=False), shards=2)
+    s2 = pipe.stage2
+    assert isinstance(s2, ShardedStage2)
+    for i in range(0, len(traffic) // 4, 4096):   # the first hour: warm-up, no incident yet
+        pipe.feed_many(traffic[i:i + 4096])
+    assert s2.windows_closed > 20
+    # Two reports a window (one per shard), each a window number, a shard and two empty lists.
+    assert 0 < s2.report_bytes <= 16 * 2 * s2.windows_closed
