@@ -53,9 +53,13 @@ BENCHES = [
           "worker → Alertmanager API (bench/paging.py's measurement, so that is not run twice)"),
     Bench("tansu", [], "the embedded broker's fetch wait and group-join behaviour"),
     Bench("shutdown", [], "SIGTERM → exit of `detector run` and of `detector demo`"),
-    Bench("stream", ["--repeat", "1"], "one worker against raw aiokafka + orjson, two workers "
-          "against one, on the embedded broker (one round; the default 3 take three times as "
-          "long)"),
+    Bench("stream", ["--repeat", "1", "--traffic", "apps", "--traffic", "one-app"],
+          "one worker against raw aiokafka + orjson, two workers against one, on the embedded "
+          "broker, with stage 2's load per worker and CPU per million events, on 4 apps and on "
+          "one app in one environment (one round; the default 3 take three times as long)"),
+    Bench("capacity", ["--repeat", "1", "--tenants", "200", "--rate", "50"],
+          "per-core costs for docs/scaling.md's capacity model, and stage 2's spread over 2 "
+          "shards by the finest cohort (one round of 200 tenants at 50 events/s)"),
     Bench("fetch_memory", ["--repeat", "1"], "one worker's peak RSS and speed per "
               "`kafka.fetch_max_bytes` on compressed batches (one round; `--before DIR` "
               "compares with other code)"),

@@ -19,6 +19,14 @@ Each round also times a CPU-bound Python loop in one process and in two at once:
 machine gives two busy processes against one at that moment, the ceiling of the two-worker
 ratio here before the broker takes its share of the same 2 cores.
 
+Stage 2's load per worker is read from each worker's ``stage2_load`` log lines: cohort
+windows and (cohort, signal) pairs scored, and their spread over the workers (the busiest
+worker's share against the mean: 1.0 is even). ``--traffic one-app`` sends the same events from
+a single app in a single environment (one root cohort: the case stage 2 keyed by root cohort
+cannot spread). CPU seconds per million events are the workers' own (user + system), with one
+and with two workers, and their ratio within a round: the scale-out cost this machine can
+measure even where two workers share 2 cores with the broker.
+
 It runs ``--repeat`` rounds of raw, one worker, two workers, back to back; figures are medians
 over the rounds, and ratios are medians of the ratios within a round: this shared machine's
 speed drifts from minute to minute, and one 10 s run can be 30 % off.
@@ -68,18 +76,24 @@ def end_ts(n: int) -> float:
     return 1_767_571_200.0 + WINDOW * (n // RATE // WINDOW + 1)
 
 
-def events(n: int, rate: float = RATE) -> list[bytes]:
-    """Model calls from 48 cohorts; in the last window, tenant t00 refuses 60 % of requests."""
+APPS = {"apps": ["support-agent", "coding-assistant", "sales-copilot", "payments-agent"],
+        "one-app": ["support-agent"]}
+
+
+def events(n: int, rate: float = RATE, traffic: str = "apps") -> list[bytes]:
+    """Model calls from 12 tenants, under 4 apps (``apps``: one app per tenant) or all under
+    one (``one-app``), in production; in the last window tenant t00 refuses 60 % of
+    requests."""
     t0 = end_ts(n) - n / rate
     rnd = random.Random(1)
-    apps = ["support-agent", "coding-assistant", "sales-copilot", "payments-agent"]
+    apps = APPS[traffic]
     spike_from = n - int(WINDOW * rate)
     out = []
     for i in range(n):
         refusal = rnd.random() < (0.6 if i >= spike_from and i % 12 == 0 else 0.02)
         out.append(orjson.dumps({
             "ts": t0 + i / rate, "operation": "chat", "trace_id": f"{rnd.getrandbits(128):032x}",
-            "tenant": f"t{i % 12:02d}", "app": apps[i % 4], "environment": "production",
+            "tenant": f"t{i % 12:02d}", "app": apps[i % len(apps)], "environment": "production",
             "model": "m-large", "model_version": "2026-05-01", "prompt_version": "v42",
             "policy_version": "p7", "input_tokens": rnd.randint(10, 2000),
             "output_tokens": rnd.randint(10, 800), "latency_ms": round(rnd.random() * 900, 1),
@@ -186,6 +200,38 @@ def hwm_kb(pid: int) -> int:
     return 0
 
 
+class Load(NamedTuple):
+    """One worker's stage-2 work in a run."""
+
+    windows_closed: int     # window closes, summed over its stage-2 partitions
+    cohort_windows: int     # cohort windows scored
+    pairs_scored: int       # (cohort, signal) pairs scored
+
+
+def stage2_load(w: WorkerProc) -> Load:
+    """Sum of the worker's stage-2 partitions' last totals; a partition it lost and got back
+    starts again from zero, so each run of its totals counts once."""
+    done: dict[int, list[int]] = {}
+    last: dict[int, list[int]] = {}
+    for e in w.events("stage2_load"):
+        q = e["partition"]
+        now = [e["windows_closed"], e["cohort_windows"], e["pairs_scored"]]
+        prev = last.get(q)
+        if prev is not None and now[0] < prev[0]:   # a fresh state object: bank the old one
+            done[q] = [a + b for a, b in zip(done.get(q, [0, 0, 0]), prev, strict=True)]
+        last[q] = now
+    tot = [0, 0, 0]
+    for d in (done, last):
+        for v in d.values():
+            tot = [a + b for a, b in zip(tot, v, strict=True)]
+    return Load(*tot)
+
+
+def spread(xs: list[int]) -> float:
+    """The busiest's share against the mean (1.0: even)."""
+    return max(xs) / (sum(xs) / len(xs)) if sum(xs) else float("nan")
+
+
 class Run(NamedTuple):
     seconds: float          # from the first assignment until the last window's alerts were out
     committed: float        # ... until stage 1 had committed everything (checked each second)
@@ -193,6 +239,7 @@ class Run(NamedTuple):
     worker_cpu: float       # CPU seconds the workers used in that time, all together
     broker_cpu: float       # ... and the broker
     spread: float           # seconds between the first and the last worker's partitions
+    load: list[Load]        # stage-2 work per worker
 
 
 def assigned_spread(ws: list[WorkerProc]) -> float:
@@ -239,9 +286,13 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
                     t_committed = time.perf_counter() - t0
             if expected <= {(a["id"], a["status"]) for a in reader.poll(0.5)}:
                 dt = time.perf_counter() - t0
-                return Run(dt, t_committed or dt, [hwm_kb(w.pid) for w in ws],
-                           sum(cpu_s(w.pid) - c for w, c in zip(ws, workers_cpu0, strict=True)),
-                           cpu_s(broker_pid) - broker_cpu0, assigned_spread(ws))
+                cpu = sum(cpu_s(w.pid) - c for w, c in zip(ws, workers_cpu0, strict=True))
+                bcpu = cpu_s(broker_pid) - broker_cpu0
+                rss = [hwm_kb(w.pid) for w in ws]
+                # Every window is closed (its alerts are out); the last log lines say so.
+                time.sleep(0.5)
+                return Run(dt, t_committed or dt, rss, cpu, bcpu, assigned_spread(ws),
+                           [stage2_load(w) for w in ws])
         raise SystemExit(f"{group}: the last window's alerts did not come out in time; "
                          f"see {ws[0].log_path}")
     finally:
@@ -279,10 +330,69 @@ def report(tag: str, n: int, raws: list[float], runs: dict[int, list[Run]],
             vs_one = statistics.median(y.seconds / x.seconds
                                        for x, y in zip(rs, runs[1], strict=True))
             line += f"; vs 1 worker {vs_one:.2f}x (median of the rounds)"
+        per_m = [x.worker_cpu / n * 1e6 for x in rs]
+        line += (f"; worker CPU {statistics.median(per_m):.1f} s per million events (median of "
+                 f"{', '.join(f'{c:.1f}' for c in per_m)})")
+        if k != 1 and 1 in runs:
+            cpu_vs = [x.worker_cpu / y.worker_cpu for x, y in zip(rs, runs[1], strict=True)]
+            line += (f", {statistics.median(cpu_vs):.2f}x one worker's (median of "
+                     f"{', '.join(f'{c:.2f}' for c in cpu_vs)})")
+        loads = [f"{ld.cohort_windows:,} cohort windows / {ld.pairs_scored:,} pairs"
+                 for ld in med.load]
+        line += f"; stage 2 per worker: {'; '.join(loads)}"
+        if k > 1:
+            sp = [spread([ld.pairs_scored for ld in x.load]) for x in rs]
+            spw = [spread([ld.cohort_windows for ld in x.load]) for x in rs]
+            line += (f"; spread (max/mean) of pairs scored {statistics.median(sp):.2f} "
+                     f"(rounds {', '.join(f'{v:.2f}' for v in sp)}), of cohort windows "
+                     f"{statistics.median(spw):.2f}")
         print(f"{line}; peak RSS {', '.join(f'{m / 1024:.0f} MiB' for m in med.rss_kb)}; "
               f"CPU in that run: workers {med.worker_cpu:.1f} s, broker {med.broker_cpu:.1f} s "
               f"({(med.worker_cpu + med.broker_cpu) / med.seconds:.2f} of {os.cpu_count()} "
               f"cores)", flush=True)
+
+
+def measure(b: Tansu, tmp: Path, traffic: str, args: argparse.Namespace) -> None:
+    """Every shape's rounds on one kind of traffic."""
+    n = args.events
+    evs = events(n, traffic=traffic)
+    expected = expected_alerts(evs + closers(n))
+    spike = [i for i, s in expected if s == "firing"]
+    print(f"[{traffic}] the in-process pipeline gives {len(expected)} alert emissions "
+          f"({len(spike)} firing) for these events", flush=True)
+    if not spike:
+        raise SystemExit("no alert from the last window's spike: nothing to wait for")
+    for shape in args.shape or ("single", "batch100"):
+        tag = shape if traffic == "apps" else f"{shape}-{traffic}"
+        topic = f"traces-{tag}"
+        b.create_topics([topic], P)
+        msgs = messages(shape, evs)   # built one shape at a time: 1 M events is ~0.5 GB
+        t = time.perf_counter()
+        asyncio.run(produce(b.bootstrap, topic, msgs, partitions=P,
+                            compression_type=args.compression))
+        print(f"[{tag}] produced {n:,} events in {len(msgs):,} messages "
+              f"({sum(map(len, msgs)) / 1e6:,.0f} MB, compression {args.compression}): "
+              f"{n / (time.perf_counter() - t):,.0f} events/s", flush=True)
+        del msgs
+        # Rounds of raw, 1 worker, 2 workers: what is compared runs minutes, not tens of
+        # minutes, apart.
+        raws: list[float] = []
+        cores: list[float] = []
+        runs: dict[int, list[Run]] = {k: [] for k in args.workers or (1, 2)}
+        for i in range(args.repeat):
+            cores.append(two_cores())
+            raws.append(asyncio.run(raw(b.bootstrap, topic, n + P)))
+            for k, rs in runs.items():
+                rs.append(through_workers(b, tmp, topic, k, tag, expected))
+            print(f"[{tag}] round {i + 1}: two cores {cores[-1]:.2f}x one, "
+                  f"raw {raws[-1]:,.0f} events/s, " + ", ".join(
+                f"{k} worker(s) {n / rs[-1].seconds:,.0f}"
+                + (f" (assigned {rs[-1].spread:.2f} s apart, pairs spread "
+                   f"{spread([ld.pairs_scored for ld in rs[-1].load]):.2f}, CPU "
+                   f"{rs[-1].worker_cpu / runs[1][-1].worker_cpu:.2f}x one worker's)"
+                   if k > 1 and 1 in runs else "")
+                for k, rs in runs.items()), flush=True)
+        report(tag, n, raws, runs, cores)
 
 
 def main() -> int:
@@ -293,46 +403,16 @@ def main() -> int:
                     help="measure only this message shape (repeatable; default: both)")
     ap.add_argument("--workers", type=int, choices=(1, 2), action="append",
                     help="measure only with this many workers (repeatable; default: 1 and 2)")
+    ap.add_argument("--traffic", choices=tuple(APPS), action="append",
+                    help="apps: 12 tenants under 4 apps; one-app: the same tenants under one "
+                         "app in one environment (repeatable; default: apps)")
     ap.add_argument("--compression", choices=("gzip", "snappy", "lz4", "zstd"),
                     help="the producer compresses the traces with this codec (default: none)")
     args = ap.parse_args()
-    n = args.events
-    evs = events(n)
-    expected = expected_alerts(evs + closers(n))
-    spike = [i for i, s in expected if s == "firing"]
-    print(f"the in-process pipeline gives {len(expected)} alert emissions "
-          f"({len(spike)} firing) for these events", flush=True)
-    if not spike:
-        raise SystemExit("no alert from the last window's spike: nothing to wait for")
     tmp = Path(tempfile.mkdtemp(prefix="bench-stream-"))
     with Tansu(log_dir=tmp) as b:
-        for tag in args.shape or ("single", "batch100"):
-            topic = f"traces-{tag}"
-            b.create_topics([topic], P)
-            msgs = messages(tag, evs)   # built one shape at a time: 1 M events is ~0.5 GB
-            t = time.perf_counter()
-            asyncio.run(produce(b.bootstrap, topic, msgs, partitions=P,
-                                compression_type=args.compression))
-            print(f"[{tag}] produced {n:,} events in {len(msgs):,} messages "
-                  f"({sum(map(len, msgs)) / 1e6:,.0f} MB, compression {args.compression}): "
-                  f"{n / (time.perf_counter() - t):,.0f} events/s", flush=True)
-            del msgs
-            # Rounds of raw, 1 worker, 2 workers: what is compared runs minutes, not tens of
-            # minutes, apart.
-            raws: list[float] = []
-            cores: list[float] = []
-            runs: dict[int, list[Run]] = {k: [] for k in args.workers or (1, 2)}
-            for i in range(args.repeat):
-                cores.append(two_cores())
-                raws.append(asyncio.run(raw(b.bootstrap, topic, n + P)))
-                for k, rs in runs.items():
-                    rs.append(through_workers(b, tmp, topic, k, tag, expected))
-                print(f"[{tag}] round {i + 1}: two cores {cores[-1]:.2f}x one, "
-                      f"raw {raws[-1]:,.0f} events/s, " + ", ".join(
-                    f"{k} worker(s) {n / rs[-1].seconds:,.0f}"
-                    + (f" (assigned {rs[-1].spread:.2f} s apart)" if k > 1 else "")
-                    for k, rs in runs.items()), flush=True)
-            report(tag, n, raws, runs, cores)
+        for traffic in args.traffic or ("apps",):
+            measure(b, tmp, traffic, args)
     return 0
 
 

@@ -13,6 +13,7 @@ from detector.config import Config
 from detector.core.alert import Alert
 from detector.core.events import Rejection
 from detector.core.otlp import Decoder
+from detector.core.shards import ShardedStage2
 from detector.core.stage1 import Stage1
 from detector.core.stage2 import Stage2
 
@@ -24,9 +25,10 @@ _TS: Final = attrgetter("ts")
 class Pipeline:
     """Stage 1 and stage 2 in one process: bytes in, alerts out."""
 
-    def __init__(self, config: Config, decoder: Decoder | None = None) -> None:
+    def __init__(self, config: Config, decoder: Decoder | None = None, shards: int = 1) -> None:
         self.stage1 = Stage1(config, decoder=decoder)
-        self.stage2 = Stage2(config)
+        # More than one shard: stage 2 split by the finest cohort (the same alerts).
+        self.stage2 = Stage2(config) if shards == 1 else ShardedStage2(config, shards)
         self.rejects: list[Rejection] = []
         self.decoded = 0
         self.skipped = 0

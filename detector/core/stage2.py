@@ -62,6 +62,10 @@ class Stage2:
         self.next_window: int | None = None
         self.late_partials = 0
         self.windows_closed = 0
+        # Stage-2 load, for its spread over workers (bench/stream.py): cohort windows scored
+        # and (cohort, signal) pairs scored. Per process; not part of the saved state.
+        self.cohort_windows = 0
+        self.pairs_scored = 0
         # Optional sink of every scored (window, level, cohort, decision), e.g. replay's
         # --scores-out; None costs nothing on the hot path.
         self.on_decision: Callable[[int, int, tuple[str, ...], Decision], None] | None = None
@@ -146,16 +150,18 @@ class Stage2:
             return None
         return level - 1, tuple(cohort[i] for i in self._up[level])
 
-    def _close(self, w: int) -> list[Alert]:
+    def _score_learn(self, w: int, firing: dict[tuple[int, tuple[str, ...]], set[str]]
+                     ) -> tuple[dict[tuple[int, tuple[str, ...]], list[Decision]], list[Key],
+                                dict[tuple[int, tuple[str, ...]], Partial]]:
+        """Window ``w``'s cohorts scored (with the signals firing on each) and learnt: their
+        decisions in cohort order, the adoptions in that order, and the partials."""
         parts = self.pending.pop(w, {})
         t0 = w * self.size
-        t1 = t0 + self.size
         # Silence is data for volume: a cohort that normally has traffic gets an empty window.
         for key, m in self.models.items():
             if key not in parts and m.expects_traffic(t0):
                 parts[key] = empty_partial(w, key[0], key[1], self.scorer.layout.size)
         decisions: dict[tuple[int, tuple[str, ...]], list[Decision]] = {}
-        firing = self._firing()
         for key in sorted(parts):
             own = self.models.get(key)
             if own is None:
@@ -163,8 +169,10 @@ class Stage2:
             self.scorer.rebaseline(parts[key], own)
             pk = self._parent(*key)
             parent = self.models.get(pk) if pk else None
-            decisions[key] = self.scorer.score(parts[key], own, parent,
-                                               firing.get(key, _NONE))
+            decisions[key] = ds = self.scorer.score(parts[key], own, parent,
+                                                    firing.get(key, _NONE))
+            self.pairs_scored += len(ds)
+        self.cohort_windows += len(parts)
         adopted: list[Key] = []
         for key, ds in decisions.items():
             for signal in self.scorer.learn(parts[key], self.models[key], ds):
@@ -173,6 +181,19 @@ class Stage2:
             for key, ds in decisions.items():
                 for d in ds:
                     self.on_decision(w, key[0], key[1], d)
+        return decisions, adopted, parts
+
+    def _close(self, w: int) -> list[Alert]:
+        decisions, adopted, parts = self._score_learn(w, self._firing())
+        return self._decide(w, decisions, adopted, parts)
+
+    def _decide(self, w: int, decisions: dict[tuple[int, tuple[str, ...]], list[Decision]],
+                adopted: list[Key], parts: dict[tuple[int, tuple[str, ...]], Partial]
+                ) -> list[Alert]:
+        """Grouping and the alert lifecycle for window ``w``'s decisions (only the anomalous
+        ones matter, besides a parent's own)."""
+        t0 = w * self.size
+        t1 = t0 + self.size
         reps = self._representatives(decisions)
         out: list[Alert] = []
         for a_key in adopted:
@@ -182,10 +203,9 @@ class Stage2:
                 out.append(a)
         touched: set[Key] = self.life.touch_hits(t0)
         for (key, signal), (d, persistence, grouped) in sorted(reps.items()):
-            p = parts[key]
-            sus = self._suspect(self.models[key], p.versions, w)
+            evidence, sus = self._context(key, d, w, parts)
             a = self.life.on_anomaly(key[0], key[1], d, persistence, (t0, t1),
-                                     self._evidence(p, d), sus, grouped)
+                                     evidence, sus, grouped)
             touched.add((signal, key[0], key[1]))
             if a:
                 out.append(a)
@@ -194,6 +214,16 @@ class Stage2:
         if self.on_closed is not None:
             self.on_closed(w, parts, out)
         return out
+
+    def _context(self, key: tuple[int, tuple[str, ...]], d: Decision, w: int,
+                 parts: dict[tuple[int, tuple[str, ...]], Partial]
+                 ) -> tuple[list[str], dict[str, str | None] | None]:
+        """An alert's evidence trace ids and suspected change, from its cohort's partial."""
+        p = parts[key]
+        return self._evidence(p, d), self._suspect(self.models[key], p.versions, w)
+
+    def _persist(self, key: tuple[int, tuple[str, ...]], signal: str) -> int:
+        return self.models[key].persist.get(signal, 1)
 
     def _firing(self) -> dict[tuple[int, tuple[str, ...]], set[str]]:
         """Per cohort, the signals with an alert firing on it or on a cohort below it: a
@@ -217,7 +247,7 @@ class Stage2:
         for key, ds in decisions.items():
             for d in ds:
                 if d.anomalous:
-                    reps[(key, d.signal)] = (d, self.models[key].persist.get(d.signal, 1), 0)
+                    reps[(key, d.signal)] = (d, self._persist(key, d.signal), 0)
         for level in range(len(self.levels) - 1, 0, -1):
             kids: dict[tuple[tuple[int, tuple[str, ...]], str], list[tuple[Any, ...]]] = (
                 defaultdict(list))

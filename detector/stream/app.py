@@ -286,6 +286,11 @@ class Worker:
                 if s2.windows_closed != before:
                     # Closing windows changes every route key's models: write them all.
                     self.metrics.windows_closed.inc(s2.windows_closed - before)
+                    # This worker's stage-2 load so far on the partition (bench/stream.py
+                    # reads its spread over workers).
+                    _jlog(logging.INFO, "stage2_load", partition=q,
+                          windows_closed=s2.windows_closed, cohort_windows=s2.cohort_windows,
+                          pairs_scored=s2.pairs_scored)
                     touched.update((q, r) for r in routes(s2))
                     counts = [p.stage2.cohort_counts() for p in self.parts.values()]
                     self.metrics.cohorts.labels(state="warming").set(sum(c[0] for c in counts))
