@@ -33,8 +33,11 @@ name it (:func:`check_mapping`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import math
+import os
 from collections.abc import Callable, Iterable
 from itertools import chain
 from operator import itemgetter
@@ -63,6 +66,13 @@ from detector.core.otlp_wire import (
 
 if TYPE_CHECKING:
     from detector.config import Config, OtlpMapping
+
+# The span mapping in C, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS is
+# set, as for counting's _tally.
+_spans: Any = None
+if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
+    with contextlib.suppress(ImportError):
+        _spans = importlib.import_module("detector.core._spans")
 
 __all__ = ["CONTENT_ATTRIBUTES", "Decoder", "OtlpDecoder", "check_backend", "check_mapping",
            "decoder_for", "native_decoder"]
@@ -239,46 +249,61 @@ class OtlpDecoder:
                 bad.append(r._replace(message=i))
         return ok
 
-    def _proto(self, data: bytes, ranked: bool = False) -> list[dict[str, Any] | None]:
-        """The hot path. A resource's attributes are resolved once for all its spans; a span's
-        fields are one dict of its attributes' cached (field, value) pairs, merged with the
-        resource's, unless a field is named twice (or ``ranked``: then :func:`_resolve`)."""
+    def _proto(self, data: bytes, ranked: bool = False,
+               fast: bool = True) -> list[dict[str, Any] | None]:
+        """The hot path. A resource's attributes are resolved once for all its spans; each
+        span is mapped by :meth:`_map_span`, or by its C twin (``fast`` and built), which hands
+        back to it the spans it does not map itself."""
         msg = self._traces()
         msg.ParseFromString(data)
-        pairs_of, attr, span = self.pairs.get, self._attr, self._span
         out: list[dict[str, Any] | None] = []
+        c = _spans is not None and fast and not ranked
         for rs in msg.resource_spans:
             res, base = self._resource(tuple(rs.resource.attributes))
-            base_keys = base.keys()
             for ss in rs.scope_spans:
-                for s in ss.spans:
-                    attrs = s.attributes
-                    # C-level; misses (None) parsed once just below
-                    hits: list[Any] = list(map(pairs_of, attrs))
-                    if None in hits:
-                        hits = [attr(b)[0] if h is None else h
-                                for h, b in zip(hits, attrs, strict=True)]
-                    best = dict(chain.from_iterable(hits))
-                    if (ranked or len(best) != sum(map(len, hits))
-                            or not base_keys.isdisjoint(best)):
-                        best = _resolve(res, list(map(self._triples, attrs)))
-                    elif base:
-                        best.update(base)
-                    if "operation" in best:
-                        name = ""   # read only for a span without it (below)
-                    elif _LEGACY_FIELD in best:
-                        name = s.name
-                    else:
-                        out.append(None)   # not a GenAI operation: nothing else read
-                        continue
-                    events = s.events
-                    out.append(span(
-                        best,
-                        [(e.name, [self._kv.FromString(b) for b in e.attributes], proto_value)
-                         for e in events if e.name == _EVAL_EVENT] if events else (),
-                        s.trace_id.hex(), s.span_id.hex(), name, s.start_time_unix_nano,
-                        s.end_time_unix_nano, s.status.code if s.HasField("status") else 0))
+                if c:
+                    got: list[Any] = []
+                    if _spans.map_spans(ss.spans, self.pairs, self._fill, base, got):
+                        got = [x if x is None or type(x) is dict
+                               else self._map_span(x, res, base, False) for x in got]
+                    out += got
+                else:
+                    out += [self._map_span(s, res, base, ranked) for s in ss.spans]
         return out
+
+    def _fill(self, b: bytes) -> tuple[tuple[str, object], ...]:
+        return self._attr(b)[0]
+
+    def _map_span(self, s: Any, res: list[tuple[str, int, object]], base: dict[str, object],
+                  ranked: bool) -> dict[str, Any] | None:
+        """One span (the reference of _spans.c): its fields are one dict of its attributes'
+        cached (field, value) pairs, merged with its resource's, unless a field is named
+        twice (or ``ranked``: then :func:`_resolve`)."""
+        attrs = s.attributes
+        # C-level; misses (None) parsed once just below
+        hits: list[Any] = list(map(self.pairs.get, attrs))
+        if None in hits:
+            hits = [self._attr(b)[0] if h is None else h
+                    for h, b in zip(hits, attrs, strict=True)]
+        best = dict(chain.from_iterable(hits))
+        if (ranked or len(best) != sum(map(len, hits))
+                or not base.keys().isdisjoint(best)):
+            best = _resolve(res, list(map(self._triples, attrs)))
+        elif base:
+            best.update(base)
+        if "operation" in best:
+            name = ""   # read only for a span without it (below)
+        elif _LEGACY_FIELD in best:
+            name = s.name
+        else:
+            return None   # not a GenAI operation: nothing else read
+        events = s.events
+        return self._span(
+            best,
+            [(e.name, [self._kv.FromString(b) for b in e.attributes], proto_value)
+             for e in events if e.name == _EVAL_EVENT] if events else (),
+            s.trace_id.hex(), s.span_id.hex(), name, s.start_time_unix_nano,
+            s.end_time_unix_nano, s.status.code if s.HasField("status") else 0)
 
     def _resource(self, attrs: tuple[bytes, ...]) -> tuple[list[tuple[str, int, object]],
                                                             dict[str, object]]:
