@@ -1,37 +1,65 @@
-/* The otlp_proto decoder's per-span mapping in C: for each span of a ScopeSpans, the same dict
- * as OtlpDecoder._map_span (detector/core/otlp.py, the reference and the fallback; the two are
- * compared by tests/test_otlp.py) or, when that span needs more than the common case, the span
- * itself, which the Python side then maps.
+/* The otlp_proto decoder's per-span mapping in C: for each span of a ScopeSpans, the
+ * TraceEvent that OtlpDecoder._map_span (detector/core/otlp.py, the reference and the
+ * fallback) and msgspec's checks give (compared by tests/test_otlp.py) or, when that span
+ * needs more than the common case, the span itself, which the Python side then maps.
  *
  * Why C: upb has already parsed the message, and the mapping that follows was most of the
- * decoder's cost: a dozen attribute reads, cache lookups and dict writes per span, each a
- * bytecode step in Python. Nothing here decodes protobuf: the spans are upb's message objects,
- * read through their Python attributes, and each attribute is the serialised KeyValue bytes
- * the view hands over (otlp_wire.proto_view), only ever used as a key of the decoder's cache,
- * which Python fills (``fill``) on a miss. So no attribute value is read here, content or not.
+ * decoder's cost: a dozen attribute reads, cache lookups and dict writes per span, then
+ * msgspec's checks of each dict. Nothing here decodes protobuf: the spans are upb's message
+ * objects, read through their Python attributes, and each attribute is the serialised KeyValue
+ * bytes the view hands over (otlp_wire.proto_view), only ever used as a key of the decoder's
+ * ``checked`` cache, which Python fills (``fill``) on a miss with the attribute's
+ * (slot offset, rank, value) triples, each value checked once there as msgspec checks the field. So no
+ * attribute value is read here, content or not, and the event is written at its slots.
  *
- * Handed back to Python (the span appended as it is): a field named by two attributes or by
- * the span and its resource (the mapping's ranks decide), a span without gen_ai.operation.name
- * that has gen_ai.system (its operation comes from the span name), and any span with events
- * (evaluation results). A span that is not a GenAI operation is None, as in Python.
+ * A field named by two attributes, or by the span and its resource, takes the best-ranked
+ * one, as the Python side ranks them. Handed back to Python (the span appended as it is): a
+ * value its field refuses, a span
+ * without gen_ai.operation.name that has gen_ai.system (its operation comes from the span
+ * name), one with events (evaluation results), without an end time, or with an id of another
+ * length (rejections are named in Python). A span that is not a GenAI operation is None.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <structmember.h>
 
 static PyObject *s_attributes, *s_events, *s_trace_id, *s_span_id, *s_start, *s_end, *s_status,
-    *s_code, *s_hex, *k_operation, *k_legacy, *k_from_reasons, *k_refusal, *k_error_type,
-    *k_ts, *k_trace_id, *k_span_id, *k_latency, *v_other, *zeros_trace, *zeros_span,
-    *billion, *million;
+    *s_code, *s_hex, *s_copy, *v_other, *zeros_trace, *zeros_span, *billion, *million;
+static PyObject *template;   /* TraceEvent(ts=0.0, operation="-"): copied for each span */
+static Py_ssize_t o_operation, o_refusal, o_error_type, o_ts, o_trace_id, o_span_id, o_latency;
 
-/* id bytes -> their hex string, or NULL (no error) when empty or all zeros (W3C: no id). */
+#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+#define FROM_REASONS (-1)   /* otlp.py's _FROM_REASONS: refusal unless an attribute says */
+#define LEGACY (-2)         /* otlp.py's _LEGACY_FIELD: gen_ai.system */
+#define MAX_PAIRS 64
+
+/* Put a new reference to v in obj's slot at off (a list is copied: events share no list). */
 static int
-hex_id(PyObject *span, PyObject *attr, PyObject *zeros, PyObject *out, PyObject *key)
+set_slot(PyObject *obj, Py_ssize_t off, PyObject *v)
+{
+    PyObject *nv = PyList_CheckExact(v) ? PyList_GetSlice(v, 0, PyList_GET_SIZE(v))
+                                        : Py_NewRef(v);
+    if (nv == NULL)
+        return -1;
+    PyObject *old = SLOT(obj, off);
+    SLOT(obj, off) = nv;
+    Py_XDECREF(old);
+    return 0;
+}
+
+/* The span's id of n bytes as hex in the slot: 0 done (or no id: empty or all zeros, as W3C
+ * says), 1 if Python must map the span (another length: rejected there), -1 on error. */
+static int
+hex_id(PyObject *span, PyObject *attr, Py_ssize_t n, PyObject *zeros, PyObject *ev,
+       Py_ssize_t off)
 {
     PyObject *b = PyObject_GetAttr(span, attr);
     if (b == NULL)
         return -1;
     int rc = 0;
-    if (PyObject_IsTrue(b)) {
+    if (!PyBytes_Check(b))
+        rc = 1;
+    else if (PyBytes_GET_SIZE(b) == n) {
         PyObject *h = PyObject_CallMethodNoArgs(b, s_hex);
         if (h == NULL)
             rc = -1;
@@ -40,19 +68,75 @@ hex_id(PyObject *span, PyObject *attr, PyObject *zeros, PyObject *out, PyObject 
             if (same == -1 && PyErr_Occurred())
                 rc = -1;
             else if (same != 0)
-                rc = PyDict_SetItem(out, key, h);
+                rc = set_slot(ev, off, h);
             Py_DECREF(h);
         }
     }
+    else if (PyBytes_GET_SIZE(b) != 0)
+        rc = 1;
     Py_DECREF(b);
     return rc;
 }
 
-/* One span: 1 and its dict in *out, 0 if Python must map it, -1 on error. */
+/* Add an entry's (offset, rank, value) triples, the best rank of a field winning (the later
+ * on a tie, as otlp.py's _resolve); 0 if Python must map the span (a value that fails its
+ * check, too many fields), -1 on error. */
 static int
-map_one(PyObject *span, PyObject *cache, PyObject *fill, PyObject *base, PyObject **out)
+add_pairs(PyObject *entry, Py_ssize_t *offs, long *ranks, PyObject **vals, Py_ssize_t *n,
+          int *legacy)
+{
+    if (!PyTuple_Check(entry))
+        return 0;   /* False: a value its field's type refuses (Python names the reason) */
+    for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(entry); j++) {
+        PyObject *t = PyTuple_GET_ITEM(entry, j);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 3) {
+            PyErr_SetString(PyExc_TypeError, "a checked entry is not (offset, rank, value)");
+            return -1;
+        }
+        Py_ssize_t off = PyLong_AsSsize_t(PyTuple_GET_ITEM(t, 0));
+        long rank = PyLong_AsLong(PyTuple_GET_ITEM(t, 1));
+        if ((off == -1 || rank == -1) && PyErr_Occurred())
+            return -1;
+        if (off == LEGACY) {
+            *legacy = 1;
+            continue;
+        }
+        Py_ssize_t k = 0;
+        while (k < *n && offs[k] != off)
+            k++;
+        if (k == *n) {
+            if (*n >= MAX_PAIRS)
+                return 0;
+            offs[k] = off;
+            (*n)++;
+        }
+        else if (rank > ranks[k])
+            continue;
+        ranks[k] = rank;
+        vals[k] = PyTuple_GET_ITEM(t, 2);
+    }
+    return 1;
+}
+
+static int
+has_field(Py_ssize_t *offs, Py_ssize_t n, Py_ssize_t off)
+{
+    for (Py_ssize_t k = 0; k < n; k++)
+        if (offs[k] == off)
+            return 1;
+    return 0;
+}
+
+/* One span: 1 and its TraceEvent (or None: not a GenAI operation) in *out, 0 if Python must
+ * map it, -1 on error. */
+static int
+map_one(PyObject *span, PyObject *checked, PyObject *fill, PyObject *base, PyObject **out)
 {
     *out = NULL;
+    Py_ssize_t offs[MAX_PAIRS], n = 0;
+    long ranks[MAX_PAIRS];
+    PyObject *vals[MAX_PAIRS], *ev = NULL;
+    int legacy = 0, rc;
     PyObject *attrs = PyObject_GetAttr(span, s_attributes);
     if (attrs == NULL)
         return -1;
@@ -60,72 +144,38 @@ map_one(PyObject *span, PyObject *cache, PyObject *fill, PyObject *base, PyObjec
     Py_DECREF(attrs);
     if (seq == NULL)
         return -1;
-    PyObject *best = PyDict_New();
-    if (best == NULL) {
+    Py_ssize_t n_attrs = PySequence_Fast_GET_SIZE(seq);
+    PyObject **items = PySequence_Fast_ITEMS(seq);
+    /* The entries stay referenced here: fill() may clear the cache that holds them. */
+    PyObject *hits = PyTuple_New(n_attrs);
+    if (hits == NULL) {
         Py_DECREF(seq);
         return -1;
     }
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq), pairs = 0;
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *hit = PyDict_GetItemWithError(cache, items[i]);
+    for (Py_ssize_t i = 0; i < n_attrs; i++) {
+        PyObject *hit = PyDict_GetItemWithError(checked, items[i]);
         if (hit != NULL)
             Py_INCREF(hit);
         else if (PyErr_Occurred() || (hit = PyObject_CallOneArg(fill, items[i])) == NULL)
             goto error;
-        if (!PyTuple_Check(hit)) {
-            PyErr_SetString(PyExc_TypeError, "a cached attribute is not a tuple");
-            Py_DECREF(hit);
-            goto error;
-        }
-        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(hit); j++) {
-            PyObject *pair = PyTuple_GET_ITEM(hit, j);
-            if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2) {
-                PyErr_SetString(PyExc_TypeError, "a cached pair is not (field, value)");
-                Py_DECREF(hit);
-                goto error;
-            }
-            if (PyDict_SetItem(best, PyTuple_GET_ITEM(pair, 0), PyTuple_GET_ITEM(pair, 1)) < 0) {
-                Py_DECREF(hit);
-                goto error;
-            }
-            pairs++;
-        }
-        Py_DECREF(hit);
+        PyTuple_SET_ITEM(hits, i, hit);
     }
     Py_CLEAR(seq);
-    if (PyDict_GET_SIZE(best) != pairs)
-        goto defer;   /* a field named twice: ranked in Python */
-    Py_ssize_t pos = 0;
-    PyObject *key, *value;
-    while (PyDict_Next(base, &pos, &key, &value)) {
-        int in = PyDict_Contains(best, key);
-        if (in < 0)
-            goto error;
-        if (in)
-            goto defer;   /* on the span and its resource: ranked in Python */
+    /* The resource's first, as _resolve lists them. */
+    if ((rc = add_pairs(base, offs, ranks, vals, &n, &legacy)) <= 0)
+        goto done;
+    for (Py_ssize_t i = 0; i < n_attrs; i++) {
+        rc = add_pairs(PyTuple_GET_ITEM(hits, i), offs, ranks, vals, &n, &legacy);
+        if (rc <= 0)
+            goto done;
     }
-    if (PyDict_Update(best, base) < 0)
-        goto error;
-    int has = PyDict_Contains(best, k_operation);
-    if (has < 0)
-        goto error;
-    if (has) {   /* gen_ai.system beside it: read for nothing else */
-        if (PyDict_Contains(best, k_legacy) > 0 && PyDict_DelItem(best, k_legacy) < 0)
-            goto error;
-        if (PyErr_Occurred())
-            goto error;
-    }
-    else {
-        has = PyDict_Contains(best, k_legacy);
-        if (has < 0)
-            goto error;
-        if (has)
-            goto defer;   /* an older instrumentation's span: the operation from its name */
-        Py_DECREF(best);
-        Py_INCREF(Py_None);
-        *out = Py_None;   /* not a GenAI operation */
-        return 1;
+    rc = 0;
+    if (!has_field(offs, n, o_operation)) {
+        if (legacy)
+            goto done;   /* an older instrumentation's span: the operation from its name */
+        *out = Py_NewRef(Py_None);   /* not a GenAI operation */
+        rc = 1;
+        goto done;
     }
     PyObject *events = PyObject_GetAttr(span, s_events);
     if (events == NULL)
@@ -135,8 +185,7 @@ map_one(PyObject *span, PyObject *cache, PyObject *fill, PyObject *base, PyObjec
     if (n_events < 0)
         goto error;
     if (n_events > 0)
-        goto defer;   /* evaluation results: read in Python */
-
+        goto done;   /* evaluation results: read in Python */
     PyObject *end = PyObject_GetAttr(span, s_end);
     if (end == NULL)
         goto error;
@@ -145,47 +194,54 @@ map_one(PyObject *span, PyObject *cache, PyObject *fill, PyObject *base, PyObjec
         Py_DECREF(end);
         goto error;
     }
-    int rc = 0, end_set = PyObject_IsTrue(end), start_set = PyObject_IsTrue(start);
-    if (end_set < 0 || start_set < 0)
-        rc = -1;
-    if (rc == 0 && end_set) {   /* int / int: correctly rounded, as in Python */
+    int end_set = PyObject_IsTrue(end), start_set = PyObject_IsTrue(start);
+    if (end_set < 0 || start_set < 0 || !end_set) {   /* no end: no ts, rejected in Python */
+        Py_DECREF(end);
+        Py_DECREF(start);
+        if (end_set < 0 || start_set < 0)
+            goto error;
+        goto done;
+    }
+    ev = PyObject_CallMethodNoArgs(template, s_copy);
+    int bad = ev == NULL;
+    if (!bad) {   /* int / int: correctly rounded, as in Python */
         PyObject *ts = PyNumber_TrueDivide(end, billion);
-        rc = ts == NULL ? -1 : PyDict_SetItem(best, k_ts, ts);
+        bad = ts == NULL || set_slot(ev, o_ts, ts) < 0;
         Py_XDECREF(ts);
     }
-    if (rc == 0)
-        rc = hex_id(span, s_trace_id, zeros_trace, best, k_trace_id);
-    if (rc == 0)
-        rc = hex_id(span, s_span_id, zeros_span, best, k_span_id);
-    if (rc == 0 && start_set) {
+    if (!bad && start_set) {
         int ge = PyObject_RichCompareBool(end, start, Py_GE);
         if (ge < 0)
-            rc = -1;
+            bad = 1;
         else if (ge) {
             PyObject *d = PyNumber_Subtract(end, start);
             PyObject *ms = d == NULL ? NULL : PyNumber_TrueDivide(d, million);
-            rc = ms == NULL ? -1 : PyDict_SetItem(best, k_latency, ms);
+            bad = ms == NULL || set_slot(ev, o_latency, ms) < 0;
             Py_XDECREF(d);
             Py_XDECREF(ms);
         }
     }
     Py_DECREF(end);
     Py_DECREF(start);
-    if (rc < 0)
+    if (bad)
         goto error;
-    PyObject *refused = PyDict_GetItemWithError(best, k_from_reasons);
-    if (refused != NULL) {   /* a refusal attribute overrides the finish reasons */
-        Py_INCREF(refused);
-        rc = PyDict_DelItem(best, k_from_reasons);
-        if (rc == 0) {
-            has = PyDict_Contains(best, k_refusal);
-            rc = has < 0 ? -1 : has ? 0 : PyDict_SetItem(best, k_refusal, refused);
-        }
-        Py_DECREF(refused);
+    if ((rc = hex_id(span, s_trace_id, 16, zeros_trace, ev, o_trace_id)) != 0
+        || (rc = hex_id(span, s_span_id, 8, zeros_span, ev, o_span_id)) != 0) {
         if (rc < 0)
             goto error;
+        rc = 0;
+        goto done;
     }
-    else if (PyErr_Occurred())
+    PyObject *from_reasons = NULL;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (offs[k] == FROM_REASONS)
+            from_reasons = vals[k];
+        else if (set_slot(ev, offs[k], vals[k]) < 0)
+            goto error;
+    }
+    /* A refusal attribute overrides the finish reasons. */
+    if (from_reasons != NULL && !has_field(offs, n, o_refusal)
+        && set_slot(ev, o_refusal, from_reasons) < 0)
         goto error;
     PyObject *status = PyObject_GetAttr(span, s_status);
     if (status == NULL)
@@ -198,32 +254,36 @@ map_one(PyObject *span, PyObject *cache, PyObject *fill, PyObject *base, PyObjec
     Py_DECREF(code);
     if (c == -1 && PyErr_Occurred())
         goto error;
-    if (c == 2) {   /* STATUS_CODE_ERROR: the conventions' value when the class is unknown */
-        has = PyDict_Contains(best, k_error_type);
-        if (has < 0 || (!has && PyDict_SetItem(best, k_error_type, v_other) < 0))
-            goto error;
-    }
-    *out = best;
-    return 1;
-
-defer:
-    Py_DECREF(best);
-    return 0;
+    /* STATUS_CODE_ERROR: the conventions' value when the class is unknown */
+    if (c == 2 && !has_field(offs, n, o_error_type) && set_slot(ev, o_error_type, v_other) < 0)
+        goto error;
+    *out = ev;
+    ev = NULL;
+    rc = 1;
+done:
+    Py_XDECREF(ev);
+    Py_DECREF(hits);
+    return rc;
 error:
     Py_XDECREF(seq);
-    Py_DECREF(best);
+    Py_XDECREF(ev);
+    Py_DECREF(hits);
     return -1;
 }
 
-/* map_spans(spans, cache, fill, base, out) -> how many spans were handed back (appended as
+/* map_spans(spans, checked, fill, base, out) -> how many spans were handed back (appended as
  * they are); see the top of the file. */
 static PyObject *
 map_spans(PyObject *self, PyObject *args)
 {
-    PyObject *spans, *cache, *fill, *base, *out;
-    if (!PyArg_ParseTuple(args, "OO!OO!O!:map_spans", &spans, &PyDict_Type, &cache, &fill,
-                          &PyDict_Type, &base, &PyList_Type, &out))
+    PyObject *spans, *checked, *fill, *base, *out;
+    if (!PyArg_ParseTuple(args, "OO!OOO!:map_spans", &spans, &PyDict_Type, &checked, &fill,
+                          &base, &PyList_Type, &out))
         return NULL;
+    if (template == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
     PyObject *it = PyObject_GetIter(spans);
     if (it == NULL)
         return NULL;
@@ -231,7 +291,7 @@ map_spans(PyObject *self, PyObject *args)
     PyObject *span;
     while ((span = PyIter_Next(it)) != NULL) {
         PyObject *got;
-        int rc = map_one(span, cache, fill, base, &got);
+        int rc = map_one(span, checked, fill, base, &got);
         if (rc == 0) {
             deferred++;
             rc = PyList_Append(out, span);
@@ -252,7 +312,76 @@ map_spans(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(deferred);
 }
 
+/* The offset of field ``name``'s slot in TraceEvent (as _tally.c finds it); -1 with an
+ * exception if it has no object slot of that name. */
+static Py_ssize_t
+slot_offset(PyTypeObject *type, PyObject *name)
+{
+    PyObject *d = PyDict_GetItemWithError(type->tp_dict, name);
+    if (d == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_Format(PyExc_AttributeError, "%s has no field %R", type->tp_name, name);
+        return -1;
+    }
+    if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyErr_Format(PyExc_TypeError, "%s.%U is not a slot", type->tp_name, name);
+        return -1;
+    }
+    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
+    if (m->type != T_OBJECT_EX && m->type != T_OBJECT) {
+        PyErr_Format(PyExc_TypeError, "%s.%U does not hold an object", type->tp_name, name);
+        return -1;
+    }
+    return m->offset;
+}
+
+static Py_ssize_t
+offset_s(PyObject *tpl, const char *name)
+{
+    PyObject *n = PyUnicode_FromString(name);
+    if (n == NULL)
+        return -1;
+    Py_ssize_t off = slot_offset(Py_TYPE(tpl), n);
+    Py_DECREF(n);
+    return off;
+}
+
+/* configure(template, names) -> {name: slot offset}: the event each span's is a copy of, and
+ * the offsets of these fields, which the checked cache's pairs name. */
+static PyObject *
+configure(PyObject *self, PyObject *args)
+{
+    PyObject *tpl, *names;
+    if (!PyArg_ParseTuple(args, "OO!:configure", &tpl, &PyTuple_Type, &names))
+        return NULL;
+    if ((o_operation = offset_s(tpl, "operation")) < 0
+        || (o_refusal = offset_s(tpl, "refusal")) < 0
+        || (o_error_type = offset_s(tpl, "error_type")) < 0
+        || (o_ts = offset_s(tpl, "ts")) < 0
+        || (o_trace_id = offset_s(tpl, "trace_id")) < 0
+        || (o_span_id = offset_s(tpl, "span_id")) < 0
+        || (o_latency = offset_s(tpl, "latency_ms")) < 0)
+        return NULL;
+    PyObject *out = PyDict_New();
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
+        PyObject *name = PyTuple_GET_ITEM(names, i);
+        Py_ssize_t off = slot_offset(Py_TYPE(tpl), name);
+        PyObject *o = off < 0 ? NULL : PyLong_FromSsize_t(off);
+        if (o == NULL || PyDict_SetItem(out, name, o) < 0) {
+            Py_XDECREF(o);
+            Py_DECREF(out);
+            return NULL;
+        }
+        Py_DECREF(o);
+    }
+    Py_XSETREF(template, Py_NewRef(tpl));
+    return out;
+}
+
 static PyMethodDef methods[] = {
+    {"configure", configure, METH_VARARGS, "The template event and field offsets."},
     {"map_spans", map_spans, METH_VARARGS, "Map a ScopeSpans' spans (see the file's top)."},
     {NULL, NULL, 0, NULL},
 };
@@ -276,16 +405,7 @@ PyInit__spans(void)
     INTERN(s_status, "status");
     INTERN(s_code, "code");
     INTERN(s_hex, "hex");
-    /* The field names otlp.py's _OPERATION, _LEGACY_FIELD and _FROM_REASONS map to. */
-    INTERN(k_operation, "operation");
-    INTERN(k_legacy, "_gen_ai_system");
-    INTERN(k_from_reasons, "_refusal_from_finish_reasons");
-    INTERN(k_refusal, "refusal");
-    INTERN(k_error_type, "error_type");
-    INTERN(k_ts, "ts");
-    INTERN(k_trace_id, "trace_id");
-    INTERN(k_span_id, "span_id");
-    INTERN(k_latency, "latency_ms");
+    INTERN(s_copy, "__copy__");
     INTERN(v_other, "_OTHER");
     INTERN(zeros_trace, "00000000000000000000000000000000");
     INTERN(zeros_span, "0000000000000000");

@@ -39,7 +39,7 @@ import importlib
 import math
 import os
 from collections.abc import Callable, Iterable
-from itertools import chain
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -188,10 +188,17 @@ class OtlpDecoder:
         # KeyValue bytes -> its ((field, rank, value), ...); bounded, and never content.
         self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
         self.pairs: dict[bytes, tuple[tuple[str, object], ...]] = {}   # the same, unranked
-        self.resources: dict[tuple[bytes, ...], tuple[list[tuple[str, int, object]],
-                                                      dict[str, object]]] = {}
+        self.resources: dict[tuple[bytes, ...], Any] = {}   # _resource's, bounded
         self.unmapped: dict[str, int] = {}   # unmapped name -> its values cached
         self.refusals = frozenset(mapping.refusal_finish_reasons)
+        # The same again for the C mapping: KeyValue bytes -> ((slot offset, rank, value), ...),
+        # each value as msgspec's check of its field gives it, or False if a check fails.
+        self.checked: dict[bytes, tuple[tuple[int, int, object], ...] | bool] = {}
+        self.offsets: dict[str, int] = {}
+        if _spans is not None:
+            self.offsets = _spans.configure(TraceEvent(ts=0.0, operation="-"),
+                                            ("operation", *_FIELDS))
+            self.offsets.update({_FROM_REASONS: -1, _LEGACY_FIELD: -2})
 
     # -- messages --------------------------------------------------------------------------
     def __call__(self, messages: list[bytes], max_bytes: int) -> tuple[list[TraceEvent],
@@ -222,16 +229,25 @@ class OtlpDecoder:
             bad.sort(key=lambda r: r.message)
         return ok, bad, skipped
 
-    def _validate(self, items: list[dict[str, Any]], where: list[int], bad: list[Rejection],
+    def _validate(self, items: list[Any], where: list[int], bad: list[Rejection],
                   messages: list[bytes]) -> list[TraceEvent]:
-        """The native checks in one C pass; item by item (for the reasons) if one fails."""
+        """The native checks in one C pass; item by item (for the reasons) if one fails.
+        Events the C mapping made are checked already."""
+        done = list(map(isinstance, items, repeat(TraceEvent)))
+        if all(done):
+            return items
+        todo = items if not any(done) else [x for x, d in zip(items, done, strict=True)
+                                             if not d]
         try:
-            evs = msgspec.convert(items, list[TraceEvent], strict=True)
+            evs = msgspec.convert(todo, list[TraceEvent], strict=True)
         except msgspec.ValidationError:
             evs = None
         if evs is not None and _finish_all(evs):   # JSON ids may not be hex
-            return evs
-        results = list(map(_one_item, items))
+            if todo is items:
+                return evs
+            it = iter(evs)
+            return [x if d else next(it) for x, d in zip(items, done, strict=True)]
+        results = [x if type(x) is TraceEvent else _one_item(x) for x in items]
         if self.fmt == "otlp_proto":
             # The fast path orders a span's fields otherwise, and msgspec names the first bad
             # one: a message with a bad span is mapped again as the ranked path does.
@@ -259,20 +275,42 @@ class OtlpDecoder:
         out: list[dict[str, Any] | None] = []
         c = _spans is not None and fast and not ranked
         for rs in msg.resource_spans:
-            res, base = self._resource(tuple(rs.resource.attributes))
+            res, base, based = self._resource(tuple(rs.resource.attributes))
             for ss in rs.scope_spans:
-                if c:
+                if c and based is not False:
                     got: list[Any] = []
-                    if _spans.map_spans(ss.spans, self.pairs, self._fill, base, got):
-                        got = [x if x is None or type(x) is dict
+                    if _spans.map_spans(ss.spans, self.checked, self._fill, based, got):
+                        got = [x if x is None or type(x) is TraceEvent
                                else self._map_span(x, res, base, False) for x in got]
                     out += got
                 else:
                     out += [self._map_span(s, res, base, ranked) for s in ss.spans]
         return out
 
-    def _fill(self, b: bytes) -> tuple[tuple[str, object], ...]:
-        return self._attr(b)[0]
+    def _fill(self, b: bytes) -> tuple[tuple[int, int, object], ...] | bool:
+        """An attribute's entry in ``checked`` (the C mapping's miss), cached as ``pairs``
+        caches it (never content)."""
+        got = self._check(self._attr(b)[1])
+        if b in self.pairs:
+            self.checked[b] = got
+        return got
+
+    def _check(self, triples: Iterable[tuple[str, int, object]]
+               ) -> tuple[tuple[int, int, object], ...] | bool:
+        """(field, rank, value) as (slot offset, rank, checked value), or False if msgspec
+        refuses a value (the span is then mapped and rejected in Python, which names why)."""
+        out = []
+        for f, rank, v in triples:
+            if f in (_FROM_REASONS, _LEGACY_FIELD):
+                out.append((self.offsets[f], rank, v))
+                continue
+            item = {"ts": 0.0, "operation": "-", f: v}
+            try:
+                ev = msgspec.convert(item, TraceEvent, strict=True)
+            except (msgspec.ValidationError, RecursionError):
+                return False
+            out.append((self.offsets[f], rank, getattr(ev, f)))
+        return tuple(out)
 
     def _map_span(self, s: Any, res: list[tuple[str, int, object]], base: dict[str, object],
                   ranked: bool) -> dict[str, Any] | None:
@@ -305,14 +343,17 @@ class OtlpDecoder:
             s.trace_id.hex(), s.span_id.hex(), name, s.start_time_unix_nano,
             s.end_time_unix_nano, s.status.code if s.HasField("status") else 0)
 
-    def _resource(self, attrs: tuple[bytes, ...]) -> tuple[list[tuple[str, int, object]],
-                                                            dict[str, object]]:
-        """A resource's ranked attributes and its own best fields: the same for every message
-        of one service, so cached (bounded) unless it has an uncached attribute."""
+    def _resource(self, attrs: tuple[bytes, ...]) -> tuple[
+            list[tuple[str, int, object]], dict[str, object],
+            tuple[tuple[int, int, object], ...] | bool]:
+        """A resource's ranked attributes, its own best fields and those as the C mapping's
+        checked pairs: the same for every message of one service, so cached (bounded) unless
+        it has an uncached attribute."""
         got = self.resources.get(attrs)
         if got is None:
             res = self._hits(map(self._triples, attrs), 1)
-            got = res, _resolve(res, [])
+            base = _resolve(res, [])
+            got = res, base, self._check(res) if self.offsets else False
             if all(map(self.cache.__contains__, attrs)):   # never content
                 if len(self.resources) >= _RESOURCES:
                     self.resources.clear()
@@ -346,6 +387,7 @@ class OtlpDecoder:
         if len(self.cache) >= _CACHE_ENTRIES:
             self.cache.clear()
             self.pairs.clear()
+            self.checked.clear()
         self.cache[b] = out
         self.pairs[b] = pairs
         return pairs, out
