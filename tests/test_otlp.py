@@ -518,3 +518,31 @@ def test_events_made_in_c_share_no_list() -> None:
         s.end(end_time=T0 + MS)
     ok, _, _ = _decode("otlp_proto", traces_data(list(exp.get_finished_spans())))
     assert ok[0].safety_hits == ["pii"] and ok[0].safety_hits is not ok[1].safety_hits
+
+
+def test_the_c_mapping_hands_back_what_it_does_not_map_and_python_gets_it_right() -> None:
+    """Spans the C side gives to Python (more attributes than it holds) or reads itself in
+    a rarer form (all-zero ids: none, an error status) come out as the reference has them."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Status, TracesData
+
+    def kv(k: str, v: object) -> KeyValue:
+        return KeyValue(key=k, value=AnyValue(int_value=v) if isinstance(v, int)
+                        else AnyValue(string_value=str(v)))
+
+    td = TracesData()
+    ss = td.resource_spans.add().scope_spans.add()
+    many = [kv("gen_ai.operation.name", "chat"), kv("tenant.id", "t1")]
+    many += [kv(f"x.extra{i}", i) for i in range(80)]
+    ss.spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)),
+                 start_time_unix_nano=T0, end_time_unix_nano=T0 + 5 * MS, attributes=many)
+    ss.spans.add(trace_id=bytes(16), span_id=bytes(8), start_time_unix_nano=T0,
+                 end_time_unix_nano=T0 + MS, status=Status(code=Status.STATUS_CODE_ERROR),
+                 attributes=[kv("gen_ai.operation.name", "chat")])
+    ok, bad, skipped = _decode("otlp_proto", td.SerializeToString())
+    assert bad == [] and skipped == 0 and len(ok) == 2
+    assert ok[0].tenant == "t1" and ok[0].trace_id == bytes(range(1, 17)).hex()
+    assert ok[0].span_id == bytes(range(1, 9)).hex() and ok[0].latency_ms == 5.0
+    assert ok[1].trace_id is UNSET and ok[1].span_id is UNSET and ok[1].error_type == "_OTHER"
+    py = OtlpDecoder("otlp_proto", CFG.input.otlp)
+    assert _pure(py, [td.SerializeToString()]) == (ok, [], 0)

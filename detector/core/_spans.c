@@ -24,14 +24,20 @@
 #include <structmember.h>
 
 static PyObject *s_attributes, *s_events, *s_trace_id, *s_span_id, *s_start, *s_end, *s_status,
-    *s_code, *s_hex, *s_copy, *v_other, *zeros_trace, *zeros_span, *billion, *million;
+    *s_code, *s_has_field, *s_copy, *v_other, *billion, *million;
 static PyObject *template;   /* TraceEvent(ts=0.0, operation="-"): copied for each span */
 static Py_ssize_t o_operation, o_refusal, o_error_type, o_ts, o_trace_id, o_span_id, o_latency;
 
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 #define FROM_REASONS (-1)   /* otlp.py's _FROM_REASONS: refusal unless an attribute says */
 #define LEGACY (-2)         /* otlp.py's _LEGACY_FIELD: gen_ai.system */
-#define MAX_PAIRS 64
+#define MAX_SLOTS 64    /* TraceEvent's fields, at most */
+#define MAX_ATTRS 64    /* a span with more goes to Python */
+
+/* The slots the checked entries may name: offsets first_slot + i * sizeof(PyObject *) with
+ * known[i] set, i < n_slots (configure() sets them). */
+static Py_ssize_t first_slot, n_slots;
+static char known[MAX_SLOTS];
 
 /* Put a new reference to v in obj's slot at off (a list is copied: events share no list). */
 static int
@@ -50,9 +56,9 @@ set_slot(PyObject *obj, Py_ssize_t off, PyObject *v)
 /* The span's id of n bytes as hex in the slot: 0 done (or no id: empty or all zeros, as W3C
  * says), 1 if Python must map the span (another length: rejected there), -1 on error. */
 static int
-hex_id(PyObject *span, PyObject *attr, Py_ssize_t n, PyObject *zeros, PyObject *ev,
-       Py_ssize_t off)
+hex_id(PyObject *span, PyObject *attr, Py_ssize_t n, PyObject *ev, Py_ssize_t off)
 {
+    static const char digits[] = "0123456789abcdef";
     PyObject *b = PyObject_GetAttr(span, attr);
     if (b == NULL)
         return -1;
@@ -60,16 +66,23 @@ hex_id(PyObject *span, PyObject *attr, Py_ssize_t n, PyObject *zeros, PyObject *
     if (!PyBytes_Check(b))
         rc = 1;
     else if (PyBytes_GET_SIZE(b) == n) {
-        PyObject *h = PyObject_CallMethodNoArgs(b, s_hex);
-        if (h == NULL)
-            rc = -1;
-        else {
-            int same = PyUnicode_Compare(h, zeros);
-            if (same == -1 && PyErr_Occurred())
+        const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(b);
+        Py_ssize_t i = 0;
+        while (i < n && p[i] == 0)
+            i++;
+        if (i < n) {   /* bytes.hex(), without the method call */
+            PyObject *h = PyUnicode_New(2 * n, 127);
+            if (h == NULL)
                 rc = -1;
-            else if (same != 0)
+            else {
+                Py_UCS1 *out = PyUnicode_1BYTE_DATA(h);
+                for (i = 0; i < n; i++) {
+                    out[2 * i] = digits[p[i] >> 4];
+                    out[2 * i + 1] = digits[p[i] & 15];
+                }
                 rc = set_slot(ev, off, h);
-            Py_DECREF(h);
+                Py_DECREF(h);
+            }
         }
     }
     else if (PyBytes_GET_SIZE(b) != 0)
@@ -78,12 +91,40 @@ hex_id(PyObject *span, PyObject *attr, Py_ssize_t n, PyObject *zeros, PyObject *
     return rc;
 }
 
+/* A span's fields so far: for each slot that has one, its best rank and value (borrowed
+ * from the checked entries, which map_one holds), found by the slot's index. */
+typedef struct {
+    signed char at[MAX_SLOTS + 1];   /* slot index -> place in the arrays below, or -1 */
+    Py_ssize_t offs[MAX_SLOTS + 1];
+    long ranks[MAX_SLOTS + 1];
+    PyObject *vals[MAX_SLOTS + 1];
+    int n, legacy;
+} Fields;
+
+/* The index of a slot offset that configure() handed out (FROM_REASONS: the last), or -1. */
+static inline Py_ssize_t
+slot_index(Py_ssize_t off)
+{
+    if (off == FROM_REASONS)
+        return n_slots;
+    if (off < first_slot || (off - first_slot) % sizeof(PyObject *) != 0)
+        return -1;
+    Py_ssize_t i = (off - first_slot) / (Py_ssize_t)sizeof(PyObject *);
+    return i < n_slots && known[i] ? i : -1;
+}
+
+static inline int
+has_field(const Fields *f, Py_ssize_t off)
+{
+    Py_ssize_t i = slot_index(off);
+    return i >= 0 && f->at[i] >= 0;
+}
+
 /* Add an entry's (offset, rank, value) triples, the best rank of a field winning (the later
  * on a tie, as otlp.py's _resolve); 0 if Python must map the span (a value that fails its
- * check, too many fields), -1 on error. */
+ * check), -1 on error. */
 static int
-add_pairs(PyObject *entry, Py_ssize_t *offs, long *ranks, PyObject **vals, Py_ssize_t *n,
-          int *legacy)
+add_pairs(PyObject *entry, Fields *f)
 {
     if (!PyTuple_Check(entry))
         return 0;   /* False: a value its field's type refuses (Python names the reason) */
@@ -98,33 +139,36 @@ add_pairs(PyObject *entry, Py_ssize_t *offs, long *ranks, PyObject **vals, Py_ss
         if ((off == -1 || rank == -1) && PyErr_Occurred())
             return -1;
         if (off == LEGACY) {
-            *legacy = 1;
+            f->legacy = 1;
             continue;
         }
-        Py_ssize_t k = 0;
-        while (k < *n && offs[k] != off)
-            k++;
-        if (k == *n) {
-            if (*n >= MAX_PAIRS)
-                return 0;
-            offs[k] = off;
-            (*n)++;
+        Py_ssize_t i = slot_index(off);   /* never write where configure() did not say */
+        if (i < 0) {
+            PyErr_Format(PyExc_ValueError, "a checked entry names offset %zd", off);
+            return -1;
         }
-        else if (rank > ranks[k])
+        int k = f->at[i];
+        if (k < 0) {
+            k = f->at[i] = (signed char)f->n++;
+            f->offs[k] = off;
+        }
+        else if (rank > f->ranks[k])
             continue;
-        ranks[k] = rank;
-        vals[k] = PyTuple_GET_ITEM(t, 2);
+        f->ranks[k] = rank;
+        f->vals[k] = PyTuple_GET_ITEM(t, 2);
     }
     return 1;
 }
 
 static int
-has_field(Py_ssize_t *offs, Py_ssize_t n, Py_ssize_t off)
+has_status(PyObject *span)
 {
-    for (Py_ssize_t k = 0; k < n; k++)
-        if (offs[k] == off)
-            return 1;
-    return 0;
+    PyObject *r = PyObject_CallMethodOneArg(span, s_has_field, s_status);
+    if (r == NULL)
+        return -1;
+    int t = PyObject_IsTrue(r);
+    Py_DECREF(r);
+    return t;
 }
 
 /* One span: 1 and its TraceEvent (or None: not a GenAI operation) in *out, 0 if Python must
@@ -133,45 +177,48 @@ static int
 map_one(PyObject *span, PyObject *checked, PyObject *fill, PyObject *base, PyObject **out)
 {
     *out = NULL;
-    Py_ssize_t offs[MAX_PAIRS], n = 0;
-    long ranks[MAX_PAIRS];
-    PyObject *vals[MAX_PAIRS], *ev = NULL;
-    int legacy = 0, rc;
+    Fields f;
+    memset(f.at, -1, sizeof f.at);
+    f.n = f.legacy = 0;
+    PyObject *hits[MAX_ATTRS], *ev = NULL;
+    Py_ssize_t n_hits = 0;
+    int rc;
+    /* By index: the container's iteration ends in an IndexError, and a list copies. */
     PyObject *attrs = PyObject_GetAttr(span, s_attributes);
     if (attrs == NULL)
         return -1;
-    PyObject *seq = PySequence_Fast(attrs, "attributes");
-    Py_DECREF(attrs);
-    if (seq == NULL)
-        return -1;
-    Py_ssize_t n_attrs = PySequence_Fast_GET_SIZE(seq);
-    PyObject **items = PySequence_Fast_ITEMS(seq);
-    /* The entries stay referenced here: fill() may clear the cache that holds them. */
-    PyObject *hits = PyTuple_New(n_attrs);
-    if (hits == NULL) {
-        Py_DECREF(seq);
-        return -1;
+    Py_ssize_t n_attrs = PySequence_Size(attrs);
+    if (n_attrs < 0 || n_attrs > MAX_ATTRS) {
+        Py_DECREF(attrs);
+        return n_attrs < 0 ? -1 : 0;
     }
-    for (Py_ssize_t i = 0; i < n_attrs; i++) {
-        PyObject *hit = PyDict_GetItemWithError(checked, items[i]);
+    /* The entries stay referenced here: fill() may clear the cache that holds them. */
+    for (; n_hits < n_attrs; n_hits++) {
+        PyObject *b = PySequence_GetItem(attrs, n_hits);
+        if (b == NULL)
+            goto error;
+        PyObject *hit = PyDict_GetItemWithError(checked, b);
         if (hit != NULL)
             Py_INCREF(hit);
-        else if (PyErr_Occurred() || (hit = PyObject_CallOneArg(fill, items[i])) == NULL)
+        else if (!PyErr_Occurred())
+            hit = PyObject_CallOneArg(fill, b);
+        Py_DECREF(b);
+        if (hit == NULL)
             goto error;
-        PyTuple_SET_ITEM(hits, i, hit);
+        hits[n_hits] = hit;
     }
-    Py_CLEAR(seq);
+    Py_CLEAR(attrs);
     /* The resource's first, as _resolve lists them. */
-    if ((rc = add_pairs(base, offs, ranks, vals, &n, &legacy)) <= 0)
+    if ((rc = add_pairs(base, &f)) <= 0)
         goto done;
-    for (Py_ssize_t i = 0; i < n_attrs; i++) {
-        rc = add_pairs(PyTuple_GET_ITEM(hits, i), offs, ranks, vals, &n, &legacy);
+    for (Py_ssize_t i = 0; i < n_hits; i++) {
+        rc = add_pairs(hits[i], &f);
         if (rc <= 0)
             goto done;
     }
     rc = 0;
-    if (!has_field(offs, n, o_operation)) {
-        if (legacy)
+    if (!has_field(&f, o_operation)) {
+        if (f.legacy)
             goto done;   /* an older instrumentation's span: the operation from its name */
         *out = Py_NewRef(Py_None);   /* not a GenAI operation */
         rc = 1;
@@ -225,50 +272,57 @@ map_one(PyObject *span, PyObject *checked, PyObject *fill, PyObject *base, PyObj
     Py_DECREF(start);
     if (bad)
         goto error;
-    if ((rc = hex_id(span, s_trace_id, 16, zeros_trace, ev, o_trace_id)) != 0
-        || (rc = hex_id(span, s_span_id, 8, zeros_span, ev, o_span_id)) != 0) {
+    if ((rc = hex_id(span, s_trace_id, 16, ev, o_trace_id)) != 0
+        || (rc = hex_id(span, s_span_id, 8, ev, o_span_id)) != 0) {
         if (rc < 0)
             goto error;
         rc = 0;
         goto done;
     }
     PyObject *from_reasons = NULL;
-    for (Py_ssize_t k = 0; k < n; k++) {
-        if (offs[k] == FROM_REASONS)
-            from_reasons = vals[k];
-        else if (set_slot(ev, offs[k], vals[k]) < 0)
+    for (int k = 0; k < f.n; k++) {
+        if (f.offs[k] == FROM_REASONS)
+            from_reasons = f.vals[k];
+        else if (set_slot(ev, f.offs[k], f.vals[k]) < 0)
             goto error;
     }
     /* A refusal attribute overrides the finish reasons. */
-    if (from_reasons != NULL && !has_field(offs, n, o_refusal)
+    if (from_reasons != NULL && !has_field(&f, o_refusal)
         && set_slot(ev, o_refusal, from_reasons) < 0)
         goto error;
-    PyObject *status = PyObject_GetAttr(span, s_status);
-    if (status == NULL)
+    /* Most spans have no status: asking is cheaper than reading its empty message. */
+    long c = 0;
+    int has = has_status(span);
+    if (has < 0)
         goto error;
-    PyObject *code = PyObject_GetAttr(status, s_code);   /* 0 when the span has no status */
-    Py_DECREF(status);
-    if (code == NULL)
-        goto error;
-    long c = PyLong_AsLong(code);
-    Py_DECREF(code);
-    if (c == -1 && PyErr_Occurred())
-        goto error;
+    if (has) {
+        PyObject *status = PyObject_GetAttr(span, s_status);
+        if (status == NULL)
+            goto error;
+        PyObject *code = PyObject_GetAttr(status, s_code);
+        Py_DECREF(status);
+        if (code == NULL)
+            goto error;
+        c = PyLong_AsLong(code);
+        Py_DECREF(code);
+        if (c == -1 && PyErr_Occurred())
+            goto error;
+    }
     /* STATUS_CODE_ERROR: the conventions' value when the class is unknown */
-    if (c == 2 && !has_field(offs, n, o_error_type) && set_slot(ev, o_error_type, v_other) < 0)
+    if (c == 2 && !has_field(&f, o_error_type) && set_slot(ev, o_error_type, v_other) < 0)
         goto error;
     *out = ev;
     ev = NULL;
     rc = 1;
 done:
     Py_XDECREF(ev);
-    Py_DECREF(hits);
+    for (Py_ssize_t i = 0; i < n_hits; i++)
+        Py_DECREF(hits[i]);
     return rc;
 error:
-    Py_XDECREF(seq);
-    Py_XDECREF(ev);
-    Py_DECREF(hits);
-    return -1;
+    Py_XDECREF(attrs);
+    rc = -1;
+    goto done;
 }
 
 /* map_spans(spans, checked, fill, base, out) -> how many spans were handed back (appended as
@@ -362,20 +416,40 @@ configure(PyObject *self, PyObject *args)
         || (o_span_id = offset_s(tpl, "span_id")) < 0
         || (o_latency = offset_s(tpl, "latency_ms")) < 0)
         return NULL;
+    Py_ssize_t n = PyTuple_GET_SIZE(names), offs[MAX_SLOTS], lo = PY_SSIZE_T_MAX;
+    if (n > MAX_SLOTS) {
+        PyErr_SetString(PyExc_ValueError, "more fields than MAX_SLOTS");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if ((offs[i] = slot_offset(Py_TYPE(tpl), PyTuple_GET_ITEM(names, i))) < 0)
+            return NULL;
+        lo = offs[i] < lo ? offs[i] : lo;
+    }
+    char seen[MAX_SLOTS] = {0};
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t k = (offs[i] - lo) / (Py_ssize_t)sizeof(PyObject *);
+        if (k >= MAX_SLOTS) {
+            PyErr_SetString(PyExc_ValueError, "the fields' slots span more than MAX_SLOTS");
+            return NULL;
+        }
+        seen[k] = 1;
+    }
     PyObject *out = PyDict_New();
     if (out == NULL)
         return NULL;
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(names); i++) {
-        PyObject *name = PyTuple_GET_ITEM(names, i);
-        Py_ssize_t off = slot_offset(Py_TYPE(tpl), name);
-        PyObject *o = off < 0 ? NULL : PyLong_FromSsize_t(off);
-        if (o == NULL || PyDict_SetItem(out, name, o) < 0) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *o = PyLong_FromSsize_t(offs[i]);
+        if (o == NULL || PyDict_SetItem(out, PyTuple_GET_ITEM(names, i), o) < 0) {
             Py_XDECREF(o);
             Py_DECREF(out);
             return NULL;
         }
         Py_DECREF(o);
     }
+    memcpy(known, seen, sizeof known);
+    first_slot = n ? lo : 0;
+    n_slots = MAX_SLOTS;
     Py_XSETREF(template, Py_NewRef(tpl));
     return out;
 }
@@ -404,11 +478,9 @@ PyInit__spans(void)
     INTERN(s_end, "end_time_unix_nano");
     INTERN(s_status, "status");
     INTERN(s_code, "code");
-    INTERN(s_hex, "hex");
+    INTERN(s_has_field, "HasField");
     INTERN(s_copy, "__copy__");
     INTERN(v_other, "_OTHER");
-    INTERN(zeros_trace, "00000000000000000000000000000000");
-    INTERN(zeros_span, "0000000000000000");
     if ((billion = PyLong_FromLong(1000000000L)) == NULL
         || (million = PyLong_FromLong(1000000L)) == NULL)
         return NULL;
