@@ -1,30 +1,31 @@
-/* The otlp_proto decoder's per-span mapping in C: for each span of a ScopeSpans, the
+/* The otlp_proto decoder's per-span mapping in C: for each span of a parsed TracesData, the
  * TraceEvent that OtlpDecoder._map_span (detector/core/otlp.py, the reference and the
  * fallback) and msgspec's checks give (compared by tests/test_otlp.py) or, when that span
- * needs more than the common case, the span itself, which the Python side then maps.
+ * needs more than the common case, the span and its ResourceSpans, which Python then maps.
  *
  * Why C: upb has already parsed the message, and the mapping that follows was most of the
  * decoder's cost: a dozen attribute reads, cache lookups and dict writes per span, then
  * msgspec's checks of each dict. Nothing here decodes protobuf: the spans are upb's message
- * objects, read through their Python attributes, and each attribute is the serialised KeyValue
- * bytes the view hands over (otlp_wire.proto_view), only ever used as a key of the decoder's
- * ``checked`` cache, which Python fills (``fill``) on a miss with the attribute's
- * (slot offset, rank, value) triples, each value checked once there as msgspec checks the field. So no
- * attribute value is read here, content or not, and the event is written at its slots.
+ * objects, read through their Python attributes, and each attribute is the serialised
+ * KeyValue bytes the view hands over (otlp_wire.proto_view), only ever used as a key of the
+ * decoder's ``checked`` cache, which Python fills (``fill``) on a miss with the attribute's
+ * (slot offset, rank, value) triples, each value checked once there as msgspec checks the
+ * field. So no attribute value is read here, content or not, and the event is written at its
+ * slots (only those configure() handed out).
  *
  * A field named by two attributes, or by the span and its resource, takes the best-ranked
- * one, as the Python side ranks them. Handed back to Python (the span appended as it is): a
- * value its field refuses, a span
- * without gen_ai.operation.name that has gen_ai.system (its operation comes from the span
- * name), one with events (evaluation results), without an end time, or with an id of another
- * length (rejections are named in Python). A span that is not a GenAI operation is None.
+ * one, as the Python side ranks them. Handed back to Python: a value its field refuses, a
+ * span without gen_ai.operation.name that has gen_ai.system (its operation comes from the
+ * span name), one with events (evaluation results), without an end time, with an id of
+ * another length (rejections are named in Python) or more than MAX_ATTRS attributes. A span
+ * that is not a GenAI operation is None.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <structmember.h>
 
 static PyObject *s_attributes, *s_events, *s_trace_id, *s_span_id, *s_start, *s_end, *s_status,
-    *s_code, *s_has_field, *s_copy, *v_other, *billion, *million;
+    *s_code, *s_has_field, *s_resource_spans, *s_scope_spans, *s_spans, *s_copy, *v_other, *billion, *million;
 static PyObject *template;   /* TraceEvent(ts=0.0, operation="-"): copied for each span */
 static Py_ssize_t o_operation, o_refusal, o_error_type, o_ts, o_trace_id, o_span_id, o_latency;
 
@@ -325,44 +326,105 @@ error:
     goto done;
 }
 
-/* map_spans(spans, checked, fill, base, out) -> how many spans were handed back (appended as
- * they are); see the top of the file. */
+/* Item i of a upb repeated field: by index, as iterating one ends in an IndexError. */
 static PyObject *
-map_spans(PyObject *self, PyObject *args)
+item(PyObject *obj, PyObject *field, Py_ssize_t i, Py_ssize_t *n)
 {
-    PyObject *spans, *checked, *fill, *base, *out;
-    if (!PyArg_ParseTuple(args, "OO!OOO!:map_spans", &spans, &PyDict_Type, &checked, &fill,
-                          &base, &PyList_Type, &out))
+    PyObject *seq = PyObject_GetAttr(obj, field);
+    if (seq == NULL)
+        return NULL;
+    PyObject *x = NULL;
+    if (i == 0 && (*n = PySequence_Size(seq)) < 0)
+        goto out;
+    if (i < *n)
+        x = PySequence_GetItem(seq, i);
+    else
+        x = Py_NewRef(Py_None);   /* the end */
+out:
+    Py_DECREF(seq);
+    return x;
+}
+
+/* The spans of one ScopeSpans, each appended to out: its TraceEvent, None (not a GenAI
+ * operation), or (span, resource_spans) for Python to map; -1 on error, else how many were
+ * handed back. base False: the resource's values need Python, and so do all its spans. */
+static Py_ssize_t
+scope(PyObject *spans, PyObject *rs, PyObject *checked, PyObject *fill, PyObject *base,
+      PyObject *out)
+{
+    Py_ssize_t n = PySequence_Size(spans), deferred = 0;
+    if (n < 0)
+        return -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *span = PySequence_GetItem(spans, i), *got = NULL;
+        if (span == NULL)
+            return -1;
+        int rc = base == Py_False ? 0 : map_one(span, checked, fill, base, &got);
+        if (rc == 0) {
+            deferred++;
+            got = PyTuple_Pack(2, span, rs);
+            rc = got == NULL ? -1 : 1;
+        }
+        if (rc == 1) {
+            rc = PyList_Append(out, got);
+            Py_DECREF(got);
+        }
+        Py_DECREF(span);
+        if (rc < 0)
+            return -1;
+    }
+    return deferred;
+}
+
+/* map_message(msg, resource, checked, fill, out) -> how many spans were handed back: every
+ * span of a parsed TracesData appended to out as scope() says; resource(resource_spans) gives
+ * the checked entry of a resource's attributes (or False). See the top of the file. */
+static PyObject *
+map_message(PyObject *self, PyObject *args)
+{
+    PyObject *msg, *resource, *checked, *fill, *out;
+    if (!PyArg_ParseTuple(args, "OOO!OO!:map_message", &msg, &resource, &PyDict_Type,
+                          &checked, &fill, &PyList_Type, &out))
         return NULL;
     if (template == NULL) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
         return NULL;
     }
-    PyObject *it = PyObject_GetIter(spans);
-    if (it == NULL)
-        return NULL;
-    Py_ssize_t deferred = 0;
-    PyObject *span;
-    while ((span = PyIter_Next(it)) != NULL) {
-        PyObject *got;
-        int rc = map_one(span, checked, fill, base, &got);
-        if (rc == 0) {
-            deferred++;
-            rc = PyList_Append(out, span);
+    Py_ssize_t deferred = 0, n_rs = 0;
+    for (Py_ssize_t i = 0;; i++) {
+        PyObject *rs = item(msg, s_resource_spans, i, &n_rs);
+        if (rs == NULL)
+            return NULL;
+        if (rs == Py_None) {
+            Py_DECREF(rs);
+            break;
         }
-        else if (rc == 1) {
-            rc = PyList_Append(out, got);
-            Py_DECREF(got);
+        PyObject *base = PyObject_CallOneArg(resource, rs);
+        Py_ssize_t n_ss = 0, got = 0;
+        for (Py_ssize_t j = 0; base != NULL && got >= 0; j++) {
+            PyObject *ss = item(rs, s_scope_spans, j, &n_ss);
+            if (ss == NULL || ss == Py_None) {
+                got = ss == NULL ? -1 : got;
+                Py_XDECREF(ss);
+                break;
+            }
+            PyObject *spans = PyObject_GetAttr(ss, s_spans);
+            Py_DECREF(ss);
+            if (spans == NULL)
+                got = -1;
+            else {
+                got = scope(spans, rs, checked, fill, base, out);
+                Py_DECREF(spans);
+                deferred += got > 0 ? got : 0;
+            }
         }
-        Py_DECREF(span);
-        if (rc < 0) {
-            Py_DECREF(it);
+        Py_DECREF(rs);
+        if (base == NULL || got < 0) {
+            Py_XDECREF(base);
             return NULL;
         }
+        Py_DECREF(base);
     }
-    Py_DECREF(it);
-    if (PyErr_Occurred())
-        return NULL;
     return PyLong_FromSsize_t(deferred);
 }
 
@@ -456,7 +518,7 @@ configure(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "The template event and field offsets."},
-    {"map_spans", map_spans, METH_VARARGS, "Map a ScopeSpans' spans (see the file's top)."},
+    {"map_message", map_message, METH_VARARGS, "Map a TracesData's spans (see the file's top)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -479,6 +541,9 @@ PyInit__spans(void)
     INTERN(s_status, "status");
     INTERN(s_code, "code");
     INTERN(s_has_field, "HasField");
+    INTERN(s_resource_spans, "resource_spans");
+    INTERN(s_scope_spans, "scope_spans");
+    INTERN(s_spans, "spans");
     INTERN(s_copy, "__copy__");
     INTERN(v_other, "_OTHER");
     if ((billion = PyLong_FromLong(1000000000L)) == NULL

@@ -269,23 +269,26 @@ class OtlpDecoder:
                fast: bool = True) -> list[dict[str, Any] | None]:
         """The hot path. A resource's attributes are resolved once for all its spans; each
         span is mapped by :meth:`_map_span`, or by its C twin (``fast`` and built), which hands
-        back to it the spans it does not map itself."""
+        back to it, with their resource, the spans it does not map itself."""
         msg = self._traces()
         msg.ParseFromString(data)
+        if _spans is not None and fast and not ranked:
+            got: list[Any] = []
+            if _spans.map_message(msg, self._based, self.checked, self._fill, got):
+                got = [self._map_span(x[0], *self._resource(tuple(x[1].resource.attributes))[:2],
+                                      False) if type(x) is tuple else x for x in got]
+            return got
         out: list[dict[str, Any] | None] = []
-        c = _spans is not None and fast and not ranked
         for rs in msg.resource_spans:
-            res, base, based = self._resource(tuple(rs.resource.attributes))
+            res, base, _ = self._resource(tuple(rs.resource.attributes))
             for ss in rs.scope_spans:
-                if c and based is not False:
-                    got: list[Any] = []
-                    if _spans.map_spans(ss.spans, self.checked, self._fill, based, got):
-                        got = [x if x is None or type(x) is TraceEvent
-                               else self._map_span(x, res, base, False) for x in got]
-                    out += got
-                else:
-                    out += [self._map_span(s, res, base, ranked) for s in ss.spans]
+                out += [self._map_span(s, res, base, ranked) for s in ss.spans]
         return out
+
+    def _based(self, rs: Any) -> tuple[tuple[int, int, object], ...] | bool:
+        """A resource's attributes as the C mapping's checked pairs (False: its spans are
+        mapped in Python)."""
+        return self._resource(tuple(rs.resource.attributes))[2]
 
     def _fill(self, b: bytes) -> tuple[tuple[int, int, object], ...] | bool:
         """An attribute's entry in ``checked`` (the C mapping's miss), cached as ``pairs``
