@@ -61,8 +61,9 @@ BENCHES = [
           "five times as long)"),
     Bench("otlp", ["--events", "300000"], "OpenTelemetry input (otlp_proto) against native "
           "events on the same traffic: the decoders, stage 1 in process and one worker "
-          "draining a backlog (capacity: events/s, CPU-s per million, share of a core, peak "
-          "RSS; 300 k events, the default 500 k takes longer to encode)"),
+          "draining a backlog (capacity in events per CPU second, drain rate, where the "
+          "worker's event loop spent the time, peak RSS; 300 k events, the default 500 k "
+          "takes longer to encode)"),
     Bench("nab", [], "NAB's 58 real series through `detector replay`, scored by NAB's own "
           "scorer"),
 ]
