@@ -8,7 +8,7 @@ DEMO_SECONDS ?= 180
 
 .PHONY: demo test lint bench docs clean
 
-$(BIN)/detector: pyproject.toml setup.py detector/core/_tally.c
+$(BIN)/detector: pyproject.toml setup.py detector/core/_tally.c detector/core/_spans.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e ".[test]"

@@ -1,9 +1,13 @@
 """Everything but the C extension is in pyproject.toml.
 
 Stage 1's counting in C (detector/core/_tally.c) is optional: without a compiler the package
-installs anyway and counts in Python, with the same results at a lower speed.
+installs anyway and counts in Python, with the same results at a lower speed. The same holds
+for the otlp_proto decoder's span mapping (detector/core/_spans.c).
 """
 
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("detector.core._tally", ["detector/core/_tally.c"], optional=True)])
+setup(ext_modules=[
+    Extension("detector.core._tally", ["detector/core/_tally.c"], optional=True),
+    Extension("detector.core._spans", ["detector/core/_spans.c"], optional=True),
+])

@@ -1,22 +1,29 @@
 """OpenTelemetry input against native events, on the same traffic, in one run (not a test).
 
-    python bench/otlp.py [--events 200000] [--repeat 3]
+    python bench/otlp.py [--events 500000] [--repeat 3] [--before DIR] [--no-worker]
 
 The traffic is bench/stream.py's (48 cohorts, a refusal spike in the last window) in
 100-event messages: native JSON-array batches, and the same events as GenAI spans, 100 to a
 ``TracesData`` written by the official OTLP encoder (``otlp_proto``, as the Collector's Kafka
-exporter writes them). Two measurements, each taking turns native / OTLP within a round:
+exporter writes them). Three measurements:
 
+* CPU µs per event of the decoders alone, and of the steps below the OTLP one (parse, walk);
 * stage 1 in process (decode, hard rules, window counting: :class:`detector.core.stage1.Stage1`
   over the messages in 82-message chunks, as the worker feeds it), best of ``--repeat``;
-* the worker (`detector run` on an embedded Tansu broker, one worker) from its first
-  assignment until the alerts of the traffic's end are out, as bench/stream.py times it, with
-  its peak RSS; ratios are medians of the ratios within a round. The traffic ends with one
-  unauthorized tool call per partition (a cohort each), so the end pages at once whatever
-  the length (the refusal spike pages only after the baselines' warm-up, ~1 M events).
+* the worker: each format's whole traffic is in the broker before a worker starts, so one
+  `detector run` worker drains a backlog from its first assignment until the alerts of the
+  traffic's end are out (as bench/stream.py times it). The traffic ends with one unauthorized
+  tool call per partition (a cohort each), which pages at once. Each round runs native,
+  otlp_proto (and ``--before DIR``'s worker on otlp_proto: another source tree, e.g. main's)
+  in turn; per run: the drain rate, the worker's CPU seconds, its capacity (events per CPU
+  second: its rate on a core of its own), where its event loop's wall time went (on a core;
+  runnable but waiting for one: the machine's other load; blocked: on the broker, timers,
+  stage 2) and its peak RSS. Ratios are medians of the ratios within a round.
 
-Prints events/s (= spans/s for OTLP) and the OTLP/native ratio of each; the target is ≥ 50 %;
-and the ratio of the workers' CPU seconds, which the machine's other load disturbs less.
+The target is otlp_proto at >= 50 % of native's events/s on a worker's capacity. A backlog
+keeps the worker's event loop runnable throughout (blocked stays near 0), so the drain rate
+is the CPU it gets: on a machine shared with other load, a share of a core that changes from
+run to run, which the wall-clock ratio carries and the capacity ratio does not.
 """
 
 from __future__ import annotations
@@ -29,11 +36,12 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "integration")]
 
+import harness  # noqa: E402
 import orjson  # noqa: E402
 import stream  # noqa: E402
 
@@ -126,7 +134,9 @@ def with_format(fmt: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--events", type=int, default=500_000)
+    ap.add_argument("--before", type=Path, help="also run this source tree's worker on "
+                    "otlp_proto, in each round")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-worker", action="store_true", help="stage 1 in process only")
     args = ap.parse_args()
@@ -157,34 +167,72 @@ def main() -> int:
     if len({i for i, s in expected if s == "firing"}) < stream.P:
         raise SystemExit("the traffic's end does not page: nothing to wait for")
     tmp = Path(tempfile.mkdtemp(prefix="bench-otlp-"))
-    runs: dict[str, list[stream.Run]] = {"native": [], "otlp_proto": []}
+    variants = [Variant("native", "native", ROOT), Variant("otlp_proto", "otlp_proto", ROOT)]
+    if args.before:
+        variants.append(Variant(f"otlp_proto ({args.before.name}, before)", "otlp_proto",
+                                args.before.resolve()))
+    runs: dict[str, list[stream.Run]] = {v.label: [] for v in variants}
     with Tansu(log_dir=tmp) as b:
         for fmt, msgs in data.items():
             b.create_topics([f"traces-{fmt}"], stream.P)
             asyncio.run(produce(b.bootstrap, f"traces-{fmt}", msgs, partitions=stream.P))
+        del data, native, otlp   # the broker holds them now
         for i in range(args.repeat):
-            for fmt, rs in runs.items():
-                with_format(fmt)
-                rs.append(stream.through_workers(b, tmp, f"traces-{fmt}", 1, fmt, expected))
-            print(f"round {i + 1}: " + ", ".join(
-                f"{fmt} {n / rs[-1].seconds:,.0f} events/s, peak RSS "
-                f"{rs[-1].rss_kb[0] / 1024:.0f} MiB" for fmt, rs in runs.items()), flush=True)
-    ratios = [o.seconds and x.seconds / o.seconds
-              for x, o in zip(runs["native"], runs["otlp_proto"], strict=True)]
-    for fmt, rs in runs.items():
+            for v in variants:
+                runs[v.label].append(drain(b, tmp, v, expected))
+            print(f"round {i + 1}: " + "; ".join(f"{k} {shares(n, rs[-1])}"
+                                                 for k, rs in runs.items()), flush=True)
+    for k, rs in runs.items():
         med = sorted(rs)[len(rs) // 2]
-        print(f"worker, {fmt}: {n / med.seconds:,.0f} {'spans' if fmt != 'native' else 'events'}"
-              f"/s (median of {', '.join(f'{n / x.seconds:,.0f}' for x in rs)}), peak RSS "
-              f"{max(x.rss_kb[0] for x in rs) / 1024:.0f} MiB, worker CPU "
-              f"{med.worker_cpu:.1f} s", flush=True)
-    print(f"worker otlp_proto / native: {statistics.median(ratios):.0%} (median of "
-          f"{', '.join(f'{r:.0%}' for r in ratios)}; target >= 50 %)", flush=True)
-    # On a shared machine a worker waits for a core: its CPU seconds say what the decoder costs.
-    cpu = [o.worker_cpu and x.worker_cpu / o.worker_cpu
-           for x, o in zip(runs["native"], runs["otlp_proto"], strict=True)]
-    print(f"worker CPU, native / otlp_proto: {statistics.median(cpu):.0%} (median of "
-          f"{', '.join(f'{r:.0%}' for r in cpu)})", flush=True)
+        unit = "spans" if k != "native" else "events"
+        print(f"worker, {k}: capacity {statistics.median(n / x.worker_cpu for x in rs):,.0f} "
+              f"{unit} per CPU second (median of "
+              f"{', '.join(f'{n / x.worker_cpu:,.0f}' for x in rs)}), "
+              f"{statistics.median(x.worker_cpu for x in rs) / n * 1e6:.1f} CPU-s per million; "
+              f"drained {n / med.seconds:,.0f} {unit}/s (median of "
+              f"{', '.join(f'{n / x.seconds:,.0f}' for x in rs)}) with the event loop "
+              f"{statistics.median(x.loop_run / x.seconds for x in rs):.0%} on a core, "
+              f"{statistics.median(x.loop_wait / x.seconds for x in rs):.0%} waiting for one "
+              f"(medians); peak RSS {max(x.rss_kb[0] for x in rs) / 1024:.0f} MiB", flush=True)
+    for v in variants[1:]:
+        rs, nat = runs[v.label], runs["native"]
+        rate = [x.seconds / o.seconds for x, o in zip(nat, rs, strict=True)]
+        cpu = [x.worker_cpu / o.worker_cpu for x, o in zip(nat, rs, strict=True)]
+        print(f"worker {v.label} / native: capacity (events per CPU second) "
+              f"{statistics.median(cpu):.0%} (median of {', '.join(f'{r:.0%}' for r in cpu)}; "
+              f"target >= 50 %); events/s drained {statistics.median(rate):.0%} (median of "
+              f"{', '.join(f'{r:.0%}' for r in rate)}: the same, times the ratio of the shares "
+              f"of a core the machine's other load left each run)", flush=True)
     return 0
+
+
+def shares(n: int, r: stream.Run) -> str:
+    """One run: its drain rate, CPU per event and capacity (events per CPU second: the rate
+    on a core of its own), and where the worker's event loop spent the wall time: on a core,
+    runnable but waiting for one (the machine's other load), or blocked (on the broker, a
+    timer, stage 2)."""
+    on, wait = r.loop_run / r.seconds, r.loop_wait / r.seconds
+    return (f"{n / r.seconds:,.0f} events/s drained, {r.worker_cpu / n * 1e6:.1f} CPU-s/M "
+            f"events ({n / r.worker_cpu:,.0f} per CPU second); event loop {on:.0%} on a core, "
+            f"{wait:.0%} waiting for one, {max(0.0, 1 - on - wait):.0%} blocked; peak RSS "
+            f"{r.rss_kb[0] / 1024:.0f} MiB")
+
+
+class Variant(NamedTuple):
+    label: str
+    fmt: str     # input.format
+    tree: Path   # the source tree the worker runs
+
+
+def drain(b: Tansu, tmp: Path, v: Variant, expected: set[tuple[str, str]]) -> stream.Run:
+    """One worker of ``v``'s tree drains the format's topic (a new group, from the start)."""
+    with_format(v.fmt)
+    # WorkerProc runs `python -m detector.stream.app` in harness.ROOT, first on its path.
+    harness.ROOT, root = v.tree, harness.ROOT
+    try:
+        return stream.through_workers(b, tmp, f"traces-{v.fmt}", 1, v.fmt, expected)
+    finally:
+        harness.ROOT = root
 
 
 if __name__ == "__main__":

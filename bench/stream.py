@@ -193,6 +193,20 @@ def cpu_s(pid: int) -> float:
     return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def sched_s(pid: int) -> tuple[float, float]:
+    """Seconds the process's main thread (the event loop) has run, and has waited in the run
+    queue (runnable, not running: the machine's other load), so far."""
+    f = Path(f"/proc/{pid}/schedstat").read_text().split()
+    return int(f[0]) / 1e9, int(f[1]) / 1e9
+
+
+def loop_time(ws: list[WorkerProc], since: list[tuple[float, float]]) -> tuple[float, float]:
+    """The workers' main threads' run and run-queue seconds since ``since``, all together."""
+    now = [sched_s(w.pid) for w in ws]
+    return (sum(a[0] - b[0] for a, b in zip(now, since, strict=True)),
+            sum(a[1] - b[1] for a, b in zip(now, since, strict=True)))
+
+
 def hwm_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -240,6 +254,8 @@ class Run(NamedTuple):
     broker_cpu: float       # ... and the broker
     spread: float           # seconds between the first and the last worker's partitions
     load: list[Load]        # stage-2 work per worker
+    loop_run: float = 0.0   # seconds the workers' main threads (event loops) ran
+    loop_wait: float = 0.0  # ... and were runnable but waited for a core (the machine's load)
 
 
 def assigned_spread(ws: list[WorkerProc]) -> float:
@@ -272,6 +288,7 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
                 if any(w.events("stage1_assigned") for w in ws):
                     t0 = time.perf_counter()  # the clock starts when a consumer has partitions
                     workers_cpu0 = [cpu_s(w.pid) for w in ws]
+                    sched0 = [sched_s(w.pid) for w in ws]
                     broker_cpu0 = cpu_s(broker_pid)
                 else:
                     time.sleep(0.05)
@@ -289,10 +306,11 @@ def through_workers(b: Tansu, tmp: Path, topic: str, n_workers: int, tag: str,
                 cpu = sum(cpu_s(w.pid) - c for w, c in zip(ws, workers_cpu0, strict=True))
                 bcpu = cpu_s(broker_pid) - broker_cpu0
                 rss = [hwm_kb(w.pid) for w in ws]
+                loop = loop_time(ws, sched0)
                 # Every window is closed (its alerts are out); the last log lines say so.
                 time.sleep(0.5)
                 return Run(dt, t_committed or dt, rss, cpu, bcpu, assigned_spread(ws),
-                           [stage2_load(w) for w in ws])
+                           [stage2_load(w) for w in ws], *loop)
         raise SystemExit(f"{group}: the last window's alerts did not come out in time; "
                          f"see {ws[0].log_path}")
     finally:

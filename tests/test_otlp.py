@@ -12,6 +12,7 @@ import sys
 import time
 from collections import namedtuple
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import orjson
@@ -374,7 +375,7 @@ def test_the_fast_path_maps_spans_as_ranking_every_attribute_does() -> None:
     compared = 0
     for m in msgs:
         try:
-            fast = dec._proto(m)
+            fast = dec._proto(m, fast=False)   # the C path: the test below
         except Exception:   # a broken message: a rejection, whichever path
             continue
         assert fast == dec._proto(m, ranked=True)   # dicts: the same fields and values
@@ -400,3 +401,148 @@ def test_a_span_with_two_bad_fields_is_rejected_for_the_first_in_ranked_order() 
         s.end(end_time=T0 + MS)
     ok, bad, _ = _decode("otlp_proto", traces_data(list(exp.get_finished_spans())))
     assert ok == [] and [(r.reason, r.field) for r in bad] == [("wrong_type", "tenant")] * 2
+
+
+def _varied_spans(rng: random.Random, k: int, hostile: bool = True) -> bytes:
+    """One message of spans drawn from what instrumentations send: new and old GenAI names,
+    cohort fields on the span or the resource (or both), fields named twice, missing end
+    times, bad ids, statuses, evaluation events, and values of the wrong type or size."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import Status, StatusCode
+
+    pick = rng.choice
+    res = {"service.name": pick(["svc", "svc-2", 7]), "tenant.id": f"t{k % 3}"}
+    if rng.random() < 0.3:
+        res["gen_ai.request.model"] = "m-res"   # the resource names a span field too
+    if rng.random() < 0.2:
+        res["gen_ai.system"] = "openai"
+    exp = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource.create(res))
+    tp.add_span_processor(SimpleSpanProcessor(exp))
+    values: dict[str, list[Any]] = {
+        "gen_ai.operation.name": ["chat", "execute_tool", "", "x" * 80, 3],
+        "gen_ai.system": ["openai"], "gen_ai.provider.name": ["anthropic"],
+        "gen_ai.request.model": ["m-req"], "gen_ai.response.model": ["m-resp", True],
+        "gen_ai.usage.input_tokens": [12, -1, 2**62, "12", 1.5],
+        "gen_ai.usage.prompt_tokens": [7], "gen_ai.usage.output_tokens": [3, 0],
+        "gen_ai.usage.completion_tokens": [9],
+        "gen_ai.response.finish_reasons": [("stop",), ("content_filter", "stop"), ("refusal",),
+                                           (), (1, 2)],
+        "ai.refusal": [True, False, "yes"], "ai.safety_hits": ["pii", ("pii", "toxicity")],
+        "ai.retries": [0, 2, -3], "error.type": ["timeout", ""],
+        "gen_ai.tool.name": ["send_email"], "ai.tool_authorized": [False, True, 1],
+        "ai.tool_side_effect": ["external", "bogus"], "tenant.id": ["t-span"],
+        "service.namespace": ["ns"], "ai.memory_bytes": [10, -10],
+        "gen_ai.input.messages": [PROMPT], "http.route": ["/x"],
+    }
+    for _ in range(rng.randint(1, 6)):
+        attrs = {key: pick(v) if hostile else v[0] for key, v in values.items()
+                 if rng.random() < 0.35}
+        start = T0 + rng.randrange(10**9)
+        s = tp.get_tracer("x").start_span(pick(["chat gpt-4o", "completion", ""]),
+                                          start_time=pick([start, start, 0]),
+                                          attributes=attrs)
+        if rng.random() < 0.15:
+            s.add_event("gen_ai.evaluation.result", {"gen_ai.evaluation.name": "Relevance",
+                                                     "gen_ai.evaluation.score.value": 0.5})
+        if rng.random() < 0.2:
+            s.set_status(Status(StatusCode.ERROR))
+        s.end(end_time=pick([start + rng.randrange(10**9), start - 5, start]))
+    return traces_data(list(exp.get_finished_spans()))
+
+
+def test_the_c_span_mapping_gives_what_the_python_reference_gives() -> None:
+    from detector.core import otlp
+
+    assert otlp._spans is not None, "detector.core._spans did not build; see setup.py"
+    rng = random.Random(14)
+    # Well-formed values (old and new names, fields named twice) and hostile ones.
+    msgs = [_varied_spans(rng, k, hostile=k % 2 == 1) for k in range(120)]   # bounded
+    # Hostile copies: bytes flipped, ids of other lengths.
+    for m in msgs[:60]:
+        b = bytearray(m)
+        for _ in range(rng.randint(1, 3)):
+            b[rng.randrange(len(b))] = rng.randrange(256)
+        msgs.append(bytes(b))
+    c_dec = OtlpDecoder("otlp_proto", CFG.input.otlp)
+    py_dec = OtlpDecoder("otlp_proto", CFG.input.otlp)
+    in_c = compared = 0
+    for m in msgs:
+        try:
+            fast = c_dec._proto(m)
+        except Exception:   # a broken message: a rejection, whichever path
+            continue
+        ref = py_dec._proto(m, fast=False)
+        assert len(fast) == len(ref)
+        for got, want in zip(fast, ref, strict=True):
+            if isinstance(got, TraceEvent):   # made in C: as msgspec makes it from the dict
+                in_c += 1
+                assert isinstance(want, dict)
+                assert got == msgspec.convert(want, TraceEvent, strict=True), want
+            else:
+                assert got == want
+        compared += 1
+        # The whole decoder: the same events, rejections (reasons, fields) and skips.
+        a, b = c_dec([m], 1 << 20), _pure(py_dec, [m])
+        assert a[0] == b[0] and a[2] == b[2]
+        assert [(r.reason, r.field, r.payload) for r in a[1]] == \
+            [(r.reason, r.field, r.payload) for r in b[1]]
+    assert compared > 100 and in_c > 40   # C mapped spans itself, not handed them all back
+    assert not any(MARK in b for b in c_dec.checked)   # never content
+
+
+def _pure(dec: OtlpDecoder, msgs: list[bytes]) -> tuple[list[TraceEvent], list[Rejection], int]:
+    from detector.core import otlp
+
+    c, otlp._spans = otlp._spans, None
+    try:
+        return dec(msgs, 1 << 20)
+    finally:
+        otlp._spans = c
+
+
+def test_events_made_in_c_share_no_list() -> None:
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exp = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exp))
+    for _ in range(2):
+        s = tp.get_tracer("x").start_span("chat", start_time=T0, attributes={
+            "gen_ai.operation.name": "chat", "ai.safety_hits": "pii"})
+        s.end(end_time=T0 + MS)
+    ok, _, _ = _decode("otlp_proto", traces_data(list(exp.get_finished_spans())))
+    assert ok[0].safety_hits == ["pii"] and ok[0].safety_hits is not ok[1].safety_hits
+
+
+def test_the_c_mapping_hands_back_what_it_does_not_map_and_python_gets_it_right() -> None:
+    """Spans the C side gives to Python (more attributes than it holds) or reads itself in
+    a rarer form (all-zero ids: none, an error status) come out as the reference has them."""
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+    from opentelemetry.proto.trace.v1.trace_pb2 import Status, TracesData
+
+    def kv(k: str, v: object) -> KeyValue:
+        return KeyValue(key=k, value=AnyValue(int_value=v) if isinstance(v, int)
+                        else AnyValue(string_value=str(v)))
+
+    td = TracesData()
+    ss = td.resource_spans.add().scope_spans.add()
+    many = [kv("gen_ai.operation.name", "chat"), kv("tenant.id", "t1")]
+    many += [kv(f"x.extra{i}", i) for i in range(80)]
+    ss.spans.add(trace_id=bytes(range(1, 17)), span_id=bytes(range(1, 9)),
+                 start_time_unix_nano=T0, end_time_unix_nano=T0 + 5 * MS, attributes=many)
+    ss.spans.add(trace_id=bytes(16), span_id=bytes(8), start_time_unix_nano=T0,
+                 end_time_unix_nano=T0 + MS, status=Status(code=Status.STATUS_CODE_ERROR),
+                 attributes=[kv("gen_ai.operation.name", "chat")])
+    ok, bad, skipped = _decode("otlp_proto", td.SerializeToString())
+    assert bad == [] and skipped == 0 and len(ok) == 2
+    assert ok[0].tenant == "t1" and ok[0].trace_id == bytes(range(1, 17)).hex()
+    assert ok[0].span_id == bytes(range(1, 9)).hex() and ok[0].latency_ms == 5.0
+    assert ok[1].trace_id is UNSET and ok[1].span_id is UNSET and ok[1].error_type == "_OTHER"
+    py = OtlpDecoder("otlp_proto", CFG.input.otlp)
+    assert _pure(py, [td.SerializeToString()]) == (ok, [], 0)

@@ -33,10 +33,13 @@ name it (:func:`check_mapping`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
 import math
+import os
 from collections.abc import Callable, Iterable
-from itertools import chain
+from itertools import chain, repeat
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any, Final
 
@@ -63,6 +66,13 @@ from detector.core.otlp_wire import (
 
 if TYPE_CHECKING:
     from detector.config import Config, OtlpMapping
+
+# The span mapping in C, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS is
+# set, as for counting's _tally.
+_spans: Any = None
+if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
+    with contextlib.suppress(ImportError):
+        _spans = importlib.import_module("detector.core._spans")
 
 __all__ = ["CONTENT_ATTRIBUTES", "Decoder", "OtlpDecoder", "check_backend", "check_mapping",
            "decoder_for", "native_decoder"]
@@ -178,10 +188,17 @@ class OtlpDecoder:
         # KeyValue bytes -> its ((field, rank, value), ...); bounded, and never content.
         self.cache: dict[bytes, tuple[tuple[str, int, object], ...]] = {}
         self.pairs: dict[bytes, tuple[tuple[str, object], ...]] = {}   # the same, unranked
-        self.resources: dict[tuple[bytes, ...], tuple[list[tuple[str, int, object]],
-                                                      dict[str, object]]] = {}
+        self.resources: dict[tuple[bytes, ...], Any] = {}   # _resource's, bounded
         self.unmapped: dict[str, int] = {}   # unmapped name -> its values cached
         self.refusals = frozenset(mapping.refusal_finish_reasons)
+        # The same again for the C mapping: KeyValue bytes -> ((slot offset, rank, value), ...),
+        # each value as msgspec's check of its field gives it, or False if a check fails.
+        self.checked: dict[bytes, tuple[tuple[int, int, object], ...] | bool] = {}
+        self.offsets: dict[str, int] = {}
+        if _spans is not None:
+            self.offsets = _spans.configure(TraceEvent(ts=0.0, operation="-"),
+                                            ("operation", *_FIELDS))
+            self.offsets.update({_FROM_REASONS: -1, _LEGACY_FIELD: -2})
 
     # -- messages --------------------------------------------------------------------------
     def __call__(self, messages: list[bytes], max_bytes: int) -> tuple[list[TraceEvent],
@@ -212,16 +229,25 @@ class OtlpDecoder:
             bad.sort(key=lambda r: r.message)
         return ok, bad, skipped
 
-    def _validate(self, items: list[dict[str, Any]], where: list[int], bad: list[Rejection],
+    def _validate(self, items: list[Any], where: list[int], bad: list[Rejection],
                   messages: list[bytes]) -> list[TraceEvent]:
-        """The native checks in one C pass; item by item (for the reasons) if one fails."""
+        """The native checks in one C pass; item by item (for the reasons) if one fails.
+        Events the C mapping made are checked already."""
+        done = list(map(isinstance, items, repeat(TraceEvent)))
+        if all(done):
+            return items
+        todo = items if not any(done) else [x for x, d in zip(items, done, strict=True)
+                                             if not d]
         try:
-            evs = msgspec.convert(items, list[TraceEvent], strict=True)
+            evs = msgspec.convert(todo, list[TraceEvent], strict=True)
         except msgspec.ValidationError:
             evs = None
         if evs is not None and _finish_all(evs):   # JSON ids may not be hex
-            return evs
-        results = list(map(_one_item, items))
+            if todo is items:
+                return evs
+            it = iter(evs)
+            return [x if d else next(it) for x, d in zip(items, done, strict=True)]
+        results = [x if type(x) is TraceEvent else _one_item(x) for x in items]
         if self.fmt == "otlp_proto":
             # The fast path orders a span's fields otherwise, and msgspec names the first bad
             # one: a message with a bad span is mapped again as the ranked path does.
@@ -239,55 +265,98 @@ class OtlpDecoder:
                 bad.append(r._replace(message=i))
         return ok
 
-    def _proto(self, data: bytes, ranked: bool = False) -> list[dict[str, Any] | None]:
-        """The hot path. A resource's attributes are resolved once for all its spans; a span's
-        fields are one dict of its attributes' cached (field, value) pairs, merged with the
-        resource's, unless a field is named twice (or ``ranked``: then :func:`_resolve`)."""
+    def _proto(self, data: bytes, ranked: bool = False,
+               fast: bool = True) -> list[dict[str, Any] | None]:
+        """The hot path. A resource's attributes are resolved once for all its spans; each
+        span is mapped by :meth:`_map_span`, or by its C twin (``fast`` and built), which hands
+        back to it, with their resource, the spans it does not map itself."""
         msg = self._traces()
         msg.ParseFromString(data)
-        pairs_of, attr, span = self.pairs.get, self._attr, self._span
+        if _spans is not None and fast and not ranked:
+            got: list[Any] = []
+            if _spans.map_message(msg, self._based, self.checked, self._fill, got):
+                got = [self._map_span(x[0], *self._resource(tuple(x[1].resource.attributes))[:2],
+                                      False) if type(x) is tuple else x for x in got]
+            return got
         out: list[dict[str, Any] | None] = []
         for rs in msg.resource_spans:
-            res, base = self._resource(tuple(rs.resource.attributes))
-            base_keys = base.keys()
+            res, base, _ = self._resource(tuple(rs.resource.attributes))
             for ss in rs.scope_spans:
-                for s in ss.spans:
-                    attrs = s.attributes
-                    # C-level; misses (None) parsed once just below
-                    hits: list[Any] = list(map(pairs_of, attrs))
-                    if None in hits:
-                        hits = [attr(b)[0] if h is None else h
-                                for h, b in zip(hits, attrs, strict=True)]
-                    best = dict(chain.from_iterable(hits))
-                    if (ranked or len(best) != sum(map(len, hits))
-                            or not base_keys.isdisjoint(best)):
-                        best = _resolve(res, list(map(self._triples, attrs)))
-                    elif base:
-                        best.update(base)
-                    if "operation" in best:
-                        name = ""   # read only for a span without it (below)
-                    elif _LEGACY_FIELD in best:
-                        name = s.name
-                    else:
-                        out.append(None)   # not a GenAI operation: nothing else read
-                        continue
-                    events = s.events
-                    out.append(span(
-                        best,
-                        [(e.name, [self._kv.FromString(b) for b in e.attributes], proto_value)
-                         for e in events if e.name == _EVAL_EVENT] if events else (),
-                        s.trace_id.hex(), s.span_id.hex(), name, s.start_time_unix_nano,
-                        s.end_time_unix_nano, s.status.code if s.HasField("status") else 0))
+                out += [self._map_span(s, res, base, ranked) for s in ss.spans]
         return out
 
-    def _resource(self, attrs: tuple[bytes, ...]) -> tuple[list[tuple[str, int, object]],
-                                                            dict[str, object]]:
-        """A resource's ranked attributes and its own best fields: the same for every message
-        of one service, so cached (bounded) unless it has an uncached attribute."""
+    def _based(self, rs: Any) -> tuple[tuple[int, int, object], ...] | bool:
+        """A resource's attributes as the C mapping's checked pairs (False: its spans are
+        mapped in Python)."""
+        return self._resource(tuple(rs.resource.attributes))[2]
+
+    def _fill(self, b: bytes) -> tuple[tuple[int, int, object], ...] | bool:
+        """An attribute's entry in ``checked`` (the C mapping's miss), cached as ``pairs``
+        caches it (never content)."""
+        got = self._check(self._attr(b)[1])
+        if b in self.pairs:
+            self.checked[b] = got
+        return got
+
+    def _check(self, triples: Iterable[tuple[str, int, object]]
+               ) -> tuple[tuple[int, int, object], ...] | bool:
+        """(field, rank, value) as (slot offset, rank, checked value), or False if msgspec
+        refuses a value (the span is then mapped and rejected in Python, which names why)."""
+        out = []
+        for f, rank, v in triples:
+            if f in (_FROM_REASONS, _LEGACY_FIELD):
+                out.append((self.offsets[f], rank, v))
+                continue
+            item = {"ts": 0.0, "operation": "-", f: v}
+            try:
+                ev = msgspec.convert(item, TraceEvent, strict=True)
+            except (msgspec.ValidationError, RecursionError):
+                return False
+            out.append((self.offsets[f], rank, getattr(ev, f)))
+        return tuple(out)
+
+    def _map_span(self, s: Any, res: list[tuple[str, int, object]], base: dict[str, object],
+                  ranked: bool) -> dict[str, Any] | None:
+        """One span (the reference of _spans.c): its fields are one dict of its attributes'
+        cached (field, value) pairs, merged with its resource's, unless a field is named
+        twice (or ``ranked``: then :func:`_resolve`)."""
+        attrs = s.attributes
+        # C-level; misses (None) parsed once just below
+        hits: list[Any] = list(map(self.pairs.get, attrs))
+        if None in hits:
+            hits = [self._attr(b)[0] if h is None else h
+                    for h, b in zip(hits, attrs, strict=True)]
+        best = dict(chain.from_iterable(hits))
+        if (ranked or len(best) != sum(map(len, hits))
+                or not base.keys().isdisjoint(best)):
+            best = _resolve(res, list(map(self._triples, attrs)))
+        elif base:
+            best.update(base)
+        if "operation" in best:
+            name = ""   # read only for a span without it (below)
+        elif _LEGACY_FIELD in best:
+            name = s.name
+        else:
+            return None   # not a GenAI operation: nothing else read
+        events = s.events
+        return self._span(
+            best,
+            [(e.name, [self._kv.FromString(b) for b in e.attributes], proto_value)
+             for e in events if e.name == _EVAL_EVENT] if events else (),
+            s.trace_id.hex(), s.span_id.hex(), name, s.start_time_unix_nano,
+            s.end_time_unix_nano, s.status.code if s.HasField("status") else 0)
+
+    def _resource(self, attrs: tuple[bytes, ...]) -> tuple[
+            list[tuple[str, int, object]], dict[str, object],
+            tuple[tuple[int, int, object], ...] | bool]:
+        """A resource's ranked attributes, its own best fields and those as the C mapping's
+        checked pairs: the same for every message of one service, so cached (bounded) unless
+        it has an uncached attribute."""
         got = self.resources.get(attrs)
         if got is None:
             res = self._hits(map(self._triples, attrs), 1)
-            got = res, _resolve(res, [])
+            base = _resolve(res, [])
+            got = res, base, self._check(res) if self.offsets else False
             if all(map(self.cache.__contains__, attrs)):   # never content
                 if len(self.resources) >= _RESOURCES:
                     self.resources.clear()
@@ -321,6 +390,7 @@ class OtlpDecoder:
         if len(self.cache) >= _CACHE_ENTRIES:
             self.cache.clear()
             self.pairs.clear()
+            self.checked.clear()
         self.cache[b] = out
         self.pairs[b] = pairs
         return pairs, out

@@ -8,7 +8,7 @@ with what an alert on them would carry, and their adoptions. Grouping ("children
 break together: one parent alert") and the alert lifecycle run on the reports and the coarser
 cohorts' own decisions, and the signals firing after a window go back into the next window's
 scoring (hysteresis). That exchange is a per-window step: the next window of any shard is
-scored only after every shard's report of this one. See docs/decisions/0005.
+scored only after every shard's report of this one. See docs/decisions/0006.
 
 :class:`ShardedStage2` runs the shards in one process, exchanging the reports as the bytes the
 wire would carry; it is how the split is held to one Stage2's alerts, field for field
