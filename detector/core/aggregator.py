@@ -28,15 +28,17 @@ from msgspec import UNSET
 from detector.config import Config
 from detector.core.counting import Counting
 from detector.core.partials import (
-    MAX_VERSION_COMBOS,
+    COMBO_FIELDS,
+    MAX_OPEN_COMBOS,
     OTHER,
     UNKNOWN,
-    VERSION_FIELDS,
+    VALUE_FIELDS,
     Partial,
     empty_partial,
     merge_into,
     merge_keyed,
     route_key,
+    value_of,
     versions_of,
 )
 from detector.core.signals import (
@@ -47,7 +49,8 @@ from detector.core.watermark import Watermark
 
 __all__ = ["Aggregator"]
 
-_OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # its versions_of is OTHER_VERSIONS
+_OTHER_COMBO: Final = (UNSET,) * len(COMBO_FIELDS)   # all "unknown"
+_FIELDS: Final = range(len(VALUE_FIELDS))
 
 
 class Aggregator(Counting):
@@ -61,10 +64,11 @@ class Aggregator(Counting):
         self.levels = config.cohorts.levels
         self.finest = list(self.levels[-1])   # a list[str] of its own, as Counting declares
         self.layout = layout_of(config)
-        # An open partial per (window, finest cohort, version combination): the combination
-        # is counted by the partial's own event counter, so no per-event work of its own.
-        # The combinations of one cohort are merged into one partial when handed out.
-        self._key = attrgetter(*self.finest, *VERSION_FIELDS)
+        # An open partial per (window, finest cohort, combination of versions, model and
+        # tool): the combination is counted by the partial's own counters, so no per-event
+        # work of its own. The combinations of one cohort are merged into one partial when
+        # handed out, each value's counters kept (Partial.values).
+        self._key = attrgetter(*self.finest, *COMBO_FIELDS)
         self._nf = len(self.finest)
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
         self._combos: dict[tuple[int, tuple[object, ...]], int] = {}   # open partials per cohort
@@ -88,8 +92,8 @@ class Aggregator(Counting):
     def _partial_for(self, key: tuple[int, tuple[object, ...]]) -> Partial:
         """The partial that counts an event with ``key`` when no open partial has that key:
         a new one, or, past the cohort budget, the window's all-"other" cohort (bounded
-        memory whatever producers send), or past MAX_VERSION_COMBOS combinations in one
-        cohort and window, its "other versions" partial."""
+        memory whatever producers send), or past MAX_OPEN_COMBOS combinations in one
+        cohort and window, its all-"unknown" partial."""
         w, full = key
         cohort, combo = full[:self._nf], full[self._nf:]
         if cohort not in self._known:
@@ -99,7 +103,7 @@ class Aggregator(Counting):
                 self.folded += 1
                 cohort = self._overflow
         n = self._combos.get((w, cohort), 0)
-        if n >= MAX_VERSION_COMBOS - 1:
+        if n >= MAX_OPEN_COMBOS - 1:
             combo = _OTHER_COMBO
         key = (w, cohort + combo)
         p = self._open.get(key)
@@ -138,7 +142,9 @@ class Aggregator(Counting):
                 del self._combos[(w, cohort)]
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
-            p.versions = {versions_of(full[nf:]): p.counts[EVENTS]}
+            combo = full[nf:]
+            p.versions = {versions_of(combo[:3]): p.counts[EVENTS]}
+            p.values = {f: {value_of(f, combo): {}} for f in _FIELDS}
             merge_keyed(finest, (w, cohort), p, k)
         return self._roll_up(sorted(finest.values(), key=_pkey))
 
