@@ -46,6 +46,7 @@ __all__ = [
     "encode",
     "legacy_versions",
     "merge_values",
+    "split_values",
     "value_of",
     "merge",
     "merge_into",
@@ -245,7 +246,7 @@ def value_of(field: int, combo: tuple[object, ...]) -> str:
     return UNKNOWN if v is UNSET else v  # type: ignore[return-value]  # a str when set
 
 
-def _whole(vals: dict[str, dict[int, int]], counts: list[int]) -> dict[str, dict[int, int]]:
+def split_values(vals: dict[str, dict[int, int]], counts: list[int]) -> dict[str, dict[int, int]]:
     """Every value's counters, the remainder value's worked out from the partial's counts."""
     out: dict[str, dict[int, int]] = {}
     rest = None
@@ -284,8 +285,8 @@ def merge_values(av: dict[int, dict[str, dict[int, int]]], ac: list[int],
                 and not next(iter(y.values())):
             out[f] = {next(iter(x)): {}}   # one value on both sides: the common case
             continue
-        whole = _whole(x, ac)
-        for v, c in _whole(y, bc).items():
+        whole = split_values(x, ac)
+        for v, c in split_values(y, bc).items():
             d = whole.setdefault(v, {})
             for i, n in c.items():
                 d[i] = d.get(i, 0) + n

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Final
 
+from baselines.poisson import poisson_score
 from detector.config import Config
 from detector.core.alert import Alert
+from detector.core.attribution import TOOL_FIELD, Trail, describe
 from detector.core.lifecycle import Key, Lifecycle
 from detector.core.partials import (
     UNKNOWN,
@@ -25,10 +27,11 @@ from detector.core.partials import (
     empty_partial,
     merge_keyed,
     route_key,
+    split_values,
 )
 from detector.core.rules import RuleHit
 from detector.core.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
-from detector.core.signals import EVENTS
+from detector.core.signals import EVENTS, Signal
 from detector.core.watermark import Watermark
 
 _TS: Final = attrgetter("ts")
@@ -54,6 +57,11 @@ class Stage2:
         self.k = config.alerting.evidence_trace_ids
         self.share = config.alerting.version_share
         self.lookback = config.alerting.suspect_lookback_windows
+        al = config.alerting
+        self.trail_decay = 0.5 ** (1.0 / al.attribution_half_life_windows)
+        self.attr_min = al.attribution_min_score
+        self.attr_detects = al.attribution_detects
+        self.clear_ratio = al.clear_ratio
         self.scorer = Scorer(config)
         self.life = Lifecycle(config)
         self.models: dict[tuple[int, tuple[str, ...]], CohortModel] = {}
@@ -69,6 +77,14 @@ class Stage2:
             tuple(self.levels[i].index(f) for f in self.levels[i - 1])
             for i in range(1, len(self.levels))
         ]
+        self._sig = {s.name: s for s in self.scorer.signals}
+        # The signals a tool's value is a candidate for: those counted per tool call.
+        tool_calls = self.scorer.layout.at["tool_calls"]
+        self._tool_signals = frozenset(s.name for s in self.scorer.signals
+                                       if s.kind == "rate" and s.den == tool_calls)
+        self._detecting = frozenset(s.name for s in self.scorer.signals
+                                    if s.kind == "rate" and s.flags
+                                    and config.signal(s.name).direction in ("up", "both"))
 
     # -- input ------------------------------------------------------------------------------
     def add_partial(self, p: Partial) -> None:
@@ -142,11 +158,18 @@ class Stage2:
             own = self.models.get(key)
             if own is None:
                 own = self.models[key] = CohortModel(key[0])
-            self.scorer.rebaseline(parts[key], own)
+            p = parts[key]
+            if own.trail is None:
+                own.trail = Trail(w, self.trail_decay)
+            if p.values:
+                own.trail.add(w, p.values, p.counts)
+            self.scorer.rebaseline(p, own)
             pk = self._parent(*key)
             parent = self.models.get(pk) if pk else None
-            decisions[key] = self.scorer.score(parts[key], own, parent,
-                                               firing.get(key, _NONE))
+            fire = firing.get(key, _NONE)
+            ds = decisions[key] = self.scorer.score(p, own, parent, fire)
+            if self.attr_detects and own.trail.newest >= w - self.lookback:
+                self._detect(key, own, ds, fire, p)
         adopted: list[Key] = []
         for key, ds in decisions.items():
             for signal in self.scorer.learn(parts[key], self.models[key], ds):
@@ -165,7 +188,7 @@ class Stage2:
         touched: set[Key] = self.life.touch_hits(t0)
         for (key, signal), (d, persistence, grouped) in sorted(reps.items()):
             p = parts[key]
-            sus = self._suspect(self.models[key], p.versions, w)
+            sus = self._attribute(self.models[key], p, d, w)
             a = self.life.on_anomaly(key[0], key[1], d, persistence, (t0, t1),
                                      self._evidence(p, d), sus, grouped)
             touched.add((signal, key[0], key[1]))
@@ -262,6 +285,84 @@ class Stage2:
                  if v != best[3] and e[0] >= KNOWN_WEIGHT and e[1] < best[0]}
         baseline = max(sorted(older), key=lambda v: older[v]) if older else None
         return {"field": VERSION_FIELDS[i], "baseline": baseline, "now": best[3]}
+
+    # -- attribution (detector.core.attribution) ---------------------------------------------
+    def _ranked(self, own: CohortModel, sig: Signal, sign: float, w: int
+                ) -> list[tuple[float, int, str, float, float]]:
+        """Candidate values of this cohort for this signal, strongest evidence first:
+        (score in the alert's direction, field, value, observed with, observed without)."""
+        trail = own.trail
+        if trail is None:
+            return []
+        b: Any = own.baselines.get(sig.name)
+        disp = b.dispersion() if sig.kind == "rate" and b is not None else 1.0
+        spec = (sig.kind, sig.num, sig.den, sig.sq, sig.log)
+        out = []
+        for f, v in trail.candidates(w, self.lookback, self.scorer.warmup):
+            if f == TOOL_FIELD and sig.name not in self._tool_signals:
+                continue
+            z, with_, without = trail.contrast(f, v, w, spec, disp)
+            out.append((z * sign, f, v, with_, without))
+        out.sort(key=lambda c: (-c[0], c[1], c[2]))
+        return out
+
+    def _detect(self, key: tuple[int, tuple[str, ...]], own: CohortModel, ds: list[Decision],
+                firing: frozenset[str] | set[str], p: Partial) -> None:
+        """A new value whose events fail far more than the rest's makes the window anomalous
+        for that rate even when the cohort's overall rate moves little (a canary): its
+        evidence past the signal's threshold, and this window's events with the value
+        leaning that way on their own (so the alert ends when they stop failing)."""
+        w = p.window
+        for i, d in enumerate(ds):
+            if d.anomalous or d.signal not in self._detecting:
+                continue
+            sig = self._sig[d.signal]
+            ranked = self._ranked(own, sig, 1.0, w)
+            if not ranked:
+                continue
+            t = d.threshold * (self.clear_ratio if d.signal in firing else 1.0)
+            z, f, v, _, without = ranked[0]
+            if z < t or abs(d.score) >= z:
+                continue
+            mine = split_values(p.values.get(f, {}), p.counts).get(v, {})
+            k, n = mine.get(sig.num, 0), mine.get(sig.den, 0)
+            b: Any = own.baselines.get(sig.name)
+            sd = math.sqrt(max(b.dispersion(), 1.0)) if b is not None else 1.0
+            if k >= self.scorer.min_count(sig.name) and n > 0 and poisson_score(
+                    k, n * max(without, 0.5 / (n + 1.0))) / sd >= t / 2:
+                ds[i] = d._replace(score=z, anomalous=True)
+
+    def _attribute(self, own: CohortModel, p: Partial, d: Decision, w: int) -> dict[str, Any]:
+        """The suspected change of an alert on this cohort and signal: the candidate value
+        with the strongest evidence, and up to two more; or why there is none."""
+        sig = self._sig.get(d.signal)
+        if sig is None or sig.kind == "volume":
+            return {"reason": "volume is not attributed to a version value"}
+        ranked = self._ranked(own, sig, 1.0 if d.score >= 0 else -1.0, w)
+        if not ranked:
+            return {"reason": "no version, model or tool value changed within the look-back"}
+        named = [c for c in ranked if c[0] >= self.attr_min][:3]
+        if not named:
+            z, f, v = ranked[0][:3]
+            return {"reason": f"no changed value carries it: {describe(f, v, None)['field']} "
+                              f"{describe(f, v, None)['now']} scores {z:.1f}, under "
+                              f"{self.attr_min:g}"}
+        total = p.counts[EVENTS] or 1
+        out = []
+        trail = own.trail
+        assert trail is not None
+        for z, f, v, with_, without in named:
+            vals = p.values.get(f)
+            n = 0
+            if vals and v in vals:
+                n = split_values(vals, p.counts)[v].get(EVENTS, 0)
+            c = describe(f, v, trail.baseline_of(f, v, w))
+            c.update(share_of_events=round(n / total, 4), observed_with=round(with_, 6),
+                     observed_without=round(without, 6), score=round(z, 2))
+            out.append(c)
+        first = out[0]
+        first["also"] = out[1:]
+        return first
 
     def cohort_counts(self) -> tuple[int, int]:
         """(warming, warm) cohorts: warm once its volume baseline is past warm-up."""

@@ -1,0 +1,166 @@
+"""Attribution: which version value's events carry an anomaly (the first rollback candidate).
+
+Stage 1 hands each window's counters split by value of each field of
+:data:`~detector.core.partials.VALUE_FIELDS` (``Partial.values``). Each cohort keeps those
+counters decayed over a few windows (:class:`Trail`, a half-life of
+``alerting.attribution_half_life_windows``), so the windows before a change are still there to
+compare with after it. For an alert, each candidate value (one that appeared after the
+cohort's baseline started, within ``alerting.suspect_lookback_windows``) is tested: the
+signal among events with the value against the rest of the cohort's events, as counts with
+the baseline's Poisson score (a rate; its reference's own counting noise and the baseline's
+over-dispersion widen it), or as a difference of means (a quantity). The value with the
+strongest evidence in the alert's direction is named; none at ``attribution_min_score`` or
+more gives no suspected change and says why. A change rolled out to all traffic is told apart
+from an earlier one by the windows before it: the earlier value's events were fine then.
+
+>>> t = Trail(0)
+>>> for w in range(30):   # prompt v1 fails 1 in 100; from window 20 a canary, v2, 30 in 100
+...     t.add(w, {1: {"v1": {}} if w < 20 else {"v1": {0: 900, 1: 900, 2: 9}, "v2": {}}},
+...           [1000, 1000, 10] if w < 20 else [1000, 1000, 39])
+>>> z, with_, without = t.contrast(1, "v2", 29, ("rate", 2, 1, -1, True), 1.0)
+>>> round(with_, 2), round(without, 3), z > 10
+(0.3, 0.01, True)
+>>> t.candidates(29, lookback=120, settle=5)
+[(1, 'v2')]
+"""
+
+from __future__ import annotations
+
+from math import expm1, sqrt
+from typing import Any, Final
+
+from baselines.poisson import poisson_score
+from detector.core.partials import OTHER, SCALE, SEP, UNKNOWN, VALUE_FIELDS, split_values
+from detector.core.signals import EVENTS
+
+__all__ = ["TOOL_FIELD", "Trail", "describe"]
+
+TOOL_FIELD: Final = VALUE_FIELDS.index("tool_name")
+#: Values of one field a cohort's trail keeps (those with the most recent events).
+TRAIL_VALUES: Final = 8
+#: Units with the value a test needs to say anything.
+MIN_UNITS: Final = 3.0
+
+Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
+
+
+class Trail:
+    """One cohort's per-value counters, decayed: for each field, value -> [window last
+    added, window first seen, counters]; ``total`` the cohort's own. Decay is applied lazily
+    (on the next add or read), so a value that is quiet costs nothing."""
+
+    __slots__ = ("decay", "fields", "newest", "start", "total")
+
+    def __init__(self, start: int, decay: float = 0.933) -> None:
+        self.decay = decay
+        self.start = start    # the first window the cohort was seen
+        self.newest = -1      # the latest first-seen window of any value (-1: none)
+        self.fields: list[dict[str, list[Any]]] = [{} for _ in VALUE_FIELDS]
+        self.total: list[Any] = [start, start, {}]
+
+    def _at(self, e: list[Any], w: int) -> dict[int, float]:
+        if w > e[0]:
+            f = self.decay ** (w - e[0])
+            c = e[2]
+            for i in c:
+                c[i] *= f
+            e[0] = w
+        vec: dict[int, float] = e[2]
+        return vec
+
+    def add(self, w: int, values: dict[int, dict[str, dict[int, int]]], counts: list[int]
+            ) -> None:
+        """Add one window's per-value counters (a partial's ``values`` and ``counts``)."""
+        whole_counts = None
+        tot = self._at(self.total, w)
+        for i, n in enumerate(counts):
+            if n:
+                tot[i] = tot.get(i, 0.0) + n
+        for f, vals in values.items():
+            if f >= len(self.fields):
+                continue
+            if len(vals) == 1 and not next(iter(vals.values())):
+                if whole_counts is None:
+                    whole_counts = {i: n for i, n in enumerate(counts) if n}
+                split = {next(iter(vals)): whole_counts}
+            else:
+                split = split_values(vals, counts)
+            known = self.fields[f]
+            for v, c in split.items():
+                if f == TOOL_FIELD and v == UNKNOWN:
+                    continue   # events that call no tool
+                e = known.get(v)
+                if e is None:
+                    e = known[v] = [w, w, {}]
+                    if w > self.newest:
+                        self.newest = w
+                vec = self._at(e, w)
+                for i, n in c.items():
+                    vec[i] = vec.get(i, 0.0) + n
+            if len(known) > TRAIL_VALUES:
+                for v in sorted(known, key=lambda v: (self._at(known[v], w).get(EVENTS, 0.0),
+                                                      v))[:len(known) - TRAIL_VALUES]:
+                    del known[v]
+
+    def candidates(self, w: int, lookback: int, settle: int) -> list[tuple[int, str]]:
+        """(field, value) pairs that are changes: first seen after the cohort's first
+        ``settle`` windows (its initial mix is its baseline) and within ``lookback``."""
+        if self.newest < max(w - lookback, self.start + settle):
+            return []
+        return [(f, v) for f, known in enumerate(self.fields) for v, e in sorted(known.items())
+                if v not in (UNKNOWN, OTHER) and e[1] >= max(w - lookback, self.start + settle)]
+
+    def baseline_of(self, f: int, v: str, w: int) -> str | None:
+        """The value of field ``f`` the candidate ``v`` replaced: the one with most events
+        among those seen before it."""
+        known = self.fields[f]
+        first = known[v][1]
+        older = [(self._at(e, w).get(EVENTS, 0.0), u) for u, e in known.items()
+                 if u != v and e[1] < first and u not in (UNKNOWN, OTHER)]
+        return max(older)[1] if older else None
+
+    def contrast(self, f: int, v: str, w: int, sig: Sig, disp: float
+                 ) -> tuple[float, float, float]:
+        """(score, observed with, observed without) of the signal among the value's events
+        against the rest of the cohort's: + where the value's events are higher."""
+        kind, num, den, sq, log = sig
+        tot = self._at(self.total, w)
+        e = self.fields[f].get(v)
+        if e is None:
+            return 0.0, 0.0, 0.0
+        vec = self._at(e, w)
+        if kind == "rate":
+            k1, n1 = vec.get(num, 0.0), vec.get(den, 0.0)
+            k0, n0 = tot.get(num, 0.0) - k1, tot.get(den, 0.0) - n1
+            if n1 < MIN_UNITS or n0 < MIN_UNITS:
+                return 0.0, k1 / n1 if n1 > 0 else 0.0, k0 / n0 if n0 > 0 else 0.0
+            r0 = (max(k0, 0.0) + 0.5) / (n0 + 1.0)
+            # The reference rate is itself counted: its noise, n1²·r0/n0, widens the test.
+            z = poisson_score(k1, n1 * r0) / sqrt(max(disp, 1.0) * (1.0 + n1 / (n0 + 1.0)))
+            return z, k1 / n1, max(k0, 0.0) / n0
+        if kind == "quantity":
+            n1, s1, q1 = vec.get(num, 0.0), vec.get(den, 0.0), vec.get(sq, 0.0)
+            n0, s0, q0 = tot.get(num, 0.0) - n1, tot.get(den, 0.0) - s1, tot.get(sq, 0.0) - q1
+            if n1 < MIN_UNITS or n0 < MIN_UNITS:
+                return 0.0, 0.0, 0.0
+            m1, m0 = s1 / n1, s0 / n0
+            v1, v0 = max(q1 / n1 - m1 * m1, 0.0), max(q0 / n0 - m0 * m0, 0.0)
+            z = (m1 - m0) / sqrt(v1 / n1 + v0 / n0 + 1.0)
+            show = (lambda m: expm1(m / SCALE)) if log else (lambda m: m / SCALE)
+            return z, show(m1), show(m0)
+        return 0.0, 0.0, 0.0
+
+
+def describe(f: int, v: str, baseline: str | None) -> dict[str, Any]:
+    """The field, model, baseline and now of a candidate as the alert names them (a model
+    version with its model)."""
+    out: dict[str, Any] = {"field": VALUE_FIELDS[f]}
+    if f == 0:
+        model, _, now = v.partition(SEP)
+        if baseline is not None:
+            bm, _, bv = baseline.partition(SEP)
+            baseline = bv if bm == model else f"{bm} {bv}"
+        out.update(baseline=baseline, now=now, model=model)
+    else:
+        out.update(baseline=baseline, now=v)
+    return out
