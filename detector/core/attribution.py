@@ -45,8 +45,8 @@ Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast read
 
 
 class Trail:
-    """One cohort's per-value counters, decayed: for each field, value -> [window last
-    added, window first seen, counters]; ``total`` the cohort's own. Decay is applied lazily
+    """One cohort's per-value counters, decayed: for each field, value -> [window decayed
+    to, window first seen, counters, window last seen]; ``total`` the cohort's own. Decay is applied lazily
     (on the next add or read), so a value that is quiet costs nothing."""
 
     __slots__ = ("decay", "fields", "newest", "start", "total")
@@ -56,7 +56,7 @@ class Trail:
         self.start = start    # the first window the cohort was seen
         self.newest = -1      # the latest first-seen window of any value (-1: none)
         self.fields: list[dict[str, list[Any]]] = [{} for _ in VALUE_FIELDS]
-        self.total: list[Any] = [start, start, {}]
+        self.total: list[Any] = [start, start, {}, start]
 
     def _at(self, e: list[Any], w: int) -> dict[int, float]:
         if w > e[0]:
@@ -91,9 +91,10 @@ class Trail:
                     continue   # events that call no tool
                 e = known.get(v)
                 if e is None:
-                    e = known[v] = [w, w, {}]
+                    e = known[v] = [w, w, {}, w]
                     if w > self.newest:
                         self.newest = w
+                e[3] = w
                 vec = self._at(e, w)
                 for i, n in c.items():
                     vec[i] = vec.get(i, 0.0) + n
@@ -111,13 +112,18 @@ class Trail:
                 if v not in (UNKNOWN, OTHER) and e[1] >= max(w - lookback, self.start + settle)]
 
     def baseline_of(self, f: int, v: str, w: int) -> str | None:
-        """The value of field ``f`` the candidate ``v`` replaced: the one with most events
-        among those seen before it."""
+        """The value of field ``f`` the candidate ``v`` replaced: of those seen before it,
+        the one that stopped closest to its arrival (a rollout), else, none having stopped
+        (a canary), the one with most events."""
         known = self.fields[f]
         first = known[v][1]
-        older = [(self._at(e, w).get(EVENTS, 0.0), u) for u, e in known.items()
+        older = [(u, e) for u, e in known.items()
                  if u != v and e[1] < first and u not in (UNKNOWN, OTHER)]
-        return max(older)[1] if older else None
+        stopped = [(-abs(e[3] - first), u) for u, e in older if e[3] < w]
+        if stopped:
+            return max(stopped)[1]
+        ranked = [(self._at(e, w).get(EVENTS, 0.0), u) for u, e in older]
+        return max(ranked)[1] if ranked else None
 
     def contrast(self, f: int, v: str, w: int, sig: Sig, disp: float
                  ) -> tuple[float, float, float]:
