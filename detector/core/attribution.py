@@ -111,19 +111,24 @@ class Trail:
         return [(f, v) for f, known in enumerate(self.fields) for v, e in sorted(known.items())
                 if v not in (UNKNOWN, OTHER) and e[1] >= max(w - lookback, self.start + settle)]
 
-    def baseline_of(self, f: int, v: str, w: int) -> str | None:
+    def baseline_of(self, f: int, v: str, w: int, now: dict[str, dict[int, int]]) -> str | None:
         """The value of field ``f`` the candidate ``v`` replaced: of those seen before it,
-        the one that stopped closest to its arrival (a rollout), else, none having stopped
-        (a canary), the one with most events."""
+        the one whose traffic fell the most (this window's events, ``now``, against its
+        decayed total: about none for a value rolled over, a little less for one a canary
+        takes a share of); on a tie, the one with most events."""
         known = self.fields[f]
         first = known[v][1]
-        older = [(u, e) for u, e in known.items()
-                 if u != v and e[1] < first and u not in (UNKNOWN, OTHER)]
-        stopped = [(-abs(e[3] - first), u) for u, e in older if e[3] < w]
-        if stopped:
-            return max(stopped)[1]
-        ranked = [(self._at(e, w).get(EVENTS, 0.0), u) for u, e in older]
-        return max(ranked)[1] if ranked else None
+        best: tuple[float, float, str] | None = None
+        for u, e in known.items():
+            if u == v or e[1] >= first or u in (UNKNOWN, OTHER):
+                continue
+            seen = self._at(e, w).get(EVENTS, 0.0)
+            if seen <= 0.0:
+                continue
+            cand = (-now.get(u, {}).get(EVENTS, 0) / seen, seen, u)
+            if best is None or cand > best:
+                best = cand
+        return best[2] if best else None
 
     def contrast(self, f: int, v: str, w: int, sig: Sig, disp: float
                  ) -> tuple[float, float, float]:

@@ -67,9 +67,10 @@ MAX_VERSION_COMBOS: Final = 16
 #: Open partials one cohort may have in one stage-1 window (one per combination of versions,
 #: model and tool); past it, new combinations count under all-"unknown" values.
 MAX_OPEN_COMBOS: Final = 64
-#: Values of one field a partial keeps counts for; the rest are summed under "other", so a
+#: Values of one field a partial keeps counts for (an agent with a dozen tools fits); the rest
+#: are summed under "other" (the most common kept: then the merge depends on order), so a
 #: producer that invents a version per event cannot grow a partial.
-MAX_VALUES: Final = 8
+MAX_VALUES: Final = 16
 #: The fields whose values are rollback candidates, as ``Partial.values`` keys them: the
 #: model version (with its model: "model\x1fversion"), prompt, policy, and the tool called.
 VALUE_FIELDS: Final = ("model_version", "prompt_version", "policy_version", "tool_name")

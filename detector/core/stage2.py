@@ -352,11 +352,9 @@ class Stage2:
         trail = own.trail
         assert trail is not None
         for z, f, v, with_, without in named:
-            vals = p.values.get(f)
-            n = 0
-            if vals and v in vals:
-                n = split_values(vals, p.counts)[v].get(EVENTS, 0)
-            c = describe(f, v, trail.baseline_of(f, v, w))
+            now = split_values(p.values.get(f, {}), p.counts)
+            n = now.get(v, {}).get(EVENTS, 0)
+            c = describe(f, v, trail.baseline_of(f, v, w, now))
             c.update(share_of_events=round(n / total, 4), observed_with=round(with_, 6),
                      observed_without=round(without, 6), score=round(z, 2))
             out.append(c)
