@@ -103,7 +103,7 @@ class Alerting(_Base):
     suspect_lookback_windows: PosInt = 120
     # Attribution: the per-value counters' half-life, the evidence a value needs to be
     # named, and whether that evidence alone can make a rate's window anomalous.
-    attribution_half_life_windows: Positive = 10.0
+    attribution_half_life_windows: Positive = 30.0
     attribution_min_score: Positive = 3.0
     attribution_detects: bool = True
 

@@ -6,6 +6,7 @@ the issue's scenarios through `detector simulate | replay | evaluate`."""
 from __future__ import annotations
 
 import json
+import zlib
 import random
 import subprocess
 import sys
@@ -250,3 +251,29 @@ def test_the_canary_is_found_only_through_its_events(issue19, tmp_path: Path) ->
     by = {i["scenario"]: i for i in report["incidents"]}
     assert not by["canary_version"]["detected"]
     assert all(by[n]["detected"] for n in ISSUE_19 if n != "canary_version")
+
+
+def test_a_worker_that_takes_over_keeps_the_evidence(config) -> None:
+    """Stage-2 state carries each cohort's per-value counters: a worker that loads it
+    mid-incident names the canary as the one that never stopped does."""
+    from detector.core import snapshot
+    from detector.core.stage2 import Stage2
+
+    msgs = list(_mix(70, share=lambda m: 0.05 if m >= 40 else 0.0, bad=lambda m: 0.4))
+    whole = _alerts(config, iter(msgs))
+    pipe = Pipeline(config)
+    out = []
+    for i, m in enumerate(msgs):
+        if i == 45 * 300:   # minute 45: the canary's events have been failing for 5 minutes
+            (route,) = snapshot.routes(pipe.stage2)
+            blob = snapshot.dump_route(pipe.stage2, route)
+            pipe.stage2 = Stage2(config)
+            snapshot.load_route(pipe.stage2, blob)
+            assert snapshot.dump_route(pipe.stage2, route) == blob
+        out += map(alert_record, pipe.feed(m))
+    out += [alert_record(a) for a in pipe.finish()]
+    assert out == whole and any(a["suspected_change"] for a in out)
+    bad = msgspec.msgpack.decode(zlib.decompress(blob))
+    bad["models"][0][-1] = [0, 0, 2.0, [0, 0, {}, 0], []]   # a decay past 1, no fields
+    with pytest.raises(ValueError, match="attribution trail"):
+        snapshot.load_route(Stage2(config), zlib.compress(msgspec.msgpack.encode(bad)))

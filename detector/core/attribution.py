@@ -26,8 +26,10 @@ from an earlier one by the windows before it: the earlier value's events were fi
 
 from __future__ import annotations
 
-from math import expm1, sqrt
+from math import expm1, log1p, sqrt
 from typing import Any, Final
+
+import msgspec
 
 from baselines.poisson import poisson_score
 from detector.core.partials import OTHER, SCALE, SEP, UNKNOWN, VALUE_FIELDS, split_values
@@ -42,6 +44,19 @@ TRAIL_VALUES: Final = 8
 MIN_UNITS: Final = 3.0
 
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
+#: A value's entry as stored: window decayed to, first seen, counters, last seen, and the
+#: counters of the windows in which its cohort had no anomaly ("settled").
+_Entry = tuple[int, int, dict[int, float], int, dict[int, float]]
+
+
+class _State(msgspec.Struct, array_like=True):
+    """A trail as stage-2 state stores it (detector.core.snapshot)."""
+
+    start: int
+    newest: int
+    decay: float
+    total: _Entry
+    fields: list[dict[str, _Entry]]
 
 
 class Trail:
@@ -49,21 +64,41 @@ class Trail:
     to, window first seen, counters, window last seen]; ``total`` the cohort's own. Decay is applied lazily
     (on the next add or read), so a value that is quiet costs nothing."""
 
-    __slots__ = ("decay", "fields", "newest", "start", "total")
+    __slots__ = ("_pending", "decay", "fields", "newest", "start", "total")
 
-    def __init__(self, start: int, decay: float = 0.933) -> None:
+    def __init__(self, start: int, decay: float = 0.5 ** (1 / 30)) -> None:
         self.decay = decay
         self.start = start    # the first window the cohort was seen
         self.newest = -1      # the latest first-seen window of any value (-1: none)
         self.fields: list[dict[str, list[Any]]] = [{} for _ in VALUE_FIELDS]
-        self.total: list[Any] = [start, start, {}, start]
+        self.total: list[Any] = [start, start, {}, start, {}]
+        # This window's split, kept between add and settle.
+        self._pending: tuple[int, list[tuple[list[Any], dict[int, int]]]] | None = None
+
+    def state(self) -> list[Any]:
+        return [self.start, self.newest, self.decay, self.total, self.fields]
+
+    @classmethod
+    def from_state(cls, raw: Any) -> Trail:
+        """A trail from :meth:`state`'s value (decoded msgpack); ValueError if malformed."""
+        try:
+            st = msgspec.convert(raw, _State)
+        except msgspec.ValidationError as e:
+            raise ValueError(f"attribution trail: {e}") from None
+        if not 0.0 < st.decay < 1.0 or len(st.fields) != len(VALUE_FIELDS):
+            raise ValueError("attribution trail: bad decay or fields")
+        t = cls(st.start, st.decay)
+        t.newest = st.newest
+        t.total = list(st.total)
+        t.fields = [{v: list(e) for v, e in f.items()} for f in st.fields]
+        return t
 
     def _at(self, e: list[Any], w: int) -> dict[int, float]:
         if w > e[0]:
             f = self.decay ** (w - e[0])
-            c = e[2]
-            for i in c:
-                c[i] *= f
+            for c in (e[2], e[4]):
+                for i in c:
+                    c[i] *= f
             e[0] = w
         vec: dict[int, float] = e[2]
         return vec
@@ -71,17 +106,15 @@ class Trail:
     def add(self, w: int, values: dict[int, dict[str, dict[int, int]]], counts: list[int]
             ) -> None:
         """Add one window's per-value counters (a partial's ``values`` and ``counts``)."""
-        whole_counts = None
+        whole_counts = {i: n for i, n in enumerate(counts) if n}
         tot = self._at(self.total, w)
-        for i, n in enumerate(counts):
-            if n:
-                tot[i] = tot.get(i, 0.0) + n
+        for i, n in whole_counts.items():
+            tot[i] = tot.get(i, 0.0) + n
+        added = [(self.total, whole_counts)]
         for f, vals in values.items():
             if f >= len(self.fields):
                 continue
             if len(vals) == 1 and not next(iter(vals.values())):
-                if whole_counts is None:
-                    whole_counts = {i: n for i, n in enumerate(counts) if n}
                 split = {next(iter(vals)): whole_counts}
             else:
                 split = split_values(vals, counts)
@@ -91,13 +124,16 @@ class Trail:
                     continue   # events that call no tool
                 e = known.get(v)
                 if e is None:
-                    e = known[v] = [w, w, {}, w]
+                    e = known[v] = [w, w, {}, w, {}]
                     if w > self.newest:
                         self.newest = w
                 e[3] = w
                 vec = self._at(e, w)
                 for i, n in c.items():
                     vec[i] = vec.get(i, 0.0) + n
+                added.append((e, c))
+        self._pending = (w, added)
+        for known in self.fields:
             if len(known) > TRAIL_VALUES:
                 for v in sorted(known, key=lambda v: (self._at(known[v], w).get(EVENTS, 0.0),
                                                       v))[:len(known) - TRAIL_VALUES]:
@@ -130,36 +166,73 @@ class Trail:
                 best = cand
         return best[2] if best else None
 
+    def settle(self, w: int) -> None:
+        """Window ``w`` (the last added) had no anomaly in this cohort: its counters also
+        count as settled, what a value's events looked like before an anomaly."""
+        if self._pending is None or self._pending[0] != w:
+            return
+        for e, c in self._pending[1]:
+            st = e[4]   # decayed to w by add
+            for i, n in c.items():
+                st[i] = st.get(i, 0.0) + n
+        self._pending = None
+
     def contrast(self, f: int, v: str, w: int, sig: Sig, disp: float
                  ) -> tuple[float, float, float]:
         """(score, observed with, observed without) of the signal among the value's events
         against the rest of the cohort's: + where the value's events are higher."""
-        kind, num, den, sq, log = sig
-        tot = self._at(self.total, w)
         e = self.fields[f].get(v)
         if e is None:
             return 0.0, 0.0, 0.0
         vec = self._at(e, w)
-        if kind == "rate":
-            k1, n1 = vec.get(num, 0.0), vec.get(den, 0.0)
-            k0, n0 = tot.get(num, 0.0) - k1, tot.get(den, 0.0) - n1
-            if n1 < MIN_UNITS or n0 < MIN_UNITS:
-                return 0.0, k1 / n1 if n1 > 0 else 0.0, k0 / n0 if n0 > 0 else 0.0
-            r0 = (max(k0, 0.0) + 0.5) / (n0 + 1.0)
-            # The reference rate is itself counted: its noise, n1²·r0/n0, widens the test.
-            z = poisson_score(k1, n1 * r0) / sqrt(max(disp, 1.0) * (1.0 + n1 / (n0 + 1.0)))
-            return z, k1 / n1, max(k0, 0.0) / n0
-        if kind == "quantity":
-            n1, s1, q1 = vec.get(num, 0.0), vec.get(den, 0.0), vec.get(sq, 0.0)
-            n0, s0, q0 = tot.get(num, 0.0) - n1, tot.get(den, 0.0) - s1, tot.get(sq, 0.0) - q1
-            if n1 < MIN_UNITS or n0 < MIN_UNITS:
-                return 0.0, 0.0, 0.0
-            m1, m0 = s1 / n1, s0 / n0
-            v1, v0 = max(q1 / n1 - m1 * m1, 0.0), max(q0 / n0 - m0 * m0, 0.0)
-            z = (m1 - m0) / sqrt(v1 / n1 + v0 / n0 + 1.0)
-            show = (lambda m: expm1(m / SCALE)) if log else (lambda m: m / SCALE)
-            return z, show(m1), show(m0)
-        return 0.0, 0.0, 0.0
+        z, with_, without, _ = _test(sig, vec, self._at(self.total, w), disp)
+        return z, with_, without
+
+    def before(self, f: int, v: str, w: int, sig: Sig, disp: float, with_: float
+               ) -> tuple[float, float]:
+        """The value's settled events (windows of its cohort without an anomaly) against the
+        rest's: (score, the score those units would give had the value's events been as
+        they are now, ``with_``). A value whose settled events were ordinary, and would have
+        shown it, did not bring the anomaly (it came later)."""
+        e = self.fields[f].get(v)
+        if e is None:
+            return 0.0, 0.0
+        self._at(e, w)
+        self._at(self.total, w)
+        z, _, _, power = _test(sig, e[4], self.total[4], disp, with_)
+        return z, power
+
+
+def _test(sig: Sig, vec: dict[int, float], tot: dict[int, float], disp: float,
+          as_with: float | None = None) -> tuple[float, float, float, float]:
+    """(score, with, without, the score had "with" been ``as_with``) of the counters ``vec``
+    against ``tot`` minus them."""
+    kind, num, den, sq, log = sig
+    if kind == "rate":
+        k1, n1 = vec.get(num, 0.0), vec.get(den, 0.0)
+        k0, n0 = tot.get(num, 0.0) - k1, tot.get(den, 0.0) - n1
+        if n1 < MIN_UNITS or n0 < MIN_UNITS:
+            return 0.0, k1 / n1 if n1 > 0 else 0.0, k0 / n0 if n0 > 0 else 0.0, 0.0
+        r0 = (max(k0, 0.0) + 0.5) / (n0 + 1.0)
+        # The reference rate is itself counted: its noise, n1²·r0/n0, widens the test.
+        sd = sqrt(max(disp, 1.0) * (1.0 + n1 / (n0 + 1.0)))
+        power = 0.0 if as_with is None else poisson_score(n1 * as_with, n1 * r0) / sd
+        return poisson_score(k1, n1 * r0) / sd, k1 / n1, max(k0, 0.0) / n0, power
+    if kind == "quantity":
+        n1, s1, q1 = vec.get(num, 0.0), vec.get(den, 0.0), vec.get(sq, 0.0)
+        n0, s0, q0 = tot.get(num, 0.0) - n1, tot.get(den, 0.0) - s1, tot.get(sq, 0.0) - q1
+        if n1 < MIN_UNITS or n0 < MIN_UNITS:
+            return 0.0, 0.0, 0.0, 0.0
+        m1, m0 = s1 / n1, s0 / n0
+        v1, v0 = max(q1 / n1 - m1 * m1, 0.0), max(q0 / n0 - m0 * m0, 0.0)
+        se = sqrt(v1 / n1 + v0 / n0 + 1.0)
+        show = (lambda m: expm1(m / SCALE)) if log else (lambda m: m / SCALE)
+        power = 0.0
+        if as_with is not None:
+            mw = (log1p(max(as_with, 0.0)) if log else as_with) * SCALE
+            power = (mw - m0) / se
+        return (m1 - m0) / se, show(m1), show(m0), power
+    return 0.0, 0.0, 0.0, 0.0
 
 
 def describe(f: int, v: str, baseline: str | None) -> dict[str, Any]:

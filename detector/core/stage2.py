@@ -170,6 +170,8 @@ class Stage2:
             ds = decisions[key] = self.scorer.score(p, own, parent, fire)
             if self.attr_detects and own.trail.newest >= w - self.lookback:
                 self._detect(key, own, ds, fire, p)
+            if not any(d.anomalous for d in ds):
+                own.trail.settle(w)
         adopted: list[Key] = []
         for key, ds in decisions.items():
             for signal in self.scorer.learn(parts[key], self.models[key], ds):
@@ -302,7 +304,14 @@ class Stage2:
             if f == TOOL_FIELD and sig.name not in self._tool_signals:
                 continue
             z, with_, without = trail.contrast(f, v, w, spec, disp)
-            out.append((z * sign, f, v, with_, without))
+            z *= sign
+            if z >= self.attr_min:
+                # Its events before the anomaly were ordinary, and would have shown it: it
+                # came before the anomaly rather than with it.
+                pre, power = trail.before(f, v, w, spec, disp, with_)
+                if power * sign >= self.attr_min and pre * sign < 1.0:
+                    z = pre * sign
+            out.append((z, f, v, with_, without))
         out.sort(key=lambda c: (-c[0], c[1], c[2]))
         return out
 
@@ -344,9 +353,9 @@ class Stage2:
         named = [c for c in ranked if c[0] >= self.attr_min][:3]
         if not named:
             z, f, v = ranked[0][:3]
-            return {"reason": f"no changed value carries it: {describe(f, v, None)['field']} "
-                              f"{describe(f, v, None)['now']} scores {z:.1f}, under "
-                              f"{self.attr_min:g}"}
+            c = describe(f, v, None)
+            return {"reason": f"no changed value carries it: {c['field']} {c['now']} scores "
+                              f"{z:.1f}, under {self.attr_min:g}"}
         total = p.counts[EVENTS] or 1
         out = []
         trail = own.trail
