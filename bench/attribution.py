@@ -20,15 +20,15 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import msgspec  # noqa: E402
+import msgspec
 
-from detector.config import load_config  # noqa: E402
-from detector.core.alert import alert_record  # noqa: E402
-from detector.lab import scenarios  # noqa: E402
-from detector.lab.evaluate import evaluate  # noqa: E402
-from detector.lab.replay import replay  # noqa: E402
-from detector.lab.simulate import simulate  # noqa: E402
-from detector.lab.tracefile import read_lines  # noqa: E402
+from detector.config import load_config
+from detector.core.alert import alert_record
+from detector.lab import scenarios
+from detector.lab.evaluate import evaluate
+from detector.lab.replay import replay
+from detector.lab.simulate import simulate
+from detector.lab.tracefile import read_lines
 
 
 def run(share: float, seed: int, hours: float, work: Path) -> list[dict[str, Any]]:
@@ -47,7 +47,8 @@ def run(share: float, seed: int, hours: float, work: Path) -> list[dict[str, Any
     for c in (cfg, off):
         alerts: list[dict[str, Any]] = []
         with (out / "traces.jsonl").open("rb") as fh:
-            replay(read_lines(fh, c.input.max_message_bytes), c, lambda a: alerts.append(alert_record(a)))
+            replay(read_lines(fh, c.input.max_message_bytes), c,
+                   lambda a, into=alerts: into.append(alert_record(a)))
         (row,) = [r for r in evaluate(labels, alerts)["incidents"]
                   if r["scenario"] == "canary_version"]
         rows.append(row)

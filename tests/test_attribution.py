@@ -6,10 +6,10 @@ the issue's scenarios through `detector simulate | replay | evaluate`."""
 from __future__ import annotations
 
 import json
-import zlib
 import random
 import subprocess
 import sys
+import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any

@@ -61,12 +61,13 @@ class _State(msgspec.Struct, array_like=True):
 
 class Trail:
     """One cohort's per-value counters, decayed: for each field, value -> [window decayed
-    to, window first seen, counters, window last seen]; ``total`` the cohort's own. Decay is applied lazily
-    (on the next add or read), so a value that is quiet costs nothing."""
+    to, window first seen, counters, window last seen, settled counters]; ``total`` the
+    cohort's own. Decay is applied lazily (on the next add or read), so a value that is
+    quiet costs nothing."""
 
     __slots__ = ("_pending", "decay", "fields", "newest", "start", "total")
 
-    def __init__(self, start: int, decay: float = 0.5 ** (1 / 30)) -> None:
+    def __init__(self, start: int, decay: float = 0.977) -> None:   # a 30-window half-life
         self.decay = decay
         self.start = start    # the first window the cohort was seen
         self.newest = -1      # the latest first-seen window of any value (-1: none)

@@ -169,7 +169,7 @@ class Stage2:
             fire = firing.get(key, _NONE)
             ds = decisions[key] = self.scorer.score(p, own, parent, fire)
             if self.attr_detects and own.trail.newest >= w - self.lookback:
-                self._detect(key, own, ds, fire, p)
+                self._detect(own, ds, fire, p)
             if not any(d.anomalous for d in ds):
                 own.trail.settle(w)
         adopted: list[Key] = []
@@ -315,8 +315,8 @@ class Stage2:
         out.sort(key=lambda c: (-c[0], c[1], c[2]))
         return out
 
-    def _detect(self, key: tuple[int, tuple[str, ...]], own: CohortModel, ds: list[Decision],
-                firing: frozenset[str] | set[str], p: Partial) -> None:
+    def _detect(self, own: CohortModel, ds: list[Decision], firing: frozenset[str] | set[str],
+                p: Partial) -> None:
         """A new value whose events fail far more than the rest's makes the window anomalous
         for that rate even when the cohort's overall rate moves little (a canary): its
         evidence past the signal's threshold, and this window's events with the value
