@@ -62,6 +62,8 @@ BENCHES = [
     Bench("otlp", ["--events", "100000"], "OpenTelemetry input (otlp_proto) against native "
           "events on the same traffic: stage 1 in process and the worker; spans/s, peak RSS "
           "(100 k events; the default 200 k takes twice as long)"),
+    Bench("attribution", [], "issue 19: at what rollout share a harmful canary is paged, "
+          "with and without attribution, and whether its version is named"),
     Bench("nab", [], "NAB's 58 real series through `detector replay`, scored by NAB's own "
           "scorer"),
 ]
