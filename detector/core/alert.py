@@ -60,6 +60,8 @@ class SuspectedChange(msgspec.Struct, frozen=True, omit_defaults=True):
     observed_with: float | None = None     # the signal among the value's events
     observed_without: float | None = None  # ...and among the rest of the cohort's
     score: float | None = None             # the evidence, in standard units
+    #: "parent": this cohort's events alone were too few to name it; its parent's were.
+    named_by: str | None = None
 
 
 class Evidence(msgspec.Struct, frozen=True):

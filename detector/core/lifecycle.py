@@ -249,4 +249,5 @@ def _change(c: dict[str, Any]) -> SuspectedChange:
     return SuspectedChange(field=c["field"], baseline=c["baseline"], now=c["now"],
                            model=c.get("model"), share_of_events=c.get("share_of_events"),
                            observed_with=c.get("observed_with"),
-                           observed_without=c.get("observed_without"), score=c.get("score"))
+                           observed_without=c.get("observed_without"), score=c.get("score"),
+                           named_by=c.get("named_by"))

@@ -41,6 +41,9 @@ __all__ = ["Stage2"]
 
 _SUSPECT_ORDER = (1, 2, 0)     # on a tie: prompt, then policy, then model version
 MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not walked window by window
+#: A value's events can clear it of an anomaly once it has run this many windows: sooner,
+#: its "ordinary" windows may be a lagging signal's (overrides come minutes after answers).
+SETTLED_WINDOWS = 15
 
 
 class Stage2:
@@ -289,14 +292,14 @@ class Stage2:
         return {"field": VERSION_FIELDS[i], "baseline": baseline, "now": best[3]}
 
     # -- attribution (detector.core.attribution) ---------------------------------------------
-    def _ranked(self, own: CohortModel, sig: Signal, sign: float, w: int
+    def _ranked(self, own: CohortModel | None, sig: Signal, sign: float, w: int
                 ) -> list[tuple[float, int, str, float, float]]:
         """Candidate values of this cohort for this signal, strongest evidence first:
         (score in the alert's direction, field, value, observed with, observed without)."""
-        trail = own.trail
+        trail = own.trail if own is not None else None
         if trail is None:
             return []
-        b: Any = own.baselines.get(sig.name)
+        b: Any = own.baselines.get(sig.name) if own is not None else None
         disp = b.dispersion() if sig.kind == "rate" and b is not None else 1.0
         spec = (sig.kind, sig.num, sig.den, sig.sq, sig.log)
         out = []
@@ -305,9 +308,9 @@ class Stage2:
                 continue
             z, with_, without = trail.contrast(f, v, w, spec, disp)
             z *= sign
-            if z >= self.attr_min:
-                # Its events before the anomaly were ordinary, and would have shown it: it
-                # came before the anomaly rather than with it.
+            if z >= self.attr_min and trail.fields[f][v][1] <= w - SETTLED_WINDOWS:
+                # Its events in the windows before the anomaly were ordinary, and would have
+                # shown it: it came well before the anomaly rather than with it.
                 pre, power = trail.before(f, v, w, spec, disp, with_)
                 if power * sign >= self.attr_min and pre * sign < 1.0:
                     z = pre * sign
@@ -346,11 +349,24 @@ class Stage2:
         with the strongest evidence, and up to two more; or why there is none."""
         sig = self._sig.get(d.signal)
         if sig is None or sig.kind == "volume":
-            return {"reason": "volume is not attributed to a version value"}
-        ranked = self._ranked(own, sig, 1.0 if d.score >= 0 else -1.0, w)
+            # Events that did not come cannot carry anything: the newest value stands.
+            old = self._suspect(own, p.versions, w)
+            return old if old else {"reason": "volume: no version new since the baseline"}
+        sign = 1.0 if d.score >= 0 else -1.0
+        ranked = self._ranked(own, sig, sign, w)
         if not ranked:
             return {"reason": "no version, model or tool value changed within the look-back"}
         named = [c for c in ranked if c[0] >= self.attr_min][:3]
+        parent = False
+        if not named and own.level > 0:
+            # Too few events here to tell; the parent's (which holds these) may. Named only
+            # if this cohort has that value too, with this cohort's own figures.
+            pk = self._parent(own.level, p.cohort)
+            pm = self.models.get(pk) if pk else None
+            up = self._ranked(pm, sig, sign, w) if pm is not None else []
+            if up and up[0][0] >= self.attr_min:
+                named = [c for c in ranked if c[1:3] == up[0][1:3]]
+                parent = bool(named)
         if not named:
             z, f, v = ranked[0][:3]
             c = describe(f, v, None)
@@ -369,6 +385,8 @@ class Stage2:
             out.append(c)
         first = out[0]
         first["also"] = out[1:]
+        if parent:
+            first["named_by"] = "parent"
         return first
 
     def cohort_counts(self) -> tuple[int, int]:
