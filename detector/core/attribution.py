@@ -45,8 +45,9 @@ MIN_UNITS: Final = 3.0
 
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
 #: A value's entry as stored: window decayed to, first seen, counters, last seen, and the
-#: counters of the windows in which its cohort had no anomaly ("settled").
-_Entry = tuple[int, int, dict[int, float], int, dict[int, float]]
+#: counters of the windows in which its cohort had no anomaly ("settled"); None for both
+#: while it is the only value its field has had (its counters are the cohort's).
+_Entry = tuple[int, int, dict[int, float] | None, int, dict[int, float] | None]
 
 
 class _State(msgspec.Struct, array_like=True):
@@ -95,6 +96,11 @@ class Trail:
         return t
 
     def _at(self, e: list[Any], w: int) -> dict[int, float]:
+        """Entry ``e``'s counters decayed to window ``w``; an entry whose counters are None
+        has carried all of its cohort's events so far, and reads the cohort's."""
+        if e[2] is None:
+            e[0] = w
+            return self._at(self.total, w)
         if w > e[0]:
             f = self.decay ** (w - e[0])
             for c in (e[2], e[4]):
@@ -104,41 +110,58 @@ class Trail:
         vec: dict[int, float] = e[2]
         return vec
 
+    def _settled(self, e: list[Any], w: int) -> dict[int, float]:
+        self._at(e, w)
+        st: dict[int, float] = (self.total if e[2] is None else e)[4]
+        return st
+
     def add(self, w: int, values: dict[int, dict[str, dict[int, int]]], counts: list[int]
             ) -> None:
         """Add one window's per-value counters (a partial's ``values`` and ``counts``)."""
         whole_counts = {i: n for i, n in enumerate(counts) if n}
-        tot = self._at(self.total, w)
-        for i, n in whole_counts.items():
-            tot[i] = tot.get(i, 0.0) + n
-        added = [(self.total, whole_counts)]
+        tot = self._at(self.total, w)   # (before this window's: implicit entries copy it)
+        added = []
         for f, vals in values.items():
             if f >= len(self.fields):
                 continue
-            if len(vals) == 1 and not next(iter(vals.values())):
-                split = {next(iter(vals)): whole_counts}
+            known = self.fields[f]
+            one = len(vals) == 1 and not next(iter(vals.values()))
+            if one:
+                v = next(iter(vals))
+                e = known.get(v)
+                if e is not None and e[2] is None:   # still the only value: nothing to add
+                    e[0] = e[3] = w
+                    continue
+                if e is None and not known and f != TOOL_FIELD:
+                    known[v] = [w, w, None, w, None]   # all the cohort's events, so far
+                    self.newest = max(self.newest, w)
+                    continue
+                split = {v: whole_counts}
             else:
                 split = split_values(vals, counts)
-            known = self.fields[f]
+            for u, e in known.items():   # another value: the implicit one gets its own
+                if e[2] is None:
+                    known[u] = [w, e[1], dict(tot), e[3], dict(self.total[4])]
             for v, c in split.items():
                 if f == TOOL_FIELD and v == UNKNOWN:
                     continue   # events that call no tool
                 e = known.get(v)
                 if e is None:
                     e = known[v] = [w, w, {}, w, {}]
-                    if w > self.newest:
-                        self.newest = w
+                    self.newest = max(self.newest, w)
                 e[3] = w
                 vec = self._at(e, w)
                 for i, n in c.items():
                     vec[i] = vec.get(i, 0.0) + n
                 added.append((e, c))
-        self._pending = (w, added)
-        for known in self.fields:
             if len(known) > TRAIL_VALUES:
                 for v in sorted(known, key=lambda v: (self._at(known[v], w).get(EVENTS, 0.0),
                                                       v))[:len(known) - TRAIL_VALUES]:
                     del known[v]
+        for i, n in whole_counts.items():
+            tot[i] = tot.get(i, 0.0) + n
+        added.append((self.total, whole_counts))
+        self._pending = (w, added)
 
     def candidates(self, w: int, lookback: int, settle: int) -> list[tuple[int, str]]:
         """(field, value) pairs that are changes: first seen after the cohort's first
@@ -173,7 +196,7 @@ class Trail:
         if self._pending is None or self._pending[0] != w:
             return
         for e, c in self._pending[1]:
-            st = e[4]   # decayed to w by add
+            st = e[4]   # decayed to w by add (and not implicit: those follow the total)
             for i, n in c.items():
                 st[i] = st.get(i, 0.0) + n
         self._pending = None
@@ -198,9 +221,8 @@ class Trail:
         e = self.fields[f].get(v)
         if e is None:
             return 0.0, 0.0
-        self._at(e, w)
-        self._at(self.total, w)
-        z, _, _, power = _test(sig, e[4], self.total[4], disp, with_)
+        z, _, _, power = _test(sig, self._settled(e, w), self._settled(self.total, w), disp,
+                               with_)
         return z, power
 
 

@@ -269,9 +269,11 @@ def merge_values(av: dict[int, dict[str, dict[int, int]]], ac: list[int],
                  bv: dict[int, dict[str, dict[int, int]]], bc: list[int]
                  ) -> dict[int, dict[str, dict[int, int]]]:
     """The per-value counters of two partials (counts ``ac`` and ``bc``) added: exact, and in
-    any order the same, but for the cap (the MAX_VALUES - 1 values with most events are kept,
-    ties by name, as :func:`cap_versions` does). A partial with events but no entry for a
-    field (written before there were values) counts them under "unknown".
+    any order the same counts (:func:`split_values`), but for the cap (past MAX_VALUES the
+    values with most events are kept, ties by name, as :func:`cap_versions` does). Which
+    value is written as the remainder may depend on the order. A partial with events but no
+    entry for a field (written before there were values) counts them under "unknown". Pure:
+    neither side is changed (their counters may be shared with the result).
 
     >>> a = {1: {"v1": {}}}; b = {1: {"v2": {}}}
     >>> merge_values(a, [3, 1], b, [1, 0])
@@ -279,19 +281,41 @@ def merge_values(av: dict[int, dict[str, dict[int, int]]], ac: list[int],
     """
     out: dict[int, dict[str, dict[int, int]]] = {}
     a_any, b_any = any(ac), any(bc)
-    for f in sorted(set(av) | set(bv)):
+    for f in sorted(av.keys() | bv.keys()):
         x = av.get(f) or ({UNKNOWN: {}} if a_any else {})
         y = bv.get(f) or ({UNKNOWN: {}} if b_any else {})
-        if len(x) == 1 and x.keys() == y.keys() and not next(iter(x.values())) \
-                and not next(iter(y.values())):
-            out[f] = {next(iter(x)): {}}   # one value on both sides: the common case
+        if not x or not y:
+            out[f] = x or y
             continue
-        whole = split_values(x, ac)
-        for v, c in split_values(y, bc).items():
-            d = whole.setdefault(v, {})
-            for i, n in c.items():
-                d[i] = d.get(i, 0) + n
-        out[f] = _compact(whole)
+        rx = next((v for v, c in x.items() if not c), None)
+        ry = next((v for v, c in y.items() if not c), None)
+        if rx == ry and len(y) == 1:
+            out[f] = x   # the same one value on both sides: the common case
+            continue
+        res = dict(x)    # x's counters are copied below before any is added to
+        for v, c in y.items():
+            if v == rx:
+                continue   # the result's remainder: its counts follow from the totals
+            if not c:      # y's remainder, not x's: its counters, written out
+                c = {i: n for i, n in enumerate(bc) if n}
+                for u, d in y.items():
+                    for i, n in d.items():
+                        c[i] -= n
+                c = {i: n for i, n in c.items() if n}
+                if not c:
+                    continue
+            d = res.get(v)
+            if d is None:
+                res[v] = c
+            else:
+                d = res[v] = dict(d)
+                for i, n in c.items():
+                    d[i] = d.get(i, 0) + n
+        if len(res) > MAX_VALUES:
+            total = [p + q for p, q in zip(ac, bc, strict=False)]
+            total += ac[len(total):] or bc[len(total):]
+            res = _compact(split_values(res, total))
+        out[f] = res
     return out
 
 
