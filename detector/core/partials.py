@@ -298,19 +298,19 @@ def merge_values(av: dict[int, dict[str, dict[int, int]]], ac: list[int],
                 continue   # the result's remainder: its counts follow from the totals
             if not c:      # y's remainder, not x's: its counters, written out
                 c = {i: n for i, n in enumerate(bc) if n}
-                for u, d in y.items():
+                for d in y.values():
                     for i, n in d.items():
-                        c[i] -= n
+                        c[i] = c.get(i, 0) - n   # (a sum of scores may cancel to 0)
                 c = {i: n for i, n in c.items() if n}
                 if not c:
                     continue
-            d = res.get(v)
-            if d is None:
+            have = res.get(v)
+            if have is None:
                 res[v] = c
             else:
-                d = res[v] = dict(d)
+                have = res[v] = dict(have)
                 for i, n in c.items():
-                    d[i] = d.get(i, 0) + n
+                    have[i] = have.get(i, 0) + n
         if len(res) > MAX_VALUES:
             total = [p + q for p, q in zip(ac, bc, strict=False)]
             total += ac[len(total):] or bc[len(total):]
