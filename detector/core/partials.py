@@ -41,6 +41,7 @@ __all__ = [
     "bottom",
     "cap_versions",
     "combine",
+    "compact_values",
     "decode_partial",
     "empty_partial",
     "encode",
@@ -314,12 +315,12 @@ def merge_values(av: dict[int, dict[str, dict[int, int]]], ac: list[int],
         if len(res) > MAX_VALUES:
             total = [p + q for p, q in zip(ac, bc, strict=False)]
             total += ac[len(total):] or bc[len(total):]
-            res = _compact(split_values(res, total))
+            res = compact_values(split_values(res, total))
         out[f] = res
     return out
 
 
-def _compact(whole: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
+def compact_values(whole: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
     """Values with events only, at most MAX_VALUES (the rest under "other"), in name order,
     the one with most events written as the remainder."""
     whole = {v: c for v, c in whole.items() if c.get(0, 0) > 0}
