@@ -216,8 +216,12 @@ def _row(inc: dict[str, Any], hits: list[_Alert], window: float, true_ids: set[s
     named = [None if not a.suspected_change else
              f"{a.suspected_change.get('field')} {a.suspected_change.get('now')}" for a in hits]
     if want and hits and not benign:
-        # Every alert of the incident, at every cohort level, must name the labelled value.
-        change_ok = all(n == f"{want['field']} {want['now']}" for n in named)
+        # Every alert of the incident, at every cohort level, must name the labelled value;
+        # one that starts after the incident is over (a rollback's aftermath, when the value
+        # is gone) is listed but not held to it.
+        during = [n for a, n in zip(hits, named, strict=True)
+                  if (a.detected - inc["_end"]).total_seconds() <= window] or named
+        change_ok = all(n == f"{want['field']} {want['now']}" for n in during)
     extra: dict[str, Any] = {}
     if benign:  # alerts a real incident explains are not the benign change's
         own = [a for a in hits if a.id not in true_ids]
