@@ -36,3 +36,22 @@ def test_an_unknown_id_or_a_bad_file_is_a_clear_error(tmp_path: Path,
     assert main(["incident", "a-1", "--alerts", str(bad)]) == 2
     assert "bad.jsonl:1: not an alert" in capsys.readouterr().err
     assert main(["incident", "a-1", "--alerts", str(tmp_path / "absent.jsonl")]) == 2
+
+
+def test_a_file_or_kafka_exactly_one(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["incident", ALERT, "--kafka", "--alerts", str(FIXTURES / "alerts.jsonl")])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:
+        main(["incident", ALERT])
+    assert e.value.code == 2
+    assert "one of the arguments --alerts --kafka is required" in capsys.readouterr().err
+
+
+def test_kafka_arguments_are_checked_before_any_connection(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["incident", ALERT, "--kafka", "--since", "yesterday"]) == 2
+    assert "'yesterday' is not an ISO 8601 time" in capsys.readouterr().err
+    assert main(["incident", ALERT, "--kafka", "--since", "2026-01-02T00:00:00Z",
+                 "--until", "2026-01-01T00:00:00Z"]) == 2
+    assert "is not after --since" in capsys.readouterr().err
