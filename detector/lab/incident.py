@@ -170,6 +170,9 @@ def render(es: list[Alert]) -> str:
     lines += ["", "### Evidence", ""]
     ids = list(dict.fromkeys(t for a in es for t in a.evidence.trace_ids))
     lines += [f"- `{t}`" for t in ids] or ["- (no trace ids)"]
+    links = [(what, url) for what, url in (("dashboard", last.dashboard_url),
+                                           ("source", last.generator_url)) if url]
+    lines += [f"- {what}: <{url}>" for what, url in links]
     lines += ["", "### Suspected change", "", change or "None named by the detector.", "",
               "### Category", ""]
     hint = CATEGORY_OF.get(sus.field) if sus else None
