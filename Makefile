@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 DEMO_SECONDS ?= 180
+DEMO_ARGS ?=      # e.g. --containment (a flag endpoint the demo's sev1 calls)
 
 .PHONY: demo test lint bench docs clean
 
@@ -15,7 +16,7 @@ $(BIN)/detector: pyproject.toml setup.py detector/core/_tally.c detector/core/_s
 	@touch $@
 
 demo: $(BIN)/detector
-	$(BIN)/detector demo --duration $(DEMO_SECONDS)
+	$(BIN)/detector demo --duration $(DEMO_SECONDS) $(DEMO_ARGS)
 
 lint: $(BIN)/detector
 	$(BIN)/ruff check .

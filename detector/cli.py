@@ -25,7 +25,7 @@ COMMANDS = {
     "backtest": ("detector.lab.backtest", "what a config (or two, or a sweep) would have paged: "
                  "an HTML report with plots"),
     "incident": ("detector.lab.incident", "a notification draft and a postmortem skeleton "
-                 "for one alert, from a file of alerts"),
+                 "for one alert, from a file of alerts or the alerts topic"),
     "check-config": ("detector.cli", "validate a config file"),
 }
 

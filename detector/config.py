@@ -179,6 +179,9 @@ HttpMethod = Literal["POST", "PUT", "PATCH", "DELETE"]
 TEMPLATE_FIELDS = ("id", "status", "severity", "signal", "starts_at", "action",
                    "suspected_change", *COHORT_FIELDS)
 BodyValue = str | int | float | bool
+#: What a [links] template may name: the alert's fields and its cohort's (empty if absent), and
+#: an hour either side of the alert in epoch milliseconds.
+LINK_FIELDS = ("id", "status", "severity", "signal", "from_ms", "to_ms", *COHORT_FIELDS)
 
 
 class ContainmentRule(_Base):
@@ -203,6 +206,13 @@ class ContainmentRule(_Base):
     timeout_seconds: Annotated[float, Meta(gt=0, le=60)] = 5.0
     max_attempts: Annotated[int, Meta(ge=1, le=10)] = 4
     backoff_seconds: Annotated[float, Meta(gt=0, le=60)] = 1.0
+
+
+class Links(_Base):
+    """URL templates filled in on every alert (none by default)."""
+
+    dashboard_url: str | None = None
+    generator_url: str | None = None
 
 
 class Evidence(_Base):
@@ -343,6 +353,7 @@ class Config(_Base):
     rebaseline: list[Rebaseline] = field(default_factory=list)
     containment: list[ContainmentRule] = field(default_factory=list)
     evidence: Evidence = field(default_factory=Evidence)
+    links: Links = field(default_factory=Links)
     spend: Spend = field(default_factory=Spend)
     sinks: Sinks = field(default_factory=Sinks)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
@@ -402,6 +413,7 @@ def _semantic_checks(cfg: Config) -> None:
         raise ConfigError("severity: at least one rule is needed (the last one is the fallback)")
     check_alertmanager(cfg.sinks.alertmanager, need_urls=False)
     check_containment(cfg.containment, known)
+    check_links(cfg.links)
 
 
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -431,6 +443,32 @@ def check_alertmanager(am: AlertmanagerConfig, *, need_urls: bool = True) -> Non
         raise bad("basic_auth_user", "basic auth and a bearer token are mutually exclusive")
     if am.key_file and not am.cert_file:
         raise bad("key_file", "needs cert_file")
+
+
+def check_links(links: Links) -> None:
+    """``[links]`` templates: http(s) with a fixed host, naming known fields only.
+
+    >>> check_links(Links(dashboard_url="https://g/d?x=${prompt}"))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    detector.config.ConfigError: links.dashboard_url: unknown template field 'prompt' (known: ...)
+    """
+    from string import Template
+
+    for key in ("dashboard_url", "generator_url"):
+        text = getattr(links, key)
+        if text is None:
+            continue
+        if not re.match(r"^https?://[^/\s$?#]+", text):
+            raise ConfigError(f"links.{key}: {text!r} is not an http(s) URL with a fixed host")
+        t = Template(text)
+        if not t.is_valid():
+            raise ConfigError(f"links.{key}: {text!r} is not a valid template ($name or "
+                              "${name}; $$ for a dollar sign)")
+        for name in t.get_identifiers():
+            if name not in LINK_FIELDS:
+                raise ConfigError(f"links.{key}: unknown template field {name!r} "
+                                  f"(known: {', '.join(LINK_FIELDS)})")
 
 
 def _templates(rule: ContainmentRule) -> list[tuple[str, str]]:

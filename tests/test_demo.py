@@ -9,10 +9,21 @@ import pytest
 
 from detector.config import load_config
 from detector.core.alert import Alert, alert_record
+from detector.core.containment import Call
 from detector.core.pipeline import Pipeline
-from detector.lab.demo import InTimeOrder, _config, recap, row_lines, row_time, warmup_line
+from detector.lab.demo import (
+    InTimeOrder,
+    _config,
+    call_line,
+    recap,
+    row_lines,
+    row_time,
+    warmup_line,
+)
+from detector.lab.flag_server import FlagCall, FlagServer, verify
 from detector.lab.simulate import simulate
 from detector.sinks.alertmanager_mapping import to_postable
+from detector.sinks.containment import ContainmentCaller, sign
 
 
 @pytest.fixture(scope="module")
@@ -110,3 +121,56 @@ def test_the_recap_describes_a_safety_signal_of_the_configured_labels() -> None:
     alert = _alert("a", signal="safety_prompt_injection")
     text = "\n".join(recap([alert], [], ("pii", "prompt_injection")))
     assert "prompt_injection safety hits per event off its baseline" in text
+
+
+def test_demo_containment_calls_its_flag_endpoint_signed_and_undoes_it(
+        tmp_path: Path, new_version_alerts: list[Alert]) -> None:
+    """`demo --containment`: the rule the demo adds loads as a non-dry-run sev1 rule, and a
+    real caller's call and undo reach the demo's flag endpoint verified; a call signed with
+    another secret is refused (401: the call fails) and sets nothing."""
+    (tmp_path / "hmac").write_text("demo-secret")
+    seen: list[FlagCall] = []
+    server = FlagServer(b"demo-secret", on_call=seen.append).start()
+    caller: ContainmentCaller | None = None
+    try:
+        cfg = load_config(_config(tmp_path / "c.toml", "127.0.0.1:1", 1,
+                                  (server.url, tmp_path / "hmac")), env=False)
+        [rule] = cfg.containment
+        assert (rule.name, rule.dry_run, rule.severities) == ("safe_mode", False, ["sev1"])
+        fired = next(a for a in new_version_alerts if a.severity == "sev1")
+        resolved = next(a for a in new_version_alerts
+                        if a.id == fired.id and a.status == "resolved")
+        results: list[str] = []
+        caller = ContainmentCaller(cfg.containment,
+                                   on_result=lambda _id, _a, status, _t: results.append(status))
+        caller.submit(Call(rule, fired, False))
+        caller.submit(Call(rule, resolved, True))
+        assert caller.flush(30)
+        assert results == ["ok", "undo_ok"]
+        path = f"/tenants/{fired.cohort['tenant']}/apps/{fired.cohort['app']}/flags/safe_mode"
+        assert [(c.method, c.path, c.alert_id, c.undo, c.body["enabled"], c.verified)
+                for c in seen] == [("PUT", path, fired.id, False, True, True),
+                                   ("PUT", path, fired.id, True, False, True)]
+        assert server.flags == {path: False}
+        line = call_line("2026-01-05T01:00:40Z", seen[0])
+        assert f"contain  PUT {path}  signed: 204" in line and fired.id in line
+        (tmp_path / "hmac").write_text("not-the-demo-secret")
+        caller.submit(Call(rule, fired, False))
+        assert caller.flush(30)
+        assert results[-1] == "failed" and not seen[-1].verified
+        assert server.flags == {path: False}
+        assert "signature refused: 401" in call_line("2026-01-05T01:00:40Z", seen[-1])
+    finally:
+        if caller is not None:
+            caller.close()
+        server.stop()
+
+
+def test_the_flag_endpoint_refuses_a_stale_or_malformed_signature() -> None:
+    body = b'{"enabled":true}'
+    assert verify(b"k", sign(b"k", 1_700_000_000, body), body, now=1_700_000_100)
+    assert not verify(b"k", sign(b"k", 1_700_000_000, body), body, now=1_700_000_400)
+    assert not verify(b"k", sign(b"k", 1_700_000_000, body), b'{"enabled":false}',
+                      now=1_700_000_000)
+    for header in ("", "t=x,v1=00", "v1=00", "t=1700000000"):
+        assert not verify(b"k", header, body, now=1_700_000_000)

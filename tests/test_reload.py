@@ -72,6 +72,7 @@ RELOADABLE = [
     ("sinks.alertmanager.urls", ["http://127.0.0.1:9093"], "sinks.alertmanager.urls"),
     ("sinks.alertmanager.resend_interval_seconds", 30,
      "sinks.alertmanager.resend_interval_seconds"),
+    ("links.dashboard_url", "https://grafana.example/d/x?t=${tenant}", "links.dashboard_url"),
 ]
 
 # Keys that shape state, stage 1's input or the worker's wiring: a restart.

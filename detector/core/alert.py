@@ -6,7 +6,8 @@ detector has always written it (so replay output stays byte-identical): ``groupe
 and ``resolution`` are omitted at their defaults, every other field is always written.
 Times are aware datetimes here, so a consumer such as the Alertmanager sink reads them as
 times, not by parsing strings; they are written by :func:`detector.core.timestamps.rfc3339`.
-``containment`` is omitted when empty too (replay never acts, so its output is unchanged).
+``containment`` is omitted when empty too (replay never acts, so its output is unchanged), and
+``dashboard_url``/``generator_url`` when ``[links]`` has no template for them.
 The window's ``start``/``end`` stay strings: the incident keeps them so in its stored state.
 
 >>> a = Alert(id="a-1", status="firing", severity="sev4", signal="volume",
@@ -107,6 +108,8 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     #: Why there is no suspected change on a windowed alert (omitted when there is one).
     suspected_change_reason: str | None = None
     containment: list[ContainmentResult] = []   # [[containment]] actions; omitted when none
+    dashboard_url: str | None = None   # from [links]; omitted when not configured
+    generator_url: str | None = None
 
 
 _decoder: Final = msgspec.json.Decoder(Alert)

@@ -20,6 +20,7 @@ from typing import Any
 
 from detector.config import Config, Severity
 from detector.core.alert import Alert, ContainmentResult, Evidence, SuspectedChange, Window
+from detector.core.links import dashboard_url, generator_url
 from detector.core.scoring import Decision
 from detector.core.severity import RANK, classify
 from detector.core.timestamps import rfc3339, utc
@@ -258,7 +259,18 @@ class Lifecycle:
             suspected_change_reason=sus.get("reason") if sus and not named else None,
             containment=[ContainmentResult(action=a, status=str(st), at=rfc3339(at))
                          for a, (st, at) in inc.containment.items()],
+            **self._links(inc, status),
         )
+
+    def _links(self, inc: Incident, status: str) -> dict[str, str]:
+        links = self.config.links
+        if links.dashboard_url is None and links.generator_url is None:
+            return {}
+        fields = {"id": inc.id, "status": "resolved" if status == "resolved" else "firing",
+                  "severity": inc.severity, "signal": inc.signal, **inc.cohort}
+        out = {"dashboard_url": dashboard_url(links, fields, inc.starts_at, inc.last_end),
+               "generator_url": generator_url(links, fields, inc.starts_at, inc.last_end)}
+        return {k: v for k, v in out.items() if v is not None}
 
 
 def _change(c: dict[str, Any]) -> SuspectedChange:

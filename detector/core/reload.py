@@ -4,10 +4,10 @@ that need a restart.
 
 Reloadable are the settings that only decide what a window's scores *mean*, and where alerts
 go: each signal's threshold, direction, min_count, runbook URL and actions; the severity
-rules; the threshold overrides; the sinks. Everything else is refused, named by its dotted
-key: it shapes state (cohort levels, windows, baselines, counters, enabled signals), stage 1's
-input, the worker's Kafka and metrics wiring or what it built at start-up (containment
-hooks, the evidence writer), and applying it to running state would leave
+rules; the threshold overrides; the sinks; the alert links. Everything else is refused, named
+by its dotted key: it shapes state (cohort levels, windows, baselines, counters, enabled
+signals), stage 1's input, the worker's Kafka and metrics wiring or what it built at start-up
+(containment hooks, the evidence writer), and applying it to running state would leave
 baselines, partials or partitions that no longer fit. A key this module does not know is a
 restart too, so a key added to the schema later is never applied half-way by accident.
 
@@ -36,7 +36,7 @@ __all__ = ["RELOADABLE_SIGNAL_KEYS", "RELOADABLE_TOP", "ReloadPlan", "changed_ke
            "plan_reload", "reloadable"]
 
 #: Top-level sections applied whole from the next window on.
-RELOADABLE_TOP = frozenset({"severity", "overrides", "sinks"})
+RELOADABLE_TOP = frozenset({"severity", "overrides", "sinks", "links"})
 #: Per signal, the keys that only change how its scores are judged and what its alert says.
 #: (``enabled`` is not one: a signal switched off stops teaching its baselines, and switched
 #: back on would be scored against a stale one.)

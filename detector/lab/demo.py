@@ -2,6 +2,11 @@
 streamed through Kafka in accelerated event time, alerts printed live, /metrics served by the
 worker. Stops everything on Ctrl-C, SIGTERM or after ``--duration`` seconds, and removes its
 temp folder on every exit; its children get SIGTERM if it is killed outright.
+
+With ``--containment`` the demo also runs a feature-flag endpoint on loopback
+(:mod:`detector.lab.flag_server`) and gives the worker a non-dry-run ``[[containment]]`` rule
+for sev1 with a secret generated for the run: each signed call and its undo on resolution are
+printed among the alerts, in event time.
 """
 
 from __future__ import annotations
@@ -12,6 +17,8 @@ import contextlib
 import heapq
 import math
 import os
+import queue
+import secrets
 import shutil
 import signal
 import subprocess
@@ -31,9 +38,11 @@ from detector.config import Config, Severity, load_config
 from detector.core.severity import RANK
 from detector.core.signals import Layout
 from detector.lab.broker import BrokerError, Tansu, free_port
+from detector.lab.flag_server import FlagCall, FlagServer
 from detector.lab.processes import Terminated, die_with_parent, raise_on_sigterm
 
-__all__ = ["InTimeOrder", "add_arguments", "recap", "row_lines", "run", "warmup_line"]
+__all__ = ["InTimeOrder", "add_arguments", "call_line", "containment_recap", "recap",
+           "row_lines", "run", "warmup_line"]
 
 SCENARIOS = ["unauthorized_tool", "refusal_spike", "traffic_drop", "secret_leak"]
 
@@ -42,10 +51,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=120.0,
                         help="stop after this many seconds (default 120)")
     parser.add_argument("--hours", type=float, default=2.0, help="event time to simulate")
+    parser.add_argument("--rate", type=float, default=40.0,
+                        help="simulated traffic, mean events per second (default 40; lower "
+                             "for a slow machine)")
     parser.add_argument("--metrics-port", type=int, default=0, help="0 picks a free port")
+    parser.add_argument("--containment", action="store_true",
+                        help="act on sev1: the worker calls a feature-flag endpoint the demo "
+                             "runs on loopback (signed, not a dry run) and its undo on "
+                             "resolution; the demo prints each call")
 
 
-def _config(path: Path, bootstrap: str, metrics_port: int) -> Path:
+#: The demo's containment rule: a sev1 in production turns the tenant's app to safe mode (a
+#: fallback model without tools) and the resolution turns it back.
+CONTAINMENT_RULE = """
+[[containment]]
+name = "safe_mode"
+severities = ["sev1"]
+environments = ["production"]
+dry_run = false
+method = "PUT"
+url = "$url/tenants/${tenant}/apps/${app}/flags/safe_mode"
+body = { enabled = true, alert = "${id}", signal = "${signal}" }
+undo_url = "$url/tenants/${tenant}/apps/${app}/flags/safe_mode"
+undo_method = "PUT"
+undo_body = { enabled = false, alert = "${id}" }
+secret_file = "$secret_file"
+max_attempts = 3
+"""
+
+
+def _config(path: Path, bootstrap: str, metrics_port: int,
+            flags: tuple[str, Path] | None = None) -> Path:
+    """The demo's config: the packaged one on the embedded broker, and with ``flags`` (the
+    flag endpoint's URL, the secret's file) the containment rule calling it."""
     text = resources.files("detector").joinpath("data/detector.toml").read_text("utf-8")
     text = text.replace('brokers = "127.0.0.1:9092"', f'brokers = "{bootstrap}"')
     text = text.replace("idle_partition_timeout_seconds = 30",
@@ -53,6 +91,10 @@ def _config(path: Path, bootstrap: str, metrics_port: int) -> Path:
     text = text.replace('host = "0.0.0.0"', 'host = "127.0.0.1"')
     text = text.replace("port = 9464", f"port = {metrics_port}")
     text = text.replace("log = true        #", "log = false       #")
+    if flags is not None:
+        # str.replace, not Template: the rule's own ${...} are for the worker to fill in.
+        text += CONTAINMENT_RULE.replace("$url", flags[0]).replace("$secret_file",
+                                                                     str(flags[1]))
     path.write_text(text, "utf-8")
     return path
 
@@ -141,6 +183,39 @@ def warmup_line(event_time: str, windows: int, warmup: int) -> str:
                 "(hard rules already fire)")
     return f"{_clock(event_time)}  baselines learned ({warmup} windows): every window is scored " \
            "from here"
+
+
+def call_line(event_time: str, call: FlagCall) -> str:
+    """A call the flag endpoint received, as the demo prints it among the alerts.
+
+    >>> c = FlagCall("PUT", "/tenants/t02/apps/payments-agent/flags/safe_mode", "a-274b12",
+    ...              "safe_mode", False, {"enabled": True, "alert": "a-274b12"}, True)
+    >>> print(call_line("2026-01-05T01:00:40Z", c))
+    2026-01-05 01:00:40  contain  PUT /tenants/t02/apps/payments-agent/flags/safe_mode  signed: 204
+                         {"enabled":true,"alert":"a-274b12"}
+    """
+    what = "undo   " if call.undo else "contain"
+    answer = "signed: 204" if call.verified else "signature refused: 401"
+    return (f"{_clock(event_time):19}  {what}  {call.method} {call.path}  {answer}\n"
+            f"{' ' * TIME_COL}{orjson.dumps(call.body).decode()}")
+
+
+def containment_recap(calls: Sequence[FlagCall], flags: Mapping[str, Any], url: str
+                      ) -> list[str]:
+    """The recap's lines on what the flag endpoint was asked to do.
+
+    >>> c = FlagCall("PUT", "/f", "a-1", "safe_mode", False, {"enabled": True}, True)
+    >>> u = c._replace(undo=True, body={"enabled": False})
+    >>> print("\\n".join(containment_recap([c, u], {"/f": False}, "http://127.0.0.1:1")))
+      containment: the flag endpoint http://127.0.0.1:1 got 1 call(s) and 1 undo(s), 2 signed
+        flags left on: none
+    """
+    undos = sum(c.undo for c in calls)
+    signed = sum(c.verified for c in calls)
+    on = sorted(p for p, v in flags.items() if v)
+    return [f"  containment: the flag endpoint {url} got {len(calls) - undos} call(s) and "
+            f"{undos} undo(s), {signed} signed",
+            f"    flags left on: {', '.join(on) or 'none'}"]
 
 
 class InTimeOrder:
@@ -270,9 +345,11 @@ async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: 
 
 
 
-async def _alerts(bootstrap: str, deadline: float, cfg: Config, sent: _Sent
+async def _alerts(bootstrap: str, deadline: float, cfg: Config, sent: _Sent,
+                  calls: queue.SimpleQueue[tuple[float, FlagCall]] | None = None
                   ) -> list[dict[str, Any]]:
-    """Print the alerts in event-time order as they come, with the warm-up's progress."""
+    """Print the alerts in event-time order as they come, with the warm-up's progress and
+    the calls the flag endpoint received (placed at the event time the traffic was at)."""
     from aiokafka import AIOKafkaConsumer
 
     size, warmup = cfg.windows.size_seconds, cfg.baselines.warmup_windows
@@ -296,6 +373,9 @@ async def _alerts(bootstrap: str, deadline: float, cfg: Config, sent: _Sent
                     alert = orjson.loads(r.value)
                     seen.append(alert)
                     rows.add(_ts(row_time(alert, clean, size)), alert)
+            while calls is not None and not calls.empty():
+                t, call = calls.get_nowait()
+                rows.add(t, call_line(datetime.fromtimestamp(t, UTC).isoformat(), call))
             if sent.first is None or sent.last is None:
                 continue
             windows = int((sent.last - sent.first) // size)
@@ -321,13 +401,27 @@ def run(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="detector-demo-"))
     broker = Tansu(log_dir=work)
     worker: subprocess.Popen[bytes] | None = None
+    flag_server: FlagServer | None = None
+    sent = _Sent()
+    calls: queue.SimpleQueue[tuple[float, FlagCall]] = queue.SimpleQueue()
     try:
         broker.start()
         port = args.metrics_port or free_port()
-        cfg = _config(work / "detector.toml", broker.bootstrap, port)
+        flags = None
+        if getattr(args, "containment", False):
+            secret = secrets.token_hex(32)
+            (work / "flags-hmac").write_text(secret, "utf-8")
+            (work / "flags-hmac").chmod(0o600)
+            flag_server = FlagServer(
+                secret.encode(), on_call=lambda c: calls.put((sent.last or 0.0, c))).start()
+            flags = (flag_server.url, work / "flags-hmac")
+            print(f"demo: containment on: sev1 in production calls the flag endpoint "
+                  f"{flag_server.url} (signed with a secret made for this run)", file=sys.stderr)
+        cfg = _config(work / "detector.toml", broker.bootstrap, port, flags)
         print(f"demo: broker {broker.bootstrap}; metrics http://127.0.0.1:{port}/metrics; "
               f"worker log {work / 'worker.log'}", file=sys.stderr)
-        s = simulate(work / "sim", hours=args.hours, seed=7, scenarios=SCENARIOS)
+        s = simulate(work / "sim", hours=args.hours, seed=7, scenarios=SCENARIOS,
+                     rate=getattr(args, "rate", 40.0))
         planted = orjson.loads((work / "sim" / "labels.json").read_bytes())["incidents"]
         lines = [ln for ln in (work / "sim" / "traces.jsonl").read_bytes().split(b"\n") if ln]
         shutil.rmtree(work / "sim")   # in memory from here on: no second copy on disk
@@ -345,7 +439,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"demo: waiting {min(12.0, args.duration / 4):.0f} s for the worker to join the "
               "broker", file=sys.stderr, flush=True)
         cfg_values = load_config(cfg, env=False)
-        sent = _Sent()
         seen: list[dict[str, Any]] = []
 
         async def main() -> None:
@@ -362,7 +455,8 @@ def run(args: argparse.Namespace) -> int:
                 await asyncio.sleep(min(12.0, args.duration / 4))
                 _, got = await asyncio.gather(
                     _stream(broker.bootstrap, lines, speedup, deadline, sent),
-                    _alerts(broker.bootstrap, deadline, cfg_values, sent))
+                    _alerts(broker.bootstrap, deadline, cfg_values, sent,
+                            calls if flag_server is not None else None))
                 seen.extend(got)
             except asyncio.CancelledError:
                 if terminated.is_set():
@@ -370,7 +464,9 @@ def run(args: argparse.Namespace) -> int:
                 raise
         asyncio.run(main())
         labels = tuple(cfg_values.input.safety_labels)
-        print("\n".join(["", *recap(seen, planted, labels),
+        contained = [] if flag_server is None else containment_recap(
+            flag_server.calls, flag_server.flags, flag_server.url)
+        print("\n".join(["", *recap(seen, planted, labels), *contained,
                          f"  (alerts as JSON: the ai-alerts topic; /metrics was "
                          f"http://127.0.0.1:{port}/metrics)"]), flush=True)
         return 0
@@ -390,6 +486,8 @@ def run(args: argparse.Namespace) -> int:
             if worker.poll() is None:
                 worker.kill()
         broker.stop()
+        if flag_server is not None:
+            flag_server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 

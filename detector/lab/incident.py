@@ -1,27 +1,38 @@
-"""`detector incident ALERT_ID --alerts FILE`: a first notification draft and a postmortem
-skeleton, in Markdown, from one alert's emissions in a JSON Lines file of alerts.
+"""`detector incident ALERT_ID --alerts FILE | --kafka`: a first notification draft and a
+postmortem skeleton, in Markdown, from one alert's emissions in a JSON Lines file of alerts or
+in the alerts topic.
 
 The notification follows the runbook's shape (what happened, who is affected, what we are
 doing, when the next update comes); the postmortem lists the trigger, the severity and why,
 the scope, a timeline from the emissions and containment results, the evidence trace ids, the
 suspected change, a category to choose and follow-ups. Everything comes from the alerts
 (ids, cohort values, numbers): no prompt or response text exists to include. The output
-depends on the file only, so the same alerts give the same Markdown.
+depends on the emissions only, so the same alerts give the same Markdown, from a file or
+from Kafka.
+
+``--kafka`` reads the config's ``kafka.alerts_topic`` (or ``--topic``) with
+:mod:`detector.lab.kafka_range`: records stamped from ``--since`` (default: 30 days back) to
+``--until`` (default: now), no consumer group joined, nothing committed, partitions merged
+by record time.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
 
+from detector.config import ConfigError, load_config
 from detector.core.alert import Alert, decode_alert
 from detector.core.lifecycle import change_text
 from detector.core.timestamps import rfc3339
+from detector.lab.kafka_range import KafkaRange, KafkaRangeError, parse_time, read_range
 
-__all__ = ["add_arguments", "emissions", "render", "run"]
+__all__ = ["add_arguments", "emissions", "emissions_in", "render", "run"]
 
 #: When the next update is due after the first notification, by severity.
 NEXT_UPDATE = {"sev1": "30 minutes", "sev2": "1 hour", "sev3": "4 hours",
@@ -36,21 +47,51 @@ CATEGORY_OF = {"prompt_version": "prompt", "model_version": "model", "policy_ver
 CATEGORIES = ("prompt", "model", "tool", "policy", "data")
 
 
-def emissions(path: Path, alert_id: str) -> list[Alert]:
-    """The alert's emissions in file order; lines of other alerts are not decoded."""
+#: How far back ``--kafka`` reads the alerts topic without ``--since``.
+KAFKA_LOOKBACK_S = 30 * 86400
+#: An alert record larger than this in the topic is not one the detector wrote.
+MAX_ALERT_BYTES = 1 << 20
+
+
+def emissions_in(lines: Iterable[bytes | object], alert_id: str, where: str) -> list[Alert]:
+    """The alert's emissions in the order given; lines of other alerts are not decoded, and
+    anything not bytes (an oversized record read from Kafka) is passed over. A line that
+    names the id but is not an alert is a ValueError naming ``where`` and its line number."""
     out = []
     needle = f'"id":"{alert_id}"'.encode()
-    with path.open("rb") as f:
-        for n, line in enumerate(f, 1):
-            if needle not in line.replace(b'": "', b'":"'):
-                continue
-            try:
-                a = decode_alert(line)
-            except msgspec.DecodeError as e:
-                raise ValueError(f"{path}:{n}: not an alert ({e})") from None
-            if a.id == alert_id:
-                out.append(a)
+    for n, line in enumerate(lines, 1):
+        if not isinstance(line, bytes) or needle not in line.replace(b'": "', b'":"'):
+            continue
+        try:
+            a = decode_alert(line)
+        except msgspec.DecodeError as e:
+            raise ValueError(f"{where}:{n}: not an alert ({e})") from None
+        if a.id == alert_id:
+            out.append(a)
     return out
+
+
+def emissions(path: Path, alert_id: str) -> list[Alert]:
+    """The alert's emissions in file order."""
+    with path.open("rb") as f:
+        return emissions_in(f, alert_id, str(path))
+
+
+def _from_kafka(args: argparse.Namespace, alert_id: str) -> tuple[list[Alert], str]:
+    """The alert's emissions in the alerts topic, and where they were looked for. Raises
+    ValueError for a bad argument or config, KafkaRangeError when the topic cannot be read."""
+    try:
+        config = load_config(args.config)
+    except ConfigError as e:
+        raise ValueError(f"config error: {e}") from None
+    until = parse_time(args.until) if args.until else int(time.time() * 1000)
+    since = parse_time(args.since) if args.since else until - KAFKA_LOOKBACK_S * 1000
+    if until <= since:
+        raise ValueError(f"--until {args.until} is not after --since {args.since}")
+    rng = KafkaRange(args.brokers or config.kafka.brokers,
+                     args.topic or config.kafka.alerts_topic, since, until)
+    where = f"topic {rng.topic} on {rng.brokers}"
+    return emissions_in(read_range(rng, config, MAX_ALERT_BYTES), alert_id, where), where
 
 
 def _cohort(a: Alert) -> str:
@@ -129,6 +170,9 @@ def render(es: list[Alert]) -> str:
     lines += ["", "### Evidence", ""]
     ids = list(dict.fromkeys(t for a in es for t in a.evidence.trace_ids))
     lines += [f"- `{t}`" for t in ids] or ["- (no trace ids)"]
+    links = [(what, url) for what, url in (("dashboard", last.dashboard_url),
+                                           ("source", last.generator_url)) if url]
+    lines += [f"- {what}: <{url}>" for what, url in links]
     lines += ["", "### Suspected change", "", change or "None named by the detector.", "",
               "### Category", ""]
     hint = CATEGORY_OF.get(sus.field) if sus else None
@@ -143,18 +187,31 @@ def render(es: list[Alert]) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("alert_id", help="the alert's id (a-…)")
-    parser.add_argument("--alerts", required=True, type=Path,
-                        help="JSON Lines file of alerts (replay --alerts-out, sinks.jsonl)")
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--alerts", type=Path,
+                     help="JSON Lines file of alerts (replay --alerts-out, sinks.jsonl)")
+    src.add_argument("--kafka", action="store_true",
+                     help="read the alerts topic instead (no consumer group, no commits)")
+    g = parser.add_argument_group("with --kafka")
+    g.add_argument("--config", help="config file for kafka.* (default: the packaged one; "
+                   "DETECTOR_KAFKA_* apply)")
+    g.add_argument("--brokers", help="bootstrap servers (default: the config's kafka.brokers)")
+    g.add_argument("--topic", help="topic (default: the config's kafka.alerts_topic)")
+    g.add_argument("--since", help="ISO 8601, by record time (default: 30 days back)")
+    g.add_argument("--until", help="ISO 8601, exclusive (default: now)")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
-        es = emissions(args.alerts, args.alert_id)
-    except (OSError, ValueError) as e:
+        if args.kafka:
+            es, where = _from_kafka(args, args.alert_id)
+        else:
+            es, where = emissions(args.alerts, args.alert_id), str(args.alerts)
+    except (OSError, ValueError, KafkaRangeError) as e:
         print(f"detector incident: {e}", file=sys.stderr)
         return 2
     if not es:
-        print(f"detector incident: no alert {args.alert_id} in {args.alerts}", file=sys.stderr)
+        print(f"detector incident: no alert {args.alert_id} in {where}", file=sys.stderr)
         return 1
     sys.stdout.write(render(es))
     return 0

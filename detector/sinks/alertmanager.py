@@ -68,6 +68,7 @@ class _Entry:
     starts_at: float
     ends_at: float | None
     expires_at: float | None = None  # resolved entries stop being re-sent then
+    generator_url: str | None = None  # the alert's own back-link ([links]), else the sink's
 
 
 @dataclass(slots=True)
@@ -167,7 +168,7 @@ class AlertmanagerSink:
                         and not self._firing.get(old_fp):
                     # Severity changed: the old label set is another Alertmanager alert. End it.
                     self._put(_Entry(old_fp, old.sev, True, old.labels, old.annotations,
-                                     old.starts_at, now), now)
+                                     old.starts_at, now, generator_url=old.generator_url), now)
             if resolved and self._firing.get(fp):
                 # Another alert id still fires with these exact labels (cohort fields that are
                 # not labels differ): a resolve would end that one too. Only forget this id.
@@ -179,8 +180,8 @@ class AlertmanagerSink:
             # One entry per label set, as Alertmanager sees it: a firing alert replaces a
             # resolved one still being re-sent for the same labels, and vice versa.
             self._put(_Entry(fp, sev, resolved, labels, annotations, starts_at,
-                             (ends_at if ends_at is not None else now) if resolved else None),
-                      now)
+                             (ends_at if ends_at is not None else now) if resolved else None,
+                             generator_url=alert.generator_url), now)
             self._cond.notify_all()
 
     def flush(self, timeout: float) -> bool:
@@ -343,8 +344,9 @@ class AlertmanagerSink:
             ends = now + self.tuning.ends_at_resends * self.config.resend_interval_seconds
         payload = {"labels": e.labels, "annotations": e.annotations,
                    "startsAt": rfc3339(starts), "endsAt": rfc3339(ends)}
-        if self.config.generator_url:
-            payload["generatorURL"] = self.config.generator_url
+        generator = e.generator_url or self.config.generator_url
+        if generator:
+            payload["generatorURL"] = generator
         return payload
 
     def _requeue(self, t: _Target, keys: list[str]) -> None:

@@ -5,7 +5,8 @@ The mapping is the one in shared/schema/alert.md: ``alertname`` is the signal in
 prefixed ``Model``; ``severity`` is critical (sev1, sev2), warning (sev3) or info (sev4) with
 the original kept as ``sev``; ``signal``; and the cohort fields configured as alert labels.
 Annotations: ``summary``, ``description``, ``runbook_url``, ``trace_ids`` (comma-joined), plus
-``alert_id`` and ``actions``. Times are added at send time by the sink.
+``alert_id``, ``actions`` and ``dashboard_url`` (the alert's, from ``[links]``). Times and the
+``generatorURL`` back-link are added at send time by the sink.
 """
 
 from __future__ import annotations
@@ -69,4 +70,6 @@ def to_postable(alert: Alert, cohort_labels: list[str] | tuple[str, ...]) -> tup
         annotations["runbook_url"] = alert.runbook_url
     if alert.actions:
         annotations["actions"] = "; ".join(alert.actions)
+    if alert.dashboard_url:
+        annotations["dashboard_url"] = alert.dashboard_url
     return labels, annotations
