@@ -39,7 +39,7 @@ Noise, a random walk and a ramp have none:
 from __future__ import annotations
 
 from array import array
-from math import sqrt
+from math import atan2, cos, floor, pi, sin, sqrt
 
 __all__ = ["PeriodFinder"]
 
@@ -61,7 +61,7 @@ REFINE_STEPS = 32
 
 
 class PeriodFinder:
-    __slots__ = ("_acc", "_block", "_cnt", "_last", "_ring", "_step", "_t0", "period")
+    __slots__ = ("_acc", "_block", "_last", "_ring", "_step", "_t0", "_track", "period")
 
     def __init__(self, step: float) -> None:
         self._step = step            # seconds per window
@@ -70,19 +70,21 @@ class PeriodFinder:
         self._t0 = -1.0              # the first value's time
         self._acc = [0.0, 0.0]       # the current block's sum and count
         self._last = 0.0             # the last block mean (carried over blocks without data)
+        # Once a period is found, its tracking (see _follow): [cycle start, this cycle's sum
+        # of x cos, of x sin, of x, count, the previous cycle's x cos and x sin sums, its mean,
+        # the sum of each cycle's coefficient times the previous one's conjugate (re, im), the
+        # period the cycles are cut at].
+        self._track = array("d")
         #: The period found (seconds), 0 while none is.
         self.period = 0.0
-
-    def done(self) -> bool:
-        """Whether the period found is as precise as this finder gets (the ring's next
-        doubling would not resolve it): the caller may drop the finder."""
-        return 0.0 < self.period < 2 * MIN_LAG * self._block * self._step
 
     def learn(self, x: float, t: float) -> tuple[float, float] | None:
         """Learn a window's value ``x`` at ``t`` (seconds). Returns (period in seconds, its
         phase origin in seconds) when it found or refined a period, else None."""
         if self._t0 < 0:
             self._t0 = t
+        if self.period:
+            return self._follow(x, t)
         w = self._step * self._block
         i = int((t - self._t0) / w + 1e-9)
         acc = self._acc
@@ -130,6 +132,43 @@ class PeriodFinder:
         before = sum(v * v for v in x) / len(x)
         after = sum((v - prof[j]) ** 2 for j, v in zip(at, x, strict=True)) / len(x)
         return prof, before, after
+
+    def _follow(self, x: float, t: float) -> tuple[float, float] | None:
+        """Refine the period found, cycle by cycle: the phase of each cycle's fundamental
+        (its Fourier coefficient at the period found) moves from one cycle to the next by
+        2 pi (found / true - 1); the average move, each step weighted by the two cycles'
+        amplitudes (the pulse-pair estimate), gives the true period to a small fraction of a
+        window once many cycles have been seen, where the ring's blocks could not."""
+        tr = self._track
+        got = None
+        if not tr:
+            if self._ring:   # the history the period was found in is no longer needed
+                self._ring = array("d")
+            self._track = tr = array("d", [t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+                                           self.period])
+        ref = tr[10]
+        if t >= tr[0] + ref:   # a cycle is over
+            if tr[4]:
+                c, s = tr[1], tr[2]
+                pc, ps = tr[5], tr[6]
+                if pc or ps:
+                    tr[8] += c * pc + s * ps
+                    tr[9] += s * pc - c * ps
+                    step = atan2(tr[9], tr[8])
+                    p = ref / (1.0 - step / (2 * pi))
+                    if p != self.period:
+                        self.period = p
+                        got = (p, self._t0)
+                tr[5], tr[6], tr[7] = c, s, tr[3] / tr[4]
+            tr[1] = tr[2] = tr[3] = tr[4] = 0.0
+            tr[0] += ref * floor((t - tr[0]) / ref)
+        theta = 2 * pi * (t - tr[0]) / ref
+        y = x - tr[7]    # the level leaks into the coefficient where a period is fractional
+        tr[1] += y * cos(theta)
+        tr[2] += y * sin(theta)
+        tr[3] += x
+        tr[4] += 1.0
+        return got
 
     def _look(self) -> tuple[float, float] | None:
         x = _detrended(self._ring)

@@ -75,6 +75,9 @@ SEASON_RATE = 0.02
 #: The time-of-day cycle is used once a whole period has been seen and it leaves at most this
 #: share of the spread around the slow level (a series without a daily cycle never uses it).
 SEASON_SHARE = 0.5
+#: A period found from the data (on clear evidence of a cycle) is used where its profile,
+#: predicting each window before learning it, leaves at most this share of the spread.
+FOUND_SHARE = 0.9
 #: A period found within this share of the configured one is taken to be it.
 SNAP = 0.05
 #: Squared standard scores enter the tail estimate clipped here (|z| <= 6): one burst cannot
@@ -162,7 +165,8 @@ class QuantityBaseline:
     def seasonal(self) -> bool:
         """Whether the time-of-day cycle is in use (chosen from the data)."""
         return (self._t[1] - self._t[0] >= self._period
-                and self._fit[1] <= SEASON_SHARE * self._fit[0])
+                and self._fit[1] <= (SEASON_SHARE if self._period == self._conf
+                                     else FOUND_SHARE) * self._fit[0])
 
     def expected(self, slow: bool = False) -> float:
         return self._ls if slow else self._lf
@@ -224,8 +228,6 @@ class QuantityBaseline:
                 got = f.learn(m, t)
                 if got is not None:
                     self._found(got[0], got[1], t)
-                if f.done():
-                    self._finder = None   # its period is as precise as it gets: no more state
             self._learn_season(m, t, anomalous)
             if self.seasonal():   # (_offset, inline)
                 m -= self._season[self._bin(t)]
