@@ -56,6 +56,17 @@ DIP_MIN = 0.6
 SAME_CYCLE = 0.85
 #: The shortest period looked for, in blocks (a shorter one is not resolved by the ring).
 MIN_LAG = 4
+#: The history must hold at least this many whole cycles of a period.
+CYCLES = 2
+#: ...and, folded at the period, its phases must explain its spread beyond what chance does in
+#: as many phases: the F statistic of that fold, as a standard score (Paulson), at least this
+#: (a normal tail of about 3e-5 a look, were the block means independent).
+FOLD_Z = 4.0
+#: Tracking: the period is refined while the cycles' phase steps agree this well (the
+#: magnitude of their amplitude-weighted mean, 1 when every step is the same)...
+COHERENCE = 0.5
+#: ...and only within this share of the period the ring found.
+DRIFT = 0.05
 #: Sub-block refinement: steps per block around the peak.
 REFINE_STEPS = 32
 
@@ -73,7 +84,7 @@ class PeriodFinder:
         # Once a period is found, its tracking (see _follow): [cycle start, this cycle's sum
         # of x cos, of x sin, of x, count, the previous cycle's x cos and x sin sums, its mean,
         # the sum of each cycle's coefficient times the previous one's conjugate (re, im), the
-        # period the cycles are cut at].
+        # period the cycles are cut at, the sum of those products' magnitudes].
         self._track = array("d")
         #: The period found (seconds), 0 while none is.
         self.period = 0.0
@@ -145,7 +156,7 @@ class PeriodFinder:
             if self._ring:   # the history the period was found in is no longer needed
                 self._ring = array("d")
             self._track = tr = array("d", [t, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-                                           self.period])
+                                           self.period, 0.0])
         ref = tr[10]
         if t >= tr[0] + ref:   # a cycle is over
             if tr[4]:
@@ -154,9 +165,13 @@ class PeriodFinder:
                 if pc or ps:
                     tr[8] += c * pc + s * ps
                     tr[9] += s * pc - c * ps
+                    tr[11] += sqrt((c * c + s * s) * (pc * pc + ps * ps))
                     step = atan2(tr[9], tr[8])
                     p = ref / (1.0 - step / (2 * pi))
-                    if p != self.period:
+                    # Only while the cycles keep their phase (coherent) and near the period
+                    # the ring found: a weak cycle's phase wanders and says nothing.
+                    if (tr[8] * tr[8] + tr[9] * tr[9] >= (COHERENCE * tr[11]) ** 2
+                            and abs(p - ref) <= DRIFT * ref and p != self.period):
                         self.period = p
                         got = (p, self._t0)
                 tr[5], tr[6], tr[7] = c, s, tr[3] / tr[4]
@@ -194,10 +209,10 @@ def _fundamental(x: list[float], var: float) -> int | None:
     """The smallest lag that is clearly a cycle of ``x`` (see the module), if any."""
     k = len(x)
     acf = [1.0] + [sum(x[j] * x[j + lag] for j in range(k - lag)) / (k - lag) / var
-                   for lag in range(1, k // 2 + 2)]
+                   for lag in range(1, k // CYCLES + 2)]
     lags = []
     low = 1.0
-    for lag in range(1, k // 2 + 1):
+    for lag in range(1, k // CYCLES + 1):
         a = acf[lag]
         low = min(low, a)
         if (lag >= MIN_LAG and a >= ACF_MIN and a - low >= DIP_MIN
@@ -206,7 +221,32 @@ def _fundamental(x: list[float], var: float) -> int | None:
     if not lags:
         return None
     best = max(a for _, a in lags)
-    return min(lag for lag, a in lags if a >= SAME_CYCLE * best)
+    lag = min(lag for lag, a in lags if a >= SAME_CYCLE * best)
+    return lag if _fold_z(x, lag) >= FOLD_Z else None
+
+
+def _fold_z(x: list[float], lag: int) -> float:
+    """How far folding ``x`` at ``lag`` explains its spread beyond chance: the one-way
+    analysis of variance's F over the ``lag`` phases, as a standard score (Paulson's
+    approximation of the F distribution).
+
+    >>> round(_fold_z([0.0, 1.0] * 8, 2), 1) > 10, round(_fold_z([0.0, 1.0, 1.0, 0.0] * 4, 2), 1)
+    (True, -1.6)
+    """
+    k = len(x)
+    sums, cnt = [0.0] * lag, [0] * lag
+    for i, v in enumerate(x):
+        sums[i % lag] += v
+        cnt[i % lag] += 1
+    m = sum(x) / k
+    total = sum((v - m) ** 2 for v in x)
+    between = sum(c * (s / c - m) ** 2 for s, c in zip(sums, cnt, strict=True) if c)
+    within = total - between
+    if within <= 1e-12 * total:
+        return float("inf")
+    f = (between / (lag - 1)) / (within / (k - lag))
+    a, b, c = 2.0 / (9.0 * (lag - 1)), 2.0 / (9.0 * (k - lag)), f ** (1.0 / 3.0)
+    return ((1.0 - b) * c - (1.0 - a)) / sqrt(b * c * c + a)
 
 
 def _detrended(ring: array) -> list[float]:
