@@ -59,8 +59,9 @@ MIN_LAG = 4
 #: The history must hold at least this many whole cycles of a period.
 CYCLES = 2
 #: ...and, folded at the period, its phases must explain its spread beyond what chance does in
-#: as many phases: the F statistic of that fold, as a standard score (Paulson), at least this
-#: (a normal tail of about 3e-5 a look, were the block means independent).
+#: as many phases, and so must they its steps from block to block: the F statistic of each
+#: fold, as a standard score (Paulson), at least this (a normal tail of about 3e-5 a look,
+#: were the block means independent).
 FOLD_Z = 4.0
 #: Tracking: the period is refined while the cycles' phase steps agree this well (the
 #: magnitude of their amplitude-weighted mean, 1 when every step is the same)...
@@ -222,7 +223,9 @@ def _fundamental(x: list[float], var: float) -> int | None:
         return None
     best = max(a for _, a in lags)
     lag = min(lag for lag, a in lags if a >= SAME_CYCLE * best)
-    return lag if _fold_z(x, lag) >= FOLD_Z else None
+    # The levels and their steps: a random walk's levels fold into anything, its steps do not.
+    steps = [x[i + 1] - x[i] for i in range(k - 1)]
+    return lag if min(_fold_z(x, lag), _fold_z(steps, lag)) >= FOLD_Z else None
 
 
 def _fold_z(x: list[float], lag: int) -> float:
