@@ -63,6 +63,8 @@ CYCLES = 2
 #: fold, as a standard score (Paulson), at least this (a normal tail of about 3e-5 a look,
 #: were the block means independent).
 FOLD_Z = 4.0
+#: A period is taken when two successive looks find it within this share (or a block).
+CONFIRM = 0.05
 #: Tracking: the period is refined while the cycles' phase steps agree this well (the
 #: magnitude of their amplitude-weighted mean, 1 when every step is the same)...
 COHERENCE = 0.5
@@ -73,7 +75,8 @@ REFINE_STEPS = 32
 
 
 class PeriodFinder:
-    __slots__ = ("_acc", "_block", "_last", "_ring", "_step", "_t0", "_track", "period")
+    __slots__ = ("_acc", "_block", "_cand", "_last", "_ring", "_step", "_t0", "_track",
+                 "period")
 
     def __init__(self, step: float) -> None:
         self._step = step            # seconds per window
@@ -87,6 +90,7 @@ class PeriodFinder:
         # the sum of each cycle's coefficient times the previous one's conjugate (re, im), the
         # period the cycles are cut at, the sum of those products' magnitudes].
         self._track = array("d")
+        self._cand = 0.0             # a period the last look found, until the next confirms it
         #: The period found (seconds), 0 while none is.
         self.period = 0.0
 
@@ -197,18 +201,31 @@ class PeriodFinder:
             lag = self.period / (self._block * self._step)
             p = _refine(x, lag, 0.5)
         else:
-            found = _fundamental(x, var)
+            found = _fundamental(x)
             if found is None:
+                self._cand = 0.0
                 return None
             lag = found
-            p = _refine(x, lag, 1.0)
+            p = _refine(x, lag, 1.0) * self._block * self._step
+            # Found twice in a row (the second look with a third or more of history added):
+            # what one look finds in a short history can be chance.
+            cand, self._cand = self._cand, p
+            if not cand or abs(p - cand) > max(CONFIRM * p, self._block * self._step):
+                return None
+            p /= self._block * self._step
         self.period = p * self._block * self._step
         return self.period, self._t0
 
 
-def _fundamental(x: list[float], var: float) -> int | None:
-    """The smallest lag that is clearly a cycle of ``x`` (see the module), if any."""
+def _fundamental(values: list[float]) -> int | None:
+    """The smallest lag that is clearly a cycle of ``values`` (see the module), if any. The
+    tests are on ranks: one burst in a heavy-tailed series is one rank, not most of the
+    spread (which any fold that puts it in a phase of its own would seem to explain)."""
+    x = _ranks(values)
     k = len(x)
+    var = sum(v * v for v in x) / k
+    if var <= 0.0:
+        return None
     acf = [1.0] + [sum(x[j] * x[j + lag] for j in range(k - lag)) / (k - lag) / var
                    for lag in range(1, k // CYCLES + 2)]
     lags = []
@@ -224,8 +241,28 @@ def _fundamental(x: list[float], var: float) -> int | None:
     best = max(a for _, a in lags)
     lag = min(lag for lag, a in lags if a >= SAME_CYCLE * best)
     # The levels and their steps: a random walk's levels fold into anything, its steps do not.
-    steps = [x[i + 1] - x[i] for i in range(k - 1)]
+    steps = _ranks([values[i + 1] - values[i] for i in range(k - 1)])
     return lag if min(_fold_z(x, lag), _fold_z(steps, lag)) >= FOLD_Z else None
+
+
+def _ranks(v: list[float]) -> list[float]:
+    """Ranks of ``v`` less their mean (ties share their average rank).
+
+    >>> _ranks([10.0, -3.0, 10.0, 500.0])
+    [0.0, -1.5, 0.0, 1.5]
+    """
+    order = sorted(range(len(v)), key=v.__getitem__)
+    out = [0.0] * len(v)
+    mid = (len(v) - 1) / 2
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+            j += 1
+        for m in order[i:j + 1]:
+            out[m] = (i + j) / 2 - mid
+        i = j + 1
+    return out
 
 
 def _fold_z(x: list[float], lag: int) -> float:

@@ -141,8 +141,8 @@ class QuantityBaseline:
 
     def _found(self, p: float, origin: float, t: float) -> None:
         """Use the period ``p`` the finder found (or refined). First found, the time-of-day
-        profile and its fit are rebuilt from the finder's history; refined, the profile is
-        kept and the phase stays continuous at ``t``."""
+        profile is rebuilt from the finder's history; refined, the profile is kept and the
+        phase stays continuous at ``t``."""
         if abs(p - self._conf) <= SNAP * self._conf:
             p, origin = self._conf, 0.0
         old = self._period
@@ -153,8 +153,10 @@ class QuantityBaseline:
             fold = f.fold(self._bins, p, origin)
             if fold is None:
                 return
-            prof, self._fit[0], self._fit[1] = fold
-            self._season[:] = array("d", prof)
+            # The profile starts from the history, but is used only once it has predicted
+            # windows it had not seen (the fit starts even; see seasonal()).
+            self._season[:] = array("d", fold[0])
+            self._fit[1] = self._fit[0]
             self._origin = origin
             self._t[0] = min(self._t[0], origin)
         else:
