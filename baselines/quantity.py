@@ -153,10 +153,11 @@ class QuantityBaseline:
             fold = f.fold(self._bins, p, origin)
             if fold is None:
                 return
-            # The profile starts from the history, but is used only once it has predicted
-            # windows it had not seen (the fit starts even; see seasonal()).
-            self._season[:] = array("d", fold[0])
-            self._fit[1] = self._fit[0]
+            # The profile starts from the history; its fit, as the share of the spread the
+            # history's blocks leave when each is predicted from the others of its phase.
+            prof, before, after = fold
+            self._season[:] = array("d", prof)
+            self._fit[1] = self._fit[0] * min(1.0, after / before) if before > 0 else self._fit[0]
             self._origin = origin
             self._t[0] = min(self._t[0], origin)
         else:

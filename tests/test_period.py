@@ -45,10 +45,11 @@ def test_a_cycle_is_found_and_tracked_to_a_fraction_of_a_window(period: float) -
     assert abs(got[-1] - period) <= 0.25                  # tracked over the cycles since
 
 
-def test_a_cycle_is_found_after_two_or_three_cycles() -> None:
+def test_a_cycle_is_found_after_two_to_four_cycles() -> None:
+    """Two whole cycles at least, and two looks in a row that agree."""
     f = PeriodFinder(STEP)
     first = next(i for i, x in enumerate(_cycle(288, 3000, seed=2)) if f.learn(x, STEP * i))
-    assert 2 * 288 <= first <= 3 * 288
+    assert 2 * 288 <= first <= 4 * 288
 
 
 def test_windows_without_data_do_not_break_it() -> None:
@@ -98,10 +99,10 @@ def _drive(b: QuantityBaseline, xs: list[float]) -> list[float]:
 def test_the_baseline_uses_a_cycle_that_is_not_a_day() -> None:
     """A 300-window cycle of +-10 noise sd: with the period found, the baseline expects it
     (normal windows score well under half what they do against the configured day, whose
-    profile does not fit it), and a step of the cycle's size is still news."""
+    profile does not fit it), and a step of one and a half times its amplitude is still news."""
     rng = random.Random(7)
     xs = [10.0 + 1.0 * math.sin(2 * math.pi * i / 300) + rng.gauss(0, 0.1) for i in range(4000)]
-    xs[3500:3520] = [x + 1.0 for x in xs[3500:3520]]
+    xs[3500:3520] = [x + 1.5 for x in xs[3500:3520]]
     found = QuantityBaseline(FAST, SLOW, 90, 24, 86400.0, STEP)
     fixed = QuantityBaseline(FAST, SLOW, 90, 24, 86400.0, None)
     zf, zx = _drive(found, xs), _drive(fixed, xs)
