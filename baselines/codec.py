@@ -55,6 +55,7 @@ from river import stats
 
 from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
+from baselines.period import PeriodFinder
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
 from baselines.volume import VolumeBaseline
@@ -69,6 +70,7 @@ REGISTRY: dict[str, Callable[[], object]] = {
     "volume": lambda: VolumeBaseline(0.1, 0.01, 24, 86400.0),
     "dispersion": lambda: Dispersion(0.1, 25.0),
     "warm_ewmean": lambda: WarmEWMean(0.1),
+    "period": lambda: PeriodFinder(60.0),
 }
 #: Baselines nest two or three deep; anything much deeper is not state this code wrote.
 MAX_DEPTH = 16

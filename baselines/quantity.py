@@ -56,6 +56,8 @@ from __future__ import annotations
 from array import array
 from math import copysign, log1p, sqrt
 
+from baselines.period import PeriodFinder
+
 __all__ = ["QuantityBaseline"]
 
 #: An anomalous window teaches the baseline as if it were this many standard errors away.
@@ -73,6 +75,11 @@ SEASON_RATE = 0.02
 #: The time-of-day cycle is used once a whole period has been seen and it leaves at most this
 #: share of the spread around the slow level (a series without a daily cycle never uses it).
 SEASON_SHARE = 0.5
+#: A period found from the data (on clear evidence of a cycle) is used where its profile,
+#: predicting each window before learning it, leaves at most this share of the spread.
+FOUND_SHARE = 0.9
+#: A period found within this share of the configured one is taken to be it.
+SNAP = 0.05
 #: Squared standard scores enter the tail estimate clipped here (|z| <= 6): one burst cannot
 #: make every later window look ordinary.
 TAIL_CLIP = 36.0
@@ -90,12 +97,12 @@ _INF = float("inf")
 
 
 class QuantityBaseline:
-    __slots__ = ("_a", "_adopt", "_b", "_bins", "_fit", "_lf", "_ls", "_m2", "_m4", "_period",
-                 "_prev", "_res", "_run", "_season", "_streak", "_t", "_tn", "_vf", "_vn", "_vs",
-                 "_w", "n")
+    __slots__ = ("_a", "_adopt", "_b", "_bins", "_conf", "_finder", "_fit", "_lf", "_ls", "_m2",
+                 "_m4", "_origin", "_period", "_prev", "_res", "_run", "_season", "_streak", "_t",
+                 "_tn", "_vf", "_vn", "_vs", "_w", "n")
 
     def __init__(self, fast: float, slow: float, adopt_windows: int = 120, bins: int = 24,
-                 period: float = 86400.0) -> None:
+                 period: float = 86400.0, step: float | None = 60.0) -> None:
         self._a = fast
         self._b = slow
         self._adopt = adopt_windows
@@ -112,6 +119,11 @@ class QuantityBaseline:
         # and with the offsets.
         self._season = array("d", bytes(8 * bins))
         self._bins, self._period = bins, period
+        # The cycle's period may be found from the data (``step``: seconds per window; None:
+        # always ``period``). A period found near the configured one is the configured one.
+        self._conf = period
+        self._origin = 0.0             # the time the phase counts from
+        self._finder: PeriodFinder | None = PeriodFinder(step) if step else None
         self._t = [-1.0, -1.0]
         self._fit = [0.0, 0.0]
         # Second and fourth moments of the fast standard score over the slow horizon: how
@@ -121,12 +133,43 @@ class QuantityBaseline:
         self.n = 0
 
     def _bin(self, t: float) -> int:
-        return int((t % self._period) / self._period * self._bins)
+        return int(((t - self._origin) % self._period) / self._period * self._bins)
+
+    def period(self) -> float:
+        """The cycle's period in use (seconds): the configured one unless one was found."""
+        return self._period
+
+    def _found(self, p: float, origin: float, t: float) -> None:
+        """Use the period ``p`` the finder found (or refined). First found, the time-of-day
+        profile is rebuilt from the finder's history; refined, the profile is kept and the
+        phase stays continuous at ``t``."""
+        if abs(p - self._conf) <= SNAP * self._conf:
+            p, origin = self._conf, 0.0
+        old = self._period
+        if p == old:
+            return
+        f = self._finder
+        if old == self._conf and f is not None:
+            fold = f.fold(self._bins, p, origin)
+            if fold is None:
+                return
+            # The profile starts from the history; its fit, as the share of the spread the
+            # history's blocks leave when each is predicted from the others of its phase.
+            prof, before, after = fold
+            self._season[:] = array("d", prof)
+            self._fit[1] = self._fit[0] * min(1.0, after / before) if before > 0 else self._fit[0]
+            self._origin = origin
+            self._t[0] = min(self._t[0], origin)
+        else:
+            phase = ((t - self._origin) % old) / old
+            self._origin = t - phase * p
+        self._period = p
 
     def seasonal(self) -> bool:
         """Whether the time-of-day cycle is in use (chosen from the data)."""
         return (self._t[1] - self._t[0] >= self._period
-                and self._fit[1] <= SEASON_SHARE * self._fit[0])
+                and self._fit[1] <= (SEASON_SHARE if self._period == self._conf
+                                     else FOUND_SHARE) * self._fit[0])
 
     def expected(self, slow: bool = False) -> float:
         return self._ls if slow else self._lf
@@ -183,6 +226,11 @@ class QuantityBaseline:
         var = max(0.0, q / n - m * m)
         k = self.n + 1
         if t is not None:
+            f = self._finder
+            if f is not None:
+                got = f.learn(m, t)
+                if got is not None:
+                    self._found(got[0], got[1], t)
             self._learn_season(m, t, anomalous)
             if self.seasonal():   # (_offset, inline)
                 m -= self._season[self._bin(t)]

@@ -80,6 +80,8 @@ class Baselines(_Base):
     slow_half_life_windows: Positive = 720.0
     season_period_seconds: Positive = 86400.0
     season_bins: Annotated[int, Meta(ge=1, le=168)] = 24
+    # A quantity finds its cycle's period from the data (else always season_period_seconds).
+    season_find_period: bool = True
     max_dispersion: Annotated[float, Meta(ge=1)] = 25.0
     # An anomalous episode this long is adopted as the new normal (its alert resolves).
     adopt_after_windows: PosInt = 90

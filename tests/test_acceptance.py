@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -176,3 +177,36 @@ def test_an_eval_score_drop_pages_and_a_spend_surge_is_only_recorded(signals_run
     assert s["suspected_change_correct"] == s["suspected_change_checked"] == 2
     fa = s["false_alerts_by_severity"]
     assert fa["sev1"] == fa["sev2"] == fa["sev3"] == 0
+
+
+def test_a_quantity_cycle_that_is_not_a_day_is_learned(tmp_path: Path) -> None:
+    """A 40-minute latency cycle on one app: the latency baseline finds the period from the
+    data and expects the cycle (its normal windows score well under half what they do with
+    ``baselines.season_find_period = false``), and nothing pages."""
+    _run("simulate", "--out", str(tmp_path), "--hours", "4", "--seed", "3",
+         "--scenario", "quantity_short_cycle")
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    start = datetime.fromisoformat(labels["start"])
+    later = (start + timedelta(hours=2)).isoformat().replace("+00:00", "")   # past 3 cycles
+    cohort = next(i["cohort"] for i in labels["incidents"]
+                  if i["scenario"] == "quantity_short_cycle")
+    default = Path(__file__).parents[1] / "config" / "detector.toml"
+    off = tmp_path / "off.toml"
+    text = default.read_text()
+    assert "season_find_period = true" in text
+    off.write_text(text.replace("season_find_period = true", "season_find_period = false"))
+    medians = []
+    for config in (default, off):
+        scores, alerts = tmp_path / "scores.jsonl", tmp_path / "alerts.jsonl"
+        _run("replay", str(tmp_path / "traces.jsonl"), "--config", str(config), "--quiet",
+             "--scores-out", str(scores), "--alerts-out", str(alerts))
+        z = sorted(abs(r["score"]) for r in map(orjson.loads, scores.read_bytes().splitlines())
+                   if r["cohort"] == cohort and r["signal"] == "latency_ms"
+                   and r["window_start"] >= later)
+        assert len(z) > 60
+        medians.append(z[len(z) // 2])
+        report = json.loads(_run("evaluate", "--labels", str(tmp_path / "labels.json"),
+                                 "--alerts", str(alerts), "--json").stdout)
+        row = next(i for i in report["incidents"] if i["scenario"] == "quantity_short_cycle")
+        assert row["max_severity"] in (None, "sev4") and not row["benign_violation"]
+    assert medians[0] < 0.5 * medians[1], medians

@@ -369,6 +369,8 @@ def _iter_events(out: Path) -> Iterator[TraceEvent]:
 
 NEW = ("rare_wave", "lowvol_violations", "fabricated_midsize", "benign_shift", "quantity_shift",
        "quantity_cycle", "volume_surge")
+#: Opt-in too, with a test of its own (tests/test_acceptance.py): a cycle that is not a day.
+SHORT_CYCLE = ("quantity_short_cycle",)
 
 
 def _simulated(tmp_path_factory: pytest.TempPathFactory, hours: float, seed: int,
@@ -389,7 +391,8 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
 def test_issue12_scenarios_are_opt_in_and_labelled(shapes: Any) -> None:
     labels, _ = shapes
     assert not set(NEW) & set(DEFAULT_SCENARIOS)
-    assert set(DEFAULT_SCENARIOS) | set(NEW) | set(ISSUE_14) | set(ISSUE_19) == set(SCENARIOS)
+    assert (set(DEFAULT_SCENARIOS) | set(NEW) | set(ISSUE_14) | set(ISSUE_19)
+            | set(SHORT_CYCLE)) == set(SCENARIOS)
     by = {i["scenario"]: i for i in labels["incidents"]}
     assert sorted(by) == sorted(NEW)
     for name in ("rare_wave", "lowvol_violations", "fabricated_midsize"):

@@ -124,6 +124,7 @@ class Scorer:
         self.slow = fading_factor(b.slow_half_life_windows)
         self.bins = b.season_bins
         self.period = b.season_period_seconds
+        self.find_period = config.windows.size_seconds if b.season_find_period else None
         self.max_disp = b.max_dispersion
         self.warmup = b.warmup_windows
         self.own_after = max(config.cohorts.own_baseline_after_windows, self.warmup)
@@ -185,7 +186,8 @@ class Scorer:
         if sig.kind == "rate":
             return RateBaseline(self.fast, self.slow, self.max_disp, self.adopt_after)
         if sig.kind == "quantity":
-            return QuantityBaseline(self.fast, self.slow, self.adopt_after, self.bins, self.period)
+            return QuantityBaseline(self.fast, self.slow, self.adopt_after, self.bins, self.period,
+                                    self.find_period)
         return VolumeBaseline(self.fast, self.slow, self.bins, self.period, self.max_disp)
 
     def _baseline(self, sig: Signal, own: CohortModel, parent: CohortModel | None

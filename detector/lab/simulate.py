@@ -54,6 +54,11 @@ __all__ = ["SCENARIOS", "Scenario", "add_arguments", "run", "simulate"]
 DEFAULT_START: Final = datetime(2026, 1, 5, tzinfo=UTC)
 RAMP_STEP_S: Final = 30.0
 CYCLE_STEP_S: Final = 300.0  # a daily cycle moves in steps this far apart
+CYCLE_STEPS: Final = 24      # ...and a shorter one in at least this many steps a cycle
+
+
+def _cycle_step(s: Scenario) -> float:
+    return min(CYCLE_STEP_S, s.cycle_period / CYCLE_STEPS)
 #: A person reverts an answer this many seconds after it (uniform between the two).
 OVERRIDE_LAG_S: Final = (5.0, 120.0)
 _SORT: Final = orjson.OPT_SORT_KEYS
@@ -212,7 +217,8 @@ class _Generator:
             out += i.scenario.background
             if i.scenario.span == "incident" or now < i.start:
                 continue
-            cyc = round(cycle_factor(now, i.scenario.cycle), 4) if i.scenario.cycle else 1.0
+            cyc = (round(cycle_factor(now, i.scenario.cycle, i.scenario.cycle_period), 4)
+                   if i.scenario.cycle else 1.0)
             out += [(a, f * cyc, fl) for a, f, fl in i.scenario.effect]
         return tuple(out)
 
@@ -478,8 +484,9 @@ def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
                      {i.prelude[1] for i in incidents if i.prelude is not None} |
                      {i.start + s * RAMP_STEP_S for i in incidents if i.ramp_end
                       for s in range(int((i.ramp_end - i.start) / RAMP_STEP_S) + 1)} |
-                     {i.start + s * CYCLE_STEP_S for i in incidents if i.scenario.cycle
-                      for s in range(int((i.end - i.start) / CYCLE_STEP_S) + 1)})
+                     {i.start + s * _cycle_step(i.scenario) for i in incidents
+                      if i.scenario.cycle
+                      for s in range(int((i.end - i.start) / _cycle_step(i.scenario)) + 1)})
     forced = sorted(((ft, i) for i in incidents for ft in i.offend_at), key=lambda x: x[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     traces, labels_path = out_dir / "traces.jsonl", out_dir / "labels.json"
