@@ -7,7 +7,10 @@ for the otlp_proto decoder's span mapping (detector/core/_spans.c).
 
 from setuptools import Extension, setup
 
+# Both include _slots.h (slot offsets of msgspec structs), so a change there rebuilds both.
+_SLOTS = ["detector/core/_slots.h"]
+
 setup(ext_modules=[
-    Extension("detector.core._tally", ["detector/core/_tally.c"], optional=True),
-    Extension("detector.core._spans", ["detector/core/_spans.c"], optional=True),
+    Extension("detector.core._tally", ["detector/core/_tally.c"], depends=_SLOTS, optional=True),
+    Extension("detector.core._spans", ["detector/core/_spans.c"], depends=_SLOTS, optional=True),
 ])

@@ -29,6 +29,7 @@ from detector.core.reload import (
 )
 from detector.obs.metrics import Metrics
 from detector.stream.reloader import ConfigReloader
+from tests.traffic import chats
 
 T0 = 1_767_571_200.0
 HIGH = 1000.0   # a refusal_rate threshold nothing crosses
@@ -158,18 +159,6 @@ def test_the_reloadable_names_are_keys_of_the_schema() -> None:
 
 # -- stage 2 takes a reloaded config between windows ------------------------------------------
 
-def _chats(t0: float, minutes: int, refusing: range = range(0)) -> list[bytes]:
-    """100 chats a minute for tenant t1; 60 % refusals in the minutes listed in ``refusing``
-    (2 % otherwise)."""
-    out = []
-    for i in range(minutes * 100):
-        m = i // 100
-        refused = (i % 100) < (60 if m in refusing else 2)
-        out.append(orjson.dumps({"ts": t0 + i * 0.6, "operation": "chat", "tenant": "t1",
-                                 "app": "support-agent", "refusal": refused,
-                                 "trace_id": f"{i:032x}"}))
-    return out
-
 
 def _cfg(**signal: Any) -> Config:
     doc = _doc()
@@ -177,8 +166,8 @@ def _cfg(**signal: Any) -> Config:
     return parse_config(doc)
 
 
-WARM = _chats(T0, 25)                                   # past the 20 warm-up windows
-INCIDENT = _chats(T0 + 25 * 60, 8, refusing=range(2, 5))
+WARM = chats(T0, 25, trace_ids=True)                                   # past the 20 warm-up windows
+INCIDENT = chats(T0 + 25 * 60, 8, refusing=range(2, 5), trace_ids=True)
 
 
 def _refusals(alerts: list[Any]) -> list[Any]:

@@ -59,3 +59,19 @@ def stream(
                 yield orjson.dumps({"ts": start + m * 60 + 30, "trace_id": trace_id(rng),
                                     **cohort, "operation": "execute_tool",
                                     "tool_name": "send_email", "tool_authorized": False})
+
+
+def chats(t0: float, minutes: int, refusing: range = range(0), *,
+          trace_ids: bool = False) -> list[bytes]:
+    """100 chats a minute for tenant t1 of support-agent; 60 % refusals in the minutes listed
+    in ``refusing`` (2 % otherwise). The warm-up and incident of the failover and reload
+    tests."""
+    out = []
+    for i in range(minutes * 100):
+        refused = (i % 100) < (60 if i // 100 in refusing else 2)
+        ev: dict[str, Any] = {"ts": t0 + i * 0.6, "operation": "chat", "tenant": "t1",
+                              "app": "support-agent", "refusal": refused}
+        if trace_ids:
+            ev["trace_id"] = f"{i:032x}"
+        out.append(orjson.dumps(ev))
+    return out

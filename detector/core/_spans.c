@@ -20,16 +20,13 @@
  * another length (rejections are named in Python) or more than MAX_ATTRS attributes. A span
  * that is not a GenAI operation is None.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <structmember.h>
+#include "_slots.h"
 
 static PyObject *s_attributes, *s_events, *s_trace_id, *s_span_id, *s_start, *s_end, *s_status,
     *s_code, *s_has_field, *s_resource_spans, *s_scope_spans, *s_spans, *s_copy, *v_other, *billion, *million;
 static PyObject *template;   /* TraceEvent(ts=0.0, operation="-"): copied for each span */
 static Py_ssize_t o_operation, o_refusal, o_error_type, o_ts, o_trace_id, o_span_id, o_latency;
 
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 #define FROM_REASONS (-1)   /* otlp.py's _FROM_REASONS: refusal unless an attribute says */
 #define LEGACY (-2)         /* otlp.py's _LEGACY_FIELD: gen_ai.system */
 #define MAX_SLOTS 64    /* TraceEvent's fields, at most */
@@ -428,40 +425,6 @@ map_message(PyObject *self, PyObject *args)
     return PyLong_FromSsize_t(deferred);
 }
 
-/* The offset of field ``name``'s slot in TraceEvent (as _tally.c finds it); -1 with an
- * exception if it has no object slot of that name. */
-static Py_ssize_t
-slot_offset(PyTypeObject *type, PyObject *name)
-{
-    PyObject *d = PyDict_GetItemWithError(type->tp_dict, name);
-    if (d == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_AttributeError, "%s has no field %R", type->tp_name, name);
-        return -1;
-    }
-    if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
-        PyErr_Format(PyExc_TypeError, "%s.%U is not a slot", type->tp_name, name);
-        return -1;
-    }
-    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-    if (m->type != T_OBJECT_EX && m->type != T_OBJECT) {
-        PyErr_Format(PyExc_TypeError, "%s.%U does not hold an object", type->tp_name, name);
-        return -1;
-    }
-    return m->offset;
-}
-
-static Py_ssize_t
-offset_s(PyObject *tpl, const char *name)
-{
-    PyObject *n = PyUnicode_FromString(name);
-    if (n == NULL)
-        return -1;
-    Py_ssize_t off = slot_offset(Py_TYPE(tpl), n);
-    Py_DECREF(n);
-    return off;
-}
-
 /* configure(template, names) -> {name: slot offset}: the event each span's is a copy of, and
  * the offsets of these fields, which the checked cache's pairs name. */
 static PyObject *
@@ -470,13 +433,13 @@ configure(PyObject *self, PyObject *args)
     PyObject *tpl, *names;
     if (!PyArg_ParseTuple(args, "OO!:configure", &tpl, &PyTuple_Type, &names))
         return NULL;
-    if ((o_operation = offset_s(tpl, "operation")) < 0
-        || (o_refusal = offset_s(tpl, "refusal")) < 0
-        || (o_error_type = offset_s(tpl, "error_type")) < 0
-        || (o_ts = offset_s(tpl, "ts")) < 0
-        || (o_trace_id = offset_s(tpl, "trace_id")) < 0
-        || (o_span_id = offset_s(tpl, "span_id")) < 0
-        || (o_latency = offset_s(tpl, "latency_ms")) < 0)
+    if ((o_operation = slot_offset_s(Py_TYPE(tpl), "operation")) < 0
+        || (o_refusal = slot_offset_s(Py_TYPE(tpl), "refusal")) < 0
+        || (o_error_type = slot_offset_s(Py_TYPE(tpl), "error_type")) < 0
+        || (o_ts = slot_offset_s(Py_TYPE(tpl), "ts")) < 0
+        || (o_trace_id = slot_offset_s(Py_TYPE(tpl), "trace_id")) < 0
+        || (o_span_id = slot_offset_s(Py_TYPE(tpl), "span_id")) < 0
+        || (o_latency = slot_offset_s(Py_TYPE(tpl), "latency_ms")) < 0)
         return NULL;
     Py_ssize_t n = PyTuple_GET_SIZE(names), offs[MAX_SLOTS], lo = PY_SSIZE_T_MAX;
     if (n > MAX_SLOTS) {

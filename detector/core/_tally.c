@@ -16,48 +16,9 @@
  * methods, and an event of an unexpected shape (built by hand rather than decoded) makes
  * add_many stop before touching anything, so that the Python path counts that event.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
-#include <structmember.h>
+#include "_slots.h"
 #include <float.h>
 #include <math.h>
-
-#define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
-
-/* The offset of field ``name``'s slot in instances of ``type``; -1 with an exception if it has
- * no object slot of that name. */
-static Py_ssize_t
-slot_offset(PyTypeObject *type, PyObject *name)
-{
-    PyObject *d = PyDict_GetItemWithError(type->tp_dict, name);
-    if (d == NULL) {
-        if (!PyErr_Occurred())
-            PyErr_Format(PyExc_AttributeError, "%s has no field %R", type->tp_name, name);
-        return -1;
-    }
-    if (!Py_IS_TYPE(d, &PyMemberDescr_Type)) {
-        PyErr_Format(PyExc_TypeError, "%s.%U is not a slot", type->tp_name, name);
-        return -1;
-    }
-    PyMemberDef *m = ((PyMemberDescrObject *)d)->d_member;
-    if (m->type != T_OBJECT_EX && m->type != T_OBJECT) {
-        PyErr_Format(PyExc_TypeError, "%s.%U does not hold an object", type->tp_name, name);
-        return -1;
-    }
-    return m->offset;
-}
-
-/* slot_offset with the name as a C string. */
-static Py_ssize_t
-slot_offset_s(PyTypeObject *type, const char *name)
-{
-    PyObject *n = PyUnicode_FromString(name);
-    if (n == NULL)
-        return -1;
-    Py_ssize_t off = slot_offset(type, n);
-    Py_DECREF(n);
-    return off;
-}
 
 /* The structural fields of TraceEvent, in this order (see the configure() call in counting.py). */
 enum { F_TS, F_TRACE_ID, F_OPERATION, N_FIELDS };

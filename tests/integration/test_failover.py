@@ -8,7 +8,6 @@ import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 import pytest
 from harness import (
     AlertReader,
@@ -24,6 +23,7 @@ from harness import (
 from detector.core.events import decode
 from detector.lab.broker import Tansu
 from detector.lab.simulate import simulate
+from tests.traffic import chats
 
 pytestmark = pytest.mark.integration
 
@@ -108,17 +108,6 @@ def test_sigkill_failover_keeps_baselines(broker: Tansu, names: dict[str, str],
                 w.stop()
 
 
-def _chats(t0: float, minutes: int, refusing: range = range(0)) -> list[bytes]:
-    """100 chats a minute for tenant t1; 60 % refusals in the minutes listed in ``refusing``
-    (2 % otherwise)."""
-    out = []
-    for i in range(minutes * 100):
-        m = i // 100
-        refused = (i % 100) < (60 if m in refusing else 2)
-        out.append(orjson.dumps({"ts": t0 + i * 0.6, "operation": "chat", "tenant": "t1",
-                                 "app": "support-agent", "refusal": refused}))
-    return out
-
 
 def test_a_fresh_worker_is_not_held_back_by_a_quiet_partition(
         broker: Tansu, names: dict[str, str], tmp_path: Path) -> None:
@@ -129,7 +118,7 @@ def test_a_fresh_worker_is_not_held_back_by_a_quiet_partition(
     cfg = write_config(tmp_path / "cfg.toml", brokers=broker.bootstrap, partitions=2,
                        idle_partition_timeout_seconds=2, **names)
     t0 = 1_767_571_200.0
-    warm = _chats(t0, 25)                      # past the 20 warm-up windows, on both partitions
+    warm = chats(t0, 25)                      # past the 20 warm-up windows, on both partitions
     a = WorkerProc(cfg, tmp_path / "a.log", ENV)
     try:
         wait_until(lambda: _assigned(a) == {0, 1}, 90, "the first worker to join")
@@ -144,7 +133,7 @@ def test_a_fresh_worker_is_not_held_back_by_a_quiet_partition(
         wait_until(lambda: _assigned(b) == {0, 1}, 90, "the new worker to join")
         # Partition 0 only (round-robin over one partition); minutes 27-29 refuse 60 %.
         produce_lines(broker.bootstrap, names["traces_topic"],
-                      _chats(t0 + 25 * 60, 8, refusing=range(2, 5)), partitions=1)
+                      chats(t0 + 25 * 60, 8, refusing=range(2, 5)), partitions=1)
         got = wait_until(lambda: [x for x in reader.poll() if x["signal"] == "refusal_rate"],
                          60, "the refusal alert from the new worker")
         assert got[0]["cohort"]["tenant"] == "t1"

@@ -11,28 +11,18 @@ import signal
 import urllib.request
 from pathlib import Path
 
-import orjson
 import pytest
 from harness import AlertReader, WorkerProc, produce_lines, replay, wait_until, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from detector.lab.broker import Tansu, free_port
+from tests.traffic import chats
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_767_571_200.0
 ENV = {"DETECTOR_KAFKA_SESSION_TIMEOUT_SECONDS": "6"}
 
-
-def _chats(t0: float, minutes: int, refusing: range = range(0)) -> list[bytes]:
-    """100 chats a minute for tenant t1; 60 % refusals in the minutes listed in ``refusing``
-    (2 % otherwise)."""
-    out = []
-    for i in range(minutes * 100):
-        refused = (i % 100) < (60 if i // 100 in refusing else 2)
-        out.append(orjson.dumps({"ts": t0 + i * 0.6, "operation": "chat", "tenant": "t1",
-                                 "app": "support-agent", "refusal": refused}))
-    return out
 
 
 def _edit(text: str, threshold: str, window: str = "60") -> str:
@@ -73,8 +63,8 @@ def test_sighup_applies_a_threshold_without_a_warm_up_and_refuses_a_window_chang
     high, low = tmp_path / "high.toml", tmp_path / "low.toml"
     high.write_text(_edit(base, "1000.0"), "utf-8")
     low.write_text(_edit(base, "5.0"), "utf-8")
-    warm = _chats(T0, 25)                                       # past the 20 warm-up windows
-    incident = _chats(T0 + 25 * 60, 8, refusing=range(2, 5))
+    warm = chats(T0, 25)                                       # past the 20 warm-up windows
+    incident = chats(T0 + 25 * 60, 8, refusing=range(2, 5))
 
     def refusals(alerts: list[dict]) -> list[dict]:
         return [a for a in alerts if a["signal"] == "refusal_rate"]
