@@ -15,7 +15,7 @@ import pytest
 
 from detector.config import Config, ConfigError, Links, load_config, parse_config
 from detector.core.alert import Alert, encode_alert
-from detector.core.links import quote
+from detector.core.links import dashboard_url
 from detector.core.pipeline import Pipeline
 from detector.core.reload import plan_reload
 from detector.sinks.alertmanager import AlertmanagerSink, Tuning, to_postable
@@ -33,8 +33,10 @@ GEN = "https://grafana.example/d/ai/signal?var-signal=$signal&alert=${id}&s=${st
 
 @pytest.mark.parametrize("value", ["acme corp", "a/b?c=d&e#f", "100%", "é ü 漢字 🙂",
                                    "x\ny\r\t", "$tenant", "~._-", ""])
-def test_quote_is_what_urllib_gives(value: str) -> None:
-    assert quote(value) == urllib.parse.quote(value, safe="")
+def test_a_cohort_value_is_percent_encoded_whole(value: str) -> None:
+    links = Links(dashboard_url="https://g.example/d?var-tenant=${tenant}&to=1")
+    assert (dashboard_url(links, {"tenant": value}, T0, T0)
+            == "https://g.example/d?var-tenant=" + urllib.parse.quote(value, safe="") + "&to=1")
 
 
 def _with_links(**links: Any) -> dict[str, Any]:
