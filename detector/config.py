@@ -450,22 +450,27 @@ def check_links(links: Links) -> None:
     ...
     detector.config.ConfigError: links.dashboard_url: unknown template field 'prompt' (known: ...)
     """
-    from string import Template
-
     for key in ("dashboard_url", "generator_url"):
         text = getattr(links, key)
         if text is None:
             continue
         if not re.match(r"^https?://[^/\s$?#]+", text):
             raise ConfigError(f"links.{key}: {text!r} is not an http(s) URL with a fixed host")
-        t = Template(text)
-        if not t.is_valid():
-            raise ConfigError(f"links.{key}: {text!r} is not a valid template ($name or "
-                              "${name}; $$ for a dollar sign)")
-        for name in t.get_identifiers():
-            if name not in LINK_FIELDS:
-                raise ConfigError(f"links.{key}: unknown template field {name!r} "
-                                  f"(known: {', '.join(LINK_FIELDS)})")
+        if (why := _template_problem(text, LINK_FIELDS)) is not None:
+            raise ConfigError(f"links.{key}: {why}")
+
+
+def _template_problem(text: str, known: Collection[str]) -> str | None:
+    """What is wrong with ``text`` as a string.Template over the fields ``known``, or None."""
+    from string import Template
+
+    t = Template(text)
+    if not t.is_valid():
+        return f"{text!r} is not a valid template ($name or ${{name}}; $$ for a dollar sign)"
+    for name in t.get_identifiers():
+        if name not in known:
+            return f"unknown template field {name!r} (known: {', '.join(known)})"
+    return None
 
 
 def _templates(rule: ContainmentRule) -> list[tuple[str, str]]:
@@ -487,8 +492,6 @@ def check_containment(rules: list[ContainmentRule], known: Collection[str]) -> N
     ...
     detector.config.ConfigError: containment[0].url: unknown template field 'nope' (known: id, ...)
     """
-    from string import Template
-
     seen: set[str] = set()
     for i, r in enumerate(rules):
         def bad(key: str, why: str, i: int = i) -> ConfigError:
@@ -511,13 +514,8 @@ def check_containment(rules: list[ContainmentRule], known: Collection[str]) -> N
             if url is not None and not re.match(r"^https?://[^/\s$]+", url):
                 raise bad(key, f"{url!r} is not an http(s) URL with a fixed host")
         for key, text in _templates(r):
-            t = Template(text)
-            if not t.is_valid():
-                raise bad(key, f"{text!r} is not a valid template ($name or ${{name}})")
-            for name in t.get_identifiers():
-                if name not in TEMPLATE_FIELDS:
-                    raise bad(key, f"unknown template field {name!r} (known: "
-                                   f"{', '.join(TEMPLATE_FIELDS)})")
+            if (why := _template_problem(text, TEMPLATE_FIELDS)) is not None:
+                raise bad(key, why)
         for k, v in r.headers.items():
             if not re.match(r"^[A-Za-z0-9-]+$", k) or "\n" in v or "\r" in v:
                 raise bad(f"headers.{k}", "not a valid header")
