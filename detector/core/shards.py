@@ -17,6 +17,7 @@ wire would carry; it is how the split is held to one Stage2's alerts, field for 
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Callable
 from typing import Final
@@ -29,9 +30,9 @@ from detector.core.lifecycle import Key
 from detector.core.partials import Partial, decode_partial, encode, route_key
 from detector.core.rules import RuleHit
 from detector.core.scoring import Decision
-from detector.core.stage2 import Stage2
+from detector.core.stage2 import MAX_GAP_WINDOWS, Stage2
 
-__all__ = ["Finding", "Report", "ShardedStage2", "shard_of"]
+__all__ = ["Finding", "OpenWindow", "Peer", "Report", "ShardedStage2", "shard_of"]
 
 Cohort = tuple[int, tuple[str, ...]]
 
@@ -166,3 +167,196 @@ class ShardedStage2(Stage2):
                 else:
                     warming += 1
         return warming, warm
+
+
+class OpenWindow(msgspec.Struct, array_like=True):
+    """A window a peer has scored and learnt but not yet decided: what deciding it needs
+    from this peer (its own report, the coarser cohorts' decisions, adoptions and partials),
+    so the peer can wait for the others' reports, and save it. Its models do not change
+    before the window is decided: the next window is scored only after."""
+
+    window: int
+    mine: Report
+    coarse: list[tuple[int, tuple[str, ...], Decision]]   # every coarser decision, in order
+    adopted: list[tuple[str, int, tuple[str, ...]]]       # coarser adoptions, in cohort order
+    parts: list[bytes]                                    # the coarser partials (evidence)
+
+
+class Peer(Stage2):
+    """One stage-2 partition's half of the split, for a driver that carries reports between
+    partitions (the stream): it scores the finest cohorts it owns and a replica of every
+    coarser one, sends its :class:`Report` of each window, and decides the window (grouping
+    and the lifecycle, a replica on every peer) once every peer's report of it is in. It
+    emits the alerts of the cohorts it owns (a coarser cohort's owner is ``shard_of`` its own
+    key), so across the peers each alert of one :class:`Stage2` is emitted once, by one peer.
+
+    Hard-rule hits go to every peer (the lifecycle is replicated); each applies them at the
+    place one Stage2 would, between the same two windows, and only the owner names their
+    suspected change (from its model) and emits them."""
+
+    def __init__(self, config: Config, index: int, count: int,
+                 owner: Callable[[tuple[str, ...]], int] | None = None) -> None:
+        super().__init__(config)
+        self.fin = len(self.levels) - 1
+        self.index = index
+        self.count = count
+        self.owner = owner or (lambda c: shard_of(c, count))
+        self.inbox: dict[int, dict[int, Report]] = {}
+        self.outbox: list[bytes] = []        # this peer's reports, for the driver to send
+        self.open: OpenWindow | None = None
+        self.mark: float | None = None       # the highest watermark handed in
+        self.hits: list[tuple[int | None, RuleHit]] = []   # (place, hit), in arrival order
+        self.report_bytes = 0
+        self._findings: dict[tuple[Cohort, str], Finding] = {}
+        self._parts: dict[Cohort, Partial] | None = None   # the open window's, in memory
+
+    def holds(self, level: int, cohort: tuple[str, ...]) -> bool:
+        """Whether this peer takes a partial of ``(level, cohort)``: every coarser one, and
+        the finest cohorts it owns."""
+        return level < self.fin or self.owner(cohort) == self.index
+
+    def emits(self, a: Alert) -> bool:
+        return self.owner(tuple(a.cohort.values())) == self.index
+
+    # -- input ------------------------------------------------------------------------------
+    def add_partial(self, p: Partial) -> None:
+        if self.open is not None and p.window <= self.open.window:
+            self.late_partials += 1   # its window is scored already, as one Stage2's closed
+            return
+        super().add_partial(p)
+
+    def apply(self, hits: list[RuleHit], watermark: float | None) -> list[Alert]:
+        """As :meth:`Stage2.apply`, but a window is decided only once every peer's report of
+        it is in (:meth:`receive`): the windows and hits that wait for it are held."""
+        if watermark is not None and math.isfinite(watermark):
+            self.mark = watermark if self.mark is None else max(self.mark, watermark)
+        for h in hits:
+            # One Stage2 applies a hit once the windows that end by its source's watermark at
+            # the time (and no later one) are closed: its place is the first window after.
+            place = None if watermark is None else self.wm.upto(min(self.wm.at(h.ts),
+                                                                    watermark))
+            if self.hits and place is not None:
+                last = self.hits[-1][0]
+                place = place if last is None else max(place, last)
+            elif self.hits:
+                place = self.hits[-1][0]
+            self.hits.append((place, h))
+        return self._run()
+
+    def receive(self, data: bytes) -> list[Alert]:
+        """Another peer's (or this one's, resent) report; a window already decided drops it."""
+        r = _REPORT.decode(data)
+        if self.next_window is not None and r.window < self.next_window:
+            return []
+        self.inbox.setdefault(r.window, {})[r.shard] = r
+        return self._run()
+
+    def take_outbox(self) -> list[bytes]:
+        out, self.outbox = self.outbox, []
+        return out
+
+    # -- the window loop --------------------------------------------------------------------
+    def _run(self) -> list[Alert]:
+        out: list[Alert] = []
+        while True:
+            if self.open is not None:
+                got = self.inbox.get(self.open.window, {})
+                if len(got) < self.count:
+                    return out
+                out += self._decide_open()
+                continue
+            while self.hits and (self.hits[0][0] is None or self.next_window is None
+                                 or self.hits[0][0] <= self.next_window):
+                out += [a for a in self._hit(self.hits.pop(0)[1]) if self.emits(a)]
+            w = self._next(out)
+            if w is None:
+                return out
+            self._score_open(w)
+
+    def _next(self, out: list[Alert]) -> int | None:
+        """The next window to score, as :meth:`Stage2.advance` walks them; None: none yet."""
+        if self.mark is None:
+            return None
+        upto = self.wm.upto(self.mark)
+        if self.hits and self.hits[0][0] is not None:
+            upto = min(upto, self.hits[0][0])   # a held hit goes before later windows
+        if self.next_window is None:
+            if not self.pending:
+                return None
+            self.next_window = min(self.pending)
+        if self.next_window >= upto:
+            return None
+        if upto - self.next_window > MAX_GAP_WINDOWS:
+            ahead = [w for w in self.pending if w >= self.next_window]
+            if not ahead:
+                self.next_window = upto
+                return None
+            self.next_window = min(ahead)
+            if self.next_window >= upto:
+                return None
+        return self.next_window
+
+    def _score_open(self, w: int) -> None:
+        decisions, adopted, parts = self._score_learn(w, self._firing())
+        mine = Report(w, self.index, [], [(s, c) for s, lv, c in adopted if lv == self.fin])
+        coarse: list[tuple[int, tuple[str, ...], Decision]] = []
+        for key, ds in decisions.items():
+            if key[0] == self.fin:
+                for d in ds:
+                    if d.anomalous:
+                        evidence, sus = super()._context(key, d, w, parts)
+                        mine.findings.append(Finding(key[1], d, super()._persist(key, d.signal),
+                                                     evidence, sus))
+            else:
+                coarse += [(key[0], key[1], d) for d in ds]
+        self._parts = {k: p for k, p in parts.items() if k[0] < self.fin}
+        self.open = OpenWindow(w, mine, coarse, [a for a in adopted if a[1] < self.fin],
+                               [encode(p) for _, p in sorted(self._parts.items())])
+        wire = _ENC.encode(mine)
+        self.report_bytes += len(wire)
+        self.outbox.append(wire)
+        self.inbox.setdefault(w, {})[self.index] = _REPORT.decode(wire)
+
+    def resend(self) -> None:
+        """After a restore: the open window's report again (a peer that has it drops it)."""
+        if self.open is not None:
+            self.outbox.append(_ENC.encode(self.open.mine))
+
+    def _decide_open(self) -> list[Alert]:
+        op = self.open
+        assert op is not None
+        w = op.window
+        reports = self.inbox.pop(w)
+        self.open = None
+        decisions: dict[Cohort, list[Decision]] = {}
+        for lv, c, d in op.coarse:
+            decisions.setdefault((lv, c), []).append(d)
+        adopted: list[Key] = list(op.adopted)
+        self._findings = {}
+        for i in sorted(reports):
+            r = reports[i]
+            for f in r.findings:
+                key = (self.fin, f.cohort)
+                decisions.setdefault(key, []).append(f.decision)
+                self._findings[(key, f.decision.signal)] = f
+            adopted += [(s, self.fin, c) for s, c in r.adopted]
+        # One Stage2 sees cohorts, and adoptions, in cohort order; grouping breaks ties by it.
+        decisions = dict(sorted(decisions.items()))
+        adopted.sort(key=lambda a: (a[1], a[2]))
+        parts = self._parts if self._parts is not None else {
+            (p.level, p.cohort): p for p in map(decode_partial, op.parts)}
+        self._parts = None
+        self.next_window = w + 1
+        return [a for a in self._decide(w, decisions, adopted, parts) if self.emits(a)]
+
+    def _persist(self, key: Cohort, signal: str) -> int:
+        if key[0] == self.fin:
+            return self._findings[(key, signal)].persistence
+        return super()._persist(key, signal)
+
+    def _context(self, key: Cohort, d: Decision, w: int, parts: dict[Cohort, Partial]
+                 ) -> tuple[list[str], dict[str, str | None] | None]:
+        if key[0] == self.fin:
+            f = self._findings[(key, d.signal)]
+            return list(f.evidence), f.suspected
+        return super()._context(key, d, w, parts)
