@@ -14,6 +14,7 @@ from detector.core.partials import Partial, decode_partial, encode
 from detector.core.pipeline import Pipeline
 from detector.core.rules import RuleHit
 from detector.core.shards import Peer, ShardedStage2, shard_of
+from detector.core.snapshot import dump_route, load_route, routes
 from detector.core.stage1 import Stage1
 from detector.lab.simulate import simulate
 
@@ -89,11 +90,23 @@ def test_a_quiet_window_reports_nothing(traffic: list[bytes]) -> None:
     assert 0 < s2.report_bytes <= 16 * 2 * s2.windows_closed
 
 
-def _peer_alerts(lines: list[bytes], n: int, lag: bool) -> tuple[list[list[bytes]], list[Peer]]:
+def _restored(peer: Peer) -> Peer:
+    """A successor of ``peer`` from what the worker writes to its table: each route key's
+    state, then the exchange state (which queues the open window's report again)."""
+    fresh = Peer(peer.config, peer.index, peer.count)
+    for route in sorted(routes(peer)):
+        load_route(fresh, dump_route(peer, route))
+    fresh.load_exchange(peer.dump_exchange())
+    return fresh
+
+
+def _peer_alerts(lines: list[bytes], n: int, lag: bool, restore_every: int = 0
+                 ) -> tuple[list[list[bytes]], list[Peer]]:
     """The lines through stage 1 and ``n`` peers, the way the stream carries them: coarser
     partials to every peer, a finest one to its owner, hits to every peer, and each peer's
     reports to every peer; with ``lag`` a report arrives only after the next batch, so
-    windows and hits wait at the barrier."""
+    windows and hits wait at the barrier; with ``restore_every`` k, peer 0 is replaced by a
+    successor from its saved state every k batches."""
     cfg = load_config(None, env=False)
     s1 = Stage1(cfg)
     peers = [Peer(cfg, i, n) for i in range(n)]
@@ -121,6 +134,8 @@ def _peer_alerts(lines: list[bytes], n: int, lag: bool) -> tuple[list[list[bytes
             deliver([r for peer in peers for r in peer.take_outbox()])
 
     for i in range(0, len(lines), 4096):
+        if restore_every and (i // 4096) % restore_every == restore_every - 1:
+            peers[0] = _restored(peers[0])
         o = s1.feed_many(lines[i:i + 4096])
         watermark, partials = None, []
         if s1.wm.due():
@@ -138,13 +153,16 @@ def _peer_alerts(lines: list[bytes], n: int, lag: bool) -> tuple[list[list[bytes
     return out, peers
 
 
-@pytest.mark.parametrize(("n", "lag"), [(2, False), (2, True), (3, True)])
-def test_peers_emit_one_stage2s_alerts_once(traffic: list[bytes], n: int, lag: bool) -> None:
+@pytest.mark.parametrize(("n", "lag", "restore"), [(2, False, 0), (2, True, 0), (3, True, 0),
+                                                   (2, True, 3)])
+def test_peers_emit_one_stage2s_alerts_once(traffic: list[bytes], n: int, lag: bool,
+                                            restore: int) -> None:
     """Each stage-2 partition's peer, exchanging only reports, emits exactly the alerts of
     one Stage2 that fall to it (those of the cohorts it owns), in the same order: together,
-    every alert once."""
+    every alert once; also when a peer is restored from its saved state while others wait
+    on its report."""
     want, _ = _alerts(traffic, 1)
-    got, peers = _peer_alerts(traffic, n, lag)
+    got, peers = _peer_alerts(traffic, n, lag, restore)
     mine = [[a for a in want
              if shard_of(tuple(msgspec.json.decode(a)["cohort"].values()), n) == i]
             for i in range(n)]

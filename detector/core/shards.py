@@ -28,11 +28,11 @@ from detector.config import Config
 from detector.core.alert import Alert
 from detector.core.lifecycle import Key
 from detector.core.partials import Partial, decode_partial, encode, route_key
-from detector.core.rules import RuleHit
+from detector.core.rules import RuleHit, decode_hit, encode_hit
 from detector.core.scoring import Decision
 from detector.core.stage2 import MAX_GAP_WINDOWS, Stage2
 
-__all__ = ["Finding", "OpenWindow", "Peer", "Report", "ShardedStage2", "shard_of"]
+__all__ = ["Finding", "OpenWindow", "Peer", "PeerState", "Report", "ShardedStage2", "shard_of"]
 
 Cohort = tuple[int, tuple[str, ...]]
 
@@ -182,6 +182,19 @@ class OpenWindow(msgspec.Struct, array_like=True):
     parts: list[bytes]                                    # the coarser partials (evidence)
 
 
+class PeerState(msgspec.Struct, array_like=True):
+    """What a peer holds beyond its route keys' state: the window it waits on, the reports it
+    has, and the hits and watermark not yet applied (a successor resumes from it)."""
+
+    open: OpenWindow | None
+    inbox: list[Report]
+    mark: float | None
+    hits: list[tuple[int | None, bytes]]
+
+
+_PEER_STATE: Final = msgspec.msgpack.Decoder(PeerState)
+
+
 class Peer(Stage2):
     """One stage-2 partition's half of the split, for a driver that carries reports between
     partitions (the stream): it scores the finest cohorts it owns and a replica of every
@@ -309,9 +322,9 @@ class Peer(Stage2):
                                                      evidence, sus))
             else:
                 coarse += [(key[0], key[1], d) for d in ds]
-        self._parts = {k: p for k, p in parts.items() if k[0] < self.fin}
+        self._parts = parts   # in memory, its own finest too (evidence totals)
         self.open = OpenWindow(w, mine, coarse, [a for a in adopted if a[1] < self.fin],
-                               [encode(p) for _, p in sorted(self._parts.items())])
+                               [encode(p) for k, p in sorted(parts.items()) if k[0] < self.fin])
         wire = _ENC.encode(mine)
         self.report_bytes += len(wire)
         self.outbox.append(wire)
@@ -321,6 +334,30 @@ class Peer(Stage2):
         """After a restore: the open window's report again (a peer that has it drops it)."""
         if self.open is not None:
             self.outbox.append(_ENC.encode(self.open.mine))
+
+    @property
+    def step(self) -> tuple[int | None, int | None]:
+        """Where the window walk is: it moves when a window is scored or decided."""
+        return self.next_window, None if self.open is None else self.open.window
+
+    def dump_exchange(self) -> bytes:
+        inbox = [r for w in sorted(self.inbox) for _, r in sorted(self.inbox[w].items())]
+        return _ENC.encode(PeerState(self.open, inbox, self.mark,
+                                     [(place, encode_hit(h)) for place, h in self.hits]))
+
+    def load_exchange(self, data: bytes) -> None:
+        """After the route keys' state (:func:`~detector.core.snapshot.load_route`); the open
+        window's report is queued again for the others (a peer that has it drops it)."""
+        try:
+            st = _PEER_STATE.decode(data)
+            hits = [(place, decode_hit(h)) for place, h in st.hits]
+        except msgspec.DecodeError as e:
+            raise ValueError(f"stage-2 peer state: {e}") from None
+        self.open, self.mark, self.hits, self._parts = st.open, st.mark, hits, None
+        self.inbox = {}
+        for r in st.inbox:
+            self.inbox.setdefault(r.window, {})[r.shard] = r
+        self.resend()
 
     def _decide_open(self) -> list[Alert]:
         op = self.open
