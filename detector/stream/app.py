@@ -8,14 +8,16 @@ Topology (one worker process runs both halves; scale out by adding workers and p
   partition (partials and hits whose route key lives there + its source watermarks), rejects
   to the dead-letter topic, then commits. Faust's per-message path costs many times the
   detection work, so the trace topic never goes through it.
-* stage 2 — a Faust agent on ``<group>-stage2`` (partitioned by route key, few messages):
-  merges partials into the :class:`~detector.core.stage2.Stage2` of their stage-2 partition (a
-  :class:`~detector.stream.stage2_partition.Stage2Partition` holds it, with every route key
-  routed there), closes windows
-  at the minimum watermark over source partitions (idle ones excluded after
-  ``idle_partition_timeout_seconds``), runs the alert lifecycle, and writes every changed
-  route key's state to the changelog-backed table ``stage2`` (``use_partitioner``: the
-  changelog partition of a key is the stage-2 partition of its route key).
+* stage 2 — a Faust agent on ``<group>-stage2`` (few messages), split by the finest cohort
+  (decision 0008): each stage-2 partition's :class:`~detector.core.shards.Peer` (held by a
+  :class:`~detector.stream.stage2_partition.Stage2Partition`) merges the partials of the finest
+  cohorts hashed to it and of every coarser cohort, scores a window at the minimum watermark
+  over source partitions (idle ones excluded after ``idle_partition_timeout_seconds``), sends
+  its per-window report to every other partition over the same topic, and decides the window
+  (grouping, the replicated alert lifecycle) once every partition's report is in, emitting
+  the alerts of its own cohorts. It writes every changed route key's state, and its exchange
+  state, to the changelog-backed table ``stage2`` under keys that hash to the partition
+  (``use_partitioner``: the changelog partition of a key is the stage-2 partition).
 
 Tansu's ListOffsets(latest) under-reports the log end, which made Faust's table recovery stop
 short of the last changelog records (measured: lost updates after SIGKILL failover);
@@ -65,8 +67,15 @@ from detector.stream.kafka_io import (
     probe_metadata,
 )
 from detector.stream.reloader import ConfigReloader
-from detector.stream.stage1_runner import Stage1Runner, decode_envelope
-from detector.stream.stage2_partition import Stage2Partition, pack, unpack
+from detector.stream.stage1_runner import Envelope, Stage1Runner, decode_envelope, encode_envelope
+from detector.stream.stage2_partition import (
+    EXCHANGE,
+    Stage2Partition,
+    key_name,
+    pack,
+    table_key,
+    unpack,
+)
 
 __all__ = ["SINK_KINDS", "Worker", "add_arguments", "build", "build_sink", "run",
            "wait_for_broker"]
@@ -199,7 +208,7 @@ class Worker:
         part = self.parts.get(q)
         if part is None:
             part = self.parts[q] = Stage2Partition(
-                q, self.cfg, self.cfg.kafka.idle_partition_timeout_seconds)
+                q, self.cfg, self.cfg.kafka.idle_partition_timeout_seconds, self.q)
             if self.evidence is not None:
                 if self.totals is None:
                     self.totals = WindowTotals(part.stage2.scorer.layout.names,
@@ -207,14 +216,20 @@ class Worker:
                                                list(map(list, self.cfg.cohorts.levels)))
                 part.stage2.on_closed = self.totals
             n = 0
+            exchange = None
             for key, value in list(self.table.items()):
                 if value and partition_for(key, self.q) == q:
                     state, hits, offset = unpack(value)
+                    part.offset = max(part.offset, offset)
+                    if key_name(key) == EXCHANGE:
+                        exchange = state
+                        continue
                     load_route(part.stage2, state)
                     for h in hits:
                         part.hold(h)
-                    part.offset = max(part.offset, offset)
                     n += 1
+            if exchange is not None:   # after the route keys: it re-queues the open report
+                part.stage2.load_exchange(exchange)
             _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
                   next_window=part.stage2.next_window, applied_offset=part.offset)
         return part
@@ -226,11 +241,10 @@ class Worker:
         """Containment outcomes onto the alerts' state (written to the table with the rest)."""
         while self.outcomes:
             alert_id, action, status, at = self.outcomes.popleft()
-            for q, part in self.parts.items():
+            for q, part in self.parts.items():   # every replica of the lifecycle here
                 key = record(part.stage2.life, alert_id, action, status, at)
                 if key is not None:
                     touched.add((q, part.stage2.route_of(key[1], key[2])))
-                    break
 
     def _contain(self, part: Stage2Partition, alerts: list[Alert], calls: list[Call]
                  ) -> list[Alert]:
@@ -252,6 +266,9 @@ class Worker:
             touched: set[tuple[int, str]] = set()
             calls: list[Call] = []
             self._record_outcomes(touched)
+            steps = {q: (part.stage2.step, part.stage2.windows_closed)
+                     for q, part in self.parts.items()}
+            moved: set[int] = set()   # partitions whose exchange state changed
             for ev in events:
                 q = ev.message.partition
                 part = self._part(q)
@@ -260,6 +277,8 @@ class Worker:
                     self.redelivered += 1
                     continue
                 part.offset = ev.message.offset
+                moved.add(q)
+                steps.setdefault(q, (part.stage2.step, part.stage2.windows_closed))
                 env = decode_envelope(ev.value)
                 part.report(env.sources, env.n_src)
                 s2 = part.stage2
@@ -269,6 +288,8 @@ class Worker:
                 for p in env.partials:
                     s2.add_partial(p)
                     touched.add((q, p.route))
+                for r in env.reports:   # another partition's report: may decide a window
+                    alerts += self._contain(part, s2.receive(r), calls)
             now = time.monotonic()
             for q, part in self.parts.items():
                 hits = part.release(now)
@@ -276,22 +297,31 @@ class Worker:
                 wm = part.watermark(now)
                 if wm is not None and wm > part.applied:
                     part.applied = wm
+                    moved.add(q)
                 elif hits:
                     wm = None   # hits only: no window to close
+                    moved.add(q)
                 else:
-                    continue
+                    wm = None
                 s2 = part.stage2
-                before = s2.windows_closed
-                alerts += self._contain(part, s2.apply(hits, wm), calls)
+                if wm is not None or hits:
+                    alerts += self._contain(part, s2.apply(hits, wm), calls)
+                step, before = steps.get(q, (None, s2.windows_closed))
+                if s2.step != step:
+                    # Scoring a window changes every route key's models: write them all.
+                    touched.update((q, r) for r in routes(s2))
+                    moved.add(q)
+                    part.resent_at = now
+                elif s2.open is not None and now - part.resent_at >= RESEND_AFTER_S:
+                    s2.resend()   # a report lost on the way must not hold the window forever
+                    part.resent_at = now
                 if s2.windows_closed != before:
-                    # Closing windows changes every route key's models: write them all.
                     self.metrics.windows_closed.inc(s2.windows_closed - before)
                     # This worker's stage-2 load so far on the partition (bench/stream.py
                     # reads its spread over workers).
                     _jlog(logging.INFO, "stage2_load", partition=q,
                           windows_closed=s2.windows_closed, cohort_windows=s2.cohort_windows,
                           pairs_scored=s2.pairs_scored)
-                    touched.update((q, r) for r in routes(s2))
                     counts = [p.stage2.cohort_counts() for p in self.parts.values()]
                     self.metrics.cohorts.labels(state="warming").set(sum(c[0] for c in counts))
                     self.metrics.cohorts.labels(state="warm").set(sum(c[1] for c in counts))
@@ -301,12 +331,35 @@ class Worker:
             for q, key in touched:
                 owner = self.parts.get(q)
                 if owner is not None:
-                    self.table[key.encode()] = pack(dump_route(owner.stage2, key),
-                                                     owner.held_for(key), owner.offset)
+                    self.table[table_key(key.encode(), q, self.q)] = pack(
+                        dump_route(owner.stage2, key), owner.held_for(key), owner.offset)
+            for q in moved:
+                owner = self.parts.get(q)
+                if owner is not None:
+                    self.table[table_key(EXCHANGE, q, self.q)] = pack(
+                        owner.stage2.dump_exchange(), [], owner.offset)
+            await self._send_reports()
             # After the claims are in the table: a successor finds them and does not call.
             if self.containment is not None:
                 for c in calls:
                     self.containment.submit(c)
+
+    async def _send_reports(self) -> None:
+        """Each partition's new reports to every other stage-2 partition (after the table
+        write: a successor that restores the open window sends its report again)."""
+        producer = self.runner.producer
+        if producer is None:
+            return   # not started yet: they stay queued
+        futs = []
+        for q, part in self.parts.items():
+            for r in part.stage2.take_outbox():
+                value = encode_envelope(Envelope({}, 0, [], [], [r]))
+                for q2 in range(self.q):
+                    if q2 != q:
+                        futs.append(await producer.send(self.stage2_topic_name, value,
+                                                        partition=q2))
+        if futs:
+            await asyncio.gather(*futs)
 
     def _preserve(self, alerts: list[Alert]) -> None:
         """Evidence records for the alerts that reached an [evidence] severity."""
@@ -330,7 +383,8 @@ class Worker:
         """Take a reloaded config (what :class:`ConfigReloader` accepted): stage 2 judges the
         next windows by it and alerts go to its sinks, with baselines and alert ids kept.
         Called on the event loop, where the stage-2 agent is between batches (its batch body
-        never awaits), so every window closes whole under one config. Every new sink is built
+        awaits only its reports' sends, after its windows), so every window closes whole
+        under one config. Every new sink is built
         before anything is swapped: a sink that cannot start leaves everything as it was."""
         plan = plan_reload(self.cfg, cfg)
         if not plan.ok:
@@ -353,7 +407,8 @@ class Worker:
             # until they resolve), so a changed URL or label set does not orphan them.
             for part in self.parts.values():
                 for a in part.stage2.life.firing():
-                    am.emit(a)
+                    if part.stage2.emits(a):   # each partition's replica: its own alerts
+                        am.emit(a)
         old = [self.own_sinks[kind] for kind in changed if kind in self.own_sinks]
         now = {kind: built[kind] if kind in built else self.own_sinks.get(kind)
                for kind in SINK_KINDS}
@@ -390,6 +445,10 @@ class Worker:
         return _BoundedStopWorker(self, self.app, self.service(), loglevel=loglevel,
                                   quiet=True, logging_config=logging_config(loglevel))
 
+
+#: A window waiting on other partitions' reports this long sends its own again (a send
+#: that failed without a restart would otherwise hold every partition's windows).
+RESEND_AFTER_S = 10.0
 
 #: SIGTERM/SIGINT to exit at most: within deploy/k8s's 60 s grace before its SIGKILL, and
 #: well above a clean stop (bench/shutdown.py).

@@ -1,21 +1,45 @@
-"""Stage 2's state for one stage-2 partition on this worker, without Faust: one
-:class:`~detector.core.stage2.Stage2` for every route key routed there, the source
-partitions' watermarks as the envelopes report them, the hard-rule hits held until every busy
-source has passed them, and the table value format (:func:`pack` / :func:`unpack`)."""
+"""Stage 2's state for one stage-2 partition on this worker, without Faust: its
+:class:`~detector.core.shards.Peer` (the finest cohorts hashed to this partition, a replica of
+every coarser one and of the lifecycle; decision 0008), the source partitions' watermarks as
+the envelopes report them, the hard-rule hits held until every busy source has passed them,
+and the table's keys and value format (:func:`table_key`, :func:`pack` / :func:`unpack`)."""
 
 from __future__ import annotations
 
 import heapq
 import time
+from functools import lru_cache
 
 import msgspec
 
 from detector.config import Config
+from detector.core.partials import route_key
 from detector.core.rules import RuleHit, decode_hit, encode_hit
-from detector.core.stage2 import Stage2
+from detector.core.shards import Peer
 from detector.core.watermark import SourceMark, Watermarks
+from detector.stream.kafka_io import partition_for
 
-__all__ = ["Stage2Partition", "pack", "unpack"]
+__all__ = ["EXCHANGE", "Stage2Partition", "pack", "table_key", "unpack"]
+
+#: The first byte of a partition's exchange-state key (route keys never start with it).
+EXCHANGE = b"\x1d"
+
+
+@lru_cache(maxsize=65536)
+def table_key(name: bytes, q: int, partitions: int) -> bytes:
+    """The table key of ``name`` (a route key, or :data:`EXCHANGE`) on stage-2 partition
+    ``q``: every partition keeps its own copy of a route key's coarser cohorts, and the
+    changelog partition of a key is the one its hash picks (``use_partitioner``), so the key
+    carries the first suffix that hashes to ``q``."""
+    for salt in range(1 << 20):
+        key = b"%s\x1e%d" % (name, salt)
+        if partition_for(key, partitions) == q:
+            return key
+    raise ValueError(f"no table key for partition {q} of {partitions}")
+
+
+def key_name(key: bytes) -> bytes:
+    return key.rpartition(b"\x1e")[0]
 
 
 def pack(state: bytes, hits: list[RuleHit], offset: int) -> bytes:
@@ -34,11 +58,14 @@ class Stage2Partition:
     state is written per route key), and the watermark of every source partition as the
     envelopes report it."""
 
-    def __init__(self, q: int, cfg: Config, idle_timeout: float) -> None:
+    def __init__(self, q: int, cfg: Config, idle_timeout: float, partitions: int) -> None:
         self.q = q
         self.cfg = cfg
         self.marks = Watermarks(idle_timeout, born=time.monotonic())
-        self.stage2 = Stage2(cfg)
+        # Where stage 1 sends a finest cohort's partials (Stage1Runner._flush) is its owner.
+        self.stage2 = Peer(cfg, q, partitions,
+                           owner=lambda c: partition_for(route_key(c).encode(), partitions))
+        self.resent_at = time.monotonic()
         self.applied = float("-inf")
         self.offset = -1   # last stage-2 message applied to this state
         self.held: list[tuple[float, int, RuleHit]] = []   # heap of hits not yet released
