@@ -171,3 +171,19 @@ def test_peers_emit_one_stage2s_alerts_once(traffic: list[bytes], n: int, lag: b
     assert all(p.open is None and not p.inbox for p in peers)
     pairs = [p.pairs_scored for p in peers]
     assert min(pairs) > 0.5 * max(pairs)
+
+
+def test_a_peer_loading_a_whole_tree_keeps_only_its_own_finest_cohorts(
+        traffic: list[bytes]) -> None:
+    """State written before the split holds a route key's whole tree: a peer that loads it
+    keeps every coarser cohort and only the finest ones it owns (else two peers score one)."""
+    _, pipe = _alerts(traffic[: len(traffic) // 2], 1)
+    whole = pipe.stage2
+    peer = Peer(whole.config, 0, 2)
+    for route in sorted(routes(whole)):
+        load_route(peer, dump_route(whole, route))
+    peer.prune()
+    fin = len(whole.levels) - 1
+    assert {k for k in peer.models if k[0] < fin} == {k for k in whole.models if k[0] < fin}
+    mine = {k for k in whole.models if k[0] == fin and shard_of(k[1], 2) == 0}
+    assert mine and {k for k in peer.models if k[0] == fin} == mine

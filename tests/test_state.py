@@ -74,6 +74,29 @@ def test_state_round_trips_compressed_and_refuses_bombs(config, monkeypatch) -> 
         state.load_route(fresh.stage2, b"not state")
 
 
+def test_models_and_pending_written_apart_load_as_the_whole(config) -> None:
+    """The worker writes a route key's models (rewritten when a window is scored) apart from
+    its pending partials (rewritten with every input): both loaded are the whole state."""
+    pipe = Pipeline(config)
+    for m in stream(40):
+        pipe.feed(m)
+    s2 = pipe.stage2
+    for p in pipe.stage1.flush():   # the open window's partials, as a stream flush sends them
+        s2.add_partial(p)
+    (route,) = state.routes(s2)
+    assert s2.pending and s2.models   # each part has something to carry
+    models = state.dump_route(s2, route, "models")
+    pending = state.dump_route(s2, route, "pending")
+    assert not _doc(models)["pending"] and not _doc(pending)["models"]
+    assert not _doc(pending)["alerts"]
+    fresh = Pipeline(config)
+    state.load_route(fresh.stage2, pending)
+    state.load_route(fresh.stage2, models)
+    assert state.dump_route(fresh.stage2, route) == state.dump_route(s2, route)
+    with pytest.raises(ValueError, match="unknown part"):
+        state.dump_route(s2, route, "baselines")
+
+
 def test_v1_state_of_the_last_release_loads_and_behaves_the_same(config) -> None:
     """State bytes e45989b wrote (pickled baselines) load, and the restored stage 2 emits
     exactly the alerts e45989b's own restored stage 2 emitted on the next 25 minutes."""

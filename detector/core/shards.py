@@ -228,6 +228,15 @@ class Peer(Stage2):
         the finest cohorts it owns."""
         return level < self.fin or self.owner(cohort) == self.index
 
+    def prune(self) -> None:
+        """Drop the finest cohorts another peer owns (state loaded as one Stage2 wrote it, a
+        route key's whole tree): scoring them here would score them twice."""
+        for key in [k for k in self.models if not self.holds(*k)]:
+            del self.models[key]
+        for slot in self.pending.values():
+            for key in [k for k in slot if not self.holds(*k)]:
+                del slot[key]
+
     def emits(self, a: Alert) -> bool:
         return self.owner(tuple(a.cohort.values())) == self.index
 

@@ -70,6 +70,8 @@ from detector.stream.reloader import ConfigReloader
 from detector.stream.stage1_runner import Envelope, Stage1Runner, decode_envelope, encode_envelope
 from detector.stream.stage2_partition import (
     EXCHANGE,
+    MODELS,
+    PENDING,
     Stage2Partition,
     key_name,
     pack,
@@ -228,6 +230,7 @@ class Worker:
                     for h in hits:
                         part.hold(h)
                     n += 1
+            part.stage2.prune()   # a route key's whole tree, as written before the split
             if exchange is not None:   # after the route keys: it re-queues the open report
                 part.stage2.load_exchange(exchange)
             _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
@@ -263,7 +266,8 @@ class Worker:
     async def _agent(self, stream: Any) -> None:
         async for events in stream.take_events(256, within=0.1):
             alerts: list[Alert] = []
-            touched: set[tuple[int, str]] = set()
+            touched: set[tuple[int, str]] = set()   # route keys whose models or alerts changed
+            fed: set[tuple[int, str]] = set()       # ... whose pending input changed
             calls: list[Call] = []
             self._record_outcomes(touched)
             steps = {q: (part.stage2.step, part.stage2.windows_closed)
@@ -284,16 +288,17 @@ class Worker:
                 s2 = part.stage2
                 for h in env.hits:
                     part.hold(h)
-                    touched.add((q, h.route))
+                    fed.add((q, h.route))
                 for p in env.partials:
                     s2.add_partial(p)
-                    touched.add((q, p.route))
+                    fed.add((q, p.route))
                 for r in env.reports:   # another partition's report: may decide a window
                     alerts += self._contain(part, s2.receive(r), calls)
             now = time.monotonic()
             for q, part in self.parts.items():
                 hits = part.release(now)
                 touched.update((q, h.route) for h in hits)
+                fed.update((q, h.route) for h in hits)
                 wm = part.watermark(now)
                 if wm is not None and wm > part.applied:
                     part.applied = wm
@@ -309,7 +314,9 @@ class Worker:
                 step, before = steps.get(q, (None, s2.windows_closed))
                 if s2.step != step:
                     # Scoring a window changes every route key's models: write them all.
-                    touched.update((q, r) for r in routes(s2))
+                    every = [(q, r) for r in routes(s2)]
+                    touched.update(every)
+                    fed.update(every)
                     moved.add(q)
                     part.resent_at = now
                 elif s2.open is not None and now - part.resent_at >= RESEND_AFTER_S:
@@ -328,11 +335,18 @@ class Worker:
             self.emit(alerts)
             self._preserve(alerts)
             # State in the table on every change, so a successor resumes without warm-up.
+            # Models (the bulk) only when they changed; input every time (decision 0008).
             for q, key in touched:
                 owner = self.parts.get(q)
                 if owner is not None:
-                    self.table[table_key(key.encode(), q, self.q)] = pack(
-                        dump_route(owner.stage2, key), owner.held_for(key), owner.offset)
+                    self.table[table_key(key.encode() + MODELS, q, self.q)] = pack(
+                        dump_route(owner.stage2, key, "models"), [], owner.offset)
+            for q, key in fed:
+                owner = self.parts.get(q)
+                if owner is not None:
+                    self.table[table_key(key.encode() + PENDING, q, self.q)] = pack(
+                        dump_route(owner.stage2, key, "pending"), owner.held_for(key),
+                        owner.offset)
             for q in moved:
                 owner = self.parts.get(q)
                 if owner is not None:

@@ -19,10 +19,14 @@ from detector.core.shards import Peer
 from detector.core.watermark import SourceMark, Watermarks
 from detector.stream.kafka_io import partition_for
 
-__all__ = ["EXCHANGE", "Stage2Partition", "pack", "table_key", "unpack"]
+__all__ = ["EXCHANGE", "MODELS", "PENDING", "Stage2Partition", "key_name", "pack", "table_key",
+           "unpack"]
 
 #: The first byte of a partition's exchange-state key (route keys never start with it).
 EXCHANGE = b"\x1d"
+#: After a route key: its models and alerts' record, and its pending input's record.
+MODELS = b"\x1cM"
+PENDING = b"\x1cP"
 
 
 @lru_cache(maxsize=65536)
