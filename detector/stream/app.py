@@ -51,6 +51,7 @@ from detector.core.alert import Alert
 from detector.core.containment import Call, plan, record
 from detector.core.reload import plan_reload
 from detector.core.snapshot import dump_route, load_route, routes
+from detector.core.stage2 import MAX_GAP_WINDOWS
 from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
 from detector.runtime import load_or_report, tune_gc
@@ -162,6 +163,7 @@ class Worker:
         self.reloader = ConfigReloader(config_path, cfg, self.reconfigure, self.metrics)
         self.watch_config = watch_config
         self.parts: dict[int, Stage2Partition] = {}
+        self._outgoing: list[tuple[int, bytes]] = []   # (from partition, report) to send
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         # Containment outcomes from the caller's thread, recorded on the alert state by the
@@ -311,6 +313,9 @@ class Worker:
                 s2 = part.stage2
                 if wm is not None or hits:
                     alerts += self._contain(part, s2.apply(hits, wm), calls)
+            alerts += self._deliver_here(calls, moved)
+            for q, part in self.parts.items():
+                s2 = part.stage2
                 step, before = steps.get(q, (None, s2.windows_closed))
                 if s2.step != step:
                     # Scoring a window changes every route key's models: write them all.
@@ -358,20 +363,41 @@ class Worker:
                 for c in calls:
                     self.containment.submit(c)
 
+    def _deliver_here(self, calls: list[Call], moved: set[int]) -> list[Alert]:
+        """Reports between stage-2 partitions of this worker, handed over in process (each
+        receiver's exchange state is written with this batch, as one read from the topic
+        would be), until none is left: one worker's windows do not wait for a broker hop.
+        The reports are kept for the partitions other workers hold (:meth:`_send_reports`)."""
+        out: list[Alert] = []
+        for _ in range(MAX_GAP_WINDOWS + 2):   # each round decides at most one window
+            sent = False
+            for q, part in list(self.parts.items()):
+                for r in part.stage2.take_outbox():
+                    sent = True
+                    self._outgoing.append((q, r))
+                    for q2, other in self.parts.items():
+                        if q2 != q:
+                            out += self._contain(other, other.stage2.receive(r), calls)
+                            moved.add(q2)
+            if not sent:
+                break
+        return out
+
     async def _send_reports(self) -> None:
-        """Each partition's new reports to every other stage-2 partition (after the table
-        write: a successor that restores the open window sends its report again)."""
+        """Each partition's new reports to every stage-2 partition this worker does not hold
+        (after the table write: a successor that restores the open window sends its report
+        again)."""
         producer = self.runner.producer
         if producer is None:
             return   # not started yet: they stay queued
         futs = []
-        for q, part in self.parts.items():
-            for r in part.stage2.take_outbox():
-                value = encode_envelope(Envelope({}, 0, [], [], [r]))
-                for q2 in range(self.q):
-                    if q2 != q:
-                        futs.append(await producer.send(self.stage2_topic_name, value,
-                                                        partition=q2))
+        for q, r in self._outgoing:
+            value = encode_envelope(Envelope({}, 0, [], [], [r]))
+            for q2 in range(self.q):
+                if q2 != q and q2 not in self.parts:
+                    futs.append(await producer.send(self.stage2_topic_name, value,
+                                                    partition=q2))
+        self._outgoing.clear()
         if futs:
             await asyncio.gather(*futs)
 
