@@ -19,7 +19,7 @@ from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
-from baselines.rate import RateBaseline
+from baselines.rate import RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
@@ -177,7 +177,8 @@ class Scorer:
     # -- baselines --------------------------------------------------------------------------
     def _new(self, sig: Signal) -> Baseline:
         if sig.kind == "rate":
-            return RateBaseline(self.fast, self.slow, self.max_disp, self.adopt_after)
+            # (The C twin of RateBaseline when it was built: the same floats, faster.)
+            return new_rate(self.fast, self.slow, self.max_disp, self.adopt_after)
         if sig.kind == "quantity":
             return QuantityBaseline(self.fast, self.slow, self.adopt_after, self.bins, self.period,
                                     self.find_period)
@@ -451,9 +452,7 @@ class Scorer:
                 # The slow horizon stays out of it while the fast one drifts away from it. (Not
                 # while sequential evidence merely builds: a rare event's reference would learn
                 # none of its own hits, sink, and build evidence out of nothing.)
-                drifting = (flags and b.n >= warmup
-                            and abs(b.drift_score(x, n)) >= SLOW_FREEZE)
-                b.learn_one(x, n, not drifting)
+                b.learn_window(x, n, flags, warmup, SLOW_FREEZE)
             elif kind == "quantity":
                 b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)
             else:
