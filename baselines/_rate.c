@@ -383,9 +383,204 @@ static PyTypeObject RateType = {
     .tp_getset = Rate_getset,
 };
 
+
+/* -- the scorer's plain rate windows -------------------------------------------------------
+ * learn_plain(rates, decisions, counts, recent, persist, episodes, baselines, w, warmup,
+ *             freeze, resolve_after, new): detector.core.scoring.learn_plain_py, the twin of
+ * Scorer.learn's steps for the rate signals this window has no decision on (most of them):
+ * the last windows' totals kept, persistence and an expired episode dropped, the window
+ * learned (RateBaseline.learn_window; ``new(sig)`` makes a missing baseline). */
+static int episode_over(PyObject *episodes, PyObject *name, long w, long resolve_after) {
+    if (PyDict_GET_SIZE(episodes) == 0)
+        return 0;
+    PyObject *ep = PyDict_GetItemWithError(episodes, name);
+    if (ep == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    PyObject *last = PySequence_GetItem(ep, 1);
+    if (last == NULL)
+        return -1;
+    double l = PyFloat_AsDouble(last);
+    Py_DECREF(last);
+    if (l == -1.0 && PyErr_Occurred())
+        return -1;
+    if ((double)w - l >= (double)resolve_after)
+        return PyDict_DelItem(episodes, name);
+    return 0;
+}
+
+static int dict_discard(PyObject *d, PyObject *key) {
+    if (PyDict_GET_SIZE(d) == 0)
+        return 0;
+    PyObject *v = PyDict_GetItemWithError(d, key);
+    if (v == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    return PyDict_DelItem(d, key);
+}
+
+static int keep_recent(PyObject *recent, PyObject *name, PyObject *wo, long w, PyObject *x,
+                       PyObject *n, PyObject *zero) {
+    PyObject *entry = PyTuple_Pack(4, wo, x, n, zero);
+    if (entry == NULL)
+        return -1;
+    int rc = -1;
+    PyObject *prev = PyDict_GetItemWithError(recent, name);
+    if (prev == NULL && PyErr_Occurred())
+        goto done;
+    if (prev == NULL || !PyList_Check(prev) || PyList_GET_SIZE(prev) == 0) {
+        if (prev != NULL && !PyList_Check(prev)) {
+            PyErr_SetString(PyExc_TypeError, "recent windows: expected a list");
+            goto done;
+        }
+        PyObject *l = PyList_New(1);
+        if (l == NULL)
+            goto done;
+        Py_INCREF(entry);
+        PyList_SET_ITEM(l, 0, entry);
+        rc = PyDict_SetItem(recent, name, l);
+        Py_DECREF(l);
+        goto done;
+    }
+    Py_ssize_t len = PyList_GET_SIZE(prev);
+    PyObject *lw = PySequence_GetItem(PyList_GET_ITEM(prev, len - 1), 0);
+    if (lw == NULL)
+        goto done;
+    long last = PyLong_AsLong(lw);
+    Py_DECREF(lw);
+    if (last == -1 && PyErr_Occurred())
+        goto done;
+    if (last == w - 1) {
+        if (len > 1 && PyList_SetSlice(prev, 0, 1, NULL) < 0)
+            goto done;
+        rc = PyList_Append(prev, entry);
+    } else {
+        PyObject *one = PyList_New(1);
+        if (one == NULL)
+            goto done;
+        Py_INCREF(entry);
+        PyList_SET_ITEM(one, 0, entry);
+        rc = PyList_SetSlice(prev, 0, len, one);
+        Py_DECREF(one);
+    }
+done:
+    Py_DECREF(entry);
+    return rc;
+}
+
+static PyObject *learn_plain(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 12)
+        return PyErr_Format(PyExc_TypeError, "learn_plain takes 12 arguments");
+    PyObject *rates = args[0], *decisions = args[1], *counts = args[2], *recent = args[3],
+             *persist = args[4], *episodes = args[5], *baselines = args[6], *wo = args[7],
+             *new = args[11];
+    if (!PyTuple_Check(rates) || !PyList_Check(decisions) || !PyList_Check(counts)
+        || !PyDict_Check(recent) || !PyDict_Check(persist) || !PyDict_Check(episodes)
+        || !PyDict_Check(baselines))
+        return PyErr_Format(PyExc_TypeError, "learn_plain: unexpected argument types");
+    long w = PyLong_AsLong(wo);
+    long long warmup = PyLong_AsLongLong(args[8]);
+    double freeze = PyFloat_AsDouble(args[9]);
+    long resolve_after = PyLong_AsLong(args[10]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *zero = PyFloat_FromDouble(0.0);
+    if (zero == NULL)
+        return NULL;
+    Py_ssize_t di = 0, nd = PyList_GET_SIZE(decisions), nc = PyList_GET_SIZE(counts);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(rates); i++) {
+        PyObject *sig = PyTuple_GET_ITEM(rates, i);
+        if (!PyTuple_Check(sig) || PyTuple_GET_SIZE(sig) < 7) {
+            PyErr_SetString(PyExc_TypeError, "learn_plain: a signal is not a Signal");
+            goto fail;
+        }
+        PyObject *name = PyTuple_GET_ITEM(sig, 0);
+        /* Decisions come in signal order (rates are a subsequence of the signals): one on
+         * this signal is Python's to learn. */
+        int decided = 0;
+        for (Py_ssize_t j = di; j < nd; j++) {
+            PyObject *d = PyList_GET_ITEM(decisions, j);
+            if (!PyTuple_Check(d) || PyTuple_GET_SIZE(d) < 1) {
+                PyErr_SetString(PyExc_TypeError, "learn_plain: a decision is not a Decision");
+                goto fail;
+            }
+            PyObject *ds = PyTuple_GET_ITEM(d, 0);
+            int same = ds == name ? 0 : PyUnicode_Compare(ds, name);
+            if (same == -1 && PyErr_Occurred())
+                goto fail;
+            if (same == 0) {
+                di = j + 1;
+                decided = 1;
+                break;
+            }
+        }
+        if (decided)
+            continue;
+        Py_ssize_t num = PyLong_AsSsize_t(PyTuple_GET_ITEM(sig, 2));
+        Py_ssize_t den = PyLong_AsSsize_t(PyTuple_GET_ITEM(sig, 3));
+        if (PyErr_Occurred())
+            goto fail;
+        if (num < 0 || num >= nc || den < 0 || den >= nc) {
+            PyErr_SetString(PyExc_IndexError, "learn_plain: a counter outside the counts");
+            goto fail;
+        }
+        PyObject *x = PyList_GET_ITEM(counts, num), *n = PyList_GET_ITEM(counts, den);
+        double xd = PyFloat_AsDouble(x), nd_ = PyFloat_AsDouble(n);
+        if (PyErr_Occurred())
+            goto fail;
+        if (nd_ <= 0) {
+            if (dict_discard(recent, name) < 0 || dict_discard(persist, name) < 0
+                || episode_over(episodes, name, w, resolve_after) < 0)
+                goto fail;
+            continue;
+        }
+        if (keep_recent(recent, name, wo, w, x, n, zero) < 0
+            || dict_discard(persist, name) < 0
+            || episode_over(episodes, name, w, resolve_after) < 0)
+            goto fail;
+        PyObject *b = PyDict_GetItemWithError(baselines, name);   /* borrowed */
+        if (b == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            PyObject *fresh = PyObject_CallOneArg(new, sig);
+            if (fresh == NULL)
+                goto fail;
+            int rc = PyDict_SetItem(baselines, name, fresh);
+            Py_DECREF(fresh);
+            if (rc < 0)
+                goto fail;
+            b = fresh;   /* the dict holds it */
+        }
+        int check = PyObject_IsTrue(PyTuple_GET_ITEM(sig, 6));
+        if (check < 0)
+            goto fail;
+        if (Py_IS_TYPE(b, &RateType)) {
+            Rate *r = (Rate *)b;
+            int drifting = check && r->n >= warmup && fabs(drift_score(r, xd, nd_)) >= freeze;
+            learn_one(r, xd, nd_, !drifting, 0);
+        } else {   /* the reference (state loaded without the twin): its own method */
+            PyObject *res = PyObject_CallMethod(b, "learn_window", "OOOOO", x, n,
+                                                check ? Py_True : Py_False, args[8], args[9]);
+            if (res == NULL)
+                goto fail;
+            Py_DECREF(res);
+        }
+    }
+    Py_DECREF(zero);
+    Py_RETURN_NONE;
+fail:
+    Py_DECREF(zero);
+    return NULL;
+}
+
+static PyMethodDef module_methods[] = {
+    {"learn_plain", (PyCFunction)(void (*)(void))learn_plain, METH_FASTCALL,
+     "The scorer's rate windows without a decision, learned (see scoring.learn_plain_py)."},
+    {NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "baselines._rate",
-    "The rate baseline's state as plain doubles (the C twin of baselines.rate).", -1, NULL,
+    "The rate baseline's state as plain doubles (the C twin of baselines.rate).", -1,
+    module_methods,
 };
 
 PyMODINIT_FUNC PyInit__rate(void) {

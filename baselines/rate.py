@@ -33,7 +33,7 @@ from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
 
-__all__ = ["TWIN", "RateBaseline", "as_reference", "as_twin", "new_rate"]
+__all__ = ["PLAIN", "TWIN", "RateBaseline", "as_reference", "as_twin", "new_rate"]
 
 _PRIOR_K = 0.5   # pseudo-events...
 _PRIOR_N = 1.0   # ...per pseudo-unit of denominator
@@ -216,10 +216,13 @@ def _update_pair(pair: tuple[WarmEWMean, WarmEWMean], k: float, n: float) -> tup
 # baselines/_rate.c holds the same state as plain doubles and does the same arithmetic in the
 # same order (tests/test_rate_twin.py holds it to this module bit for bit). Used unless it was
 # not built (no compiler) or DETECTOR_NO_EXTENSIONS is set, as the counting twin is.
+# Its learn_plain is the twin of detector.core.scoring.learn_plain_py.
 TWIN: Any = None
+PLAIN: Any = None
 if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
     with contextlib.suppress(ImportError):
-        TWIN = importlib.import_module("baselines._rate").Rate
+        _c = importlib.import_module("baselines._rate")
+        TWIN, PLAIN = _c.Rate, _c.learn_plain
 
 
 def new_rate(fast: float, slow: float, max_dispersion: float = 25.0, adopt_after: int = 90

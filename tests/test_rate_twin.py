@@ -103,3 +103,78 @@ def test_bad_arguments_are_type_errors_not_crashes(bad: tuple) -> None:
     with pytest.raises((TypeError, ValueError)):
         TWIN(0.1, 0.01).set_state(bad)
     assert math.isfinite(TWIN(0.1, 0.01).expected())
+
+
+# -- the scorer's plain rate windows (learn_plain) -------------------------------------------
+def _rates() -> tuple:
+    from detector.config import load_config
+    from detector.core.scoring import Scorer
+    return Scorer(load_config(None, env=False))._rates
+
+
+RATES = _rates()
+
+
+@st.composite
+def cohort_window(draw: st.DrawFn) -> tuple:
+    """A cohort's state and one window of its counts, with some signals decided."""
+    names = [s.name for s in RATES]
+    size = 1 + max(max(s.num, s.den) for s in RATES)
+    w = draw(st.integers(5, 9))
+    counts = draw(st.lists(st.integers(0, 40), min_size=size, max_size=size))
+    some = st.lists(st.sampled_from(names), unique=True, max_size=len(names))
+    recent = {n: [(w - draw(st.integers(1, 3)), 1, 2, 0.0)] * draw(st.integers(1, 2))
+              for n in draw(some)}
+    persist = {n: draw(st.integers(1, 4)) for n in draw(some)}
+    episodes = {n: [float(w - 9), float(w - draw(st.integers(1, 9))), 2.0, 1.0, 3.0, 0.0]
+                for n in draw(some)}
+    learned = {n: draw(st.lists(st.tuples(st.integers(0, 30), st.integers(1, 60)),
+                                max_size=30)) for n in draw(some)}
+    decided = sorted(draw(some), key=names.index)
+    return w, counts, recent, persist, episodes, learned, decided
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(cohort_window(), min_size=1, max_size=4), st.integers(0, 12))
+def test_learn_plain_is_the_python_steps(windows: list[tuple], warmup: int) -> None:
+    """baselines/_rate.c's learn_plain against scoring.learn_plain_py: the same recent
+    windows, persistence and episodes left, and the same baselines, bit for bit."""
+    import copy
+
+    from baselines.rate import PLAIN
+    from detector.core.scoring import Decision, learn_plain_py
+    assert PLAIN is not None
+    for w, counts, recent, persist, episodes, learned, decided in windows:
+        ref_b: dict = {}
+        twin_b: dict = {}
+        for name, xs in learned.items():
+            ref_b[name] = RateBaseline(0.1, 0.01, 25.0, 3)
+            for k, n in xs:
+                ref_b[name].learn_one(k, n)
+            twin_b[name] = as_twin(ref_b[name])
+        decisions = [Decision(n, 1.0, 0.0, None, 4.0, False, 3) for n in decided]
+        ref = (copy.deepcopy(recent), copy.deepcopy(persist), copy.deepcopy(episodes))
+        got = (copy.deepcopy(recent), copy.deepcopy(persist), copy.deepcopy(episodes))
+        learn_plain_py(RATES, decisions, counts, *ref, ref_b, w, warmup, 2.0, 3,
+                       lambda sig: RateBaseline(0.1, 0.01, 25.0, 3))
+        PLAIN(RATES, decisions, counts, *got, twin_b, w, warmup, 2.0, 3,
+              lambda sig: TWIN(0.1, 0.01, 25.0, 3))
+        assert got == ref
+        assert sorted(twin_b) == sorted(ref_b)
+        for name, b in ref_b.items():
+            assert type(twin_b[name]) is TWIN
+            assert _same(twin_b[name].state(), as_twin(b).state()), name
+        # The twin's learn_plain on reference baselines (a snapshot loaded without the
+        # twin) calls their own learn_window: the same again.
+        again = {n: codec.loads(codec.dumps(b)) for n, b in ref_b.items()}
+        PLAIN(RATES, decisions, counts, {}, {}, {}, again, w, warmup, 2.0, 3, None)
+        learn_plain_py(RATES, decisions, counts, {}, {}, {}, ref_b, w, warmup, 2.0, 3, None)
+        assert all(codec.dumps(again[n]) == codec.dumps(ref_b[n]) for n in ref_b)
+
+
+def test_learn_plain_says_what_is_wrong() -> None:
+    from baselines.rate import PLAIN
+    with pytest.raises(TypeError, match="unexpected argument types"):
+        PLAIN(RATES, [], "counts", {}, {}, {}, {}, 5, 3, 2.0, 3, None)
+    with pytest.raises(IndexError, match="outside the counts"):
+        PLAIN(RATES, [], [1, 2], {}, {}, {}, {}, 5, 3, 2.0, 3, None)
