@@ -216,20 +216,100 @@ static PyObject *Rate_drift_score(Rate *self, PyObject *const *args, Py_ssize_t 
     return PyFloat_FromDouble(drift_score(self, a[0], a[1]));
 }
 
+static double reference(const Rate *r, int up) {
+    double k = wem_total(&r->fk), units = wem_total(&r->fn), ps = r->ps;
+    if (up) {
+        double v = k > 4.0 ? (k - 2.0 * sqrt(k)) / units : 0.0;
+        return v > ps ? v : ps;
+    }
+    if (!(units > 0))
+        return ps;
+    double v = (k + 2.0 * sqrt(k) + 1.0) / units;
+    return v < ps ? v : ps;
+}
+
 static PyObject *Rate_reference(Rate *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"up", NULL};
     int up = 1;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "|p", names, &up))
         return NULL;
-    double k = wem_total(&self->fk), units = wem_total(&self->fn), ps = self->ps;
-    if (up) {
-        double v = k > 4.0 ? (k - 2.0 * sqrt(k)) / units : 0.0;
-        return PyFloat_FromDouble(v > ps ? v : ps);
+    return PyFloat_FromDouble(reference(self, up));
+}
+
+/* The count CUSUM's upward designs (baselines.sequential: ln rho, rho - 1, RISE_MIN and its
+ * shared ZEROS), handed over once by designs(). */
+static double LOG_UP[4], RHO_M1[4], RISE_MIN;
+static PyObject *ZEROS = NULL;
+
+static PyObject *designs(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4 || !PyTuple_Check(args[0]) || !PyTuple_Check(args[1])
+        || PyTuple_GET_SIZE(args[0]) != 4 || PyTuple_GET_SIZE(args[1]) != 4)
+        return PyErr_Format(PyExc_TypeError, "designs(log_up, rho_up_m1, rise_min, zeros)");
+    for (int i = 0; i < 4; i++) {
+        LOG_UP[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(args[0], i));
+        RHO_M1[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(args[1], i));
     }
-    if (!(units > 0))
-        return PyFloat_FromDouble(ps);
-    double v = (k + 2.0 * sqrt(k) + 1.0) / units;
-    return PyFloat_FromDouble(v < ps ? v : ps);
+    RISE_MIN = PyFloat_AsDouble(args[2]);
+    if (PyErr_Occurred())
+        return NULL;
+    Py_INCREF(args[3]);
+    Py_XSETREF(ZEROS, args[3]);
+    Py_RETURN_NONE;
+}
+
+/* peek_up(cus, k, n, cap): cus.peek_up(k, n * reference(), dispersion(), cap), as
+ * RateBaseline.peek_up (Cusum.peek_up unrolled the same way). */
+static PyObject *Rate_peek_up(Rate *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4)
+        return PyErr_Format(PyExc_TypeError, "peek_up takes 4 arguments");
+    if (ZEROS == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "baselines._rate.designs() was not called");
+    double k = PyFloat_AsDouble(args[1]), n = PyFloat_AsDouble(args[2]);
+    double cap = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    PyObject *upo = PyObject_GetAttrString(args[0], "up");
+    if (upo == NULL)
+        return NULL;
+    int up = PyObject_IsTrue(upo);
+    Py_DECREF(upo);
+    if (up < 0)
+        return NULL;
+    double mu = n * reference(self, 1);
+    if (!up && k <= RISE_MIN * mu) {
+        Py_INCREF(ZEROS);
+        return ZEROS;
+    }
+    PyObject *ups = PyObject_GetAttrString(args[0], "_ups");
+    if (ups == NULL)
+        return NULL;
+    PyObject *seq = PySequence_Fast(ups, "a Cusum's _ups is not a sequence");
+    Py_DECREF(ups);
+    if (seq == NULL)
+        return NULL;
+    if (PySequence_Fast_GET_SIZE(seq) != 4) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "a Cusum's _ups is not 4 numbers");
+    }
+    double disp = self->sd * self->sd;
+    PyObject *out = PyList_New(4);
+    if (out == NULL) {
+        Py_DECREF(seq);
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++) {
+        double s = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (s == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            Py_DECREF(out);
+            return NULL;
+        }
+        double v = (k * LOG_UP[i] - RHO_M1[i] * mu) / disp;
+        v = s + (cap < v ? cap : v);
+        PyList_SET_ITEM(out, i, PyFloat_FromDouble(v > 0.0 ? v : 0.0));
+    }
+    Py_DECREF(seq);
+    return out;
 }
 
 static PyObject *Rate_dispersion(Rate *self, PyObject *unused) {
@@ -353,6 +433,8 @@ static PyMethodDef Rate_methods[] = {
      "drift_score(k, n): the fast horizon's sums against the slow rate."},
     {"reference", (PyCFunction)(void (*)(void))Rate_reference, METH_VARARGS | METH_KEYWORDS,
      "reference(up=True): the sequential test's reference rate."},
+    {"peek_up", (PyCFunction)(void (*)(void))Rate_peek_up, METH_FASTCALL,
+     "peek_up(cus, k, n, cap): the sequential test's upward statistics after this window."},
     {"dispersion", (PyCFunction)Rate_dispersion, METH_NOARGS, "The learned over-dispersion."},
     {"rebase", (PyCFunction)(void (*)(void))Rate_rebase, METH_FASTCALL,
      "rebase(k, n): adopt a new normal in both horizons."},
@@ -572,6 +654,8 @@ fail:
 }
 
 static PyMethodDef module_methods[] = {
+    {"designs", (PyCFunction)(void (*)(void))designs, METH_FASTCALL,
+     "designs(log_up, rho_up_m1, rise_min, zeros): the count CUSUM's upward designs."},
     {"learn_plain", (PyCFunction)(void (*)(void))learn_plain, METH_FASTCALL,
      "The scorer's rate windows without a decision, learned (see scoring.learn_plain_py)."},
     {NULL},

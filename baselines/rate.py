@@ -26,12 +26,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+from collections.abc import Sequence
 from math import sqrt
 from typing import Any
 
 from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
+from baselines.sequential import _LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS, Cusum
 
 __all__ = ["PLAIN", "TWIN", "RateBaseline", "as_reference", "as_twin", "new_rate"]
 
@@ -129,6 +131,11 @@ class RateBaseline:
             return max(self._ps, (k - 2.0 * sqrt(k)) / units if k > 4.0 else 0.0)
         return min(self._ps, (k + 2.0 * sqrt(k) + 1.0) / units) if units > 0 else self._ps
 
+    def peek_up(self, cus: Cusum, k: float, n: float, cap: float) -> Sequence[float]:
+        """``cus``'s upward statistics after ``k`` events in ``n`` units, against
+        :meth:`reference` at this baseline's dispersion (one call for the scorer)."""
+        return cus.peek_up(k, n * self.reference(), self.dispersion(), cap)
+
     def dispersion(self) -> float:
         """The learned over-dispersion (1.0: pure counting noise)."""
         return self._sd * self._sd
@@ -223,6 +230,7 @@ if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
     with contextlib.suppress(ImportError):
         _c = importlib.import_module("baselines._rate")
         TWIN, PLAIN = _c.Rate, _c.learn_plain
+        _c.designs(_LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS)
 
 
 def new_rate(fast: float, slow: float, max_dispersion: float = 25.0, adopt_after: int = 90

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from baselines import codec
 from baselines.rate import TWIN, RateBaseline, as_reference, as_twin, new_rate
+from baselines.sequential import ZEROS, Cusum
 
 
 def test_the_twin_is_built_here() -> None:
@@ -44,9 +45,16 @@ op = st.one_of(
 )
 
 
+def _cusums() -> list[Cusum]:
+    busy = Cusum()
+    busy.set([3.0, 1.5, 0.0, 7.25], 2.0)
+    return [Cusum(), busy]
+
+
 def _observe(b: object, k: float, n: float) -> tuple:
     return (b.score_one(k, n), b.drift_score(k, n), b.reference(), b.reference(up=False),  # type: ignore[attr-defined]
-            b.expected(), b.expected(True), b.dispersion(), b.n)  # type: ignore[attr-defined]
+            b.expected(), b.expected(True), b.dispersion(), b.n,  # type: ignore[attr-defined]
+            [b.peek_up(c, k, n, cap) for c in _cusums() for cap in (1.0, 7.5)])  # type: ignore[attr-defined]
 
 
 @settings(max_examples=300, deadline=None)
@@ -178,3 +186,10 @@ def test_learn_plain_says_what_is_wrong() -> None:
         PLAIN(RATES, [], "counts", {}, {}, {}, {}, 5, 3, 2.0, 3, None)
     with pytest.raises(IndexError, match="outside the counts"):
         PLAIN(RATES, [], [1, 2], {}, {}, {}, {}, 5, 3, 2.0, 3, None)
+
+
+def test_peek_up_without_evidence_is_the_shared_zeros() -> None:
+    """No design gains on an idle statistic: the shared ZEROS, which is never kept as a
+    statistic's own list (Cusum.set copies), from the twin as from the reference."""
+    assert TWIN(0.1, 0.01).peek_up(Cusum(), 0, 100, 5.0) is ZEROS
+    assert RateBaseline(0.1, 0.01).peek_up(Cusum(), 0, 100, 5.0) is ZEROS

@@ -329,7 +329,7 @@ class Scorer:
             # (No rise past RISE_MIN of the slow rate, which the reference is at least, on an
             # idle statistic: peek_up's own "no evidence", without working out the reference.)
             ups = (ZEROS if d == "down" or (not cus.up and k <= RISE_MIN * (n * b.expected(True)))
-                   else cus.peek_up(k, n * b.reference(), disp, h / 2))  # type: ignore[union-attr]
+                   else b.peek_up(cus, k, n, h / 2))  # type: ignore[union-attr]
             down = (0.0 if d == "up" else
                     cus.peek_down(k, n * b.reference(up=False), disp, h / 2))  # type: ignore[union-attr]
             up = max(ups)
