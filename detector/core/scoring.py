@@ -257,7 +257,9 @@ class Scorer:
                 # bad window is not stretched into three windows of "persistence" (and
                 # only then are they scored).
                 half = t / 2
-                up_lean, down_lean = max(zf, zs) >= half, min(zf, zs) <= -half
+                # (max(zf, zs) and min(zf, zs), without the builtin calls.)
+                up_lean = (zs if zs > zf else zf) >= half
+                down_lean = (zs if zs < zf else zf) <= -half
                 prev = recent.get(name) if up_lean or down_lean else None
                 if prev and prev[-1][0] == window - 1:
                     for w, px, py, pq in prev:
