@@ -420,6 +420,33 @@ static PyObject *Rate_set_state(Rate *self, PyObject *arg) {
     Py_RETURN_NONE;
 }
 
+/* from_state(numbers): a new Rate with state()'s numbers; __reduce__ goes through it, so
+ * copy.deepcopy and pickle give the same state, not a zeroed one. */
+static PyObject *Rate_from_state(PyObject *cls, PyObject *arg) {
+    PyObject *r = ((PyTypeObject *)cls)->tp_alloc((PyTypeObject *)cls, 0);
+    if (r == NULL)
+        return NULL;
+    PyObject *ok = Rate_set_state((Rate *)r, arg);
+    if (ok == NULL) {
+        Py_DECREF(r);
+        return NULL;
+    }
+    Py_DECREF(ok);
+    return r;
+}
+
+static PyObject *Rate_reduce(Rate *self, PyObject *unused) {
+    PyObject *st = Rate_state(self, NULL);
+    if (st == NULL)
+        return NULL;
+    PyObject *fn = PyObject_GetAttrString((PyObject *)Py_TYPE(self), "from_state");
+    if (fn == NULL) {
+        Py_DECREF(st);
+        return NULL;
+    }
+    return Py_BuildValue("(N(N))", fn, st);
+}
+
 static PyObject *Rate_get_n(Rate *self, void *unused) {
     return PyLong_FromLongLong(self->n);
 }
@@ -445,6 +472,9 @@ static PyMethodDef Rate_methods[] = {
      "while drifting."},
     {"state", (PyCFunction)Rate_state, METH_NOARGS, "The state as 26 numbers."},
     {"set_state", (PyCFunction)Rate_set_state, METH_O, "Set the state from state()'s numbers."},
+    {"from_state", (PyCFunction)Rate_from_state, METH_O | METH_CLASS,
+     "A new Rate with state()'s numbers."},
+    {"__reduce__", (PyCFunction)Rate_reduce, METH_NOARGS, "Pickled and copied by its state."},
     {NULL},
 };
 

@@ -193,3 +193,18 @@ def test_peek_up_without_evidence_is_the_shared_zeros() -> None:
     statistic's own list (Cusum.set copies), from the twin as from the reference."""
     assert TWIN(0.1, 0.01).peek_up(Cusum(), 0, 100, 5.0) is ZEROS
     assert RateBaseline(0.1, 0.01).peek_up(Cusum(), 0, 100, 5.0) is ZEROS
+
+
+def test_copies_and_pickles_keep_the_state() -> None:
+    """copy.deepcopy and pickle go through the state (a C object would otherwise copy as
+    zeros or not at all)."""
+    import copy
+    import pickle
+    b = TWIN(0.1, 0.01, 25.0, 5)
+    for i in range(30):
+        b.learn_one(i % 4, 90 + i)
+    for c in (copy.deepcopy(b), copy.copy(b), pickle.loads(pickle.dumps(b))):
+        assert type(c) is TWIN and c is not b
+        assert _same(c.state(), b.state())
+        c.learn_one(3, 100)
+        assert c.n == b.n + 1   # its own state, not b's
