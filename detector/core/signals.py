@@ -33,7 +33,7 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from detector.core.events import MODEL_OPERATIONS
-from detector.core.partials import SCALE
+from detector.core.partials import SCALE, Partial
 
 if TYPE_CHECKING:
     from detector.config import Config, Price
@@ -117,6 +117,10 @@ COUNTERS: Final[tuple[Counter, ...]] = (
     Counter("in_tok", "log1p", "input_tokens", on=MODEL_CALL),
     Counter("out_tok", "log1p", "output_tokens", on=MODEL_CALL, evidence=_TOP),
     Counter("lat", "log1p", "latency_ms", on=MODEL_CALL, evidence=_TOP),
+    # Leading indicators (optional fields): hand-offs to a human, and the output's entropy as
+    # the producer measured it (log1p like any quantity: non-negative, no new rule in C).
+    Counter("escalations", when=(("escalated", True),), evidence=_IDS),
+    Counter("entropy", "log1p", "output_entropy", on=MODEL_CALL, evidence=_TOP),
     Counter("safety", "labels", "safety_hits", evidence=_IDS),
     Counter("cost", "cost", on=MODEL_CALL, evidence=_TOP),
     Counter("eval", "scores", "eval_scores", evidence="lowest"),
@@ -175,6 +179,11 @@ FIXED_AT: Final = expand(check(COUNTERS), (), ())[1]
 EVENTS, MODEL, REFUSAL = FIXED_AT["events"], FIXED_AT["model_calls"], FIXED_AT["refusals"]
 RETRIES, IN_N, OUT_N = FIXED_AT["retries"], FIXED_AT["in_tok"], FIXED_AT["out_tok"]
 IN_S = IN_N + 1
+
+#: The fixed counters added after partials first crossed the wire (the leading indicators'),
+#: and how many counters they take: :meth:`Layout.fit` makes room for them in an older one.
+ADDED: Final = ("escalations", "entropy")
+ADDED_WIDTH: Final = 4
 
 HARD_RULE_SIGNALS: Final = ("unauthorized_tool_call", "unapproved_side_effect")
 #: Evaluation scores are summed as round(score × EVAL_SCALE) (integers: order-free sums); the
@@ -246,6 +255,10 @@ SIGNALS: Final[tuple[SignalSpec, ...]] = (
     SignalSpec("cost", "quantity", "cost", description="spend per model call (price table "
                "units per million tokens, × 1e-6)"),
     SignalSpec("eval_{}", "quantity", "eval", description="mean {} evaluation score", log=False),
+    _rate("escalation_rate", "escalations", "events", "hand-offs to a human per event"),
+    SignalSpec("output_entropy", "quantity", "entropy",
+               description="the outputs' entropy as producers report it (geometric mean of "
+               "1 + entropy, less 1)"),
     SignalSpec("volume", "volume", "events", "events", "events per window"),
 )
 
@@ -283,6 +296,25 @@ class Layout:
         self.default_price: tuple[float, float] | None = d if d != (0.0, 0.0) else None
         self.signals: tuple[Signal, ...] = tuple(
             s for spec in SIGNALS for s in self._expand(spec, members.get(spec.num)))
+
+    def fit(self, p: Partial) -> None:
+        """A partial from an older worker or state, in this layout: one written before
+        :data:`ADDED` lacks those counters (their place is before the groups, which a
+        config can size, so the C counting's indexes stay fixed) and gets zeros there, its
+        group counters and their evidence moved up; one from a layout with fewer evaluators
+        (groups of three) is widened at the end, as merging does. The missing widths tell
+        the two apart: the added counters' width is not a multiple of three."""
+        c = p.counts
+        short = self.size - len(c)
+        if short <= 0 or short % 3 != ADDED_WIDTH % 3:
+            return
+        at = FIXED_AT[ADDED[0]]
+        c[at:at] = [0] * ADDED_WIDTH
+        for held in (p.samples, p.top):
+            if any(i >= at for i in held):
+                moved = {i + ADDED_WIDTH if i >= at else i: v for i, v in held.items()}
+                held.clear()
+                held.update(moved)  # type: ignore[arg-type]
 
     def _expand(self, spec: SignalSpec, members: tuple[str, ...] | None) -> list[Signal]:
         """A declared signal's Signal, or one per member of the group of counters it reads."""

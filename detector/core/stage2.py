@@ -97,6 +97,7 @@ class Stage2:
         if self.next_window is not None and p.window < self.next_window:
             self.late_partials += 1
             return
+        self.scorer.layout.fit(p)
         merge_keyed(self.pending.setdefault(p.window, {}), (p.level, p.cohort), p, self.k)
 
     def apply(self, hits: list[RuleHit], watermark: float | None) -> list[Alert]:
