@@ -307,6 +307,9 @@ class OtlpMapping(_Base):
     tool_result_fabricated: AttrNames = _names("ai.tool_result_fabricated")
     tool_status: AttrNames = _names("ai.tool_status")
     memory_bytes: AttrNames = _names("ai.memory_bytes")
+    # No convention names these either (GenAI's has neither an entropy nor a hand-off).
+    output_entropy: AttrNames = _names("ai.output_entropy")
+    escalated: AttrNames = _names("ai.escalated")
     # Finish reasons that mean the model declined (unless the refusal attribute says otherwise).
     refusal_finish_reasons: list[str] = _names("content_filter", "refusal")
 
