@@ -205,6 +205,16 @@ class ContainmentRule(_Base):
     backoff_seconds: Annotated[float, Meta(gt=0, le=60)] = 1.0
 
 
+class Indicators(_Base):
+    """Leading indicators across cohorts (detector/core/indicators.py)."""
+
+    # Signals (names or "prefix*") compared between an app's canary and production; volume
+    # never is (a canary takes a slice of the traffic).
+    canary_signals: list[str] = field(default_factory=lambda: ["*"])
+    # Prompt versions first seen within this many windows count as churn.
+    churn_windows: PosInt = 360
+
+
 class Links(_Base):
     """URL templates filled in on every alert (none by default)."""
 
@@ -354,6 +364,7 @@ class Config(_Base):
     containment: list[ContainmentRule] = field(default_factory=list)
     evidence: Evidence = field(default_factory=Evidence)
     links: Links = field(default_factory=Links)
+    indicators: Indicators = field(default_factory=Indicators)
     spend: Spend = field(default_factory=Spend)
     sinks: Sinks = field(default_factory=Sinks)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)

@@ -53,9 +53,9 @@ def _r(x: float) -> float:
 class Incident:
     """One active alert's state (what the changelog keeps of it)."""
 
-    __slots__ = ("clean", "cohort", "containment", "evidence", "expected", "grouped", "id",
-                 "last_end", "observed", "persistence", "rule", "score", "severity", "signal",
-                 "starts_at", "suspected", "threshold", "window")
+    __slots__ = ("clean", "cohort", "containment", "detail", "evidence", "expected", "grouped",
+                 "id", "last_end", "observed", "persistence", "rule", "score", "severity",
+                 "signal", "starts_at", "suspected", "threshold", "window")
 
     def __init__(self, signal: str, cohort: dict[str, str], starts_at: float, rule: bool) -> None:
         self.id = alert_id(signal, cohort, starts_at)
@@ -77,6 +77,9 @@ class Incident:
         self.suspected: dict[str, Any] | None = None
         # Containment claims: action -> [status, wall-clock seconds] (core/containment.py).
         self.containment: dict[str, list[Any]] = {}
+        # What a leading indicator's summary says instead of "above baseline" (the compared
+        # cohort, the prompt changes); "" for the others.
+        self.detail = ""
 
 
 class Lifecycle:
@@ -120,8 +123,10 @@ class Lifecycle:
 
     def on_anomaly(self, level: int, cohort: tuple[str, ...], d: Decision, persistence: int,
                    window: tuple[float, float], evidence: list[str],
-                   suspected: dict[str, Any] | None, grouped: int) -> Alert | None:
-        """An anomalous window of a (cohort, signal) that represents its incident."""
+                   suspected: dict[str, Any] | None, grouped: int, detail: str = ""
+                   ) -> Alert | None:
+        """An anomalous window of a (cohort, signal) that represents its incident (``detail``:
+        a leading indicator's own account of it, for the summary)."""
         key = (d.signal, level, cohort)
         inc = self.active.get(key)
         cdict = self._cohort(level, cohort) if inc is None else inc.cohort
@@ -140,6 +145,7 @@ class Lifecycle:
             d.observed, d.expected, d.score, d.threshold)
         inc.window = {"start": rfc3339(start), "end": rfc3339(end), "events": d.events}
         inc.persistence = persistence
+        inc.detail = detail
         inc.grouped = max(inc.grouped, grouped)
         self._add_evidence(inc, evidence)
         if sev is not None and (new or RANK[sev] < RANK[inc.severity]):
@@ -211,6 +217,8 @@ class Lifecycle:
         cohort_txt = " ".join(f"{k}={v}" for k, v in inc.cohort.items())
         if inc.rule:
             what = f"{inc.signal}: {int(inc.observed)} offending event(s)"
+        elif inc.detail:
+            what = inc.detail
         else:
             arrow = "above" if inc.expected is None or inc.observed >= inc.expected else "below"
             what = (f"{inc.signal} {arrow} baseline: {inc.observed:.4g} vs "

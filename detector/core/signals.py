@@ -38,9 +38,9 @@ from detector.core.partials import SCALE, Partial
 if TYPE_CHECKING:
     from detector.config import Config, Price
 
-__all__ = ["COUNTERS", "EVAL_SCALE", "FIXED_AT", "HARD_RULE_SIGNALS", "MAX_RETRIES", "SET",
-           "SIGNALS", "Counter", "Layout", "Signal", "SignalSpec", "check", "expand",
-           "known_signals", "layout_of", "matches"]
+__all__ = ["ADDED", "ADDED_WIDTH", "COUNTERS", "EVAL_SCALE", "FIXED_AT", "HARD_RULE_SIGNALS",
+           "INDICATOR_SIGNALS", "MAX_RETRIES", "SET", "SIGNALS", "Counter", "Layout", "Signal",
+           "SignalSpec", "check", "expand", "known_signals", "layout_of", "matches"]
 
 Kind = Literal["rate", "quantity", "volume"]
 #: How a counter is counted: ``count`` +1 per event that passes ``when``; ``sum`` adds an int
@@ -186,6 +186,8 @@ ADDED: Final = ("escalations", "entropy")
 ADDED_WIDTH: Final = 4
 
 HARD_RULE_SIGNALS: Final = ("unauthorized_tool_call", "unapproved_side_effect")
+#: Leading indicators stage 2 works out across windows or cohorts (core/indicators.py).
+INDICATOR_SIGNALS: Final = ("canary_gap", "prompt_churn")
 #: Evaluation scores are summed as round(score × EVAL_SCALE) (integers: order-free sums); the
 #: same scale as the log1p quantities', so scoring divides every quantity alike.
 EVAL_SCALE: Final = SCALE
@@ -332,7 +334,7 @@ def known_signals(safety_labels: list[str], leak_labels: list[str],
                   evaluators: list[str] = ()) -> frozenset[str]:  # type: ignore[assignment]
     """Every signal name a config may set: windowed signals and hard rules."""
     windowed = {s.name for s in Layout(tuple(safety_labels), tuple(evaluators)).signals}
-    return frozenset(windowed | set(HARD_RULE_SIGNALS) | set(leak_labels))
+    return frozenset(windowed | set(HARD_RULE_SIGNALS) | set(INDICATOR_SIGNALS) | set(leak_labels))
 
 
 def layout_of(config: Config) -> Layout:
