@@ -17,10 +17,10 @@ Both ways: the canary holding while production drifts is as much a gap as the re
 >>> canary, prod = [0] * lay.size, [0] * lay.size
 >>> canary[refusal.den], canary[refusal.num] = 100, 20   # 20 %
 >>> prod[refusal.den], prod[refusal.num] = 900, 18       # 2 %
->>> z, seen, expected = gap(refusal, canary, prod, 1.0)
+>>> z, seen, expected = gap(refusal, totals(refusal, canary), totals(refusal, prod), 1.0)
 >>> z > 6, round(seen, 3), round(expected, 3)
 (True, 0.2, 0.02)
->>> gap(refusal, prod, prod, 1.0)[0]
+>>> gap(refusal, totals(refusal, prod), totals(refusal, prod), 1.0)[0]
 0.0
 """
 
@@ -31,21 +31,22 @@ from math import expm1, sqrt
 from typing import Final
 
 from baselines.poisson import poisson_score
+from baselines.quantity import _calibrate
 from detector.config import Config
 from detector.core.partials import SCALE, UNKNOWN, VERSION_FIELDS, Partial, Versions
 from detector.core.scoring import CohortModel
 from detector.core.signals import Signal, matches
 
-__all__ = ["CANARY", "PRODUCTION", "canary_pairs", "churn", "compared", "gap", "version_gap",
-           "widest"]
+__all__ = ["CANARY", "PRODUCTION", "Totals", "canary_pairs", "churn", "compared", "gap",
+           "totals", "version_gap", "widest", "with_previous"]
 
 CANARY: Final = "canary"
 PRODUCTION: Final = "production"
 #: The prompt version's place in a partial's version combinations and a model's versions.
 PROMPT: Final = VERSION_FIELDS.index("prompt_version")
-#: The spread of a quantity's mean never counts as less than this (fixed-point log1p units
-#: squared): two cohorts of identical values are no evidence of a gap between them.
-_FLOOR2: Final = (0.05 * SCALE) ** 2
+#: The spread of a quantity's values never counts as less than this (log1p units squared):
+#: two cohorts of identical values are no evidence of a gap between them.
+_FLOOR2: Final = 0.05 ** 2
 #: A rate's count is taken as known to this prior, so a production rate of zero expects a
 #: little, not nothing (one canary hit is then no gap).
 _PRIOR_K, _PRIOR_N = 0.5, 1.0
@@ -62,13 +63,34 @@ def compared(signals: Sequence[Signal], config: Config) -> tuple[Signal, ...]:
     return tuple(s for s in signals if s.kind != "volume" and matches(s.name, pats))
 
 
-def gap(sig: Signal, canary: list[int], prod: list[int], dispersion: float
-        ) -> tuple[float, float, float]:
-    """(score, canary's value, production's value) of one signal between two windows' counts;
-    a score of 0 when either side has no data. ``dispersion``: production's rate baseline's
-    (1 for a quantity, or with no baseline)."""
+Totals = tuple[float, float, float]
+
+
+def totals(sig: Signal, counts: list[int]) -> Totals:
+    """A window's totals of a signal as scoring keeps them (``CohortModel.recent``): a
+    rate's (count, units, 0), a quantity's (values, sum, sum of squares) in log1p units."""
     if sig.kind == "rate":
-        kc, nc, kp, np_ = canary[sig.num], canary[sig.den], prod[sig.num], prod[sig.den]
+        return float(counts[sig.num]), float(counts[sig.den]), 0.0
+    return float(counts[sig.num]), counts[sig.den] / SCALE, counts[sig.sq] / _SCALE2
+
+
+def with_previous(sig: Signal, t: Totals, model: CohortModel | None, window: int) -> Totals:
+    """``t`` (window ``window``'s totals) plus the window before's, when the cohort's model
+    kept it (scoring keeps the last two consecutive windows of each signal)."""
+    prev = model.recent.get(sig.name) if model is not None else None
+    for w, x, y, q in prev or ():
+        if w == window - 1:
+            return t[0] + x, t[1] + y, t[2] + q
+    return t
+
+
+def gap(sig: Signal, canary: Totals, prod: Totals, dispersion: float
+        ) -> tuple[float, float, float]:
+    """(score, canary's value, production's value) of one signal between two cohorts' totals
+    (:func:`totals`); a score of 0 when either side has no data. ``dispersion``: production's
+    rate baseline's (1 for a quantity, or with no baseline)."""
+    if sig.kind == "rate":
+        (kc, nc, _), (kp, np_, _) = canary, prod
         if nc <= 0 or np_ <= 0:
             return _QUIET
         rate = (kp + _PRIOR_K) / (np_ + _PRIOR_N)
@@ -76,23 +98,16 @@ def gap(sig: Signal, canary: list[int], prod: list[int], dispersion: float
         # 1 + nc / np times the canary count's own variance when the rates agree.
         z = poisson_score(kc, nc * rate) / sqrt(dispersion * (1.0 + nc / np_))
         return z, kc / nc, kp / np_
-    nc, np_ = canary[sig.num], prod[sig.num]
+    (nc, sc, qc), (np_, sp, qp) = canary, prod
     if nc <= 1 or np_ <= 1:
         return _QUIET
-    mc, mp = canary[sig.den] / nc, prod[sig.den] / np_
-    vc = max(canary[sig.sq] / nc - mc * mc, 0.0)
-    vp = max(prod[sig.sq] / np_ - mp * mp, 0.0)
-    z = (mc - mp) / sqrt(vc / nc + vp / np_ + _FLOOR2 / min(nc, np_))
-    mc, mp = mc / SCALE, mp / SCALE
+    mc, mp = sc / nc, sp / np_
+    vp = max(qp / np_ - mp * mp, _FLOOR2)
+    # A small canary's own spread is a poor estimate (a few values can sit close together):
+    # it counts as at least production's, and its mean's score as a Student t's of its size.
+    vc = max(qc / nc - mc * mc, vp)
+    z = _calibrate((mc - mp) / sqrt(vc / nc + vp / np_), max(nc - 1.0, 3.0))
     return z, (expm1(mc) if sig.log else mc), (expm1(mp) if sig.log else mp)
-
-
-def _enough(sig: Signal, canary: list[int], prod: list[int], min_count: float) -> bool:
-    """The larger side's numerator (a rate's) or both sides' values (a quantity's) reach
-    ``min_count``: a handful of events is no gap."""
-    if sig.kind == "rate":
-        return max(canary[sig.num], prod[sig.num]) >= min_count
-    return min(canary[sig.num], prod[sig.num]) >= min_count
 
 
 def canary_pairs(parts: dict[Cohort, Partial], levels: Sequence[Sequence[str]]
@@ -114,18 +129,41 @@ def canary_pairs(parts: dict[Cohort, Partial], levels: Sequence[Sequence[str]]
 
 
 def widest(signals: Sequence[Signal], canary: Partial, prod: Partial,
-           dispersion: Callable[[str], float], min_count: float) -> tuple[Signal, float,
-                                                                         float, float] | None:
-    """The signal with the widest gap between the two partials (ties: the first signal)."""
+           models: tuple[CohortModel | None, CohortModel | None],
+           dispersion: Callable[[str], float], min_count: float, threshold: float
+           ) -> tuple[Signal, float, float, float] | None:
+    """The signal with the widest gap between a canary's and its production's partials of
+    one window (ties: the first signal): (signal, score, canary's value, production's).
+    As scoring does, a window that leans half-way to ``threshold`` is also scored together
+    with the window before (from the cohorts' ``models``, canary's and production's), which
+    a small canary needs; ``min_count`` is met by the totals scored."""
     best: tuple[Signal, float, float, float] | None = None
     c, p = canary.counts, prod.counts
+    w = canary.window
     for sig in signals:
-        if not _enough(sig, c, p, min_count):
+        tc, tp = totals(sig, c), totals(sig, p)
+        disp = dispersion(sig.name) if sig.kind == "rate" else 1.0
+        found = gap(sig, tc, tp, disp)
+        if abs(found[0]) >= threshold / 2:
+            tc, tp = with_previous(sig, tc, models[0], w), with_previous(sig, tp, models[1], w)
+            two = gap(sig, tc, tp, disp)
+            if two[0] * found[0] > 0 and abs(two[0]) > abs(found[0]):
+                found = two
+            else:
+                tc, tp = totals(sig, c), totals(sig, p)
+        if not _enough(sig, tc, tp, min_count):
             continue
-        z, seen, expected = gap(sig, c, p, dispersion(sig.name) if sig.kind == "rate" else 1.0)
-        if best is None or abs(z) > abs(best[1]):
-            best = (sig, z, seen, expected)
+        if best is None or abs(found[0]) > abs(best[1]):
+            best = (sig, *found)
     return best
+
+
+def _enough(sig: Signal, canary: Totals, prod: Totals, min_count: float) -> bool:
+    """The larger side's count (a rate's) or both sides' values (a quantity's) reach
+    ``min_count``: a handful of events is no gap."""
+    if sig.kind == "rate":
+        return max(canary[0], prod[0]) >= min_count
+    return min(canary[0], prod[0]) >= min_count
 
 
 def _dominant(versions: dict[Versions, int], i: int) -> str | None:

@@ -274,8 +274,10 @@ class Stage2:
                 b: Any = prod.baselines.get(name) if prod is not None else None
                 return b.dispersion() if b is not None and b.n >= need else 1.0
 
-            best = widest(self.compared, parts[ckey], parts[pkey], dispersion, sc.min_count)
-            if best is None or abs(best[1]) < self._threshold("canary_gap", ckey):
+            t = self._threshold("canary_gap", ckey)
+            best = widest(self.compared, parts[ckey], parts[pkey],
+                          (self._coarse_model(ckey), prod), dispersion, sc.min_count, t)
+            if best is None or abs(best[1]) < t:
                 continue
             sig, z, seen, expected = best
             d = Decision("canary_gap", z, seen, expected, sc.threshold, True,
@@ -305,8 +307,9 @@ class Stage2:
             n = len(changes)
             if n < self._threshold("prompt_churn", key):
                 continue
-            # Persistent since the change that brought the count to the threshold.
-            reached = changes[min(max(math.ceil(sc.threshold), 1), n) - 1][0]
+            # Persistent since the change that brought the count to the threshold (changes
+            # come newest first).
+            reached = changes[max(n - math.ceil(sc.threshold), 0)][0]
             d = Decision("prompt_churn", float(n), float(n), None, sc.threshold, True,
                          int(parts[key].counts[EVENTS]))
             sus = {"field": "prompt_version", "now": changes[0][1],
