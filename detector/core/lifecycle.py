@@ -19,7 +19,14 @@ import hashlib
 from typing import Any
 
 from detector.config import Config, Severity
-from detector.core.alert import Alert, ContainmentResult, Evidence, SuspectedChange, Window
+from detector.core.alert import (
+    Alert,
+    Compared,
+    ContainmentResult,
+    Evidence,
+    SuspectedChange,
+    Window,
+)
 from detector.core.links import dashboard_url, generator_url
 from detector.core.scoring import Decision
 from detector.core.severity import RANK, classify
@@ -53,9 +60,9 @@ def _r(x: float) -> float:
 class Incident:
     """One active alert's state (what the changelog keeps of it)."""
 
-    __slots__ = ("clean", "cohort", "containment", "detail", "evidence", "expected", "grouped",
-                 "id", "last_end", "observed", "persistence", "rule", "score", "severity",
-                 "signal", "starts_at", "suspected", "threshold", "window")
+    __slots__ = ("clean", "cohort", "compared", "containment", "detail", "evidence", "expected",
+                 "grouped", "id", "last_end", "observed", "persistence", "rule", "score",
+                 "severity", "signal", "starts_at", "suspected", "threshold", "window")
 
     def __init__(self, signal: str, cohort: dict[str, str], starts_at: float, rule: bool) -> None:
         self.id = alert_id(signal, cohort, starts_at)
@@ -80,6 +87,8 @@ class Incident:
         # What a leading indicator's summary says instead of "above baseline" (the compared
         # cohort, the prompt changes); "" for the others.
         self.detail = ""
+        # A canary gap's signal and other cohort: {"signal": ..., "cohort": {...}}.
+        self.compared: dict[str, Any] | None = None
 
 
 class Lifecycle:
@@ -123,8 +132,8 @@ class Lifecycle:
 
     def on_anomaly(self, level: int, cohort: tuple[str, ...], d: Decision, persistence: int,
                    window: tuple[float, float], evidence: list[str],
-                   suspected: dict[str, Any] | None, grouped: int, detail: str = ""
-                   ) -> Alert | None:
+                   suspected: dict[str, Any] | None, grouped: int, detail: str = "",
+                   compared: dict[str, Any] | None = None) -> Alert | None:
         """An anomalous window of a (cohort, signal) that represents its incident (``detail``:
         a leading indicator's own account of it, for the summary)."""
         key = (d.signal, level, cohort)
@@ -146,6 +155,7 @@ class Lifecycle:
         inc.window = {"start": rfc3339(start), "end": rfc3339(end), "events": d.events}
         inc.persistence = persistence
         inc.detail = detail
+        inc.compared = compared
         inc.grouped = max(inc.grouped, grouped)
         self._add_evidence(inc, evidence)
         if sev is not None and (new or RANK[sev] < RANK[inc.severity]):
@@ -262,6 +272,8 @@ class Lifecycle:
             containment=[ContainmentResult(action=a, status=str(st), at=rfc3339(at))
                          for a, (st, at) in inc.containment.items()],
             **self._links(inc, status),
+            compared=(Compared(signal=inc.compared["signal"], cohort=dict(inc.compared["cohort"]))
+                      if inc.compared else None),
         )
 
     def _links(self, inc: Incident, status: str) -> dict[str, str]:

@@ -49,9 +49,10 @@ __all__ = ["Stage2"]
 _SUSPECT_ORDER = (1, 2, 0)     # on a tie: prompt, then policy, then model version
 MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not walked window by window
 #: A leading indicator's finding: cohort, decision, persistence (0: its incident's, one more
-#: per window in a row), evidence trace ids, suspected change and summary (``{}``: persistence).
+#: per window in a row), evidence trace ids, suspected change, summary (``{}``: persistence)
+#: and what a canary gap compared.
 _Leading = tuple[tuple[int, tuple[str, ...]], Decision, int, list[str],
-                 dict[str, str | None] | None, str]
+                 dict[str, str | None] | None, str, dict[str, Any] | None]
 
 
 class Stage2:
@@ -225,7 +226,7 @@ class Stage2:
             touched.add((signal, key[0], key[1]))
             if a:
                 out.append(a)
-        out += self._leading(w, parts, touched)
+        out += self._leading(w, parts, decisions, touched)
         out += self.life.close_window(touched)
         self.windows_closed += 1
         if self.on_closed is not None:
@@ -238,19 +239,21 @@ class Stage2:
         return self.models.get(key)
 
     def _leading(self, w: int, parts: dict[tuple[int, tuple[str, ...]], Partial],
+                 decisions: dict[tuple[int, tuple[str, ...]], list[Decision]],
                  touched: set[Key]) -> list[Alert]:
         """Window ``w``'s leading-indicator alerts: the canary gap of each app with both
         environments, and the prompt churn of each cohort at the coarsest level. Their
         persistence is their incident's, one more for each window in a row."""
         t0 = w * self.size
         out: list[Alert] = []
-        for key, d, since, evidence, sus, detail in self._gaps(w, parts) + self._churn(w, parts):
+        for key, d, since, evidence, sus, detail, cmp in (self._gaps(parts, decisions)
+                                                          + self._churn(w, parts)):
             lkey = (d.signal, key[0], key[1])
             inc = self.life.active.get(lkey)
             persistence = since or (
                 inc.persistence + 1 if inc is not None and inc.last_end == t0 else 1)
             a = self.life.on_anomaly(key[0], key[1], d, persistence, (t0, t0 + self.size),
-                                     evidence, sus, 0, detail.format(persistence))
+                                     evidence, sus, 0, detail.format(persistence), cmp)
             touched.add(lkey)
             if a:
                 out.append(a)
@@ -261,7 +264,8 @@ class Stage2:
         active = (signal, key[0], key[1]) in self.life.active
         return t * self.config.alerting.clear_ratio if active else t
 
-    def _gaps(self, w: int, parts: dict[tuple[int, tuple[str, ...]], Partial]) -> list[_Leading]:
+    def _gaps(self, parts: dict[tuple[int, tuple[str, ...]], Partial],
+              decisions: dict[tuple[int, tuple[str, ...]], list[Decision]]) -> list[_Leading]:
         sc = self.config.signal("canary_gap")
         if not sc.enabled or not self.compared:
             return []
@@ -275,7 +279,15 @@ class Stage2:
                 return b.dispersion() if b is not None and b.n >= need else 1.0
 
             t = self._threshold("canary_gap", ckey)
-            best = widest(self.compared, parts[ckey], parts[pkey],
+            # Only signals that either side's own baseline finds leaning half-way off: a
+            # gap both baselines know (another traffic mix, a change production has adopted)
+            # is the normal, not news.
+            moved = {d.signal for k in (ckey, pkey) for d in decisions.get(k, ())
+                     if abs(d.score) >= t / 2}
+            signals = [s for s in self.compared if s.name in moved]
+            if not signals:
+                continue
+            best = widest(signals, parts[ckey], parts[pkey],
                           (self._coarse_model(ckey), prod), dispersion, sc.min_count, t)
             if best is None or abs(best[1]) < t:
                 continue
@@ -289,8 +301,10 @@ class Stage2:
                                                        strict=True))
             detail = (f"canary_gap: {sig.name} {seen:.4g} in {CANARY} vs {expected:.4g} in "
                       f"{PRODUCTION} ({twin}), score {z:+.1f} for {{}} window(s)")
+            cmp = {"signal": sig.name,
+                   "cohort": dict(zip(self.levels[pkey[0]], pkey[1], strict=True))}
             out.append((ckey, d, 0, evidence, version_gap(parts[ckey], parts[pkey],
-                                                       _SUSPECT_ORDER), detail))
+                                                       _SUSPECT_ORDER), detail, cmp))
         return out
 
     def _churn(self, w: int, parts: dict[tuple[int, tuple[str, ...]], Partial]) -> list[_Leading]:
@@ -317,7 +331,7 @@ class Stage2:
             detail = (f"prompt_churn: {n} new prompt versions within {lookback} windows, the "
                       f"newest {changes[0][1]}, for {{}} window(s)")
             evidence = list(parts[key].samples.get(EVENTS, []))
-            out.append((key, d, w - reached + 1, evidence, sus, detail))
+            out.append((key, d, w - reached + 1, evidence, sus, detail, None))
         return out
 
     def _context(self, key: tuple[int, tuple[str, ...]], d: Decision, w: int,
