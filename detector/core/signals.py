@@ -120,6 +120,7 @@ COUNTERS: Final[tuple[Counter, ...]] = (
     # Leading indicators (optional fields): hand-offs to a human, and the output's entropy as
     # the producer measured it (log1p like any quantity: non-negative, no new rule in C).
     Counter("escalations", when=(("escalated", True),), evidence=_IDS),
+    Counter("escalation_reported", when=(("escalated", SET),)),
     Counter("entropy", "log1p", "output_entropy", on=MODEL_CALL, evidence=_TOP),
     Counter("safety", "labels", "safety_hits", evidence=_IDS),
     Counter("cost", "cost", on=MODEL_CALL, evidence=_TOP),
@@ -182,8 +183,8 @@ IN_S = IN_N + 1
 
 #: The fixed counters added after partials first crossed the wire (the leading indicators'),
 #: and how many counters they take: :meth:`Layout.fit` makes room for them in an older one.
-ADDED: Final = ("escalations", "entropy")
-ADDED_WIDTH: Final = 4
+ADDED: Final = ("escalations", "escalation_reported", "entropy")
+ADDED_WIDTH: Final = 5
 
 HARD_RULE_SIGNALS: Final = ("unauthorized_tool_call", "unapproved_side_effect")
 #: Leading indicators stage 2 works out across windows or cohorts (core/indicators.py).
@@ -257,7 +258,10 @@ SIGNALS: Final[tuple[SignalSpec, ...]] = (
     SignalSpec("cost", "quantity", "cost", description="spend per model call (price table "
                "units per million tokens, × 1e-6)"),
     SignalSpec("eval_{}", "quantity", "eval", description="mean {} evaluation score", log=False),
-    _rate("escalation_rate", "escalations", "events", "hand-offs to a human per event"),
+    # Per event that reports the field: a cohort that never does has no such signal to score
+    # or learn, and costs nothing.
+    _rate("escalation_rate", "escalations", "escalation_reported",
+          "hand-offs to a human per event that reports them"),
     SignalSpec("output_entropy", "quantity", "entropy",
                description="the outputs' entropy as producers report it (geometric mean of "
                "1 + entropy, less 1)"),
