@@ -403,6 +403,29 @@ def test_a_span_with_two_bad_fields_is_rejected_for_the_first_in_ranked_order() 
     assert ok == [] and [(r.reason, r.field) for r in bad] == [("wrong_type", "tenant")] * 2
 
 
+@pytest.mark.parametrize("fmt", ["otlp_proto", "otlp_json"])
+def test_the_leading_indicators_map_from_their_ai_attributes(fmt: str) -> None:
+    """ai.output_entropy and ai.escalated (no GenAI convention names either) become the
+    optional fields; a negative entropy is a bad value, not a crash."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exp = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    tp.add_span_processor(SimpleSpanProcessor(exp))
+    for attrs in ({"ai.output_entropy": 2.5, "ai.escalated": True}, {"ai.output_entropy": -1.0}):
+        s = tp.get_tracer("x").start_span("chat", start_time=T0, attributes={
+            "gen_ai.operation.name": "chat", **attrs})
+        s.end(end_time=T0 + MS)
+    spans = list(exp.get_finished_spans())
+    msg = traces_data(spans) if fmt == "otlp_proto" else traces_json(spans)
+    ok, bad, _ = _decode(fmt, msg)
+    assert [(e.output_entropy, e.escalated) for e in ok] == [(2.5, True)]
+    assert [(r.reason, r.field) for r in bad] == [("out_of_range", "output_entropy")]
+
+
 def _varied_spans(rng: random.Random, k: int, hostile: bool = True) -> bytes:
     """One message of spans drawn from what instrumentations send: new and old GenAI names,
     cohort fields on the span or the resource (or both), fields named twice, missing end
@@ -441,6 +464,11 @@ def _varied_spans(rng: random.Random, k: int, hostile: bool = True) -> bytes:
     for _ in range(rng.randint(1, 6)):
         attrs = {key: pick(v) if hostile else v[0] for key, v in values.items()
                  if rng.random() < 0.35}
+        # Fields added later draw from their own generator: the draws above stay as they were.
+        more = random.Random(len(attrs) * 1000 + k)
+        attrs.update({key: more.choice(v) if hostile else v[0] for key, v in (
+            ("ai.output_entropy", [1.25, 3, -0.5, "high"]),
+            ("ai.escalated", [True, False, "no"])) if more.random() < 0.35})
         start = T0 + rng.randrange(10**9)
         s = tp.get_tracer("x").start_span(pick(["chat gpt-4o", "completion", ""]),
                                           start_time=pick([start, start, 0]),

@@ -97,7 +97,7 @@ _FIELDS: Final = ("tenant", "region", "app", "environment", "model", "model_vers
                   "finish_reason", "refusal", "instruction_violation", "output_format_valid",
                   "safety_hits", "retries", "error_type", "tool_name", "tool_authorized",
                   "tool_side_effect", "tool_approved", "schema_valid", "tool_result_fabricated",
-                  "tool_status", "memory_bytes")
+                  "tool_status", "memory_bytes", "output_entropy", "escalated")
 _MISSING: Final = object()
 _LEGACY_FIELD: Final = "_gen_ai_system"
 _FROM_REASONS: Final = "_refusal_from_finish_reasons"
