@@ -522,6 +522,26 @@ def test_the_c_span_mapping_gives_what_the_python_reference_gives() -> None:
     assert not any(MARK in b for b in c_dec.checked)   # never content
 
 
+def test_a_content_name_with_a_byte_changed_is_never_cached() -> None:
+    """A mangled content name is no longer content, but unmapped: its value (prompt text) is
+    not kept by any of the decoder's caches, on the C path or the Python one; nor is a long
+    value under a name of our own."""
+    base = traces_data(agent_spans())
+    name = b"gen_ai.input.messages"
+    assert name in base
+    msgs = [base.replace(name, name[:i] + bytes([c]) + name[i + 1:])
+            for i in range(len(name)) for c in (0x1D, ord("x"))]   # bounded: 42 messages
+    msgs.append(base.replace(name, b"app.notes.of.the.turn"))   # same length, not content
+    for fast in (True, False):
+        dec = OtlpDecoder("otlp_proto", CFG.input.otlp)
+        for m in msgs:
+            assert dec._proto(m, fast=fast)   # decoded: the GenAI spans are still mapped
+        kept = [*dec.cache, *dec.pairs, *dec.checked, *dec.unmapped,
+                *(b for key in dec.resources for b in key)]
+        assert kept and not any(MARK in (k if isinstance(k, bytes) else k.encode())
+                                for k in kept)
+
+
 def _pure(dec: OtlpDecoder, msgs: list[bytes]) -> tuple[list[TraceEvent], list[Rejection], int]:
     from detector.core import otlp
 
