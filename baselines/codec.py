@@ -57,7 +57,7 @@ from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.period import PeriodFinder
 from baselines.quantity import QuantityBaseline
-from baselines.rate import RateBaseline
+from baselines.rate import TWIN, RateBaseline, as_reference
 from baselines.volume import VolumeBaseline
 
 __all__ = ["CLASSES", "MAX_DEPTH", "REGISTRY", "LegacyStateError", "decode", "dumps", "encode",
@@ -125,6 +125,8 @@ def _enc(x: Any, depth: int) -> Any:
     if isinstance(x, float):
         return float(x)    # a subclass (numpy's) as a plain double
     t = type(x)
+    if t is TWIN and TWIN is not None:
+        x, t = as_reference(x), RateBaseline   # written as the reference's state, the same bytes
     if t is list:
         return [_enc(v, depth + 1) for v in x]
     if t is tuple:

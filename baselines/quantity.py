@@ -180,7 +180,9 @@ class QuantityBaseline:
         base = self._w / n + (f * f if f > 0 else 1e-12)
         # A calm stretch does not make the next burst of a bursty series look new: the fast
         # spread never falls below the spread around the fast level over the slow horizon.
-        return base + max(self._vf, self._vn), base + max(self._vs, self._vn)
+        # (max(x, vn) as vn if vn > x else x: the same value, without a builtin call.)
+        vf, vs, vn = self._vf, self._vs, self._vn
+        return base + (vn if vn > vf else vf), base + (vn if vn > vs else vs)
 
     def score_one(self, n: float, s: float, q: float, t: float | None = None
                   ) -> tuple[float, float]:
@@ -223,7 +225,10 @@ class QuantityBaseline:
         if n <= 0:
             return
         m = s / n
-        var = max(0.0, q / n - m * m)
+        # (max and min of two as conditional expressions, here and below: the same values,
+        # without a builtin call each, on every quantity of every window.)
+        var = q / n - m * m
+        var = var if var > 0.0 else 0.0
         k = self.n + 1
         if t is not None:
             f = self._finder
@@ -249,7 +254,8 @@ class QuantityBaseline:
         if k > TAIL_WARMUP and not anomalous:   # the tails of normal traffic
             u = min(df / ef, TAIL_CLIP)
             self._tn += 1
-            r = max(self._b, 1.0 / self._tn)
+            r = 1.0 / self._tn
+            r = r if r > self._b else self._b
             self._m2 += r * (u - self._m2)
             self._m4 += r * (u * u - self._m4)
         if not anomalous:
@@ -264,19 +270,26 @@ class QuantityBaseline:
             rs = max(-cs, min(cs, rs))
             var = min(var, CLIP * CLIP * self._w) if self._w > 0 else var
         noise = self._w / n
-        a, b = max(self._a, 1.0 / k), max(self._b, 1.0 / k)   # warm: plain means at first
-        self._vf += a * (max(0.0, df - noise) - self._vf)
-        self._vn += b * (max(0.0, df - noise) - self._vn)
+        inv = 1.0 / k
+        a = inv if inv > self._a else self._a   # warm: plain means at first
+        b = inv if inv > self._b else self._b
+        e = df - noise
+        e = e if e > 0.0 else 0.0
+        self._vf += a * (e - self._vf)
+        self._vn += b * (e - self._vn)
         # The slow spread learns at most CLIP fast spreads: a ramp cannot become its own yardstick.
-        self._vs += b * (max(0.0, min(rs * rs, CLIP * CLIP * ef) - noise) - self._vs)
+        s2, lim = rs * rs, CLIP * CLIP * ef
+        e = (lim if lim < s2 else s2) - noise
+        self._vs += b * ((e if e > 0.0 else 0.0) - self._vs)
         self._lf += a * rf
         self._ls += b * rs
         self._w += a * (var - self._w)
         self.n = k
         # The fast level away from the slow one by more than CLIP of its usual spread, for
         # most of adopt_windows: a level that persisted, the new normal for the slow horizon.
-        base = ef - max(self._vf, self._vn)
-        if (self._lf - self._ls) ** 2 > CLIP * CLIP * (base + min(self._vf, self._vn)):
+        vf, vn = self._vf, self._vn
+        base = ef - (vn if vn > vf else vf)
+        if (self._lf - self._ls) ** 2 > CLIP * CLIP * (base + (vn if vn < vf else vf)):
             self._streak += 1
             if self._streak >= self._adopt:
                 self._ls, self._vs, self._streak = self._lf, max(self._vs, self._vf), 0

@@ -23,13 +23,19 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
+from collections.abc import Sequence
 from math import sqrt
+from typing import Any
 
 from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
+from baselines.sequential import _LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS, Cusum
 
-__all__ = ["RateBaseline"]
+__all__ = ["PLAIN", "TWIN", "RateBaseline", "as_reference", "as_twin", "new_rate"]
 
 _PRIOR_K = 0.5   # pseudo-events...
 _PRIOR_N = 1.0   # ...per pseudo-unit of denominator
@@ -125,6 +131,11 @@ class RateBaseline:
             return max(self._ps, (k - 2.0 * sqrt(k)) / units if k > 4.0 else 0.0)
         return min(self._ps, (k + 2.0 * sqrt(k) + 1.0) / units) if units > 0 else self._ps
 
+    def peek_up(self, cus: Cusum, k: float, n: float, cap: float) -> Sequence[float]:
+        """``cus``'s upward statistics after ``k`` events in ``n`` units, against
+        :meth:`reference` at this baseline's dispersion (one call for the scorer)."""
+        return cus.peek_up(k, n * self.reference(), self.dispersion(), cap)
+
     def dispersion(self) -> float:
         """The learned over-dispersion (1.0: pure counting noise)."""
         return self._sd * self._sd
@@ -135,6 +146,14 @@ class RateBaseline:
             num.reset_to(k)
             den.reset_to(n)
         self._refresh()
+
+    def learn_window(self, k: float, n: float, drift_check: bool, warmup: int, freeze: float
+                     ) -> None:
+        """Learn a window judged normal: the slow horizon stays out of it while the fast one,
+        with this window added, is ``freeze`` or more from it (``drift_check`` and past
+        ``warmup`` windows only). One call for the scorer's common case."""
+        drifting = drift_check and self.n >= warmup and abs(self.drift_score(k, n)) >= freeze
+        self.learn_one(k, n, not drifting)
 
     def learn_one(self, k: float, n: float, slow: bool = True, anomalous: bool = False
                   ) -> None:
@@ -198,3 +217,69 @@ def _update_pair(pair: tuple[WarmEWMean, WarmEWMean], k: float, n: float) -> tup
             return m._mean * c, m2._mean * c2
     return num.update(k), den.update(n)
 
+
+
+# -- the C twin -----------------------------------------------------------------------------
+# baselines/_rate.c holds the same state as plain doubles and does the same arithmetic in the
+# same order (tests/test_rate_twin.py holds it to this module bit for bit). Used unless it was
+# not built (no compiler) or DETECTOR_NO_EXTENSIONS is set, as the counting twin is.
+# Its learn_plain is the twin of detector.core.scoring.learn_plain_py.
+TWIN: Any = None
+PLAIN: Any = None
+if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
+    with contextlib.suppress(ImportError):
+        _c = importlib.import_module("baselines._rate")
+        TWIN, PLAIN = _c.Rate, _c.learn_plain
+        _c.designs(_LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS)
+
+
+def new_rate(fast: float, slow: float, max_dispersion: float = 25.0, adopt_after: int = 90
+             ) -> Any:
+    """A fresh rate baseline: the C twin when there is one, else the reference."""
+    cls = TWIN if TWIN is not None else RateBaseline
+    return cls(fast, slow, max_dispersion, adopt_after)
+
+
+def _sums(w: WarmEWMean) -> tuple[float, float, float, bool]:
+    if w._ew is not None:
+        return w.fading_factor, 0.0, w._ew.get(), True
+    return w.fading_factor, float(w._mean.n), w._mean.get(), False
+
+
+def as_twin(b: Any, twin: Any = None) -> Any:
+    """``b``'s state in the C twin (``twin``: its type, by default the one in use), or ``b``
+    itself when there is none (state loaded from a snapshot is the reference's)."""
+    cls = twin if twin is not None else TWIN
+    if cls is None or type(b) is not RateBaseline:
+        return b
+    d = b._disp
+    r = cls.__new__(cls)
+    r.set_state((*_sums(b._fast[0]), *_sums(b._fast[1]), *_sums(b._slow[0]),
+                 *_sums(b._slow[1]), d._rate, d._cap, d._m1, d._m2, b._pf, b._ps, b._sd,
+                 b.n, b._frozen, b._adopt))
+    return r
+
+
+def _warm(ff: float, n: float, mean: float, ew: bool) -> WarmEWMean:
+    w = WarmEWMean(ff)
+    if ew:
+        w.reset_to(mean)
+    elif n:
+        w._mean.n = n
+        w._mean._mean = mean
+    return w
+
+
+def as_reference(r: Any) -> RateBaseline:
+    """The C twin's state as the reference (what snapshots write); a reference as it is."""
+    if type(r) is RateBaseline:
+        return r
+    s = r.state()
+    b = RateBaseline.__new__(RateBaseline)
+    b._fast = (_warm(*s[0:4]), _warm(*s[4:8]))
+    b._slow = (_warm(*s[8:12]), _warm(*s[12:16]))
+    d = b._disp = Dispersion(s[16], s[17])
+    d._m1, d._m2 = s[18], s[19]
+    b._pf, b._ps, b._sd = s[20], s[21], s[22]
+    b.n, b._frozen, b._adopt = s[23], s[24], s[25]
+    return b

@@ -5,7 +5,8 @@ exact command, so no figure in the docs stands without them.
 ``--only`` (or BENCH=name,name) runs some benches and keeps the other sections as they were.
 bench/nab.py needs NAB's tree: NAB=DIR NAB_PYTHON=PY include it (NAB_DATA=DIR if NAB's data
 is not in shared/nab beside the clone); without them its section says how. BENCH_BASE=DIR
-times DIR's stage 2 beside this tree's in bench/stage2.py (before and after, one run).
+times DIR's stage 2 beside this tree's in bench/stage2.py (before and after, one run), and
+runs bench/replay.py on DIR's code (``--tree``) just before this tree's, in the same section.
 Each bench runs in its own process, bounded by ``--timeout``; its stdout and stderr are kept
 verbatim. Not a test: nothing here asserts a speed.
 """
@@ -37,7 +38,8 @@ class Bench(NamedTuple):
 # shared machine for an hour (said in `what`).
 BENCHES = [
     Bench("replay", [], "the detection core (decode → alerts) against `orjson.loads` alone on "
-          "the same lines; state bytes per (cohort, signal)"),
+          "the same lines; state bytes per (cohort, signal) (`BENCH_BASE=DIR`: DIR's code "
+          "first, then this tree's)"),
     Bench("stage2", [], "stage 2 alone: (cohort, signal) window updates per second on one core, "
           "dense and sparse (`BENCH_BASE=DIR`: against DIR's code too, in turns)"),
     Bench("stage1", [], "stage 1 in process, µs an event: decoding by key order, counting in C "
@@ -118,6 +120,15 @@ def run(bench: Bench, timeout: float) -> str:
     if bench.name == "stage2" and os.environ.get("BENCH_BASE"):
         args = [*args, "--base", os.environ["BENCH_BASE"]]   # the before, in the same run
     cmd = ["python", f"bench/{bench.name}.py", *args]
+    out = ""
+    if bench.name == "replay" and os.environ.get("BENCH_BASE"):
+        # The before first, DIR's code under this harness (--tree), then this tree's.
+        out = _one(bench, [*cmd, "--tree", os.environ["BENCH_BASE"]], timeout) + "\n"
+    return head + out + _one(bench, cmd, timeout)
+
+
+def _one(bench: Bench, cmd: list[str], timeout: float) -> str:
+    """One command's provenance line and verbatim output."""
     when = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     rev = commit()
     t0 = time.monotonic()
@@ -131,7 +142,7 @@ def run(bench: Bench, timeout: float) -> str:
     text = out.decode("utf-8", "replace").rstrip("\n")
     took = time.monotonic() - t0
     f = fence(text)
-    return (head + f"{when}, commit {rev}, `{' '.join(cmd)}` ({status}, {took:.0f} s):\n\n"
+    return (f"{when}, commit {rev}, `{' '.join(cmd)}` ({status}, {took:.0f} s):\n\n"
             f"{f}\n{text}\n{f}\n")
 
 

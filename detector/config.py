@@ -205,6 +205,16 @@ class ContainmentRule(_Base):
     backoff_seconds: Annotated[float, Meta(gt=0, le=60)] = 1.0
 
 
+class Indicators(_Base):
+    """Leading indicators across cohorts (detector/core/indicators.py)."""
+
+    # Signals (names or "prefix*") compared between an app's canary and production; volume
+    # never is (a canary takes a slice of the traffic).
+    canary_signals: list[str] = field(default_factory=lambda: ["*"])
+    # Prompt versions first seen within this many windows count as churn.
+    churn_windows: PosInt = 360
+
+
 class Links(_Base):
     """URL templates filled in on every alert (none by default)."""
 
@@ -307,6 +317,9 @@ class OtlpMapping(_Base):
     tool_result_fabricated: AttrNames = _names("ai.tool_result_fabricated")
     tool_status: AttrNames = _names("ai.tool_status")
     memory_bytes: AttrNames = _names("ai.memory_bytes")
+    # No convention names these either (GenAI's has neither an entropy nor a hand-off).
+    output_entropy: AttrNames = _names("ai.output_entropy")
+    escalated: AttrNames = _names("ai.escalated")
     # Finish reasons that mean the model declined (unless the refusal attribute says otherwise).
     refusal_finish_reasons: list[str] = _names("content_filter", "refusal")
 
@@ -351,6 +364,7 @@ class Config(_Base):
     containment: list[ContainmentRule] = field(default_factory=list)
     evidence: Evidence = field(default_factory=Evidence)
     links: Links = field(default_factory=Links)
+    indicators: Indicators = field(default_factory=Indicators)
     spend: Spend = field(default_factory=Spend)
     sinks: Sinks = field(default_factory=Sinks)
     kafka: KafkaConfig = field(default_factory=KafkaConfig)

@@ -63,7 +63,8 @@ def test_the_struct_declares_the_contract_fields_in_its_order() -> None:
     props = list(SCHEMA["properties"])
     assert list(fields)[:len(props)] == props
     assert list(fields)[len(props):] == ["persistence", "grouped_cohorts", "resolution",
-                                         "containment", "dashboard_url", "generator_url"]
+                                         "containment", "dashboard_url", "generator_url",
+                                         "compared"]
     for name in SCHEMA["required"]:
         assert fields[name].required, name
     nested = {"window": ["start", "end", "events"],
@@ -84,7 +85,7 @@ def test_json_is_byte_for_byte_the_dict_encoding_it_replaces(config) -> None:
     rec.update(window=msgspec.to_builtins(a.window),
                suspected_change=msgspec.to_builtins(a.suspected_change),
                evidence=msgspec.to_builtins(a.evidence))
-    for k in ("resolution", "containment", "dashboard_url", "generator_url"):
+    for k in ("resolution", "containment", "dashboard_url", "generator_url", "compared"):
         del rec[k]
     assert encode_alert(a) == orjson.dumps(rec)
     assert b'"observed":1e+17,"expected":null' in encode_alert(a)
@@ -94,6 +95,22 @@ def test_json_is_byte_for_byte_the_dict_encoding_it_replaces(config) -> None:
         msgspec.structs.replace(plain, status="resolved", resolution="clean_windows",
                                 ends_at=datetime(2026, 1, 5, tzinfo=UTC)))
     assert b"containment" not in encode_alert(plain)
+
+
+def test_a_canary_gap_names_its_compared_cohort_and_validates(config, alert_validator) -> None:
+    """``compared`` (a canary gap's signal and production cohort) is written last, omitted
+    elsewhere, reads back, and the alert is still valid under the shared contract."""
+    from detector.core.alert import Compared
+
+    plain = _lifecycle_alerts(config)[0]
+    assert b"compared" not in encode_alert(plain)
+    a = msgspec.structs.replace(plain, signal="canary_gap", compared=Compared(
+        signal="refusal_rate", cohort={"app": "a", "environment": "production"}))
+    data = encode_alert(a)
+    assert data.endswith(b',"compared":{"signal":"refusal_rate","cohort":{"app":"a",'
+                         b'"environment":"production"}}}')
+    assert decode_alert(data) == a
+    alert_validator.validate(orjson.loads(data))
 
 
 def test_containment_is_written_last_and_validates(config, alert_validator) -> None:

@@ -15,7 +15,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "schema"
 #: Fields the vendored trace-event contract adds to shared/schema's (compatible extensions,
 #: optional, appended) until shared/schema carries them too.
 ADDED: dict[str, tuple[str, ...]] = {"alert.schema.json": (),
-                                     "trace-event.schema.json": ("eval_scores",)}
+                                     "trace-event.schema.json": ("eval_scores", "output_entropy",
+                                                                 "escalated")}
 
 
 def _shared(name: str) -> Path:

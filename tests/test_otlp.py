@@ -403,6 +403,29 @@ def test_a_span_with_two_bad_fields_is_rejected_for_the_first_in_ranked_order() 
     assert ok == [] and [(r.reason, r.field) for r in bad] == [("wrong_type", "tenant")] * 2
 
 
+@pytest.mark.parametrize("fmt", ["otlp_proto", "otlp_json"])
+def test_the_leading_indicators_map_from_their_ai_attributes(fmt: str) -> None:
+    """ai.output_entropy and ai.escalated (no GenAI convention names either) become the
+    optional fields; a negative entropy is a bad value, not a crash."""
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exp = InMemorySpanExporter()
+    tp = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    tp.add_span_processor(SimpleSpanProcessor(exp))
+    for attrs in ({"ai.output_entropy": 2.5, "ai.escalated": True}, {"ai.output_entropy": -1.0}):
+        s = tp.get_tracer("x").start_span("chat", start_time=T0, attributes={
+            "gen_ai.operation.name": "chat", **attrs})
+        s.end(end_time=T0 + MS)
+    spans = list(exp.get_finished_spans())
+    msg = traces_data(spans) if fmt == "otlp_proto" else traces_json(spans)
+    ok, bad, _ = _decode(fmt, msg)
+    assert [(e.output_entropy, e.escalated) for e in ok] == [(2.5, True)]
+    assert [(r.reason, r.field) for r in bad] == [("out_of_range", "output_entropy")]
+
+
 def _varied_spans(rng: random.Random, k: int, hostile: bool = True) -> bytes:
     """One message of spans drawn from what instrumentations send: new and old GenAI names,
     cohort fields on the span or the resource (or both), fields named twice, missing end
@@ -441,6 +464,11 @@ def _varied_spans(rng: random.Random, k: int, hostile: bool = True) -> bytes:
     for _ in range(rng.randint(1, 6)):
         attrs = {key: pick(v) if hostile else v[0] for key, v in values.items()
                  if rng.random() < 0.35}
+        # Fields added later draw from their own generator: the draws above stay as they were.
+        more = random.Random(len(attrs) * 1000 + k)
+        attrs.update({key: more.choice(v) if hostile else v[0] for key, v in (
+            ("ai.output_entropy", [1.25, 3, -0.5, "high"]),
+            ("ai.escalated", [True, False, "no"])) if more.random() < 0.35})
         start = T0 + rng.randrange(10**9)
         s = tp.get_tracer("x").start_span(pick(["chat gpt-4o", "completion", ""]),
                                           start_time=pick([start, start, 0]),
@@ -492,6 +520,26 @@ def test_the_c_span_mapping_gives_what_the_python_reference_gives() -> None:
             [(r.reason, r.field, r.payload) for r in b[1]]
     assert compared > 100 and in_c > 40   # C mapped spans itself, not handed them all back
     assert not any(MARK in b for b in c_dec.checked)   # never content
+
+
+def test_a_content_name_with_a_byte_changed_is_never_cached() -> None:
+    """A mangled content name is no longer content, but unmapped: its value (prompt text) is
+    not kept by any of the decoder's caches, on the C path or the Python one; nor is a long
+    value under a name of our own."""
+    base = traces_data(agent_spans())
+    name = b"gen_ai.input.messages"
+    assert name in base
+    msgs = [base.replace(name, name[:i] + bytes([c]) + name[i + 1:])
+            for i in range(len(name)) for c in (0x1D, ord("x"))]   # bounded: 42 messages
+    msgs.append(base.replace(name, b"app.notes.of.the.turn"))   # same length, not content
+    for fast in (True, False):
+        dec = OtlpDecoder("otlp_proto", CFG.input.otlp)
+        for m in msgs:
+            assert dec._proto(m, fast=fast)   # decoded: the GenAI spans are still mapped
+        kept = [*dec.cache, *dec.pairs, *dec.checked, *dec.unmapped,
+                *(b for key in dec.resources for b in key)]
+        assert kept and not any(MARK in (k if isinstance(k, bytes) else k.encode())
+                                for k in kept)
 
 
 def _pure(dec: OtlpDecoder, msgs: list[bytes]) -> tuple[list[TraceEvent], list[Rejection], int]:

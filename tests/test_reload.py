@@ -74,6 +74,8 @@ RELOADABLE = [
     ("sinks.alertmanager.resend_interval_seconds", 30,
      "sinks.alertmanager.resend_interval_seconds"),
     ("links.dashboard_url", "https://grafana.example/d/x?t=${tenant}", "links.dashboard_url"),
+    ("indicators.churn_windows", 60, "indicators.churn_windows"),
+    ("indicators.canary_signals", ["refusal_rate"], "indicators.canary_signals"),
 ]
 
 # Keys that shape state, stage 1's input or the worker's wiring: a restart.

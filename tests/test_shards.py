@@ -187,3 +187,29 @@ def test_a_peer_loading_a_whole_tree_keeps_only_its_own_finest_cohorts(
     assert {k for k in peer.models if k[0] < fin} == {k for k in whole.models if k[0] < fin}
     mine = {k for k in whole.models if k[0] == fin and shard_of(k[1], 2) == 0}
     assert mine and {k for k in peer.models if k[0] == fin} == mine
+
+
+@pytest.fixture(scope="module")
+def leading_traffic(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    out = tmp_path_factory.mktemp("leading")
+    simulate(out, hours=3, seed=3, rate=40.0,
+             scenarios=["escalation_surge", "entropy_collapse", "prompt_churn",
+                        "canary_regression"])
+    return Path(out / "traces.jsonl").read_bytes().splitlines()
+
+
+@pytest.mark.parametrize(("n", "lag"), [(2, True), (3, False)])
+def test_peers_emit_each_leading_indicator_alert_once(leading_traffic: list[bytes], n: int,
+                                                      lag: bool) -> None:
+    """The leading indicators of root cohorts (a canary gap compares an app's canary and
+    production, replicated on every peer): each alert is emitted once, by the owner of its
+    cohort, as one Stage2 gives it."""
+    want, _ = _alerts(leading_traffic, 1)
+    signals = {msgspec.json.decode(a)["signal"] for a in want}
+    assert {"canary_gap", "prompt_churn", "escalation_rate", "output_entropy"} <= signals
+    got, _ = _peer_alerts(leading_traffic, n, lag)
+    mine = [[a for a in want
+             if shard_of(tuple(msgspec.json.decode(a)["cohort"].values()), n) == i]
+            for i in range(n)]
+    assert got == mine
+    assert sorted(a for g in got for a in g) == sorted(want)

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from detector.config import Config, Price, Spend
+from detector.core.partials import empty_partial
 from detector.core.signals import Layout, layout_of
 from tests.test_detection import run
 from tests.traffic import T0, trace_id
@@ -113,14 +114,16 @@ def test_without_prices_or_evaluators_there_is_neither_signal(config: Config) ->
 
 def test_the_declared_counters_keep_the_wire_order_of_the_partials() -> None:
     """Partials cross the wire and sit in snapshots as a list of counters: the declaration
-    must lay them out as before it (724ae42), and name the same signals in the same order."""
+    must lay them out as before it (724ae42) but for the counters ADDED since, where
+    Layout.fit puts them in an older partial, and name the same signals in the same order."""
     lay = Layout(("pii",), ("faithfulness",))
     assert lay.names == (
         "events", "model_calls", "tool_calls", "refusals", "instruction_violations",
         "format_checked", "format_failures", "schema_invalid", "fabricated_results",
         "human_overrides", "memory_writes", "retries", "errors",
         "in_tok_n", "in_tok_sum", "in_tok_sq", "out_tok_n", "out_tok_sum", "out_tok_sq",
-        "lat_n", "lat_sum", "lat_sq", "safety_pii", "safety_other", "cost_n", "cost_sum",
+        "lat_n", "lat_sum", "lat_sq", "escalations", "escalation_reported", "entropy_n",
+        "entropy_sum", "entropy_sq", "safety_pii", "safety_other", "cost_n", "cost_sum",
         "cost_sq", "eval_faithfulness_n", "eval_faithfulness_sum", "eval_faithfulness_sq")
     assert [(s.name, s.num, s.den, s.sq, s.flags, s.log) for s in lay.signals] == [
         ("refusal_rate", 3, 1, -1, True, True), ("tool_calls_per_chat", 2, 1, -1, False, True),
@@ -130,8 +133,32 @@ def test_the_declared_counters_keep_the_wire_order_of_the_partials() -> None:
         ("output_format_failure_rate", 6, 5, -1, True, True),
         ("human_override_rate", 9, 1, -1, True, True),
         ("memory_write_rate", 10, 1, -1, False, True), ("retry_rate", 11, 0, -1, False, True),
-        ("error_rate", 12, 0, -1, True, True), ("safety_pii", 22, 0, -1, True, True),
-        ("safety_other", 23, 0, -1, True, True), ("input_tokens", 13, 14, 15, False, True),
+        ("error_rate", 12, 0, -1, True, True), ("safety_pii", 27, 0, -1, True, True),
+        ("safety_other", 28, 0, -1, True, True), ("input_tokens", 13, 14, 15, False, True),
         ("output_tokens", 16, 17, 18, False, True), ("latency_ms", 19, 20, 21, False, True),
-        ("cost", 24, 25, 26, False, True), ("eval_faithfulness", 27, 28, 29, False, False),
+        ("cost", 29, 30, 31, False, True), ("eval_faithfulness", 32, 33, 34, False, False),
+        ("escalation_rate", 22, 23, -1, True, True), ("output_entropy", 24, 25, 26, False, True),
         ("volume", 0, 0, -1, False, True)]
+
+
+def test_an_older_partial_gets_the_added_counters_as_zeros_and_keeps_its_groups() -> None:
+    """A partial written before the leading indicators' counters (a rolling upgrade's stage 1,
+    a saved state) is read with zeros for them, its groups' counters and evidence in place;
+    one from a config with fewer evaluators is widened at the end."""
+    lay = Layout(("pii",), ("faithfulness",))
+    added = ("escalations", "escalation_reported", "entropy_n", "entropy_sum", "entropy_sq")
+    old_names = [n for n in lay.names if n not in added]
+    old = empty_partial(0, 0, ("a",), len(old_names))
+    old.counts[:] = range(1, len(old_names) + 1)
+    pii = old_names.index("safety_pii")
+    old.samples = {3: ["0a"], pii: ["0b"]}
+    old.top = {16: [(7, "0c")], old_names.index("eval_faithfulness_n"): [(-2, "0d")]}
+    lay.fit(old)
+    got = dict(zip(lay.names, old.counts, strict=True))
+    assert got == {**{n: i + 1 for i, n in enumerate(old_names)}, **dict.fromkeys(added, 0)}
+    assert old.samples == {3: ["0a"], lay.at["safety"]: ["0b"]}
+    assert old.top == {16: [(7, "0c")], lay.eval_at: [(-2, "0d")]}
+    fewer = empty_partial(0, 0, ("a",), lay.size - 3)   # before "faithfulness" was listed
+    fewer.counts[lay.at["escalations"]] = 5
+    lay.fit(fewer)
+    assert len(fewer.counts) == lay.size - 3 and fewer.counts[lay.at["escalations"]] == 5

@@ -11,11 +11,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 
 from detector.core.events import MODEL_OPERATIONS, TraceEvent, decode
-from detector.lab.scenarios import DEFAULT_SCENARIOS, World, cycle_factor
+from detector.lab.scenarios import APPS, DEFAULT_SCENARIOS, World, cycle_factor
 from detector.lab.simulate import SCENARIOS, add_arguments, run, simulate
 
 START = datetime(2026, 1, 5, tzinfo=UTC)
@@ -392,7 +393,7 @@ def test_issue12_scenarios_are_opt_in_and_labelled(shapes: Any) -> None:
     labels, _ = shapes
     assert not set(NEW) & set(DEFAULT_SCENARIOS)
     assert (set(DEFAULT_SCENARIOS) | set(NEW) | set(ISSUE_14) | set(SHORT_CYCLE)
-            == set(SCENARIOS))
+            | set(ISSUE_17) == set(SCENARIOS))
     by = {i["scenario"]: i for i in labels["incidents"]}
     assert sorted(by) == sorted(NEW)
     for name in ("rare_wave", "lowvol_violations", "fabricated_midsize"):
@@ -491,6 +492,8 @@ def test_a_bigger_world_keeps_the_default_and_adds_small_cohorts() -> None:
 
 
 ISSUE_14 = ("eval_drop", "spend_surge")
+#: Issue 17's leading indicators (tests/test_indicators.py runs them).
+ISSUE_17 = ("escalation_surge", "entropy_collapse", "prompt_churn")
 
 
 @pytest.fixture(scope="module")
@@ -540,3 +543,29 @@ def test_spend_surge_switches_the_cohort_to_the_pricier_model(signals_run: Any) 
     others = [e for e in events if (e.app, e.environment) != (c["app"], c["environment"])
               or e.tenant != c.get("tenant", e.tenant)]
     assert "m-xlarge" not in {e.model for e in others}
+
+
+def test_leading_indicator_fields_come_only_from_the_scenarios_apps(tmp_path: Path) -> None:
+    """escalated and output_entropy appear on the chosen app's model calls alone (its
+    background), the surge moves escalations in its span only, and prompt_churn deploys its
+    versions in turn."""
+    simulate(tmp_path, hours=2.5, seed=4, rate=10.0, scenarios=list(ISSUE_17))
+    labels = json.loads((tmp_path / "labels.json").read_text())
+    by = {i["scenario"]: i for i in labels["incidents"]}
+    events, _ = _decode_all(tmp_path)
+    surge, churn = by["escalation_surge"], by["prompt_churn"]
+    flagged = [e for e in events if e.escalated is not msgspec.UNSET]
+    assert flagged and {e.app for e in flagged} == {surge["cohort"]["app"]}
+    assert {e.operation for e in flagged} <= MODEL_OPERATIONS
+    assert {e.app for e in events if e.output_entropy is not msgspec.UNSET} == {
+        by["entropy_collapse"]["cohort"]["app"]}
+    mine = _cohort_events(flagged, surge["cohort"])
+    inside = _between(mine, _t(surge["start"]), _t(surge["end"]))
+    before = _between(mine, 0.0, _t(surge["start"]))
+    assert sum(e.escalated for e in inside) / len(inside) > 3 * (
+        sum(e.escalated for e in before) / len(before))
+    versions = [e.prompt_version for e in _between(_cohort_events(events, churn["cohort"]),
+                                                   _t(churn["start"]), _t(churn["end"]))]
+    base = dict(APPS[churn["cohort"]["app"]].versions)["prompt_version"]
+    assert len(set(versions) - {base}) == 4   # (a trace begun before it still has the base)
+    assert versions[-1] == churn["suspected_change"]["now"]

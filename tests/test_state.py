@@ -19,6 +19,7 @@ from baselines import codec
 from detector.core import snapshot as state
 from detector.core.alert import encode_alert
 from detector.core.pipeline import Pipeline
+from detector.core.signals import INDICATOR_SIGNALS
 from tests.traffic import stream
 
 V1 = Path(__file__).parent / "fixtures" / "state_v1"   # written by e45989b (make_fixture.py)
@@ -36,7 +37,8 @@ def _blob(doc: dict[str, Any]) -> bytes:
 def _follow(pipe: Pipeline) -> list[dict[str, Any]]:
     lines = gzip.decompress((V1 / "follow.jsonl.gz").read_bytes()).splitlines()
     alerts = [a for line in lines for a in pipe.feed(line)] + pipe.finish()
-    return [json.loads(encode_alert(a)) for a in alerts]
+    # The leading indicators (issue 17) came after that release: its alerts, and those.
+    return [json.loads(encode_alert(a)) for a in alerts if a.signal not in INDICATOR_SIGNALS]
 
 
 def _expected() -> list[dict[str, Any]]:

@@ -70,6 +70,8 @@ OPTIONAL: dict[str, st.SearchStrategy] = {
         st.sampled_from(["faithfulness", "Relevance", "other"]),
         st.one_of(st.floats(-1000, 1000), st.sampled_from([0.0, 1.0, -1000.0, 1000.0])),
         max_size=3),
+    "output_entropy": st.one_of(st.floats(0, 1e6, allow_nan=False), st.just(1e308)),
+    "escalated": st.booleans(),
 }
 
 
@@ -224,7 +226,8 @@ def _value(field: str) -> object:
 def _counted_by(c: Counter, i: int) -> dict:
     """An event that counter ``c`` counts, by its declaration (with a trace id from "0", so
     that every kind of evidence is kept)."""
-    ev: dict = {"ts": 1_000_000.0 + i, "operation": c.on[0] if c.on else "chat", "app": "a",
+    # From a window's start (1_000_020 = 16667 minutes), so every counter's event shares it.
+    ev: dict = {"ts": 1_000_020.0 + i, "operation": c.on[0] if c.on else "chat", "app": "a",
                 "trace_id": f"0{i:031x}"}
     for f, t in c.when[:1]:
         ev[f] = _value(f) if t is SET else t

@@ -7,7 +7,8 @@ and ``resolution`` are omitted at their defaults, every other field is always wr
 Times are aware datetimes here, so a consumer such as the Alertmanager sink reads them as
 times, not by parsing strings; they are written by :func:`detector.core.timestamps.rfc3339`.
 ``containment`` is omitted when empty too (replay never acts, so its output is unchanged), and
-``dashboard_url``/``generator_url`` when ``[links]`` has no template for them.
+``dashboard_url``/``generator_url`` when ``[links]`` has no template for them, and
+``compared`` but on a canary gap.
 The window's ``start``/``end`` stay strings: the incident keeps them so in its stored state.
 
 >>> a = Alert(id="a-1", status="firing", severity="sev4", signal="volume",
@@ -32,7 +33,7 @@ import orjson
 
 from detector.core.timestamps import rfc3339, utc
 
-__all__ = ["Alert", "ContainmentResult", "Evidence", "SuspectedChange", "Window",
+__all__ = ["Alert", "Compared", "ContainmentResult", "Evidence", "SuspectedChange", "Window",
            "alert_record", "decode_alert", "encode_alert", "utc"]
 
 Status = Literal["firing", "resolved"]
@@ -59,6 +60,14 @@ class SuspectedChange(msgspec.Struct, frozen=True):
 
 class Evidence(msgspec.Struct, frozen=True):
     trace_ids: list[str]   # up to 20
+
+
+class Compared(msgspec.Struct, frozen=True):
+    """What a canary_gap alert compared its cohort with: the signal whose windows differ and
+    the other cohort (production's)."""
+
+    signal: str
+    cohort: dict[str, str]
 
 
 class ContainmentResult(msgspec.Struct, frozen=True):
@@ -97,6 +106,7 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     containment: list[ContainmentResult] = []   # [[containment]] actions; omitted when none
     dashboard_url: str | None = None   # from [links]; omitted when not configured
     generator_url: str | None = None
+    compared: Compared | None = None   # canary_gap only; omitted otherwise
 
 
 _decoder: Final = msgspec.json.Decoder(Alert)

@@ -129,6 +129,12 @@ class TraceEvent(Struct, gc=False, omit_defaults=True, kw_only=True):
     # Evaluator name -> score (OpenTelemetry's gen_ai.evaluation.result); names sanitised by
     # eval_key after decoding, so "Answer Relevance" counts for evaluator "answer_relevance".
     eval_scores: Annotated[dict[EvalName, EvalScore], Meta(max_length=MAX_EVALS)] | None = None
+    # Leading indicators (docs/contracts.md). The producer's number for how spread out the
+    # output was (entropy, or a proxy such as minus the mean token logprob): never one made
+    # from the text here, which is never read.
+    output_entropy: Annotated[float, Meta(ge=0, le=_FLOAT_MAX)] | UnsetType = UNSET
+    # The operation handed the conversation to a human (an escalation).
+    escalated: bool | UnsetType = UNSET
 
 
 class Rejection(NamedTuple):

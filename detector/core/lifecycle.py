@@ -19,7 +19,14 @@ import hashlib
 from typing import Any
 
 from detector.config import Config, Severity
-from detector.core.alert import Alert, ContainmentResult, Evidence, SuspectedChange, Window
+from detector.core.alert import (
+    Alert,
+    Compared,
+    ContainmentResult,
+    Evidence,
+    SuspectedChange,
+    Window,
+)
 from detector.core.links import dashboard_url, generator_url
 from detector.core.scoring import Decision
 from detector.core.severity import RANK, classify
@@ -53,9 +60,9 @@ def _r(x: float) -> float:
 class Incident:
     """One active alert's state (what the changelog keeps of it)."""
 
-    __slots__ = ("clean", "cohort", "containment", "evidence", "expected", "grouped", "id",
-                 "last_end", "observed", "persistence", "rule", "score", "severity", "signal",
-                 "starts_at", "suspected", "threshold", "window")
+    __slots__ = ("clean", "cohort", "compared", "containment", "detail", "evidence", "expected",
+                 "grouped", "id", "last_end", "observed", "persistence", "rule", "score",
+                 "severity", "signal", "starts_at", "suspected", "threshold", "window")
 
     def __init__(self, signal: str, cohort: dict[str, str], starts_at: float, rule: bool) -> None:
         self.id = alert_id(signal, cohort, starts_at)
@@ -77,6 +84,11 @@ class Incident:
         self.suspected: dict[str, Any] | None = None
         # Containment claims: action -> [status, wall-clock seconds] (core/containment.py).
         self.containment: dict[str, list[Any]] = {}
+        # What a leading indicator's summary says instead of "above baseline" (the compared
+        # cohort, the prompt changes); "" for the others.
+        self.detail = ""
+        # A canary gap's signal and other cohort: {"signal": ..., "cohort": {...}}.
+        self.compared: dict[str, Any] | None = None
 
 
 class Lifecycle:
@@ -120,8 +132,10 @@ class Lifecycle:
 
     def on_anomaly(self, level: int, cohort: tuple[str, ...], d: Decision, persistence: int,
                    window: tuple[float, float], evidence: list[str],
-                   suspected: dict[str, Any] | None, grouped: int) -> Alert | None:
-        """An anomalous window of a (cohort, signal) that represents its incident."""
+                   suspected: dict[str, Any] | None, grouped: int, detail: str = "",
+                   compared: dict[str, Any] | None = None) -> Alert | None:
+        """An anomalous window of a (cohort, signal) that represents its incident (``detail``:
+        a leading indicator's own account of it, for the summary)."""
         key = (d.signal, level, cohort)
         inc = self.active.get(key)
         cdict = self._cohort(level, cohort) if inc is None else inc.cohort
@@ -140,6 +154,8 @@ class Lifecycle:
             d.observed, d.expected, d.score, d.threshold)
         inc.window = {"start": rfc3339(start), "end": rfc3339(end), "events": d.events}
         inc.persistence = persistence
+        inc.detail = detail
+        inc.compared = compared
         inc.grouped = max(inc.grouped, grouped)
         self._add_evidence(inc, evidence)
         if sev is not None and (new or RANK[sev] < RANK[inc.severity]):
@@ -211,6 +227,8 @@ class Lifecycle:
         cohort_txt = " ".join(f"{k}={v}" for k, v in inc.cohort.items())
         if inc.rule:
             what = f"{inc.signal}: {int(inc.observed)} offending event(s)"
+        elif inc.detail:
+            what = inc.detail
         else:
             arrow = "above" if inc.expected is None or inc.observed >= inc.expected else "below"
             what = (f"{inc.signal} {arrow} baseline: {inc.observed:.4g} vs "
@@ -254,6 +272,8 @@ class Lifecycle:
             containment=[ContainmentResult(action=a, status=str(st), at=rfc3339(at))
                          for a, (st, at) in inc.containment.items()],
             **self._links(inc, status),
+            compared=(Compared(signal=inc.compared["signal"], cohort=dict(inc.compared["cohort"]))
+                      if inc.compared else None),
         )
 
     def _links(self, inc: Incident, status: str) -> dict[str, str]:

@@ -97,7 +97,7 @@ _FIELDS: Final = ("tenant", "region", "app", "environment", "model", "model_vers
                   "finish_reason", "refusal", "instruction_violation", "output_format_valid",
                   "safety_hits", "retries", "error_type", "tool_name", "tool_authorized",
                   "tool_side_effect", "tool_approved", "schema_valid", "tool_result_fabricated",
-                  "tool_status", "memory_bytes")
+                  "tool_status", "memory_bytes", "output_entropy", "escalated")
 _MISSING: Final = object()
 _LEGACY_FIELD: Final = "_gen_ai_system"
 _FROM_REASONS: Final = "_refusal_from_finish_reasons"
@@ -105,6 +105,11 @@ _NO_TRACE, _NO_SPAN = "0" * 32, "0" * 16
 _CACHE_ENTRIES: Final = 1 << 16
 _CACHE_KEYS: Final = 1 << 12
 _VALUES_PER_UNMAPPED: Final = 256
+#: An unmapped attribute is cached only if its name has none of these words (a content
+#: attribute's name with a byte changed is unmapped, not content) and it is at most this long.
+_CONTENT_WORDS: Final = ("message", "prompt", "completion", "content", "instruction",
+                         "argument", "result", "explanation", "input", "output")
+_UNMAPPED_MAX_BYTES: Final = 96
 _RESOURCES: Final = 1 << 10
 
 
@@ -122,6 +127,19 @@ def check_mapping(cfg: Config) -> None:
             if name.startswith(CONTENT_ATTRIBUTES):
                 raise ConfigError(f"input.otlp.{f}[{i}]: {name!r} carries message content, "
                                   "which is never read")
+
+
+def _content_like(name: str) -> bool:
+    """Whether an unmapped attribute's name may carry message text, so its value is never
+    cached: the content names with a byte changed, and names of the same kind.
+
+    >>> _content_like("gen_ai\x1dinput.messages"), _content_like("app.Prompt_text")
+    (True, True)
+    >>> _content_like("http.route"), _content_like("gen_ai.request.temperature")
+    (False, False)
+    """
+    low = name.lower()
+    return any(w in low for w in _CONTENT_WORDS)
 
 
 def check_backend(key: str = "input.format") -> None:
@@ -381,6 +399,8 @@ class OtlpDecoder:
         if key.startswith(CONTENT_ATTRIBUTES):
             return pairs, out
         if not hits:
+            if len(b) > _UNMAPPED_MAX_BYTES or _content_like(key):
+                return pairs, out
             seen = self.unmapped
             if len(seen) >= _CACHE_KEYS:   # names are input too: bounded
                 seen.clear()

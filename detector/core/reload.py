@@ -36,7 +36,7 @@ __all__ = ["RELOADABLE_SIGNAL_KEYS", "RELOADABLE_TOP", "ReloadPlan", "changed_ke
            "plan_reload", "reloadable"]
 
 #: Top-level sections applied whole from the next window on.
-RELOADABLE_TOP = frozenset({"severity", "overrides", "sinks", "links"})
+RELOADABLE_TOP = frozenset({"severity", "overrides", "sinks", "links", "indicators"})
 #: Per signal, the keys that only change how its scores are judged and what its alert says.
 #: (``enabled`` is not one: a signal switched off stops teaching its baselines, and switched
 #: back on would be scored against a stale one.)

@@ -19,7 +19,7 @@ from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline
-from baselines.rate import RateBaseline
+from baselines.rate import PLAIN, RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
@@ -133,6 +133,9 @@ class Scorer:
             s for s in self.layout.signals if config.signal(s.name).enabled
         )
         self.adopt_after = b.adopt_after_windows
+        self._rates = tuple(s for s in self.signals if s.kind == "rate")
+        # The C twin of learn_plain_py when it was built (baselines/_rate.c).
+        self._learn_plain: Callable[..., None] = PLAIN if PLAIN is not None else learn_plain_py
         self.resolve_after = config.alerting.resolve_after_clean_windows
         self._rebaselines = [(int(r.at.timestamp() // self.size), r) for r in config.rebaseline]
         self._nats: dict[float, float] = {}
@@ -177,7 +180,8 @@ class Scorer:
     # -- baselines --------------------------------------------------------------------------
     def _new(self, sig: Signal) -> Baseline:
         if sig.kind == "rate":
-            return RateBaseline(self.fast, self.slow, self.max_disp, self.adopt_after)
+            # (The C twin of RateBaseline when it was built: the same floats, faster.)
+            return new_rate(self.fast, self.slow, self.max_disp, self.adopt_after)
         if sig.kind == "quantity":
             return QuantityBaseline(self.fast, self.slow, self.adopt_after, self.bins, self.period,
                                     self.find_period)
@@ -253,7 +257,9 @@ class Scorer:
                 # bad window is not stretched into three windows of "persistence" (and
                 # only then are they scored).
                 half = t / 2
-                up_lean, down_lean = max(zf, zs) >= half, min(zf, zs) <= -half
+                # (max(zf, zs) and min(zf, zs), without the builtin calls.)
+                up_lean = (zs if zs > zf else zf) >= half
+                down_lean = (zs if zs < zf else zf) <= -half
                 prev = recent.get(name) if up_lean or down_lean else None
                 if prev and prev[-1][0] == window - 1:
                     for w, px, py, pq in prev:
@@ -325,7 +331,7 @@ class Scorer:
             # (No rise past RISE_MIN of the slow rate, which the reference is at least, on an
             # idle statistic: peek_up's own "no evidence", without working out the reference.)
             ups = (ZEROS if d == "down" or (not cus.up and k <= RISE_MIN * (n * b.expected(True)))
-                   else cus.peek_up(k, n * b.reference(), disp, h / 2))  # type: ignore[union-attr]
+                   else b.peek_up(cus, k, n, h / 2))  # type: ignore[union-attr]
             down = (0.0 if d == "up" else
                     cus.peek_down(k, n * b.reference(up=False), disp, h / 2))  # type: ignore[union-attr]
             up = max(ups)
@@ -378,12 +384,18 @@ class Scorer:
         w = p.window
         recent, persist, episodes, baselines = own.recent, own.persist, own.episodes, own.baselines
         clear_ratio, warmup, resolve_after = self.clear_ratio, self.warmup, self.resolve_after
+        # The rates without a decision in this window (most of them) in one call; the loop
+        # below leaves them out.
+        self._learn_plain(self._rates, decisions, c, recent, persist, episodes, baselines, w,
+                          warmup, SLOW_FREEZE, resolve_after, self._new)
         x: float
         y: float
         q: float
         for sig in self.signals:
             name, kind, num, den, sq, _, flags, _log = sig
             if kind == "rate":
+                if d_next is None or d_next.signal != name:
+                    continue   # learned by _learn_plain
                 n = c[den]
                 x, y, q = c[num], n, 0.0
             elif kind == "quantity":
@@ -451,9 +463,7 @@ class Scorer:
                 # The slow horizon stays out of it while the fast one drifts away from it. (Not
                 # while sequential evidence merely builds: a rare event's reference would learn
                 # none of its own hits, sink, and build evidence out of nothing.)
-                drifting = (flags and b.n >= warmup
-                            and abs(b.drift_score(x, n)) >= SLOW_FREEZE)
-                b.learn_one(x, n, not drifting)
+                b.learn_window(x, n, flags, warmup, SLOW_FREEZE)
             elif kind == "quantity":
                 b.learn_one(n, y, q, anomalous=guarded, t=w * self.size)
             else:
@@ -513,3 +523,52 @@ class Scorer:
                     own.episodes.pop(sig.name, None)
                     own.persist.pop(sig.name, None)
                     own.recent.pop(sig.name, None)
+
+
+def learn_plain_py(rates: tuple[Signal, ...], decisions: list[Decision], c: list[int],
+                   recent: dict[str, list[tuple[int, float, float, float]]],
+                   persist: dict[str, int], episodes: dict[str, list[float]],
+                   baselines: dict[str, Any], w: int, warmup: int, freeze: float,
+                   resolve_after: int, new: Callable[[Signal], Any]) -> None:
+    """What :meth:`Scorer.learn` does for the rate signals with no decision in window ``w``
+    (no data, or nothing to score: most of them), the reference for ``learn_plain`` in
+    baselines/_rate.c (tests/test_rate_twin.py): the last windows' totals kept, persistence
+    and an expired episode dropped, and the window learned with the slow horizon frozen
+    while drifting. ``decisions`` are in signal order; ``new(sig)`` makes a baseline."""
+    decided = {d.signal for d in decisions}
+    for sig in rates:
+        name, _, num, den, _, _, flags, _ = sig
+        if name in decided:
+            continue
+        n = c[den]
+        if n <= 0:
+            if recent:
+                recent.pop(name, None)
+            if persist:
+                persist.pop(name, None)
+            if episodes:
+                ep = episodes.get(name)
+                if ep is not None and w - ep[1] >= resolve_after:
+                    del episodes[name]
+            continue
+        x = c[num]
+        entry = (w, x, n, 0.0)
+        prev = recent.get(name)
+        if not prev:
+            recent[name] = [entry]
+        elif prev[-1][0] == w - 1:   # kept in place: the last two windows
+            if len(prev) > 1:
+                del prev[0]
+            prev.append(entry)
+        else:
+            prev[:] = (entry,)
+        if persist:
+            persist.pop(name, None)
+        if episodes:
+            ep = episodes.get(name)
+            if ep is not None and w - ep[1] >= resolve_after:
+                del episodes[name]
+        b = baselines.get(name)
+        if b is None:
+            b = baselines[name] = new(sig)
+        b.learn_window(x, n, flags, warmup, freeze)

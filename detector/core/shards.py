@@ -29,7 +29,7 @@ from detector.core.alert import Alert
 from detector.core.lifecycle import Key
 from detector.core.partials import Partial, decode_partial, encode, route_key
 from detector.core.rules import RuleHit, decode_hit, encode_hit
-from detector.core.scoring import Decision
+from detector.core.scoring import CohortModel, Decision
 from detector.core.stage2 import MAX_GAP_WINDOWS, Stage2
 
 __all__ = ["Finding", "OpenWindow", "Peer", "PeerState", "Report", "ShardedStage2", "shard_of"]
@@ -144,6 +144,9 @@ class ShardedStage2(Stage2):
         if key[0] == self.fin:
             return self._findings[(key, signal)].persistence
         return self.shards[0]._persist(key, signal)
+
+    def _coarse_model(self, key: Cohort) -> CohortModel | None:
+        return self.shards[0].models.get(key)
 
     def _context(self, key: Cohort, d: Decision, w: int, parts: dict[Cohort, Partial]
                  ) -> tuple[list[str], dict[str, str | None] | None]:

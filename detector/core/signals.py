@@ -33,14 +33,14 @@ from enum import Enum
 from typing import TYPE_CHECKING, Final, Literal, NamedTuple
 
 from detector.core.events import MODEL_OPERATIONS
-from detector.core.partials import SCALE
+from detector.core.partials import SCALE, Partial
 
 if TYPE_CHECKING:
     from detector.config import Config, Price
 
-__all__ = ["COUNTERS", "EVAL_SCALE", "FIXED_AT", "HARD_RULE_SIGNALS", "MAX_RETRIES", "SET",
-           "SIGNALS", "Counter", "Layout", "Signal", "SignalSpec", "check", "expand",
-           "known_signals", "layout_of", "matches"]
+__all__ = ["ADDED", "ADDED_WIDTH", "COUNTERS", "EVAL_SCALE", "FIXED_AT", "HARD_RULE_SIGNALS",
+           "INDICATOR_SIGNALS", "MAX_RETRIES", "SET", "SIGNALS", "Counter", "Layout", "Signal",
+           "SignalSpec", "check", "expand", "known_signals", "layout_of", "matches"]
 
 Kind = Literal["rate", "quantity", "volume"]
 #: How a counter is counted: ``count`` +1 per event that passes ``when``; ``sum`` adds an int
@@ -117,6 +117,11 @@ COUNTERS: Final[tuple[Counter, ...]] = (
     Counter("in_tok", "log1p", "input_tokens", on=MODEL_CALL),
     Counter("out_tok", "log1p", "output_tokens", on=MODEL_CALL, evidence=_TOP),
     Counter("lat", "log1p", "latency_ms", on=MODEL_CALL, evidence=_TOP),
+    # Leading indicators (optional fields): hand-offs to a human, and the output's entropy as
+    # the producer measured it (log1p like any quantity: non-negative, no new rule in C).
+    Counter("escalations", when=(("escalated", True),), evidence=_IDS),
+    Counter("escalation_reported", when=(("escalated", SET),)),
+    Counter("entropy", "log1p", "output_entropy", on=MODEL_CALL, evidence=_TOP),
     Counter("safety", "labels", "safety_hits", evidence=_IDS),
     Counter("cost", "cost", on=MODEL_CALL, evidence=_TOP),
     Counter("eval", "scores", "eval_scores", evidence="lowest"),
@@ -176,7 +181,14 @@ EVENTS, MODEL, REFUSAL = FIXED_AT["events"], FIXED_AT["model_calls"], FIXED_AT["
 RETRIES, IN_N, OUT_N = FIXED_AT["retries"], FIXED_AT["in_tok"], FIXED_AT["out_tok"]
 IN_S = IN_N + 1
 
+#: The fixed counters added after partials first crossed the wire (the leading indicators'),
+#: and how many counters they take: :meth:`Layout.fit` makes room for them in an older one.
+ADDED: Final = ("escalations", "escalation_reported", "entropy")
+ADDED_WIDTH: Final = 5
+
 HARD_RULE_SIGNALS: Final = ("unauthorized_tool_call", "unapproved_side_effect")
+#: Leading indicators stage 2 works out across windows or cohorts (core/indicators.py).
+INDICATOR_SIGNALS: Final = ("canary_gap", "prompt_churn")
 #: Evaluation scores are summed as round(score × EVAL_SCALE) (integers: order-free sums); the
 #: same scale as the log1p quantities', so scoring divides every quantity alike.
 EVAL_SCALE: Final = SCALE
@@ -246,6 +258,13 @@ SIGNALS: Final[tuple[SignalSpec, ...]] = (
     SignalSpec("cost", "quantity", "cost", description="spend per model call (price table "
                "units per million tokens, × 1e-6)"),
     SignalSpec("eval_{}", "quantity", "eval", description="mean {} evaluation score", log=False),
+    # Per event that reports the field: a cohort that never does has no such signal to score
+    # or learn, and costs nothing.
+    _rate("escalation_rate", "escalations", "escalation_reported",
+          "hand-offs to a human per event that reports them"),
+    SignalSpec("output_entropy", "quantity", "entropy",
+               description="the outputs' entropy as producers report it (geometric mean of "
+               "1 + entropy, less 1)"),
     SignalSpec("volume", "volume", "events", "events", "events per window"),
 )
 
@@ -284,6 +303,25 @@ class Layout:
         self.signals: tuple[Signal, ...] = tuple(
             s for spec in SIGNALS for s in self._expand(spec, members.get(spec.num)))
 
+    def fit(self, p: Partial) -> None:
+        """A partial from an older worker or state, in this layout: one written before
+        :data:`ADDED` lacks those counters (their place is before the groups, which a
+        config can size, so the C counting's indexes stay fixed) and gets zeros there, its
+        group counters and their evidence moved up; one from a layout with fewer evaluators
+        (groups of three) is widened at the end, as merging does. The missing widths tell
+        the two apart: the added counters' width is not a multiple of three."""
+        c = p.counts
+        short = self.size - len(c)
+        if short <= 0 or short % 3 != ADDED_WIDTH % 3:
+            return
+        at = FIXED_AT[ADDED[0]]
+        c[at:at] = [0] * ADDED_WIDTH
+        for held in (p.samples, p.top):
+            if any(i >= at for i in held):
+                moved = {i + ADDED_WIDTH if i >= at else i: v for i, v in held.items()}
+                held.clear()
+                held.update(moved)  # type: ignore[arg-type]
+
     def _expand(self, spec: SignalSpec, members: tuple[str, ...] | None) -> list[Signal]:
         """A declared signal's Signal, or one per member of the group of counters it reads."""
         q = spec.kind == "quantity"
@@ -300,7 +338,7 @@ def known_signals(safety_labels: list[str], leak_labels: list[str],
                   evaluators: list[str] = ()) -> frozenset[str]:  # type: ignore[assignment]
     """Every signal name a config may set: windowed signals and hard rules."""
     windowed = {s.name for s in Layout(tuple(safety_labels), tuple(evaluators)).signals}
-    return frozenset(windowed | set(HARD_RULE_SIGNALS) | set(leak_labels))
+    return frozenset(windowed | set(HARD_RULE_SIGNALS) | set(INDICATOR_SIGNALS) | set(leak_labels))
 
 
 def layout_of(config: Config) -> Layout:

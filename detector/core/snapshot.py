@@ -24,6 +24,7 @@ from typing import Any
 import msgspec
 
 from baselines import codec
+from baselines.rate import as_twin
 from baselines.sequential import Cusum
 from detector.core.lifecycle import Incident
 from detector.core.partials import Partial, decode_partial, encode
@@ -156,7 +157,8 @@ def _model(m: _Model, version: int) -> CohortModel:
             obj = codec.decode(b)
         if not isinstance(obj, codec.CLASSES):
             raise ValueError(f"stage-2 state {where}: baseline {name!r} is not a baseline")
-        out.baselines[name] = obj  # type: ignore[assignment]  # checked: a codec class
+        # A rate's state is written as the reference's; it runs in the C twin when built.
+        out.baselines[name] = as_twin(obj)   # checked: a codec class
     return out
 
 

@@ -16,6 +16,15 @@ from typing import Any, Final
 
 from detector.config import Config
 from detector.core.alert import Alert
+from detector.core.indicators import (
+    CANARY,
+    PRODUCTION,
+    canary_pairs,
+    churn,
+    compared,
+    version_gap,
+    widest,
+)
 from detector.core.lifecycle import Key, Lifecycle
 from detector.core.partials import (
     UNKNOWN,
@@ -39,6 +48,11 @@ __all__ = ["Stage2"]
 
 _SUSPECT_ORDER = (1, 2, 0)     # on a tie: prompt, then policy, then model version
 MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not walked window by window
+#: A leading indicator's finding: cohort, decision, persistence (0: its incident's, one more
+#: per window in a row), evidence trace ids, suspected change, summary (``{}``: persistence)
+#: and what a canary gap compared.
+_Leading = tuple[tuple[int, tuple[str, ...]], Decision, int, list[str],
+                 dict[str, str | None] | None, str, dict[str, Any] | None]
 
 
 class Stage2:
@@ -56,6 +70,7 @@ class Stage2:
         self.share = config.alerting.version_share
         self.lookback = config.alerting.suspect_lookback_windows
         self.scorer = Scorer(config)
+        self.compared = compared(self.scorer.signals, config)   # by the canary gap
         self.life = Lifecycle(config)
         self.models: dict[tuple[int, tuple[str, ...]], CohortModel] = {}
         self.pending: dict[int, dict[tuple[int, tuple[str, ...]], Partial]] = {}
@@ -90,6 +105,7 @@ class Stage2:
             raise ValueError(f"needs a restart: {', '.join(plan.refused)}")
         self.config = config
         self.scorer.reconfigure(config)
+        self.compared = compared(self.scorer.signals, config)
         self.life.reconfigure(config)
 
     # -- input ------------------------------------------------------------------------------
@@ -97,6 +113,7 @@ class Stage2:
         if self.next_window is not None and p.window < self.next_window:
             self.late_partials += 1
             return
+        self.scorer.layout.fit(p)
         merge_keyed(self.pending.setdefault(p.window, {}), (p.level, p.cohort), p, self.k)
 
     def apply(self, hits: list[RuleHit], watermark: float | None) -> list[Alert]:
@@ -209,10 +226,112 @@ class Stage2:
             touched.add((signal, key[0], key[1]))
             if a:
                 out.append(a)
+        out += self._leading(w, parts, decisions, touched)
         out += self.life.close_window(touched)
         self.windows_closed += 1
         if self.on_closed is not None:
             self.on_closed(w, parts, out)
+        return out
+
+    # -- leading indicators (core/indicators.py) ------------------------------------------
+    def _coarse_model(self, key: tuple[int, tuple[str, ...]]) -> CohortModel | None:
+        """The model of a cohort coarser than the finest (every shard's replica is alike)."""
+        return self.models.get(key)
+
+    def _leading(self, w: int, parts: dict[tuple[int, tuple[str, ...]], Partial],
+                 decisions: dict[tuple[int, tuple[str, ...]], list[Decision]],
+                 touched: set[Key]) -> list[Alert]:
+        """Window ``w``'s leading-indicator alerts: the canary gap of each app with both
+        environments, and the prompt churn of each cohort at the coarsest level. Their
+        persistence is their incident's, one more for each window in a row."""
+        t0 = w * self.size
+        out: list[Alert] = []
+        for key, d, since, evidence, sus, detail, cmp in (self._gaps(parts, decisions)
+                                                          + self._churn(w, parts)):
+            lkey = (d.signal, key[0], key[1])
+            inc = self.life.active.get(lkey)
+            persistence = since or (
+                inc.persistence + 1 if inc is not None and inc.last_end == t0 else 1)
+            a = self.life.on_anomaly(key[0], key[1], d, persistence, (t0, t0 + self.size),
+                                     evidence, sus, 0, detail.format(persistence), cmp)
+            touched.add(lkey)
+            if a:
+                out.append(a)
+        return out
+
+    def _threshold(self, signal: str, key: tuple[int, tuple[str, ...]]) -> float:
+        t = self.config.signal(signal).threshold
+        active = (signal, key[0], key[1]) in self.life.active
+        return t * self.config.alerting.clear_ratio if active else t
+
+    def _gaps(self, parts: dict[tuple[int, tuple[str, ...]], Partial],
+              decisions: dict[tuple[int, tuple[str, ...]], list[Decision]]) -> list[_Leading]:
+        sc = self.config.signal("canary_gap")
+        if not sc.enabled or not self.compared:
+            return []
+        out: list[_Leading] = []
+        need = self.scorer.warmup
+        for ckey, pkey in canary_pairs(parts, self.levels):
+            prod = self._coarse_model(pkey)
+
+            def dispersion(name: str, prod: CohortModel | None = prod) -> float:
+                b: Any = prod.baselines.get(name) if prod is not None else None
+                return b.dispersion() if b is not None and b.n >= need else 1.0
+
+            t = self._threshold("canary_gap", ckey)
+            # Only signals that either side's own baseline finds leaning half-way off: a
+            # gap both baselines know (another traffic mix, a change production has adopted)
+            # is the normal, not news.
+            moved = {d.signal for k in (ckey, pkey) for d in decisions.get(k, ())
+                     if abs(d.score) >= t / 2}
+            signals = [s for s in self.compared if s.name in moved]
+            if not signals:
+                continue
+            best = widest(signals, parts[ckey], parts[pkey],
+                          (self._coarse_model(ckey), prod), dispersion, sc.min_count, t)
+            if best is None or abs(best[1]) < t:
+                continue
+            sig, z, seen, expected = best
+            d = Decision("canary_gap", z, seen, expected, sc.threshold, True,
+                         int(parts[ckey].counts[EVENTS]))
+            # The evidence of the side that is higher: the canary's when it is.
+            side = parts[ckey] if z > 0 else parts[pkey]
+            evidence = self._evidence(side, d._replace(signal=sig.name, score=1.0))
+            twin = " ".join(f"{f}={v}" for f, v in zip(self.levels[pkey[0]], pkey[1],
+                                                       strict=True))
+            detail = (f"canary_gap: {sig.name} {seen:.4g} in {CANARY} vs {expected:.4g} in "
+                      f"{PRODUCTION} ({twin}), score {z:+.1f} for {{}} window(s)")
+            cmp = {"signal": sig.name,
+                   "cohort": dict(zip(self.levels[pkey[0]], pkey[1], strict=True))}
+            out.append((ckey, d, 0, evidence, version_gap(parts[ckey], parts[pkey],
+                                                       _SUSPECT_ORDER), detail, cmp))
+        return out
+
+    def _churn(self, w: int, parts: dict[tuple[int, tuple[str, ...]], Partial]) -> list[_Leading]:
+        sc = self.config.signal("prompt_churn")
+        if not sc.enabled:
+            return []
+        lookback = self.config.indicators.churn_windows
+        out: list[_Leading] = []
+        for key in sorted(parts):
+            model = self._coarse_model(key) if key[0] == 0 else None
+            if model is None:
+                continue
+            changes = churn(model, w, lookback)
+            n = len(changes)
+            if n < self._threshold("prompt_churn", key):
+                continue
+            # Persistent since the change that brought the count to the threshold (changes
+            # come newest first).
+            reached = changes[max(n - math.ceil(sc.threshold), 0)][0]
+            d = Decision("prompt_churn", float(n), float(n), None, sc.threshold, True,
+                         int(parts[key].counts[EVENTS]))
+            sus = {"field": "prompt_version", "now": changes[0][1],
+                   "baseline": changes[1][1] if n > 1 else None}
+            detail = (f"prompt_churn: {n} new prompt versions within {lookback} windows, the "
+                      f"newest {changes[0][1]}, for {{}} window(s)")
+            evidence = list(parts[key].samples.get(EVENTS, []))
+            out.append((key, d, w - reached + 1, evidence, sus, detail, None))
         return out
 
     def _context(self, key: tuple[int, tuple[str, ...]], d: Decision, w: int,

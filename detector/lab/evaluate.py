@@ -72,6 +72,7 @@ class _Alert:
     severity: str
     suspected_change: dict[str, Any] | None
     ended: datetime | None = None  # when it resolved; None while still firing
+    compared: dict[str, Any] | None = None  # a canary gap's signal and other cohort
 
 
 def _ended(recs: list[dict[str, Any]]) -> datetime | None:
@@ -105,7 +106,7 @@ def _collect(records: list[dict[str, Any]]) -> list[_Alert]:
         change = next((r["suspected_change"] for r in recs if r.get("suspected_change")), None)
         alerts.append(_Alert(aid, str(first["signal"]), first["cohort"], _time(when),
                              min((r["severity"] for r in recs), key=_RANK.__getitem__),
-                             change, _ended(recs)))
+                             change, _ended(recs), first.get("compared")))
     return alerts
 
 
@@ -114,9 +115,14 @@ def _compatible(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 def _matches(alert: _Alert, inc: dict[str, Any], window: float) -> bool:
-    if (inc["kind"] != "benign" or inc["signals"]) and alert.signal not in inc["signals"]:
+    # A canary gap is found by the signal it compared, on either of its two cohorts.
+    cmp = alert.compared if isinstance(alert.compared, dict) else None
+    signal = str(cmp.get("signal")) if cmp and alert.signal == "canary_gap" else alert.signal
+    cohorts = [alert.cohort] + ([cmp["cohort"]] if cmp and isinstance(cmp.get("cohort"), dict)
+                                else [])
+    if (inc["kind"] != "benign" or inc["signals"]) and signal not in inc["signals"]:
         return False
-    if not _compatible(alert.cohort, inc["cohort"]):
+    if not any(_compatible(c, inc["cohort"]) for c in cohorts):
         return False
     lo = (inc["_start"] - alert.detected).total_seconds()
     hi = (alert.detected - inc["_end"]).total_seconds()

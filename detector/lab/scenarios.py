@@ -70,6 +70,10 @@ class AppProfile:
     evaluators: tuple[tuple[str, float], ...] = ()
     p_eval: float = 0.0
     eval_mult: float = 1.0  # the first evaluator's scores, times this
+    # Leading indicators, reported only where a scenario's background sets them (0: absent):
+    # hand-offs to a human per model call, and the outputs' median entropy (nats).
+    p_escalate: float = 0.0
+    entropy_med: float = 0.0
 
     def events_per_trace(self) -> float:
         chat = 1.0 - self.p_textcomp
@@ -143,6 +147,9 @@ class Scenario:
     max_firing_s: float | None = None
     #: The model the cohort switches to during the incident (a pricier one: spend).
     model_to: str | None = None
+    #: Versions deployed one after another during the incident (prompt churn): its change,
+    #: then this many more, evenly spaced.
+    churn: int = 0
 
 
 def _d(name: str, signal: str, attr: str, factor: float, floor: float = 0.0,
@@ -242,6 +249,17 @@ SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (
     # A deploy moves a cohort to a five times pricier model: spend is recorded, not paged.
     Scenario("spend_surge", "drift", ("cost",), "sev4", apps=("support-agent",),
              min_per_min=20.0, change_fields=("model_version",), model_to="m-xlarge"),
+    # Issue 17's leading indicators, opt-in as well: early warnings, sev3 at most. The fields
+    # are reported by the chosen app only (its background), from the first event on.
+    # Hand-offs to a human quadruple after a prompt change.
+    _d("escalation_surge", "escalation_rate", "p_escalate", 4, 0.1, expected="sev3",
+       scope="app", background=(("p_escalate", 0.0, 0.02),), change_fields=("prompt_version",)),
+    # The outputs' entropy collapses (stuck, repetitive answers) after a model change.
+    _d("entropy_collapse", "output_entropy", "entropy_med", 0.4, expected="sev3", scope="app",
+       background=(("entropy_med", 0.0, 2.5),), change_fields=("model_version",)),
+    # A deploy followed by three more prompt versions within forty minutes.
+    Scenario("prompt_churn", "drift", ("prompt_churn",), "sev4", scope="app", min_per_min=0.0,
+             change_fields=("prompt_version",), churn=3, minutes=40.0),
 )}
 #: Issue 14's evaluators and token prices for the simulated apps and models.
 SIM_EVALUATORS: Final = ("faithfulness", "relevance")
@@ -277,6 +295,20 @@ class PlannedIncident:
     first_ms: int | None = None  # hard rules: actual first/last offending event times
     last_ms: int | None = None
     id: str = ""
+
+    def step(self, now: float) -> int:
+        """Which of a churning incident's versions is live at ``now`` (0: its change)."""
+        n = self.scenario.churn
+        if not n or now < self.start:
+            return 0
+        return min(n, int((now - self.start) // ((self.end - self.start) / (n + 1))))
+
+    def change_at(self, now: float) -> tuple[str, str, str] | None:
+        """The change live at ``now``: a churning incident's moves on by one per step."""
+        step = self.step(now)
+        if self.change is None or not step:
+            return self.change
+        return (self.change[0], self.change[1], _bump(self.change[2], step))
 
     def covers(self, c: Cohort) -> bool:
         t, app, env = self.cohort

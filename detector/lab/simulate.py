@@ -95,6 +95,8 @@ class _Rates:
     lat_med: float
     p_eval: float
     eval_mult: float
+    p_escalate: float
+    entropy_med: float
 
 
 _NUM: Final = tuple(_Rates.__annotations__)
@@ -110,7 +112,7 @@ class _Profile(_Rates):
 
     def __init__(self, world: World, c: Cohort, versions: dict[str, str],
                  inc: PlannedIncident | None, intensity: float, burst: bool,
-                 normal: Effect = ()) -> None:
+                 normal: Effect = (), now: float = 0.0) -> None:
         app = world.apps[c[1]]
         for name in _NUM:
             setattr(self, name, getattr(app, name))
@@ -120,8 +122,9 @@ class _Profile(_Rates):
         self.inc = inc
         vers = dict(versions)
         if inc is not None:
-            if inc.change is not None:
-                vers[inc.change[0]] = inc.change[2]
+            change = inc.change_at(now)
+            if change is not None:
+                vers[change[0]] = change[2]
             if inc.scenario.model_to:
                 vers["model"] = inc.scenario.model_to
             for attr, factor, floor in inc.scenario.effect:
@@ -154,6 +157,9 @@ class _Generator:
         # it was before they existed.
         erng = random.Random(f"{seed}:evals")
         self.erand, self.egauss = erng.random, erng.gauss
+        # ...and so do the leading indicators' fields.
+        irng = random.Random(f"{seed}:indicators")
+        self.irand, self.igauss = irng.random, irng.gauss
         self.heap: list[tuple[int, int, dict[str, Any]]] = []
         self.seq = 0
         self.load = 1.0
@@ -183,11 +189,13 @@ class _Generator:
             if inc is not None and inc.ramp_end is not None:
                 intensity = min(1.0, (now - inc.start) / (inc.ramp_end - inc.start))
             burst = c[1] in burst_apps and c[2] == "production"
-            key = (c, tuple(versions[c[1]].values()), inc and inc.id, intensity, burst, normal)
+            step = inc.step(now) if inc is not None else 0
+            key = (c, tuple(versions[c[1]].values()), inc and inc.id, intensity, burst, normal,
+                   step)
             prof = self._cache.get(key)
             if prof is None:
                 prof = self._cache[key] = _Profile(self.world, c, versions[c[1]], inc,
-                                                   intensity, burst, normal)
+                                                   intensity, burst, normal, now)
             self.profiles.append(prof)
             total += share * prof.volume
             self.cum.append(total)
@@ -303,6 +311,11 @@ class _Generator:
         ev["refusal"] = refusal
         if p.evals and not error and self.erand() < p.p_eval:
             ev["eval_scores"] = self._scores(p)
+        escalated = False
+        if p.entropy_med and not error:
+            ev["output_entropy"] = round(p.entropy_med * exp(0.25 * self.igauss()), 3)
+        if p.p_escalate:
+            ev["escalated"] = escalated = self.irand() < p.p_escalate
         cur = t * 1000.0 + lat
         first_ms = int(cur)
         push(first_ms, ev)
@@ -363,7 +376,7 @@ class _Generator:
                      "prompt_injection", "p_iv": violation, "p_fmt_fail": fmt_bad,
                      "p_retry": retries > 0, "p_error": error, "p_schema_invalid": schema_bad,
                      "p_fabricated": fabricated, "tools_mean": n >= 4, "p_memory": memory,
-                     "p_override": override}.get(p.mark, True)
+                     "p_override": override, "p_escalate": escalated}.get(p.mark, True)
             if p.mark == "p_refusal" and p.p_refusal < 0.01:
                 shown = not refusal  # a refusal collapse: any answered request shows it
             if shown:
@@ -422,6 +435,10 @@ def _label(inc: PlannedIncident) -> dict[str, Any]:
     tenant, app, env = inc.cohort
     cohort = {"app": app, "environment": env} | ({"tenant": tenant} if tenant else {})
     change = inc.change
+    if change is not None and sc.churn:   # the last two of its versions, as churn names them
+        last, prev = inc.change_at(inc.end - 1.0), inc.change_at(
+            inc.end - 1.0 - (inc.end - inc.start) / (sc.churn + 1))
+        change = (change[0], prev[2], last[2]) if last and prev else change
     return {
         "id": inc.id, "scenario": sc.name, "kind": sc.kind, "signals": list(sc.signals),
         "cohort": cohort, "start": rfc3339(start_ms / 1000), "end": rfc3339(end_ms / 1000),
@@ -461,7 +478,9 @@ def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
                       for s in range(int((i.ramp_end - i.start) / RAMP_STEP_S) + 1)} |
                      {i.start + s * _cycle_step(i.scenario) for i in incidents
                       if i.scenario.cycle
-                      for s in range(int((i.end - i.start) / _cycle_step(i.scenario)) + 1)})
+                      for s in range(int((i.end - i.start) / _cycle_step(i.scenario)) + 1)} |
+                     {i.start + s * (i.end - i.start) / (i.scenario.churn + 1)
+                      for i in incidents for s in range(1, i.scenario.churn + 1)})
     forced = sorted(((ft, i) for i in incidents for ft in i.offend_at), key=lambda x: x[0])
     out_dir.mkdir(parents=True, exist_ok=True)
     traces, labels_path = out_dir / "traces.jsonl", out_dir / "labels.json"

@@ -9,7 +9,7 @@ Topology (one worker process runs both halves; scale out by adding workers and p
   to the dead-letter topic, then commits. Faust's per-message path costs many times the
   detection work, so the trace topic never goes through it.
 * stage 2 — a Faust agent on ``<group>-stage2`` (few messages), split by the finest cohort
-  (decision 0008): each stage-2 partition's :class:`~detector.core.shards.Peer` (held by a
+  (decision 0009): each stage-2 partition's :class:`~detector.core.shards.Peer` (held by a
   :class:`~detector.stream.stage2_partition.Stage2Partition`) merges the partials of the finest
   cohorts hashed to it and of every coarser cohort, scores a window at the minimum watermark
   over source partitions (idle ones excluded after ``idle_partition_timeout_seconds``), sends
@@ -340,7 +340,7 @@ class Worker:
             self.emit(alerts)
             self._preserve(alerts)
             # State in the table on every change, so a successor resumes without warm-up.
-            # Models (the bulk) only when they changed; input every time (decision 0008).
+            # Models (the bulk) only when they changed; input every time (decision 0009).
             for q, key in touched:
                 owner = self.parts.get(q)
                 if owner is not None:
