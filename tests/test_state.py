@@ -18,6 +18,7 @@ from river import stats
 from baselines import codec
 from detector.core import snapshot as state
 from detector.core.alert import encode_alert
+from detector.core.partials import decode_partial
 from detector.core.pipeline import Pipeline
 from detector.core.signals import INDICATOR_SIGNALS
 from tests.traffic import stream
@@ -97,6 +98,36 @@ def test_models_and_pending_written_apart_load_as_the_whole(config) -> None:
     assert state.dump_route(fresh.stage2, route) == state.dump_route(s2, route)
     with pytest.raises(ValueError, match="unknown part"):
         state.dump_route(s2, route, "baselines")
+
+
+def test_pending_written_per_window_loads_as_the_whole(config) -> None:
+    """The worker writes a route key's pending input one record per window (written while
+    the window is pending, deleted once it is scored): the windows' records with the models
+    are the whole state, and each record holds only its window's partials."""
+    pipe = Pipeline(config)
+    for m in stream(40):
+        pipe.feed(m)
+    whole = Pipeline(config).stage2
+    for key in list(pipe.stage2.models):   # the models as far as the first pipeline got
+        whole.models[key] = pipe.stage2.models[key]
+    s1 = Pipeline(config).stage1   # the same traffic again, its windows all still pending
+    for m in stream(40):
+        s1.feed(m)
+    for p in s1.drain_all():
+        whole.add_partial(p)
+    (route,) = state.routes(whole)
+    assert len(whole.pending) > 2
+    records = [state.dump_route(whole, route, "pending", (w,)) for w in sorted(whole.pending)]
+    for w, blob in zip(sorted(whole.pending), records, strict=True):
+        doc = _doc(blob)
+        assert doc["pending"] and not doc["models"]
+        assert {decode_partial(p).window for p in doc["pending"]} == {w}
+    assert not _doc(state.dump_route(whole, route, "pending", ()))["pending"]
+    fresh = Pipeline(config).stage2
+    state.load_route(fresh, state.dump_route(whole, route, "models"))
+    for blob in reversed(records):   # any order: each window's record stands alone
+        state.load_route(fresh, blob)
+    assert state.dump_route(fresh, route) == state.dump_route(whole, route)
 
 
 def test_v1_state_of_the_last_release_loads_and_behaves_the_same(config) -> None:

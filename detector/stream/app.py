@@ -76,6 +76,8 @@ from detector.stream.stage2_partition import (
     Stage2Partition,
     key_name,
     pack,
+    pending_key,
+    pending_window,
     table_key,
     unpack,
 )
@@ -164,6 +166,9 @@ class Worker:
         self.watch_config = watch_config
         self.parts: dict[int, Stage2Partition] = {}
         self._outgoing: list[tuple[int, bytes]] = []   # (from partition, report) to send
+        # Route keys restored with a hits record: rewritten once (one written before the
+        # per-window records also held the pending input, now in memory only).
+        self._rehold: set[tuple[int, str]] = set()
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         # Containment outcomes from the caller's thread, recorded on the alert state by the
@@ -225,9 +230,16 @@ class Worker:
                 if value and partition_for(key, self.q) == q:
                     state, hits, offset = unpack(value)
                     part.offset = max(part.offset, offset)
-                    if key_name(key) == EXCHANGE:
+                    name = key_name(key)
+                    if name == EXCHANGE:
                         exchange = state
                         continue
+                    pw = pending_window(name)
+                    if pw is not None:
+                        if pw[1] is None:   # rewritten hits only: before per-window records
+                            self._rehold.add((q, pw[0]))   # it held the pending input too
+                        else:
+                            part.windows[(pw[0], pw[1])] = key
                     load_route(part.stage2, state)
                     for h in hits:
                         part.hold(h)
@@ -269,7 +281,8 @@ class Worker:
         async for events in stream.take_events(256, within=0.1):
             alerts: list[Alert] = []
             touched: set[tuple[int, str]] = set()   # route keys whose models or alerts changed
-            fed: set[tuple[int, str]] = set()       # ... whose pending input changed
+            fed: set[tuple[int, str, int]] = set()  # (.., window) whose pending input changed
+            held: set[tuple[int, str]] = set()      # route keys whose held hits changed
             calls: list[Call] = []
             self._record_outcomes(touched)
             steps = {q: (part.stage2.step, part.stage2.windows_closed)
@@ -290,17 +303,17 @@ class Worker:
                 s2 = part.stage2
                 for h in env.hits:
                     part.hold(h)
-                    fed.add((q, h.route))
+                    held.add((q, h.route))
                 for p in env.partials:
                     s2.add_partial(p)
-                    fed.add((q, p.route))
+                    fed.add((q, p.route, p.window))
                 for r in env.reports:   # another partition's report: may decide a window
                     alerts += self._contain(part, s2.receive(r), calls)
             now = time.monotonic()
             for q, part in self.parts.items():
                 hits = part.release(now)
                 touched.update((q, h.route) for h in hits)
-                fed.update((q, h.route) for h in hits)
+                held.update((q, h.route) for h in hits)
                 wm = part.watermark(now)
                 if wm is not None and wm > part.applied:
                     part.applied = wm
@@ -319,9 +332,11 @@ class Worker:
                 step, before = steps.get(q, (None, s2.windows_closed))
                 if s2.step != step:
                     # Scoring a window changes every route key's models: write them all.
-                    every = [(q, r) for r in routes(s2)]
-                    touched.update(every)
-                    fed.update(every)
+                    # A scored window's pending input is gone: delete its records (the
+                    # other windows' records stand as they are).
+                    touched.update((q, r) for r in routes(s2))
+                    for rw in [rw for rw in part.windows if rw[1] not in s2.pending]:
+                        self.table.pop(part.windows.pop(rw), None)
                     moved.add(q)
                     part.resent_at = now
                 elif s2.open is not None and now - part.resent_at >= RESEND_AFTER_S:
@@ -340,17 +355,31 @@ class Worker:
             self.emit(alerts)
             self._preserve(alerts)
             # State in the table on every change, so a successor resumes without warm-up.
-            # Models (the bulk) only when they changed; input every time (decision 0009).
+            # Models (the bulk) only when they changed; input as it comes, one record per
+            # route key and window, so a window's input is written while it is pending and
+            # never again (decision 0009).
             for q, key in touched:
                 owner = self.parts.get(q)
                 if owner is not None:
                     self.table[table_key(key.encode() + MODELS, q, self.q)] = pack(
                         dump_route(owner.stage2, key, "models"), [], owner.offset)
-            for q, key in fed:
+            for q, key in self._rehold:
+                owner = self.parts.get(q)
+                if owner is not None:
+                    fed.update((q, key, w) for w in owner.stage2.pending)
+            for q, key, w in fed:
+                owner = self.parts.get(q)
+                if owner is not None and w in owner.stage2.pending:
+                    tk = owner.windows.setdefault((key, w), pending_key(key, w, q, self.q))
+                    self.table[tk] = pack(dump_route(owner.stage2, key, "pending", (w,)), [],
+                                          owner.offset)
+            held |= self._rehold
+            self._rehold.clear()
+            for q, key in held:
                 owner = self.parts.get(q)
                 if owner is not None:
                     self.table[table_key(key.encode() + PENDING, q, self.q)] = pack(
-                        dump_route(owner.stage2, key, "pending"), owner.held_for(key),
+                        dump_route(owner.stage2, key, "pending", ()), owner.held_for(key),
                         owner.offset)
             for q in moved:
                 owner = self.parts.get(q)

@@ -19,12 +19,13 @@ from detector.core.shards import Peer
 from detector.core.watermark import SourceMark, Watermarks
 from detector.stream.kafka_io import partition_for
 
-__all__ = ["EXCHANGE", "MODELS", "PENDING", "Stage2Partition", "key_name", "pack", "table_key",
-           "unpack"]
+__all__ = ["EXCHANGE", "MODELS", "PENDING", "Stage2Partition", "key_name", "pack", "pending_key",
+           "pending_window", "table_key", "unpack"]
 
 #: The first byte of a partition's exchange-state key (route keys never start with it).
 EXCHANGE = b"\x1d"
-#: After a route key: its models and alerts' record, and its pending input's record.
+#: After a route key: its models and alerts' record, and its pending input's records (the
+#: route key's held hits; and one per window, the window's number after it).
 MODELS = b"\x1cM"
 PENDING = b"\x1cP"
 
@@ -44,6 +45,21 @@ def table_key(name: bytes, q: int, partitions: int) -> bytes:
 
 def key_name(key: bytes) -> bytes:
     return key.rpartition(b"\x1e")[0]
+
+
+def pending_key(route: str, window: int, q: int, partitions: int) -> bytes:
+    """The table key of a route key's pending input of one window on partition ``q``."""
+    return table_key(b"%s%s%d" % (route.encode(), PENDING, window), q, partitions)
+
+
+def pending_window(name: bytes) -> tuple[str, int | None] | None:
+    """(route key, window) of a pending-input record's name; window None: the route key's
+    record of held hits (before per-window records, its pending input too); None: not a
+    pending-input record."""
+    route, sep, tail = name.rpartition(PENDING)
+    if not sep:
+        return None
+    return route.decode(), int(tail) if tail else None
 
 
 def pack(state: bytes, hits: list[RuleHit], offset: int) -> bytes:
@@ -74,6 +90,9 @@ class Stage2Partition:
         self.offset = -1   # last stage-2 message applied to this state
         self.held: list[tuple[float, int, RuleHit]] = []   # heap of hits not yet released
         self._seq = 0
+        # The table keys of the pending-input records of (route key, window) that hold data:
+        # one record per window, deleted once the window is scored.
+        self.windows: dict[tuple[str, int], bytes] = {}
 
     def hold(self, h: RuleHit) -> None:
         self._seq += 1
