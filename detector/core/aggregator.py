@@ -28,15 +28,20 @@ from msgspec import UNSET
 from detector.config import Config
 from detector.core.counting import Counting
 from detector.core.partials import (
-    MAX_VERSION_COMBOS,
+    COMBO_FIELDS,
+    MAX_OPEN_COMBOS,
     OTHER,
+    TOP_K,
     UNKNOWN,
-    VERSION_FIELDS,
+    VALUE_FIELDS,
     Partial,
+    Versions,
+    cap_versions,
+    compact_values,
     empty_partial,
     merge_into,
-    merge_keyed,
     route_key,
+    value_of,
     versions_of,
 )
 from detector.core.signals import (
@@ -47,7 +52,8 @@ from detector.core.watermark import Watermark
 
 __all__ = ["Aggregator"]
 
-_OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # its versions_of is OTHER_VERSIONS
+_OTHER_COMBO: Final = (UNSET,) * len(COMBO_FIELDS)   # all "unknown"
+_FIELDS: Final = range(len(VALUE_FIELDS))
 
 
 class Aggregator(Counting):
@@ -61,10 +67,11 @@ class Aggregator(Counting):
         self.levels = config.cohorts.levels
         self.finest = list(self.levels[-1])   # a list[str] of its own, as Counting declares
         self.layout = layout_of(config)
-        # An open partial per (window, finest cohort, version combination): the combination
-        # is counted by the partial's own event counter, so no per-event work of its own.
-        # The combinations of one cohort are merged into one partial when handed out.
-        self._key = attrgetter(*self.finest, *VERSION_FIELDS)
+        # An open partial per (window, finest cohort, combination of versions, model and
+        # tool): the combination is counted by the partial's own counters, so no per-event
+        # work of its own. The combinations of one cohort are merged into one partial when
+        # handed out, each value's counters kept (Partial.values).
+        self._key = attrgetter(*self.finest, *COMBO_FIELDS)
         self._nf = len(self.finest)
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
         self._combos: dict[tuple[int, tuple[object, ...]], int] = {}   # open partials per cohort
@@ -88,8 +95,8 @@ class Aggregator(Counting):
     def _partial_for(self, key: tuple[int, tuple[object, ...]]) -> Partial:
         """The partial that counts an event with ``key`` when no open partial has that key:
         a new one, or, past the cohort budget, the window's all-"other" cohort (bounded
-        memory whatever producers send), or past MAX_VERSION_COMBOS combinations in one
-        cohort and window, its "other versions" partial."""
+        memory whatever producers send), or past MAX_OPEN_COMBOS combinations in one
+        cohort and window, its all-"unknown" partial."""
         w, full = key
         cohort, combo = full[:self._nf], full[self._nf:]
         if cohort not in self._known:
@@ -99,7 +106,7 @@ class Aggregator(Counting):
                 self.folded += 1
                 cohort = self._overflow
         n = self._combos.get((w, cohort), 0)
-        if n >= MAX_VERSION_COMBOS - 1:
+        if n >= MAX_OPEN_COMBOS - 1:
             combo = _OTHER_COMBO
         key = (w, cohort + combo)
         p = self._open.get(key)
@@ -124,9 +131,10 @@ class Aggregator(Counting):
 
     def _hand_out(self, keys: list[tuple[int, tuple[object, ...]]]) -> list[Partial]:
         """Pop the partials with these keys, one per (window, cohort): the partials of its
-        version combinations merged, each combination's events as its version count."""
-        nf, k = self._nf, self.k
-        finest: dict[tuple[int, tuple[object, ...]], Partial] = {}
+        combinations merged, each combination's events as its version count and its
+        counters as its values' (Partial.values)."""
+        nf = self._nf
+        groups: dict[tuple[int, tuple[object, ...]], list[tuple[tuple[object, ...], Partial]]] = {}
         for key in keys:
             p = self._open.pop(key)
             w, full = key
@@ -136,11 +144,48 @@ class Aggregator(Counting):
                 self._combos[(w, cohort)] = n
             else:
                 del self._combos[(w, cohort)]
+            groups.setdefault((w, cohort), []).append((full[nf:], p))
+        return self._roll_up(sorted(map(self._combine, groups.values()), key=_pkey))
+
+    def _combine(self, members: list[tuple[tuple[object, ...], Partial]]) -> Partial:
+        """One cohort's combinations in one partial, in one pass (not one merge each: a
+        cohort whose agents call several tools has as many)."""
+        combo, p = members[0]
+        if len(members) == 1:
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
-            p.versions = {versions_of(full[nf:]): p.counts[EVENTS]}
-            merge_keyed(finest, (w, cohort), p, k)
-        return self._roll_up(sorted(finest.values(), key=_pkey))
+            p.versions = {versions_of(combo[:3]): p.counts[EVENTS]}
+            p.values = {f: {value_of(f, combo): {}} for f in _FIELDS}
+            return p
+        parts = [q for _, q in members]
+        counts = [sum(col) for col in zip(*(q.counts for q in parts), strict=True)]
+        samples: dict[int, set[str]] = {}
+        tops: dict[int, set[tuple[int, str]]] = {}
+        versions: dict[Versions, int] = {}
+        for c, q in members:
+            for i, ids in q.samples.items():
+                samples.setdefault(i, set()).update(ids)
+            for i, items in q.top.items():
+                tops.setdefault(i, set()).update(map(tuple, items))  # type: ignore[arg-type]
+            vs = versions_of(c[:3])
+            versions[vs] = versions.get(vs, 0) + q.counts[EVENTS]
+        cap_versions(versions)
+        values: dict[int, dict[str, dict[int, int]]] = {}
+        for f in _FIELDS:
+            by: dict[str, list[list[int]]] = {}
+            for c, q in members:
+                by.setdefault(value_of(f, c), []).append(q.counts)
+            if len(by) == 1:
+                values[f] = {next(iter(by)): {}}
+                continue
+            whole = {v: {i: n for i, n in enumerate(map(sum, zip(*lists, strict=True))) if n}
+                     for v, lists in by.items()}
+            values[f] = compact_values(whole)
+        out = Partial(p.window, p.level, p.cohort, counts,
+                      {i: sorted(ids)[:self.k] for i, ids in samples.items()},
+                      {i: sorted(items)[-TOP_K:] for i, items in tops.items()},
+                      versions, p.route, values)
+        return out
 
     def drain_complete(self) -> list[Partial]:
         """End of input: close every window event time has passed, and the one it stopped in

@@ -31,7 +31,7 @@ import msgspec
 from msgspec import UNSET
 
 from detector.core.events import EVAL_MAX, TraceEvent
-from detector.core.partials import SCALE, TOP_K, VERSION_FIELDS, Partial, bottom
+from detector.core.partials import COMBO_FIELDS, SCALE, TOP_K, Partial, bottom
 from detector.core.signals import (
     COUNTERS,
     EVAL_SCALE,
@@ -226,7 +226,7 @@ class Counting:
             return ()
         lay = self.layout
         return (self._open, self._partial_for, self._safety, float(self.size),
-                _tally.offsets((*self.finest, *VERSION_FIELDS)), self.k, lay.prices,
+                _tally.offsets((*self.finest, *COMBO_FIELDS)), self.k, lay.prices,
                 lay.default_price, lay.cost_at,
                 tuple(zip(lay.evaluators, range(lay.eval_at, lay.size, 3), strict=True)))
 
