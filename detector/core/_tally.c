@@ -37,6 +37,7 @@ enum { E_NONE, E_IDS, E_SAMPLED, E_TOP, E_LOWEST };   /* the trace ids kept as e
 #define MAX_GATES 16
 #define MAX_CHECKS 32
 #define MAX_QTY 8
+#define MAX_TOOL 8             /* counters kept per tool name */
 
 typedef struct {
     int kind, gate, evidence, nwhen, nfields, ints_only;
@@ -81,6 +82,11 @@ static struct {
     PyObject *opcodes;                   /* operation -> its gate */
     Py_ssize_t top_k;
     double eval_max, eval_scale;
+    /* Per tool name (configure_values): the counters in tool_at, of each event whose
+     * tool_name is set, also added to partial.values[tool_key][its name], a list. */
+    Py_ssize_t off_values, off_tool;
+    PyObject *tool_key, *other;
+    Py_ssize_t tool_at[MAX_TOOL], n_tool, max_values;
     int ready;
 } S;
 
@@ -309,6 +315,52 @@ offsets(PyObject *self, PyObject *names)
         PyTuple_SET_ITEM(out, i, o);
     }
     return out;
+}
+
+/* configure_values(field_key, counters, max_values, other): the per-tool-name counting
+ * (after configure): the TraceEvent field "tool_name", the key of Partial.values it fills,
+ * the fixed counters it keeps (each event's increments of them), and at most max_values
+ * names per partial, later ones under ``other``. counters == () turns it off. */
+static PyObject *
+configure_values(PyObject *self, PyObject *args)
+{
+    PyObject *key, *counters, *other;
+    Py_ssize_t max_values;
+    if (!PyArg_ParseTuple(args, "OO!nU", &key, &PyTuple_Type, &counters, &max_values, &other))
+        return NULL;
+    if (!S.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(counters);
+    if (n > MAX_TOOL || max_values < 1) {
+        PyErr_SetString(PyExc_ValueError, "configure_values: too many counters");
+        return NULL;
+    }
+    Py_ssize_t at[MAX_TOOL];
+    for (Py_ssize_t j = 0; j < n; j++) {
+        at[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(counters, j));
+        if (at[j] == -1 && PyErr_Occurred())
+            return NULL;
+        if (at[j] < 0 || at[j] >= S.n_fixed) {   /* only the fixed ones are summed in d */
+            PyErr_SetString(PyExc_ValueError, "configure_values: not a fixed counter");
+            return NULL;
+        }
+    }
+    Py_ssize_t off_values = slot_offset_s(S.partial_type, "values");
+    Py_ssize_t off_tool = slot_offset_s(S.event_type, "tool_name");
+    if (off_values < 0 || off_tool < 0)
+        return NULL;
+    Py_INCREF(key);
+    Py_XSETREF(S.tool_key, key);
+    Py_INCREF(other);
+    Py_XSETREF(S.other, other);
+    S.off_values = off_values;
+    S.off_tool = off_tool;
+    S.max_values = max_values;
+    memcpy(S.tool_at, at, sizeof at);
+    S.n_tool = n;
+    Py_RETURN_NONE;
 }
 
 /* Python's float floor division (Objects/floatobject.c, _float_div_mod), so that a window
@@ -665,6 +717,64 @@ sample_insert(PyObject *p, PyObject *key, PyObject *tid, Py_ssize_t k)
     return err;
 }
 
+/* Add one event's increments of the tool counters (``delta``) to p.values[tool_key][name]
+ * (Counting._tool in Python): a list per name, at most max_values names, then ``other``. */
+static int
+tool_add(PyObject *p, PyObject *name, const long long *delta)
+{
+    PyObject *values = partial_field(p, S.off_values, "values");
+    if (values == NULL)
+        return -1;
+    int err = -1;
+    PyObject *by, *lst;
+    if (!PyDict_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "a partial's values is not a dict");
+        goto done;
+    }
+    if ((by = PyDict_GetItemWithError(values, S.tool_key)) == NULL) {
+        if (PyErr_Occurred() || (by = PyDict_New()) == NULL)
+            goto done;
+        int e = PyDict_SetItem(values, S.tool_key, by);
+        Py_DECREF(by);   /* the dict holds it */
+        if (e < 0)
+            goto done;
+    }
+    if (!PyDict_Check(by)) {
+        PyErr_SetString(PyExc_TypeError, "a partial's tool values is not a dict");
+        goto done;
+    }
+    if ((lst = PyDict_GetItemWithError(by, name)) == NULL) {
+        if (PyErr_Occurred())
+            goto done;
+        if (PyDict_GET_SIZE(by) >= S.max_values) {
+            name = S.other;
+            if ((lst = PyDict_GetItemWithError(by, name)) == NULL && PyErr_Occurred())
+                goto done;
+        }
+        if (lst == NULL) {
+            if ((lst = PyList_New(S.n_tool)) == NULL)
+                goto done;
+            for (Py_ssize_t j = 0; j < S.n_tool; j++)
+                PyList_SET_ITEM(lst, j, PyLong_FromLong(0));   /* small ints: cached */
+            int e = PyDict_SetItem(by, name, lst);
+            Py_DECREF(lst);
+            if (e < 0)
+                goto done;
+        }
+    }
+    if (!PyList_CheckExact(lst) || PyList_GET_SIZE(lst) != S.n_tool) {
+        PyErr_SetString(PyExc_TypeError, "a tool's counters is not a list of them");
+        goto done;
+    }
+    for (Py_ssize_t j = 0; j < S.n_tool; j++)
+        if (delta[j] && add(lst, j, delta[j]) < 0)
+            goto done;
+    err = 0;
+done:
+    Py_DECREF(values);
+    return err;
+}
+
 /* The event's open partial, keyed (w, (cohort fields..., version fields...)) as in
  * Counting._add_py; made by ``partial_for`` when there is none. A new reference. */
 static PyObject *
@@ -876,6 +986,12 @@ add_many(PyObject *self, PyObject *args)
         if (d == NULL)
             goto fail;
 
+        PyObject *tool = S.n_tool ? SLOT(ev, S.off_tool) : NULL;
+        long long tool_before[MAX_TOOL];
+        if (tool != NULL && (tool == S.unset || !PyUnicode_Check(tool)))
+            tool = NULL;
+        for (Py_ssize_t j = 0; tool != NULL && j < S.n_tool; j++)
+            tool_before[j] = d[S.tool_at[j]];
         PyObject *tid = SLOT(ev, S.off[F_TRACE_ID]);
         int has_tid = tid != S.unset && PyUnicode_GET_LENGTH(tid) > 0;
 #define SAMPLE(key) do { \
@@ -962,6 +1078,12 @@ add_many(PyObject *self, PyObject *args)
                 break;
             }
         }
+        if (tool != NULL) {   /* d is not flushed while one event is counted */
+            for (Py_ssize_t j = 0; j < S.n_tool; j++)
+                tool_before[j] = d[S.tool_at[j]] - tool_before[j];
+            if (tool_add(p, tool, tool_before) < 0)
+                goto fail;
+        }
 #undef SAMPLE
 #undef ADD
         Py_CLEAR(p);
@@ -1007,6 +1129,7 @@ py_fixed_log1p(PyObject *self, PyObject *v)
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Field offsets, counter indexes and constants."},
     {"offsets", offsets, METH_O, "Slot offsets of TraceEvent fields."},
+    {"configure_values", configure_values, METH_VARARGS, "The per-tool-name counting."},
     {"add_many", add_many, METH_VARARGS, "Count events from ``start`` (see the file's top)."},
     {"fixed_log1p", py_fixed_log1p, METH_O, "A quantity as fixed-point log1p (for tests)."},
     {NULL, NULL, 0, NULL},

@@ -30,7 +30,9 @@ from detector.core.counting import Counting
 from detector.core.partials import (
     COMBO_FIELDS,
     MAX_OPEN_COMBOS,
+    MAX_VALUES,
     OTHER,
+    TOOL_FIELD,
     TOP_K,
     UNKNOWN,
     VALUE_FIELDS,
@@ -41,11 +43,14 @@ from detector.core.partials import (
     empty_partial,
     merge_into,
     route_key,
+    split_values,
+    tool_values,
     value_of,
     versions_of,
 )
 from detector.core.signals import (
     EVENTS,
+    TOOL_COUNTERS,
     layout_of,
 )
 from detector.core.watermark import Watermark
@@ -53,7 +58,8 @@ from detector.core.watermark import Watermark
 __all__ = ["Aggregator"]
 
 _OTHER_COMBO: Final = (UNSET,) * len(COMBO_FIELDS)   # all "unknown"
-_FIELDS: Final = range(len(VALUE_FIELDS))
+#: The fields whose values a combination holds (the tool's are counted per event).
+_VERSIONED: Final = tuple(f for f in range(len(VALUE_FIELDS)) if f != TOOL_FIELD)
 
 
 class Aggregator(Counting):
@@ -67,10 +73,10 @@ class Aggregator(Counting):
         self.levels = config.cohorts.levels
         self.finest = list(self.levels[-1])   # a list[str] of its own, as Counting declares
         self.layout = layout_of(config)
-        # An open partial per (window, finest cohort, combination of versions, model and
-        # tool): the combination is counted by the partial's own counters, so no per-event
-        # work of its own. The combinations of one cohort are merged into one partial when
-        # handed out, each value's counters kept (Partial.values).
+        # An open partial per (window, finest cohort, combination of versions and model):
+        # the combination is counted by the partial's own counters, so no per-event work of
+        # its own. The combinations of one cohort are merged into one partial when handed
+        # out, each value's counters kept (Partial.values); tool names are counted per event.
         self._key = attrgetter(*self.finest, *COMBO_FIELDS)
         self._nf = len(self.finest)
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
@@ -148,20 +154,23 @@ class Aggregator(Counting):
         return self._roll_up(sorted(map(self._combine, groups.values()), key=_pkey))
 
     def _combine(self, members: list[tuple[tuple[object, ...], Partial]]) -> Partial:
-        """One cohort's combinations in one partial, in one pass (not one merge each: a
-        cohort whose agents call several tools has as many)."""
+        """One cohort's combinations in one partial, in one pass (not one merge each), the
+        tool names' counts (kept per event, see Counting._tool) summed and written out."""
         combo, p = members[0]
         if len(members) == 1:
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
             p.versions = {versions_of(combo[:3]): p.counts[EVENTS]}
-            p.values = {f: {value_of(f, combo): {}} for f in _FIELDS}
+            tools: dict[str, list[int]] = p.values.get(TOOL_FIELD, {})  # type: ignore[assignment]  # lists while open
+            p.values = {f: {value_of(f, combo): {}} for f in _VERSIONED}
+            p.values[TOOL_FIELD] = tool_values(tools, p.counts, TOOL_COUNTERS)
             return p
         parts = [q for _, q in members]
         counts = [sum(col) for col in zip(*(q.counts for q in parts), strict=True)]
         samples: dict[int, set[str]] = {}
         tops: dict[int, set[tuple[int, str]]] = {}
         versions: dict[Versions, int] = {}
+        tools = {}
         for c, q in members:
             for i, ids in q.samples.items():
                 samples.setdefault(i, set()).update(ids)
@@ -169,9 +178,13 @@ class Aggregator(Counting):
                 tops.setdefault(i, set()).update(map(tuple, items))  # type: ignore[arg-type]
             vs = versions_of(c[:3])
             versions[vs] = versions.get(vs, 0) + q.counts[EVENTS]
+            for name, lst in q.values.get(TOOL_FIELD, {}).items():
+                have = tools.get(name)
+                tools[name] = lst if have is None else [  # type: ignore[assignment]
+                    a + b for a, b in zip(have, lst, strict=True)]  # type: ignore[arg-type]
         cap_versions(versions)
         values: dict[int, dict[str, dict[int, int]]] = {}
-        for f in _FIELDS:
+        for f in _VERSIONED:
             by: dict[str, list[list[int]]] = {}
             for c, q in members:
                 by.setdefault(value_of(f, c), []).append(q.counts)
@@ -181,6 +194,9 @@ class Aggregator(Counting):
             whole = {v: {i: n for i, n in enumerate(map(sum, zip(*lists, strict=True))) if n}
                      for v, lists in by.items()}
             values[f] = compact_values(whole)
+        tv = tool_values(tools, counts, TOOL_COUNTERS)
+        values[TOOL_FIELD] = tv if len(tv) <= MAX_VALUES else compact_values(
+            split_values(tv, counts))
         out = Partial(p.window, p.level, p.cohort, counts,
                       {i: sorted(ids)[:self.k] for i, ids in samples.items()},
                       {i: sorted(items)[-TOP_K:] for i, items in tops.items()},

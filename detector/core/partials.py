@@ -31,6 +31,7 @@ __all__ = [
     "OTHER",
     "OTHER_VERSIONS",
     "SCALE",
+    "TOOL_FIELD",
     "TOP_K",
     "UNKNOWN",
     "VALUE_FIELDS",
@@ -52,6 +53,7 @@ __all__ = [
     "merge_values",
     "route_key",
     "split_values",
+    "tool_values",
     "value_of",
     "versions_of",
 ]
@@ -75,6 +77,10 @@ MAX_VALUES: Final = 16
 #: The fields whose values are rollback candidates, as ``Partial.values`` keys them: the
 #: model version (with its model: "model\x1fversion"), prompt, policy, and the tool called.
 VALUE_FIELDS: Final = ("model_version", "prompt_version", "policy_version", "tool_name")
+#: The tool's field: counted per event by stage 1 (not by combination, a cohort's agents call
+#: several tools), and only its TOOL_COUNTERS (detector.core.signals): the other counters of
+#: a tool value are not kept (they are not read: tools are candidates for tool signals only).
+TOOL_FIELD: Final = VALUE_FIELDS.index("tool_name")
 SEP: Final = "\x1f"   # between the values of a route key
 
 
@@ -91,7 +97,7 @@ VERSION_FIELDS: Final = Versions._fields
 #: The fields stage 1 keys an open partial by beyond its cohort: each combination's events
 #: are then counted by the partial's own counters, so its values' counts (Partial.values)
 #: cost no per-event work. value_of reads a combination in this order.
-COMBO_FIELDS: Final = (*VERSION_FIELDS, "model", "tool_name")
+COMBO_FIELDS: Final = (*VERSION_FIELDS, "model")
 OTHER_VERSIONS: Final = Versions(UNKNOWN, UNKNOWN, UNKNOWN)
 
 
@@ -236,7 +242,7 @@ def value_of(field: int, combo: tuple[object, ...]) -> str:
     prompt_version, policy_version, model, tool_name; unset as UNSET): a model version is
     named with its model.
 
-    >>> value_of(0, ("v2", UNSET, UNSET, "m-large", UNSET)), value_of(3, ("v2",) + (UNSET,) * 4)
+    >>> value_of(0, ("v2", UNSET, UNSET, "m-large")), value_of(1, ("v2",) + (UNSET,) * 3)
     ('m-large\\x1fv2', 'unknown')
     """
     if field == 0:
@@ -244,8 +250,23 @@ def value_of(field: int, combo: tuple[object, ...]) -> str:
         if m is UNSET and v is UNSET:
             return UNKNOWN
         return f"{UNKNOWN if m is UNSET else m}{SEP}{UNKNOWN if v is UNSET else v}"
-    v = combo[field if field < 3 else 4]
+    v = combo[field]
     return UNKNOWN if v is UNSET else v  # type: ignore[return-value]  # a str when set
+
+
+def tool_values(open_: dict[str, list[int]], counts: list[int], at: tuple[int, ...]
+                ) -> dict[str, dict[int, int]]:
+    """The tool field's values as a partial hands them out, from stage 1's lists per tool
+    name (their counters at ``at``): each name's, and "unknown" (events that call no tool)
+    as the remainder.
+
+    >>> tool_values({"search": [3, 3, 1]}, [5, 0, 3, 1], (0, 2, 3))
+    {'search': {0: 3, 2: 3, 3: 1}, 'unknown': {}}
+    """
+    out = {v: {i: n for i, n in zip(at, lst, strict=True) if n}
+           for v, lst in sorted(open_.items())}
+    out[UNKNOWN] = {}   # (a tool named "unknown" is the remainder's too)
+    return out
 
 
 def split_values(vals: dict[str, dict[int, int]], counts: list[int]) -> dict[str, dict[int, int]]:

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from detector.config import Config, Price
 
 __all__ = ["COUNTERS", "EVAL_SCALE", "FIXED_AT", "HARD_RULE_SIGNALS", "MAX_RETRIES", "SET",
-           "SIGNALS", "Counter", "Layout", "Signal", "SignalSpec", "check", "expand",
+           "SIGNALS", "TOOL_COUNTERS", "Counter", "Layout", "Signal", "SignalSpec", "check", "expand",
            "known_signals", "layout_of", "matches"]
 
 Kind = Literal["rate", "quantity", "volume"]
@@ -248,6 +248,12 @@ SIGNALS: Final[tuple[SignalSpec, ...]] = (
     SignalSpec("eval_{}", "quantity", "eval", description="mean {} evaluation score", log=False),
     SignalSpec("volume", "volume", "events", "events", "events per window"),
 )
+
+#: The counters kept per tool name (Partial.values, for attribution): events and those of the
+#: rates counted per tool call, all counted per event (fixed), so C sums them as it counts.
+TOOL_COUNTERS: Final = tuple(sorted({FIXED_AT["events"]} | {
+    FIXED_AT[n] for s in SIGNALS if s.kind == "rate" and s.den == "tool_calls"
+    for n in (s.num, s.den)}))
 
 
 class Layout:
