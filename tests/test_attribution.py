@@ -276,6 +276,6 @@ def test_a_worker_that_takes_over_keeps_the_evidence(config) -> None:
     out += [alert_record(a) for a in pipe.finish()]
     assert out == whole and any(a["suspected_change"] for a in out)
     bad = msgspec.msgpack.decode(zlib.decompress(blob))
-    bad["models"][0][-1] = [0, 0, 2.0, [0, 0, {}, 0], []]   # a decay past 1, no fields
+    bad["models"][0][-1] = [2, 0, 0, 2.0, 0, 120, 0, b"", [], b"", {}]   # a decay past 1
     with pytest.raises(ValueError, match="attribution trail"):
         snapshot.load_route(Stage2(config), zlib.compress(msgspec.msgpack.encode(bad)))

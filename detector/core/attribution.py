@@ -26,6 +26,8 @@ from an earlier one by the windows before it: the earlier value's events were fi
 
 from __future__ import annotations
 
+import sys
+from array import array
 from math import expm1, log1p, sqrt
 from typing import Any, Final
 
@@ -42,147 +44,272 @@ TOOL_FIELD: Final = VALUE_FIELDS.index("tool_name")
 TRAIL_VALUES: Final = 8
 #: Units with the value a test needs to say anything.
 MIN_UNITS: Final = 3.0
+#: The lazy decay's scale is folded into the stored counters past this (a float's range is
+#: far larger; folding is rare: about every few thousand windows).
+_RESCALE: Final = 1e100
+#: A row of Trail.meta: field, window first seen, window last seen, decayed events.
+_ROW: Final = 4
 
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
-#: A value's entry as stored: window decayed to, first seen, counters, last seen, and the
-#: counters of the windows in which its cohort had no anomaly ("settled"); None for both
-#: while it is the only value its field has had (its counters are the cohort's).
-_Entry = tuple[int, int, dict[int, float] | None, int, dict[int, float] | None]
 
 
 class _State(msgspec.Struct, array_like=True):
     """A trail as stage-2 state stores it (detector.core.snapshot)."""
 
+    format: int     # 2: this layout (1, the first one, of dicts, is not read back)
     start: int
     newest: int
     decay: float
-    total: _Entry
-    fields: list[dict[str, _Entry]]
+    settle: int
+    lookback: int
+    ref: int
+    total: bytes                      # array('d'): counters, then settled counters
+    names: list[str]
+    meta: bytes                       # array('d'): _ROW per name
+    vecs: dict[int, bytes]            # row -> array('d'): counters, then settled ones
 
 
 class Trail:
-    """One cohort's per-value counters, decayed: for each field, value -> [window decayed
-    to, window first seen, counters, window last seen, settled counters]; ``total`` the
-    cohort's own. Decay is applied lazily (on the next add or read), so a value that is
-    quiet costs nothing."""
+    """One cohort's counters, decayed (a half-life of a few windows), in total and, for the
+    values that are rollback candidates, per value.
 
-    __slots__ = ("_pending", "decay", "fields", "newest", "start", "total")
+    Compact: the decay is lazy, every number stored multiplied by ``decay ** -(w - ref)``
+    (so adding a window is additions only, and reading divides by one scale); the cohort's
+    counters and those of its windows without an anomaly ("settled") are one ``array('d')``;
+    each value of each field a name and a row of ``meta`` (field, first seen, last seen,
+    events); only a value first seen after the cohort's first ``settle`` windows (a change,
+    not its initial mix) has counters of its own (``vecs``), and only within ``lookback``
+    windows of it."""
 
-    def __init__(self, start: int, decay: float = 0.977) -> None:   # a 30-window half-life
+    __slots__ = ("_pending", "decay", "lookback", "meta", "names", "newest", "ref", "start",
+                 "total", "vecs", "warm")
+
+    def __init__(self, start: int, decay: float = 0.977, settle: int = 0,
+                 lookback: int = 120) -> None:   # 0.977: a 30-window half-life
         self.decay = decay
         self.start = start    # the first window the cohort was seen
         self.newest = -1      # the latest first-seen window of any value (-1: none)
-        self.fields: list[dict[str, list[Any]]] = [{} for _ in VALUE_FIELDS]
-        self.total: list[Any] = [start, start, {}, start, {}]
-        # This window's split, kept between add and settle.
-        self._pending: tuple[int, list[tuple[list[Any], dict[int, int]]]] | None = None
+        self.warm = settle   # windows of the initial mix (no change yet)
+        self.lookback = lookback
+        self.ref = start      # stored numbers are decay ** -(w - ref) times their value
+        self.total: array[float] = array("d")
+        self.names: list[str] = []
+        self.meta: array[float] = array("d")
+        self.vecs: dict[int, array[float]] | None = None
+        # This window's counts and the candidates' split, kept between add and settle.
+        self._pending: tuple[int, list[int], list[tuple[int, dict[int, int]]]] | None = None
 
     def state(self) -> list[Any]:
-        return [self.start, self.newest, self.decay, self.total, self.fields]
+        return [2, self.start, self.newest, self.decay, self.warm, self.lookback, self.ref,
+                self.total.tobytes(), self.names, self.meta.tobytes(),
+                {r: v.tobytes() for r, v in sorted((self.vecs or {}).items())}]
 
     @classmethod
-    def from_state(cls, raw: Any) -> Trail:
-        """A trail from :meth:`state`'s value (decoded msgpack); ValueError if malformed."""
+    def from_state(cls, raw: Any) -> Trail | None:
+        """A trail from :meth:`state`'s value (decoded msgpack); None for the first format's
+        (it fills again); ValueError if malformed."""
+        if isinstance(raw, list) and len(raw) == 5:
+            return None
         try:
             st = msgspec.convert(raw, _State)
         except msgspec.ValidationError as e:
             raise ValueError(f"attribution trail: {e}") from None
-        if not 0.0 < st.decay < 1.0 or len(st.fields) != len(VALUE_FIELDS):
-            raise ValueError("attribution trail: bad decay or fields")
-        t = cls(st.start, st.decay)
-        t.newest = st.newest
-        t.total = list(st.total)
-        t.fields = [{v: list(e) for v, e in f.items()} for f in st.fields]
+        t = cls(st.start, st.decay, st.settle, st.lookback)
+        t.newest, t.ref = st.newest, st.ref
+        t.total.frombytes(st.total)
+        t.meta.frombytes(st.meta)
+        t.names = [sys.intern(n) for n in st.names]
+        n = len(t.total) // 2
+        if (st.format != 2 or not 0.0 < st.decay < 1.0 or len(st.total) % 16 or len(st.meta) % (8 * _ROW)
+                or len(t.meta) != _ROW * len(t.names)
+                or any(r >= len(t.names) or len(v) != 16 * n for r, v in st.vecs.items())
+                or any(not 0 <= t.meta[i] < len(VALUE_FIELDS)
+                       for i in range(0, len(t.meta), _ROW))):
+            raise ValueError("attribution trail: bad decay, counters or values")
+        if st.vecs:
+            t.vecs = {}
+            for r, b in st.vecs.items():
+                t.vecs[r] = v = array("d")
+                v.frombytes(b)
         return t
 
-    def _at(self, e: list[Any], w: int) -> dict[int, float]:
-        """Entry ``e``'s counters decayed to window ``w``; an entry whose counters are None
-        has carried all of its cohort's events so far, and reads the cohort's."""
-        if e[2] is None:
-            e[0] = w
-            return self._at(self.total, w)
-        if w > e[0]:
-            f = self.decay ** (w - e[0])
-            for c in (e[2], e[4]):
-                for i in c:
-                    c[i] *= f
-            e[0] = w
-        vec: dict[int, float] = e[2]
-        return vec
+    # -- reading ---------------------------------------------------------------------------
+    def _g(self, w: int) -> float:
+        """The scale of window ``w``'s numbers."""
+        return self.decay ** (self.ref - w)
 
-    def _settled(self, e: list[Any], w: int) -> dict[int, float]:
-        self._at(e, w)
-        st: dict[int, float] = (self.total if e[2] is None else e)[4]
-        return st
+    def _row(self, f: int, v: str) -> int:
+        names, meta = self.names, self.meta
+        for r, u in enumerate(names):
+            if u == v and meta[r * _ROW] == f:
+                return r
+        return -1
+
+    def first(self, f: int, v: str) -> int:
+        """The window value ``v`` of field ``f`` was first seen (-1: not known)."""
+        r = self._row(f, v)
+        return -1 if r < 0 else int(self.meta[r * _ROW + 1])
+
+    def _vec(self, r: int | None, w: int, settled: bool = False) -> list[float]:
+        """Row ``r``'s counters (None: the cohort's) at window ``w``."""
+        src = self.total if r is None else (self.vecs or {}).get(r)
+        if src is None:
+            return []
+        n = len(src) // 2
+        g = self._g(w)
+        return [x / g for x in (src[n:] if settled else src[:n])]
+
+    # -- adding ----------------------------------------------------------------------------
+    def _rescale(self, w: int) -> None:
+        """Fold the scale into the stored numbers (ref becomes ``w``)."""
+        g = self._g(w)
+        for a in (self.total, *(self.vecs or {}).values()):
+            for i in range(len(a)):
+                a[i] /= g
+        m = self.meta
+        for i in range(3, len(m), _ROW):
+            m[i] /= g
+        self.ref = w
 
     def add(self, w: int, values: dict[int, dict[str, dict[int, int]]], counts: list[int]
             ) -> None:
-        """Add one window's per-value counters (a partial's ``values`` and ``counts``)."""
-        whole_counts = {i: n for i, n in enumerate(counts) if n}
-        tot = self._at(self.total, w)   # (before this window's: implicit entries copy it)
-        added = []
+        """Add one window's counters (a partial's ``counts``) and each value's (its
+        ``values``)."""
+        g = self._g(w)
+        if g > _RESCALE:
+            self._rescale(w)
+            g = 1.0
+        tot = self.total
+        n = len(counts)
+        half = len(tot) // 2
+        if half < n:   # the first window, or a layout grown since
+            pad = array("d", bytes(8 * (n - half)))
+            self.total = tot = tot[:half] + pad + tot[half:] + pad
+        for i, c in enumerate(counts):
+            if c:
+                tot[i] += c * g
+        names, meta = self.names, self.meta
+        split: list[tuple[int, dict[int, int]]] = []
+        whole: dict[int, int] | None = None
         for f, vals in values.items():
-            if f >= len(self.fields):
+            if f >= len(VALUE_FIELDS):
                 continue
-            known = self.fields[f]
-            one = len(vals) == 1 and not next(iter(vals.values()))
-            if one:
-                v = next(iter(vals))
-                e = known.get(v)
-                if e is not None and e[2] is None:   # still the only value: nothing to add
-                    e[0] = e[3] = w
-                    continue
-                if e is None and not known and f != TOOL_FIELD:
-                    known[v] = [w, w, None, w, None]   # all the cohort's events, so far
-                    self.newest = max(self.newest, w)
-                    continue
-                split = {v: whole_counts}
+            parts: dict[str, dict[int, int] | None]
+            if len(vals) == 1:   # the one value: all the counts
+                parts = dict.fromkeys(vals)
             else:
-                split = split_values(vals, counts)
-            for u, e in known.items():   # another value: the implicit one gets its own
-                if e[2] is None:
-                    known[u] = [w, e[1], dict(tot), e[3], dict(self.total[4])]
-            for v, c in split.items():
+                parts = split_values(vals, counts)   # type: ignore[assignment]
+            for v, c in parts.items():
                 if f == TOOL_FIELD and v == UNKNOWN:
                     continue   # events that call no tool
-                e = known.get(v)
-                if e is None:
-                    e = known[v] = [w, w, {}, w, {}]
+                r = self._row(f, v)
+                if r < 0:
+                    r = len(names)
+                    names.append(sys.intern(v))
+                    meta.extend((f, w, w, 0.0))
+                    if self.start < w and w >= self.start + self.warm and v not in (
+                            UNKNOWN, OTHER):
+                        # A change: its own counters while it is a candidate.
+                        if self.vecs is None:
+                            self.vecs = {}
+                        self.vecs[r] = array("d", bytes(16 * n))
                     self.newest = max(self.newest, w)
-                e[3] = w
-                vec = self._at(e, w)
-                for i, n in c.items():
-                    vec[i] = vec.get(i, 0.0) + n
-                added.append((e, c))
-            if len(known) > TRAIL_VALUES:
-                for v in sorted(known, key=lambda v: (self._at(known[v], w).get(EVENTS, 0.0),
-                                                      v))[:len(known) - TRAIL_VALUES]:
-                    del known[v]
-        for i, n in whole_counts.items():
-            tot[i] = tot.get(i, 0.0) + n
-        added.append((self.total, whole_counts))
-        self._pending = (w, added)
+                meta[r * _ROW + 2] = w
+                meta[r * _ROW + 3] += (counts[EVENTS] if c is None else c.get(EVENTS, 0)) * g
+                vec = self.vecs.get(r) if self.vecs else None
+                if vec is not None:
+                    if c is None:
+                        if whole is None:
+                            whole = {i: x for i, x in enumerate(counts) if x}
+                        c = whole
+                    vn = len(vec) // 2
+                    for i, x in c.items():
+                        if i < vn:
+                            vec[i] += x * g
+                    split.append((r, c))
+        moved = self._prune(w)
+        if moved is not None:
+            split = [(moved[r], c) for r, c in split if r in moved]
+        self._pending = (w, counts, split)
+
+    def _prune(self, w: int) -> dict[int, int] | None:
+        """Keep TRAIL_VALUES values a field (those with most recent events) and counters of
+        candidates still within the look-back; the rows that moved (old -> new), if any."""
+        vecs = self.vecs
+        meta = self.meta
+        if vecs:
+            for r in [r for r in vecs if meta[r * _ROW + 1] < w - self.lookback]:
+                del vecs[r]
+            if not vecs:
+                self.vecs = None
+        per = [0] * len(VALUE_FIELDS)
+        for i in range(0, len(meta), _ROW):
+            per[int(meta[i])] += 1
+        if max(per) <= TRAIL_VALUES:
+            return None
+        drop: set[int] = set()
+        for f, k in enumerate(per):
+            if k > TRAIL_VALUES:
+                rows = sorted((r for r in range(len(self.names)) if meta[r * _ROW] == f),
+                              key=lambda r: (meta[r * _ROW + 3], self.names[r]))
+                drop.update(rows[:k - TRAIL_VALUES])
+        keep = [r for r in range(len(self.names)) if r not in drop]
+        moved = {r: i for i, r in enumerate(keep)}
+        self.names = [self.names[r] for r in keep]
+        self.meta = array("d", (meta[r * _ROW + j] for r in keep for j in range(_ROW)))
+        if self.vecs:
+            self.vecs = {moved[r]: v for r, v in self.vecs.items() if r in moved} or None
+        return moved
+
+    def settle(self, w: int) -> None:
+        """Window ``w`` (the last added) had no anomaly in this cohort: its counters also
+        count as settled, what a value's events looked like before an anomaly."""
+        if self._pending is None or self._pending[0] != w:
+            return
+        _, counts, split = self._pending
+        g = self._g(w)
+        tot = self.total
+        n = len(tot) // 2
+        for i, c in enumerate(counts):
+            if c:
+                tot[n + i] += c * g
+        for r, c in split:
+            vec = (self.vecs or {}).get(r)
+            if vec is not None:
+                vn = len(vec) // 2
+                for i, x in c.items():
+                    if i < vn:
+                        vec[vn + i] += x * g
+        self._pending = None
+
+    # -- attribution -----------------------------------------------------------------------
+    def has_candidates(self, w: int) -> bool:
+        """Whether any value is a change within the look-back (cheap)."""
+        return self.vecs is not None and self.newest >= w - self.lookback
 
     def candidates(self, w: int, lookback: int, settle: int) -> list[tuple[int, str]]:
         """(field, value) pairs that are changes: first seen after the cohort's first
         ``settle`` windows (its initial mix is its baseline) and within ``lookback``."""
-        if self.newest < max(w - lookback, self.start + settle):
+        if not self.vecs or self.newest < max(w - lookback, self.start + settle):
             return []
-        return [(f, v) for f, known in enumerate(self.fields) for v, e in sorted(known.items())
-                if v not in (UNKNOWN, OTHER) and e[1] >= max(w - lookback, self.start + settle)]
+        lo = max(w - lookback, self.start + settle)
+        meta = self.meta
+        return sorted((int(meta[r * _ROW]), self.names[r]) for r in self.vecs
+                      if meta[r * _ROW + 1] >= lo)
 
     def baseline_of(self, f: int, v: str, w: int, now: dict[str, dict[int, int]]) -> str | None:
         """The value of field ``f`` the candidate ``v`` replaced: of those seen before it,
         the one whose traffic fell the most (this window's events, ``now``, against its
         decayed total: about none for a value rolled over, a little less for one a canary
         takes a share of); on a tie, the one with most events."""
-        known = self.fields[f]
-        first = known[v][1]
+        first = self.first(f, v)
+        meta, g = self.meta, self._g(w)
         best: tuple[float, float, str] | None = None
-        for u, e in known.items():
-            if u == v or e[1] >= first or u in (UNKNOWN, OTHER):
+        for r, u in enumerate(self.names):
+            if (meta[r * _ROW] != f or u == v or meta[r * _ROW + 1] >= first
+                    or u in (UNKNOWN, OTHER)):
                 continue
-            seen = self._at(e, w).get(EVENTS, 0.0)
+            seen = meta[r * _ROW + 3] / g
             if seen <= 0.0:
                 continue
             cand = (-now.get(u, {}).get(EVENTS, 0) / seen, seen, u)
@@ -190,26 +317,15 @@ class Trail:
                 best = cand
         return best[2] if best else None
 
-    def settle(self, w: int) -> None:
-        """Window ``w`` (the last added) had no anomaly in this cohort: its counters also
-        count as settled, what a value's events looked like before an anomaly."""
-        if self._pending is None or self._pending[0] != w:
-            return
-        for e, c in self._pending[1]:
-            st = e[4]   # decayed to w by add (and not implicit: those follow the total)
-            for i, n in c.items():
-                st[i] = st.get(i, 0.0) + n
-        self._pending = None
-
     def contrast(self, f: int, v: str, w: int, sig: Sig, disp: float
                  ) -> tuple[float, float, float]:
         """(score, observed with, observed without) of the signal among the value's events
         against the rest of the cohort's: + where the value's events are higher."""
-        e = self.fields[f].get(v)
-        if e is None:
+        r = self._row(f, v)
+        vec = self._vec(r, w) if r >= 0 else []
+        if not vec:
             return 0.0, 0.0, 0.0
-        vec = self._at(e, w)
-        z, with_, without, _ = _test(sig, vec, self._at(self.total, w), disp)
+        z, with_, without, _ = _test(sig, vec, self._vec(None, w), disp)
         return z, with_, without
 
     def before(self, f: int, v: str, w: int, sig: Sig, disp: float, with_: float
@@ -218,22 +334,26 @@ class Trail:
         rest's: (score, the score those units would give had the value's events been as
         they are now, ``with_``). A value whose settled events were ordinary, and would have
         shown it, did not bring the anomaly (it came later)."""
-        e = self.fields[f].get(v)
-        if e is None:
+        r = self._row(f, v)
+        vec = self._vec(r, w, settled=True) if r >= 0 else []
+        if not vec:
             return 0.0, 0.0
-        z, _, _, power = _test(sig, self._settled(e, w), self._settled(self.total, w), disp,
-                               with_)
+        z, _, _, power = _test(sig, vec, self._vec(None, w, settled=True), disp, with_)
         return z, power
 
 
-def _test(sig: Sig, vec: dict[int, float], tot: dict[int, float], disp: float,
+def _at(v: list[float], i: int) -> float:
+    return v[i] if 0 <= i < len(v) else 0.0
+
+
+def _test(sig: Sig, vec: list[float], tot: list[float], disp: float,
           as_with: float | None = None) -> tuple[float, float, float, float]:
     """(score, with, without, the score had "with" been ``as_with``) of the counters ``vec``
     against ``tot`` minus them."""
     kind, num, den, sq, log = sig
     if kind == "rate":
-        k1, n1 = vec.get(num, 0.0), vec.get(den, 0.0)
-        k0, n0 = tot.get(num, 0.0) - k1, tot.get(den, 0.0) - n1
+        k1, n1 = _at(vec, num), _at(vec, den)
+        k0, n0 = _at(tot, num) - k1, _at(tot, den) - n1
         if n1 < MIN_UNITS or n0 < MIN_UNITS:
             return 0.0, k1 / n1 if n1 > 0 else 0.0, k0 / n0 if n0 > 0 else 0.0, 0.0
         r0 = (max(k0, 0.0) + 0.5) / (n0 + 1.0)
@@ -242,8 +362,8 @@ def _test(sig: Sig, vec: dict[int, float], tot: dict[int, float], disp: float,
         power = 0.0 if as_with is None else poisson_score(n1 * as_with, n1 * r0) / sd
         return poisson_score(k1, n1 * r0) / sd, k1 / n1, max(k0, 0.0) / n0, power
     if kind == "quantity":
-        n1, s1, q1 = vec.get(num, 0.0), vec.get(den, 0.0), vec.get(sq, 0.0)
-        n0, s0, q0 = tot.get(num, 0.0) - n1, tot.get(den, 0.0) - s1, tot.get(sq, 0.0) - q1
+        n1, s1, q1 = _at(vec, num), _at(vec, den), _at(vec, sq)
+        n0, s0, q0 = _at(tot, num) - n1, _at(tot, den) - s1, _at(tot, sq) - q1
         if n1 < MIN_UNITS or n0 < MIN_UNITS:
             return 0.0, 0.0, 0.0, 0.0
         m1, m0 = s1 / n1, s0 / n0

@@ -187,7 +187,7 @@ class Stage2:
                 own = self.models[key] = CohortModel(key[0])
             p = parts[key]
             if own.trail is None:
-                own.trail = Trail(w, self.trail_decay)
+                own.trail = Trail(w, self.trail_decay, self.scorer.warmup, self.lookback)
             if p.values:
                 own.trail.add(w, p.values, p.counts)
             self.scorer.rebaseline(p, own)
@@ -196,7 +196,7 @@ class Stage2:
             fire = firing.get(key, _NONE)
             ds = decisions[key] = self.scorer.score(p, own, parent, fire)
             self.pairs_scored += len(ds)
-            if self.attr_detects and own.trail.newest >= w - self.lookback:
+            if self.attr_detects and own.trail.has_candidates(w):
                 self._detect(own, ds, fire, p)
             if not any(d.anomalous for d in ds):
                 own.trail.settle(w)
@@ -358,7 +358,7 @@ class Stage2:
                 continue
             z, with_, without = trail.contrast(f, v, w, spec, disp)
             z *= sign
-            if z >= self.attr_min and trail.fields[f][v][1] <= w - SETTLED_WINDOWS:
+            if z >= self.attr_min and trail.first(f, v) <= w - SETTLED_WINDOWS:
                 # Its events in the windows before the anomaly were ordinary, and would have
                 # shown it: it came well before the anomaly rather than with it.
                 pre, power = trail.before(f, v, w, spec, disp, with_)
