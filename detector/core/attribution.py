@@ -44,11 +44,13 @@ TOOL_FIELD: Final = VALUE_FIELDS.index("tool_name")
 TRAIL_VALUES: Final = 8
 #: Units with the value a test needs to say anything.
 MIN_UNITS: Final = 3.0
-#: The lazy decay's scale is folded into the stored counters past this (a float's range is
-#: far larger; folding is rare: about every few thousand windows).
-_RESCALE: Final = 1e100
-#: A row of Trail.meta: field, window first seen, window last seen, decayed events.
-_ROW: Final = 4
+#: The lazy decay's scale is folded into the stored counters past this (a 4-byte float's
+#: range is 3e38; folding is rare: about every few thousand windows).
+_RESCALE: Final = 1e30
+#: Numbers are stored as 4-byte floats (decayed counters need no more; the state is half).
+_TYPE: Final = "f"
+#: A row of Trail.meta: field, window first seen (after the cohort's first), decayed events.
+_ROW: Final = 3
 
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
 
@@ -63,21 +65,20 @@ class _State(msgspec.Struct, array_like=True):
     settle: int
     lookback: int
     ref: int
-    total: bytes                      # array('d'): counters, then settled counters
+    total: bytes                      # array('f'): counters, then settled counters
     names: list[str]
-    meta: bytes                       # array('d'): _ROW per name
-    vecs: dict[int, bytes]            # row -> array('d'): counters, then settled ones
+    meta: bytes                       # array('f'): _ROW per name
+    vecs: dict[int, bytes]            # row -> array('f'): counters, then settled ones
 
 
 class Trail:
     """One cohort's counters, decayed (a half-life of a few windows), in total and, for the
     values that are rollback candidates, per value.
 
-    Compact: the decay is lazy, every number stored multiplied by ``decay ** -(w - ref)``
+    Compact (numbers as 4-byte floats): the decay is lazy, every number stored multiplied by ``decay ** -(w - ref)``
     (so adding a window is additions only, and reading divides by one scale); the cohort's
-    counters and those of its windows without an anomaly ("settled") are one ``array('d')``;
-    each value of each field a name and a row of ``meta`` (field, first seen, last seen,
-    events); only a value first seen after the cohort's first ``settle`` windows (a change,
+    counters and those of its windows without an anomaly ("settled") are one ``array('f')``;
+    each value of each field a name and a row of ``meta`` (field, first seen, events); only a value first seen after the cohort's first ``settle`` windows (a change,
     not its initial mix) has counters of its own (``vecs``), and only within ``lookback``
     windows of it."""
 
@@ -92,9 +93,9 @@ class Trail:
         self.warm = settle   # windows of the initial mix (no change yet)
         self.lookback = lookback
         self.ref = start      # stored numbers are decay ** -(w - ref) times their value
-        self.total: array[float] = array("d")
+        self.total: array[float] = array(_TYPE)
         self.names: list[str] = []
-        self.meta: array[float] = array("d")
+        self.meta: array[float] = array(_TYPE)
         self.vecs: dict[int, array[float]] | None = None
         # This window's counts and the candidates' split, kept between add and settle.
         self._pending: tuple[int, list[int], list[tuple[int, dict[int, int]]]] | None = None
@@ -120,16 +121,16 @@ class Trail:
         t.meta.frombytes(st.meta)
         t.names = [sys.intern(n) for n in st.names]
         n = len(t.total) // 2
-        if (st.format != 2 or not 0.0 < st.decay < 1.0 or len(st.total) % 16 or len(st.meta) % (8 * _ROW)
+        if (st.format != 2 or not 0.0 < st.decay < 1.0 or len(st.total) % 8 or len(st.meta) % (4 * _ROW)
                 or len(t.meta) != _ROW * len(t.names)
-                or any(r >= len(t.names) or len(v) != 16 * n for r, v in st.vecs.items())
+                or any(r >= len(t.names) or len(v) != 8 * n for r, v in st.vecs.items())
                 or any(not 0 <= t.meta[i] < len(VALUE_FIELDS)
                        for i in range(0, len(t.meta), _ROW))):
             raise ValueError("attribution trail: bad decay, counters or values")
         if st.vecs:
             t.vecs = {}
             for r, b in st.vecs.items():
-                t.vecs[r] = v = array("d")
+                t.vecs[r] = v = array(_TYPE)
                 v.frombytes(b)
         return t
 
@@ -148,7 +149,7 @@ class Trail:
     def first(self, f: int, v: str) -> int:
         """The window value ``v`` of field ``f`` was first seen (-1: not known)."""
         r = self._row(f, v)
-        return -1 if r < 0 else int(self.meta[r * _ROW + 1])
+        return -1 if r < 0 else self.start + int(self.meta[r * _ROW + 1])
 
     def _vec(self, r: int | None, w: int, settled: bool = False) -> list[float]:
         """Row ``r``'s counters (None: the cohort's) at window ``w``."""
@@ -167,7 +168,7 @@ class Trail:
             for i in range(len(a)):
                 a[i] /= g
         m = self.meta
-        for i in range(3, len(m), _ROW):
+        for i in range(2, len(m), _ROW):
             m[i] /= g
         self.ref = w
 
@@ -183,7 +184,7 @@ class Trail:
         n = len(counts)
         half = len(tot) // 2
         if half < n:   # the first window, or a layout grown since
-            pad = array("d", bytes(8 * (n - half)))
+            pad = array(_TYPE, bytes(4 * (n - half)))
             self.total = tot = tot[:half] + pad + tot[half:] + pad
         for i, c in enumerate(counts):
             if c:
@@ -206,16 +207,15 @@ class Trail:
                 if r < 0:
                     r = len(names)
                     names.append(sys.intern(v))
-                    meta.extend((f, w, w, 0.0))
+                    meta.extend((f, w - self.start, 0.0))
                     if self.start < w and w >= self.start + self.warm and v not in (
                             UNKNOWN, OTHER):
                         # A change: its own counters while it is a candidate.
                         if self.vecs is None:
                             self.vecs = {}
-                        self.vecs[r] = array("d", bytes(16 * n))
+                        self.vecs[r] = array(_TYPE, bytes(8 * n))
                     self.newest = max(self.newest, w)
-                meta[r * _ROW + 2] = w
-                meta[r * _ROW + 3] += (counts[EVENTS] if c is None else c.get(EVENTS, 0)) * g
+                meta[r * _ROW + 2] += (counts[EVENTS] if c is None else c.get(EVENTS, 0)) * g
                 vec = self.vecs.get(r) if self.vecs else None
                 if vec is not None:
                     if c is None:
@@ -238,7 +238,7 @@ class Trail:
         vecs = self.vecs
         meta = self.meta
         if vecs:
-            for r in [r for r in vecs if meta[r * _ROW + 1] < w - self.lookback]:
+            for r in [r for r in vecs if self.start + meta[r * _ROW + 1] < w - self.lookback]:
                 del vecs[r]
             if not vecs:
                 self.vecs = None
@@ -251,22 +251,24 @@ class Trail:
         for f, k in enumerate(per):
             if k > TRAIL_VALUES:
                 rows = sorted((r for r in range(len(self.names)) if meta[r * _ROW] == f),
-                              key=lambda r: (meta[r * _ROW + 3], self.names[r]))
+                              key=lambda r: (meta[r * _ROW + 2], self.names[r]))
                 drop.update(rows[:k - TRAIL_VALUES])
         keep = [r for r in range(len(self.names)) if r not in drop]
         moved = {r: i for i, r in enumerate(keep)}
         self.names = [self.names[r] for r in keep]
-        self.meta = array("d", (meta[r * _ROW + j] for r in keep for j in range(_ROW)))
+        self.meta = array(_TYPE, (meta[r * _ROW + j] for r in keep for j in range(_ROW)))
         if self.vecs:
             self.vecs = {moved[r]: v for r, v in self.vecs.items() if r in moved} or None
         return moved
 
-    def settle(self, w: int) -> None:
-        """Window ``w`` (the last added) had no anomaly in this cohort: its counters also
-        count as settled, what a value's events looked like before an anomaly."""
-        if self._pending is None or self._pending[0] != w:
+    def settle(self, w: int, ordinary: bool = True) -> None:
+        """The end of window ``w`` (the last added): if it had no anomaly in this cohort
+        (``ordinary``) its counters also count as settled, what a value's events looked like
+        before an anomaly."""
+        pending, self._pending = self._pending, None
+        if pending is None or pending[0] != w or not ordinary:
             return
-        _, counts, split = self._pending
+        _, counts, split = pending
         g = self._g(w)
         tot = self.total
         n = len(tot) // 2
@@ -280,7 +282,6 @@ class Trail:
                 for i, x in c.items():
                     if i < vn:
                         vec[vn + i] += x * g
-        self._pending = None
 
     # -- attribution -----------------------------------------------------------------------
     def has_candidates(self, w: int) -> bool:
@@ -295,7 +296,7 @@ class Trail:
         lo = max(w - lookback, self.start + settle)
         meta = self.meta
         return sorted((int(meta[r * _ROW]), self.names[r]) for r in self.vecs
-                      if meta[r * _ROW + 1] >= lo)
+                      if self.start + meta[r * _ROW + 1] >= lo)
 
     def baseline_of(self, f: int, v: str, w: int, now: dict[str, dict[int, int]]) -> str | None:
         """The value of field ``f`` the candidate ``v`` replaced: of those seen before it,
@@ -306,10 +307,10 @@ class Trail:
         meta, g = self.meta, self._g(w)
         best: tuple[float, float, str] | None = None
         for r, u in enumerate(self.names):
-            if (meta[r * _ROW] != f or u == v or meta[r * _ROW + 1] >= first
+            if (meta[r * _ROW] != f or u == v or self.start + meta[r * _ROW + 1] >= first
                     or u in (UNKNOWN, OTHER)):
                 continue
-            seen = meta[r * _ROW + 3] / g
+            seen = meta[r * _ROW + 2] / g
             if seen <= 0.0:
                 continue
             cand = (-now.get(u, {}).get(EVENTS, 0) / seen, seen, u)

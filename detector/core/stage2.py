@@ -198,8 +198,7 @@ class Stage2:
             self.pairs_scored += len(ds)
             if self.attr_detects and own.trail.has_candidates(w):
                 self._detect(own, ds, fire, p)
-            if not any(d.anomalous for d in ds):
-                own.trail.settle(w)
+            own.trail.settle(w, not any(d.anomalous for d in ds))
         self.cohort_windows += len(parts)
         adopted: list[Key] = []
         for key, ds in decisions.items():
