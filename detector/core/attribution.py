@@ -53,6 +53,8 @@ _TYPE: Final = "f"
 _ROW: Final = 3
 
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
+#: Counters as _at reads them: (stored numbers, where they start, how many, their scale).
+_View = tuple["array[float]", int, int, float]
 
 
 class _State(msgspec.Struct, array_like=True):
@@ -151,14 +153,14 @@ class Trail:
         r = self._row(f, v)
         return -1 if r < 0 else self.start + int(self.meta[r * _ROW + 1])
 
-    def _vec(self, r: int | None, w: int, settled: bool = False) -> list[float]:
-        """Row ``r``'s counters (None: the cohort's) at window ``w``."""
+    def _vec(self, r: int | None, w: int, settled: bool = False) -> _View | None:
+        """Row ``r``'s counters (None: the cohort's) at window ``w``, as :func:`_at` reads
+        them."""
         src = self.total if r is None else (self.vecs or {}).get(r)
-        if src is None:
-            return []
+        if not src:
+            return None
         n = len(src) // 2
-        g = self._g(w)
-        return [x / g for x in (src[n:] if settled else src[:n])]
+        return src, n if settled else 0, n, self._g(w)
 
     # -- adding ----------------------------------------------------------------------------
     def _rescale(self, w: int) -> None:
@@ -323,10 +325,11 @@ class Trail:
         """(score, observed with, observed without) of the signal among the value's events
         against the rest of the cohort's: + where the value's events are higher."""
         r = self._row(f, v)
-        vec = self._vec(r, w) if r >= 0 else []
-        if not vec:
+        vec = self._vec(r, w) if r >= 0 else None
+        tot = self._vec(None, w)
+        if vec is None or tot is None:
             return 0.0, 0.0, 0.0
-        z, with_, without, _ = _test(sig, vec, self._vec(None, w), disp)
+        z, with_, without, _ = _test(sig, vec, tot, disp)
         return z, with_, without
 
     def before(self, f: int, v: str, w: int, sig: Sig, disp: float, with_: float
@@ -336,18 +339,20 @@ class Trail:
         they are now, ``with_``). A value whose settled events were ordinary, and would have
         shown it, did not bring the anomaly (it came later)."""
         r = self._row(f, v)
-        vec = self._vec(r, w, settled=True) if r >= 0 else []
-        if not vec:
+        vec = self._vec(r, w, settled=True) if r >= 0 else None
+        tot = self._vec(None, w, settled=True)
+        if vec is None or tot is None:
             return 0.0, 0.0
-        z, _, _, power = _test(sig, vec, self._vec(None, w, settled=True), disp, with_)
+        z, _, _, power = _test(sig, vec, tot, disp, with_)
         return z, power
 
 
-def _at(v: list[float], i: int) -> float:
-    return v[i] if 0 <= i < len(v) else 0.0
+def _at(v: _View, i: int) -> float:
+    a, off, n, g = v
+    return a[off + i] / g if 0 <= i < n else 0.0
 
 
-def _test(sig: Sig, vec: list[float], tot: list[float], disp: float,
+def _test(sig: Sig, vec: _View, tot: _View, disp: float,
           as_with: float | None = None) -> tuple[float, float, float, float]:
     """(score, with, without, the score had "with" been ``as_with``) of the counters ``vec``
     against ``tot`` minus them."""

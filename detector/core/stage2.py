@@ -374,10 +374,28 @@ class Stage2:
         evidence past the signal's threshold, and this window's events with the value
         leaning that way on their own (so the alert ends when they stop failing)."""
         w = p.window
+        trail = own.trail
+        cands = trail.candidates(w, self.lookback, self.scorer.warmup) if trail else []
+        if not cands:
+            return
+        splits: dict[int, dict[str, dict[int, int]]] = {}
         for i, d in enumerate(ds):
             if d.anomalous or d.signal not in self._detecting:
                 continue
             sig = self._sig[d.signal]
+            need = self.scorer.min_count(sig.name)
+            # Whichever candidate ranks first, its events in this window must hold at least
+            # min_count flagged units (below): none does, no ranking.
+            for f, v in cands:
+                if f == TOOL_FIELD and sig.name not in self._tool_signals:
+                    continue
+                sp = splits.get(f)
+                if sp is None:
+                    sp = splits[f] = split_values(p.values.get(f, {}), p.counts)
+                if sp.get(v, {}).get(sig.num, 0) >= need:
+                    break
+            else:
+                continue
             ranked = self._ranked(own, sig, 1.0, w)
             if not ranked:
                 continue
@@ -385,7 +403,10 @@ class Stage2:
             z, f, v, _, without = ranked[0]
             if z < t or abs(d.score) >= z:
                 continue
-            mine = split_values(p.values.get(f, {}), p.counts).get(v, {})
+            sp = splits.get(f)
+            if sp is None:
+                sp = splits[f] = split_values(p.values.get(f, {}), p.counts)
+            mine = sp.get(v, {})
             k, n = mine.get(sig.num, 0), mine.get(sig.den, 0)
             b: Any = own.baselines.get(sig.name)
             sd = math.sqrt(max(b.dispersion(), 1.0)) if b is not None else 1.0
