@@ -20,8 +20,8 @@ when a window closes. Partials and their merge are in :mod:`detector.core.partia
 from __future__ import annotations
 
 from collections.abc import Iterable
-from operator import attrgetter
-from typing import Final
+from operator import add, attrgetter
+from typing import Any, Final
 
 from msgspec import UNSET
 
@@ -161,16 +161,16 @@ class Aggregator(Counting):
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
             p.versions = {versions_of(combo[:3]): p.counts[EVENTS]}
-            tools: dict[str, list[int]] = p.values.get(TOOL_FIELD, {})  # type: ignore[assignment]  # lists while open
+            lists: Any = p.values.get(TOOL_FIELD, {})   # written out by _roll_up
             p.values = {f: {value_of(f, combo): {}} for f in _VERSIONED}
-            p.values[TOOL_FIELD] = tool_values(tools, p.counts, TOOL_COUNTERS)
+            p.values[TOOL_FIELD] = lists
             return p
         parts = [q for _, q in members]
         counts = [sum(col) for col in zip(*(q.counts for q in parts), strict=True)]
         samples: dict[int, set[str]] = {}
         tops: dict[int, set[tuple[int, str]]] = {}
         versions: dict[Versions, int] = {}
-        tools = {}
+        tools: dict[str, Any] = {}
         for c, q in members:
             for i, ids in q.samples.items():
                 samples.setdefault(i, set()).update(ids)
@@ -180,8 +180,7 @@ class Aggregator(Counting):
             versions[vs] = versions.get(vs, 0) + q.counts[EVENTS]
             for name, lst in q.values.get(TOOL_FIELD, {}).items():
                 have = tools.get(name)
-                tools[name] = lst if have is None else [  # type: ignore[assignment]
-                    a + b for a, b in zip(have, lst, strict=True)]  # type: ignore[arg-type]
+                tools[name] = lst if have is None else list(map(add, have, lst))
         cap_versions(versions)
         values: dict[int, dict[str, dict[int, int]]] = {}
         for f in _VERSIONED:
@@ -194,9 +193,7 @@ class Aggregator(Counting):
             whole = {v: {i: n for i, n in enumerate(map(sum, zip(*lists, strict=True))) if n}
                      for v, lists in by.items()}
             values[f] = compact_values(whole)
-        tv = tool_values(tools, counts, TOOL_COUNTERS)
-        values[TOOL_FIELD] = tv if len(tv) <= MAX_VALUES else compact_values(
-            split_values(tv, counts))
+        values[TOOL_FIELD] = tools
         out = Partial(p.window, p.level, p.cohort, counts,
                       {i: sorted(ids)[:self.k] for i, ids in samples.items()},
                       {i: sorted(items)[-TOP_K:] for i, items in tops.items()},
@@ -232,18 +229,37 @@ class Aggregator(Counting):
         return self.drain(watermark=(max(w for w, _ in self._open) + 1) * self.size)
 
     def _roll_up(self, finest: Iterable[Partial]) -> list[Partial]:
+        """The finest partials and their coarser cohorts'. The tool names' counts, still
+        lists (Counting._tool), are summed as lists and then written out (tool_values)."""
         out: list[Partial] = []
         coarse: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
+        tools: dict[tuple[int, int, tuple[str, ...]], dict[str, list[int]]] = {}
         fin = len(self.levels) - 1
         for p in finest:
+            mine: Any = p.values.pop(TOOL_FIELD, {})   # lists (see Counting._tool)
             for lvl in range(fin):
                 key = (p.window, lvl, tuple(p.cohort[i] for i in self._proj[lvl]))
                 q = coarse.get(key)
                 if q is None:
                     coarse[key] = q = empty_partial(p.window, lvl, key[2], len(p.counts), p.route)
+                    tools[key] = {}
                 merge_into(q, p, self.k)
+                into = tools[key]
+                for name, lst in mine.items():
+                    have = into.get(name)
+                    into[name] = lst if have is None else list(map(add, have, lst))
+            p.values[TOOL_FIELD] = _written(mine, p.counts)
             out.append(p)
+        for key, q in coarse.items():
+            q.values[TOOL_FIELD] = _written(tools[key], q.counts)
         return sorted(coarse.values(), key=_pkey) + out
+
+
+def _written(tools: dict[str, list[int]], counts: list[int]) -> dict[str, dict[int, int]]:
+    """Tool names' lists as Partial.values holds them, at most MAX_VALUES (a coarse cohort
+    may gather more names than one open partial keeps)."""
+    tv = tool_values(tools, counts, TOOL_COUNTERS)
+    return tv if len(tv) <= MAX_VALUES else compact_values(split_values(tv, counts))
 
 
 def _order(key: tuple[int, tuple[object, ...]]) -> tuple[int, tuple[str, ...]]:

@@ -55,6 +55,8 @@ _ROW: Final = 3
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
 #: Counters as _at reads them: (stored numbers, where they start, how many, their scale).
 _View = tuple["array[float]", int, int, float]
+#: A window between add and settle: its index, its non-zero counts, and the candidates'.
+_Pending = tuple[int, list[tuple[int, int]], list[tuple[int, dict[int, int]]]]
 
 
 class _State(msgspec.Struct, array_like=True):
@@ -77,12 +79,13 @@ class Trail:
     """One cohort's counters, decayed (a half-life of a few windows), in total and, for the
     values that are rollback candidates, per value.
 
-    Compact (numbers as 4-byte floats): the decay is lazy, every number stored multiplied by ``decay ** -(w - ref)``
-    (so adding a window is additions only, and reading divides by one scale); the cohort's
-    counters and those of its windows without an anomaly ("settled") are one ``array('f')``;
-    each value of each field a name and a row of ``meta`` (field, first seen, events); only a value first seen after the cohort's first ``settle`` windows (a change,
-    not its initial mix) has counters of its own (``vecs``), and only within ``lookback``
-    windows of it."""
+    Compact (numbers as 4-byte floats): the decay is lazy, every number stored multiplied
+    by ``decay ** -(w - ref)`` (so adding a window is additions only, and reading divides by
+    one scale); the cohort's counters and those of its windows without an anomaly
+    ("settled") are one ``array('f')``; each value of each field a name (interned: cohorts
+    share them) and a row of ``meta`` (field, first seen, events); only a value first seen
+    after the cohort's first ``settle`` windows (a change, not its initial mix) has counters
+    of its own (``vecs``), and only within ``lookback`` windows of it."""
 
     __slots__ = ("_pending", "decay", "lookback", "meta", "names", "newest", "ref", "start",
                  "total", "vecs", "warm")
@@ -100,7 +103,7 @@ class Trail:
         self.meta: array[float] = array(_TYPE)
         self.vecs: dict[int, array[float]] | None = None
         # This window's counts and the candidates' split, kept between add and settle.
-        self._pending: tuple[int, list[int], list[tuple[int, dict[int, int]]]] | None = None
+        self._pending: _Pending | None = None
 
     def state(self) -> list[Any]:
         return [2, self.start, self.newest, self.decay, self.warm, self.lookback, self.ref,
@@ -123,8 +126,8 @@ class Trail:
         t.meta.frombytes(st.meta)
         t.names = [sys.intern(n) for n in st.names]
         n = len(t.total) // 2
-        if (st.format != 2 or not 0.0 < st.decay < 1.0 or len(st.total) % 8 or len(st.meta) % (4 * _ROW)
-                or len(t.meta) != _ROW * len(t.names)
+        if (st.format != 2 or not 0.0 < st.decay < 1.0 or len(st.total) % 8
+                or len(st.meta) % (4 * _ROW) or len(t.meta) != _ROW * len(t.names)
                 or any(r >= len(t.names) or len(v) != 8 * n for r, v in st.vecs.items())
                 or any(not 0 <= t.meta[i] < len(VALUE_FIELDS)
                        for i in range(0, len(t.meta), _ROW))):
@@ -143,10 +146,14 @@ class Trail:
 
     def _row(self, f: int, v: str) -> int:
         names, meta = self.names, self.meta
-        for r, u in enumerate(names):
-            if u == v and meta[r * _ROW] == f:
+        r = -1
+        while True:
+            try:
+                r = names.index(v, r + 1)
+            except ValueError:
+                return -1
+            if meta[r * _ROW] == f:
                 return r
-        return -1
 
     def first(self, f: int, v: str) -> int:
         """The window value ``v`` of field ``f`` was first seen (-1: not known)."""
@@ -188,55 +195,68 @@ class Trail:
         if half < n:   # the first window, or a layout grown since
             pad = array(_TYPE, bytes(4 * (n - half)))
             self.total = tot = tot[:half] + pad + tot[half:] + pad
-        for i, c in enumerate(counts):
-            if c:
-                tot[i] += c * g
-        names, meta = self.names, self.meta
+        nz = [(i, x) for i, x in enumerate(counts) if x]
+        for i, x in nz:
+            tot[i] += x * g
         split: list[tuple[int, dict[int, int]]] = []
-        whole: dict[int, int] | None = None
+        added = False
         for f, vals in values.items():
             if f >= len(VALUE_FIELDS):
                 continue
-            parts: dict[str, dict[int, int] | None]
-            if len(vals) == 1:   # the one value: all the counts
-                parts = dict.fromkeys(vals)
-            else:
-                parts = split_values(vals, counts)   # type: ignore[assignment]
-            for v, c in parts.items():
-                if f == TOOL_FIELD and v == UNKNOWN:
-                    continue   # events that call no tool
-                r = self._row(f, v)
-                if r < 0:
-                    r = len(names)
-                    names.append(sys.intern(v))
-                    meta.extend((f, w - self.start, 0.0))
-                    if self.start < w and w >= self.start + self.warm and v not in (
-                            UNKNOWN, OTHER):
-                        # A change: its own counters while it is a candidate.
-                        if self.vecs is None:
-                            self.vecs = {}
-                        self.vecs[r] = array(_TYPE, bytes(8 * n))
-                    self.newest = max(self.newest, w)
-                meta[r * _ROW + 2] += (counts[EVENTS] if c is None else c.get(EVENTS, 0)) * g
-                vec = self.vecs.get(r) if self.vecs else None
-                if vec is not None:
-                    if c is None:
-                        if whole is None:
-                            whole = {i: x for i, x in enumerate(counts) if x}
-                        c = whole
-                    vn = len(vec) // 2
-                    for i, x in c.items():
-                        if i < vn:
-                            vec[i] += x * g
-                    split.append((r, c))
-        moved = self._prune(w)
-        if moved is not None:
-            split = [(moved[r], c) for r, c in split if r in moved]
-        self._pending = (w, counts, split)
+            rest: str | None = None   # the value written {}: the counts the others are not
+            rest_events = counts[EVENTS]
+            for v, c in vals.items():
+                if not c:
+                    rest = v
+                    continue
+                rest_events -= c.get(EVENTS, 0)
+                if f != TOOL_FIELD or v != UNKNOWN:
+                    added |= self._count(f, v, c, c.get(EVENTS, 0), w, g, n, split)
+            if rest is not None and (f != TOOL_FIELD or rest != UNKNOWN):
+                added |= self._count(f, rest, None, rest_events, w, g, n, split, vals, counts)
+        if added or self.vecs is not None:
+            moved = self._prune(w, added)
+            if moved is not None:
+                split = [(moved[r], c) for r, c in split if r in moved]
+        self._pending = (w, nz, split)
 
-    def _prune(self, w: int) -> dict[int, int] | None:
-        """Keep TRAIL_VALUES values a field (those with most recent events) and counters of
-        candidates still within the look-back; the rows that moved (old -> new), if any."""
+    def _count(self, f: int, v: str, c: dict[int, int] | None, events: int, w: int, g: float,
+               n: int, split: list[tuple[int, dict[int, int]]],
+               vals: dict[str, dict[int, int]] | None = None, counts: list[int] | None = None
+               ) -> bool:
+        """Count value ``v`` of field ``f``: its ``events``, and its counters ``c`` if it
+        has counters of its own (None: the remainder of ``counts`` after the others of
+        ``vals``). Whether it is new."""
+        r = self._row(f, v)
+        new = r < 0
+        if new:
+            r = len(self.names)
+            self.names.append(sys.intern(v))
+            self.meta.extend((f, w - self.start, 0.0))
+            if self.start < w and w >= self.start + self.warm and v not in (UNKNOWN, OTHER):
+                # A change: its own counters while it is a candidate.
+                if self.vecs is None:
+                    self.vecs = {}
+                self.vecs[r] = array(_TYPE, bytes(8 * n))
+            self.newest = max(self.newest, w)
+        self.meta[r * _ROW + 2] += events * g
+        vec = self.vecs.get(r) if self.vecs else None
+        if vec is not None:
+            if c is None:
+                assert vals is not None and counts is not None
+                c = split_values(vals, counts)[v] if len(vals) > 1 else {
+                    i: x for i, x in enumerate(counts) if x}
+            vn = len(vec) // 2
+            for i, x in c.items():
+                if i < vn:
+                    vec[i] += x * g
+            split.append((r, c))
+        return new
+
+    def _prune(self, w: int, added: bool) -> dict[int, int] | None:
+        """Keep counters of candidates still within the look-back and, after a value was
+        ``added``, TRAIL_VALUES values a field (those with most recent events); the rows
+        that moved (old -> new), if any."""
         vecs = self.vecs
         meta = self.meta
         if vecs:
@@ -244,6 +264,8 @@ class Trail:
                 del vecs[r]
             if not vecs:
                 self.vecs = None
+        if not added or len(self.names) <= TRAIL_VALUES:
+            return None
         per = [0] * len(VALUE_FIELDS)
         for i in range(0, len(meta), _ROW):
             per[int(meta[i])] += 1
@@ -270,13 +292,12 @@ class Trail:
         pending, self._pending = self._pending, None
         if pending is None or pending[0] != w or not ordinary:
             return
-        _, counts, split = pending
+        _, nz, split = pending
         g = self._g(w)
         tot = self.total
         n = len(tot) // 2
-        for i, c in enumerate(counts):
-            if c:
-                tot[n + i] += c * g
+        for i, x in nz:
+            tot[n + i] += x * g
         for r, c in split:
             vec = (self.vecs or {}).get(r)
             if vec is not None:

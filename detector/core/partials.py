@@ -301,6 +301,8 @@ def merge_values(av: dict[int, dict[str, dict[int, int]]], ac: list[int],
     >>> merge_values(a, [3, 1], b, [1, 0])
     {1: {'v1': {}, 'v2': {0: 1}}}
     """
+    if av == bv and all(len(x) == 1 and not next(iter(x.values())) for x in av.values()):
+        return av   # one and the same value a field on both sides: the common case
     out: dict[int, dict[str, dict[int, int]]] = {}
     a_any, b_any = any(ac), any(bc)
     for f in sorted(av.keys() | bv.keys()):

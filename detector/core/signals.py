@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from detector.config import Config, Price
 
 __all__ = ["COUNTERS", "EVAL_SCALE", "FIXED_AT", "HARD_RULE_SIGNALS", "MAX_RETRIES", "SET",
-           "SIGNALS", "TOOL_COUNTERS", "Counter", "Layout", "Signal", "SignalSpec", "check", "expand",
-           "known_signals", "layout_of", "matches"]
+           "SIGNALS", "TOOL_COUNTERS", "Counter", "Layout", "Signal", "SignalSpec", "check",
+           "expand", "known_signals", "layout_of", "matches"]
 
 Kind = Literal["rate", "quantity", "volume"]
 #: How a counter is counted: ``count`` +1 per event that passes ``when``; ``sum`` adds an int
