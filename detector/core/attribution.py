@@ -200,6 +200,7 @@ class Trail:
             tot[i] += x * g
         split: list[tuple[int, dict[int, int]]] = []
         added = False
+        names, meta, vecs = self.names, self.meta, self.vecs
         for f, vals in values.items():
             if f >= len(VALUE_FIELDS):
                 continue
@@ -209,11 +210,25 @@ class Trail:
                 if not c:
                     rest = v
                     continue
-                rest_events -= c.get(EVENTS, 0)
-                if f != TOOL_FIELD or v != UNKNOWN:
-                    added |= self._count(f, v, c, c.get(EVENTS, 0), w, g, n, split)
+                ev = c.get(EVENTS, 0)
+                rest_events -= ev
+                if f == TOOL_FIELD and v == UNKNOWN:
+                    continue
+                # Most windows: a known value without counters of its own, its events only.
+                r = names.index(v) if v in names else -1
+                if r >= 0 and meta[r * _ROW] == f and not (vecs and r in vecs):
+                    meta[r * _ROW + 2] += ev * g
+                else:
+                    added |= self._count(f, v, c, ev, w, g, n, split)
+                    vecs = self.vecs
             if rest is not None and (f != TOOL_FIELD or rest != UNKNOWN):
-                added |= self._count(f, rest, None, rest_events, w, g, n, split, vals, counts)
+                r = names.index(rest) if rest in names else -1
+                if r >= 0 and meta[r * _ROW] == f and not (vecs and r in vecs):
+                    meta[r * _ROW + 2] += rest_events * g
+                else:
+                    added |= self._count(f, rest, None, rest_events, w, g, n, split, vals,
+                                         counts)
+                    vecs = self.vecs
         if added or self.vecs is not None:
             moved = self._prune(w, added)
             if moved is not None:
