@@ -280,3 +280,21 @@ def test_tool_names_are_counted_alike_and_bounded(config: Config) -> None:
     bad = FIXED_AT["schema_invalid"]
     assert sum(c.get(bad, 0) for v, c in tools.items()) == p.counts[bad] == 134
     assert all(set(c) <= set(TOOL_COUNTERS) for v, c in tools.items() if v != "unknown")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.just(0), st.integers(-10**6, 10**12)), min_size=1, max_size=40),
+       st.floats(1e-3, 1e30), st.integers(0, 5))
+def test_scaled_sums_in_c_are_python_s(counts: list[int], g: float, offset: int) -> None:
+    """attribution.Trail's decayed sums: the C twin adds what the Python loop adds."""
+    from array import array
+
+    assert counting.scaled_add is counting._tally.scaled_add
+    rng = random.Random(len(counts))
+    start = [rng.uniform(0, 1e6) for _ in range(offset + len(counts))]
+    c_buf, py_buf = array("f", start), array("f", start)
+    counting.scaled_add(c_buf, offset, counts, g)
+    counting._scaled_add_py(py_buf, offset, counts, g)
+    assert c_buf.tobytes() == py_buf.tobytes()
+    with pytest.raises(ValueError, match="room"):
+        counting.scaled_add(c_buf, offset + 1, counts, g)

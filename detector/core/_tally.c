@@ -18,6 +18,7 @@
  */
 #include "_slots.h"
 #include <float.h>
+#include <string.h>
 #include <math.h>
 
 /* The structural fields of TraceEvent, in this order (see the configure() call in counting.py). */
@@ -1126,12 +1127,57 @@ py_fixed_log1p(PyObject *self, PyObject *v)
     return PyLong_FromLongLong(fixed_log1p(d));
 }
 
+/* scaled_add(buf, offset, counts, g): buf[offset + i] += counts[i] * g for each non-zero
+ * int counts[i], ``buf`` a writable array('f') (attribution.Trail's decayed sums; its Python
+ * twin is counting.scaled_add): each product and sum in double, as Python computes them. */
+static PyObject *
+scaled_add(PyObject *self, PyObject *args)
+{
+    PyObject *buf, *counts;
+    Py_ssize_t offset;
+    double g;
+    if (!PyArg_ParseTuple(args, "OnO!d", &buf, &offset, &PyList_Type, &counts, &g))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(counts);
+    if (view.itemsize != (Py_ssize_t)sizeof(float) || view.format == NULL
+            || strcmp(view.format, "f") != 0 || offset < 0
+            || offset + n > view.len / (Py_ssize_t)sizeof(float)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scaled_add: an array('f') with room for the counts");
+        return NULL;
+    }
+    float *f = (float *)view.buf + offset;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(counts, i);
+        if (!PyLong_Check(c)) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError, "scaled_add: counts are ints");
+            return NULL;
+        }
+        double x = PyLong_AsDouble(c);
+        if (x == -1.0 && PyErr_Occurred()) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        if (x == 0.0)
+            continue;
+        volatile double p = x * g;   /* rounded on its own (no fused multiply-add) */
+        f[i] = (float)((double)f[i] + p);
+    }
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Field offsets, counter indexes and constants."},
     {"offsets", offsets, METH_O, "Slot offsets of TraceEvent fields."},
     {"configure_values", configure_values, METH_VARARGS, "The per-tool-name counting."},
     {"add_many", add_many, METH_VARARGS, "Count events from ``start`` (see the file's top)."},
     {"fixed_log1p", py_fixed_log1p, METH_O, "A quantity as fixed-point log1p (for tests)."},
+    {"scaled_add", scaled_add, METH_VARARGS, "Decayed sums: buf[offset + i] += counts[i] * g."},
     {NULL, NULL, 0, NULL},
 };
 

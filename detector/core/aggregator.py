@@ -81,6 +81,7 @@ class Aggregator(Counting):
         self._nf = len(self.finest)
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
         self._combos: dict[tuple[int, tuple[object, ...]], int] = {}   # open partials per cohort
+        self._named: dict[tuple[object, ...], dict[int, dict[str, dict[int, int]]]] = {}
         self.late = 0
         # Bounded memory whatever producers send: past max_cohorts distinct finest cohorts,
         # new ones are counted under an all-"other" cohort (and in self.folded).
@@ -151,7 +152,16 @@ class Aggregator(Counting):
             else:
                 del self._combos[(w, cohort)]
             groups.setdefault((w, cohort), []).append((full[nf:], p))
+        self._named = {}
         return self._roll_up(sorted(map(self._combine, groups.values()), key=_pkey))
+
+    def _values_of(self, combo: tuple[object, ...]) -> dict[int, dict[str, dict[int, int]]]:
+        """A combination's one value a field, as Partial.values holds them: the inner dicts
+        shared by the partials of one hand-out (nothing changes them in place)."""
+        got = self._named.get(combo)
+        if got is None:
+            got = self._named[combo] = {f: {value_of(f, combo): {}} for f in _VERSIONED}
+        return dict(got)
 
     def _combine(self, members: list[tuple[tuple[object, ...], Partial]]) -> Partial:
         """One cohort's combinations in one partial, in one pass (not one merge each), the
@@ -162,7 +172,7 @@ class Aggregator(Counting):
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
             p.versions = {versions_of(combo[:3]): p.counts[EVENTS]}
             lists: Any = p.values.get(TOOL_FIELD, {})   # written out by _roll_up
-            p.values = {f: {value_of(f, combo): {}} for f in _VERSIONED}
+            p.values = self._values_of(combo)
             p.values[TOOL_FIELD] = lists
             return p
         parts = [q for _, q in members]

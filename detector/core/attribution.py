@@ -34,6 +34,7 @@ from typing import Any, Final
 import msgspec
 
 from baselines.poisson import poisson_score
+from detector.core.counting import scaled_add
 from detector.core.partials import OTHER, SCALE, SEP, UNKNOWN, VALUE_FIELDS, split_values
 from detector.core.signals import EVENTS
 
@@ -55,8 +56,8 @@ _ROW: Final = 3
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
 #: Counters as _at reads them: (stored numbers, where they start, how many, their scale).
 _View = tuple["array[float]", int, int, float]
-#: A window between add and settle: its index, its non-zero counts, and the candidates'.
-_Pending = tuple[int, list[tuple[int, int]], list[tuple[int, dict[int, int]]]]
+#: A window between add and settle: its index, its counts, and the candidates'.
+_Pending = tuple[int, list[int], list[tuple[int, dict[int, int]]]]
 
 
 class _State(msgspec.Struct, array_like=True):
@@ -195,9 +196,7 @@ class Trail:
         if half < n:   # the first window, or a layout grown since
             pad = array(_TYPE, bytes(4 * (n - half)))
             self.total = tot = tot[:half] + pad + tot[half:] + pad
-        nz = [(i, x) for i, x in enumerate(counts) if x]
-        for i, x in nz:
-            tot[i] += x * g
+        scaled_add(tot, 0, counts, g)
         split: list[tuple[int, dict[int, int]]] = []
         added = False
         names, meta, vecs = self.names, self.meta, self.vecs
@@ -233,7 +232,7 @@ class Trail:
             moved = self._prune(w, added)
             if moved is not None:
                 split = [(moved[r], c) for r, c in split if r in moved]
-        self._pending = (w, nz, split)
+        self._pending = (w, counts, split)
 
     def _count(self, f: int, v: str, c: dict[int, int] | None, events: int, w: int, g: float,
                n: int, split: list[tuple[int, dict[int, int]]],
@@ -307,12 +306,11 @@ class Trail:
         pending, self._pending = self._pending, None
         if pending is None or pending[0] != w or not ordinary:
             return
-        _, nz, split = pending
+        _, counts, split = pending
         g = self._g(w)
         tot = self.total
         n = len(tot) // 2
-        for i, x in nz:
-            tot[n + i] += x * g
+        scaled_add(tot, n, counts, g)
         for r, c in split:
             vec = (self.vecs or {}).get(r)
             if vec is not None:

@@ -21,7 +21,7 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableSequence
 from heapq import heappush, heapreplace
 from math import floor, log1p
 from operator import attrgetter
@@ -55,7 +55,7 @@ from detector.core.signals import (
 )
 from detector.core.watermark import Watermark
 
-__all__ = ["MAX_RETRIES", "Counting", "c_table", "python_source"]
+__all__ = ["MAX_RETRIES", "Counting", "c_table", "python_source", "scaled_add"]
 
 _FMAX: Final = sys.float_info.max
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
@@ -221,6 +221,19 @@ if _tally is not None:
         {op: g for on, g in _gates(COUNTERS).items() for op in on},
         TOP_K, EVAL_MAX, EVAL_SCALE)
     _tally.configure_values(TOOL_FIELD, TOOL_COUNTERS, TOOL_NAMES, OTHER)
+
+
+def _scaled_add_py(buf: MutableSequence[float], offset: int, counts: list[int], g: float
+                   ) -> None:
+    for i, x in enumerate(counts):
+        if x:
+            buf[offset + i] += x * g
+
+
+#: ``buf[offset + i] += counts[i] * g`` for the non-zero counts, ``buf`` an array('f'): the
+#: attribution trail's decayed sums, in C when it is built (the same numbers either way).
+scaled_add: Callable[[MutableSequence[float], int, list[int], float], None] = (
+    _scaled_add_py if _tally is None else _tally.scaled_add)
 
 
 class Counting:

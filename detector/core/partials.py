@@ -303,6 +303,8 @@ def merge_values(av: dict[int, dict[str, dict[int, int]]], ac: list[int],
     """
     if av == bv and all(len(x) == 1 and not next(iter(x.values())) for x in av.values()):
         return av   # one and the same value a field on both sides: the common case
+    if not av and all(bv.values()) and not any(ac):
+        return {f: bv[f] for f in sorted(bv)}   # into an empty partial (a roll-up's first)
     out: dict[int, dict[str, dict[int, int]]] = {}
     a_any, b_any = any(ac), any(bc)
     for f in sorted(av.keys() | bv.keys()):

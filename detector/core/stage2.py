@@ -47,6 +47,17 @@ MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not wal
 SETTLED_WINDOWS = 15
 
 
+def _units(vals: dict[str, dict[int, int]], counts: list[int], v: str, i: int) -> int:
+    """Counter ``i`` of value ``v``'s events in a partial's ``vals`` (its field's values,
+    the one written {} the remainder), without splitting the others out."""
+    c = vals.get(v)
+    if c is None:
+        return 0
+    if c:
+        return c.get(i, 0)
+    return counts[i] - sum(o.get(i, 0) for o in vals.values())
+
+
 class Stage2:
     """Detection for the route keys fed to it (a parent cohort and all its children always
     share one): windows, scores, grouping and the alert lifecycle."""
@@ -379,6 +390,7 @@ class Stage2:
         if not cands:
             return
         splits: dict[int, dict[str, dict[int, int]]] = {}
+        values = p.values
         for i, d in enumerate(ds):
             if d.anomalous or d.signal not in self._detecting:
                 continue
@@ -389,10 +401,7 @@ class Stage2:
             for f, v in cands:
                 if f == TOOL_FIELD and sig.name not in self._tool_signals:
                     continue
-                sp = splits.get(f)
-                if sp is None:
-                    sp = splits[f] = split_values(p.values.get(f, {}), p.counts)
-                if sp.get(v, {}).get(sig.num, 0) >= need:
+                if _units(values.get(f, {}), p.counts, v, sig.num) >= need:
                     break
             else:
                 continue
