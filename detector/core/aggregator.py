@@ -268,6 +268,8 @@ class Aggregator(Counting):
 def _written(tools: dict[str, list[int]], counts: list[int]) -> dict[str, dict[int, int]]:
     """Tool names' lists as Partial.values holds them, at most MAX_VALUES (a coarse cohort
     may gather more names than one open partial keeps)."""
+    if not tools:
+        return {UNKNOWN: {}}
     tv = tool_values(tools, counts, TOOL_COUNTERS)
     return tv if len(tv) <= MAX_VALUES else compact_values(split_values(tv, counts))
 

@@ -263,7 +263,7 @@ def tool_values(open_: dict[str, list[int]], counts: list[int], at: tuple[int, .
     >>> tool_values({"search": [3, 3, 1]}, [5, 0, 3, 1], (0, 2, 3))
     {'search': {0: 3, 2: 3, 3: 1}, 'unknown': {}}
     """
-    out = {v: {i: n for i, n in zip(at, lst, strict=True) if n}
+    out = {v: {i: n for i, n in zip(at, lst) if n}   # noqa: B905 - one length (Counting._tool)
            for v, lst in sorted(open_.items())}
     out[UNKNOWN] = {}   # (a tool named "unknown" is the remainder's too)
     return out

@@ -47,17 +47,6 @@ MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not wal
 SETTLED_WINDOWS = 15
 
 
-def _units(vals: dict[str, dict[int, int]], counts: list[int], v: str, i: int) -> int:
-    """Counter ``i`` of value ``v``'s events in a partial's ``vals`` (its field's values,
-    the one written {} the remainder), without splitting the others out."""
-    c = vals.get(v)
-    if c is None:
-        return 0
-    if c:
-        return c.get(i, 0)
-    return counts[i] - sum(o.get(i, 0) for o in vals.values())
-
-
 class Stage2:
     """Detection for the route keys fed to it (a parent cohort and all its children always
     share one): windows, scores, grouping and the alert lifecycle."""
@@ -390,20 +379,31 @@ class Stage2:
         if not cands:
             return
         splits: dict[int, dict[str, dict[int, int]]] = {}
-        values = p.values
+        # Whichever candidate ranks first, its events in this window must hold at least
+        # min_count flagged units (below): the most any candidate holds, per counter, tells
+        # at once where no ranking is needed (tools: for tool signals only).
+        most: dict[int, int] = {}
+        most_tool: dict[int, int] = {}
+        for f, v in cands:
+            vals = p.values.get(f, {})
+            c = vals.get(v)
+            if c is None:
+                continue
+            if not c:
+                sp = splits.get(f)
+                if sp is None:
+                    sp = splits[f] = split_values(vals, p.counts)
+                c = sp.get(v, {})
+            for into in (most_tool,) if f == TOOL_FIELD else (most, most_tool):
+                for j, x in c.items():
+                    if x > into.get(j, 0):
+                        into[j] = x
         for i, d in enumerate(ds):
             if d.anomalous or d.signal not in self._detecting:
                 continue
             sig = self._sig[d.signal]
-            need = self.scorer.min_count(sig.name)
-            # Whichever candidate ranks first, its events in this window must hold at least
-            # min_count flagged units (below): none does, no ranking.
-            for f, v in cands:
-                if f == TOOL_FIELD and sig.name not in self._tool_signals:
-                    continue
-                if _units(values.get(f, {}), p.counts, v, sig.num) >= need:
-                    break
-            else:
+            held = most_tool if sig.name in self._tool_signals else most
+            if held.get(sig.num, 0) < self.scorer.min_count(sig.name):
                 continue
             ranked = self._ranked(own, sig, 1.0, w)
             if not ranked:
