@@ -86,7 +86,7 @@ static struct {
     /* Per tool name (configure_values): the counters in tool_at, of each event whose
      * tool_name is set, also added to partial.values[tool_key][its name], a list. */
     Py_ssize_t off_values, off_tool;
-    PyObject *tool_key, *other;
+    PyObject *tool_key, *other, *fresh;   /* fresh(): a new name's zeroed array('q') */
     Py_ssize_t tool_at[MAX_TOOL], n_tool, max_values;
     int ready;
 } S;
@@ -318,16 +318,19 @@ offsets(PyObject *self, PyObject *names)
     return out;
 }
 
-/* configure_values(field_key, counters, max_values, other): the per-tool-name counting
+/* configure_values(field_key, counters, max_values, other, fresh): the per-tool-name counting
  * (after configure): the TraceEvent field "tool_name", the key of Partial.values it fills,
  * the fixed counters it keeps (each event's increments of them), and at most max_values
- * names per partial, later ones under ``other``. counters == () turns it off. */
+ * names per partial, later ones under ``other``, each an array('q') that fresh() makes.
+ * counters == () turns it off. */
 static PyObject *
 configure_values(PyObject *self, PyObject *args)
 {
     PyObject *key, *counters, *other;
     Py_ssize_t max_values;
-    if (!PyArg_ParseTuple(args, "OO!nU", &key, &PyTuple_Type, &counters, &max_values, &other))
+    PyObject *fresh;
+    if (!PyArg_ParseTuple(args, "OO!nUO", &key, &PyTuple_Type, &counters, &max_values, &other,
+                          &fresh))
         return NULL;
     if (!S.ready) {
         PyErr_SetString(PyExc_RuntimeError, "configure() first");
@@ -356,6 +359,8 @@ configure_values(PyObject *self, PyObject *args)
     Py_XSETREF(S.tool_key, key);
     Py_INCREF(other);
     Py_XSETREF(S.other, other);
+    Py_INCREF(fresh);
+    Py_XSETREF(S.fresh, fresh);
     S.off_values = off_values;
     S.off_tool = off_tool;
     S.max_values = max_values;
@@ -719,7 +724,8 @@ sample_insert(PyObject *p, PyObject *key, PyObject *tid, Py_ssize_t k)
 }
 
 /* Add one event's increments of the tool counters (``delta``) to p.values[tool_key][name]
- * (Counting._tool in Python): a list per name, at most max_values names, then ``other``. */
+ * (Counting._tool in Python): an array('q') per name, at most max_values names, then
+ * ``other``. */
 static int
 tool_add(PyObject *p, PyObject *name, const long long *delta)
 {
@@ -753,23 +759,28 @@ tool_add(PyObject *p, PyObject *name, const long long *delta)
                 goto done;
         }
         if (lst == NULL) {
-            if ((lst = PyList_New(S.n_tool)) == NULL)
+            if ((lst = PyObject_CallNoArgs(S.fresh)) == NULL)
                 goto done;
-            for (Py_ssize_t j = 0; j < S.n_tool; j++)
-                PyList_SET_ITEM(lst, j, PyLong_FromLong(0));   /* small ints: cached */
             int e = PyDict_SetItem(by, name, lst);
             Py_DECREF(lst);
             if (e < 0)
                 goto done;
         }
     }
-    if (!PyList_CheckExact(lst) || PyList_GET_SIZE(lst) != S.n_tool) {
-        PyErr_SetString(PyExc_TypeError, "a tool's counters is not a list of them");
+    /* An array of int64: added to in place, no int object made per event. */
+    Py_buffer view;
+    if (PyObject_GetBuffer(lst, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        goto done;
+    if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "q") != 0
+            || view.len != 8 * S.n_tool) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "a tool's counters is not an array('q') of them");
         goto done;
     }
+    long long *a = (long long *)view.buf;
     for (Py_ssize_t j = 0; j < S.n_tool; j++)
-        if (delta[j] && add(lst, j, delta[j]) < 0)
-            goto done;
+        a[j] += delta[j];
+    PyBuffer_Release(&view);
     err = 0;
 done:
     Py_DECREF(values);

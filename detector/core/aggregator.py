@@ -19,7 +19,7 @@ when a window closes. Partials and their merge are in :mod:`detector.core.partia
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from operator import add, attrgetter
 from typing import Any, Final
 
@@ -171,9 +171,9 @@ class Aggregator(Counting):
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
             p.versions = {versions_of(combo[:3]): p.counts[EVENTS]}
-            lists: Any = p.values.get(TOOL_FIELD, {})   # written out by _roll_up
+            counted: Any = p.values.get(TOOL_FIELD, {})   # written out by _roll_up
             p.values = self._values_of(combo)
-            p.values[TOOL_FIELD] = lists
+            p.values[TOOL_FIELD] = counted
             return p
         parts = [q for _, q in members]
         counts = [sum(col) for col in zip(*(q.counts for q in parts), strict=True)]
@@ -240,13 +240,14 @@ class Aggregator(Counting):
 
     def _roll_up(self, finest: Iterable[Partial]) -> list[Partial]:
         """The finest partials and their coarser cohorts'. The tool names' counts, still
-        lists (Counting._tool), are summed as lists and then written out (tool_values)."""
+        counted per name in arrays (Counting._tool), are summed as such and then written out
+        (tool_values)."""
         out: list[Partial] = []
         coarse: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
-        tools: dict[tuple[int, int, tuple[str, ...]], dict[str, list[int]]] = {}
+        tools: dict[tuple[int, int, tuple[str, ...]], dict[str, Any]] = {}
         fin = len(self.levels) - 1
         for p in finest:
-            mine: Any = p.values.pop(TOOL_FIELD, {})   # lists (see Counting._tool)
+            mine: Any = p.values.pop(TOOL_FIELD, {})   # arrays (see Counting._tool)
             for lvl in range(fin):
                 key = (p.window, lvl, tuple(p.cohort[i] for i in self._proj[lvl]))
                 q = coarse.get(key)
@@ -265,8 +266,8 @@ class Aggregator(Counting):
         return sorted(coarse.values(), key=_pkey) + out
 
 
-def _written(tools: dict[str, list[int]], counts: list[int]) -> dict[str, dict[int, int]]:
-    """Tool names' lists as Partial.values holds them, at most MAX_VALUES (a coarse cohort
+def _written(tools: dict[str, Sequence[int]], counts: list[int]) -> dict[str, dict[int, int]]:
+    """Tool names' counters as Partial.values holds them, at most MAX_VALUES (a coarse cohort
     may gather more names than one open partial keeps)."""
     if not tools:
         return {UNKNOWN: {}}

@@ -21,6 +21,7 @@ import contextlib
 import importlib
 import os
 import sys
+from array import array
 from collections.abc import Callable, Iterable, MutableSequence
 from heapq import heappush, heapreplace
 from math import floor, log1p
@@ -209,6 +210,11 @@ def _compile(counters: tuple[Counter, ...]) -> Callable[[Any, Iterable[TraceEven
 
 _count_py: Final = _compile(COUNTERS)
 
+
+def _fresh_tool() -> array[int]:
+    """A new tool name's counters (TOOL_COUNTERS), int64: C adds to them in place."""
+    return array("q", bytes(8 * len(TOOL_COUNTERS)))
+
 # The C accelerator, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS is set.
 # It is handed the structural fields and the counters' rules (c_table) it counts by.
 _tally: Any = None
@@ -220,7 +226,7 @@ if _tally is not None:
         TraceEvent, Partial, UNSET, ("ts", "trace_id", "operation"), c_table(),
         {op: g for on, g in _gates(COUNTERS).items() for op in on},
         TOP_K, EVAL_MAX, EVAL_SCALE)
-    _tally.configure_values(TOOL_FIELD, TOOL_COUNTERS, TOOL_NAMES, OTHER)
+    _tally.configure_values(TOOL_FIELD, TOOL_COUNTERS, TOOL_NAMES, OTHER, _fresh_tool)
 
 
 def _scaled_add_py(buf: MutableSequence[float], offset: int, counts: list[int], g: float
@@ -291,8 +297,8 @@ class Counting:
 
     def _tool(self, p: Partial, name: str, before: list[int]) -> None:
         """Add an event's increments of the TOOL_COUNTERS (``before``: them before it was
-        counted) to its tool name's, in ``p.values[TOOL_FIELD]``: while the partial is open a
-        list per name (the hand-out writes them out, :func:`partials.tool_values`), at most
+        counted) to its tool name's, in ``p.values[TOOL_FIELD]``: while the partial is open an
+        array('q') per name (the hand-out writes them out, :func:`partials.tool_values`), at most
         TOOL_NAMES names, then "other"."""
         by: Any = p.values.setdefault(TOOL_FIELD, {})
         lst = by.get(name)
@@ -301,7 +307,7 @@ class Counting:
                 name = OTHER
                 lst = by.get(name)
             if lst is None:
-                lst = by[name] = [0] * len(TOOL_COUNTERS)
+                lst = by[name] = _fresh_tool()
         c = p.counts
         for j, i in enumerate(TOOL_COUNTERS):
             lst[j] += c[i] - before[j]

@@ -14,7 +14,7 @@ change a result. They cross the wire between stage 1 and stage 2 as msgpack.
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Final, NamedTuple, TypeVar, cast
 
 from msgspec import UNSET, Struct
@@ -254,9 +254,9 @@ def value_of(field: int, combo: tuple[object, ...]) -> str:
     return UNKNOWN if v is UNSET else v  # type: ignore[return-value]  # a str when set
 
 
-def tool_values(open_: dict[str, list[int]], counts: list[int], at: tuple[int, ...]
+def tool_values(open_: Mapping[str, Sequence[int]], counts: list[int], at: tuple[int, ...]
                 ) -> dict[str, dict[int, int]]:
-    """The tool field's values as a partial hands them out, from stage 1's lists per tool
+    """The tool field's values as a partial hands them out, from stage 1's counters per tool
     name (their counters at ``at``): each name's, and "unknown" (events that call no tool)
     as the remainder.
 
