@@ -279,3 +279,31 @@ def test_a_worker_that_takes_over_keeps_the_evidence(config) -> None:
     bad["models"][0][-1] = [2, 0, 0, 2.0, 0, 120, 0, b"", [], b"", {}]   # a decay past 1
     with pytest.raises(ValueError, match="attribution trail"):
         snapshot.load_route(Stage2(config), zlib.compress(msgspec.msgpack.encode(bad)))
+
+
+def test_a_trail_keeps_own_counters_only_for_changes_within_the_look_back() -> None:
+    """A cohort on one version a field and a few tools costs a name and a row per value; a
+    value that comes later has counters of its own until it is older than the look-back;
+    the lazy decay's scale is folded in when it grows, the decayed sums unchanged."""
+    from detector.core.attribution import Trail, _at
+
+    t = Trail(0, decay=0.5, settle=5, lookback=20)
+    steady = {0: {"m\x1f1": {}}, 1: {"v1": {}}, 2: {"p": {}},
+              3: {"a": {0: 5, 2: 5}, "b": {0: 3, 2: 3}, "unknown": {}}}
+    counts = [20, 12, 8, 1]
+    for w in range(11):
+        t.add(w, steady, counts)
+        t.settle(w)
+    assert t.vecs is None and t.candidates(10, 20, 5) == []
+    assert len(msgspec.msgpack.encode(t.state())) < 250
+    canary = {**steady, 1: {"v1": {}, "v2": {0: 2, 3: 1}}}
+    t.add(11, canary, counts)
+    t.settle(11)
+    assert t.candidates(11, 20, 5) == [(1, "v2")] and t.first(1, "v2") == 11
+    for w in range(12, 200):   # 0.5 ** -100 passes the rescale point: folded in
+        t.add(w, steady, counts)
+        t.settle(w)
+    assert t.vecs is None and t.candidates(199, 20, 5) == [] and t.first(1, "v2") == 11
+    assert t.ref > 0   # folded once at least
+    view = t._vec(None, 199)
+    assert view is not None and _at(view, 0) == pytest.approx(20 / (1 - 0.5), rel=1e-5)
