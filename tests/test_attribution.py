@@ -307,3 +307,18 @@ def test_a_trail_keeps_own_counters_only_for_changes_within_the_look_back() -> N
     assert t.ref > 0   # folded once at least
     view = t._vec(None, 199)
     assert view is not None and _at(view, 0) == pytest.approx(20 / (1 - 0.5), rel=1e-5)
+
+
+def test_a_trail_takes_a_month_of_silence() -> None:
+    """Traffic that resumes after 30 days: the decayed sums are folded to nothing, no
+    overflow of the lazy decay's scale."""
+    from detector.core.attribution import Trail, _at
+
+    t = Trail(0, decay=0.977, settle=5, lookback=120)
+    vals = {1: {"v1": {}}}
+    for w in (*range(10), *range(43200, 43210)):
+        t.add(w, vals, [10, 10, 1])
+        t.settle(w)
+    view = t._vec(None, 43209)
+    assert view is not None and t.ref >= 43200
+    assert _at(view, 0) == pytest.approx(10 * (1 - 0.977 ** 10) / (1 - 0.977), rel=1e-5)

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import sys
 from array import array
-from math import expm1, log1p, sqrt
+from math import expm1, log, log1p, sqrt
 from typing import Any, Final
 
 import msgspec
@@ -48,6 +48,7 @@ MIN_UNITS: Final = 3.0
 #: The lazy decay's scale is folded into the stored counters past this (a 4-byte float's
 #: range is 3e38; folding is rare: about every few thousand windows).
 _RESCALE: Final = 1e30
+_LOG_RESCALE: Final = log(_RESCALE)
 #: Numbers are stored as 4-byte floats (decayed counters need no more; the state is half).
 _TYPE: Final = "f"
 #: A row of Trail.meta: field, window first seen (after the cohort's first), decayed events.
@@ -172,24 +173,24 @@ class Trail:
 
     # -- adding ----------------------------------------------------------------------------
     def _rescale(self, w: int) -> None:
-        """Fold the scale into the stored numbers (ref becomes ``w``)."""
-        g = self._g(w)
+        """Fold the scale into the stored numbers (ref becomes ``w``): they are multiplied by
+        the decay since ref (after a long silence, to nothing)."""
+        f = self.decay ** (w - self.ref)   # <= 1: underflows to 0.0, never overflows
         for a in (self.total, *(self.vecs or {}).values()):
             for i in range(len(a)):
-                a[i] /= g
+                a[i] *= f
         m = self.meta
         for i in range(2, len(m), _ROW):
-            m[i] /= g
+            m[i] *= f
         self.ref = w
 
     def add(self, w: int, values: dict[int, dict[str, dict[int, int]]], counts: list[int]
             ) -> None:
         """Add one window's counters (a partial's ``counts``) and each value's (its
         ``values``)."""
-        g = self._g(w)
-        if g > _RESCALE:
+        if (w - self.ref) * -log(self.decay) > _LOG_RESCALE:   # (a day's gap included)
             self._rescale(w)
-            g = 1.0
+        g = self._g(w)
         tot = self.total
         n = len(counts)
         half = len(tot) // 2
