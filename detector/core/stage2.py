@@ -59,6 +59,7 @@ _Leading = tuple[tuple[int, tuple[str, ...]], Decision, int, list[str],
 #: A value's events can clear it of an anomaly once it has run this many windows: sooner,
 #: its "ordinary" windows may be a lagging signal's (overrides come minutes after answers).
 SETTLED_WINDOWS = 15
+_NOT_PAGED: Final = object()
 
 
 class Stage2:
@@ -291,6 +292,17 @@ class Stage2:
         active = (signal, key[0], key[1]) in self.life.active
         return t * self.config.alerting.clear_ratio if active else t
 
+    def _paged(self, signal: str, root: tuple[int, tuple[str, ...]]) -> Any:
+        """The suspected change of the coarsest cohort within ``root`` firing on ``signal``
+        (``_NOT_PAGED`` if none is)."""
+        names = self.levels[root[0]]
+        for key in sorted(k for k in self.life.active if k[0] == signal):
+            fields = self.levels[key[1]]
+            if all(f in fields and key[2][fields.index(f)] == v
+                   for f, v in zip(names, root[1], strict=True)):
+                return self.life.active[key].suspected
+        return _NOT_PAGED
+
     def _gaps(self, parts: dict[tuple[int, tuple[str, ...]], Partial],
               decisions: dict[tuple[int, tuple[str, ...]], list[Decision]]) -> list[_Leading]:
         sc = self.config.signal("canary_gap")
@@ -330,8 +342,12 @@ class Stage2:
                       f"{PRODUCTION} ({twin}), score {z:+.1f} for {{}} window(s)")
             cmp = {"signal": sig.name,
                    "cohort": dict(zip(self.levels[pkey[0]], pkey[1], strict=True))}
-            out.append((ckey, d, 0, evidence, version_gap(parts[ckey], parts[pkey],
-                                                       _SUSPECT_ORDER), detail, cmp))
+            # Production drifting on a signal it already pages on: the gap names what that
+            # alert's events name (one incident, one attribution at every level).
+            sus = self._paged(sig.name, pkey)
+            if sus is _NOT_PAGED:
+                sus = version_gap(parts[ckey], parts[pkey], _SUSPECT_ORDER)
+            out.append((ckey, d, 0, evidence, sus, detail, cmp))
         return out
 
     def _churn(self, w: int, parts: dict[tuple[int, tuple[str, ...]], Partial]) -> list[_Leading]:
