@@ -299,8 +299,16 @@ class Scorer:
             else:
                 z, slow, kk = max(cands, key=_magnitude)
                 hit = (z >= t and kk >= min_count) or z <= -t
-            ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, zf) if (
-                kind == "quantity" or flags) else (0.0, False)
+            if kind != "quantity" and not flags:
+                ev, confirmed = 0.0, False
+            elif name not in seq and (
+                    (-Z_QUIET <= zf <= Z_QUIET) if kind == "quantity"
+                    else (d == "up" and k <= RISE_MIN * (n * b.expected(True)))):
+                # _sequential's first return, without the call: an idle statistic and nothing
+                # to add to it (the common case).
+                ev, confirmed = 0.0, False
+            else:
+                ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, zf)
             if confirmed and not hit:
                 z, slow, hit = ev, False, True
             if kind == "volume":
