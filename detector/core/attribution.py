@@ -89,8 +89,8 @@ class Trail:
     after the cohort's first ``settle`` windows (a change, not its initial mix) has counters
     of its own (``vecs``), and only within ``lookback`` windows of it."""
 
-    __slots__ = ("_pending", "decay", "lookback", "meta", "names", "newest", "ref", "start",
-                 "total", "vecs", "warm")
+    __slots__ = ("_cands", "_pending", "decay", "lookback", "meta", "names", "newest", "ref",
+                 "start", "total", "vecs", "warm")
 
     def __init__(self, start: int, decay: float = 0.977, settle: int = 0,
                  lookback: int = 120) -> None:   # 0.977: a 30-window half-life
@@ -106,6 +106,8 @@ class Trail:
         self.vecs: dict[int, array[float]] | None = None
         # This window's counts and the candidates' split, kept between add and settle.
         self._pending: _Pending | None = None
+        # candidates()'s last answer and its arguments: asked once per window and signal.
+        self._cands: tuple[int, int, int, list[tuple[int, str]]] | None = None
 
     def state(self) -> list[Any]:
         return [2, self.start, self.newest, self.decay, self.warm, self.lookback, self.ref,
@@ -188,6 +190,7 @@ class Trail:
             ) -> None:
         """Add one window's counters (a partial's ``counts``) and each value's (its
         ``values``)."""
+        self._cands = None
         if (w - self.ref) * -log(self.decay) > _LOG_RESCALE:   # (a day's gap included)
             self._rescale(w)
         g = self._g(w)
@@ -330,10 +333,15 @@ class Trail:
         ``settle`` windows (its initial mix is its baseline) and within ``lookback``."""
         if not self.vecs or self.newest < max(w - lookback, self.start + settle):
             return []
+        got = self._cands
+        if got is not None and got[:3] == (w, lookback, settle):
+            return got[3]   # (the same list: callers only read it)
         lo = max(w - lookback, self.start + settle)
         meta = self.meta
-        return sorted((int(meta[r * _ROW]), self.names[r]) for r in self.vecs
-                      if self.start + meta[r * _ROW + 1] >= lo)
+        out = sorted((int(meta[r * _ROW]), self.names[r]) for r in self.vecs
+                     if self.start + meta[r * _ROW + 1] >= lo)
+        self._cands = (w, lookback, settle, out)
+        return out
 
     def baseline_of(self, f: int, v: str, w: int, now: dict[str, dict[int, int]]) -> str | None:
         """The value of field ``f`` the candidate ``v`` replaced: of those seen before it,

@@ -112,6 +112,9 @@ class Stage2:
         self._detecting = frozenset(s.name for s in self.scorer.signals
                                     if s.kind == "rate" and s.flags
                                     and config.signal(s.name).direction in ("up", "both"))
+        # Per detecting signal, (numerator, min_count, a tool signal): _detect's first test,
+        # made once (None: again after a reload, min_count may change).
+        self._gates: dict[str, tuple[int, float, bool]] | None = None
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config from the next window on: thresholds, directions, severity
@@ -126,6 +129,7 @@ class Stage2:
         self.scorer.reconfigure(config)
         self.compared = compared(self.scorer.signals, config)
         self.life.reconfigure(config)
+        self._gates = None
 
     # -- input ------------------------------------------------------------------------------
     def add_partial(self, p: Partial) -> None:
@@ -497,33 +501,43 @@ class Stage2:
         cands = trail.candidates(w, self.lookback, self.scorer.warmup) if trail else []
         if not cands:
             return
+        gates = self._gates
+        if gates is None:
+            gates = self._gates = {
+                n: (self._sig[n].num, self.scorer.min_count(n), n in self._tool_signals)
+                for n in self._detecting}
         splits: dict[int, dict[str, dict[int, int]]] = {}
         # Whichever candidate ranks first, its events in this window must hold at least
-        # min_count flagged units (below): the most any candidate holds, per counter, tells
-        # at once where no ranking is needed (tools: for tool signals only).
+        # min_count flagged units (below): the most any candidate holds, per counter a gate
+        # reads, tells at once where no ranking is needed (tools: for tool signals only).
         most: dict[int, int] = {}
         most_tool: dict[int, int] = {}
+        counts = p.counts
+        nums = sorted({g[0] for g in gates.values() if g[0] < len(counts)})
         for f, v in cands:
-            vals = p.values.get(f, {})
+            vals = p.values.get(f)
+            if not vals:
+                continue
             c = vals.get(v)
             if c is None:
                 continue
-            if not c:
-                sp = splits.get(f)
-                if sp is None:
-                    sp = splits[f] = split_values(vals, p.counts)
-                c = sp.get(v, {})
-            for into in (most_tool,) if f == TOOL_FIELD else (most, most_tool):
-                for j, x in c.items():
-                    if x > into.get(j, 0):
-                        into[j] = x
+            for j in nums:
+                # The remainder value's ({}): the partial's count less the other values'.
+                x = c.get(j, 0) if c else counts[j] - sum(e.get(j, 0) for e in vals.values())
+                if x > most_tool.get(j, 0):
+                    most_tool[j] = x
+                if f != TOOL_FIELD and x > most.get(j, 0):
+                    most[j] = x
         for i, d in enumerate(ds):
-            if d.anomalous or d.signal not in self._detecting:
+            if d.anomalous:
+                continue
+            gate = gates.get(d.signal)
+            if gate is None:
+                continue
+            num, need, tool = gate
+            if (most_tool if tool else most).get(num, 0) < need:
                 continue
             sig = self._sig[d.signal]
-            held = most_tool if sig.name in self._tool_signals else most
-            if held.get(sig.num, 0) < self.scorer.min_count(sig.name):
-                continue
             ranked = self._ranked(own, sig, 1.0, w)
             if not ranked:
                 continue
