@@ -53,6 +53,8 @@ _LOG_RESCALE: Final = log(_RESCALE)
 _TYPE: Final = "f"
 #: A row of Trail.meta: field, window first seen (after the cohort's first), decayed events.
 _ROW: Final = 3
+assert _ROW == 3   # Trail.add spells it out (its loop runs per cohort-window and value)
+_FIELDS: Final = len(VALUE_FIELDS)
 
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
 #: Counters as _at reads them: (stored numbers, where they start, how many, their scale).
@@ -204,11 +206,12 @@ class Trail:
         split: list[tuple[int, dict[int, int]]] = []
         added = False
         names, meta, vecs = self.names, self.meta, self.vecs
+        events = counts[EVENTS]
         for f, vals in values.items():
-            if f >= len(VALUE_FIELDS):
+            if f >= _FIELDS:
                 continue
             rest: str | None = None   # the value written {}: the counts the others are not
-            rest_events = counts[EVENTS]
+            rest_events = events
             for v, c in vals.items():
                 if not c:
                     rest = v
@@ -218,16 +221,22 @@ class Trail:
                 if f == TOOL_FIELD and v == UNKNOWN:
                     continue
                 # Most windows: a known value without counters of its own, its events only.
-                r = names.index(v) if v in names else -1
-                if r >= 0 and meta[r * _ROW] == f and not (vecs and r in vecs):
-                    meta[r * _ROW + 2] += ev * g
+                try:
+                    r = names.index(v)
+                except ValueError:
+                    r = -1
+                if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
+                    meta[r * 3 + 2] += ev * g
                 else:
                     added |= self._count(f, v, c, ev, w, g, n, split)
                     vecs = self.vecs
             if rest is not None and (f != TOOL_FIELD or rest != UNKNOWN):
-                r = names.index(rest) if rest in names else -1
-                if r >= 0 and meta[r * _ROW] == f and not (vecs and r in vecs):
-                    meta[r * _ROW + 2] += rest_events * g
+                try:
+                    r = names.index(rest)
+                except ValueError:
+                    r = -1
+                if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
+                    meta[r * 3 + 2] += rest_events * g
                 else:
                     added |= self._count(f, rest, None, rest_events, w, g, n, split, vals,
                                          counts)

@@ -45,6 +45,7 @@ from detector.core.signals import EVENTS, Signal
 from detector.core.watermark import Watermark
 
 _TS: Final = attrgetter("ts")
+_ANOMALOUS: Final = attrgetter("anomalous")
 _NONE: Final[frozenset[str]] = frozenset()
 
 __all__ = ["Stage2"]
@@ -115,6 +116,7 @@ class Stage2:
         # Per detecting signal, (numerator, min_count, a tool signal): _detect's first test,
         # made once (None: again after a reload, min_count may change).
         self._gates: dict[str, tuple[int, float, bool]] | None = None
+        self._gate_nums: list[int] = []   # the gates' numerators, in order
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config from the next window on: thresholds, directions, severity
@@ -219,7 +221,7 @@ class Stage2:
             self.pairs_scored += len(ds)
             if self.attr_detects and own.trail.has_candidates(w):
                 self._detect(own, ds, fire, p)
-            own.trail.settle(w, not any(d.anomalous for d in ds))
+            own.trail.settle(w, not any(map(_ANOMALOUS, ds)))
         self.cohort_windows += len(parts)
         adopted: list[Key] = []
         for key, ds in decisions.items():
@@ -501,11 +503,12 @@ class Stage2:
         cands = trail.candidates(w, self.lookback, self.scorer.warmup) if trail else []
         if not cands:
             return
-        gates = self._gates
-        if gates is None:
-            gates = self._gates = {
+        if self._gates is None:
+            self._gates = {
                 n: (self._sig[n].num, self.scorer.min_count(n), n in self._tool_signals)
                 for n in self._detecting}
+            self._gate_nums = sorted({g[0] for g in self._gates.values()})
+        gates = self._gates
         splits: dict[int, dict[str, dict[int, int]]] = {}
         # Whichever candidate ranks first, its events in this window must hold at least
         # min_count flagged units (below): the most any candidate holds, per counter a gate
@@ -513,7 +516,8 @@ class Stage2:
         most: dict[int, int] = {}
         most_tool: dict[int, int] = {}
         counts = p.counts
-        nums = sorted({g[0] for g in gates.values() if g[0] < len(counts)})
+        nums = self._gate_nums if self._gate_nums[-1:] < [len(counts)] else [
+            j for j in self._gate_nums if j < len(counts)]
         for f, v in cands:
             vals = p.values.get(f)
             if not vals:
@@ -528,14 +532,12 @@ class Stage2:
                     most_tool[j] = x
                 if f != TOOL_FIELD and x > most.get(j, 0):
                     most[j] = x
+        passing = {n for n, (num, need, tool) in gates.items()
+                   if (most_tool if tool else most).get(num, 0) >= need}
+        if not passing:
+            return   # most windows: no candidate's events hold enough flagged units
         for i, d in enumerate(ds):
-            if d.anomalous:
-                continue
-            gate = gates.get(d.signal)
-            if gate is None:
-                continue
-            num, need, tool = gate
-            if (most_tool if tool else most).get(num, 0) < need:
+            if d.anomalous or d.signal not in passing:
                 continue
             sig = self._sig[d.signal]
             ranked = self._ranked(own, sig, 1.0, w)
