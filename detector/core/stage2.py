@@ -498,24 +498,29 @@ class Stage2:
         for that rate even when the cohort's overall rate moves little (a canary): its
         evidence past the signal's threshold, and this window's events with the value
         leaning that way on their own (so the alert ends when they stop failing)."""
-        w = p.window
-        trail = own.trail
-        cands = trail.candidates(w, self.lookback, self.scorer.warmup) if trail else []
-        if not cands:
-            return
         if self._gates is None:
             self._gates = {
                 n: (self._sig[n].num, self.scorer.min_count(n), n in self._tool_signals)
                 for n in self._detecting}
             self._gate_nums = sorted({g[0] for g in self._gates.values()})
         gates = self._gates
+        counts = p.counts
+        n_counts = len(counts)
+        # A value's events hold no more flagged units than the cohort's (rate numerators
+        # count events): most windows of a sparse cohort end here.
+        if all(num >= n_counts or counts[num] < need for num, need, _ in gates.values()):
+            return
+        w = p.window
+        trail = own.trail
+        cands = trail.candidates(w, self.lookback, self.scorer.warmup) if trail else []
+        if not cands:
+            return
         splits: dict[int, dict[str, dict[int, int]]] = {}
         # Whichever candidate ranks first, its events in this window must hold at least
         # min_count flagged units (below): the most any candidate holds, per counter a gate
         # reads, tells at once where no ranking is needed (tools: for tool signals only).
         most: dict[int, int] = {}
         most_tool: dict[int, int] = {}
-        counts = p.counts
         nums = self._gate_nums if self._gate_nums[-1:] < [len(counts)] else [
             j for j in self._gate_nums if j < len(counts)]
         for f, v in cands:
