@@ -316,6 +316,7 @@ class Trail:
         """The end of window ``w`` (the last added): if it had no anomaly in this cohort
         (``ordinary``) its counters also count as settled, what a value's events looked like
         before an anomaly."""
+        self._cands = None   # (nothing kept between windows: the state budget)
         pending, self._pending = self._pending, None
         if pending is None or pending[0] != w or not ordinary:
             return
