@@ -210,6 +210,22 @@ class Trail:
         for f, vals in values.items():
             if f >= _FIELDS:
                 continue
+            if len(vals) == 1:   # most fields: one value, the remainder, has every event
+                ((one, c0),) = vals.items()
+                if not c0:
+                    if f == TOOL_FIELD and one == UNKNOWN:
+                        continue
+                    try:
+                        r = names.index(one)
+                    except ValueError:
+                        r = -1
+                    if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
+                        meta[r * 3 + 2] += events * g
+                    else:
+                        added |= self._count(f, one, None, events, w, g, n, split, vals,
+                                             counts)
+                        vecs = self.vecs
+                    continue
             rest: str | None = None   # the value written {}: the counts the others are not
             rest_events = events
             for v, c in vals.items():
