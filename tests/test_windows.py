@@ -177,3 +177,35 @@ def test_integers_past_the_float_range_are_counted_at_its_ceiling(config) -> Non
     assert p.counts[EVENTS] == 3 and p.counts[OUT_N] == 2 and p.counts[IN_N] == 1
     assert p.counts[IN_S] == int(log1p(float_info.max) * SCALE + 0.5)
     assert p.counts[RETRIES] == MAX_RETRIES
+
+
+def test_a_coarse_partial_holds_the_sum_of_its_finest_partials_values(config) -> None:
+    from detector.core.partials import merge_values, split_values
+
+    agg = Aggregator(config)
+    rng = random.Random(4)
+    for i in range(300):   # 6 tenants of one app: some on one prompt, some mixed, one model
+        t = i % 6
+        ev = {"ts": 1020.0 + i / 10, "operation": "chat", "tenant": f"t{t}", "app": "a",
+              "model": "m", "model_version": "1",
+              "prompt_version": f"v{rng.randrange(2) if t < 3 else t}"}
+        if i % 4 == 0:
+            ev.update(operation="tool_call", tool_name="search")
+        evs, bad = decode(orjson.dumps(ev))[:2]
+        assert evs, bad
+        agg.add(evs[0])
+    parts = agg.drain_all()
+    (coarse,) = [p for p in parts if p.level == 0]
+    finest = [p for p in parts if p.level == 1]
+    assert len(finest) == 6
+    # What merging the finest partials one by one gives: the same counts for every value.
+    want: dict = {}
+    counts = [0] * len(coarse.counts)
+    for p in finest:
+        want = merge_values(want, counts, p.values, p.counts)
+        counts = [x + y for x, y in zip(counts, p.counts, strict=True)]
+    assert counts == coarse.counts
+    for f in want:
+        assert split_values(coarse.values[f], counts) == split_values(want[f], counts), f
+    assert set(split_values(coarse.values[1], counts)) == {"v0", "v1", "v3", "v4", "v5"}
+    assert coarse.values[0] == {"m\x1f1": {}}   # one value on every tenant: a name only

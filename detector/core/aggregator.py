@@ -241,11 +241,14 @@ class Aggregator(Counting):
     def _roll_up(self, finest: Iterable[Partial]) -> list[Partial]:
         """The finest partials and their coarser cohorts'. The tool names' counts, still
         counted per name in arrays (Counting._tool), are summed as such and then written out
-        (tool_values)."""
+        (tool_values); the other values' counters once per coarse partial from all its
+        finest ones (_gathered), not one merge_values each."""
         out: list[Partial] = []
         coarse: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
         tools: dict[tuple[int, int, tuple[str, ...]], dict[str, Any]] = {}
+        members: dict[tuple[int, int, tuple[str, ...]], list[Partial]] = {}
         fin = len(self.levels) - 1
+        k = self.k
         for p in finest:
             mine: Any = p.values.pop(TOOL_FIELD, {})   # arrays (see Counting._tool)
             for lvl in range(fin):
@@ -254,7 +257,9 @@ class Aggregator(Counting):
                 if q is None:
                     coarse[key] = q = empty_partial(p.window, lvl, key[2], len(p.counts), p.route)
                     tools[key] = {}
-                merge_into(q, p, self.k)
+                    members[key] = []
+                merge_into(q, p, k, values=False)
+                members[key].append(p)
                 into = tools[key]
                 for name, lst in mine.items():
                     have = into.get(name)
@@ -262,8 +267,39 @@ class Aggregator(Counting):
             p.values[TOOL_FIELD] = _written(mine, p.counts)
             out.append(p)
         for key, q in coarse.items():
+            q.values = _gathered(members[key], len(q.counts))
             q.values[TOOL_FIELD] = _written(tools[key], q.counts)
         return sorted(coarse.values(), key=_pkey) + out
+
+
+def _gathered(members: list[Partial], size: int) -> dict[int, dict[str, dict[int, int]]]:
+    """The version values' counters of the finest partials ``members`` (tool names apart) as
+    their coarse partial holds them: the same counts merge_values would sum, one pass a
+    field. Where every member has the one same value (most windows) it is shared as is."""
+    out: dict[int, dict[str, dict[int, int]]] = {}
+    for f in _VERSIONED:
+        first = members[0].values.get(f)
+        if first is not None and len(first) == 1 and all(
+                (vals := q.values.get(f)) is first or vals == first for q in members):
+            out[f] = first
+            continue
+        acc: dict[str, list[int]] = {}
+        for q in members:
+            vals = q.values.get(f) or {UNKNOWN: {}}   # (none: counted as "unknown")
+            if len(vals) == 1:
+                v = next(iter(vals))
+                have = acc.get(v)
+                acc[v] = list(q.counts) if have is None else list(map(add, have, q.counts))
+                continue
+            for v, c in split_values(vals, q.counts).items():
+                a = acc.get(v)
+                if a is None:
+                    a = acc[v] = [0] * size
+                for i, n in c.items():
+                    a[i] += n
+        out[f] = compact_values({v: {i: n for i, n in enumerate(a) if n}
+                                 for v, a in acc.items()})
+    return out
 
 
 def _written(tools: dict[str, Sequence[int]], counts: list[int]) -> dict[str, dict[int, int]]:

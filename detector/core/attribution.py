@@ -53,6 +53,8 @@ _LOG_RESCALE: Final = log(_RESCALE)
 _TYPE: Final = "f"
 #: A row of Trail.meta: field, window first seen (after the cohort's first), decayed events.
 _ROW: Final = 3
+assert _ROW == 3   # Trail.add spells it out (its loop runs per cohort-window and value)
+_FIELDS: Final = len(VALUE_FIELDS)
 
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
 #: Counters as _at reads them: (stored numbers, where they start, how many, their scale).
@@ -89,8 +91,8 @@ class Trail:
     after the cohort's first ``settle`` windows (a change, not its initial mix) has counters
     of its own (``vecs``), and only within ``lookback`` windows of it."""
 
-    __slots__ = ("_pending", "decay", "lookback", "meta", "names", "newest", "ref", "start",
-                 "total", "vecs", "warm")
+    __slots__ = ("_cands", "_pending", "decay", "lookback", "meta", "names", "newest", "ref",
+                 "start", "total", "vecs", "warm")
 
     def __init__(self, start: int, decay: float = 0.977, settle: int = 0,
                  lookback: int = 120) -> None:   # 0.977: a 30-window half-life
@@ -106,6 +108,8 @@ class Trail:
         self.vecs: dict[int, array[float]] | None = None
         # This window's counts and the candidates' split, kept between add and settle.
         self._pending: _Pending | None = None
+        # candidates()'s last answer and its arguments: asked once per window and signal.
+        self._cands: tuple[int, int, int, list[tuple[int, str]]] | None = None
 
     def state(self) -> list[Any]:
         return [2, self.start, self.newest, self.decay, self.warm, self.lookback, self.ref,
@@ -188,6 +192,7 @@ class Trail:
             ) -> None:
         """Add one window's counters (a partial's ``counts``) and each value's (its
         ``values``)."""
+        self._cands = None
         if (w - self.ref) * -log(self.decay) > _LOG_RESCALE:   # (a day's gap included)
             self._rescale(w)
         g = self._g(w)
@@ -201,11 +206,28 @@ class Trail:
         split: list[tuple[int, dict[int, int]]] = []
         added = False
         names, meta, vecs = self.names, self.meta, self.vecs
+        events = counts[EVENTS]
         for f, vals in values.items():
-            if f >= len(VALUE_FIELDS):
+            if f >= _FIELDS:
                 continue
+            if len(vals) == 1:   # most fields: one value, the remainder, has every event
+                ((one, c0),) = vals.items()
+                if not c0:
+                    if f == TOOL_FIELD and one == UNKNOWN:
+                        continue
+                    try:
+                        r = names.index(one)
+                    except ValueError:
+                        r = -1
+                    if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
+                        meta[r * 3 + 2] += events * g
+                    else:
+                        added |= self._count(f, one, None, events, w, g, n, split, vals,
+                                             counts)
+                        vecs = self.vecs
+                    continue
             rest: str | None = None   # the value written {}: the counts the others are not
-            rest_events = counts[EVENTS]
+            rest_events = events
             for v, c in vals.items():
                 if not c:
                     rest = v
@@ -215,16 +237,22 @@ class Trail:
                 if f == TOOL_FIELD and v == UNKNOWN:
                     continue
                 # Most windows: a known value without counters of its own, its events only.
-                r = names.index(v) if v in names else -1
-                if r >= 0 and meta[r * _ROW] == f and not (vecs and r in vecs):
-                    meta[r * _ROW + 2] += ev * g
+                try:
+                    r = names.index(v)
+                except ValueError:
+                    r = -1
+                if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
+                    meta[r * 3 + 2] += ev * g
                 else:
                     added |= self._count(f, v, c, ev, w, g, n, split)
                     vecs = self.vecs
             if rest is not None and (f != TOOL_FIELD or rest != UNKNOWN):
-                r = names.index(rest) if rest in names else -1
-                if r >= 0 and meta[r * _ROW] == f and not (vecs and r in vecs):
-                    meta[r * _ROW + 2] += rest_events * g
+                try:
+                    r = names.index(rest)
+                except ValueError:
+                    r = -1
+                if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
+                    meta[r * 3 + 2] += rest_events * g
                 else:
                     added |= self._count(f, rest, None, rest_events, w, g, n, split, vals,
                                          counts)
@@ -304,6 +332,7 @@ class Trail:
         """The end of window ``w`` (the last added): if it had no anomaly in this cohort
         (``ordinary``) its counters also count as settled, what a value's events looked like
         before an anomaly."""
+        self._cands = None   # (nothing kept between windows: the state budget)
         pending, self._pending = self._pending, None
         if pending is None or pending[0] != w or not ordinary:
             return
@@ -330,10 +359,15 @@ class Trail:
         ``settle`` windows (its initial mix is its baseline) and within ``lookback``."""
         if not self.vecs or self.newest < max(w - lookback, self.start + settle):
             return []
+        got = self._cands
+        if got is not None and got[:3] == (w, lookback, settle):
+            return got[3]   # (the same list: callers only read it)
         lo = max(w - lookback, self.start + settle)
         meta = self.meta
-        return sorted((int(meta[r * _ROW]), self.names[r]) for r in self.vecs
-                      if self.start + meta[r * _ROW + 1] >= lo)
+        out = sorted((int(meta[r * _ROW]), self.names[r]) for r in self.vecs
+                     if self.start + meta[r * _ROW + 1] >= lo)
+        self._cands = (w, lookback, settle, out)
+        return out
 
     def baseline_of(self, f: int, v: str, w: int, now: dict[str, dict[int, int]]) -> str | None:
         """The value of field ``f`` the candidate ``v`` replaced: of those seen before it,

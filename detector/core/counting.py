@@ -211,9 +211,9 @@ def _compile(counters: tuple[Counter, ...]) -> Callable[[Any, Iterable[TraceEven
 _count_py: Final = _compile(COUNTERS)
 
 
-def _fresh_tool() -> array[int]:
-    """A new tool name's counters (TOOL_COUNTERS), int64: C adds to them in place."""
-    return array("q", bytes(8 * len(TOOL_COUNTERS)))
+#: A new tool name's counters (TOOL_COUNTERS), int64: C adds to them in place. A copy of a
+#: zeroed array that nothing else holds: a C method, so C makes one without a Python frame.
+_fresh_tool: Callable[[], array[int]] = array("q", bytes(8 * len(TOOL_COUNTERS))).__copy__
 
 # The C accelerator, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS is set.
 # It is handed the structural fields and the counters' rules (c_table) it counts by.

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from bisect import insort
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from itertools import compress
 from typing import Final, NamedTuple, TypeVar, cast
 
 from msgspec import UNSET, Struct
@@ -174,9 +175,10 @@ def bottom(lst: list[str], tid: str, k: int) -> None:
         lst.pop()
 
 
-def merge_into(a: Partial, b: Partial, k: int) -> None:
-    """Add ``b`` into ``a`` (same window and cohort)."""
-    if b.values or a.values:
+def merge_into(a: Partial, b: Partial, k: int, values: bool = True) -> None:
+    """Add ``b`` into ``a`` (same window and cohort); ``values=False``: all but their
+    values (the caller sums those, as Aggregator._roll_up does)."""
+    if values and (b.values or a.values):
         a.values = merge_values(a.values, a.counts, b.values, b.counts)
     ac = a.counts
     if len(ac) < len(b.counts):   # ``a`` from a state saved before the layout grew
@@ -263,7 +265,8 @@ def tool_values(open_: Mapping[str, Sequence[int]], counts: list[int], at: tuple
     >>> tool_values({"search": [3, 3, 1]}, [5, 0, 3, 1], (0, 2, 3))
     {'search': {0: 3, 2: 3, 3: 1}, 'unknown': {}}
     """
-    out = {v: {i: n for i, n in zip(at, lst) if n}   # noqa: B905 - one length (Counting._tool)
+    # compress keeps the (counter, n) pairs whose n is not 0, in C (one per partial and name).
+    out = {v: dict(compress(zip(at, lst), lst))   # noqa: B905 - one length (Counting._tool)
            for v, lst in sorted(open_.items())}
     out[UNKNOWN] = {}   # (a tool named "unknown" is the remainder's too)
     return out

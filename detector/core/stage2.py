@@ -45,6 +45,7 @@ from detector.core.signals import EVENTS, Signal
 from detector.core.watermark import Watermark
 
 _TS: Final = attrgetter("ts")
+_ANOMALOUS: Final = attrgetter("anomalous")
 _NONE: Final[frozenset[str]] = frozenset()
 
 __all__ = ["Stage2"]
@@ -113,6 +114,10 @@ class Stage2:
         self._detecting = frozenset(s.name for s in self.scorer.signals
                                     if s.kind == "rate" and s.flags
                                     and config.signal(s.name).direction in ("up", "both"))
+        # Per detecting signal, (numerator, min_count, a tool signal): _detect's first test,
+        # made once (None: again after a reload, min_count may change).
+        self._gates: dict[str, tuple[int, float, bool]] | None = None
+        self._gate_nums: list[int] = []   # the gates' numerators, in order
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config from the next window on: thresholds, directions, severity
@@ -127,6 +132,7 @@ class Stage2:
         self.scorer.reconfigure(config)
         self.compared = compared(self.scorer.signals, config)
         self.life.reconfigure(config)
+        self._gates = None
 
     # -- input ------------------------------------------------------------------------------
     def add_partial(self, p: Partial) -> None:
@@ -216,7 +222,7 @@ class Stage2:
             self.pairs_scored += len(ds)
             if self.attr_detects and own.trail.has_candidates(w):
                 self._detect(own, ds, fire, p)
-            own.trail.settle(w, not any(d.anomalous for d in ds))
+            own.trail.settle(w, not any(map(_ANOMALOUS, ds)))
         self.cohort_windows += len(parts)
         adopted: list[Key] = []
         for key, ds in decisions.items():
@@ -510,6 +516,18 @@ class Stage2:
         for that rate even when the cohort's overall rate moves little (a canary): its
         evidence past the signal's threshold, and this window's events with the value
         leaning that way on their own (so the alert ends when they stop failing)."""
+        if self._gates is None:
+            self._gates = {
+                n: (self._sig[n].num, self.scorer.min_count(n), n in self._tool_signals)
+                for n in self._detecting}
+            self._gate_nums = sorted({g[0] for g in self._gates.values()})
+        gates = self._gates
+        counts = p.counts
+        n_counts = len(counts)
+        # A value's events hold no more flagged units than the cohort's (rate numerators
+        # count events): most windows of a sparse cohort end here.
+        if all(num >= n_counts or counts[num] < need for num, need, _ in gates.values()):
+            return
         w = p.window
         trail = own.trail
         cands = trail.candidates(w, self.lookback, self.scorer.warmup) if trail else []
@@ -517,31 +535,34 @@ class Stage2:
             return
         splits: dict[int, dict[str, dict[int, int]]] = {}
         # Whichever candidate ranks first, its events in this window must hold at least
-        # min_count flagged units (below): the most any candidate holds, per counter, tells
-        # at once where no ranking is needed (tools: for tool signals only).
+        # min_count flagged units (below): the most any candidate holds, per counter a gate
+        # reads, tells at once where no ranking is needed (tools: for tool signals only).
         most: dict[int, int] = {}
         most_tool: dict[int, int] = {}
+        nums = self._gate_nums if self._gate_nums[-1:] < [len(counts)] else [
+            j for j in self._gate_nums if j < len(counts)]
         for f, v in cands:
-            vals = p.values.get(f, {})
+            vals = p.values.get(f)
+            if not vals:
+                continue
             c = vals.get(v)
             if c is None:
                 continue
-            if not c:
-                sp = splits.get(f)
-                if sp is None:
-                    sp = splits[f] = split_values(vals, p.counts)
-                c = sp.get(v, {})
-            for into in (most_tool,) if f == TOOL_FIELD else (most, most_tool):
-                for j, x in c.items():
-                    if x > into.get(j, 0):
-                        into[j] = x
+            for j in nums:
+                # The remainder value's ({}): the partial's count less the other values'.
+                x = c.get(j, 0) if c else counts[j] - sum(e.get(j, 0) for e in vals.values())
+                if x > most_tool.get(j, 0):
+                    most_tool[j] = x
+                if f != TOOL_FIELD and x > most.get(j, 0):
+                    most[j] = x
+        passing = {n for n, (num, need, tool) in gates.items()
+                   if (most_tool if tool else most).get(num, 0) >= need}
+        if not passing:
+            return   # most windows: no candidate's events hold enough flagged units
         for i, d in enumerate(ds):
-            if d.anomalous or d.signal not in self._detecting:
+            if d.anomalous or d.signal not in passing:
                 continue
             sig = self._sig[d.signal]
-            held = most_tool if sig.name in self._tool_signals else most
-            if held.get(sig.num, 0) < self.scorer.min_count(sig.name):
-                continue
             ranked = self._ranked(own, sig, 1.0, w)
             if not ranked:
                 continue
