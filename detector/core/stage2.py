@@ -111,9 +111,7 @@ class Stage2:
         tool_calls = self.scorer.layout.at["tool_calls"]
         self._tool_signals = frozenset(s.name for s in self.scorer.signals
                                        if s.kind == "rate" and s.den == tool_calls)
-        self._detecting = frozenset(s.name for s in self.scorer.signals
-                                    if s.kind == "rate" and s.flags
-                                    and config.signal(s.name).direction in ("up", "both"))
+        self._detecting = self._detectors(config)
         # Per detecting signal, (numerator, min_count, a tool signal): _detect's first test,
         # made once (None: again after a reload, min_count may change).
         self._gates: dict[str, tuple[int, float, bool]] | None = None
@@ -132,7 +130,14 @@ class Stage2:
         self.scorer.reconfigure(config)
         self.compared = compared(self.scorer.signals, config)
         self.life.reconfigure(config)
+        self._detecting = self._detectors(config)   # a direction may have changed
         self._gates = None
+
+    def _detectors(self, config: Config) -> frozenset[str]:
+        """The flag rates attribution may page through: those watched upwards."""
+        return frozenset(s.name for s in self.scorer.signals
+                         if s.kind == "rate" and s.flags
+                         and config.signal(s.name).direction in ("up", "both"))
 
     # -- input ------------------------------------------------------------------------------
     def add_partial(self, p: Partial) -> None:
