@@ -357,7 +357,7 @@ class Stage2:
             # what that alert's events name (one incident, one attribution at every level).
             off = [max((abs(x.score) for x in decisions.get(k, ()) if x.signal == sig.name),
                        default=0.0) for k in (ckey, pkey)]
-            sus = self._paged(sig.name, pkey) if off[1] > off[0] else _NOT_PAGED
+            sus: Any = self._paged(sig.name, pkey) if off[1] > off[0] else _NOT_PAGED
             if sus is _NOT_PAGED:
                 sus = version_gap(parts[ckey], parts[pkey], _SUSPECT_ORDER)
             out.append((ckey, d, 0, evidence, sus, detail, cmp))
