@@ -210,42 +210,29 @@ class Trail:
         for f, vals in values.items():
             if f >= _FIELDS:
                 continue
-            if len(vals) == 1:   # most fields: one value, the remainder, has every event
-                ((one, c0),) = vals.items()
-                if not c0:
-                    if f == TOOL_FIELD and one == UNKNOWN:
+            rest: str | None = None   # the value written {}: the counts the others are not
+            rest_events = events
+            if len(vals) == 1 and not next(iter(vals.values())):
+                rest = next(iter(vals))   # most fields: one value, the remainder, every event
+            else:
+                for v, c in vals.items():
+                    if not c:
+                        rest = v
                         continue
+                    ev = c.get(EVENTS, 0)
+                    rest_events -= ev
+                    if f == TOOL_FIELD and v == UNKNOWN:
+                        continue
+                    # Most windows: a known value without counters of its own, its events only.
                     try:
-                        r = names.index(one)
+                        r = names.index(v)
                     except ValueError:
                         r = -1
                     if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
-                        meta[r * 3 + 2] += events * g
+                        meta[r * 3 + 2] += ev * g
                     else:
-                        added |= self._count(f, one, None, events, w, g, n, split, vals,
-                                             counts)
+                        added |= self._count(f, v, c, ev, w, g, n, split)
                         vecs = self.vecs
-                    continue
-            rest: str | None = None   # the value written {}: the counts the others are not
-            rest_events = events
-            for v, c in vals.items():
-                if not c:
-                    rest = v
-                    continue
-                ev = c.get(EVENTS, 0)
-                rest_events -= ev
-                if f == TOOL_FIELD and v == UNKNOWN:
-                    continue
-                # Most windows: a known value without counters of its own, its events only.
-                try:
-                    r = names.index(v)
-                except ValueError:
-                    r = -1
-                if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
-                    meta[r * 3 + 2] += ev * g
-                else:
-                    added |= self._count(f, v, c, ev, w, g, n, split)
-                    vecs = self.vecs
             if rest is not None and (f != TOOL_FIELD or rest != UNKNOWN):
                 try:
                     r = names.index(rest)
