@@ -263,6 +263,10 @@ def _ranks(v: list[float]) -> list[float]:
     order = sorted(range(len(v)), key=v.__getitem__)
     out = [0.0] * len(v)
     mid = (len(v) - 1) / 2
+    if len(set(v)) == len(v):   # no ties (the usual case): each value its own rank
+        for i, m in enumerate(order):
+            out[m] = i - mid
+        return out
     i = 0
     while i < len(order):
         j = i

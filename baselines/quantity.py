@@ -174,16 +174,6 @@ class QuantityBaseline:
     def expected(self, slow: bool = False) -> float:
         return self._ls if slow else self._lf
 
-    def _se2(self, n: float) -> tuple[float, float]:
-        """Squared standard errors of a mean of ``n`` values, fast and slow."""
-        f = max(FLOOR_REL * abs(self._lf), self._res / 2)   # the floor of the spread
-        base = self._w / n + (f * f if f > 0 else 1e-12)
-        # A calm stretch does not make the next burst of a bursty series look new: the fast
-        # spread never falls below the spread around the fast level over the slow horizon.
-        # (max(x, vn) as vn if vn > x else x: the same value, without a builtin call.)
-        vf, vs, vn = self._vf, self._vs, self._vn
-        return base + (vn if vn > vf else vf), base + (vn if vn > vs else vs)
-
     def score_one(self, n: float, s: float, q: float, t: float | None = None
                   ) -> tuple[float, float]:
         """Scores of a window with ``n`` values summing to ``s`` (squares to ``q``), starting
@@ -191,13 +181,28 @@ class QuantityBaseline:
         if n <= 0 or not self.n:
             return 0.0, 0.0
         m = s / n
-        if t is not None and self.seasonal():   # (_offset, inline)
-            m -= self._season[self._bin(t)]
-        ef, es = self._se2(n)
-        nu = self.tail_dof()
+        if t is not None:   # (_offset, seasonal and _bin, inline)
+            tt, period = self._t, self._period
+            if tt[1] - tt[0] >= period and self._fit[1] <= (
+                    SEASON_SHARE if period == self._conf else FOUND_SHARE) * self._fit[0]:
+                m -= self._season[int(((t - self._origin) % period) / period * self._bins)]
+        # Squared standard errors of a mean of n values, fast and slow: the per-event spread
+        # over n with a floor (a thousandth of the level, or half the smallest step), plus the
+        # window-to-window spread. A calm stretch does not make the next burst of a bursty
+        # series look new: the fast spread never falls below the spread around the fast level
+        # over the slow horizon. (Inline in both score_one and learn_one, and max of two as a
+        # conditional expression: the same values without a call each.)
+        fl, h = FLOOR_REL * abs(self._lf), self._res / 2
+        fl = h if h > fl else fl
+        base = self._w / n + (fl * fl if fl > 0 else 1e-12)
+        vf, vs, vn = self._vf, self._vs, self._vn
+        ef, es = base + (vn if vn > vf else vf), base + (vn if vn > vs else vs)
         zf, zs = (m - self._lf) / sqrt(ef), (m - self._ls) / sqrt(es)
+        if self._tn * self._b < 0.5 or self._m2 <= 0:
+            return zf, zs   # (tail_dof is inf: what _calibrate gives, no correction)
+        nu = self.tail_dof()
         if nu == _INF:
-            return zf, zs   # (what _calibrate gives: no correction)
+            return zf, zs
         return _calibrate(zf, nu), _calibrate(zs, nu)
 
     def tail_dof(self) -> float:
@@ -236,9 +241,25 @@ class QuantityBaseline:
                 got = f.learn(m, t)
                 if got is not None:
                     self._found(got[0], got[1], t)
-            self._learn_season(m, t, anomalous)
-            if self.seasonal():   # (_offset, inline)
-                m -= self._season[self._bin(t)]
+            # The time-of-day profile learns (then _bin and seasonal, inline: no three calls
+            # a quantity and window).
+            tt, season = self._t, self._season
+            if tt[0] < 0:
+                tt[0] = t
+            tt[1] = t
+            period = self._period
+            i = int(((t - self._origin) % period) / period * self._bins)
+            if self.n:
+                r = m - self._ls
+                b = max(self._b, 1.0 / self.n)   # over the slow horizon: a whole cycle
+                fit = self._fit
+                fit[0] += b * (r * r - fit[0])
+                fit[1] += b * ((r - season[i]) ** 2 - fit[1])
+                if not anomalous:    # an anomalous window does not teach the cycle
+                    season[i] += SEASON_RATE * (r - season[i])
+            if (tt[1] - tt[0] >= period and self._fit[1] <= (
+                    SEASON_SHARE if period == self._conf else FOUND_SHARE) * self._fit[0]):
+                m -= season[i]
         if self.n == 0:
             self._lf = self._ls = self._prev = m
             self._w = var
@@ -248,7 +269,12 @@ class QuantityBaseline:
         if step > 0 and (self._res == 0 or step < self._res):
             self._res = step
         self._prev = m
-        ef, es = self._se2(n)
+        # (The squared standard errors, as score_one works them out.)
+        fl, h = FLOOR_REL * abs(self._lf), self._res / 2
+        fl = h if h > fl else fl
+        base = self._w / n + (fl * fl if fl > 0 else 1e-12)
+        vf, vs, vn = self._vf, self._vs, self._vn
+        ef, es = base + (vn if vn > vf else vf), base + (vn if vn > vs else vs)
         rf, rs = m - self._lf, m - self._ls
         df = rf * rf
         if k > TAIL_WARMUP and not anomalous:   # the tails of normal traffic
@@ -295,20 +321,6 @@ class QuantityBaseline:
                 self._ls, self._vs, self._streak = self._lf, max(self._vs, self._vf), 0
         elif self._streak:
             self._streak -= 1
-
-    def _learn_season(self, m: float, t: float, anomalous: bool) -> None:
-        if self._t[0] < 0:
-            self._t[0] = t
-        self._t[1] = t
-        if not self.n:
-            return
-        i = self._bin(t)
-        r = m - self._ls
-        b = max(self._b, 1.0 / self.n)   # over the slow horizon: a whole cycle, not its phase
-        self._fit[0] += b * (r * r - self._fit[0])
-        self._fit[1] += b * ((r - self._season[i]) ** 2 - self._fit[1])
-        if not anomalous:    # an anomalous window does not teach the cycle
-            self._season[i] += SEASON_RATE * (r - self._season[i])
 
 
 def _calibrate(z: float, nu: float) -> float:

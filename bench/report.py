@@ -73,6 +73,8 @@ BENCHES = [
           "draining a backlog (capacity in events per CPU second, drain rate, where the "
           "worker's event loop spent the time, peak RSS; 300 k events, the default 500 k "
           "takes longer to encode)"),
+    Bench("attribution", [], "issue 19: at what rollout share a harmful canary is paged, "
+          "with and without attribution, and whether its version is named"),
     Bench("nab", [], "NAB's 58 real series through `detector replay`, scored by NAB's own "
           "scorer"),
 ]

@@ -106,6 +106,11 @@ class Alerting(_Base):
     version_share: Annotated[float, Meta(gt=0, le=1)] = 0.05
     # A known version first seen this recently is still a rollback candidate (slow drifts).
     suspect_lookback_windows: PosInt = 120
+    # Attribution: the per-value counters' half-life, the evidence a value needs to be
+    # named, and whether that evidence alone can make a rate's window anomalous.
+    attribution_half_life_windows: Positive = 30.0
+    attribution_min_score: Positive = 3.0
+    attribution_detects: bool = True
 
 
 class SeverityRule(_Base):

@@ -63,6 +63,7 @@ def test_the_struct_declares_the_contract_fields_in_its_order() -> None:
     props = list(SCHEMA["properties"])
     assert list(fields)[:len(props)] == props
     assert list(fields)[len(props):] == ["persistence", "grouped_cohorts", "resolution",
+                                         "also_suspected", "suspected_change_reason",
                                          "containment", "dashboard_url", "generator_url",
                                          "compared"]
     for name in SCHEMA["required"]:
@@ -85,7 +86,8 @@ def test_json_is_byte_for_byte_the_dict_encoding_it_replaces(config) -> None:
     rec.update(window=msgspec.to_builtins(a.window),
                suspected_change=msgspec.to_builtins(a.suspected_change),
                evidence=msgspec.to_builtins(a.evidence))
-    for k in ("resolution", "containment", "dashboard_url", "generator_url", "compared"):
+    for k in ("resolution", "also_suspected", "suspected_change_reason", "containment",
+              "dashboard_url", "generator_url", "compared"):
         del rec[k]
     assert encode_alert(a) == orjson.dumps(rec)
     assert b'"observed":1e+17,"expected":null' in encode_alert(a)

@@ -53,8 +53,12 @@ def test_spike_escalates_names_the_change_and_resolves(config, alert_validator) 
     assert minute(first["starts_at"]) == 40 and minute(first["window"]["end"]) == 41
     # sev2 after three windows in a row, or sooner where the evidence confirmed the shift.
     assert minute(sev2["window"]["end"]) <= 43 and sev2["persistence"] <= 3
-    assert first["suspected_change"] == {"field": "prompt_version", "baseline": "v1",
-                                         "now": "v2"}
+    change = first["suspected_change"]
+    assert {k: change[k] for k in ("field", "baseline", "now")} == {
+        "field": "prompt_version", "baseline": "v1", "now": "v2"}
+    # Named by its events: v2's refuse far more than the rest's (v1's, before the change).
+    assert change["observed_with"] > 0.2 > 0.1 > change["observed_without"]
+    assert change["score"] >= 3.0 and change["share_of_events"] == 1.0
     assert first["observed"] > 0.2 and first["expected"] == pytest.approx(0.05, abs=0.02)
     assert first["score"] >= first["threshold"] == 5.0
     refusing = {orjson.loads(m)["trace_id"] for m in stream(60, effect=fx, versions=ver)

@@ -232,6 +232,17 @@ def test_an_override_changed_on_reload_applies_to_a_cohort_already_scored() -> N
     assert p.stage2.scorer.thresholds(*key)["refusal_rate"] == 2.5
 
 
+def test_a_direction_changed_on_reload_changes_what_attribution_pages_through() -> None:
+    """Attribution pages only through rates watched upwards: a reload that watches refusals
+    downwards takes them out of it, and back."""
+    p = Pipeline(_cfg())
+    assert "refusal_rate" in p.stage2._detecting
+    p.stage2.reconfigure(parse_config(_with(_doc(), "signals.refusal_rate.direction", "down")))
+    assert "refusal_rate" not in p.stage2._detecting
+    p.stage2.reconfigure(parse_config(_with(_doc(), "signals.refusal_rate.direction", "both")))
+    assert "refusal_rate" in p.stage2._detecting
+
+
 def test_stage2_refuses_a_change_that_needs_a_restart_and_keeps_its_config() -> None:
     p = Pipeline(BASE)
     p.feed_many(WARM[:500])

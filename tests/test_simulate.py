@@ -392,8 +392,8 @@ def shapes(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
 def test_issue12_scenarios_are_opt_in_and_labelled(shapes: Any) -> None:
     labels, _ = shapes
     assert not set(NEW) & set(DEFAULT_SCENARIOS)
-    assert (set(DEFAULT_SCENARIOS) | set(NEW) | set(ISSUE_14) | set(SHORT_CYCLE)
-            | set(ISSUE_17) == set(SCENARIOS))
+    assert (set(DEFAULT_SCENARIOS) | set(NEW) | set(ISSUE_14) | set(ISSUE_19)
+            | set(SHORT_CYCLE) | set(ISSUE_17)) == set(SCENARIOS)
     by = {i["scenario"]: i for i in labels["incidents"]}
     assert sorted(by) == sorted(NEW)
     for name in ("rare_wave", "lowvol_violations", "fabricated_midsize"):
@@ -569,3 +569,57 @@ def test_leading_indicator_fields_come_only_from_the_scenarios_apps(tmp_path: Pa
     base = dict(APPS[churn["cohort"]["app"]].versions)["prompt_version"]
     assert len(set(versions) - {base}) == 4   # (a trace begun before it still has the base)
     assert versions[-1] == churn["suspected_change"]["now"]
+
+
+ISSUE_19 = ("two_changes", "canary_version", "tool_version", "fleet_then_app")
+
+
+@pytest.fixture(scope="module")
+def rollouts(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, Any],
+                                                                  list[TraceEvent]]:
+    """Issue 19's scenarios together, 3 h."""
+    return _simulated(tmp_path_factory, 3.0, 3, ISSUE_19)
+
+
+def _during(events: list[TraceEvent], inc: dict[str, Any], lo: float = 0.0,
+            hi: float = 0.0) -> list[TraceEvent]:
+    t0 = datetime.fromisoformat(inc["start"]).timestamp() + lo
+    t1 = datetime.fromisoformat(inc["end"]).timestamp() + hi
+    c = inc["cohort"]
+    return [e for e in events if t0 <= e.ts < t1 and e.app == c["app"]
+            and e.environment == c["environment"]]
+
+
+def test_issue19_rollouts_are_labelled_and_shaped(rollouts: Any) -> None:
+    """A canary on a tenth of the traffic, a tool's new version in place of the old, and an
+    earlier benign change (on one app, or on every app) that stays."""
+    labels, events = rollouts
+    assert not set(ISSUE_19) & set(DEFAULT_SCENARIOS)
+    by = {i["scenario"]: i for i in labels["incidents"]}
+    assert sorted(by) == sorted(ISSUE_19)
+    canary = by["canary_version"]
+    assert canary["rollout_share"] == 0.1 and canary["suspected_change"]["field"] == (
+        "model_version")
+    calls = [e for e in _during(events, canary, 30, -30) if e.operation == "chat"]
+    new = [e for e in calls if e.model_version == canary["suspected_change"]["now"]]
+    assert 0.07 < len(new) / len(calls) < 0.13
+    assert sum(e.refusal is True for e in new) / len(new) > 0.2 > 0.08 > sum(
+        e.refusal is True for e in calls if e not in new) / (len(calls) - len(new))
+    tool = by["tool_version"]
+    old, now = tool["suspected_change"]["baseline"], tool["suspected_change"]["now"]
+    assert now == f"{old}-v2"
+    names = {e.tool_name for e in _during(events, tool, 30, -30)
+             if e.operation == "execute_tool"}
+    assert now in names and old not in names
+    for name, field, apps in (("two_changes", "prompt_version", 1),
+                              ("fleet_then_app", "policy_version", 4)):
+        inc = by[name]
+        early = inc["earlier_change"]
+        assert early["field"] == field and len(early["apps"]) == apps
+        at = datetime.fromisoformat(early["at"]).timestamp()
+        start = datetime.fromisoformat(inc["start"]).timestamp()
+        assert at < start - 600   # well before the harmful change
+        app = inc["cohort"]["app"]
+        before = {getattr(e, field) for e in events if e.app == app and at - 120 <= e.ts < at}
+        after = {getattr(e, field) for e in events if e.app == app and at + 60 <= e.ts < start}
+        assert len(after) == 1 and not after & before   # a new value, then it stays

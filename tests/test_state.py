@@ -43,7 +43,20 @@ def _follow(pipe: Pipeline) -> list[dict[str, Any]]:
 
 
 def _expected() -> list[dict[str, Any]]:
-    return json.loads((V1 / "expected_alerts.json").read_text())
+    return _detection(json.loads((V1 / "expected_alerts.json").read_text()))
+
+
+def _detection(alerts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The alerts without their attribution: e45989b named the suspected change by novelty,
+    today's detector by the per-value counters of the windows after the state was loaded
+    (issue 19), so only that part differs; what fired, when and how severe must not."""
+    out = []
+    for a in alerts:
+        a = {k: v for k, v in a.items()
+             if k not in ("suspected_change", "also_suspected", "suspected_change_reason")}
+        a["summary"] = a["summary"].split("; suspected change")[0]
+        out.append(a)
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +151,7 @@ def test_v1_state_of_the_last_release_loads_and_behaves_the_same(config) -> None
         assert _doc((V1 / f"{name}.state").read_bytes())["v"] == 1
         state.load_route(pipe.stage2, (V1 / f"{name}.state").read_bytes())
     alerts = _follow(pipe)
-    assert alerts == _expected()
+    assert _detection(alerts) == _expected()
     assert any(a["status"] == "firing" for a in alerts)   # scores from the loaded baselines
     assert any(a["status"] == "resolved" for a in alerts)  # an alert that was firing at dump
 
@@ -153,7 +166,7 @@ def test_v2_round_trips_byte_identical_and_behaves_the_same(config, v2) -> None:
     pipe = Pipeline(config)
     for name in FOLLOW:
         state.load_route(pipe.stage2, v2[name])
-    assert _follow(pipe) == _expected()
+    assert _detection(_follow(pipe)) == _expected()
 
 
 def _walk(x: Any) -> Any:

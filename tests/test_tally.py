@@ -19,7 +19,7 @@ from detector.core import counting
 from detector.core.aggregator import Aggregator
 from detector.core.counting import COST_FIELDS
 from detector.core.events import TraceEvent, decode_many
-from detector.core.partials import SCALE, Partial
+from detector.core.partials import MAX_VALUES, SCALE, Partial
 from detector.core.signals import COUNTERS, SET, Counter
 
 HEX = "0123456789abcdef"
@@ -66,6 +66,7 @@ OPTIONAL: dict[str, st.SearchStrategy] = {
     "safety_hits": st.lists(st.sampled_from(["pii", "secret_leak", "weird", "jailbreak"]),
                             max_size=3),
     "model": st.sampled_from(["m1", "m2", "free"]),
+    "tool_name": st.sampled_from(["search", "email", "other", "unknown"]),
     "eval_scores": st.dictionaries(
         st.sampled_from(["faithfulness", "Relevance", "other"]),
         st.one_of(st.floats(-1000, 1000), st.sampled_from([0.0, 1.0, -1000.0, 1000.0])),
@@ -260,3 +261,43 @@ def test_the_property_test_draws_every_field_and_operation_the_counters_read() -
     read = {f for c in COUNTERS for f in (c.field, *(f for f, _ in c.when)) if f}
     assert read | set(COST_FIELDS) <= set(OPTIONAL), read - set(OPTIONAL)
     assert all(set(c.on) & set(OPS) for c in COUNTERS if c.on)
+
+
+def test_tool_names_are_counted_alike_and_bounded(config: Config) -> None:
+    """Each tool name's counters (Partial.values, per event in both paths) are its events',
+    and past TOOL_NAMES names a partial counts the rest under "other"."""
+    from detector.core.counting import TOOL_NAMES
+    from detector.core.partials import OTHER, TOOL_FIELD, split_values
+    from detector.core.signals import EVENTS, FIXED_AT, TOOL_COUNTERS
+
+    evs = [orjson.dumps({"ts": 999960 + i / 10, "operation": "execute_tool", "app": "a",
+                         "tool_name": f"t{i % (TOOL_NAMES + 6)}", "schema_valid": i % 3 > 0})
+           for i in range(400)] + [orjson.dumps({"ts": 999990, "operation": "chat",
+                                                 "app": "a", "refusal": True})]
+    parts = _same(config, [evs[:200], evs[200:]])
+    (p,) = [p for p in parts if p.level == 0]
+    tools = split_values(p.values[TOOL_FIELD], p.counts)
+    assert len(p.values[TOOL_FIELD]) <= MAX_VALUES and OTHER in tools
+    assert tools["unknown"][EVENTS] == 1                       # the chat
+    assert tools["t0"][EVENTS] == 400 // (TOOL_NAMES + 6)
+    bad = FIXED_AT["schema_invalid"]
+    assert sum(c.get(bad, 0) for v, c in tools.items()) == p.counts[bad] == 134
+    assert all(set(c) <= set(TOOL_COUNTERS) for v, c in tools.items() if v != "unknown")
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.one_of(st.just(0), st.integers(-10**6, 10**12)), min_size=1, max_size=40),
+       st.floats(1e-3, 1e30), st.integers(0, 5))
+def test_scaled_sums_in_c_are_python_s(counts: list[int], g: float, offset: int) -> None:
+    """attribution.Trail's decayed sums: the C twin adds what the Python loop adds."""
+    from array import array
+
+    assert counting.scaled_add is counting._tally.scaled_add
+    rng = random.Random(len(counts))
+    start = [rng.uniform(0, 1e6) for _ in range(offset + len(counts))]
+    c_buf, py_buf = array("f", start), array("f", start)
+    counting.scaled_add(c_buf, offset, counts, g)
+    counting._scaled_add_py(py_buf, offset, counts, g)
+    assert c_buf.tobytes() == py_buf.tobytes()
+    with pytest.raises(ValueError, match="room"):
+        counting.scaled_add(c_buf, offset + 1, counts, g)

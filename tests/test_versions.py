@@ -36,8 +36,9 @@ def test_a_version_holding_the_old_separator_is_named_whole(config) -> None:
               for a in pipe.feed(m)]
     firing = [a for a in alerts if a["signal"] == "refusal_rate"]
     assert firing
-    assert firing[0]["suspected_change"] == {"field": "prompt_version", "baseline": "v\x1f1",
-                                             "now": "v\x1f2"}
+    change = firing[0]["suspected_change"]
+    assert {k: change[k] for k in ("field", "baseline", "now")} == {
+        "field": "prompt_version", "baseline": "v\x1f1", "now": "v\x1f2"}
     model = pipe.stage2.models[(1, ("acme", "agent", "production"))]
     assert set(model.versions[2]) == {"p1"}   # the policy version is the policy version
 

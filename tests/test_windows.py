@@ -119,25 +119,39 @@ def test_cohort_count_is_bounded_whatever_producers_send(config) -> None:
 
 
 def test_version_combinations_are_counted_and_bounded_per_cohort_and_window(config) -> None:
-    from detector.core.partials import MAX_VERSION_COMBOS, OTHER_VERSIONS
+    from detector.core.partials import (
+        MAX_OPEN_COMBOS,
+        MAX_VALUES,
+        MAX_VERSION_COMBOS,
+        OTHER,
+        OTHER_VERSIONS,
+    )
 
     agg = Aggregator(config)
     rounds = []
     for flush in range(2):                    # the bound holds again after each hand-out
-        for i in range(40):                   # 40 model builds, 3 events each, one window
+        for i in range(80):                   # 80 model builds, 3 events each, one window
             for j in range(3):
                 agg.add(decode(orjson.dumps({
-                    "ts": 1000.0 + flush * 5 + i / 10 + j / 100, "operation": "chat",
-                    "app": "a", "model_version": f"m{i}", "prompt_version": "v1"}))[0][0])
-        assert len(agg._open) <= MAX_VERSION_COMBOS   # memory: bounded per cohort and window
+                    "ts": 1000.0 + flush * 5 + i / 100 + j / 1000, "operation": "chat",
+                    "app": "a", "model": "m", "model_version": f"m{i}",
+                    "prompt_version": "v1"}))[0][0])
+        assert len(agg._open) <= MAX_OPEN_COMBOS   # memory: bounded per cohort and window
         rounds.append([p for p in agg.flush_open() if p.level == 1])
     for finest in rounds:
         assert len(finest) == 1                       # one partial per cohort and window
         versions = finest[0].versions
-        assert len(versions) == MAX_VERSION_COMBOS and sum(versions.values()) == 120
+        assert len(versions) <= MAX_VERSION_COMBOS and sum(versions.values()) == 240
         assert versions[Versions("m0", "v1", "unknown")] == 3
-        assert versions[OTHER_VERSIONS] == 120 - 3 * (MAX_VERSION_COMBOS - 1)
-        assert finest[0].counts[EVENTS] == finest[0].counts[MODEL] == 120
+        assert versions[OTHER_VERSIONS] == 240 - 3 * (len(versions) - 1)
+        assert finest[0].counts[EVENTS] == finest[0].counts[MODEL] == 240
+        # Each value's counts, bounded too: MAX_VALUES per field, the rest under "other".
+        models = finest[0].values[0]
+        assert len(models) == MAX_VALUES and models["m\x1fm0"] == {0: 3, 1: 3}
+        assert OTHER in models and models[OTHER] == {}   # the remainder: most events
+        # The combinations past MAX_OPEN_COMBOS count as all "unknown"; the rest: a name.
+        folded = 240 - 3 * (MAX_OPEN_COMBOS - 1)
+        assert finest[0].values[1] == {"v1": {}, "unknown": {0: folded, 1: folded}}
 
 
 def test_integers_past_the_float_range_are_counted_at_its_ceiling(config) -> None:
@@ -163,3 +177,35 @@ def test_integers_past_the_float_range_are_counted_at_its_ceiling(config) -> Non
     assert p.counts[EVENTS] == 3 and p.counts[OUT_N] == 2 and p.counts[IN_N] == 1
     assert p.counts[IN_S] == int(log1p(float_info.max) * SCALE + 0.5)
     assert p.counts[RETRIES] == MAX_RETRIES
+
+
+def test_a_coarse_partial_holds_the_sum_of_its_finest_partials_values(config) -> None:
+    from detector.core.partials import merge_values, split_values
+
+    agg = Aggregator(config)
+    rng = random.Random(4)
+    for i in range(300):   # 6 tenants of one app: some on one prompt, some mixed, one model
+        t = i % 6
+        ev = {"ts": 1020.0 + i / 10, "operation": "chat", "tenant": f"t{t}", "app": "a",
+              "model": "m", "model_version": "1",
+              "prompt_version": f"v{rng.randrange(2) if t < 3 else t}"}
+        if i % 4 == 0:
+            ev.update(operation="tool_call", tool_name="search")
+        evs, bad = decode(orjson.dumps(ev))[:2]
+        assert evs, bad
+        agg.add(evs[0])
+    parts = agg.drain_all()
+    (coarse,) = [p for p in parts if p.level == 0]
+    finest = [p for p in parts if p.level == 1]
+    assert len(finest) == 6
+    # What merging the finest partials one by one gives: the same counts for every value.
+    want: dict = {}
+    counts = [0] * len(coarse.counts)
+    for p in finest:
+        want = merge_values(want, counts, p.values, p.counts)
+        counts = [x + y for x, y in zip(counts, p.counts, strict=True)]
+    assert counts == coarse.counts
+    for f in want:
+        assert split_values(coarse.values[f], counts) == split_values(want[f], counts), f
+    assert set(split_values(coarse.values[1], counts)) == {"v0", "v1", "v3", "v4", "v5"}
+    assert coarse.values[0] == {"m\x1f1": {}}   # one value on every tenant: a name only

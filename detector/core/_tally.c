@@ -18,6 +18,7 @@
  */
 #include "_slots.h"
 #include <float.h>
+#include <string.h>
 #include <math.h>
 
 /* The structural fields of TraceEvent, in this order (see the configure() call in counting.py). */
@@ -37,6 +38,7 @@ enum { E_NONE, E_IDS, E_SAMPLED, E_TOP, E_LOWEST };   /* the trace ids kept as e
 #define MAX_GATES 16
 #define MAX_CHECKS 32
 #define MAX_QTY 8
+#define MAX_TOOL 8             /* counters kept per tool name */
 
 typedef struct {
     int kind, gate, evidence, nwhen, nfields, ints_only;
@@ -81,6 +83,11 @@ static struct {
     PyObject *opcodes;                   /* operation -> its gate */
     Py_ssize_t top_k;
     double eval_max, eval_scale;
+    /* Per tool name (configure_values): the counters in tool_at, of each event whose
+     * tool_name is set, also added to partial.values[tool_key][its name], a list. */
+    Py_ssize_t off_values, off_tool;
+    PyObject *tool_key, *other, *fresh;   /* fresh(): a new name's zeroed array('q') */
+    Py_ssize_t tool_at[MAX_TOOL], n_tool, max_values;
     int ready;
 } S;
 
@@ -309,6 +316,57 @@ offsets(PyObject *self, PyObject *names)
         PyTuple_SET_ITEM(out, i, o);
     }
     return out;
+}
+
+/* configure_values(field_key, counters, max_values, other, fresh): the per-tool-name counting
+ * (after configure): the TraceEvent field "tool_name", the key of Partial.values it fills,
+ * the fixed counters it keeps (each event's increments of them), and at most max_values
+ * names per partial, later ones under ``other``, each an array('q') that fresh() makes.
+ * counters == () turns it off. */
+static PyObject *
+configure_values(PyObject *self, PyObject *args)
+{
+    PyObject *key, *counters, *other;
+    Py_ssize_t max_values;
+    PyObject *fresh;
+    if (!PyArg_ParseTuple(args, "OO!nUO", &key, &PyTuple_Type, &counters, &max_values, &other,
+                          &fresh))
+        return NULL;
+    if (!S.ready) {
+        PyErr_SetString(PyExc_RuntimeError, "configure() first");
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(counters);
+    if (n > MAX_TOOL || max_values < 1) {
+        PyErr_SetString(PyExc_ValueError, "configure_values: too many counters");
+        return NULL;
+    }
+    Py_ssize_t at[MAX_TOOL];
+    for (Py_ssize_t j = 0; j < n; j++) {
+        at[j] = PyLong_AsSsize_t(PyTuple_GET_ITEM(counters, j));
+        if (at[j] == -1 && PyErr_Occurred())
+            return NULL;
+        if (at[j] < 0 || at[j] >= S.n_fixed) {   /* only the fixed ones are summed in d */
+            PyErr_SetString(PyExc_ValueError, "configure_values: not a fixed counter");
+            return NULL;
+        }
+    }
+    Py_ssize_t off_values = slot_offset_s(S.partial_type, "values");
+    Py_ssize_t off_tool = slot_offset_s(S.event_type, "tool_name");
+    if (off_values < 0 || off_tool < 0)
+        return NULL;
+    Py_INCREF(key);
+    Py_XSETREF(S.tool_key, key);
+    Py_INCREF(other);
+    Py_XSETREF(S.other, other);
+    Py_INCREF(fresh);
+    Py_XSETREF(S.fresh, fresh);
+    S.off_values = off_values;
+    S.off_tool = off_tool;
+    S.max_values = max_values;
+    memcpy(S.tool_at, at, sizeof at);
+    S.n_tool = n;
+    Py_RETURN_NONE;
 }
 
 /* Python's float floor division (Objects/floatobject.c, _float_div_mod), so that a window
@@ -665,6 +723,70 @@ sample_insert(PyObject *p, PyObject *key, PyObject *tid, Py_ssize_t k)
     return err;
 }
 
+/* Add one event's increments of the tool counters (``delta``) to p.values[tool_key][name]
+ * (Counting._tool in Python): an array('q') per name, at most max_values names, then
+ * ``other``. */
+static int
+tool_add(PyObject *p, PyObject *name, const long long *delta)
+{
+    PyObject *values = partial_field(p, S.off_values, "values");
+    if (values == NULL)
+        return -1;
+    int err = -1;
+    PyObject *by, *lst;
+    if (!PyDict_Check(values)) {
+        PyErr_SetString(PyExc_TypeError, "a partial's values is not a dict");
+        goto done;
+    }
+    if ((by = PyDict_GetItemWithError(values, S.tool_key)) == NULL) {
+        if (PyErr_Occurred() || (by = PyDict_New()) == NULL)
+            goto done;
+        int e = PyDict_SetItem(values, S.tool_key, by);
+        Py_DECREF(by);   /* the dict holds it */
+        if (e < 0)
+            goto done;
+    }
+    if (!PyDict_Check(by)) {
+        PyErr_SetString(PyExc_TypeError, "a partial's tool values is not a dict");
+        goto done;
+    }
+    if ((lst = PyDict_GetItemWithError(by, name)) == NULL) {
+        if (PyErr_Occurred())
+            goto done;
+        if (PyDict_GET_SIZE(by) >= S.max_values) {
+            name = S.other;
+            if ((lst = PyDict_GetItemWithError(by, name)) == NULL && PyErr_Occurred())
+                goto done;
+        }
+        if (lst == NULL) {
+            if ((lst = PyObject_CallNoArgs(S.fresh)) == NULL)
+                goto done;
+            int e = PyDict_SetItem(by, name, lst);
+            Py_DECREF(lst);
+            if (e < 0)
+                goto done;
+        }
+    }
+    /* An array of int64: added to in place, no int object made per event. */
+    Py_buffer view;
+    if (PyObject_GetBuffer(lst, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        goto done;
+    if (view.itemsize != 8 || view.format == NULL || strcmp(view.format, "q") != 0
+            || view.len != 8 * S.n_tool) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_TypeError, "a tool's counters is not an array('q') of them");
+        goto done;
+    }
+    long long *a = (long long *)view.buf;
+    for (Py_ssize_t j = 0; j < S.n_tool; j++)
+        a[j] += delta[j];
+    PyBuffer_Release(&view);
+    err = 0;
+done:
+    Py_DECREF(values);
+    return err;
+}
+
 /* The event's open partial, keyed (w, (cohort fields..., version fields...)) as in
  * Counting._add_py; made by ``partial_for`` when there is none. A new reference. */
 static PyObject *
@@ -876,6 +998,12 @@ add_many(PyObject *self, PyObject *args)
         if (d == NULL)
             goto fail;
 
+        PyObject *tool = S.n_tool ? SLOT(ev, S.off_tool) : NULL;
+        long long tool_before[MAX_TOOL];
+        if (tool != NULL && (tool == S.unset || !PyUnicode_Check(tool)))
+            tool = NULL;
+        for (Py_ssize_t j = 0; tool != NULL && j < S.n_tool; j++)
+            tool_before[j] = d[S.tool_at[j]];
         PyObject *tid = SLOT(ev, S.off[F_TRACE_ID]);
         int has_tid = tid != S.unset && PyUnicode_GET_LENGTH(tid) > 0;
 #define SAMPLE(key) do { \
@@ -962,6 +1090,12 @@ add_many(PyObject *self, PyObject *args)
                 break;
             }
         }
+        if (tool != NULL) {   /* d is not flushed while one event is counted */
+            for (Py_ssize_t j = 0; j < S.n_tool; j++)
+                tool_before[j] = d[S.tool_at[j]] - tool_before[j];
+            if (tool_add(p, tool, tool_before) < 0)
+                goto fail;
+        }
 #undef SAMPLE
 #undef ADD
         Py_CLEAR(p);
@@ -1004,11 +1138,57 @@ py_fixed_log1p(PyObject *self, PyObject *v)
     return PyLong_FromLongLong(fixed_log1p(d));
 }
 
+/* scaled_add(buf, offset, counts, g): buf[offset + i] += counts[i] * g for each non-zero
+ * int counts[i], ``buf`` a writable array('f') (attribution.Trail's decayed sums; its Python
+ * twin is counting.scaled_add): each product and sum in double, as Python computes them. */
+static PyObject *
+scaled_add(PyObject *self, PyObject *args)
+{
+    PyObject *buf, *counts;
+    Py_ssize_t offset;
+    double g;
+    if (!PyArg_ParseTuple(args, "OnO!d", &buf, &offset, &PyList_Type, &counts, &g))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(counts);
+    if (view.itemsize != (Py_ssize_t)sizeof(float) || view.format == NULL
+            || strcmp(view.format, "f") != 0 || offset < 0
+            || offset + n > view.len / (Py_ssize_t)sizeof(float)) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "scaled_add: an array('f') with room for the counts");
+        return NULL;
+    }
+    float *f = (float *)view.buf + offset;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *c = PyList_GET_ITEM(counts, i);
+        if (!PyLong_Check(c)) {
+            PyBuffer_Release(&view);
+            PyErr_SetString(PyExc_TypeError, "scaled_add: counts are ints");
+            return NULL;
+        }
+        double x = PyLong_AsDouble(c);
+        if (x == -1.0 && PyErr_Occurred()) {
+            PyBuffer_Release(&view);
+            return NULL;
+        }
+        if (x == 0.0)
+            continue;
+        volatile double p = x * g;   /* rounded on its own (no fused multiply-add) */
+        f[i] = (float)((double)f[i] + p);
+    }
+    PyBuffer_Release(&view);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Field offsets, counter indexes and constants."},
     {"offsets", offsets, METH_O, "Slot offsets of TraceEvent fields."},
+    {"configure_values", configure_values, METH_VARARGS, "The per-tool-name counting."},
     {"add_many", add_many, METH_VARARGS, "Count events from ``start`` (see the file's top)."},
     {"fixed_log1p", py_fixed_log1p, METH_O, "A quantity as fixed-point log1p (for tests)."},
+    {"scaled_add", scaled_add, METH_VARARGS, "Decayed sums: buf[offset + i] += counts[i] * g."},
     {NULL, NULL, 0, NULL},
 };
 

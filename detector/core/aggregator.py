@@ -19,35 +19,47 @@ when a window closes. Partials and their merge are in :mod:`detector.core.partia
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from operator import attrgetter
-from typing import Final
+from collections.abc import Iterable, Sequence
+from operator import add, attrgetter
+from typing import Any, Final
 
 from msgspec import UNSET
 
 from detector.config import Config
 from detector.core.counting import Counting
 from detector.core.partials import (
-    MAX_VERSION_COMBOS,
+    COMBO_FIELDS,
+    MAX_OPEN_COMBOS,
+    MAX_VALUES,
     OTHER,
+    TOOL_FIELD,
+    TOP_K,
     UNKNOWN,
-    VERSION_FIELDS,
+    VALUE_FIELDS,
     Partial,
+    Versions,
+    cap_versions,
+    compact_values,
     empty_partial,
     merge_into,
-    merge_keyed,
     route_key,
+    split_values,
+    tool_values,
+    value_of,
     versions_of,
 )
 from detector.core.signals import (
     EVENTS,
+    TOOL_COUNTERS,
     layout_of,
 )
 from detector.core.watermark import Watermark
 
 __all__ = ["Aggregator"]
 
-_OTHER_COMBO: Final = (UNKNOWN, UNKNOWN, UNKNOWN)   # its versions_of is OTHER_VERSIONS
+_OTHER_COMBO: Final = (UNSET,) * len(COMBO_FIELDS)   # all "unknown"
+#: The fields whose values a combination holds (the tool's are counted per event).
+_VERSIONED: Final = tuple(f for f in range(len(VALUE_FIELDS)) if f != TOOL_FIELD)
 
 
 class Aggregator(Counting):
@@ -61,13 +73,15 @@ class Aggregator(Counting):
         self.levels = config.cohorts.levels
         self.finest = list(self.levels[-1])   # a list[str] of its own, as Counting declares
         self.layout = layout_of(config)
-        # An open partial per (window, finest cohort, version combination): the combination
-        # is counted by the partial's own event counter, so no per-event work of its own.
-        # The combinations of one cohort are merged into one partial when handed out.
-        self._key = attrgetter(*self.finest, *VERSION_FIELDS)
+        # An open partial per (window, finest cohort, combination of versions and model):
+        # the combination is counted by the partial's own counters, so no per-event work of
+        # its own. The combinations of one cohort are merged into one partial when handed
+        # out, each value's counters kept (Partial.values); tool names are counted per event.
+        self._key = attrgetter(*self.finest, *COMBO_FIELDS)
         self._nf = len(self.finest)
         self._open: dict[tuple[int, tuple[object, ...]], Partial] = {}
         self._combos: dict[tuple[int, tuple[object, ...]], int] = {}   # open partials per cohort
+        self._named: dict[tuple[object, ...], dict[int, dict[str, dict[int, int]]]] = {}
         self.late = 0
         # Bounded memory whatever producers send: past max_cohorts distinct finest cohorts,
         # new ones are counted under an all-"other" cohort (and in self.folded).
@@ -88,8 +102,8 @@ class Aggregator(Counting):
     def _partial_for(self, key: tuple[int, tuple[object, ...]]) -> Partial:
         """The partial that counts an event with ``key`` when no open partial has that key:
         a new one, or, past the cohort budget, the window's all-"other" cohort (bounded
-        memory whatever producers send), or past MAX_VERSION_COMBOS combinations in one
-        cohort and window, its "other versions" partial."""
+        memory whatever producers send), or past MAX_OPEN_COMBOS combinations in one
+        cohort and window, its all-"unknown" partial."""
         w, full = key
         cohort, combo = full[:self._nf], full[self._nf:]
         if cohort not in self._known:
@@ -99,7 +113,7 @@ class Aggregator(Counting):
                 self.folded += 1
                 cohort = self._overflow
         n = self._combos.get((w, cohort), 0)
-        if n >= MAX_VERSION_COMBOS - 1:
+        if n >= MAX_OPEN_COMBOS - 1:
             combo = _OTHER_COMBO
         key = (w, cohort + combo)
         p = self._open.get(key)
@@ -124,9 +138,10 @@ class Aggregator(Counting):
 
     def _hand_out(self, keys: list[tuple[int, tuple[object, ...]]]) -> list[Partial]:
         """Pop the partials with these keys, one per (window, cohort): the partials of its
-        version combinations merged, each combination's events as its version count."""
-        nf, k = self._nf, self.k
-        finest: dict[tuple[int, tuple[object, ...]], Partial] = {}
+        combinations merged, each combination's events as its version count and its
+        counters as its values' (Partial.values)."""
+        nf = self._nf
+        groups: dict[tuple[int, tuple[object, ...]], list[tuple[tuple[object, ...], Partial]]] = {}
         for key in keys:
             p = self._open.pop(key)
             w, full = key
@@ -136,11 +151,64 @@ class Aggregator(Counting):
                 self._combos[(w, cohort)] = n
             else:
                 del self._combos[(w, cohort)]
+            groups.setdefault((w, cohort), []).append((full[nf:], p))
+        self._named = {}
+        return self._roll_up(sorted(map(self._combine, groups.values()), key=_pkey))
+
+    def _values_of(self, combo: tuple[object, ...]) -> dict[int, dict[str, dict[int, int]]]:
+        """A combination's one value a field, as Partial.values holds them: the inner dicts
+        shared by the partials of one hand-out (nothing changes them in place)."""
+        got = self._named.get(combo)
+        if got is None:
+            got = self._named[combo] = {f: {value_of(f, combo): {}} for f in _VERSIONED}
+        return dict(got)
+
+    def _combine(self, members: list[tuple[tuple[object, ...], Partial]]) -> Partial:
+        """One cohort's combinations in one partial, in one pass (not one merge each), the
+        tool names' counts (kept per event, see Counting._tool) summed and written out."""
+        combo, p = members[0]
+        if len(members) == 1:
             for h in p.top.values():
                 h.sort()   # heap order depends on arrival; the sorted top-k does not
-            p.versions = {versions_of(full[nf:]): p.counts[EVENTS]}
-            merge_keyed(finest, (w, cohort), p, k)
-        return self._roll_up(sorted(finest.values(), key=_pkey))
+            p.versions = {versions_of(combo[:3]): p.counts[EVENTS]}
+            counted: Any = p.values.get(TOOL_FIELD, {})   # written out by _roll_up
+            p.values = self._values_of(combo)
+            p.values[TOOL_FIELD] = counted
+            return p
+        parts = [q for _, q in members]
+        counts = [sum(col) for col in zip(*(q.counts for q in parts), strict=True)]
+        samples: dict[int, set[str]] = {}
+        tops: dict[int, set[tuple[int, str]]] = {}
+        versions: dict[Versions, int] = {}
+        tools: dict[str, Any] = {}
+        for c, q in members:
+            for i, ids in q.samples.items():
+                samples.setdefault(i, set()).update(ids)
+            for i, items in q.top.items():
+                tops.setdefault(i, set()).update(map(tuple, items))  # type: ignore[arg-type]
+            vs = versions_of(c[:3])
+            versions[vs] = versions.get(vs, 0) + q.counts[EVENTS]
+            for name, lst in q.values.get(TOOL_FIELD, {}).items():
+                have = tools.get(name)
+                tools[name] = lst if have is None else list(map(add, have, lst))
+        cap_versions(versions)
+        values: dict[int, dict[str, dict[int, int]]] = {}
+        for f in _VERSIONED:
+            by: dict[str, list[list[int]]] = {}
+            for c, q in members:
+                by.setdefault(value_of(f, c), []).append(q.counts)
+            if len(by) == 1:
+                values[f] = {next(iter(by)): {}}
+                continue
+            whole = {v: {i: n for i, n in enumerate(map(sum, zip(*lists, strict=True))) if n}
+                     for v, lists in by.items()}
+            values[f] = compact_values(whole)
+        values[TOOL_FIELD] = tools
+        out = Partial(p.window, p.level, p.cohort, counts,
+                      {i: sorted(ids)[:self.k] for i, ids in samples.items()},
+                      {i: sorted(items)[-TOP_K:] for i, items in tops.items()},
+                      versions, p.route, values)
+        return out
 
     def drain_complete(self) -> list[Partial]:
         """End of input: close every window event time has passed, and the one it stopped in
@@ -171,18 +239,76 @@ class Aggregator(Counting):
         return self.drain(watermark=(max(w for w, _ in self._open) + 1) * self.size)
 
     def _roll_up(self, finest: Iterable[Partial]) -> list[Partial]:
+        """The finest partials and their coarser cohorts'. The tool names' counts, still
+        counted per name in arrays (Counting._tool), are summed as such and then written out
+        (tool_values); the other values' counters once per coarse partial from all its
+        finest ones (_gathered), not one merge_values each."""
         out: list[Partial] = []
         coarse: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
+        tools: dict[tuple[int, int, tuple[str, ...]], dict[str, Any]] = {}
+        members: dict[tuple[int, int, tuple[str, ...]], list[Partial]] = {}
         fin = len(self.levels) - 1
+        k = self.k
         for p in finest:
+            mine: Any = p.values.pop(TOOL_FIELD, {})   # arrays (see Counting._tool)
             for lvl in range(fin):
                 key = (p.window, lvl, tuple(p.cohort[i] for i in self._proj[lvl]))
                 q = coarse.get(key)
                 if q is None:
                     coarse[key] = q = empty_partial(p.window, lvl, key[2], len(p.counts), p.route)
-                merge_into(q, p, self.k)
+                    tools[key] = {}
+                    members[key] = []
+                merge_into(q, p, k, values=False)
+                members[key].append(p)
+                into = tools[key]
+                for name, lst in mine.items():
+                    have = into.get(name)
+                    into[name] = lst if have is None else list(map(add, have, lst))
+            p.values[TOOL_FIELD] = _written(mine, p.counts)
             out.append(p)
+        for key, q in coarse.items():
+            q.values = _gathered(members[key], len(q.counts))
+            q.values[TOOL_FIELD] = _written(tools[key], q.counts)
         return sorted(coarse.values(), key=_pkey) + out
+
+
+def _gathered(members: list[Partial], size: int) -> dict[int, dict[str, dict[int, int]]]:
+    """The version values' counters of the finest partials ``members`` (tool names apart) as
+    their coarse partial holds them: the same counts merge_values would sum, one pass a
+    field. Where every member has the one same value (most windows) it is shared as is."""
+    out: dict[int, dict[str, dict[int, int]]] = {}
+    for f in _VERSIONED:
+        first = members[0].values.get(f)
+        if first is not None and len(first) == 1 and all(
+                (vals := q.values.get(f)) is first or vals == first for q in members):
+            out[f] = first
+            continue
+        acc: dict[str, list[int]] = {}
+        for q in members:
+            vals = q.values.get(f) or {UNKNOWN: {}}   # (none: counted as "unknown")
+            if len(vals) == 1:
+                v = next(iter(vals))
+                have = acc.get(v)
+                acc[v] = list(q.counts) if have is None else list(map(add, have, q.counts))
+                continue
+            for v, c in split_values(vals, q.counts).items():
+                a = acc.get(v)
+                if a is None:
+                    a = acc[v] = [0] * size
+                for i, n in c.items():
+                    a[i] += n
+        out[f] = compact_values({v: {i: n for i, n in enumerate(a) if n}
+                                 for v, a in acc.items()})
+    return out
+
+
+def _written(tools: dict[str, Sequence[int]], counts: list[int]) -> dict[str, dict[int, int]]:
+    """Tool names' counters as Partial.values holds them, at most MAX_VALUES (a coarse cohort
+    may gather more names than one open partial keeps)."""
+    if not tools:
+        return {UNKNOWN: {}}
+    tv = tool_values(tools, counts, TOOL_COUNTERS)
+    return tv if len(tv) <= MAX_VALUES else compact_values(split_values(tv, counts))
 
 
 def _order(key: tuple[int, tuple[object, ...]]) -> tuple[int, tuple[str, ...]]:

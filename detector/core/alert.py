@@ -49,13 +49,22 @@ class Window(msgspec.Struct, frozen=True):
     events: int
 
 
-class SuspectedChange(msgspec.Struct, frozen=True):
-    """A cohort dimension whose value is new since the baseline: the first rollback
-    candidate. ``baseline`` is None when no older value was known well enough."""
+class SuspectedChange(msgspec.Struct, frozen=True, omit_defaults=True):
+    """A version value whose events carry the anomaly: the first rollback candidate.
+    ``baseline`` is the value it replaced (None when no older value was known). The evidence
+    fields are set on windowed alerts (detector.core.attribution) and omitted on hard-rule
+    alerts, which name the offending event's own new version as before."""
 
     field: str
     baseline: str | None
     now: str
+    model: str | None = None               # field "model_version": the model it versions
+    share_of_events: float | None = None   # of the cohort's events in the alert's window
+    observed_with: float | None = None     # the signal among the value's events
+    observed_without: float | None = None  # ...and among the rest of the cohort's
+    score: float | None = None             # the evidence, in standard units
+    #: "parent": this cohort's events alone were too few to name it; its parent's were.
+    named_by: str | None = None
 
 
 class Evidence(msgspec.Struct, frozen=True):
@@ -103,6 +112,10 @@ class Alert(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     persistence: int
     grouped_cohorts: int = 0   # child cohorts this alert stands for; omitted when none
     resolution: Resolution | None = None   # why it resolved; omitted while firing
+    #: Up to two more candidates, ranked, when their evidence also reaches the bar.
+    also_suspected: list[SuspectedChange] = msgspec.field(default_factory=list)
+    #: Why there is no suspected change on a windowed alert (omitted when there is one).
+    suspected_change_reason: str | None = None
     containment: list[ContainmentResult] = []   # [[containment]] actions; omitted when none
     dashboard_url: str | None = None   # from [links]; omitted when not configured
     generator_url: str | None = None

@@ -21,7 +21,8 @@ import contextlib
 import importlib
 import os
 import sys
-from collections.abc import Callable, Iterable
+from array import array
+from collections.abc import Callable, Iterable, MutableSequence
 from heapq import heappush, heapreplace
 from math import floor, log1p
 from operator import attrgetter
@@ -31,7 +32,16 @@ import msgspec
 from msgspec import UNSET
 
 from detector.core.events import EVAL_MAX, TraceEvent
-from detector.core.partials import SCALE, TOP_K, VERSION_FIELDS, Partial, bottom
+from detector.core.partials import (
+    COMBO_FIELDS,
+    MAX_VALUES,
+    OTHER,
+    SCALE,
+    TOOL_FIELD,
+    TOP_K,
+    Partial,
+    bottom,
+)
 from detector.core.signals import (
     COUNTERS,
     EVAL_SCALE,
@@ -39,16 +49,19 @@ from detector.core.signals import (
     GROUP_RULES,
     MAX_RETRIES,
     SET,
+    TOOL_COUNTERS,
     Counter,
     Layout,
     check,
 )
 from detector.core.watermark import Watermark
 
-__all__ = ["MAX_RETRIES", "Counting", "c_table", "python_source"]
+__all__ = ["MAX_RETRIES", "Counting", "c_table", "python_source", "scaled_add"]
 
 _FMAX: Final = sys.float_info.max
 _I64_MIN, _I64_MAX = -(1 << 63), (1 << 63) - 1
+#: Tool names counted apart per open partial: with "other" and "unknown", MAX_VALUES.
+TOOL_NAMES: Final = MAX_VALUES - 2
 #: The fields a cost is computed from (a model call's tokens at its model's price).
 COST_FIELDS: Final = ("input_tokens", "output_tokens", "model")
 
@@ -160,7 +173,12 @@ def count(self, evs):
         c = p.counts
         tid = ev.trace_id
         op = ev.operation
+        tool = ev.tool_name
+        if tool is not UNSET:
+            before = [c[i] for i in TOOL_COUNTERS]
 %s
+        if tool is not UNSET:
+            self._tool(p, tool, before)
     wm.max_ts = max_ts
     self.late += late
 """
@@ -183,7 +201,7 @@ def python_source(counters: tuple[Counter, ...] = COUNTERS) -> str:
 
 def _compile(counters: tuple[Counter, ...]) -> Callable[[Any, Iterable[TraceEvent]], None]:
     ns: dict[str, Any] = {"UNSET": UNSET, "SCALE": SCALE, "TOP_K": TOP_K, "_FMAX": _FMAX,
-                          "log1p": log1p,
+                          "log1p": log1p, "TOOL_COUNTERS": TOOL_COUNTERS,
                           **{f"_G{g}": frozenset(on) for on, g in _gates(counters).items()}}
     exec(compile(python_source(counters), "<counting: python_source()>", "exec"), ns)
     count: Callable[[Any, Iterable[TraceEvent]], None] = ns["count"]
@@ -191,6 +209,11 @@ def _compile(counters: tuple[Counter, ...]) -> Callable[[Any, Iterable[TraceEven
 
 
 _count_py: Final = _compile(COUNTERS)
+
+
+#: A new tool name's counters (TOOL_COUNTERS), int64: C adds to them in place. A copy of a
+#: zeroed array that nothing else holds: a C method, so C makes one without a Python frame.
+_fresh_tool: Callable[[], array[int]] = array("q", bytes(8 * len(TOOL_COUNTERS))).__copy__
 
 # The C accelerator, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS is set.
 # It is handed the structural fields and the counters' rules (c_table) it counts by.
@@ -203,6 +226,20 @@ if _tally is not None:
         TraceEvent, Partial, UNSET, ("ts", "trace_id", "operation"), c_table(),
         {op: g for on, g in _gates(COUNTERS).items() for op in on},
         TOP_K, EVAL_MAX, EVAL_SCALE)
+    _tally.configure_values(TOOL_FIELD, TOOL_COUNTERS, TOOL_NAMES, OTHER, _fresh_tool)
+
+
+def _scaled_add_py(buf: MutableSequence[float], offset: int, counts: list[int], g: float
+                   ) -> None:
+    for i, x in enumerate(counts):
+        if x:
+            buf[offset + i] += x * g
+
+
+#: ``buf[offset + i] += counts[i] * g`` for the non-zero counts, ``buf`` an array('f'): the
+#: attribution trail's decayed sums, in C when it is built (the same numbers either way).
+scaled_add: Callable[[MutableSequence[float], int, list[int], float], None] = (
+    _scaled_add_py if _tally is None else _tally.scaled_add)
 
 
 class Counting:
@@ -226,7 +263,7 @@ class Counting:
             return ()
         lay = self.layout
         return (self._open, self._partial_for, self._safety, float(self.size),
-                _tally.offsets((*self.finest, *VERSION_FIELDS)), self.k, lay.prices,
+                _tally.offsets((*self.finest, *COMBO_FIELDS)), self.k, lay.prices,
                 lay.default_price, lay.cost_at,
                 tuple(zip(lay.evaluators, range(lay.eval_at, lay.size, 3), strict=True)))
 
@@ -257,6 +294,23 @@ class Counting:
         """The counting in Python (:func:`python_source`, made from the declared counters):
         the reference for detector/core/_tally.c, and the fallback."""
         _count_py(self, evs)
+
+    def _tool(self, p: Partial, name: str, before: list[int]) -> None:
+        """Add an event's increments of the TOOL_COUNTERS (``before``: them before it was
+        counted) to its tool name's, in ``p.values[TOOL_FIELD]``: while the partial is open an
+        array('q') per name (the hand-out writes them out, :func:`partials.tool_values`), at most
+        TOOL_NAMES names, then "other"."""
+        by: Any = p.values.setdefault(TOOL_FIELD, {})
+        lst = by.get(name)
+        if lst is None:
+            if len(by) >= TOOL_NAMES:
+                name = OTHER
+                lst = by.get(name)
+            if lst is None:
+                lst = by[name] = _fresh_tool()
+        c = p.counts
+        for j, i in enumerate(TOOL_COUNTERS):
+            lst[j] += c[i] - before[j]
 
     # -- evidence: rare per event (the C path keeps ids and values itself, but for safety) --
     def _sample(self, p: Partial, counter: int, tid: str) -> None:

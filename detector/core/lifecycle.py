@@ -148,6 +148,10 @@ class Lifecycle:
             first = start - (persistence - 1) * (end - start)
             inc = self.active[key] = Incident(d.signal, cdict, first, rule=False)
             inc.suspected = suspected
+        elif suspected and "field" in suspected and not (inc.suspected or {}).get("field"):
+            # Named once there is evidence (a canary's events accumulate); then kept, so
+            # the alert does not change its mind as the windows before the change fade.
+            inc.suspected = suspected
         inc.clean = 0
         inc.last_end = end
         inc.observed, inc.expected, inc.score, inc.threshold = (
@@ -237,7 +241,8 @@ class Lifecycle:
         summary = f"[{inc.severity}] {what} in {cohort_txt}"
         if inc.grouped:
             summary += f" ({inc.grouped} child cohorts)"
-        if sus:
+        named = bool(sus and "field" in sus)
+        if sus and named:
             change = change_text(sus["field"], sus["baseline"], sus["now"])
             summary += f"; suspected change {change}"
         if status == "resolved":
@@ -259,8 +264,7 @@ class Lifecycle:
             score=_r(inc.score),
             threshold=_r(inc.threshold),
             window=Window(start=w["start"], end=w["end"], events=w["events"]),
-            suspected_change=(SuspectedChange(field=sus["field"], baseline=sus["baseline"],
-                                              now=sus["now"]) if sus else None),
+            suspected_change=_change(sus) if sus and named else None,
             evidence=Evidence(trace_ids=list(inc.evidence)),
             summary=summary,
             runbook_url=sc.runbook_url,
@@ -269,6 +273,8 @@ class Lifecycle:
             grouped_cohorts=inc.grouped,
             resolution=(("baseline_adopted" if adopted else "clean_windows") if resolved
                         else None),
+            also_suspected=[_change(c) for c in sus.get("also", ())] if sus and named else [],
+            suspected_change_reason=sus.get("reason") if sus and not named else None,
             containment=[ContainmentResult(action=a, status=str(st), at=rfc3339(at))
                          for a, (st, at) in inc.containment.items()],
             **self._links(inc, status),
@@ -286,3 +292,10 @@ class Lifecycle:
                "generator_url": generator_url(links, fields, inc.starts_at, inc.last_end)}
         return {k: v for k, v in out.items() if v is not None}
 
+
+def _change(c: dict[str, Any]) -> SuspectedChange:
+    return SuspectedChange(field=c["field"], baseline=c["baseline"], now=c["now"],
+                           model=c.get("model"), share_of_events=c.get("share_of_events"),
+                           observed_with=c.get("observed_with"),
+                           observed_without=c.get("observed_without"), score=c.get("score"),
+                           named_by=c.get("named_by"))

@@ -14,7 +14,8 @@ change a result. They cross the wire between stage 1 and stage 2 as msgpack.
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Hashable, Iterable
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from itertools import compress
 from typing import Final, NamedTuple, TypeVar, cast
 
 from msgspec import UNSET, Struct
@@ -24,12 +25,17 @@ from detector.core.wire import Wire
 K = TypeVar("K", bound=Hashable)
 
 __all__ = [
+    "COMBO_FIELDS",
+    "MAX_OPEN_COMBOS",
+    "MAX_VALUES",
     "MAX_VERSION_COMBOS",
     "OTHER",
     "OTHER_VERSIONS",
     "SCALE",
+    "TOOL_FIELD",
     "TOP_K",
     "UNKNOWN",
+    "VALUE_FIELDS",
     "VERSION_FIELDS",
     "LegacyPartial",
     "Partial",
@@ -37,6 +43,7 @@ __all__ = [
     "bottom",
     "cap_versions",
     "combine",
+    "compact_values",
     "decode_partial",
     "empty_partial",
     "encode",
@@ -44,7 +51,11 @@ __all__ = [
     "merge",
     "merge_into",
     "merge_keyed",
+    "merge_values",
     "route_key",
+    "split_values",
+    "tool_values",
+    "value_of",
     "versions_of",
 ]
 
@@ -57,6 +68,20 @@ SCALE: Final = 1024
 #: outputs); an alert gathers them over its windows up to the contract's 20.
 TOP_K: Final = 5
 MAX_VERSION_COMBOS: Final = 16
+#: Open partials one cohort may have in one stage-1 window (one per combination of versions,
+#: model and tool); past it, new combinations count under all-"unknown" values.
+MAX_OPEN_COMBOS: Final = 64
+#: Values of one field a partial keeps counts for (an agent with a dozen tools fits); the rest
+#: are summed under "other" (the most common kept: then the merge depends on order), so a
+#: producer that invents a version per event cannot grow a partial.
+MAX_VALUES: Final = 16
+#: The fields whose values are rollback candidates, as ``Partial.values`` keys them: the
+#: model version (with its model: "model\x1fversion"), prompt, policy, and the tool called.
+VALUE_FIELDS: Final = ("model_version", "prompt_version", "policy_version", "tool_name")
+#: The tool's field: counted per event by stage 1 (not by combination, a cohort's agents call
+#: several tools), and only its TOOL_COUNTERS (detector.core.signals): the other counters of
+#: a tool value are not kept (they are not read: tools are candidates for tool signals only).
+TOOL_FIELD: Final = VALUE_FIELDS.index("tool_name")
 SEP: Final = "\x1f"   # between the values of a route key
 
 
@@ -70,6 +95,10 @@ class Versions(NamedTuple):
 
 
 VERSION_FIELDS: Final = Versions._fields
+#: The fields stage 1 keys an open partial by beyond its cohort: each combination's events
+#: are then counted by the partial's own counters, so its values' counts (Partial.values)
+#: cost no per-event work. value_of reads a combination in this order.
+COMBO_FIELDS: Final = (*VERSION_FIELDS, "model")
 OTHER_VERSIONS: Final = Versions(UNKNOWN, UNKNOWN, UNKNOWN)
 
 
@@ -101,6 +130,11 @@ class Partial(Struct, array_like=True):
     top: dict[int, list[tuple[int, str]]]  # quantity counter -> largest (value, trace id)
     versions: dict[Versions, int]    # version combination -> events
     route: str = ""                  # stage-2 partition key: the root-level cohort
+    #: Per field of VALUE_FIELDS (its index), value -> that value's events' counters, sparse
+    #: ({counter: n}); the one value written {} holds what the others do not (the partial's
+    #: counts minus theirs), so a cohort on one version costs a name per field. Absent from
+    #: partials written before it (and ignored by stage 2 code older than it).
+    values: dict[int, dict[str, dict[int, int]]] = {}
 
 
 class LegacyPartial(Partial):
@@ -141,8 +175,11 @@ def bottom(lst: list[str], tid: str, k: int) -> None:
         lst.pop()
 
 
-def merge_into(a: Partial, b: Partial, k: int) -> None:
-    """Add ``b`` into ``a`` (same window and cohort)."""
+def merge_into(a: Partial, b: Partial, k: int, values: bool = True) -> None:
+    """Add ``b`` into ``a`` (same window and cohort); ``values=False``: all but their
+    values (the caller sums those, as Aggregator._roll_up does)."""
+    if values and (b.values or a.values):
+        a.values = merge_values(a.values, a.counts, b.values, b.counts)
     ac = a.counts
     if len(ac) < len(b.counts):   # ``a`` from a state saved before the layout grew
         ac.extend([0] * (len(b.counts) - len(ac)))
@@ -202,6 +239,133 @@ def cap_versions(versions: dict[Versions, int]) -> None:
     versions[other] = versions.get(other, 0) + rest
 
 
+def value_of(field: int, combo: tuple[object, ...]) -> str:
+    """The value of VALUE_FIELDS[field] in a stage-1 combination (model_version,
+    prompt_version, policy_version, model, tool_name; unset as UNSET): a model version is
+    named with its model.
+
+    >>> value_of(0, ("v2", UNSET, UNSET, "m-large")), value_of(1, ("v2",) + (UNSET,) * 3)
+    ('m-large\\x1fv2', 'unknown')
+    """
+    if field == 0:
+        m, v = combo[3], combo[0]
+        if m is UNSET and v is UNSET:
+            return UNKNOWN
+        return f"{UNKNOWN if m is UNSET else m}{SEP}{UNKNOWN if v is UNSET else v}"
+    v = combo[field]
+    return UNKNOWN if v is UNSET else v  # type: ignore[return-value]  # a str when set
+
+
+def tool_values(open_: Mapping[str, Sequence[int]], counts: list[int], at: tuple[int, ...]
+                ) -> dict[str, dict[int, int]]:
+    """The tool field's values as a partial hands them out, from stage 1's counters per tool
+    name (their counters at ``at``): each name's, and "unknown" (events that call no tool)
+    as the remainder.
+
+    >>> tool_values({"search": [3, 3, 1]}, [5, 0, 3, 1], (0, 2, 3))
+    {'search': {0: 3, 2: 3, 3: 1}, 'unknown': {}}
+    """
+    # compress keeps the (counter, n) pairs whose n is not 0, in C (one per partial and name).
+    out = {v: dict(compress(zip(at, lst), lst))   # noqa: B905 - one length (Counting._tool)
+           for v, lst in sorted(open_.items())}
+    out[UNKNOWN] = {}   # (a tool named "unknown" is the remainder's too)
+    return out
+
+
+def split_values(vals: dict[str, dict[int, int]], counts: list[int]) -> dict[str, dict[int, int]]:
+    """Every value's counters, the remainder value's worked out from the partial's counts."""
+    out: dict[str, dict[int, int]] = {}
+    rest = None
+    for v, c in vals.items():
+        if c:
+            out[v] = dict(c)
+        else:
+            rest = v
+    if rest is not None:
+        r = {i: n for i, n in enumerate(counts) if n}
+        for c in out.values():
+            for i, n in c.items():
+                r[i] = r.get(i, 0) - n
+        out[rest] = {i: n for i, n in r.items() if n}
+    return out
+
+
+def merge_values(av: dict[int, dict[str, dict[int, int]]], ac: list[int],
+                 bv: dict[int, dict[str, dict[int, int]]], bc: list[int]
+                 ) -> dict[int, dict[str, dict[int, int]]]:
+    """The per-value counters of two partials (counts ``ac`` and ``bc``) added: exact, and in
+    any order the same counts (:func:`split_values`), but for the cap (past MAX_VALUES the
+    values with most events are kept, ties by name, as :func:`cap_versions` does). Which
+    value is written as the remainder may depend on the order. A partial with events but no
+    entry for a field (written before there were values) counts them under "unknown". Pure:
+    neither side is changed (their counters may be shared with the result).
+
+    >>> a = {1: {"v1": {}}}; b = {1: {"v2": {}}}
+    >>> merge_values(a, [3, 1], b, [1, 0])
+    {1: {'v1': {}, 'v2': {0: 1}}}
+    """
+    if av == bv and all(len(x) == 1 and not next(iter(x.values())) for x in av.values()):
+        return av   # one and the same value a field on both sides: the common case
+    if not av and all(bv.values()) and not any(ac):
+        return {f: bv[f] for f in sorted(bv)}   # into an empty partial (a roll-up's first)
+    out: dict[int, dict[str, dict[int, int]]] = {}
+    a_any, b_any = any(ac), any(bc)
+    for f in sorted(av.keys() | bv.keys()):
+        x = av.get(f) or ({UNKNOWN: {}} if a_any else {})
+        y = bv.get(f) or ({UNKNOWN: {}} if b_any else {})
+        if not x or not y:
+            out[f] = x or y
+            continue
+        rx = next((v for v, c in x.items() if not c), None)
+        ry = next((v for v, c in y.items() if not c), None)
+        if rx == ry and len(y) == 1:
+            out[f] = x   # the same one value on both sides: the common case
+            continue
+        res = dict(x)    # x's counters are copied below before any is added to
+        for v, c in y.items():
+            if v == rx:
+                continue   # the result's remainder: its counts follow from the totals
+            if not c:      # y's remainder, not x's: its counters, written out
+                c = {i: n for i, n in enumerate(bc) if n}
+                for d in y.values():
+                    for i, n in d.items():
+                        c[i] = c.get(i, 0) - n   # (a sum of scores may cancel to 0)
+                c = {i: n for i, n in c.items() if n}
+                if not c:
+                    continue
+            have = res.get(v)
+            if have is None:
+                res[v] = c
+            else:
+                have = res[v] = dict(have)
+                for i, n in c.items():
+                    have[i] = have.get(i, 0) + n
+        if len(res) > MAX_VALUES:
+            total = [p + q for p, q in zip(ac, bc, strict=False)]
+            total += ac[len(total):] or bc[len(total):]
+            res = compact_values(split_values(res, total))
+        out[f] = res
+    return out
+
+
+def compact_values(whole: dict[str, dict[int, int]]) -> dict[str, dict[int, int]]:
+    """Values with events only, at most MAX_VALUES (the rest under "other"), in name order,
+    the one with most events written as the remainder."""
+    whole = {v: c for v, c in whole.items() if c.get(0, 0) > 0}
+    if len(whole) > MAX_VALUES:
+        ranked = sorted((v for v in whole if v != OTHER), key=lambda v: (-whole[v][0], v))
+        kept = set(ranked[:MAX_VALUES - 1])
+        other: dict[int, int] = {}
+        for v in [v for v in whole if v not in kept]:
+            for i, n in whole.pop(v).items():
+                other[i] = other.get(i, 0) + n
+        whole[OTHER] = other
+    out = {v: whole[v] for v in sorted(whole)}
+    if out:
+        out[min(out, key=lambda v: (-out[v][0], v))] = {}
+    return out
+
+
 def merge(a: Partial, b: Partial, k: int = 20) -> Partial:
     """A new partial holding both (pure)."""
     out = empty_partial(a.window, a.level, a.cohort, len(a.counts), a.route)
@@ -212,4 +376,4 @@ def merge(a: Partial, b: Partial, k: int = 20) -> Partial:
 
 def empty_partial(window: int, level: int, cohort: tuple[str, ...], size: int, route: str = ""
            ) -> Partial:
-    return Partial(window, level, cohort, [0] * size, {}, {}, {}, route)
+    return Partial(window, level, cohort, [0] * size, {}, {}, {}, route, {})

@@ -23,6 +23,7 @@ from baselines.rate import PLAIN, RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
+from detector.core.attribution import Trail
 from detector.core.partials import SCALE, Partial, Versions
 from detector.core.signals import EVENTS, Signal, layout_of, matches
 
@@ -66,7 +67,7 @@ class CohortModel:
     """Everything stage 2 remembers about one cohort (small and bounded)."""
 
     __slots__ = ("baselines", "episodes", "level", "persist", "rebased", "recent", "seq",
-                 "seq_next", "versions", "windows")
+                 "seq_next", "trail", "versions", "windows")
 
     def __init__(self, level: int) -> None:
         self.level = level
@@ -86,6 +87,8 @@ class CohortModel:
         # Per version field: value -> [decayed weight, window first learned].
         self.versions: list[dict[str, list[float]]] = [{}, {}, {}]
         self.windows = 0
+        # Per-value counters, decayed, for attribution (detector.core.attribution).
+        self.trail: Trail | None = None
 
     def expects_traffic(self, t: float) -> bool:
         """Whether an empty window is news: below ~2 expected events, silence is no evidence
@@ -157,6 +160,10 @@ class Scorer:
         overrides; the baselines and the signals scored stay as they are (the caller checked
         with :func:`detector.core.reload.plan_reload` that nothing else changed)."""
         self._judging(config)
+
+    def min_count(self, name: str) -> float:
+        """The events in a rate's numerator an up-alert needs."""
+        return self.config.signal(name).min_count
 
     # -- thresholds -------------------------------------------------------------------------
     def thresholds(self, level: int, cohort: tuple[str, ...]) -> dict[str, float]:
@@ -292,8 +299,16 @@ class Scorer:
             else:
                 z, slow, kk = max(cands, key=_magnitude)
                 hit = (z >= t and kk >= min_count) or z <= -t
-            ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, zf) if (
-                kind == "quantity" or flags) else (0.0, False)
+            if kind != "quantity" and not flags:
+                ev, confirmed = 0.0, False
+            elif name not in seq and (
+                    (-Z_QUIET <= zf <= Z_QUIET) if kind == "quantity"
+                    else (d == "up" and k <= RISE_MIN * (n * b.expected(True)))):
+                # _sequential's first return, without the call: an idle statistic and nothing
+                # to add to it (the common case).
+                ev, confirmed = 0.0, False
+            else:
+                ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, zf)
             if confirmed and not hit:
                 z, slow, hit = ev, False, True
             if kind == "volume":

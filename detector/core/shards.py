@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -49,7 +49,7 @@ class Finding(msgspec.Struct, array_like=True):
     decision: Decision
     persistence: int
     evidence: list[str]
-    suspected: dict[str, str | None] | None
+    suspected: dict[str, Any]
 
 
 class Report(msgspec.Struct, array_like=True):
@@ -149,7 +149,7 @@ class ShardedStage2(Stage2):
         return self.shards[0].models.get(key)
 
     def _context(self, key: Cohort, d: Decision, w: int, parts: dict[Cohort, Partial]
-                 ) -> tuple[list[str], dict[str, str | None] | None]:
+                 ) -> tuple[list[str], dict[str, Any]]:
         if key[0] == self.fin:
             f = self._findings[(key, d.signal)]
             return list(f.evidence), f.suspected

@@ -39,8 +39,9 @@ if TYPE_CHECKING:
     from detector.config import Config, Price
 
 __all__ = ["ADDED", "ADDED_WIDTH", "COUNTERS", "EVAL_SCALE", "FIXED_AT", "HARD_RULE_SIGNALS",
-           "INDICATOR_SIGNALS", "MAX_RETRIES", "SET", "SIGNALS", "Counter", "Layout", "Signal",
-           "SignalSpec", "check", "expand", "known_signals", "layout_of", "matches"]
+           "INDICATOR_SIGNALS", "MAX_RETRIES", "SET", "SIGNALS", "TOOL_COUNTERS", "Counter",
+           "Layout", "Signal", "SignalSpec", "check", "expand", "known_signals", "layout_of",
+           "matches"]
 
 Kind = Literal["rate", "quantity", "volume"]
 #: How a counter is counted: ``count`` +1 per event that passes ``when``; ``sum`` adds an int
@@ -267,6 +268,12 @@ SIGNALS: Final[tuple[SignalSpec, ...]] = (
                "1 + entropy, less 1)"),
     SignalSpec("volume", "volume", "events", "events", "events per window"),
 )
+
+#: The counters kept per tool name (Partial.values, for attribution): events and those of the
+#: rates counted per tool call, all counted per event (fixed), so C sums them as it counts.
+TOOL_COUNTERS: Final = tuple(sorted({FIXED_AT["events"]} | {
+    FIXED_AT[n] for s in SIGNALS if s.kind == "rate" and s.den == "tool_calls"
+    for n in (s.num, s.den)}))
 
 
 class Layout:

@@ -27,6 +27,7 @@ import msgspec
 from baselines import codec
 from baselines.rate import as_twin
 from baselines.sequential import Cusum
+from detector.core.attribution import Trail
 from detector.core.lifecycle import Incident
 from detector.core.partials import Partial, decode_partial, encode
 from detector.core.scoring import CohortModel
@@ -57,6 +58,8 @@ class _Model(msgspec.Struct, array_like=True):
     seq: dict[str, list[float]] = {}            # per signal: the CUSUMs' statistics
     episodes: dict[str, list[float]] = {}       # per signal: the anomalous episode
     rebased: dict[str, int] = {}                # per signal: the last forced re-baseline
+    # Added later in format 2 (absent: none yet, it fills again from the next windows):
+    trail: list[Any] | None = None              # per-value counters (attribution.Trail)
 
 
 class _Alert(msgspec.Struct, array_like=True):
@@ -95,7 +98,8 @@ def dump_route(s: Stage2, route: str, part: str = "all",
     models = [] if part == "pending" else [
         [lvl, list(cohort), m.windows, m.persist, m.versions, m.recent,
          {name: codec.encode(b) for name, b in sorted(m.baselines.items())},
-         {name: c.state() for name, c in sorted(m.seq.items())}, m.episodes, m.rebased]
+         {name: c.state() for name, c in sorted(m.seq.items())}, m.episodes, m.rebased,
+         m.trail.state() if m.trail is not None else None]
         for (lvl, cohort), m in sorted(s.models.items()) if s.route_of(lvl, cohort) == route
     ]
     pending = [] if part == "models" else [
@@ -143,6 +147,11 @@ def _model(m: _Model, version: int) -> CohortModel:
     out.recent = m.recent
     out.versions = m.versions
     where = f"model {m.level}/{'/'.join(m.cohort)}"
+    if m.trail is not None:
+        try:
+            out.trail = Trail.from_state(m.trail)
+        except ValueError as e:
+            raise ValueError(f"stage-2 state {where}: {e}") from None
     for name, st in m.seq.items():
         try:
             out.seq[name] = Cusum.from_state(st)

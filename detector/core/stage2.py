@@ -14,8 +14,10 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Final
 
+from baselines.poisson import poisson_score
 from detector.config import Config
 from detector.core.alert import Alert
+from detector.core.attribution import TOOL_FIELD, Trail, describe
 from detector.core.indicators import (
     CANARY,
     PRODUCTION,
@@ -34,14 +36,16 @@ from detector.core.partials import (
     empty_partial,
     merge_keyed,
     route_key,
+    split_values,
 )
 from detector.core.reload import plan_reload
 from detector.core.rules import RuleHit
 from detector.core.scoring import KNOWN_WEIGHT, CohortModel, Decision, Scorer
-from detector.core.signals import EVENTS
+from detector.core.signals import EVENTS, Signal
 from detector.core.watermark import Watermark
 
 _TS: Final = attrgetter("ts")
+_ANOMALOUS: Final = attrgetter("anomalous")
 _NONE: Final[frozenset[str]] = frozenset()
 
 __all__ = ["Stage2"]
@@ -53,6 +57,10 @@ MAX_GAP_WINDOWS = 1440         # an event-time jump larger than a day is not wal
 #: and what a canary gap compared.
 _Leading = tuple[tuple[int, tuple[str, ...]], Decision, int, list[str],
                  dict[str, str | None] | None, str, dict[str, Any] | None]
+#: A value's events can clear it of an anomaly once it has run this many windows: sooner,
+#: its "ordinary" windows may be a lagging signal's (overrides come minutes after answers).
+SETTLED_WINDOWS = 15
+_NOT_PAGED: Final = object()
 
 
 class Stage2:
@@ -69,6 +77,11 @@ class Stage2:
         self.k = config.alerting.evidence_trace_ids
         self.share = config.alerting.version_share
         self.lookback = config.alerting.suspect_lookback_windows
+        al = config.alerting
+        self.trail_decay = 0.5 ** (1.0 / al.attribution_half_life_windows)
+        self.attr_min = al.attribution_min_score
+        self.attr_detects = al.attribution_detects
+        self.clear_ratio = al.clear_ratio
         self.scorer = Scorer(config)
         self.compared = compared(self.scorer.signals, config)   # by the canary gap
         self.life = Lifecycle(config)
@@ -93,6 +106,16 @@ class Stage2:
             tuple(self.levels[i].index(f) for f in self.levels[i - 1])
             for i in range(1, len(self.levels))
         ]
+        self._sig = {s.name: s for s in self.scorer.signals}
+        # The signals a tool's value is a candidate for: those counted per tool call.
+        tool_calls = self.scorer.layout.at["tool_calls"]
+        self._tool_signals = frozenset(s.name for s in self.scorer.signals
+                                       if s.kind == "rate" and s.den == tool_calls)
+        self._detecting = self._detectors(config)
+        # Per detecting signal, (numerator, min_count, a tool signal): _detect's first test,
+        # made once (None: again after a reload, min_count may change).
+        self._gates: dict[str, tuple[int, float, bool]] | None = None
+        self._gate_nums: list[int] = []   # the gates' numerators, in order
 
     def reconfigure(self, config: Config) -> None:
         """Take a reloaded config from the next window on: thresholds, directions, severity
@@ -107,6 +130,14 @@ class Stage2:
         self.scorer.reconfigure(config)
         self.compared = compared(self.scorer.signals, config)
         self.life.reconfigure(config)
+        self._detecting = self._detectors(config)   # a direction may have changed
+        self._gates = None
+
+    def _detectors(self, config: Config) -> frozenset[str]:
+        """The flag rates attribution may page through: those watched upwards."""
+        return frozenset(s.name for s in self.scorer.signals
+                         if s.kind == "rate" and s.flags
+                         and config.signal(s.name).direction in ("up", "both"))
 
     # -- input ------------------------------------------------------------------------------
     def add_partial(self, p: Partial) -> None:
@@ -183,12 +214,20 @@ class Stage2:
             own = self.models.get(key)
             if own is None:
                 own = self.models[key] = CohortModel(key[0])
-            self.scorer.rebaseline(parts[key], own)
+            p = parts[key]
+            if own.trail is None:
+                own.trail = Trail(w, self.trail_decay, self.scorer.warmup, self.lookback)
+            if p.values:
+                own.trail.add(w, p.values, p.counts)
+            self.scorer.rebaseline(p, own)
             pk = self._parent(*key)
             parent = self.models.get(pk) if pk else None
-            decisions[key] = ds = self.scorer.score(parts[key], own, parent,
-                                                    firing.get(key, _NONE))
+            fire = firing.get(key, _NONE)
+            ds = decisions[key] = self.scorer.score(p, own, parent, fire)
             self.pairs_scored += len(ds)
+            if self.attr_detects and own.trail.has_candidates(w):
+                self._detect(own, ds, fire, p)
+            own.trail.settle(w, not any(map(_ANOMALOUS, ds)))
         self.cohort_windows += len(parts)
         adopted: list[Key] = []
         for key, ds in decisions.items():
@@ -264,6 +303,17 @@ class Stage2:
         active = (signal, key[0], key[1]) in self.life.active
         return t * self.config.alerting.clear_ratio if active else t
 
+    def _paged(self, signal: str, root: tuple[int, tuple[str, ...]]) -> Any:
+        """The suspected change of the coarsest cohort within ``root`` firing on ``signal``
+        (``_NOT_PAGED`` if none is)."""
+        names = self.levels[root[0]]
+        for key in sorted(k for k in self.life.active if k[0] == signal):
+            fields = self.levels[key[1]]
+            if all(f in fields and key[2][fields.index(f)] == v
+                   for f, v in zip(names, root[1], strict=True)):
+                return self.life.active[key].suspected
+        return _NOT_PAGED
+
     def _gaps(self, parts: dict[tuple[int, tuple[str, ...]], Partial],
               decisions: dict[tuple[int, tuple[str, ...]], list[Decision]]) -> list[_Leading]:
         sc = self.config.signal("canary_gap")
@@ -303,8 +353,14 @@ class Stage2:
                       f"{PRODUCTION} ({twin}), score {z:+.1f} for {{}} window(s)")
             cmp = {"signal": sig.name,
                    "cohort": dict(zip(self.levels[pkey[0]], pkey[1], strict=True))}
-            out.append((ckey, d, 0, evidence, version_gap(parts[ckey], parts[pkey],
-                                                       _SUSPECT_ORDER), detail, cmp))
+            # Production the side that moved, on a signal it already pages on: the gap names
+            # what that alert's events name (one incident, one attribution at every level).
+            off = [max((abs(x.score) for x in decisions.get(k, ()) if x.signal == sig.name),
+                       default=0.0) for k in (ckey, pkey)]
+            sus: Any = self._paged(sig.name, pkey) if off[1] > off[0] else _NOT_PAGED
+            if sus is _NOT_PAGED:
+                sus = version_gap(parts[ckey], parts[pkey], _SUSPECT_ORDER)
+            out.append((ckey, d, 0, evidence, sus, detail, cmp))
         return out
 
     def _churn(self, w: int, parts: dict[tuple[int, tuple[str, ...]], Partial]) -> list[_Leading]:
@@ -336,10 +392,10 @@ class Stage2:
 
     def _context(self, key: tuple[int, tuple[str, ...]], d: Decision, w: int,
                  parts: dict[tuple[int, tuple[str, ...]], Partial]
-                 ) -> tuple[list[str], dict[str, str | None] | None]:
+                 ) -> tuple[list[str], dict[str, Any]]:
         """An alert's evidence trace ids and suspected change, from its cohort's partial."""
         p = parts[key]
-        return self._evidence(p, d), self._suspect(self.models[key], p.versions, w)
+        return self._evidence(p, d), self._attribute(self.models[key], p, d, w)
 
     def _persist(self, key: tuple[int, tuple[str, ...]], signal: str) -> int:
         return self.models[key].persist.get(signal, 1)
@@ -431,6 +487,149 @@ class Stage2:
                  if v != best[3] and e[0] >= KNOWN_WEIGHT and e[1] < best[0]}
         baseline = max(sorted(older), key=lambda v: older[v]) if older else None
         return {"field": VERSION_FIELDS[i], "baseline": baseline, "now": best[3]}
+
+    # -- attribution (detector.core.attribution) ---------------------------------------------
+    def _ranked(self, own: CohortModel | None, sig: Signal, sign: float, w: int
+                ) -> list[tuple[float, int, str, float, float]]:
+        """Candidate values of this cohort for this signal, strongest evidence first:
+        (score in the alert's direction, field, value, observed with, observed without)."""
+        trail = own.trail if own is not None else None
+        if trail is None:
+            return []
+        b: Any = own.baselines.get(sig.name) if own is not None else None
+        disp = b.dispersion() if sig.kind == "rate" and b is not None else 1.0
+        spec = (sig.kind, sig.num, sig.den, sig.sq, sig.log)
+        out = []
+        for f, v in trail.candidates(w, self.lookback, self.scorer.warmup):
+            if f == TOOL_FIELD and sig.name not in self._tool_signals:
+                continue
+            z, with_, without = trail.contrast(f, v, w, spec, disp)
+            z *= sign
+            if z >= self.attr_min and trail.first(f, v) <= w - SETTLED_WINDOWS:
+                # Its events in the windows before the anomaly were ordinary, and would have
+                # shown it: it came well before the anomaly rather than with it.
+                pre, power = trail.before(f, v, w, spec, disp, with_)
+                if power * sign >= self.attr_min and pre * sign < 1.0:
+                    z = pre * sign
+            out.append((z, f, v, with_, without))
+        out.sort(key=lambda c: (-c[0], c[1], c[2]))
+        return out
+
+    def _detect(self, own: CohortModel, ds: list[Decision], firing: frozenset[str] | set[str],
+                p: Partial) -> None:
+        """A new value whose events fail far more than the rest's makes the window anomalous
+        for that rate even when the cohort's overall rate moves little (a canary): its
+        evidence past the signal's threshold, and this window's events with the value
+        leaning that way on their own (so the alert ends when they stop failing)."""
+        if self._gates is None:
+            self._gates = {
+                n: (self._sig[n].num, self.scorer.min_count(n), n in self._tool_signals)
+                for n in self._detecting}
+            self._gate_nums = sorted({g[0] for g in self._gates.values()})
+        gates = self._gates
+        counts = p.counts
+        n_counts = len(counts)
+        # A value's events hold no more flagged units than the cohort's (rate numerators
+        # count events): most windows of a sparse cohort end here.
+        if all(num >= n_counts or counts[num] < need for num, need, _ in gates.values()):
+            return
+        w = p.window
+        trail = own.trail
+        cands = trail.candidates(w, self.lookback, self.scorer.warmup) if trail else []
+        if not cands:
+            return
+        splits: dict[int, dict[str, dict[int, int]]] = {}
+        # Whichever candidate ranks first, its events in this window must hold at least
+        # min_count flagged units (below): the most any candidate holds, per counter a gate
+        # reads, tells at once where no ranking is needed (tools: for tool signals only).
+        most: dict[int, int] = {}
+        most_tool: dict[int, int] = {}
+        nums = self._gate_nums if self._gate_nums[-1:] < [len(counts)] else [
+            j for j in self._gate_nums if j < len(counts)]
+        for f, v in cands:
+            vals = p.values.get(f)
+            if not vals:
+                continue
+            c = vals.get(v)
+            if c is None:
+                continue
+            for j in nums:
+                # The remainder value's ({}): the partial's count less the other values'.
+                x = c.get(j, 0) if c else counts[j] - sum(e.get(j, 0) for e in vals.values())
+                if x > most_tool.get(j, 0):
+                    most_tool[j] = x
+                if f != TOOL_FIELD and x > most.get(j, 0):
+                    most[j] = x
+        passing = {n for n, (num, need, tool) in gates.items()
+                   if (most_tool if tool else most).get(num, 0) >= need}
+        if not passing:
+            return   # most windows: no candidate's events hold enough flagged units
+        for i, d in enumerate(ds):
+            if d.anomalous or d.signal not in passing:
+                continue
+            sig = self._sig[d.signal]
+            ranked = self._ranked(own, sig, 1.0, w)
+            if not ranked:
+                continue
+            t = d.threshold * (self.clear_ratio if d.signal in firing else 1.0)
+            z, f, v, _, without = ranked[0]
+            if z < t or abs(d.score) >= z:
+                continue
+            sp = splits.get(f)
+            if sp is None:
+                sp = splits[f] = split_values(p.values.get(f, {}), p.counts)
+            mine = sp.get(v, {})
+            k, n = mine.get(sig.num, 0), mine.get(sig.den, 0)
+            b: Any = own.baselines.get(sig.name)
+            sd = math.sqrt(max(b.dispersion(), 1.0)) if b is not None else 1.0
+            if k >= self.scorer.min_count(sig.name) and n > 0 and poisson_score(
+                    k, n * max(without, 0.5 / (n + 1.0))) / sd >= t / 2:
+                ds[i] = d._replace(score=z, anomalous=True)
+
+    def _attribute(self, own: CohortModel, p: Partial, d: Decision, w: int) -> dict[str, Any]:
+        """The suspected change of an alert on this cohort and signal: the candidate value
+        with the strongest evidence, and up to two more; or why there is none."""
+        sig = self._sig.get(d.signal)
+        if sig is None or sig.kind == "volume":
+            # Events that did not come cannot carry anything: the newest value stands.
+            old = self._suspect(own, p.versions, w)
+            return old if old else {"reason": "volume: no version new since the baseline"}
+        sign = 1.0 if d.score >= 0 else -1.0
+        ranked = self._ranked(own, sig, sign, w)
+        if not ranked:
+            return {"reason": "no version, model or tool value changed within the look-back"}
+        named = [c for c in ranked if c[0] >= self.attr_min][:3]
+        parent = False
+        if not named and own.level > 0:
+            # Too few events here to tell; the parent's (which holds these) may. Named only
+            # if this cohort has that value too, with this cohort's own figures.
+            pk = self._parent(own.level, p.cohort)
+            pm = self.models.get(pk) if pk else None
+            up = self._ranked(pm, sig, sign, w) if pm is not None else []
+            if up and up[0][0] >= self.attr_min:
+                named = [c for c in ranked if c[1:3] == up[0][1:3]]
+                parent = bool(named)
+        if not named:
+            z, f, v = ranked[0][:3]
+            c = describe(f, v, None)
+            return {"reason": f"no changed value carries it: {c['field']} {c['now']} scores "
+                              f"{z:.1f}, under {self.attr_min:g}"}
+        total = p.counts[EVENTS] or 1
+        out = []
+        trail = own.trail
+        assert trail is not None
+        for z, f, v, with_, without in named:
+            now = split_values(p.values.get(f, {}), p.counts)
+            n = now.get(v, {}).get(EVENTS, 0)
+            c = describe(f, v, trail.baseline_of(f, v, w, now))
+            c.update(share_of_events=round(n / total, 4), observed_with=round(with_, 6),
+                     observed_without=round(without, 6), score=round(z, 2))
+            out.append(c)
+        first = out[0]
+        first["also"] = out[1:]
+        if parent:
+            first["named_by"] = "parent"
+        return first
 
     def cohort_counts(self) -> tuple[int, int]:
         """(warming, warm) cohorts: warm once its volume baseline is past warm-up."""

@@ -219,9 +219,15 @@ def _row(inc: dict[str, Any], hits: list[_Alert], window: float, true_ids: set[s
     expected = inc.get("expected_severity")
     want = inc.get("suspected_change")
     change_ok = None
+    named = [None if not a.suspected_change else
+             f"{a.suspected_change.get('field')} {a.suspected_change.get('now')}" for a in hits]
     if want and hits and not benign:
-        change_ok = any(a.suspected_change and a.suspected_change.get("field") == want["field"]
-                        and a.suspected_change.get("now") == want["now"] for a in hits)
+        # Every alert of the incident, at every cohort level, must name the labelled value;
+        # one that starts after the incident is over (a rollback's aftermath, when the value
+        # is gone) is listed but not held to it.
+        during = [n for a, n in zip(hits, named, strict=True)
+                  if (a.detected - inc["_end"]).total_seconds() <= window] or named
+        change_ok = all(n == f"{want['field']} {want['now']}" for n in during)
     extra: dict[str, Any] = {}
     if benign:  # alerts a real incident explains are not the benign change's
         own = [a for a in hits if a.id not in true_ids]
@@ -244,6 +250,7 @@ def _row(inc: dict[str, Any], hits: list[_Alert], window: float, true_ids: set[s
         "max_severity": worst,
         "severity_ok": (worst == expected) if hits and expected and not benign else None,
         "suspected_change_ok": change_ok,
+        "suspected_changes_named": named,
         "at_event": (abs(ttd) <= AT_EVENT_TOLERANCE_S if ttd is not None else False)
         if inc["kind"] == "hard_rule" else None,
         "benign_violation": bool(extra.get("violating_alert_ids")),

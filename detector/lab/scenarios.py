@@ -150,6 +150,15 @@ class Scenario:
     #: Versions deployed one after another during the incident (prompt churn): its change,
     #: then this many more, evenly spaced.
     churn: int = 0
+    #: Issue 19. The share of the cohort's traces that run the incident's change and its
+    #: effect (a canary inside production traffic); the rest stay as they were.
+    share: float = 1.0
+    #: An earlier benign change that stays: (field, seconds before the incident, fleet-wide
+    #: (every app) or only the incident's app). The alert must still name the later one.
+    prelude: tuple[str, float, bool] | None = None
+    #: The change is a new version of one of the app's tools (its first, renamed
+    #: "<name>-v2"), and the effect holds for that tool's calls only.
+    tool_swap: bool = False
 
 
 def _d(name: str, signal: str, attr: str, factor: float, floor: float = 0.0,
@@ -260,6 +269,23 @@ SCENARIOS: Final[dict[str, Scenario]] = {s.name: s for s in (
     # A deploy followed by three more prompt versions within forty minutes.
     Scenario("prompt_churn", "drift", ("prompt_churn",), "sev4", scope="app", min_per_min=0.0,
              change_fields=("prompt_version",), churn=3, minutes=40.0),
+    # Issue 19: which change to roll back, by the events. Opt-in like the ones above.
+    # A benign prompt deploy, then 20 minutes later a model version that breaks the output
+    # format: the alert must name the model version, not the newer-looking prompt.
+    _d("two_changes", "output_format_failure_rate", "p_fmt_fail", 10, 0.2,
+       apps=("sales-copilot", "payments-agent"), scope="app",
+       change_fields=("model_version",), prelude=("prompt_version", 1200.0, False)),
+    # A model version on 10 % of an app's production traffic whose calls refuse six times as
+    # often: the app's overall refusal rate moves by half, its events' by sixfold.
+    _d("canary_version", "refusal_rate", "p_refusal", 6, 0.25, apps=("support-agent",),
+       scope="app", min_per_min=0.0, change_fields=("model_version",), share=0.1),
+    # A new version of one tool whose calls break the argument schema.
+    _d("tool_version", "schema_invalid_rate", "p_schema_invalid", 20, 0.3,
+       apps=("support-agent", "coding-assistant"), scope="app", relevant="tool",
+       min_per_min=0.0, change_fields=(), tool_swap=True),
+    # A fleet-wide policy bump half an hour before an app's prompt deploy that makes errors.
+    _d("fleet_then_app", "error_rate", "p_error", 12, 0.12, scope="app", min_per_min=0.0,
+       change_fields=("prompt_version",), prelude=("policy_version", 1800.0, True)),
 )}
 #: Issue 14's evaluators and token prices for the simulated apps and models.
 SIM_EVALUATORS: Final = ("faithfulness", "relevance")
@@ -290,6 +316,8 @@ class PlannedIncident:
     cohort: Cohort
     ramp_end: float | None = None
     change: tuple[str, str, str] | None = None  # (field, baseline, now)
+    #: The scenario's earlier benign change: (field, when, app -> its new value).
+    prelude: tuple[str, float, dict[str, str]] | None = None
     offend_at: list[float] = field(default_factory=list)  # hard rules: planned offending times
     trace_ids: list[str] = field(default_factory=list)
     first_ms: int | None = None  # hard rules: actual first/last offending event times
@@ -575,10 +603,22 @@ def _assign_versions(placed: list[PlannedIncident], world: World, seed: int) -> 
     bumps: dict[tuple[str, str], int] = {}
     rng = random.Random(f"{seed}:versions")
     for p in placed:
+        app = p.cohort[1]
+        pre = p.scenario.prelude
+        if pre is not None:
+            fld, before, fleet = pre
+            new: dict[str, str] = {}
+            for a in sorted(world.apps) if fleet else [app]:   # each app its own next value
+                n = bumps[(a, fld)] = bumps.get((a, fld), 0) + 1
+                new[a] = current[a][fld] = _bump(world.apps[a].versions[_VERS.index(fld)][1], n)
+            p.prelude = (fld, p.start - before, new)
+        if p.scenario.tool_swap:
+            old = world.apps[app].tools[0][0]
+            p.change = ("tool_name", old, f"{old}-v2")
+            continue
         fields = p.scenario.change_fields
         if not fields:
             continue
-        app = p.cohort[1]
         fld = fields[rng.randrange(len(fields))]
         n = bumps[(app, fld)] = bumps.get((app, fld), 0) + 1
         base = current[app][fld]

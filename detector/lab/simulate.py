@@ -106,7 +106,7 @@ class _Profile(_Rates):
     """Effective behaviour of one cohort right now (app normal + active incident effects)."""
 
     __slots__ = ("alt", "approvals", "evals", "home", "inc", "json_output", "lat_mult", "mark",
-                 "p_safety", "pois_l", "safety_always", "tools", "volume", *_NUM)
+                 "p_safety", "pois_l", "safety_always", "swap", "tools", "volume", *_NUM)
     home: dict[str, Any]   # an event's common fields in the home region
     alt: dict[str, Any]    # the same in the tenant's other region
 
@@ -121,9 +121,10 @@ class _Profile(_Rates):
             setattr(self, attr, max(getattr(self, attr) * factor, floor))
         self.inc = inc
         vers = dict(versions)
+        self.swap: tuple[str, str, float] | None = None
         if inc is not None:
             change = inc.change_at(now)
-            if change is not None:
+            if change is not None and change[0] != "tool_name":
                 vers[change[0]] = change[2]
             if inc.scenario.model_to:
                 vers["model"] = inc.scenario.model_to
@@ -132,6 +133,11 @@ class _Profile(_Rates):
                 target = max(base * factor, floor)
                 setattr(self, attr, base + (target - base) * intensity)
                 self.mark = attr
+            if inc.scenario.tool_swap and inc.change is not None:
+                # Only the new tool's calls carry the effect (the schema-invalid share).
+                attr = inc.scenario.effect[0][0]
+                self.swap = (inc.change[1], inc.change[2], getattr(self, attr))
+                setattr(self, attr, getattr(app, attr))
         self.json_output, self.approvals = app.json_output, app.approvals
         self.safety_always, self.tools, self.evals = app.always_safety, app.tools, app.evaluators
         self.pois_l = math.exp(-self.tools_mean)
@@ -172,6 +178,7 @@ class _Generator:
         self._cache: dict[tuple[Any, ...], _Profile] = {}
         self.profiles: list[_Profile] = []
         self.cum: list[float] = []
+        self.split: dict[int, tuple[float, _Profile]] = {}   # cohort -> (its canary's share, rest)
 
     def refresh(self, now: float) -> None:
         """Recompute every cohort's profile and traffic weight for time ``now``."""
@@ -179,9 +186,13 @@ class _Generator:
         for i in self.incidents + self.lasting:  # benign deploys stay; the rest roll back
             if i.scenario.kind == "benign" and i.start <= now and i.change:
                 versions[i.cohort[1]][i.change[0]] = i.change[2]
+            if i.prelude is not None and i.prelude[1] <= now:   # an earlier change that stays
+                for app, value in i.prelude[2].items():
+                    versions[app][i.prelude[0]] = value
         active = [i for i in self.incidents if i.start <= now < i.end]
         burst_apps = {app for b0, b1, app in self.bursts if b0 <= now < b1}
         self.profiles, self.cum, total = [], [], 0.0
+        self.split = {}
         for c, share in zip(self.world.cohorts, self.world.share, strict=True):
             inc = next((i for i in active if i.covers(c)), None)
             normal = self._normal(c, now)
@@ -196,6 +207,10 @@ class _Generator:
             if prof is None:
                 prof = self._cache[key] = _Profile(self.world, c, versions[c[1]], inc,
                                                    intensity, burst, normal, now)
+            if inc is not None and inc.scenario.share < 1.0:
+                # A canary: this share of the cohort's traces runs the change, the rest not.
+                rest = _Profile(self.world, c, versions[c[1]], None, 1.0, burst, normal, now)
+                self.split[len(self.profiles)] = (inc.scenario.share, rest)
             self.profiles.append(prof)
             total += share * prof.volume
             self.cum.append(total)
@@ -251,8 +266,11 @@ class _Generator:
                     fi += 1
                     self.trace(ft, self.profiles[self.index[inc.cohort]], inc)
                 self.flush(t * 1000.0)
-                idx = bisect.bisect_right(cum, rnd() * cum[-1])
-                self.trace(t, self.profiles[min(idx, len(cum) - 1)], None)
+                idx = min(bisect.bisect_right(cum, rnd() * cum[-1]), len(cum) - 1)
+                prof = self.profiles[idx]
+                if self.split and idx in self.split and rnd() >= self.split[idx][0]:
+                    prof = self.split[idx][1]   # (only canaries draw: other seeds unchanged)
+                self.trace(t, prof, None)
             sec, t = nxt, float(nxt)
         self.flush(end * 1000.0)  # events past the end of the run are dropped
         self.heap.clear()
@@ -340,7 +358,10 @@ class _Generator:
             tev["tool_authorized"] = not (i == bad_at and kind == "unauthorized_tool")
             if p.approvals and side in ("write", "external"):
                 tev["tool_approved"] = not (i == bad_at and kind == "unapproved_action")
-            valid = rnd() >= p.p_schema_invalid
+            p_invalid = p.p_schema_invalid
+            if p.swap is not None and name == p.swap[0]:
+                tev["tool_name"], p_invalid = p.swap[1], p.swap[2]
+            valid = rnd() >= p_invalid
             fab = rnd() < p.p_fabricated
             tev["schema_valid"], tev["tool_result_fabricated"] = valid, fab
             schema_bad, fabricated = schema_bad or not valid, fabricated or fab
@@ -449,6 +470,9 @@ def _label(inc: PlannedIncident) -> dict[str, Any]:
         **({"max_firing_seconds": sc.max_firing_s} if sc.max_firing_s else {}),
         "suspected_change": ({"field": change[0], "baseline": change[1], "now": change[2]}
                              if change and sc.kind != "hard_rule" else None),
+        **({"earlier_change": {"field": inc.prelude[0], "at": rfc3339(inc.prelude[1]),
+                               "apps": sorted(inc.prelude[2])}} if inc.prelude else {}),
+        **({"rollout_share": sc.share} if sc.share < 1.0 else {}),
         "trace_ids": inc.trace_ids[:20],
     }
 
@@ -474,6 +498,7 @@ def simulate(out_dir: Path, *, hours: float = 4.0, seed: int = 1,
     bursts = _bursts(random.Random(f"{seed}:bursts"), world, incidents, t0, t1)
     changes = sorted({x for i in incidents if i.scenario.kind != "hard_rule"
                       for x in (i.start, i.end)} | {x for b in bursts for x in b[:2]} |
+                     {i.prelude[1] for i in incidents if i.prelude is not None} |
                      {i.start + s * RAMP_STEP_S for i in incidents if i.ramp_end
                       for s in range(int((i.ramp_end - i.start) / RAMP_STEP_S) + 1)} |
                      {i.start + s * _cycle_step(i.scenario) for i in incidents

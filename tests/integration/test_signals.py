@@ -136,7 +136,9 @@ def test_demo_stops_on_signal_with_its_children_and_temp_folder(
         tmp_path: Path, sig: signal.Signals) -> None:
     with _streaming_demo(tmp_path) as (p, kids, tmp):
         p.send_signal(sig)
-        rc = p.wait(60)
+        # A bound, not a speed check: in a full CI run the SIGINT case needed more than 60 s
+        # (twice), though alone it stops in under 25 s; see the closing note of 2026-12-07.
+        rc = p.wait(180)
         assert rc == (0 if sig == signal.SIGTERM else 130), (tmp_path / "demo.out").read_text()
         assert not living(kids)
         assert files_under(tmp) == []
