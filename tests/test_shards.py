@@ -213,3 +213,48 @@ def test_peers_emit_each_leading_indicator_alert_once(leading_traffic: list[byte
             for i in range(n)]
     assert got == mine
     assert sorted(a for g in got for a in g) == sorted(want)
+
+
+def _gap_lines(tenant: str, windows: int = 70, at: int = 50) -> list[bytes]:
+    """Production (one tenant) moving to a new model version at window ``at`` whose refusals
+    are 30 % (were 5 %) while its canary holds, one window per line: production pages on its
+    own, and the canary gap names what production's alert names (``Stage2._paged``), not the
+    environments' version difference."""
+    t0, size = 1_767_225_600.0, 60.0
+    lines = []
+    for w in range(windows + 3):
+        evs = []
+        for env, calls in (("production", 600), ("canary", 60)):
+            drift = env == "production" and at <= w < windows
+            refusals = round(calls * (0.3 if drift else 0.05))
+            evs += [{"ts": t0 + w * size + 30 + i * 0.01, "operation": "chat",
+                     "tenant": tenant, "app": "a", "environment": env,
+                     "refusal": i < refusals, "trace_id": f"{w:08x}{i:08x}{0:016x}",
+                     "prompt_version": f"{env}-v1", "model_version": "m2" if drift else "m1"}
+                    for i in range(calls if w < windows else 1)]
+        lines.append(orjson.dumps(evs))
+    return lines
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_peers_name_productions_change_on_the_canary_gap(n: int) -> None:
+    """The canary gap's suspected change taken from production's active alert: every peer
+    holds a replica of the lifecycle, whose incidents carry the suspected change of the
+    owner's report, so the peer that emits the gap names what one Stage2 names when another
+    peer owns the production cohort that pages."""
+    tenant = next(t for t in (f"t{i}" for i in range(20))
+                  if shard_of((t, "a", "production"), n) != shard_of(("a", "canary"), n))
+    lines = _gap_lines(tenant)
+    want, _ = _alerts(lines, 1)
+    decoded = [msgspec.json.decode(a) for a in want]
+    gap = [a for a in decoded if a["signal"] == "canary_gap" and a["status"] == "firing"]
+    own = [a for a in decoded if a["signal"] == "refusal_rate"
+           and a["cohort"] == {"tenant": tenant, "app": "a", "environment": "production"}]
+    assert gap and own
+    assert gap[0].get("suspected_change", {}).get("now") == "m2"
+    assert gap[0]["suspected_change"] in [a.get("suspected_change") for a in own]
+    got, _ = _peer_alerts(lines, n, lag=True)
+    mine = [[a for a in want
+             if shard_of(tuple(msgspec.json.decode(a)["cohort"].values()), n) == i]
+            for i in range(n)]
+    assert got == mine
