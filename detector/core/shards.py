@@ -404,7 +404,7 @@ class Peer(Stage2):
         return super()._persist(key, signal)
 
     def _context(self, key: Cohort, d: Decision, w: int, parts: dict[Cohort, Partial]
-                 ) -> tuple[list[str], dict[str, str | None] | None]:
+                 ) -> tuple[list[str], dict[str, Any]]:
         if key[0] == self.fin:
             f = self._findings[(key, d.signal)]
             return list(f.evidence), f.suspected
