@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import logging.config
 import os
@@ -38,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -138,6 +140,20 @@ def _credentials(cfg: Config) -> Any:
 
 
 # -- the worker ---------------------------------------------------------------------------------
+@dataclass
+class _Unsaved:
+    """What the stage-2 agent changed since its last table write (by partition q): route
+    keys whose models or alerts changed, (route key, window)s whose pending input changed,
+    route keys whose held hits changed, partitions whose exchange state changed; and the
+    stage-2 messages behind it, acked once it is written."""
+
+    touched: set[tuple[int, str]] = field(default_factory=set)
+    fed: set[tuple[int, str, int]] = field(default_factory=set)
+    held: set[tuple[int, str]] = field(default_factory=set)
+    moved: set[int] = field(default_factory=set)
+    events: list[Any] = field(default_factory=list)
+
+
 class Worker:
     """Everything `detector run` starts in one process: the Faust app (stage 2 + table), the
     stage-1 runner as a service, the sinks and the metrics."""
@@ -169,6 +185,11 @@ class Worker:
         # Route keys restored with a hits record: rewritten once (one written before the
         # per-window records also held the pending input, now in memory only).
         self._rehold: set[tuple[int, str]] = set()
+        # What the stage-2 agent changed since its last table write, and the input behind it.
+        self._unsaved = _Unsaved()
+        self._saved_at = time.monotonic()
+        self._stopping = False   # stopping: save after every batch
+        self._stream: Any = None
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         # Containment outcomes from the caller's thread, recorded on the alert state by the
@@ -212,6 +233,10 @@ class Worker:
         for tp in revoked:
             if tp.topic == self.stage2_topic_name:
                 self.parts.pop(tp.partition, None)
+        # Unsaved input of a revoked partition stays unacked: its next owner is sent it again.
+        gone = {tp.partition for tp in revoked if tp.topic == self.stage2_topic_name}
+        self._unsaved.events = [e for e in self._unsaved.events
+                                if e.message.partition not in gone]
 
     def _part(self, q: int) -> Stage2Partition:
         part = self.parts.get(q)
@@ -278,16 +303,16 @@ class Worker:
         return out
 
     async def _agent(self, stream: Any) -> None:
-        async for events in stream.take_events(256, within=0.1):
+        # Input is acked only once the table holds what it did (_save): a successor resumes
+        # from the last write and is delivered the input since then again.
+        self._stream = stream
+        async for events in stream.noack_take(256, within=0.1):
             alerts: list[Alert] = []
-            touched: set[tuple[int, str]] = set()   # route keys whose models or alerts changed
-            fed: set[tuple[int, str, int]] = set()  # (.., window) whose pending input changed
-            held: set[tuple[int, str]] = set()      # route keys whose held hits changed
+            u = self._unsaved
             calls: list[Call] = []
-            self._record_outcomes(touched)
+            self._record_outcomes(u.touched)
             steps = {q: (part.stage2.step, part.stage2.windows_closed)
                      for q, part in self.parts.items()}
-            moved: set[int] = set()   # partitions whose exchange state changed
             for ev in events:
                 q = ev.message.partition
                 part = self._part(q)
@@ -296,48 +321,46 @@ class Worker:
                     self.redelivered += 1
                     continue
                 part.offset = ev.message.offset
-                moved.add(q)
+                u.moved.add(q)
                 steps.setdefault(q, (part.stage2.step, part.stage2.windows_closed))
                 env = decode_envelope(ev.value)
                 part.report(env.sources, env.n_src)
                 s2 = part.stage2
                 for h in env.hits:
                     part.hold(h)
-                    held.add((q, h.route))
+                    u.held.add((q, h.route))
                 for p in env.partials:
                     s2.add_partial(p)
-                    fed.add((q, p.route, p.window))
+                    u.fed.add((q, p.route, p.window))
                 for r in env.reports:   # another partition's report: may decide a window
                     alerts += self._contain(part, s2.receive(r), calls)
+            u.events += events
             now = time.monotonic()
             for q, part in self.parts.items():
                 hits = part.release(now)
-                touched.update((q, h.route) for h in hits)
-                held.update((q, h.route) for h in hits)
+                u.touched.update((q, h.route) for h in hits)
+                u.held.update((q, h.route) for h in hits)
                 wm = part.watermark(now)
                 if wm is not None and wm > part.applied:
                     part.applied = wm
-                    moved.add(q)
+                    u.moved.add(q)
                 elif hits:
                     wm = None   # hits only: no window to close
-                    moved.add(q)
+                    u.moved.add(q)
                 else:
                     wm = None
                 s2 = part.stage2
                 if wm is not None or hits:
                     alerts += self._contain(part, s2.apply(hits, wm), calls)
-            alerts += self._deliver_here(calls, moved)
+            alerts += self._deliver_here(calls, u.moved)
             for q, part in self.parts.items():
                 s2 = part.stage2
                 step, before = steps.get(q, (None, s2.windows_closed))
                 if s2.step != step:
-                    # Scoring a window changes every route key's models: write them all.
-                    # A scored window's pending input is gone: delete its records (the
-                    # other windows' records stand as they are).
-                    touched.update((q, r) for r in routes(s2))
-                    for rw in [rw for rw in part.windows if rw[1] not in s2.pending]:
-                        self.table.pop(part.windows.pop(rw), None)
-                    moved.add(q)
+                    # Scoring a window changes every route key's models: write them all
+                    # (and delete the scored windows' input records) at the next save.
+                    u.touched.update((q, r) for r in routes(s2))
+                    u.moved.add(q)
                     part.resent_at = now
                 elif s2.open is not None and now - part.resent_at >= RESEND_AFTER_S:
                     s2.resend()   # a report lost on the way must not hold the window forever
@@ -354,43 +377,75 @@ class Worker:
                     self.metrics.cohorts.labels(state="warm").set(sum(c[1] for c in counts))
             self.emit(alerts)
             self._preserve(alerts)
-            # State in the table on every change, so a successor resumes without warm-up.
-            # Models (the bulk) only when they changed; input as it comes, one record per
-            # route key and window, so a window's input is written while it is pending and
-            # never again (decision 0009).
-            for q, key in touched:
-                owner = self.parts.get(q)
-                if owner is not None:
-                    self.table[table_key(key.encode() + MODELS, q, self.q)] = pack(
-                        dump_route(owner.stage2, key, "models"), [], owner.offset)
-            for q, key in self._rehold:
-                owner = self.parts.get(q)
-                if owner is not None:
-                    fed.update((q, key, w) for w in owner.stage2.pending)
-            for q, key, w in fed:
-                owner = self.parts.get(q)
-                if owner is not None and w in owner.stage2.pending:
-                    tk = owner.windows.setdefault((key, w), pending_key(key, w, q, self.q))
-                    self.table[tk] = pack(dump_route(owner.stage2, key, "pending", (w,)), [],
-                                          owner.offset)
-            held |= self._rehold
-            self._rehold.clear()
-            for q, key in held:
-                owner = self.parts.get(q)
-                if owner is not None:
-                    self.table[table_key(key.encode() + PENDING, q, self.q)] = pack(
-                        dump_route(owner.stage2, key, "pending", ()), owner.held_for(key),
-                        owner.offset)
-            for q in moved:
-                owner = self.parts.get(q)
-                if owner is not None:
-                    self.table[table_key(EXCHANGE, q, self.q)] = pack(
-                        owner.stage2.dump_exchange(), [], owner.offset)
+            # Containment claims must be in the table before their calls (a successor finds
+            # them and does not call again): a batch with calls saves at once.
+            if calls or self._stopping or self.app.rebalancing or (
+                    now - self._saved_at >= self.cfg.kafka.state_write_interval_seconds):
+                await self._save()
+            # Reports go out before their state is saved: a successor that resumes from an
+            # earlier save scores those windows again alike, and receivers drop a report of
+            # a window they have decided.
             await self._send_reports()
-            # After the claims are in the table: a successor finds them and does not call.
             if self.containment is not None:
                 for c in calls:
                     self.containment.submit(c)
+
+    async def save_loop(self, stopping: asyncio.Event) -> None:
+        """Save what the agent left unsaved once the interval has passed without a batch to
+        do it (a quiet stream), and at once in a rebalance (Faust waits for the acks)."""
+        tick = min(self.cfg.kafka.state_write_interval_seconds, 0.1) or 0.1
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), tick)
+            if self._unsaved.events and (
+                    stopping.is_set() or self.app.rebalancing or time.monotonic()
+                    - self._saved_at >= self.cfg.kafka.state_write_interval_seconds):
+                await self._save()
+
+    async def _save(self) -> None:
+        """State in the table, then the input it reflects acked. Models (the bulk) only when
+        they changed; input as it comes, one record per route key and window, so a window's
+        input is written while it is pending and never again (decision 0009), and deleted
+        with the save that holds the models that scored it."""
+        u, self._unsaved = self._unsaved, _Unsaved()
+        self._saved_at = time.monotonic()
+        for q, part in self.parts.items():
+            if q in u.moved:
+                for rw in [rw for rw in part.windows if rw[1] not in part.stage2.pending]:
+                    self.table.pop(part.windows.pop(rw), None)
+        for q, key in u.touched:
+            owner = self.parts.get(q)
+            if owner is not None:
+                self.table[table_key(key.encode() + MODELS, q, self.q)] = pack(
+                    dump_route(owner.stage2, key, "models"), [], owner.offset)
+        for q, key in self._rehold:
+            owner = self.parts.get(q)
+            if owner is not None:
+                u.fed.update((q, key, w) for w in owner.stage2.pending)
+        for q, key, w in u.fed:
+            owner = self.parts.get(q)
+            if owner is not None and w in owner.stage2.pending:
+                tk = owner.windows.setdefault((key, w), pending_key(key, w, q, self.q))
+                self.table[tk] = pack(dump_route(owner.stage2, key, "pending", (w,)), [],
+                                      owner.offset)
+        u.held |= self._rehold
+        self._rehold.clear()
+        for q, key in u.held:
+            owner = self.parts.get(q)
+            if owner is not None:
+                self.table[table_key(key.encode() + PENDING, q, self.q)] = pack(
+                    dump_route(owner.stage2, key, "pending", ()), owner.held_for(key),
+                    owner.offset)
+        for q in u.moved:
+            owner = self.parts.get(q)
+            if owner is not None:
+                self.table[table_key(EXCHANGE, q, self.q)] = pack(
+                    owner.stage2.dump_exchange(), [], owner.offset)
+        stream = self._stream
+        for ev in u.events:
+            # A partition revoked since: its input goes to the next owner, unacked.
+            if ev.message.partition in self.parts:
+                await stream.ack(ev)
 
     def _deliver_here(self, calls: list[Call], moved: set[int]) -> list[Alert]:
         """Reports between stage-2 partitions of this worker, handed over in process (each
@@ -565,6 +620,7 @@ class _Stage1Service(Service):
         if self.worker.evidence is not None:
             self.worker.evidence.producer = self.runner.producer
         self.add_future(self.runner.run(self.stopping))
+        self.add_future(self.worker.save_loop(self.stopping))
         reloader = self.worker.reloader
         # The handler runs on the event loop, between the stage-2 agent's batches.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload, "sighup")
@@ -576,6 +632,10 @@ class _Stage1Service(Service):
     async def on_stop(self) -> None:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.stopping.set()
+        # From here the stage-2 agent saves after every batch, and what it left is saved
+        # now: Faust's stop waits for every message to be acked.
+        self.worker._stopping = True
+        await self.worker._save()
         await self.worker.kafka_sink.drain(5.0)
         await self.runner.stop()
         caller = self.worker.containment
