@@ -306,7 +306,7 @@ class Worker:
         # Input is acked only once the table holds what it did (_save): a successor resumes
         # from the last write and is delivered the input since then again.
         self._stream = stream
-        async for events in stream.noack_take(256, within=0.1):
+        async for events in stream.noack_take(256, within=0.01):
             alerts: list[Alert] = []
             u = self._unsaved
             calls: list[Call] = []
@@ -468,22 +468,19 @@ class Worker:
         return out
 
     async def _send_reports(self) -> None:
-        """Each partition's new reports to every stage-2 partition this worker does not hold
-        (after the table write: a successor that restores the open window sends its report
-        again)."""
+        """Each partition's new reports to every stage-2 partition this worker does not hold.
+        Not waited for: the next batch need not wait on the broker's answer, and a report
+        lost on the way is sent again (RESEND_AFTER_S)."""
         producer = self.runner.producer
         if producer is None:
             return   # not started yet: they stay queued
-        futs = []
         for q, r in self._outgoing:
             value = encode_envelope(Envelope({}, 0, [], [], [r]))
             for q2 in range(self.q):
                 if q2 != q and q2 not in self.parts:
-                    futs.append(await producer.send(self.stage2_topic_name, value,
-                                                    partition=q2))
+                    fut = await producer.send(self.stage2_topic_name, value, partition=q2)
+                    fut.add_done_callback(_report_sent)
         self._outgoing.clear()
-        if futs:
-            await asyncio.gather(*futs)
 
     def _preserve(self, alerts: list[Alert]) -> None:
         """Evidence records for the alerts that reached an [evidence] severity."""
@@ -568,6 +565,12 @@ class Worker:
     def faust_worker(self, loglevel: str = "info") -> faust.Worker:
         return _BoundedStopWorker(self, self.app, self.service(), loglevel=loglevel,
                                   quiet=True, logging_config=logging_config(loglevel))
+
+
+def _report_sent(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        _jlog(logging.WARNING, "stage2_report_not_sent", error=repr(fut.exception()),
+              message=f"sent again after {RESEND_AFTER_S:g} s without progress")
 
 
 #: A window waiting on other partitions' reports this long sends its own again (a send
