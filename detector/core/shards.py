@@ -27,10 +27,10 @@ import msgspec
 from detector.config import Config
 from detector.core.alert import Alert
 from detector.core.lifecycle import Key
-from detector.core.partials import Partial, decode_partial, encode, route_key
+from detector.core.partials import Partial, decode_partial, empty_partial, encode, route_key
 from detector.core.rules import RuleHit, decode_hit, encode_hit
 from detector.core.scoring import CohortModel, Decision
-from detector.core.stage2 import MAX_GAP_WINDOWS, Stage2
+from detector.core.stage2 import _NONE, MAX_GAP_WINDOWS, Stage2
 
 __all__ = ["Finding", "OpenWindow", "Peer", "PeerState", "Report", "ShardedStage2", "shard_of"]
 
@@ -187,15 +187,19 @@ class OpenWindow(msgspec.Struct, array_like=True):
 
 class PeerState(msgspec.Struct, array_like=True):
     """What a peer holds beyond its route keys' state: the window it waits on, the reports it
-    has, and the hits and watermark not yet applied (a successor resumes from it)."""
+    has, the hits and watermark not yet applied, and its reports of the windows whose finest
+    cohorts it ran ahead on (a successor resumes from it)."""
 
     open: OpenWindow | None
     inbox: list[Report]
     mark: float | None
     hits: list[tuple[int | None, bytes]]
+    ahead: list[Report] = []   # (absent in a state saved before run-ahead)
 
 
 _PEER_STATE: Final = msgspec.msgpack.Decoder(PeerState)
+#: How many windows a peer scores ahead of the one it waits on (bounds its saved state).
+MAX_AHEAD: Final = 64
 
 
 class Peer(Stage2):
@@ -208,7 +212,16 @@ class Peer(Stage2):
 
     Hard-rule hits go to every peer (the lifecycle is replicated); each applies them at the
     place one Stage2 would, between the same two windows, and only the owner names their
-    suspected change (from its model) and emits them."""
+    suspected change (from its model) and emits them.
+
+    Run-ahead: while it waits on a window's reports, a peer scores and learns the finest
+    cohorts it owns in the windows after it and sends their reports at once, as long as
+    nothing of them can depend on what deciding the waited-on window changes: the signals
+    firing (each pair scored with none and with every signal firing gives the same
+    decision), the coarser models (no cohort young enough to be scored on its parent's
+    baseline) and the held hits (none). The coarser replicas are scored in window order
+    after each decision, locally, so a backlog of quiet windows is decided as fast as the
+    reports come instead of one report hop per window; the decisions stay in window order."""
 
     def __init__(self, config: Config, index: int, count: int,
                  owner: Callable[[tuple[str, ...]], int] | None = None) -> None:
@@ -220,6 +233,10 @@ class Peer(Stage2):
         self.inbox: dict[int, dict[int, Report]] = {}
         self.outbox: list[bytes] = []        # this peer's reports, for the driver to send
         self.open: OpenWindow | None = None
+        self.ahead: list[Report] = []        # run ahead: finest scored, coarser not yet
+        self._ahead_parts: dict[int, dict[Cohort, Partial]] = {}   # theirs, in memory
+        self.ran_ahead = 0      # windows run ahead on (per process, not saved)
+        self.held_back: dict[str, int] = {}   # why running ahead stopped, per reason
         self.mark: float | None = None       # the highest watermark handed in
         self.hits: list[tuple[int | None, RuleHit]] = []   # (place, hit), in arrival order
         self.report_bytes = 0
@@ -245,7 +262,9 @@ class Peer(Stage2):
 
     # -- input ------------------------------------------------------------------------------
     def add_partial(self, p: Partial) -> None:
-        if self.open is not None and p.window <= self.open.window:
+        last = self.ahead[-1].window if self.ahead else (
+            self.open.window if self.open is not None else None)
+        if last is not None and p.window <= last:
             self.late_partials += 1   # its window is scored already, as one Stage2's closed
             return
         super().add_partial(p)
@@ -253,6 +272,10 @@ class Peer(Stage2):
     def apply(self, hits: list[RuleHit], watermark: float | None) -> list[Alert]:
         """As :meth:`Stage2.apply`, but a window is decided only once every peer's report of
         it is in (:meth:`receive`): the windows and hits that wait for it are held."""
+        # One Stage2 has closed the windows before the watermark it had: a hit goes after
+        # them whatever its own time (and so after any window this peer ran ahead on).
+        floor = None if self.mark is None or self.next_window is None else self.wm.upto(
+            self.mark)
         if watermark is not None and math.isfinite(watermark):
             self.mark = watermark if self.mark is None else max(self.mark, watermark)
         for h in hits:
@@ -260,6 +283,8 @@ class Peer(Stage2):
             # the time (and no later one) are closed: its place is the first window after.
             place = None if watermark is None else self.wm.upto(min(self.wm.at(h.ts),
                                                                     watermark))
+            if floor is not None:
+                place = floor if place is None else max(place, floor)
             if self.hits and place is not None:
                 last = self.hits[-1][0]
                 place = place if last is None else max(place, last)
@@ -287,6 +312,7 @@ class Peer(Stage2):
             if self.open is not None:
                 got = self.inbox.get(self.open.window, {})
                 if len(got) < self.count:
+                    self._run_ahead()
                     return out
                 out += self._decide_open()
                 continue
@@ -322,9 +348,34 @@ class Peer(Stage2):
         return self.next_window
 
     def _score_open(self, w: int) -> None:
-        decisions, adopted, parts = self._score_learn(w, self._firing())
+        fin_parts: dict[Cohort, Partial] | None = None
+        sent = bool(self.ahead)   # its report went when it ran ahead
+        if sent:
+            # The walk reaches the windows it ran ahead on in order, and only those (a hit
+            # is placed after them, and none is held while running ahead).
+            if self.ahead[0].window != w:
+                raise RuntimeError(f"stage-2 peer: window {w} scored, {self.ahead[0].window} "
+                                   "ran ahead")
+            mine = self.ahead.pop(0)
+            fin_parts = self._ahead_parts.pop(w, None)
+            decisions, adopted, parts = self._score_learn(w, self._firing(), finest=False)
+        else:
+            decisions, adopted, parts = self._score_learn(w, self._firing())
+            mine = self._report(w, decisions, adopted, parts)
+        coarse = [(key[0], key[1], d) for key, ds in decisions.items() if key[0] < self.fin
+                  for d in ds]
+        # In memory, its own finest too (evidence totals); not kept after a restore.
+        self._parts = parts if fin_parts is None else {**parts, **fin_parts}
+        self.open = OpenWindow(w, mine, coarse, [a for a in adopted if a[1] < self.fin],
+                               [encode(p) for k, p in sorted(parts.items()) if k[0] < self.fin])
+        if not sent:
+            self._send(mine)
+
+    def _report(self, w: int, decisions: dict[Cohort, list[Decision]], adopted: list[Key],
+                parts: dict[Cohort, Partial]) -> Report:
+        """This peer's report of window ``w``: its finest cohorts' anomalous decisions with
+        what an alert on them would carry (named now: their models move on), and adoptions."""
         mine = Report(w, self.index, [], [(s, c) for s, lv, c in adopted if lv == self.fin])
-        coarse: list[tuple[int, tuple[str, ...], Decision]] = []
         for key, ds in decisions.items():
             if key[0] == self.fin:
                 for d in ds:
@@ -332,30 +383,133 @@ class Peer(Stage2):
                         evidence, sus = super()._context(key, d, w, parts)
                         mine.findings.append(Finding(key[1], d, super()._persist(key, d.signal),
                                                      evidence, sus))
-            else:
-                coarse += [(key[0], key[1], d) for d in ds]
-        self._parts = parts   # in memory, its own finest too (evidence totals)
-        self.open = OpenWindow(w, mine, coarse, [a for a in adopted if a[1] < self.fin],
-                               [encode(p) for k, p in sorted(parts.items()) if k[0] < self.fin])
+        return mine
+
+    def _send(self, mine: Report) -> None:
         wire = _ENC.encode(mine)
         self.report_bytes += len(wire)
         self.outbox.append(wire)
-        self.inbox.setdefault(w, {})[self.index] = _REPORT.decode(wire)
+        self.inbox.setdefault(mine.window, {})[self.index] = _REPORT.decode(wire)
+
+    # -- run-ahead ----------------------------------------------------------------------------
+    def _run_ahead(self) -> None:
+        """While the open window waits on reports: the finest cohorts of the next windows
+        scored, learnt and reported, while their outcome cannot depend on deciding it."""
+        if self.config.rebaseline or self.mark is None or self.open is None:
+            return
+        upto = self.wm.upto(self.mark)
+        if self.hits:
+            # Not past a held hit's place: applying it reads its cohort's model as it is
+            # then, and changes what fires.
+            if self.hits[0][0] is None:
+                return
+            upto = min(upto, self.hits[0][0])
+        # What may be firing on a finest cohort of this peer once the windows before are
+        # decided: what fires now, and what its own reports of them find anomalous (an alert
+        # on a finest cohort comes from its owner's finding or a hit, and no hit comes first).
+        may: dict[Cohort, set[str]] = {k: set(v) for k, v in self._firing().items()
+                                       if k[0] == self.fin}
+        for r in (self.open.mine, *self.ahead):
+            for f in r.findings:
+                may.setdefault((self.fin, f.cohort), set()).add(f.decision.signal)
+        while len(self.ahead) < MAX_AHEAD:
+            last = self.ahead[-1].window if self.ahead else self.open.window
+            w = self._after(last + 1, upto)
+            if w is None:
+                return
+            why = self._unsettled(w, may)
+            if why:
+                self.held_back[why] = self.held_back.get(why, 0) + 1
+                return
+            decisions, adopted, parts = self._score_learn(w, {}, finest=True)
+            mine = self._report(w, decisions, adopted, parts)
+            for f in mine.findings:
+                may.setdefault((self.fin, f.cohort), set()).add(f.decision.signal)
+            self.ahead.append(mine)
+            self.ran_ahead += 1
+            self._ahead_parts[w] = parts
+            self._send(mine)
+
+    def _after(self, start: int, upto: int) -> int | None:
+        """The window :meth:`_next` will give once the walk is at ``start`` (None: none
+        before ``upto``), without moving it."""
+        if start >= upto:
+            return None
+        if upto - start > MAX_GAP_WINDOWS:
+            ahead = [w for w in self.pending if w >= start]
+            if not ahead or min(ahead) >= upto:
+                return None
+            return min(ahead)
+        return start
+
+    def _unsettled(self, w: int, may: dict[Cohort, set[str]]) -> str:
+        """Why scoring and learning window ``w``'s finest cohorts here may not give the same
+        whatever deciding the windows before it changes ("": it gives the same): every
+        cohort has a model and is past scoring on its parent's baseline (but in the window
+        right after the open one, whose parents are as they will be), and where a signal
+        ``may`` fire on it, scores alike with none and with those firing (the hysteresis;
+        scoring takes each signal's alone) and cannot make :meth:`_detect` look at its
+        values. Scored and learnt with none firing then, as deciding would leave them."""
+        t0 = w * self.size
+        slot = self.pending.get(w, {})
+        parts = {k: p for k, p in slot.items() if k[0] == self.fin}
+        for key, m in self.models.items():
+            if key[0] == self.fin and key not in parts and m.expects_traffic(t0):
+                parts[key] = empty_partial(w, key[0], key[1], self.scorer.layout.size)
+        sc = self.scorer
+        for key, p in parts.items():
+            own = self.models.get(key)
+            if own is None:
+                return "new"
+            # The coarser models have learnt the open window, not those run ahead on since.
+            if self.ahead and self._on_parent(own, p):
+                return "young"
+            fire = may.get(key)
+            if not fire:
+                continue
+            if self.attr_detects and self._may_detect(p.counts):
+                return "values"
+            pk = self._parent(*key)
+            parent = self.models.get(pk) if pk else None
+            if sc.score(p, own, parent, _NONE) != sc.score(p, own, parent, fire):
+                return "hysteresis"
+        return ""
+
+    def _on_parent(self, own: CohortModel, p: Partial) -> bool:
+        """Whether scoring ``p`` may take a signal's baseline from the cohort's parent (as
+        :meth:`Scorer._baseline` does while its own is young)."""
+        sc = self.scorer
+        c = p.counts
+        for sig in sc.signals:
+            if sig.kind == "volume" or sig.name in own.rebased:
+                continue
+            n = c[sig.num] if sig.kind == "quantity" else c[sig.den]
+            if n <= 0:
+                continue   # not scored in this window
+            b = own.baselines.get(sig.name)
+            if b is None or b.n < sc.own_after:
+                return True
+        return False
 
     def resend(self) -> None:
-        """After a restore: the open window's report again (a peer that has it drops it)."""
+        """After a restore: the open window's report again, and those of the windows it ran
+        ahead on (a peer that has one drops it)."""
         if self.open is not None:
             self.outbox.append(_ENC.encode(self.open.mine))
+        self.outbox += [_ENC.encode(r) for r in self.ahead]
 
     @property
-    def step(self) -> tuple[int | None, int | None]:
-        """Where the window walk is: it moves when a window is scored or decided."""
-        return self.next_window, None if self.open is None else self.open.window
+    def step(self) -> tuple[int | None, int | None, int | None]:
+        """Where the window walk is: it moves when a window is scored or decided, or run
+        ahead on."""
+        return (self.next_window, None if self.open is None else self.open.window,
+                self.ahead[-1].window if self.ahead else None)
 
     def dump_exchange(self) -> bytes:
         inbox = [r for w in sorted(self.inbox) for _, r in sorted(self.inbox[w].items())]
         return _ENC.encode(PeerState(self.open, inbox, self.mark,
-                                     [(place, encode_hit(h)) for place, h in self.hits]))
+                                     [(place, encode_hit(h)) for place, h in self.hits],
+                                     self.ahead))
 
     def load_exchange(self, data: bytes) -> None:
         """After the route keys' state (:func:`~detector.core.snapshot.load_route`); the open
@@ -366,6 +520,12 @@ class Peer(Stage2):
         except msgspec.DecodeError as e:
             raise ValueError(f"stage-2 peer state: {e}") from None
         self.open, self.mark, self.hits, self._parts = st.open, st.mark, hits, None
+        self.ahead, self._ahead_parts = st.ahead, {}
+        for r in self.ahead:
+            # Their finest input is learnt already (the route keys' saved models hold it).
+            slot = self.pending.get(r.window)
+            for key in [k for k in slot or () if k[0] == self.fin]:
+                del slot[key]  # type: ignore[union-attr]
         self.inbox = {}
         for r in st.inbox:
             self.inbox.setdefault(r.window, {})[r.shard] = r

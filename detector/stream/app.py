@@ -362,7 +362,8 @@ class Worker:
                     u.touched.update((q, r) for r in routes(s2))
                     u.moved.add(q)
                     part.resent_at = now
-                elif s2.open is not None and now - part.resent_at >= RESEND_AFTER_S:
+                elif (s2.open is not None or s2.ahead) and (
+                        now - part.resent_at >= RESEND_AFTER_S):
                     s2.resend()   # a report lost on the way must not hold the window forever
                     part.resent_at = now
                 if s2.windows_closed != before:
