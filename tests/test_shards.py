@@ -93,15 +93,21 @@ def test_a_quiet_window_reports_nothing(traffic: list[bytes]) -> None:
 def _restored(peer: Peer) -> Peer:
     """A successor of ``peer`` from what the worker writes to its table: each route key's
     state, then the exchange state (which queues the open window's report again)."""
-    fresh = Peer(peer.config, peer.index, peer.count)
+    fresh = type(peer)(peer.config, peer.index, peer.count)
+    fresh.ran_ahead = peer.ran_ahead   # (per process: kept here to count over the run)
+    fresh.restored_ahead = peer.restored_ahead + bool(peer.ahead)
     for route in sorted(routes(peer)):
         load_route(fresh, dump_route(peer, route))
     fresh.load_exchange(peer.dump_exchange())
     return fresh
 
 
-def _peer_alerts(lines: list[bytes], n: int, lag: bool, restore_every: int = 0
-                 ) -> tuple[list[list[bytes]], list[Peer]]:
+class _Peer(Peer):
+    restored_ahead = 0   # restores while the peer had run ahead
+
+
+def _peer_alerts(lines: list[bytes], n: int, lag: bool, restore_every: int = 0,
+                 peer: type[Peer] = _Peer) -> tuple[list[list[bytes]], list[Peer]]:
     """The lines through stage 1 and ``n`` peers, the way the stream carries them: coarser
     partials to every peer, a finest one to its owner, hits to every peer, and each peer's
     reports to every peer; with ``lag`` a report arrives only after the next batch, so
@@ -109,7 +115,7 @@ def _peer_alerts(lines: list[bytes], n: int, lag: bool, restore_every: int = 0
     successor from its saved state every k batches."""
     cfg = load_config(None, env=False)
     s1 = Stage1(cfg)
-    peers = [Peer(cfg, i, n) for i in range(n)]
+    peers = [peer(cfg, i, n) for i in range(n)]
     out: list[list[bytes]] = [[] for _ in peers]
     late: list[bytes] = []
 
@@ -168,9 +174,41 @@ def test_peers_emit_one_stage2s_alerts_once(traffic: list[bytes], n: int, lag: b
             for i in range(n)]
     assert all(mine)   # every peer emits some
     assert got == mine
-    assert all(p.open is None and not p.inbox for p in peers)
+    assert all(p.open is None and not p.inbox and not p.ahead for p in peers)
     pairs = [p.pairs_scored for p in peers]
     assert min(pairs) > 0.5 * max(pairs)
+    if lag:   # waiting on reports, the peers ran ahead (and a restore found one ahead)
+        assert all(p.ran_ahead for p in peers)
+        if restore:
+            assert peers[0].restored_ahead  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("ignored", ["hysteresis", "young", "values"])
+def test_peers_run_ahead_over_quiet_windows_and_stop_where_deciding_matters(
+        traffic: list[bytes], ignored: str) -> None:
+    """Waiting on a window's reports, a peer runs ahead over the windows whose finest
+    cohorts deciding it cannot change, and stops at the others: a cohort near its threshold
+    with a signal that may fire (hysteresis), a young cohort on its parent's baseline past
+    the first window, values a firing signal's detection would look at. Each stop is needed:
+    a peer that runs past one kind of them emits other alerts than one Stage2."""
+    want, _ = _alerts(traffic, 1)
+    mine = [[a for a in want
+             if shard_of(tuple(msgspec.json.decode(a)["cohort"].values()), 2) == i]
+            for i in range(2)]
+    got, peers = _peer_alerts(traffic, 2, lag=True)
+    assert got == mine
+    assert all(p.ran_ahead > p.windows_closed // 4 for p in peers)
+    assert all(sum(p.held_back.values()) for p in peers)
+    assert any(p.held_back.get(ignored) for p in peers)
+
+    class Past(_Peer):
+        def _unsettled(self, w: int, may: dict[tuple[int, tuple[str, ...]], set[str]]
+                       ) -> str:
+            why = super()._unsettled(w, may)
+            return "" if why == ignored else why
+
+    got, _ = _peer_alerts(traffic, 2, lag=True, peer=Past)
+    assert got != mine
 
 
 def test_a_peer_loading_a_whole_tree_keeps_only_its_own_finest_cohorts(
