@@ -372,7 +372,8 @@ class Worker:
                     # reads its spread over workers).
                     _jlog(logging.INFO, "stage2_load", partition=q,
                           windows_closed=s2.windows_closed, cohort_windows=s2.cohort_windows,
-                          pairs_scored=s2.pairs_scored)
+                          pairs_scored=s2.pairs_scored, ran_ahead=s2.ran_ahead,
+                          held_back=s2.held_back)
                     counts = [p.stage2.cohort_counts() for p in self.parts.values()]
                     self.metrics.cohorts.labels(state="warming").set(sum(c[0] for c in counts))
                     self.metrics.cohorts.labels(state="warm").set(sum(c[1] for c in counts))
