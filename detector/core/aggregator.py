@@ -42,6 +42,7 @@ from detector.core.partials import (
     compact_values,
     empty_partial,
     merge_into,
+    route_fields,
     route_key,
     split_values,
     tool_values,
@@ -91,12 +92,13 @@ class Aggregator(Counting):
         self.folded = 0
         # Projections from the finest cohort tuple to each level's tuple.
         self._proj = [tuple(self.finest.index(f) for f in lvl) for lvl in self.levels]
+        self._route = tuple(self.finest.index(f) for f in route_fields(self.levels[0]))
         self.leak_labels = frozenset(config.rules.leak_labels)
         self._ctx = self._c_context()
 
     def _new(self, w: int, key: tuple[object, ...]) -> Partial:
         cohort: tuple[str, ...] = tuple(UNKNOWN if v is UNSET else v for v in key)  # type: ignore[misc]  # key holds str or UNSET
-        route = route_key(tuple(cohort[i] for i in self._proj[0]))
+        route = route_key(tuple(cohort[i] for i in self._route))
         return empty_partial(w, len(self.levels) - 1, cohort, self.layout.size, route)
 
     def _partial_for(self, key: tuple[int, tuple[object, ...]]) -> Partial:

@@ -40,6 +40,7 @@ from typing import Any
 
 import faust
 import faust.transport.drivers.aiokafka as faust_aiokafka
+import msgspec
 import orjson
 from mode import Service
 from prometheus_client import CollectorRegistry
@@ -47,6 +48,7 @@ from prometheus_client import CollectorRegistry
 from detector.config import Config
 from detector.core.alert import Alert
 from detector.core.containment import Call, plan, record
+from detector.core.partials import reroute
 from detector.core.reload import plan_reload
 from detector.core.snapshot import dump_route, load_route, routes
 from detector.obs.logs import logging_config
@@ -151,6 +153,8 @@ class Worker:
         self.reloader = ConfigReloader(config_path, cfg, self.reconfigure, self.metrics)
         self.watch_config = watch_config
         self.parts: dict[int, Stage2Partition] = {}
+        # Route keys whose state a partition load moved from a key of an older routing.
+        self.migrated: set[tuple[int, str]] = set()
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         # Containment outcomes from the caller's thread, recorded on the alert state by the
@@ -207,14 +211,23 @@ class Worker:
                                                list(map(list, self.cfg.cohorts.levels)))
                 part.stage2.on_closed = self.totals
             n = 0
+            root = self.cfg.cohorts.levels[0]
             for key, value in list(self.table.items()):
-                if value and partition_for(key, self.q) == q:
-                    state, hits, offset = unpack(value)
-                    load_route(part.stage2, state)
-                    for h in hits:
-                        part.hold(h)
+                route = reroute(key.decode(), root)
+                if not value or partition_for(route.encode(), self.q) != q:
+                    continue
+                state, hits, offset = unpack(value)
+                load_route(part.stage2, state)
+                for h in hits:
+                    part.hold(h if h.route == route else msgspec.structs.replace(h, route=route))
+                if partition_for(key, self.q) == q:   # offsets of this stage-2 partition
                     part.offset = max(part.offset, offset)
-                    n += 1
+                if route != key.decode():
+                    # Written when the route held the environment: its state moves to the
+                    # app's route key (written with this batch's changes).
+                    del self.table[key]
+                    self.migrated.add((q, route))
+                n += 1
             _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
                   next_window=part.stage2.next_window, applied_offset=part.offset)
         return part
@@ -295,6 +308,8 @@ class Worker:
                     counts = [p.stage2.cohort_counts() for p in self.parts.values()]
                     self.metrics.cohorts.labels(state="warming").set(sum(c[0] for c in counts))
                     self.metrics.cohorts.labels(state="warm").set(sum(c[1] for c in counts))
+            touched |= self.migrated
+            self.migrated.clear()
             self.emit(alerts)
             self._preserve(alerts)
             # State in the table on every change, so a successor resumes without warm-up.

@@ -27,7 +27,10 @@ from detector.lab.simulate import simulate
 
 pytestmark = pytest.mark.integration
 
-SCENARIOS = ["unauthorized_tool", "refusal_spike", "traffic_drop", "eval_drop", "spend_surge"]
+# canary_regression: its canary_gap alert compares two route keys of one app that the
+# whole-root-cohort routing put on different stage-2 partitions (issue 17).
+SCENARIOS = ["unauthorized_tool", "refusal_spike", "traffic_drop", "eval_drop", "spend_surge",
+             "canary_regression"]
 
 
 def _dlq(bootstrap: str, topic: str, n: int) -> list[tuple[bytes, dict[str, bytes]]]:
@@ -63,7 +66,7 @@ def test_stream_equals_replay(broker: Tansu, names: dict[str, str], tmp_path: Pa
     cfg.write_text(signals_config(cfg.read_text()))   # evaluators and prices: issue 14's too
     expected = replay(cfg, lines)
     signals = {a["signal"] for a in expected}
-    assert {"unauthorized_tool_call", "eval_faithfulness", "cost"} <= signals  # it has teeth
+    assert {"unauthorized_tool_call", "eval_faithfulness", "cost", "canary_gap"} <= signals
 
     w = WorkerProc(cfg, tmp_path / "worker.log")
     reader = AlertReader(broker.bootstrap, names["alerts_topic"])
