@@ -17,6 +17,7 @@ from harness import (
     identity,
     produce_lines,
     replay,
+    wait_assigned,
     wait_until,
     write_config,
 )
@@ -71,9 +72,7 @@ def test_stream_equals_replay(broker: Tansu, names: dict[str, str], tmp_path: Pa
     w = WorkerProc(cfg, tmp_path / "worker.log")
     reader = AlertReader(broker.bootstrap, names["alerts_topic"])
     try:
-        wait_until(lambda: w.events("stage1_assigned") or not w.alive(), 90,
-                   "the worker's stage-1 consumer to join its group")
-        assert w.alive(), w.log()[-3000:]
+        wait_assigned(w)
         produce_lines(broker.bootstrap, names["traces_topic"], lines, partitions=4)
         wait_until(lambda: len(reader.poll()) >= len(expected), 180,
                    f"{len(expected)} alerts on {names['alerts_topic']}")
