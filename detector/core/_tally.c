@@ -1182,6 +1182,176 @@ scaled_add(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* Trail.add's test of a value: the first name equal to ``v`` (as list.index finds it) if
+ * its meta row is of field ``f`` and it has no counters of its own (not in ``vecs``); -1 if
+ * not (Trail._count then counts it), -2 on an error. */
+static Py_ssize_t
+trail_row(PyObject *names, const float *m, Py_ssize_t n_meta, PyObject *vecs, PyObject *v,
+          Py_ssize_t f)
+{
+    Py_ssize_t r = -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        int eq = PyObject_RichCompareBool(PyList_GET_ITEM(names, i), v, Py_EQ);
+        if (eq < 0)
+            return -2;
+        if (eq) {
+            r = i;
+            break;
+        }
+    }
+    if (r < 0 || 3 * r + 2 >= n_meta || (double)m[3 * r] != (double)f)
+        return -1;
+    if (vecs == Py_None)
+        return r;
+    PyObject *rk = PyLong_FromSsize_t(r);
+    if (rk == NULL)
+        return -2;
+    int has = PyDict_Contains(vecs, rk);
+    Py_DECREF(rk);
+    return has < 0 ? -2 : has ? -1 : r;
+}
+
+/* trail_known(names, meta, vecs, values, counts, g, n_fields, tool_field, unknown, events_at):
+ * the common part of attribution.Trail.add, whose Python twin (attribution._known_py) is the
+ * reference (tests/test_attribution_twin.py holds them equal). For each value of ``values``
+ * (a partial's, field -> value -> counters, the remainder written {}) already in the trail
+ * (``names`` at the first equal name, its ``meta`` row of the same field) without counters
+ * of its own (not in ``vecs``), its events times ``g`` are added to its row's events in
+ * ``meta`` (an array('f')); the others come back, in order, as (field, value, counters or
+ * None for the remainder, events, the field's values or None), for Trail._count. None,
+ * and nothing changed, where an input is not of the shape a partial has: the Python twin
+ * then does it all (and says what is wrong). */
+#define TRAIL_MAX 256   /* values per call added in place (a partial has at most 4 x 16) */
+static PyObject *
+trail_known(PyObject *self, PyObject *args)
+{
+    PyObject *names, *meta, *vecs, *values, *counts, *unknown;
+    double g;
+    Py_ssize_t n_fields, tool_field, events_at;
+    if (!PyArg_ParseTuple(args, "O!OOO!O!dnnUn", &PyList_Type, &names, &meta, &vecs,
+                          &PyDict_Type, &values, &PyList_Type, &counts, &g, &n_fields,
+                          &tool_field, &unknown, &events_at))
+        return NULL;
+    if (vecs != Py_None && !PyDict_Check(vecs))
+        Py_RETURN_NONE;
+    if (events_at < 0 || events_at >= PyList_GET_SIZE(counts))
+        Py_RETURN_NONE;
+    int overflow = 0;
+    long long events = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(counts, events_at),
+                                                    &overflow);
+    if (overflow || (events == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(meta, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *slow = NULL, *ev_key = NULL;
+    if (view.itemsize != (Py_ssize_t)sizeof(float) || view.format == NULL
+            || strcmp(view.format, "f") != 0)
+        goto shape;
+    float *m = (float *)view.buf;
+    Py_ssize_t n_meta = view.len / (Py_ssize_t)sizeof(float);
+    /* Rows to add to, and how many events: applied only once all is read. */
+    Py_ssize_t at[TRAIL_MAX];
+    long long add[TRAIL_MAX];
+    int n_add = 0;
+    if ((slow = PyList_New(0)) == NULL || (ev_key = PyLong_FromSsize_t(events_at)) == NULL)
+        goto fail;
+    Py_ssize_t pos = 0;
+    PyObject *fk, *vals;
+    while (PyDict_Next(values, &pos, &fk, &vals)) {
+        if (!PyLong_Check(fk) || !PyDict_Check(vals))
+            goto shape;
+        Py_ssize_t f = PyLong_AsSsize_t(fk);
+        if (f == -1 && PyErr_Occurred())
+            goto shape;
+        if (f >= n_fields)
+            continue;
+        PyObject *rest = NULL;
+        long long rest_events = events;
+        Py_ssize_t vpos = 0;
+        PyObject *v, *c;
+        while (PyDict_Next(vals, &vpos, &v, &c)) {
+            if (!PyUnicode_Check(v) || !PyDict_Check(c))
+                goto shape;
+            if (PyDict_GET_SIZE(c) == 0) {
+                rest = v;
+                continue;
+            }
+            long long ev = 0;
+            PyObject *e = PyDict_GetItemWithError(c, ev_key);
+            if (e != NULL) {
+                if (!PyLong_Check(e))
+                    goto shape;
+                ev = PyLong_AsLongLongAndOverflow(e, &overflow);
+                if (overflow || (ev == -1 && PyErr_Occurred()))
+                    goto shape;
+            }
+            else if (PyErr_Occurred())
+                goto shape;
+            if (__builtin_sub_overflow(rest_events, ev, &rest_events))
+                goto shape;
+            int is_unknown = f == tool_field ? PyUnicode_Compare(v, unknown) == 0 : 0;
+            if (is_unknown)
+                continue;
+            PyObject *item;
+            Py_ssize_t r = trail_row(names, m, n_meta, vecs, v, f);
+            if (r == -2)
+                goto fail;
+            if (r >= 0 && n_add < TRAIL_MAX) {
+                at[n_add] = 3 * r + 2;
+                add[n_add++] = ev;
+                continue;
+            }
+            if ((item = Py_BuildValue("(nOOLO)", f, v, c, ev, Py_None)) == NULL
+                    || PyList_Append(slow, item) < 0) {
+                Py_XDECREF(item);
+                goto fail;
+            }
+            Py_DECREF(item);
+        }
+        if (rest == NULL)
+            continue;
+        if (f == tool_field && PyUnicode_Compare(rest, unknown) == 0)
+            continue;
+        Py_ssize_t r = trail_row(names, m, n_meta, vecs, rest, f);
+        if (r == -2)
+            goto fail;
+        if (r >= 0 && n_add < TRAIL_MAX) {
+            at[n_add] = 3 * r + 2;
+            add[n_add++] = rest_events;
+            continue;
+        }
+        PyObject *item = Py_BuildValue("(nOOLO)", f, rest, Py_None, rest_events, vals);
+        if (item == NULL || PyList_Append(slow, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    for (int i = 0; i < n_add; i++) {
+        volatile double p = (double)add[i] * g;   /* as Python: float(ev) * g, then the sum */
+        m[at[i]] = (float)((double)m[at[i]] + p);
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(ev_key);
+    return slow;
+shape:   /* not a partial's shape: the Python twin does it all */
+    PyErr_Clear();
+    PyBuffer_Release(&view);
+    Py_XDECREF(slow);
+    Py_XDECREF(ev_key);
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(slow);
+    Py_XDECREF(ev_key);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Field offsets, counter indexes and constants."},
     {"offsets", offsets, METH_O, "Slot offsets of TraceEvent fields."},
@@ -1189,6 +1359,7 @@ static PyMethodDef methods[] = {
     {"add_many", add_many, METH_VARARGS, "Count events from ``start`` (see the file's top)."},
     {"fixed_log1p", py_fixed_log1p, METH_O, "A quantity as fixed-point log1p (for tests)."},
     {"scaled_add", scaled_add, METH_VARARGS, "Decayed sums: buf[offset + i] += counts[i] * g."},
+    {"trail_known", trail_known, METH_VARARGS, "Trail.add's known values (attribution)."},
     {NULL, NULL, 0, NULL},
 };
 
