@@ -1182,6 +1182,162 @@ scaled_add(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* A tool name's counters as C counts them (an array('q') of n_tool, see tool_add): its
+ * numbers, or NULL (no error set) if ``o`` is not such an array. */
+static long long *
+tool_counters(PyObject *o, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(o, view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (view->itemsize != 8 || view->format == NULL || strcmp(view->format, "q") != 0
+            || view->len != 8 * S.n_tool) {
+        PyBuffer_Release(view);
+        return NULL;
+    }
+    return (long long *)view->buf;
+}
+
+/* tool_sum(into, mine): add the tool names' counters of ``mine`` (name -> array('q'), as
+ * stage 1 counts them) into ``into`` (the same, of a coarse cohort), a name new to ``into``
+ * as a copy (Aggregator._roll_up; its Python twin is aggregator._tool_sum_py). False, and
+ * nothing changed, if a value is not such an array or a sum would pass int64 (the twin then
+ * adds, as Python ints). */
+static PyObject *
+tool_sum(PyObject *self, PyObject *args)
+{
+    PyObject *into, *mine;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &into, &PyDict_Type, &mine))
+        return NULL;
+    if (S.fresh == NULL || S.n_tool == 0)
+        Py_RETURN_FALSE;
+    Py_ssize_t pos = 0;
+    PyObject *name, *lst;
+    Py_buffer view;
+    while (PyDict_Next(mine, &pos, &name, &lst)) {   /* all of the right shape first */
+        if (tool_counters(lst, &view) == NULL)
+            Py_RETURN_FALSE;
+        PyBuffer_Release(&view);
+        PyObject *have = PyDict_GetItemWithError(into, name);
+        if (have == NULL && PyErr_Occurred())
+            return NULL;
+        if (have != NULL) {   /* and no sum past int64 (the twin's lists hold any int) */
+            Py_buffer mv;
+            long long *h = tool_counters(have, &view), *m, x;
+            if (h == NULL)
+                Py_RETURN_FALSE;
+            if ((m = tool_counters(lst, &mv)) == NULL) {
+                PyBuffer_Release(&view);
+                Py_RETURN_FALSE;
+            }
+            int over = 0;
+            for (Py_ssize_t j = 0; j < S.n_tool; j++)
+                over |= __builtin_add_overflow(h[j], m[j], &x);
+            PyBuffer_Release(&view);
+            PyBuffer_Release(&mv);
+            if (over)
+                Py_RETURN_FALSE;
+        }
+    }
+    pos = 0;
+    while (PyDict_Next(mine, &pos, &name, &lst)) {
+        PyObject *have = PyDict_GetItemWithError(into, name);
+        if (have == NULL) {
+            if (PyErr_Occurred() || (have = PyObject_CallNoArgs(S.fresh)) == NULL)
+                return NULL;
+            int e = PyDict_SetItem(into, name, have);
+            Py_DECREF(have);   /* the dict holds it */
+            if (e < 0)
+                return NULL;
+        }
+        Py_buffer hv, mv;
+        long long *h = tool_counters(have, &hv);
+        if (h == NULL) {
+            PyErr_SetString(PyExc_TypeError, "tool_sum: not a tool's counters");
+            return NULL;
+        }
+        long long *m = tool_counters(lst, &mv);
+        if (m == NULL) {
+            PyBuffer_Release(&hv);
+            PyErr_SetString(PyExc_TypeError, "tool_sum: not a tool's counters");
+            return NULL;
+        }
+        for (Py_ssize_t j = 0; j < S.n_tool; j++)
+            h[j] += m[j];   /* (checked above) */
+        PyBuffer_Release(&hv);
+        PyBuffer_Release(&mv);
+    }
+    Py_RETURN_TRUE;
+}
+
+/* tool_values(open_, unknown): the tool field's values as a partial hands them out from its
+ * counters per name (partials.tool_values with at = the configured counters, its reference):
+ * name -> {counter: n} for the counters not 0, in name order, then ``unknown`` -> {}. None if
+ * a value is not an array('q') of them (the Python function then writes them out). */
+static PyObject *
+tool_values(PyObject *self, PyObject *args)
+{
+    PyObject *open_, *unknown;
+    if (!PyArg_ParseTuple(args, "O!U", &PyDict_Type, &open_, &unknown))
+        return NULL;
+    if (S.n_tool == 0)
+        Py_RETURN_NONE;
+    Py_ssize_t pos = 0;
+    PyObject *name, *lst;
+    Py_buffer view;
+    while (PyDict_Next(open_, &pos, &name, &lst)) {
+        if (!PyUnicode_Check(name) || tool_counters(lst, &view) == NULL)
+            Py_RETURN_NONE;
+        PyBuffer_Release(&view);
+    }
+    PyObject *names = PyDict_Keys(open_), *out = NULL;
+    if (names == NULL || PyList_Sort(names) < 0 || (out = PyDict_New()) == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        name = PyList_GET_ITEM(names, i);
+        lst = PyDict_GetItemWithError(open_, name);
+        if (lst == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "tool_values: a name went");
+            goto fail;
+        }
+        long long *a = tool_counters(lst, &view);
+        if (a == NULL) {
+            PyErr_SetString(PyExc_TypeError, "tool_values: not a tool's counters");
+            goto fail;
+        }
+        PyObject *c = PyDict_New();
+        int err = c == NULL;
+        for (Py_ssize_t j = 0; !err && j < S.n_tool; j++) {
+            if (a[j] == 0)
+                continue;
+            PyObject *k = PyLong_FromSsize_t(S.tool_at[j]), *x = PyLong_FromLongLong(a[j]);
+            err = k == NULL || x == NULL || PyDict_SetItem(c, k, x) < 0;
+            Py_XDECREF(k);
+            Py_XDECREF(x);
+        }
+        PyBuffer_Release(&view);
+        if (err || PyDict_SetItem(out, name, c) < 0) {
+            Py_XDECREF(c);
+            goto fail;
+        }
+        Py_DECREF(c);
+    }
+    PyObject *empty = PyDict_New();
+    if (empty == NULL || PyDict_SetItem(out, unknown, empty) < 0) {
+        Py_XDECREF(empty);
+        goto fail;
+    }
+    Py_DECREF(empty);
+    Py_DECREF(names);
+    return out;
+fail:
+    Py_XDECREF(names);
+    Py_XDECREF(out);
+    return NULL;
+}
+
 /* Trail.add's test of a value: the first name equal to ``v`` (as list.index finds it) if
  * its meta row is of field ``f`` and it has no counters of its own (not in ``vecs``); -1 if
  * not (Trail._count then counts it), -2 on an error. */
@@ -1360,6 +1516,8 @@ static PyMethodDef methods[] = {
     {"fixed_log1p", py_fixed_log1p, METH_O, "A quantity as fixed-point log1p (for tests)."},
     {"scaled_add", scaled_add, METH_VARARGS, "Decayed sums: buf[offset + i] += counts[i] * g."},
     {"trail_known", trail_known, METH_VARARGS, "Trail.add's known values (attribution)."},
+    {"tool_sum", tool_sum, METH_VARARGS, "Tool names' counters added into a coarse cohort's."},
+    {"tool_values", tool_values, METH_VARARGS, "Tool names' counters as a partial's values."},
     {NULL, NULL, 0, NULL},
 };
 
