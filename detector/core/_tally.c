@@ -1142,12 +1142,23 @@ py_fixed_log1p(PyObject *self, PyObject *v)
  * int counts[i], ``buf`` a writable array('f') (attribution.Trail's decayed sums; its Python
  * twin is counting.scaled_add): each product and sum in double, as Python computes them. */
 static PyObject *
-scaled_add(PyObject *self, PyObject *args)
+scaled_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *buf, *counts;
-    Py_ssize_t offset;
-    double g;
-    if (!PyArg_ParseTuple(args, "OnO!d", &buf, &offset, &PyList_Type, &counts, &g))
+    /* METH_FASTCALL: twice per cohort and window (PyArg_ParseTuple costs more than a sum). */
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "scaled_add: 4 arguments");
+        return NULL;
+    }
+    PyObject *buf = args[0], *counts = args[2];
+    if (!PyList_Check(counts)) {
+        PyErr_SetString(PyExc_TypeError, "scaled_add: counts is a list");
+        return NULL;
+    }
+    Py_ssize_t offset = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    double g = PyFloat_AsDouble(args[3]);
+    if (g == -1.0 && PyErr_Occurred())
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
@@ -1379,14 +1390,24 @@ trail_row(PyObject *names, const float *m, Py_ssize_t n_meta, PyObject *vecs, Py
  * then does it all (and says what is wrong). */
 #define TRAIL_MAX 256   /* values per call added in place (a partial has at most 4 x 16) */
 static PyObject *
-trail_known(PyObject *self, PyObject *args)
+trail_known(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *names, *meta, *vecs, *values, *counts, *unknown;
-    double g;
-    Py_ssize_t n_fields, tool_field, events_at;
-    if (!PyArg_ParseTuple(args, "O!OOO!O!dnnUn", &PyList_Type, &names, &meta, &vecs,
-                          &PyDict_Type, &values, &PyList_Type, &counts, &g, &n_fields,
-                          &tool_field, &unknown, &events_at))
+    /* METH_FASTCALL: once per cohort and window, PyArg_ParseTuple was most of its cost. */
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "trail_known: 10 arguments");
+        return NULL;
+    }
+    PyObject *names = args[0], *meta = args[1], *vecs = args[2], *values = args[3],
+             *counts = args[4], *unknown = args[8];
+    if (!PyList_Check(names) || !PyDict_Check(values) || !PyList_Check(counts)
+            || !PyUnicode_Check(unknown)) {
+        PyErr_SetString(PyExc_TypeError, "trail_known: names, values, counts or unknown");
+        return NULL;
+    }
+    double g = PyFloat_AsDouble(args[5]);
+    Py_ssize_t n_fields = PyLong_AsSsize_t(args[6]), tool_field = PyLong_AsSsize_t(args[7]),
+               events_at = PyLong_AsSsize_t(args[9]);
+    if (PyErr_Occurred())
         return NULL;
     if (vecs != Py_None && !PyDict_Check(vecs))
         Py_RETURN_NONE;
@@ -1514,8 +1535,10 @@ static PyMethodDef methods[] = {
     {"configure_values", configure_values, METH_VARARGS, "The per-tool-name counting."},
     {"add_many", add_many, METH_VARARGS, "Count events from ``start`` (see the file's top)."},
     {"fixed_log1p", py_fixed_log1p, METH_O, "A quantity as fixed-point log1p (for tests)."},
-    {"scaled_add", scaled_add, METH_VARARGS, "Decayed sums: buf[offset + i] += counts[i] * g."},
-    {"trail_known", trail_known, METH_VARARGS, "Trail.add's known values (attribution)."},
+    {"scaled_add", (PyCFunction)(void (*)(void))scaled_add, METH_FASTCALL,
+     "Decayed sums: buf[offset + i] += counts[i] * g."},
+    {"trail_known", (PyCFunction)(void (*)(void))trail_known, METH_FASTCALL,
+     "Trail.add's known values (attribution)."},
     {"tool_sum", tool_sum, METH_VARARGS, "Tool names' counters added into a coarse cohort's."},
     {"tool_values", tool_values, METH_VARARGS, "Tool names' counters as a partial's values."},
     {NULL, NULL, 0, NULL},
