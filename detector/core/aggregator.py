@@ -241,8 +241,9 @@ class Aggregator(Counting):
     def _roll_up(self, finest: Iterable[Partial]) -> list[Partial]:
         """The finest partials and their coarser cohorts'. The tool names' counts, still
         counted per name in arrays (Counting._tool), are summed as such and then written out
-        (tool_values); the other values' counters once per coarse partial from all its
-        finest ones (_gathered), not one merge_values each."""
+        (_tool_sum, _tool_values: in C, once per partial and level); the other values'
+        counters once per coarse partial from all its finest ones (_gathered), not one
+        merge_values each."""
         out: list[Partial] = []
         coarse: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
         tools: dict[tuple[int, int, tuple[str, ...]], dict[str, Any]] = {}
