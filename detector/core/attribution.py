@@ -398,24 +398,26 @@ def _known_py(names: list[str], meta: array[float], vecs: dict[int, array[float]
             if f == tool_field and v == unknown:
                 continue
             # Most windows: a known value without counters of its own, its events only.
-            try:
-                r = names.index(v)
-            except ValueError:
-                r = -1
-            if r >= 0 and meta[r * _ROW] == f and (vecs is None or r not in vecs):
-                meta[r * _ROW + 2] += ev * g
-            else:
+            if not _add_known(names, meta, vecs, f, v, ev * g):
                 slow.append((f, v, c, ev, None))
-        if rest is not None and (f != tool_field or rest != unknown):
-            try:
-                r = names.index(rest)
-            except ValueError:
-                r = -1
-            if r >= 0 and meta[r * _ROW] == f and (vecs is None or r not in vecs):
-                meta[r * _ROW + 2] += rest_events * g
-            else:
-                slow.append((f, rest, None, rest_events, vals))
+        if rest is not None and (f != tool_field or rest != unknown) and not _add_known(
+                names, meta, vecs, f, rest, rest_events * g):
+            slow.append((f, rest, None, rest_events, vals))
     return slow
+
+
+def _add_known(names: list[str], meta: array[float], vecs: dict[int, array[float]] | None,
+               f: int, v: str, weighted: float) -> bool:
+    """Add ``weighted`` events to value ``v``'s row if the trail knows it (its first name,
+    of field ``f``) without counters of its own; False if it does not."""
+    try:
+        r = names.index(v)
+    except ValueError:
+        return False
+    if meta[r * _ROW] != f or (vecs is not None and r in vecs):
+        return False
+    meta[r * _ROW + 2] += weighted
+    return True
 
 
 #: _known_py in C when it is built (tests/test_attribution.py holds the two equal): None
