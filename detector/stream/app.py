@@ -153,8 +153,10 @@ class Worker:
         self.reloader = ConfigReloader(config_path, cfg, self.reconfigure, self.metrics)
         self.watch_config = watch_config
         self.parts: dict[int, Stage2Partition] = {}
-        # Route keys whose state a partition load moved from a key of an older routing.
+        # Route keys whose state a partition load moved from keys of an older routing, and
+        # those keys (deleted after the batch that writes the state under the new ones).
         self.migrated: set[tuple[int, str]] = set()
+        self.retired: list[bytes] = []
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         # Containment outcomes from the caller's thread, recorded on the alert state by the
@@ -212,21 +214,28 @@ class Worker:
                 part.stage2.on_closed = self.totals
             n = 0
             root = self.cfg.cohorts.levels[0]
-            for key, value in list(self.table.items()):
-                route = reroute(key.decode(), root)
-                if not value or partition_for(route.encode(), self.q) != q:
+            entries = [(key, value, reroute(key.decode(), root))
+                       for key, value in list(self.table.items()) if value]
+            # Keys written when the route held the environment: their state moves to the
+            # app's route key, and they are deleted once this batch has written it (not
+            # before: a crash in between would lose it). An app's own record, if there is
+            # one, was written after them.
+            moved = {r for key, _, r in entries if r == key.decode()}
+            for key, value, route in entries:
+                if partition_for(route.encode(), self.q) != q:
                     continue
+                old = route != key.decode()
+                if old:
+                    self.retired.append(key)
+                    if route in moved:
+                        continue
+                    self.migrated.add((q, route))
                 state, hits, offset = unpack(value)
                 load_route(part.stage2, state)
                 for h in hits:
                     part.hold(h if h.route == route else msgspec.structs.replace(h, route=route))
                 if partition_for(key, self.q) == q:   # offsets of this stage-2 partition
                     part.offset = max(part.offset, offset)
-                if route != key.decode():
-                    # Written when the route held the environment: its state moves to the
-                    # app's route key (written with this batch's changes).
-                    del self.table[key]
-                    self.migrated.add((q, route))
                 n += 1
             _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
                   next_window=part.stage2.next_window, applied_offset=part.offset)
@@ -318,6 +327,10 @@ class Worker:
                 if owner is not None:
                     self.table[key.encode()] = pack(dump_route(owner.stage2, key),
                                                      owner.held_for(key), owner.offset)
+            for old in self.retired:
+                if old in self.table:
+                    del self.table[old]
+            self.retired.clear()
             # After the claims are in the table: a successor finds them and does not call.
             if self.containment is not None:
                 for c in calls:
