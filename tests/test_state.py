@@ -16,12 +16,15 @@ import pytest
 from river import stats
 
 from baselines import codec
+from detector.core import partials
 from detector.core import snapshot as state
+from detector.core.aggregator import Aggregator
 from detector.core.alert import encode_alert
+from detector.core.events import decode
 from detector.core.partials import decode_partial
 from detector.core.pipeline import Pipeline
 from detector.core.signals import INDICATOR_SIGNALS
-from tests.traffic import stream
+from tests.traffic import T0, stream
 
 V1 = Path(__file__).parent / "fixtures" / "state_v1"   # written by e45989b (make_fixture.py)
 FOLLOW = ("firing", "canary")
@@ -401,3 +404,38 @@ def test_sequential_evidence_and_episodes_survive_a_failover(config) -> None:
         bad["models"][0][7] = {"refusal_rate": value}
         with pytest.raises(ValueError, match=says):
             state.load_route(Pipeline(config).stage2, _blob(bad))
+
+
+def test_state_keyed_by_the_old_route_loads_under_the_apps_route(config) -> None:
+    """Before the route left the environment out (an app's canary and production meet for the
+    canary gap), a route key was the whole root cohort: state written then, with pending
+    partials under their old keys, loads as today's state under the app's key."""
+    cohorts = ({"tenant": "acme", "app": "agent", "environment": "production"},
+               {"tenant": "acme", "app": "agent", "environment": "canary"})
+    lines = list(stream(30, cohorts=cohorts))
+    pipe = Pipeline(config)
+    for m in lines[:len(lines) // 2]:
+        pipe.feed(m)
+    # Windows stage 1 has sent and stage 2 not yet closed: pending input at the dump.
+    agg = Aggregator(config)
+    for m in lines[len(lines) // 2:]:
+        agg.add(decode(m)[0][0])
+    for p in agg.drain(watermark=T0 + 3600.0):
+        pipe.stage2.add_partial(p)
+    assert state.routes(pipe.stage2) == {"agent"}      # both environments: one route key
+    blob = state.dump_route(pipe.stage2, "agent")
+    doc = _doc(blob)
+    assert doc["pending"] and doc["models"]
+    old = []
+    for raw in doc["pending"]:
+        p = partials.decode_partial(raw)
+        p.route = f"agent\x1f{p.cohort[-1]}"
+        old.append(partials.encode(p))
+    assert {partials.decode_partial(b).route for b in old} == {
+        "agent\x1fproduction", "agent\x1fcanary"}
+    doc["pending"] = old
+    moved = Pipeline(config)
+    state.load_route(moved.stage2, _blob(doc))
+    assert state.routes(moved.stage2) == {"agent"}
+    assert state.dump_route(moved.stage2, "agent") == blob
+    assert partials.reroute("agent\x1fcanary", config.cohorts.levels[0]) == "agent"

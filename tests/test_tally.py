@@ -301,3 +301,56 @@ def test_scaled_sums_in_c_are_python_s(counts: list[int], g: float, offset: int)
     assert c_buf.tobytes() == py_buf.tobytes()
     with pytest.raises(ValueError, match="room"):
         counting.scaled_add(c_buf, offset + 1, counts, g)
+
+
+tool_counts = st.dictionaries(
+    st.sampled_from(["search", "calc", "other", "zeta", "a"]),
+    st.lists(st.integers(-10**9, 10**12), min_size=len(counting.TOOL_COUNTERS),
+             max_size=len(counting.TOOL_COUNTERS)), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(tool_counts, min_size=1, max_size=5))
+def test_roll_up_tool_sums_in_c_are_python_s(members: list[dict[str, list[int]]]) -> None:
+    """Aggregator._roll_up's tool names' counters: C adds into a coarse cohort's what the
+    Python twin adds, never into a member's own arrays, and writes them out as
+    partials.tool_values does."""
+    from array import array
+
+    from detector.core import aggregator
+    from detector.core.partials import UNKNOWN, tool_values
+
+    mine = [{n: array("q", lst) for n, lst in m.items()} for m in members]
+    before = [{n: list(a) for n, a in m.items()} for m in mine]
+    c_into: dict[str, object] = {}
+    py_into: dict[str, object] = {}
+    for m in mine:
+        assert aggregator._tool_sum(c_into, m) is True
+        aggregator._tool_sum_py(py_into, m)
+    assert [{n: list(a) for n, a in m.items()} for m in mine] == before   # members unchanged
+    assert {n: list(a) for n, a in c_into.items()} == py_into  # type: ignore[call-overload]
+    at = counting.TOOL_COUNTERS
+    assert aggregator._tool_values(c_into, UNKNOWN) == tool_values(py_into, [], at)  # type: ignore[arg-type]
+    for m in mine:
+        assert aggregator._tool_values(m, UNKNOWN) == tool_values(m, [], at)
+
+
+def test_tool_sums_of_another_shape_left_to_python() -> None:
+    """Tool counters that are not stage 1's arrays (a list, another length) or whose sum
+    passes int64: C changes nothing and says so (False / None), the Python twins then run."""
+    from array import array
+
+    from detector.core import aggregator
+
+    n = len(counting.TOOL_COUNTERS)
+    into: dict[str, object] = {"calc": array("q", [1] * n)}
+    for bad in ({"calc": [1] * n}, {"calc": array("q", [1] * (n + 1))},
+                {"x": array("q", [1] * n), "calc": array("d", [1.0] * n)}):
+        assert aggregator._tool_sum(into, bad) is False
+        assert list(into) == ["calc"] and list(into["calc"]) == [1] * n  # type: ignore[call-overload]
+        assert aggregator._tool_values(bad, "unknown") is None
+    big = {"calc": array("q", [2**62] * n)}
+    assert aggregator._tool_sum(big, {"calc": array("q", [2**62] * n)}) is False
+    assert list(big["calc"]) == [2**62] * n
+    aggregator._tool_sum_py(big, {"calc": array("q", [2**62] * n)})   # Python ints: any size
+    assert big["calc"] == [2**63] * n

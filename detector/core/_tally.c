@@ -1142,12 +1142,23 @@ py_fixed_log1p(PyObject *self, PyObject *v)
  * int counts[i], ``buf`` a writable array('f') (attribution.Trail's decayed sums; its Python
  * twin is counting.scaled_add): each product and sum in double, as Python computes them. */
 static PyObject *
-scaled_add(PyObject *self, PyObject *args)
+scaled_add(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    PyObject *buf, *counts;
-    Py_ssize_t offset;
-    double g;
-    if (!PyArg_ParseTuple(args, "OnO!d", &buf, &offset, &PyList_Type, &counts, &g))
+    /* METH_FASTCALL: twice per cohort and window (PyArg_ParseTuple costs more than a sum). */
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "scaled_add: 4 arguments");
+        return NULL;
+    }
+    PyObject *buf = args[0], *counts = args[2];
+    if (!PyList_Check(counts)) {
+        PyErr_SetString(PyExc_TypeError, "scaled_add: counts is a list");
+        return NULL;
+    }
+    Py_ssize_t offset = PyNumber_AsSsize_t(args[1], PyExc_OverflowError);
+    if (offset == -1 && PyErr_Occurred())
+        return NULL;
+    double g = PyFloat_AsDouble(args[3]);
+    if (g == -1.0 && PyErr_Occurred())
         return NULL;
     Py_buffer view;
     if (PyObject_GetBuffer(buf, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0)
@@ -1182,13 +1193,354 @@ scaled_add(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* A tool name's counters as C counts them (an array('q') of n_tool, see tool_add): its
+ * numbers, or NULL (no error set) if ``o`` is not such an array. */
+static long long *
+tool_counters(PyObject *o, Py_buffer *view)
+{
+    if (PyObject_GetBuffer(o, view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        return NULL;
+    }
+    if (view->itemsize != 8 || view->format == NULL || strcmp(view->format, "q") != 0
+            || view->len != 8 * S.n_tool) {
+        PyBuffer_Release(view);
+        return NULL;
+    }
+    return (long long *)view->buf;
+}
+
+/* tool_sum(into, mine): add the tool names' counters of ``mine`` (name -> array('q'), as
+ * stage 1 counts them) into ``into`` (the same, of a coarse cohort), a name new to ``into``
+ * as a copy (Aggregator._roll_up; its Python twin is aggregator._tool_sum_py). False, and
+ * nothing changed, if a value is not such an array or a sum would pass int64 (the twin then
+ * adds, as Python ints). */
+static PyObject *
+tool_sum(PyObject *self, PyObject *args)
+{
+    PyObject *into, *mine;
+    if (!PyArg_ParseTuple(args, "O!O!", &PyDict_Type, &into, &PyDict_Type, &mine))
+        return NULL;
+    if (S.fresh == NULL || S.n_tool == 0)
+        Py_RETURN_FALSE;
+    Py_ssize_t pos = 0;
+    PyObject *name, *lst;
+    Py_buffer view;
+    while (PyDict_Next(mine, &pos, &name, &lst)) {   /* all of the right shape first */
+        if (tool_counters(lst, &view) == NULL)
+            Py_RETURN_FALSE;
+        PyBuffer_Release(&view);
+        PyObject *have = PyDict_GetItemWithError(into, name);
+        if (have == NULL && PyErr_Occurred())
+            return NULL;
+        if (have != NULL) {   /* and no sum past int64 (the twin's lists hold any int) */
+            Py_buffer mv;
+            long long *h = tool_counters(have, &view), *m, x;
+            if (h == NULL)
+                Py_RETURN_FALSE;
+            if ((m = tool_counters(lst, &mv)) == NULL) {
+                PyBuffer_Release(&view);
+                Py_RETURN_FALSE;
+            }
+            int over = 0;
+            for (Py_ssize_t j = 0; j < S.n_tool; j++)
+                over |= __builtin_add_overflow(h[j], m[j], &x);
+            PyBuffer_Release(&view);
+            PyBuffer_Release(&mv);
+            if (over)
+                Py_RETURN_FALSE;
+        }
+    }
+    pos = 0;
+    while (PyDict_Next(mine, &pos, &name, &lst)) {
+        PyObject *have = PyDict_GetItemWithError(into, name);
+        if (have == NULL) {
+            if (PyErr_Occurred() || (have = PyObject_CallNoArgs(S.fresh)) == NULL)
+                return NULL;
+            int e = PyDict_SetItem(into, name, have);
+            Py_DECREF(have);   /* the dict holds it */
+            if (e < 0)
+                return NULL;
+        }
+        Py_buffer hv, mv;
+        long long *h = tool_counters(have, &hv);
+        if (h == NULL) {
+            PyErr_SetString(PyExc_TypeError, "tool_sum: not a tool's counters");
+            return NULL;
+        }
+        long long *m = tool_counters(lst, &mv);
+        if (m == NULL) {
+            PyBuffer_Release(&hv);
+            PyErr_SetString(PyExc_TypeError, "tool_sum: not a tool's counters");
+            return NULL;
+        }
+        for (Py_ssize_t j = 0; j < S.n_tool; j++)
+            h[j] += m[j];   /* (checked above) */
+        PyBuffer_Release(&hv);
+        PyBuffer_Release(&mv);
+    }
+    Py_RETURN_TRUE;
+}
+
+/* tool_values(open_, unknown): the tool field's values as a partial hands them out from its
+ * counters per name (partials.tool_values with at = the configured counters, its reference):
+ * name -> {counter: n} for the counters not 0, in name order, then ``unknown`` -> {}. None if
+ * a value is not an array('q') of them (the Python function then writes them out). */
+static PyObject *
+tool_values(PyObject *self, PyObject *args)
+{
+    PyObject *open_, *unknown;
+    if (!PyArg_ParseTuple(args, "O!U", &PyDict_Type, &open_, &unknown))
+        return NULL;
+    if (S.n_tool == 0)
+        Py_RETURN_NONE;
+    Py_ssize_t pos = 0;
+    PyObject *name, *lst;
+    Py_buffer view;
+    while (PyDict_Next(open_, &pos, &name, &lst)) {
+        if (!PyUnicode_Check(name) || tool_counters(lst, &view) == NULL)
+            Py_RETURN_NONE;
+        PyBuffer_Release(&view);
+    }
+    PyObject *names = PyDict_Keys(open_), *out = NULL;
+    if (names == NULL || PyList_Sort(names) < 0 || (out = PyDict_New()) == NULL)
+        goto fail;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        name = PyList_GET_ITEM(names, i);
+        lst = PyDict_GetItemWithError(open_, name);
+        if (lst == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetString(PyExc_RuntimeError, "tool_values: a name went");
+            goto fail;
+        }
+        long long *a = tool_counters(lst, &view);
+        if (a == NULL) {
+            PyErr_SetString(PyExc_TypeError, "tool_values: not a tool's counters");
+            goto fail;
+        }
+        PyObject *c = PyDict_New();
+        int err = c == NULL;
+        for (Py_ssize_t j = 0; !err && j < S.n_tool; j++) {
+            if (a[j] == 0)
+                continue;
+            PyObject *k = PyLong_FromSsize_t(S.tool_at[j]), *x = PyLong_FromLongLong(a[j]);
+            err = k == NULL || x == NULL || PyDict_SetItem(c, k, x) < 0;
+            Py_XDECREF(k);
+            Py_XDECREF(x);
+        }
+        PyBuffer_Release(&view);
+        if (err || PyDict_SetItem(out, name, c) < 0) {
+            Py_XDECREF(c);
+            goto fail;
+        }
+        Py_DECREF(c);
+    }
+    PyObject *empty = PyDict_New();
+    if (empty == NULL || PyDict_SetItem(out, unknown, empty) < 0) {
+        Py_XDECREF(empty);
+        goto fail;
+    }
+    Py_DECREF(empty);
+    Py_DECREF(names);
+    return out;
+fail:
+    Py_XDECREF(names);
+    Py_XDECREF(out);
+    return NULL;
+}
+
+/* Trail.add's test of a value: the first name equal to ``v`` (as list.index finds it) if
+ * its meta row is of field ``f`` and it has no counters of its own (not in ``vecs``); -1 if
+ * not (Trail._count then counts it), -2 on an error. */
+static Py_ssize_t
+trail_row(PyObject *names, const float *m, Py_ssize_t n_meta, PyObject *vecs, PyObject *v,
+          Py_ssize_t f)
+{
+    Py_ssize_t r = -1;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        int eq = PyObject_RichCompareBool(PyList_GET_ITEM(names, i), v, Py_EQ);
+        if (eq < 0)
+            return -2;
+        if (eq) {
+            r = i;
+            break;
+        }
+    }
+    if (r < 0 || 3 * r + 2 >= n_meta || (double)m[3 * r] != (double)f)
+        return -1;
+    if (vecs == Py_None)
+        return r;
+    PyObject *rk = PyLong_FromSsize_t(r);
+    if (rk == NULL)
+        return -2;
+    int has = PyDict_Contains(vecs, rk);
+    Py_DECREF(rk);
+    return has < 0 ? -2 : has ? -1 : r;
+}
+
+/* trail_known(names, meta, vecs, values, counts, g, n_fields, tool_field, unknown, events_at):
+ * the common part of attribution.Trail.add, whose Python twin (attribution._known_py) is the
+ * reference (tests/test_attribution_twin.py holds them equal). For each value of ``values``
+ * (a partial's, field -> value -> counters, the remainder written {}) already in the trail
+ * (``names`` at the first equal name, its ``meta`` row of the same field) without counters
+ * of its own (not in ``vecs``), its events times ``g`` are added to its row's events in
+ * ``meta`` (an array('f')); the others come back, in order, as (field, value, counters or
+ * None for the remainder, events, the field's values or None), for Trail._count. None,
+ * and nothing changed, where an input is not of the shape a partial has: the Python twin
+ * then does it all (and says what is wrong). */
+#define TRAIL_MAX 256   /* values per call added in place (a partial has at most 4 x 16) */
+static PyObject *
+trail_known(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    /* METH_FASTCALL: once per cohort and window, PyArg_ParseTuple was most of its cost. */
+    if (nargs != 10) {
+        PyErr_SetString(PyExc_TypeError, "trail_known: 10 arguments");
+        return NULL;
+    }
+    PyObject *names = args[0], *meta = args[1], *vecs = args[2], *values = args[3],
+             *counts = args[4], *unknown = args[8];
+    if (!PyList_Check(names) || !PyDict_Check(values) || !PyList_Check(counts)
+            || !PyUnicode_Check(unknown)) {
+        PyErr_SetString(PyExc_TypeError, "trail_known: names, values, counts or unknown");
+        return NULL;
+    }
+    double g = PyFloat_AsDouble(args[5]);
+    Py_ssize_t n_fields = PyLong_AsSsize_t(args[6]), tool_field = PyLong_AsSsize_t(args[7]),
+               events_at = PyLong_AsSsize_t(args[9]);
+    if (PyErr_Occurred())
+        return NULL;
+    if (vecs != Py_None && !PyDict_Check(vecs))
+        Py_RETURN_NONE;
+    if (events_at < 0 || events_at >= PyList_GET_SIZE(counts))
+        Py_RETURN_NONE;
+    int overflow = 0;
+    long long events = PyLong_AsLongLongAndOverflow(PyList_GET_ITEM(counts, events_at),
+                                                    &overflow);
+    if (overflow || (events == -1 && PyErr_Occurred())) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(meta, &view, PyBUF_WRITABLE | PyBUF_FORMAT) < 0) {
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    PyObject *slow = NULL, *ev_key = NULL;
+    if (view.itemsize != (Py_ssize_t)sizeof(float) || view.format == NULL
+            || strcmp(view.format, "f") != 0)
+        goto shape;
+    float *m = (float *)view.buf;
+    Py_ssize_t n_meta = view.len / (Py_ssize_t)sizeof(float);
+    /* Rows to add to, and how many events: applied only once all is read. */
+    Py_ssize_t at[TRAIL_MAX];
+    long long add[TRAIL_MAX];
+    int n_add = 0;
+    if ((slow = PyList_New(0)) == NULL || (ev_key = PyLong_FromSsize_t(events_at)) == NULL)
+        goto fail;
+    Py_ssize_t pos = 0;
+    PyObject *fk, *vals;
+    while (PyDict_Next(values, &pos, &fk, &vals)) {
+        if (!PyLong_Check(fk) || !PyDict_Check(vals))
+            goto shape;
+        Py_ssize_t f = PyLong_AsSsize_t(fk);
+        if (f == -1 && PyErr_Occurred())
+            goto shape;
+        if (f >= n_fields)
+            continue;
+        PyObject *rest = NULL;
+        long long rest_events = events;
+        Py_ssize_t vpos = 0;
+        PyObject *v, *c;
+        while (PyDict_Next(vals, &vpos, &v, &c)) {
+            if (!PyUnicode_Check(v) || !PyDict_Check(c))
+                goto shape;
+            if (PyDict_GET_SIZE(c) == 0) {
+                rest = v;
+                continue;
+            }
+            long long ev = 0;
+            PyObject *e = PyDict_GetItemWithError(c, ev_key);
+            if (e != NULL) {
+                if (!PyLong_Check(e))
+                    goto shape;
+                ev = PyLong_AsLongLongAndOverflow(e, &overflow);
+                if (overflow || (ev == -1 && PyErr_Occurred()))
+                    goto shape;
+            }
+            else if (PyErr_Occurred())
+                goto shape;
+            if (__builtin_sub_overflow(rest_events, ev, &rest_events))
+                goto shape;
+            int is_unknown = f == tool_field ? PyUnicode_Compare(v, unknown) == 0 : 0;
+            if (is_unknown)
+                continue;
+            PyObject *item;
+            Py_ssize_t r = trail_row(names, m, n_meta, vecs, v, f);
+            if (r == -2)
+                goto fail;
+            if (r >= 0 && n_add < TRAIL_MAX) {
+                at[n_add] = 3 * r + 2;
+                add[n_add++] = ev;
+                continue;
+            }
+            if ((item = Py_BuildValue("(nOOLO)", f, v, c, ev, Py_None)) == NULL
+                    || PyList_Append(slow, item) < 0) {
+                Py_XDECREF(item);
+                goto fail;
+            }
+            Py_DECREF(item);
+        }
+        if (rest == NULL)
+            continue;
+        if (f == tool_field && PyUnicode_Compare(rest, unknown) == 0)
+            continue;
+        Py_ssize_t r = trail_row(names, m, n_meta, vecs, rest, f);
+        if (r == -2)
+            goto fail;
+        if (r >= 0 && n_add < TRAIL_MAX) {
+            at[n_add] = 3 * r + 2;
+            add[n_add++] = rest_events;
+            continue;
+        }
+        PyObject *item = Py_BuildValue("(nOOLO)", f, rest, Py_None, rest_events, vals);
+        if (item == NULL || PyList_Append(slow, item) < 0) {
+            Py_XDECREF(item);
+            goto fail;
+        }
+        Py_DECREF(item);
+    }
+    for (int i = 0; i < n_add; i++) {
+        volatile double p = (double)add[i] * g;   /* as Python: float(ev) * g, then the sum */
+        m[at[i]] = (float)((double)m[at[i]] + p);
+    }
+    PyBuffer_Release(&view);
+    Py_DECREF(ev_key);
+    return slow;
+shape:   /* not a partial's shape: the Python twin does it all */
+    PyErr_Clear();
+    PyBuffer_Release(&view);
+    Py_XDECREF(slow);
+    Py_XDECREF(ev_key);
+    Py_RETURN_NONE;
+fail:
+    PyBuffer_Release(&view);
+    Py_XDECREF(slow);
+    Py_XDECREF(ev_key);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"configure", configure, METH_VARARGS, "Field offsets, counter indexes and constants."},
     {"offsets", offsets, METH_O, "Slot offsets of TraceEvent fields."},
     {"configure_values", configure_values, METH_VARARGS, "The per-tool-name counting."},
     {"add_many", add_many, METH_VARARGS, "Count events from ``start`` (see the file's top)."},
     {"fixed_log1p", py_fixed_log1p, METH_O, "A quantity as fixed-point log1p (for tests)."},
-    {"scaled_add", scaled_add, METH_VARARGS, "Decayed sums: buf[offset + i] += counts[i] * g."},
+    {"scaled_add", (PyCFunction)(void (*)(void))scaled_add, METH_FASTCALL,
+     "Decayed sums: buf[offset + i] += counts[i] * g."},
+    {"trail_known", (PyCFunction)(void (*)(void))trail_known, METH_FASTCALL,
+     "Trail.add's known values (attribution)."},
+    {"tool_sum", tool_sum, METH_VARARGS, "Tool names' counters added into a coarse cohort's."},
+    {"tool_values", tool_values, METH_VARARGS, "Tool names' counters as a partial's values."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -19,14 +19,14 @@ when a window closes. Partials and their merge are in :mod:`detector.core.partia
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from operator import add, attrgetter
 from typing import Any, Final
 
 from msgspec import UNSET
 
 from detector.config import Config
-from detector.core.counting import Counting
+from detector.core.counting import Counting, _tally
 from detector.core.partials import (
     COMBO_FIELDS,
     MAX_OPEN_COMBOS,
@@ -42,6 +42,7 @@ from detector.core.partials import (
     compact_values,
     empty_partial,
     merge_into,
+    route_fields,
     route_key,
     split_values,
     tool_values,
@@ -91,12 +92,13 @@ class Aggregator(Counting):
         self.folded = 0
         # Projections from the finest cohort tuple to each level's tuple.
         self._proj = [tuple(self.finest.index(f) for f in lvl) for lvl in self.levels]
+        self._route = tuple(self.finest.index(f) for f in route_fields(self.levels[0]))
         self.leak_labels = frozenset(config.rules.leak_labels)
         self._ctx = self._c_context()
 
     def _new(self, w: int, key: tuple[object, ...]) -> Partial:
         cohort: tuple[str, ...] = tuple(UNKNOWN if v is UNSET else v for v in key)  # type: ignore[misc]  # key holds str or UNSET
-        route = route_key(tuple(cohort[i] for i in self._proj[0]))
+        route = route_key(tuple(cohort[i] for i in self._route))
         return empty_partial(w, len(self.levels) - 1, cohort, self.layout.size, route)
 
     def _partial_for(self, key: tuple[int, tuple[object, ...]]) -> Partial:
@@ -188,9 +190,9 @@ class Aggregator(Counting):
                 tops.setdefault(i, set()).update(map(tuple, items))  # type: ignore[arg-type]
             vs = versions_of(c[:3])
             versions[vs] = versions.get(vs, 0) + q.counts[EVENTS]
-            for name, lst in q.values.get(TOOL_FIELD, {}).items():
-                have = tools.get(name)
-                tools[name] = lst if have is None else list(map(add, have, lst))
+            mine: Any = q.values.get(TOOL_FIELD, {})
+            if mine and not _tool_sum(tools, mine):
+                _tool_sum_py(tools, mine)
         cap_versions(versions)
         values: dict[int, dict[str, dict[int, int]]] = {}
         for f in _VERSIONED:
@@ -241,8 +243,9 @@ class Aggregator(Counting):
     def _roll_up(self, finest: Iterable[Partial]) -> list[Partial]:
         """The finest partials and their coarser cohorts'. The tool names' counts, still
         counted per name in arrays (Counting._tool), are summed as such and then written out
-        (tool_values); the other values' counters once per coarse partial from all its
-        finest ones (_gathered), not one merge_values each."""
+        (_tool_sum, _tool_values: in C, once per partial and level); the other values'
+        counters once per coarse partial from all its finest ones (_gathered), not one
+        merge_values each."""
         out: list[Partial] = []
         coarse: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
         tools: dict[tuple[int, int, tuple[str, ...]], dict[str, Any]] = {}
@@ -260,10 +263,8 @@ class Aggregator(Counting):
                     members[key] = []
                 merge_into(q, p, k, values=False)
                 members[key].append(p)
-                into = tools[key]
-                for name, lst in mine.items():
-                    have = into.get(name)
-                    into[name] = lst if have is None else list(map(add, have, lst))
+                if mine and not _tool_sum(tools[key], mine):
+                    _tool_sum_py(tools[key], mine)
             p.values[TOOL_FIELD] = _written(mine, p.counts)
             out.append(p)
         for key, q in coarse.items():
@@ -302,12 +303,34 @@ def _gathered(members: list[Partial], size: int) -> dict[int, dict[str, dict[int
     return out
 
 
+def _tool_sum_py(into: dict[str, Any], mine: dict[str, Sequence[int]]) -> None:
+    """Add the tool names' counters of a finest partial (``mine``) into its coarse cohort's
+    (``into``), a name new there as a copy (the reference for ``_tally.tool_sum``)."""
+    for name, lst in mine.items():
+        have = into.get(name)
+        into[name] = list(lst) if have is None else list(map(add, have, lst))
+
+
+def _no_c(*_: object) -> None:
+    return None
+
+
+#: _tool_sum_py and partials.tool_values (at TOOL_COUNTERS) in C on stage 1's arrays, where
+#: it is built (tests/test_tally.py holds them equal); False / None: the Python ones run.
+_tool_sum: Callable[[dict[str, Any], dict[str, Any]], bool | None] = (
+    _no_c if _tally is None else _tally.tool_sum)
+_tool_values: Callable[[dict[str, Any], str], dict[str, dict[int, int]] | None] = (
+    _no_c if _tally is None else _tally.tool_values)
+
+
 def _written(tools: dict[str, Sequence[int]], counts: list[int]) -> dict[str, dict[int, int]]:
     """Tool names' counters as Partial.values holds them, at most MAX_VALUES (a coarse cohort
     may gather more names than one open partial keeps)."""
     if not tools:
         return {UNKNOWN: {}}
-    tv = tool_values(tools, counts, TOOL_COUNTERS)
+    tv = _tool_values(tools, UNKNOWN)
+    if tv is None:   # (not stage 1's arrays: summed in Python, see _tool_sum_py)
+        tv = tool_values(tools, counts, TOOL_COUNTERS)
     return tv if len(tv) <= MAX_VALUES else compact_values(split_values(tv, counts))
 
 

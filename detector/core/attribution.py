@@ -34,7 +34,7 @@ from typing import Any, Final
 import msgspec
 
 from baselines.poisson import poisson_score
-from detector.core.counting import scaled_add
+from detector.core.counting import _tally, scaled_add
 from detector.core.partials import OTHER, SCALE, SEP, UNKNOWN, VALUE_FIELDS, split_values
 from detector.core.signals import EVENTS
 
@@ -53,7 +53,7 @@ _LOG_RESCALE: Final = log(_RESCALE)
 _TYPE: Final = "f"
 #: A row of Trail.meta: field, window first seen (after the cohort's first), decayed events.
 _ROW: Final = 3
-assert _ROW == 3   # Trail.add spells it out (its loop runs per cohort-window and value)
+assert _ROW == 3   # _tally.trail_known spells it out
 _FIELDS: Final = len(VALUE_FIELDS)
 
 Sig = tuple[Any, ...]   # a Signal's (kind, num, den, sq, log), as contrast reads them
@@ -205,45 +205,13 @@ class Trail:
         scaled_add(tot, 0, counts, g)
         split: list[tuple[int, dict[int, int]]] = []
         added = False
-        names, meta, vecs = self.names, self.meta, self.vecs
-        events = counts[EVENTS]
-        for f, vals in values.items():
-            if f >= _FIELDS:
-                continue
-            rest: str | None = None   # the value written {}: the counts the others are not
-            rest_events = events
-            if len(vals) == 1 and not next(iter(vals.values())):
-                rest = next(iter(vals))   # most fields: one value, the remainder, every event
-            else:
-                for v, c in vals.items():
-                    if not c:
-                        rest = v
-                        continue
-                    ev = c.get(EVENTS, 0)
-                    rest_events -= ev
-                    if f == TOOL_FIELD and v == UNKNOWN:
-                        continue
-                    # Most windows: a known value without counters of its own, its events only.
-                    try:
-                        r = names.index(v)
-                    except ValueError:
-                        r = -1
-                    if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
-                        meta[r * 3 + 2] += ev * g
-                    else:
-                        added |= self._count(f, v, c, ev, w, g, n, split)
-                        vecs = self.vecs
-            if rest is not None and (f != TOOL_FIELD or rest != UNKNOWN):
-                try:
-                    r = names.index(rest)
-                except ValueError:
-                    r = -1
-                if r >= 0 and meta[r * 3] == f and (vecs is None or r not in vecs):
-                    meta[r * 3 + 2] += rest_events * g
-                else:
-                    added |= self._count(f, rest, None, rest_events, w, g, n, split, vals,
-                                         counts)
-                    vecs = self.vecs
+        slow = _known(self.names, self.meta, self.vecs, values, counts, g, _FIELDS, TOOL_FIELD,
+                      UNKNOWN, EVENTS)
+        if slow is None:   # (not a partial's shape: the Python twin says what is wrong)
+            slow = _known_py(self.names, self.meta, self.vecs, values, counts, g, _FIELDS,
+                             TOOL_FIELD, UNKNOWN, EVENTS)
+        for f, v, c, ev, vals in slow:
+            added |= self._count(f, v, c, ev, w, g, n, split, vals, counts)
         if added or self.vecs is not None:
             moved = self._prune(w, added)
             if moved is not None:
@@ -401,6 +369,60 @@ class Trail:
             return 0.0, 0.0
         z, _, _, power = _test(sig, vec, tot, disp, with_)
         return z, power
+
+
+def _known_py(names: list[str], meta: array[float], vecs: dict[int, array[float]] | None,
+              values: dict[int, dict[str, dict[int, int]]], counts: list[int], g: float,
+              n_fields: int, tool_field: int, unknown: str, events_at: int
+              ) -> list[tuple[int, str, dict[int, int] | None, int,
+                              dict[str, dict[int, int]] | None]]:
+    """The common part of :meth:`Trail.add` (the reference for ``_tally.trail_known``): each
+    value of ``values`` already in the trail (its first name in ``names``, with a ``meta``
+    row of the same field) without counters of its own has its events times ``g`` added to
+    that row's; the others are returned in order, (field, value, counters or None for the
+    remainder, events, the field's values for the remainder), for :meth:`Trail._count`."""
+    slow: list[tuple[int, str, dict[int, int] | None, int, dict[str, dict[int, int]] | None]]
+    slow = []
+    events = counts[events_at]
+    for f, vals in values.items():
+        if f >= n_fields:
+            continue
+        rest: str | None = None   # the value written {}: the counts the others are not
+        rest_events = events
+        for v, c in vals.items():
+            if not c:
+                rest = v
+                continue
+            ev = c.get(events_at, 0)
+            rest_events -= ev
+            if f == tool_field and v == unknown:
+                continue
+            # Most windows: a known value without counters of its own, its events only.
+            if not _add_known(names, meta, vecs, f, v, ev * g):
+                slow.append((f, v, c, ev, None))
+        if rest is not None and (f != tool_field or rest != unknown) and not _add_known(
+                names, meta, vecs, f, rest, rest_events * g):
+            slow.append((f, rest, None, rest_events, vals))
+    return slow
+
+
+def _add_known(names: list[str], meta: array[float], vecs: dict[int, array[float]] | None,
+               f: int, v: str, weighted: float) -> bool:
+    """Add ``weighted`` events to value ``v``'s row if the trail knows it (its first name,
+    of field ``f``) without counters of its own; False if it does not."""
+    try:
+        r = names.index(v)
+    except ValueError:
+        return False
+    if meta[r * _ROW] != f or (vecs is not None and r in vecs):
+        return False
+    meta[r * _ROW + 2] += weighted
+    return True
+
+
+#: _known_py in C when it is built (tests/test_attribution.py holds the two equal): None
+#: from C where an input is not of a partial's shape (then the Python twin runs).
+_known: Any = _known_py if _tally is None else _tally.trail_known
 
 
 def _at(v: _View, i: int) -> float:

@@ -33,7 +33,7 @@ from typing import Final
 from baselines.poisson import poisson_score
 from baselines.quantity import _calibrate
 from detector.config import Config
-from detector.core.partials import SCALE, UNKNOWN, VERSION_FIELDS, Partial, Versions
+from detector.core.partials import ENVIRONMENT, SCALE, UNKNOWN, VERSION_FIELDS, Partial, Versions
 from detector.core.scoring import CohortModel
 from detector.core.signals import Signal, matches
 
@@ -114,10 +114,10 @@ def canary_pairs(parts: dict[Cohort, Partial], levels: Sequence[Sequence[str]]
                  ) -> list[tuple[Cohort, Cohort]]:
     """(canary, production) cohort pairs of this window's partials at the coarsest level that
     has an environment, in cohort order."""
-    level = next((i for i, lv in enumerate(levels) if "environment" in lv), None)
+    level = next((i for i, lv in enumerate(levels) if ENVIRONMENT in lv), None)
     if level is None:
         return []
-    env = list(levels[level]).index("environment")
+    env = list(levels[level]).index(ENVIRONMENT)
     out = []
     for key in sorted(parts):
         lv, cohort = key

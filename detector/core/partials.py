@@ -23,9 +23,11 @@ from msgspec import UNSET, Struct
 from detector.core.wire import Wire
 
 K = TypeVar("K", bound=Hashable)
+F = TypeVar("F", bound=str)
 
 __all__ = [
     "COMBO_FIELDS",
+    "ENVIRONMENT",
     "MAX_OPEN_COMBOS",
     "MAX_VALUES",
     "MAX_VERSION_COMBOS",
@@ -52,6 +54,8 @@ __all__ = [
     "merge_into",
     "merge_keyed",
     "merge_values",
+    "reroute",
+    "route_fields",
     "route_key",
     "split_values",
     "tool_values",
@@ -160,10 +164,41 @@ def decode_partial(data: bytes) -> Partial:
     return _WIRE.decode(data)
 
 
-def route_key(root_values: tuple[str, ...]) -> str:
-    """Stage-2 partition key: the root-level cohort, so a parent and all its children meet on
-    one stage-2 instance (parent fallback and grouping need both)."""
-    return SEP.join(root_values)
+#: The cohort field an app's deployments differ by (``canary``, ``production``, ...).
+ENVIRONMENT: Final = "environment"
+
+
+def route_fields(root: Sequence[F]) -> tuple[F, ...]:
+    """The root level's fields that make a stage-2 route key: all but the environment, so an
+    app's canary and production meet on one stage-2 instance (the canary gap compares them);
+    all of them where the environment is the only one.
+
+    >>> route_fields(["app", "environment"]), route_fields(["environment"])
+    (('app',), ('environment',))
+    """
+    rest = tuple(f for f in root if f != ENVIRONMENT)
+    return rest or tuple(root)
+
+
+def route_key(route_values: tuple[str, ...]) -> str:
+    """Stage-2 partition key: a cohort's values of :func:`route_fields`, so a parent and all
+    its children meet on one stage-2 instance (parent fallback and grouping need both)."""
+    return SEP.join(route_values)
+
+
+def reroute(key: str, root: Sequence[str]) -> str:
+    """The route key today's routing gives a key written by a version that routed by the
+    whole root cohort (its state is migrated to it); any other key as it is.
+
+    >>> root = ["app", "environment"]
+    >>> reroute("support\x1fcanary", root), reroute("support", root)
+    ('support', 'support')
+    """
+    fields = route_fields(root)
+    values = key.split(SEP)
+    if len(fields) == len(root) or len(values) != len(root):
+        return key
+    return route_key(tuple(v for f, v in zip(root, values, strict=True) if f in fields))
 
 
 def bottom(lst: list[str], tid: str, k: int) -> None:

@@ -27,6 +27,7 @@ from detector.core.partials import (
     VERSION_FIELDS,
     Versions,
     legacy_versions,
+    route_fields,
     route_key,
     versions_of,
 )
@@ -81,7 +82,7 @@ class HardRules:
         fields = config.cohorts.levels[-1]
         self._key = attrgetter(*fields)
         self._single = len(fields) == 1
-        self._root = tuple(fields.index(f) for f in config.cohorts.levels[0])
+        self._route = tuple(fields.index(f) for f in route_fields(config.cohorts.levels[0]))
 
     def check_many(self, evs: list[TraceEvent]) -> list[RuleHit]:
         """:meth:`check` over a batch, behind a cheap filter that lets most events pass
@@ -113,6 +114,6 @@ class HardRules:
         cohort = tuple(UNKNOWN if v is UNSET else v for v in key)
         versions = versions_of(_versions(ev))
         tid = None if ev.trace_id is UNSET else ev.trace_id
-        route = route_key(tuple(cohort[i] for i in self._root))
+        route = route_key(tuple(cohort[i] for i in self._route))
         return [RuleHit(s, cohort, ev.ts, tid, versions, route)  # type: ignore[arg-type]  # ts: decode() made it epoch seconds
                 for s in signals]

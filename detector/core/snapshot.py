@@ -207,5 +207,7 @@ def _apply(s: Stage2, nw: int | None, models: dict[tuple[int, tuple[str, ...]], 
         s.next_window = nw
     s.models.update(models)
     for p in pending:
+        # (A state written before the route left the environment out holds the old key.)
+        p.route = s.route_of(p.level, p.cohort)
         s.add_partial(p)
     s.life.active.update(alerts)

@@ -35,6 +35,7 @@ from detector.core.partials import (
     Versions,
     empty_partial,
     merge_keyed,
+    route_fields,
     route_key,
     split_values,
 )
@@ -106,6 +107,8 @@ class Stage2:
             tuple(self.levels[i].index(f) for f in self.levels[i - 1])
             for i in range(1, len(self.levels))
         ]
+        # The positions of a root cohort's route fields (partials.route_fields).
+        self._route = tuple(self.levels[0].index(f) for f in route_fields(self.levels[0]))
         self._sig = {s.name: s for s in self.scorer.signals}
         # The signals a tool's value is a candidate for: those counted per tool call.
         tool_calls = self.scorer.layout.at["tool_calls"]
@@ -661,7 +664,7 @@ class Stage2:
         return len(self.models) - warm, warm
 
     def route_of(self, level: int, cohort: tuple[str, ...]) -> str:
-        """The route key (root-level cohort) of any cohort."""
+        """The route key of any cohort (its root cohort's route fields)."""
         while level > 0:
             level, cohort = self._parent(level, cohort)  # type: ignore[misc]
-        return route_key(cohort)
+        return route_key(tuple(cohort[i] for i in self._route))

@@ -44,6 +44,7 @@ from typing import Any
 
 import faust
 import faust.transport.drivers.aiokafka as faust_aiokafka
+import msgspec
 import orjson
 from mode import Service
 from prometheus_client import CollectorRegistry
@@ -51,6 +52,7 @@ from prometheus_client import CollectorRegistry
 from detector.config import Config
 from detector.core.alert import Alert
 from detector.core.containment import Call, plan, record
+from detector.core.partials import reroute
 from detector.core.reload import plan_reload
 from detector.core.snapshot import dump_route, load_route, routes
 from detector.core.stage2 import MAX_GAP_WINDOWS
@@ -77,6 +79,7 @@ from detector.stream.stage2_partition import (
     PENDING,
     Stage2Partition,
     key_name,
+    legacy,
     pack,
     pending_key,
     pending_window,
@@ -190,6 +193,10 @@ class Worker:
         self._saved_at = time.monotonic()
         self._stopping = False   # stopping: save after every batch
         self._stream: Any = None
+        # Records written before the split (one per route key, its whole tree; under the app
+        # and environment before the app routing): the partitions that loaded each (or have
+        # their own records of its route). Deleted once every partition has written it anew.
+        self.retired: dict[bytes, set[int]] = {}
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         # Containment outcomes from the caller's thread, recorded on the alert state by the
@@ -251,30 +258,68 @@ class Worker:
                 part.stage2.on_closed = self.totals
             n = 0
             exchange = None
-            for key, value in list(self.table.items()):
-                if value and partition_for(key, self.q) == q:
-                    state, hits, offset = unpack(value)
-                    part.offset = max(part.offset, offset)
-                    name = key_name(key)
-                    if name == EXCHANGE:
-                        exchange = state
-                        continue
-                    pw = pending_window(name)
-                    if pw is not None:
-                        if pw[1] is None:   # rewritten hits only: before per-window records
-                            self._rehold.add((q, pw[0]))   # it held the pending input too
-                        else:
-                            part.windows[(pw[0], pw[1])] = key
-                    load_route(part.stage2, state)
-                    for h in hits:
-                        part.hold(h)
-                    n += 1
+            items = [(key, value) for key, value in list(self.table.items()) if value]
+            mine: set[str] = set()   # route keys this partition has records of its own of
+            for key, value in items:
+                if legacy(key) or partition_for(key, self.q) != q:
+                    continue
+                state, hits, offset = unpack(value)
+                part.offset = max(part.offset, offset)
+                name = key_name(key)
+                if name == EXCHANGE:
+                    exchange = state
+                    continue
+                pw = pending_window(name)
+                if pw is not None:
+                    if pw[1] is None:   # rewritten hits only: before per-window records
+                        self._rehold.add((q, pw[0]))   # it held the pending input too
+                    else:
+                        part.windows[(pw[0], pw[1])] = key
+                elif name.endswith(MODELS):
+                    mine.add(name[:-len(MODELS)].decode())
+                load_route(part.stage2, state)
+                for h in hits:
+                    part.hold(h)
+                n += 1
+            n += self._load_legacy(part, [(k, v) for k, v in items if legacy(k)], mine)
             part.stage2.prune()   # a route key's whole tree, as written before the split
             if exchange is not None:   # after the route keys: it re-queues the open report
                 part.stage2.load_exchange(exchange)
             _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
                   next_window=part.stage2.next_window, applied_offset=part.offset)
         return part
+
+    def _load_legacy(self, part: Stage2Partition, items: list[tuple[bytes, bytes]],
+                     mine: set[str]) -> int:
+        """Records written before the split (a route key's whole tree under its plain key;
+        before the app routing, under the app and environment): the partition loads each
+        whose route it has no record of its own of (its own was written after them), and an
+        app's plain record before its old ones (written before it; their deletion may not
+        have happened). It writes what it loaded under its own keys at the next save, and
+        the old records go once every partition has (:meth:`_save`): every partition keeps
+        a replica of the coarser cohorts, so each must load them."""
+        q = part.q
+        root = self.cfg.cohorts.levels[0]
+        entries = [(key, value, reroute(key.decode(), root)) for key, value in items]
+        apps = {r for key, _, r in entries if r == key.decode()}
+        n = 0
+        for key, value, route in entries:
+            self.retired.setdefault(key, set()).add(q)
+            if route in mine or (route != key.decode() and route in apps):
+                continue
+            state, hits, offset = unpack(value)
+            load_route(part.stage2, state)
+            for h in hits:
+                part.hold(h if h.route == route else msgspec.structs.replace(h, route=route))
+            if partition_for(key, self.q) == q:   # offsets of this stage-2 partition
+                part.offset = max(part.offset, offset)
+            # Written anew at the next save: models, each pending window and held hits, and
+            # the partition's exchange record.
+            self._unsaved.touched.add((q, route))
+            self._unsaved.moved.add(q)
+            self._rehold.add((q, route))
+            n += 1
+        return n
 
     def _outcome(self, alert_id: str, action: str, status: str, at: float) -> None:
         self.outcomes.append((alert_id, action, status, at))
@@ -443,6 +488,11 @@ class Worker:
             if owner is not None:
                 self.table[table_key(EXCHANGE, q, self.q)] = pack(
                     owner.stage2.dump_exchange(), [], owner.offset)
+        for old, qs in list(self.retired.items()):
+            if qs.issuperset(range(self.q)):
+                if all(q in self.parts for q in qs) and old in self.table:
+                    del self.table[old]   # every partition has written its state anew
+                del self.retired[old]
         stream = self._stream
         for ev in u.events:
             # A partition revoked since: its input goes to the next owner, unacked.

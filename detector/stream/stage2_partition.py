@@ -19,8 +19,8 @@ from detector.core.shards import Peer
 from detector.core.watermark import SourceMark, Watermarks
 from detector.stream.kafka_io import partition_for
 
-__all__ = ["EXCHANGE", "MODELS", "PENDING", "Stage2Partition", "key_name", "pack", "pending_key",
-           "pending_window", "table_key", "unpack"]
+__all__ = ["EXCHANGE", "MODELS", "PENDING", "Stage2Partition", "key_name", "legacy", "pack",
+           "pending_key", "pending_window", "table_key", "unpack"]
 
 #: The first byte of a partition's exchange-state key (route keys never start with it).
 EXCHANGE = b"\x1d"
@@ -41,6 +41,11 @@ def table_key(name: bytes, q: int, partitions: int) -> bytes:
         if partition_for(key, partitions) == q:
             return key
     raise ValueError(f"no table key for partition {q} of {partitions}")
+
+
+def legacy(key: bytes) -> bool:
+    """Whether a table key is a record written before the split: a plain route key."""
+    return b"\x1e" not in key
 
 
 def key_name(key: bytes) -> bytes:
