@@ -526,12 +526,18 @@ class Worker:
         producer = self.runner.producer
         if producer is None:
             return   # not started yet: they stay queued
+        # One message per receiving partition for a batch's reports (a peer running ahead
+        # sends many at once), in the order they were made.
+        to: dict[int, list[bytes]] = {}
         for q, r in self._outgoing:
-            value = encode_envelope(Envelope({}, 0, [], [], [r]))
             for q2 in range(self.q):
                 if q2 != q and q2 not in self.parts:
-                    fut = await producer.send(self.stage2_topic_name, value, partition=q2)
-                    fut.add_done_callback(_report_sent)
+                    to.setdefault(q2, []).append(r)
+        for q2, reports in to.items():
+            for i in range(0, len(reports), REPORTS_PER_MESSAGE):
+                value = encode_envelope(Envelope({}, 0, [], [], reports[i:i + REPORTS_PER_MESSAGE]))
+                fut = await producer.send(self.stage2_topic_name, value, partition=q2)
+                fut.add_done_callback(_report_sent)
         self._outgoing.clear()
 
     def _preserve(self, alerts: list[Alert]) -> None:
@@ -628,6 +634,9 @@ def _report_sent(fut: asyncio.Future[Any]) -> None:
 #: A window waiting on other partitions' reports this long sends its own again (a send
 #: that failed without a restart would otherwise hold every partition's windows).
 RESEND_AFTER_S = 10.0
+#: Reports in one message to a stage-2 partition (a quiet window's is a few bytes; one with
+#: findings carries their evidence ids and suspected change).
+REPORTS_PER_MESSAGE = 256
 
 #: SIGTERM/SIGINT to exit at most: within deploy/k8s's 60 s grace before its SIGKILL, and
 #: well above a clean stop (bench/shutdown.py).
