@@ -326,6 +326,11 @@ class Peer(Stage2):
 
     def _next(self, out: list[Alert]) -> int | None:
         """The next window to score, as :meth:`Stage2.advance` walks them; None: none yet."""
+        if self.ahead:
+            # The walk as it was run ahead on (by the watermark then, as one Stage2 walked
+            # it then; no hit is placed before a window run ahead on).
+            self.next_window = self.ahead[0].window
+            return self.next_window
         if self.mark is None:
             return None
         upto = self.wm.upto(self.mark)
@@ -349,13 +354,8 @@ class Peer(Stage2):
 
     def _score_open(self, w: int) -> None:
         fin_parts: dict[Cohort, Partial] | None = None
-        sent = bool(self.ahead)   # its report went when it ran ahead
+        sent = bool(self.ahead)   # its report went when it ran ahead (w is its window)
         if sent:
-            # The walk reaches the windows it ran ahead on in order, and only those (a hit
-            # is placed after them, and none is held while running ahead).
-            if self.ahead[0].window != w:
-                raise RuntimeError(f"stage-2 peer: window {w} scored, {self.ahead[0].window} "
-                                   "ran ahead")
             mine = self.ahead.pop(0)
             fin_parts = self._ahead_parts.pop(w, None)
             decisions, adopted, parts = self._score_learn(w, self._firing(), finest=False)
@@ -404,19 +404,21 @@ class Peer(Stage2):
             if self.hits[0][0] is None:
                 return
             upto = min(upto, self.hits[0][0])
-        # What may be firing on a finest cohort of this peer once the windows before are
-        # decided: what fires now, and what its own reports of them find anomalous (an alert
-        # on a finest cohort comes from its owner's finding or a hit, and no hit comes first).
-        may: dict[Cohort, set[str]] = {k: set(v) for k, v in self._firing().items()
-                                       if k[0] == self.fin}
-        for r in (self.open.mine, *self.ahead):
-            for f in r.findings:
-                may.setdefault((self.fin, f.cohort), set()).add(f.decision.signal)
+        may: dict[Cohort, set[str]] | None = None
         while len(self.ahead) < MAX_AHEAD:
             last = self.ahead[-1].window if self.ahead else self.open.window
             w = self._after(last + 1, upto)
             if w is None:
                 return
+            if may is None:
+                # What may be firing on a finest cohort of this peer once the windows before
+                # are decided: what fires now, and what its own reports of them find
+                # anomalous (an alert on a finest cohort comes from its owner's finding or a
+                # hit, and no hit comes first).
+                may = {k: set(v) for k, v in self._firing().items() if k[0] == self.fin}
+                for r in (self.open.mine, *self.ahead):
+                    for f in r.findings:
+                        may.setdefault((self.fin, f.cohort), set()).add(f.decision.signal)
             why = self._unsettled(w, may)
             if why:
                 self.held_back[why] = self.held_back.get(why, 0) + 1
