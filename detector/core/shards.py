@@ -30,7 +30,7 @@ from detector.core.lifecycle import Key
 from detector.core.partials import Partial, decode_partial, empty_partial, encode, route_key
 from detector.core.rules import RuleHit, decode_hit, encode_hit
 from detector.core.scoring import CohortModel, Decision
-from detector.core.stage2 import _NONE, MAX_GAP_WINDOWS, Stage2
+from detector.core.stage2 import MAX_GAP_WINDOWS, Stage2
 
 __all__ = ["Finding", "OpenWindow", "Peer", "PeerState", "Report", "ShardedStage2", "shard_of"]
 
@@ -198,6 +198,7 @@ class PeerState(msgspec.Struct, array_like=True):
 
 
 _PEER_STATE: Final = msgspec.msgpack.Decoder(PeerState)
+_NONE: Final[frozenset[str]] = frozenset()   # no signal firing
 #: How many windows a peer scores ahead of the one it waits on (bounds its saved state).
 MAX_AHEAD: Final = 64
 
@@ -217,11 +218,12 @@ class Peer(Stage2):
     Run-ahead: while it waits on a window's reports, a peer scores and learns the finest
     cohorts it owns in the windows after it and sends their reports at once, as long as
     nothing of them can depend on what deciding the waited-on window changes: the signals
-    firing (each pair scored with none and with every signal firing gives the same
-    decision), the coarser models (no cohort young enough to be scored on its parent's
-    baseline) and the held hits (none). The coarser replicas are scored in window order
-    after each decision, locally, so a backlog of quiet windows is decided as fast as the
-    reports come instead of one report hop per window; the decisions stay in window order."""
+    firing (where one may fire on a cohort, its pairs score alike firing or not, and no value
+    detection looks at it), the coarser models (past the first window, no cohort young
+    enough to be scored on its parent's baseline) and the held hits (not past one's place).
+    The coarser replicas are scored in window order after each decision, locally, so a
+    backlog of quiet windows is decided as fast as the reports come instead of one report hop
+    per window; the decisions stay in window order (:meth:`_run_ahead`)."""
 
     def __init__(self, config: Config, index: int, count: int,
                  owner: Callable[[tuple[str, ...]], int] | None = None) -> None:
