@@ -62,7 +62,7 @@ def once(way: list[list[int]], n: int) -> tuple[int, float, float, float]:
     cfg = load_config(None, env=False)
     k = cfg.alerting.evidence_trace_ids
     fl = flushes(n)   # fresh partials: merging consumes them
-    parts = {q: Stage2Partition(q, cfg, 5.0) for q in range(P)}
+    parts = {q: Stage2Partition(q, cfg, 5.0, P) for q in range(P)}
     size = s1 = s2 = close = 0.0
     for flush, wms in fl:
         envs = []

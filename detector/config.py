@@ -276,6 +276,10 @@ class KafkaConfig(_Base):
     # Stage 1's fetch size (a quarter per partition), and about the bytes of decompressed
     # records it takes from its fetches at once: a fetch's limit counts compressed bytes.
     fetch_max_bytes: Annotated[int, Meta(ge=1 << 20, le=1 << 30)] = 8 << 20
+    # Stage 2 writes its state to the table (and acks its input) at most this often; a
+    # successor resumes from the last write, its input since then delivered again (0: every
+    # batch).
+    state_write_interval_seconds: Annotated[float, Meta(ge=0, le=60)] = 1.0
 
 
 class MetricsConfig(_Base):

@@ -384,17 +384,19 @@ def test_watch_reloads_a_changed_file_once(tmp_path: Path) -> None:
 
 def test_worker_reconfigure_swaps_sinks_and_tells_a_new_alertmanager_what_fires(
         tmp_path: Path) -> None:
+    from detector.core.shards import Peer
     from detector.stream.app import Worker
     from detector.stream.stage2_partition import Stage2Partition
 
     cfg = _cfg()
     p = Pipeline(cfg)
+    p.stage2 = Peer(cfg, 0, 1)   # what the worker's stage-2 partition holds (one partition)
     fired = _refusals(p.feed_many(WARM) + p.feed_many(INCIDENT[:450]))
     assert fired
 
     async def run() -> tuple[Any, ...]:
         w = Worker(cfg)
-        part = w.parts[0] = Stage2Partition(0, cfg, 30.0)
+        part = w.parts[0] = Stage2Partition(0, cfg, 30.0, cfg.kafka.partitions)
         part.stage2 = p.stage2
         kinds_before = [type(s).__name__ for s in w.sinks]
         doc = _doc()

@@ -21,6 +21,7 @@ from detector.core import snapshot as state
 from detector.core.aggregator import Aggregator
 from detector.core.alert import encode_alert
 from detector.core.events import decode
+from detector.core.partials import decode_partial
 from detector.core.pipeline import Pipeline
 from detector.core.signals import INDICATOR_SIGNALS
 from tests.traffic import T0, stream
@@ -90,6 +91,59 @@ def test_state_round_trips_compressed_and_refuses_bombs(config, monkeypatch) -> 
         state.load_route(fresh.stage2, bomb)
     with pytest.raises(ValueError, match="not zlib"):
         state.load_route(fresh.stage2, b"not state")
+
+
+def test_models_and_pending_written_apart_load_as_the_whole(config) -> None:
+    """The worker writes a route key's models (rewritten when a window is scored) apart from
+    its pending partials (rewritten with every input): both loaded are the whole state."""
+    pipe = Pipeline(config)
+    for m in stream(40):
+        pipe.feed(m)
+    s2 = pipe.stage2
+    for p in pipe.stage1.flush():   # the open window's partials, as a stream flush sends them
+        s2.add_partial(p)
+    (route,) = state.routes(s2)
+    assert s2.pending and s2.models   # each part has something to carry
+    models = state.dump_route(s2, route, "models")
+    pending = state.dump_route(s2, route, "pending")
+    assert not _doc(models)["pending"] and not _doc(pending)["models"]
+    assert not _doc(pending)["alerts"]
+    fresh = Pipeline(config)
+    state.load_route(fresh.stage2, pending)
+    state.load_route(fresh.stage2, models)
+    assert state.dump_route(fresh.stage2, route) == state.dump_route(s2, route)
+    with pytest.raises(ValueError, match="unknown part"):
+        state.dump_route(s2, route, "baselines")
+
+
+def test_pending_written_per_window_loads_as_the_whole(config) -> None:
+    """The worker writes a route key's pending input one record per window (written while
+    the window is pending, deleted once it is scored): the windows' records with the models
+    are the whole state, and each record holds only its window's partials."""
+    pipe = Pipeline(config)
+    for m in stream(40):
+        pipe.feed(m)
+    whole = Pipeline(config).stage2
+    for key in list(pipe.stage2.models):   # the models as far as the first pipeline got
+        whole.models[key] = pipe.stage2.models[key]
+    s1 = Pipeline(config).stage1   # the same traffic again, its windows all still pending
+    for m in stream(40):
+        s1.feed(m)
+    for p in s1.drain_all():
+        whole.add_partial(p)
+    (route,) = state.routes(whole)
+    assert len(whole.pending) > 2
+    records = [state.dump_route(whole, route, "pending", (w,)) for w in sorted(whole.pending)]
+    for w, blob in zip(sorted(whole.pending), records, strict=True):
+        doc = _doc(blob)
+        assert doc["pending"] and not doc["models"]
+        assert {decode_partial(p).window for p in doc["pending"]} == {w}
+    assert not _doc(state.dump_route(whole, route, "pending", ()))["pending"]
+    fresh = Pipeline(config).stage2
+    state.load_route(fresh, state.dump_route(whole, route, "models"))
+    for blob in reversed(records):   # any order: each window's record stands alone
+        state.load_route(fresh, blob)
+    assert state.dump_route(fresh, route) == state.dump_route(whole, route)
 
 
 def test_v1_state_of_the_last_release_loads_and_behaves_the_same(config) -> None:

@@ -115,3 +115,13 @@ def test_the_envelope_source_entry_is_the_same_three_array_on_the_wire() -> None
     old = msgspec.msgpack.encode([{3: (120.0, True, 171.5)}, 4, [], []])
     assert encode_envelope(new) == old
     assert decode_envelope(old).sources == {3: SourceMark(120.0, True, 171.5)}
+
+
+def test_an_envelope_carries_a_partitions_reports_and_only_then_a_fifth_field() -> None:
+    """Stage-2 partitions exchange their per-window reports in envelopes (decision 0009);
+    stage 1's envelopes, which carry none, keep the four fields older workers read."""
+    env = Envelope({}, 0, [], [], [b"report of window 7"])
+    assert decode_envelope(encode_envelope(env)).reports == [b"report of window 7"]
+    plain = encode_envelope(Envelope({}, 0, [], []))
+    assert len(msgspec.msgpack.decode(plain)) == 4
+    assert decode_envelope(plain).reports == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections.abc import Iterable
 from typing import Any
 
 import msgspec
@@ -84,17 +85,27 @@ def routes(s: Stage2) -> set[str]:
     return out
 
 
-def dump_route(s: Stage2, route: str) -> bytes:
-    models = [
+def dump_route(s: Stage2, route: str, part: str = "all",
+               windows: Iterable[int] | None = None) -> bytes:
+    """One route key's state: ``part`` "models" (models and alerts: they change when a window
+    is scored or a hit applied), "pending" (partials not yet scored: they change with every
+    input; only those of ``windows`` when given), or "all". :func:`load_route` merges any of
+    them."""
+    if part not in ("all", "models", "pending"):
+        raise ValueError(f"unknown part {part!r}")
+    slots = sorted(s.pending) if windows is None else sorted(w for w in set(windows)
+                                                             if w in s.pending)
+    models = [] if part == "pending" else [
         [lvl, list(cohort), m.windows, m.persist, m.versions, m.recent,
          {name: codec.encode(b) for name, b in sorted(m.baselines.items())},
          {name: c.state() for name, c in sorted(m.seq.items())}, m.episodes, m.rebased,
          m.trail.state() if m.trail is not None else None]
         for (lvl, cohort), m in sorted(s.models.items()) if s.route_of(lvl, cohort) == route
     ]
-    pending = [encode(p) for w in sorted(s.pending) for _, p in sorted(s.pending[w].items())
-               if p.route == route]
-    alerts = [
+    pending = [] if part == "models" else [
+        encode(p) for w in slots for _, p in sorted(s.pending[w].items())
+        if p.route == route]
+    alerts = [] if part == "pending" else [
         [list(key[2]), key[0], key[1], {f: getattr(inc, f) for f in _INCIDENT_FIELDS}]
         for key, inc in sorted(s.life.active.items()) if s.route_of(key[1], key[2]) == route
     ]

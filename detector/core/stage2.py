@@ -201,15 +201,29 @@ class Stage2:
             return None
         return level - 1, tuple(cohort[i] for i in self._up[level])
 
-    def _score_learn(self, w: int, firing: dict[tuple[int, tuple[str, ...]], set[str]]
+    def _score_learn(self, w: int, firing: dict[tuple[int, tuple[str, ...]], set[str]],
+                     finest: bool | None = None
                      ) -> tuple[dict[tuple[int, tuple[str, ...]], list[Decision]], list[Key],
                                 dict[tuple[int, tuple[str, ...]], Partial]]:
         """Window ``w``'s cohorts scored (with the signals firing on each) and learnt: their
-        decisions in cohort order, the adoptions in that order, and the partials."""
-        parts = self.pending.pop(w, {})
+        decisions in cohort order, the adoptions in that order, and the partials. ``finest``
+        True: only the finest cohorts, False: only the coarser ones (the others' input stays
+        pending, and the window with it); None: all."""
+        if finest is None:
+            parts = self.pending.pop(w, {})
+        else:
+            fin = len(self.levels) - 1
+            slot = self.pending.get(w, {})
+            parts = {k: p for k, p in slot.items() if (k[0] == fin) == finest}
+            for k in parts:
+                del slot[k]
+            if not finest:
+                self.pending.pop(w, None)
         t0 = w * self.size
         # Silence is data for volume: a cohort that normally has traffic gets an empty window.
         for key, m in self.models.items():
+            if finest is not None and (key[0] == len(self.levels) - 1) != finest:
+                continue
             if key not in parts and m.expects_traffic(t0):
                 parts[key] = empty_partial(w, key[0], key[1], self.scorer.layout.size)
         decisions: dict[tuple[int, tuple[str, ...]], list[Decision]] = {}
@@ -518,23 +532,31 @@ class Stage2:
         out.sort(key=lambda c: (-c[0], c[1], c[2]))
         return out
 
+    def _gate(self) -> dict[str, tuple[int, float, bool]]:
+        if self._gates is None:
+            self._gates = {
+                n: (self._sig[n].num, self.scorer.min_count(n), n in self._tool_signals)
+                for n in self._detecting}
+            self._gate_nums = sorted({g[0] for g in self._gates.values()})
+        return self._gates
+
+    def _may_detect(self, counts: list[int]) -> bool:
+        """Whether :meth:`_detect` can find anything in a window with these counts: a value's
+        events hold no more flagged units than the cohort's (rate numerators count events),
+        so most windows of a sparse cohort cannot."""
+        n_counts = len(counts)
+        return not all(num >= n_counts or counts[num] < need
+                       for num, need, _ in self._gate().values())
+
     def _detect(self, own: CohortModel, ds: list[Decision], firing: frozenset[str] | set[str],
                 p: Partial) -> None:
         """A new value whose events fail far more than the rest's makes the window anomalous
         for that rate even when the cohort's overall rate moves little (a canary): its
         evidence past the signal's threshold, and this window's events with the value
         leaning that way on their own (so the alert ends when they stop failing)."""
-        if self._gates is None:
-            self._gates = {
-                n: (self._sig[n].num, self.scorer.min_count(n), n in self._tool_signals)
-                for n in self._detecting}
-            self._gate_nums = sorted({g[0] for g in self._gates.values()})
-        gates = self._gates
+        gates = self._gate()
         counts = p.counts
-        n_counts = len(counts)
-        # A value's events hold no more flagged units than the cohort's (rate numerators
-        # count events): most windows of a sparse cohort end here.
-        if all(num >= n_counts or counts[num] < need for num, need, _ in gates.values()):
+        if not self._may_detect(counts):
             return
         w = p.window
         trail = own.trail

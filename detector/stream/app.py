@@ -8,14 +8,16 @@ Topology (one worker process runs both halves; scale out by adding workers and p
   partition (partials and hits whose route key lives there + its source watermarks), rejects
   to the dead-letter topic, then commits. Faust's per-message path costs many times the
   detection work, so the trace topic never goes through it.
-* stage 2 — a Faust agent on ``<group>-stage2`` (partitioned by route key, few messages):
-  merges partials into the :class:`~detector.core.stage2.Stage2` of their stage-2 partition (a
-  :class:`~detector.stream.stage2_partition.Stage2Partition` holds it, with every route key
-  routed there), closes windows
-  at the minimum watermark over source partitions (idle ones excluded after
-  ``idle_partition_timeout_seconds``), runs the alert lifecycle, and writes every changed
-  route key's state to the changelog-backed table ``stage2`` (``use_partitioner``: the
-  changelog partition of a key is the stage-2 partition of its route key).
+* stage 2 — a Faust agent on ``<group>-stage2`` (few messages), split by the finest cohort
+  (decision 0009): each stage-2 partition's :class:`~detector.core.shards.Peer` (held by a
+  :class:`~detector.stream.stage2_partition.Stage2Partition`) merges the partials of the finest
+  cohorts hashed to it and of every coarser cohort, scores a window at the minimum watermark
+  over source partitions (idle ones excluded after ``idle_partition_timeout_seconds``), sends
+  its per-window report to every other partition over the same topic, and decides the window
+  (grouping, the replicated alert lifecycle) once every partition's report is in, emitting
+  the alerts of its own cohorts. It writes every changed route key's state, and its exchange
+  state, to the changelog-backed table ``stage2`` under keys that hash to the partition
+  (``use_partitioner``: the changelog partition of a key is the stage-2 partition).
 
 Tansu's ListOffsets(latest) under-reports the log end, which made Faust's table recovery stop
 short of the last changelog records (measured: lost updates after SIGKILL failover);
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import logging.config
 import os
@@ -36,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Any
 
 import faust
@@ -51,6 +55,7 @@ from detector.core.containment import Call, plan, record
 from detector.core.partials import reroute
 from detector.core.reload import plan_reload
 from detector.core.snapshot import dump_route, load_route, routes
+from detector.core.stage2 import MAX_GAP_WINDOWS
 from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
 from detector.runtime import load_or_report, tune_gc
@@ -67,8 +72,20 @@ from detector.stream.kafka_io import (
     probe_metadata,
 )
 from detector.stream.reloader import ConfigReloader
-from detector.stream.stage1_runner import Stage1Runner, decode_envelope
-from detector.stream.stage2_partition import Stage2Partition, pack, unpack
+from detector.stream.stage1_runner import Envelope, Stage1Runner, decode_envelope, encode_envelope
+from detector.stream.stage2_partition import (
+    EXCHANGE,
+    MODELS,
+    PENDING,
+    Stage2Partition,
+    key_name,
+    legacy,
+    pack,
+    pending_key,
+    pending_window,
+    table_key,
+    unpack,
+)
 
 __all__ = ["SINK_KINDS", "Worker", "add_arguments", "build", "build_sink", "run",
            "wait_for_broker"]
@@ -126,6 +143,20 @@ def _credentials(cfg: Config) -> Any:
 
 
 # -- the worker ---------------------------------------------------------------------------------
+@dataclass
+class _Unsaved:
+    """What the stage-2 agent changed since its last table write (by partition q): route
+    keys whose models or alerts changed, (route key, window)s whose pending input changed,
+    route keys whose held hits changed, partitions whose exchange state changed; and the
+    stage-2 messages behind it, acked once it is written."""
+
+    touched: set[tuple[int, str]] = field(default_factory=set)
+    fed: set[tuple[int, str, int]] = field(default_factory=set)
+    held: set[tuple[int, str]] = field(default_factory=set)
+    moved: set[int] = field(default_factory=set)
+    events: list[Any] = field(default_factory=list)
+
+
 class Worker:
     """Everything `detector run` starts in one process: the Faust app (stage 2 + table), the
     stage-1 runner as a service, the sinks and the metrics."""
@@ -153,10 +184,19 @@ class Worker:
         self.reloader = ConfigReloader(config_path, cfg, self.reconfigure, self.metrics)
         self.watch_config = watch_config
         self.parts: dict[int, Stage2Partition] = {}
-        # Route keys whose state a partition load moved from keys of an older routing, and
-        # those keys (deleted after the batch that writes the state under the new ones).
-        self.migrated: set[tuple[int, str]] = set()
-        self.retired: list[bytes] = []
+        self._outgoing: list[tuple[int, bytes]] = []   # (from partition, report) to send
+        # Route keys restored with a hits record: rewritten once (one written before the
+        # per-window records also held the pending input, now in memory only).
+        self._rehold: set[tuple[int, str]] = set()
+        # What the stage-2 agent changed since its last table write, and the input behind it.
+        self._unsaved = _Unsaved()
+        self._saved_at = time.monotonic()
+        self._stopping = False   # stopping: save after every batch
+        self._stream: Any = None
+        # Records written before the split (one per route key, its whole tree; under the app
+        # and environment before the app routing): the partitions that loaded each (or have
+        # their own records of its route). Deleted once every partition has written it anew.
+        self.retired: dict[bytes, set[int]] = {}
         self.severity: dict[str, str] = {}
         self.redelivered = 0
         # Containment outcomes from the caller's thread, recorded on the alert state by the
@@ -200,12 +240,16 @@ class Worker:
         for tp in revoked:
             if tp.topic == self.stage2_topic_name:
                 self.parts.pop(tp.partition, None)
+        # Unsaved input of a revoked partition stays unacked: its next owner is sent it again.
+        gone = {tp.partition for tp in revoked if tp.topic == self.stage2_topic_name}
+        self._unsaved.events = [e for e in self._unsaved.events
+                                if e.message.partition not in gone]
 
     def _part(self, q: int) -> Stage2Partition:
         part = self.parts.get(q)
         if part is None:
             part = self.parts[q] = Stage2Partition(
-                q, self.cfg, self.cfg.kafka.idle_partition_timeout_seconds)
+                q, self.cfg, self.cfg.kafka.idle_partition_timeout_seconds, self.q)
             if self.evidence is not None:
                 if self.totals is None:
                     self.totals = WindowTotals(part.stage2.scorer.layout.names,
@@ -213,33 +257,69 @@ class Worker:
                                                list(map(list, self.cfg.cohorts.levels)))
                 part.stage2.on_closed = self.totals
             n = 0
-            root = self.cfg.cohorts.levels[0]
-            entries = [(key, value, reroute(key.decode(), root))
-                       for key, value in list(self.table.items()) if value]
-            # Keys written when the route held the environment: their state moves to the
-            # app's route key, and they are deleted once this batch has written it (not
-            # before: a crash in between would lose it). An app's own record, if there is
-            # one, was written after them.
-            moved = {r for key, _, r in entries if r == key.decode()}
-            for key, value, route in entries:
-                if partition_for(route.encode(), self.q) != q:
+            exchange = None
+            items = [(key, value) for key, value in list(self.table.items()) if value]
+            mine: set[str] = set()   # route keys this partition has records of its own of
+            for key, value in items:
+                if legacy(key) or partition_for(key, self.q) != q:
                     continue
-                old = route != key.decode()
-                if old:
-                    self.retired.append(key)
-                    if route in moved:
-                        continue
-                    self.migrated.add((q, route))
                 state, hits, offset = unpack(value)
+                part.offset = max(part.offset, offset)
+                name = key_name(key)
+                if name == EXCHANGE:
+                    exchange = state
+                    continue
+                pw = pending_window(name)
+                if pw is not None:
+                    if pw[1] is None:   # rewritten hits only: before per-window records
+                        self._rehold.add((q, pw[0]))   # it held the pending input too
+                    else:
+                        part.windows[(pw[0], pw[1])] = key
+                elif name.endswith(MODELS):
+                    mine.add(name[:-len(MODELS)].decode())
                 load_route(part.stage2, state)
                 for h in hits:
-                    part.hold(h if h.route == route else msgspec.structs.replace(h, route=route))
-                if partition_for(key, self.q) == q:   # offsets of this stage-2 partition
-                    part.offset = max(part.offset, offset)
+                    part.hold(h)
                 n += 1
+            n += self._load_legacy(part, [(k, v) for k, v in items if legacy(k)], mine)
+            part.stage2.prune()   # a route key's whole tree, as written before the split
+            if exchange is not None:   # after the route keys: it re-queues the open report
+                part.stage2.load_exchange(exchange)
             _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
                   next_window=part.stage2.next_window, applied_offset=part.offset)
         return part
+
+    def _load_legacy(self, part: Stage2Partition, items: list[tuple[bytes, bytes]],
+                     mine: set[str]) -> int:
+        """Records written before the split (a route key's whole tree under its plain key;
+        before the app routing, under the app and environment): the partition loads each
+        whose route it has no record of its own of (its own was written after them), and an
+        app's plain record before its old ones (written before it; their deletion may not
+        have happened). It writes what it loaded under its own keys at the next save, and
+        the old records go once every partition has (:meth:`_save`): every partition keeps
+        a replica of the coarser cohorts, so each must load them."""
+        q = part.q
+        root = self.cfg.cohorts.levels[0]
+        entries = [(key, value, reroute(key.decode(), root)) for key, value in items]
+        apps = {r for key, _, r in entries if r == key.decode()}
+        n = 0
+        for key, value, route in entries:
+            self.retired.setdefault(key, set()).add(q)
+            if route in mine or (route != key.decode() and route in apps):
+                continue
+            state, hits, offset = unpack(value)
+            load_route(part.stage2, state)
+            for h in hits:
+                part.hold(h if h.route == route else msgspec.structs.replace(h, route=route))
+            if partition_for(key, self.q) == q:   # offsets of this stage-2 partition
+                part.offset = max(part.offset, offset)
+            # Written anew at the next save: models, each pending window and held hits, and
+            # the partition's exchange record.
+            self._unsaved.touched.add((q, route))
+            self._unsaved.moved.add(q)
+            self._rehold.add((q, route))
+            n += 1
+        return n
 
     def _outcome(self, alert_id: str, action: str, status: str, at: float) -> None:
         self.outcomes.append((alert_id, action, status, at))
@@ -248,11 +328,10 @@ class Worker:
         """Containment outcomes onto the alerts' state (written to the table with the rest)."""
         while self.outcomes:
             alert_id, action, status, at = self.outcomes.popleft()
-            for q, part in self.parts.items():
+            for q, part in self.parts.items():   # every replica of the lifecycle here
                 key = record(part.stage2.life, alert_id, action, status, at)
                 if key is not None:
                     touched.add((q, part.stage2.route_of(key[1], key[2])))
-                    break
 
     def _contain(self, part: Stage2Partition, alerts: list[Alert], calls: list[Call]
                  ) -> list[Alert]:
@@ -269,11 +348,16 @@ class Worker:
         return out
 
     async def _agent(self, stream: Any) -> None:
-        async for events in stream.take_events(256, within=0.1):
+        # Input is acked only once the table holds what it did (_save): a successor resumes
+        # from the last write and is delivered the input since then again.
+        self._stream = stream
+        async for events in stream.noack_take(256, within=0.01):
             alerts: list[Alert] = []
-            touched: set[tuple[int, str]] = set()
+            u = self._unsaved
             calls: list[Call] = []
-            self._record_outcomes(touched)
+            self._record_outcomes(u.touched)
+            steps = {q: (part.stage2.step, part.stage2.windows_closed)
+                     for q, part in self.parts.items()}
             for ev in events:
                 q = ev.message.partition
                 part = self._part(q)
@@ -282,59 +366,179 @@ class Worker:
                     self.redelivered += 1
                     continue
                 part.offset = ev.message.offset
+                u.moved.add(q)
+                steps.setdefault(q, (part.stage2.step, part.stage2.windows_closed))
                 env = decode_envelope(ev.value)
                 part.report(env.sources, env.n_src)
                 s2 = part.stage2
                 for h in env.hits:
                     part.hold(h)
-                    touched.add((q, h.route))
+                    u.held.add((q, h.route))
                 for p in env.partials:
                     s2.add_partial(p)
-                    touched.add((q, p.route))
+                    u.fed.add((q, p.route, p.window))
+                for r in env.reports:   # another partition's report: may decide a window
+                    alerts += self._contain(part, s2.receive(r), calls)
+            u.events += events
             now = time.monotonic()
             for q, part in self.parts.items():
                 hits = part.release(now)
-                touched.update((q, h.route) for h in hits)
+                u.touched.update((q, h.route) for h in hits)
+                u.held.update((q, h.route) for h in hits)
                 wm = part.watermark(now)
                 if wm is not None and wm > part.applied:
                     part.applied = wm
+                    u.moved.add(q)
                 elif hits:
                     wm = None   # hits only: no window to close
+                    u.moved.add(q)
                 else:
-                    continue
+                    wm = None
                 s2 = part.stage2
-                before = s2.windows_closed
-                alerts += self._contain(part, s2.apply(hits, wm), calls)
+                if wm is not None or hits:
+                    alerts += self._contain(part, s2.apply(hits, wm), calls)
+            alerts += self._deliver_here(calls, u.moved)
+            for q, part in self.parts.items():
+                s2 = part.stage2
+                step, before = steps.get(q, (None, s2.windows_closed))
+                if s2.step != step:
+                    # Scoring a window changes every route key's models: write them all
+                    # (and delete the scored windows' input records) at the next save.
+                    u.touched.update((q, r) for r in routes(s2))
+                    u.moved.add(q)
+                    part.resent_at = now
+                elif (s2.open is not None or s2.ahead) and (
+                        now - part.resent_at >= RESEND_AFTER_S):
+                    s2.resend()   # a report lost on the way must not hold the window forever
+                    part.resent_at = now
                 if s2.windows_closed != before:
-                    # Closing windows changes every route key's models: write them all.
                     self.metrics.windows_closed.inc(s2.windows_closed - before)
                     # This worker's stage-2 load so far on the partition (bench/stream.py
                     # reads its spread over workers).
                     _jlog(logging.INFO, "stage2_load", partition=q,
                           windows_closed=s2.windows_closed, cohort_windows=s2.cohort_windows,
-                          pairs_scored=s2.pairs_scored)
-                    touched.update((q, r) for r in routes(s2))
+                          pairs_scored=s2.pairs_scored, ran_ahead=s2.ran_ahead,
+                          held_back=s2.held_back)
                     counts = [p.stage2.cohort_counts() for p in self.parts.values()]
                     self.metrics.cohorts.labels(state="warming").set(sum(c[0] for c in counts))
                     self.metrics.cohorts.labels(state="warm").set(sum(c[1] for c in counts))
-            touched |= self.migrated
-            self.migrated.clear()
             self.emit(alerts)
             self._preserve(alerts)
-            # State in the table on every change, so a successor resumes without warm-up.
-            for q, key in touched:
-                owner = self.parts.get(q)
-                if owner is not None:
-                    self.table[key.encode()] = pack(dump_route(owner.stage2, key),
-                                                     owner.held_for(key), owner.offset)
-            for old in self.retired:
-                if old in self.table:
-                    del self.table[old]
-            self.retired.clear()
-            # After the claims are in the table: a successor finds them and does not call.
+            # Containment claims must be in the table before their calls (a successor finds
+            # them and does not call again): a batch with calls saves at once.
+            if calls or self._stopping or self.app.rebalancing or (
+                    now - self._saved_at >= self.cfg.kafka.state_write_interval_seconds):
+                await self._save()
+            # Reports go out before their state is saved: a successor that resumes from an
+            # earlier save scores those windows again alike, and receivers drop a report of
+            # a window they have decided.
+            await self._send_reports()
             if self.containment is not None:
                 for c in calls:
                     self.containment.submit(c)
+
+    async def save_loop(self, stopping: asyncio.Event) -> None:
+        """Save what the agent left unsaved once the interval has passed without a batch to
+        do it (a quiet stream), and at once in a rebalance (Faust waits for the acks)."""
+        tick = min(self.cfg.kafka.state_write_interval_seconds, 0.1) or 0.1
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), tick)
+            if self._unsaved.events and (
+                    stopping.is_set() or self.app.rebalancing or time.monotonic()
+                    - self._saved_at >= self.cfg.kafka.state_write_interval_seconds):
+                await self._save()
+
+    async def _save(self) -> None:
+        """State in the table, then the input it reflects acked. Models (the bulk) only when
+        they changed; input as it comes, one record per route key and window, so a window's
+        input is written while it is pending and never again (decision 0009), and deleted
+        with the save that holds the models that scored it."""
+        u, self._unsaved = self._unsaved, _Unsaved()
+        self._saved_at = time.monotonic()
+        for q, part in self.parts.items():
+            if q in u.moved:
+                for rw in [rw for rw in part.windows if rw[1] not in part.stage2.pending]:
+                    self.table.pop(part.windows.pop(rw), None)
+        for q, key in u.touched:
+            owner = self.parts.get(q)
+            if owner is not None:
+                self.table[table_key(key.encode() + MODELS, q, self.q)] = pack(
+                    dump_route(owner.stage2, key, "models"), [], owner.offset)
+        for q, key in self._rehold:
+            owner = self.parts.get(q)
+            if owner is not None:
+                u.fed.update((q, key, w) for w in owner.stage2.pending)
+        for q, key, w in u.fed:
+            owner = self.parts.get(q)
+            if owner is not None and w in owner.stage2.pending:
+                tk = owner.windows.setdefault((key, w), pending_key(key, w, q, self.q))
+                self.table[tk] = pack(dump_route(owner.stage2, key, "pending", (w,)), [],
+                                      owner.offset)
+        u.held |= self._rehold
+        self._rehold.clear()
+        for q, key in u.held:
+            owner = self.parts.get(q)
+            if owner is not None:
+                self.table[table_key(key.encode() + PENDING, q, self.q)] = pack(
+                    dump_route(owner.stage2, key, "pending", ()), owner.held_for(key),
+                    owner.offset)
+        for q in u.moved:
+            owner = self.parts.get(q)
+            if owner is not None:
+                self.table[table_key(EXCHANGE, q, self.q)] = pack(
+                    owner.stage2.dump_exchange(), [], owner.offset)
+        for old, qs in list(self.retired.items()):
+            if qs.issuperset(range(self.q)):
+                if all(q in self.parts for q in qs) and old in self.table:
+                    del self.table[old]   # every partition has written its state anew
+                del self.retired[old]
+        stream = self._stream
+        for ev in u.events:
+            # A partition revoked since: its input goes to the next owner, unacked.
+            if ev.message.partition in self.parts:
+                await stream.ack(ev)
+
+    def _deliver_here(self, calls: list[Call], moved: set[int]) -> list[Alert]:
+        """Reports between stage-2 partitions of this worker, handed over in process (each
+        receiver's exchange state is written with this batch, as one read from the topic
+        would be), until none is left: one worker's windows do not wait for a broker hop.
+        The reports are kept for the partitions other workers hold (:meth:`_send_reports`)."""
+        out: list[Alert] = []
+        for _ in range(MAX_GAP_WINDOWS + 2):   # each round decides at most one window
+            sent = False
+            for q, part in list(self.parts.items()):
+                for r in part.stage2.take_outbox():
+                    sent = True
+                    self._outgoing.append((q, r))
+                    for q2, other in self.parts.items():
+                        if q2 != q:
+                            out += self._contain(other, other.stage2.receive(r), calls)
+                            moved.add(q2)
+            if not sent:
+                break
+        return out
+
+    async def _send_reports(self) -> None:
+        """Each partition's new reports to every stage-2 partition this worker does not hold.
+        Not waited for: the next batch need not wait on the broker's answer, and a report
+        lost on the way is sent again (RESEND_AFTER_S)."""
+        producer = self.runner.producer
+        if producer is None:
+            return   # not started yet: they stay queued
+        # One message per receiving partition for a batch's reports (a peer running ahead
+        # sends many at once), in the order they were made.
+        to: dict[int, list[bytes]] = {}
+        for q, r in self._outgoing:
+            for q2 in range(self.q):
+                if q2 != q and q2 not in self.parts:
+                    to.setdefault(q2, []).append(r)
+        for q2, reports in to.items():
+            for i in range(0, len(reports), REPORTS_PER_MESSAGE):
+                value = encode_envelope(Envelope({}, 0, [], [], reports[i:i + REPORTS_PER_MESSAGE]))
+                fut = await producer.send(self.stage2_topic_name, value, partition=q2)
+                fut.add_done_callback(_report_sent)
+        self._outgoing.clear()
 
     def _preserve(self, alerts: list[Alert]) -> None:
         """Evidence records for the alerts that reached an [evidence] severity."""
@@ -358,7 +562,8 @@ class Worker:
         """Take a reloaded config (what :class:`ConfigReloader` accepted): stage 2 judges the
         next windows by it and alerts go to its sinks, with baselines and alert ids kept.
         Called on the event loop, where the stage-2 agent is between batches (its batch body
-        never awaits), so every window closes whole under one config. Every new sink is built
+        awaits only its reports' sends, after its windows), so every window closes whole
+        under one config. Every new sink is built
         before anything is swapped: a sink that cannot start leaves everything as it was."""
         plan = plan_reload(self.cfg, cfg)
         if not plan.ok:
@@ -381,7 +586,8 @@ class Worker:
             # until they resolve), so a changed URL or label set does not orphan them.
             for part in self.parts.values():
                 for a in part.stage2.life.firing():
-                    am.emit(a)
+                    if part.stage2.emits(a):   # each partition's replica: its own alerts
+                        am.emit(a)
         old = [self.own_sinks[kind] for kind in changed if kind in self.own_sinks]
         now = {kind: built[kind] if kind in built else self.own_sinks.get(kind)
                for kind in SINK_KINDS}
@@ -418,6 +624,19 @@ class Worker:
         return _BoundedStopWorker(self, self.app, self.service(), loglevel=loglevel,
                                   quiet=True, logging_config=logging_config(loglevel))
 
+
+def _report_sent(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        _jlog(logging.WARNING, "stage2_report_not_sent", error=repr(fut.exception()),
+              message=f"sent again after {RESEND_AFTER_S:g} s without progress")
+
+
+#: A window waiting on other partitions' reports this long sends its own again (a send
+#: that failed without a restart would otherwise hold every partition's windows).
+RESEND_AFTER_S = 10.0
+#: Reports in one message to a stage-2 partition (a quiet window's is a few bytes; one with
+#: findings carries their evidence ids and suspected change).
+REPORTS_PER_MESSAGE = 256
 
 #: SIGTERM/SIGINT to exit at most: within deploy/k8s's 60 s grace before its SIGKILL, and
 #: well above a clean stop (bench/shutdown.py).
@@ -465,6 +684,7 @@ class _Stage1Service(Service):
         if self.worker.evidence is not None:
             self.worker.evidence.producer = self.runner.producer
         self.add_future(self.runner.run(self.stopping))
+        self.add_future(self.worker.save_loop(self.stopping))
         reloader = self.worker.reloader
         # The handler runs on the event loop, between the stage-2 agent's batches.
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reloader.reload, "sighup")
@@ -476,6 +696,10 @@ class _Stage1Service(Service):
     async def on_stop(self) -> None:
         asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
         self.stopping.set()
+        # From here the stage-2 agent saves after every batch, and what it left is saved
+        # now: Faust's stop waits for every message to be acked.
+        self.worker._stopping = True
+        await self.worker._save()
         await self.worker.kafka_sink.drain(5.0)
         await self.runner.stop()
         caller = self.worker.containment

@@ -20,7 +20,7 @@ from aiokafka.structs import TopicPartition
 from detector.config import Config
 from detector.core.events import Rejection
 from detector.core.otlp import Decoder, decoder_for
-from detector.core.partials import LegacyPartial, Partial, combine
+from detector.core.partials import LegacyPartial, Partial, combine, route_key
 from detector.core.rules import LegacyHit, RuleHit
 from detector.core.signals import EVENTS
 from detector.core.stage1 import Stage1
@@ -60,6 +60,9 @@ class Envelope(msgspec.Struct, array_like=True):
     n_src: int                               # partitions of the trace topic
     partials: list[Partial]
     hits: list[RuleHit]
+    # Added with stage 2 split by the finest cohort (decision 0009): a stage-2 partition's
+    # per-window reports to the others (core.shards.Report bytes); stage 1 sends none.
+    reports: list[bytes] = []
 
 
 class Outgoing(NamedTuple):
@@ -83,10 +86,14 @@ class _LegacyEnvelope(Envelope):
 
 
 _ENVELOPE: Final = Wire(Envelope, _LegacyEnvelope)   # an old one in flight across an upgrade
+_PLAIN: Final = msgspec.msgpack.Encoder()
 
 
 def encode_envelope(e: Envelope) -> bytes:
-    return _ENVELOPE.encode(e)
+    if e.reports:
+        return _ENVELOPE.encode(e)
+    # Without reports, the four fields of before: a worker of older code reads it.
+    return _PLAIN.encode((e.sources, e.n_src, e.partials, e.hits))
 
 
 def decode_envelope(data: bytes) -> Envelope:
@@ -126,6 +133,7 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.dlq = k.dead_letter_topic
         self.stage2_topic = stage2_topic
         self.q = stage2_partitions
+        self.fin = len(config.cohorts.levels) - 1
         self.metrics = metrics
         self.flush_interval = flush_interval
         self.idle_timeout = k.idle_partition_timeout_seconds
@@ -405,11 +413,16 @@ class Stage1Runner(ConsumerRebalanceListener):
             partials = combine(partials, self.config.alerting.evidence_trace_ids)
         hits.sort(key=lambda h: h.ts)  # a batch spans partitions: hand hits on in event time
         if partials or hits or wms != self._last_sent or now - self._sent_at >= self.heartbeat:
-            by_q: list[tuple[list[Partial], list[RuleHit]]] = [([], []) for _ in range(self.q)]
+            # Stage 2 is split by the finest cohort (decision 0009): a finest cohort's partial
+            # goes to its own partition, a coarser one to every partition (each keeps a
+            # replica), and hits to every partition (each runs a replica of the lifecycle).
+            by_q: list[tuple[list[Partial], list[RuleHit]]] = [([], hits) for _ in range(self.q)]
             for x in partials:
-                by_q[partition_for(x.route.encode(), self.q)][0].append(x)
-            for h in hits:
-                by_q[partition_for(h.route.encode(), self.q)][1].append(h)
+                if x.level == self.fin:
+                    by_q[partition_for(route_key(x.cohort).encode(), self.q)][0].append(x)
+                else:
+                    for ps, _ in by_q:
+                        ps.append(x)
             for q, (ps, hs) in enumerate(by_q):
                 env = Envelope(wms, self.n_src or len(wms), ps, hs)
                 self.pending.append(Outgoing(self.stage2_topic, q, encode_envelope(env), []))

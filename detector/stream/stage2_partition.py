@@ -1,21 +1,70 @@
-"""Stage 2's state for one stage-2 partition on this worker, without Faust: one
-:class:`~detector.core.stage2.Stage2` for every route key routed there, the source
-partitions' watermarks as the envelopes report them, the hard-rule hits held until every busy
-source has passed them, and the table value format (:func:`pack` / :func:`unpack`)."""
+"""Stage 2's state for one stage-2 partition on this worker, without Faust: its
+:class:`~detector.core.shards.Peer` (the finest cohorts hashed to this partition, a replica of
+every coarser one and of the lifecycle; decision 0009), the source partitions' watermarks as
+the envelopes report them, the hard-rule hits held until every busy source has passed them,
+and the table's keys and value format (:func:`table_key`, :func:`pack` / :func:`unpack`)."""
 
 from __future__ import annotations
 
 import heapq
 import time
+from functools import lru_cache
 
 import msgspec
 
 from detector.config import Config
+from detector.core.partials import route_key
 from detector.core.rules import RuleHit, decode_hit, encode_hit
-from detector.core.stage2 import Stage2
+from detector.core.shards import Peer
 from detector.core.watermark import SourceMark, Watermarks
+from detector.stream.kafka_io import partition_for
 
-__all__ = ["Stage2Partition", "pack", "unpack"]
+__all__ = ["EXCHANGE", "MODELS", "PENDING", "Stage2Partition", "key_name", "legacy", "pack",
+           "pending_key", "pending_window", "table_key", "unpack"]
+
+#: The first byte of a partition's exchange-state key (route keys never start with it).
+EXCHANGE = b"\x1d"
+#: After a route key: its models and alerts' record, and its pending input's records (the
+#: route key's held hits; and one per window, the window's number after it).
+MODELS = b"\x1cM"
+PENDING = b"\x1cP"
+
+
+@lru_cache(maxsize=65536)
+def table_key(name: bytes, q: int, partitions: int) -> bytes:
+    """The table key of ``name`` (a route key, or :data:`EXCHANGE`) on stage-2 partition
+    ``q``: every partition keeps its own copy of a route key's coarser cohorts, and the
+    changelog partition of a key is the one its hash picks (``use_partitioner``), so the key
+    carries the first suffix that hashes to ``q``."""
+    for salt in range(1 << 20):
+        key = b"%s\x1e%d" % (name, salt)
+        if partition_for(key, partitions) == q:
+            return key
+    raise ValueError(f"no table key for partition {q} of {partitions}")
+
+
+def legacy(key: bytes) -> bool:
+    """Whether a table key is a record written before the split: a plain route key."""
+    return b"\x1e" not in key
+
+
+def key_name(key: bytes) -> bytes:
+    return key.rpartition(b"\x1e")[0]
+
+
+def pending_key(route: str, window: int, q: int, partitions: int) -> bytes:
+    """The table key of a route key's pending input of one window on partition ``q``."""
+    return table_key(b"%s%s%d" % (route.encode(), PENDING, window), q, partitions)
+
+
+def pending_window(name: bytes) -> tuple[str, int | None] | None:
+    """(route key, window) of a pending-input record's name; window None: the route key's
+    record of held hits (before per-window records, its pending input too); None: not a
+    pending-input record."""
+    route, sep, tail = name.rpartition(PENDING)
+    if not sep:
+        return None
+    return route.decode(), int(tail) if tail else None
 
 
 def pack(state: bytes, hits: list[RuleHit], offset: int) -> bytes:
@@ -34,15 +83,21 @@ class Stage2Partition:
     state is written per route key), and the watermark of every source partition as the
     envelopes report it."""
 
-    def __init__(self, q: int, cfg: Config, idle_timeout: float) -> None:
+    def __init__(self, q: int, cfg: Config, idle_timeout: float, partitions: int) -> None:
         self.q = q
         self.cfg = cfg
         self.marks = Watermarks(idle_timeout, born=time.monotonic())
-        self.stage2 = Stage2(cfg)
+        # Where stage 1 sends a finest cohort's partials (Stage1Runner._flush) is its owner.
+        self.stage2 = Peer(cfg, q, partitions,
+                           owner=lambda c: partition_for(route_key(c).encode(), partitions))
+        self.resent_at = time.monotonic()
         self.applied = float("-inf")
         self.offset = -1   # last stage-2 message applied to this state
         self.held: list[tuple[float, int, RuleHit]] = []   # heap of hits not yet released
         self._seq = 0
+        # The table keys of the pending-input records of (route key, window) that hold data:
+        # one record per window, deleted once the window is scored.
+        self.windows: dict[tuple[str, int], bytes] = {}
 
     def hold(self, h: RuleHit) -> None:
         self._seq += 1

@@ -146,3 +146,52 @@ def test_a_fresh_worker_is_not_held_back_by_a_quiet_partition(
     finally:
         reader.close()
         b.stop()
+
+
+def test_sigkill_before_a_save_redelivers_the_unsaved_input(
+        broker: Tansu, names: dict[str, str], tmp_path: Path) -> None:
+    """Stage 2 writes its table at most every ``state_write_interval_seconds`` and acks its
+    input only then. A worker SIGKILLed before its first write leaves the table empty and its
+    stage-2 input unacked: its successor is delivered that input again, and the alerts are
+    those of an uninterrupted replay (the dead worker's own ones may come twice, same ids)."""
+    simulate(tmp_path / "sim", hours=2.0, rate=20.0, seed=3,
+             scenarios=["unauthorized_tool", "refusal_spike", "traffic_drop"])
+    lines = file_lines(tmp_path / "sim" / "traces.jsonl")
+    cut = _split(lines)
+    cfg = write_config(tmp_path / "cfg.toml", brokers=broker.bootstrap, partitions=4,
+                       idle_partition_timeout_seconds=20, **names)
+    expected = replay(cfg, lines)
+    first = replay(cfg, lines[:cut])
+    n1 = sum(len(decode(ln)[0]) for ln in lines[:cut])
+    # Longer than the test runs until the kill: the first worker never writes its table.
+    a = WorkerProc(cfg, tmp_path / "a.log",
+                   {**ENV, "DETECTOR_KAFKA_STATE_WRITE_INTERVAL_SECONDS": "60"})
+    reader = AlertReader(broker.bootstrap, names["alerts_topic"])
+    b = None
+    try:
+        wait_until(lambda: _assigned(a) == {0, 1, 2, 3}, 120, "the first worker to join")
+        produce_lines(broker.bootstrap, names["traces_topic"], lines[:cut], partitions=4)
+        wait_until(lambda: _consumed(a) >= n1, 120, f"the {n1} warm-up events")
+        wait_until(lambda: len(reader.poll()) >= len(first), 60, "the warm-up's alerts")
+        a.kill()
+        b = WorkerProc(cfg, tmp_path / "b.log", ENV)
+        wait_until(lambda: _assigned(b) == {0, 1, 2, 3}, 90, "the successor to join")
+        produce_lines(broker.bootstrap, names["traces_topic"], lines[cut:], partitions=4)
+        want = set(map(identity, expected))
+        wait_until(lambda: want <= set(map(identity, reader.poll())), 180,
+                   f"the {len(want)} alerts of a replay after the kill")
+        reader.poll(3.0)
+        got = reader.alerts
+        assert set(map(identity, got)) == want
+        first_fire = {x["id"]: x["window"] for x in expected if x["status"] == "firing"}
+        assert {x["id"]: x["window"] for x in got if x["status"] == "firing"} == first_fire
+        # Nothing came from the table: the successor rebuilt the state from the input.
+        loaded = b.events("stage2_partition_loaded")
+        assert loaded and not any(e["route_keys"] for e in loaded)
+        assert "Traceback" not in b.log()
+    finally:
+        reader.close()
+        for w in (a, b):
+            if w is not None:
+                with contextlib.suppress(Exception):
+                    w.stop()

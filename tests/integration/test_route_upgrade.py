@@ -1,7 +1,10 @@
 """A worker upgraded to routing stage 2 by app (the environment left out of the route key, so
-an app's canary and production meet for the canary gap) finds stage-2 state written under
-the old keys (one per app and environment) in the table's changelog, moves it to the app's
-key and deletes the old records: the baselines survive the upgrade (no second warm-up)."""
+an app's canary and production meet for the canary gap) and split by the finest cohort
+(decision 0009) finds stage-2 state written before, one record per route key under its plain
+key (one per app and environment, or already per app), in the table's changelog: every
+stage-2 partition loads it (each keeps the coarser cohorts and its own finest ones), writes it
+under its own keys, and the old records are deleted: the baselines survive the upgrade (no
+second warm-up)."""
 
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from detector.core.snapshot import dump_route, load_route, routes
 from detector.lab.broker import Tansu
 from detector.lab.simulate import simulate
 from detector.stream.kafka_io import ensure_topics, partition_for
-from detector.stream.stage2_partition import pack
+from detector.stream.stage2_partition import EXCHANGE, MODELS, PENDING, key_name, pack
 
 pytestmark = pytest.mark.integration
 
@@ -159,11 +162,21 @@ def test_state_under_the_old_route_keys_survives_the_upgrade(
                    f"{len(expected)} alerts on {names['alerts_topic']}")
         reader.poll(2.0)
         assert sorted(map(identity, reader.alerts)) == sorted(map(identity, expected))
-        loaded = sum(e["route_keys"] for e in w.events("stage2_partition_loaded"))
-        assert loaded == len(written) - len(stale)                # not the stale ones
+        # Every partition loads every record (the coarser cohorts are replicated), but not
+        # the stale ones.
+        loaded = [e["route_keys"] for e in w.events("stage2_partition_loaded")]
+        assert loaded == [len(written) - len(stale)] * PARTITIONS
         latest = _latest(broker.bootstrap, changelog, len(old) + len(apps))
         assert all(latest.get(k, b"") is None for k in old)       # old keys deleted
-        assert {k for k, v in latest.items() if v} == apps        # state under the app's key
+        assert latest.get(done, b"") is None                      # and the app's plain one
+        live = {k for k, v in latest.items() if v}
+        names = {key_name(k) for k in live}
+        assert EXCHANGE in names
+        # State under the app's key, each partition's own records of it.
+        routes_live = {n.split(PENDING)[0].split(MODELS)[0] for n in names - {EXCHANGE}}
+        assert routes_live == apps
+        assert all(len({partition_for(k, PARTITIONS) for k in live
+                        if key_name(k) == a + MODELS}) == PARTITIONS for a in apps)
         assert "Traceback" not in w.log()
     finally:
         reader.close()
