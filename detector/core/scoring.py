@@ -18,7 +18,7 @@ from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
-from baselines.quantity import QuantityBaseline
+from baselines.quantity import QuantityBaseline, new_quantity
 from baselines.rate import PLAIN, RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
@@ -190,8 +190,9 @@ class Scorer:
             # (The C twin of RateBaseline when it was built: the same floats, faster.)
             return new_rate(self.fast, self.slow, self.max_disp, self.adopt_after)
         if sig.kind == "quantity":
-            return QuantityBaseline(self.fast, self.slow, self.adopt_after, self.bins, self.period,
-                                    self.find_period)
+            # (Likewise the C twin of QuantityBaseline.)
+            return new_quantity(self.fast, self.slow, self.adopt_after, self.bins, self.period,
+                                self.find_period)
         return VolumeBaseline(self.fast, self.slow, self.bins, self.period, self.max_disp)
 
     def _baseline(self, sig: Signal, own: CohortModel, parent: CohortModel | None
