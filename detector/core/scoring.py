@@ -137,6 +137,7 @@ class Scorer:
         )
         self.adopt_after = b.adopt_after_windows
         self._rates = tuple(s for s in self.signals if s.kind == "rate")
+        self._rate_names = frozenset(s.name for s in self._rates)
         # The C twin of learn_plain_py when it was built (baselines/_rate.c).
         self._learn_plain: Callable[..., None] = PLAIN if PLAIN is not None else learn_plain_py
         self.resolve_after = config.alerting.resolve_after_clean_windows
@@ -380,9 +381,6 @@ class Scorer:
         bounded influence and stays out of the slow horizon, so nothing locks out; an
         anomalous episode that lasts ``baselines.adopt_after_windows`` is adopted as the new
         normal. Returns the signals whose baselines adopted a new level in this window."""
-        # Decisions come in signal order (see score), a subsequence of self.signals.
-        dec = iter(decisions)
-        d_next = next(dec, None)
         nxt = own.seq_next
         if nxt:
             for name, (ups, down) in nxt.items():
@@ -400,9 +398,17 @@ class Scorer:
         w = p.window
         recent, persist, episodes, baselines = own.recent, own.persist, own.episodes, own.baselines
         clear_ratio, warmup, resolve_after = self.clear_ratio, self.warmup, self.resolve_after
-        # The rates without a decision in this window (most of them) in one call; the loop
-        # below leaves them out.
-        self._learn_plain(self._rates, decisions, c, recent, persist, episodes, baselines, w,
+        # The rates without a decision in this window (most of them), and those whose decision
+        # changes nothing of their learning (neither anomalous nor leaning as far as an
+        # episode counts: what the loop below does for them is what learn_plain does), in one
+        # call; the loop below leaves them out. Decisions come in signal order (see score), a
+        # subsequence of self.signals.
+        rate_names = self._rate_names
+        dec_list = [d for d in decisions if d.anomalous or d.signal not in rate_names
+                    or abs(d.score) >= clear_ratio * d.threshold]
+        dec = iter(dec_list)
+        d_next = next(dec, None)
+        self._learn_plain(self._rates, dec_list, c, recent, persist, episodes, baselines, w,
                           warmup, SLOW_FREEZE, resolve_after, self._new)
         x: float
         y: float
@@ -547,7 +553,8 @@ def learn_plain_py(rates: tuple[Signal, ...], decisions: list[Decision], c: list
                    baselines: dict[str, Any], w: int, warmup: int, freeze: float,
                    resolve_after: int, new: Callable[[Signal], Any]) -> None:
     """What :meth:`Scorer.learn` does for the rate signals with no decision in window ``w``
-    (no data, or nothing to score: most of them), the reference for ``learn_plain`` in
+    (no data, or nothing to score: most of them; the scorer passes only the decisions its own
+    loop learns, see there), the reference for ``learn_plain`` in
     baselines/_rate.c (tests/test_rate_twin.py): the last windows' totals kept, persistence
     and an expired episode dropped, and the window learned with the slow horizon frozen
     while drifting. ``decisions`` are in signal order; ``new(sig)`` makes a baseline."""
