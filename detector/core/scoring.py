@@ -19,7 +19,7 @@ from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline, new_quantity
-from baselines.rate import PLAIN, RateBaseline, new_rate
+from baselines.rate import PLAIN, TWIN, RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
@@ -140,6 +140,10 @@ class Scorer:
         self._rate_names = frozenset(s.name for s in self._rates)
         # The C twin of learn_plain_py when it was built (baselines/_rate.c).
         self._learn_plain: Callable[..., None] = PLAIN if PLAIN is not None else learn_plain_py
+        # ...and of decide_rate_py (every rate baseline is the twin then: made by new_rate, or
+        # loaded through as_twin).
+        self._decide: Callable[..., tuple[float, bool, bool, float]] = (
+            TWIN.decide if TWIN is not None else decide_rate_py)
         self.resolve_after = config.alerting.resolve_after_clean_windows
         self._rebaselines = [(int(r.at.timestamp() // self.size), r) for r in config.rebaseline]
         self._nats: dict[float, float] = {}
@@ -221,6 +225,7 @@ class Scorer:
         seq, mine, recent = own.seq, own.baselines, own.recent
         need = self.warmup if own.level == 0 else self.own_after
         clear_ratio = self.clear_ratio
+        decide = self._decide
         events = int(c[EVENTS])
         out: list[Decision] = []
         x: float
@@ -248,59 +253,52 @@ class Scorer:
                     continue
             base_t = thr[name]
             t = base_t * (clear_ratio if name in firing else 1.0)
-            if kind == "volume":
-                zf, zs = b.score_one(k, t0)
-                cands = [(zf, False, k), (zs, True, k)]
-                observed = k
+            if kind == "rate":
+                # The window's scores, its candidates and the direction's pick (the C twin's
+                # when built: the same floats; decide_rate_py is the reference).
+                z, slow, hit, zf = decide(b, k, n, t, recent.get(name), window,
+                                          flags and b is mine.get(name), d, min_count)
+                observed = k / n
             else:
-                if kind == "rate":
-                    x, y, q = k, n, 0.0
-                    zf, zs = b.score_one(x, y)
+                if kind == "volume":
+                    zf, zs = b.score_one(k, t0)
+                    cands = [(zf, False, k), (zs, True, k)]
+                    observed = k
                 else:
                     x, y, q = n, c[den] / SCALE, c[sq] / SCALE2
                     zf, zs = b.score_one(x, y, q, t0)
-                cands = [(zf, False, k), (zs, True, k)]
-                # Multi-window evidence: the last three consecutive windows together, so a
-                # tenfold rise on a small cohort is not missed for want of counts in one.
-                # ...but only while this window on its own leans the same way, so one
-                # bad window is not stretched into three windows of "persistence" (and
-                # only then are they scored).
-                half = t / 2
-                # (max(zf, zs) and min(zf, zs), without the builtin calls.)
-                up_lean = (zs if zs > zf else zf) >= half
-                down_lean = (zs if zs < zf else zf) <= -half
-                prev = recent.get(name) if up_lean or down_lean else None
-                if prev and prev[-1][0] == window - 1:
-                    for w, px, py, pq in prev:
-                        if w >= window - 2:
-                            x, y, q = x + px, y + py, q + pq
-                    af, as_ = (b.score_one(x, y) if kind == "rate"
-                               else b.score_one(x, y, q, t0))
-                    for a in ((af, False, x), (as_, True, x)):   # x: the summed count
-                        if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
-                            cands.append(a)
-                # Two horizons apart: a slow ramp, in the fast horizon's decayed sums against
-                # the slow rate; only while this window on its own leans that way (so the
-                # alert resolves when the ramp is over) and only on the cohort's own baseline.
-                if flags and b is mine.get(name):
-                    lean = zs if abs(zs) > abs(zf) else zf   # this window alone
-                    if abs(lean) >= t / 2:
-                        zd = b.drift_score(k, n)  # type: ignore[union-attr]  # a rate's (flags)
-                        if zd * lean > 0:
-                            cands.append((zd, True, k))
-                # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
-                # reported back as geometric means; evaluation scores as plain means.
-                mean = c[den] / SCALE / n
-                observed = k / n if kind == "rate" else expm1(mean) if log else mean
-            if d == "up":
-                z, slow, kk = max(cands)
-                hit = z >= t and kk >= min_count
-            elif d == "down":
-                z, slow, kk = min(cands)
-                hit = z <= -t
-            else:
-                z, slow, kk = max(cands, key=_magnitude)
-                hit = (z >= t and kk >= min_count) or z <= -t
+                    cands = [(zf, False, k), (zs, True, k)]
+                    # Multi-window evidence: the last three consecutive windows together, so a
+                    # tenfold rise on a small cohort is not missed for want of counts in one.
+                    # ...but only while this window on its own leans the same way, so one
+                    # bad window is not stretched into three windows of "persistence" (and
+                    # only then are they scored).
+                    half = t / 2
+                    # (max(zf, zs) and min(zf, zs), without the builtin calls.)
+                    up_lean = (zs if zs > zf else zf) >= half
+                    down_lean = (zs if zs < zf else zf) <= -half
+                    prev = recent.get(name) if up_lean or down_lean else None
+                    if prev and prev[-1][0] == window - 1:
+                        for w, px, py, pq in prev:
+                            if w >= window - 2:
+                                x, y, q = x + px, y + py, q + pq
+                        af, as_ = b.score_one(x, y, q, t0)
+                        for a in ((af, False, x), (as_, True, x)):   # x: the summed count
+                            if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
+                                cands.append(a)
+                    # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
+                    # reported back as geometric means; evaluation scores as plain means.
+                    mean = c[den] / SCALE / n
+                    observed = expm1(mean) if log else mean
+                if d == "up":
+                    z, slow, kk = max(cands)
+                    hit = z >= t and kk >= min_count
+                elif d == "down":
+                    z, slow, kk = min(cands)
+                    hit = z <= -t
+                else:
+                    z, slow, kk = max(cands, key=_magnitude)
+                    hit = (z >= t and kk >= min_count) or z <= -t
             if kind != "quantity" and not flags:
                 ev, confirmed = 0.0, False
             elif name not in seq and (
@@ -595,3 +593,49 @@ def learn_plain_py(rates: tuple[Signal, ...], decisions: list[Decision], c: list
         if b is None:
             b = baselines[name] = new(sig)
         b.learn_window(x, n, flags, warmup, freeze)
+
+
+def decide_rate_py(b: RateBaseline, k: float, n: float, t: float,
+                   prev: list[tuple[int, float, float, float]] | None, window: int, drift: bool,
+                   d: str, min_count: float) -> tuple[float, bool, bool, float]:
+    """A rate window's decision as :meth:`Scorer.score` makes it, the reference for ``decide``
+    in baselines/_rate.c (tests/test_rate_twin.py): ``k`` events in ``n`` units against the
+    baseline ``b`` at threshold ``t``, with ``prev`` the cohort's recent totals of the signal
+    (or None) and ``drift`` whether the two-horizon test applies. Returns (score, slow
+    horizon, whether it crosses in direction ``d``, the fast horizon's own score)."""
+    zf, zs = b.score_one(k, n)
+    cands: list[tuple[float, bool, float]] = [(zf, False, k), (zs, True, k)]
+    # Multi-window evidence: the last three consecutive windows together, so a tenfold rise
+    # on a small cohort is not missed for want of counts in one. ...but only while this
+    # window on its own leans the same way, so one bad window is not stretched into three
+    # windows of "persistence" (and only then are they scored).
+    half = t / 2
+    # (max(zf, zs) and min(zf, zs), without the builtin calls.)
+    up_lean = (zs if zs > zf else zf) >= half
+    down_lean = (zs if zs < zf else zf) <= -half
+    if (up_lean or down_lean) and prev and prev[-1][0] == window - 1:
+        x, y = k, n
+        for w, px, py, _ in prev:
+            if w >= window - 2:
+                x, y = x + px, y + py
+        af, as_ = b.score_one(x, y)
+        for a in ((af, False, x), (as_, True, x)):   # x: the summed count
+            if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
+                cands.append(a)
+    # Two horizons apart: a slow ramp, in the fast horizon's decayed sums against the slow
+    # rate; only while this window on its own leans that way (so the alert resolves when the
+    # ramp is over) and only on the cohort's own baseline (``drift``).
+    if drift:
+        lean = zs if abs(zs) > abs(zf) else zf   # this window alone
+        if abs(lean) >= t / 2:
+            zd = b.drift_score(k, n)
+            if zd * lean > 0:
+                cands.append((zd, True, k))
+    if d == "up":
+        z, slow, kk = max(cands)
+        return z, slow, z >= t and kk >= min_count, zf
+    if d == "down":
+        z, slow, kk = min(cands)
+        return z, slow, z <= -t, zf
+    z, slow, kk = max(cands, key=_magnitude)
+    return z, slow, (z >= t and kk >= min_count) or z <= -t, zf

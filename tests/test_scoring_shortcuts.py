@@ -1,7 +1,9 @@
-"""Scorer.learn hands the rates whose decision changes nothing of their learning (neither
-anomalous nor leaning as far as an episode counts) to learn_plain with the undecided ones;
-what that leaves of every cohort's state is what the per-signal loop leaves when it learns
-them itself (the loop, forced by an empty set of rate names, is the reference)."""
+"""The scorer's shortcuts against the Python they stand for, over a replay with incidents:
+Scorer.learn hands the rates whose decision changes nothing of their learning (neither
+anomalous nor leaning as far as an episode counts) to learn_plain with the undecided ones,
+and Scorer.score decides a rate window in the C twin's ``decide``. The reference learns
+every decided rate in the per-signal loop (forced by an empty set of rate names) and decides
+with ``decide_rate_py``; both must leave the same alerts and every cohort's state alike."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 from baselines import codec
 from detector.config import load_config
 from detector.core.pipeline import Pipeline
+from detector.core.scoring import decide_rate_py
 from detector.core.stage2 import Stage2
 from detector.lab.replay import BLOCK_LINES
 from detector.lab.simulate import simulate
@@ -24,7 +27,7 @@ def _models(s: Stage2) -> dict:
             for key, m in s.models.items()}
 
 
-def test_plain_decided_rates_learn_as_the_loop_learns_them(tmp_path: Path) -> None:
+def test_the_shortcuts_decide_and_learn_as_the_python_does(tmp_path: Path) -> None:
     simulate(tmp_path, hours=2.0, seed=3, rate=20.0,
              scenarios=["refusal_spike", "refusal_collapse", "schema_failures"])
     lines = (tmp_path / "traces.jsonl").read_bytes().splitlines()
@@ -32,6 +35,8 @@ def test_plain_decided_rates_learn_as_the_loop_learns_them(tmp_path: Path) -> No
     fast, loop = Pipeline(cfg), Pipeline(cfg)
     assert isinstance(fast.stage2, Stage2) and isinstance(loop.stage2, Stage2)
     loop.stage2.scorer._rate_names = frozenset()   # every decision through the loop
+    loop.stage2.scorer._decide = decide_rate_py
+    assert fast.stage2.scorer._decide is not decide_rate_py   # (the twin was built)
     scorer, kinds = fast.stage2.scorer, {}
     for sig in fast.stage2.scorer.signals:
         kinds[sig.name] = sig.kind
