@@ -3,7 +3,8 @@
  * (tests/test_quantity_twin.py; replay stays byte-identical whichever one runs).
  *
  * The period finder stays the Python baselines.period.PeriodFinder (its looks are rare and
- * long): the twin holds it and calls its learn and fold as the reference does. Python's
+ * long): the twin holds it and calls its learn and fold as the reference does, except for
+ * learn's common step, adding a value to the open block, which it does on the finder's slots. Python's
  * float semantics are kept where C's differ: % as float_rem, x ** 2 as pow, max and min as
  * their first-wins comparisons, and the errors Python raises (division by zero, a domain
  * error, an index out of range) raised here too rather than giving inf or reading past the
@@ -11,6 +12,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <math.h>
+
+#include "../detector/core/_slots.h"
 
 #define CLIP 3.0
 #define SPREAD_CLIP 10.0
@@ -137,6 +140,83 @@ static void errors(const Quantity *q, double n, double *ef, double *es) {
     double base = q->w / n + (fl > 0 ? fl * fl : 1e-12);
     *ef = base + (q->vn > q->vf ? q->vn : q->vf);
     *es = base + (q->vn > q->vs ? q->vn : q->vs);
+}
+
+/* The finder's common step without a call: before a period is found, a value whose block is
+ * still open is only added to the block's sums (PeriodFinder.learn's last two lines). Its
+ * slots are found once per finder type; anything unexpected (a subclass, a type without
+ * those slots, a value of another type) leaves the step to PeriodFinder.learn. */
+static PyTypeObject *fast_type = NULL;   /* the finder type the offsets are of */
+static PyTypeObject *slow_type = NULL;   /* a finder type without them */
+static Py_ssize_t off_t0, off_period, off_step, off_block, off_ring, off_acc;
+
+static int finder_slots(PyTypeObject *tp) {   /* 1: fast_type is tp, 0: not, -1: error */
+    if (tp == fast_type)
+        return 1;
+    if (tp == slow_type)
+        return 0;
+    Py_ssize_t o[6];
+    const char *names[] = {"_t0", "period", "_step", "_block", "_ring", "_acc"};
+    for (int j = 0; j < 6; j++) {
+        o[j] = slot_offset_s(tp, names[j]);
+        if (o[j] < 0) {
+            if (PyErr_ExceptionMatches(PyExc_MemoryError))
+                return -1;
+            PyErr_Clear();
+            slow_type = tp;   /* (borrowed: compared, never used) */
+            return 0;
+        }
+    }
+    Py_INCREF(tp);
+    Py_XSETREF(fast_type, tp);
+    off_t0 = o[0], off_period = o[1], off_step = o[2], off_block = o[3], off_ring = o[4];
+    off_acc = o[5];
+    return 1;
+}
+
+/* 1: the value was added to the open block; 0: PeriodFinder.learn must take it; -1: error. */
+static int finder_add(PyObject *f, double x, double t) {
+    int fast = finder_slots(Py_TYPE(f));
+    if (fast <= 0)
+        return fast;
+    PyObject *t0o = SLOT(f, off_t0), *po = SLOT(f, off_period), *so = SLOT(f, off_step);
+    PyObject *bo = SLOT(f, off_block), *ring = SLOT(f, off_ring), *acc = SLOT(f, off_acc);
+    if (t0o == NULL || po == NULL || so == NULL || bo == NULL || ring == NULL || acc == NULL
+        || !PyFloat_CheckExact(t0o) || !PyFloat_CheckExact(po) || !PyFloat_CheckExact(so)
+        || !PyLong_CheckExact(bo) || !PyList_CheckExact(acc) || PyList_GET_SIZE(acc) != 2)
+        return 0;
+    double t0 = PyFloat_AS_DOUBLE(t0o);
+    if (t0 < 0 || PyFloat_AS_DOUBLE(po) != 0.0)
+        return 0;   /* the first value, or a period found: learn's other paths */
+    PyObject *a0 = PyList_GET_ITEM(acc, 0), *a1 = PyList_GET_ITEM(acc, 1);
+    if (!PyFloat_CheckExact(a0) || !PyFloat_CheckExact(a1))
+        return 0;
+    long long block = PyLong_AsLongLong(bo);
+    if (block == -1 && PyErr_Occurred()) {
+        PyErr_Clear();
+        return 0;
+    }
+    double w = PyFloat_AS_DOUBLE(so) * (double)block;
+    if (w == 0.0)
+        return 0;
+    double i = (t - t0) / w + 1e-9;
+    Py_ssize_t len = PyObject_Length(ring);
+    if (len < 0)
+        return -1;
+    if (!isfinite(i) || trunc(i) > (double)len)
+        return 0;   /* the block is over: learn pushes it (and may look for a cycle) */
+    PyObject *s = PyFloat_FromDouble(PyFloat_AS_DOUBLE(a0) + x);
+    PyObject *c = PyFloat_FromDouble(PyFloat_AS_DOUBLE(a1) + 1.0);
+    if (s == NULL || c == NULL) {
+        Py_XDECREF(s);
+        Py_XDECREF(c);
+        return -1;
+    }
+    PyList_SET_ITEM(acc, 0, s);
+    PyList_SET_ITEM(acc, 1, c);
+    Py_DECREF(a0);
+    Py_DECREF(a1);
+    return 1;
 }
 
 /* QuantityBaseline._found: use the period the finder found (or refined). */
@@ -350,7 +430,11 @@ static PyObject *Quantity_learn_one(Quantity *self, PyObject *const *args, Py_ss
     var = var > 0.0 ? var : 0.0;
     long long k = q->n + 1;
     if (has_t) {
-        if (q->finder != Py_None) {
+        int added = 0;
+        if (q->finder != Py_None && PyFloat_CheckExact(to)
+            && (added = finder_add(q->finder, m, t)) < 0)
+            return NULL;
+        if (q->finder != Py_None && !added) {
             PyObject *mo = PyFloat_FromDouble(m);
             if (mo == NULL)
                 return NULL;

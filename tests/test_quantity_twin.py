@@ -10,6 +10,7 @@ import math
 import pickle
 import random
 import struct
+from array import array
 from collections.abc import Callable
 
 import pytest
@@ -61,9 +62,18 @@ def _observe(b: object, n: float, s: float, q: float, t: float | None) -> tuple:
             b.period(), b.n)  # type: ignore[attr-defined]
 
 
+def _finder_state(f: PeriodFinder | None) -> tuple | None:
+    if f is None:
+        return None
+    return tuple(list(v) if isinstance(v, list | array) else v
+                 for v in (getattr(f, k) for k in PeriodFinder.__slots__))
+
+
 def _state(b: object) -> tuple:
+    """The whole state, the finder's too."""
     s = as_reference(b)
-    return tuple(getattr(s, k) for k in QuantityBaseline.__slots__ if k != "_finder")
+    return tuple(_finder_state(s._finder) if k == "_finder" else getattr(s, k)
+                 for k in QuantityBaseline.__slots__)
 
 
 means = st.one_of(st.floats(0, 10), st.floats(-50, 5000), st.sampled_from([0.0, 1.0, 7.5]))
@@ -206,3 +216,37 @@ def test_the_errors_python_raises_are_raised_not_read_past() -> None:
     zero.set_state(tuple(st_))
     with pytest.raises(ZeroDivisionError):
         zero.learn_one(5, 10.0, 30.0, t=60.0)
+
+
+class _Finder(PeriodFinder):
+    """A finder type of its own: the twin has no fast path for it."""
+
+    __slots__ = ()
+
+
+def test_the_finders_common_step_is_taken_without_a_call(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    """Adding a value to the finder's open block is done on its slots, with the same result
+    as its learn; a finder type the twin does not know gets every call."""
+    calls = {"ref": 0, "fast": 0, "slow": 0}
+    learn = PeriodFinder.learn
+    rng = random.Random(2)
+    ref = QuantityBaseline(0.0231, 0.00096, 90, 24, 86400.0, 60.0)
+    fast = TWIN(0.0231, 0.00096, 90, 24, 86400.0, PeriodFinder(60.0))
+    slow = TWIN(0.0231, 0.00096, 90, 24, 86400.0, _Finder(60.0))
+    whose = {id(ref._finder): "ref", id(fast.state()[26]): "fast", id(slow.state()[26]): "slow"}
+
+    def counting(self: PeriodFinder, x: float, t: float) -> tuple[float, float] | None:
+        calls[whose[id(self)]] += 1
+        return learn(self, x, t)
+
+    monkeypatch.setattr(PeriodFinder, "learn", counting)
+    for i in range(3000):
+        n, s, q = _cycle(i, rng, False)
+        for b in (ref, fast, slow):
+            b.learn_one(n, s, q, t=60.0 * i)
+        if i == 999:   # before a period is found: calls only where a block ends
+            assert calls["ref"] == calls["slow"] == 1000 and calls["fast"] < 200
+    assert ref.period() != 86400.0   # the finder found a period (its other paths ran too)
+    assert _same(_state(fast), _state(ref))
+    assert _same(_state(slow), _state(ref))
