@@ -4,7 +4,7 @@
  *
  * The period finder stays the Python baselines.period.PeriodFinder (its looks are rare and
  * long): the twin holds it and calls its learn and fold as the reference does, except for
- * learn's common step, adding a value to the open block, which it does on the finder's slots. Python's
+ * learn's common steps (see finder_add), which it does on the finder's slots. Python's
  * float semantics are kept where C's differ: % as float_rem, x ** 2 as pow, max and min as
  * their first-wins comparisons, and the errors Python raises (division by zero, a domain
  * error, an index out of range) raised here too rather than giving inf or reading past the
@@ -142,22 +142,28 @@ static void errors(const Quantity *q, double n, double *ef, double *es) {
     *es = base + (q->vn > q->vs ? q->vn : q->vs);
 }
 
-/* The finder's common step without a call: before a period is found, a value whose block is
- * still open is only added to the block's sums (PeriodFinder.learn's last two lines). Its
- * slots are found once per finder type; anything unexpected (a subclass, a type without
- * those slots, a value of another type) leaves the step to PeriodFinder.learn. */
+/* The finder's common steps without a call: before a period is found, a value is added to
+ * the open block's sums, after pushing the blocks that ended (each the last block mean) when
+ * no push makes the ring as long as a look or a halving needs (PeriodFinder.learn's loop
+ * without its _look and halving; those, and the first value and a found period's tracking,
+ * stay learn's). Its slots are found once per finder type; anything unexpected (a subclass,
+ * a type without those slots, a value of another type, finder_steps not called) leaves the
+ * value to PeriodFinder.learn. */
 static PyTypeObject *fast_type = NULL;   /* the finder type the offsets are of */
 static PyTypeObject *slow_type = NULL;   /* a finder type without them */
-static Py_ssize_t off_t0, off_period, off_step, off_block, off_ring, off_acc;
+static Py_ssize_t off_t0, off_period, off_step, off_block, off_ring, off_acc, off_last;
+static Py_ssize_t ring_size = -1, check_at[8];   /* period.SIZE and period.CHECK_AT */
+static int n_check = 0;
+static PyObject *s_append = NULL;
 
 static int finder_slots(PyTypeObject *tp) {   /* 1: fast_type is tp, 0: not, -1: error */
     if (tp == fast_type)
         return 1;
-    if (tp == slow_type)
+    if (tp == slow_type || ring_size < 0)
         return 0;
-    Py_ssize_t o[6];
-    const char *names[] = {"_t0", "period", "_step", "_block", "_ring", "_acc"};
-    for (int j = 0; j < 6; j++) {
+    Py_ssize_t o[7];
+    const char *names[] = {"_t0", "period", "_step", "_block", "_ring", "_acc", "_last"};
+    for (int j = 0; j < 7; j++) {
         o[j] = slot_offset_s(tp, names[j]);
         if (o[j] < 0) {
             if (PyErr_ExceptionMatches(PyExc_MemoryError))
@@ -170,20 +176,32 @@ static int finder_slots(PyTypeObject *tp) {   /* 1: fast_type is tp, 0: not, -1:
     Py_INCREF(tp);
     Py_XSETREF(fast_type, tp);
     off_t0 = o[0], off_period = o[1], off_step = o[2], off_block = o[3], off_ring = o[4];
-    off_acc = o[5];
+    off_acc = o[5], off_last = o[6];
     return 1;
 }
 
-/* 1: the value was added to the open block; 0: PeriodFinder.learn must take it; -1: error. */
+/* Whether a ring of len blocks grows to upto without reaching a look's or a halving's length. */
+static int pushes_plain(Py_ssize_t len, double upto) {
+    if (len >= ring_size && upto > (double)len)
+        return 0;
+    for (int j = 0; j < n_check; j++)
+        if ((double)check_at[j] > (double)len && (double)check_at[j] <= upto)
+            return 0;
+    return 1;
+}
+
+/* 1: the value was learned; 0: PeriodFinder.learn must take it; -1: error. */
 static int finder_add(PyObject *f, double x, double t) {
     int fast = finder_slots(Py_TYPE(f));
     if (fast <= 0)
         return fast;
     PyObject *t0o = SLOT(f, off_t0), *po = SLOT(f, off_period), *so = SLOT(f, off_step);
     PyObject *bo = SLOT(f, off_block), *ring = SLOT(f, off_ring), *acc = SLOT(f, off_acc);
+    PyObject *lo = SLOT(f, off_last);
     if (t0o == NULL || po == NULL || so == NULL || bo == NULL || ring == NULL || acc == NULL
-        || !PyFloat_CheckExact(t0o) || !PyFloat_CheckExact(po) || !PyFloat_CheckExact(so)
-        || !PyLong_CheckExact(bo) || !PyList_CheckExact(acc) || PyList_GET_SIZE(acc) != 2)
+        || lo == NULL || !PyFloat_CheckExact(t0o) || !PyFloat_CheckExact(po)
+        || !PyFloat_CheckExact(so) || !PyLong_CheckExact(bo) || !PyFloat_CheckExact(lo)
+        || !PyList_CheckExact(acc) || PyList_GET_SIZE(acc) != 2)
         return 0;
     double t0 = PyFloat_AS_DOUBLE(t0o);
     if (t0 < 0 || PyFloat_AS_DOUBLE(po) != 0.0)
@@ -203,10 +221,38 @@ static int finder_add(PyObject *f, double x, double t) {
     Py_ssize_t len = PyObject_Length(ring);
     if (len < 0)
         return -1;
-    if (!isfinite(i) || trunc(i) > (double)len)
-        return 0;   /* the block is over: learn pushes it (and may look for a cycle) */
-    PyObject *s = PyFloat_FromDouble(PyFloat_AS_DOUBLE(a0) + x);
-    PyObject *c = PyFloat_FromDouble(PyFloat_AS_DOUBLE(a1) + 1.0);
+    if (!isfinite(i))
+        return 0;
+    i = trunc(i);
+    if (!pushes_plain(len, i))
+        return 0;
+    double s0 = PyFloat_AS_DOUBLE(a0), s1 = PyFloat_AS_DOUBLE(a1);
+    if ((double)len < i) {   /* blocks ended: push them, the first with this block's mean */
+        double last = PyFloat_AS_DOUBLE(lo);
+        if (s1) {
+            last = s0 / s1;
+            PyObject *v = PyFloat_FromDouble(last);
+            if (v == NULL)
+                return -1;
+            Py_SETREF(SLOT(f, off_last), v);
+        }
+        s0 = s1 = 0.0;
+        PyObject *lv = PyFloat_FromDouble(last);
+        if (lv == NULL)
+            return -1;
+        for (double k = (double)len; k < i; k += 1.0) {
+            PyObject *args[] = {ring, lv};
+            PyObject *r = PyObject_VectorcallMethod(s_append, args, 2, NULL);
+            if (r == NULL) {
+                Py_DECREF(lv);
+                return -1;
+            }
+            Py_DECREF(r);
+        }
+        Py_DECREF(lv);
+    }
+    PyObject *s = PyFloat_FromDouble(s0 + x);
+    PyObject *c = PyFloat_FromDouble(s1 + 1.0);
     if (s == NULL || c == NULL) {
         Py_XDECREF(s);
         Py_XDECREF(c);
@@ -217,6 +263,35 @@ static int finder_add(PyObject *f, double x, double t) {
     Py_DECREF(a0);
     Py_DECREF(a1);
     return 1;
+}
+
+/* finder_steps(SIZE, CHECK_AT): baselines.period's ring size and look lengths, which the
+ * common steps above must stop short of (until called, every value goes to learn). */
+static PyObject *finder_steps(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "finder_steps takes 2 arguments");
+    Py_ssize_t size = PyLong_AsSsize_t(args[0]);
+    if (size == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *seq = PySequence_Fast(args[1], "finder_steps: CHECK_AT is a sequence");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > 8) {
+        Py_DECREF(seq);
+        return PyErr_Format(PyExc_ValueError, "finder_steps: at most 8 look lengths");
+    }
+    for (Py_ssize_t j = 0; j < n; j++) {
+        check_at[j] = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, j));
+        if (check_at[j] == -1 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return NULL;
+        }
+    }
+    Py_DECREF(seq);
+    n_check = (int)n;
+    ring_size = size;
+    Py_RETURN_NONE;
 }
 
 /* QuantityBaseline._found: use the period the finder found (or refined). */
@@ -735,10 +810,16 @@ static PyTypeObject QuantityType = {
     .tp_getset = Quantity_getset,
 };
 
+static PyMethodDef module_methods[] = {
+    {"finder_steps", (PyCFunction)(void (*)(void))finder_steps, METH_FASTCALL,
+     "Tell the twin baselines.period's SIZE and CHECK_AT (its common steps stop short)."},
+    {NULL},
+};
+
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "baselines._quantity",
     "The quantity baseline's state as plain doubles (the C twin of baselines.quantity).", -1,
-    NULL,
+    module_methods,
 };
 
 PyMODINIT_FUNC PyInit__quantity(void) {
@@ -746,7 +827,8 @@ PyMODINIT_FUNC PyInit__quantity(void) {
         return NULL;
     s_learn = PyUnicode_InternFromString("learn");
     s_fold = PyUnicode_InternFromString("fold");
-    if (s_learn == NULL || s_fold == NULL)
+    s_append = PyUnicode_InternFromString("append");
+    if (s_learn == NULL || s_fold == NULL || s_append == NULL)
         return NULL;
     PyObject *m = PyModule_Create(&module);
     if (m == NULL)

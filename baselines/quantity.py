@@ -60,7 +60,7 @@ from array import array
 from math import copysign, log1p, sqrt
 from typing import Any
 
-from baselines.period import PeriodFinder
+from baselines.period import CHECK_AT, SIZE, PeriodFinder
 
 __all__ = ["TWIN", "QuantityBaseline", "as_reference", "as_twin", "new_quantity"]
 
@@ -348,7 +348,9 @@ def _calibrate(z: float, nu: float) -> float:
 TWIN: Any = None
 if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
     with contextlib.suppress(ImportError):
-        TWIN = importlib.import_module("baselines._quantity").Quantity
+        _c = importlib.import_module("baselines._quantity")
+        TWIN = _c.Quantity
+        _c.finder_steps(SIZE, CHECK_AT)
 
 
 def new_quantity(fast: float, slow: float, adopt_windows: int = 120, bins: int = 24,
