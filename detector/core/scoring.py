@@ -401,9 +401,10 @@ class Scorer:
         # episode counts: what the loop below does for them is what learn_plain does), in one
         # call; the loop below leaves them out. Decisions come in signal order (see score), a
         # subsequence of self.signals.
+        # (By index, not NamedTuple's properties: signal, score, threshold, anomalous.)
         rate_names = self._rate_names
-        dec_list = [d for d in decisions if d.anomalous or d.signal not in rate_names
-                    or abs(d.score) >= clear_ratio * d.threshold]
+        dec_list = [d for d in decisions
+                    if d[5] or d[0] not in rate_names or abs(d[1]) >= clear_ratio * d[4]]
         dec = iter(dec_list)
         d_next = next(dec, None)
         self._learn_plain(self._rates, dec_list, c, recent, persist, episodes, baselines, w,
