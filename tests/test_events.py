@@ -174,3 +174,61 @@ def test_too_many_or_unbounded_eval_scores_dead_letter_the_event_alone() -> None
     assert len(ok) == 1 and ok[0].eval_scores == {"e": 1000.0}
     assert [(r.reason, r.field) for r in bad] == [("out_of_range", "eval_scores")] * 2
     assert bad[0].payload["eval_scores"] == {"json_type": "dict", "items": 33}
+
+
+#: Messages that fail a run's decode in each way it can fail: a validation error naming the
+#: item, malformed JSON naming a byte, truncation naming nothing, a late check (a non-hex id),
+#: two objects in one message, a string spilling into the next message, nesting too deep.
+_BAD_MESSAGES = [
+    orjson.dumps(dict(GOOD, latency_ms="slow")), orjson.dumps({"ts": 1}),
+    b'{"ts": 1, "operation": "chat", "x": ]}', b'{"ts": 1, "operation": "ch}',
+    orjson.dumps(dict(GOOD, span_id="zz" * 8)), orjson.dumps(GOOD) + b"," + orjson.dumps(GOOD),
+    b'{"ts": 1, "operation": "chat", "app": "}', b'{"ts": 1, "operation": "chat", "x": '
+    + b"[" * 3000 + b"]" * 3000 + b"}", b'{"ts": 1, "operation": "chat", "retries": -1}',
+]
+
+
+def _one_by_one(messages: list[bytes]) -> tuple[list[TraceEvent], list[tuple]]:
+    ok: list[TraceEvent] = []
+    bad: list[tuple] = []
+    for i, m in enumerate(messages):
+        e, r = decode(m)
+        ok += e
+        bad += [(i, x.reason, x.field, x.detail, x.payload) for x in r]
+    return ok, bad
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.just(None), st.sampled_from(_BAD_MESSAGES)), min_size=1,
+                max_size=300))
+def test_a_run_with_bad_messages_decodes_as_its_messages_one_by_one(picks: list) -> None:
+    """Wherever bad messages sit in a run, decode_many's events and rejections (with their
+    message index) are what decoding each message alone gives."""
+    good = [orjson.dumps(dict(GOOD, tenant=f"t{i}", retries=i)) for i in range(len(picks))]
+    messages = [g if p is None else p for g, p in zip(good, picks, strict=True)]
+    ok, bad = decode_many(messages)
+    want_ok, want_bad = _one_by_one(messages)
+    assert ok == want_ok
+    assert [(r.message, r.reason, r.field, r.detail, r.payload) for r in bad] == want_bad
+
+
+def test_one_bad_message_in_a_long_run_leaves_the_others_decoded_as_runs(monkeypatch) -> None:
+    """Only the failing message is decoded alone: the run around it is split at it, not
+    redone message by message."""
+    from detector.core import events
+
+    alone: list[bytes] = []
+    real = events.decode
+
+    def counted(data: bytes, max_bytes: int = events.MAX_MESSAGE_BYTES):  # type: ignore[no-untyped-def]
+        alone.append(data)
+        return real(data, max_bytes)
+
+    monkeypatch.setattr(events, "decode", counted)
+    messages = [orjson.dumps(dict(GOOD, retries=i)) for i in range(256)]
+    messages[100] = orjson.dumps(dict(GOOD, latency_ms="slow"))
+    messages[200] = b'{"ts": 1, "operation": "chat", "x": ]}'
+    ok, bad = decode_many(messages)
+    assert len(ok) == 254 and [(r.message, r.reason) for r in bad] == [
+        (100, "wrong_type"), (200, "not_json")]
+    assert alone == [messages[100], messages[200]]

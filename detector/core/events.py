@@ -26,10 +26,11 @@ from __future__ import annotations
 import hashlib
 import re
 import sys
+from bisect import bisect_right
 from collections import deque
 from collections.abc import Iterable, Sequence, Sized
 from datetime import datetime
-from itertools import chain, compress, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Final, Literal, NamedTuple, cast
 
@@ -433,19 +434,74 @@ def _odd_ones(messages: list[bytes], max_bytes: int) -> list[int]:
 
 def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEvent],
                 bad: list[Rejection]) -> None:
-    try:
-        evs = _many.decode(b"[" + b",".join(run) + b"]")
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        evs = None
-    # One event per message, and every late check passing; else message by message, so each
-    # bad message is rejected alone (and "{…},{…}" in one message cannot pass as two events).
-    if evs is not None and len(evs) == len(run) and _finish_all(evs):
-        ok += evs
-        return
-    for i, m in enumerate(run, start):
-        e, r = decode(m, max_bytes)
-        ok += e
-        bad += [x._replace(message=i) for x in r]
+    """Decode a run of single-object messages in one call; when that fails, the messages
+    before and after the failing one as runs again and the failing one alone. A bad message
+    then costs about two runs' parsing rather than its run's every message parsed alone (the
+    decoder's error names the failing item: a hint only, every part is checked as a whole
+    run is). Parts wait on a stack, not in recursion: the decoder's depth limit is the
+    interpreter's less the caller's stack, so a deep message's fate must not depend on them."""
+    todo = [(0, len(run), True)]   # (first, end, as a run): popped in message order
+    while todo:
+        a, b, as_run = todo.pop()
+        if a == b:
+            continue
+        if not as_run:
+            for i in range(a, b):
+                e, r = decode(run[i], max_bytes)
+                ok += e
+                bad += [x._replace(message=start + i) for x in r]
+            continue
+        part = run[a:b]
+        hint: int | None = None
+        try:
+            evs = _many.decode(b"[" + b",".join(part) + b"]")
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+            evs, hint = None, _failed_item(str(e), part)
+        # One event per message, and every late check passing; else message by message, so
+        # each bad message is rejected alone (and "{…},{…}" in one message cannot pass as two
+        # events).
+        if evs is not None and len(evs) == len(part) and _finish_all(evs):
+            ok += evs
+        elif b - a <= _SPLIT_MIN:
+            todo.append((a, b, False))
+        elif hint is not None:
+            i = a + hint
+            todo += [(i + 1, b, True), (i, i + 1, False), (a, i, True)]
+        else:
+            i = (a + b) // 2
+            todo += [(i, b, True), (a, i, True)]
+
+
+#: Runs at most this long are decoded message by message once they fail as a whole.
+_SPLIT_MIN: Final = 4
+_ITEM: Final = re.compile(r"`\$\[(\d+)\]")
+_BYTE: Final = re.compile(r"\(byte (\d+)\)")
+
+
+def _failed_item(message: str, run: list[bytes]) -> int | None:
+    """The index in ``run`` of the message a decode error of the joined run points at (the
+    item a validation error names, or the message holding the byte a malformed-JSON error
+    names), or None if it names neither.
+
+    >>> run = [b'{"a": 1}', b'{"b": 2}', b'{"c": ]']
+    >>> _failed_item("Expected `int`, got `str` - at `$[1].x`", run)
+    1
+    >>> _failed_item("JSON is malformed: invalid character (byte 24)", run)
+    2
+    >>> _failed_item("Input data was truncated", run) is None
+    True
+    """
+    m = _ITEM.search(message)
+    if m is not None:
+        i = int(m.group(1))
+    else:
+        m = _BYTE.search(message)
+        if m is None:
+            return None
+        # Message j starts at byte 1 + its predecessors' lengths and commas.
+        i = bisect_right(list(accumulate((len(x) + 1 for x in run), initial=1)),
+                         int(m.group(1))) - 1
+    return i if 0 <= i < len(run) else None
 
 
 def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:
