@@ -199,13 +199,15 @@ def _one_by_one(messages: list[bytes]) -> tuple[list[TraceEvent], list[tuple]]:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.one_of(st.just(None), st.sampled_from(_BAD_MESSAGES)), min_size=1,
-                max_size=300))
+@given(st.lists(st.one_of(st.just(None), st.integers(0, 3), st.sampled_from(_BAD_MESSAGES)),
+                min_size=1, max_size=300))
 def test_a_run_with_bad_messages_decodes_as_its_messages_one_by_one(picks: list) -> None:
-    """Wherever bad messages sit in a run, decode_many's events and rejections (with their
-    message index) are what decoding each message alone gives."""
-    good = [orjson.dumps(dict(GOOD, tenant=f"t{i}", retries=i)) for i in range(len(picks))]
-    messages = [g if p is None else p for g, p in zip(good, picks, strict=True)]
+    """Wherever bad messages sit in a run of single events and batches (of 0 to 3 events),
+    decode_many's events and rejections (with their message index) are what decoding each
+    message alone gives."""
+    messages = [orjson.dumps(dict(GOOD, tenant=f"t{i}", retries=i)) if p is None
+                else orjson.dumps([dict(GOOD, retries=i + j) for j in range(p)])
+                if isinstance(p, int) else p for i, p in enumerate(picks)]
     ok, bad = decode_many(messages)
     want_ok, want_bad = _one_by_one(messages)
     assert ok == want_ok
@@ -214,7 +216,7 @@ def test_a_run_with_bad_messages_decodes_as_its_messages_one_by_one(picks: list)
 
 def test_one_bad_message_in_a_long_run_leaves_the_others_decoded_as_runs(monkeypatch) -> None:
     """Only the failing message is decoded alone: the run around it is split at it, not
-    redone message by message."""
+    redone message by message; a batch in the run is parsed with it."""
     from detector.core import events
 
     alone: list[bytes] = []
@@ -228,7 +230,8 @@ def test_one_bad_message_in_a_long_run_leaves_the_others_decoded_as_runs(monkeyp
     messages = [orjson.dumps(dict(GOOD, retries=i)) for i in range(256)]
     messages[100] = orjson.dumps(dict(GOOD, latency_ms="slow"))
     messages[200] = b'{"ts": 1, "operation": "chat", "x": ]}'
+    messages[150] = orjson.dumps([GOOD, GOOD])
     ok, bad = decode_many(messages)
-    assert len(ok) == 254 and [(r.message, r.reason) for r in bad] == [
+    assert len(ok) == 255 and [(r.message, r.reason) for r in bad] == [
         (100, "wrong_type"), (200, "not_json")]
     assert alone == [messages[100], messages[200]]

@@ -157,6 +157,8 @@ class Rejection(NamedTuple):
 
 _one: Final = msgspec.json.Decoder(TraceEvent)
 _many: Final = msgspec.json.Decoder(list[TraceEvent])
+# A run of messages some of which are batches: an item per message.
+_mixed: Final = msgspec.json.Decoder(list[TraceEvent | list[TraceEvent]])
 _raw: Final = msgspec.json.Decoder()
 _split: Final = msgspec.json.Decoder(list[msgspec.Raw])   # a batch's items, unparsed
 _CONTRACT_FIELDS: Final = frozenset(TraceEvent.__struct_fields__) - {"override_reason"}
@@ -395,7 +397,8 @@ def decode_many(
     messages: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES
 ) -> tuple[list[TraceEvent], list[Rejection]]:
     """Decode several messages, events in message order; the same result as calling
-    :func:`decode` on each, but runs of single-object messages are parsed in one call.
+    :func:`decode` on each, but runs of messages that are one object or one array of them
+    are parsed in one call.
 
     >>> ok, bad = decode_many([b'{"ts": 1, "operation": "chat"}', b'[{"ts": 2, "operation": "x"}]',
     ...                        b'{"ts": 3}', b'{"ts": 4, "operation": "chat"}'])
@@ -406,9 +409,10 @@ def decode_many(
     bad: list[Rejection] = []
     n = len(messages)
     start = 0
-    for i in [*_odd_ones(messages, max_bytes), n]:
+    odd, heads = _shapes(messages, max_bytes)
+    for i in [*odd, n]:
         if i > start:
-            _decode_run(messages[start:i], start, max_bytes, ok, bad)
+            _decode_run(messages[start:i], start, max_bytes, ok, bad, b"[" in heads[start:i])
         if i < n:
             evs, rej = decode(messages[i], max_bytes)
             ok += evs
@@ -418,23 +422,26 @@ def decode_many(
 
 
 _first, _last = itemgetter(0), itemgetter(-1)
-_NOT_OPEN, _NOT_CLOSE = re.compile(rb"[^{]"), re.compile(rb"[^}]")
+_NOT_OPEN, _NOT_CLOSE = re.compile(rb"[^{[]"), re.compile(rb"[^}\]]")
 
 
-def _odd_ones(messages: list[bytes], max_bytes: int) -> list[int]:
-    """Indexes of the messages that are not one plain ``{…}`` within the size limit, in
-    order. The hot path: first and last bytes gathered and searched by C-level passes."""
+def _shapes(messages: list[bytes], max_bytes: int) -> tuple[list[int], bytes]:
+    """The indexes of the messages that are neither one ``{…}`` nor one ``[…]`` within the
+    size limit, in order, and every message's first byte (0 for an empty or over-long one).
+    The hot path: first and last bytes gathered and searched by C-level passes."""
     if all(messages) and max(map(len, messages), default=0) <= max_bytes:
         heads, tails = bytes(map(_first, messages)), bytes(map(_last, messages))
-        return sorted({m.start() for m in _NOT_OPEN.finditer(heads)}
-                      | {m.start() for m in _NOT_CLOSE.finditer(tails)})
-    return [i for i, m in enumerate(messages)
-            if not (m[:1] == b"{" and m[-1:] == b"}" and len(m) <= max_bytes)]
+    else:
+        fit = [m if 0 < len(m) <= max_bytes else b"\0" for m in messages]
+        heads, tails = bytes(map(_first, fit)), bytes(map(_last, fit))
+    return sorted({m.start() for m in _NOT_OPEN.finditer(heads)}
+                  | {m.start() for m in _NOT_CLOSE.finditer(tails)}), heads
 
 
 def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEvent],
-                bad: list[Rejection]) -> None:
-    """Decode a run of single-object messages in one call; when that fails, the messages
+                bad: list[Rejection], arrays: bool = False) -> None:
+    """Decode a run of messages, each one object or (``arrays``: some of them) one array of
+    objects, in one call; when that fails, the messages
     before and after the failing one as runs again and the failing one alone. A bad message
     then costs about two runs' parsing rather than its run's every message parsed alone (the
     decoder's error names the failing item: a hint only, every part is checked as a whole
@@ -453,14 +460,16 @@ def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEven
             continue
         part = run[a:b]
         hint: int | None = None
+        items: list[Any] | None
         try:
-            evs = _many.decode(b"[" + b",".join(part) + b"]")
+            items = (_mixed if arrays else _many).decode(b"[" + b",".join(part) + b"]")
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
-            evs, hint = None, _failed_item(str(e), part)
-        # One event per message, and every late check passing; else message by message, so
+            items, hint = None, _failed_item(str(e), part)
+        # One item per message, and every late check passing; else message by message, so
         # each bad message is rejected alone (and "{…},{…}" in one message cannot pass as two
         # events).
-        if evs is not None and len(evs) == len(part) and _finish_all(evs):
+        if items is not None and len(items) == len(part) and _finish_all(
+                evs := _flat(items) if arrays else cast(list[TraceEvent], items)):
             ok += evs
         elif b - a <= _SPLIT_MIN:
             todo.append((a, b, False))
@@ -470,6 +479,17 @@ def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEven
         else:
             i = (a + b) // 2
             todo += [(i, b, True), (a, i, True)]
+
+
+def _flat(items: list[Any]) -> list[TraceEvent]:
+    """A run's items, an array message's events in its place."""
+    evs: list[TraceEvent] = []
+    for x in items:
+        if x.__class__ is list:
+            evs += x
+        else:
+            evs.append(x)
+    return evs
 
 
 #: Runs at most this long are decoded message by message once they fail as a whole.
