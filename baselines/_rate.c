@@ -242,10 +242,29 @@ static int cand_lt(const Cand *a, const Cand *b) {   /* tuple a < tuple b */
     return a->kk < b->kk;
 }
 
-/* The decision itself: -1 with an exception set if ``prev`` is not the recent totals. */
-static int decide_core(Rate *self, double k, double n, double t, PyObject *prev,
-                       long long window, int drift, int dir, double min_count, double *z_out,
-                       int *slow_out, int *hit_out, double *zf_out) {
+static PyObject *Rate_decide(Rate *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8)
+        return PyErr_Format(PyExc_TypeError, "decide takes 8 arguments (%zd given)", nargs);
+    double k, n, t, min_count;
+    if ((k = PyFloat_AsDouble(args[0])) == -1.0 && PyErr_Occurred())
+        return NULL;
+    if ((n = PyFloat_AsDouble(args[1])) == -1.0 && PyErr_Occurred())
+        return NULL;
+    if ((t = PyFloat_AsDouble(args[2])) == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *prev = args[3];
+    long long window = PyLong_AsLongLong(args[4]);
+    if (window == -1 && PyErr_Occurred())
+        return NULL;
+    int drift = PyObject_IsTrue(args[5]);
+    if (drift < 0)
+        return NULL;
+    if (!PyUnicode_Check(args[6]))
+        return PyErr_Format(PyExc_TypeError, "decide: the direction is not a str");
+    int dir = PyUnicode_CompareWithASCIIString(args[6], "up") == 0 ? 0
+              : PyUnicode_CompareWithASCIIString(args[6], "down") == 0 ? 1 : 2;
+    if ((min_count = PyFloat_AsDouble(args[7])) == -1.0 && PyErr_Occurred())
+        return NULL;
     double sd = self->sd;
     double zf = poisson_score(k, n * self->pf) / sd, zs = poisson_score(k, n * self->ps) / sd;
     Cand c[5] = {{zf, k, 0}, {zs, k, 1}};
@@ -254,38 +273,32 @@ static int decide_core(Rate *self, double k, double n, double t, PyObject *prev,
     int up_lean = (zs > zf ? zs : zf) >= half;
     int down_lean = (zs < zf ? zs : zf) <= -half;
     if ((up_lean || down_lean) && prev != Py_None) {
-        if (!PyList_Check(prev)) {
-            PyErr_SetString(PyExc_TypeError, "decide: the recent totals are not a list");
-            return -1;
-        }
+        if (!PyList_Check(prev))
+            return PyErr_Format(PyExc_TypeError, "decide: the recent totals are not a list");
         Py_ssize_t np = PyList_GET_SIZE(prev);
         long long last = -1;
         if (np) {
             PyObject *e = PyList_GET_ITEM(prev, np - 1);
-            if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3) {
-                PyErr_SetString(PyExc_TypeError, "decide: a recent entry is not a tuple");
-                return -1;
-            }
+            if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3)
+                return PyErr_Format(PyExc_TypeError, "decide: a recent entry is not a tuple");
             last = PyLong_AsLongLong(PyTuple_GET_ITEM(e, 0));
             if (last == -1 && PyErr_Occurred())
-                return -1;
+                return NULL;
         }
         if (np && last == window - 1) {
             double x = k, y = n;
             for (Py_ssize_t i = 0; i < np; i++) {
                 PyObject *e = PyList_GET_ITEM(prev, i);
-                if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3) {
-                    PyErr_SetString(PyExc_TypeError, "decide: a recent entry is not a tuple");
-                    return -1;
-                }
+                if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3)
+                    return PyErr_Format(PyExc_TypeError, "decide: a recent entry is not a tuple");
                 long long w = PyLong_AsLongLong(PyTuple_GET_ITEM(e, 0));
                 if (w == -1 && PyErr_Occurred())
-                    return -1;
+                    return NULL;
                 if (w >= window - 2) {
                     double px = PyFloat_AsDouble(PyTuple_GET_ITEM(e, 1));
                     double py = PyFloat_AsDouble(PyTuple_GET_ITEM(e, 2));
                     if (PyErr_Occurred())
-                        return -1;
+                        return NULL;
                     x = x + px;
                     y = y + py;
                 }
@@ -313,51 +326,9 @@ static int decide_core(Rate *self, double k, double n, double t, PyObject *prev,
             best = i;
     }
     double z = c[best].z, kk = c[best].kk;
-    *z_out = z;
-    *slow_out = c[best].slow;
-    *hit_out = dir == 0 ? (z >= t && kk >= min_count)
-               : dir == 1 ? z <= -t : ((z >= t && kk >= min_count) || z <= -t);
-    *zf_out = zf;
-    return 0;
-}
-
-/* A direction's code: 0 up, 1 down, 2 both (-1 with an exception if not a str). */
-static int direction(PyObject *d) {
-    if (!PyUnicode_Check(d)) {
-        PyErr_SetString(PyExc_TypeError, "the direction is not a str");
-        return -1;
-    }
-    return PyUnicode_CompareWithASCIIString(d, "up") == 0 ? 0
-           : PyUnicode_CompareWithASCIIString(d, "down") == 0 ? 1 : 2;
-}
-
-static PyObject *Rate_decide(Rate *self, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 8)
-        return PyErr_Format(PyExc_TypeError, "decide takes 8 arguments (%zd given)", nargs);
-    double k, n, t, min_count;
-    if ((k = PyFloat_AsDouble(args[0])) == -1.0 && PyErr_Occurred())
-        return NULL;
-    if ((n = PyFloat_AsDouble(args[1])) == -1.0 && PyErr_Occurred())
-        return NULL;
-    if ((t = PyFloat_AsDouble(args[2])) == -1.0 && PyErr_Occurred())
-        return NULL;
-    long long window = PyLong_AsLongLong(args[4]);
-    if (window == -1 && PyErr_Occurred())
-        return NULL;
-    int drift = PyObject_IsTrue(args[5]);
-    if (drift < 0)
-        return NULL;
-    int dir = direction(args[6]);
-    if (dir < 0)
-        return NULL;
-    if ((min_count = PyFloat_AsDouble(args[7])) == -1.0 && PyErr_Occurred())
-        return NULL;
-    double z, zf;
-    int slow, hit;
-    if (decide_core(self, k, n, t, args[3], window, drift, dir, min_count, &z, &slow, &hit,
-                    &zf) < 0)
-        return NULL;
-    return Py_BuildValue("(dNNd)", z, PyBool_FromLong(slow), PyBool_FromLong(hit), zf);
+    int hit = dir == 0 ? (z >= t && kk >= min_count)
+              : dir == 1 ? z <= -t : ((z >= t && kk >= min_count) || z <= -t);
+    return Py_BuildValue("(dNNd)", z, PyBool_FromLong(c[best].slow), PyBool_FromLong(hit), zf);
 }
 
 static double reference(const Rate *r, int up) {
@@ -829,217 +800,11 @@ fail:
     return NULL;
 }
 
-/* -- the scorer's rate windows --------------------------------------------------------------
- * score_rates(scorer, specs, counts, own, parent, firing, thr, window, need, events, out):
- * detector.core.scoring.Scorer.score_rates_py's twin, for rate signals scored on the cohort's
- * own baseline (the twin, warm): each one's decision appended to ``out``. A signal on its
- * parent's baseline, or on the reference's, goes to score_rates_py alone; the sequential test,
- * when it has anything to weigh, is the scorer's _sequential. */
-static int fallback(PyObject *scorer, PyObject *spec, PyObject *const *args) {
-    PyObject *one = PyTuple_Pack(1, spec);
-    if (one == NULL)
-        return -1;
-    PyObject *res = PyObject_CallMethod(scorer, "score_rates_py", "OOOOOOOOOO", one, args[2],
-                                        args[3], args[4], args[5], args[6], args[7], args[8],
-                                        args[9], args[10]);
-    Py_DECREF(one);
-    if (res == NULL)
-        return -1;
-    Py_DECREF(res);
-    return 0;
-}
-
-static int decision(PyObject *out, PyTypeObject *type, PyObject *name, double z,
-                    double observed, double expected, PyObject *base_t, int hit,
-                    PyObject *events, double ev, int confirmed) {
-    /* As tuple.__new__(Decision, (...)) makes it: the subtype's own allocation. */
-    PyObject *d = type->tp_alloc(type, 9);
-    if (d == NULL)
-        return -1;
-    PyObject *items[9] = {name, PyFloat_FromDouble(z), PyFloat_FromDouble(observed),
-                          PyFloat_FromDouble(expected), base_t, PyBool_FromLong(hit), events,
-                          PyFloat_FromDouble(ev), PyBool_FromLong(confirmed)};
-    Py_INCREF(name);
-    Py_INCREF(base_t);
-    Py_INCREF(events);
-    int bad = 0;
-    for (int i = 0; i < 9; i++) {
-        if (items[i] == NULL)
-            bad = 1;
-        PyTuple_SET_ITEM(d, i, items[i]);
-    }
-    int rc = bad ? -1 : PyList_Append(out, d);
-    Py_DECREF(d);
-    return rc;
-}
-
-static PyObject *score_rates(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 11)
-        return PyErr_Format(PyExc_TypeError, "score_rates takes 11 arguments");
-    if (ZEROS == NULL)
-        return PyErr_Format(PyExc_RuntimeError, "score_rates: designs() was not called");
-    PyObject *scorer = args[0], *specs = args[1], *counts = args[2], *own = args[3],
-             *firing = args[5], *thr = args[6], *events = args[9], *out = args[10];
-    if (!PyTuple_Check(specs) || !PyList_Check(counts) || !PyAnySet_Check(firing)
-        || !PyDict_Check(thr) || !PyList_Check(out))
-        return PyErr_Format(PyExc_TypeError, "score_rates: unexpected argument types");
-    long long window = PyLong_AsLongLong(args[7]);
-    if (window == -1 && PyErr_Occurred())
-        return NULL;
-    long long need = PyLong_AsLongLong(args[8]);
-    if (need == -1 && PyErr_Occurred())
-        return NULL;
-    PyObject *seq = PyObject_GetAttrString(own, "seq");
-    PyObject *mine = PyObject_GetAttrString(own, "baselines");
-    PyObject *recent = PyObject_GetAttrString(own, "recent");
-    PyObject *cro = PyObject_GetAttrString(scorer, "clear_ratio");
-    PyObject *dtype = PyObject_GetAttrString(scorer, "decision_type");
-    PyObject *result = NULL;
-    if (seq == NULL || mine == NULL || recent == NULL || cro == NULL || dtype == NULL)
-        goto done;
-    if (!PyDict_Check(seq) || !PyDict_Check(mine) || !PyDict_Check(recent)
-        || !PyType_Check(dtype)
-        || !PyType_IsSubtype((PyTypeObject *)dtype, &PyTuple_Type)) {
-        PyErr_SetString(PyExc_TypeError, "score_rates: unexpected cohort model or scorer");
-        goto done;
-    }
-    double clear_ratio = PyFloat_AsDouble(cro);
-    if (clear_ratio == -1.0 && PyErr_Occurred())
-        goto done;
-    Py_ssize_t nc = PyList_GET_SIZE(counts);
-    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(specs); i++) {
-        PyObject *spec = PyTuple_GET_ITEM(specs, i);
-        if (!PyTuple_Check(spec) || PyTuple_GET_SIZE(spec) != 4
-            || !PyTuple_Check(PyTuple_GET_ITEM(spec, 0))
-            || PyTuple_GET_SIZE(PyTuple_GET_ITEM(spec, 0)) < 7) {
-            PyErr_SetString(PyExc_TypeError, "score_rates: a spec is not (Signal, ...)");
-            goto done;
-        }
-        PyObject *sig = PyTuple_GET_ITEM(spec, 0), *name = PyTuple_GET_ITEM(sig, 0);
-        Py_ssize_t num = PyLong_AsSsize_t(PyTuple_GET_ITEM(sig, 2));
-        Py_ssize_t den = PyLong_AsSsize_t(PyTuple_GET_ITEM(sig, 3));
-        if (PyErr_Occurred())
-            goto done;
-        if (num < 0 || num >= nc || den < 0 || den >= nc) {
-            PyErr_SetString(PyExc_IndexError, "score_rates: a counter outside the counts");
-            goto done;
-        }
-        PyObject *no = PyList_GET_ITEM(counts, den), *ko = PyList_GET_ITEM(counts, num);
-        double n = PyFloat_AsDouble(no), k = PyFloat_AsDouble(ko);
-        if (PyErr_Occurred())
-            goto done;
-        if (n <= 0)
-            continue;
-        int dir = direction(PyTuple_GET_ITEM(spec, 1));
-        if (dir < 0)
-            goto done;
-        if (k == 0 && dir == 0) {   /* nothing happened: unless there is evidence to drain */
-            PyObject *cus = PyDict_GetItemWithError(seq, name);
-            if (cus == NULL) {
-                if (PyErr_Occurred())
-                    goto done;
-                continue;
-            }
-            PyObject *idle = PyObject_CallMethod(cus, "idle", NULL);
-            if (idle == NULL)
-                goto done;
-            int yes = PyObject_IsTrue(idle);
-            Py_DECREF(idle);
-            if (yes < 0)
-                goto done;
-            if (yes)
-                continue;
-        }
-        PyObject *b = PyDict_GetItemWithError(mine, name);   /* borrowed */
-        if (b == NULL && PyErr_Occurred())
-            goto done;
-        if (b == NULL || !Py_IS_TYPE(b, &RateType) || ((Rate *)b)->n < need) {
-            if (fallback(scorer, spec, args) < 0)   /* the parent's, or the reference's */
-                goto done;
-            continue;
-        }
-        Rate *r = (Rate *)b;
-        PyObject *base_to = PyDict_GetItemWithError(thr, name);
-        if (base_to == NULL) {
-            if (!PyErr_Occurred())
-                PyErr_SetObject(PyExc_KeyError, name);
-            goto done;
-        }
-        double base_t = PyFloat_AsDouble(base_to);
-        double min_count = PyFloat_AsDouble(PyTuple_GET_ITEM(spec, 2));
-        if (PyErr_Occurred())
-            goto done;
-        int firing_now = PySet_Contains(firing, name);
-        int flags = PyObject_IsTrue(PyTuple_GET_ITEM(sig, 6));
-        if (firing_now < 0 || flags < 0)
-            goto done;
-        double t = base_t * (firing_now ? clear_ratio : 1.0);
-        PyObject *prev = PyDict_GetItemWithError(recent, name);
-        if (prev == NULL) {
-            if (PyErr_Occurred())
-                goto done;
-            prev = Py_None;
-        }
-        double z, zf;
-        int slow, hit;
-        if (decide_core(r, k, n, t, prev, window, flags, dir, min_count, &z, &slow, &hit,
-                        &zf) < 0)
-            goto done;
-        double ev = 0.0;
-        int confirmed = 0;
-        if (flags) {
-            int in_seq = PyDict_Contains(seq, name);
-            if (in_seq < 0)
-                goto done;
-            if (in_seq || dir != 0 || !(k <= RISE_MIN * (n * r->ps))) {
-                PyObject *zfo = PyFloat_FromDouble(zf);
-                if (zfo == NULL)
-                    goto done;
-                PyObject *res = PyObject_CallMethod(scorer, "_sequential", "OOOOOOOO", sig, b,
-                                                    own, PyTuple_GET_ITEM(spec, 1),
-                                                    PyTuple_GET_ITEM(spec, 3), ko, no, zfo);
-                Py_DECREF(zfo);
-                if (res == NULL)
-                    goto done;
-                if (!PyTuple_Check(res) || PyTuple_GET_SIZE(res) != 2) {
-                    Py_DECREF(res);
-                    PyErr_SetString(PyExc_TypeError, "score_rates: _sequential's result");
-                    goto done;
-                }
-                ev = PyFloat_AsDouble(PyTuple_GET_ITEM(res, 0));
-                confirmed = PyObject_IsTrue(PyTuple_GET_ITEM(res, 1));
-                Py_DECREF(res);
-                if ((ev == -1.0 && PyErr_Occurred()) || confirmed < 0)
-                    goto done;
-            }
-        }
-        if (confirmed && !hit) {
-            z = ev;
-            slow = 0;
-            hit = 1;
-        }
-        if (decision(out, (PyTypeObject *)dtype, name, z, k / n, slow ? r->ps : r->pf, base_to,
-                     hit, events, ev, confirmed) < 0)
-            goto done;
-    }
-    result = Py_None;
-    Py_INCREF(result);
-done:
-    Py_XDECREF(seq);
-    Py_XDECREF(mine);
-    Py_XDECREF(recent);
-    Py_XDECREF(cro);
-    Py_XDECREF(dtype);
-    return result;
-}
-
 static PyMethodDef module_methods[] = {
     {"designs", (PyCFunction)(void (*)(void))designs, METH_FASTCALL,
      "designs(log_up, rho_up_m1, rise_min, zeros): the count CUSUM's upward designs."},
     {"learn_plain", (PyCFunction)(void (*)(void))learn_plain, METH_FASTCALL,
      "The scorer's rate windows without a decision, learned (see scoring.learn_plain_py)."},
-    {"score_rates", (PyCFunction)(void (*)(void))score_rates, METH_FASTCALL,
-     "A run of rate signals scored (see scoring.Scorer.score_rates_py)."},
     {NULL},
 };
 

@@ -13,14 +13,13 @@ windows still teach the baselines, with bounded influence, and an anomalous epis
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from itertools import groupby
 from math import expm1
 from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline, new_quantity
-from baselines.rate import PLAIN, SCORE_RATES, TWIN, RateBaseline, new_rate
+from baselines.rate import PLAIN, TWIN, RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
@@ -119,9 +118,6 @@ class CohortModel:
 class Scorer:
     """Scores a window's partial for one cohort and teaches its baselines."""
 
-    #: The type of what score gives (score_rates in baselines/_rate.c makes them too).
-    decision_type = Decision
-
     def __init__(self, config: Config) -> None:
         b = config.baselines
         self.fast = fading_factor(b.fast_half_life_windows)
@@ -148,15 +144,11 @@ class Scorer:
         # loaded through as_twin).
         self._decide: Callable[..., tuple[float, bool, bool, float]] = (
             TWIN.decide if TWIN is not None else decide_rate_py)
-        # ...and of score_rates_py (the rate signals' scoring loop).
-        self._score_rates: Callable[..., None] = (
-            SCORE_RATES if SCORE_RATES is not None else Scorer.score_rates_py)
         self.resolve_after = config.alerting.resolve_after_clean_windows
         self._rebaselines = [(int(r.at.timestamp() // self.size), r) for r in config.rebaseline]
         self._nats: dict[float, float] = {}
         self._thresholds: dict[tuple[int, tuple[str, ...]], dict[str, float]] = {}
         self._specs: list[tuple[Signal, str, float, float]] = []
-        self._segments: list[tuple[bool, tuple[tuple[Signal, str, float, float], ...]]] = []
         self._judging(config)
 
     def _judging(self, config: Config) -> None:
@@ -167,10 +159,6 @@ class Scorer:
         self._thresholds = {}
         self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count,
                         config.signal(s.name).threshold) for s in self.signals]
-        # The specs in runs of rates and of the others, in signal order (score's decisions
-        # are in that order, which learn relies on).
-        self._segments = [(rates, tuple(run)) for rates, run in
-                          groupby(self._specs, key=lambda spec: spec[0].kind == "rate")]
 
     def reconfigure(self, config: Config) -> None:
         """Judge the next windows by ``config``'s thresholds, directions, min counts and
@@ -237,6 +225,7 @@ class Scorer:
         seq, mine, recent = own.seq, own.baselines, own.recent
         need = self.warmup if own.level == 0 else self.own_after
         clear_ratio = self.clear_ratio
+        decide = self._decide
         events = int(c[EVENTS])
         out: list[Decision] = []
         x: float
@@ -244,27 +233,33 @@ class Scorer:
         q: float
         observed: float
         cands: list[tuple[float, bool, float]]   # (score, slow horizon, its count)
-        for rates, specs in self._segments:
-            if rates:   # (the C twin's when built: score_rates_py is the reference)
-                self._score_rates(self, specs, c, own, parent, firing, thr, window, need,
-                                  events, out)
-                continue
-            for sig, d, min_count, seq_t in specs:
-                name, kind, num, den, sq, _, _, log = sig
-                if kind == "volume":
-                    n = k = c[EVENTS]
-                else:
-                    n = c[num]
-                    if n <= 0:
-                        continue
-                    k = n   # the number of values (min_count applies)
-                b: Any = mine.get(name)
-                if b is None or b.n < need:   # (the common case, its own baseline, inline)
-                    b = self._baseline(sig, own, parent)
-                    if b is None:
-                        continue
-                base_t = thr[name]
-                t = base_t * (clear_ratio if name in firing else 1.0)
+        for sig, d, min_count, seq_t in self._specs:
+            name, kind, num, den, sq, _, flags, log = sig
+            if kind == "volume":
+                n = k = c[EVENTS]
+            else:
+                n = c[num] if kind == "quantity" else c[den]
+                if n <= 0:
+                    continue
+                k = c[num]   # for a quantity: the number of values (min_count applies)
+                if k == 0 and d == "up" and (name not in seq or seq[name].idle()):
+                    continue     # nothing happened, no evidence to drain (the common case)
+            # A Baseline of the signal's kind: the calls below follow ``kind``, which mypy
+            # cannot, so ``b`` is typed Any here (and in learn and adopt).
+            b: Any = mine.get(name)
+            if b is None or b.n < need:   # (the common case, its own baseline, inline)
+                b = self._baseline(sig, own, parent)
+                if b is None:
+                    continue
+            base_t = thr[name]
+            t = base_t * (clear_ratio if name in firing else 1.0)
+            if kind == "rate":
+                # The window's scores, its candidates and the direction's pick (the C twin's
+                # when built: the same floats; decide_rate_py is the reference).
+                z, slow, hit, zf = decide(b, k, n, t, recent.get(name), window,
+                                          flags and b is mine.get(name), d, min_count)
+                observed = k / n
+            else:
                 if kind == "volume":
                     zf, zs = b.score_one(k, t0)
                     cands = [(zf, False, k), (zs, True, k)]
@@ -273,11 +268,11 @@ class Scorer:
                     x, y, q = n, c[den] / SCALE, c[sq] / SCALE2
                     zf, zs = b.score_one(x, y, q, t0)
                     cands = [(zf, False, k), (zs, True, k)]
-                    # Multi-window evidence: the last three consecutive windows together, so
-                    # a tenfold rise on a small cohort is not missed for want of counts in
-                    # one. ...but only while this window on its own leans the same way, so
-                    # one bad window is not stretched into three windows of "persistence"
-                    # (and only then are they scored).
+                    # Multi-window evidence: the last three consecutive windows together, so a
+                    # tenfold rise on a small cohort is not missed for want of counts in one.
+                    # ...but only while this window on its own leans the same way, so one
+                    # bad window is not stretched into three windows of "persistence" (and
+                    # only then are they scored).
                     half = t / 2
                     # (max(zf, zs) and min(zf, zs), without the builtin calls.)
                     up_lean = (zs if zs > zf else zf) >= half
@@ -291,8 +286,8 @@ class Scorer:
                         for a in ((af, False, x), (as_, True, x)):   # x: the summed count
                             if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
                                 cands.append(a)
-                    # Quantities are counted as log1p (tokens and latency are heavy-tailed)
-                    # and reported back as geometric means; evaluation scores as plain means.
+                    # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
+                    # reported back as geometric means; evaluation scores as plain means.
                     mean = c[den] / SCALE / n
                     observed = expm1(mean) if log else mean
                 if d == "up":
@@ -304,57 +299,11 @@ class Scorer:
                 else:
                     z, slow, kk = max(cands, key=_magnitude)
                     hit = (z >= t and kk >= min_count) or z <= -t
-                if kind == "volume":   # (no sequential test: not a flag count)
-                    ev, confirmed = 0.0, False
-                elif kind == "quantity" and name not in seq and -Z_QUIET <= zf <= Z_QUIET:
-                    # _sequential's first return, without the call: an idle statistic and
-                    # nothing to add to it (the common case).
-                    ev, confirmed = 0.0, False
-                else:
-                    ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, zf)
-                if confirmed and not hit:
-                    z, slow, hit = ev, False, True
-                if kind == "volume":
-                    expected = b.expected(t0, slow)
-                else:
-                    expected = b.expected(slow)
-                    expected = expm1(expected) if log else expected
-                # (Decision(...) without NamedTuple's Python-level __new__: one per pair.)
-                out.append(_NEW(Decision, (name, z, observed, expected, base_t, hit, events,
-                                           ev, confirmed)))
-        return out
-
-    def score_rates_py(self, specs: tuple[tuple[Signal, str, float, float], ...], c: list[int],
-                       own: CohortModel, parent: CohortModel | None,
-                       firing: frozenset[str] | set[str], thr: dict[str, float], window: int,
-                       need: int, events: int, out: list[Decision]) -> None:
-        """:meth:`score`'s step for a run of rate signals ``specs``, their decisions appended
-        to ``out``: the reference for ``score_rates`` in baselines/_rate.c, which hands it the
-        signals it leaves (tests/test_scoring_shortcuts.py holds the two alike)."""
-        seq, mine, recent = own.seq, own.baselines, own.recent
-        for spec in specs:
-            sig, d, min_count, seq_t = spec
-            name, _, num, den, _, _, flags, _ = sig
-            n = c[den]
-            if n <= 0:
-                continue
-            k = c[num]
-            if k == 0 and d == "up" and (name not in seq or seq[name].idle()):
-                continue     # nothing happened, no evidence to drain (the common case)
-            b: Any = mine.get(name)
-            if b is None or b.n < need:   # (the common case, its own baseline, inline)
-                b = self._baseline(sig, own, parent)
-                if b is None:
-                    continue
-            base_t = thr[name]
-            t = base_t * (self.clear_ratio if name in firing else 1.0)
-            # The window's scores, its candidates and the direction's pick (the C twin's
-            # when built: the same floats; decide_rate_py is the reference).
-            z, slow, hit, zf = self._decide(b, k, n, t, recent.get(name), window,
-                                            flags and b is mine.get(name), d, min_count)
-            if not flags:
+            if kind != "quantity" and not flags:
                 ev, confirmed = 0.0, False
-            elif name not in seq and d == "up" and k <= RISE_MIN * (n * b.expected(True)):
+            elif name not in seq and (
+                    (-Z_QUIET <= zf <= Z_QUIET) if kind == "quantity"
+                    else (d == "up" and k <= RISE_MIN * (n * b.expected(True)))):
                 # _sequential's first return, without the call: an idle statistic and nothing
                 # to add to it (the common case).
                 ev, confirmed = 0.0, False
@@ -362,8 +311,17 @@ class Scorer:
                 ev, confirmed = self._sequential(sig, b, own, d, seq_t, k, n, zf)
             if confirmed and not hit:
                 z, slow, hit = ev, False, True
-            out.append(_NEW(Decision, (name, z, k / n, b.expected(slow), base_t, hit, events,
-                                       ev, confirmed)))
+            if kind == "volume":
+                expected = b.expected(t0, slow)
+            elif kind == "quantity":
+                expected = b.expected(slow)
+                expected = expm1(expected) if log else expected
+            else:
+                expected = b.expected(slow)
+            # (Decision(...) without NamedTuple's Python-level __new__: one per scored pair.)
+            out.append(_NEW(Decision, (name, z, observed, expected, base_t, hit, events, ev,
+                                       confirmed)))
+        return out
 
     def _sequential(self, sig: Signal, b: Baseline, own: CohortModel, d: str, t: float,
                     k: float, n: float, z_fast: float) -> tuple[float, bool]:
