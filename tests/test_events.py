@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
+import msgspec
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -235,3 +238,45 @@ def test_one_bad_message_in_a_long_run_leaves_the_others_decoded_as_runs(monkeyp
     assert len(ok) == 255 and [(r.message, r.reason) for r in bad] == [
         (100, "wrong_type"), (200, "not_json")]
     assert alone == [messages[100], messages[200]]
+
+
+_OFFSETS = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(
+    lambda m: timezone(timedelta(minutes=m)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.one_of(st.datetimes(datetime(1, 1, 2), datetime(9999, 12, 30), timezones=_OFFSETS),
+              st.floats(0, 1e12)),
+    st.sampled_from([GOOD["trace_id"], GOOD["trace_id"].upper(), "g" * 32, " " + "a" * 31,
+                     "٣" * 32, None]),
+    st.sampled_from([GOOD["span_id"], "0x" + "a" * 14, None]),
+    st.sampled_from([None, "free text", ""]),
+    st.sampled_from([None, {}, {"relevance": 0.5}, {"Answer Relevance": 1.0, "x.y": 2.0}])),
+    min_size=1, max_size=8))
+def test_the_late_checks_in_c_are_the_python_ones(rows: list) -> None:
+    """finish_all (_finish.c) leaves a decoded batch as _finish_all_py does, and says the same
+    about its ids: RFC 3339 stamps at any offset and any year (the far ones through
+    timestamp() itself) and epoch numbers, hex and not-hex ids, override text, evaluation
+    scores with names to clean."""
+    from detector.core import events
+
+    if events._finish_all is events._finish_all_py:
+        pytest.skip("the C twin was not built (or DETECTOR_NO_EXTENSIONS is set)")
+    batch = []
+    for ts, tid, sid, reason, evals in rows:
+        ev: dict = {"ts": ts.isoformat() if isinstance(ts, datetime) else ts,
+                    "operation": "human_override"}
+        for k, v in (("trace_id", tid), ("span_id", sid), ("override_reason", reason),
+                     ("eval_scores", evals)):
+            if v is not None:
+                ev[k] = v
+        batch.append(ev)
+    data = orjson.dumps(batch)
+    try:
+        one, two = events._many.decode(data), events._many.decode(data)
+    except msgspec.ValidationError:
+        return   # (a stamp whose UTC time is outside years 1-9999: rejected before either)
+    assert events._finish_all(one) == events._finish_all_py(two)
+    for a, b in zip(one, two, strict=True):
+        assert repr(a.ts) == repr(b.ts) and a == b

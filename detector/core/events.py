@@ -23,12 +23,15 @@ are never materialised.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import os
 import re
 import sys
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from datetime import datetime
 from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, itemgetter
@@ -357,9 +360,10 @@ _ts, _tid, _sid, _reason, _evals = (attrgetter(f) for f in ("ts", "trace_id", "s
 _ONLY_UNSET: Final = frozenset((UNSET,))
 
 
-def _finish_all(evs: list[TraceEvent]) -> bool:
+def _finish_all_py(evs: list[TraceEvent]) -> bool:
     """:func:`_finish` for a whole batch, ``False`` if an id is not hex (the caller then redoes
-    the batch event by event). The hot path: each step is one C-level pass over the batch."""
+    the batch event by event). The hot path: each step is one C-level pass over the batch;
+    the reference for ``finish_all`` in _finish.c, which does it in one pass."""
     stamped = list(compress(evs, map(isinstance, map(_ts, evs), repeat(datetime))))
     if stamped:   # RFC 3339 stamps to epoch seconds
         deque(map(setattr, stamped, repeat("ts"), map(datetime.timestamp, map(_ts, stamped))), 0)
@@ -374,6 +378,16 @@ def _finish_all(evs: list[TraceEvent]) -> bool:
     # concatenation is. UNSET is falsy.
     ids = "".join(filter(None, chain(map(_tid, evs), map(_sid, evs))))
     return _is_hex(ids)
+
+
+# The C twin of _finish_all_py, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS
+# is set (tests/test_events.py holds the two alike).
+_finish_all: Callable[[list[TraceEvent]], bool] = _finish_all_py
+if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
+    with contextlib.suppress(ImportError):
+        _c = importlib.import_module("detector.core._finish")
+        _c.configure(TraceEvent, UNSET, _eval_keys)
+        _finish_all = _c.finish_all
 
 
 def decode(
