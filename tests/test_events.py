@@ -252,7 +252,9 @@ _OFFSETS = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(
                      "٣" * 32, None]),
     st.sampled_from([GOOD["span_id"], "0x" + "a" * 14, None]),
     st.sampled_from([None, "free text", ""]),
-    st.sampled_from([None, {}, {"relevance": 0.5}, {"Answer Relevance": 1.0, "x.y": 2.0}])),
+    st.one_of(st.sampled_from([None, {}]), st.dictionaries(st.sampled_from(
+        ["relevance", "answer_relevance", "a1_b2_c3", "Answer Relevance", "x.y", "a__b", "a_",
+         "tox-v2", "0", "ragas:faith", "rel evance"]), st.floats(-1, 1), max_size=4))),
     min_size=1, max_size=8))
 def test_the_late_checks_in_c_are_the_python_ones(rows: list) -> None:
     """finish_all (_finish.c) leaves a decoded batch as _finish_all_py does, and says the same

@@ -5,7 +5,7 @@
  * microseconds since the epoch, divided by a million with one rounding (what Python's int
  * true division does when both fit a double exactly; further out, timestamp() itself is
  * called). Ids must be hex digits only; the override's free text is dropped; evaluation
- * scores with names to clean go to the Python that cleans them. */
+ * scores with a name to clean go to the Python that cleans them. */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <datetime.h>
@@ -95,6 +95,36 @@ static int is_hex(PyObject *s) {
     return 1;
 }
 
+/* 1 if the evaluator name is already as eval_key makes it (events._CLEAN: runs of [a-z0-9]
+ * joined by single underscores), 0 if not or not a str. */
+static int clean_name(PyObject *s) {
+    if (!PyUnicode_Check(s) || !PyUnicode_IS_ASCII(s))
+        return 0;
+    const unsigned char *c = PyUnicode_1BYTE_DATA(s);
+    Py_ssize_t n = PyUnicode_GET_LENGTH(s);
+    if (n == 0 || c[0] == '_' || c[n - 1] == '_')
+        return 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char x = c[i];
+        if (x == '_') {
+            if (c[i + 1] == '_')   /* (i < n - 1: the last is not '_') */
+                return 0;
+        } else if (!((x >= 'a' && x <= 'z') || (x >= '0' && x <= '9'))) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int all_clean(PyObject *scores) {
+    Py_ssize_t pos = 0;
+    PyObject *k, *v;
+    while (PyDict_Next(scores, &pos, &k, &v))
+        if (!clean_name(k))
+            return 0;
+    return 1;
+}
+
 static void replace(PyObject *ev, Py_ssize_t off, PyObject *v) {   /* steals v */
     PyObject *old = SLOT(ev, off);
     SLOT(ev, off) = v;
@@ -124,7 +154,9 @@ static PyObject *finish_all(PyObject *mod, PyObject *evs) {
             replace(ev, OFF_REASON, UNSET);
         }
         PyObject *evals = SLOT(ev, OFF_EVALS);
-        if (evals != NULL && PyDict_Check(evals) && PyDict_GET_SIZE(evals)) {
+        /* (Names already clean, the usual case, are what eval_keys would keep as they are.) */
+        if (evals != NULL && PyDict_Check(evals) && PyDict_GET_SIZE(evals)
+            && !all_clean(evals)) {
             PyObject *clean = PyObject_CallOneArg(EVAL_KEYS, evals);
             if (clean == NULL)
                 return NULL;
