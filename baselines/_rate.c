@@ -216,6 +216,121 @@ static PyObject *Rate_drift_score(Rate *self, PyObject *const *args, Py_ssize_t 
     return PyFloat_FromDouble(drift_score(self, a[0], a[1]));
 }
 
+/* -- a rate window's decision (scoring.decide_rate_py's twin) --------------------------------
+ * decide(k, n, t, prev, window, drift, direction, min_count) -> (z, slow, hit, zf): the
+ * window's scores, the multi-window candidates (prev: the cohort's recent totals of this
+ * signal, or None), the two-horizon one (drift true: the cohort's own baseline with flags),
+ * and the direction's pick as max/min over (score, slow, count) tuples picks it. */
+typedef struct {
+    double z, kk;
+    int slow;
+} Cand;
+
+static int cand_gt(const Cand *a, const Cand *b) {   /* tuple a > tuple b */
+    if (!(a->z == b->z))
+        return a->z > b->z;
+    if (a->slow != b->slow)
+        return a->slow > b->slow;
+    return a->kk > b->kk;
+}
+
+static int cand_lt(const Cand *a, const Cand *b) {   /* tuple a < tuple b */
+    if (!(a->z == b->z))
+        return a->z < b->z;
+    if (a->slow != b->slow)
+        return a->slow < b->slow;
+    return a->kk < b->kk;
+}
+
+static PyObject *Rate_decide(Rate *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 8)
+        return PyErr_Format(PyExc_TypeError, "decide takes 8 arguments (%zd given)", nargs);
+    double k, n, t, min_count;
+    if ((k = PyFloat_AsDouble(args[0])) == -1.0 && PyErr_Occurred())
+        return NULL;
+    if ((n = PyFloat_AsDouble(args[1])) == -1.0 && PyErr_Occurred())
+        return NULL;
+    if ((t = PyFloat_AsDouble(args[2])) == -1.0 && PyErr_Occurred())
+        return NULL;
+    PyObject *prev = args[3];
+    long long window = PyLong_AsLongLong(args[4]);
+    if (window == -1 && PyErr_Occurred())
+        return NULL;
+    int drift = PyObject_IsTrue(args[5]);
+    if (drift < 0)
+        return NULL;
+    if (!PyUnicode_Check(args[6]))
+        return PyErr_Format(PyExc_TypeError, "decide: the direction is not a str");
+    int dir = PyUnicode_CompareWithASCIIString(args[6], "up") == 0 ? 0
+              : PyUnicode_CompareWithASCIIString(args[6], "down") == 0 ? 1 : 2;
+    if ((min_count = PyFloat_AsDouble(args[7])) == -1.0 && PyErr_Occurred())
+        return NULL;
+    double sd = self->sd;
+    double zf = poisson_score(k, n * self->pf) / sd, zs = poisson_score(k, n * self->ps) / sd;
+    Cand c[5] = {{zf, k, 0}, {zs, k, 1}};
+    int nc = 2;
+    double half = t / 2;
+    int up_lean = (zs > zf ? zs : zf) >= half;
+    int down_lean = (zs < zf ? zs : zf) <= -half;
+    if ((up_lean || down_lean) && prev != Py_None) {
+        if (!PyList_Check(prev))
+            return PyErr_Format(PyExc_TypeError, "decide: the recent totals are not a list");
+        Py_ssize_t np = PyList_GET_SIZE(prev);
+        long long last = -1;
+        if (np) {
+            PyObject *e = PyList_GET_ITEM(prev, np - 1);
+            if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3)
+                return PyErr_Format(PyExc_TypeError, "decide: a recent entry is not a tuple");
+            last = PyLong_AsLongLong(PyTuple_GET_ITEM(e, 0));
+            if (last == -1 && PyErr_Occurred())
+                return NULL;
+        }
+        if (np && last == window - 1) {
+            double x = k, y = n;
+            for (Py_ssize_t i = 0; i < np; i++) {
+                PyObject *e = PyList_GET_ITEM(prev, i);
+                if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) < 3)
+                    return PyErr_Format(PyExc_TypeError, "decide: a recent entry is not a tuple");
+                long long w = PyLong_AsLongLong(PyTuple_GET_ITEM(e, 0));
+                if (w == -1 && PyErr_Occurred())
+                    return NULL;
+                if (w >= window - 2) {
+                    double px = PyFloat_AsDouble(PyTuple_GET_ITEM(e, 1));
+                    double py = PyFloat_AsDouble(PyTuple_GET_ITEM(e, 2));
+                    if (PyErr_Occurred())
+                        return NULL;
+                    x = x + px;
+                    y = y + py;
+                }
+            }
+            double af = poisson_score(x, y * self->pf) / sd;
+            double as = poisson_score(x, y * self->ps) / sd;
+            if ((af > 0 && up_lean) || (af < 0 && down_lean))
+                c[nc++] = (Cand){af, x, 0};
+            if ((as > 0 && up_lean) || (as < 0 && down_lean))
+                c[nc++] = (Cand){as, x, 1};
+        }
+    }
+    if (drift) {
+        double lean = fabs(zs) > fabs(zf) ? zs : zf;
+        if (fabs(lean) >= t / 2) {
+            double zd = drift_score(self, k, n);
+            if (zd * lean > 0)
+                c[nc++] = (Cand){zd, k, 1};
+        }
+    }
+    int best = 0;
+    for (int i = 1; i < nc; i++) {
+        if (dir == 0 ? cand_gt(&c[i], &c[best])
+            : dir == 1 ? cand_lt(&c[i], &c[best]) : fabs(c[i].z) > fabs(c[best].z))
+            best = i;
+    }
+    double z = c[best].z, kk = c[best].kk;
+    int hit = dir == 0 ? (z >= t && kk >= min_count)
+              : dir == 1 ? z <= -t : ((z >= t && kk >= min_count) || z <= -t);
+    return Py_BuildValue("(dNNd)", z, PyBool_FromLong(c[best].slow), PyBool_FromLong(hit), zf);
+}
+
 static double reference(const Rate *r, int up) {
     double k = wem_total(&r->fk), units = wem_total(&r->fn), ps = r->ps;
     if (up) {
@@ -460,6 +575,8 @@ static PyMethodDef Rate_methods[] = {
      "drift_score(k, n): the fast horizon's sums against the slow rate."},
     {"reference", (PyCFunction)(void (*)(void))Rate_reference, METH_VARARGS | METH_KEYWORDS,
      "reference(up=True): the sequential test's reference rate."},
+    {"decide", (PyCFunction)(void (*)(void))Rate_decide, METH_FASTCALL,
+     "A window's decision: (score, slow horizon, hit, fast score); see scoring.decide_rate_py."},
     {"peek_up", (PyCFunction)(void (*)(void))Rate_peek_up, METH_FASTCALL,
      "peek_up(cus, k, n, cap): the sequential test's upward statistics after this window."},
     {"dispersion", (PyCFunction)Rate_dispersion, METH_NOARGS, "The learned over-dispersion."},

@@ -56,7 +56,9 @@ from river import stats
 from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.period import PeriodFinder
+from baselines.quantity import TWIN as QUANTITY_TWIN
 from baselines.quantity import QuantityBaseline
+from baselines.quantity import as_reference as quantity_reference
 from baselines.rate import TWIN, RateBaseline, as_reference
 from baselines.volume import VolumeBaseline
 
@@ -127,6 +129,8 @@ def _enc(x: Any, depth: int) -> Any:
     t = type(x)
     if t is TWIN and TWIN is not None:
         x, t = as_reference(x), RateBaseline   # written as the reference's state, the same bytes
+    elif t is QUANTITY_TWIN and QUANTITY_TWIN is not None:
+        x, t = quantity_reference(x), QuantityBaseline
     if t is list:
         return [_enc(v, depth + 1) for v in x]
     if t is tuple:

@@ -53,12 +53,16 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 from array import array
 from math import copysign, log1p, sqrt
+from typing import Any
 
-from baselines.period import PeriodFinder
+from baselines.period import CHECK_AT, SIZE, PeriodFinder
 
-__all__ = ["QuantityBaseline"]
+__all__ = ["TWIN", "QuantityBaseline", "as_reference", "as_twin", "new_quantity"]
 
 #: An anomalous window teaches the baseline as if it were this many standard errors away.
 CLIP = 3.0
@@ -334,3 +338,50 @@ def _calibrate(z: float, nu: float) -> float:
         return z
     t2 = z * z * nu / (nu - 2.0)
     return copysign((8.0 * nu + 1.0) / (8.0 * nu + 3.0) * sqrt(nu * log1p(t2 / nu)), z)
+
+
+# -- the C twin -----------------------------------------------------------------------------
+# baselines/_quantity.c holds the same state as plain doubles and does the same arithmetic in
+# the same order (tests/test_quantity_twin.py holds it to this module bit for bit); the period
+# finder stays this package's PeriodFinder, which the twin calls. Used unless it was not built
+# (no compiler) or DETECTOR_NO_EXTENSIONS is set, as the rate twin is.
+TWIN: Any = None
+if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
+    with contextlib.suppress(ImportError):
+        _c = importlib.import_module("baselines._quantity")
+        TWIN = _c.Quantity
+        _c.finder_steps(SIZE, CHECK_AT)
+
+
+def new_quantity(fast: float, slow: float, adopt_windows: int = 120, bins: int = 24,
+                 period: float = 86400.0, step: float | None = 60.0) -> Any:
+    """A fresh quantity baseline: the C twin when there is one, else the reference."""
+    if TWIN is None:
+        return QuantityBaseline(fast, slow, adopt_windows, bins, period, step)
+    return TWIN(fast, slow, adopt_windows, bins, period, PeriodFinder(step) if step else None)
+
+
+def as_twin(b: Any, twin: Any = None) -> Any:
+    """``b``'s state in the C twin (``twin``: its type, by default the one in use), or ``b``
+    itself when there is none or it is no QuantityBaseline (snapshots hold the reference's)."""
+    cls = twin if twin is not None else TWIN
+    if cls is None or type(b) is not QuantityBaseline:
+        return b
+    return cls.from_state((b._a, b._b, b._adopt, b._lf, b._ls, b._vf, b._vs, b._vn, b._w,
+                           b._prev, b._res, b._streak, b._run, b._bins, b._period, b._conf,
+                           b._origin, b._t[0], b._t[1], b._fit[0], b._fit[1], b._m2, b._m4,
+                           b._tn, b.n, tuple(b._season), b._finder))
+
+
+def as_reference(q: Any) -> QuantityBaseline:
+    """The C twin's state as the reference (what snapshots write); a reference as it is."""
+    if type(q) is QuantityBaseline:
+        return q
+    s = q.state()
+    b = QuantityBaseline.__new__(QuantityBaseline)
+    (b._a, b._b, b._adopt, b._lf, b._ls, b._vf, b._vs, b._vn, b._w, b._prev, b._res,
+     b._streak, b._run, b._bins, b._period, b._conf, b._origin) = s[:17]
+    b._t, b._fit = [s[17], s[18]], [s[19], s[20]]
+    b._m2, b._m4, b._tn, b.n = s[21:25]
+    b._season, b._finder = array("d", s[25]), s[26]
+    return b

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta, timezone
 
+import msgspec
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
@@ -174,3 +177,108 @@ def test_too_many_or_unbounded_eval_scores_dead_letter_the_event_alone() -> None
     assert len(ok) == 1 and ok[0].eval_scores == {"e": 1000.0}
     assert [(r.reason, r.field) for r in bad] == [("out_of_range", "eval_scores")] * 2
     assert bad[0].payload["eval_scores"] == {"json_type": "dict", "items": 33}
+
+
+#: Messages that fail a run's decode in each way it can fail: a validation error naming the
+#: item, malformed JSON naming a byte, truncation naming nothing, a late check (a non-hex id),
+#: two objects in one message, a string spilling into the next message, nesting too deep.
+_BAD_MESSAGES = [
+    orjson.dumps(dict(GOOD, latency_ms="slow")), orjson.dumps({"ts": 1}),
+    b'{"ts": 1, "operation": "chat", "x": ]}', b'{"ts": 1, "operation": "ch}',
+    orjson.dumps(dict(GOOD, span_id="zz" * 8)), orjson.dumps(GOOD) + b"," + orjson.dumps(GOOD),
+    b'{"ts": 1, "operation": "chat", "app": "}', b'{"ts": 1, "operation": "chat", "x": '
+    + b"[" * 3000 + b"]" * 3000 + b"}", b'{"ts": 1, "operation": "chat", "retries": -1}',
+]
+
+
+def _one_by_one(messages: list[bytes]) -> tuple[list[TraceEvent], list[tuple]]:
+    ok: list[TraceEvent] = []
+    bad: list[tuple] = []
+    for i, m in enumerate(messages):
+        e, r = decode(m)
+        ok += e
+        bad += [(i, x.reason, x.field, x.detail, x.payload) for x in r]
+    return ok, bad
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.one_of(st.just(None), st.integers(0, 3), st.sampled_from(_BAD_MESSAGES)),
+                min_size=1, max_size=300))
+def test_a_run_with_bad_messages_decodes_as_its_messages_one_by_one(picks: list) -> None:
+    """Wherever bad messages sit in a run of single events and batches (of 0 to 3 events),
+    decode_many's events and rejections (with their message index) are what decoding each
+    message alone gives."""
+    messages = [orjson.dumps(dict(GOOD, tenant=f"t{i}", retries=i)) if p is None
+                else orjson.dumps([dict(GOOD, retries=i + j) for j in range(p)])
+                if isinstance(p, int) else p for i, p in enumerate(picks)]
+    ok, bad = decode_many(messages)
+    want_ok, want_bad = _one_by_one(messages)
+    assert ok == want_ok
+    assert [(r.message, r.reason, r.field, r.detail, r.payload) for r in bad] == want_bad
+
+
+def test_one_bad_message_in_a_long_run_leaves_the_others_decoded_as_runs(monkeypatch) -> None:
+    """Only the failing message is decoded alone: the run around it is split at it, not
+    redone message by message; a batch in the run is parsed with it."""
+    from detector.core import events
+
+    alone: list[bytes] = []
+    real = events.decode
+
+    def counted(data: bytes, max_bytes: int = events.MAX_MESSAGE_BYTES):  # type: ignore[no-untyped-def]
+        alone.append(data)
+        return real(data, max_bytes)
+
+    monkeypatch.setattr(events, "decode", counted)
+    messages = [orjson.dumps(dict(GOOD, retries=i)) for i in range(256)]
+    messages[100] = orjson.dumps(dict(GOOD, latency_ms="slow"))
+    messages[200] = b'{"ts": 1, "operation": "chat", "x": ]}'
+    messages[150] = orjson.dumps([GOOD, GOOD])
+    ok, bad = decode_many(messages)
+    assert len(ok) == 255 and [(r.message, r.reason) for r in bad] == [
+        (100, "wrong_type"), (200, "not_json")]
+    assert alone == [messages[100], messages[200]]
+
+
+_OFFSETS = st.integers(-23 * 60 - 59, 23 * 60 + 59).map(
+    lambda m: timezone(timedelta(minutes=m)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(
+    st.one_of(st.datetimes(datetime(1, 1, 2), datetime(9999, 12, 30), timezones=_OFFSETS),
+              st.floats(0, 1e12)),
+    st.sampled_from([GOOD["trace_id"], GOOD["trace_id"].upper(), "g" * 32, " " + "a" * 31,
+                     "٣" * 32, None]),
+    st.sampled_from([GOOD["span_id"], "0x" + "a" * 14, None]),
+    st.sampled_from([None, "free text", ""]),
+    st.one_of(st.sampled_from([None, {}]), st.dictionaries(st.sampled_from(
+        ["relevance", "answer_relevance", "a1_b2_c3", "Answer Relevance", "x.y", "a__b", "a_",
+         "tox-v2", "0", "ragas:faith", "rel evance"]), st.floats(-1, 1), max_size=4))),
+    min_size=1, max_size=8))
+def test_the_late_checks_in_c_are_the_python_ones(rows: list) -> None:
+    """finish_all (_finish.c) leaves a decoded batch as _finish_all_py does, and says the same
+    about its ids: RFC 3339 stamps at any offset and any year (the far ones through
+    timestamp() itself) and epoch numbers, hex and not-hex ids, override text, evaluation
+    scores with names to clean."""
+    from detector.core import events
+
+    if events._finish_all is events._finish_all_py:
+        pytest.skip("the C twin was not built (or DETECTOR_NO_EXTENSIONS is set)")
+    batch = []
+    for ts, tid, sid, reason, evals in rows:
+        ev: dict = {"ts": ts.isoformat() if isinstance(ts, datetime) else ts,
+                    "operation": "human_override"}
+        for k, v in (("trace_id", tid), ("span_id", sid), ("override_reason", reason),
+                     ("eval_scores", evals)):
+            if v is not None:
+                ev[k] = v
+        batch.append(ev)
+    data = orjson.dumps(batch)
+    try:
+        one, two = events._many.decode(data), events._many.decode(data)
+    except msgspec.ValidationError:
+        return   # (a stamp whose UTC time is outside years 1-9999: rejected before either)
+    assert events._finish_all(one) == events._finish_all_py(two)
+    for a, b in zip(one, two, strict=True):
+        assert repr(a.ts) == repr(b.ts) and a == b

@@ -13,7 +13,7 @@ import pytest
 
 from baselines import codec, fading_factor
 from baselines.period import PeriodFinder
-from baselines.quantity import QuantityBaseline
+from baselines.quantity import QuantityBaseline, as_reference
 from detector.config import load_config
 from detector.core.scoring import Scorer
 from detector.core.signals import layout_of
@@ -155,7 +155,8 @@ def test_the_config_can_turn_it_off() -> None:
     quantities = [s for s in layout_of(cfg).signals if s.kind == "quantity"]
     assert quantities
     for sig in quantities:
-        on_b, off_b = Scorer(cfg)._new(sig), Scorer(off)._new(sig)
+        # (As the reference: the scorer makes the C twin where it is built.)
+        on_b, off_b = as_reference(Scorer(cfg)._new(sig)), as_reference(Scorer(off)._new(sig))
         assert isinstance(on_b, QuantityBaseline) and isinstance(off_b, QuantityBaseline)
         assert on_b._finder is not None and off_b._finder is None
 

@@ -208,3 +208,38 @@ def test_copies_and_pickles_keep_the_state() -> None:
         assert _same(c.state(), b.state())
         c.learn_one(3, 100)
         assert c.n == b.n + 1   # its own state, not b's
+
+
+# -- a rate window's decision (decide) ------------------------------------------------------
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(1, 400)), max_size=40),
+       st.integers(0, 80), st.integers(1, 500), st.sampled_from([2.5, 4.0, 5.0, 0.5]),
+       st.one_of(st.none(), st.lists(st.tuples(st.integers(5, 11), st.integers(0, 90),
+                                               st.integers(1, 400)), max_size=3)),
+       st.booleans(), st.sampled_from(["up", "down", "both"]), st.sampled_from([0, 3, 10.5]))
+def test_decide_is_the_python_decision(learned: list[tuple[int, int]], k: int, n: int,
+                                       t: float, prev: list | None, drift: bool, d: str,
+                                       min_count: float) -> None:
+    """baselines/_rate.c's decide against scoring.decide_rate_py: the same score, horizon,
+    hit and fast score, bit for bit, with and without recent windows (consecutive or not)
+    and the two-horizon test."""
+    from detector.core.scoring import decide_rate_py
+    ref = RateBaseline(0.1, 0.01, 25.0, 3)
+    for i, (kk, nn) in enumerate(learned):
+        ref.learn_one(kk, nn, slow=i % 5 != 4)
+    twin = as_twin(ref)
+    recent = None if prev is None else [(w, x, y, 0.0) for w, x, y in sorted(prev)]
+    args = (k, n, t, recent, 12, drift, d, min_count)
+    want = decide_rate_py(ref, *args)
+    assert _same(TWIN.decide(twin, *args), want)
+    assert _same(decide_rate_py(twin, *args), want)   # the reference on the twin's scores
+
+
+def test_decide_says_what_is_wrong() -> None:
+    b = TWIN(0.1, 0.01)
+    with pytest.raises(TypeError):
+        b.decide(1, 2, 3.0)
+    with pytest.raises(TypeError, match="not a list"):
+        b.decide(9, 10, 0.5, "recent", 5, False, "up", 0)
+    with pytest.raises(TypeError, match="not a tuple"):
+        b.decide(9, 10, 0.5, [7], 5, False, "up", 0)

@@ -1,6 +1,6 @@
-/* Slot access shared by the C twins (_tally.c, _spans.c): where a msgspec Struct keeps a
- * field, found once through the type's member descriptor, so a hot loop reads and writes
- * the field without an attribute lookup. */
+/* Slot access shared by the C twins (_tally.c, _spans.c, baselines/_quantity.c): where a
+ * msgspec Struct (or a __slots__ class) keeps a field, found once through the type's member
+ * descriptor, so a hot loop reads and writes the field without an attribute lookup. */
 #ifndef DETECTOR_SLOTS_H
 #define DETECTOR_SLOTS_H
 

@@ -41,7 +41,7 @@ from detector.core.partials import (
     cap_versions,
     compact_values,
     empty_partial,
-    merge_into,
+    merge_all,
     route_fields,
     route_key,
     split_values,
@@ -245,7 +245,8 @@ class Aggregator(Counting):
         counted per name in arrays (Counting._tool), are summed as such and then written out
         (_tool_sum, _tool_values: in C, once per partial and level); the other values'
         counters once per coarse partial from all its finest ones (_gathered), not one
-        merge_values each."""
+        merge_values each; and the rest of a coarse partial so too (merge_all), not one
+        merge_into each."""
         out: list[Partial] = []
         coarse: dict[tuple[int, int, tuple[str, ...]], Partial] = {}
         tools: dict[tuple[int, int, tuple[str, ...]], dict[str, Any]] = {}
@@ -261,13 +262,13 @@ class Aggregator(Counting):
                     coarse[key] = q = empty_partial(p.window, lvl, key[2], len(p.counts), p.route)
                     tools[key] = {}
                     members[key] = []
-                merge_into(q, p, k, values=False)
                 members[key].append(p)
                 if mine and not _tool_sum(tools[key], mine):
                     _tool_sum_py(tools[key], mine)
             p.values[TOOL_FIELD] = _written(mine, p.counts)
             out.append(p)
         for key, q in coarse.items():
+            merge_all(q, members[key], k)
             q.values = _gathered(members[key], len(q.counts))
             q.values[TOOL_FIELD] = _written(tools[key], q.counts)
         return sorted(coarse.values(), key=_pkey) + out

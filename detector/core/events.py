@@ -23,13 +23,17 @@ are never materialised.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import importlib
+import os
 import re
 import sys
+from bisect import bisect_right
 from collections import deque
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from datetime import datetime
-from itertools import chain, compress, repeat
+from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, itemgetter
 from typing import Annotated, Any, Final, Literal, NamedTuple, cast
 
@@ -156,6 +160,8 @@ class Rejection(NamedTuple):
 
 _one: Final = msgspec.json.Decoder(TraceEvent)
 _many: Final = msgspec.json.Decoder(list[TraceEvent])
+# A run of messages some of which are batches: an item per message.
+_mixed: Final = msgspec.json.Decoder(list[TraceEvent | list[TraceEvent]])
 _raw: Final = msgspec.json.Decoder()
 _split: Final = msgspec.json.Decoder(list[msgspec.Raw])   # a batch's items, unparsed
 _CONTRACT_FIELDS: Final = frozenset(TraceEvent.__struct_fields__) - {"override_reason"}
@@ -354,9 +360,10 @@ _ts, _tid, _sid, _reason, _evals = (attrgetter(f) for f in ("ts", "trace_id", "s
 _ONLY_UNSET: Final = frozenset((UNSET,))
 
 
-def _finish_all(evs: list[TraceEvent]) -> bool:
+def _finish_all_py(evs: list[TraceEvent]) -> bool:
     """:func:`_finish` for a whole batch, ``False`` if an id is not hex (the caller then redoes
-    the batch event by event). The hot path: each step is one C-level pass over the batch."""
+    the batch event by event). The hot path: each step is one C-level pass over the batch;
+    the reference for ``finish_all`` in _finish.c, which does it in one pass."""
     stamped = list(compress(evs, map(isinstance, map(_ts, evs), repeat(datetime))))
     if stamped:   # RFC 3339 stamps to epoch seconds
         deque(map(setattr, stamped, repeat("ts"), map(datetime.timestamp, map(_ts, stamped))), 0)
@@ -371,6 +378,16 @@ def _finish_all(evs: list[TraceEvent]) -> bool:
     # concatenation is. UNSET is falsy.
     ids = "".join(filter(None, chain(map(_tid, evs), map(_sid, evs))))
     return _is_hex(ids)
+
+
+# The C twin of _finish_all_py, unless it was not built (no compiler) or DETECTOR_NO_EXTENSIONS
+# is set (tests/test_events.py holds the two alike).
+_finish_all: Callable[[list[TraceEvent]], bool] = _finish_all_py
+if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
+    with contextlib.suppress(ImportError):
+        _c = importlib.import_module("detector.core._finish")
+        _c.configure(TraceEvent, UNSET, _eval_keys)
+        _finish_all = _c.finish_all
 
 
 def decode(
@@ -394,7 +411,8 @@ def decode_many(
     messages: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES
 ) -> tuple[list[TraceEvent], list[Rejection]]:
     """Decode several messages, events in message order; the same result as calling
-    :func:`decode` on each, but runs of single-object messages are parsed in one call.
+    :func:`decode` on each, but runs of messages that are one object or one array of them
+    are parsed in one call.
 
     >>> ok, bad = decode_many([b'{"ts": 1, "operation": "chat"}', b'[{"ts": 2, "operation": "x"}]',
     ...                        b'{"ts": 3}', b'{"ts": 4, "operation": "chat"}'])
@@ -405,9 +423,10 @@ def decode_many(
     bad: list[Rejection] = []
     n = len(messages)
     start = 0
-    for i in [*_odd_ones(messages, max_bytes), n]:
+    odd, heads = _shapes(messages, max_bytes)
+    for i in [*odd, n]:
         if i > start:
-            _decode_run(messages[start:i], start, max_bytes, ok, bad)
+            _decode_run(messages[start:i], start, max_bytes, ok, bad, b"[" in heads[start:i])
         if i < n:
             evs, rej = decode(messages[i], max_bytes)
             ok += evs
@@ -417,35 +436,118 @@ def decode_many(
 
 
 _first, _last = itemgetter(0), itemgetter(-1)
-_NOT_OPEN, _NOT_CLOSE = re.compile(rb"[^{]"), re.compile(rb"[^}]")
+_NOT_OPEN, _NOT_CLOSE = re.compile(rb"[^{[]"), re.compile(rb"[^}\]]")
 
 
-def _odd_ones(messages: list[bytes], max_bytes: int) -> list[int]:
-    """Indexes of the messages that are not one plain ``{…}`` within the size limit, in
-    order. The hot path: first and last bytes gathered and searched by C-level passes."""
+def _shapes(messages: list[bytes], max_bytes: int) -> tuple[list[int], bytes]:
+    """The indexes of the messages that are neither one ``{…}`` nor one ``[…]`` within the
+    size limit, in order, and every message's first byte (0 for an empty or over-long one).
+    The hot path: first and last bytes gathered and searched by C-level passes."""
     if all(messages) and max(map(len, messages), default=0) <= max_bytes:
         heads, tails = bytes(map(_first, messages)), bytes(map(_last, messages))
-        return sorted({m.start() for m in _NOT_OPEN.finditer(heads)}
-                      | {m.start() for m in _NOT_CLOSE.finditer(tails)})
-    return [i for i, m in enumerate(messages)
-            if not (m[:1] == b"{" and m[-1:] == b"}" and len(m) <= max_bytes)]
+    else:
+        fit = [m if 0 < len(m) <= max_bytes else b"\0" for m in messages]
+        heads, tails = bytes(map(_first, fit)), bytes(map(_last, fit))
+    return sorted({m.start() for m in _NOT_OPEN.finditer(heads)}
+                  | {m.start() for m in _NOT_CLOSE.finditer(tails)}), heads
 
 
 def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEvent],
-                bad: list[Rejection]) -> None:
-    try:
-        evs = _many.decode(b"[" + b",".join(run) + b"]")
-    except (msgspec.DecodeError, UnicodeDecodeError, RecursionError):
-        evs = None
-    # One event per message, and every late check passing; else message by message, so each
-    # bad message is rejected alone (and "{…},{…}" in one message cannot pass as two events).
-    if evs is not None and len(evs) == len(run) and _finish_all(evs):
-        ok += evs
-        return
-    for i, m in enumerate(run, start):
-        e, r = decode(m, max_bytes)
-        ok += e
-        bad += [x._replace(message=i) for x in r]
+                bad: list[Rejection], arrays: bool = False) -> None:
+    """Decode a run of messages, each one object or (``arrays``: some of them) one array of
+    objects, in one call; when that fails, the messages
+    before and after the failing one as runs again and the failing one alone. A bad message
+    then costs about two runs' parsing rather than its run's every message parsed alone (the
+    decoder's error names the failing item: a hint only, every part is checked as a whole
+    run is). Parts wait on a stack, not in recursion: the decoder's depth limit is the
+    interpreter's less the caller's stack, so a deep message's fate must not depend on them."""
+    todo = [(0, len(run), True)]   # (first, end, as a run): popped in message order
+    while todo:
+        a, b, as_run = todo.pop()
+        if a == b:
+            continue
+        if not as_run:
+            for i in range(a, b):
+                e, r = decode(run[i], max_bytes)
+                ok += e
+                bad += [x._replace(message=start + i) for x in r]
+            continue
+        part = run[a:b]
+        hint: int | None = None
+        items: list[Any] | None
+        try:
+            items = (_mixed if arrays else _many).decode(_array_of(part))
+        except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
+            items, hint = None, _failed_item(str(e), part)
+        # One item per message, and every late check passing; else message by message, so
+        # each bad message is rejected alone (and "{…},{…}" in one message cannot pass as two
+        # events).
+        if items is not None and len(items) == len(part) and _finish_all(
+                evs := _flat(items) if arrays else cast(list[TraceEvent], items)):
+            ok += evs
+        elif b - a <= _SPLIT_MIN:
+            todo.append((a, b, False))
+        elif hint is not None:
+            i = a + hint
+            todo += [(i + 1, b, True), (i, i + 1, False), (a, i, True)]
+        else:
+            i = (a + b) // 2
+            todo += [(i, b, True), (a, i, True)]
+
+
+def _array_of(part: list[bytes]) -> bytes:
+    """``b"[" + b",".join(part) + b"]"`` in one allocation of its size: a run is often over
+    100 kB, and two more copies of it (the concatenations) cost more than the join.
+
+    >>> _array_of([b"1"]), _array_of([b"1", b"2", b"3"])
+    (b'[1]', b'[1,2,3]')
+    """
+    if len(part) == 1:
+        return b"[" + part[0] + b"]"
+    return b",".join([b"[" + part[0], *part[1:-1], part[-1] + b"]"])
+
+
+def _flat(items: list[Any]) -> list[TraceEvent]:
+    """A run's items, an array message's events in its place."""
+    evs: list[TraceEvent] = []
+    for x in items:
+        if x.__class__ is list:
+            evs += x
+        else:
+            evs.append(x)
+    return evs
+
+
+#: Runs at most this long are decoded message by message once they fail as a whole.
+_SPLIT_MIN: Final = 4
+_ITEM: Final = re.compile(r"`\$\[(\d+)\]")
+_BYTE: Final = re.compile(r"\(byte (\d+)\)")
+
+
+def _failed_item(message: str, run: list[bytes]) -> int | None:
+    """The index in ``run`` of the message a decode error of the joined run points at (the
+    item a validation error names, or the message holding the byte a malformed-JSON error
+    names), or None if it names neither.
+
+    >>> run = [b'{"a": 1}', b'{"b": 2}', b'{"c": ]']
+    >>> _failed_item("Expected `int`, got `str` - at `$[1].x`", run)
+    1
+    >>> _failed_item("JSON is malformed: invalid character (byte 24)", run)
+    2
+    >>> _failed_item("Input data was truncated", run) is None
+    True
+    """
+    m = _ITEM.search(message)
+    if m is not None:
+        i = int(m.group(1))
+    else:
+        m = _BYTE.search(message)
+        if m is None:
+            return None
+        # Message j starts at byte 1 + its predecessors' lengths and commas.
+        i = bisect_right(list(accumulate((len(x) + 1 for x in run), initial=1)),
+                         int(m.group(1))) - 1
+    return i if 0 <= i < len(run) else None
 
 
 def _slow_path(data: bytes) -> tuple[list[TraceEvent], list[Rejection]]:

@@ -51,6 +51,7 @@ __all__ = [
     "encode",
     "legacy_versions",
     "merge",
+    "merge_all",
     "merge_into",
     "merge_keyed",
     "merge_values",
@@ -233,6 +234,51 @@ def merge_into(a: Partial, b: Partial, k: int, values: bool = True) -> None:
     for combo, n in b.versions.items():
         a.versions[combo] = a.versions.get(combo, 0) + n
     cap_versions(a.versions)
+
+
+def merge_all(a: Partial, parts: Sequence[Partial], k: int) -> None:
+    """``merge_into(a, b, k, values=False)`` for every ``b`` of ``parts`` in turn, a field at a
+    time over all of them: counts summed per counter, each counter's k smallest ids and
+    TOP_K largest values sorted once from the union of all (the k smallest of a union are
+    those of the k smallest of its parts: the same lists), versions merged and capped after
+    each part as merge_into caps them. What a coarse cohort's roll-up does (one sort a
+    counter, not one a counter and member)."""
+    if any(len(b.counts) != len(a.counts) for b in parts):   # a layout grown mid-way
+        for b in parts:
+            merge_into(a, b, k, values=False)
+        return
+    a.counts[:] = map(sum, zip(a.counts, *(b.counts for b in parts), strict=True))
+    ids: dict[int, set[str]] = {}
+    tops: dict[int, set[tuple[int, str]]] = {}
+    for b in parts:
+        for c, lst in b.samples.items():
+            got = ids.get(c)
+            if got is None:
+                ids[c] = set(lst)
+            else:
+                got.update(lst)
+        for c, items in b.top.items():
+            # (value, trace id) pairs: lists when they come from msgpack, tuples to be hashed
+            pairs = cast(Iterable[tuple[int, str]], map(tuple, items))
+            have = tops.get(c)
+            if have is None:
+                tops[c] = set(pairs)
+            else:
+                have.update(pairs)
+    for c, got in ids.items():
+        dst = a.samples.get(c)
+        if dst:
+            got.update(dst)
+        a.samples[c] = sorted(got)[:k]
+    for c, have in tops.items():
+        dst2 = a.top.get(c)
+        if dst2:
+            have.update(map(tuple, dst2))  # type: ignore[arg-type]  # pairs, as above
+        a.top[c] = sorted(have)[-TOP_K:]
+    for b in parts:
+        for combo, n in b.versions.items():
+            a.versions[combo] = a.versions.get(combo, 0) + n
+        cap_versions(a.versions)
 
 
 def merge_keyed(acc: dict[K, Partial], key: K, p: Partial, k: int) -> None:

@@ -18,8 +18,8 @@ from operator import itemgetter
 from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
-from baselines.quantity import QuantityBaseline
-from baselines.rate import PLAIN, RateBaseline, new_rate
+from baselines.quantity import QuantityBaseline, new_quantity
+from baselines.rate import PLAIN, TWIN, RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
@@ -137,8 +137,13 @@ class Scorer:
         )
         self.adopt_after = b.adopt_after_windows
         self._rates = tuple(s for s in self.signals if s.kind == "rate")
+        self._rate_names = frozenset(s.name for s in self._rates)
         # The C twin of learn_plain_py when it was built (baselines/_rate.c).
         self._learn_plain: Callable[..., None] = PLAIN if PLAIN is not None else learn_plain_py
+        # ...and of decide_rate_py (every rate baseline is the twin then: made by new_rate, or
+        # loaded through as_twin).
+        self._decide: Callable[..., tuple[float, bool, bool, float]] = (
+            TWIN.decide if TWIN is not None else decide_rate_py)
         self.resolve_after = config.alerting.resolve_after_clean_windows
         self._rebaselines = [(int(r.at.timestamp() // self.size), r) for r in config.rebaseline]
         self._nats: dict[float, float] = {}
@@ -190,8 +195,9 @@ class Scorer:
             # (The C twin of RateBaseline when it was built: the same floats, faster.)
             return new_rate(self.fast, self.slow, self.max_disp, self.adopt_after)
         if sig.kind == "quantity":
-            return QuantityBaseline(self.fast, self.slow, self.adopt_after, self.bins, self.period,
-                                    self.find_period)
+            # (Likewise the C twin of QuantityBaseline.)
+            return new_quantity(self.fast, self.slow, self.adopt_after, self.bins, self.period,
+                                self.find_period)
         return VolumeBaseline(self.fast, self.slow, self.bins, self.period, self.max_disp)
 
     def _baseline(self, sig: Signal, own: CohortModel, parent: CohortModel | None
@@ -219,6 +225,7 @@ class Scorer:
         seq, mine, recent = own.seq, own.baselines, own.recent
         need = self.warmup if own.level == 0 else self.own_after
         clear_ratio = self.clear_ratio
+        decide = self._decide
         events = int(c[EVENTS])
         out: list[Decision] = []
         x: float
@@ -246,59 +253,52 @@ class Scorer:
                     continue
             base_t = thr[name]
             t = base_t * (clear_ratio if name in firing else 1.0)
-            if kind == "volume":
-                zf, zs = b.score_one(k, t0)
-                cands = [(zf, False, k), (zs, True, k)]
-                observed = k
+            if kind == "rate":
+                # The window's scores, its candidates and the direction's pick (the C twin's
+                # when built: the same floats; decide_rate_py is the reference).
+                z, slow, hit, zf = decide(b, k, n, t, recent.get(name), window,
+                                          flags and b is mine.get(name), d, min_count)
+                observed = k / n
             else:
-                if kind == "rate":
-                    x, y, q = k, n, 0.0
-                    zf, zs = b.score_one(x, y)
+                if kind == "volume":
+                    zf, zs = b.score_one(k, t0)
+                    cands = [(zf, False, k), (zs, True, k)]
+                    observed = k
                 else:
                     x, y, q = n, c[den] / SCALE, c[sq] / SCALE2
                     zf, zs = b.score_one(x, y, q, t0)
-                cands = [(zf, False, k), (zs, True, k)]
-                # Multi-window evidence: the last three consecutive windows together, so a
-                # tenfold rise on a small cohort is not missed for want of counts in one.
-                # ...but only while this window on its own leans the same way, so one
-                # bad window is not stretched into three windows of "persistence" (and
-                # only then are they scored).
-                half = t / 2
-                # (max(zf, zs) and min(zf, zs), without the builtin calls.)
-                up_lean = (zs if zs > zf else zf) >= half
-                down_lean = (zs if zs < zf else zf) <= -half
-                prev = recent.get(name) if up_lean or down_lean else None
-                if prev and prev[-1][0] == window - 1:
-                    for w, px, py, pq in prev:
-                        if w >= window - 2:
-                            x, y, q = x + px, y + py, q + pq
-                    af, as_ = (b.score_one(x, y) if kind == "rate"
-                               else b.score_one(x, y, q, t0))
-                    for a in ((af, False, x), (as_, True, x)):   # x: the summed count
-                        if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
-                            cands.append(a)
-                # Two horizons apart: a slow ramp, in the fast horizon's decayed sums against
-                # the slow rate; only while this window on its own leans that way (so the
-                # alert resolves when the ramp is over) and only on the cohort's own baseline.
-                if flags and b is mine.get(name):
-                    lean = zs if abs(zs) > abs(zf) else zf   # this window alone
-                    if abs(lean) >= t / 2:
-                        zd = b.drift_score(k, n)  # type: ignore[union-attr]  # a rate's (flags)
-                        if zd * lean > 0:
-                            cands.append((zd, True, k))
-                # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
-                # reported back as geometric means; evaluation scores as plain means.
-                mean = c[den] / SCALE / n
-                observed = k / n if kind == "rate" else expm1(mean) if log else mean
-            if d == "up":
-                z, slow, kk = max(cands)
-                hit = z >= t and kk >= min_count
-            elif d == "down":
-                z, slow, kk = min(cands)
-                hit = z <= -t
-            else:
-                z, slow, kk = max(cands, key=_magnitude)
-                hit = (z >= t and kk >= min_count) or z <= -t
+                    cands = [(zf, False, k), (zs, True, k)]
+                    # Multi-window evidence: the last three consecutive windows together, so a
+                    # tenfold rise on a small cohort is not missed for want of counts in one.
+                    # ...but only while this window on its own leans the same way, so one
+                    # bad window is not stretched into three windows of "persistence" (and
+                    # only then are they scored).
+                    half = t / 2
+                    # (max(zf, zs) and min(zf, zs), without the builtin calls.)
+                    up_lean = (zs if zs > zf else zf) >= half
+                    down_lean = (zs if zs < zf else zf) <= -half
+                    prev = recent.get(name) if up_lean or down_lean else None
+                    if prev and prev[-1][0] == window - 1:
+                        for w, px, py, pq in prev:
+                            if w >= window - 2:
+                                x, y, q = x + px, y + py, q + pq
+                        af, as_ = b.score_one(x, y, q, t0)
+                        for a in ((af, False, x), (as_, True, x)):   # x: the summed count
+                            if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
+                                cands.append(a)
+                    # Quantities are counted as log1p (tokens and latency are heavy-tailed) and
+                    # reported back as geometric means; evaluation scores as plain means.
+                    mean = c[den] / SCALE / n
+                    observed = expm1(mean) if log else mean
+                if d == "up":
+                    z, slow, kk = max(cands)
+                    hit = z >= t and kk >= min_count
+                elif d == "down":
+                    z, slow, kk = min(cands)
+                    hit = z <= -t
+                else:
+                    z, slow, kk = max(cands, key=_magnitude)
+                    hit = (z >= t and kk >= min_count) or z <= -t
             if kind != "quantity" and not flags:
                 ev, confirmed = 0.0, False
             elif name not in seq and (
@@ -379,9 +379,6 @@ class Scorer:
         bounded influence and stays out of the slow horizon, so nothing locks out; an
         anomalous episode that lasts ``baselines.adopt_after_windows`` is adopted as the new
         normal. Returns the signals whose baselines adopted a new level in this window."""
-        # Decisions come in signal order (see score), a subsequence of self.signals.
-        dec = iter(decisions)
-        d_next = next(dec, None)
         nxt = own.seq_next
         if nxt:
             for name, (ups, down) in nxt.items():
@@ -399,9 +396,18 @@ class Scorer:
         w = p.window
         recent, persist, episodes, baselines = own.recent, own.persist, own.episodes, own.baselines
         clear_ratio, warmup, resolve_after = self.clear_ratio, self.warmup, self.resolve_after
-        # The rates without a decision in this window (most of them) in one call; the loop
-        # below leaves them out.
-        self._learn_plain(self._rates, decisions, c, recent, persist, episodes, baselines, w,
+        # The rates without a decision in this window (most of them), and those whose decision
+        # changes nothing of their learning (neither anomalous nor leaning as far as an
+        # episode counts: what the loop below does for them is what learn_plain does), in one
+        # call; the loop below leaves them out. Decisions come in signal order (see score), a
+        # subsequence of self.signals.
+        # (By index, not NamedTuple's properties: signal, score, threshold, anomalous.)
+        rate_names = self._rate_names
+        dec_list = [d for d in decisions
+                    if d[5] or d[0] not in rate_names or abs(d[1]) >= clear_ratio * d[4]]
+        dec = iter(dec_list)
+        d_next = next(dec, None)
+        self._learn_plain(self._rates, dec_list, c, recent, persist, episodes, baselines, w,
                           warmup, SLOW_FREEZE, resolve_after, self._new)
         x: float
         y: float
@@ -546,7 +552,8 @@ def learn_plain_py(rates: tuple[Signal, ...], decisions: list[Decision], c: list
                    baselines: dict[str, Any], w: int, warmup: int, freeze: float,
                    resolve_after: int, new: Callable[[Signal], Any]) -> None:
     """What :meth:`Scorer.learn` does for the rate signals with no decision in window ``w``
-    (no data, or nothing to score: most of them), the reference for ``learn_plain`` in
+    (no data, or nothing to score: most of them; the scorer passes only the decisions its own
+    loop learns, see there), the reference for ``learn_plain`` in
     baselines/_rate.c (tests/test_rate_twin.py): the last windows' totals kept, persistence
     and an expired episode dropped, and the window learned with the slow horizon frozen
     while drifting. ``decisions`` are in signal order; ``new(sig)`` makes a baseline."""
@@ -587,3 +594,49 @@ def learn_plain_py(rates: tuple[Signal, ...], decisions: list[Decision], c: list
         if b is None:
             b = baselines[name] = new(sig)
         b.learn_window(x, n, flags, warmup, freeze)
+
+
+def decide_rate_py(b: RateBaseline, k: float, n: float, t: float,
+                   prev: list[tuple[int, float, float, float]] | None, window: int, drift: bool,
+                   d: str, min_count: float) -> tuple[float, bool, bool, float]:
+    """A rate window's decision as :meth:`Scorer.score` makes it, the reference for ``decide``
+    in baselines/_rate.c (tests/test_rate_twin.py): ``k`` events in ``n`` units against the
+    baseline ``b`` at threshold ``t``, with ``prev`` the cohort's recent totals of the signal
+    (or None) and ``drift`` whether the two-horizon test applies. Returns (score, slow
+    horizon, whether it crosses in direction ``d``, the fast horizon's own score)."""
+    zf, zs = b.score_one(k, n)
+    cands: list[tuple[float, bool, float]] = [(zf, False, k), (zs, True, k)]
+    # Multi-window evidence: the last three consecutive windows together, so a tenfold rise
+    # on a small cohort is not missed for want of counts in one. ...but only while this
+    # window on its own leans the same way, so one bad window is not stretched into three
+    # windows of "persistence" (and only then are they scored).
+    half = t / 2
+    # (max(zf, zs) and min(zf, zs), without the builtin calls.)
+    up_lean = (zs if zs > zf else zf) >= half
+    down_lean = (zs if zs < zf else zf) <= -half
+    if (up_lean or down_lean) and prev and prev[-1][0] == window - 1:
+        x, y = k, n
+        for w, px, py, _ in prev:
+            if w >= window - 2:
+                x, y = x + px, y + py
+        af, as_ = b.score_one(x, y)
+        for a in ((af, False, x), (as_, True, x)):   # x: the summed count
+            if (a[0] > 0 and up_lean) or (a[0] < 0 and down_lean):
+                cands.append(a)
+    # Two horizons apart: a slow ramp, in the fast horizon's decayed sums against the slow
+    # rate; only while this window on its own leans that way (so the alert resolves when the
+    # ramp is over) and only on the cohort's own baseline (``drift``).
+    if drift:
+        lean = zs if abs(zs) > abs(zf) else zf   # this window alone
+        if abs(lean) >= t / 2:
+            zd = b.drift_score(k, n)
+            if zd * lean > 0:
+                cands.append((zd, True, k))
+    if d == "up":
+        z, slow, kk = max(cands)
+        return z, slow, z >= t and kk >= min_count, zf
+    if d == "down":
+        z, slow, kk = min(cands)
+        return z, slow, z <= -t, zf
+    z, slow, kk = max(cands, key=_magnitude)
+    return z, slow, (z >= t and kk >= min_count) or z <= -t, zf

@@ -24,8 +24,7 @@ from typing import Any
 
 import msgspec
 
-from baselines import codec
-from baselines.rate import as_twin
+from baselines import codec, quantity, rate
 from baselines.sequential import Cusum
 from detector.core.attribution import Trail
 from detector.core.lifecycle import Incident
@@ -171,8 +170,9 @@ def _model(m: _Model, version: int) -> CohortModel:
             obj = codec.decode(b)
         if not isinstance(obj, codec.CLASSES):
             raise ValueError(f"stage-2 state {where}: baseline {name!r} is not a baseline")
-        # A rate's state is written as the reference's; it runs in the C twin when built.
-        out.baselines[name] = as_twin(obj)   # checked: a codec class
+        # A rate's and a quantity's state is written as the reference's; it runs in the C
+        # twin when built (checked above: a codec class).
+        out.baselines[name] = quantity.as_twin(rate.as_twin(obj))
     return out
 
 
