@@ -118,7 +118,7 @@ def test_the_envelope_source_entry_is_the_same_three_array_on_the_wire() -> None
 
 
 def test_an_envelope_carries_a_partitions_reports_and_only_then_a_fifth_field() -> None:
-    """Stage-2 partitions exchange their per-window reports in envelopes (decision 0009);
+    """Stage-2 partitions exchange their per-window reports in envelopes (decision 0010);
     stage 1's envelopes, which carry none, keep the four fields older workers read."""
     env = Envelope({}, 0, [], [], [b"report of window 7"])
     assert decode_envelope(encode_envelope(env)).reports == [b"report of window 7"]

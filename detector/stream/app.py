@@ -9,7 +9,7 @@ Topology (one worker process runs both halves; scale out by adding workers and p
   to the dead-letter topic, then commits. Faust's per-message path costs many times the
   detection work, so the trace topic never goes through it.
 * stage 2 — a Faust agent on ``<group>-stage2`` (few messages), split by the finest cohort
-  (decision 0009): each stage-2 partition's :class:`~detector.core.shards.Peer` (held by a
+  (decision 0010): each stage-2 partition's :class:`~detector.core.shards.Peer` (held by a
   :class:`~detector.stream.stage2_partition.Stage2Partition`) merges the partials of the finest
   cohorts hashed to it and of every coarser cohort, scores a window at the minimum watermark
   over source partitions (idle ones excluded after ``idle_partition_timeout_seconds``), sends
@@ -452,7 +452,7 @@ class Worker:
     async def _save(self) -> None:
         """State in the table, then the input it reflects acked. Models (the bulk) only when
         they changed; input as it comes, one record per route key and window, so a window's
-        input is written while it is pending and never again (decision 0009), and deleted
+        input is written while it is pending and never again (decision 0010), and deleted
         with the save that holds the models that scored it."""
         u, self._unsaved = self._unsaved, _Unsaved()
         self._saved_at = time.monotonic()

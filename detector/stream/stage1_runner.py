@@ -60,7 +60,7 @@ class Envelope(msgspec.Struct, array_like=True):
     n_src: int                               # partitions of the trace topic
     partials: list[Partial]
     hits: list[RuleHit]
-    # Added with stage 2 split by the finest cohort (decision 0009): a stage-2 partition's
+    # Added with stage 2 split by the finest cohort (decision 0010): a stage-2 partition's
     # per-window reports to the others (core.shards.Report bytes); stage 1 sends none.
     reports: list[bytes] = []
 
@@ -413,7 +413,7 @@ class Stage1Runner(ConsumerRebalanceListener):
             partials = combine(partials, self.config.alerting.evidence_trace_ids)
         hits.sort(key=lambda h: h.ts)  # a batch spans partitions: hand hits on in event time
         if partials or hits or wms != self._last_sent or now - self._sent_at >= self.heartbeat:
-            # Stage 2 is split by the finest cohort (decision 0009): a finest cohort's partial
+            # Stage 2 is split by the finest cohort (decision 0010): a finest cohort's partial
             # goes to its own partition, a coarser one to every partition (each keeps a
             # replica), and hits to every partition (each runs a replica of the lifecycle).
             by_q: list[tuple[list[Partial], list[RuleHit]]] = [([], hits) for _ in range(self.q)]

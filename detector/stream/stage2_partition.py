@@ -1,6 +1,6 @@
 """Stage 2's state for one stage-2 partition on this worker, without Faust: its
 :class:`~detector.core.shards.Peer` (the finest cohorts hashed to this partition, a replica of
-every coarser one and of the lifecycle; decision 0009), the source partitions' watermarks as
+every coarser one and of the lifecycle; decision 0010), the source partitions' watermarks as
 the envelopes report them, the hard-rule hits held until every busy source has passed them,
 and the table's keys and value format (:func:`table_key`, :func:`pack` / :func:`unpack`)."""
 
