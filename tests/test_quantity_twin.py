@@ -9,7 +9,6 @@ import copy
 import math
 import pickle
 import random
-import struct
 from array import array
 from collections.abc import Callable
 
@@ -20,24 +19,12 @@ from hypothesis import strategies as st
 from baselines import codec
 from baselines.period import PeriodFinder
 from baselines.quantity import TWIN, QuantityBaseline, as_reference, as_twin, new_quantity
+from tests.bits import same
 
 
 def test_the_twin_is_built_here() -> None:
     # `make test` compiles it: the comparisons below must not compare Python with itself.
     assert TWIN is not None, "baselines._quantity did not build; see setup.py"
-
-
-def _bits(x: float) -> bytes:
-    return struct.pack("<d", x)
-
-
-def _same(a: object, b: object) -> bool:
-    """Equal, floats compared by their bits (so -0.0 and 0.0, or two NaNs, are told apart)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return _bits(a) == _bits(b)
-    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
-        return len(a) == len(b) and all(map(_same, a, b))
-    return type(a) is type(b) and a == b
 
 
 def _pair(fast: float, slow: float, adopt: int, bins: int, period: float,
@@ -105,7 +92,7 @@ def test_the_twin_gives_the_references_floats(ops: list[tuple], ff: tuple[float,
         at = t if timed else None
         if o[0] == "learn":
             got = _call(ref.learn_one, n, s, q, anomalous=o[1][3], t=at)
-            assert _same(_call(twin.learn_one, n, s, q, anomalous=o[1][3], t=at), got)  # type: ignore[attr-defined]
+            assert same(_call(twin.learn_one, n, s, q, anomalous=o[1][3], t=at), got)  # type: ignore[attr-defined]
             if got is not None:
                 return   # both raised alike (their states part way are not compared)
         else:
@@ -113,8 +100,8 @@ def test_the_twin_gives_the_references_floats(ops: list[tuple], ff: tuple[float,
             twin.rebase(n, s, q)  # type: ignore[attr-defined]
         t += 60.0
         probe = (max(n, 1.0), s + 1.0, q + 3.0, t)
-        assert _same(_observe(twin, *probe), _observe(ref, *probe)), o
-        assert _same(_state(twin), _state(ref))
+        assert same(_observe(twin, *probe), _observe(ref, *probe)), o
+        assert same(_state(twin), _state(ref))
     # Back to the reference (what a snapshot writes): the same bytes as the reference's own.
     assert codec.dumps(as_reference(twin)) == codec.dumps(ref)
     assert codec.dumps(twin) == codec.dumps(ref)
@@ -142,13 +129,13 @@ def test_a_found_period_tails_and_adoption_give_the_same_floats(heavy: bool) -> 
             s *= 1.6   # a shift that persists
         t = 60.0 * i
         zr, zt = ref.score_one(n, s, q, t), twin.score_one(n, s, q, t)  # type: ignore[attr-defined]
-        assert _same(zt, zr), i
+        assert same(zt, zr), i
         bad = max(map(abs, zr)) >= 5
         ref.learn_one(n, s, q, anomalous=bad, t=t)
         twin.learn_one(n, s, q, bad, t)  # type: ignore[attr-defined]
     assert ref.period() != 86400.0 and ref.seasonal()
     assert not heavy or ref.tail_dof() < math.inf
-    assert _same(_state(twin), _state(ref))
+    assert same(_state(twin), _state(ref))
     assert codec.dumps(twin) == codec.dumps(ref)
 
 
@@ -170,7 +157,7 @@ def test_a_snapshot_loads_into_the_twin_and_goes_on_alike() -> None:
         for b in (ref, twin, *copies):
             b.learn_one(n, s, q, t=t)
         want = ref.score_one(n, s, q, t)
-        assert all(_same(b.score_one(n, s, q, t), want) for b in (twin, *copies))
+        assert all(same(b.score_one(n, s, q, t), want) for b in (twin, *copies))
     assert codec.dumps(twin) == codec.dumps(ref)
 
 
@@ -250,5 +237,5 @@ def test_the_finders_common_step_is_taken_without_a_call(monkeypatch: pytest.Mon
         if i == 999:   # before a period is found: calls only to look and to halve
             assert calls["ref"] == calls["slow"] == 1000 and calls["fast"] < 50
     assert ref.period() != 86400.0   # the finder found a period (its other paths ran too)
-    assert _same(_state(fast), _state(ref))
-    assert _same(_state(slow), _state(ref))
+    assert same(_state(fast), _state(ref))
+    assert same(_state(slow), _state(ref))

@@ -6,7 +6,6 @@ sequence of windows, scores, adoptions and freezes, and the same state when conv
 from __future__ import annotations
 
 import math
-import struct
 
 import pytest
 from hypothesis import given, settings
@@ -15,24 +14,12 @@ from hypothesis import strategies as st
 from baselines import codec
 from baselines.rate import TWIN, RateBaseline, as_reference, as_twin, new_rate
 from baselines.sequential import ZEROS, Cusum
+from tests.bits import same
 
 
 def test_the_twin_is_built_here() -> None:
     # `make test` compiles it: the comparisons below must not compare Python with itself.
     assert TWIN is not None, "baselines._rate did not build; see setup.py"
-
-
-def _bits(x: float) -> bytes:
-    return struct.pack("<d", x)
-
-
-def _same(a: object, b: object) -> bool:
-    """Equal, floats compared by their bits (so -0.0 and 0.0, or two NaNs, are told apart)."""
-    if isinstance(a, float) and isinstance(b, float):
-        return _bits(a) == _bits(b)
-    if isinstance(a, tuple | list) and isinstance(b, tuple | list):
-        return len(a) == len(b) and all(map(_same, a, b))
-    return type(a) is type(b) and a == b
 
 
 counts = st.one_of(st.integers(0, 3), st.integers(0, 60), st.integers(0, 5000))
@@ -78,8 +65,8 @@ def test_the_twin_gives_the_references_floats(ops: list[tuple], ff: tuple[float,
             ref.rebase(o[1], o[2])
             twin.rebase(o[1], o[2])
         k, n = (o[1], o[2]) if o[0] == "score" else (o[1], max(o[2], 1))
-        assert _same(_observe(twin, k, n), _observe(ref, k, n)), o
-        assert _same(twin.state(), as_twin(ref).state())
+        assert same(_observe(twin, k, n), _observe(ref, k, n)), o
+        assert same(twin.state(), as_twin(ref).state())
     # Back to the reference (what a snapshot writes): the same bytes as the reference's own.
     assert codec.dumps(as_reference(twin)) == codec.dumps(ref)
     assert codec.dumps(twin) == codec.dumps(ref)
@@ -97,7 +84,7 @@ def test_a_snapshot_loads_into_the_twin_and_goes_on_alike() -> None:
         for i in range(50):
             ref.learn_window(3 + i % 11, 120, True, 5, 2.0)
             twin.learn_window(3 + i % 11, 120, True, 5, 2.0)
-            assert _same(_observe(twin, 9, 100), _observe(ref, 9, 100))
+            assert same(_observe(twin, 9, 100), _observe(ref, 9, 100))
 
 
 def test_new_rate_is_the_twin_when_built() -> None:
@@ -171,7 +158,7 @@ def test_learn_plain_is_the_python_steps(windows: list[tuple], warmup: int) -> N
         assert sorted(twin_b) == sorted(ref_b)
         for name, b in ref_b.items():
             assert type(twin_b[name]) is TWIN
-            assert _same(twin_b[name].state(), as_twin(b).state()), name
+            assert same(twin_b[name].state(), as_twin(b).state()), name
         # The twin's learn_plain on reference baselines (a snapshot loaded without the
         # twin) calls their own learn_window: the same again.
         again = {n: codec.loads(codec.dumps(b)) for n, b in ref_b.items()}
@@ -205,7 +192,7 @@ def test_copies_and_pickles_keep_the_state() -> None:
         b.learn_one(i % 4, 90 + i)
     for c in (copy.deepcopy(b), copy.copy(b), pickle.loads(pickle.dumps(b))):
         assert type(c) is TWIN and c is not b
-        assert _same(c.state(), b.state())
+        assert same(c.state(), b.state())
         c.learn_one(3, 100)
         assert c.n == b.n + 1   # its own state, not b's
 
@@ -231,8 +218,8 @@ def test_decide_is_the_python_decision(learned: list[tuple[int, int]], k: int, n
     recent = None if prev is None else [(w, x, y, 0.0) for w, x, y in sorted(prev)]
     args = (k, n, t, recent, 12, drift, d, min_count)
     want = decide_rate_py(ref, *args)
-    assert _same(TWIN.decide(twin, *args), want)
-    assert _same(decide_rate_py(twin, *args), want)   # the reference on the twin's scores
+    assert same(TWIN.decide(twin, *args), want)
+    assert same(decide_rate_py(twin, *args), want)   # the reference on the twin's scores
 
 
 def test_decide_says_what_is_wrong() -> None:

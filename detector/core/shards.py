@@ -65,6 +65,22 @@ _REPORT: Final = msgspec.msgpack.Decoder(Report)
 _ENC: Final = msgspec.msgpack.Encoder()
 
 
+def _gather(fin: int, decisions: dict[Cohort, list[Decision]], adopted: list[Key],
+            reports: list[Report], findings: dict[tuple[Cohort, str], Finding]
+            ) -> dict[Cohort, list[Decision]]:
+    """The shards' reports added to a window's coarser decisions and adoptions (``adopted``
+    in place, ``findings`` filled): the decisions returned and the adoptions left in cohort
+    order, as one Stage2 sees them (grouping breaks ties by it)."""
+    for r in reports:
+        for f in r.findings:
+            key = (fin, f.cohort)
+            decisions.setdefault(key, []).append(f.decision)
+            findings[(key, f.decision.signal)] = f
+        adopted += [(s, fin, c) for s, c in r.adopted]
+    adopted.sort(key=lambda a: (a[1], a[2]))
+    return dict(sorted(decisions.items()))
+
+
 class ShardedStage2(Stage2):
     """Stage 2 over ``shards`` shards keyed by the finest cohort, run in one process: the
     same alerts as :class:`Stage2` for the same input."""
@@ -116,15 +132,7 @@ class ShardedStage2(Stage2):
             k: ds for k, ds in c_dec.items() if k[0] < self.fin}
         adopted: list[Key] = [a for a in c_adopted if a[1] < self.fin]
         self._findings = {}
-        for r in reports:
-            for f in r.findings:
-                key = (self.fin, f.cohort)
-                decisions.setdefault(key, []).append(f.decision)
-                self._findings[(key, f.decision.signal)] = f
-            adopted += [(s, self.fin, c) for s, c in r.adopted]
-        # One Stage2 sees cohorts, and adoptions, in cohort order; grouping breaks ties by it.
-        decisions = dict(sorted(decisions.items()))
-        adopted.sort(key=lambda a: (a[1], a[2]))
+        decisions = _gather(self.fin, decisions, adopted, reports, self._findings)
         return self._decide(w, decisions, adopted, c_parts)
 
     def _report(self, sh: Stage2, i: int, w: int, decisions: dict[Cohort, list[Decision]],
@@ -546,16 +554,8 @@ class Peer(Stage2):
             decisions.setdefault((lv, c), []).append(d)
         adopted: list[Key] = list(op.adopted)
         self._findings = {}
-        for i in sorted(reports):
-            r = reports[i]
-            for f in r.findings:
-                key = (self.fin, f.cohort)
-                decisions.setdefault(key, []).append(f.decision)
-                self._findings[(key, f.decision.signal)] = f
-            adopted += [(s, self.fin, c) for s, c in r.adopted]
-        # One Stage2 sees cohorts, and adoptions, in cohort order; grouping breaks ties by it.
-        decisions = dict(sorted(decisions.items()))
-        adopted.sort(key=lambda a: (a[1], a[2]))
+        decisions = _gather(self.fin, decisions, adopted, [reports[i] for i in sorted(reports)],
+                            self._findings)
         parts = self._parts if self._parts is not None else {
             (p.level, p.cohort): p for p in map(decode_partial, op.parts)}
         self._parts = None

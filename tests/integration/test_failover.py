@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from harness import (
@@ -39,6 +40,22 @@ def _split(lines: list[bytes]) -> int:
     raise AssertionError("no line after the split time")
 
 
+def _kill_case(broker: Tansu, names: dict[str, str], tmp_path: Path
+               ) -> tuple[list[bytes], int, Path, list[dict[str, Any]], list[dict[str, Any]]]:
+    """Two hours with three incidents: the lines, where the kill falls, the config, and the
+    replay's alerts of all the lines and of those before the kill."""
+    simulate(tmp_path / "sim", hours=2.0, rate=20.0, seed=3,
+             scenarios=["unauthorized_tool", "refusal_spike", "traffic_drop"])
+    lines = file_lines(tmp_path / "sim" / "traces.jsonl")
+    cut = _split(lines)
+    # Idle partitions stop holding the watermark back after 20 s: longer than the kill takes
+    # to be noticed, so the dead worker's partitions (caught up, quiet) keep windows open
+    # until the survivor owns them (an idle flag from a dead owner would close them early).
+    cfg = write_config(tmp_path / "cfg.toml", brokers=broker.bootstrap, partitions=4,
+                       idle_partition_timeout_seconds=20, **names)
+    return lines, cut, cfg, replay(cfg, lines), replay(cfg, lines[:cut])
+
+
 def _assigned(w: WorkerProc) -> set[int]:
     """The trace partitions the worker's stage 1 owns (logged as "topic/partition")."""
     ev = w.events("stage1_assigned")
@@ -52,17 +69,7 @@ def _consumed(w: WorkerProc) -> int:
 
 def test_sigkill_failover_keeps_baselines(broker: Tansu, names: dict[str, str],
                                           tmp_path: Path) -> None:
-    simulate(tmp_path / "sim", hours=2.0, rate=20.0, seed=3,
-             scenarios=["unauthorized_tool", "refusal_spike", "traffic_drop"])
-    lines = file_lines(tmp_path / "sim" / "traces.jsonl")
-    cut = _split(lines)
-    # Idle partitions stop holding the watermark back after 20 s: longer than the kill takes
-    # to be noticed, so the dead worker's partitions (caught up, quiet) keep windows open
-    # until the survivor owns them (an idle flag from a dead owner would close them early).
-    cfg = write_config(tmp_path / "cfg.toml", brokers=broker.bootstrap, partitions=4,
-                       idle_partition_timeout_seconds=20, **names)
-    expected = replay(cfg, lines)
-    first = replay(cfg, lines[:cut])
+    lines, cut, cfg, expected, first = _kill_case(broker, names, tmp_path)
     assert len(expected) > len(first)  # incidents happen after the kill
     n1 = sum(len(decode(ln)[0]) for ln in lines[:cut])
 
@@ -154,14 +161,7 @@ def test_sigkill_before_a_save_redelivers_the_unsaved_input(
     input only then. A worker SIGKILLed before its first write leaves the table empty and its
     stage-2 input unacked: its successor is delivered that input again, and the alerts are
     those of an uninterrupted replay (the dead worker's own ones may come twice, same ids)."""
-    simulate(tmp_path / "sim", hours=2.0, rate=20.0, seed=3,
-             scenarios=["unauthorized_tool", "refusal_spike", "traffic_drop"])
-    lines = file_lines(tmp_path / "sim" / "traces.jsonl")
-    cut = _split(lines)
-    cfg = write_config(tmp_path / "cfg.toml", brokers=broker.bootstrap, partitions=4,
-                       idle_partition_timeout_seconds=20, **names)
-    expected = replay(cfg, lines)
-    first = replay(cfg, lines[:cut])
+    lines, cut, cfg, expected, first = _kill_case(broker, names, tmp_path)
     n1 = sum(len(decode(ln)[0]) for ln in lines[:cut])
     # Longer than the test runs until the kill: the first worker never writes its table.
     a = WorkerProc(cfg, tmp_path / "a.log",
