@@ -8,7 +8,9 @@ reads between flushes). Stage 1 hands out its partials three ways: one per parti
 merge), merged per worker of two partitions (two workers), merged over all four (one
 worker). For each: envelope bytes on the stage-2 topic, stage 1's merge and stage 2's
 decode-and-merge in ms (best of ``--repeat``, the ways taking turns), and the window closes
-after, which are the same work in all three.
+after, which are the same work in all three. Partials go where the stream sends them (a finest
+cohort's to its own stage-2 partition, a coarser one to all four), and the window closes
+include the peers' reports handed over in process until every window is decided.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "integratio
 from stream import closers, events  # noqa: E402
 
 from detector.config import load_config  # noqa: E402
-from detector.core.partials import Partial, combine  # noqa: E402
+from detector.core.partials import Partial, combine, route_key  # noqa: E402
 from detector.core.stage1 import Stage1  # noqa: E402
 from detector.stream.kafka_io import partition_for  # noqa: E402
 from detector.stream.stage1_runner import Envelope, decode_envelope, encode_envelope  # noqa: E402
@@ -63,6 +65,7 @@ def once(way: list[list[int]], n: int) -> tuple[int, float, float, float]:
     k = cfg.alerting.evidence_trace_ids
     fl = flushes(n)   # fresh partials: merging consumes them
     parts = {q: Stage2Partition(q, cfg, 5.0, P) for q in range(P)}
+    fin = len(cfg.cohorts.levels) - 1
     size = s1 = s2 = close = 0.0
     for flush, wms in fl:
         envs = []
@@ -72,9 +75,15 @@ def once(way: list[list[int]], n: int) -> tuple[int, float, float, float]:
             if len(workers_parts) > 1:
                 ps = combine(ps, k)
             s1 += time.perf_counter() - t
+            # As the stream routes them (decision 0010): a finest cohort's partial to its own
+            # partition, a coarser one to every partition (each keeps a replica).
             by_q: list[list[Partial]] = [[] for _ in range(P)]
             for x in ps:
-                by_q[partition_for(x.route.encode(), P)].append(x)
+                if x.level == fin:
+                    by_q[partition_for(route_key(x.cohort).encode(), P)].append(x)
+                else:
+                    for xs in by_q:
+                        xs.append(x)
             envs += [(q, encode_envelope(Envelope(wms, P, xs, []))) for q, xs in enumerate(by_q)]
         size += sum(len(e) for _, e in envs)
         t = time.perf_counter()
@@ -89,6 +98,16 @@ def once(way: list[list[int]], n: int) -> tuple[int, float, float, float]:
             wm = part.watermark(time.monotonic() + 3600)
             if wm is not None:
                 part.stage2.apply([], wm)
+        # The peers' per-window reports handed over in process until none is left: a window
+        # is decided only once every partition's report of it is in.
+        while True:
+            sent = [(q, r) for q, part in parts.items() for r in part.stage2.take_outbox()]
+            if not sent:
+                break
+            for q, r in sent:
+                for q2, part in parts.items():
+                    if q2 != q:
+                        part.stage2.receive(r)
         close += time.perf_counter() - t
     return int(size), s1 * 1000, s2 * 1000, close * 1000
 
