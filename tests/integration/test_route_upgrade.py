@@ -1,6 +1,6 @@
-"""A worker upgraded to routing stage 2 by app (the environment left out of the route key, so
-an app's canary and production meet for the canary gap) and split by the finest cohort
-(decision 0009) finds stage-2 state written before, one record per route key under its plain
+"""A worker upgraded to routing stage 2 by app (decision 0009: the environment left out of the
+route key, so an app's canary and production meet for the canary gap) and split by the finest
+cohort (decision 0010) finds stage-2 state written before, one record per route key under its plain
 key (one per app and environment, or already per app), in the table's changelog: every
 stage-2 partition loads it (each keeps the coarser cohorts and its own finest ones), writes it
 under its own keys, and the old records are deleted: the baselines survive the upgrade (no
