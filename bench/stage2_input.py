@@ -26,9 +26,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "bench"), str(ROOT / "tests" / "integratio
 from stream import closers, events  # noqa: E402
 
 from detector.config import load_config  # noqa: E402
-from detector.core.partials import Partial, combine, route_key  # noqa: E402
+from detector.core.partials import Partial, combine  # noqa: E402
 from detector.core.stage1 import Stage1  # noqa: E402
-from detector.stream.kafka_io import partition_for  # noqa: E402
 from detector.stream.stage1_runner import Envelope, decode_envelope, encode_envelope  # noqa: E402
 from detector.stream.stage2_partition import Stage2Partition  # noqa: E402
 
@@ -65,7 +64,6 @@ def once(way: list[list[int]], n: int) -> tuple[int, float, float, float]:
     k = cfg.alerting.evidence_trace_ids
     fl = flushes(n)   # fresh partials: merging consumes them
     parts = {q: Stage2Partition(q, cfg, 5.0, P) for q in range(P)}
-    fin = len(cfg.cohorts.levels) - 1
     size = s1 = s2 = close = 0.0
     for flush, wms in fl:
         envs = []
@@ -75,15 +73,10 @@ def once(way: list[list[int]], n: int) -> tuple[int, float, float, float]:
             if len(workers_parts) > 1:
                 ps = combine(ps, k)
             s1 += time.perf_counter() - t
-            # As the stream routes them (decision 0010): a finest cohort's partial to its own
-            # partition, a coarser one to every partition (each keeps a replica).
-            by_q: list[list[Partial]] = [[] for _ in range(P)]
-            for x in ps:
-                if x.level == fin:
-                    by_q[partition_for(route_key(x.cohort).encode(), P)].append(x)
-                else:
-                    for xs in by_q:
-                        xs.append(x)
+            # Where the stream sends them (decision 0010): the partitions whose peer holds the
+            # cohort (its own for a finest one, every partition for a coarser one).
+            by_q: list[list[Partial]] = [
+                [x for x in ps if parts[q].stage2.holds(x.level, x.cohort)] for q in range(P)]
             envs += [(q, encode_envelope(Envelope(wms, P, xs, []))) for q, xs in enumerate(by_q)]
         size += sum(len(e) for _, e in envs)
         t = time.perf_counter()
