@@ -313,9 +313,16 @@ class _Sent:
     last: float | None = None
 
 
+async def _pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
 async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: float,
-                  sent_to: _Sent) -> int:
-    """Send lines in event-time order, ``speedup`` x faster than real time."""
+                  sent_to: _Sent, stop: asyncio.Event) -> int:
+    """Send lines in event-time order, ``speedup`` x faster than real time, until the
+    deadline or ``stop``."""
     from aiokafka import AIOKafkaProducer
 
     from detector.core.events import decode
@@ -332,9 +339,9 @@ async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: 
                 sent_to.first = ts if sent_to.first is None else sent_to.first
                 ahead = (ts - sent_to.first) / speedup - (time.monotonic() - wall0)
                 if ahead > 0.05:
-                    await asyncio.sleep(ahead)
+                    await _pause(stop, ahead)
                 sent_to.last = ts
-            if time.monotonic() > deadline:
+            if time.monotonic() > deadline or stop.is_set():
                 break
             await p.send("ai-traces", ln, partition=i % 4)
             sent += 1
@@ -346,6 +353,7 @@ async def _stream(bootstrap: str, lines: list[bytes], speedup: float, deadline: 
 
 
 async def _alerts(bootstrap: str, deadline: float, cfg: Config, sent: _Sent,
+                  stop: asyncio.Event,
                   calls: queue.SimpleQueue[tuple[float, FlagCall]] | None = None
                   ) -> list[dict[str, Any]]:
     """Print the alerts in event-time order as they come, with the warm-up's progress and
@@ -367,7 +375,7 @@ async def _alerts(bootstrap: str, deadline: float, cfg: Config, sent: _Sent,
     told = -1
     try:
         print(f"{'time (event time)':19}  {'sev':5}  {'status':8}  signal  cohort", flush=True)
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not stop.is_set():
             for recs in (await c.getmany(timeout_ms=500)).values():
                 for r in recs:
                     alert = orjson.loads(r.value)
@@ -386,10 +394,27 @@ async def _alerts(bootstrap: str, deadline: float, cfg: Config, sent: _Sent,
                 told = windows
             for item in rows.ready(sent.last):
                 show(item)
-        for item in rows.rest():
-            show(item)
+        if not stop.is_set():
+            for item in rows.rest():
+                show(item)
     finally:
         await c.stop()
+    return seen
+
+
+async def _play(bootstrap: str, lines: list[bytes], speedup: float, deadline: float,
+                cfg: Config, sent: _Sent, stop: asyncio.Event, wait: float,
+                calls: queue.SimpleQueue[tuple[float, FlagCall]] | None = None
+                ) -> list[dict[str, Any]]:
+    """After ``wait`` s for the worker to join: stream the traffic and print the alerts
+    until the deadline or ``stop``. The loops end at their next turn rather than being
+    cancelled: an aiokafka client cancelled mid-request can leave a connection open, and the
+    broker then waits out its shutdown grace period on it."""
+    await _pause(stop, wait)
+    if stop.is_set():
+        return []
+    _, seen = await asyncio.gather(_stream(bootstrap, lines, speedup, deadline, sent, stop),
+                                   _alerts(bootstrap, deadline, cfg, sent, stop, calls))
     return seen
 
 
@@ -440,29 +465,27 @@ def run(args: argparse.Namespace) -> int:
               "broker", file=sys.stderr, flush=True)
         cfg_values = load_config(cfg, env=False)
         seen: list[dict[str, Any]] = []
+        stopped_by: list[int] = []
 
         async def main() -> None:
-            # SIGTERM cancels the tasks here (as asyncio.run does on Ctrl-C), so the Kafka
-            # clients close in their finally blocks.
-            me, terminated = asyncio.current_task(), asyncio.Event()
-            assert me is not None   # main() runs as a task
+            # SIGTERM and Ctrl-C end the loops (the Kafka clients then close as at the
+            # deadline) and are raised once they have.
+            stop, loop = asyncio.Event(), asyncio.get_running_loop()
 
-            def on_sigterm() -> None:
-                terminated.set()
-                me.cancel()
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
-            try:
-                await asyncio.sleep(min(12.0, args.duration / 4))
-                _, got = await asyncio.gather(
-                    _stream(broker.bootstrap, lines, speedup, deadline, sent),
-                    _alerts(broker.bootstrap, deadline, cfg_values, sent,
-                            calls if flag_server is not None else None))
-                seen.extend(got)
-            except asyncio.CancelledError:
-                if terminated.is_set():
-                    raise Terminated(signal.SIGTERM) from None
-                raise
+            def on_signal(sig: int) -> None:
+                stopped_by.append(sig)
+                stop.set()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, on_signal, sig)
+            seen.extend(await _play(broker.bootstrap, lines, speedup, deadline, cfg_values,
+                                    sent, stop, min(12.0, args.duration / 4),
+                                    calls if flag_server is not None else None))
         asyncio.run(main())
+        raise_on_sigterm()   # the closed loop left SIGTERM at its default (exit, no clean-up)
+        if stopped_by:
+            if stopped_by[0] == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise Terminated(signal.SIGTERM)
         labels = tuple(cfg_values.input.safety_labels)
         contained = [] if flag_server is None else containment_recap(
             flag_server.calls, flag_server.flags, flag_server.url)

@@ -199,3 +199,41 @@ def test_test_services_die_with_the_test_process(tmp_path: Path) -> None:
     finally:
         for k in living({pid}):
             os.kill(k, signal.SIGKILL)
+
+
+def test_demo_loops_stopped_mid_stream_leave_no_connection_open() -> None:
+    """A stop mid-stream (what SIGTERM and Ctrl-C set) ends the demo's producer and alert
+    reader at their next turn and closes their clients. Cancelled mid-request instead, an
+    aiokafka client could leave a connection open, and the broker then held its shutdown
+    for its grace period on it."""
+    import asyncio
+    import gc
+
+    from aiokafka.conn import AIOKafkaConnection
+
+    from detector.config import load_config
+    from detector.lab.demo import _play, _Sent
+    from detector.stream.kafka_io import ensure_topics
+
+    lines = [orjson.dumps({"ts": T0 + i * 0.05, "operation": "chat", "tenant": "t1",
+                           "app": "support-agent"}) for i in range(20_000)]
+
+    def connected() -> list[AIOKafkaConnection]:
+        return [o for o in gc.get_objects() if isinstance(o, AIOKafkaConnection)
+                and o.connected()]
+
+    async def stopped_after(b: Tansu, seconds: float) -> tuple[int, list[dict[str, object]]]:
+        await ensure_topics(b.bootstrap, {"ai-traces": 4, "ai-alerts": 1})
+        stop, sent = asyncio.Event(), _Sent()
+        asyncio.get_running_loop().call_later(seconds, stop.set)
+        seen = await asyncio.wait_for(
+            _play(b.bootstrap, lines, 20.0, float("inf"), load_config(None, env=False), sent,
+                  stop, 0.1), 60)
+        return int(sent.last is not None), seen
+
+    with Tansu() as b:
+        for seconds in (0.6, 1.3, 2.1):   # stops landing at different points of the loops
+            streamed, seen = asyncio.run(stopped_after(b, seconds))
+            assert streamed == 1          # it was mid-stream when the stop came
+            assert seen == []             # no worker: nothing on the alerts topic
+            assert connected() == []
