@@ -121,20 +121,23 @@ static int whole(const unsigned char *p, Py_ssize_t n) {
 }
 
 static PyObject *shapes(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2 || !PyList_Check(args[0]))
-        return PyErr_Format(PyExc_TypeError, "shapes(messages: list, max_bytes: int)");
+    (void)mod;
+    if (nargs != 2)
+        return PyErr_Format(PyExc_TypeError, "shapes(messages, max_bytes)");
     Py_ssize_t max_bytes = PyLong_AsSsize_t(args[1]);
     if (max_bytes == -1 && PyErr_Occurred())
         return NULL;
-    PyObject *messages = args[0];
-    Py_ssize_t count = PyList_GET_SIZE(messages);
+    PyObject *messages = PySequence_Fast(args[0], "shapes: messages must be a sequence");
+    if (messages == NULL)
+        return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(messages);
     PyObject *heads = PyBytes_FromStringAndSize(NULL, count);
     PyObject *odd = PyList_New(0);
     if (heads == NULL || odd == NULL)
         goto fail;
     char *h = PyBytes_AS_STRING(heads);
     for (Py_ssize_t i = 0; i < count; i++) {
-        PyObject *m = PyList_GET_ITEM(messages, i);
+        PyObject *m = PySequence_Fast_GET_ITEM(messages, i);
         Py_buffer view;
         if (PyObject_GetBuffer(m, &view, PyBUF_SIMPLE) < 0)
             goto fail;
@@ -153,8 +156,10 @@ static PyObject *shapes(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
             Py_DECREF(k);
         }
     }
+    Py_DECREF(messages);
     return Py_BuildValue("(NN)", odd, heads);
 fail:
+    Py_DECREF(messages);
     Py_XDECREF(heads);
     Py_XDECREF(odd);
     return NULL;

@@ -458,8 +458,8 @@ def _whole(m: bytes) -> bool:
             return False   # a string left open
         brackets = b"".join(parts[::2]).translate(None, _NOT_BRACKETS)
         depth = 0
-        for c in brackets[:-1]:
-            depth += 1 if c in b"[{" else -1
+        for b in brackets[:-1]:
+            depth += 1 if b in b"[{" else -1
             if depth == 0:
                 return False
         return depth == 1 and m[-1] in b"]}" and brackets[-1] in b"]}"
