@@ -411,8 +411,8 @@ def decode_many(
     messages: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES
 ) -> tuple[list[TraceEvent], list[Rejection]]:
     """Decode several messages, events in message order; the same result as calling
-    :func:`decode` on each, but runs of messages that are one object or one array of them
-    are parsed in one call.
+    :func:`decode` on each, whatever a message's neighbours, but runs of messages that are
+    each one whole object or array of them (:func:`_whole`) are parsed in one call.
 
     >>> ok, bad = decode_many([b'{"ts": 1, "operation": "chat"}', b'[{"ts": 2, "operation": "x"}]',
     ...                        b'{"ts": 3}', b'{"ts": 4, "operation": "chat"}'])
@@ -526,9 +526,9 @@ def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEven
             items = (_mixed if arrays else _many).decode(_array_of(part))
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
             items, hint = None, _failed_item(str(e), part)
-        # One item per message, and every late check passing; else message by message, so
-        # each bad message is rejected alone (and "{…},{…}" in one message cannot pass as two
-        # events).
+        # One item per message (always, once the joined parse succeeds: every message is one
+        # whole value, _shapes; kept as a second line), and every late check passing; else
+        # message by message, so each bad message is rejected alone.
         if items is not None and len(items) == len(part) and _finish_all(
                 evs := _flat(items) if arrays else cast(list[TraceEvent], items)):
             ok += evs
