@@ -138,15 +138,23 @@ static PyObject *shapes(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) 
     char *h = PyBytes_AS_STRING(heads);
     for (Py_ssize_t i = 0; i < count; i++) {
         PyObject *m = PySequence_Fast_GET_ITEM(messages, i);
-        Py_buffer view;
-        if (PyObject_GetBuffer(m, &view, PyBUF_SIMPLE) < 0)
-            goto fail;
-        const unsigned char *p = view.buf;
-        Py_ssize_t n = view.len;
+        Py_buffer view = {0};
+        const unsigned char *p;
+        Py_ssize_t n;
+        if (PyBytes_CheckExact(m)) {   /* the usual case, without a buffer to release */
+            p = (const unsigned char *)PyBytes_AS_STRING(m);
+            n = PyBytes_GET_SIZE(m);
+        } else {
+            if (PyObject_GetBuffer(m, &view, PyBUF_SIMPLE) < 0)
+                goto fail;
+            p = view.buf;
+            n = view.len;
+        }
         int fits = 0 < n && n <= max_bytes;
         h[i] = fits ? (char)p[0] : 0;
         int ok = fits && (p[0] == '{' || p[0] == '[') && whole(p, n);
-        PyBuffer_Release(&view);
+        if (view.obj != NULL)
+            PyBuffer_Release(&view);
         if (!ok) {
             PyObject *k = PyLong_FromSsize_t(i);
             if (k == NULL || PyList_Append(odd, k) < 0) {
