@@ -445,7 +445,8 @@ def _whole(m: bytes) -> bool:
     depth, counted outside strings, first returns to 0 at its last byte. Only then does
     joining it into a run leave its bytes one item of the run's array: a string left open, a
     bracket left open or closed early would carry its neighbours' bytes into it or its own
-    into theirs.
+    into theirs. (Where this reads strings otherwise than a JSON parser, the bytes are not
+    JSON, so the joined parse fails and the run is split: only its reading of JSON counts.)
 
     >>> _whole(b'{"a": "}"}'), _whole(b'{"a": "\\\\"}'), _whole(b'{"a": "\\"}')
     (True, True, False)
