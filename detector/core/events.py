@@ -24,6 +24,7 @@ are never materialised.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import os
@@ -438,6 +439,7 @@ def decode_many(
 _first = itemgetter(0)
 _BRACKET: Final = re.compile(rb'["\\\[\]{}]')
 _NOT_BRACKETS: Final = bytes(c for c in range(256) if c not in b"[]{}")
+_NOT_QUOTE_OR_BRACKET: Final = bytes(c for c in range(256) if c not in b'"[]{}')
 
 
 def _whole(m: bytes) -> bool:
@@ -454,16 +456,16 @@ def _whole(m: bytes) -> bool:
     (False, True, False)
     """
     if b"\\" not in m:   # the usual case: strings end at their next quote
-        parts = m.split(b'"')   # outside strings, inside, outside, ...
-        if len(parts) % 2 == 0:
-            return False   # a string left open
-        brackets = b"".join(parts[::2]).translate(None, _NOT_BRACKETS)
-        depth = 0
-        for b in brackets[:-1]:
-            depth += 1 if b in b"[{" else -1
-            if depth == 0:
-                return False
-        return depth == 1 and m[-1] in b"]}" and brackets[-1] in b"]}"
+        # Quotes and brackets only; then adjacent quotes dropped in pairs, which leaves every
+        # bracket behind as many quotes, modulo 2, as before: with none left, none is inside
+        # a string (the usual case: strings without brackets).
+        brackets = m.translate(None, _NOT_QUOTE_OR_BRACKET).replace(b'""', b"")
+        if b'"' in brackets:
+            parts = m.split(b'"')   # outside strings, inside, outside, ...
+            if len(parts) % 2 == 0:
+                return False   # a string left open
+            brackets = b"".join(parts[::2]).translate(None, _NOT_BRACKETS)
+        return m[-1] in b"]}" and _closes_at_end(bytes(brackets))   # hashable
     depth, string, escaped, last = 0, False, -2, len(m) - 1
     for t in _BRACKET.finditer(m):
         c, i = t.group(), t.start()
@@ -481,6 +483,17 @@ def _whole(m: bytes) -> bool:
             if depth == 0 and i != last:
                 return False
     return depth == 0
+
+
+@functools.lru_cache(maxsize=1024)   # a producer's events have few bracket patterns
+def _closes_at_end(brackets: bytes) -> bool:
+    """Whether the depth of a string of brackets first returns to 0 at its end."""
+    depth = 0
+    for b in brackets[:-1]:
+        depth += 1 if b in b"[{" else -1
+        if depth == 0:
+            return False
+    return depth == 1 and brackets[-1:] in (b"]", b"}")
 
 
 def _shapes_py(messages: list[bytes], max_bytes: int) -> tuple[list[int], bytes]:
