@@ -10,7 +10,7 @@ DEMO_ARGS ?=      # e.g. --containment (a flag endpoint the demo's sev1 calls)
 .PHONY: demo test lint bench docs clean
 
 $(BIN)/detector: pyproject.toml setup.py detector/core/_tally.c detector/core/_spans.c detector/core/_slots.h \
-		detector/core/_finish.c \
+		detector/core/_finish.c detector/core/_shapes.c \
 		baselines/_rate.c baselines/_quantity.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip

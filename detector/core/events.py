@@ -24,6 +24,7 @@ are never materialised.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import os
@@ -411,8 +412,8 @@ def decode_many(
     messages: list[bytes], max_bytes: int = MAX_MESSAGE_BYTES
 ) -> tuple[list[TraceEvent], list[Rejection]]:
     """Decode several messages, events in message order; the same result as calling
-    :func:`decode` on each, but runs of messages that are one object or one array of them
-    are parsed in one call.
+    :func:`decode` on each, whatever a message's neighbours, but runs of messages that are
+    each one whole object or array of them (:func:`_whole`) are parsed in one call.
 
     >>> ok, bad = decode_many([b'{"ts": 1, "operation": "chat"}', b'[{"ts": 2, "operation": "x"}]',
     ...                        b'{"ts": 3}', b'{"ts": 4, "operation": "chat"}'])
@@ -435,21 +436,81 @@ def decode_many(
     return ok, bad
 
 
-_first, _last = itemgetter(0), itemgetter(-1)
-_NOT_OPEN, _NOT_CLOSE = re.compile(rb"[^{[]"), re.compile(rb"[^}\]]")
+_first = itemgetter(0)
+_BRACKET: Final = re.compile(rb'["\\\[\]{}]')
+_NOT_BRACKETS: Final = bytes(c for c in range(256) if c not in b"[]{}")
+_NOT_QUOTE_OR_BRACKET: Final = bytes(c for c in range(256) if c not in b'"[]{}')
 
 
-def _shapes(messages: list[bytes], max_bytes: int) -> tuple[list[int], bytes]:
-    """The indexes of the messages that are neither one ``{…}`` nor one ``[…]`` within the
-    size limit, in order, and every message's first byte (0 for an empty or over-long one).
-    The hot path: first and last bytes gathered and searched by C-level passes."""
-    if all(messages) and max(map(len, messages), default=0) <= max_bytes:
-        heads, tails = bytes(map(_first, messages)), bytes(map(_last, messages))
-    else:
-        fit = [m if 0 < len(m) <= max_bytes else b"\0" for m in messages]
-        heads, tails = bytes(map(_first, fit)), bytes(map(_last, fit))
-    return sorted({m.start() for m in _NOT_OPEN.finditer(heads)}
-                  | {m.start() for m in _NOT_CLOSE.finditer(tails)}), heads
+def _whole(m: bytes) -> bool:
+    r"""Whether ``m`` (its first byte ``{`` or ``[``) is one whole bracketed value: its bracket
+    depth, counted outside strings, first returns to 0 at its last byte. Only then does
+    joining it into a run leave its bytes one item of the run's array: a string left open, a
+    bracket left open or closed early would carry its neighbours' bytes into it or its own
+    into theirs. (Where this reads strings otherwise than a JSON parser, the bytes are not
+    JSON, so the joined parse fails and the run is split: only its reading of JSON counts.)
+
+    >>> _whole(b'{"a": "}"}'), _whole(b'{"a": "\\\\"}'), _whole(b'{"a": "\\"}')
+    (True, True, False)
+    >>> _whole(b'{"a": 1},{"b": 2}'), _whole(b'[{"a": 1}]'), _whole(b'{"a": [}')
+    (False, True, False)
+    """
+    if b"\\" not in m:   # the usual case: strings end at their next quote
+        # Quotes and brackets only; then adjacent quotes dropped in pairs, which leaves every
+        # bracket behind as many quotes, modulo 2, as before: with none left, none is inside
+        # a string (the usual case: strings without brackets).
+        brackets = m.translate(None, _NOT_QUOTE_OR_BRACKET).replace(b'""', b"")
+        if b'"' in brackets:
+            parts = m.split(b'"')   # outside strings, inside, outside, ...
+            if len(parts) % 2 == 0:
+                return False   # a string left open
+            brackets = b"".join(parts[::2]).translate(None, _NOT_BRACKETS)
+        return m[-1] in b"]}" and _closes_at_end(bytes(brackets))   # hashable
+    depth, string, escaped, last = 0, False, -2, len(m) - 1
+    for t in _BRACKET.finditer(m):
+        c, i = t.group(), t.start()
+        if string:
+            if c == b"\\":
+                escaped = i if escaped != i - 1 else -2   # a pair of backslashes escapes none
+            elif c == b'"' and escaped != i - 1:
+                string = False
+        elif c == b'"':
+            string = True
+        elif c in b"[{":
+            depth += 1
+        elif c in b"]}":
+            depth -= 1
+            if depth == 0 and i != last:
+                return False
+    return depth == 0
+
+
+@functools.lru_cache(maxsize=1024)   # a producer's events have few bracket patterns
+def _closes_at_end(brackets: bytes) -> bool:
+    """Whether the depth of a string of brackets first returns to 0 at its end."""
+    depth = 0
+    for b in brackets[:-1]:
+        depth += 1 if b in b"[{" else -1
+        if depth == 0:
+            return False
+    return depth == 1 and brackets[-1:] in (b"]", b"}")
+
+
+def _shapes_py(messages: list[bytes], max_bytes: int) -> tuple[list[int], bytes]:
+    """The indexes of the messages that may not join a run (any but one whole ``{…}`` or
+    ``[…]``, :func:`_whole`, within the size limit), in order, and every message's first byte
+    (0 for an empty or over-long one). The reference for ``shapes`` in _shapes.c."""
+    fit = [m if 0 < len(m) <= max_bytes else b"\0" for m in messages]
+    heads = bytes(map(_first, fit))
+    return [i for i, m in enumerate(fit) if m[0] not in b"{[" or not _whole(m)], heads
+
+
+# The C twin of _shapes_py, unless it was not built or DETECTOR_NO_EXTENSIONS is set
+# (tests/test_events_runs.py holds the two alike).
+_shapes: Callable[[list[bytes], int], tuple[list[int], bytes]] = _shapes_py
+if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
+    with contextlib.suppress(ImportError):
+        _shapes = importlib.import_module("detector.core._shapes").shapes
 
 
 def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEvent],
@@ -479,9 +540,9 @@ def _decode_run(run: list[bytes], start: int, max_bytes: int, ok: list[TraceEven
             items = (_mixed if arrays else _many).decode(_array_of(part))
         except (msgspec.DecodeError, UnicodeDecodeError, RecursionError) as e:
             items, hint = None, _failed_item(str(e), part)
-        # One item per message, and every late check passing; else message by message, so
-        # each bad message is rejected alone (and "{…},{…}" in one message cannot pass as two
-        # events).
+        # One item per message (always, once the joined parse succeeds: every message is one
+        # whole value, _shapes; kept as a second line), and every late check passing; else
+        # message by message, so each bad message is rejected alone.
         if items is not None and len(items) == len(part) and _finish_all(
                 evs := _flat(items) if arrays else cast(list[TraceEvent], items)):
             ok += evs

@@ -82,7 +82,7 @@ HOSTILE: Final[dict[str, float]] = {
     "invalid_utf8_contract": 50, "invalid_utf8_unknown": 50, "huge_batch_valid": 0.5,
     "huge_batch_non_objects": 0.2, "duplicate_keys": 100, "prompt_in_contract_field": 200,
     "prompt_in_unknown_field": 100, "prompt_in_field_name": 100,
-    "prompt_in_field_name_and_bad_field": 100,
+    "prompt_in_field_name_and_bad_field": 100, "run_forgery": 30,
 }
 VALID: Final[dict[str, float]] = {"valid": 9000, "valid_batch": 300, "valid_hard_rule": 10}
 
@@ -182,14 +182,34 @@ class Generator:
             return Message(kind, v, 1, 0, (("out_of_range", 1),), 0)
         raise ValueError(f"unknown message class {kind!r}")
 
+    def forgery(self) -> list[Message]:
+        """Three messages, each not JSON alone, that joined into one array would parse as
+        three events: a string left open before the final brace, one that closes it, and two
+        events in one message. Sent one after another into one partition, so a decoder
+        that joins a partition's messages sees them side by side."""
+        opens = self._dumps()[:-1] + b',"x":"}'
+        two = self._dumps() + b"," + self._dumps()
+        return [Message("run_forgery", v, 1, 0, (("not_json", 1),), 0)
+                for v in (opens, b'{","y":1}', two)]
+
     def campaign(self, n: int, skip: Collection[str] = ()) -> Iterator[Message]:
         """``n`` messages: one of each class first, then classes drawn by weight; classes in
         ``skip`` are left out (to see past one that takes everything down)."""
         weighted = {k: w for k, w in (HOSTILE | VALID).items() if k not in skip}
         kinds, weights = list(weighted), list(weighted.values())
+        first = iter(kinds)
+        later: dict[int, Message] = {}   # a forgery's next parts, at its partition's next turns
         for i in range(n):
-            kind = kinds[i] if i < len(kinds) else self.rnd.choices(kinds, weights)[0]
-            yield self.message(kind)
+            if i in later:
+                yield later.pop(i)
+                continue
+            kind = next(first, None) or self.rnd.choices(kinds, weights)[0]
+            if kind == "run_forgery" and i + 2 * PARTITIONS < n:
+                parts = self.forgery()
+                later |= {i + PARTITIONS: parts[1], i + 2 * PARTITIONS: parts[2]}
+                yield parts[0]
+            else:
+                yield self.message("valid" if kind == "run_forgery" else kind)
 
 
 def _nest(r: Random) -> bytes:
