@@ -32,7 +32,8 @@ from detector.core.rules import RuleHit, decode_hit, encode_hit
 from detector.core.scoring import CohortModel, Decision
 from detector.core.stage2 import MAX_GAP_WINDOWS, Stage2
 
-__all__ = ["Finding", "OpenWindow", "Peer", "PeerState", "Report", "ShardedStage2", "shard_of"]
+__all__ = ["Finding", "OpenWindow", "Peer", "PeerState", "Report", "ShardedStage2", "peers_of",
+           "shard_of"]
 
 Cohort = tuple[int, tuple[str, ...]]
 
@@ -40,6 +41,14 @@ Cohort = tuple[int, tuple[str, ...]]
 def shard_of(cohort: tuple[str, ...], shards: int) -> int:
     """The shard of a finest cohort: stable across processes and runs (not Python's hash)."""
     return zlib.crc32(route_key(cohort).encode()) % shards
+
+
+def peers_of(level: int, cohort: tuple[str, ...], fin: int,
+             owner: Callable[[tuple[str, ...]], int], count: int) -> range | tuple[int]:
+    """The peers (of ``count``) that take a partial of ``(level, cohort)``: every peer a
+    coarser cohort's (each keeps a replica), its owner a finest cohort's. Stage 1 routes by it
+    and :meth:`Peer.holds` asks it, so the two cannot drift apart."""
+    return range(count) if level < fin else (owner(cohort),)
 
 
 class Finding(msgspec.Struct, array_like=True):
@@ -256,7 +265,7 @@ class Peer(Stage2):
     def holds(self, level: int, cohort: tuple[str, ...]) -> bool:
         """Whether this peer takes a partial of ``(level, cohort)``: every coarser one, and
         the finest cohorts it owns."""
-        return level < self.fin or self.owner(cohort) == self.index
+        return self.index in peers_of(level, cohort, self.fin, self.owner, self.count)
 
     def prune(self) -> None:
         """Drop the finest cohorts another peer owns (state loaded as one Stage2 wrote it, a
