@@ -552,6 +552,20 @@ class Peer(Stage2):
             self.inbox.setdefault(r.window, {})[r.shard] = r
         self.resend()
 
+    def restore_input(self, parts: list[Partial]) -> None:
+        """Input saved as it came (after :meth:`load_exchange`), in arrival order: merged
+        where it is not scored yet. A record of several windows outlives those scored, and
+        the finest cohorts of a window run ahead on are learnt while its coarser ones wait."""
+        opened = self.open.window if self.open is not None else None
+        learnt = self.ahead[-1].window if self.ahead else opened
+        for p in parts:
+            if (self.next_window is not None and p.window < self.next_window) or (
+                    p.window == opened) or (
+                    learnt is not None and p.window <= learnt and p.level == self.fin):
+                continue
+            p.route = self.route_of(p.level, p.cohort)
+            Stage2.add_partial(self, p)
+
     def _decide_open(self) -> list[Alert]:
         op = self.open
         assert op is not None

@@ -20,11 +20,13 @@ from detector.core.shards import Peer
 from detector.core.watermark import SourceMark, Watermarks
 from detector.stream.kafka_io import partition_for
 
-__all__ = ["EXCHANGE", "MODELS", "PENDING", "Stage2Partition", "key_name", "legacy", "owner",
-           "pack", "pending_key", "pending_window", "table_key", "unpack"]
+__all__ = ["EXCHANGE", "INPUT", "MODELS", "PENDING", "Stage2Partition", "key_name", "legacy",
+           "owner", "pack", "pending_key", "pending_window", "table_key", "unpack"]
 
 #: The first byte of a partition's exchange-state key (route keys never start with it).
 EXCHANGE = b"\x1d"
+#: Then a number (the partition's offset when written): input as it came between two saves.
+INPUT = b"\x1dI"
 #: After a route key: its models and alerts' record, and its pending input's records (the
 #: route key's held hits; and one per window, the window's number after it).
 MODELS = b"\x1cM"
@@ -101,9 +103,15 @@ class Stage2Partition:
         self.offset = -1   # last stage-2 message applied to this state
         self.held: list[tuple[float, int, RuleHit]] = []   # heap of hits not yet released
         self._seq = 0
-        # The table keys of the pending-input records of (route key, window) that hold data:
-        # one record per window, deleted once the window is scored.
+        # The table keys of pending-input records of (route key, window) as written before
+        # INPUT records (and for a route key restored from one older still): deleted once
+        # the window is scored.
         self.windows: dict[tuple[str, int], bytes] = {}
+        # Input since the last save, as it came: (route key, window, encoded partial).
+        self.fresh: list[tuple[str, int, bytes]] = []
+        # The table keys of input records (INPUT) and the windows each holds input of: one
+        # record a save, deleted once none of its windows is pending.
+        self.inputs: dict[bytes, set[int]] = {}
 
     def hold(self, h: RuleHit) -> None:
         self._seq += 1
