@@ -293,7 +293,6 @@ class Worker:
                 parts = load_input(state)
                 part.stage2.restore_input(parts)
                 part.inputs[key] = {p.window for p in parts}
-                n += 1
             _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
                   next_window=part.stage2.next_window, applied_offset=part.offset)
         return part
