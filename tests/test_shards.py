@@ -90,16 +90,28 @@ def test_a_quiet_window_reports_nothing(traffic: list[bytes]) -> None:
     assert 0 < s2.report_bytes <= 16 * 2 * s2.windows_closed
 
 
-def _restored(peer: Peer) -> Peer:
+def _restored(peer: Peer, came: list[bytes] | None = None) -> Peer:
     """A successor of ``peer`` from what the worker writes to its table: each route key's
-    state, then the exchange state (which queues the open window's report again)."""
+    state, then the exchange state (which queues the open window's report again). With
+    ``came``: each route key's models only, and the input as it came (every partial the
+    peer took, scored or not), as the worker's input records hold it."""
     fresh = type(peer)(peer.config, peer.index, peer.count)
     fresh.ran_ahead = peer.ran_ahead   # (per process: kept here to count over the run)
     fresh.restored_ahead = peer.restored_ahead + bool(peer.ahead)
     for route in sorted(routes(peer)):
-        load_route(fresh, dump_route(peer, route))
+        load_route(fresh, dump_route(peer, route, "models" if came is not None else "all"))
     fresh.load_exchange(peer.dump_exchange())
+    if came is not None:
+        fresh.restore_input([decode_partial(b) for b in came])
+        # The input not scored yet, as a restore of the whole state holds it (what the
+        # worker keeps records of, and what its next scoring reads).
+        assert _pending(fresh) == _pending(_restored(peer))
     return fresh
+
+
+def _pending(peer: Peer) -> dict[int, dict[tuple[int, tuple[str, ...]], bytes]]:
+    return {w: {k: encode(p) for k, p in slot.items()} for w, slot in peer.pending.items()
+            if slot}
 
 
 class _Peer(Peer):
@@ -107,17 +119,20 @@ class _Peer(Peer):
 
 
 def _peer_alerts(lines: list[bytes], n: int, lag: bool, restore_every: int = 0,
-                 peer: type[Peer] = _Peer) -> tuple[list[list[bytes]], list[Peer]]:
+                 peer: type[Peer] = _Peer, as_came: bool = False
+                 ) -> tuple[list[list[bytes]], list[Peer]]:
     """The lines through stage 1 and ``n`` peers, the way the stream carries them: coarser
     partials to every peer, a finest one to its owner, hits to every peer, and each peer's
     reports to every peer; with ``lag`` a report arrives only after the next batch, so
     windows and hits wait at the barrier; with ``restore_every`` k, peer 0 is replaced by a
-    successor from its saved state every k batches."""
+    successor from its saved state every k batches (``as_came``: its input saved as it came,
+    see :func:`_restored`)."""
     cfg = load_config(None, env=False)
     s1 = Stage1(cfg)
     peers = [peer(cfg, i, n) for i in range(n)]
     out: list[list[bytes]] = [[] for _ in peers]
     late: list[bytes] = []
+    came: list[bytes] = []   # peer 0's input as it came (what it took)
 
     def deliver(reports: list[bytes]) -> None:
         for r in reports:
@@ -128,9 +143,12 @@ def _peer_alerts(lines: list[bytes], n: int, lag: bool, restore_every: int = 0,
         nonlocal late
         for p in partials:
             wire = encode(p)
-            for peer in peers:
+            for i, peer in enumerate(peers):
                 if peer.holds(p.level, p.cohort):
+                    dropped = peer.late_partials
                     peer.add_partial(decode_partial(wire))
+                    if i == 0 and peer.late_partials == dropped:
+                        came.append(wire)
         for i, peer in enumerate(peers):
             out[i] += [msgspec.json.encode(a) for a in peer.apply(hits, watermark)]
         if lag:
@@ -141,7 +159,7 @@ def _peer_alerts(lines: list[bytes], n: int, lag: bool, restore_every: int = 0,
 
     for i in range(0, len(lines), 4096):
         if restore_every and (i // 4096) % restore_every == restore_every - 1:
-            peers[0] = _restored(peers[0])
+            peers[0] = _restored(peers[0], came if as_came else None)
         o = s1.feed_many(lines[i:i + 4096])
         watermark, partials = None, []
         if s1.wm.due():
@@ -181,6 +199,19 @@ def test_peers_emit_one_stage2s_alerts_once(traffic: list[bytes], n: int, lag: b
         assert all(p.ran_ahead for p in peers)
         if restore:
             assert peers[0].restored_ahead  # type: ignore[attr-defined]
+
+
+def test_a_peer_restored_from_its_input_as_it_came_emits_the_same(traffic: list[bytes]) -> None:
+    """The worker saves stage 2's input as it came, a record per save that outlives windows
+    scored since (decision 0010): a successor given every partial its peer took, scored or
+    not, merges only what is not scored yet (not the open window's, not the finest cohorts'
+    of windows run ahead on, the coarser ones' of those) and emits the same alerts."""
+    want, _ = _alerts(traffic, 1)
+    got, peers = _peer_alerts(traffic, 2, lag=True, restore_every=3, as_came=True)
+    mine = [[a for a in want if shard_of(tuple(msgspec.json.decode(a)["cohort"].values()), 2)
+             == i] for i in range(2)]
+    assert got == mine
+    assert peers[0].restored_ahead  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("ignored", ["hysteresis", "young", "values"])

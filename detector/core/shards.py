@@ -32,7 +32,8 @@ from detector.core.rules import RuleHit, decode_hit, encode_hit
 from detector.core.scoring import CohortModel, Decision
 from detector.core.stage2 import MAX_GAP_WINDOWS, Stage2
 
-__all__ = ["Finding", "OpenWindow", "Peer", "PeerState", "Report", "ShardedStage2", "shard_of"]
+__all__ = ["Finding", "OpenWindow", "Peer", "PeerState", "Report", "ShardedStage2", "peers_of",
+           "shard_of"]
 
 Cohort = tuple[int, tuple[str, ...]]
 
@@ -40,6 +41,14 @@ Cohort = tuple[int, tuple[str, ...]]
 def shard_of(cohort: tuple[str, ...], shards: int) -> int:
     """The shard of a finest cohort: stable across processes and runs (not Python's hash)."""
     return zlib.crc32(route_key(cohort).encode()) % shards
+
+
+def peers_of(level: int, cohort: tuple[str, ...], fin: int,
+             owner: Callable[[tuple[str, ...]], int], count: int) -> range | tuple[int]:
+    """The peers (of ``count``) that take a partial of ``(level, cohort)``: every peer a
+    coarser cohort's (each keeps a replica), its owner a finest cohort's. Stage 1 routes by it
+    and :meth:`Peer.holds` asks it, so the two cannot drift apart."""
+    return range(count) if level < fin else (owner(cohort),)
 
 
 class Finding(msgspec.Struct, array_like=True):
@@ -256,7 +265,7 @@ class Peer(Stage2):
     def holds(self, level: int, cohort: tuple[str, ...]) -> bool:
         """Whether this peer takes a partial of ``(level, cohort)``: every coarser one, and
         the finest cohorts it owns."""
-        return level < self.fin or self.owner(cohort) == self.index
+        return self.index in peers_of(level, cohort, self.fin, self.owner, self.count)
 
     def prune(self) -> None:
         """Drop the finest cohorts another peer owns (state loaded as one Stage2 wrote it, a
@@ -542,6 +551,20 @@ class Peer(Stage2):
         for r in st.inbox:
             self.inbox.setdefault(r.window, {})[r.shard] = r
         self.resend()
+
+    def restore_input(self, parts: list[Partial]) -> None:
+        """Input saved as it came (after :meth:`load_exchange`), in arrival order: merged
+        where it is not scored yet. A record of several windows outlives those scored, and
+        the finest cohorts of a window run ahead on are learnt while its coarser ones wait."""
+        opened = self.open.window if self.open is not None else None
+        learnt = self.ahead[-1].window if self.ahead else opened
+        for p in parts:
+            if (self.next_window is not None and p.window < self.next_window) or (
+                    p.window == opened) or (
+                    learnt is not None and p.window <= learnt and p.level == self.fin):
+                continue
+            p.route = self.route_of(p.level, p.cohort)
+            Stage2.add_partial(self, p)
 
     def _decide_open(self) -> list[Alert]:
         op = self.open

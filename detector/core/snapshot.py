@@ -32,7 +32,7 @@ from detector.core.partials import Partial, decode_partial, encode
 from detector.core.scoring import CohortModel
 from detector.core.stage2 import Stage2
 
-__all__ = ["FORMAT", "dump_route", "load_route", "routes"]
+__all__ = ["FORMAT", "dump_input", "dump_route", "load_input", "load_route", "routes"]
 
 FORMAT = 2
 _INCIDENT_FIELDS = Incident.__slots__
@@ -115,8 +115,24 @@ def dump_route(s: Stage2, route: str, part: str = "all",
     return zlib.compress(doc, 1)
 
 
-def load_route(s: Stage2, data: bytes) -> None:
-    """Merge one route key's state into ``s`` (replacing what it held for those cohorts)."""
+def dump_input(partials: list[bytes]) -> bytes:
+    """Partials (encoded) as they came, in order: a route document with only its pending
+    input (:func:`load_route` reads it too), for the stream's input records."""
+    doc = msgspec.msgpack.encode({"v": FORMAT, "next_window": None, "models": [],
+                                  "pending": partials, "alerts": []})
+    return zlib.compress(doc, 1)
+
+
+def load_input(data: bytes) -> list[Partial]:
+    """The partials of :func:`dump_input`'s bytes, in order."""
+    raw = _inflate(data)
+    try:
+        return [decode_partial(p) for p in msgspec.msgpack.decode(raw, type=_Route).pending]
+    except msgspec.DecodeError as e:
+        raise ValueError(f"stage-2 input: {e}") from None
+
+
+def _inflate(data: bytes) -> bytes:
     z = zlib.decompressobj()
     try:
         raw = z.decompress(data, MAX_STATE_BYTES)
@@ -124,6 +140,12 @@ def load_route(s: Stage2, data: bytes) -> None:
         raise ValueError(f"stage-2 state is not zlib data: {e}") from None
     if z.unconsumed_tail or not z.eof:
         raise ValueError(f"stage-2 state is larger than {MAX_STATE_BYTES} bytes or truncated")
+    return raw
+
+
+def load_route(s: Stage2, data: bytes) -> None:
+    """Merge one route key's state into ``s`` (replacing what it held for those cohorts)."""
+    raw = _inflate(data)
     try:
         v = msgspec.msgpack.decode(raw, type=_Version).v
         if v not in (1, FORMAT):

@@ -52,9 +52,9 @@ from prometheus_client import CollectorRegistry
 from detector.config import Config
 from detector.core.alert import Alert
 from detector.core.containment import Call, plan, record
-from detector.core.partials import reroute
+from detector.core.partials import encode, reroute
 from detector.core.reload import plan_reload
-from detector.core.snapshot import dump_route, load_route, routes
+from detector.core.snapshot import dump_input, dump_route, load_input, load_route, routes
 from detector.core.stage2 import MAX_GAP_WINDOWS
 from detector.obs.logs import logging_config
 from detector.obs.metrics import Metrics, attach_faust_sensor, serve
@@ -75,6 +75,7 @@ from detector.stream.reloader import ConfigReloader
 from detector.stream.stage1_runner import Envelope, Stage1Runner, decode_envelope, encode_envelope
 from detector.stream.stage2_partition import (
     EXCHANGE,
+    INPUT,
     MODELS,
     PENDING,
     Stage2Partition,
@@ -146,12 +147,11 @@ def _credentials(cfg: Config) -> Any:
 @dataclass
 class _Unsaved:
     """What the stage-2 agent changed since its last table write (by partition q): route
-    keys whose models or alerts changed, (route key, window)s whose pending input changed,
-    route keys whose held hits changed, partitions whose exchange state changed; and the
-    stage-2 messages behind it, acked once it is written."""
+    keys whose models or alerts changed, route keys whose held hits changed, partitions
+    whose exchange state changed; and the stage-2 messages behind it, acked once it is
+    written. (The input that came is each partition's ``fresh``.)"""
 
     touched: set[tuple[int, str]] = field(default_factory=set)
-    fed: set[tuple[int, str, int]] = field(default_factory=set)
     held: set[tuple[int, str]] = field(default_factory=set)
     moved: set[int] = field(default_factory=set)
     events: list[Any] = field(default_factory=list)
@@ -258,6 +258,7 @@ class Worker:
                 part.stage2.on_closed = self.totals
             n = 0
             exchange = None
+            inputs: list[tuple[int, bytes, bytes]] = []   # (number, table key, state)
             items = [(key, value) for key, value in list(self.table.items()) if value]
             mine: set[str] = set()   # route keys this partition has records of its own of
             for key, value in items:
@@ -268,6 +269,9 @@ class Worker:
                 name = key_name(key)
                 if name == EXCHANGE:
                     exchange = state
+                    continue
+                if name.startswith(INPUT):   # merged after the rest, in the order written
+                    inputs.append((int(name[len(INPUT):]), key, state))
                     continue
                 pw = pending_window(name)
                 if pw is not None:
@@ -285,6 +289,10 @@ class Worker:
             part.stage2.prune()   # a route key's whole tree, as written before the split
             if exchange is not None:   # after the route keys: it re-queues the open report
                 part.stage2.load_exchange(exchange)
+            for _, key, state in sorted(inputs):   # after the exchange: what is not scored
+                parts = load_input(state)
+                part.stage2.restore_input(parts)
+                part.inputs[key] = {p.window for p in parts}
             _jlog(logging.INFO, "stage2_partition_loaded", partition=q, route_keys=n,
                   next_window=part.stage2.next_window, applied_offset=part.offset)
         return part
@@ -375,8 +383,11 @@ class Worker:
                     part.hold(h)
                     u.held.add((q, h.route))
                 for p in env.partials:
+                    wire = encode(p)   # as it came (merging mutates it)
+                    late = s2.late_partials
                     s2.add_partial(p)
-                    u.fed.add((q, p.route, p.window))
+                    if s2.late_partials == late:   # taken: written at the next save
+                        part.fresh.append((p.route, p.window, wire))
                 for r in env.reports:   # another partition's report: may decide a window
                     alerts += self._contain(part, s2.receive(r), calls)
             u.events += events
@@ -451,30 +462,45 @@ class Worker:
 
     async def _save(self) -> None:
         """State in the table, then the input it reflects acked. Models (the bulk) only when
-        they changed; input as it comes, one record per route key and window, so a window's
-        input is written while it is pending and never again (decision 0010), and deleted
-        with the save that holds the models that scored it."""
+        they changed; input as it came since the last save, one record per partition
+        holding the partials of every window not scored yet, so input is written once
+        (decision 0010), and the record deleted with the save that holds the models that
+        scored the last of its windows."""
         u, self._unsaved = self._unsaved, _Unsaved()
         self._saved_at = time.monotonic()
         for q, part in self.parts.items():
             if q in u.moved:
-                for rw in [rw for rw in part.windows if rw[1] not in part.stage2.pending]:
+                pending = part.stage2.pending
+                for rw in [rw for rw in part.windows if rw[1] not in pending]:
                     self.table.pop(part.windows.pop(rw), None)
+                for tk in [k for k, ws in part.inputs.items() if pending.keys().isdisjoint(ws)]:
+                    del part.inputs[tk]
+                    self.table.pop(tk, None)
         for q, key in u.touched:
             owner = self.parts.get(q)
             if owner is not None:
                 self.table[table_key(key.encode() + MODELS, q, self.q)] = pack(
                     dump_route(owner.stage2, key, "models"), [], owner.offset)
+        # A route key restored with pending input in a record of before: its windows whole,
+        # one record each (their input since is in them: not written twice).
+        whole: set[tuple[int, str, int]] = set()
         for q, key in self._rehold:
             owner = self.parts.get(q)
             if owner is not None:
-                u.fed.update((q, key, w) for w in owner.stage2.pending)
-        for q, key, w in u.fed:
-            owner = self.parts.get(q)
-            if owner is not None and w in owner.stage2.pending:
-                tk = owner.windows.setdefault((key, w), pending_key(key, w, q, self.q))
-                self.table[tk] = pack(dump_route(owner.stage2, key, "pending", (w,)), [],
-                                      owner.offset)
+                for w in owner.stage2.pending:
+                    whole.add((q, key, w))
+                    tk = owner.windows.setdefault((key, w), pending_key(key, w, q, self.q))
+                    self.table[tk] = pack(dump_route(owner.stage2, key, "pending", (w,)), [],
+                                          owner.offset)
+        for q, part in self.parts.items():
+            pending = part.stage2.pending
+            fresh = [(w, b) for r, w, b in part.fresh
+                     if w in pending and (q, r, w) not in whole]
+            part.fresh = []
+            if fresh:
+                tk = table_key(INPUT + b"%d" % part.offset, q, self.q)
+                self.table[tk] = pack(dump_input([b for _, b in fresh]), [], part.offset)
+                part.inputs[tk] = {w for w, _ in fresh}
         u.held |= self._rehold
         self._rehold.clear()
         for q, key in u.held:

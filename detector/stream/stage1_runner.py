@@ -20,8 +20,9 @@ from aiokafka.structs import TopicPartition
 from detector.config import Config
 from detector.core.events import Rejection
 from detector.core.otlp import Decoder, decoder_for
-from detector.core.partials import LegacyPartial, Partial, combine, route_key
+from detector.core.partials import LegacyPartial, Partial, combine
 from detector.core.rules import LegacyHit, RuleHit
+from detector.core.shards import peers_of
 from detector.core.signals import EVENTS
 from detector.core.stage1 import Stage1
 from detector.core.watermark import SourceMark
@@ -32,9 +33,9 @@ from detector.stream.kafka_io import (
     CorruptBatches,
     client_kwargs,
     fetch_wait_ms,
-    partition_for,
     skip_corrupt_batches,
 )
+from detector.stream.stage2_partition import owner
 
 __all__ = ["Envelope", "Stage1Runner", "decode_envelope", "encode_envelope"]
 
@@ -134,6 +135,7 @@ class Stage1Runner(ConsumerRebalanceListener):
         self.stage2_topic = stage2_topic
         self.q = stage2_partitions
         self.fin = len(config.cohorts.levels) - 1
+        self.owner = owner(stage2_partitions)   # the stage-2 partition of a finest cohort
         self.metrics = metrics
         self.flush_interval = flush_interval
         self.idle_timeout = k.idle_partition_timeout_seconds
@@ -418,11 +420,8 @@ class Stage1Runner(ConsumerRebalanceListener):
             # replica), and hits to every partition (each runs a replica of the lifecycle).
             by_q: list[tuple[list[Partial], list[RuleHit]]] = [([], hits) for _ in range(self.q)]
             for x in partials:
-                if x.level == self.fin:
-                    by_q[partition_for(route_key(x.cohort).encode(), self.q)][0].append(x)
-                else:
-                    for ps, _ in by_q:
-                        ps.append(x)
+                for q in peers_of(x.level, x.cohort, self.fin, self.owner, self.q):
+                    by_q[q][0].append(x)
             for q, (ps, hs) in enumerate(by_q):
                 env = Envelope(wms, self.n_src or len(wms), ps, hs)
                 self.pending.append(Outgoing(self.stage2_topic, q, encode_envelope(env), []))

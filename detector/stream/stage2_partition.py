@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 import msgspec
@@ -19,15 +20,23 @@ from detector.core.shards import Peer
 from detector.core.watermark import SourceMark, Watermarks
 from detector.stream.kafka_io import partition_for
 
-__all__ = ["EXCHANGE", "MODELS", "PENDING", "Stage2Partition", "key_name", "legacy", "pack",
-           "pending_key", "pending_window", "table_key", "unpack"]
+__all__ = ["EXCHANGE", "INPUT", "MODELS", "PENDING", "Stage2Partition", "key_name", "legacy",
+           "owner", "pack", "pending_key", "pending_window", "table_key", "unpack"]
 
 #: The first byte of a partition's exchange-state key (route keys never start with it).
 EXCHANGE = b"\x1d"
+#: Then a number (the partition's offset when written): input as it came between two saves.
+INPUT = b"\x1dI"
 #: After a route key: its models and alerts' record, and its pending input's records (the
 #: route key's held hits; and one per window, the window's number after it).
 MODELS = b"\x1cM"
 PENDING = b"\x1cP"
+
+
+def owner(partitions: int) -> Callable[[tuple[str, ...]], int]:
+    """The stage-2 partition that owns a finest cohort: the Kafka partitioner on its route
+    key, so a table key's changelog partition matches (stage 1 sends by it, peers hold by it)."""
+    return lambda c: partition_for(route_key(c).encode(), partitions)
 
 
 @lru_cache(maxsize=65536)
@@ -88,16 +97,21 @@ class Stage2Partition:
         self.cfg = cfg
         self.marks = Watermarks(idle_timeout, born=time.monotonic())
         # Where stage 1 sends a finest cohort's partials (Stage1Runner._flush) is its owner.
-        self.stage2 = Peer(cfg, q, partitions,
-                           owner=lambda c: partition_for(route_key(c).encode(), partitions))
+        self.stage2 = Peer(cfg, q, partitions, owner=owner(partitions))
         self.resent_at = time.monotonic()
         self.applied = float("-inf")
         self.offset = -1   # last stage-2 message applied to this state
         self.held: list[tuple[float, int, RuleHit]] = []   # heap of hits not yet released
         self._seq = 0
-        # The table keys of the pending-input records of (route key, window) that hold data:
-        # one record per window, deleted once the window is scored.
+        # The table keys of pending-input records of (route key, window) as written before
+        # INPUT records (and for a route key restored from one older still): deleted once
+        # the window is scored.
         self.windows: dict[tuple[str, int], bytes] = {}
+        # Input since the last save, as it came: (route key, window, encoded partial).
+        self.fresh: list[tuple[str, int, bytes]] = []
+        # The table keys of input records (INPUT) and the windows each holds input of: one
+        # record a save, deleted once none of its windows is pending.
+        self.inputs: dict[bytes, set[int]] = {}
 
     def hold(self, h: RuleHit) -> None:
         self._seq += 1
