@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detector.core import events
-from detector.core.events import MAX_MESSAGE_BYTES, TraceEvent, decode, decode_many
+from detector.core.events import MAX_MESSAGE_BYTES, decode, decode_many
+from tests.test_events import _one_by_one
 
 EV = b'{"ts":1,"operation":"chat"}'
 EV2 = b'{"ts":2,"operation":"chat","tenant":"t2"}'
@@ -41,16 +42,6 @@ PIECES = [
     b" " + EV, EV + b" ", b"\xef\xbb\xbf" + EV, b"[" + EV + b"],[" + EV2 + b"]",
     EV + EV2, b"{}", b'{"ts":1,"operation":"chat"}}', b'{{"ts":1,"operation":"chat"}',
 ]
-
-
-def _one_by_one(messages: list[bytes]) -> tuple[list[TraceEvent], list[tuple]]:
-    ok: list[TraceEvent] = []
-    bad: list[tuple] = []
-    for i, m in enumerate(messages):
-        e, r = decode(m)
-        ok += e
-        bad += [(i, x.reason, x.field, x.detail, x.payload) for x in r]
-    return ok, bad
 
 
 def _as_alone(messages: list[bytes]) -> None:

@@ -32,7 +32,7 @@ import re
 import sys
 from bisect import bisect_right
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from datetime import datetime
 from itertools import accumulate, chain, compress, repeat
 from operator import attrgetter, itemgetter
@@ -466,8 +466,26 @@ def _whole(m: bytes) -> bool:
                 return False   # a string left open
             brackets = b"".join(parts[::2]).translate(None, _NOT_BRACKETS)
         return m[-1] in b"]}" and _closes_at_end(bytes(brackets))   # hashable
-    depth, string, escaped, last = 0, False, -2, len(m) - 1
-    for t in _BRACKET.finditer(m):
+    depth, last = 0, len(m) - 1
+    for c, i in _outside_strings(m, _BRACKET):
+        if c in b"[{":
+            depth += 1
+        else:
+            depth -= 1
+            if depth == 0 and i != last:
+                return False
+    return depth == 0   # (a string left open hides the closing bracket: depth stays above 0)
+
+
+def _outside_strings(data: bytes, tokens: re.Pattern[bytes]) -> Iterator[tuple[bytes, int]]:
+    r"""The ``tokens`` matches of ``data`` that are outside its JSON strings, with their
+    positions; ``tokens`` must match quotes and backslashes too (they are not yielded).
+
+    >>> list(_outside_strings(b'["a\\"]", "b"]', _BRACKET))
+    [(b'[', 0), (b']', 12)]
+    """
+    string, escaped = False, -2
+    for t in tokens.finditer(data):
         c, i = t.group(), t.start()
         if string:
             if c == b"\\":
@@ -476,13 +494,8 @@ def _whole(m: bytes) -> bool:
                 string = False
         elif c == b'"':
             string = True
-        elif c in b"[{":
-            depth += 1
-        elif c in b"]}":
-            depth -= 1
-            if depth == 0 and i != last:
-                return False
-    return depth == 0
+        elif c != b"\\":
+            yield c, i
 
 
 @functools.lru_cache(maxsize=1024)   # a producer's events have few bracket patterns
@@ -651,28 +664,19 @@ def _items(data: bytes) -> list[bytes] | None:
     body = data.strip()
     if body[:1] != b"[" or body[-1:] != b"]":
         return None
-    depth, start, string, escaped = 0, 1, False, -2
+    depth, start = 0, 1
     out: list[bytes] = []
-    for m in _TOKEN.finditer(body):
-        c, i = m.group(), m.start()
-        if string:
-            if c == b"\\":
-                escaped = i if escaped != i - 1 else -2   # a pair of backslashes escapes none
-            elif c == b'"' and escaped != i - 1:
-                string = False
-            continue
-        if c == b'"':
-            string = True
-        elif c in b"[{":
+    for c, i in _outside_strings(body, _TOKEN):
+        if c in b"[{":
             depth += 1
         elif c in b"]}":
             depth -= 1
             if depth < 0 or (depth == 0 and i != len(body) - 1):
                 return None
-        elif c == b"," and depth == 1:
+        elif depth == 1:   # a comma between items
             out.append(body[start:i].strip())
             start = i + 1
-    if depth != 0 or string:
+    if depth != 0:   # (a string left open hides the closing bracket: depth stays above 0)
         return None
     last = body[start:-1].strip()
     if last:
