@@ -174,6 +174,27 @@ def test_c_and_python_agree_on_ties_and_past_the_cohort_and_version_budgets(conf
     assert ("other", "other", "other") in {p.cohort for p in parts}
 
 
+def test_keys_seen_again_evicted_or_alike_in_content_count_as_python_counts(config: Config
+                                                                          ) -> None:
+    """The C path finds an event's open partial through a bounded cache of key fields by
+    content (_tally.c, key_cache): more distinct keys than it holds, each seen again after
+    others took its slot, with 1-, 2- and 4-byte characters and lengths on either side of
+    its 8-byte steps, must count exactly as the Python path does."""
+    wide = msgspec.structs.replace(config, cohorts=msgspec.structs.replace(
+        config.cohorts, max_cohorts=20_000))
+    names = [f"t{i}" + "x" * (i % 17) + ("", "\u00e9", "\u4e2d", "\U0001f600")[i % 4]
+             for i in range(5000)]
+    rng = random.Random(11)
+    batches = [[orjson.dumps({
+        "ts": 5000.0 + b * 30 + i / 1000, "operation": "chat", "tenant": t, "app": "a",
+        "model_version": f"m{i % 3}", "refusal": rng.random() < 0.3})
+        for i, t in enumerate(rng.sample(names, len(names)))] for b in range(2)]
+    parts = _same(wide, batches)
+    fine = [p for p in parts if p.level == len(wide.cohorts.levels) - 1]
+    assert {p.cohort[0] for p in fine} == set(names)
+    assert sum(p.counts[0] for p in fine) == 10_000
+
+
 def test_events_of_an_unexpected_shape_are_counted_by_python_in_order(config: Config) -> None:
     """Events built by hand (an int timestamp, a float token count, a bool retries) are not
     what decode() makes: the C path stops at each and the Python path counts it."""

@@ -18,6 +18,7 @@
  */
 #include "_slots.h"
 #include <float.h>
+#include <stdint.h>
 #include <string.h>
 #include <math.h>
 
@@ -229,6 +230,51 @@ read_rules(PyObject *type, PyObject *rules, PyObject *keys)
     return 0;
 }
 
+/* Key fields met lately, by content: an event's (cohort, version) fields as the tuple of an
+ * earlier event with the same values. Its strings' hashes are cached and they are the very
+ * objects in the open partials' keys, so the lookup neither hashes freshly decoded strings
+ * nor compares them character by character. Direct-mapped and bounded (a miss builds the
+ * tuple as before and takes the slot): it changes what is looked up by, never the result. */
+#define KEY_CACHE 4096
+static struct { uint64_t h; PyObject *fields; } key_cache[KEY_CACHE];
+
+static inline uint64_t
+mix64(uint64_t h, uint64_t v)
+{
+    h = (h ^ v) * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
+}
+
+/* A cheap hash of a key field's content (a str's code units; anything else by identity). */
+static inline uint64_t
+field_hash(uint64_t h, PyObject *v)
+{
+    if (!PyUnicode_CheckExact(v))
+        return mix64(h, (uint64_t)(uintptr_t)v);
+    int kind = PyUnicode_KIND(v);
+    size_t n = (size_t)PyUnicode_GET_LENGTH(v) * (size_t)kind;
+    const unsigned char *d = PyUnicode_DATA(v);
+    h = mix64(h, ((uint64_t)n << 3) | (uint64_t)kind);
+    for (; n >= 8; n -= 8, d += 8) {
+        uint64_t x;
+        memcpy(&x, d, 8);
+        h = mix64(h, x);
+    }
+    if (n) {
+        uint64_t x = 0;
+        memcpy(&x, d, n);
+        h = mix64(h, x);
+    }
+    return h;
+}
+
+static void
+key_cache_clear(void)
+{
+    for (int i = 0; i < KEY_CACHE; i++)
+        Py_CLEAR(key_cache[i].fields);
+}
+
 /* configure(event_type, partial_type, unset, (ts, trace_id, operation), rules, opcodes,
  *           top_k, eval_max, eval_scale) */
 static PyObject *
@@ -242,6 +288,7 @@ configure(PyObject *self, PyObject *args)
                           &PyDict_Type, &opcodes, &top_k, &eval_max, &eval_scale))
         return NULL;
     S.ready = 0;
+    key_cache_clear();   /* (an earlier configuration's unset sentinel may be in it) */
     Py_INCREF(unset);
     Py_XSETREF(S.unset, unset);   /* before the rules, which test against it */
     if ((S.off_counts = slot_offset_s((PyTypeObject *)ptype, "counts")) < 0
@@ -793,18 +840,35 @@ static PyObject *
 partial_of(PyObject *ev, PyObject *w_obj, const Py_ssize_t *koff, Py_ssize_t nkey,
            PyObject *open_, PyObject *partial_for)
 {
-    PyObject *fields = PyTuple_New(nkey);
-    if (fields == NULL)
-        return NULL;
+    uint64_t h = (uint64_t)nkey;
     for (Py_ssize_t j = 0; j < nkey; j++) {
         PyObject *v = SLOT(ev, koff[j]);
         if (v == NULL) {
-            Py_DECREF(fields);
             PyErr_SetString(PyExc_AttributeError, "a cohort field is not set");
             return NULL;
         }
-        Py_INCREF(v);
-        PyTuple_SET_ITEM(fields, j, v);
+        h = field_hash(h, v);
+    }
+    PyObject *fields = key_cache[h & (KEY_CACHE - 1)].fields;
+    int hit = fields != NULL && key_cache[h & (KEY_CACHE - 1)].h == h
+              && PyTuple_GET_SIZE(fields) == nkey;
+    for (Py_ssize_t j = 0; hit && j < nkey; j++) {
+        PyObject *a = SLOT(ev, koff[j]), *b = PyTuple_GET_ITEM(fields, j);
+        hit = a == b || (PyUnicode_CheckExact(a) && PyUnicode_CheckExact(b) && str_eq(a, b));
+    }
+    if (hit)
+        Py_INCREF(fields);
+    else {
+        if ((fields = PyTuple_New(nkey)) == NULL)
+            return NULL;
+        for (Py_ssize_t j = 0; j < nkey; j++) {
+            PyObject *v = SLOT(ev, koff[j]);
+            Py_INCREF(v);
+            PyTuple_SET_ITEM(fields, j, v);
+        }
+        Py_INCREF(fields);
+        Py_XSETREF(key_cache[h & (KEY_CACHE - 1)].fields, fields);
+        key_cache[h & (KEY_CACHE - 1)].h = h;
     }
     PyObject *key = PyTuple_Pack(2, w_obj, fields);
     Py_DECREF(fields);
