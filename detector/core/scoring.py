@@ -330,49 +330,16 @@ class Scorer:
         hysteresis) *and* this window adding to it, so a statistic that drains slowly (a
         rare event's) does not keep an alert alive through windows with nothing in them.
         The new statistics wait in ``own.seq_next`` until the window is learned."""
-        cus = own.seq.get(sig.name) or _IDLE
-        rate = sig.kind == "rate"
-        if cus is _IDLE and (
-                (rate and d == "up" and k <= RISE_MIN * (n * b.expected(True)))
-                or (not rate and -Z_QUIET <= z_fast <= Z_QUIET)):
-            return 0.0, False   # what peeking gives an idle statistic here (the common case)
         h = self._nats.get(t)
         if h is None:
             h = self._nats[t] = nats_for(t)
-        ups: Sequence[float] | None
-        if rate:
-            # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
-            disp = b.dispersion()  # type: ignore[union-attr]
-            # (No rise past RISE_MIN of the slow rate, which the reference is at least, on an
-            # idle statistic: peek_up's own "no evidence", without working out the reference.)
-            ups = (ZEROS if d == "down" or (not cus.up and k <= RISE_MIN * (n * b.expected(True)))
-                   else b.peek_up(cus, k, n, h / 2))  # type: ignore[union-attr]
-            down = (0.0 if d == "up" else
-                    cus.peek_down(k, n * b.reference(up=False), disp, h / 2))  # type: ignore[union-attr]
-            up = max(ups)
-        else:
-            # A quantity's tails are heavier than its standard score admits: three windows.
-            up, down = cus.peek_z(z_fast, h / 3)
-            ups = None
-        if cus is _IDLE and up == down == 0.0:
+        got = (b.sequential(own.seq.get(sig.name), k, n, h, d)  # type: ignore[union-attr]
+               if sig.kind == "rate" else _sequential_z(own.seq.get(sig.name), z_fast, h, d))
+        if got is None:
             return 0.0, False   # no evidence, and none to keep (the common case)
-        if ups is None:
-            ups = [up, *ZEROS[1:]]
-        rising = up > cus.up and up >= h and d != "down"
-        falling = down > cus.down and down >= h and d != "up"
-        # A confirmation restarts the statistic half-way (Page's restart after an alarm,
-        # kept warm): the alert stays alive while fresh evidence keeps coming, and the
-        # evidence piled up during an incident does not confirm its aftermath.
-        keep = h / 2
-        own.seq_next[sig.name] = ([min(u, keep) for u in ups] if rising else ups,
-                                  min(down, keep) if falling else down)
-        if d == "up":
-            down = 0.0
-        elif d == "down":
-            up = 0.0
-        if up >= down:
-            return to_standard(up), rising
-        return -to_standard(down), falling
+        ev, confirmed, ups, down = got
+        own.seq_next[sig.name] = (ups, down)
+        return ev, confirmed
 
     def learn(self, p: Partial, own: CohortModel, decisions: list[Decision]) -> list[str]:
         """Teach the cohort's baselines with this window. An anomalous window teaches with
@@ -544,6 +511,32 @@ class Scorer:
                     own.episodes.pop(sig.name, None)
                     own.persist.pop(sig.name, None)
                     own.recent.pop(sig.name, None)
+
+
+def _sequential_z(cus: Cusum | None, z: float, h: float, d: str
+                  ) -> tuple[float, bool, Sequence[float], float] | None:
+    """A quantity's sequential step, as RateBaseline.sequential is a rate's: a window of
+    standard score ``z`` at ``h`` nats in direction ``d``; its tails are heavier than its
+    standard score admits, so a window adds at most a third of ``h``."""
+    c = _IDLE if cus is None else cus
+    if cus is None and -Z_QUIET <= z <= Z_QUIET:
+        return None   # what peeking gives an idle statistic here
+    up, down = c.peek_z(z, h / 3)
+    if cus is None and up == down == 0.0:
+        return None
+    rising = up > c.up and up >= h and d != "down"
+    falling = down > c.down and down >= h and d != "up"
+    # Restarted half-way when confirmed (see RateBaseline.sequential).
+    keep = h / 2
+    ups = [min(up, keep) if rising else up, *ZEROS[1:]]
+    keep_down = min(down, keep) if falling else down
+    if d == "up":
+        down = 0.0
+    elif d == "down":
+        up = 0.0
+    if up >= down:
+        return to_standard(up), rising, ups, keep_down
+    return -to_standard(down), falling, ups, keep_down
 
 
 def learn_plain_py(rates: tuple[Signal, ...], decisions: list[Decision], c: list[int],
