@@ -138,6 +138,9 @@ class Scorer:
         self.adopt_after = b.adopt_after_windows
         self._rates = tuple(s for s in self.signals if s.kind == "rate")
         self._rate_names = frozenset(s.name for s in self._rates)
+        # (Kept apart from _rate_names, which says which rates learn_plain may take.)
+        self._is_rate = frozenset(s.name for s in self._rates)
+        self._not_rates = tuple(s for s in self.signals if s.kind != "rate")
         # The C twin of learn_plain_py when it was built (baselines/_rate.c).
         self._learn_plain: Callable[..., None] = PLAIN if PLAIN is not None else learn_plain_py
         # ...and of decide_rate_py (every rate baseline is the twin then: made by new_rate, or
@@ -348,15 +351,17 @@ class Scorer:
         normal. Returns the signals whose baselines adopted a new level in this window."""
         nxt = own.seq_next
         if nxt:
+            seq = own.seq
             for name, (ups, down) in nxt.items():
-                cus = own.seq.get(name)
+                up = max(ups)
+                if up == 0.0 and down == 0.0:   # idle: quiet signals keep no state
+                    if seq:
+                        seq.pop(name, None)
+                    continue
+                cus = seq.get(name)
                 if cus is None:
-                    if down == 0.0 and max(ups) == 0.0:
-                        continue   # idle, and would be dropped as such below
-                    cus = own.seq[name] = Cusum()
-                cus.set(ups, down)
-                if cus.idle():
-                    del own.seq[name]   # quiet signals keep no state
+                    cus = seq[name] = Cusum()
+                cus.keep(ups, up, down)
             nxt.clear()
         adopted: list[str] = []
         c = p.counts
@@ -376,10 +381,15 @@ class Scorer:
         d_next = next(dec, None)
         self._learn_plain(self._rates, dec_list, c, recent, persist, episodes, baselines, w,
                           warmup, SLOW_FREEZE, resolve_after, self._new)
+        # Without a rate's decision left to learn here (the common case), the loop below
+        # skips every rate: it walks the other signals alone, in the same order.
+        is_rate = self._is_rate
+        signals = (self.signals if any(d[0] in is_rate for d in dec_list)
+                   else self._not_rates)
         x: float
         y: float
         q: float
-        for sig in self.signals:
+        for sig in signals:
             name, kind, num, den, sq, _, flags, _log = sig
             if kind == "rate":
                 if d_next is None or d_next.signal != name:
