@@ -963,9 +963,85 @@ fail:
     return NULL;
 }
 
+/* Whether counter v is <= 0 (cmp Py_LE) or == 0 (Py_EQ), as Python compares it with 0; -1 with
+ * an exception. */
+static int cmp_zero(PyObject *v, int cmp) {
+    if (PyLong_CheckExact(v)) {
+        int s = _PyLong_Sign(v);
+        return cmp == Py_LE ? s <= 0 : s == 0;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return -1;
+    int r = PyObject_RichCompareBool(v, zero, cmp);
+    Py_DECREF(zero);
+    return r;
+}
+
+/* with_data(table, counts, seq): the scorer's signals with something to score in this window,
+ * as scoring.with_data_py picks them (its reference; tests/test_rate_twin.py). */
+static PyObject *with_data(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyList_Check(args[1])
+            || !PyDict_Check(args[2]))
+        return PyErr_Format(PyExc_TypeError, "with_data(table: tuple, counts: list, seq: dict)");
+    PyObject *table = args[0], *c = args[1], *seq = args[2];
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table); i++) {
+        PyObject *e = PyTuple_GET_ITEM(table, i);
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 5) {
+            PyErr_SetString(PyExc_TypeError, "a with_data entry is (spec, name, n at, k at, up only)");
+            goto fail;
+        }
+        Py_ssize_t an = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 2));
+        Py_ssize_t ak = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 3));
+        int up_only = PyObject_IsTrue(PyTuple_GET_ITEM(e, 4));
+        if (PyErr_Occurred() || up_only < 0)
+            goto fail;
+        if (an >= 0) {
+            if (an >= PyList_GET_SIZE(c) || ak < 0 || ak >= PyList_GET_SIZE(c)) {
+                PyErr_SetString(PyExc_IndexError, "a with_data entry is past the counts");
+                goto fail;
+            }
+            int skip = cmp_zero(PyList_GET_ITEM(c, an), Py_LE);
+            if (skip < 0)
+                goto fail;
+            if (!skip && up_only) {   /* nothing happened: unless evidence is left to drain */
+                if ((skip = cmp_zero(PyList_GET_ITEM(c, ak), Py_EQ)) < 0)
+                    goto fail;
+                if (skip) {
+                    PyObject *cus = PyDict_GetItemWithError(seq, PyTuple_GET_ITEM(e, 1));
+                    if (cus == NULL && PyErr_Occurred())
+                        goto fail;
+                    if (cus != NULL) {
+                        PyObject *r = PyObject_CallMethod(cus, "idle", NULL);
+                        if (r == NULL)
+                            goto fail;
+                        skip = PyObject_IsTrue(r);
+                        Py_DECREF(r);
+                        if (skip < 0)
+                            goto fail;
+                    }
+                }
+            }
+            if (skip)
+                continue;
+        }
+        if (PyList_Append(out, PyTuple_GET_ITEM(e, 0)) < 0)
+            goto fail;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"designs", (PyCFunction)(void (*)(void))designs, METH_FASTCALL,
      "designs(log_up, rho_up_m1, rise_min, zeros): the count CUSUM's upward designs."},
+    {"with_data", (PyCFunction)(void (*)(void))with_data, METH_FASTCALL,
+     "The scorer's signals with something to score (see scoring.with_data_py)."},
     {"learn_plain", (PyCFunction)(void (*)(void))learn_plain, METH_FASTCALL,
      "The scorer's rate windows without a decision, learned (see scoring.learn_plain_py)."},
     {NULL},

@@ -38,7 +38,7 @@ from baselines.sequential import _LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS, Cusum, to
 #: What an idle statistic (no state kept) peeks from.
 _IDLE = Cusum()
 
-__all__ = ["PLAIN", "TWIN", "RateBaseline", "as_reference", "as_twin", "new_rate"]
+__all__ = ["PLAIN", "TWIN", "WITH_DATA", "RateBaseline", "as_reference", "as_twin", "new_rate"]
 
 _PRIOR_K = 0.5   # pseudo-events...
 _PRIOR_N = 1.0   # ...per pseudo-unit of denominator
@@ -265,13 +265,15 @@ def _update_pair(pair: tuple[WarmEWMean, WarmEWMean], k: float, n: float) -> tup
 # baselines/_rate.c holds the same state as plain doubles and does the same arithmetic in the
 # same order (tests/test_rate_twin.py holds it to this module bit for bit). Used unless it was
 # not built (no compiler) or DETECTOR_NO_EXTENSIONS is set, as the counting twin is.
-# Its learn_plain is the twin of detector.core.scoring.learn_plain_py.
+# Its learn_plain is the twin of detector.core.scoring.learn_plain_py, its with_data of
+# detector.core.scoring.with_data_py.
 TWIN: Any = None
 PLAIN: Any = None
+WITH_DATA: Any = None
 if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
     with contextlib.suppress(ImportError):
         _c = importlib.import_module("baselines._rate")
-        TWIN, PLAIN = _c.Rate, _c.learn_plain
+        TWIN, PLAIN, WITH_DATA = _c.Rate, _c.learn_plain, _c.with_data
         _c.designs(_LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS)
 
 

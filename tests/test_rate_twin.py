@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baselines import codec
-from baselines.rate import TWIN, RateBaseline, as_reference, as_twin, new_rate
+from baselines.rate import TWIN, WITH_DATA, RateBaseline, as_reference, as_twin, new_rate
 from baselines.sequential import ZEROS, Cusum
+from detector.core.scoring import with_data_py
 from tests.bits import same
 
 
@@ -276,3 +277,34 @@ def test_sequential_says_what_is_wrong() -> None:
     odd._ups = [1.0]
     with pytest.raises(ValueError):
         b.sequential(odd, 1, 2, 3.0, "up")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(-2, 3), st.just(10**30), st.just(-(10**30))),
+                min_size=6, max_size=6),
+       st.lists(st.tuples(st.integers(-1, 5), st.integers(0, 5), st.booleans()), max_size=12),
+       st.dictionaries(st.sampled_from("abc"), st.booleans()))
+def test_with_data_picks_what_the_python_picks(c: list[int], entries: list[tuple],
+                                               held: dict[str, bool]) -> None:
+    """The scorer's pick of the signals with something to score in a window (with_data in
+    baselines/_rate.c) against with_data_py: no data, or an upward signal without events
+    and without evidence left to drain, is left out; order and identity kept."""
+    seq = {}
+    for name, busy in held.items():
+        cus = seq[name] = Cusum()
+        if busy:
+            cus.set([0.0, 2.0, 0.0, 0.0], 0.0)
+    table = tuple((object(), "abc"[i % 3], at_n, at_k, up)
+                  for i, (at_n, at_k, up) in enumerate(entries))
+    got = WITH_DATA(table, c, seq)
+    want = with_data_py(table, c, seq)
+    assert len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True))
+
+
+def test_with_data_says_what_is_wrong() -> None:
+    with pytest.raises(TypeError):
+        WITH_DATA((), [0], None)
+    with pytest.raises(TypeError):
+        WITH_DATA(((1, "a", 0),), [0], {})
+    with pytest.raises(IndexError):
+        WITH_DATA(((1, "a", 3, 0, True),), [1], {})

@@ -19,7 +19,7 @@ from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline, new_quantity
-from baselines.rate import PLAIN, TWIN, RateBaseline, new_rate
+from baselines.rate import PLAIN, TWIN, WITH_DATA, RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
@@ -147,6 +147,9 @@ class Scorer:
         # loaded through as_twin).
         self._decide: Callable[..., tuple[float, bool, bool, float]] = (
             TWIN.decide if TWIN is not None else decide_rate_py)
+        # ...and of with_data_py.
+        self._with_data: Callable[..., list[tuple[Signal, str, float, float]]] = (
+            WITH_DATA if WITH_DATA is not None else with_data_py)
         self.resolve_after = config.alerting.resolve_after_clean_windows
         self._rebaselines = [(int(r.at.timestamp() // self.size), r) for r in config.rebaseline]
         self._nats: dict[float, float] = {}
@@ -162,6 +165,13 @@ class Scorer:
         self._thresholds = {}
         self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count,
                         config.signal(s.name).threshold) for s in self.signals]
+        # What score's first steps test of each (see with_data_py): where its data count
+        # (none for volume: an empty window is news) and its event count are, and whether
+        # it is scored only upward (then a window without events has nothing to add).
+        self._with_table = tuple(
+            (spec, s.name, -1 if s.kind == "volume" else s.num if s.kind == "quantity" else s.den,
+             s.num, spec[1] == "up")
+            for spec in self._specs for s in (spec[0],))
 
     def reconfigure(self, config: Config) -> None:
         """Judge the next windows by ``config``'s thresholds, directions, min counts and
@@ -236,17 +246,13 @@ class Scorer:
         q: float
         observed: float
         cands: list[tuple[float, bool, float]]   # (score, slow horizon, its count)
-        for sig, d, min_count, seq_t in self._specs:
+        for sig, d, min_count, seq_t in self._with_data(self._with_table, c, seq):
             name, kind, num, den, sq, _, flags, log = sig
             if kind == "volume":
                 n = k = c[EVENTS]
             else:
                 n = c[num] if kind == "quantity" else c[den]
-                if n <= 0:
-                    continue
                 k = c[num]   # for a quantity: the number of values (min_count applies)
-                if k == 0 and d == "up" and (name not in seq or seq[name].idle()):
-                    continue     # nothing happened, no evidence to drain (the common case)
             # A Baseline of the signal's kind: the calls below follow ``kind``, which mypy
             # cannot, so ``b`` is typed Any here (and in learn and adopt).
             b: Any = mine.get(name)
@@ -547,6 +553,25 @@ def _sequential_z(cus: Cusum | None, z: float, h: float, d: str
     if up >= down:
         return to_standard(up), rising, ups, keep_down
     return -to_standard(down), falling, ups, keep_down
+
+
+def with_data_py(table: tuple[tuple[Any, str, int, int, bool], ...], c: list[int],
+                 seq: dict[str, Cusum]) -> list[Any]:
+    """The specs of :meth:`Scorer.score` with something to score in a window of counts
+    ``c`` (the reference for ``with_data`` in baselines/_rate.c, tests/test_rate_twin.py):
+    each table entry is (spec, signal name, where its data count is or -1 for none, where
+    its event count is, whether it is scored only upward). No data: nothing to score; an
+    upward signal without events and without evidence in ``seq`` to drain: nothing either
+    (the common case)."""
+    out = []
+    for spec, name, at_n, at_k, up_only in table:
+        if at_n >= 0:
+            if c[at_n] <= 0:
+                continue
+            if up_only and c[at_k] == 0 and (name not in seq or seq[name].idle()):
+                continue
+        out.append(spec)
+    return out
 
 
 def learn_plain_py(rates: tuple[Signal, ...], decisions: list[Decision], c: list[int],
