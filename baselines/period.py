@@ -204,7 +204,7 @@ class PeriodFinder:
     def _look(self) -> tuple[float, float] | None:
         x = _detrended(self._ring)
         k = len(x)
-        var = sum(v * v for v in x) / k
+        var = sum(map(mul, x, x)) / k   # (the generator's products, in its order)
         if var <= 0.0:
             return None
         lag: float
@@ -327,11 +327,27 @@ def _fold_z(x: list[float], lag: int) -> float:
 def _detrended(ring: array) -> list[float]:
     """The values less their least-squares line."""
     k = len(ring)
-    mx = (k - 1) / 2
+    dx, sxx = _centred(k)
     my = sum(ring) / k
-    sxx = sum((j - mx) ** 2 for j in range(k))
-    slope = sum((j - mx) * (v - my) for j, v in enumerate(ring)) / sxx
-    return [v - my - slope * (j - mx) for j, v in enumerate(ring)]
+    # (The products and sums of the generators they replace, in the same order.)
+    slope = sum(map(mul, dx, [v - my for v in ring])) / sxx
+    return [v - my - slope * d for d, v in zip(dx, ring, strict=True)]
+
+
+_CENTRED: dict[int, tuple[list[float], float]] = {}
+
+
+def _centred(k: int) -> tuple[list[float], float]:
+    """The positions 0..k-1 less their mean, and the sum of their squares (exact: multiples of
+    0.25), for each ring size met (a handful: the sizes looked at)."""
+    got = _CENTRED.get(k)
+    if got is None:
+        mx = (k - 1) / 2
+        dx = [j - mx for j in range(k)]
+        got = (dx, sum(d ** 2 for d in dx))
+        if len(_CENTRED) < 64:   # bounded
+            _CENTRED[k] = got
+    return got
 
 
 def _refine(x: list[float], lag: float, width: float) -> float:
