@@ -51,6 +51,7 @@ typedef struct {
     struct { Py_ssize_t off; int test; PyObject *obj; } when[MAX_WHEN];
 } Rule;
 
+#define MAX_OPS 16
 static struct {
     PyTypeObject *event_type;
     PyTypeObject *partial_type;
@@ -82,6 +83,11 @@ static struct {
     Py_ssize_t n_fixed;                  /* counters before the groups' */
     PyObject *keep;                      /* the rules' tuple: owns their objects */
     PyObject *opcodes;                   /* operation -> its gate */
+    /* The same as arrays (n_ops -1: only the dict): an event's operation is a freshly
+     * decoded str, compared with these few by content rather than hashed for the dict. */
+    PyObject *op_key[MAX_OPS];
+    long op_gate[MAX_OPS];
+    int n_ops;
     Py_ssize_t top_k;
     double eval_max, eval_scale;
     /* Per tool name (configure_values): the counters in tool_at, of each event whose
@@ -330,6 +336,22 @@ configure(PyObject *self, PyObject *args)
     Py_XSETREF(S.partial_type, (PyTypeObject *)ptype);
     Py_INCREF(opcodes);
     Py_XSETREF(S.opcodes, opcodes);
+    S.n_ops = 0;
+    {
+        Py_ssize_t pos = 0;
+        PyObject *key, *val;
+        while (S.n_ops >= 0 && PyDict_Next(opcodes, &pos, &key, &val)) {
+            long g = PyLong_Check(val) ? PyLong_AsLong(val) : -1;
+            if (g == -1 && PyErr_Occurred())
+                PyErr_Clear();
+            if (S.n_ops == MAX_OPS || !PyUnicode_CheckExact(key) || !PyLong_Check(val)) {
+                S.n_ops = -1;   /* not what the arrays can stand for: the dict alone */
+                break;
+            }
+            S.op_key[S.n_ops] = key;   /* owned by S.opcodes */
+            S.op_gate[S.n_ops++] = g < 0 || g >= MAX_GATES ? 0 : g;
+        }
+    }
     S.top_k = top_k;
     S.eval_max = eval_max;
     S.eval_scale = eval_scale;
@@ -1073,14 +1095,23 @@ add_many(PyObject *self, PyObject *args)
 #define SAMPLE(key) do { \
             if (has_tid && sample_insert(p, key, tid, k) < 0) goto fail; \
         } while (0)
-        long gate = 0;
-        PyObject *oc = PyDict_GetItemWithError(S.opcodes, SLOT(ev, S.off[F_OPERATION]));
-        if (oc != NULL)
-            gate = PyLong_AsLong(oc);
-        else if (PyErr_Occurred())
-            goto fail;
-        if (gate < 0 || gate >= MAX_GATES)
-            gate = 0;   /* not an operation a rule is for */
+        long gate = 0;   /* not an operation a rule is for, unless found */
+        PyObject *op = SLOT(ev, S.off[F_OPERATION]);
+        if (S.n_ops >= 0 && PyUnicode_CheckExact(op)) {
+            for (int j = 0; j < S.n_ops; j++)
+                if (str_eq(op, S.op_key[j])) {
+                    gate = S.op_gate[j];
+                    break;
+                }
+        } else {
+            PyObject *oc = PyDict_GetItemWithError(S.opcodes, op);
+            if (oc != NULL)
+                gate = PyLong_AsLong(oc);
+            else if (PyErr_Occurred())
+                goto fail;
+            if (gate < 0 || gate >= MAX_GATES)
+                gate = 0;
+        }
         const struct Flag *f = S.flag[gate];
         for (int j = S.n_flag[gate]; j > 0; j--, f++) {   /* branch-free but for evidence */
             int hit = (SLOT(ev, f->off) == f->obj) ^ f->isnt;
