@@ -242,7 +242,15 @@ read_rules(PyObject *type, PyObject *rules, PyObject *keys)
  * nor compares them character by character. Direct-mapped and bounded (a miss builds the
  * tuple as before and takes the slot): it changes what is looked up by, never the result. */
 #define KEY_CACHE 4096
-static struct { uint64_t h; PyObject *fields; } key_cache[KEY_CACHE];
+/* Beside the fields, the last window's whole key (w, fields) and its hash: the open partial
+ * is stored under that very object (Aggregator._partial_for keeps the key it is passed), so
+ * the dict lookup neither hashes the tuple again nor compares it beyond identity. */
+static struct {
+    uint64_t h;
+    PyObject *fields, *key;
+    long long w;
+    Py_hash_t khash;
+} key_cache[KEY_CACHE];
 
 static inline uint64_t
 mix64(uint64_t h, uint64_t v)
@@ -277,8 +285,10 @@ field_hash(uint64_t h, PyObject *v)
 static void
 key_cache_clear(void)
 {
-    for (int i = 0; i < KEY_CACHE; i++)
+    for (int i = 0; i < KEY_CACHE; i++) {
         Py_CLEAR(key_cache[i].fields);
+        Py_CLEAR(key_cache[i].key);
+    }
 }
 
 /* configure(event_type, partial_type, unset, (ts, trace_id, operation), rules, opcodes,
@@ -859,7 +869,7 @@ done:
 /* The event's open partial, keyed (w, (cohort fields..., version fields...)) as in
  * Counting._add_py; made by ``partial_for`` when there is none. A new reference. */
 static PyObject *
-partial_of(PyObject *ev, PyObject *w_obj, const Py_ssize_t *koff, Py_ssize_t nkey,
+partial_of(PyObject *ev, PyObject *w_obj, long long w, const Py_ssize_t *koff, Py_ssize_t nkey,
            PyObject *open_, PyObject *partial_for)
 {
     uint64_t h = (uint64_t)nkey;
@@ -871,16 +881,14 @@ partial_of(PyObject *ev, PyObject *w_obj, const Py_ssize_t *koff, Py_ssize_t nke
         }
         h = field_hash(h, v);
     }
-    PyObject *fields = key_cache[h & (KEY_CACHE - 1)].fields;
-    int hit = fields != NULL && key_cache[h & (KEY_CACHE - 1)].h == h
-              && PyTuple_GET_SIZE(fields) == nkey;
+    size_t slot = h & (KEY_CACHE - 1);
+    PyObject *fields = key_cache[slot].fields;
+    int hit = fields != NULL && key_cache[slot].h == h && PyTuple_GET_SIZE(fields) == nkey;
     for (Py_ssize_t j = 0; hit && j < nkey; j++) {
         PyObject *a = SLOT(ev, koff[j]), *b = PyTuple_GET_ITEM(fields, j);
         hit = a == b || (PyUnicode_CheckExact(a) && PyUnicode_CheckExact(b) && str_eq(a, b));
     }
-    if (hit)
-        Py_INCREF(fields);
-    else {
+    if (!hit) {
         if ((fields = PyTuple_New(nkey)) == NULL)
             return NULL;
         for (Py_ssize_t j = 0; j < nkey; j++) {
@@ -888,15 +896,31 @@ partial_of(PyObject *ev, PyObject *w_obj, const Py_ssize_t *koff, Py_ssize_t nke
             Py_INCREF(v);
             PyTuple_SET_ITEM(fields, j, v);
         }
-        Py_INCREF(fields);
-        Py_XSETREF(key_cache[h & (KEY_CACHE - 1)].fields, fields);
-        key_cache[h & (KEY_CACHE - 1)].h = h;
+        Py_XSETREF(key_cache[slot].fields, fields);
+        Py_CLEAR(key_cache[slot].key);
+        key_cache[slot].h = h;
     }
-    PyObject *key = PyTuple_Pack(2, w_obj, fields);
-    Py_DECREF(fields);
-    if (key == NULL)
-        return NULL;
+    if (key_cache[slot].key == NULL || key_cache[slot].w != w) {
+        PyObject *key = PyTuple_Pack(2, w_obj, fields);
+        if (key == NULL)
+            return NULL;
+        Py_hash_t kh = PyObject_Hash(key);
+        if (kh == -1) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        Py_XSETREF(key_cache[slot].key, key);
+        key_cache[slot].w = w;
+        key_cache[slot].khash = kh;
+    }
+    /* A new reference to the key: partial_for may run Python that reconfigures the cache. */
+    PyObject *key = key_cache[slot].key;
+    Py_INCREF(key);
+#if PY_VERSION_HEX < 0x030D0000
+    PyObject *p = _PyDict_GetItem_KnownHash(open_, key, key_cache[slot].khash);
+#else
     PyObject *p = PyDict_GetItemWithError(open_, key);
+#endif
     if (p != NULL)
         Py_INCREF(p);
     else if (!PyErr_Occurred())
@@ -1060,7 +1084,7 @@ add_many(PyObject *self, PyObject *args)
                 goto fail;
             last_w = w;
         }
-        if ((p = partial_of(ev, w_obj, koff, nkey, open_, partial_for)) == NULL)
+        if ((p = partial_of(ev, w_obj, w, koff, nkey, open_, partial_for)) == NULL)
             goto fail;
         PyObject *counts = partial_field(p, S.off_counts, "counts");
         if (counts == NULL)
