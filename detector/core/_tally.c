@@ -686,6 +686,36 @@ partial_field(PyObject *p, Py_ssize_t off, const char *name)
     return PyObject_GetAttrString(p, name);
 }
 
+/* heapq.heappush(h, item) for a list, without the call: append, then heapq's _siftdown
+ * from the end (the same "<" comparisons, so the same list). */
+static int
+heap_push(PyObject *h, PyObject *item)
+{
+    if (PyList_Append(h, item) < 0)
+        return -1;
+    Py_ssize_t pos = PyList_GET_SIZE(h) - 1;
+    while (pos > 0) {
+        Py_ssize_t up = (pos - 1) >> 1;
+        PyObject *parent = PyList_GET_ITEM(h, up);
+        Py_INCREF(parent);
+        int lt = PyObject_RichCompareBool(item, parent, Py_LT);
+        Py_DECREF(parent);
+        if (lt < 0)
+            return -1;
+        if (PyList_GET_SIZE(h) <= pos)
+            return PyErr_SetString(PyExc_RuntimeError, "list changed size during iteration"),
+                   -1;
+        if (!lt)
+            break;
+        PyObject **a = ((PyListObject *)h)->ob_item;
+        PyObject *t = a[up];
+        a[up] = a[pos];
+        a[pos] = t;
+        pos = up;
+    }
+    return 0;
+}
+
 /* Keep (x, tid) among the top_k largest of the quantity whose counter is ``key`` (a Python
  * int; a min-heap per counter in p.top): Counting._top. Most values are below the smallest of
  * a full heap and cost only a dict lookup. */
@@ -710,8 +740,16 @@ top_insert(PyObject *p, PyObject *key, long long x, PyObject *tid)
                 goto done;
         }
     }
-    if ((item = Py_BuildValue("(LO)", x, tid)) == NULL)
+    if ((item = PyTuple_New(2)) == NULL)
         goto done;
+    {
+        PyObject *xo = PyLong_FromLongLong(x);
+        if (xo == NULL)
+            goto done;
+        PyTuple_SET_ITEM(item, 0, xo);
+        Py_INCREF(tid);
+        PyTuple_SET_ITEM(item, 1, tid);
+    }
     if (h == NULL) {
         PyObject *lst = PyList_New(1);
         if (lst == NULL)
@@ -723,7 +761,10 @@ top_insert(PyObject *p, PyObject *key, long long x, PyObject *tid)
         goto done;
     }
     if (PyList_GET_SIZE(h) < S.top_k) {
-        r = PyObject_CallFunctionObjArgs(S.heappush, h, item, NULL);
+        if (PyList_CheckExact(h))
+            err = heap_push(h, item);
+        else
+            r = PyObject_CallFunctionObjArgs(S.heappush, h, item, NULL);
     } else {
         /* x >= h[0][0] and (x, tid) > h[0]: ties broken by id, so the result is order-free */
         int gt = PyObject_RichCompareBool(item, PyList_GET_ITEM(h, 0), Py_GT);
@@ -734,7 +775,7 @@ top_insert(PyObject *p, PyObject *key, long long x, PyObject *tid)
         else
             r = Py_NewRef(Py_None);
     }
-    if (r == NULL)
+    if (r == NULL && err == 0 && PyErr_Occurred())
         err = -1;
 done:
     if (PyErr_Occurred())
