@@ -3,8 +3,6 @@ load (old state, envelopes in flight, held hits)."""
 
 from __future__ import annotations
 
-import random
-
 import msgspec
 import pytest
 
@@ -19,7 +17,6 @@ from detector.core.partials import (
 )
 from detector.core.pipeline import Pipeline
 from detector.core.rules import LegacyHit, RuleHit, decode_hit, encode_hit
-from detector.core.scoring import VERSION_KEEP, CohortModel
 from detector.stream.stage1_runner import Envelope, decode_envelope, encode_envelope
 from detector.stream.stage2_partition import pack, unpack
 from tests.traffic import stream
@@ -82,36 +79,3 @@ def test_a_garbled_partial_is_still_a_decode_error() -> None:
     bad = msgspec.msgpack.encode([1, 0, ["a"], [1], {}, {}, {"x": "not a count"}, "r"])
     with pytest.raises(msgspec.ValidationError, match="Expected `int`"):
         decode_partial(bad)
-
-
-def _learn_versions_reference(versions: list[dict], seen: dict, window: int) -> None:
-    """CohortModel.learn_versions as first written (each share divided per field)."""
-    total = sum(seen.values()) or 1
-    for i, known in enumerate(versions):
-        for s in known.values():
-            s[0] *= 0.98
-        for combo, n in seen.items():
-            entry = known.get(combo[i])
-            if entry is None:
-                known[combo[i]] = [n / total, window]
-            else:
-                entry[0] += n / total
-        if len(known) > VERSION_KEEP:
-            keep = sorted(known.items(), key=lambda kv: (-kv[1][0], kv[0]))[:VERSION_KEEP]
-            known.clear()
-            known.update(keep)
-
-
-def test_learn_versions_weighs_as_the_per_field_formula_did() -> None:
-    """Shares computed once per combination leave every weight the same float, through
-    several combinations, empty and zero-count windows and the VERSION_KEEP trim."""
-    rng = random.Random(3)
-    m = CohortModel(0)
-    ref: list[dict] = [{}, {}, {}]
-    for w in range(300):
-        seen = {Versions(f"m{rng.randrange(40)}", f"p{rng.randrange(3)}", "x"): rng.randrange(4)
-                for _ in range(rng.randrange(4))}
-        m.learn_versions(seen, w)
-        _learn_versions_reference(ref, seen, w)
-        assert m.versions == ref
-    assert len(ref[0]) == VERSION_KEEP and len(ref[2]) == 1

@@ -99,18 +99,16 @@ class CohortModel:
     def learn_versions(self, versions: dict[Versions, int], window: int) -> None:
         """Remember which version values this cohort normally sees, and since when."""
         total = sum(versions.values()) or 1
-        # Each combination's share once, not once per field (the same divisions).
-        shares = [(combo, n / total) for combo, n in versions.items()]
         for i, known in enumerate(self.versions):
             for seen in known.values():
                 seen[0] *= 0.98
-            for combo, share in shares:
+            for combo, n in versions.items():
                 v = combo[i]
                 entry = known.get(v)
                 if entry is None:
-                    known[v] = [share, window]
+                    known[v] = [n / total, window]
                 else:
-                    entry[0] += share
+                    entry[0] += n / total
             if len(known) > VERSION_KEEP:
                 keep = sorted(known.items(), key=lambda kv: (-kv[1][0], kv[0]))[:VERSION_KEEP]
                 known.clear()
