@@ -810,9 +810,57 @@ static PyTypeObject QuantityType = {
     .tp_getset = Quantity_getset,
 };
 
+/* lag_sums(x, top): period._lag_sums_py, the period finder's autocorrelation sums: for each
+ * lag 1..top, sum(map(mul, x[:k - lag], x[lag:])) added left to right from 0.0, as the
+ * builtin sum adds floats (the finder's x are ranks, multiples of 0.5: every sum is exact). */
+static PyObject *lag_sums(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2 || !PyList_CheckExact(args[0]))
+        return PyErr_Format(PyExc_TypeError, "lag_sums(x: list of floats, top: int)");
+    Py_ssize_t top = PyLong_AsSsize_t(args[1]);
+    if (top == -1 && PyErr_Occurred())
+        return NULL;
+    PyObject *xs = args[0];
+    Py_ssize_t k = PyList_GET_SIZE(xs);
+    if (top < 0)
+        top = 0;
+    double *x = PyMem_Malloc(sizeof(double) * (size_t)(k ? k : 1));
+    if (x == NULL)
+        return PyErr_NoMemory();
+    for (Py_ssize_t i = 0; i < k; i++) {
+        PyObject *v = PyList_GET_ITEM(xs, i);
+        if (!PyFloat_CheckExact(v)) {
+            PyMem_Free(x);
+            return PyErr_Format(PyExc_TypeError, "lag_sums: x holds a %s, not a float",
+                                Py_TYPE(v)->tp_name);
+        }
+        x[i] = PyFloat_AS_DOUBLE(v);
+    }
+    PyObject *out = PyList_New(top);
+    for (Py_ssize_t lag = 1; out != NULL && lag <= top; lag++) {
+        if (lag >= k) {   /* no pairs: the builtin sum's int 0 */
+            PyList_SET_ITEM(out, lag - 1, PyLong_FromLong(0));
+            if (PyList_GET_ITEM(out, lag - 1) == NULL)
+                Py_CLEAR(out);
+            continue;
+        }
+        double acc = 0.0;
+        for (Py_ssize_t i = 0; i < k - lag; i++)
+            acc += x[i] * x[i + lag];
+        PyObject *f = PyFloat_FromDouble(acc);
+        if (f == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, lag - 1, f);
+    }
+    PyMem_Free(x);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"finder_steps", (PyCFunction)(void (*)(void))finder_steps, METH_FASTCALL,
      "Tell the twin baselines.period's SIZE and CHECK_AT (its common steps stop short)."},
+    {"lag_sums", (PyCFunction)(void (*)(void))lag_sums, METH_FASTCALL,
+     "The period finder's autocorrelation sums (see baselines.period._lag_sums_py)."},
     {NULL},
 };
 

@@ -354,6 +354,13 @@ static PyObject *Rate_reference(Rate *self, PyObject *args, PyObject *kw) {
 /* The count CUSUM's upward designs (baselines.sequential: ln rho, rho - 1, RISE_MIN and its
  * shared ZEROS), handed over once by designs(). */
 static double LOG_UP[4], RHO_M1[4], RISE_MIN;
+/* The fall it is tuned for (baselines.sequential.RHO_DOWN) and its log. */
+#define RHO_DOWN 0.25
+static double LOG_DOWN;
+/* statistics' normal quantile function (what NormalDist().inv_cdf calls) and the names of a
+ * Cusum's statistics, fetched once. */
+static PyObject *INV_CDF = NULL, *S_UP = NULL, *S_DOWN = NULL, *S_UPS = NULL;
+
 static PyObject *ZEROS = NULL;
 
 static PyObject *designs(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
@@ -366,6 +373,16 @@ static PyObject *designs(PyObject *mod, PyObject *const *args, Py_ssize_t nargs)
     }
     RISE_MIN = PyFloat_AsDouble(args[2]);
     if (PyErr_Occurred())
+        return NULL;
+    LOG_DOWN = log(RHO_DOWN);
+    PyObject *stats = PyImport_ImportModule("statistics");
+    if (stats == NULL)
+        return NULL;
+    Py_XSETREF(INV_CDF, PyObject_GetAttrString(stats, "_normal_dist_inv_cdf"));
+    Py_DECREF(stats);
+    if (INV_CDF == NULL || (S_UP == NULL && (S_UP = PyUnicode_InternFromString("up")) == NULL)
+            || (S_DOWN == NULL && (S_DOWN = PyUnicode_InternFromString("down")) == NULL)
+            || (S_UPS == NULL && (S_UPS = PyUnicode_InternFromString("_ups")) == NULL))
         return NULL;
     Py_INCREF(args[3]);
     Py_XSETREF(ZEROS, args[3]);
@@ -425,6 +442,150 @@ static PyObject *Rate_peek_up(Rate *self, PyObject *const *args, Py_ssize_t narg
     }
     Py_DECREF(seq);
     return out;
+}
+
+
+/* baselines.sequential.to_standard; -1 with an exception. */
+static int to_standard(double nats, double *out) {
+    if (nats <= 0.7) {
+        *out = 0.0;
+        return 0;
+    }
+    PyObject *a[3] = {PyFloat_FromDouble(exp(-(700.0 < nats ? 700.0 : nats))),
+                      PyFloat_FromDouble(0.0), PyFloat_FromDouble(1.0)};
+    PyObject *r = a[0] && a[1] && a[2] ? PyObject_Vectorcall(INV_CDF, a, 3, NULL) : NULL;
+    for (int i = 0; i < 3; i++)
+        Py_XDECREF(a[i]);
+    if (r == NULL)
+        return -1;
+    double v = PyFloat_AsDouble(r);
+    Py_DECREF(r);
+    if (v == -1.0 && PyErr_Occurred())
+        return -1;
+    *out = -v;
+    return 0;
+}
+
+/* A Cusum's statistics (its up, down and four upward ones); -1 with an exception. */
+static int cusum_read(PyObject *cus, double *up, double *down, double ups[4]) {
+    PyObject *o = PyObject_GetAttr(cus, S_UP);
+    if (o == NULL || (*up = PyFloat_AsDouble(o), Py_DECREF(o), *up == -1.0 && PyErr_Occurred()))
+        return -1;
+    if ((o = PyObject_GetAttr(cus, S_DOWN)) == NULL
+            || (*down = PyFloat_AsDouble(o), Py_DECREF(o), *down == -1.0 && PyErr_Occurred()))
+        return -1;
+    if ((o = PyObject_GetAttr(cus, S_UPS)) == NULL)
+        return -1;
+    PyObject *seq = PySequence_Fast(o, "a Cusum's _ups is not a sequence");
+    Py_DECREF(o);
+    if (seq == NULL)
+        return -1;
+    if (PySequence_Fast_GET_SIZE(seq) != 4) {
+        Py_DECREF(seq);
+        PyErr_SetString(PyExc_ValueError, "a Cusum's _ups is not 4 numbers");
+        return -1;
+    }
+    for (int i = 0; i < 4; i++) {
+        ups[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, i));
+        if (ups[i] == -1.0 && PyErr_Occurred()) {
+            Py_DECREF(seq);
+            return -1;
+        }
+    }
+    Py_DECREF(seq);
+    return 0;
+}
+
+/* sequential(cus, k, n, h, d): RateBaseline.sequential, the same floats in the same order
+ * (Cusum.peek_up and peek_down as the reference unrolls them; statistics' own quantile). */
+static PyObject *Rate_sequential(Rate *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 5)
+        return PyErr_Format(PyExc_TypeError, "sequential takes 5 arguments");
+    if (ZEROS == NULL || INV_CDF == NULL)
+        return PyErr_Format(PyExc_RuntimeError, "baselines._rate.designs() was not called");
+    double k = PyFloat_AsDouble(args[1]), n = PyFloat_AsDouble(args[2]);
+    double h = PyFloat_AsDouble(args[3]);
+    if (PyErr_Occurred())
+        return NULL;
+    int dir;   /* 0: both, 1: up, 2: down */
+    if (!PyUnicode_Check(args[4]))
+        return PyErr_Format(PyExc_TypeError, "a direction is a str, not %R", args[4]);
+    if (PyUnicode_CompareWithASCIIString(args[4], "up") == 0)
+        dir = 1;
+    else if (PyUnicode_CompareWithASCIIString(args[4], "down") == 0)
+        dir = 2;
+    else
+        dir = 0;
+    int idle = args[0] == Py_None;
+    double c_up = 0.0, c_down = 0.0, c_ups[4] = {0.0, 0.0, 0.0, 0.0};
+    if (!idle && cusum_read(args[0], &c_up, &c_down, c_ups) < 0)
+        return NULL;
+    if (idle && dir == 1 && k <= RISE_MIN * (n * self->ps))
+        Py_RETURN_NONE;
+    double cap = h / 2;
+    double disp = self->sd * self->sd;
+    double ups[4] = {0.0, 0.0, 0.0, 0.0};
+    int zeros = dir == 2 || (!(c_up != 0.0) && k <= RISE_MIN * (n * self->ps));
+    if (!zeros) {   /* RateBaseline.peek_up */
+        double mu = n * reference(self, 1);
+        if (!(c_up != 0.0) && k <= RISE_MIN * mu)
+            zeros = 1;
+        for (int i = 0; !zeros && i < 4; i++) {
+            double v = (k * LOG_UP[i] - RHO_M1[i] * mu) / disp;
+            v = c_ups[i] + (cap < v ? cap : v);
+            ups[i] = v > 0.0 ? v : 0.0;
+        }
+    }
+    double down = 0.0;
+    if (dir != 1) {   /* Cusum.peek_down */
+        double mu = n * reference(self, 0);
+        double v = (k * LOG_DOWN - (RHO_DOWN - 1.0) * mu) / disp;
+        v = c_down + (cap < v ? cap : v);
+        down = v > 0.0 ? v : 0.0;
+    }
+    double up = ups[0];
+    for (int i = 1; i < 4; i++)
+        if (ups[i] > up)
+            up = ups[i];
+    if (idle && up == down && down == 0.0)
+        Py_RETURN_NONE;
+    int rising = up > c_up && up >= h && dir != 2;
+    int falling = down > c_down && down >= h && dir != 1;
+    double keep_down = falling ? (cap < down ? cap : down) : down;
+    if (dir == 1)
+        down = 0.0;
+    else if (dir == 2)
+        up = 0.0;
+    double ev;
+    int confirmed;
+    if (up >= down) {
+        if (to_standard(up, &ev) < 0)
+            return NULL;
+        confirmed = rising;
+    } else {
+        if (to_standard(down, &ev) < 0)
+            return NULL;
+        ev = -ev;
+        confirmed = falling;
+    }
+    PyObject *keep_ups;
+    if (zeros) {
+        Py_INCREF(ZEROS);
+        keep_ups = ZEROS;
+    } else {
+        if ((keep_ups = PyList_New(4)) == NULL)
+            return NULL;
+        for (int i = 0; i < 4; i++) {
+            double u = rising && cap < ups[i] ? cap : ups[i];
+            PyObject *f = PyFloat_FromDouble(u);
+            if (f == NULL) {
+                Py_DECREF(keep_ups);
+                return NULL;
+            }
+            PyList_SET_ITEM(keep_ups, i, f);
+        }
+    }
+    return Py_BuildValue("(dNNd)", ev, PyBool_FromLong(confirmed), keep_ups, keep_down);
 }
 
 static PyObject *Rate_dispersion(Rate *self, PyObject *unused) {
@@ -579,6 +740,8 @@ static PyMethodDef Rate_methods[] = {
      "A window's decision: (score, slow horizon, hit, fast score); see scoring.decide_rate_py."},
     {"peek_up", (PyCFunction)(void (*)(void))Rate_peek_up, METH_FASTCALL,
      "peek_up(cus, k, n, cap): the sequential test's upward statistics after this window."},
+    {"sequential", (PyCFunction)(void (*)(void))Rate_sequential, METH_FASTCALL,
+     "sequential(cus, k, n, h, d): the sequential test's step (see RateBaseline.sequential)."},
     {"dispersion", (PyCFunction)Rate_dispersion, METH_NOARGS, "The learned over-dispersion."},
     {"rebase", (PyCFunction)(void (*)(void))Rate_rebase, METH_FASTCALL,
      "rebase(k, n): adopt a new normal in both horizons."},
@@ -800,9 +963,85 @@ fail:
     return NULL;
 }
 
+/* Whether counter v is <= 0 (cmp Py_LE) or == 0 (Py_EQ), as Python compares it with 0; -1 with
+ * an exception. */
+static int cmp_zero(PyObject *v, int cmp) {
+    if (PyLong_CheckExact(v)) {
+        int s = _PyLong_Sign(v);
+        return cmp == Py_LE ? s <= 0 : s == 0;
+    }
+    PyObject *zero = PyLong_FromLong(0);
+    if (zero == NULL)
+        return -1;
+    int r = PyObject_RichCompareBool(v, zero, cmp);
+    Py_DECREF(zero);
+    return r;
+}
+
+/* with_data(table, counts, seq): the scorer's signals with something to score in this window,
+ * as scoring.with_data_py picks them (its reference; tests/test_rate_twin.py). */
+static PyObject *with_data(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3 || !PyTuple_Check(args[0]) || !PyList_Check(args[1])
+            || !PyDict_Check(args[2]))
+        return PyErr_Format(PyExc_TypeError, "with_data(table: tuple, counts: list, seq: dict)");
+    PyObject *table = args[0], *c = args[1], *seq = args[2];
+    PyObject *out = PyList_New(0);
+    if (out == NULL)
+        return NULL;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(table); i++) {
+        PyObject *e = PyTuple_GET_ITEM(table, i);
+        if (!PyTuple_Check(e) || PyTuple_GET_SIZE(e) != 5) {
+            PyErr_SetString(PyExc_TypeError, "a with_data entry is (spec, name, n at, k at, up only)");
+            goto fail;
+        }
+        Py_ssize_t an = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 2));
+        Py_ssize_t ak = PyLong_AsSsize_t(PyTuple_GET_ITEM(e, 3));
+        int up_only = PyObject_IsTrue(PyTuple_GET_ITEM(e, 4));
+        if (PyErr_Occurred() || up_only < 0)
+            goto fail;
+        if (an >= 0) {
+            if (an >= PyList_GET_SIZE(c) || ak < 0 || ak >= PyList_GET_SIZE(c)) {
+                PyErr_SetString(PyExc_IndexError, "a with_data entry is past the counts");
+                goto fail;
+            }
+            int skip = cmp_zero(PyList_GET_ITEM(c, an), Py_LE);
+            if (skip < 0)
+                goto fail;
+            if (!skip && up_only) {   /* nothing happened: unless evidence is left to drain */
+                if ((skip = cmp_zero(PyList_GET_ITEM(c, ak), Py_EQ)) < 0)
+                    goto fail;
+                if (skip) {
+                    PyObject *cus = PyDict_GetItemWithError(seq, PyTuple_GET_ITEM(e, 1));
+                    if (cus == NULL && PyErr_Occurred())
+                        goto fail;
+                    if (cus != NULL) {
+                        PyObject *r = PyObject_CallMethod(cus, "idle", NULL);
+                        if (r == NULL)
+                            goto fail;
+                        skip = PyObject_IsTrue(r);
+                        Py_DECREF(r);
+                        if (skip < 0)
+                            goto fail;
+                    }
+                }
+            }
+            if (skip)
+                continue;
+        }
+        if (PyList_Append(out, PyTuple_GET_ITEM(e, 0)) < 0)
+            goto fail;
+    }
+    return out;
+fail:
+    Py_DECREF(out);
+    return NULL;
+}
+
 static PyMethodDef module_methods[] = {
     {"designs", (PyCFunction)(void (*)(void))designs, METH_FASTCALL,
      "designs(log_up, rho_up_m1, rise_min, zeros): the count CUSUM's upward designs."},
+    {"with_data", (PyCFunction)(void (*)(void))with_data, METH_FASTCALL,
+     "The scorer's signals with something to score (see scoring.with_data_py)."},
     {"learn_plain", (PyCFunction)(void (*)(void))learn_plain, METH_FASTCALL,
      "The scorer's rate windows without a decision, learned (see scoring.learn_plain_py)."},
     {NULL},

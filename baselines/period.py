@@ -41,7 +41,11 @@ Noise, a random walk and a ramp have none:
 
 from __future__ import annotations
 
+import contextlib
+import importlib
+import os
 from array import array
+from collections.abc import Callable
 from math import atan2, cos, floor, pi, sin, sqrt
 from operator import mul
 
@@ -200,7 +204,7 @@ class PeriodFinder:
     def _look(self) -> tuple[float, float] | None:
         x = _detrended(self._ring)
         k = len(x)
-        var = sum(v * v for v in x) / k
+        var = sum(map(mul, x, x)) / k   # (the generator's products, in its order)
         if var <= 0.0:
             return None
         lag: float
@@ -235,8 +239,8 @@ def _fundamental(values: list[float]) -> int | None:
     var = sum(map(mul, x, x)) / k
     if var <= 0.0:
         return None
-    acf = [1.0] + [sum(map(mul, x[:k - lag], x[lag:])) / (k - lag) / var
-                   for lag in range(1, k // CYCLES + 2)]
+    acf = [1.0] + [s / (k - lag) / var
+                   for lag, s in enumerate(_lag_sums(x, k // CYCLES + 1), 1)]
     lags = []
     low = 1.0
     for lag in range(1, k // CYCLES + 1):
@@ -252,6 +256,24 @@ def _fundamental(values: list[float]) -> int | None:
     # The levels and their steps: a random walk's levels fold into anything, its steps do not.
     steps = _ranks([values[i + 1] - values[i] for i in range(k - 1)])
     return lag if min(_fold_z(x, lag), _fold_z(steps, lag)) >= FOLD_Z else None
+
+
+def _lag_sums_py(x: list[float], top: int) -> list[float]:
+    """For each lag 1..``top``, the sum of ``x``'s products with itself ``lag`` apart: the
+    reference for ``lag_sums`` in baselines/_quantity.c (tests/test_quantity_twin.py), which
+    adds in the same order. (sum over map(mul): no Python frame per term.)
+
+    >>> _lag_sums_py([1.0, -2.0, 0.5], 2)
+    [-3.0, 0.5]
+    """
+    k = len(x)
+    return [sum(map(mul, x[:k - lag], x[lag:])) for lag in range(1, top + 1)]
+
+
+_lag_sums: Callable[[list[float], int], list[float]] = _lag_sums_py
+if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
+    with contextlib.suppress(ImportError):
+        _lag_sums = importlib.import_module("baselines._quantity").lag_sums
 
 
 def _ranks(v: list[float]) -> list[float]:
@@ -305,11 +327,27 @@ def _fold_z(x: list[float], lag: int) -> float:
 def _detrended(ring: array) -> list[float]:
     """The values less their least-squares line."""
     k = len(ring)
-    mx = (k - 1) / 2
+    dx, sxx = _centred(k)
     my = sum(ring) / k
-    sxx = sum((j - mx) ** 2 for j in range(k))
-    slope = sum((j - mx) * (v - my) for j, v in enumerate(ring)) / sxx
-    return [v - my - slope * (j - mx) for j, v in enumerate(ring)]
+    # (The products and sums of the generators they replace, in the same order.)
+    slope = sum(map(mul, dx, [v - my for v in ring])) / sxx
+    return [v - my - slope * d for d, v in zip(dx, ring, strict=True)]
+
+
+_CENTRED: dict[int, tuple[list[float], float]] = {}
+
+
+def _centred(k: int) -> tuple[list[float], float]:
+    """The positions 0..k-1 less their mean, and the sum of their squares (exact: multiples of
+    0.25), for each ring size met (a handful: the sizes looked at)."""
+    got = _CENTRED.get(k)
+    if got is None:
+        mx = (k - 1) / 2
+        dx = [j - mx for j in range(k)]
+        got = (dx, sum(d ** 2 for d in dx))
+        if len(_CENTRED) < 64:   # bounded
+            _CENTRED[k] = got
+    return got
 
 
 def _refine(x: list[float], lag: float, width: float) -> float:

@@ -33,9 +33,12 @@ from typing import Any
 from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
-from baselines.sequential import _LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS, Cusum
+from baselines.sequential import _LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS, Cusum, to_standard
 
-__all__ = ["PLAIN", "TWIN", "RateBaseline", "as_reference", "as_twin", "new_rate"]
+#: What an idle statistic (no state kept) peeks from.
+_IDLE = Cusum()
+
+__all__ = ["PLAIN", "TWIN", "WITH_DATA", "RateBaseline", "as_reference", "as_twin", "new_rate"]
 
 _PRIOR_K = 0.5   # pseudo-events...
 _PRIOR_N = 1.0   # ...per pseudo-unit of denominator
@@ -136,6 +139,45 @@ class RateBaseline:
         :meth:`reference` at this baseline's dispersion (one call for the scorer)."""
         return cus.peek_up(k, n * self.reference(), self.dispersion(), cap)
 
+    def sequential(self, cus: Cusum | None, k: float, n: float, h: float, d: str
+                   ) -> tuple[float, bool, Sequence[float], float] | None:
+        """The sequential test's step for ``k`` events in ``n`` units, as the scorer takes
+        it (one call for its hot path; the reference for ``sequential`` in
+        baselines/_rate.c): ``cus``'s statistics (None: idle) after this window at ``h``
+        nats, each design adding at most ``h / 2``, in direction ``d`` ("up", "down" or
+        "both"). None when an idle statistic stays idle; else (evidence in standard units,
+        + for a rise and - for a fall, whether it confirms a shift: at ``h`` and growing,
+        the upward statistics and the downward one to keep, restarted half-way when
+        confirmed)."""
+        c = _IDLE if cus is None else cus
+        if cus is None and d == "up" and k <= RISE_MIN * (n * self._ps):
+            return None
+        cap = h / 2
+        # The designs (x3 and up) leave it deaf to benign wobble under x1.8. (No rise past
+        # RISE_MIN of the slow rate, which the reference is at least, on an idle statistic:
+        # peek_up's own "no evidence", without working out the reference.)
+        ups = (ZEROS if d == "down" or (not c.up and k <= RISE_MIN * (n * self._ps))
+               else self.peek_up(c, k, n, cap))
+        down = 0.0 if d == "up" else c.peek_down(k, n * self.reference(up=False),
+                                                 self.dispersion(), cap)
+        up = max(ups)
+        if cus is None and up == down == 0.0:
+            return None
+        rising = up > c.up and up >= h and d != "down"
+        falling = down > c.down and down >= h and d != "up"
+        # A confirmation restarts the statistic half-way (Page's restart after an alarm,
+        # kept warm): the alert stays alive while fresh evidence keeps coming, and the
+        # evidence piled up during an incident does not confirm its aftermath.
+        ups = [min(u, cap) for u in ups] if rising else ups
+        keep_down = min(down, cap) if falling else down
+        if d == "up":
+            down = 0.0
+        elif d == "down":
+            up = 0.0
+        if up >= down:
+            return to_standard(up), rising, ups, keep_down
+        return -to_standard(down), falling, ups, keep_down
+
     def dispersion(self) -> float:
         """The learned over-dispersion (1.0: pure counting noise)."""
         return self._sd * self._sd
@@ -223,13 +265,15 @@ def _update_pair(pair: tuple[WarmEWMean, WarmEWMean], k: float, n: float) -> tup
 # baselines/_rate.c holds the same state as plain doubles and does the same arithmetic in the
 # same order (tests/test_rate_twin.py holds it to this module bit for bit). Used unless it was
 # not built (no compiler) or DETECTOR_NO_EXTENSIONS is set, as the counting twin is.
-# Its learn_plain is the twin of detector.core.scoring.learn_plain_py.
+# Its learn_plain is the twin of detector.core.scoring.learn_plain_py, its with_data of
+# detector.core.scoring.with_data_py.
 TWIN: Any = None
 PLAIN: Any = None
+WITH_DATA: Any = None
 if not os.environ.get("DETECTOR_NO_EXTENSIONS"):
     with contextlib.suppress(ImportError):
         _c = importlib.import_module("baselines._rate")
-        TWIN, PLAIN = _c.Rate, _c.learn_plain
+        TWIN, PLAIN, WITH_DATA = _c.Rate, _c.learn_plain, _c.with_data
         _c.designs(_LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS)
 
 

@@ -164,6 +164,12 @@ class Cusum:
         c.set([float(x) for x in st[:-1]], float(st[-1]))
         return c
 
+    def keep(self, ups: Sequence[float], up: float, down: float) -> None:
+        """:meth:`set` with ``up``, the largest of ``ups``, already known."""
+        self._ups = list(ups)
+        self.up = up
+        self.down = down
+
     def set(self, ups: Sequence[float], down: float) -> None:
         self._ups = list(ups)
         self.up = max(ups)

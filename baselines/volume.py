@@ -82,24 +82,31 @@ class VolumeBaseline:
 
     def learn_one(self, k: float, t: float) -> None:
         x = log(k + 0.5)
-        i = self._bin(t)
-        # What the window is measured against: expected(t), with the bin worked out once.
-        e = max(0.1, exp(self._fast.get() + self._season[i]) - 0.5) if self.n else 0.0
-        if self.n >= _CLIP_AFTER:
-            # Bounded influence: a surge (or a gap) moves the level by at most a few
-            # standard deviations of counting noise a window, so the window after a
-            # threefold burst is not "a drop" against a level the burst dragged up.
-            lim = _CLIP_SD * sqrt(self._disp.get() / max(e, 1.0))
-            le = log(e + 0.5)
-            x = min(max(x, le - lim), le + lim)
-        if self.n:
-            self._disp.update(poisson_score(k, e))
+        period = self._period
+        i = int((t % period) / period * self._bins)   # _bin(t), without the call
+        season = self._season
+        fast, slow = self._fast, self._slow
+        n = self.n
+        if n:
+            # What the window is measured against: expected(t), with the bin worked out once.
+            e = exp(fast.get() + season[i]) - 0.5
+            e = e if e > 0.1 else 0.1   # max(0.1, ...) without the call
+            disp = self._disp
+            if n >= _CLIP_AFTER:
+                # Bounded influence: a surge (or a gap) moves the level by at most a few
+                # standard deviations of counting noise a window, so the window after a
+                # threefold burst is not "a drop" against a level the burst dragged up.
+                lim = _CLIP_SD * sqrt(disp.get() / (1.0 if e < 1.0 else e))
+                le = log(e + 0.5)
+                x = min(max(x, le - lim), le + lim)
+            disp.update(poisson_score(k, e))
             # The season is the offset from the slow level, which a day's cycle barely moves;
             # against the fast level (which follows the cycle) it would learn nothing.
-            self._season[i] += _SEASON_RATE * (x - self._slow.get() - self._season[i])
+            season[i] += _SEASON_RATE * (x - slow.get() - season[i])
         else:
             self._first = t
         self._last = t
-        self._fast.update(x - self._season[i])
-        self._slow.update(x - self._season[i])
-        self.n += 1
+        d = x - season[i]
+        fast.update(d)
+        slow.update(d)
+        self.n = n + 1

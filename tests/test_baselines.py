@@ -12,7 +12,7 @@ from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
 from baselines.quantity import QuantityBaseline
 from baselines.rate import RateBaseline
-from baselines.volume import VolumeBaseline
+from baselines.volume import _CLIP_AFTER, _CLIP_SD, _SEASON_RATE, VolumeBaseline
 
 
 def _exact_upper(k: int, mu: float) -> float:
@@ -248,3 +248,39 @@ def test_quantity_learns_a_daily_cycle_where_there_is_one() -> None:
     assert worst < 5
     t = 4 * 1440 * 60.0
     assert cyc.score_one(*_one(level(t) + 10.0), t=t)[0] > 5
+
+
+def _volume_learn_reference(b: VolumeBaseline, k: float, t: float) -> None:
+    """VolumeBaseline.learn_one as first written (method calls, max/min builtins)."""
+    x = math.log(k + 0.5)
+    i = b._bin(t)
+    e = max(0.1, math.exp(b._fast.get() + b._season[i]) - 0.5) if b.n else 0.0
+    if b.n >= _CLIP_AFTER:
+        lim = _CLIP_SD * math.sqrt(b._disp.get() / max(e, 1.0))
+        le = math.log(e + 0.5)
+        x = min(max(x, le - lim), le + lim)
+    if b.n:
+        b._disp.update(poisson_score(k, e))
+        b._season[i] += _SEASON_RATE * (x - b._slow.get() - b._season[i])
+    else:
+        b._first = t
+    b._last = t
+    b._fast.update(x - b._season[i])
+    b._slow.update(x - b._season[i])
+    b.n += 1
+
+
+def test_volume_learning_is_the_reference_float_for_float() -> None:
+    """The inlined learn_one moves every level, season bin and dispersion moment as the
+    plain method-by-method version does: bursts and gaps (the clip), zero counts, two days."""
+    rng = random.Random(8)
+    fast, ref = (VolumeBaseline(fast=0.1, slow=0.01, bins=24, period=86400.0)
+                 for _ in range(2))
+    for w in range(2 * 1440):
+        k = rng.choice([0, 1, 40, 900, 5000]) if w % 97 == 0 else rng.randrange(80, 120)
+        fast.learn_one(k, w * 60.0)
+        _volume_learn_reference(ref, k, w * 60.0)
+        assert (fast._fast.get(), fast._slow.get(), fast._disp._m1, fast._disp._m2, fast.n) == (
+            ref._fast.get(), ref._slow.get(), ref._disp._m1, ref._disp._m2, ref.n)
+    assert list(fast._season) == list(ref._season)
+    assert (fast._first, fast._last) == (ref._first, ref._last) == (0.0, 2879 * 60.0)

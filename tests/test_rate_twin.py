@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from baselines import codec
-from baselines.rate import TWIN, RateBaseline, as_reference, as_twin, new_rate
+from baselines.rate import TWIN, WITH_DATA, RateBaseline, as_reference, as_twin, new_rate
 from baselines.sequential import ZEROS, Cusum
+from detector.core.scoring import with_data_py
 from tests.bits import same
 
 
@@ -35,13 +36,17 @@ op = st.one_of(
 def _cusums() -> list[Cusum]:
     busy = Cusum()
     busy.set([3.0, 1.5, 0.0, 7.25], 2.0)
-    return [Cusum(), busy]
+    near = Cusum()   # within a window of confirming either way at 15.06 nats (5 units)
+    near.set([14.0, 15.5, 12.0, 0.0], 14.5)
+    return [Cusum(), busy, near]
 
 
 def _observe(b: object, k: float, n: float) -> tuple:
     return (b.score_one(k, n), b.drift_score(k, n), b.reference(), b.reference(up=False),  # type: ignore[attr-defined]
             b.expected(), b.expected(True), b.dispersion(), b.n,  # type: ignore[attr-defined]
-            [b.peek_up(c, k, n, cap) for c in _cusums() for cap in (1.0, 7.5)])  # type: ignore[attr-defined]
+            [b.peek_up(c, k, n, cap) for c in _cusums() for cap in (1.0, 7.5)],  # type: ignore[attr-defined]
+            [b.sequential(c, k, n, h, d)  # type: ignore[attr-defined]
+             for c in (None, *_cusums()) for h in (3.0, 15.06) for d in ("up", "down", "both")])
 
 
 @settings(max_examples=300, deadline=None)
@@ -230,3 +235,76 @@ def test_decide_says_what_is_wrong() -> None:
         b.decide(9, 10, 0.5, "recent", 5, False, "up", 0)
     with pytest.raises(TypeError, match="not a tuple"):
         b.decide(9, 10, 0.5, [7], 5, False, "up", 0)
+
+
+def test_sequential_steps_as_the_reference_through_confirmations() -> None:
+    """The scorer's sequential step (RateBaseline.sequential and its twin), window after
+    window on one statistic as the scorer keeps it: rises and falls that confirm, restart
+    half-way and drain, in every direction; the same floats and the same decisions."""
+    for d in ("up", "down", "both"):
+        ref, twin = RateBaseline(0.1, 0.01), TWIN(0.1, 0.01)
+        for _ in range(30):
+            ref.learn_one(5, 1000)
+            twin.learn_one(5, 1000)
+        kept: dict[str, tuple[list[float], float] | None] = {"ref": None, "twin": None}
+        confirmed = 0
+        for k in [5, 40, 60, 80, 5, 5, 0, 0, 0, 0, 0, 0, 0, 0, 5, 90, 90, 5] * 3:
+            got = []
+            for name, b in (("ref", ref), ("twin", twin)):
+                st_ = kept[name]
+                cus = None
+                if st_ is not None:
+                    cus = Cusum()
+                    cus.set(*st_)
+                r = b.sequential(cus, k, 1000, 15.06, d)
+                got.append(r)
+                if r is not None:
+                    kept[name] = (list(r[2]), r[3])
+            assert same(got[0], got[1]), (d, k)
+            confirmed += got[0] is not None and got[0][1]
+        assert confirmed >= 1, d   # the walk above confirms a shift in every direction
+
+
+def test_sequential_says_what_is_wrong() -> None:
+    b = TWIN(0.1, 0.01)
+    with pytest.raises(TypeError):
+        b.sequential(None, 1, 2, 3.0)
+    with pytest.raises(TypeError):
+        b.sequential(None, 1, 2, 3.0, None)
+    with pytest.raises(TypeError):
+        b.sequential(None, "1", 2, 3.0, "up")
+    odd = Cusum()
+    odd._ups = [1.0]
+    with pytest.raises(ValueError):
+        b.sequential(odd, 1, 2, 3.0, "up")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.integers(-2, 3), st.just(10**30), st.just(-(10**30))),
+                min_size=6, max_size=6),
+       st.lists(st.tuples(st.integers(-1, 5), st.integers(0, 5), st.booleans()), max_size=12),
+       st.dictionaries(st.sampled_from("abc"), st.booleans()))
+def test_with_data_picks_what_the_python_picks(c: list[int], entries: list[tuple],
+                                               held: dict[str, bool]) -> None:
+    """The scorer's pick of the signals with something to score in a window (with_data in
+    baselines/_rate.c) against with_data_py: no data, or an upward signal without events
+    and without evidence left to drain, is left out; order and identity kept."""
+    seq = {}
+    for name, busy in held.items():
+        cus = seq[name] = Cusum()
+        if busy:
+            cus.set([0.0, 2.0, 0.0, 0.0], 0.0)
+    table = tuple((object(), "abc"[i % 3], at_n, at_k, up)
+                  for i, (at_n, at_k, up) in enumerate(entries))
+    got = WITH_DATA(table, c, seq)
+    want = with_data_py(table, c, seq)
+    assert len(got) == len(want) and all(a is b for a, b in zip(got, want, strict=True))
+
+
+def test_with_data_says_what_is_wrong() -> None:
+    with pytest.raises(TypeError):
+        WITH_DATA((), [0], None)
+    with pytest.raises(TypeError):
+        WITH_DATA(((1, "a", 0),), [0], {})
+    with pytest.raises(IndexError):
+        WITH_DATA(((1, "a", 3, 0, True),), [1], {})

@@ -174,6 +174,65 @@ def test_c_and_python_agree_on_ties_and_past_the_cohort_and_version_budgets(conf
     assert ("other", "other", "other") in {p.cohort for p in parts}
 
 
+def test_keys_seen_again_evicted_or_alike_in_content_count_as_python_counts(config: Config
+                                                                          ) -> None:
+    """The C path finds an event's open partial through a bounded cache of key fields by
+    content (_tally.c, key_cache): more distinct keys than it holds, each seen again after
+    others took its slot, with 1-, 2- and 4-byte characters and lengths on either side of
+    its 8-byte steps, must count exactly as the Python path does."""
+    wide = msgspec.structs.replace(config, cohorts=msgspec.structs.replace(
+        config.cohorts, max_cohorts=20_000))
+    names = [f"t{i}" + "x" * (i % 17) + ("", "\u00e9", "\u4e2d", "\U0001f600")[i % 4]
+             for i in range(5000)]
+    rng = random.Random(11)
+    batches = [[orjson.dumps({
+        "ts": 5000.0 + b * 30 + i / 1000, "operation": "chat", "tenant": t, "app": "a",
+        "model_version": f"m{i % 3}", "refusal": rng.random() < 0.3})
+        for i, t in enumerate(rng.sample(names, len(names)))] for b in range(2)]
+    parts = _same(wide, batches)
+    fine = [p for p in parts if p.level == len(wide.cohorts.levels) - 1]
+    assert {p.cohort[0] for p in fine} == set(names)
+    assert sum(p.counts[0] for p in fine) == 10_000
+
+
+def test_an_open_partial_is_stored_under_the_key_it_was_asked_for(config: Config) -> None:
+    """_partial_for keeps the key object it is passed (the C counting caches that object and
+    its hash for identity hits); a key folded past the cohort budget is stored by content."""
+    small = msgspec.structs.replace(config, cohorts=msgspec.structs.replace(
+        config.cohorts, max_cohorts=1))
+    agg = Aggregator(small)
+    nf = len(agg.finest)
+    k1 = (7, tuple(f"a{i}" for i in range(nf)) + ("v",) * len(counting.COMBO_FIELDS))
+    p = agg._partial_for(k1)
+    assert next(k for k in agg._open if k == k1) is k1
+    k2 = (7, tuple(f"b{i}" for i in range(nf)) + ("v",) * len(counting.COMBO_FIELDS))
+    q = agg._partial_for(k2)   # past the budget of one cohort: the all-"other" one
+    assert q is not p and k2 not in agg._open and agg.folded == 1
+    assert q.cohort == tuple("other" for _ in range(nf))
+
+
+def test_c_counting_asks_for_a_partial_once_per_key_and_window(config: Config) -> None:
+    """The C lookup of an event's open partial (cached key and hash, _tally.c) finds the
+    partial made for an earlier event: _partial_for runs only for a key not yet open, across
+    batches, windows and cohorts seen again after others."""
+    agg = Aggregator(config)
+    asked: list[tuple[int, tuple[object, ...]]] = []
+    made = agg._partial_for
+
+    def counted(key: tuple[int, tuple[object, ...]]) -> Partial:
+        asked.append(key)
+        return made(key)
+
+    agg._partial_for = counted   # type: ignore[method-assign]
+    agg._ctx = agg._c_context()
+    lines = [orjson.dumps({"ts": 1000.0 + i * 7.0, "operation": "chat", "app": f"a{i % 3}",
+                          "tenant": f"t{i % 2}"}) for i in range(120)]
+    for b in range(0, 120, 25):
+        agg.add_many(decode_many(lines[b:b + 25])[0])
+    assert len(asked) == len(set(asked)) == len(agg._open)
+    assert sum(p.counts[0] for p in agg._open.values()) == 120
+
+
 def test_events_of_an_unexpected_shape_are_counted_by_python_in_order(config: Config) -> None:
     """Events built by hand (an int timestamp, a float token count, a bool retries) are not
     what decode() makes: the C path stops at each and the Python path counts it."""

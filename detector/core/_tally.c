@@ -18,6 +18,7 @@
  */
 #include "_slots.h"
 #include <float.h>
+#include <stdint.h>
 #include <string.h>
 #include <math.h>
 
@@ -50,6 +51,7 @@ typedef struct {
     struct { Py_ssize_t off; int test; PyObject *obj; } when[MAX_WHEN];
 } Rule;
 
+#define MAX_OPS 16
 static struct {
     PyTypeObject *event_type;
     PyTypeObject *partial_type;
@@ -81,6 +83,11 @@ static struct {
     Py_ssize_t n_fixed;                  /* counters before the groups' */
     PyObject *keep;                      /* the rules' tuple: owns their objects */
     PyObject *opcodes;                   /* operation -> its gate */
+    /* The same as arrays (n_ops -1: only the dict): an event's operation is a freshly
+     * decoded str, compared with these few by content rather than hashed for the dict. */
+    PyObject *op_key[MAX_OPS];
+    long op_gate[MAX_OPS];
+    int n_ops;
     Py_ssize_t top_k;
     double eval_max, eval_scale;
     /* Per tool name (configure_values): the counters in tool_at, of each event whose
@@ -229,6 +236,61 @@ read_rules(PyObject *type, PyObject *rules, PyObject *keys)
     return 0;
 }
 
+/* Key fields met lately, by content: an event's (cohort, version) fields as the tuple of an
+ * earlier event with the same values. Its strings' hashes are cached and they are the very
+ * objects in the open partials' keys, so the lookup neither hashes freshly decoded strings
+ * nor compares them character by character. Direct-mapped and bounded (a miss builds the
+ * tuple as before and takes the slot): it changes what is looked up by, never the result. */
+#define KEY_CACHE 4096
+/* Beside the fields, the last window's whole key (w, fields) and its hash: the open partial
+ * is stored under that very object (Aggregator._partial_for keeps the key it is passed), so
+ * the dict lookup neither hashes the tuple again nor compares it beyond identity. */
+static struct {
+    uint64_t h;
+    PyObject *fields, *key;
+    long long w;
+    Py_hash_t khash;
+} key_cache[KEY_CACHE];
+
+static inline uint64_t
+mix64(uint64_t h, uint64_t v)
+{
+    h = (h ^ v) * 0x9E3779B97F4A7C15ull;
+    return h ^ (h >> 29);
+}
+
+/* A cheap hash of a key field's content (a str's code units; anything else by identity). */
+static inline uint64_t
+field_hash(uint64_t h, PyObject *v)
+{
+    if (!PyUnicode_CheckExact(v))
+        return mix64(h, (uint64_t)(uintptr_t)v);
+    int kind = PyUnicode_KIND(v);
+    size_t n = (size_t)PyUnicode_GET_LENGTH(v) * (size_t)kind;
+    const unsigned char *d = PyUnicode_DATA(v);
+    h = mix64(h, ((uint64_t)n << 3) | (uint64_t)kind);
+    for (; n >= 8; n -= 8, d += 8) {
+        uint64_t x;
+        memcpy(&x, d, 8);
+        h = mix64(h, x);
+    }
+    if (n) {
+        uint64_t x = 0;
+        memcpy(&x, d, n);
+        h = mix64(h, x);
+    }
+    return h;
+}
+
+static void
+key_cache_clear(void)
+{
+    for (int i = 0; i < KEY_CACHE; i++) {
+        Py_CLEAR(key_cache[i].fields);
+        Py_CLEAR(key_cache[i].key);
+    }
+}
+
 /* configure(event_type, partial_type, unset, (ts, trace_id, operation), rules, opcodes,
  *           top_k, eval_max, eval_scale) */
 static PyObject *
@@ -242,6 +304,7 @@ configure(PyObject *self, PyObject *args)
                           &PyDict_Type, &opcodes, &top_k, &eval_max, &eval_scale))
         return NULL;
     S.ready = 0;
+    key_cache_clear();   /* (an earlier configuration's unset sentinel may be in it) */
     Py_INCREF(unset);
     Py_XSETREF(S.unset, unset);   /* before the rules, which test against it */
     if ((S.off_counts = slot_offset_s((PyTypeObject *)ptype, "counts")) < 0
@@ -283,6 +346,22 @@ configure(PyObject *self, PyObject *args)
     Py_XSETREF(S.partial_type, (PyTypeObject *)ptype);
     Py_INCREF(opcodes);
     Py_XSETREF(S.opcodes, opcodes);
+    S.n_ops = 0;
+    {
+        Py_ssize_t pos = 0;
+        PyObject *key, *val;
+        while (S.n_ops >= 0 && PyDict_Next(opcodes, &pos, &key, &val)) {
+            long g = PyLong_Check(val) ? PyLong_AsLong(val) : -1;
+            if (g == -1 && PyErr_Occurred())
+                PyErr_Clear();
+            if (S.n_ops == MAX_OPS || !PyUnicode_CheckExact(key) || !PyLong_Check(val)) {
+                S.n_ops = -1;   /* not what the arrays can stand for: the dict alone */
+                break;
+            }
+            S.op_key[S.n_ops] = key;   /* owned by S.opcodes */
+            S.op_gate[S.n_ops++] = g < 0 || g >= MAX_GATES ? 0 : g;
+        }
+    }
     S.top_k = top_k;
     S.eval_max = eval_max;
     S.eval_scale = eval_scale;
@@ -607,6 +686,36 @@ partial_field(PyObject *p, Py_ssize_t off, const char *name)
     return PyObject_GetAttrString(p, name);
 }
 
+/* heapq.heappush(h, item) for a list, without the call: append, then heapq's _siftdown
+ * from the end (the same "<" comparisons, so the same list). */
+static int
+heap_push(PyObject *h, PyObject *item)
+{
+    if (PyList_Append(h, item) < 0)
+        return -1;
+    Py_ssize_t pos = PyList_GET_SIZE(h) - 1;
+    while (pos > 0) {
+        Py_ssize_t up = (pos - 1) >> 1;
+        PyObject *parent = PyList_GET_ITEM(h, up);
+        Py_INCREF(parent);
+        int lt = PyObject_RichCompareBool(item, parent, Py_LT);
+        Py_DECREF(parent);
+        if (lt < 0)
+            return -1;
+        if (PyList_GET_SIZE(h) <= pos)
+            return PyErr_SetString(PyExc_RuntimeError, "list changed size during iteration"),
+                   -1;
+        if (!lt)
+            break;
+        PyObject **a = ((PyListObject *)h)->ob_item;
+        PyObject *t = a[up];
+        a[up] = a[pos];
+        a[pos] = t;
+        pos = up;
+    }
+    return 0;
+}
+
 /* Keep (x, tid) among the top_k largest of the quantity whose counter is ``key`` (a Python
  * int; a min-heap per counter in p.top): Counting._top. Most values are below the smallest of
  * a full heap and cost only a dict lookup. */
@@ -631,8 +740,16 @@ top_insert(PyObject *p, PyObject *key, long long x, PyObject *tid)
                 goto done;
         }
     }
-    if ((item = Py_BuildValue("(LO)", x, tid)) == NULL)
+    if ((item = PyTuple_New(2)) == NULL)
         goto done;
+    {
+        PyObject *xo = PyLong_FromLongLong(x);
+        if (xo == NULL)
+            goto done;
+        PyTuple_SET_ITEM(item, 0, xo);
+        Py_INCREF(tid);
+        PyTuple_SET_ITEM(item, 1, tid);
+    }
     if (h == NULL) {
         PyObject *lst = PyList_New(1);
         if (lst == NULL)
@@ -644,7 +761,10 @@ top_insert(PyObject *p, PyObject *key, long long x, PyObject *tid)
         goto done;
     }
     if (PyList_GET_SIZE(h) < S.top_k) {
-        r = PyObject_CallFunctionObjArgs(S.heappush, h, item, NULL);
+        if (PyList_CheckExact(h))
+            err = heap_push(h, item);
+        else
+            r = PyObject_CallFunctionObjArgs(S.heappush, h, item, NULL);
     } else {
         /* x >= h[0][0] and (x, tid) > h[0]: ties broken by id, so the result is order-free */
         int gt = PyObject_RichCompareBool(item, PyList_GET_ITEM(h, 0), Py_GT);
@@ -655,7 +775,7 @@ top_insert(PyObject *p, PyObject *key, long long x, PyObject *tid)
         else
             r = Py_NewRef(Py_None);
     }
-    if (r == NULL)
+    if (r == NULL && err == 0 && PyErr_Occurred())
         err = -1;
 done:
     if (PyErr_Occurred())
@@ -790,27 +910,58 @@ done:
 /* The event's open partial, keyed (w, (cohort fields..., version fields...)) as in
  * Counting._add_py; made by ``partial_for`` when there is none. A new reference. */
 static PyObject *
-partial_of(PyObject *ev, PyObject *w_obj, const Py_ssize_t *koff, Py_ssize_t nkey,
+partial_of(PyObject *ev, PyObject *w_obj, long long w, const Py_ssize_t *koff, Py_ssize_t nkey,
            PyObject *open_, PyObject *partial_for)
 {
-    PyObject *fields = PyTuple_New(nkey);
-    if (fields == NULL)
-        return NULL;
+    uint64_t h = (uint64_t)nkey;
     for (Py_ssize_t j = 0; j < nkey; j++) {
         PyObject *v = SLOT(ev, koff[j]);
         if (v == NULL) {
-            Py_DECREF(fields);
             PyErr_SetString(PyExc_AttributeError, "a cohort field is not set");
             return NULL;
         }
-        Py_INCREF(v);
-        PyTuple_SET_ITEM(fields, j, v);
+        h = field_hash(h, v);
     }
-    PyObject *key = PyTuple_Pack(2, w_obj, fields);
-    Py_DECREF(fields);
-    if (key == NULL)
-        return NULL;
+    size_t slot = h & (KEY_CACHE - 1);
+    PyObject *fields = key_cache[slot].fields;
+    int hit = fields != NULL && key_cache[slot].h == h && PyTuple_GET_SIZE(fields) == nkey;
+    for (Py_ssize_t j = 0; hit && j < nkey; j++) {
+        PyObject *a = SLOT(ev, koff[j]), *b = PyTuple_GET_ITEM(fields, j);
+        hit = a == b || (PyUnicode_CheckExact(a) && PyUnicode_CheckExact(b) && str_eq(a, b));
+    }
+    if (!hit) {
+        if ((fields = PyTuple_New(nkey)) == NULL)
+            return NULL;
+        for (Py_ssize_t j = 0; j < nkey; j++) {
+            PyObject *v = SLOT(ev, koff[j]);
+            Py_INCREF(v);
+            PyTuple_SET_ITEM(fields, j, v);
+        }
+        Py_XSETREF(key_cache[slot].fields, fields);
+        Py_CLEAR(key_cache[slot].key);
+        key_cache[slot].h = h;
+    }
+    if (key_cache[slot].key == NULL || key_cache[slot].w != w) {
+        PyObject *key = PyTuple_Pack(2, w_obj, fields);
+        if (key == NULL)
+            return NULL;
+        Py_hash_t kh = PyObject_Hash(key);
+        if (kh == -1) {
+            Py_DECREF(key);
+            return NULL;
+        }
+        Py_XSETREF(key_cache[slot].key, key);
+        key_cache[slot].w = w;
+        key_cache[slot].khash = kh;
+    }
+    /* A new reference to the key: partial_for may run Python that reconfigures the cache. */
+    PyObject *key = key_cache[slot].key;
+    Py_INCREF(key);
+#if PY_VERSION_HEX < 0x030D0000
+    PyObject *p = _PyDict_GetItem_KnownHash(open_, key, key_cache[slot].khash);
+#else
     PyObject *p = PyDict_GetItemWithError(open_, key);
+#endif
     if (p != NULL)
         Py_INCREF(p);
     else if (!PyErr_Occurred())
@@ -974,7 +1125,7 @@ add_many(PyObject *self, PyObject *args)
                 goto fail;
             last_w = w;
         }
-        if ((p = partial_of(ev, w_obj, koff, nkey, open_, partial_for)) == NULL)
+        if ((p = partial_of(ev, w_obj, w, koff, nkey, open_, partial_for)) == NULL)
             goto fail;
         PyObject *counts = partial_field(p, S.off_counts, "counts");
         if (counts == NULL)
@@ -1009,14 +1160,23 @@ add_many(PyObject *self, PyObject *args)
 #define SAMPLE(key) do { \
             if (has_tid && sample_insert(p, key, tid, k) < 0) goto fail; \
         } while (0)
-        long gate = 0;
-        PyObject *oc = PyDict_GetItemWithError(S.opcodes, SLOT(ev, S.off[F_OPERATION]));
-        if (oc != NULL)
-            gate = PyLong_AsLong(oc);
-        else if (PyErr_Occurred())
-            goto fail;
-        if (gate < 0 || gate >= MAX_GATES)
-            gate = 0;   /* not an operation a rule is for */
+        long gate = 0;   /* not an operation a rule is for, unless found */
+        PyObject *op = SLOT(ev, S.off[F_OPERATION]);
+        if (S.n_ops >= 0 && PyUnicode_CheckExact(op)) {
+            for (int j = 0; j < S.n_ops; j++)
+                if (str_eq(op, S.op_key[j])) {
+                    gate = S.op_gate[j];
+                    break;
+                }
+        } else {
+            PyObject *oc = PyDict_GetItemWithError(S.opcodes, op);
+            if (oc != NULL)
+                gate = PyLong_AsLong(oc);
+            else if (PyErr_Occurred())
+                goto fail;
+            if (gate < 0 || gate >= MAX_GATES)
+                gate = 0;
+        }
         const struct Flag *f = S.flag[gate];
         for (int j = S.n_flag[gate]; j > 0; j--, f++) {   /* branch-free but for evidence */
             int hit = (SLOT(ev, f->off) == f->obj) ^ f->isnt;

@@ -107,17 +107,21 @@ class Aggregator(Counting):
         memory whatever producers send), or past MAX_OPEN_COMBOS combinations in one
         cohort and window, its all-"unknown" partial."""
         w, full = key
-        cohort, combo = full[:self._nf], full[self._nf:]
+        cohort = full[:self._nf]
+        moved = False
         if cohort not in self._known:
             if len(self._known) < self.max_cohorts:
                 self._known.add(cohort)
             else:
                 self.folded += 1
-                cohort = self._overflow
+                cohort, moved = self._overflow, True
         n = self._combos.get((w, cohort), 0)
         if n >= MAX_OPEN_COMBOS - 1:
-            combo = _OTHER_COMBO
-        key = (w, cohort + combo)
+            key = (w, cohort + _OTHER_COMBO)
+        elif moved:
+            key = (w, cohort + full[self._nf:])
+        # Otherwise the partial is stored under the very key passed: the C counting keeps
+        # that object and its hash, so its later lookups are identity hits.
         p = self._open.get(key)
         if p is None:
             p = self._open[key] = self._new(w, cohort)

@@ -19,7 +19,7 @@ from typing import Any, Final, NamedTuple
 
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline, new_quantity
-from baselines.rate import PLAIN, TWIN, RateBaseline, new_rate
+from baselines.rate import PLAIN, TWIN, WITH_DATA, RateBaseline, new_rate
 from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
 from baselines.volume import VolumeBaseline
 from detector.config import Config
@@ -138,12 +138,18 @@ class Scorer:
         self.adopt_after = b.adopt_after_windows
         self._rates = tuple(s for s in self.signals if s.kind == "rate")
         self._rate_names = frozenset(s.name for s in self._rates)
+        # (Kept apart from _rate_names, which says which rates learn_plain may take.)
+        self._is_rate = frozenset(s.name for s in self._rates)
+        self._not_rates = tuple(s for s in self.signals if s.kind != "rate")
         # The C twin of learn_plain_py when it was built (baselines/_rate.c).
         self._learn_plain: Callable[..., None] = PLAIN if PLAIN is not None else learn_plain_py
         # ...and of decide_rate_py (every rate baseline is the twin then: made by new_rate, or
         # loaded through as_twin).
         self._decide: Callable[..., tuple[float, bool, bool, float]] = (
             TWIN.decide if TWIN is not None else decide_rate_py)
+        # ...and of with_data_py.
+        self._with_data: Callable[..., list[tuple[Signal, str, float, float]]] = (
+            WITH_DATA if WITH_DATA is not None else with_data_py)
         self.resolve_after = config.alerting.resolve_after_clean_windows
         self._rebaselines = [(int(r.at.timestamp() // self.size), r) for r in config.rebaseline]
         self._nats: dict[float, float] = {}
@@ -159,6 +165,13 @@ class Scorer:
         self._thresholds = {}
         self._specs = [(s, config.signal(s.name).direction, config.signal(s.name).min_count,
                         config.signal(s.name).threshold) for s in self.signals]
+        # What score's first steps test of each (see with_data_py): where its data count
+        # (none for volume: an empty window is news) and its event count are, and whether
+        # it is scored only upward (then a window without events has nothing to add).
+        self._with_table = tuple(
+            (spec, s.name, -1 if s.kind == "volume" else s.num if s.kind == "quantity" else s.den,
+             s.num, spec[1] == "up")
+            for spec in self._specs for s in (spec[0],))
 
     def reconfigure(self, config: Config) -> None:
         """Judge the next windows by ``config``'s thresholds, directions, min counts and
@@ -233,17 +246,13 @@ class Scorer:
         q: float
         observed: float
         cands: list[tuple[float, bool, float]]   # (score, slow horizon, its count)
-        for sig, d, min_count, seq_t in self._specs:
+        for sig, d, min_count, seq_t in self._with_data(self._with_table, c, seq):
             name, kind, num, den, sq, _, flags, log = sig
             if kind == "volume":
                 n = k = c[EVENTS]
             else:
                 n = c[num] if kind == "quantity" else c[den]
-                if n <= 0:
-                    continue
                 k = c[num]   # for a quantity: the number of values (min_count applies)
-                if k == 0 and d == "up" and (name not in seq or seq[name].idle()):
-                    continue     # nothing happened, no evidence to drain (the common case)
             # A Baseline of the signal's kind: the calls below follow ``kind``, which mypy
             # cannot, so ``b`` is typed Any here (and in learn and adopt).
             b: Any = mine.get(name)
@@ -330,49 +339,16 @@ class Scorer:
         hysteresis) *and* this window adding to it, so a statistic that drains slowly (a
         rare event's) does not keep an alert alive through windows with nothing in them.
         The new statistics wait in ``own.seq_next`` until the window is learned."""
-        cus = own.seq.get(sig.name) or _IDLE
-        rate = sig.kind == "rate"
-        if cus is _IDLE and (
-                (rate and d == "up" and k <= RISE_MIN * (n * b.expected(True)))
-                or (not rate and -Z_QUIET <= z_fast <= Z_QUIET)):
-            return 0.0, False   # what peeking gives an idle statistic here (the common case)
         h = self._nats.get(t)
         if h is None:
             h = self._nats[t] = nats_for(t)
-        ups: Sequence[float] | None
-        if rate:
-            # Its designs (×3 and up) leave it deaf to benign wobble under ×1.8.
-            disp = b.dispersion()  # type: ignore[union-attr]
-            # (No rise past RISE_MIN of the slow rate, which the reference is at least, on an
-            # idle statistic: peek_up's own "no evidence", without working out the reference.)
-            ups = (ZEROS if d == "down" or (not cus.up and k <= RISE_MIN * (n * b.expected(True)))
-                   else b.peek_up(cus, k, n, h / 2))  # type: ignore[union-attr]
-            down = (0.0 if d == "up" else
-                    cus.peek_down(k, n * b.reference(up=False), disp, h / 2))  # type: ignore[union-attr]
-            up = max(ups)
-        else:
-            # A quantity's tails are heavier than its standard score admits: three windows.
-            up, down = cus.peek_z(z_fast, h / 3)
-            ups = None
-        if cus is _IDLE and up == down == 0.0:
+        got = (b.sequential(own.seq.get(sig.name), k, n, h, d)  # type: ignore[union-attr]
+               if sig.kind == "rate" else _sequential_z(own.seq.get(sig.name), z_fast, h, d))
+        if got is None:
             return 0.0, False   # no evidence, and none to keep (the common case)
-        if ups is None:
-            ups = [up, *ZEROS[1:]]
-        rising = up > cus.up and up >= h and d != "down"
-        falling = down > cus.down and down >= h and d != "up"
-        # A confirmation restarts the statistic half-way (Page's restart after an alarm,
-        # kept warm): the alert stays alive while fresh evidence keeps coming, and the
-        # evidence piled up during an incident does not confirm its aftermath.
-        keep = h / 2
-        own.seq_next[sig.name] = ([min(u, keep) for u in ups] if rising else ups,
-                                  min(down, keep) if falling else down)
-        if d == "up":
-            down = 0.0
-        elif d == "down":
-            up = 0.0
-        if up >= down:
-            return to_standard(up), rising
-        return -to_standard(down), falling
+        ev, confirmed, ups, down = got
+        own.seq_next[sig.name] = (ups, down)
+        return ev, confirmed
 
     def learn(self, p: Partial, own: CohortModel, decisions: list[Decision]) -> list[str]:
         """Teach the cohort's baselines with this window. An anomalous window teaches with
@@ -381,15 +357,17 @@ class Scorer:
         normal. Returns the signals whose baselines adopted a new level in this window."""
         nxt = own.seq_next
         if nxt:
+            seq = own.seq
             for name, (ups, down) in nxt.items():
-                cus = own.seq.get(name)
+                up = max(ups)
+                if up == 0.0 and down == 0.0:   # idle: quiet signals keep no state
+                    if seq:
+                        seq.pop(name, None)
+                    continue
+                cus = seq.get(name)
                 if cus is None:
-                    if down == 0.0 and max(ups) == 0.0:
-                        continue   # idle, and would be dropped as such below
-                    cus = own.seq[name] = Cusum()
-                cus.set(ups, down)
-                if cus.idle():
-                    del own.seq[name]   # quiet signals keep no state
+                    cus = seq[name] = Cusum()
+                cus.keep(ups, up, down)
             nxt.clear()
         adopted: list[str] = []
         c = p.counts
@@ -409,10 +387,15 @@ class Scorer:
         d_next = next(dec, None)
         self._learn_plain(self._rates, dec_list, c, recent, persist, episodes, baselines, w,
                           warmup, SLOW_FREEZE, resolve_after, self._new)
+        # Without a rate's decision left to learn here (the common case), the loop below
+        # skips every rate: it walks the other signals alone, in the same order.
+        is_rate = self._is_rate
+        signals = (self.signals if any(d[0] in is_rate for d in dec_list)
+                   else self._not_rates)
         x: float
         y: float
         q: float
-        for sig in self.signals:
+        for sig in signals:
             name, kind, num, den, sq, _, flags, _log = sig
             if kind == "rate":
                 if d_next is None or d_next.signal != name:
@@ -544,6 +527,51 @@ class Scorer:
                     own.episodes.pop(sig.name, None)
                     own.persist.pop(sig.name, None)
                     own.recent.pop(sig.name, None)
+
+
+def _sequential_z(cus: Cusum | None, z: float, h: float, d: str
+                  ) -> tuple[float, bool, Sequence[float], float] | None:
+    """A quantity's sequential step, as RateBaseline.sequential is a rate's: a window of
+    standard score ``z`` at ``h`` nats in direction ``d``; its tails are heavier than its
+    standard score admits, so a window adds at most a third of ``h``."""
+    c = _IDLE if cus is None else cus
+    if cus is None and -Z_QUIET <= z <= Z_QUIET:
+        return None   # what peeking gives an idle statistic here
+    up, down = c.peek_z(z, h / 3)
+    if cus is None and up == down == 0.0:
+        return None
+    rising = up > c.up and up >= h and d != "down"
+    falling = down > c.down and down >= h and d != "up"
+    # Restarted half-way when confirmed (see RateBaseline.sequential).
+    keep = h / 2
+    ups = [min(up, keep) if rising else up, *ZEROS[1:]]
+    keep_down = min(down, keep) if falling else down
+    if d == "up":
+        down = 0.0
+    elif d == "down":
+        up = 0.0
+    if up >= down:
+        return to_standard(up), rising, ups, keep_down
+    return -to_standard(down), falling, ups, keep_down
+
+
+def with_data_py(table: tuple[tuple[Any, str, int, int, bool], ...], c: list[int],
+                 seq: dict[str, Cusum]) -> list[Any]:
+    """The specs of :meth:`Scorer.score` with something to score in a window of counts
+    ``c`` (the reference for ``with_data`` in baselines/_rate.c, tests/test_rate_twin.py):
+    each table entry is (spec, signal name, where its data count is or -1 for none, where
+    its event count is, whether it is scored only upward). No data: nothing to score; an
+    upward signal without events and without evidence in ``seq`` to drain: nothing either
+    (the common case)."""
+    out = []
+    for spec, name, at_n, at_k, up_only in table:
+        if at_n >= 0:
+            if c[at_n] <= 0:
+                continue
+            if up_only and c[at_k] == 0 and (name not in seq or seq[name].idle()):
+                continue
+        out.append(spec)
+    return out
 
 
 def learn_plain_py(rates: tuple[Signal, ...], decisions: list[Decision], c: list[int],
