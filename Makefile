@@ -25,12 +25,15 @@ lint: $(BIN)/detector
 	$(BIN)/lint-imports
 	$(BIN)/mypy
 
+# Unit tests on both cores; the integration tests (real broker, Prometheus, Alertmanager,
+# subprocess workers, bounded waits) one at a time, as they were written to run.
 test: $(BIN)/detector
 	bash .ci/install-services.sh
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 -m "not integration"
+	$(BIN)/python -m pytest -m integration
 
 # Runs every bench of bench/ and writes their output, dated, into docs/benchmarks.md
 # (NAB=DIR NAB_PYTHON=PY to include bench/nab.py; BENCH=name to run some only; BENCH_BASE=DIR
