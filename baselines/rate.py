@@ -33,7 +33,7 @@ from typing import Any
 from baselines.dispersion import Dispersion
 from baselines.ewmean import WarmEWMean
 from baselines.poisson import poisson_score
-from baselines.sequential import _LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS, Cusum, to_standard
+from baselines.sequential import _LOG_UP, _RHO_UP_M1, RISE_MIN, ZEROS, Cusum, settle
 
 #: What an idle statistic (no state kept) peeks from.
 _IDLE = Cusum()
@@ -163,20 +163,7 @@ class RateBaseline:
         up = max(ups)
         if cus is None and up == down == 0.0:
             return None
-        rising = up > c.up and up >= h and d != "down"
-        falling = down > c.down and down >= h and d != "up"
-        # A confirmation restarts the statistic half-way (Page's restart after an alarm,
-        # kept warm): the alert stays alive while fresh evidence keeps coming, and the
-        # evidence piled up during an incident does not confirm its aftermath.
-        ups = [min(u, cap) for u in ups] if rising else ups
-        keep_down = min(down, cap) if falling else down
-        if d == "up":
-            down = 0.0
-        elif d == "down":
-            up = 0.0
-        if up >= down:
-            return to_standard(up), rising, ups, keep_down
-        return -to_standard(down), falling, ups, keep_down
+        return settle(c, ups, up, down, h, d)
 
     def dispersion(self) -> float:
         """The learned over-dispersion (1.0: pure counting noise)."""

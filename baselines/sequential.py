@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from math import erfc, exp, isfinite, log
 from statistics import NormalDist
 
-__all__ = ["ZEROS", "Z_QUIET", "Cusum", "nats_for", "to_standard"]
+__all__ = ["ZEROS", "Z_QUIET", "Cusum", "nats_for", "settle", "to_standard"]
 
 #: Rises the count CUSUM is tuned for (its statistic is the largest of the four): ×3 on a
 #: busy cohort up to ×100 on a rare event.
@@ -71,6 +71,33 @@ def to_standard(nats: float) -> float:
     if nats <= 0.7:   # tail ≥ 0.5
         return 0.0
     return -_N.inv_cdf(exp(-min(nats, _MAX_NATS)))
+
+
+def settle(c: Cusum, ups: Sequence[float], up: float, down: float, h: float, d: str
+           ) -> tuple[float, bool, Sequence[float], float]:
+    """A window's peeked statistics (``ups``, the largest ``up``, and ``down``) against the
+    threshold ``h`` nats in direction ``d``, as the scorer takes them for a rate and for a
+    quantity alike: (evidence in standard units, + for a rise and - for a fall; whether it
+    confirms a shift, at ``h`` and growing past ``c``'s; the upward statistics and the
+    downward one to keep). A confirmation restarts the statistic half-way (Page's restart
+    after an alarm, kept warm): the alert stays alive while fresh evidence keeps coming, and
+    the evidence piled up during an incident does not confirm its aftermath.
+
+    >>> settle(Cusum(), [16.0, 0.0, 0.0, 0.0], 16.0, 0.0, 15.0, "up")[1:]
+    (True, [7.5, 0.0, 0.0, 0.0], 0.0)
+    """
+    rising = up > c.up and up >= h and d != "down"
+    falling = down > c.down and down >= h and d != "up"
+    keep = h / 2
+    kept_ups = [min(u, keep) for u in ups] if rising else ups
+    kept_down = min(down, keep) if falling else down
+    if d == "up":
+        down = 0.0
+    elif d == "down":
+        up = 0.0
+    if up >= down:
+        return to_standard(up), rising, kept_ups, kept_down
+    return -to_standard(down), falling, kept_ups, kept_down
 
 
 def nats_for(z: float) -> float:

@@ -20,7 +20,7 @@ from typing import Any, Final, NamedTuple
 from baselines import fading_factor
 from baselines.quantity import QuantityBaseline, new_quantity
 from baselines.rate import PLAIN, TWIN, WITH_DATA, RateBaseline, new_rate
-from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, to_standard
+from baselines.sequential import RISE_MIN, Z_QUIET, ZEROS, Cusum, nats_for, settle
 from baselines.volume import VolumeBaseline
 from detector.config import Config
 from detector.core.attribution import Trail
@@ -540,19 +540,7 @@ def _sequential_z(cus: Cusum | None, z: float, h: float, d: str
     up, down = c.peek_z(z, h / 3)
     if cus is None and up == down == 0.0:
         return None
-    rising = up > c.up and up >= h and d != "down"
-    falling = down > c.down and down >= h and d != "up"
-    # Restarted half-way when confirmed (see RateBaseline.sequential).
-    keep = h / 2
-    ups = [min(up, keep) if rising else up, *ZEROS[1:]]
-    keep_down = min(down, keep) if falling else down
-    if d == "up":
-        down = 0.0
-    elif d == "down":
-        up = 0.0
-    if up >= down:
-        return to_standard(up), rising, ups, keep_down
-    return -to_standard(down), falling, ups, keep_down
+    return settle(c, [up, *ZEROS[1:]], up, down, h, d)
 
 
 def with_data_py(table: tuple[tuple[Any, str, int, int, bool], ...], c: list[int],
